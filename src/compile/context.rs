@@ -1,0 +1,184 @@
+//! What the rule builders need from the [`ProxyConfig`], checked and derived once.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnet::IpNet;
+
+use crate::error::{CompileError, Problem};
+use crate::model::{IpFamily, LocalTrafficDetector, NodePortAddress, ProxyConfig};
+use crate::ruleset::{Address, Comment, Interface, Match, Not};
+
+/// The config, validated, with everything the builders derive from it.
+#[derive(Debug, Clone)]
+pub(crate) struct Context {
+    pub family: IpFamily,
+    pub mark: u32,
+    pub node_name: Option<String>,
+    /// The primary node address of this family (for the load-balancer allow-from-node rule).
+    pub primary_ip: Option<IpAddr>,
+    pub masquerade_all: bool,
+    pub random_fully: bool,
+    /// Matches pod traffic; `None` when no detector is configured.
+    pub if_local: Option<Match>,
+    /// Matches traffic that is not from a pod.
+    pub if_not_local: Option<Match>,
+    /// Localhost node ports in effect (IPv4, enabled, and 127.0.0.1 inside the node-port addresses).
+    pub localhost_nodeports: bool,
+    /// No node-port address filter: every local address accepts node ports.
+    pub nodeport_all: bool,
+    /// With a filter: the node addresses that accept node ports, sorted.
+    pub nodeport_ips: Vec<IpAddr>,
+    pub comments: bool,
+    /// Comments on per-endpoint rules (off in large clusters).
+    pub endpoint_comments: bool,
+    pub large_cluster_endpoints: Option<usize>,
+    pub nfacct: bool,
+    pub tcp_liberal: bool,
+    pub zone: Option<String>,
+    pub prefer_same_node: bool,
+}
+
+fn config_err(field: &'static str, problem: impl Into<Problem>) -> CompileError {
+    CompileError::Config {
+        field,
+        problem: problem.into(),
+    }
+}
+
+impl Context {
+    pub fn new(config: &ProxyConfig) -> Result<Self, CompileError> {
+        let family = config.ip_family;
+        if config.masquerade_bit > 31 {
+            return Err(config_err(
+                "masquerade_bit",
+                Problem::OutOfRange {
+                    value: i64::from(config.masquerade_bit),
+                    range: "0-31",
+                },
+            ));
+        }
+        if let Some(range) = &config.node_port_range
+            && (range.start() > range.end() || *range.start() == 0)
+        {
+            return Err(config_err(
+                "node_port_range",
+                Problem::Unsupported {
+                    value: format!("{}-{}", range.start(), range.end()),
+                },
+            ));
+        }
+        let primary_ip = config.node_ips.iter().copied().find(|ip| family.contains(ip));
+        let (if_local, if_not_local) = detector(&config.local_traffic, family)?;
+
+        // kube-proxy's NodePortAddresses: entries of this family ("primary" is the
+        // primary node IP); none left, or a zero CIDR, means every address.
+        let mut cidrs: Vec<IpNet> = Vec::new();
+        for entry in &config.nodeport_addresses {
+            match entry {
+                NodePortAddress::Cidr(net) if family.contains(&net.addr()) => cidrs.push(net.trunc()),
+                NodePortAddress::Cidr(_) => {}
+                NodePortAddress::Primary => {
+                    if let Some(ip) = primary_ip {
+                        cidrs.push(IpNet::from(ip));
+                    }
+                }
+            }
+        }
+        let nodeport_all = cidrs.is_empty() || cidrs.iter().any(|c| c.prefix_len() == 0);
+        let loopback4 = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let contains_loopback4 = family == IpFamily::IPv4
+            && (nodeport_all || cidrs.iter().any(|c| c.contains(&loopback4)));
+        let localhost_nodeports = config.localhost_nodeports && contains_loopback4;
+        let mut nodeport_ips: Vec<IpAddr> = if nodeport_all {
+            Vec::new()
+        } else {
+            config
+                .node_ips
+                .iter()
+                .copied()
+                .filter(|ip| family.contains(ip) && cidrs.iter().any(|c| c.contains(ip)))
+                .filter(|ip| !ip.is_loopback() || localhost_nodeports)
+                .collect()
+        };
+        nodeport_ips.sort();
+        nodeport_ips.dedup();
+
+        Ok(Context {
+            family,
+            mark: config.masquerade_mark(),
+            node_name: config.node_name.clone(),
+            primary_ip,
+            masquerade_all: config.masquerade_all,
+            random_fully: config.masquerade_random_fully,
+            if_local,
+            if_not_local,
+            localhost_nodeports,
+            nodeport_all,
+            nodeport_ips,
+            comments: config.comments,
+            endpoint_comments: config.comments,
+            large_cluster_endpoints: config.large_cluster_endpoints,
+            nfacct: config.nfacct_counters,
+            tcp_liberal: config.conntrack_tcp_be_liberal,
+            zone: config.node_zone.clone(),
+            prefer_same_node: config.prefer_same_node_hints,
+        })
+    }
+
+    /// A comment match, or nothing when comments are off.
+    pub fn comment(&self, text: String) -> Result<Option<Match>, Problem> {
+        if !self.comments {
+            return Ok(None);
+        }
+        Ok(Some(Match::Comment(Comment::new(text)?)))
+    }
+
+    /// A comment match for a per-endpoint rule (dropped in large clusters).
+    pub fn endpoint_comment(&self, text: &str) -> Result<Option<Match>, Problem> {
+        if !self.endpoint_comments {
+            return Ok(None);
+        }
+        self.comment(text.to_owned())
+    }
+}
+
+/// The IfLocal / IfNotLocal matches of kube-proxy's local-traffic detectors.
+fn detector(
+    detector: &LocalTrafficDetector,
+    family: IpFamily,
+) -> Result<(Option<Match>, Option<Match>), CompileError> {
+    let field = "local_traffic";
+    Ok(match detector {
+        LocalTrafficDetector::None => (None, None),
+        LocalTrafficDetector::Cidrs(cidrs) => {
+            let mine: Vec<&IpNet> = cidrs.iter().filter(|c| family.contains(&c.addr())).collect();
+            if mine.len() > 1 {
+                return Err(config_err(field, Problem::DuplicateFamily { family }));
+            }
+            match mine.first() {
+                None => (None, None),
+                Some(net) => {
+                    let addr = Address::Net(net.trunc());
+                    (
+                        Some(Match::Source(Not::is(addr))),
+                        Some(Match::Source(Not::not(addr))),
+                    )
+                }
+            }
+        }
+        LocalTrafficDetector::BridgeInterface(name) => {
+            let iface = Interface::new(name.clone(), false).map_err(|e| config_err(field, e))?;
+            (
+                Some(Match::InInterface(Not::is(iface.clone()))),
+                Some(Match::InInterface(Not::not(iface))),
+            )
+        }
+        LocalTrafficDetector::InterfaceNamePrefix(prefix) => {
+            let iface = Interface::new(prefix.clone(), true).map_err(|e| config_err(field, e))?;
+            (
+                Some(Match::InInterface(Not::is(iface.clone()))),
+                Some(Match::InInterface(Not::not(iface))),
+            )
+        }
+    })
+}

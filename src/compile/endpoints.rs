@@ -1,0 +1,149 @@
+//! Which endpoints a service port uses, as kube-proxy's `CategorizeEndpoints` decides.
+
+use super::input::PortEndpoint;
+
+/// The endpoint sets of one service port. All lists stay sorted by `ip:port`.
+#[derive(Debug, Default)]
+pub(crate) struct Categorized<'p, 'a> {
+    /// Endpoints for the Cluster policy chain (`KUBE-SVC-…`).
+    pub cluster: Vec<&'p PortEndpoint<'a>>,
+    /// Endpoints for the Local policy chain (`KUBE-SVL-…`).
+    pub local: Vec<&'p PortEndpoint<'a>>,
+    /// Every endpoint that gets a `KUBE-SEP-…` chain.
+    pub reachable: Vec<&'p PortEndpoint<'a>>,
+    /// True if any endpoint anywhere can serve.
+    pub has_any: bool,
+}
+
+/// Facts about the service port and node that endpoint selection reads.
+pub(crate) struct Selection<'c> {
+    pub uses_cluster: bool,
+    pub uses_local: bool,
+    pub node_name: Option<&'c str>,
+    pub zone: Option<&'c str>,
+    pub prefer_same_node: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Topology {
+    None,
+    SameNode,
+    SameZone,
+}
+
+fn is_ready(ep: &PortEndpoint<'_>) -> bool {
+    ep.endpoint.conditions.ready
+}
+
+fn is_serving_terminating(ep: &PortEndpoint<'_>) -> bool {
+    ep.endpoint.conditions.serving && ep.endpoint.conditions.terminating
+}
+
+/// The topology mode hints allow: every ready endpoint must carry hints of the kind,
+/// and one of them must name this node (or zone).
+fn topology(endpoints: &[PortEndpoint<'_>], sel: &Selection<'_>) -> Topology {
+    let mut all_node_hints = true;
+    let mut node_hit = false;
+    let mut all_zone_hints = true;
+    let mut zone_hit = false;
+    for ep in endpoints.iter().filter(|e| is_ready(e)) {
+        let hints = &ep.endpoint.hints;
+        if hints.for_nodes.is_empty() {
+            all_node_hints = false;
+        } else if sel
+            .node_name
+            .is_some_and(|n| hints.for_nodes.iter().any(|h| h == n))
+        {
+            node_hit = true;
+        }
+        if hints.for_zones.is_empty() {
+            all_zone_hints = false;
+        } else if sel
+            .zone
+            .is_some_and(|z| hints.for_zones.iter().any(|h| h == z))
+        {
+            zone_hit = true;
+        }
+    }
+    if sel.prefer_same_node && all_node_hints && node_hit {
+        Topology::SameNode
+    } else if all_zone_hints && zone_hit {
+        Topology::SameZone
+    } else {
+        Topology::None
+    }
+}
+
+fn available(ep: &PortEndpoint<'_>, topo: Topology, sel: &Selection<'_>) -> bool {
+    let hints = &ep.endpoint.hints;
+    match topo {
+        Topology::None => true,
+        Topology::SameNode => sel
+            .node_name
+            .is_some_and(|n| hints.for_nodes.iter().any(|h| h == n)),
+        Topology::SameZone => sel
+            .zone
+            .is_some_and(|z| hints.for_zones.iter().any(|h| h == z)),
+    }
+}
+
+/// Splits a port's endpoints into the cluster, local and reachable sets.
+pub(crate) fn categorize<'p, 'a>(
+    endpoints: &'p [PortEndpoint<'a>],
+    sel: &Selection<'_>,
+) -> Categorized<'p, 'a> {
+    let mut out = Categorized::default();
+    let mut topo = Topology::None;
+    if sel.uses_cluster {
+        topo = topology(endpoints, sel);
+        out.cluster = endpoints
+            .iter()
+            .filter(|e| is_ready(e) && available(e, topo, sel))
+            .collect();
+        if out.cluster.is_empty() {
+            out.cluster = endpoints
+                .iter()
+                .filter(|e| is_serving_terminating(e))
+                .collect();
+        }
+        out.has_any = !out.cluster.is_empty();
+    }
+    if !sel.uses_local {
+        out.reachable = out.cluster.clone();
+        return out;
+    }
+    let mut local_ready = false;
+    let mut local_terminating = false;
+    for ep in endpoints {
+        if is_ready(ep) {
+            out.has_any = true;
+            local_ready |= ep.local;
+        } else if is_serving_terminating(ep) {
+            out.has_any = true;
+            local_terminating |= ep.local;
+        }
+    }
+    let mut fell_back = false;
+    if local_ready {
+        out.local = endpoints.iter().filter(|e| e.local && is_ready(e)).collect();
+    } else if local_terminating {
+        fell_back = true;
+        out.local = endpoints
+            .iter()
+            .filter(|e| e.local && is_serving_terminating(e))
+            .collect();
+    }
+    if !sel.uses_cluster {
+        out.reachable = out.local.clone();
+    } else if topo == Topology::None && !fell_back {
+        // Cluster holds every ready endpoint, local only ready ones: a superset.
+        out.reachable = out.cluster.clone();
+    } else {
+        let mut all: Vec<&PortEndpoint<'a>> =
+            out.cluster.iter().chain(out.local.iter()).copied().collect();
+        all.sort_by(|a, b| a.text.cmp(&b.text));
+        all.dedup_by(|a, b| a.text == b.text);
+        out.reachable = all;
+    }
+    out
+}

@@ -1,0 +1,254 @@
+//! The top-level chains every ruleset has, and how the services' rules are put
+//! together with them.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use super::context::Context;
+use super::service::ServiceRules;
+use super::{
+    KUBE_EXTERNAL_SERVICES, KUBE_FIREWALL, KUBE_FORWARD, KUBE_MARK_MASQ, KUBE_NODEPORTS,
+    KUBE_POSTROUTING, KUBE_PROXY_FIREWALL, KUBE_SERVICES,
+};
+use crate::error::CompileError;
+use crate::model::{IpFamily, ProxyConfig};
+use crate::ruleset::{
+    AddrType, Address, ChainName, Comment, CtState, Mark, MarkOp, Match, NfacctCounter, Not, Rule,
+    Ruleset, Table, TableRules, Target,
+};
+
+fn net(text: &str) -> Address {
+    Address::Net(text.parse().expect("valid CIDR literal"))
+}
+
+/// A comment the crate writes itself; its text is a literal known to be valid.
+fn fixed_comment(ctx_comments: bool, text: &'static str) -> Option<Match> {
+    ctx_comments.then(|| Match::Comment(Comment::new(text).expect("valid comment literal")))
+}
+
+fn masq_mark(ctx: &Context) -> Mark {
+    Mark {
+        value: ctx.mark,
+        mask: Some(ctx.mark),
+    }
+}
+
+/// Puts the fixed chains and the services' rules together into one ruleset:
+/// filter first, then nat, as kube-proxy writes them.
+pub(crate) fn assemble(ctx: &Context, services: &[ServiceRules]) -> Ruleset {
+    let mut filter = TableRules::new(Table::Filter);
+    let mut nat = TableRules::new(Table::Nat);
+    let has_kubelet_firewall = ctx.family == IpFamily::IPv4 && ctx.localhost_nodeports;
+    for chain in [
+        KUBE_SERVICES,
+        KUBE_EXTERNAL_SERVICES,
+        KUBE_FORWARD,
+        KUBE_NODEPORTS,
+        KUBE_PROXY_FIREWALL,
+    ] {
+        filter.chain_mut(&chain);
+    }
+    for chain in [KUBE_SERVICES, KUBE_NODEPORTS, KUBE_POSTROUTING, KUBE_MARK_MASQ] {
+        nat.chain_mut(&chain);
+    }
+    let c = ctx.comments;
+
+    // nat KUBE-POSTROUTING and KUBE-MARK-MASQ.
+    nat.append(
+        &KUBE_POSTROUTING,
+        Rule::new()
+            .with(Match::Mark(Not::not(masq_mark(ctx))))
+            .to(Target::Return),
+    );
+    nat.append(&KUBE_POSTROUTING, Rule::new().to(Target::Mark(MarkOp::Xor(ctx.mark))));
+    nat.append(
+        &KUBE_POSTROUTING,
+        Rule::new()
+            .with_opt(fixed_comment(c, "kubernetes service traffic requiring SNAT"))
+            .to(Target::Masquerade {
+                random_fully: ctx.random_fully,
+            }),
+    );
+    nat.append(&KUBE_MARK_MASQ, Rule::new().to(Target::Mark(MarkOp::Or(ctx.mark))));
+
+    // filter KUBE-FIREWALL: kube-proxy's copy of kubelet's localnet guard.
+    if has_kubelet_firewall {
+        filter.append(
+            &KUBE_FIREWALL,
+            Rule::new()
+                .with_opt(fixed_comment(c, "block incoming localnet connections"))
+                .with(Match::Destination(Not::is(net("127.0.0.0/8"))))
+                .with(Match::Source(Not::not(net("127.0.0.0/8"))))
+                .with(Match::Conntrack(Not::not(vec![
+                    CtState::Related,
+                    CtState::Established,
+                    CtState::Dnat,
+                ])))
+                .to(Target::Drop),
+        );
+    }
+
+    for svc in services {
+        for (shared, rule) in &svc.shared {
+            let table = match shared.table() {
+                Table::Nat => &mut nat,
+                _ => &mut filter,
+            };
+            table.append(&shared.chain(), rule.clone());
+        }
+        for chain in &svc.chains {
+            nat.chain_mut(&chain.name).rules.extend(chain.rules.iter().cloned());
+        }
+    }
+
+    for rule in nodeport_jumps(ctx) {
+        nat.append(&KUBE_SERVICES, rule);
+    }
+
+    // filter KUBE-FORWARD.
+    if !ctx.tcp_liberal {
+        filter.append(
+            &KUBE_FORWARD,
+            Rule::new()
+                .with(Match::Conntrack(Not::is(vec![CtState::Invalid])))
+                .with_opt(
+                    ctx.nfacct
+                        .then_some(Match::Nfacct(NfacctCounter::CtStateInvalidDropped)),
+                )
+                .to(Target::Drop),
+        );
+    }
+    filter.append(
+        &KUBE_FORWARD,
+        Rule::new()
+            .with_opt(fixed_comment(c, "kubernetes forwarding rules"))
+            .with(Match::Mark(Not::is(masq_mark(ctx))))
+            .to(Target::Accept),
+    );
+    filter.append(
+        &KUBE_FORWARD,
+        Rule::new()
+            .with_opt(fixed_comment(c, "kubernetes forwarding conntrack rule"))
+            .with(Match::Conntrack(Not::is(vec![
+                CtState::Related,
+                CtState::Established,
+            ])))
+            .to(Target::Accept),
+    );
+
+    Ruleset {
+        family: ctx.family,
+        tables: vec![filter, nat],
+    }
+}
+
+/// The final `KUBE-SERVICES -> KUBE-NODEPORTS` rule(s): one on every local address,
+/// or one per node address allowed by `--nodeport-addresses`.
+fn nodeport_jumps(ctx: &Context) -> Vec<Rule> {
+    let comment = fixed_comment(
+        ctx.comments,
+        "kubernetes service nodeports; NOTE: this must be the last rule in this chain",
+    );
+    if ctx.nodeport_all {
+        let exclude = match ctx.family {
+            IpFamily::IPv6 => Some(net("::1/128")),
+            IpFamily::IPv4 if !ctx.localhost_nodeports => Some(net("127.0.0.0/8")),
+            IpFamily::IPv4 => None,
+        };
+        vec![
+            Rule::new()
+                .with_opt(comment)
+                .with(Match::DstType(AddrType::Local))
+                .with_opt(exclude.map(|a| Match::Destination(Not::not(a))))
+                .to(Target::Jump(KUBE_NODEPORTS)),
+        ]
+    } else {
+        ctx.nodeport_ips
+            .iter()
+            .map(|ip: &IpAddr| {
+                Rule::new()
+                    .with_opt(comment.clone())
+                    .with(Match::Destination(Not::is(Address::Ip(*ip))))
+                    .to(Target::Jump(KUBE_NODEPORTS))
+            })
+            .collect()
+    }
+}
+
+/// A rule in a built-in chain that sends packets into svcnat's chains. kube-proxy
+/// keeps these out of its restore payload and inserts each one at the top of its
+/// chain (`-I`) if missing, on full syncs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JumpRule {
+    /// The table.
+    pub table: Table,
+    /// The built-in chain (`PREROUTING`, `INPUT`, …).
+    pub chain: ChainName,
+    /// The rule; its target jumps to a chain of the ruleset.
+    pub rule: Rule,
+}
+
+/// The jump rules from the built-in chains for `config`, in kube-proxy's order.
+/// Each is inserted at the top of its chain, so the last one for a chain ends up
+/// first.
+///
+/// # Errors
+/// An invalid config, as [`super::compile`] reports it.
+pub fn jump_rules(config: &ProxyConfig) -> Result<Vec<JumpRule>, CompileError> {
+    let ctx = Context::new(config)?;
+    let new = || Match::Conntrack(Not::is(vec![CtState::New]));
+    let c = ctx.comments;
+    let mut out = Vec::new();
+    let mut add = |table, chain: &'static str, ct: bool, comment: Option<&'static str>, to: ChainName| {
+        out.push(JumpRule {
+            table,
+            chain: ChainName::fixed(chain),
+            rule: Rule::new()
+                .with_opt(ct.then(new))
+                .with_opt(comment.and_then(|t| fixed_comment(c, t)))
+                .to(Target::Jump(to)),
+        });
+    };
+    let external = Some("kubernetes externally-visible service portals");
+    let portals = Some("kubernetes service portals");
+    let firewall = Some("kubernetes load balancer firewall");
+    add(Table::Filter, "INPUT", true, external, KUBE_EXTERNAL_SERVICES);
+    add(Table::Filter, "FORWARD", true, external, KUBE_EXTERNAL_SERVICES);
+    add(Table::Filter, "INPUT", false, Some("kubernetes health check service ports"), KUBE_NODEPORTS);
+    add(Table::Filter, "FORWARD", true, portals, KUBE_SERVICES);
+    add(Table::Filter, "OUTPUT", true, portals, KUBE_SERVICES);
+    add(Table::Filter, "FORWARD", false, Some("kubernetes forwarding rules"), KUBE_FORWARD);
+    add(Table::Filter, "INPUT", true, firewall, KUBE_PROXY_FIREWALL);
+    add(Table::Filter, "OUTPUT", true, firewall, KUBE_PROXY_FIREWALL);
+    add(Table::Filter, "FORWARD", true, firewall, KUBE_PROXY_FIREWALL);
+    add(Table::Nat, "OUTPUT", false, portals, KUBE_SERVICES);
+    add(Table::Nat, "PREROUTING", false, portals, KUBE_SERVICES);
+    add(Table::Nat, "POSTROUTING", false, Some("kubernetes postrouting rules"), KUBE_POSTROUTING);
+    if ctx.family == IpFamily::IPv4 && ctx.localhost_nodeports {
+        add(Table::Filter, "INPUT", false, None, KUBE_FIREWALL);
+        add(Table::Filter, "OUTPUT", false, None, KUBE_FIREWALL);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixed_names_are_valid() {
+        for name in [
+            KUBE_SERVICES,
+            KUBE_EXTERNAL_SERVICES,
+            KUBE_NODEPORTS,
+            KUBE_POSTROUTING,
+            KUBE_MARK_MASQ,
+            KUBE_FORWARD,
+            KUBE_PROXY_FIREWALL,
+            KUBE_FIREWALL,
+        ] {
+            assert!(ChainName::new(name.as_str()).is_ok(), "{name}");
+        }
+    }
+}

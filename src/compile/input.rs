@@ -1,0 +1,415 @@
+//! Validation: a service and its slices become the per-port facts the rule
+//! builders read, or a [`CompileError`] naming the field at fault.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+
+use ipnet::IpNet;
+
+use super::naming::{PortChains, endpoint_chain, endpoint_string, service_port_name};
+use crate::error::{CompileError, Problem};
+use crate::model::{
+    Endpoint, EndpointSlice, IpFamily, IpMode, ProxyConfig, Service, ServiceKey, ServicePort,
+    ServiceType, SessionAffinity, TrafficPolicy,
+};
+use crate::ruleset::ChainName;
+
+/// One usable endpoint of one service port.
+#[derive(Debug, Clone)]
+pub(crate) struct PortEndpoint<'a> {
+    /// `ip:port` as kube-proxy writes it; endpoints are sorted by this string.
+    pub text: String,
+    pub addr: SocketAddr,
+    pub chain: ChainName,
+    pub endpoint: &'a Endpoint,
+    pub local: bool,
+}
+
+/// One service port of the proxy's family, with its endpoints.
+#[derive(Debug, Clone)]
+pub(crate) struct PortInput<'a> {
+    pub port: &'a ServicePort,
+    /// `ns/name:port`.
+    pub spn: String,
+    pub chains: PortChains,
+    pub endpoints: Vec<PortEndpoint<'a>>,
+}
+
+/// A validated service, reduced to the proxy's family.
+#[derive(Debug, Clone)]
+pub(crate) struct ServiceInput<'a> {
+    pub key: ServiceKey,
+    pub cluster_ip: IpAddr,
+    pub external_ips: Vec<IpAddr>,
+    pub lb_vips: Vec<IpAddr>,
+    pub source_ranges: Vec<IpNet>,
+    pub affinity_seconds: Option<u32>,
+    pub external_policy_local: bool,
+    pub internal_policy_local: bool,
+    pub health_check_node_port: Option<u16>,
+    pub ports: Vec<PortInput<'a>>,
+}
+
+impl ServiceInput<'_> {
+    /// Reachable from outside through a node port, an LB VIP or an external IP.
+    pub fn externally_accessible(&self, port: &PortInput<'_>) -> bool {
+        port.port.node_port.is_some() || !self.lb_vips.is_empty() || !self.external_ips.is_empty()
+    }
+}
+
+/// A DNS-1123 label: 1-63 of `[a-z0-9-]`, alphanumeric at both ends.
+pub(crate) fn is_dns1123_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+/// A DNS-1035 label: a DNS-1123 label that starts with a letter.
+pub(crate) fn is_dns1035_label(s: &str) -> bool {
+    is_dns1123_label(s) && s.as_bytes()[0].is_ascii_lowercase()
+}
+
+/// A DNS-1123 subdomain: dot-separated labels, at most 253 bytes.
+pub(crate) fn is_dns1123_subdomain(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns1123_label)
+}
+
+struct ServiceErr<'k> {
+    key: &'k ServiceKey,
+}
+
+impl ServiceErr<'_> {
+    fn at(&self, port: Option<&str>, field: impl Into<String>, problem: Problem) -> CompileError {
+        CompileError::Service {
+            service: self.key.clone(),
+            port: port.map(str::to_owned),
+            field: field.into(),
+            problem,
+        }
+    }
+}
+
+fn slice_err(slice: &EndpointSlice, field: impl Into<String>, problem: Problem) -> CompileError {
+    CompileError::EndpointSlice {
+        service: slice.service(),
+        slice: slice.name.clone(),
+        field: field.into(),
+        problem,
+    }
+}
+
+fn check_port_number(
+    e: &ServiceErr<'_>,
+    port_name: Option<&str>,
+    field: String,
+    value: u16,
+    range: Option<&std::ops::RangeInclusive<u16>>,
+) -> Result<(), CompileError> {
+    if value == 0 {
+        return Err(e.at(port_name, field, Problem::PortZero));
+    }
+    if let Some(range) = range
+        && !range.contains(&value)
+    {
+        return Err(e.at(
+            port_name,
+            field,
+            Problem::NodePortOutOfRange {
+                port: value,
+                low: *range.start(),
+                high: *range.end(),
+            },
+        ));
+    }
+    Ok(())
+}
+
+/// Checks everything about a service that does not depend on the proxy's family.
+pub(crate) fn validate_service(svc: &Service, config: &ProxyConfig) -> Result<(), CompileError> {
+    let key = svc.key();
+    let e = ServiceErr { key: &key };
+    if !is_dns1123_label(&svc.namespace) {
+        return Err(e.at(
+            None,
+            "metadata.namespace",
+            Problem::InvalidName {
+                value: svc.namespace.clone(),
+                expected: "DNS-1123 label",
+            },
+        ));
+    }
+    if !is_dns1035_label(&svc.name) {
+        return Err(e.at(
+            None,
+            "metadata.name",
+            Problem::InvalidName {
+                value: svc.name.clone(),
+                expected: "DNS-1035 label",
+            },
+        ));
+    }
+    for family in [IpFamily::IPv4, IpFamily::IPv6] {
+        if svc.cluster_ips.iter().filter(|ip| family.contains(ip)).count() > 1 {
+            return Err(e.at(None, "spec.clusterIPs", Problem::DuplicateFamily { family }));
+        }
+    }
+    let range = config.node_port_range.as_ref();
+    for (i, p) in svc.ports.iter().enumerate() {
+        let name = p.name.as_str();
+        if name.is_empty() {
+            if svc.ports.len() > 1 {
+                return Err(e.at(Some(name), format!("spec.ports[{i}].name"), Problem::UnnamedPort));
+            }
+        } else if !is_dns1123_label(name) {
+            return Err(e.at(
+                Some(name),
+                format!("spec.ports[{i}].name"),
+                Problem::InvalidName {
+                    value: name.to_owned(),
+                    expected: "DNS-1123 label",
+                },
+            ));
+        }
+        check_port_number(&e, Some(name), format!("spec.ports[{i}].port"), p.port, None)?;
+        if let Some(np) = p.node_port {
+            if svc.service_type == ServiceType::ClusterIP {
+                return Err(e.at(
+                    Some(name),
+                    format!("spec.ports[{i}].nodePort"),
+                    Problem::NodePortNotAllowed {
+                        service_type: "ClusterIP",
+                    },
+                ));
+            }
+            check_port_number(&e, Some(name), format!("spec.ports[{i}].nodePort"), np, range)?;
+        }
+        for q in &svc.ports[..i] {
+            if q.name == p.name {
+                return Err(e.at(
+                    Some(name),
+                    format!("spec.ports[{i}].name"),
+                    Problem::DuplicatePortName {
+                        name: name.to_owned(),
+                    },
+                ));
+            }
+            if q.port == p.port && q.protocol == p.protocol {
+                return Err(e.at(
+                    Some(name),
+                    format!("spec.ports[{i}].port"),
+                    Problem::DuplicatePort {
+                        port: p.port,
+                        protocol: p.protocol,
+                    },
+                ));
+            }
+        }
+    }
+    if let Some(hc) = svc.health_check_node_port {
+        check_port_number(&e, None, "spec.healthCheckNodePort".into(), hc, range)?;
+    }
+    if let SessionAffinity::ClientIP { timeout_seconds } = svc.session_affinity
+        && !(1..=86400).contains(&timeout_seconds)
+    {
+        return Err(e.at(
+            None,
+            "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+            Problem::OutOfRange {
+                value: i64::from(timeout_seconds),
+                range: "1-86400",
+            },
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a slice against its service (ports must match service ports).
+pub(crate) fn validate_slice(slice: &EndpointSlice, svc: &Service) -> Result<(), CompileError> {
+    if !is_dns1123_subdomain(&slice.name) {
+        return Err(slice_err(
+            slice,
+            "metadata.name",
+            Problem::InvalidName {
+                value: slice.name.clone(),
+                expected: "DNS-1123 subdomain",
+            },
+        ));
+    }
+    for (i, p) in slice.ports.iter().enumerate() {
+        if p.port == 0 {
+            return Err(slice_err(slice, format!("ports[{i}].port"), Problem::PortZero));
+        }
+        if !svc
+            .ports
+            .iter()
+            .any(|sp| sp.name == p.name && sp.protocol == p.protocol)
+        {
+            return Err(slice_err(
+                slice,
+                format!("ports[{i}]"),
+                Problem::UnknownEndpointPort {
+                    name: p.name.clone(),
+                    protocol: p.protocol,
+                },
+            ));
+        }
+        if slice.ports[..i]
+            .iter()
+            .any(|q| q.name == p.name && q.protocol == p.protocol)
+        {
+            return Err(slice_err(
+                slice,
+                format!("ports[{i}].name"),
+                Problem::DuplicatePortName {
+                    name: p.name.clone(),
+                },
+            ));
+        }
+    }
+    for (i, ep) in slice.endpoints.iter().enumerate() {
+        if !slice.address_type.contains(&ep.address) {
+            return Err(slice_err(
+                slice,
+                format!("endpoints[{i}].addresses[0]"),
+                Problem::WrongFamily {
+                    address: ep.address,
+                    expected: slice.address_type,
+                },
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Validates a service and its slices, then reduces them to the proxy's family.
+/// `Ok(None)` for a service kube-proxy skips: headless, or no cluster IP of this family.
+pub(crate) fn service_input<'a>(
+    svc: &'a Service,
+    slices: &[&'a EndpointSlice],
+    config: &ProxyConfig,
+) -> Result<Option<ServiceInput<'a>>, CompileError> {
+    validate_service(svc, config)?;
+    for slice in slices {
+        validate_slice(slice, svc)?;
+    }
+    let family = config.ip_family;
+    let Some(cluster_ip) = svc.cluster_ips.iter().copied().find(|ip| family.contains(ip)) else {
+        return Ok(None);
+    };
+    let key = svc.key();
+    let external_policy_local = svc.external_traffic_policy == TrafficPolicy::Local
+        && (svc.service_type != ServiceType::ClusterIP || !svc.external_ips.is_empty());
+    let needs_health_check =
+        svc.service_type == ServiceType::LoadBalancer && external_policy_local;
+    let node_name = config.node_name.as_deref();
+    let ports = svc
+        .ports
+        .iter()
+        .map(|port| {
+            let spn = service_port_name(&key, &port.name);
+            let chains = PortChains::new(&spn, port.protocol);
+            let endpoints = port_endpoints(&spn, port, slices, family, node_name);
+            PortInput {
+                port,
+                spn,
+                chains,
+                endpoints,
+            }
+        })
+        .collect();
+    Ok(Some(ServiceInput {
+        cluster_ip,
+        external_ips: svc
+            .external_ips
+            .iter()
+            .copied()
+            .filter(|ip| family.contains(ip))
+            .collect(),
+        lb_vips: svc
+            .load_balancer_ingress
+            .iter()
+            .filter(|i| i.ip_mode == IpMode::VIP && family.contains(&i.ip))
+            .map(|i| i.ip)
+            .collect(),
+        source_ranges: svc
+            .load_balancer_source_ranges
+            .iter()
+            .copied()
+            .filter(|n| family.contains(&n.addr()))
+            .collect(),
+        affinity_seconds: match svc.session_affinity {
+            SessionAffinity::None => None,
+            SessionAffinity::ClientIP { timeout_seconds } => Some(timeout_seconds),
+        },
+        external_policy_local,
+        internal_policy_local: svc.internal_traffic_policy == TrafficPolicy::Local,
+        health_check_node_port: svc.health_check_node_port.filter(|_| needs_health_check),
+        ports,
+        key,
+    }))
+}
+
+/// The endpoints of one service port across all slices of the family, deduplicated by
+/// `ip:port` (a local copy wins, as in kube-proxy) and sorted by that string.
+fn port_endpoints<'a>(
+    spn: &str,
+    port: &ServicePort,
+    slices: &[&'a EndpointSlice],
+    family: IpFamily,
+    node_name: Option<&str>,
+) -> Vec<PortEndpoint<'a>> {
+    let mut by_text: BTreeMap<String, PortEndpoint<'a>> = BTreeMap::new();
+    for slice in slices.iter().filter(|s| s.address_type == family) {
+        let Some(ep_port) = slice
+            .ports
+            .iter()
+            .find(|p| p.name == port.name && p.protocol == port.protocol)
+        else {
+            continue;
+        };
+        for endpoint in &slice.endpoints {
+            let addr = SocketAddr::new(endpoint.address, ep_port.port);
+            let text = endpoint_string(&addr);
+            let local = node_name.is_some() && endpoint.node_name.as_deref() == node_name;
+            if by_text.get(&text).is_some_and(|_| !local) {
+                continue;
+            }
+            let chain = endpoint_chain(spn, port.protocol, &text);
+            by_text.insert(
+                text.clone(),
+                PortEndpoint {
+                    text,
+                    addr,
+                    chain,
+                    endpoint,
+                    local,
+                },
+            );
+        }
+    }
+    by_text.into_values().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dns_labels() {
+        assert!(is_dns1123_label("ns-1"));
+        assert!(is_dns1123_label("1ns"));
+        assert!(!is_dns1123_label("-ns"));
+        assert!(!is_dns1123_label("Ns"));
+        assert!(!is_dns1123_label(""));
+        assert!(!is_dns1123_label(&"a".repeat(64)));
+        assert!(is_dns1035_label("svc1"));
+        assert!(!is_dns1035_label("1svc"));
+        assert!(!is_dns1035_label("svc\"x"));
+        assert!(is_dns1123_subdomain("svc1-abc.x"));
+        assert!(!is_dns1123_subdomain("svc1..x"));
+    }
+}

@@ -1,0 +1,180 @@
+//! Model + config -> typed [`Ruleset`], as kube-proxy's iptables mode writes it.
+//!
+//! Pure and deterministic: services are visited in [`ServiceKey`] order, ports in
+//! their declared order, endpoints sorted by their `ip:port` string, so the same
+//! state gives the same ruleset whatever order it was built in.
+//!
+//! The layout follows the pipeline: [`naming`] derives chain names, `input`
+//! validates a service and its slices, `endpoints` picks the endpoints a port
+//! uses, `service` writes one service's rules, `fixed` the top-level chains.
+//!
+//! ```
+//! use svcnat::compile::compile;
+//! use svcnat::model::*;
+//! let mut state = ClusterState::new();
+//! state.upsert_service(
+//!     Service::cluster_ip("ns1", "svc1", "172.30.0.41".parse().unwrap())
+//!         .with_port(ServicePort::tcp("p80", 80)),
+//! );
+//! state.upsert_slice(
+//!     EndpointSlice::new("ns1", "svc1", "svc1-1", IpFamily::IPv4)
+//!         .with_port(EndpointPort::tcp("p80", 80))
+//!         .with_endpoint(Endpoint::ready("10.180.0.1".parse().unwrap())),
+//! );
+//! let config = ProxyConfig::default().with_cluster_cidrs(["10.0.0.0/8".parse().unwrap()]);
+//! let ruleset = compile(&state, &config).unwrap();
+//! let text = svcnat::render::to_string(&ruleset);
+//! assert!(text.contains("-A KUBE-SVC-XPGD46QRK7WJZT7O -m comment --comment \"ns1/svc1:p80 -> 10.180.0.1:80\" -j KUBE-SEP-SXIVWICOYRO3J4NJ"));
+//! ```
+
+mod context;
+mod endpoints;
+mod fixed;
+mod input;
+pub mod naming;
+mod service;
+
+use serde::{Deserialize, Serialize};
+
+pub use fixed::{JumpRule, jump_rules};
+pub use service::ServiceRules;
+
+use crate::error::CompileError;
+use crate::model::{ClusterState, EndpointSlice, ProxyConfig, Service};
+use crate::ruleset::{ChainName, Ruleset, Table};
+use context::Context;
+use input::ServiceInput;
+
+pub(crate) const KUBE_SERVICES: ChainName = ChainName::fixed("KUBE-SERVICES");
+pub(crate) const KUBE_EXTERNAL_SERVICES: ChainName = ChainName::fixed("KUBE-EXTERNAL-SERVICES");
+pub(crate) const KUBE_NODEPORTS: ChainName = ChainName::fixed("KUBE-NODEPORTS");
+pub(crate) const KUBE_POSTROUTING: ChainName = ChainName::fixed("KUBE-POSTROUTING");
+pub(crate) const KUBE_MARK_MASQ: ChainName = ChainName::fixed("KUBE-MARK-MASQ");
+pub(crate) const KUBE_FORWARD: ChainName = ChainName::fixed("KUBE-FORWARD");
+pub(crate) const KUBE_PROXY_FIREWALL: ChainName = ChainName::fixed("KUBE-PROXY-FIREWALL");
+pub(crate) const KUBE_FIREWALL: ChainName = ChainName::fixed("KUBE-FIREWALL");
+
+/// A top-level chain that every service appends its capture, reject and drop rules to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum SharedChain {
+    /// nat `KUBE-SERVICES`: cluster, external and load-balancer IP captures.
+    NatServices,
+    /// nat `KUBE-NODEPORTS`: node-port captures.
+    NatNodePorts,
+    /// filter `KUBE-SERVICES`: cluster IPs with no (local) endpoints.
+    FilterServices,
+    /// filter `KUBE-EXTERNAL-SERVICES`: external destinations with no (local) endpoints.
+    FilterExternalServices,
+    /// filter `KUBE-NODEPORTS`: health-check node ports.
+    FilterNodePorts,
+    /// filter `KUBE-PROXY-FIREWALL`: load-balancer traffic outside the source ranges.
+    FilterProxyFirewall,
+}
+
+impl SharedChain {
+    /// The table the chain is in.
+    pub fn table(self) -> Table {
+        match self {
+            SharedChain::NatServices | SharedChain::NatNodePorts => Table::Nat,
+            _ => Table::Filter,
+        }
+    }
+
+    /// The chain's name.
+    pub fn chain(self) -> ChainName {
+        match self {
+            SharedChain::NatServices | SharedChain::FilterServices => KUBE_SERVICES,
+            SharedChain::NatNodePorts | SharedChain::FilterNodePorts => KUBE_NODEPORTS,
+            SharedChain::FilterExternalServices => KUBE_EXTERNAL_SERVICES,
+            SharedChain::FilterProxyFirewall => KUBE_PROXY_FIREWALL,
+        }
+    }
+}
+
+/// The result of [`compile_lenient`]: the rules of every valid service, and the
+/// services left out with the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lenient {
+    /// The rules of the services that compiled.
+    pub ruleset: Ruleset,
+    /// One error per service left out, in service order.
+    pub rejected: Vec<CompileError>,
+}
+
+/// Compiles a cluster state into the ruleset for `config.ip_family`.
+///
+/// Headless services and services without a cluster IP of the family are skipped,
+/// as kube-proxy skips them; slices of services that do not exist are ignored.
+///
+/// # Errors
+/// The first invalid service, slice or config field, as a [`CompileError`] naming
+/// the object and field. Nothing is returned in that case: no partial ruleset.
+pub fn compile(state: &ClusterState, config: &ProxyConfig) -> Result<Ruleset, CompileError> {
+    let ctx = Context::new(config)?;
+    let mut inputs = Vec::new();
+    for svc in state.services() {
+        inputs.extend(inputs_of(state, svc, config)?);
+    }
+    let ctx = with_cluster_size(ctx, &inputs);
+    let services = inputs
+        .iter()
+        .map(|input| service::service_rules(input, &ctx))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(fixed::assemble(&ctx, &services))
+}
+
+/// Like [`compile`], but a service with an invalid field (or an invalid slice) is
+/// left out and reported, as kube-proxy logs and skips bad objects, so a daemon
+/// keeps serving every valid service.
+///
+/// # Errors
+/// Only an invalid config, which affects every service.
+pub fn compile_lenient(state: &ClusterState, config: &ProxyConfig) -> Result<Lenient, CompileError> {
+    let ctx = Context::new(config)?;
+    let mut rejected = Vec::new();
+    let mut inputs = Vec::new();
+    for svc in state.services() {
+        match inputs_of(state, svc, config) {
+            Ok(input) => inputs.extend(input),
+            Err(e) => rejected.push(e),
+        }
+    }
+    // A service whose rules cannot be written (a comment too long) is rejected too.
+    let ctx = with_cluster_size(ctx, &inputs);
+    let mut services = Vec::new();
+    for input in &inputs {
+        match service::service_rules(input, &ctx) {
+            Ok(rules) => services.push(rules),
+            Err(e) => rejected.push(e),
+        }
+    }
+    rejected.sort_by(|a, b| a.service().cmp(&b.service()));
+    Ok(Lenient {
+        ruleset: fixed::assemble(&ctx, &services),
+        rejected,
+    })
+}
+
+fn inputs_of<'a>(
+    state: &'a ClusterState,
+    svc: &'a Service,
+    config: &ProxyConfig,
+) -> Result<Option<ServiceInput<'a>>, CompileError> {
+    let key = svc.key();
+    let slices: Vec<&EndpointSlice> = state.slices_of(&key).collect();
+    input::service_input(svc, &slices, config)
+}
+
+/// Turns per-endpoint comments off when the cluster has more endpoints than the
+/// configured threshold (kube-proxy counts every endpoint of every service port).
+fn with_cluster_size(mut ctx: Context, inputs: &[ServiceInput<'_>]) -> Context {
+    let total: usize = inputs
+        .iter()
+        .flat_map(|s| &s.ports)
+        .map(|p| p.endpoints.len())
+        .sum();
+    if ctx.large_cluster_endpoints.is_some_and(|limit| total > limit) {
+        ctx.endpoint_comments = false;
+    }
+    ctx
+}

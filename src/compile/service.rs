@@ -1,0 +1,464 @@
+//! The rules of one service: captures in the shared chains, its own nat chains,
+//! and the filter rules that reject or drop what it cannot serve.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use super::context::Context;
+use super::endpoints::{Categorized, Selection, categorize};
+use super::input::{PortEndpoint, PortInput, ServiceInput};
+use super::{KUBE_MARK_MASQ, SharedChain};
+use crate::error::{CompileError, Problem};
+use crate::model::{Protocol, ServiceKey};
+use crate::ruleset::{
+    AddrType, Address, Chain, ChainName, Match, NfacctCounter, Not, Probability, RecentAction,
+    Rule, Target,
+};
+
+/// Everything one service contributes to a family's ruleset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceRules {
+    /// The service.
+    pub key: ServiceKey,
+    /// Rules appended to the shared top-level chains, in order.
+    pub shared: Vec<(SharedChain, Rule)>,
+    /// The service's own nat chains (`KUBE-SVC-…`, `KUBE-SVL-…`, `KUBE-EXT-…`,
+    /// `KUBE-FW-…`, `KUBE-SEP-…`), in the order they are declared.
+    pub chains: Vec<Chain>,
+}
+
+/// Builds one service's rules.
+pub(crate) fn service_rules(
+    svc: &ServiceInput<'_>,
+    ctx: &Context,
+) -> Result<ServiceRules, CompileError> {
+    let mut out = ServiceRules {
+        key: svc.key.clone(),
+        shared: Vec::new(),
+        chains: Vec::new(),
+    };
+    for port in &svc.ports {
+        PortBuilder { svc, port, ctx, out: &mut out }
+            .build()
+            .map_err(|problem| CompileError::Service {
+                service: svc.key.clone(),
+                port: Some(port.port.name.clone()),
+                field: "metadata.name".into(),
+                problem,
+            })?;
+    }
+    Ok(out)
+}
+
+fn addr(ip: IpAddr) -> Match {
+    Match::Destination(Not::is(Address::Ip(ip)))
+}
+
+fn jump(chain: &ChainName) -> Target {
+    Target::Jump(chain.clone())
+}
+
+/// The state kube-proxy derives per service port before writing its rules.
+struct Plan<'p, 'a> {
+    eps: Categorized<'p, 'a>,
+    has_internal: bool,
+    has_external: bool,
+    internal_chain: ChainName,
+    external_policy_chain: ChainName,
+    uses_cluster_chain: bool,
+    uses_local_chain: bool,
+    uses_ext_chain: bool,
+    uses_fw_chain: bool,
+}
+
+struct PortBuilder<'s, 'p, 'a> {
+    svc: &'s ServiceInput<'a>,
+    port: &'p PortInput<'a>,
+    ctx: &'s Context,
+    out: &'s mut ServiceRules,
+}
+
+impl<'p, 'a> PortBuilder<'_, 'p, 'a> {
+    fn proto(&self) -> Protocol {
+        self.port.port.protocol
+    }
+
+    fn spn(&self) -> &str {
+        &self.port.spn
+    }
+
+    fn comment(&self, text: String) -> Result<Option<Match>, Problem> {
+        self.ctx.comment(text)
+    }
+
+    fn shared(&mut self, chain: SharedChain, rule: Rule) {
+        self.out.shared.push((chain, rule));
+    }
+
+    /// `-m comment … -m P -p P -d IP --dport N`, the prefix of every capture rule.
+    fn capture(&self, comment: Option<Match>, ip: IpAddr, port: u16) -> Rule {
+        Rule::new()
+            .with_opt(comment)
+            .with(Match::Protocol(self.proto()))
+            .with(addr(ip))
+            .with(Match::DestinationPort(port))
+    }
+
+    fn plan(&self) -> Plan<'p, 'a> {
+        let svc = self.svc;
+        let chains = &self.port.chains;
+        let external = svc.externally_accessible(self.port);
+        let sel = Selection {
+            uses_cluster: !svc.internal_policy_local || external,
+            uses_local: svc.internal_policy_local || (svc.external_policy_local && external),
+            node_name: self.ctx.node_name.as_deref(),
+            zone: self.ctx.zone.as_deref(),
+            prefer_same_node: self.ctx.prefer_same_node,
+        };
+        let eps = categorize(&self.port.endpoints, &sel);
+        let has_any = eps.has_any;
+        let uses_cluster_chain = !eps.cluster.is_empty() && sel.uses_cluster;
+        let uses_local_chain = !eps.local.is_empty() && sel.uses_local;
+        let (internal_chain, has_internal) = if svc.internal_policy_local {
+            (chains.svl.clone(), has_any && !eps.local.is_empty())
+        } else {
+            (chains.svc.clone(), has_any)
+        };
+        let (external_policy_chain, has_external) = if svc.external_policy_local {
+            (chains.svl.clone(), has_any && !eps.local.is_empty())
+        } else {
+            (chains.svc.clone(), has_any)
+        };
+        Plan {
+            has_internal,
+            has_external,
+            internal_chain,
+            external_policy_chain,
+            uses_cluster_chain,
+            uses_local_chain,
+            uses_ext_chain: has_any && external,
+            uses_fw_chain: has_any && !svc.lb_vips.is_empty() && !svc.source_ranges.is_empty(),
+            eps,
+        }
+    }
+
+    fn build(mut self) -> Result<(), Problem> {
+        let plan = self.plan();
+        // What the filter table does with traffic that has nowhere to go.
+        let (internal_filter, external_filter) = if !plan.eps.has_any {
+            let c = format!("{} has no endpoints", self.spn());
+            ((Target::Reject, c.clone()), (Target::Reject, c))
+        } else {
+            let c = format!("{} has no local endpoints", self.spn());
+            ((Target::Drop, c.clone()), (Target::Drop, c))
+        };
+        self.cluster_ip(&plan, internal_filter)?;
+        self.external_ips(&plan, &external_filter)?;
+        self.load_balancer(&plan, &external_filter)?;
+        self.node_port(&plan, &external_filter)?;
+        self.health_check()?;
+        let mut chains = Vec::new();
+        if plan.has_internal {
+            // The off-cluster masquerade rule opens the internal chain.
+            if let Some(rule) = self.masquerade_rule()? {
+                chains.push(Chain {
+                    name: plan.internal_chain.clone(),
+                    rules: vec![rule],
+                });
+            }
+        }
+        if plan.uses_ext_chain {
+            chains.push(self.ext_chain(&plan)?);
+        }
+        if plan.uses_fw_chain {
+            chains.push(self.fw_chain()?);
+        }
+        let chain_names = &self.port.chains;
+        if plan.uses_cluster_chain {
+            let rules = self.dispatch_rules(&plan.eps.cluster)?;
+            push_rules(&mut chains, &chain_names.svc, rules);
+        }
+        if plan.uses_local_chain {
+            let rules = self.dispatch_rules(&plan.eps.local)?;
+            push_rules(&mut chains, &chain_names.svl, rules);
+        }
+        for ep in &plan.eps.reachable {
+            chains.push(self.endpoint_chain(ep)?);
+        }
+        // has_internal implies the internal chain has endpoints, so the chain the
+        // masquerade rule opened always gets its dispatch rules too.
+        self.out.chains.extend(chains);
+        Ok(())
+    }
+
+    fn cluster_ip(&mut self, plan: &Plan<'_, '_>, filter: (Target, String)) -> Result<(), Problem> {
+        let (ip, port) = (self.svc.cluster_ip, self.port.port.port);
+        if plan.has_internal {
+            let c = self.comment(format!("{} cluster IP", self.spn()))?;
+            let rule = self.capture(c, ip, port).to(jump(&plan.internal_chain));
+            self.shared(SharedChain::NatServices, rule);
+        } else {
+            let c = self.comment(filter.1)?;
+            let rule = self.capture(c, ip, port).to(filter.0);
+            self.shared(SharedChain::FilterServices, rule);
+        }
+        Ok(())
+    }
+
+    fn external_ips(&mut self, plan: &Plan<'_, '_>, filter: &(Target, String)) -> Result<(), Problem> {
+        let port = self.port.port.port;
+        for &ip in &self.svc.external_ips {
+            if plan.eps.has_any {
+                let c = self.comment(format!("{} external IP", self.spn()))?;
+                let rule = self.capture(c, ip, port).to(jump(&self.port.chains.ext));
+                self.shared(SharedChain::NatServices, rule);
+            }
+            if !plan.has_external {
+                let c = self.comment(filter.1.clone())?;
+                let rule = self.capture(c, ip, port).to(filter.0.clone());
+                self.shared(SharedChain::FilterExternalServices, rule);
+            }
+        }
+        Ok(())
+    }
+
+    fn load_balancer(&mut self, plan: &Plan<'_, '_>, filter: &(Target, String)) -> Result<(), Problem> {
+        let port = self.port.port.port;
+        let chains = &self.port.chains;
+        let target = if plan.uses_fw_chain { &chains.fw } else { &chains.ext };
+        for &ip in &self.svc.lb_vips {
+            if plan.eps.has_any {
+                let c = self.comment(format!("{} loadbalancer IP", self.spn()))?;
+                let rule = self.capture(c, ip, port).to(jump(target));
+                self.shared(SharedChain::NatServices, rule);
+            }
+            if plan.uses_fw_chain {
+                let c = self.comment(format!("{} traffic not accepted by {}", self.spn(), chains.fw))?;
+                let rule = self.capture(c, ip, port).to(Target::Drop);
+                self.shared(SharedChain::FilterProxyFirewall, rule);
+            }
+        }
+        if !plan.has_external {
+            for &ip in &self.svc.lb_vips {
+                let c = self.comment(filter.1.clone())?;
+                let rule = self.capture(c, ip, port).to(filter.0.clone());
+                self.shared(SharedChain::FilterExternalServices, rule);
+            }
+        }
+        Ok(())
+    }
+
+    fn node_port(&mut self, plan: &Plan<'_, '_>, filter: &(Target, String)) -> Result<(), Problem> {
+        let Some(node_port) = self.port.port.node_port else {
+            return Ok(());
+        };
+        let proto = self.proto();
+        let ext = &self.port.chains.ext;
+        if plan.eps.has_any {
+            if self.ctx.localhost_nodeports && self.ctx.nfacct {
+                let rule = Rule::new()
+                    .with_opt(self.comment(self.spn().to_owned())?)
+                    .with(Match::Protocol(proto))
+                    .with(Match::Destination(Not::is(Address::Net(
+                        "127.0.0.0/8".parse().expect("valid CIDR"),
+                    ))))
+                    .with(Match::DestinationPort(node_port))
+                    .with(Match::Nfacct(NfacctCounter::LocalhostNodePortsAccepted))
+                    .to(jump(ext));
+                self.shared(SharedChain::NatNodePorts, rule);
+            }
+            let rule = Rule::new()
+                .with_opt(self.comment(self.spn().to_owned())?)
+                .with(Match::Protocol(proto))
+                .with(Match::DestinationPort(node_port))
+                .to(jump(ext));
+            self.shared(SharedChain::NatNodePorts, rule);
+        }
+        if !plan.has_external {
+            let rule = Rule::new()
+                .with_opt(self.comment(filter.1.clone())?)
+                .with(Match::DstType(AddrType::Local))
+                .with(Match::Protocol(proto))
+                .with(Match::DestinationPort(node_port))
+                .to(filter.0.clone());
+            self.shared(SharedChain::FilterExternalServices, rule);
+        }
+        Ok(())
+    }
+
+    fn health_check(&mut self) -> Result<(), Problem> {
+        if let Some(hc) = self.svc.health_check_node_port {
+            let rule = Rule::new()
+                .with_opt(self.comment(format!("{} health check node port", self.spn()))?)
+                .with(Match::Protocol(Protocol::Tcp))
+                .with(Match::DestinationPort(hc))
+                .to(Target::Accept);
+            self.shared(SharedChain::FilterNodePorts, rule);
+        }
+        Ok(())
+    }
+
+    /// Masquerades cluster-IP traffic from outside the cluster (or all of it with
+    /// masquerade-all); no rule without a detector.
+    fn masquerade_rule(&self) -> Result<Option<Rule>, Problem> {
+        let detect = if self.ctx.masquerade_all {
+            None
+        } else if let Some(m) = &self.ctx.if_not_local {
+            Some(m.clone())
+        } else {
+            return Ok(None);
+        };
+        let c = self.comment(format!("{} cluster IP", self.spn()))?;
+        Ok(Some(
+            self.capture(c, self.svc.cluster_ip, self.port.port.port)
+                .with_opt(detect)
+                .to(jump(&KUBE_MARK_MASQ)),
+        ))
+    }
+
+    fn ext_chain(&self, plan: &Plan<'_, '_>) -> Result<Chain, Problem> {
+        let chains = &self.port.chains;
+        let spn = self.spn();
+        let mut rules = Vec::new();
+        if !self.svc.external_policy_local {
+            rules.push(
+                Rule::new()
+                    .with_opt(self.comment(format!("masquerade traffic for {spn} external destinations"))?)
+                    .to(jump(&KUBE_MARK_MASQ)),
+            );
+        } else {
+            if let Some(if_local) = &self.ctx.if_local {
+                rules.push(
+                    Rule::new()
+                        .with_opt(self.comment(format!("pod traffic for {spn} external destinations"))?)
+                        .with(if_local.clone())
+                        .to(jump(&chains.svc)),
+                );
+            }
+            rules.push(
+                Rule::new()
+                    .with_opt(self.comment(format!(
+                        "masquerade LOCAL traffic for {spn} external destinations"
+                    ))?)
+                    .with(Match::SrcType(AddrType::Local))
+                    .to(jump(&KUBE_MARK_MASQ)),
+            );
+            rules.push(
+                Rule::new()
+                    .with_opt(self.comment(format!(
+                        "route LOCAL traffic for {spn} external destinations"
+                    ))?)
+                    .with(Match::SrcType(AddrType::Local))
+                    .to(jump(&chains.svc)),
+            );
+        }
+        if plan.has_external {
+            rules.push(Rule::new().to(jump(&plan.external_policy_chain)));
+        }
+        Ok(Chain {
+            name: chains.ext.clone(),
+            rules,
+        })
+    }
+
+    fn fw_chain(&self) -> Result<Chain, Problem> {
+        let chains = &self.port.chains;
+        let spn = self.spn();
+        let comment = self.comment(format!("{spn} loadbalancer IP"))?;
+        let from = |source: Address| {
+            Rule::new()
+                .with_opt(comment.clone())
+                .with(Match::Source(Not::is(source)))
+                .to(jump(&chains.ext))
+        };
+        let mut rules: Vec<Rule> = self
+            .svc
+            .source_ranges
+            .iter()
+            .map(|net| from(Address::Net(*net)))
+            .collect();
+        let allow_from_node = self
+            .ctx
+            .primary_ip
+            .is_some_and(|ip| self.svc.source_ranges.iter().any(|n| n.contains(&ip)));
+        if allow_from_node {
+            rules.extend(self.svc.lb_vips.iter().map(|ip| from(Address::Ip(*ip))));
+        }
+        rules.push(Rule::new().with_opt(self.comment(format!(
+            "other traffic to {spn} will be dropped by KUBE-PROXY-FIREWALL"
+        ))?));
+        Ok(Chain {
+            name: chains.fw.clone(),
+            rules,
+        })
+    }
+
+    /// The service chain's jumps to its endpoints: affinity checks first, then a
+    /// random pick with probability 1/(remaining endpoints).
+    fn dispatch_rules(&self, endpoints: &[&PortEndpoint<'_>]) -> Result<Vec<Rule>, Problem> {
+        let spn = self.spn();
+        let mut rules = Vec::new();
+        if let Some(seconds) = self.svc.affinity_seconds {
+            for ep in endpoints {
+                rules.push(
+                    Rule::new()
+                        .with_opt(self.ctx.endpoint_comment(&format!("{spn} -> {}", ep.text))?)
+                        .with(Match::Recent {
+                            name: ep.chain.clone(),
+                            action: RecentAction::Check { seconds },
+                        })
+                        .to(jump(&ep.chain)),
+                );
+            }
+        }
+        let n = endpoints.len();
+        for (i, ep) in endpoints.iter().enumerate() {
+            let statistic = if i + 1 < n {
+                Some(Match::Statistic(Probability::one_in(n - i)?))
+            } else {
+                None
+            };
+            rules.push(
+                Rule::new()
+                    .with_opt(self.ctx.endpoint_comment(&format!("{spn} -> {}", ep.text))?)
+                    .with_opt(statistic)
+                    .to(jump(&ep.chain)),
+            );
+        }
+        Ok(rules)
+    }
+
+    fn endpoint_chain(&self, ep: &PortEndpoint<'_>) -> Result<Chain, Problem> {
+        let comment = self.ctx.endpoint_comment(self.spn())?;
+        let hairpin = Rule::new()
+            .with_opt(comment.clone())
+            .with(Match::Source(Not::is(Address::Ip(ep.addr.ip()))))
+            .to(jump(&KUBE_MARK_MASQ));
+        let affinity = self.svc.affinity_seconds.map(|_| Match::Recent {
+            name: ep.chain.clone(),
+            action: RecentAction::Set,
+        });
+        let dnat = Rule::new()
+            .with_opt(comment)
+            .with_opt(affinity)
+            .with(Match::Protocol(self.proto()))
+            .to(Target::Dnat(ep.addr));
+        Ok(Chain {
+            name: ep.chain.clone(),
+            rules: vec![hairpin, dnat],
+        })
+    }
+}
+
+/// Appends `rules` to the chain `name` in `chains`, creating it at the end if needed
+/// (the masquerade rule may have opened it already).
+fn push_rules(chains: &mut Vec<Chain>, name: &ChainName, rules: Vec<Rule>) {
+    match chains.iter_mut().find(|c| &c.name == name) {
+        Some(chain) => chain.rules.extend(rules),
+        None => chains.push(Chain {
+            name: name.clone(),
+            rules,
+        }),
+    }
+}

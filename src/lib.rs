@@ -1,0 +1,86 @@
+//! # svcnat
+//!
+//! Kubernetes Services in, `iptables-restore` text out: what kube-proxy's iptables
+//! mode writes, as an embeddable library.
+//!
+//! The crate is a pipeline of pure stages:
+//!
+//! 1. [`model`]: services, endpoint slices and the proxy's config as plain data.
+//! 2. [`compile`]: model -> typed [`ruleset::Ruleset`] (tables, chains, rules made of
+//!    typed matches and targets), with kube-proxy's chain names and rule layout.
+//! 3. [`render`]: ruleset -> `iptables-restore` text, streaming into any writer.
+//!
+//! ```
+//! use svcnat::model::*;
+//!
+//! let mut state = ClusterState::new();
+//! state.upsert_service(
+//!     Service::cluster_ip("ns1", "svc1", "172.30.0.41".parse().unwrap())
+//!         .with_port(ServicePort::tcp("p80", 80)),
+//! );
+//! state.upsert_slice(
+//!     EndpointSlice::new("ns1", "svc1", "svc1-abcde", IpFamily::IPv4)
+//!         .with_port(EndpointPort::tcp("p80", 80))
+//!         .with_endpoint(Endpoint::ready("10.180.0.1".parse().unwrap())),
+//! );
+//! let config = ProxyConfig::default()
+//!     .with_node_name("node-a")
+//!     .with_cluster_cidrs(["10.0.0.0/8".parse().unwrap()]);
+//!
+//! let ruleset = svcnat::compile::compile(&state, &config)?;
+//! let text = svcnat::render::to_string(&ruleset);
+//! assert!(text.contains(
+//!     "-A KUBE-SEP-SXIVWICOYRO3J4NJ -m comment --comment ns1/svc1:p80 \
+//!      -m tcp -p tcp -j DNAT --to-destination 10.180.0.1:80"
+//! ));
+//! # Ok::<(), svcnat::Error>(())
+//! ```
+//!
+//! ## Determinism
+//!
+//! Services are compiled in `namespace/name` order, ports in their declared order,
+//! endpoints sorted by their `ip:port` string (kube-proxy's order); chains and rules
+//! live in ordered containers. The same state gives the same bytes, whatever order
+//! its objects were inserted in. Nothing in the core reads a clock, a random number
+//! generator or the system.
+//!
+//! ## Errors
+//!
+//! Invalid input never panics and never yields part of a ruleset: [`compile::compile`]
+//! returns a [`CompileError`] that names the service, port and field.
+//! [`compile::compile_lenient`] instead leaves out the invalid services and reports
+//! them, as kube-proxy does.
+//!
+//! ## Crate features
+//!
+//! | feature | what it adds |
+//! |---|---|
+//! | `k8s` | [`k8s`]: conversion from k8s-openapi `Service` and `EndpointSlice` (the embedder selects the Kubernetes version feature of k8s-openapi) |
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod compile;
+pub mod error;
+#[cfg(feature = "k8s")]
+pub mod k8s;
+pub mod model;
+pub mod render;
+pub mod ruleset;
+
+pub use error::{CompileError, Problem};
+
+/// Every error the crate returns.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The input could not be compiled.
+    #[error(transparent)]
+    Compile(#[from] CompileError),
+    /// A Kubernetes object could not be converted.
+    #[cfg(feature = "k8s")]
+    #[error(transparent)]
+    Convert(#[from] k8s::ConvertError),
+    /// Writing the rules failed.
+    #[error("writing rules: {0}")]
+    Io(#[from] std::io::Error),
+}

@@ -1,0 +1,169 @@
+//! Pure data: services, endpoint slices, the proxy's configuration.
+//!
+//! Nothing here does IO or validation; [`crate::compile`] validates what it reads.
+
+mod config;
+mod endpoints;
+mod service;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+pub use config::{LocalTrafficDetector, NodePortAddress, ProxyConfig};
+pub use endpoints::{Conditions, Endpoint, EndpointPort, EndpointSlice, Hints};
+pub use service::{
+    IpMode, LoadBalancerIngress, Protocol, Service, ServiceKey, ServicePort, ServiceType,
+    SessionAffinity, TargetPort, TrafficPolicy,
+};
+
+/// An IP family: a ruleset is for one of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+pub enum IpFamily {
+    /// IPv4 (`iptables`).
+    #[default]
+    IPv4,
+    /// IPv6 (`ip6tables`).
+    IPv6,
+}
+
+impl IpFamily {
+    /// The family of an address.
+    pub fn of(ip: &IpAddr) -> IpFamily {
+        match ip {
+            IpAddr::V4(_) => IpFamily::IPv4,
+            IpAddr::V6(_) => IpFamily::IPv6,
+        }
+    }
+
+    /// True if `ip` is of this family.
+    pub fn contains(self, ip: &IpAddr) -> bool {
+        IpFamily::of(ip) == self
+    }
+}
+
+impl fmt::Display for IpFamily {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            IpFamily::IPv4 => "IPv4",
+            IpFamily::IPv6 => "IPv6",
+        })
+    }
+}
+
+/// Every service and endpoint slice a proxy knows, in a canonical order.
+///
+/// Services are kept sorted by [`ServiceKey`], a service's slices by slice name, so
+/// the same objects give the same state whatever order they were inserted in.
+///
+/// ```
+/// use svcnat::model::{ClusterState, Service, ServicePort};
+/// let mut state = ClusterState::default();
+/// state.upsert_service(Service::cluster_ip("b", "svc", "172.30.0.2".parse().unwrap()));
+/// state.upsert_service(Service::cluster_ip("a", "svc", "172.30.0.1".parse().unwrap()));
+/// let names: Vec<_> = state.services().map(|s| s.key().to_string()).collect();
+/// assert_eq!(names, ["a/svc", "b/svc"]);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(from = "StateDocument", into = "StateDocument")]
+pub struct ClusterState {
+    services: BTreeMap<ServiceKey, Service>,
+    slices: BTreeMap<ServiceKey, BTreeMap<String, EndpointSlice>>,
+}
+
+impl ClusterState {
+    /// An empty state.
+    pub fn new() -> Self {
+        ClusterState::default()
+    }
+
+    /// Adds or replaces a service; returns the one it replaced.
+    pub fn upsert_service(&mut self, service: Service) -> Option<Service> {
+        self.services.insert(service.key(), service)
+    }
+
+    /// Removes a service (its slices stay until they are removed too, as in Kubernetes).
+    pub fn remove_service(&mut self, key: &ServiceKey) -> Option<Service> {
+        self.services.remove(key)
+    }
+
+    /// Adds or replaces an endpoint slice; returns the one it replaced.
+    pub fn upsert_slice(&mut self, slice: EndpointSlice) -> Option<EndpointSlice> {
+        self.slices
+            .entry(slice.service())
+            .or_default()
+            .insert(slice.name.clone(), slice)
+    }
+
+    /// Removes the slice `name` of service `key`.
+    pub fn remove_slice(&mut self, key: &ServiceKey, name: &str) -> Option<EndpointSlice> {
+        let slices = self.slices.get_mut(key)?;
+        let removed = slices.remove(name);
+        if slices.is_empty() {
+            self.slices.remove(key);
+        }
+        removed
+    }
+
+    /// The service with this key.
+    pub fn service(&self, key: &ServiceKey) -> Option<&Service> {
+        self.services.get(key)
+    }
+
+    /// All services, sorted by key.
+    pub fn services(&self) -> impl Iterator<Item = &Service> {
+        self.services.values()
+    }
+
+    /// The slices of one service, sorted by slice name.
+    pub fn slices_of(&self, key: &ServiceKey) -> impl Iterator<Item = &EndpointSlice> {
+        self.slices.get(key).into_iter().flat_map(|s| s.values())
+    }
+
+    /// All slices, sorted by service key, then slice name.
+    pub fn slices(&self) -> impl Iterator<Item = &EndpointSlice> {
+        self.slices.values().flat_map(|s| s.values())
+    }
+
+    /// The number of services.
+    pub fn service_count(&self) -> usize {
+        self.services.len()
+    }
+}
+
+/// The serialised form of a [`ClusterState`]: two lists.
+#[derive(Serialize, Deserialize)]
+struct StateDocument {
+    #[serde(default)]
+    services: Vec<Service>,
+    #[serde(default)]
+    endpoint_slices: Vec<EndpointSlice>,
+}
+
+impl From<StateDocument> for ClusterState {
+    fn from(doc: StateDocument) -> Self {
+        let mut state = ClusterState::default();
+        doc.services.into_iter().for_each(|s| {
+            state.upsert_service(s);
+        });
+        doc.endpoint_slices.into_iter().for_each(|s| {
+            state.upsert_slice(s);
+        });
+        state
+    }
+}
+
+impl From<ClusterState> for StateDocument {
+    fn from(state: ClusterState) -> Self {
+        StateDocument {
+            services: state.services.into_values().collect(),
+            endpoint_slices: state
+                .slices
+                .into_values()
+                .flat_map(BTreeMap::into_values)
+                .collect(),
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! Ruleset -> `iptables-restore` text.
+//!
+//! Each table is written as `*table`, one `:CHAIN - [0:0]` line per chain, the
+//! chains' rules grouped by chain in declaration order, then `COMMIT`. Equal
+//! rulesets give identical bytes. Quoting happens in exactly one place, the
+//! [`Comment`](crate::ruleset::Comment) printer.
+//!
+//! ```
+//! use svcnat::ruleset::{Chain, ChainName, Rule, Ruleset, Table, TableRules, Target};
+//! use svcnat::model::IpFamily;
+//! let mut nat = TableRules::new(Table::Nat);
+//! let chain = ChainName::new("MY-CHAIN").unwrap();
+//! nat.append(&chain, Rule::new().to(Target::Return));
+//! let ruleset = Ruleset { family: IpFamily::IPv4, tables: vec![nat] };
+//! assert_eq!(
+//!     svcnat::render::to_string(&ruleset),
+//!     "*nat\n:MY-CHAIN - [0:0]\n-A MY-CHAIN -j RETURN\nCOMMIT\n"
+//! );
+//! ```
+
+use std::fmt;
+use std::io;
+
+use crate::ruleset::{Chain, ChainName, Rule, Ruleset, TableRules};
+
+/// Writes `ruleset` as `iptables-restore` text into a `fmt::Write`.
+///
+/// # Errors
+/// Only those of the writer.
+pub fn write_fmt<W: fmt::Write>(ruleset: &Ruleset, out: &mut W) -> fmt::Result {
+    for table in &ruleset.tables {
+        write_table(table, out)?;
+    }
+    Ok(())
+}
+
+/// Writes `ruleset` as `iptables-restore` text into an `io::Write`, streaming.
+///
+/// # Errors
+/// Those of the writer.
+pub fn write_io<W: io::Write>(ruleset: &Ruleset, out: W) -> io::Result<()> {
+    let mut adapter = IoAdapter {
+        inner: out,
+        error: None,
+    };
+    match write_fmt(ruleset, &mut adapter) {
+        Ok(()) => Ok(()),
+        Err(fmt::Error) => Err(adapter
+            .error
+            .unwrap_or_else(|| io::Error::other("formatter error"))),
+    }
+}
+
+/// The `iptables-restore` text of `ruleset`.
+pub fn to_string(ruleset: &Ruleset) -> String {
+    let mut s = String::new();
+    // Writing into a String cannot fail.
+    let _ = write_fmt(ruleset, &mut s);
+    s
+}
+
+/// Writes one table: header, chain lines, rules, `COMMIT`.
+///
+/// # Errors
+/// Only those of the writer.
+pub fn write_table<W: fmt::Write>(table: &TableRules, out: &mut W) -> fmt::Result {
+    writeln!(out, "*{}", table.table)?;
+    for name in table.chains.keys() {
+        write_chain_line(name, out)?;
+    }
+    for chain in table.chains.values() {
+        write_rules(chain, out)?;
+    }
+    writeln!(out, "COMMIT")
+}
+
+/// Writes `:NAME - [0:0]`, the line that declares (and, under `--noflush`, flushes) a chain.
+///
+/// # Errors
+/// Only those of the writer.
+pub fn write_chain_line<W: fmt::Write>(name: &ChainName, out: &mut W) -> fmt::Result {
+    writeln!(out, ":{name} - [0:0]")
+}
+
+/// Writes a chain's rules as `-A NAME …` lines.
+///
+/// # Errors
+/// Only those of the writer.
+pub fn write_rules<W: fmt::Write>(chain: &Chain, out: &mut W) -> fmt::Result {
+    for rule in &chain.rules {
+        write_rule(&chain.name, rule, out)?;
+    }
+    Ok(())
+}
+
+/// Writes one `-A CHAIN …` line.
+///
+/// # Errors
+/// Only those of the writer.
+pub fn write_rule<W: fmt::Write>(chain: &ChainName, rule: &Rule, out: &mut W) -> fmt::Result {
+    if rule.matches.is_empty() && rule.target.is_none() {
+        writeln!(out, "-A {chain}")
+    } else {
+        writeln!(out, "-A {chain} {rule}")
+    }
+}
+
+/// Bridges `fmt::Write` onto `io::Write`, keeping the real IO error.
+struct IoAdapter<W> {
+    inner: W,
+    error: Option<io::Error>,
+}
+
+impl<W: io::Write> fmt::Write for IoAdapter<W> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.inner.write_all(s.as_bytes()).map_err(|e| {
+            self.error = Some(e);
+            fmt::Error
+        })
+    }
+}

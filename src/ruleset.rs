@@ -1,0 +1,778 @@
+//! The typed rule IR: tables, chains, rules made of [`Match`]es and a [`Target`].
+//!
+//! Values are validated when built ([`ChainName`], [`Comment`], [`Probability`]),
+//! so anything that reaches [`crate::render`] can be printed without further checks
+//! and no name or comment can inject text into a rule.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+use indexmap::IndexMap;
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::model::{IpFamily, Protocol};
+
+/// Why a name, comment or value was refused by the IR.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum IrError {
+    /// A chain name that iptables would refuse or that could break a rule line.
+    #[error("invalid chain name {name:?}: {reason}")]
+    ChainName {
+        /// The refused name.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A comment that could not be written safely.
+    #[error("invalid comment {comment:?}: {reason}")]
+    Comment {
+        /// The refused comment.
+        comment: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// An interface name the kernel would refuse.
+    #[error("invalid interface name {name:?}: {reason}")]
+    Interface {
+        /// The refused name.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A probability outside (0, 1].
+    #[error("invalid probability {0}")]
+    Probability(String),
+}
+
+/// An iptables table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Table {
+    /// `filter`.
+    Filter,
+    /// `nat`.
+    Nat,
+    /// `mangle`.
+    Mangle,
+    /// `raw`.
+    Raw,
+    /// `security`.
+    Security,
+}
+
+impl Table {
+    /// The table's name as iptables writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Table::Filter => "filter",
+            Table::Nat => "nat",
+            Table::Mangle => "mangle",
+            Table::Raw => "raw",
+            Table::Security => "security",
+        }
+    }
+}
+
+impl fmt::Display for Table {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Characters allowed in chain names, interface names and nfacct names:
+/// nothing that the restore tokenizer treats specially.
+fn is_plain_token(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'+' | b'@' | b':'))
+}
+
+/// A chain name: 1 to 28 bytes of `[A-Za-z0-9._+@:-]`, not starting with `-` or `!`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ChainName(Cow<'static, str>);
+
+impl ChainName {
+    /// The longest chain name iptables accepts.
+    pub const MAX_LEN: usize = 28;
+
+    /// Validates a chain name.
+    ///
+    /// # Errors
+    /// [`IrError::ChainName`] if the name is empty, too long, or has characters that
+    /// iptables or the restore format would treat specially.
+    pub fn new(name: impl Into<String>) -> Result<Self, IrError> {
+        let name = name.into();
+        let reason = if name.is_empty() {
+            Some("empty")
+        } else if name.len() > Self::MAX_LEN {
+            Some("longer than 28 bytes")
+        } else if name.starts_with('-') || name.starts_with('!') {
+            Some("starts with '-' or '!'")
+        } else if !is_plain_token(&name) {
+            Some("has a character other than A-Z a-z 0-9 . _ + @ : -")
+        } else {
+            None
+        };
+        match reason {
+            Some(reason) => Err(IrError::ChainName { name, reason }),
+            None => Ok(ChainName(Cow::Owned(name))),
+        }
+    }
+
+    /// A name known valid when the crate is written (the fixed `KUBE-*` and built-in
+    /// chains); a unit test checks each one with [`ChainName::new`].
+    pub(crate) const fn fixed(name: &'static str) -> Self {
+        ChainName(Cow::Borrowed(name))
+    }
+
+    /// A name the crate built from a fixed prefix and a hash, valid by construction.
+    pub(crate) fn fixed_owned(name: String) -> Self {
+        debug_assert!(ChainName::new(name.as_str()).is_ok(), "{name}");
+        ChainName(Cow::Owned(name))
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for ChainName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for ChainName {
+    type Error = IrError;
+    fn try_from(s: String) -> Result<Self, IrError> {
+        ChainName::new(s)
+    }
+}
+
+impl From<ChainName> for String {
+    fn from(c: ChainName) -> String {
+        c.0.into_owned()
+    }
+}
+
+impl fmt::Display for ChainName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The text of a `-m comment --comment` match: at most 255 bytes of printable ASCII
+/// without quotes or backslashes. It prints quoted when it contains a space, as
+/// kube-proxy writes it; this is the one place where rule text is quoted.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Comment(String);
+
+impl Comment {
+    /// The longest comment the kernel's comment match stores.
+    pub const MAX_LEN: usize = 255;
+
+    /// Validates a comment.
+    ///
+    /// # Errors
+    /// [`IrError::Comment`] if it is empty, longer than 255 bytes, or has a character
+    /// outside printable ASCII or one of `"`, `'`, `\`.
+    pub fn new(text: impl Into<String>) -> Result<Self, IrError> {
+        let text = text.into();
+        let reason = if text.is_empty() {
+            Some("empty")
+        } else if text.len() > Self::MAX_LEN {
+            Some("longer than 255 bytes")
+        } else if !text
+            .bytes()
+            .all(|b| (b' '..=b'~').contains(&b) && !matches!(b, b'"' | b'\'' | b'\\'))
+        {
+            Some("has a character other than printable ASCII, or a quote or backslash")
+        } else {
+            None
+        };
+        match reason {
+            Some(reason) => Err(IrError::Comment {
+                comment: text,
+                reason,
+            }),
+            None => Ok(Comment(text)),
+        }
+    }
+
+    /// The comment's text, unquoted.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Comment {
+    type Error = IrError;
+    fn try_from(s: String) -> Result<Self, IrError> {
+        Comment::new(s)
+    }
+}
+
+impl From<Comment> for String {
+    fn from(c: Comment) -> String {
+        c.0
+    }
+}
+
+impl fmt::Display for Comment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.contains(' ') {
+            write!(f, "\"{}\"", self.0)
+        } else {
+            f.write_str(&self.0)
+        }
+    }
+}
+
+/// A network interface name (at most 15 bytes), optionally a prefix (`veth+`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Interface {
+    name: String,
+    prefix: bool,
+}
+
+impl Interface {
+    /// Validates an interface name; `prefix` matches every interface whose name starts with it.
+    ///
+    /// # Errors
+    /// [`IrError::Interface`] if the name is empty, longer than 15 bytes, or has a
+    /// character outside `[A-Za-z0-9._@:-]`.
+    pub fn new(name: impl Into<String>, prefix: bool) -> Result<Self, IrError> {
+        let name = name.into();
+        let reason = if name.is_empty() {
+            Some("empty")
+        } else if name.len() > 15 {
+            Some("longer than 15 bytes")
+        } else if name.contains('+') || !is_plain_token(&name) || name.starts_with('-') {
+            Some("has a character other than A-Z a-z 0-9 . _ @ : - or starts with '-'")
+        } else {
+            None
+        };
+        match reason {
+            Some(reason) => Err(IrError::Interface { name, reason }),
+            None => Ok(Interface { name, prefix }),
+        }
+    }
+
+    /// The name (without `+`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// True if this matches every interface whose name starts with [`Self::name`].
+    pub fn is_prefix(&self) -> bool {
+        self.prefix
+    }
+}
+
+impl fmt::Display for Interface {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name)?;
+        if self.prefix {
+            f.write_str("+")?;
+        }
+        Ok(())
+    }
+}
+
+/// A probability in (0, 1] for the `statistic` match, printed with ten decimals
+/// as kube-proxy prints it.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Probability(f64);
+
+impl Probability {
+    /// `1/n`: the chance that the first of `n` remaining endpoints is picked.
+    ///
+    /// # Errors
+    /// [`IrError::Probability`] if `n` is 0.
+    pub fn one_in(n: usize) -> Result<Self, IrError> {
+        if n == 0 {
+            return Err(IrError::Probability("1/0".into()));
+        }
+        Ok(Probability(1.0 / n as f64))
+    }
+
+    /// A probability from its value.
+    ///
+    /// # Errors
+    /// [`IrError::Probability`] unless `0 < p <= 1`.
+    pub fn new(p: f64) -> Result<Self, IrError> {
+        if p > 0.0 && p <= 1.0 {
+            Ok(Probability(p))
+        } else {
+            Err(IrError::Probability(p.to_string()))
+        }
+    }
+
+    /// The value.
+    pub fn value(self) -> f64 {
+        self.0
+    }
+}
+
+impl PartialEq for Probability {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.to_bits() == other.0.to_bits()
+    }
+}
+
+impl Eq for Probability {}
+
+impl std::hash::Hash for Probability {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.to_bits().hash(state);
+    }
+}
+
+impl fmt::Display for Probability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Rust rounds the exact binary value half-to-even, as Go's %0.10f does.
+        write!(f, "{:.10}", self.0)
+    }
+}
+
+/// A source or destination: one address (printed bare, as kube-proxy writes
+/// service IPs) or a network (printed as a CIDR).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Address {
+    /// One address.
+    Ip(IpAddr),
+    /// A network.
+    Net(IpNet),
+}
+
+impl Address {
+    /// True if `ip` is this address or inside this network.
+    pub fn contains(&self, ip: &IpAddr) -> bool {
+        match self {
+            Address::Ip(a) => a == ip,
+            Address::Net(n) => n.contains(ip),
+        }
+    }
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Address::Ip(ip) => write!(f, "{ip}"),
+            Address::Net(net) => write!(f, "{net}"),
+        }
+    }
+}
+
+/// A match value that may be negated with `!`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Not<T> {
+    /// True when the match is inverted.
+    pub negated: bool,
+    /// The matched value.
+    pub value: T,
+}
+
+impl<T> Not<T> {
+    /// A plain (not negated) match.
+    pub fn is(value: T) -> Self {
+        Not {
+            negated: false,
+            value,
+        }
+    }
+
+    /// A negated match.
+    pub fn not(value: T) -> Self {
+        Not {
+            negated: true,
+            value,
+        }
+    }
+
+    fn bang(&self) -> &'static str {
+        if self.negated { "! " } else { "" }
+    }
+}
+
+/// An `addrtype` address type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum AddrType {
+    /// An address of this host.
+    Local,
+}
+
+impl fmt::Display for AddrType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AddrType::Local => "LOCAL",
+        })
+    }
+}
+
+/// A mark value with an optional mask, printed as iptables-save prints it (`0x4000/0x4000`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Mark {
+    /// The value.
+    pub value: u32,
+    /// The mask; `None` means all bits.
+    pub mask: Option<u32>,
+}
+
+impl fmt::Display for Mark {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#x}", self.value)?;
+        if let Some(mask) = self.mask {
+            write!(f, "/{mask:#x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A conntrack state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum CtState {
+    /// `NEW`.
+    New,
+    /// `INVALID`.
+    Invalid,
+    /// `RELATED`.
+    Related,
+    /// `ESTABLISHED`.
+    Established,
+    /// `DNAT`.
+    Dnat,
+}
+
+impl fmt::Display for CtState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CtState::New => "NEW",
+            CtState::Invalid => "INVALID",
+            CtState::Related => "RELATED",
+            CtState::Established => "ESTABLISHED",
+            CtState::Dnat => "DNAT",
+        })
+    }
+}
+
+/// What a `recent` match does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RecentAction {
+    /// `--set`: record the source address.
+    Set,
+    /// `--rcheck --seconds N --reap`: the source was recorded in the last N seconds.
+    Check {
+        /// The window.
+        seconds: u32,
+    },
+}
+
+/// One match of a rule. Each prints as the flags kube-proxy writes for it, in the
+/// order they appear in [`Rule::matches`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Match {
+    /// `-m comment --comment TEXT`.
+    Comment(Comment),
+    /// `-m P -p P`.
+    Protocol(Protocol),
+    /// `[!] -s ADDR`.
+    Source(Not<Address>),
+    /// `[!] -d ADDR`.
+    Destination(Not<Address>),
+    /// `--dport N` (after a [`Match::Protocol`]).
+    DestinationPort(u16),
+    /// `[!] -i IFACE`.
+    InInterface(Not<Interface>),
+    /// `-m addrtype --src-type T`.
+    SrcType(AddrType),
+    /// `-m addrtype --dst-type T`.
+    DstType(AddrType),
+    /// `-m mark [!] --mark V/M`.
+    Mark(Not<Mark>),
+    /// `-m conntrack [!] --ctstate S,S`.
+    Conntrack(Not<Vec<CtState>>),
+    /// `-m statistic --mode random --probability P`.
+    Statistic(Probability),
+    /// `-m recent --name NAME (--set | --rcheck --seconds N --reap)`.
+    Recent {
+        /// The list's name (kube-proxy uses the endpoint chain's name).
+        name: ChainName,
+        /// What the match does.
+        action: RecentAction,
+    },
+    /// `-m nfacct --nfacct-name NAME`.
+    Nfacct(NfacctCounter),
+}
+
+/// The nfacct counters kube-proxy counts packets in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum NfacctCounter {
+    /// `ct_state_invalid_dropped_pkts`: packets dropped by the INVALID rule.
+    CtStateInvalidDropped,
+    /// `localhost_nps_accepted_pkts`: node-port packets accepted on 127.0.0.0/8.
+    LocalhostNodePortsAccepted,
+}
+
+impl fmt::Display for NfacctCounter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NfacctCounter::CtStateInvalidDropped => "ct_state_invalid_dropped_pkts",
+            NfacctCounter::LocalhostNodePortsAccepted => "localhost_nps_accepted_pkts",
+        })
+    }
+}
+
+impl fmt::Display for Match {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Match::Comment(c) => write!(f, "-m comment --comment {c}"),
+            Match::Protocol(p) => write!(f, "-m {p} -p {p}"),
+            Match::Source(a) => write!(f, "{}-s {}", a.bang(), a.value),
+            Match::Destination(a) => write!(f, "{}-d {}", a.bang(), a.value),
+            Match::DestinationPort(p) => write!(f, "--dport {p}"),
+            Match::InInterface(i) => write!(f, "{}-i {}", i.bang(), i.value),
+            Match::SrcType(t) => write!(f, "-m addrtype --src-type {t}"),
+            Match::DstType(t) => write!(f, "-m addrtype --dst-type {t}"),
+            Match::Mark(m) => write!(f, "-m mark {}--mark {}", m.bang(), m.value),
+            Match::Conntrack(s) => {
+                write!(f, "-m conntrack {}--ctstate ", s.bang())?;
+                for (i, state) in s.value.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(",")?;
+                    }
+                    write!(f, "{state}")?;
+                }
+                Ok(())
+            }
+            Match::Statistic(p) => write!(f, "-m statistic --mode random --probability {p}"),
+            Match::Recent { name, action } => match action {
+                RecentAction::Set => write!(f, "-m recent --name {name} --set"),
+                RecentAction::Check { seconds } => {
+                    write!(f, "-m recent --name {name} --rcheck --seconds {seconds} --reap")
+                }
+            },
+            Match::Nfacct(name) => write!(f, "-m nfacct --nfacct-name {name}"),
+        }
+    }
+}
+
+/// A change to the packet mark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum MarkOp {
+    /// `--or-mark V`.
+    Or(u32),
+    /// `--xor-mark V`.
+    Xor(u32),
+}
+
+/// What a rule does with a packet it matches.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Target {
+    /// `-j CHAIN`.
+    Jump(ChainName),
+    /// `-g CHAIN`.
+    Goto(ChainName),
+    /// `-j ACCEPT`.
+    Accept,
+    /// `-j DROP`.
+    Drop,
+    /// `-j RETURN`.
+    Return,
+    /// `-j REJECT`.
+    Reject,
+    /// `-j DNAT --to-destination ADDR:PORT` (IPv6 bracketed).
+    Dnat(SocketAddr),
+    /// `-j MASQUERADE [--random-fully]`.
+    Masquerade {
+        /// Adds `--random-fully`.
+        random_fully: bool,
+    },
+    /// `-j MARK --or-mark V` or `--xor-mark V`.
+    Mark(MarkOp),
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Jump(c) => write!(f, "-j {c}"),
+            Target::Goto(c) => write!(f, "-g {c}"),
+            Target::Accept => f.write_str("-j ACCEPT"),
+            Target::Drop => f.write_str("-j DROP"),
+            Target::Return => f.write_str("-j RETURN"),
+            Target::Reject => f.write_str("-j REJECT"),
+            Target::Dnat(to) => write!(f, "-j DNAT --to-destination {to}"),
+            Target::Masquerade { random_fully } => {
+                f.write_str("-j MASQUERADE")?;
+                if *random_fully {
+                    f.write_str(" --random-fully")?;
+                }
+                Ok(())
+            }
+            Target::Mark(MarkOp::Or(v)) => write!(f, "-j MARK --or-mark {v:#x}"),
+            Target::Mark(MarkOp::Xor(v)) => write!(f, "-j MARK --xor-mark {v:#x}"),
+        }
+    }
+}
+
+/// One rule: matches in order, then an optional target (a rule without a target
+/// only counts packets, like kube-proxy's "will be dropped" marker rule).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub struct Rule {
+    /// The matches, printed in this order.
+    pub matches: Vec<Match>,
+    /// The target.
+    pub target: Option<Target>,
+}
+
+impl Rule {
+    /// A rule with no matches and no target; add them with the builder methods.
+    pub fn new() -> Self {
+        Rule::default()
+    }
+
+    /// Adds a match.
+    pub fn with(mut self, m: Match) -> Self {
+        self.matches.push(m);
+        self
+    }
+
+    /// Adds a match if it is `Some`.
+    pub fn with_opt(mut self, m: Option<Match>) -> Self {
+        self.matches.extend(m);
+        self
+    }
+
+    /// Sets the target.
+    pub fn to(mut self, target: Target) -> Self {
+        self.target = Some(target);
+        self
+    }
+
+    /// The chain this rule jumps or goes to, if any.
+    pub fn jump_target(&self) -> Option<&ChainName> {
+        match &self.target {
+            Some(Target::Jump(c) | Target::Goto(c)) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// The rule's comment, if it has one.
+    pub fn comment(&self) -> Option<&Comment> {
+        self.matches.iter().find_map(|m| match m {
+            Match::Comment(c) => Some(c),
+            _ => None,
+        })
+    }
+}
+
+impl fmt::Display for Rule {
+    /// The rule's arguments after `-A CHAIN`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut first = true;
+        for m in &self.matches {
+            if !first {
+                f.write_str(" ")?;
+            }
+            first = false;
+            write!(f, "{m}")?;
+        }
+        if let Some(t) = &self.target {
+            if !first {
+                f.write_str(" ")?;
+            }
+            write!(f, "{t}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A chain and its rules, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chain {
+    /// The chain's name.
+    pub name: ChainName,
+    /// The rules, in order.
+    pub rules: Vec<Rule>,
+}
+
+impl Chain {
+    /// An empty chain.
+    pub fn new(name: ChainName) -> Self {
+        Chain {
+            name,
+            rules: Vec::new(),
+        }
+    }
+}
+
+/// One table's chains, in the order they are declared.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableRules {
+    /// The table.
+    pub table: Table,
+    /// The chains, by name, in declaration order.
+    pub chains: IndexMap<ChainName, Chain>,
+}
+
+impl TableRules {
+    /// An empty table.
+    pub fn new(table: Table) -> Self {
+        TableRules {
+            table,
+            chains: IndexMap::new(),
+        }
+    }
+
+    /// The chain with this name, created (empty, at the end) if missing.
+    pub fn chain_mut(&mut self, name: &ChainName) -> &mut Chain {
+        self.chains
+            .entry(name.clone())
+            .or_insert_with(|| Chain::new(name.clone()))
+    }
+
+    /// The chain with this name.
+    pub fn chain(&self, name: &str) -> Option<&Chain> {
+        self.chains.get(name)
+    }
+
+    /// Appends a rule to a chain, creating the chain if needed.
+    pub fn append(&mut self, chain: &ChainName, rule: Rule) {
+        self.chain_mut(chain).rules.push(rule);
+    }
+}
+
+/// A family's rules: the tables in the order they are written (filter, then nat).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ruleset {
+    /// The family (decides between `iptables-restore` and `ip6tables-restore`).
+    pub family: IpFamily,
+    /// The tables, in order.
+    pub tables: Vec<TableRules>,
+}
+
+impl Ruleset {
+    /// The rules of one table.
+    pub fn table(&self, table: Table) -> Option<&TableRules> {
+        self.tables.iter().find(|t| t.table == table)
+    }
+
+    /// One chain of one table.
+    pub fn chain(&self, table: Table, chain: &str) -> Option<&Chain> {
+        self.table(table)?.chain(chain)
+    }
+
+    /// The number of rules in all tables.
+    pub fn rule_count(&self) -> usize {
+        self.tables
+            .iter()
+            .flat_map(|t| t.chains.values())
+            .map(|c| c.rules.len())
+            .sum()
+    }
+}
