@@ -1,1 +1,57 @@
-fn main() {}
+//! Compiles a cluster's Services and EndpointSlices into the `iptables-restore`
+//! text kube-proxy's iptables mode would write on a node.
+//!
+//! ```text
+//! cargo run --example compile --features k8s -- [FLAGS] [FILE|-]
+//! ```
+//!
+//! FILE is a Kubernetes `List` as `kubectl get services,endpointslices -A -o json`
+//! prints it (`-` reads stdin); without it, the shipped `examples/cluster.json`.
+//! FLAGS are kube-proxy's (see `examples/common/mod.rs`). The full restore text for
+//! the family goes to stdout (filter table, then nat) and the exit code is 0. Bad
+//! input or flags: one line on stderr naming the object and field, nothing on
+//! stdout, exit code 2.
+
+mod common;
+
+use std::io::Write;
+
+use common::{EXAMPLE_CLUSTER, ProxyFlags, bad_input};
+
+const USAGE: &str = "usage: compile [--hostname-override NAME] [--node-ip IP]... [--cluster-cidr CIDR]... \
+[--detect-local-mode MODE] [--pod-interface-name-prefix P] [--pod-bridge-interface B] \
+[--masquerade-all] [--masquerade-random-fully] [--iptables-masquerade-bit N] \
+[--nodeport-addresses CIDR[,CIDR...]] [--iptables-localhost-nodeports true|false] \
+[--conntrack-tcp-be-liberal] [--nfacct-counters] [--ip-family ipv4|ipv6] [FILE|-]";
+
+fn main() {
+    let mut flags = ProxyFlags::default();
+    let mut input: Option<String> = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match flags.take(&arg, &mut args) {
+            Ok(true) => continue,
+            Ok(false) => {}
+            Err(e) => bad_input("compile", &e),
+        }
+        if arg == "-h" || arg == "--help" {
+            println!("{USAGE}");
+            return;
+        }
+        if arg.starts_with("--") || input.is_some() {
+            bad_input("compile", &format!("unexpected argument {arg:?}; {USAGE}"));
+        }
+        input = Some(arg);
+    }
+    let path = input.unwrap_or_else(|| EXAMPLE_CLUSTER.to_owned());
+    let config = flags.config().unwrap_or_else(|e| bad_input("compile", &e));
+    let state = common::load_state(&path).unwrap_or_else(|e| bad_input("compile", &e));
+    let ruleset = svcnat::compile::compile(&state, &config)
+        .unwrap_or_else(|e| bad_input("compile", &format!("{path}: {e}")));
+    let stdout = std::io::stdout().lock();
+    let mut out = std::io::BufWriter::new(stdout);
+    if let Err(e) = svcnat::render::write_io(&ruleset, &mut out).and_then(|()| out.flush()) {
+        eprintln!("compile: writing stdout: {e}");
+        std::process::exit(1);
+    }
+}

@@ -554,7 +554,10 @@ impl fmt::Display for Match {
             Match::Recent { name, action } => match action {
                 RecentAction::Set => write!(f, "-m recent --name {name} --set"),
                 RecentAction::Check { seconds } => {
-                    write!(f, "-m recent --name {name} --rcheck --seconds {seconds} --reap")
+                    write!(
+                        f,
+                        "-m recent --name {name} --rcheck --seconds {seconds} --reap"
+                    )
                 }
             },
             Match::Nfacct(name) => write!(f, "-m nfacct --nfacct-name {name}"),

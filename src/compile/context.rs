@@ -67,7 +67,11 @@ impl Context {
                 },
             ));
         }
-        let primary_ip = config.node_ips.iter().copied().find(|ip| family.contains(ip));
+        let primary_ip = config
+            .node_ips
+            .iter()
+            .copied()
+            .find(|ip| family.contains(ip));
         let (if_local, if_not_local) = detector(&config.local_traffic, family)?;
 
         // kube-proxy's NodePortAddresses: entries of this family ("primary" is the
@@ -75,7 +79,9 @@ impl Context {
         let mut cidrs: Vec<IpNet> = Vec::new();
         for entry in &config.nodeport_addresses {
             match entry {
-                NodePortAddress::Cidr(net) if family.contains(&net.addr()) => cidrs.push(net.trunc()),
+                NodePortAddress::Cidr(net) if family.contains(&net.addr()) => {
+                    cidrs.push(net.trunc())
+                }
                 NodePortAddress::Cidr(_) => {}
                 NodePortAddress::Primary => {
                     if let Some(ip) = primary_ip {
@@ -151,7 +157,10 @@ fn detector(
     Ok(match detector {
         LocalTrafficDetector::None => (None, None),
         LocalTrafficDetector::Cidrs(cidrs) => {
-            let mine: Vec<&IpNet> = cidrs.iter().filter(|c| family.contains(&c.addr())).collect();
+            let mine: Vec<&IpNet> = cidrs
+                .iter()
+                .filter(|c| family.contains(&c.addr()))
+                .collect();
             if mine.len() > 1 {
                 return Err(config_err(field, Problem::DuplicateFamily { family }));
             }

@@ -125,7 +125,10 @@ pub(crate) fn categorize<'p, 'a>(
     }
     let mut fell_back = false;
     if local_ready {
-        out.local = endpoints.iter().filter(|e| e.local && is_ready(e)).collect();
+        out.local = endpoints
+            .iter()
+            .filter(|e| e.local && is_ready(e))
+            .collect();
     } else if local_terminating {
         fell_back = true;
         out.local = endpoints
@@ -139,8 +142,12 @@ pub(crate) fn categorize<'p, 'a>(
         // Cluster holds every ready endpoint, local only ready ones: a superset.
         out.reachable = out.cluster.clone();
     } else {
-        let mut all: Vec<&PortEndpoint<'a>> =
-            out.cluster.iter().chain(out.local.iter()).copied().collect();
+        let mut all: Vec<&PortEndpoint<'a>> = out
+            .cluster
+            .iter()
+            .chain(out.local.iter())
+            .copied()
+            .collect();
         all.sort_by(|a, b| a.text.cmp(&b.text));
         all.dedup_by(|a, b| a.text == b.text);
         out.reachable = all;

@@ -49,7 +49,12 @@ pub(crate) fn assemble(ctx: &Context, services: &[ServiceRules]) -> Ruleset {
     ] {
         filter.chain_mut(&chain);
     }
-    for chain in [KUBE_SERVICES, KUBE_NODEPORTS, KUBE_POSTROUTING, KUBE_MARK_MASQ] {
+    for chain in [
+        KUBE_SERVICES,
+        KUBE_NODEPORTS,
+        KUBE_POSTROUTING,
+        KUBE_MARK_MASQ,
+    ] {
         nat.chain_mut(&chain);
     }
     let c = ctx.comments;
@@ -61,16 +66,25 @@ pub(crate) fn assemble(ctx: &Context, services: &[ServiceRules]) -> Ruleset {
             .with(Match::Mark(Not::not(masq_mark(ctx))))
             .to(Target::Return),
     );
-    nat.append(&KUBE_POSTROUTING, Rule::new().to(Target::Mark(MarkOp::Xor(ctx.mark))));
+    nat.append(
+        &KUBE_POSTROUTING,
+        Rule::new().to(Target::Mark(MarkOp::Xor(ctx.mark))),
+    );
     nat.append(
         &KUBE_POSTROUTING,
         Rule::new()
-            .with_opt(fixed_comment(c, "kubernetes service traffic requiring SNAT"))
+            .with_opt(fixed_comment(
+                c,
+                "kubernetes service traffic requiring SNAT",
+            ))
             .to(Target::Masquerade {
                 random_fully: ctx.random_fully,
             }),
     );
-    nat.append(&KUBE_MARK_MASQ, Rule::new().to(Target::Mark(MarkOp::Or(ctx.mark))));
+    nat.append(
+        &KUBE_MARK_MASQ,
+        Rule::new().to(Target::Mark(MarkOp::Or(ctx.mark))),
+    );
 
     // filter KUBE-FIREWALL: kube-proxy's copy of kubelet's localnet guard.
     if has_kubelet_firewall {
@@ -98,7 +112,9 @@ pub(crate) fn assemble(ctx: &Context, services: &[ServiceRules]) -> Ruleset {
             table.append(&shared.chain(), rule.clone());
         }
         for chain in &svc.chains {
-            nat.chain_mut(&chain.name).rules.extend(chain.rules.iter().cloned());
+            nat.chain_mut(&chain.name)
+                .rules
+                .extend(chain.rules.iter().cloned());
         }
     }
 
@@ -200,31 +216,68 @@ pub fn jump_rules(config: &ProxyConfig) -> Result<Vec<JumpRule>, CompileError> {
     let new = || Match::Conntrack(Not::is(vec![CtState::New]));
     let c = ctx.comments;
     let mut out = Vec::new();
-    let mut add = |table, chain: &'static str, ct: bool, comment: Option<&'static str>, to: ChainName| {
-        out.push(JumpRule {
-            table,
-            chain: ChainName::fixed(chain),
-            rule: Rule::new()
-                .with_opt(ct.then(new))
-                .with_opt(comment.and_then(|t| fixed_comment(c, t)))
-                .to(Target::Jump(to)),
-        });
-    };
+    let mut add =
+        |table, chain: &'static str, ct: bool, comment: Option<&'static str>, to: ChainName| {
+            out.push(JumpRule {
+                table,
+                chain: ChainName::fixed(chain),
+                rule: Rule::new()
+                    .with_opt(ct.then(new))
+                    .with_opt(comment.and_then(|t| fixed_comment(c, t)))
+                    .to(Target::Jump(to)),
+            });
+        };
     let external = Some("kubernetes externally-visible service portals");
     let portals = Some("kubernetes service portals");
     let firewall = Some("kubernetes load balancer firewall");
-    add(Table::Filter, "INPUT", true, external, KUBE_EXTERNAL_SERVICES);
-    add(Table::Filter, "FORWARD", true, external, KUBE_EXTERNAL_SERVICES);
-    add(Table::Filter, "INPUT", false, Some("kubernetes health check service ports"), KUBE_NODEPORTS);
+    add(
+        Table::Filter,
+        "INPUT",
+        true,
+        external,
+        KUBE_EXTERNAL_SERVICES,
+    );
+    add(
+        Table::Filter,
+        "FORWARD",
+        true,
+        external,
+        KUBE_EXTERNAL_SERVICES,
+    );
+    add(
+        Table::Filter,
+        "INPUT",
+        false,
+        Some("kubernetes health check service ports"),
+        KUBE_NODEPORTS,
+    );
     add(Table::Filter, "FORWARD", true, portals, KUBE_SERVICES);
     add(Table::Filter, "OUTPUT", true, portals, KUBE_SERVICES);
-    add(Table::Filter, "FORWARD", false, Some("kubernetes forwarding rules"), KUBE_FORWARD);
+    add(
+        Table::Filter,
+        "FORWARD",
+        false,
+        Some("kubernetes forwarding rules"),
+        KUBE_FORWARD,
+    );
     add(Table::Filter, "INPUT", true, firewall, KUBE_PROXY_FIREWALL);
     add(Table::Filter, "OUTPUT", true, firewall, KUBE_PROXY_FIREWALL);
-    add(Table::Filter, "FORWARD", true, firewall, KUBE_PROXY_FIREWALL);
+    add(
+        Table::Filter,
+        "FORWARD",
+        true,
+        firewall,
+        KUBE_PROXY_FIREWALL,
+    );
     add(Table::Nat, "OUTPUT", false, portals, KUBE_SERVICES);
     add(Table::Nat, "PREROUTING", false, portals, KUBE_SERVICES);
-    add(Table::Nat, "POSTROUTING", false, Some("kubernetes postrouting rules"), KUBE_POSTROUTING);
+    add(
+        Table::Nat,
+        "POSTROUTING",
+        false,
+        Some("kubernetes postrouting rules"),
+        KUBE_POSTROUTING,
+    );
     if ctx.family == IpFamily::IPv4 && ctx.localhost_nodeports {
         add(Table::Filter, "INPUT", false, None, KUBE_FIREWALL);
         add(Table::Filter, "OUTPUT", false, None, KUBE_FIREWALL);

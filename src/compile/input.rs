@@ -153,7 +153,13 @@ pub(crate) fn validate_service(svc: &Service, config: &ProxyConfig) -> Result<()
         ));
     }
     for family in [IpFamily::IPv4, IpFamily::IPv6] {
-        if svc.cluster_ips.iter().filter(|ip| family.contains(ip)).count() > 1 {
+        if svc
+            .cluster_ips
+            .iter()
+            .filter(|ip| family.contains(ip))
+            .count()
+            > 1
+        {
             return Err(e.at(None, "spec.clusterIPs", Problem::DuplicateFamily { family }));
         }
     }
@@ -162,7 +168,11 @@ pub(crate) fn validate_service(svc: &Service, config: &ProxyConfig) -> Result<()
         let name = p.name.as_str();
         if name.is_empty() {
             if svc.ports.len() > 1 {
-                return Err(e.at(Some(name), format!("spec.ports[{i}].name"), Problem::UnnamedPort));
+                return Err(e.at(
+                    Some(name),
+                    format!("spec.ports[{i}].name"),
+                    Problem::UnnamedPort,
+                ));
             }
         } else if !is_dns1123_label(name) {
             return Err(e.at(
@@ -174,7 +184,13 @@ pub(crate) fn validate_service(svc: &Service, config: &ProxyConfig) -> Result<()
                 },
             ));
         }
-        check_port_number(&e, Some(name), format!("spec.ports[{i}].port"), p.port, None)?;
+        check_port_number(
+            &e,
+            Some(name),
+            format!("spec.ports[{i}].port"),
+            p.port,
+            None,
+        )?;
         if let Some(np) = p.node_port {
             if svc.service_type == ServiceType::ClusterIP {
                 return Err(e.at(
@@ -185,7 +201,13 @@ pub(crate) fn validate_service(svc: &Service, config: &ProxyConfig) -> Result<()
                     },
                 ));
             }
-            check_port_number(&e, Some(name), format!("spec.ports[{i}].nodePort"), np, range)?;
+            check_port_number(
+                &e,
+                Some(name),
+                format!("spec.ports[{i}].nodePort"),
+                np,
+                range,
+            )?;
         }
         for q in &svc.ports[..i] {
             if q.name == p.name {
@@ -241,7 +263,11 @@ pub(crate) fn validate_slice(slice: &EndpointSlice, svc: &Service) -> Result<(),
     }
     for (i, p) in slice.ports.iter().enumerate() {
         if p.port == 0 {
-            return Err(slice_err(slice, format!("ports[{i}].port"), Problem::PortZero));
+            return Err(slice_err(
+                slice,
+                format!("ports[{i}].port"),
+                Problem::PortZero,
+            ));
         }
         if !svc
             .ports
@@ -297,14 +323,18 @@ pub(crate) fn service_input<'a>(
         validate_slice(slice, svc)?;
     }
     let family = config.ip_family;
-    let Some(cluster_ip) = svc.cluster_ips.iter().copied().find(|ip| family.contains(ip)) else {
+    let Some(cluster_ip) = svc
+        .cluster_ips
+        .iter()
+        .copied()
+        .find(|ip| family.contains(ip))
+    else {
         return Ok(None);
     };
     let key = svc.key();
     let external_policy_local = svc.external_traffic_policy == TrafficPolicy::Local
         && (svc.service_type != ServiceType::ClusterIP || !svc.external_ips.is_empty());
-    let needs_health_check =
-        svc.service_type == ServiceType::LoadBalancer && external_policy_local;
+    let needs_health_check = svc.service_type == ServiceType::LoadBalancer && external_policy_local;
     let node_name = config.node_name.as_deref();
     let ports = svc
         .ports

@@ -129,7 +129,10 @@ pub fn compile(state: &ClusterState, config: &ProxyConfig) -> Result<Ruleset, Co
 ///
 /// # Errors
 /// Only an invalid config, which affects every service.
-pub fn compile_lenient(state: &ClusterState, config: &ProxyConfig) -> Result<Lenient, CompileError> {
+pub fn compile_lenient(
+    state: &ClusterState,
+    config: &ProxyConfig,
+) -> Result<Lenient, CompileError> {
     let ctx = Context::new(config)?;
     let mut rejected = Vec::new();
     let mut inputs = Vec::new();
@@ -173,7 +176,10 @@ fn with_cluster_size(mut ctx: Context, inputs: &[ServiceInput<'_>]) -> Context {
         .flat_map(|s| &s.ports)
         .map(|p| p.endpoints.len())
         .sum();
-    if ctx.large_cluster_endpoints.is_some_and(|limit| total > limit) {
+    if ctx
+        .large_cluster_endpoints
+        .is_some_and(|limit| total > limit)
+    {
         ctx.endpoint_comments = false;
     }
     ctx

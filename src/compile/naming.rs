@@ -92,9 +92,15 @@ pub fn endpoint_chain(spn: &str, protocol: Protocol, endpoint: &str) -> ChainNam
 /// True for the names of chains svcnat creates per service port or endpoint, the
 /// only chains a sync ever deletes.
 pub fn is_service_chain(name: &str) -> bool {
-    ["KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-FW-", "KUBE-SEP-"]
-        .iter()
-        .any(|p| name.starts_with(p))
+    [
+        "KUBE-SVC-",
+        "KUBE-SVL-",
+        "KUBE-EXT-",
+        "KUBE-FW-",
+        "KUBE-SEP-",
+    ]
+    .iter()
+    .any(|p| name.starts_with(p))
 }
 
 #[cfg(test)]
@@ -123,7 +129,11 @@ mod tests {
             ("ns4/svc4:p80", "10.180.0.5:80", "KUBE-SEP-C6EBXVWJJZMIWKLZ"),
             ("ns5/svc5:p80", "10.180.0.3:80", "KUBE-SEP-I77PXRDZVX7PMWMN"),
             ("ns1/svc1:p80", "10.0.0.0:80", "KUBE-SEP-DKGQUZGBKLTPAR56"),
-            ("ns1/svc1:p80", "[fd00:10::1]:80", "KUBE-SEP-RT5VHSJR44ZNF7G5"),
+            (
+                "ns1/svc1:p80",
+                "[fd00:10::1]:80",
+                "KUBE-SEP-RT5VHSJR44ZNF7G5",
+            ),
         ];
         for (spn, ep, want) in seps {
             assert_eq!(endpoint_chain(spn, Protocol::Tcp, ep).as_str(), want);

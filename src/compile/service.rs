@@ -39,14 +39,19 @@ pub(crate) fn service_rules(
         chains: Vec::new(),
     };
     for port in &svc.ports {
-        PortBuilder { svc, port, ctx, out: &mut out }
-            .build()
-            .map_err(|problem| CompileError::Service {
-                service: svc.key.clone(),
-                port: Some(port.port.name.clone()),
-                field: "metadata.name".into(),
-                problem,
-            })?;
+        PortBuilder {
+            svc,
+            port,
+            ctx,
+            out: &mut out,
+        }
+        .build()
+        .map_err(|problem| CompileError::Service {
+            service: svc.key.clone(),
+            port: Some(port.port.name.clone()),
+            field: "metadata.name".into(),
+            problem,
+        })?;
     }
     Ok(out)
 }
@@ -206,7 +211,11 @@ impl<'p, 'a> PortBuilder<'_, 'p, 'a> {
         Ok(())
     }
 
-    fn external_ips(&mut self, plan: &Plan<'_, '_>, filter: &(Target, String)) -> Result<(), Problem> {
+    fn external_ips(
+        &mut self,
+        plan: &Plan<'_, '_>,
+        filter: &(Target, String),
+    ) -> Result<(), Problem> {
         let port = self.port.port.port;
         for &ip in &self.svc.external_ips {
             if plan.eps.has_any {
@@ -223,10 +232,18 @@ impl<'p, 'a> PortBuilder<'_, 'p, 'a> {
         Ok(())
     }
 
-    fn load_balancer(&mut self, plan: &Plan<'_, '_>, filter: &(Target, String)) -> Result<(), Problem> {
+    fn load_balancer(
+        &mut self,
+        plan: &Plan<'_, '_>,
+        filter: &(Target, String),
+    ) -> Result<(), Problem> {
         let port = self.port.port.port;
         let chains = &self.port.chains;
-        let target = if plan.uses_fw_chain { &chains.fw } else { &chains.ext };
+        let target = if plan.uses_fw_chain {
+            &chains.fw
+        } else {
+            &chains.ext
+        };
         for &ip in &self.svc.lb_vips {
             if plan.eps.has_any {
                 let c = self.comment(format!("{} loadbalancer IP", self.spn()))?;
@@ -234,7 +251,11 @@ impl<'p, 'a> PortBuilder<'_, 'p, 'a> {
                 self.shared(SharedChain::NatServices, rule);
             }
             if plan.uses_fw_chain {
-                let c = self.comment(format!("{} traffic not accepted by {}", self.spn(), chains.fw))?;
+                let c = self.comment(format!(
+                    "{} traffic not accepted by {}",
+                    self.spn(),
+                    chains.fw
+                ))?;
                 let rule = self.capture(c, ip, port).to(Target::Drop);
                 self.shared(SharedChain::FilterProxyFirewall, rule);
             }
@@ -324,14 +345,18 @@ impl<'p, 'a> PortBuilder<'_, 'p, 'a> {
         if !self.svc.external_policy_local {
             rules.push(
                 Rule::new()
-                    .with_opt(self.comment(format!("masquerade traffic for {spn} external destinations"))?)
+                    .with_opt(self.comment(format!(
+                        "masquerade traffic for {spn} external destinations"
+                    ))?)
                     .to(jump(&KUBE_MARK_MASQ)),
             );
         } else {
             if let Some(if_local) = &self.ctx.if_local {
                 rules.push(
                     Rule::new()
-                        .with_opt(self.comment(format!("pod traffic for {spn} external destinations"))?)
+                        .with_opt(
+                            self.comment(format!("pod traffic for {spn} external destinations"))?,
+                        )
                         .with(if_local.clone())
                         .to(jump(&chains.svc)),
                 );
@@ -403,7 +428,10 @@ impl<'p, 'a> PortBuilder<'_, 'p, 'a> {
             for ep in endpoints {
                 rules.push(
                     Rule::new()
-                        .with_opt(self.ctx.endpoint_comment(&format!("{spn} -> {}", ep.text))?)
+                        .with_opt(
+                            self.ctx
+                                .endpoint_comment(&format!("{spn} -> {}", ep.text))?,
+                        )
                         .with(Match::Recent {
                             name: ep.chain.clone(),
                             action: RecentAction::Check { seconds },
@@ -421,7 +449,10 @@ impl<'p, 'a> PortBuilder<'_, 'p, 'a> {
             };
             rules.push(
                 Rule::new()
-                    .with_opt(self.ctx.endpoint_comment(&format!("{spn} -> {}", ep.text))?)
+                    .with_opt(
+                        self.ctx
+                            .endpoint_comment(&format!("{spn} -> {}", ep.text))?,
+                    )
                     .with_opt(statistic)
                     .to(jump(&ep.chain)),
             );

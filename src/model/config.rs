@@ -125,7 +125,8 @@ impl ProxyConfig {
     /// The masquerade mark value, `1 << masquerade_bit` (0 if the bit is out of range;
     /// [`crate::compile`] rejects such a config).
     pub fn masquerade_mark(&self) -> u32 {
-        1u32.checked_shl(u32::from(self.masquerade_bit)).unwrap_or(0)
+        1u32.checked_shl(u32::from(self.masquerade_bit))
+            .unwrap_or(0)
     }
 
     /// Sets this node's name.

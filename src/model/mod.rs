@@ -20,7 +20,9 @@ pub use service::{
 };
 
 /// An IP family: a ruleset is for one of them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 pub enum IpFamily {
     /// IPv4 (`iptables`).
     #[default]

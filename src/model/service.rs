@@ -35,7 +35,9 @@ impl fmt::Display for ServiceKey {
 }
 
 /// The Service's `spec.type`. ExternalName services carry no rules and are not modelled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 pub enum ServiceType {
     /// Reachable on its cluster IPs only.
     #[default]
@@ -47,7 +49,9 @@ pub enum ServiceType {
 }
 
 /// A transport protocol a service port uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Protocol {
     /// TCP, the Kubernetes default.
@@ -132,7 +136,9 @@ impl ServicePort {
 }
 
 /// `spec.sessionAffinity` with its timeout.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 pub enum SessionAffinity {
     /// No affinity: every connection is balanced afresh.
     #[default]
@@ -145,7 +151,9 @@ pub enum SessionAffinity {
 }
 
 /// `spec.externalTrafficPolicy` or `spec.internalTrafficPolicy`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 pub enum TrafficPolicy {
     /// Any ready endpoint in the cluster.
     #[default]
@@ -155,7 +163,9 @@ pub enum TrafficPolicy {
 }
 
 /// `status.loadBalancer.ingress[].ipMode`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 pub enum IpMode {
     /// The load balancer delivers packets with the VIP as destination (the default).
     #[default]

@@ -1,0 +1,277 @@
+//! What the examples share: kube-proxy-style flags and reading a Kubernetes `List`.
+//!
+//! Flags (named after kube-proxy's; `--flag value` or `--flag=value`):
+//!
+//! | flag | meaning |
+//! |---|---|
+//! | `--hostname-override NAME` | this node's name (endpoints on it are local) |
+//! | `--node-ip IP` | an address of this node, repeatable, the first one primary |
+//! | `--cluster-cidr CIDR` | the pod CIDR (one per family), repeatable |
+//! | `--detect-local-mode M` | `ClusterCIDR`, `NodeCIDR`, `BridgeInterface`, `InterfaceNamePrefix` or `None` |
+//! | `--pod-interface-name-prefix P` | for `InterfaceNamePrefix` |
+//! | `--pod-bridge-interface B` | for `BridgeInterface` |
+//! | `--masquerade-all` | masquerade all cluster-IP traffic |
+//! | `--masquerade-random-fully` | `--random-fully` on MASQUERADE |
+//! | `--iptables-masquerade-bit N` | the masquerade mark bit (default 14) |
+//! | `--nodeport-addresses CIDR[,CIDR…]` | node addresses that accept node ports (`primary` allowed) |
+//! | `--iptables-localhost-nodeports true\|false` | node ports on 127.0.0.0/8 (default true) |
+//! | `--conntrack-tcp-be-liberal` | leave out the INVALID-drop rule |
+//! | `--nfacct-counters` | emit kube-proxy's nfacct matches |
+//! | `--ip-family ipv4\|ipv6` | the family to write rules for (default ipv4) |
+
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use serde_json::Value;
+use svcnat::model::{ClusterState, IpFamily, LocalTrafficDetector, NodePortAddress, ProxyConfig};
+
+/// The shipped example cluster.
+pub const EXAMPLE_CLUSTER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/cluster.json");
+
+/// Exit code for bad input or bad flags.
+pub const EXIT_BAD_INPUT: i32 = 2;
+
+/// The proxy flags, as given.
+#[derive(Debug, Default)]
+pub struct ProxyFlags {
+    pub hostname: Option<String>,
+    pub node_ips: Vec<IpAddr>,
+    pub cluster_cidrs: Vec<IpNet>,
+    pub detect_local_mode: Option<String>,
+    pub interface_prefix: Option<String>,
+    pub bridge_interface: Option<String>,
+    pub masquerade_all: bool,
+    pub random_fully: bool,
+    pub masquerade_bit: Option<u8>,
+    pub nodeport_addresses: Vec<NodePortAddress>,
+    pub localhost_nodeports: Option<bool>,
+    pub tcp_liberal: bool,
+    pub nfacct: bool,
+    pub family: IpFamily,
+}
+
+/// Splits `--flag=value` and `--flag value`; returns (flag, inline value).
+pub fn split_flag(arg: &str) -> (&str, Option<&str>) {
+    match arg.split_once('=') {
+        Some((f, v)) if f.starts_with("--") => (f, Some(v)),
+        _ => (arg, None),
+    }
+}
+
+/// Reads the value of a flag: inline, or the next argument.
+pub fn value(
+    flag: &str,
+    inline: Option<&str>,
+    rest: &mut impl Iterator<Item = String>,
+) -> Result<String, String> {
+    match inline {
+        Some(v) => Ok(v.to_owned()),
+        None => rest.next().ok_or_else(|| format!("{flag}: missing value")),
+    }
+}
+
+fn parse<T: std::str::FromStr>(flag: &str, v: &str, what: &str) -> Result<T, String> {
+    v.parse()
+        .map_err(|_| format!("{flag}: {v:?} is not {what}"))
+}
+
+impl ProxyFlags {
+    /// Takes `arg` if it is a proxy flag; `Ok(false)` if it is not one.
+    pub fn take(
+        &mut self,
+        arg: &str,
+        rest: &mut impl Iterator<Item = String>,
+    ) -> Result<bool, String> {
+        let (flag, inline) = split_flag(arg);
+        match flag {
+            "--hostname-override" => self.hostname = Some(value(flag, inline, rest)?),
+            "--node-ip" => {
+                let v = value(flag, inline, rest)?;
+                self.node_ips.push(parse(flag, &v, "an IP address")?);
+            }
+            "--cluster-cidr" => {
+                let v = value(flag, inline, rest)?;
+                for part in v.split(',').filter(|p| !p.is_empty()) {
+                    self.cluster_cidrs.push(parse(flag, part.trim(), "a CIDR")?);
+                }
+            }
+            "--detect-local-mode" => {
+                let v = value(flag, inline, rest)?;
+                match v.as_str() {
+                    "ClusterCIDR"
+                    | "NodeCIDR"
+                    | "BridgeInterface"
+                    | "InterfaceNamePrefix"
+                    | "None" => self.detect_local_mode = Some(v),
+                    _ => {
+                        return Err(format!(
+                            "{flag}: {v:?} is not one of ClusterCIDR, NodeCIDR, BridgeInterface, InterfaceNamePrefix, None"
+                        ));
+                    }
+                }
+            }
+            "--pod-interface-name-prefix" => {
+                self.interface_prefix = Some(value(flag, inline, rest)?)
+            }
+            "--pod-bridge-interface" => self.bridge_interface = Some(value(flag, inline, rest)?),
+            "--masquerade-all" => self.masquerade_all = bool_flag(flag, inline)?,
+            "--masquerade-random-fully" => self.random_fully = bool_flag(flag, inline)?,
+            "--conntrack-tcp-be-liberal" => self.tcp_liberal = bool_flag(flag, inline)?,
+            "--nfacct-counters" => self.nfacct = bool_flag(flag, inline)?,
+            "--iptables-masquerade-bit" => {
+                let v = value(flag, inline, rest)?;
+                let bit: u8 = parse(flag, &v, "a bit number (0-31)")?;
+                if bit > 31 {
+                    return Err(format!("{flag}: {bit} is not a bit number (0-31)"));
+                }
+                self.masquerade_bit = Some(bit);
+            }
+            "--nodeport-addresses" => {
+                let v = value(flag, inline, rest)?;
+                for part in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                    self.nodeport_addresses.push(if part == "primary" {
+                        NodePortAddress::Primary
+                    } else {
+                        NodePortAddress::Cidr(parse(flag, part, "a CIDR or \"primary\"")?)
+                    });
+                }
+            }
+            "--iptables-localhost-nodeports" => {
+                let v = value(flag, inline, rest)?;
+                self.localhost_nodeports = Some(parse(flag, &v, "true or false")?);
+            }
+            "--ip-family" => {
+                let v = value(flag, inline, rest)?;
+                self.family = match v.to_ascii_lowercase().as_str() {
+                    "ipv4" => IpFamily::IPv4,
+                    "ipv6" => IpFamily::IPv6,
+                    _ => return Err(format!("{flag}: {v:?} is not ipv4 or ipv6")),
+                };
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// The library config these flags describe. The node's loopback addresses
+    /// count as its own, after the `--node-ip` values.
+    pub fn config(&self) -> Result<ProxyConfig, String> {
+        let mut node_ips = self.node_ips.clone();
+        node_ips.extend([
+            "127.0.0.1".parse::<IpAddr>().unwrap(),
+            "::1".parse().unwrap(),
+        ]);
+        let default_mode = if self.cluster_cidrs.is_empty() {
+            "None"
+        } else {
+            "ClusterCIDR"
+        };
+        let mode = self.detect_local_mode.as_deref().unwrap_or(default_mode);
+        let local_traffic = match mode {
+            "ClusterCIDR" | "NodeCIDR" => {
+                if self.cluster_cidrs.is_empty() {
+                    return Err(format!("--detect-local-mode {mode}: needs --cluster-cidr"));
+                }
+                LocalTrafficDetector::Cidrs(self.cluster_cidrs.clone())
+            }
+            "BridgeInterface" => LocalTrafficDetector::BridgeInterface(
+                self.bridge_interface
+                    .clone()
+                    .ok_or("--detect-local-mode BridgeInterface: needs --pod-bridge-interface")?,
+            ),
+            "InterfaceNamePrefix" => {
+                LocalTrafficDetector::InterfaceNamePrefix(self.interface_prefix.clone().ok_or(
+                    "--detect-local-mode InterfaceNamePrefix: needs --pod-interface-name-prefix",
+                )?)
+            }
+            _ => LocalTrafficDetector::None,
+        };
+        let mut config = ProxyConfig::default()
+            .with_node_ips(node_ips)
+            .with_ip_family(self.family)
+            .with_masquerade_all(self.masquerade_all)
+            .with_masquerade_random_fully(self.random_fully)
+            .with_local_traffic(local_traffic)
+            .with_nodeport_addresses(self.nodeport_addresses.clone())
+            .with_conntrack_tcp_be_liberal(self.tcp_liberal)
+            .with_nfacct_counters(self.nfacct);
+        if let Some(name) = &self.hostname {
+            config = config.with_node_name(name.clone());
+        }
+        if let Some(bit) = self.masquerade_bit {
+            config = config.with_masquerade_bit(bit);
+        }
+        if let Some(on) = self.localhost_nodeports {
+            config = config.with_localhost_nodeports(on);
+        }
+        Ok(config)
+    }
+}
+
+fn bool_flag(flag: &str, inline: Option<&str>) -> Result<bool, String> {
+    match inline {
+        None => Ok(true),
+        Some(v) => parse(flag, v, "true or false"),
+    }
+}
+
+/// Reads a Kubernetes `List` (or a single Service or EndpointSlice) from a path, or
+/// stdin for `-`, into a cluster state. Items of other kinds are ignored.
+pub fn load_state(path: &str) -> Result<ClusterState, String> {
+    let text = if path == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map_err(|e| format!("reading stdin: {e}"))?;
+        s
+    } else {
+        std::fs::read_to_string(path).map_err(|e| format!("reading {path}: {e}"))?
+    };
+    let doc: Value = serde_json::from_str(&text).map_err(|e| format!("{path}: not JSON: {e}"))?;
+    let items: Vec<Value> = match doc.get("items") {
+        Some(Value::Array(items)) => items.clone(),
+        Some(_) => return Err(format!("{path}: items: not a list")),
+        None => vec![doc],
+    };
+    let mut services = Vec::new();
+    let mut slices = Vec::new();
+    for (i, item) in items.into_iter().enumerate() {
+        let kind = item
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
+        let name = format!(
+            "{}/{}",
+            item.pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .unwrap_or(""),
+            item.pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+        );
+        match kind.as_str() {
+            "Service" => services.push(
+                serde_json::from_value::<Service>(item)
+                    .map_err(|e| format!("{path}: items[{i}]: Service {name}: {e}"))?,
+            ),
+            "EndpointSlice" => slices.push(
+                serde_json::from_value::<EndpointSlice>(item)
+                    .map_err(|e| format!("{path}: items[{i}]: EndpointSlice {name}: {e}"))?,
+            ),
+            _ => {}
+        }
+    }
+    svcnat::k8s::cluster_state(&services, &slices).map_err(|e| format!("{path}: {e}"))
+}
+
+/// Prints a one-line error and exits with [`EXIT_BAD_INPUT`].
+pub fn bad_input(program: &str, message: &str) -> ! {
+    eprintln!("{program}: {}", message.replace('\n', " "));
+    std::process::exit(EXIT_BAD_INPUT)
+}

@@ -1,0 +1,528 @@
+//! Conversion from k8s-openapi's `Service` and `EndpointSlice` (feature `k8s`).
+//!
+//! Kubernetes' own defaulting applies: a missing protocol is TCP, a missing
+//! `ready` or `serving` condition is true, a Service with only `clusterIP` has that
+//! one address. Objects kube-proxy ignores are returned as `Ok(None)`: ExternalName
+//! and headless services, FQDN slices, slices without the
+//! `kubernetes.io/service-name` label.
+//!
+//! Addresses are read as kube-proxy reads them: IPv4 parts with leading zeros are
+//! decimal (`010.0.0.1` is `10.0.0.1`), source ranges may carry whitespace.
+//! Anything else malformed is a [`ConvertError`] naming the object and field.
+//!
+//! The crate selects no Kubernetes version of k8s-openapi: the embedder does, as
+//! with any library built on k8s-openapi.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::discovery::v1 as discovery;
+use thiserror::Error;
+
+use crate::error::Problem;
+use crate::model::{
+    ClusterState, Conditions, Endpoint, EndpointPort, EndpointSlice, Hints, IpFamily, IpMode,
+    LoadBalancerIngress, Protocol, Service, ServicePort, ServiceType, SessionAffinity, TargetPort,
+    TrafficPolicy,
+};
+
+/// The label that joins an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// Kubernetes' default `sessionAffinityConfig.clientIP.timeoutSeconds`.
+pub const DEFAULT_AFFINITY_SECONDS: u32 = 10800;
+
+/// A Kubernetes object that could not be converted.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{kind} {name}: {field}: {problem}")]
+pub struct ConvertError {
+    /// `Service` or `EndpointSlice`.
+    pub kind: &'static str,
+    /// `namespace/name` (what is known of it).
+    pub name: String,
+    /// The field, as a path into the object (`spec.ports[1].port`).
+    pub field: String,
+    /// What is wrong.
+    pub problem: Problem,
+}
+
+struct Obj {
+    kind: &'static str,
+    name: String,
+}
+
+impl Obj {
+    fn err(&self, field: impl Into<String>, problem: Problem) -> ConvertError {
+        ConvertError {
+            kind: self.kind,
+            name: self.name.clone(),
+            field: field.into(),
+            problem,
+        }
+    }
+}
+
+/// Parses an IP address as Go's `ParseIPSloppy` does: IPv4 parts with leading
+/// zeros are read as decimal. The result is normalised.
+pub fn parse_ip_sloppy(text: &str) -> Option<IpAddr> {
+    if let Ok(ip) = text.parse() {
+        return Some(ip);
+    }
+    let parts: Vec<&str> = text.split('.').collect();
+    if parts.len() != 4 {
+        return None;
+    }
+    let mut octets = [0u8; 4];
+    for (o, p) in octets.iter_mut().zip(&parts) {
+        if p.is_empty() || p.len() > 3 || !p.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        *o = p.parse().ok()?;
+    }
+    Some(IpAddr::V4(Ipv4Addr::from(octets)))
+}
+
+/// Parses a CIDR as Go's `ParseCIDRSloppy` does (leading zeros read as decimal,
+/// in the address and the prefix length), keeping the address bits as given.
+pub fn parse_cidr_sloppy(text: &str) -> Option<IpNet> {
+    let (addr, len) = text.split_once('/')?;
+    let ip = parse_ip_sloppy(addr)?;
+    if len.is_empty() || len.len() > 3 || !len.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    IpNet::new(ip, len.parse().ok()?).ok()
+}
+
+fn port_number(obj: &Obj, field: String, value: i32) -> Result<u16, ConvertError> {
+    match value {
+        0 => Err(obj.err(field, Problem::PortZero)),
+        1..=65535 => Ok(value as u16),
+        _ => Err(obj.err(
+            field,
+            Problem::PortOutOfRange {
+                value: i64::from(value),
+            },
+        )),
+    }
+}
+
+fn protocol(obj: &Obj, field: String, value: Option<&str>) -> Result<Protocol, ConvertError> {
+    match value {
+        None | Some("TCP") => Ok(Protocol::Tcp),
+        Some("UDP") => Ok(Protocol::Udp),
+        Some("SCTP") => Ok(Protocol::Sctp),
+        Some(other) => Err(obj.err(
+            field,
+            Problem::Unsupported {
+                value: other.to_owned(),
+            },
+        )),
+    }
+}
+
+fn ip(obj: &Obj, field: String, text: &str) -> Result<IpAddr, ConvertError> {
+    parse_ip_sloppy(text).ok_or_else(|| {
+        obj.err(
+            field,
+            Problem::BadAddress {
+                value: text.to_owned(),
+                expected: "IP address",
+            },
+        )
+    })
+}
+
+fn policy(obj: &Obj, field: &str, value: Option<&str>) -> Result<TrafficPolicy, ConvertError> {
+    match value {
+        None | Some("Cluster") => Ok(TrafficPolicy::Cluster),
+        Some("Local") => Ok(TrafficPolicy::Local),
+        Some(other) => Err(obj.err(
+            field,
+            Problem::Unsupported {
+                value: other.to_owned(),
+            },
+        )),
+    }
+}
+
+fn object_name(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
+    format!(
+        "{}/{}",
+        meta.namespace.as_deref().unwrap_or(""),
+        meta.name.as_deref().unwrap_or("")
+    )
+}
+
+/// Converts a Service. `Ok(None)` for a service kube-proxy skips: ExternalName,
+/// headless (`clusterIP: None`) or without a cluster IP.
+///
+/// # Errors
+/// A missing name or namespace, an unknown type, protocol or policy, a port out of
+/// range, an address that does not parse.
+pub fn service(svc: &core::Service) -> Result<Option<Service>, ConvertError> {
+    let obj = Obj {
+        kind: "Service",
+        name: object_name(&svc.metadata),
+    };
+    let namespace = svc
+        .metadata
+        .namespace
+        .clone()
+        .ok_or_else(|| obj.err("metadata.namespace", Problem::Missing))?;
+    let name = svc
+        .metadata
+        .name
+        .clone()
+        .ok_or_else(|| obj.err("metadata.name", Problem::Missing))?;
+    let Some(spec) = &svc.spec else {
+        return Ok(None);
+    };
+    let service_type = match spec.type_.as_deref() {
+        None | Some("ClusterIP") => ServiceType::ClusterIP,
+        Some("NodePort") => ServiceType::NodePort,
+        Some("LoadBalancer") => ServiceType::LoadBalancer,
+        Some("ExternalName") => return Ok(None),
+        Some(other) => {
+            return Err(obj.err(
+                "spec.type",
+                Problem::Unsupported {
+                    value: other.to_owned(),
+                },
+            ));
+        }
+    };
+    let (ips_field, ip_texts): (&str, Vec<&str>) = match &spec.cluster_ips {
+        Some(ips) if !ips.is_empty() => {
+            ("spec.clusterIPs", ips.iter().map(String::as_str).collect())
+        }
+        _ => (
+            "spec.clusterIP",
+            spec.cluster_ip.as_deref().into_iter().collect(),
+        ),
+    };
+    if ip_texts.is_empty() || ip_texts.iter().any(|t| t.is_empty() || *t == "None") {
+        return Ok(None);
+    }
+    let cluster_ips = ip_texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let field = if ips_field == "spec.clusterIP" {
+                ips_field.to_owned()
+            } else {
+                format!("{ips_field}[{i}]")
+            };
+            ip(&obj, field, t)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let mut ports = Vec::new();
+    for (i, p) in spec.ports.iter().flatten().enumerate() {
+        let node_port = match p.node_port {
+            None | Some(0) => None,
+            Some(n) => Some(port_number(&obj, format!("spec.ports[{i}].nodePort"), n)?),
+        };
+        let target_port = match &p.target_port {
+            None => None,
+            Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(n)) => {
+                Some(TargetPort::Number(port_number(
+                    &obj,
+                    format!("spec.ports[{i}].targetPort"),
+                    *n,
+                )?))
+            }
+            Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(s)) => {
+                Some(TargetPort::Name(s.clone()))
+            }
+        };
+        ports.push(ServicePort {
+            name: p.name.clone().unwrap_or_default(),
+            protocol: protocol(
+                &obj,
+                format!("spec.ports[{i}].protocol"),
+                p.protocol.as_deref(),
+            )?,
+            port: port_number(&obj, format!("spec.ports[{i}].port"), p.port)?,
+            target_port,
+            node_port,
+        });
+    }
+
+    let session_affinity = match spec.session_affinity.as_deref() {
+        None | Some("None") => SessionAffinity::None,
+        Some("ClientIP") => {
+            let field = "spec.sessionAffinityConfig.clientIP.timeoutSeconds";
+            let seconds = spec
+                .session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds);
+            let timeout_seconds = match seconds {
+                None => DEFAULT_AFFINITY_SECONDS,
+                Some(s) => u32::try_from(s).map_err(|_| {
+                    obj.err(
+                        field,
+                        Problem::OutOfRange {
+                            value: i64::from(s),
+                            range: "1-86400",
+                        },
+                    )
+                })?,
+            };
+            SessionAffinity::ClientIP { timeout_seconds }
+        }
+        Some(other) => {
+            return Err(obj.err(
+                "spec.sessionAffinity",
+                Problem::Unsupported {
+                    value: other.to_owned(),
+                },
+            ));
+        }
+    };
+
+    let external_ips = spec
+        .external_ips
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, t)| ip(&obj, format!("spec.externalIPs[{i}]"), t))
+        .collect::<Result<Vec<_>, _>>()?;
+    let load_balancer_source_ranges = spec
+        .load_balancer_source_ranges
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, t)| {
+            parse_cidr_sloppy(t.trim()).ok_or_else(|| {
+                obj.err(
+                    format!("spec.loadBalancerSourceRanges[{i}]"),
+                    Problem::BadAddress {
+                        value: t.clone(),
+                        expected: "CIDR",
+                    },
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut load_balancer_ingress = Vec::new();
+    let ingress = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref());
+    for (i, ing) in ingress.into_iter().flatten().enumerate() {
+        let Some(text) = ing.ip.as_deref().filter(|t| !t.is_empty()) else {
+            continue;
+        };
+        let ip_mode = match ing.ip_mode.as_deref() {
+            None | Some("VIP") => IpMode::VIP,
+            Some("Proxy") => IpMode::Proxy,
+            Some(other) => {
+                return Err(obj.err(
+                    format!("status.loadBalancer.ingress[{i}].ipMode"),
+                    Problem::Unsupported {
+                        value: other.to_owned(),
+                    },
+                ));
+            }
+        };
+        load_balancer_ingress.push(LoadBalancerIngress {
+            ip: ip(&obj, format!("status.loadBalancer.ingress[{i}].ip"), text)?,
+            ip_mode,
+        });
+    }
+    let health_check_node_port = match spec.health_check_node_port {
+        None | Some(0) => None,
+        Some(n) => Some(port_number(&obj, "spec.healthCheckNodePort".into(), n)?),
+    };
+
+    Ok(Some(Service {
+        namespace,
+        name,
+        service_type,
+        cluster_ips,
+        ports,
+        session_affinity,
+        external_traffic_policy: policy(
+            &obj,
+            "spec.externalTrafficPolicy",
+            spec.external_traffic_policy.as_deref(),
+        )?,
+        internal_traffic_policy: policy(
+            &obj,
+            "spec.internalTrafficPolicy",
+            spec.internal_traffic_policy.as_deref(),
+        )?,
+        external_ips,
+        load_balancer_ingress,
+        load_balancer_source_ranges,
+        health_check_node_port,
+    }))
+}
+
+/// `endpoints` is a list in some Kubernetes versions of k8s-openapi and an
+/// optional list in others; this reads either.
+trait EndpointList {
+    fn as_list(&self) -> &[discovery::Endpoint];
+}
+
+impl EndpointList for Vec<discovery::Endpoint> {
+    fn as_list(&self) -> &[discovery::Endpoint] {
+        self
+    }
+}
+
+impl EndpointList for Option<Vec<discovery::Endpoint>> {
+    fn as_list(&self) -> &[discovery::Endpoint] {
+        self.as_deref().unwrap_or(&[])
+    }
+}
+
+/// Converts an EndpointSlice. `Ok(None)` for a slice kube-proxy ignores: address
+/// type FQDN, or no `kubernetes.io/service-name` label. Endpoints without
+/// addresses and ports without a number are skipped, as kube-proxy skips them.
+///
+/// # Errors
+/// A missing name or namespace, an unknown address type or protocol, a port out of
+/// range, an address that does not parse.
+pub fn endpoint_slice(
+    slice: &discovery::EndpointSlice,
+) -> Result<Option<EndpointSlice>, ConvertError> {
+    let obj = Obj {
+        kind: "EndpointSlice",
+        name: object_name(&slice.metadata),
+    };
+    let namespace = slice
+        .metadata
+        .namespace
+        .clone()
+        .ok_or_else(|| obj.err("metadata.namespace", Problem::Missing))?;
+    let name = slice
+        .metadata
+        .name
+        .clone()
+        .ok_or_else(|| obj.err("metadata.name", Problem::Missing))?;
+    let Some(service_name) = slice
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(SERVICE_NAME_LABEL))
+        .cloned()
+    else {
+        return Ok(None);
+    };
+    let address_type = match slice.address_type.as_str() {
+        "IPv4" => IpFamily::IPv4,
+        "IPv6" => IpFamily::IPv6,
+        "FQDN" => return Ok(None),
+        other => {
+            return Err(obj.err(
+                "addressType",
+                Problem::Unsupported {
+                    value: other.to_owned(),
+                },
+            ));
+        }
+    };
+    let mut ports = Vec::new();
+    for (i, p) in slice.ports.iter().flatten().enumerate() {
+        let Some(number) = p.port else { continue };
+        ports.push(EndpointPort {
+            name: p.name.clone().unwrap_or_default(),
+            protocol: protocol(&obj, format!("ports[{i}].protocol"), p.protocol.as_deref())?,
+            port: port_number(&obj, format!("ports[{i}].port"), number)?,
+        });
+    }
+    let mut endpoints = Vec::new();
+    for (i, ep) in slice.endpoints.as_list().iter().enumerate() {
+        let Some(first) = ep.addresses.first() else {
+            continue;
+        };
+        let address = ip(&obj, format!("endpoints[{i}].addresses[0]"), first)?;
+        let c = ep.conditions.as_ref();
+        let conditions = Conditions {
+            ready: c.and_then(|c| c.ready).unwrap_or(true),
+            serving: c.and_then(|c| c.serving).unwrap_or(true),
+            terminating: c.and_then(|c| c.terminating).unwrap_or(false),
+        };
+        let hints = ep
+            .hints
+            .as_ref()
+            .map(|h| Hints {
+                for_zones: h
+                    .for_zones
+                    .iter()
+                    .flatten()
+                    .map(|z| z.name.clone())
+                    .collect(),
+                for_nodes: h
+                    .for_nodes
+                    .iter()
+                    .flatten()
+                    .map(|n| n.name.clone())
+                    .collect(),
+            })
+            .unwrap_or_default();
+        endpoints.push(Endpoint {
+            address,
+            conditions,
+            node_name: ep.node_name.clone(),
+            zone: ep.zone.clone(),
+            hints,
+        });
+    }
+    Ok(Some(EndpointSlice {
+        namespace,
+        service_name,
+        name,
+        address_type,
+        ports,
+        endpoints,
+    }))
+}
+
+/// Builds a cluster state from Services and EndpointSlices, skipping what
+/// kube-proxy skips.
+///
+/// # Errors
+/// The first object that does not convert.
+pub fn cluster_state<'a>(
+    services: impl IntoIterator<Item = &'a core::Service>,
+    slices: impl IntoIterator<Item = &'a discovery::EndpointSlice>,
+) -> Result<ClusterState, ConvertError> {
+    let mut state = ClusterState::new();
+    for svc in services {
+        if let Some(s) = service(svc)? {
+            state.upsert_service(s);
+        }
+    }
+    for slice in slices {
+        if let Some(s) = endpoint_slice(slice)? {
+            state.upsert_slice(s);
+        }
+    }
+    Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sloppy_addresses() {
+        assert_eq!(parse_ip_sloppy("172.30.0.041"), "172.30.0.41".parse().ok());
+        assert_eq!(parse_ip_sloppy("1.2.3.004"), "1.2.3.4".parse().ok());
+        assert_eq!(parse_ip_sloppy("fd00::1"), "fd00::1".parse().ok());
+        assert_eq!(parse_ip_sloppy("1.2.3.256"), None);
+        assert_eq!(parse_ip_sloppy("1.2.3"), None);
+        assert_eq!(parse_ip_sloppy("1.2.3.+4"), None);
+        assert_eq!(
+            parse_cidr_sloppy("203.0.113.000/025"),
+            "203.0.113.0/25".parse().ok()
+        );
+        assert_eq!(parse_cidr_sloppy("203.0.113.0/33"), None);
+        assert_eq!(parse_cidr_sloppy("203.0.113.0"), None);
+    }
+}
