@@ -1,1 +1,55 @@
-fn main() {}
+//! Compile and render time for clusters of growing size (criterion).
+//!
+//! `cargo bench --bench compile`
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use svcnat::model::*;
+
+/// `services` ClusterIP services with `endpoints` ready endpoints each.
+fn cluster(services: usize, endpoints: usize) -> ClusterState {
+    let mut state = ClusterState::new();
+    for i in 0..services {
+        let name = format!("svc{i}");
+        let ip = IpAddr::V4(Ipv4Addr::from(0xac1e_0000u32 + i as u32));
+        state.upsert_service(
+            Service::cluster_ip("bench", name.clone(), ip).with_port(ServicePort::tcp("http", 80)),
+        );
+        let mut slice = EndpointSlice::new("bench", name.clone(), format!("{name}-1"), IpFamily::IPv4)
+            .with_port(EndpointPort::tcp("http", 8080));
+        for j in 0..endpoints {
+            let ep = IpAddr::V4(Ipv4Addr::from(0x0ab4_0000u32 + (i * endpoints + j) as u32));
+            slice = slice.with_endpoint(Endpoint::ready(ep));
+        }
+        state.upsert_slice(slice);
+    }
+    state
+}
+
+fn bench(c: &mut Criterion) {
+    let config = ProxyConfig::default()
+        .with_node_name("node-a")
+        .with_cluster_cidrs(["10.0.0.0/8".parse().unwrap()]);
+    let mut group = c.benchmark_group("compile+render");
+    for (services, endpoints) in [(10, 10), (100, 10), (1000, 10)] {
+        let state = cluster(services, endpoints);
+        group.throughput(Throughput::Elements(services as u64));
+        group.bench_with_input(
+            BenchmarkId::from_parameter(format!("{services}x{endpoints}")),
+            &state,
+            |b, state| {
+                b.iter(|| {
+                    let ruleset = svcnat::compile::compile(state, &config).unwrap();
+                    let mut out = Vec::with_capacity(1 << 20);
+                    svcnat::render::write_io(&ruleset, &mut out).unwrap();
+                    out.len()
+                })
+            },
+        );
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

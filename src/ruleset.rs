@@ -388,7 +388,7 @@ impl<T> Not<T> {
     }
 
     /// A negated match.
-    pub fn not(value: T) -> Self {
+    pub fn is_not(value: T) -> Self {
         Not {
             negated: true,
             value,

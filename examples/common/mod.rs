@@ -232,7 +232,13 @@ pub fn load_state(path: &str) -> Result<ClusterState, String> {
     } else {
         std::fs::read_to_string(path).map_err(|e| format!("reading {path}: {e}"))?
     };
-    let doc: Value = serde_json::from_str(&text).map_err(|e| format!("{path}: not JSON: {e}"))?;
+    parse_list(&text, path)
+}
+
+/// Parses the text of a Kubernetes `List` (or a single Service or EndpointSlice);
+/// `path` names it in errors.
+pub fn parse_list(text: &str, path: &str) -> Result<ClusterState, String> {
+    let doc: Value = serde_json::from_str(text).map_err(|e| format!("{path}: not JSON: {e}"))?;
     let items: Vec<Value> = match doc.get("items") {
         Some(Value::Array(items)) => items.clone(),
         Some(_) => return Err(format!("{path}: items: not a list")),

@@ -170,7 +170,7 @@ fn detector(
                     let addr = Address::Net(net.trunc());
                     (
                         Some(Match::Source(Not::is(addr))),
-                        Some(Match::Source(Not::not(addr))),
+                        Some(Match::Source(Not::is_not(addr))),
                     )
                 }
             }
@@ -179,14 +179,14 @@ fn detector(
             let iface = Interface::new(name.clone(), false).map_err(|e| config_err(field, e))?;
             (
                 Some(Match::InInterface(Not::is(iface.clone()))),
-                Some(Match::InInterface(Not::not(iface))),
+                Some(Match::InInterface(Not::is_not(iface))),
             )
         }
         LocalTrafficDetector::InterfaceNamePrefix(prefix) => {
             let iface = Interface::new(prefix.clone(), true).map_err(|e| config_err(field, e))?;
             (
                 Some(Match::InInterface(Not::is(iface.clone()))),
-                Some(Match::InInterface(Not::not(iface))),
+                Some(Match::InInterface(Not::is_not(iface))),
             )
         }
     })

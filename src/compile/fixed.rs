@@ -63,7 +63,7 @@ pub(crate) fn assemble(ctx: &Context, services: &[ServiceRules]) -> Ruleset {
     nat.append(
         &KUBE_POSTROUTING,
         Rule::new()
-            .with(Match::Mark(Not::not(masq_mark(ctx))))
+            .with(Match::Mark(Not::is_not(masq_mark(ctx))))
             .to(Target::Return),
     );
     nat.append(
@@ -93,8 +93,8 @@ pub(crate) fn assemble(ctx: &Context, services: &[ServiceRules]) -> Ruleset {
             Rule::new()
                 .with_opt(fixed_comment(c, "block incoming localnet connections"))
                 .with(Match::Destination(Not::is(net("127.0.0.0/8"))))
-                .with(Match::Source(Not::not(net("127.0.0.0/8"))))
-                .with(Match::Conntrack(Not::not(vec![
+                .with(Match::Source(Not::is_not(net("127.0.0.0/8"))))
+                .with(Match::Conntrack(Not::is_not(vec![
                     CtState::Related,
                     CtState::Established,
                     CtState::Dnat,
@@ -176,7 +176,7 @@ fn nodeport_jumps(ctx: &Context) -> Vec<Rule> {
             Rule::new()
                 .with_opt(comment)
                 .with(Match::DstType(AddrType::Local))
-                .with_opt(exclude.map(|a| Match::Destination(Not::not(a))))
+                .with_opt(exclude.map(|a| Match::Destination(Not::is_not(a))))
                 .to(Target::Jump(KUBE_NODEPORTS)),
         ]
     } else {

@@ -163,36 +163,41 @@ impl<'p, 'a> PortBuilder<'_, 'p, 'a> {
         self.load_balancer(&plan, &external_filter)?;
         self.node_port(&plan, &external_filter)?;
         self.health_check()?;
+        // Chains in kube-proxy's order: EXT, FW, SVC, SVL, then the endpoints.
         let mut chains = Vec::new();
-        if plan.has_internal {
-            // The off-cluster masquerade rule opens the internal chain.
-            if let Some(rule) = self.masquerade_rule()? {
-                chains.push(Chain {
-                    name: plan.internal_chain.clone(),
-                    rules: vec![rule],
-                });
-            }
-        }
         if plan.uses_ext_chain {
             chains.push(self.ext_chain(&plan)?);
         }
         if plan.uses_fw_chain {
             chains.push(self.fw_chain()?);
         }
+        // The off-cluster masquerade rule opens the internal chain. has_internal
+        // implies that chain has endpoints, so it is always written below.
+        let mut masquerade = if plan.has_internal {
+            self.masquerade_rule()?
+        } else {
+            None
+        };
         let chain_names = &self.port.chains;
-        if plan.uses_cluster_chain {
-            let rules = self.dispatch_rules(&plan.eps.cluster)?;
-            push_rules(&mut chains, &chain_names.svc, rules);
-        }
-        if plan.uses_local_chain {
-            let rules = self.dispatch_rules(&plan.eps.local)?;
-            push_rules(&mut chains, &chain_names.svl, rules);
+        for (used, name, endpoints) in [
+            (plan.uses_cluster_chain, &chain_names.svc, &plan.eps.cluster),
+            (plan.uses_local_chain, &chain_names.svl, &plan.eps.local),
+        ] {
+            if used {
+                let mut rules = Vec::new();
+                if *name == plan.internal_chain {
+                    rules.extend(masquerade.take());
+                }
+                rules.extend(self.dispatch_rules(endpoints)?);
+                chains.push(Chain {
+                    name: name.clone(),
+                    rules,
+                });
+            }
         }
         for ep in &plan.eps.reachable {
             chains.push(self.endpoint_chain(ep)?);
         }
-        // has_internal implies the internal chain has endpoints, so the chain the
-        // masquerade rule opened always gets its dispatch rules too.
         self.out.chains.extend(chains);
         Ok(())
     }
@@ -479,17 +484,5 @@ impl<'p, 'a> PortBuilder<'_, 'p, 'a> {
             name: ep.chain.clone(),
             rules: vec![hairpin, dnat],
         })
-    }
-}
-
-/// Appends `rules` to the chain `name` in `chains`, creating it at the end if needed
-/// (the masquerade rule may have opened it already).
-fn push_rules(chains: &mut Vec<Chain>, name: &ChainName, rules: Vec<Rule>) {
-    match chains.iter_mut().find(|c| &c.name == name) {
-        Some(chain) => chain.rules.extend(rules),
-        None => chains.push(Chain {
-            name: name.clone(),
-            rules,
-        }),
     }
 }

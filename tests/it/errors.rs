@@ -1,0 +1,305 @@
+//! Bad input: a typed error naming the object, port and field; never a panic,
+//! never part of a ruleset.
+
+use svcnat::compile::{compile, compile_lenient};
+use svcnat::error::{CompileError, Problem};
+use svcnat::model::*;
+
+use crate::fixtures::*;
+
+fn svc1() -> Service {
+    service("ns1", "svc1", "172.30.0.41", &[("p80", 80)])
+}
+
+fn err(state: &ClusterState) -> CompileError {
+    compile(state, &config()).expect_err("input should be refused")
+}
+
+fn service_err(e: &CompileError) -> (&ServiceKey, Option<&str>, &str, &Problem) {
+    match e {
+        CompileError::Service {
+            service,
+            port,
+            field,
+            problem,
+        } => (service, port.as_deref(), field.as_str(), problem),
+        other => panic!("not a service error: {other}"),
+    }
+}
+
+#[test]
+fn port_zero() {
+    let svc = service("ns1", "svc1", "172.30.0.41", &[("p80", 0)]);
+    let e = err(&state(vec![svc], vec![]));
+    let (key, port, field, problem) = service_err(&e);
+    assert_eq!(key.to_string(), "ns1/svc1");
+    assert_eq!(port, Some("p80"));
+    assert_eq!(field, "spec.ports[0].port");
+    assert_eq!(problem, &Problem::PortZero);
+    assert_eq!(
+        e.to_string(),
+        "service ns1/svc1 port p80: spec.ports[0].port: port 0 is not allowed"
+    );
+}
+
+#[test]
+fn node_port_outside_configured_range() {
+    let svc = Service {
+        ports: vec![ServicePort::tcp("p80", 80).with_node_port(40000)],
+        ..svc1().with_type(ServiceType::NodePort)
+    };
+    let config = config().with_node_port_range(Some(30000..=32767));
+    let e = compile(&state(vec![svc.clone()], vec![]), &config).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "service ns1/svc1 port p80: spec.ports[0].nodePort: node port 40000 is outside the node port range 30000-32767"
+    );
+    // Without a configured range any node port is accepted.
+    assert!(compile(&state(vec![svc], vec![]), &super::fixtures::config()).is_ok());
+}
+
+#[test]
+fn duplicate_port_names() {
+    let svc = service("ns1", "svc1", "172.30.0.41", &[("p80", 80), ("p80", 81)]);
+    let e = err(&state(vec![svc], vec![]));
+    let (_, port, field, problem) = service_err(&e);
+    assert_eq!((port, field), (Some("p80"), "spec.ports[1].name"));
+    assert!(matches!(problem, Problem::DuplicatePortName { name } if name == "p80"));
+}
+
+#[test]
+fn names_must_be_dns_labels() {
+    for (ns, name, field) in [
+        ("NS1", "svc1", "metadata.namespace"),
+        ("ns1", "svc_1", "metadata.name"),
+        ("ns1", "1svc", "metadata.name"),
+        // A quote or a newline would break out of the comment.
+        ("ns1", "svc\" -j ACCEPT", "metadata.name"),
+        ("ns1\n-A INPUT", "svc1", "metadata.namespace"),
+        ("ns1", &"a".repeat(64), "metadata.name"),
+    ] {
+        let svc =
+            Service::cluster_ip(ns, name, ip("172.30.0.41")).with_port(ServicePort::tcp("p80", 80));
+        let e = err(&state(vec![svc], vec![]));
+        let (_, port, f, problem) = service_err(&e);
+        assert_eq!((port, f), (None, field), "{ns}/{name}");
+        assert!(matches!(problem, Problem::InvalidName { .. }), "{problem}");
+    }
+    let bad_port = service("ns1", "svc1", "172.30.0.41", &[("P 80", 80)]);
+    let e = err(&state(vec![bad_port], vec![]));
+    assert_eq!(service_err(&e).2, "spec.ports[0].name");
+}
+
+#[test]
+fn endpoint_port_matching_no_service_port() {
+    let sl = slice("ns1", "svc1", &[("p81", 80)], vec![ready("10.180.0.1")]);
+    let e = err(&state(vec![svc1()], vec![sl]));
+    assert_eq!(
+        e.to_string(),
+        "endpoint slice svc1-slice of service ns1/svc1: ports[0]: endpoint port \"p81\"/tcp matches no service port"
+    );
+}
+
+#[test]
+fn endpoint_address_of_the_wrong_family() {
+    let mut sl = slice(
+        "ns1",
+        "svc1",
+        &[("p80", 80)],
+        vec![ready("10.180.0.1"), ready("fd00::1")],
+    );
+    sl.address_type = IpFamily::IPv4;
+    let e = err(&state(vec![svc1()], vec![sl]));
+    match e {
+        CompileError::EndpointSlice { field, problem, .. } => {
+            assert_eq!(field, "endpoints[1].addresses[0]");
+            assert_eq!(
+                problem,
+                Problem::WrongFamily {
+                    address: ip("fd00::1"),
+                    expected: IpFamily::IPv4
+                }
+            );
+        }
+        other => panic!("{other}"),
+    }
+}
+
+#[test]
+fn two_cluster_ips_of_one_family() {
+    let mut svc = svc1();
+    svc.cluster_ips.push(ip("172.30.0.42"));
+    let e = err(&state(vec![svc], vec![]));
+    assert_eq!(service_err(&e).2, "spec.clusterIPs");
+}
+
+#[test]
+fn node_port_on_a_cluster_ip_service() {
+    let svc = Service {
+        ports: vec![ServicePort::tcp("p80", 80).with_node_port(30001)],
+        ..svc1()
+    };
+    let e = err(&state(vec![svc], vec![]));
+    assert!(matches!(
+        service_err(&e).3,
+        Problem::NodePortNotAllowed { .. }
+    ));
+}
+
+#[test]
+fn bad_config() {
+    let s = state(vec![svc1()], vec![]);
+    let e = compile(&s, &config().with_masquerade_bit(32)).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            CompileError::Config {
+                field: "masquerade_bit",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let e = compile(
+        &s,
+        &config().with_local_traffic(LocalTrafficDetector::InterfaceNamePrefix("veth\" x".into())),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            CompileError::Config {
+                field: "local_traffic",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let two_v4 = LocalTrafficDetector::Cidrs(vec![
+        "10.0.0.0/8".parse().unwrap(),
+        "11.0.0.0/8".parse().unwrap(),
+    ]);
+    assert!(compile(&s, &config().with_local_traffic(two_v4)).is_err());
+}
+
+#[test]
+fn lenient_mode_keeps_the_valid_services() {
+    let good = service("ns1", "svc1", "172.30.0.41", &[("p80", 80)]);
+    let bad = service("ns2", "svc2", "172.30.0.42", &[("p80", 0)]);
+    let good_slice = slice("ns1", "svc1", &[("p80", 80)], vec![ready("10.180.0.1")]);
+    let s = state(vec![good.clone(), bad], vec![good_slice.clone()]);
+    assert!(
+        compile(&s, &config()).is_err(),
+        "strict mode refuses the whole state"
+    );
+    let lenient = compile_lenient(&s, &config()).unwrap();
+    assert_eq!(lenient.rejected.len(), 1);
+    assert_eq!(
+        lenient.rejected[0].service().unwrap().to_string(),
+        "ns2/svc2"
+    );
+    // The ruleset is exactly the one of the valid services alone.
+    let only_good = state(vec![good], vec![good_slice]);
+    assert_eq!(lenient.ruleset, compile(&only_good, &config()).unwrap());
+}
+
+#[test]
+fn skipped_services_are_not_errors() {
+    // Headless (no cluster IP) and other-family services get no rules.
+    let mut headless = svc1();
+    headless.cluster_ips.clear();
+    let v6 = service("ns2", "svc2", "fd00::2", &[("p80", 80)]);
+    let ruleset = compile(&state(vec![headless, v6], vec![]), &config()).unwrap();
+    let empty = compile(&ClusterState::new(), &config()).unwrap();
+    assert_eq!(ruleset, empty);
+}
+
+#[cfg(feature = "k8s")]
+mod example_cli {
+    use std::process::{Command, Stdio};
+
+    fn example(name: &str) -> std::path::PathBuf {
+        // target/debug/deps/it-… -> target/debug/examples/NAME
+        let exe = std::env::current_exe().unwrap();
+        exe.parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .join("examples")
+            .join(name)
+    }
+
+    fn run(args: &[&str], stdin: &str) -> (i32, String, String) {
+        use std::io::Write;
+        let mut child = Command::new(example("compile"))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the compile example is built by `cargo test --all-features`");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code().unwrap(),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    }
+
+    #[test]
+    fn default_run_prints_the_example_cluster() {
+        let (code, stdout, stderr) = run(&[], "");
+        assert_eq!(code, 0, "{stderr}");
+        assert!(stdout.starts_with("*filter\n"));
+        assert!(stdout.contains("\n*nat\n"));
+        assert!(stdout.contains("shop/payments:http has no endpoints"));
+    }
+
+    #[test]
+    fn bad_service_exits_2_with_one_line() {
+        let list = r#"{"kind":"List","items":[{"apiVersion":"v1","kind":"Service",
+            "metadata":{"namespace":"ns1","name":"svc1"},
+            "spec":{"clusterIP":"172.30.0.41","ports":[{"name":"p80","port":70000}]}}]}"#;
+        let (code, stdout, stderr) = run(&["-"], list);
+        assert_eq!(code, 2);
+        assert_eq!(stdout, "");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains("Service ns1/svc1: spec.ports[0].port: 70000 is not a port number"),
+            "{stderr}"
+        );
+    }
+
+    #[test]
+    fn bad_flag_and_bad_json_exit_2() {
+        let (code, stdout, _) = run(&["--iptables-masquerade-bit", "40"], "");
+        assert_eq!((code, stdout.as_str()), (2, ""));
+        let (code, stdout, stderr) = run(&["-"], "{not json");
+        assert_eq!((code, stdout.as_str()), (2, ""));
+        assert_eq!(stderr.lines().count(), 1);
+        let (code, _, _) = run(&["--no-such-flag"], "");
+        assert_eq!(code, 2);
+    }
+
+    #[test]
+    fn invalid_object_names_field_in_compile_error() {
+        let list = r#"{"kind":"List","items":[
+            {"apiVersion":"v1","kind":"Service","metadata":{"namespace":"ns1","name":"svc1"},
+             "spec":{"clusterIP":"172.30.0.41","ports":[{"name":"p80","port":80}]}},
+            {"apiVersion":"discovery.k8s.io/v1","kind":"EndpointSlice","addressType":"IPv4",
+             "metadata":{"namespace":"ns1","name":"svc1-x","labels":{"kubernetes.io/service-name":"svc1"}},
+             "ports":[{"name":"p81","port":80}],"endpoints":[{"addresses":["10.180.0.1"]}]}]}"#;
+        let (code, stdout, stderr) = run(&["-"], list);
+        assert_eq!((code, stdout.as_str()), (2, ""));
+        assert!(
+            stderr.contains("endpoint slice svc1-x of service ns1/svc1: ports[0]"),
+            "{stderr}"
+        );
+    }
+}

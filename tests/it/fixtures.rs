@@ -1,0 +1,66 @@
+//! Small builders for test clusters, in kube-proxy's test conventions: cluster IPs
+//! in 172.30.0.0/16, pods in 10.180.0.0/16 (cluster CIDR 10.0.0.0/8), node
+//! `test-node` at 192.168.0.2.
+
+use std::net::IpAddr;
+
+use svcnat::model::*;
+
+pub const NODE: &str = "test-node";
+
+pub fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// kube-proxy's test proxier config: cluster CIDR 10.0.0.0/8, node IP 192.168.0.2.
+pub fn config() -> ProxyConfig {
+    ProxyConfig::default()
+        .with_node_name(NODE)
+        .with_node_ips([ip("192.168.0.2"), ip("127.0.0.1")])
+        .with_cluster_cidrs(["10.0.0.0/8".parse().unwrap()])
+}
+
+pub fn service(ns: &str, name: &str, cluster_ip: &str, ports: &[(&str, u16)]) -> Service {
+    let mut svc = Service::cluster_ip(ns, name, ip(cluster_ip));
+    for (port_name, port) in ports {
+        svc = svc.with_port(ServicePort::tcp(*port_name, *port));
+    }
+    svc
+}
+
+pub fn slice(
+    ns: &str,
+    svc: &str,
+    ports: &[(&str, u16)],
+    endpoints: Vec<Endpoint>,
+) -> EndpointSlice {
+    let family = endpoints
+        .first()
+        .map(|e| IpFamily::of(&e.address))
+        .unwrap_or(IpFamily::IPv4);
+    let mut slice = EndpointSlice::new(ns, svc, format!("{svc}-slice"), family);
+    for (name, port) in ports {
+        slice = slice.with_port(EndpointPort::tcp(*name, *port));
+    }
+    slice.endpoints = endpoints;
+    slice
+}
+
+pub fn ready(addr: &str) -> Endpoint {
+    Endpoint::ready(ip(addr))
+}
+
+pub fn state(services: Vec<Service>, slices: Vec<EndpointSlice>) -> ClusterState {
+    let mut state = ClusterState::new();
+    for s in services {
+        state.upsert_service(s);
+    }
+    for s in slices {
+        state.upsert_slice(s);
+    }
+    state
+}
+
+pub fn render(state: &ClusterState, config: &ProxyConfig) -> String {
+    svcnat::render::to_string(&svcnat::compile::compile(state, config).unwrap())
+}

@@ -1,0 +1,267 @@
+//! Output compared with what kube-proxy's own tests expect, the way they compare
+//! it: chains in any order, rules within a chain in order, with KUBE-SERVICES and
+//! KUBE-NODEPORTS rules stably sorted by service name (their order across services
+//! is Go map order in kube-proxy).
+//!
+//! Cases live in `tests/data/kube-proxy/<case>/`: `input.json` (a Kubernetes
+//! `List`), `config.json` (see [`CaseConfig`]), `expected.txt` (kube-proxy's
+//! expected text, verbatim from `proxier_test.go`).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+use svcnat::model::{LocalTrafficDetector, NodePortAddress, ProxyConfig};
+
+#[path = "../../examples/common/mod.rs"]
+#[allow(unused_imports)]
+mod common;
+
+/// A cluster state from a Kubernetes `List` text.
+pub fn state_from_list(text: &str) -> svcnat::model::ClusterState {
+    common::parse_list(text, "test input").unwrap()
+}
+
+/// The proxier settings of a case (kube-proxy's `NewFakeProxier` by default).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaseConfig {
+    #[serde(default = "default_node")]
+    pub node_name: String,
+    #[serde(default = "default_node_ips")]
+    pub node_ips: Vec<std::net::IpAddr>,
+    #[serde(default)]
+    pub ipv6: bool,
+    #[serde(default = "default_cidrs")]
+    pub cluster_cidrs: Vec<ipnet::IpNet>,
+    #[serde(default)]
+    pub masquerade_all: bool,
+    #[serde(default = "yes")]
+    pub localhost_nodeports: bool,
+    #[serde(default)]
+    pub nodeport_addresses: Vec<String>,
+    #[serde(default = "yes")]
+    pub nfacct_counters: bool,
+    #[serde(default)]
+    pub conntrack_tcp_be_liberal: bool,
+    #[serde(default)]
+    pub random_fully: bool,
+    /// Compare only this chain (`"nat KUBE-SERVICES"`), not the whole dump.
+    #[serde(default)]
+    pub chain: Option<String>,
+}
+
+fn default_node() -> String {
+    "test-node".into()
+}
+fn default_node_ips() -> Vec<std::net::IpAddr> {
+    // NewFakeProxier's network: lo and eth0.
+    [
+        "127.0.0.1",
+        "192.168.0.2",
+        "192.168.1.2",
+        "192.168.99.11",
+        "::1",
+        "2001:db8::1",
+        "2001:db8:1::2",
+    ]
+    .iter()
+    .map(|s| s.parse().unwrap())
+    .collect()
+}
+fn default_cidrs() -> Vec<ipnet::IpNet> {
+    vec![
+        "10.0.0.0/8".parse().unwrap(),
+        "fd00:10::/64".parse().unwrap(),
+    ]
+}
+fn yes() -> bool {
+    true
+}
+
+impl CaseConfig {
+    pub fn proxy_config(&self) -> ProxyConfig {
+        let family = if self.ipv6 {
+            svcnat::model::IpFamily::IPv6
+        } else {
+            svcnat::model::IpFamily::IPv4
+        };
+        // The primary node IP of the family goes first.
+        let mut ips = self.node_ips.clone();
+        ips.sort_by_key(|ip| ip.is_loopback());
+        ProxyConfig::default()
+            .with_node_name(self.node_name.clone())
+            .with_node_ips(ips)
+            .with_ip_family(family)
+            .with_local_traffic(if self.cluster_cidrs.is_empty() {
+                LocalTrafficDetector::None
+            } else {
+                LocalTrafficDetector::Cidrs(self.cluster_cidrs.clone())
+            })
+            .with_masquerade_all(self.masquerade_all)
+            .with_localhost_nodeports(self.localhost_nodeports)
+            .with_nodeport_addresses(self.nodeport_addresses.iter().map(|a| {
+                if a == "primary" {
+                    NodePortAddress::Primary
+                } else {
+                    NodePortAddress::Cidr(a.parse().unwrap())
+                }
+            }))
+            .with_nfacct_counters(self.nfacct_counters)
+            .with_conntrack_tcp_be_liberal(self.conntrack_tcp_be_liberal)
+            .with_masquerade_random_fully(self.random_fully)
+    }
+}
+
+/// table -> chain -> rules (the text after `-A CHAIN `), plus declared chains.
+pub type Dump = BTreeMap<String, BTreeMap<String, Vec<String>>>;
+
+/// Parses restore text into a [`Dump`], sorting KUBE-SERVICES and KUBE-NODEPORTS
+/// rules by service name as kube-proxy's tests do.
+pub fn normalize(text: &str) -> Dump {
+    let mut dump = Dump::new();
+    let mut table = String::new();
+    for line in text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        if let Some(t) = line.strip_prefix('*') {
+            table = t.to_owned();
+            dump.entry(table.clone()).or_default();
+        } else if let Some(c) = line.strip_prefix(':') {
+            let name = c.split_whitespace().next().unwrap().to_owned();
+            dump.get_mut(&table).unwrap().entry(name).or_default();
+        } else if let Some(rest) = line.strip_prefix("-A ") {
+            let (chain, rule) = rest.split_once(' ').unwrap_or((rest, ""));
+            dump.get_mut(&table)
+                .unwrap()
+                .entry(chain.to_owned())
+                .or_default()
+                .push(rule.to_owned());
+        } else {
+            assert!(line == "COMMIT", "unexpected line {line:?}");
+        }
+    }
+    for chains in dump.values_mut() {
+        for (name, rules) in chains.iter_mut() {
+            if name == "KUBE-SERVICES" || name == "KUBE-NODEPORTS" {
+                let last = rules
+                    .iter()
+                    .position(|r| r.contains("must be the last rule"))
+                    .map(|i| rules.remove(i));
+                rules.sort_by_key(|r| service_name(r));
+                rules.extend(last);
+            }
+        }
+    }
+    dump
+}
+
+fn service_name(rule: &str) -> String {
+    let Some(rest) = rule.split("--comment ").nth(1) else {
+        return String::new();
+    };
+    let rest = rest.trim_start_matches('"');
+    rest.split([' ', ':', '"']).next().unwrap_or("").to_owned()
+}
+
+fn read(dir: &Path, name: &str) -> String {
+    std::fs::read_to_string(dir.join(name))
+        .unwrap_or_else(|e| panic!("{}/{name}: {e}", dir.display()))
+}
+
+/// Runs one case directory; returns a description of the difference, if any.
+pub fn run_case(dir: &Path) -> Result<(), String> {
+    let state = state_from_list(&read(dir, "input.json"));
+    let case: CaseConfig = serde_json::from_str(&read(dir, "config.json")).unwrap();
+    let ruleset =
+        svcnat::compile::compile(&state, &case.proxy_config()).map_err(|e| e.to_string())?;
+    let ours = normalize(&svcnat::render::to_string(&ruleset));
+    let expected_text = read(dir, "expected.txt");
+    match &case.chain {
+        None => {
+            let theirs = normalize(&expected_text);
+            diff(&theirs, &ours)
+        }
+        Some(spec) => {
+            let (table, chain) = spec.split_once(' ').unwrap();
+            let theirs: Vec<String> = expected_text
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix("-A "))
+                .map(|l| {
+                    l.split_once(' ')
+                        .map(|(_, r)| r.to_owned())
+                        .unwrap_or_default()
+                })
+                .collect();
+            let ours = ours
+                .get(table)
+                .and_then(|t| t.get(chain))
+                .cloned()
+                .unwrap_or_default();
+            if theirs == ours {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{spec}:\nexpected:\n{}\nours:\n{}",
+                    theirs.join("\n"),
+                    ours.join("\n")
+                ))
+            }
+        }
+    }
+}
+
+fn diff(theirs: &Dump, ours: &Dump) -> Result<(), String> {
+    let mut out = String::new();
+    for table in theirs
+        .keys()
+        .chain(ours.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+    {
+        let empty = BTreeMap::new();
+        let t = theirs.get(table).unwrap_or(&empty);
+        let o = ours.get(table).unwrap_or(&empty);
+        for chain in t
+            .keys()
+            .chain(o.keys())
+            .collect::<std::collections::BTreeSet<_>>()
+        {
+            match (t.get(chain), o.get(chain)) {
+                (Some(a), Some(b)) if a == b => {}
+                (a, b) => out.push_str(&format!(
+                    "{table} {chain}:\n  expected: {a:#?}\n  ours: {b:#?}\n"
+                )),
+            }
+        }
+    }
+    if out.is_empty() { Ok(()) } else { Err(out) }
+}
+
+#[test]
+fn kube_proxy_cases() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/kube-proxy");
+    let mut dirs: Vec<_> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("expected.txt").exists())
+        .collect();
+    dirs.sort();
+    assert!(!dirs.is_empty(), "no cases under {}", root.display());
+    let failures: Vec<String> = dirs
+        .iter()
+        .filter_map(|d| {
+            run_case(d)
+                .err()
+                .map(|e| format!("== {}\n{e}", d.display()))
+        })
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases differ:\n{}",
+        failures.len(),
+        dirs.len(),
+        failures.join("\n")
+    );
+}

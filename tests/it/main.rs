@@ -1,0 +1,9 @@
+//! Integration tests, one binary, a module per stage.
+
+mod errors;
+mod fixtures;
+mod kernel;
+#[cfg(feature = "k8s")]
+mod kube_proxy;
+mod properties;
+mod snapshots;
