@@ -16,8 +16,9 @@ fn cluster(services: usize, endpoints: usize) -> ClusterState {
         state.upsert_service(
             Service::cluster_ip("bench", name.clone(), ip).with_port(ServicePort::tcp("http", 80)),
         );
-        let mut slice = EndpointSlice::new("bench", name.clone(), format!("{name}-1"), IpFamily::IPv4)
-            .with_port(EndpointPort::tcp("http", 8080));
+        let mut slice =
+            EndpointSlice::new("bench", name.clone(), format!("{name}-1"), IpFamily::IPv4)
+                .with_port(EndpointPort::tcp("http", 8080));
         for j in 0..endpoints {
             let ep = IpAddr::V4(Ipv4Addr::from(0x0ab4_0000u32 + (i * endpoints + j) as u32));
             slice = slice.with_endpoint(Endpoint::ready(ep));

@@ -87,3 +87,8 @@ pub enum Error {
     #[error("writing rules: {0}")]
     Io(#[from] std::io::Error),
 }
+
+/// README's examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

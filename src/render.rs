@@ -65,8 +65,11 @@ pub fn to_string(ruleset: &Ruleset) -> String {
 /// Only those of the writer.
 pub fn write_table<W: fmt::Write>(table: &TableRules, out: &mut W) -> fmt::Result {
     writeln!(out, "*{}", table.table)?;
-    for name in table.chains.keys() {
-        write_chain_line(name, out)?;
+    for chain in table.chains.values() {
+        match chain.policy {
+            Some(policy) => writeln!(out, ":{} {policy} [0:0]", chain.name)?,
+            None => write_chain_line(&chain.name, out)?,
+        }
     }
     for chain in table.chains.values() {
         write_rules(chain, out)?;
@@ -74,7 +77,8 @@ pub fn write_table<W: fmt::Write>(table: &TableRules, out: &mut W) -> fmt::Resul
     writeln!(out, "COMMIT")
 }
 
-/// Writes `:NAME - [0:0]`, the line that declares (and, under `--noflush`, flushes) a chain.
+/// Writes `:NAME - [0:0]`, the line that declares (and, under `--noflush`, flushes) a
+/// user chain.
 ///
 /// # Errors
 /// Only those of the writer.

@@ -695,21 +695,47 @@ impl fmt::Display for Rule {
     }
 }
 
+/// A built-in chain's policy (`:INPUT ACCEPT [0:0]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Policy {
+    /// `ACCEPT`.
+    Accept,
+    /// `DROP`.
+    Drop,
+}
+
+impl fmt::Display for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Policy::Accept => "ACCEPT",
+            Policy::Drop => "DROP",
+        })
+    }
+}
+
 /// A chain and its rules, in order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Chain {
     /// The chain's name.
     pub name: ChainName,
+    /// The policy of a built-in chain; `None` for a user chain (`-`).
+    pub policy: Option<Policy>,
     /// The rules, in order.
     pub rules: Vec<Rule>,
 }
 
 impl Chain {
-    /// An empty chain.
+    /// An empty user chain.
     pub fn new(name: ChainName) -> Self {
+        Chain::with_rules(name, Vec::new())
+    }
+
+    /// A user chain with these rules.
+    pub fn with_rules(name: ChainName, rules: Vec<Rule>) -> Self {
         Chain {
             name,
-            rules: Vec::new(),
+            policy: None,
+            rules,
         }
     }
 }

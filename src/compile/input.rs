@@ -383,8 +383,17 @@ pub(crate) fn service_input<'a>(
     }))
 }
 
+/// Which copy of an endpoint listed twice (in two slices) is used: a local copy wins,
+/// as in kube-proxy; kube-proxy's choice among the rest follows Go map order, so
+/// svcnat picks the most usable copy (ready, then serving, then not terminating) and
+/// finally the greatest by value, the same whatever order the copies arrive in.
+fn preference(local: bool, e: &Endpoint) -> (bool, bool, bool, bool, &Endpoint) {
+    let c = e.conditions;
+    (local, c.ready, c.serving, !c.terminating, e)
+}
+
 /// The endpoints of one service port across all slices of the family, deduplicated by
-/// `ip:port` (a local copy wins, as in kube-proxy) and sorted by that string.
+/// `ip:port` (see [`preference`]) and sorted by that string.
 fn port_endpoints<'a>(
     spn: &str,
     port: &ServicePort,
@@ -405,7 +414,9 @@ fn port_endpoints<'a>(
             let addr = SocketAddr::new(endpoint.address, ep_port.port);
             let text = endpoint_string(&addr);
             let local = node_name.is_some() && endpoint.node_name.as_deref() == node_name;
-            if by_text.get(&text).is_some_and(|_| !local) {
+            if by_text.get(&text).is_some_and(|kept| {
+                preference(kept.local, kept.endpoint) >= preference(local, endpoint)
+            }) {
                 continue;
             }
             let chain = endpoint_chain(spn, port.protocol, &text);

@@ -189,10 +189,7 @@ impl<'p, 'a> PortBuilder<'_, 'p, 'a> {
                     rules.extend(masquerade.take());
                 }
                 rules.extend(self.dispatch_rules(endpoints)?);
-                chains.push(Chain {
-                    name: name.clone(),
-                    rules,
-                });
+                chains.push(Chain::with_rules(name.clone(), rules));
             }
         }
         for ep in &plan.eps.reachable {
@@ -386,10 +383,7 @@ impl<'p, 'a> PortBuilder<'_, 'p, 'a> {
         if plan.has_external {
             rules.push(Rule::new().to(jump(&plan.external_policy_chain)));
         }
-        Ok(Chain {
-            name: chains.ext.clone(),
-            rules,
-        })
+        Ok(Chain::with_rules(chains.ext.clone(), rules))
     }
 
     fn fw_chain(&self) -> Result<Chain, Problem> {
@@ -418,10 +412,7 @@ impl<'p, 'a> PortBuilder<'_, 'p, 'a> {
         rules.push(Rule::new().with_opt(self.comment(format!(
             "other traffic to {spn} will be dropped by KUBE-PROXY-FIREWALL"
         ))?));
-        Ok(Chain {
-            name: chains.fw.clone(),
-            rules,
-        })
+        Ok(Chain::with_rules(chains.fw.clone(), rules))
     }
 
     /// The service chain's jumps to its endpoints: affinity checks first, then a
@@ -480,9 +471,6 @@ impl<'p, 'a> PortBuilder<'_, 'p, 'a> {
             .with_opt(affinity)
             .with(Match::Protocol(self.proto()))
             .to(Target::Dnat(ep.addr));
-        Ok(Chain {
-            name: ep.chain.clone(),
-            rules: vec![hairpin, dnat],
-        })
+        Ok(Chain::with_rules(ep.chain.clone(), vec![hairpin, dnat]))
     }
 }

@@ -169,17 +169,23 @@ proptest! {
         let ruleset = compile(&state, &config()).unwrap();
         for (svc, slices) in &parts {
             for port in &svc.ports {
-                let mut usable: BTreeMap<SocketAddr, Conditions> = BTreeMap::new();
+                // An endpoint listed twice counts once: a local copy first, then the
+                // most usable one.
+                let rank = |e: &Endpoint| {
+                    let c = e.conditions;
+                    (e.node_name.as_deref() == Some("test-node"), c.ready, c.serving, !c.terminating)
+                };
+                let mut usable: BTreeMap<SocketAddr, (_, Conditions)> = BTreeMap::new();
                 for s in slices {
                     let ep_port = s.ports.iter().find(|p| p.name == port.name).unwrap().port;
                     for e in &s.endpoints {
-                        // Duplicates across slices: the first copy, unless a later one is local.
-                        let key = SocketAddr::new(e.address, ep_port);
-                        if !usable.contains_key(&key) || e.node_name.as_deref() == Some("test-node") {
-                            usable.insert(key, e.conditions);
+                        let entry = usable.entry(SocketAddr::new(e.address, ep_port)).or_insert((rank(e), e.conditions));
+                        if rank(e) > entry.0 {
+                            *entry = (rank(e), e.conditions);
                         }
                     }
                 }
+                let usable: BTreeMap<SocketAddr, Conditions> = usable.into_iter().map(|(k, (_, c))| (k, c)).collect();
                 let ready: Vec<SocketAddr> = usable.iter().filter(|(_, c)| c.ready).map(|(a, _)| *a).collect();
                 let expected: Vec<SocketAddr> = if ready.is_empty() {
                     usable.iter().filter(|(_, c)| c.serving && c.terminating).map(|(a, _)| *a).collect()
