@@ -9,7 +9,7 @@ use super::context::Context;
 use super::service::ServiceRules;
 use super::{
     KUBE_EXTERNAL_SERVICES, KUBE_FIREWALL, KUBE_FORWARD, KUBE_MARK_MASQ, KUBE_NODEPORTS,
-    KUBE_POSTROUTING, KUBE_PROXY_FIREWALL, KUBE_SERVICES,
+    KUBE_POSTROUTING, KUBE_PROXY_FIREWALL, KUBE_SERVICES, SharedChain,
 };
 use crate::error::CompileError;
 use crate::model::{IpFamily, ProxyConfig};
@@ -36,7 +36,50 @@ fn masq_mark(ctx: &Context) -> Mark {
 
 /// Puts the fixed chains and the services' rules together into one ruleset:
 /// filter first, then nat, as kube-proxy writes them.
-pub(crate) fn assemble(ctx: &Context, services: &[ServiceRules]) -> Ruleset {
+pub(crate) fn assemble<'a, I>(ctx: &Context, services: I) -> Ruleset
+where
+    I: Iterator<Item = &'a ServiceRules> + Clone,
+{
+    let (mut filter, mut nat) = fixed_tables(ctx);
+    for which in SharedChain::ALL {
+        let table = match which.table() {
+            Table::Nat => &mut nat,
+            _ => &mut filter,
+        };
+        table.chain_mut(&which.chain()).rules = shared_rules(ctx, which, services.clone());
+    }
+    for svc in services {
+        for chain in &svc.chains {
+            nat.chains.insert(chain.name.clone(), chain.clone());
+        }
+    }
+    Ruleset {
+        family: ctx.family,
+        tables: vec![filter, nat],
+    }
+}
+
+/// The rules of one shared chain: every service's rules for it, in service order,
+/// then the chain's fixed tail (the final node-port jumps of nat `KUBE-SERVICES`).
+pub(crate) fn shared_rules<'a>(
+    ctx: &Context,
+    which: SharedChain,
+    services: impl Iterator<Item = &'a ServiceRules>,
+) -> Vec<Rule> {
+    let mut rules: Vec<Rule> = services
+        .flat_map(|s| s.shared.iter())
+        .filter(|(w, _)| *w == which)
+        .map(|(_, r)| r.clone())
+        .collect();
+    if which == SharedChain::NatServices {
+        rules.extend(nodeport_jumps(ctx));
+    }
+    rules
+}
+
+/// The filter and nat tables with every fixed chain declared, in kube-proxy's order,
+/// and the rules that depend only on the config.
+pub(crate) fn fixed_tables(ctx: &Context) -> (TableRules, TableRules) {
     let mut filter = TableRules::new(Table::Filter);
     let mut nat = TableRules::new(Table::Nat);
     let has_kubelet_firewall = ctx.family == IpFamily::IPv4 && ctx.localhost_nodeports;
@@ -103,25 +146,6 @@ pub(crate) fn assemble(ctx: &Context, services: &[ServiceRules]) -> Ruleset {
         );
     }
 
-    for svc in services {
-        for (shared, rule) in &svc.shared {
-            let table = match shared.table() {
-                Table::Nat => &mut nat,
-                _ => &mut filter,
-            };
-            table.append(&shared.chain(), rule.clone());
-        }
-        for chain in &svc.chains {
-            nat.chain_mut(&chain.name)
-                .rules
-                .extend(chain.rules.iter().cloned());
-        }
-    }
-
-    for rule in nodeport_jumps(ctx) {
-        nat.append(&KUBE_SERVICES, rule);
-    }
-
     // filter KUBE-FORWARD.
     if !ctx.tcp_liberal {
         filter.append(
@@ -153,10 +177,7 @@ pub(crate) fn assemble(ctx: &Context, services: &[ServiceRules]) -> Ruleset {
             .to(Target::Accept),
     );
 
-    Ruleset {
-        family: ctx.family,
-        tables: vec![filter, nat],
-    }
+    (filter, nat)
 }
 
 /// The final `KUBE-SERVICES -> KUBE-NODEPORTS` rule(s): one on every local address,

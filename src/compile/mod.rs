@@ -27,9 +27,9 @@
 //! assert!(text.contains("-A KUBE-SVC-XPGD46QRK7WJZT7O -m comment --comment \"ns1/svc1:p80 -> 10.180.0.1:80\" -j KUBE-SEP-SXIVWICOYRO3J4NJ"));
 //! ```
 
-mod context;
+pub(crate) mod context;
 mod endpoints;
-mod fixed;
+pub(crate) mod fixed;
 mod input;
 pub mod naming;
 mod service;
@@ -37,7 +37,7 @@ mod service;
 use serde::{Deserialize, Serialize};
 
 pub use fixed::{JumpRule, jump_rules};
-pub use service::ServiceRules;
+pub use service::{PortFlows, ServiceRules};
 
 use crate::error::CompileError;
 use crate::model::{ClusterState, EndpointSlice, ProxyConfig, Service};
@@ -72,6 +72,16 @@ pub enum SharedChain {
 }
 
 impl SharedChain {
+    /// Every shared chain, in the order their rules are assembled.
+    pub const ALL: [SharedChain; 6] = [
+        SharedChain::NatServices,
+        SharedChain::NatNodePorts,
+        SharedChain::FilterServices,
+        SharedChain::FilterExternalServices,
+        SharedChain::FilterNodePorts,
+        SharedChain::FilterProxyFirewall,
+    ];
+
     /// The table the chain is in.
     pub fn table(self) -> Table {
         match self {
@@ -110,17 +120,8 @@ pub struct Lenient {
 /// The first invalid service, slice or config field, as a [`CompileError`] naming
 /// the object and field. Nothing is returned in that case: no partial ruleset.
 pub fn compile(state: &ClusterState, config: &ProxyConfig) -> Result<Ruleset, CompileError> {
-    let ctx = Context::new(config)?;
-    let mut inputs = Vec::new();
-    for svc in state.services() {
-        inputs.extend(inputs_of(state, svc, config)?);
-    }
-    let ctx = with_cluster_size(ctx, &inputs);
-    let services = inputs
-        .iter()
-        .map(|input| service::service_rules(input, &ctx))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(fixed::assemble(&ctx, &services))
+    let (ctx, services, _) = compile_services(state, config, true)?;
+    Ok(fixed::assemble(&ctx, services.iter()))
 }
 
 /// Like [`compile`], but a service with an invalid field (or an invalid slice) is
@@ -129,33 +130,65 @@ pub fn compile(state: &ClusterState, config: &ProxyConfig) -> Result<Ruleset, Co
 ///
 /// # Errors
 /// Only an invalid config, which affects every service.
-pub fn compile_lenient(
-    state: &ClusterState,
-    config: &ProxyConfig,
-) -> Result<Lenient, CompileError> {
-    let ctx = Context::new(config)?;
-    let mut rejected = Vec::new();
-    let mut inputs = Vec::new();
-    for svc in state.services() {
-        match inputs_of(state, svc, config) {
-            Ok(input) => inputs.extend(input),
-            Err(e) => rejected.push(e),
-        }
-    }
-    // A service whose rules cannot be written (a comment too long) is rejected too.
-    let ctx = with_cluster_size(ctx, &inputs);
-    let mut services = Vec::new();
-    for input in &inputs {
-        match service::service_rules(input, &ctx) {
-            Ok(rules) => services.push(rules),
-            Err(e) => rejected.push(e),
-        }
-    }
-    rejected.sort_by(|a, b| a.service().cmp(&b.service()));
+pub fn compile_lenient(state: &ClusterState, config: &ProxyConfig) -> Result<Lenient, CompileError> {
+    let (ctx, services, rejected) = compile_services(state, config, false)?;
     Ok(Lenient {
-        ruleset: fixed::assemble(&ctx, &services),
+        ruleset: fixed::assemble(&ctx, services.iter()),
         rejected,
     })
+}
+
+/// Compiles one service of `state` with an existing context: `Ok(None)` when the
+/// service is absent or skipped (headless, other family).
+pub(crate) fn compile_one(
+    state: &ClusterState,
+    key: &crate::model::ServiceKey,
+    config: &ProxyConfig,
+    ctx: &Context,
+) -> Result<Option<ServiceRules>, CompileError> {
+    let Some(svc) = state.service(key) else {
+        return Ok(None);
+    };
+    match inputs_of(state, svc, config)? {
+        Some(input) => service::service_rules(&input, ctx).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Compiles every service with the cluster-size rule applied: the context used and
+/// the rules of each valid service. `strict` stops at the first invalid service;
+/// otherwise invalid services are left out and returned.
+pub(crate) fn compile_services(
+    state: &ClusterState,
+    config: &ProxyConfig,
+    strict: bool,
+) -> Result<(Context, Vec<ServiceRules>, Vec<CompileError>), CompileError> {
+    let ctx = Context::new(config)?;
+    let mut rejected = Vec::new();
+    let mut keep = |result: Result<(), CompileError>| match result {
+        Err(e) if strict => Err(e),
+        Err(e) => {
+            rejected.push(e);
+            Ok(())
+        }
+        Ok(()) => Ok(()),
+    };
+    let mut inputs = Vec::new();
+    for svc in state.services() {
+        keep(inputs_of(state, svc, config).map(|input| inputs.extend(input)))?;
+    }
+    let total = inputs
+        .iter()
+        .flat_map(|s| &s.ports)
+        .map(|p| p.endpoints.len())
+        .sum();
+    let ctx = ctx.for_endpoint_total(total);
+    let mut services = Vec::new();
+    for input in &inputs {
+        keep(service::service_rules(input, &ctx).map(|rules| services.push(rules)))?;
+    }
+    rejected.sort_by(|a, b| a.service().cmp(&b.service()));
+    Ok((ctx, services, rejected))
 }
 
 fn inputs_of<'a>(
@@ -168,19 +201,3 @@ fn inputs_of<'a>(
     input::service_input(svc, &slices, config)
 }
 
-/// Turns per-endpoint comments off when the cluster has more endpoints than the
-/// configured threshold (kube-proxy counts every endpoint of every service port).
-fn with_cluster_size(mut ctx: Context, inputs: &[ServiceInput<'_>]) -> Context {
-    let total: usize = inputs
-        .iter()
-        .flat_map(|s| &s.ports)
-        .map(|p| p.endpoints.len())
-        .sum();
-    if ctx
-        .large_cluster_endpoints
-        .is_some_and(|limit| total > limit)
-    {
-        ctx.endpoint_comments = false;
-    }
-    ctx
-}

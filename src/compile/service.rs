@@ -26,6 +26,23 @@ pub struct ServiceRules {
     /// The service's own nat chains (`KUBE-SVC-…`, `KUBE-SVL-…`, `KUBE-EXT-…`,
     /// `KUBE-FW-…`, `KUBE-SEP-…`), in the order they are declared.
     pub chains: Vec<Chain>,
+    /// Where each port's traffic arrives and goes, for conntrack cleanup.
+    pub ports: Vec<PortFlows>,
+    /// Every endpoint of every port, usable or not (kube-proxy's cluster-size count).
+    pub endpoint_count: usize,
+}
+
+/// Where one service port's traffic arrives and which endpoints it may reach.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortFlows {
+    /// The port's protocol.
+    pub protocol: Protocol,
+    /// Cluster IP, external IPs and load-balancer IPs, with the service port.
+    pub destinations: Vec<std::net::SocketAddr>,
+    /// The node port, if any.
+    pub node_port: Option<u16>,
+    /// The endpoints traffic can be sent to (those with a `KUBE-SEP-…` chain).
+    pub endpoints: Vec<std::net::SocketAddr>,
 }
 
 /// Builds one service's rules.
@@ -37,6 +54,8 @@ pub(crate) fn service_rules(
         key: svc.key.clone(),
         shared: Vec::new(),
         chains: Vec::new(),
+        ports: Vec::new(),
+        endpoint_count: svc.ports.iter().map(|p| p.endpoints.len()).sum(),
     };
     for port in &svc.ports {
         PortBuilder {
@@ -195,6 +214,18 @@ impl<'p, 'a> PortBuilder<'_, 'p, 'a> {
         for ep in &plan.eps.reachable {
             chains.push(self.endpoint_chain(ep)?);
         }
+        let port = self.port.port.port;
+        let destinations = std::iter::once(self.svc.cluster_ip)
+            .chain(self.svc.external_ips.iter().copied())
+            .chain(self.svc.lb_vips.iter().copied())
+            .map(|ip| std::net::SocketAddr::new(ip, port))
+            .collect();
+        self.out.ports.push(PortFlows {
+            protocol: self.proto(),
+            destinations,
+            node_port: self.port.port.node_port,
+            endpoints: plan.eps.reachable.iter().map(|e| e.addr).collect(),
+        });
         self.out.chains.extend(chains);
         Ok(())
     }

@@ -26,6 +26,9 @@ pub fn state_from_list(text: &str) -> svcnat::model::ClusterState {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CaseConfig {
+    /// Where in kube-proxy's tests the case comes from.
+    #[allow(dead_code)]
+    pub source: String,
     #[serde(default = "default_node")]
     pub node_name: String,
     #[serde(default = "default_node_ips")]
