@@ -9,6 +9,9 @@
 //! 2. [`compile`]: model -> typed [`ruleset::Ruleset`] (tables, chains, rules made of
 //!    typed matches and targets), with kube-proxy's chain names and rule layout.
 //! 3. [`render`]: ruleset -> `iptables-restore` text, streaming into any writer.
+//! 4. [`sync`]: the smallest payload from one state to the next ([`sync::plan`]), and a
+//!    [`sync::Syncer`] that keeps a node in step with a changing cluster.
+//! 5. [`exec`]: the [`exec::Executor`] trait, the only place that starts processes.
 //!
 //! ```
 //! use svcnat::model::*;
@@ -64,11 +67,13 @@
 
 pub mod compile;
 pub mod error;
+pub mod exec;
 #[cfg(feature = "k8s")]
 pub mod k8s;
 pub mod model;
 pub mod render;
 pub mod ruleset;
+pub mod sync;
 
 pub use error::{CompileError, Problem};
 
@@ -83,6 +88,12 @@ pub enum Error {
     #[cfg(feature = "k8s")]
     #[error(transparent)]
     Convert(#[from] k8s::ConvertError),
+    /// A sync failed.
+    #[error(transparent)]
+    Sync(#[from] sync::SyncError),
+    /// An executor call failed.
+    #[error(transparent)]
+    Exec(#[from] exec::ExecError),
     /// Writing the rules failed.
     #[error("writing rules: {0}")]
     Io(#[from] std::io::Error),

@@ -134,8 +134,10 @@ impl Context {
     /// The context for a cluster with `total` endpoints: per-endpoint comments are
     /// dropped above the large-cluster threshold.
     pub fn for_endpoint_total(mut self, total: usize) -> Self {
-        self.endpoint_comments =
-            self.comments && !self.large_cluster_endpoints.is_some_and(|limit| total > limit);
+        self.endpoint_comments = self.comments
+            && self
+                .large_cluster_endpoints
+                .is_none_or(|limit| total <= limit);
         self
     }
 

@@ -130,7 +130,10 @@ pub fn compile(state: &ClusterState, config: &ProxyConfig) -> Result<Ruleset, Co
 ///
 /// # Errors
 /// Only an invalid config, which affects every service.
-pub fn compile_lenient(state: &ClusterState, config: &ProxyConfig) -> Result<Lenient, CompileError> {
+pub fn compile_lenient(
+    state: &ClusterState,
+    config: &ProxyConfig,
+) -> Result<Lenient, CompileError> {
     let (ctx, services, rejected) = compile_services(state, config, false)?;
     Ok(Lenient {
         ruleset: fixed::assemble(&ctx, services.iter()),
@@ -200,4 +203,3 @@ fn inputs_of<'a>(
     let slices: Vec<&EndpointSlice> = state.slices_of(&key).collect();
     input::service_input(svc, &slices, config)
 }
-

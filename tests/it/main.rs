@@ -7,3 +7,4 @@ mod kernel;
 mod kube_proxy;
 mod properties;
 mod snapshots;
+mod sync;

@@ -1,0 +1,299 @@
+//! The real binaries: `iptables-restore`, `iptables-save`, `iptables`, `conntrack`.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use super::{ExecError, Executor, RestoreOptions, rule_args};
+use crate::compile::JumpRule;
+use crate::model::{IpFamily, Protocol};
+use crate::ruleset::Table;
+use crate::sync::{FlowDestination, StaleFlow};
+
+/// Which iptables variant to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// Pick nft or legacy by looking at which one holds rules already (the one with
+    /// more rules wins, nft on a tie), as kube-proxy's image wrapper does.
+    #[default]
+    Auto,
+    /// `iptables-nft*`.
+    Nft,
+    /// `iptables-legacy*`.
+    Legacy,
+    /// Plain `iptables*`: whatever the system's alternatives point at.
+    System,
+}
+
+impl Backend {
+    fn suffix(self) -> &'static str {
+        match self {
+            Backend::Nft => "-nft",
+            Backend::Legacy => "-legacy",
+            Backend::System | Backend::Auto => "",
+        }
+    }
+}
+
+/// Runs the real iptables binaries, optionally behind a command prefix such as
+/// `ip netns exec NS` or `nsenter -n -t PID`.
+///
+/// ```no_run
+/// use svcnat::exec::{Backend, Executor, IptablesRestore, RestoreOptions};
+/// use svcnat::model::IpFamily;
+/// let mut exec = IptablesRestore::new(Backend::Nft)
+///     .with_command_prefix(["ip", "netns", "exec", "test-node"]);
+/// exec.restore(IpFamily::IPv4, "*nat\n:MY-CHAIN - [0:0]\nCOMMIT\n", RestoreOptions::default())?;
+/// # Ok::<(), svcnat::exec::ExecError>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct IptablesRestore {
+    backend: Backend,
+    resolved: Option<Backend>,
+    wait_seconds: Option<u32>,
+    prefix: Vec<String>,
+}
+
+impl IptablesRestore {
+    /// An executor for `backend`, waiting up to 5 seconds for the xtables lock.
+    pub fn new(backend: Backend) -> Self {
+        IptablesRestore {
+            backend,
+            resolved: None,
+            wait_seconds: Some(5),
+            prefix: Vec::new(),
+        }
+    }
+
+    /// Sets the lock wait (`-w N`); `None` passes no wait flag.
+    pub fn with_wait(mut self, seconds: Option<u32>) -> Self {
+        self.wait_seconds = seconds;
+        self
+    }
+
+    /// Runs every command behind this prefix (for example `ip netns exec NS`).
+    pub fn with_command_prefix<S: Into<String>>(
+        mut self,
+        prefix: impl IntoIterator<Item = S>,
+    ) -> Self {
+        self.prefix = prefix.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The backend in use, detecting it on first use for [`Backend::Auto`].
+    pub fn backend(&mut self) -> Backend {
+        if let Some(b) = self.resolved {
+            return b;
+        }
+        let b = match self.backend {
+            Backend::Auto => self.detect(),
+            other => other,
+        };
+        self.resolved = Some(b);
+        b
+    }
+
+    /// The binary that runs `tool` (`""`, `"-save"`, `"-restore"`) for `family`.
+    pub fn binary(&mut self, family: IpFamily, tool: &str) -> String {
+        let base = match family {
+            IpFamily::IPv4 => "iptables",
+            IpFamily::IPv6 => "ip6tables",
+        };
+        format!("{base}{}{tool}", self.backend().suffix())
+    }
+
+    fn count_rules(&self, binary: &str) -> Option<usize> {
+        let out = self.command(binary).stderr(Stdio::null()).output().ok()?;
+        out.status.success().then(|| {
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| l.starts_with("-A "))
+                .count()
+        })
+    }
+
+    fn detect(&self) -> Backend {
+        let count = |backend: &str| {
+            let v4 = self.count_rules(&format!("iptables-{backend}-save"));
+            let v6 = self.count_rules(&format!("ip6tables-{backend}-save"));
+            match (v4, v6) {
+                (None, None) => None,
+                (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+            }
+        };
+        match (count("nft"), count("legacy")) {
+            (Some(n), Some(l)) if l > n => Backend::Legacy,
+            (Some(_), _) => Backend::Nft,
+            (None, Some(_)) => Backend::Legacy,
+            (None, None) => Backend::System,
+        }
+    }
+
+    fn command(&self, binary: &str) -> Command {
+        match self.prefix.split_first() {
+            None => Command::new(binary),
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(binary);
+                c
+            }
+        }
+    }
+
+    fn wait_args(&self) -> Vec<String> {
+        self.wait_seconds
+            .map(|s| vec!["-w".to_owned(), s.to_string()])
+            .unwrap_or_default()
+    }
+
+    /// Runs `binary args` with `stdin`; returns (exit code, stdout, stderr).
+    fn run(
+        &self,
+        binary: &str,
+        args: &[String],
+        stdin: Option<&str>,
+    ) -> Result<(Option<i32>, String, String), ExecError> {
+        let spawn_err = |source| ExecError::Spawn {
+            binary: binary.to_owned(),
+            source,
+        };
+        let mut child = self
+            .command(binary)
+            .args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(spawn_err)?;
+        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            // A binary that exits early closes the pipe; its status tells why.
+            let _ = pipe.write_all(text.as_bytes());
+        }
+        let out = child.wait_with_output().map_err(spawn_err)?;
+        Ok((
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
+    fn failed(
+        binary: &str,
+        args: Vec<String>,
+        status: Option<i32>,
+        stderr: String,
+        payload: Option<&str>,
+    ) -> ExecError {
+        ExecError::Failed {
+            binary: binary.to_owned(),
+            args,
+            status,
+            stderr: stderr.trim().to_owned(),
+            payload: payload.map(str::to_owned),
+        }
+    }
+}
+
+impl Executor for IptablesRestore {
+    fn restore(
+        &mut self,
+        family: IpFamily,
+        payload: &str,
+        options: RestoreOptions,
+    ) -> Result<(), ExecError> {
+        let binary = self.binary(family, "-restore");
+        let mut args = self.wait_args();
+        if options.noflush {
+            args.push("--noflush".into());
+        }
+        if options.counters {
+            args.push("--counters".into());
+        }
+        match self.run(&binary, &args, Some(payload))? {
+            (Some(0), _, _) => Ok(()),
+            (status, _, stderr) => Err(Self::failed(&binary, args, status, stderr, Some(payload))),
+        }
+    }
+
+    fn save(&mut self, family: IpFamily, table: Table) -> Result<String, ExecError> {
+        let binary = self.binary(family, "-save");
+        let args = vec!["-t".to_owned(), table.as_str().to_owned()];
+        match self.run(&binary, &args, None)? {
+            (Some(0), stdout, _) => Ok(stdout),
+            (status, _, stderr) => Err(Self::failed(&binary, args, status, stderr, None)),
+        }
+    }
+
+    fn ensure_jump(&mut self, family: IpFamily, jump: &JumpRule) -> Result<(), ExecError> {
+        let binary = self.binary(family, "");
+        let rule = rule_args(&jump.rule);
+        let with = |op: &str, wait: Vec<String>| {
+            let mut args = wait;
+            args.extend([
+                "-t".into(),
+                jump.table.as_str().into(),
+                op.into(),
+                jump.chain.to_string(),
+            ]);
+            args.extend(rule.iter().cloned());
+            args
+        };
+        let check = with("-C", self.wait_args());
+        match self.run(&binary, &check, None)? {
+            (Some(0), _, _) => return Ok(()),
+            // 1: the rule does not exist (or a lookup failed); insert tells which.
+            (Some(1), _, _) => {}
+            (status, _, stderr) => return Err(Self::failed(&binary, check, status, stderr, None)),
+        }
+        let insert = with("-I", self.wait_args());
+        match self.run(&binary, &insert, None)? {
+            (Some(0), _, _) => Ok(()),
+            (status, _, stderr) => Err(Self::failed(&binary, insert, status, stderr, None)),
+        }
+    }
+
+    fn clear_conntrack(&mut self, family: IpFamily, flows: &[StaleFlow]) -> Result<(), ExecError> {
+        for flow in flows {
+            let args = conntrack_args(family, flow);
+            match self.run("conntrack", &args, None)? {
+                (Some(0), _, _) => {}
+                // conntrack exits 1 when nothing matched.
+                (Some(1), _, stderr) if stderr.contains("0 flow entries") => {}
+                (status, _, stderr) => {
+                    return Err(Self::failed("conntrack", args, status, stderr, None));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The `conntrack -D` arguments that delete one stale flow's entries.
+pub(crate) fn conntrack_args(family: IpFamily, flow: &StaleFlow) -> Vec<String> {
+    let mut args: Vec<String> = vec!["-D".into()];
+    if family == IpFamily::IPv6 {
+        args.extend(["-f".into(), "ipv6".into()]);
+    }
+    let proto = match flow.protocol {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+        Protocol::Sctp => "sctp",
+    };
+    args.extend(["-p".into(), proto.into()]);
+    match flow.destination {
+        FlowDestination::Service(addr) => {
+            args.extend(["--orig-dst".into(), addr.ip().to_string()]);
+            args.extend(["--orig-port-dst".into(), addr.port().to_string()]);
+        }
+        FlowDestination::NodePort(port) => {
+            args.extend(["--orig-port-dst".into(), port.to_string()]);
+        }
+    }
+    if let Some(ep) = flow.endpoint {
+        args.extend(["--dst-nat".into(), ep.to_string()]);
+    }
+    args
+}

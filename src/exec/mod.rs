@@ -1,0 +1,163 @@
+//! How rules reach the kernel: the [`Executor`] trait and its implementations.
+//!
+//! This is the only module that starts processes. [`IptablesRestore`] runs the real
+//! `iptables-restore`/`iptables-save`/`iptables` binaries (nft or legacy, IPv4 or
+//! IPv6); [`DryRun`] keeps the payloads it was handed; [`Recorder`] records every call
+//! and keeps a model of the tables, so tests can check the state a series of syncs
+//! leaves without root. Embedders implement [`Executor`] for their own transport
+//! (netlink, a remote agent).
+
+mod iptables;
+mod recorder;
+
+use thiserror::Error;
+
+pub use iptables::{Backend, IptablesRestore};
+pub use recorder::{Call, DryRun, Recorder};
+
+use crate::compile::JumpRule;
+use crate::model::IpFamily;
+use crate::ruleset::Table;
+use crate::sync::StaleFlow;
+
+/// Why an executor call failed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ExecError {
+    /// The binary could not be started.
+    #[error("{binary}: cannot run: {source}")]
+    Spawn {
+        /// The binary.
+        binary: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The binary ran and failed.
+    #[error("{binary} {args} failed ({status}): {stderr}", args = .args.join(" "), status = status_text(*.status))]
+    Failed {
+        /// The binary.
+        binary: String,
+        /// Its arguments.
+        args: Vec<String>,
+        /// Its exit code (`None` if killed by a signal).
+        status: Option<i32>,
+        /// What it wrote on stderr.
+        stderr: String,
+        /// The restore payload it was given, if any.
+        payload: Option<String>,
+    },
+    /// The executor refused the call (a scripted failure, or an invalid payload in
+    /// [`Recorder`]'s table model).
+    #[error("{0}")]
+    Refused(String),
+    /// The executor does not support this operation.
+    #[error("not supported by this executor: {0}")]
+    Unsupported(&'static str),
+}
+
+fn status_text(status: Option<i32>) -> String {
+    match status {
+        Some(code) => format!("exit status {code}"),
+        None => "killed by a signal".to_owned(),
+    }
+}
+
+/// How a restore payload is applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RestoreOptions {
+    /// `--noflush`: leave chains the payload does not mention alone (svcnat always sets it).
+    pub noflush: bool,
+    /// `--counters`: keep packet counters of rewritten chains.
+    pub counters: bool,
+}
+
+impl Default for RestoreOptions {
+    fn default() -> Self {
+        RestoreOptions {
+            noflush: true,
+            counters: true,
+        }
+    }
+}
+
+/// Applies rules and reads them back. Implementations decide the transport.
+pub trait Executor {
+    /// Applies an `iptables-restore` payload for `family`.
+    ///
+    /// # Errors
+    /// The transport failed or the kernel refused the payload.
+    fn restore(
+        &mut self,
+        family: IpFamily,
+        payload: &str,
+        options: RestoreOptions,
+    ) -> Result<(), ExecError>;
+
+    /// Reads one table back, as `iptables-save -t TABLE` prints it.
+    ///
+    /// # Errors
+    /// The transport failed.
+    fn save(&mut self, family: IpFamily, table: Table) -> Result<String, ExecError>;
+
+    /// Makes sure a jump rule exists at the top of its built-in chain: checks for it
+    /// and inserts it (`-I`) if missing. The chain it jumps to exists already.
+    ///
+    /// # Errors
+    /// The transport failed or the kernel refused the rule.
+    fn ensure_jump(&mut self, family: IpFamily, jump: &JumpRule) -> Result<(), ExecError>;
+
+    /// Deletes the conntrack entries of stale UDP/SCTP flows. Optional: the default
+    /// returns [`ExecError::Unsupported`].
+    ///
+    /// # Errors
+    /// The transport failed, or the executor does not support it.
+    fn clear_conntrack(&mut self, family: IpFamily, flows: &[StaleFlow]) -> Result<(), ExecError> {
+        let _ = (family, flows);
+        Err(ExecError::Unsupported("clear_conntrack"))
+    }
+}
+
+impl<E: Executor + ?Sized> Executor for &mut E {
+    fn restore(
+        &mut self,
+        family: IpFamily,
+        payload: &str,
+        options: RestoreOptions,
+    ) -> Result<(), ExecError> {
+        (**self).restore(family, payload, options)
+    }
+    fn save(&mut self, family: IpFamily, table: Table) -> Result<String, ExecError> {
+        (**self).save(family, table)
+    }
+    fn ensure_jump(&mut self, family: IpFamily, jump: &JumpRule) -> Result<(), ExecError> {
+        (**self).ensure_jump(family, jump)
+    }
+    fn clear_conntrack(&mut self, family: IpFamily, flows: &[StaleFlow]) -> Result<(), ExecError> {
+        (**self).clear_conntrack(family, flows)
+    }
+}
+
+/// A rule as the argument list of an `iptables` command: the rendered rule split on
+/// spaces, a quoted comment kept as one argument without its quotes.
+pub fn rule_args(rule: &crate::ruleset::Rule) -> Vec<String> {
+    let text = rule.to_string();
+    let mut args = Vec::new();
+    let mut current = String::new();
+    let mut quoted = false;
+    for c in text.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            ' ' if !quoted => {
+                if !current.is_empty() {
+                    args.push(std::mem::take(&mut current));
+                }
+            }
+            _ => current.push(c),
+        }
+    }
+    if !current.is_empty() {
+        args.push(current);
+    }
+    args
+}

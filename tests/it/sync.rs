@@ -1,0 +1,405 @@
+//! Incremental sync through the Recorder's table model: partial syncs leave the
+//! state a full sync would, failures recover, payloads stay small.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+use svcnat::exec::{Call, ExecError, Executor, IptablesRestore, Recorder};
+use svcnat::model::*;
+use svcnat::ruleset::Table;
+use svcnat::sync::{FlowDestination, StaleFlow, SyncError, Syncer, plan};
+
+use crate::fixtures::*;
+
+/// Every chain of filter and nat in the model, with its rules.
+fn tables(rec: &Recorder) -> BTreeMap<(Table, String), Vec<String>> {
+    let mut out = BTreeMap::new();
+    for table in [Table::Filter, Table::Nat] {
+        for chain in rec.chains(IpFamily::IPv4, table) {
+            let rules = rec.rules(IpFamily::IPv4, table, &chain).unwrap();
+            out.insert((table, chain), rules);
+        }
+    }
+    out
+}
+
+/// The tables a single full sync of `state` leaves in a fresh model.
+fn full_sync_tables(state: &ClusterState) -> BTreeMap<(Table, String), Vec<String>> {
+    let mut syncer = Syncer::new(Recorder::new(), config()).unwrap();
+    syncer.replace_state(state.clone());
+    let report = syncer.sync().unwrap();
+    assert!(report.full);
+    tables(syncer.executor())
+}
+
+fn svc(i: u8, ports: &[(&str, u16)]) -> Service {
+    service("ns1", &format!("svc{i}"), &format!("172.30.0.{i}"), ports)
+}
+
+fn eps(svc_name: &str, ips: &[&str]) -> EndpointSlice {
+    slice(
+        "ns1",
+        svc_name,
+        &[("p80", 80)],
+        ips.iter().map(|i| ready(i)).collect(),
+    )
+}
+
+#[test]
+fn first_sync_is_full_then_partial_and_noop_is_empty() {
+    let mut syncer = Syncer::new(Recorder::new(), config()).unwrap();
+    syncer.upsert_service(svc(1, &[("p80", 80)]));
+    syncer.upsert_slice(eps("svc1", &["10.180.0.1"]));
+    let first = syncer.sync().unwrap();
+    assert!(first.full);
+    assert_eq!(
+        first.payload.to_text(),
+        svcnat::render::to_string(&svcnat::compile::compile(syncer.state(), &config()).unwrap())
+    );
+    // Jump rules were ensured after the restore.
+    let jumps = syncer
+        .executor()
+        .calls
+        .iter()
+        .filter(|c| matches!(c, Call::EnsureJump { .. }))
+        .count();
+    assert_eq!(jumps, svcnat::compile::jump_rules(&config()).unwrap().len());
+
+    // The same objects again: nothing to do, nothing sent.
+    syncer.upsert_service(svc(1, &[("p80", 80)]));
+    syncer.upsert_slice(eps("svc1", &["10.180.0.1"]));
+    let restores = syncer.executor().payloads().count();
+    let noop = syncer.sync().unwrap();
+    assert!(!noop.full);
+    assert!(noop.payload.is_empty());
+    assert_eq!(noop.bytes, 0);
+    assert_eq!(
+        syncer.executor().payloads().count(),
+        restores,
+        "an empty payload is not applied"
+    );
+
+    // One more endpoint: only the service chain and the new endpoint chain.
+    syncer.upsert_slice(eps("svc1", &["10.180.0.1", "10.180.0.2"]));
+    let partial = syncer.sync().unwrap();
+    assert!(!partial.full);
+    let written: Vec<String> = partial
+        .payload
+        .tables
+        .iter()
+        .flat_map(|t| &t.written)
+        .map(|c| c.name.to_string())
+        .collect();
+    assert_eq!(written.len(), 2, "{written:?}");
+    assert!(
+        written[0].starts_with("KUBE-SVC-") && written[1].starts_with("KUBE-SEP-"),
+        "{written:?}"
+    );
+    assert_eq!(tables(syncer.executor()), full_sync_tables(syncer.state()));
+}
+
+#[test]
+fn deleting_a_service_deletes_its_chains_and_only_those() {
+    let mut rec = Recorder::new();
+    // Someone else's chain and rule in the same tables.
+    rec.restore(
+        IpFamily::IPv4,
+        "*nat\n:MY-CHAIN - [0:0]\n-A MY-CHAIN -j RETURN\n-A PREROUTING -j MY-CHAIN\nCOMMIT\n",
+        Default::default(),
+    )
+    .unwrap();
+    let mut syncer = Syncer::new(rec, config()).unwrap();
+    syncer.upsert_service(svc(1, &[("p80", 80)]));
+    syncer.upsert_slice(eps("svc1", &["10.180.0.1"]));
+    syncer.upsert_service(svc(2, &[("p80", 80)]));
+    syncer.upsert_slice(eps("svc2", &["10.180.0.2"]));
+    syncer.sync().unwrap();
+    syncer.remove_service(&ServiceKey::new("ns1", "svc2"));
+    syncer.remove_slice(&ServiceKey::new("ns1", "svc2"), "svc2-slice");
+    let report = syncer.sync().unwrap();
+    assert_eq!(
+        report.payload.chains_deleted(),
+        2,
+        "{}",
+        report.payload.to_text()
+    );
+    assert!(report.payload.to_text().contains("-X KUBE-SVC-"));
+    let rec = syncer.executor();
+    assert_eq!(
+        rec.rules(IpFamily::IPv4, Table::Nat, "MY-CHAIN").unwrap(),
+        ["-j RETURN"]
+    );
+    assert!(
+        rec.rules(IpFamily::IPv4, Table::Nat, "PREROUTING")
+            .unwrap()
+            .contains(&"-j MY-CHAIN".to_owned())
+    );
+    let mut expected = full_sync_tables(syncer.state());
+    expected.insert((Table::Nat, "MY-CHAIN".into()), vec!["-j RETURN".into()]);
+    expected
+        .get_mut(&(Table::Nat, "PREROUTING".into()))
+        .unwrap()
+        .push("-j MY-CHAIN".into());
+    assert_eq!(tables(rec), expected);
+}
+
+#[test]
+fn first_full_sync_deletes_stale_service_chains_of_an_earlier_run() {
+    let mut rec = Recorder::new();
+    rec.restore(
+        IpFamily::IPv4,
+        "*nat\n:KUBE-SVC-OLDOLDOLDOLDOLDO - [0:0]\n:KUBE-SEP-OLDOLDOLDOLDOLDO - [0:0]\n:KEEP-ME - [0:0]\n-A KUBE-SVC-OLDOLDOLDOLDOLDO -j KUBE-SEP-OLDOLDOLDOLDOLDO\nCOMMIT\n",
+        Default::default(),
+    )
+    .unwrap();
+    let mut syncer = Syncer::new(rec, config()).unwrap();
+    syncer.upsert_service(svc(1, &[("p80", 80)]));
+    let report = syncer.sync().unwrap();
+    assert_eq!(report.payload.chains_deleted(), 2);
+    let chains = syncer.executor().chains(IpFamily::IPv4, Table::Nat);
+    assert!(!chains.iter().any(|c| c.contains("OLD")), "{chains:?}");
+    assert!(chains.contains(&"KEEP-ME".to_owned()));
+}
+
+#[test]
+fn executor_failure_is_typed_and_the_next_sync_is_full() {
+    let mut syncer = Syncer::new(Recorder::new(), config()).unwrap();
+    syncer.upsert_service(svc(1, &[("p80", 80)]));
+    syncer.upsert_slice(eps("svc1", &["10.180.0.1"]));
+    syncer.sync().unwrap();
+
+    syncer.upsert_slice(eps("svc1", &["10.180.0.1", "10.180.0.2"]));
+    syncer.executor_mut().fail_next_restores(1);
+    let err = syncer.sync().unwrap_err();
+    assert!(
+        matches!(err, SyncError::Exec(ExecError::Refused(_))),
+        "{err}"
+    );
+
+    // Nothing else changed, yet the recovery sync is full and leaves the full state.
+    let recovery = syncer.sync().unwrap();
+    assert!(recovery.full);
+    assert_eq!(tables(syncer.executor()), full_sync_tables(syncer.state()));
+    let next = syncer.sync().unwrap();
+    assert!(!next.full && next.payload.is_empty());
+}
+
+#[test]
+fn failure_of_the_real_binary_reports_binary_status_stderr_and_payload() {
+    // The prefix stands in for the binary: it ignores it and fails like iptables-restore.
+    let exec = IptablesRestore::new(svcnat::exec::Backend::Nft).with_command_prefix([
+        "sh",
+        "-c",
+        "cat >/dev/null; echo 'iptables-restore: line 3 failed' >&2; exit 4",
+        "sh",
+    ]);
+    let mut syncer = Syncer::new(exec, config()).unwrap();
+    syncer.upsert_service(svc(1, &[("p80", 80)]));
+    match syncer.sync().unwrap_err() {
+        SyncError::Exec(ExecError::Failed {
+            binary,
+            args,
+            status,
+            stderr,
+            payload,
+        }) => {
+            assert_eq!(binary, "iptables-nft-restore");
+            assert!(args.contains(&"--noflush".to_owned()), "{args:?}");
+            assert_eq!(status, Some(4));
+            assert_eq!(stderr, "iptables-restore: line 3 failed");
+            assert!(payload.unwrap().starts_with("*filter\n"));
+        }
+        other => panic!("{other}"),
+    }
+}
+
+#[test]
+fn periodic_full_resync() {
+    let mut syncer = Syncer::new(Recorder::new(), config())
+        .unwrap()
+        .with_full_resync_period(Some(Duration::from_secs(3600)));
+    let t0 = Instant::now();
+    assert!(syncer.sync_at(t0).unwrap().full);
+    assert!(!syncer.sync_at(t0 + Duration::from_secs(60)).unwrap().full);
+    assert!(syncer.sync_at(t0 + Duration::from_secs(3600)).unwrap().full);
+}
+
+#[test]
+fn stale_udp_flows() {
+    let udp = Service {
+        ports: vec![ServicePort::tcp("dns", 53).with_protocol(Protocol::Udp)],
+        ..service("ns1", "dns", "172.30.0.10", &[])
+    };
+    let slice_with = |ips: &[&str]| {
+        let mut s = slice("ns1", "dns", &[], ips.iter().map(|i| ready(i)).collect());
+        s.ports.push(EndpointPort {
+            name: "dns".into(),
+            protocol: Protocol::Udp,
+            port: 5353,
+        });
+        s
+    };
+    let mut syncer = Syncer::new(Recorder::new(), config()).unwrap();
+    syncer.upsert_service(udp);
+    syncer.sync().unwrap();
+    // Gaining endpoints: entries made while the service had none are stale.
+    syncer.upsert_slice(slice_with(&["10.180.0.1", "10.180.0.2"]));
+    let gained = syncer.sync().unwrap();
+    let dest = FlowDestination::Service("172.30.0.10:53".parse().unwrap());
+    assert_eq!(
+        gained.stale_flows,
+        vec![StaleFlow {
+            protocol: Protocol::Udp,
+            destination: dest,
+            endpoint: None
+        }]
+    );
+    // Losing one: flows DNATed to it are stale.
+    syncer.upsert_slice(slice_with(&["10.180.0.2"]));
+    let lost = syncer.sync().unwrap();
+    assert_eq!(
+        lost.stale_flows,
+        vec![StaleFlow {
+            protocol: Protocol::Udp,
+            destination: dest,
+            endpoint: Some(ip("10.180.0.1"))
+        }]
+    );
+}
+
+#[test]
+fn thousand_services_one_endpoint_change_is_under_one_percent() {
+    let mut state = ClusterState::new();
+    for i in 0..1000u32 {
+        let name = format!("svc{i}");
+        let cluster_ip = std::net::Ipv4Addr::from(0xac1e_0000 + i);
+        state.upsert_service(
+            Service::cluster_ip("bench", name.clone(), cluster_ip.into())
+                .with_port(ServicePort::tcp("http", 80)),
+        );
+        let mut s = EndpointSlice::new("bench", name.clone(), format!("{name}-1"), IpFamily::IPv4)
+            .with_port(EndpointPort::tcp("http", 8080));
+        for j in 0..3u32 {
+            s = s.with_endpoint(Endpoint::ready(
+                std::net::Ipv4Addr::from(0x0ab4_0000 + i * 4 + j).into(),
+            ));
+        }
+        state.upsert_slice(s);
+    }
+    let mut syncer = Syncer::new(Recorder::new(), config()).unwrap();
+    syncer.replace_state(state.clone());
+    let full = syncer.sync().unwrap();
+    assert!(full.full);
+
+    let mut changed = state
+        .slices_of(&ServiceKey::new("bench", "svc500"))
+        .next()
+        .unwrap()
+        .clone();
+    changed.endpoints.push(Endpoint::ready(ip("10.99.0.1")));
+    syncer.upsert_slice(changed.clone());
+    let partial = syncer.sync().unwrap();
+    assert!(!partial.full);
+    assert!(
+        partial.bytes * 100 < full.bytes,
+        "partial {} bytes, full {} bytes",
+        partial.bytes,
+        full.bytes
+    );
+    state.upsert_slice(changed);
+    assert_eq!(tables(syncer.executor()), full_sync_tables(&state));
+    // The planner agrees: the same chains, computed from whole rulesets.
+    let before = syncer.applied_ruleset().unwrap();
+    assert_eq!(before, svcnat::compile::compile(&state, &config()).unwrap());
+}
+
+#[test]
+fn plan_writes_changed_chains_and_deletes_gone_service_chains() {
+    let one = state(
+        vec![svc(1, &[("p80", 80)])],
+        vec![eps("svc1", &["10.180.0.1"])],
+    );
+    let two = state(
+        vec![svc(1, &[("p80", 80)])],
+        vec![eps("svc1", &["10.180.0.2"])],
+    );
+    let a = svcnat::compile::compile(&one, &config()).unwrap();
+    let b = svcnat::compile::compile(&two, &config()).unwrap();
+    let p = plan(Some(&a), &b);
+    assert!(!p.full);
+    assert_eq!(p.chains_written(), 2); // the SVC chain and the new SEP chain
+    assert_eq!(p.chains_deleted(), 1); // the old SEP chain
+    assert!(plan(Some(&b), &b).is_empty());
+    assert_eq!(
+        plan(None, &b).chains_written(),
+        b.tables.iter().map(|t| t.chains.len()).sum::<usize>()
+    );
+}
+
+/// One change an informer could deliver.
+#[derive(Debug, Clone)]
+enum Change {
+    Upsert(u8, Vec<(u8, Conditions)>),
+    DropSlice(u8),
+    DropService(u8),
+    NodePort(u8, bool),
+}
+
+fn change() -> impl Strategy<Value = Change> {
+    let conds = prop_oneof![
+        Just(Conditions::READY),
+        Just(Conditions::SERVING_TERMINATING),
+        Just(Conditions::NOT_READY)
+    ];
+    prop_oneof![
+        3 => (0u8..6, prop::collection::vec((1u8..8, conds), 0..4)).prop_map(|(s, e)| Change::Upsert(s, e)),
+        1 => (0u8..6).prop_map(Change::DropSlice),
+        1 => (0u8..6).prop_map(Change::DropService),
+        1 => (0u8..6, any::<bool>()).prop_map(|(s, n)| Change::NodePort(s, n)),
+    ]
+}
+
+fn service_for(i: u8, node_port: bool) -> Service {
+    let mut s = service(
+        "ns1",
+        &format!("svc{i}"),
+        &format!("172.30.0.{}", i + 1),
+        &[("p80", 80)],
+    );
+    if node_port {
+        s.service_type = ServiceType::NodePort;
+        s.ports[0].node_port = Some(30000 + u16::from(i));
+    }
+    s
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// After every partial sync the model holds exactly what one full sync of the
+    /// same state would leave, and the syncer's view equals a fresh compile.
+    #[test]
+    fn partial_syncs_leave_the_full_sync_state(changes in prop::collection::vec(change(), 1..12)) {
+        let mut syncer = Syncer::new(Recorder::new(), config()).unwrap();
+        syncer.sync().unwrap();
+        for c in changes {
+            match c {
+                Change::Upsert(s, endpoints) => {
+                    if syncer.state().service(&ServiceKey::new("ns1", format!("svc{s}"))).is_none() {
+                        syncer.upsert_service(service_for(s, false));
+                    }
+                    let eps = endpoints.into_iter().map(|(h, c)| ready(&format!("10.180.{s}.{h}")).with_conditions(c)).collect();
+                    syncer.upsert_slice(slice("ns1", &format!("svc{s}"), &[("p80", 80)], eps));
+                }
+                Change::DropSlice(s) => syncer.remove_slice(&ServiceKey::new("ns1", format!("svc{s}")), &format!("svc{s}-slice")),
+                Change::DropService(s) => syncer.remove_service(&ServiceKey::new("ns1", format!("svc{s}"))),
+                Change::NodePort(s, on) => syncer.upsert_service(service_for(s, on)),
+            }
+            let report = syncer.sync().unwrap();
+            prop_assert!(!report.full);
+            prop_assert_eq!(tables(syncer.executor()), full_sync_tables(syncer.state()));
+            prop_assert_eq!(syncer.applied_ruleset().unwrap(), svcnat::compile::compile(syncer.state(), &config()).unwrap());
+        }
+    }
+}
