@@ -16,6 +16,7 @@ fn missing_capability() -> Option<String> {
     }
     for bin in [
         "ip",
+        "python3",
         "iptables-nft-restore",
         "iptables-legacy-restore",
         "ip6tables-nft-restore",
@@ -146,6 +147,506 @@ fn example_output_is_accepted_by_iptables_restore() {
                 let (ok, _) = ns.run(&[&bin, "--test"], &broken);
                 assert!(!ok, "{bin} --test accepted a broken payload");
             }
+        }
+    }
+}
+
+/// Runs `ip ARGS`, panicking with its output if it fails.
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Answers each TCP connection and UDP datagram with "NAME PEER-IP", for two minutes at most.
+const ECHO_SERVER: &str = r#"
+import socket, sys, threading, signal
+signal.alarm(120)
+name, port = sys.argv[1], int(sys.argv[2])
+def udp():
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.bind(("0.0.0.0", port))
+    while True:
+        d, a = u.recvfrom(100)
+        u.sendto(("%s %s" % (name, a[0])).encode(), a)
+threading.Thread(target=udp, daemon=True).start()
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", port))
+s.listen(64)
+while True:
+    c, a = s.accept()
+    c.sendall(("%s %s" % (name, a[0])).encode())
+    c.close()
+"#;
+
+/// Makes N connections (or datagrams) and prints one line each: the answer,
+/// REFUSED or TIMEOUT.
+const CLIENT: &str = r#"
+import socket, sys
+proto, host, port, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+for i in range(n):
+    try:
+        if proto == "tcp":
+            s = socket.create_connection((host, port), timeout=2)
+            print(s.recv(100).decode().strip())
+            s.close()
+        else:
+            u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            u.settimeout(2)
+            u.sendto(b"x", (host, port))
+            print(u.recv(100).decode().strip())
+            u.close()
+    except ConnectionRefusedError:
+        print("REFUSED")
+    except socket.timeout:
+        print("TIMEOUT")
+    except OSError as e:
+        print("ERROR %s" % e)
+"#;
+
+/// A node namespace with three pod namespaces (10.244.N.2, node side 10.244.N.1) and
+/// an outside client (192.168.50.2, node at 192.168.50.1), echo servers on port 8080
+/// in every pod. Everything is removed on drop.
+struct Lab {
+    servers: Vec<std::process::Child>,
+    node: Netns,
+    client: Netns,
+    // Kept for their Drop.
+    _pods: Vec<Netns>,
+}
+
+impl Lab {
+    fn new(tag: &str) -> Lab {
+        let node = Netns::new(&format!("{tag}-node"));
+        let client = Netns::new(&format!("{tag}-cli"));
+        let pods: Vec<Netns> = (1..=3)
+            .map(|i| Netns::new(&format!("{tag}-pod{i}")))
+            .collect();
+        let n = node.name.as_str();
+        ip(&["-n", n, "link", "set", "lo", "up"]);
+        for (i, pod) in pods.iter().enumerate() {
+            let i = i + 1;
+            let p = pod.name.as_str();
+            let vp = format!("vp{i}");
+            ip(&[
+                "link", "add", &vp, "netns", n, "type", "veth", "peer", "name", "eth0", "netns", p,
+            ]);
+            ip(&[
+                "-n",
+                n,
+                "addr",
+                "add",
+                &format!("10.244.{i}.1/24"),
+                "dev",
+                &vp,
+            ]);
+            ip(&["-n", n, "link", "set", &vp, "up"]);
+            ip(&[
+                "-n",
+                p,
+                "addr",
+                "add",
+                &format!("10.244.{i}.2/24"),
+                "dev",
+                "eth0",
+            ]);
+            ip(&["-n", p, "link", "set", "eth0", "up"]);
+            ip(&["-n", p, "link", "set", "lo", "up"]);
+            ip(&[
+                "-n",
+                p,
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("10.244.{i}.1"),
+            ]);
+        }
+        let c = client.name.as_str();
+        ip(&[
+            "link", "add", "vcli", "netns", n, "type", "veth", "peer", "name", "eth0", "netns", c,
+        ]);
+        ip(&["-n", n, "addr", "add", "192.168.50.1/24", "dev", "vcli"]);
+        ip(&["-n", n, "link", "set", "vcli", "up"]);
+        ip(&["-n", c, "addr", "add", "192.168.50.2/24", "dev", "eth0"]);
+        ip(&["-n", c, "link", "set", "eth0", "up"]);
+        ip(&["-n", c, "link", "set", "lo", "up"]);
+        ip(&["-n", c, "route", "add", "default", "via", "192.168.50.1"]);
+        // Locally generated traffic to a service IP needs a route before nat OUTPUT sees it.
+        ip(&["-n", n, "route", "add", "default", "via", "192.168.50.2"]);
+        for sysctl in [
+            "net.ipv4.ip_forward=1",
+            "net.ipv4.conf.all.rp_filter=0",
+            "net.ipv4.conf.default.rp_filter=0",
+        ] {
+            let (ok, out) = node.run(&["sysctl", "-w", sysctl], "");
+            assert!(ok, "{out}");
+        }
+        let servers = pods
+            .iter()
+            .enumerate()
+            .map(|(i, pod)| {
+                Command::new("ip")
+                    .args([
+                        "netns",
+                        "exec",
+                        &pod.name,
+                        "python3",
+                        "-c",
+                        ECHO_SERVER,
+                        &format!("pod{}", i + 1),
+                        "8080",
+                    ])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("python3 runs the echo servers")
+            })
+            .collect();
+        let lab = Lab {
+            servers,
+            node,
+            client,
+            _pods: pods,
+        };
+        // Wait until every server answers directly.
+        for i in 1..=3 {
+            let addr = format!("10.244.{i}.2");
+            let ready = (0..50).any(|_| {
+                let answers = lab.connect(&lab.node, "tcp", &addr, 8080, 1);
+                if answers[0].starts_with("pod") {
+                    return true;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                false
+            });
+            assert!(ready, "echo server in pod{i} did not start");
+        }
+        lab
+    }
+
+    /// `n` connections from `from` to `host:port`; one answer line each.
+    fn connect(&self, from: &Netns, proto: &str, host: &str, port: u16, n: usize) -> Vec<String> {
+        let (_, out) = from.run(
+            &[
+                "python3",
+                "-c",
+                CLIENT,
+                proto,
+                host,
+                &port.to_string(),
+                &n.to_string(),
+            ],
+            "",
+        );
+        let lines: Vec<String> = out.lines().map(str::to_owned).collect();
+        assert_eq!(lines.len(), n, "client output: {out}");
+        lines
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for s in &mut self.servers {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+    }
+}
+
+/// The svcnat-owned chains of a table as `iptables-save` prints them: chain -> rules.
+fn owned_chains(
+    ns: &Netns,
+    save: &str,
+    table: &str,
+) -> std::collections::BTreeMap<String, Vec<String>> {
+    let (ok, out) = ns.run(&[save, "-t", table], "");
+    assert!(ok, "{save}: {out}");
+    let mut chains = std::collections::BTreeMap::<String, Vec<String>>::new();
+    for line in out.lines() {
+        if let Some(decl) = line.strip_prefix(':') {
+            let name = decl.split_whitespace().next().unwrap();
+            if name.starts_with("KUBE-") {
+                chains.entry(name.to_owned()).or_default();
+            }
+        } else if let Some(rest) = line.strip_prefix("-A ") {
+            let (chain, rule) = rest.split_once(' ').unwrap_or((rest, ""));
+            if chain.starts_with("KUBE-") || rule.contains("-j KUBE-") {
+                chains
+                    .entry(chain.to_owned())
+                    .or_default()
+                    .push(rule.to_owned());
+            }
+        }
+    }
+    chains
+}
+
+#[cfg(feature = "k8s")]
+mod traffic {
+    use std::collections::BTreeSet;
+
+    use svcnat::exec::{Backend, IptablesRestore};
+    use svcnat::model::*;
+    use svcnat::sync::Syncer;
+
+    use super::*;
+    use crate::fixtures::ip as addr;
+
+    fn config() -> ProxyConfig {
+        ProxyConfig::default()
+            .with_node_name("node")
+            .with_node_ips([addr("192.168.50.1"), addr("127.0.0.1")])
+            .with_cluster_cidrs(["10.244.0.0/16".parse().unwrap()])
+    }
+
+    fn pod(i: u8, node: &str) -> Endpoint {
+        Endpoint::ready(addr(&format!("10.244.{i}.2"))).on_node(node)
+    }
+
+    fn svc(name: &str, ip: &str) -> Service {
+        Service::cluster_ip("test", name, addr(ip))
+            .with_port(ServicePort::tcp("tcp", 80))
+            .with_port(ServicePort::tcp("udp", 80).with_protocol(Protocol::Udp))
+    }
+
+    fn slice(svc: &str, pods: &[Endpoint]) -> EndpointSlice {
+        let mut s = EndpointSlice::new("test", svc, format!("{svc}-1"), IpFamily::IPv4)
+            .with_port(EndpointPort::tcp("tcp", 8080))
+            .with_port(EndpointPort {
+                name: "udp".into(),
+                protocol: Protocol::Udp,
+                port: 8080,
+            });
+        s.endpoints = pods.to_vec();
+        s
+    }
+
+    /// The cluster the traffic checks run against.
+    fn cluster() -> ClusterState {
+        let mut state = ClusterState::new();
+        let mut spread = svc("spread", "172.30.0.10");
+        spread.service_type = ServiceType::NodePort;
+        spread.ports[0].node_port = Some(30080);
+        state.upsert_service(spread);
+        state.upsert_slice(slice(
+            "spread",
+            &[pod(1, "node"), pod(2, "node"), pod(3, "node")],
+        ));
+        state.upsert_service(svc("empty", "172.30.0.20"));
+        let mut sticky = svc("sticky", "172.30.0.30");
+        sticky.session_affinity = SessionAffinity::ClientIP {
+            timeout_seconds: 300,
+        };
+        state.upsert_service(sticky);
+        state.upsert_slice(slice(
+            "sticky",
+            &[pod(1, "node"), pod(2, "node"), pod(3, "node")],
+        ));
+        let mut local = svc("local", "172.30.0.40");
+        local.service_type = ServiceType::NodePort;
+        local.external_traffic_policy = TrafficPolicy::Local;
+        local.ports[0].node_port = Some(30081);
+        state.upsert_service(local);
+        state.upsert_slice(slice("local", &[pod(1, "node"), pod(2, "other-node")]));
+        state
+    }
+
+    /// One change to the cluster between two syncs.
+    type Step = Box<dyn Fn(&mut ClusterState)>;
+
+    fn names(answers: &[String]) -> BTreeSet<String> {
+        answers
+            .iter()
+            .map(|a| a.split(' ').next().unwrap().to_owned())
+            .collect()
+    }
+
+    fn sources(answers: &[String]) -> BTreeSet<String> {
+        answers
+            .iter()
+            .map(|a| a.split(' ').nth(1).unwrap_or("").to_owned())
+            .collect()
+    }
+
+    fn traffic_and_churn(backend: Backend, tag: &str) {
+        let lab = Lab::new(tag);
+        let n = lab.node.name.clone();
+        let save = match backend {
+            Backend::Legacy => "iptables-legacy-save",
+            _ => "iptables-nft-save",
+        };
+        // A user's own chain and rule in the tables svcnat writes to.
+        let (ok, out) = lab.node.run(
+            &[save.replace("-save", "-restore").as_str(), "--noflush"],
+            "*nat\n:USER-CHAIN - [0:0]\n-A USER-CHAIN -s 192.0.2.1/32 -j RETURN\n-A PREROUTING -j USER-CHAIN\nCOMMIT\n*filter\n:USER-FILTER - [0:0]\n-A USER-FILTER -s 192.0.2.1/32 -j DROP\nCOMMIT\n",
+        );
+        assert!(ok, "{out}");
+        let user_rules = |lab: &Lab| {
+            let (_, nat) = lab.node.run(&[save, "-t", "nat"], "");
+            let (_, filter) = lab.node.run(&[save, "-t", "filter"], "");
+            let lines: Vec<String> = nat
+                .lines()
+                .chain(filter.lines())
+                .filter(|l| l.contains("USER-"))
+                .map(str::to_owned)
+                .collect();
+            lines
+        };
+        let user_before = user_rules(&lab);
+        assert_eq!(user_before.len(), 5, "{user_before:?}");
+
+        let exec =
+            IptablesRestore::new(backend).with_command_prefix(["ip", "netns", "exec", n.as_str()]);
+        let mut syncer = Syncer::new(exec, config()).unwrap();
+        syncer.replace_state(cluster());
+        assert!(syncer.sync().unwrap().full);
+
+        // ClusterIP from a process on the node: every endpoint answers, TCP and UDP,
+        // masqueraded (the pod sees the node's address on its link, not 192.168.50.1).
+        let tcp = lab.connect(&lab.node, "tcp", "172.30.0.10", 80, 30);
+        assert_eq!(
+            names(&tcp),
+            BTreeSet::from(["pod1".into(), "pod2".into(), "pod3".into()]),
+            "{tcp:?}"
+        );
+        for a in &tcp {
+            let (name, src) = a.split_once(' ').unwrap();
+            let i = &name[3..];
+            assert_eq!(
+                src,
+                format!("10.244.{i}.1"),
+                "node traffic to a cluster IP is masqueraded: {a}"
+            );
+        }
+        let udp = lab.connect(&lab.node, "udp", "172.30.0.10", 80, 30);
+        assert_eq!(names(&udp).len(), 3, "{udp:?}");
+
+        // From a pod (inside the cluster CIDR): not masqueraded, except the hairpin
+        // back to itself.
+        let pod1 = &lab._pods[0];
+        let from_pod = lab.connect(pod1, "tcp", "172.30.0.10", 80, 30);
+        for a in &from_pod {
+            let (name, src) = a.split_once(' ').unwrap();
+            if name == "pod1" {
+                assert_eq!(src, "10.244.1.1", "hairpin is masqueraded: {a}");
+            } else {
+                assert_eq!(src, "10.244.1.2", "pod traffic keeps its source: {a}");
+            }
+        }
+
+        // NodePort from outside the node: every endpoint, masqueraded (eTP Cluster).
+        let np = lab.connect(&lab.client, "tcp", "192.168.50.1", 30080, 30);
+        assert_eq!(names(&np).len(), 3, "{np:?}");
+        assert!(!sources(&np).contains("192.168.50.2"), "{np:?}");
+
+        // No endpoints: rejected at once.
+        assert_eq!(
+            lab.connect(&lab.node, "tcp", "172.30.0.20", 80, 1),
+            ["REFUSED"]
+        );
+
+        // Session affinity: one endpoint for one client.
+        let sticky = lab.connect(&lab.node, "tcp", "172.30.0.30", 80, 15);
+        assert_eq!(names(&sticky).len(), 1, "{sticky:?}");
+
+        // externalTrafficPolicy Local: only this node's endpoint, client source kept.
+        let local = lab.connect(&lab.client, "tcp", "192.168.50.1", 30081, 15);
+        assert_eq!(
+            local.iter().collect::<BTreeSet<_>>(),
+            BTreeSet::from([&"pod1 192.168.50.2".to_owned()]),
+            "{local:?}"
+        );
+
+        // Churn: partial syncs, each compared with a full sync of the same state in a
+        // fresh namespace.
+        let mut state = cluster();
+        let steps: Vec<Step> = vec![
+            Box::new(|s| {
+                s.upsert_slice(slice("sticky", &[pod(1, "node"), pod(2, "node")]));
+            }),
+            Box::new(|s| {
+                s.upsert_slice(slice("empty", &[pod(3, "node")]));
+            }),
+            Box::new(|s| {
+                s.remove_service(&ServiceKey::new("test", "spread"));
+                s.remove_slice(&ServiceKey::new("test", "spread"), "spread-1");
+            }),
+            Box::new(|s| {
+                s.upsert_service(svc("fresh", "172.30.0.50"));
+                s.upsert_slice(slice("fresh", &[pod(2, "node"), pod(3, "node")]));
+            }),
+        ];
+        for (i, step) in steps.iter().enumerate() {
+            step(&mut state);
+            syncer.replace_state(state.clone());
+            let report = syncer.sync().unwrap();
+            assert!(!report.full, "step {i}");
+            let reference = Netns::new(&format!("{tag}-ref{i}"));
+            let exec = IptablesRestore::new(backend).with_command_prefix([
+                "ip",
+                "netns",
+                "exec",
+                reference.name.as_str(),
+            ]);
+            let mut fresh = Syncer::new(exec, config()).unwrap();
+            fresh.replace_state(state.clone());
+            assert!(fresh.sync().unwrap().full);
+            for table in ["nat", "filter"] {
+                let ours = owned_chains(&lab.node, save, table);
+                let want = owned_chains(&reference, save, table);
+                assert_eq!(ours, want, "step {i}: {table} differs from a full sync");
+            }
+            // No stale chain: exactly the service chains the compiler produces.
+            let compiled = svcnat::compile::compile(&state, &config()).unwrap();
+            let want: BTreeSet<String> = compiled
+                .table(svcnat::ruleset::Table::Nat)
+                .unwrap()
+                .chains
+                .keys()
+                .map(|c| c.to_string())
+                .collect();
+            let have: BTreeSet<String> = owned_chains(&lab.node, save, "nat")
+                .into_keys()
+                .filter(|c| c.starts_with("KUBE-"))
+                .collect();
+            assert_eq!(have, want, "step {i}");
+            assert_eq!(
+                user_rules(&lab),
+                user_before,
+                "step {i}: the user's rules were touched"
+            );
+        }
+        // The service added by the last step serves traffic.
+        let fresh = lab.connect(&lab.node, "tcp", "172.30.0.50", 80, 20);
+        assert_eq!(
+            names(&fresh),
+            BTreeSet::from(["pod2".into(), "pod3".into()]),
+            "{fresh:?}"
+        );
+        assert_eq!(
+            lab.connect(&lab.node, "tcp", "172.30.0.10", 80, 1)[0],
+            "TIMEOUT",
+            "deleted service still answers"
+        );
+    }
+
+    #[test]
+    fn traffic_and_churn_nft() {
+        if kernel_available("traffic_and_churn_nft") {
+            traffic_and_churn(Backend::Nft, "nft");
+        }
+    }
+
+    #[test]
+    fn traffic_and_churn_legacy() {
+        if kernel_available("traffic_and_churn_legacy") {
+            traffic_and_churn(Backend::Legacy, "leg");
         }
     }
 }

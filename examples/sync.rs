@@ -1,0 +1,118 @@
+//! Syncs a series of cluster states into the current network namespace through one
+//! `Syncer`: a full sync first (with the jump rules from the built-in chains), then
+//! partial ones.
+//!
+//! ```text
+//! cargo run --example sync --features k8s -- [COMPILE FLAGS] [--apply] [--backend nft|legacy] \
+//!     STATE.json [STATE.json ...]
+//! ```
+//!
+//! Each STATE.json is a Kubernetes `List` as for the compile example, whose flags it
+//! takes too. Without `--apply` nothing touches the system: each payload is printed
+//! after its step line. For each step one line goes to stdout:
+//! `step N: full|partial, B bytes, W chains written, D chains deleted`.
+//! Bad input (checked for every file before anything is applied): one line on stderr,
+//! exit 2. An executor failure: the binary, exit status and stderr on stderr, exit 1.
+
+mod common;
+
+use common::{ProxyFlags, bad_input};
+use svcnat::exec::{Backend, DryRun, Executor, IptablesRestore};
+use svcnat::sync::{SyncReport, Syncer};
+
+const USAGE: &str =
+    "usage: sync [COMPILE FLAGS] [--apply] [--backend nft|legacy] STATE.json [STATE.json ...]";
+
+fn main() {
+    let mut flags = ProxyFlags::default();
+    let mut apply = false;
+    let mut backend = Backend::Auto;
+    let mut files = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match flags.take(&arg, &mut args) {
+            Ok(true) => continue,
+            Ok(false) => {}
+            Err(e) => bad_input("sync", &e),
+        }
+        let (flag, inline) = common::split_flag(&arg);
+        match flag {
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return;
+            }
+            "--apply" => apply = true,
+            "--backend" => {
+                let v = common::value(flag, inline, &mut args)
+                    .unwrap_or_else(|e| bad_input("sync", &e));
+                backend = match v.as_str() {
+                    "nft" => Backend::Nft,
+                    "legacy" => Backend::Legacy,
+                    _ => bad_input("sync", &format!("--backend: {v:?} is not nft or legacy")),
+                };
+            }
+            _ if arg.starts_with("--") => {
+                bad_input("sync", &format!("unexpected argument {arg:?}; {USAGE}"))
+            }
+            _ => files.push(arg),
+        }
+    }
+    if files.is_empty() {
+        bad_input("sync", &format!("no STATE.json given; {USAGE}"));
+    }
+    let config = flags.config().unwrap_or_else(|e| bad_input("sync", &e));
+    // Every state is read and checked before anything is applied.
+    let states: Vec<_> = files
+        .iter()
+        .map(|f| {
+            let state = common::load_state(f).unwrap_or_else(|e| bad_input("sync", &e));
+            if let Err(e) = svcnat::compile::compile(&state, &config) {
+                bad_input("sync", &format!("{f}: {e}"));
+            }
+            state
+        })
+        .collect();
+    if apply {
+        run(IptablesRestore::new(backend), config, states, false);
+    } else {
+        run(DryRun::default(), config, states, true);
+    }
+}
+
+fn run<E: Executor>(
+    executor: E,
+    config: svcnat::model::ProxyConfig,
+    states: Vec<svcnat::model::ClusterState>,
+    print: bool,
+) {
+    let family = config.ip_family;
+    let mut syncer =
+        Syncer::new(executor, config).unwrap_or_else(|e| bad_input("sync", &e.to_string()));
+    for (i, state) in states.into_iter().enumerate() {
+        syncer.replace_state(state);
+        let report: SyncReport = match syncer.sync() {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("sync: step {}: {}", i + 1, e.to_string().replace('\n', " "));
+                std::process::exit(1);
+            }
+        };
+        println!(
+            "step {}: {}, {} bytes, {} chains written, {} chains deleted",
+            i + 1,
+            if report.full { "full" } else { "partial" },
+            report.bytes,
+            report.payload.chains_written(),
+            report.payload.chains_deleted()
+        );
+        if print {
+            print!("{}", report.payload.to_text());
+        } else if !report.stale_flows.is_empty()
+            && let Err(e) = syncer
+                .executor_mut()
+                .clear_conntrack(family, &report.stale_flows)
+        {
+            eprintln!("sync: step {}: conntrack cleanup: {e}", i + 1);
+        }
+    }
+}
