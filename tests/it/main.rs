@@ -1,6 +1,7 @@
 //! Integration tests, one binary, a module per stage.
 
 mod errors;
+mod features;
 mod fixtures;
 mod kernel;
 #[cfg(feature = "k8s")]
