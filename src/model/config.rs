@@ -78,7 +78,10 @@ pub struct ProxyConfig {
     pub large_cluster_endpoints: Option<usize>,
     /// If set, node ports outside this range are rejected (`--service-node-port-range`).
     pub node_port_range: Option<RangeInclusive<u16>>,
-    /// Add kube-proxy's nfacct counter matches.
+    /// Add kube-proxy's nfacct counter matches. The counters
+    /// (`ct_state_invalid_dropped_pkts`, `localhost_nps_accepted_pkts`) must exist
+    /// before the rules are applied (kube-proxy creates them over netlink;
+    /// `nfacct add NAME` does the same), or the kernel refuses the rules.
     pub nfacct_counters: bool,
     /// `nf_conntrack_tcp_be_liberal` is set, so the INVALID-drop rule is left out.
     pub conntrack_tcp_be_liberal: bool,

@@ -20,15 +20,27 @@ fn remote(addr: &str) -> Endpoint {
 
 fn one(s: Service, endpoints: Vec<Endpoint>) -> ClusterState {
     let name = s.name.clone();
-    state(vec![s], vec![slice("ns1", &name, &[("p80", 80)], endpoints)])
+    state(
+        vec![s],
+        vec![slice("ns1", &name, &[("p80", 80)], endpoints)],
+    )
 }
 
 /// Only the rules a service adds: the fixed chains' own rules are left out.
 fn service_rules(state: &ClusterState, config: &ProxyConfig) -> String {
     let text = render(state, config);
-    let fixed = ["KUBE-FORWARD", "KUBE-FIREWALL", "KUBE-POSTROUTING", "KUBE-MARK-MASQ"];
+    let fixed = [
+        "KUBE-FORWARD",
+        "KUBE-FIREWALL",
+        "KUBE-POSTROUTING",
+        "KUBE-MARK-MASQ",
+    ];
     text.lines()
-        .filter(|l| !fixed.iter().any(|f| l.starts_with(&format!("-A {f} ")) || l.starts_with(&format!(":{f} "))))
+        .filter(|l| {
+            !fixed
+                .iter()
+                .any(|f| l.starts_with(&format!("-A {f} ")) || l.starts_with(&format!(":{f} ")))
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -37,7 +49,10 @@ fn lb(name: &str) -> Service {
     Service {
         service_type: ServiceType::LoadBalancer,
         ports: vec![ServicePort::tcp("p80", 80).with_node_port(3005)],
-        load_balancer_ingress: vec![LoadBalancerIngress { ip: ip("1.2.3.4"), ip_mode: IpMode::VIP }],
+        load_balancer_ingress: vec![LoadBalancerIngress {
+            ip: ip("1.2.3.4"),
+            ip_mode: IpMode::VIP,
+        }],
         ..svc(name, "172.30.0.45")
     }
 }
@@ -46,20 +61,32 @@ fn lb(name: &str) -> Service {
 fn load_balancer_with_source_ranges() {
     let mut s = lb("svc5");
     s.load_balancer_source_ranges = vec!["203.0.113.0/25".parse().unwrap()];
-    assert_snapshot!(service_rules(&one(s, vec![remote("10.180.0.3")]), &config()));
+    assert_snapshot!(service_rules(
+        &one(s, vec![remote("10.180.0.3")]),
+        &config()
+    ));
 }
 
 #[test]
 fn load_balancer_source_range_containing_the_node_allows_the_vip() {
     let mut s = lb("svc5");
-    s.load_balancer_source_ranges = vec!["192.168.0.0/24".parse().unwrap(), "203.0.113.0/25".parse().unwrap()];
-    assert_snapshot!(service_rules(&one(s, vec![remote("10.180.0.3")]), &config()));
+    s.load_balancer_source_ranges = vec![
+        "192.168.0.0/24".parse().unwrap(),
+        "203.0.113.0/25".parse().unwrap(),
+    ];
+    assert_snapshot!(service_rules(
+        &one(s, vec![remote("10.180.0.3")]),
+        &config()
+    ));
 }
 
 #[test]
 fn load_balancer_proxy_mode_ingress_is_ignored() {
     let mut s = lb("svc5");
-    s.load_balancer_ingress.push(LoadBalancerIngress { ip: ip("5.6.7.8"), ip_mode: IpMode::Proxy });
+    s.load_balancer_ingress.push(LoadBalancerIngress {
+        ip: ip("5.6.7.8"),
+        ip_mode: IpMode::Proxy,
+    });
     let text = service_rules(&one(s, vec![remote("10.180.0.3")]), &config());
     assert!(text.contains("-d 1.2.3.4 "));
     assert!(!text.contains("5.6.7.8"), "{text}");
@@ -67,7 +94,10 @@ fn load_balancer_proxy_mode_ingress_is_ignored() {
 
 #[test]
 fn external_ips_without_endpoints() {
-    let s = Service { external_ips: vec![ip("192.168.99.33")], ..svc("svc6", "172.30.0.46") };
+    let s = Service {
+        external_ips: vec![ip("192.168.99.33")],
+        ..svc("svc6", "172.30.0.46")
+    };
     assert_snapshot!(service_rules(&one(s, vec![]), &config()));
 }
 
@@ -79,7 +109,10 @@ fn external_traffic_policy_local() {
         external_ips: vec![ip("192.168.99.22")],
         ..lb("svc2")
     };
-    assert_snapshot!(service_rules(&one(s, vec![local("10.180.0.2"), remote("10.180.1.2")]), &config()));
+    assert_snapshot!(service_rules(
+        &one(s, vec![local("10.180.0.2"), remote("10.180.1.2")]),
+        &config()
+    ));
 }
 
 #[test]
@@ -89,36 +122,62 @@ fn external_traffic_policy_local_without_local_endpoints() {
         health_check_node_port: Some(30000),
         ..lb("svc2")
     };
-    assert_snapshot!(service_rules(&one(s, vec![remote("10.180.1.2")]), &config()));
+    assert_snapshot!(service_rules(
+        &one(s, vec![remote("10.180.1.2")]),
+        &config()
+    ));
 }
 
 #[test]
 fn internal_traffic_policy_local() {
-    let s = Service { internal_traffic_policy: TrafficPolicy::Local, ..svc("svc1", "172.30.1.1") };
-    assert_snapshot!(service_rules(&one(s, vec![local("10.180.0.1"), remote("10.180.1.1")]), &config()));
+    let s = Service {
+        internal_traffic_policy: TrafficPolicy::Local,
+        ..svc("svc1", "172.30.1.1")
+    };
+    assert_snapshot!(service_rules(
+        &one(s, vec![local("10.180.0.1"), remote("10.180.1.1")]),
+        &config()
+    ));
 }
 
 #[test]
 fn internal_traffic_policy_local_without_local_endpoints() {
-    let s = Service { internal_traffic_policy: TrafficPolicy::Local, ..svc("svc1", "172.30.1.1") };
-    assert_snapshot!(service_rules(&one(s, vec![remote("10.180.1.1")]), &config()));
+    let s = Service {
+        internal_traffic_policy: TrafficPolicy::Local,
+        ..svc("svc1", "172.30.1.1")
+    };
+    assert_snapshot!(service_rules(
+        &one(s, vec![remote("10.180.1.1")]),
+        &config()
+    ));
 }
 
 #[test]
 fn session_affinity() {
     let s = Service {
-        session_affinity: SessionAffinity::ClientIP { timeout_seconds: 10800 },
+        session_affinity: SessionAffinity::ClientIP {
+            timeout_seconds: 10800,
+        },
         ..svc("svc5", "172.30.0.45")
     };
-    assert_snapshot!(service_rules(&one(s, vec![remote("10.180.0.3"), remote("10.180.0.4")]), &config()));
+    assert_snapshot!(service_rules(
+        &one(s, vec![remote("10.180.0.3"), remote("10.180.0.4")]),
+        &config()
+    ));
 }
 
 #[test]
 fn terminating_local_fallback_with_external_traffic_policy_local() {
     // Local endpoints are only terminating: Local policy falls back to them, while
     // Cluster policy keeps the ready remote one. The two fall back independently.
-    let s = Service { external_traffic_policy: TrafficPolicy::Local, ..lb("svc1") };
-    let eps = vec![local("10.180.0.1").with_conditions(Conditions::SERVING_TERMINATING), remote("10.180.1.1")];
+    let s = Service {
+        external_traffic_policy: TrafficPolicy::Local,
+        ..lb("svc1")
+    };
+    let eps = vec![
+        local("10.180.0.1").with_conditions(Conditions::SERVING_TERMINATING),
+        remote("10.180.1.1"),
+    ];
     assert_snapshot!(service_rules(&one(s, eps), &config()));
 }
 
@@ -130,7 +189,11 @@ fn topology_zone_hints() {
         e.hints.for_zones = vec![zone.into()];
         e
     };
-    let eps = vec![hinted("10.180.0.1", "zone-a"), hinted("10.180.0.2", "zone-b"), hinted("10.180.0.3", "zone-a")];
+    let eps = vec![
+        hinted("10.180.0.1", "zone-a"),
+        hinted("10.180.0.2", "zone-b"),
+        hinted("10.180.0.3", "zone-a"),
+    ];
     let s = one(svc("svc1", "172.30.0.41"), eps);
     // In zone-a only the zone-a endpoints are used.
     assert_snapshot!(service_rules(&s, &config().with_node_zone("zone-a")));
@@ -156,10 +219,14 @@ fn topology_node_hints() {
 
 #[test]
 fn local_detection_by_bridge_and_interface_prefix() {
-    let s = Service { external_traffic_policy: TrafficPolicy::Local, ..lb("svc2") };
+    let s = Service {
+        external_traffic_policy: TrafficPolicy::Local,
+        ..lb("svc2")
+    };
     let state = one(s, vec![local("10.180.0.2")]);
     let bridge = config().with_local_traffic(LocalTrafficDetector::BridgeInterface("cbr0".into()));
-    let prefix = config().with_local_traffic(LocalTrafficDetector::InterfaceNamePrefix("veth".into()));
+    let prefix =
+        config().with_local_traffic(LocalTrafficDetector::InterfaceNamePrefix("veth".into()));
     assert_snapshot!(format!(
         "# BridgeInterface cbr0\n{}\n# InterfaceNamePrefix veth\n{}",
         service_rules(&state, &bridge),
@@ -169,8 +236,11 @@ fn local_detection_by_bridge_and_interface_prefix() {
 
 #[test]
 fn random_fully_nfacct_and_liberal_conntrack() {
-    let s = Service { ports: vec![ServicePort::tcp("p80", 80).with_node_port(3001)], ..svc("svc3", "172.30.0.43") }
-        .with_type(ServiceType::NodePort);
+    let s = Service {
+        ports: vec![ServicePort::tcp("p80", 80).with_node_port(3001)],
+        ..svc("svc3", "172.30.0.43")
+    }
+    .with_type(ServiceType::NodePort);
     let config = config()
         .with_masquerade_random_fully(true)
         .with_nfacct_counters(true)
@@ -180,11 +250,19 @@ fn random_fully_nfacct_and_liberal_conntrack() {
 
 #[test]
 fn nodeport_addresses_and_primary() {
-    let s = Service { ports: vec![ServicePort::tcp("p80", 80).with_node_port(3001)], ..svc("svc3", "172.30.0.43") }
-        .with_type(ServiceType::NodePort);
+    let s = Service {
+        ports: vec![ServicePort::tcp("p80", 80).with_node_port(3001)],
+        ..svc("svc3", "172.30.0.43")
+    }
+    .with_type(ServiceType::NodePort);
     let state = one(s, vec![remote("10.180.0.3")]);
     let cidrs = config()
-        .with_node_ips([ip("192.168.0.2"), ip("192.168.1.2"), ip("10.1.1.1"), ip("127.0.0.1")])
+        .with_node_ips([
+            ip("192.168.0.2"),
+            ip("192.168.1.2"),
+            ip("10.1.1.1"),
+            ip("127.0.0.1"),
+        ])
         .with_nodeport_addresses([
             NodePortAddress::Cidr("192.168.0.0/16".parse().unwrap()),
             NodePortAddress::Cidr("127.0.0.0/8".parse().unwrap()),
@@ -210,7 +288,9 @@ fn nodeport_addresses_and_primary() {
 fn sctp_and_udp_ports() {
     let s = Service {
         ports: vec![
-            ServicePort::tcp("sctp", 9000).with_protocol(Protocol::Sctp).with_node_port(3009),
+            ServicePort::tcp("sctp", 9000)
+                .with_protocol(Protocol::Sctp)
+                .with_node_port(3009),
             ServicePort::tcp("udp", 53).with_protocol(Protocol::Udp),
         ],
         service_type: ServiceType::NodePort,
@@ -218,8 +298,16 @@ fn sctp_and_udp_ports() {
     };
     let mut sl = slice("ns1", "svc7", &[], vec![remote("10.180.0.7")]);
     sl.ports = vec![
-        EndpointPort { name: "sctp".into(), protocol: Protocol::Sctp, port: 9000 },
-        EndpointPort { name: "udp".into(), protocol: Protocol::Udp, port: 5353 },
+        EndpointPort {
+            name: "sctp".into(),
+            protocol: Protocol::Sctp,
+            port: 9000,
+        },
+        EndpointPort {
+            name: "udp".into(),
+            protocol: Protocol::Udp,
+            port: 5353,
+        },
     ];
     assert_snapshot!(service_rules(&state(vec![s], vec![sl]), &config()));
 }
@@ -228,7 +316,10 @@ fn v6_config() -> ProxyConfig {
     config()
         .with_ip_family(IpFamily::IPv6)
         .with_node_ips([ip("2001:db8::1"), ip("192.168.0.2"), ip("::1")])
-        .with_cluster_cidrs(["10.0.0.0/8".parse().unwrap(), "fd00:10::/64".parse().unwrap()])
+        .with_cluster_cidrs([
+            "10.0.0.0/8".parse().unwrap(),
+            "fd00:10::/64".parse().unwrap(),
+        ])
 }
 
 #[test]
@@ -239,7 +330,12 @@ fn ipv6_node_port() {
         service_type: ServiceType::NodePort,
         ..svc("svc1", "172.30.0.41")
     };
-    let sl = slice("ns1", "svc1", &[("p80", 80)], vec![remote("fd00:10:180::1"), remote("fd00:10:180::2")]);
+    let sl = slice(
+        "ns1",
+        "svc1",
+        &[("p80", 80)],
+        vec![remote("fd00:10:180::1"), remote("fd00:10:180::2")],
+    );
     let text = render(&state(vec![s], vec![sl]), &v6_config());
     assert!(text.contains("--to-destination [fd00:10:180::1]:80"));
     assert!(text.contains("! -d ::1/128 -j KUBE-NODEPORTS"));
@@ -254,20 +350,38 @@ fn dual_stack_service_in_each_family() {
         ..svc("svc1", "172.30.0.41")
     };
     let v4 = slice("ns1", "svc1", &[("p80", 80)], vec![remote("10.180.0.1")]);
-    let mut v6 = slice("ns1", "svc1", &[("p80", 80)], vec![remote("fd00:10:180::1")]);
+    let mut v6 = slice(
+        "ns1",
+        "svc1",
+        &[("p80", 80)],
+        vec![remote("fd00:10:180::1")],
+    );
     v6.name = "svc1-v6".into();
     let state = state(vec![s], vec![v4, v6]);
     let ipv4 = service_rules(&state, &config());
     let ipv6 = service_rules(&state, &v6_config());
-    assert!(ipv4.contains("10.180.0.1:80") && !ipv4.contains("fd00"), "{ipv4}");
-    assert!(ipv6.contains("[fd00:10:180::1]:80") && !ipv6.contains("10.180.0.1"), "{ipv6}");
+    assert!(
+        ipv4.contains("10.180.0.1:80") && !ipv4.contains("fd00"),
+        "{ipv4}"
+    );
+    assert!(
+        ipv6.contains("[fd00:10:180::1]:80") && !ipv6.contains("10.180.0.1"),
+        "{ipv6}"
+    );
     assert_snapshot!(format!("# IPv4\n{ipv4}\n# IPv6\n{ipv6}"));
 }
 
 #[test]
 fn large_cluster_drops_endpoint_comments_only() {
     let s = svc("svc1", "172.30.0.41");
-    let state = one(s, vec![remote("10.180.0.1"), remote("10.180.0.2"), remote("10.180.0.3")]);
+    let state = one(
+        s,
+        vec![
+            remote("10.180.0.1"),
+            remote("10.180.0.2"),
+            remote("10.180.0.3"),
+        ],
+    );
     // The threshold is explicit: kube-proxy's is 1000 endpoints (the default).
     assert_eq!(ProxyConfig::default().large_cluster_endpoints, Some(1000));
     let below = service_rules(&state, &config().with_large_cluster_endpoints(Some(3)));
@@ -289,8 +403,14 @@ fn comments_off() {
 #[test]
 fn jump_rules_from_builtin_chains() {
     let rules = svcnat::compile::jump_rules(&config()).unwrap();
-    let text: Vec<String> = rules.iter().map(|j| format!("{} {} {}", j.table, j.chain, j.rule)).collect();
+    let text: Vec<String> = rules
+        .iter()
+        .map(|j| format!("{} {} {}", j.table, j.chain, j.rule))
+        .collect();
     assert_snapshot!(text.join("\n"));
     let v6 = svcnat::compile::jump_rules(&v6_config()).unwrap();
-    assert!(v6.iter().all(|j| j.rule.jump_target().unwrap().as_str() != "KUBE-FIREWALL"));
+    assert!(
+        v6.iter()
+            .all(|j| j.rule.jump_target().unwrap().as_str() != "KUBE-FIREWALL")
+    );
 }

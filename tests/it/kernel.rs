@@ -650,3 +650,246 @@ mod traffic {
         }
     }
 }
+
+/// Random clusters with every feature on, for either family: the output is the same
+/// for shuffled input and the real restore binaries accept it.
+mod every_feature {
+    use std::net::IpAddr;
+
+    use proptest::prelude::*;
+    use svcnat::model::*;
+
+    use super::{Netns, kernel_available};
+
+    fn addr(family: IpFamily, net: u16, host: u16) -> IpAddr {
+        match family {
+            IpFamily::IPv4 => IpAddr::from([10, 180, net as u8, host as u8]),
+            IpFamily::IPv6 => IpAddr::from([0xfd00, 0x10, 0x180, net, 0, 0, 0, host]),
+        }
+    }
+
+    fn vip(family: IpFamily, i: u16) -> IpAddr {
+        match family {
+            IpFamily::IPv4 => IpAddr::from([172, 30, (i >> 8) as u8, i as u8]),
+            IpFamily::IPv6 => IpAddr::from([0xfd00, 0x172, 0x30, 0, 0, 0, 0, i]),
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    struct Knobs {
+        kind: u8,
+        etp_local: bool,
+        itp_local: bool,
+        affinity: bool,
+        external_ip: bool,
+        source_range: bool,
+        protocol: Protocol,
+        endpoints: Vec<(u16, Conditions, bool)>,
+    }
+
+    fn knobs() -> impl Strategy<Value = Knobs> {
+        let conds = prop_oneof![
+            Just(Conditions::READY),
+            Just(Conditions::SERVING_TERMINATING),
+            Just(Conditions::NOT_READY)
+        ];
+        (
+            0u8..3,
+            any::<bool>(),
+            any::<bool>(),
+            any::<bool>(),
+            any::<bool>(),
+            any::<bool>(),
+            prop::sample::select(vec![Protocol::Tcp, Protocol::Udp, Protocol::Sctp]),
+            prop::collection::vec((1u16..20, conds, any::<bool>()), 0..4),
+        )
+            .prop_map(
+                |(
+                    kind,
+                    etp_local,
+                    itp_local,
+                    affinity,
+                    external_ip,
+                    source_range,
+                    protocol,
+                    endpoints,
+                )| Knobs {
+                    kind,
+                    etp_local,
+                    itp_local,
+                    affinity,
+                    external_ip,
+                    source_range,
+                    protocol,
+                    endpoints,
+                },
+            )
+    }
+
+    fn cluster(family: IpFamily, all: &[Knobs]) -> (Vec<Service>, Vec<EndpointSlice>) {
+        let mut services = Vec::new();
+        let mut slices = Vec::new();
+        for (i, k) in all.iter().enumerate() {
+            let i16 = i as u16 + 1;
+            let name = format!("svc{i}");
+            let service_type = [
+                ServiceType::ClusterIP,
+                ServiceType::NodePort,
+                ServiceType::LoadBalancer,
+            ][k.kind as usize];
+            let mut port = ServicePort::tcp("p", 80 + i16).with_protocol(k.protocol);
+            if service_type != ServiceType::ClusterIP {
+                port = port.with_node_port(30000 + i16);
+            }
+            let lb = service_type == ServiceType::LoadBalancer;
+            services.push(Service {
+                namespace: "ns".into(),
+                name: name.clone(),
+                service_type,
+                cluster_ips: vec![vip(family, i16)],
+                ports: vec![port],
+                session_affinity: if k.affinity {
+                    SessionAffinity::ClientIP {
+                        timeout_seconds: 10800,
+                    }
+                } else {
+                    SessionAffinity::None
+                },
+                external_traffic_policy: if k.etp_local {
+                    TrafficPolicy::Local
+                } else {
+                    TrafficPolicy::Cluster
+                },
+                internal_traffic_policy: if k.itp_local {
+                    TrafficPolicy::Local
+                } else {
+                    TrafficPolicy::Cluster
+                },
+                external_ips: if k.external_ip {
+                    vec![vip(family, 1000 + i16)]
+                } else {
+                    vec![]
+                },
+                load_balancer_ingress: if lb {
+                    vec![LoadBalancerIngress {
+                        ip: vip(family, 2000 + i16),
+                        ip_mode: IpMode::VIP,
+                    }]
+                } else {
+                    vec![]
+                },
+                load_balancer_source_ranges: if lb && k.source_range {
+                    vec![
+                        ipnet::IpNet::new(
+                            addr(family, 99, 0),
+                            if family == IpFamily::IPv4 { 24 } else { 112 },
+                        )
+                        .unwrap(),
+                    ]
+                } else {
+                    vec![]
+                },
+                health_check_node_port: (lb && k.etp_local).then_some(31000 + i16),
+            });
+            let mut slice = EndpointSlice::new("ns", name.clone(), format!("{name}-1"), family);
+            slice.ports.push(EndpointPort {
+                name: "p".into(),
+                protocol: k.protocol,
+                port: 8080,
+            });
+            for (host, c, local) in &k.endpoints {
+                let mut e = Endpoint::ready(addr(family, i16, *host)).with_conditions(*c);
+                e.node_name = Some(if *local { "node-a" } else { "node-b" }.into());
+                slice.endpoints.push(e);
+            }
+            slices.push(slice);
+        }
+        (services, slices)
+    }
+
+    fn config(family: IpFamily, switches: (bool, bool, bool, u8)) -> ProxyConfig {
+        let (nfacct, random_fully, masquerade_all, detector) = switches;
+        let detector = match detector {
+            0 => LocalTrafficDetector::Cidrs(vec![
+                "10.0.0.0/8".parse().unwrap(),
+                "fd00:10::/32".parse().unwrap(),
+            ]),
+            1 => LocalTrafficDetector::BridgeInterface("cbr0".into()),
+            2 => LocalTrafficDetector::InterfaceNamePrefix("veth".into()),
+            _ => LocalTrafficDetector::None,
+        };
+        ProxyConfig::default()
+            .with_ip_family(family)
+            .with_node_name("node-a")
+            .with_node_ips([
+                "192.168.0.2".parse().unwrap(),
+                "2001:db8::1".parse().unwrap(),
+                "127.0.0.1".parse().unwrap(),
+            ])
+            .with_local_traffic(detector)
+            .with_nfacct_counters(nfacct)
+            .with_masquerade_random_fully(random_fully)
+            .with_masquerade_all(masquerade_all)
+    }
+
+    #[test]
+    fn accepted_by_iptables_restore() {
+        if !kernel_available("every_feature::accepted_by_iptables_restore") {
+            return;
+        }
+        let ns = Netns::new("features");
+        let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(24));
+        runner
+            .run(
+                &(
+                    prop::collection::vec(knobs(), 1..6),
+                    any::<bool>(),
+                    (any::<bool>(), any::<bool>(), any::<bool>(), 0u8..4),
+                    any::<u64>(),
+                ),
+                |(all, v6, switches, seed)| {
+                    let family = if v6 { IpFamily::IPv6 } else { IpFamily::IPv4 };
+                    let (services, slices) = cluster(family, &all);
+                    let config = config(family, switches);
+                    let mut forward = ClusterState::new();
+                    services.iter().cloned().for_each(|s| {
+                        forward.upsert_service(s);
+                    });
+                    slices.iter().cloned().for_each(|s| {
+                        forward.upsert_slice(s);
+                    });
+                    // The same objects in another order.
+                    let mut backward = ClusterState::new();
+                    let rotate = (seed as usize) % slices.len().max(1);
+                    slices
+                        .iter()
+                        .cycle()
+                        .skip(rotate)
+                        .take(slices.len())
+                        .cloned()
+                        .for_each(|mut s| {
+                            s.endpoints.reverse();
+                            backward.upsert_slice(s);
+                        });
+                    services.iter().rev().cloned().for_each(|s| {
+                        backward.upsert_service(s);
+                    });
+                    let text = svcnat::render::to_string(
+                        &svcnat::compile::compile(&forward, &config).unwrap(),
+                    );
+                    let again = svcnat::render::to_string(
+                        &svcnat::compile::compile(&backward, &config).unwrap(),
+                    );
+                    prop_assert_eq!(&text, &again);
+                    let tool = if v6 { "ip6tables" } else { "iptables" };
+                    for backend in ["nft", "legacy"] {
+                        let bin = format!("{tool}-{backend}-restore");
+                        let (ok, out) = ns.run(&[&bin, "--test"], &text);
+                        prop_assert!(ok, "{} refused:\n{}\n{}", bin, out, text);
+                    }
+                    Ok(())
+                },
+            )
+            .unwrap();
+    }
+}
