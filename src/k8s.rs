@@ -146,12 +146,27 @@ fn policy(obj: &Obj, field: &str, value: Option<&str>) -> Result<TrafficPolicy, 
     }
 }
 
-fn object_name(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
-    format!(
-        "{}/{}",
-        meta.namespace.as_deref().unwrap_or(""),
-        meta.name.as_deref().unwrap_or("")
-    )
+type ObjectMeta = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+/// The object's error context, and its namespace and name (both required).
+fn identify(kind: &'static str, meta: &ObjectMeta) -> Result<(Obj, String, String), ConvertError> {
+    let obj = Obj {
+        kind,
+        name: format!(
+            "{}/{}",
+            meta.namespace.as_deref().unwrap_or(""),
+            meta.name.as_deref().unwrap_or("")
+        ),
+    };
+    let namespace = meta
+        .namespace
+        .clone()
+        .ok_or_else(|| obj.err("metadata.namespace", Problem::Missing))?;
+    let name = meta
+        .name
+        .clone()
+        .ok_or_else(|| obj.err("metadata.name", Problem::Missing))?;
+    Ok((obj, namespace, name))
 }
 
 /// Converts a Service. `Ok(None)` for a service kube-proxy skips: ExternalName,
@@ -161,20 +176,7 @@ fn object_name(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta
 /// A missing name or namespace, an unknown type, protocol or policy, a port out of
 /// range, an address that does not parse.
 pub fn service(svc: &core::Service) -> Result<Option<Service>, ConvertError> {
-    let obj = Obj {
-        kind: "Service",
-        name: object_name(&svc.metadata),
-    };
-    let namespace = svc
-        .metadata
-        .namespace
-        .clone()
-        .ok_or_else(|| obj.err("metadata.namespace", Problem::Missing))?;
-    let name = svc
-        .metadata
-        .name
-        .clone()
-        .ok_or_else(|| obj.err("metadata.name", Problem::Missing))?;
+    let (obj, namespace, name) = identify("Service", &svc.metadata)?;
     let Some(spec) = &svc.spec else {
         return Ok(None);
     };
@@ -390,20 +392,7 @@ impl EndpointList for Option<Vec<discovery::Endpoint>> {
 pub fn endpoint_slice(
     slice: &discovery::EndpointSlice,
 ) -> Result<Option<EndpointSlice>, ConvertError> {
-    let obj = Obj {
-        kind: "EndpointSlice",
-        name: object_name(&slice.metadata),
-    };
-    let namespace = slice
-        .metadata
-        .namespace
-        .clone()
-        .ok_or_else(|| obj.err("metadata.namespace", Problem::Missing))?;
-    let name = slice
-        .metadata
-        .name
-        .clone()
-        .ok_or_else(|| obj.err("metadata.name", Problem::Missing))?;
+    let (obj, namespace, name) = identify("EndpointSlice", &slice.metadata)?;
     let Some(service_name) = slice
         .metadata
         .labels
