@@ -17,6 +17,7 @@ fn missing_capability() -> Option<String> {
     for bin in [
         "ip",
         "python3",
+        "conntrack",
         "iptables-nft-restore",
         "iptables-legacy-restore",
         "ip6tables-nft-restore",
@@ -526,6 +527,35 @@ mod traffic {
         }
         let udp = lab.connect(&lab.node, "udp", "172.30.0.10", 80, 30);
         assert_eq!(names(&udp).len(), 3, "{udp:?}");
+
+        // The UDP flows left conntrack entries; clearing the stale flows of the three
+        // endpoints removes them.
+        let entries = |lab: &Lab| {
+            let (_, out) = lab.node.run(
+                &["conntrack", "-L", "-p", "udp", "--orig-dst", "172.30.0.10"],
+                "",
+            );
+            out.lines().filter(|l| l.starts_with("udp")).count()
+        };
+        assert!(
+            entries(&lab) > 0,
+            "UDP traffic should leave conntrack entries"
+        );
+        let flows: Vec<svcnat::sync::StaleFlow> = (1..=3)
+            .map(|i| svcnat::sync::StaleFlow {
+                protocol: Protocol::Udp,
+                destination: svcnat::sync::FlowDestination::Service(
+                    "172.30.0.10:80".parse().unwrap(),
+                ),
+                endpoint: Some(addr(&format!("10.244.{i}.2"))),
+            })
+            .collect();
+        use svcnat::exec::Executor;
+        syncer
+            .executor_mut()
+            .clear_conntrack(IpFamily::IPv4, &flows)
+            .unwrap();
+        assert_eq!(entries(&lab), 0, "stale flows were not cleared");
 
         // From a pod (inside the cluster CIDR): not masqueraded, except the hairpin
         // back to itself.
