@@ -52,5 +52,36 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench);
+/// A one-endpoint change in a cluster of growing size: the partial sync's cost
+/// should stay flat while the full compile grows.
+fn bench_sync(c: &mut Criterion) {
+    let config = ProxyConfig::default().with_cluster_cidrs(["10.0.0.0/8".parse().unwrap()]);
+    let mut group = c.benchmark_group("partial-sync-one-endpoint");
+    for services in [100, 1000, 5000] {
+        let state = cluster(services, 10);
+        let mut syncer =
+            svcnat::sync::Syncer::new(svcnat::exec::DryRun::default(), config.clone()).unwrap();
+        syncer.replace_state(state.clone());
+        syncer.sync().unwrap();
+        let key = ServiceKey::new("bench", "svc7");
+        let base = state.slices_of(&key).next().unwrap().clone();
+        let mut flip = false;
+        group.bench_function(BenchmarkId::from_parameter(services), |b| {
+            b.iter(|| {
+                let mut slice = base.clone();
+                flip = !flip;
+                if flip {
+                    slice.endpoints.pop();
+                }
+                syncer.upsert_slice(slice);
+                let report = syncer.sync().unwrap();
+                syncer.executor_mut().payloads.clear();
+                report.bytes
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench, bench_sync);
 criterion_main!(benches);
