@@ -11,7 +11,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::Deserialize;
+use svcnat::exec::{Executor, Recorder};
 use svcnat::model::{LocalTrafficDetector, NodePortAddress, ProxyConfig};
+use svcnat::sync::Syncer;
 
 #[path = "../../examples/common/mod.rs"]
 #[allow(unused_imports)]
@@ -52,6 +54,10 @@ pub struct CaseConfig {
     /// Compare only this chain (`"nat KUBE-SERVICES"`), not the whole dump.
     #[serde(default)]
     pub chain: Option<String>,
+    /// nat chains the kernel holds before the sync (left by the test's earlier
+    /// steps); a full sync must delete them.
+    #[serde(default)]
+    pub stale_chains: Vec<String>,
 }
 
 fn default_node() -> String {
@@ -135,6 +141,15 @@ pub fn normalize(text: &str) -> Dump {
         } else if let Some(c) = line.strip_prefix(':') {
             let name = c.split_whitespace().next().unwrap().to_owned();
             dump.get_mut(&table).unwrap().entry(name).or_default();
+        } else if let Some(chain) = line.strip_prefix("-X ") {
+            // Deletions are kept apart, as a sorted pseudo-chain.
+            let deleted = dump
+                .get_mut(&table)
+                .unwrap()
+                .entry("-X".to_owned())
+                .or_default();
+            deleted.push(chain.trim().to_owned());
+            deleted.sort();
         } else if let Some(rest) = line.strip_prefix("-A ") {
             let (chain, rule) = rest.split_once(' ').unwrap_or((rest, ""));
             dump.get_mut(&table)
@@ -178,9 +193,45 @@ fn read(dir: &Path, name: &str) -> String {
 pub fn run_case(dir: &Path) -> Result<(), String> {
     let state = state_from_list(&read(dir, "input.json"));
     let case: CaseConfig = serde_json::from_str(&read(dir, "config.json")).unwrap();
-    let ruleset =
-        svcnat::compile::compile(&state, &case.proxy_config()).map_err(|e| e.to_string())?;
-    let ours = normalize(&svcnat::render::to_string(&ruleset));
+    // The case goes through a full sync, as in kube-proxy's tests: the payload is the
+    // compiled ruleset plus the deletion of stale chains the kernel holds.
+    let config = case.proxy_config();
+    let ruleset = svcnat::compile::compile(&state, &config).map_err(|e| e.to_string())?;
+    let mut kernel = Recorder::new();
+    if !case.stale_chains.is_empty() {
+        let lines: String = case
+            .stale_chains
+            .iter()
+            .map(|c| format!(":{c} - [0:0]\n"))
+            .collect();
+        kernel
+            .restore(
+                config.ip_family,
+                &format!("*nat\n{lines}COMMIT\n"),
+                Default::default(),
+            )
+            .unwrap();
+    }
+    let mut syncer = Syncer::new(kernel, config).unwrap();
+    syncer.replace_state(state);
+    let report = syncer.sync().map_err(|e| e.to_string())?;
+    assert!(
+        report.full && report.rejected.is_empty(),
+        "{:?}",
+        report.rejected
+    );
+    let payload = report.payload.to_text();
+    if case.stale_chains.is_empty() {
+        assert_eq!(
+            payload,
+            svcnat::render::to_string(&ruleset),
+            "a first full sync writes the compiled ruleset"
+        );
+    }
+    if dir.join("assertions.json").exists() {
+        return check_assertions(dir, &payload);
+    }
+    let ours = normalize(&payload);
     let expected_text = read(dir, "expected.txt");
     match &case.chain {
         None => {
@@ -216,6 +267,56 @@ pub fn run_case(dir: &Path) -> Result<(), String> {
     }
 }
 
+/// kube-proxy's large-cluster test counts DNAT rules instead of comparing dumps:
+/// `-A KUBE-SEP-… -j DNAT` lines, those with a comment, and the last such line for
+/// an address.
+fn check_assertions(dir: &Path, payload: &str) -> Result<(), String> {
+    #[derive(Deserialize)]
+    struct Check {
+        check: String,
+        #[serde(default)]
+        r#match: String,
+        expected: serde_json::Value,
+    }
+    #[derive(Deserialize)]
+    struct Assertions {
+        checks: Vec<Check>,
+    }
+    let a: Assertions = serde_json::from_str(&read(dir, "assertions.json")).unwrap();
+    let dnat: Vec<&str> = payload
+        .lines()
+        .filter(|l| l.starts_with("-A KUBE-SEP-") && l.contains("-j DNAT"))
+        .collect();
+    let mut failures = Vec::new();
+    for c in a.checks {
+        let got = match c.check.as_str() {
+            "num_endpoints" => serde_json::json!(dnat.len()),
+            "num_comments" => {
+                serde_json::json!(dnat.iter().filter(|l| l.contains("--comment")).count())
+            }
+            "endpoint_dnat_line" => serde_json::json!(
+                dnat.iter()
+                    .rev()
+                    .find(|l| l.contains(&c.r#match))
+                    .copied()
+                    .unwrap_or("")
+            ),
+            other => panic!("unknown check {other}"),
+        };
+        if got != c.expected {
+            failures.push(format!(
+                "{} {}: expected {}, got {got}",
+                c.check, c.r#match, c.expected
+            ));
+        }
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(failures.join("\n"))
+    }
+}
+
 fn diff(theirs: &Dump, ours: &Dump) -> Result<(), String> {
     let mut out = String::new();
     for table in theirs
@@ -248,7 +349,7 @@ fn kube_proxy_cases() {
     let mut dirs: Vec<_> = std::fs::read_dir(&root)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.join("expected.txt").exists())
+        .filter(|p| p.join("expected.txt").exists() || p.join("assertions.json").exists())
         .collect();
     dirs.sort();
     assert!(!dirs.is_empty(), "no cases under {}", root.display());
