@@ -215,10 +215,10 @@ fn skipped_services_are_not_errors() {
 }
 
 #[cfg(feature = "k8s")]
-mod example_cli {
+pub(crate) mod example_cli {
     use std::process::{Command, Stdio};
 
-    fn example(name: &str) -> std::path::PathBuf {
+    pub(crate) fn example(name: &str) -> std::path::PathBuf {
         // target/debug/deps/it-… -> target/debug/examples/NAME
         let exe = std::env::current_exe().unwrap();
         exe.parent()
@@ -230,14 +230,18 @@ mod example_cli {
     }
 
     fn run(args: &[&str], stdin: &str) -> (i32, String, String) {
+        run_example("compile", args, stdin)
+    }
+
+    pub(crate) fn run_example(name: &str, args: &[&str], stdin: &str) -> (i32, String, String) {
         use std::io::Write;
-        let mut child = Command::new(example("compile"))
+        let mut child = Command::new(example(name))
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("the compile example is built by `cargo test --all-features`");
+            .expect("the examples are built by `cargo test --all-features`");
         child
             .stdin
             .take()
@@ -301,5 +305,147 @@ mod example_cli {
             stderr.contains("endpoint slice svc1-x of service ns1/svc1: ports[0]"),
             "{stderr}"
         );
+    }
+
+    #[test]
+    fn parity_flags() {
+        let (code, v6, e) = run(
+            &[
+                "--ip-family",
+                "ipv6",
+                "--cluster-cidr",
+                "10.244.0.0/16",
+                "--cluster-cidr",
+                "fd00:244::/48",
+            ],
+            "",
+        );
+        assert_eq!(code, 0, "{e}");
+        assert!(v6.contains("--to-destination [fd00:244::50]:8080"), "{v6}");
+        assert!(v6.contains("! -s fd00:244::/48 -j KUBE-MARK-MASQ"));
+        assert!(v6.contains("! -d ::1/128 -j KUBE-NODEPORTS"));
+        assert!(!v6.contains("10.244."));
+
+        let (code, out, _) = run(
+            &[
+                "--detect-local-mode",
+                "InterfaceNamePrefix",
+                "--pod-interface-name-prefix",
+                "veth",
+            ],
+            "",
+        );
+        assert_eq!(code, 0);
+        assert!(out.contains("! -i veth+ -j KUBE-MARK-MASQ"));
+        let (code, out, _) = run(
+            &[
+                "--detect-local-mode=BridgeInterface",
+                "--pod-bridge-interface=cbr0",
+            ],
+            "",
+        );
+        assert_eq!(code, 0);
+        assert!(out.contains("! -i cbr0 -j KUBE-MARK-MASQ"));
+        let (code, out, _) = run(
+            &[
+                "--cluster-cidr",
+                "10.244.0.0/16",
+                "--detect-local-mode",
+                "None",
+            ],
+            "",
+        );
+        assert_eq!(code, 0);
+        assert!(!out.contains("! -s 10.244.0.0/16"));
+        let (code, out, err) = run(&["--detect-local-mode", "BridgeInterface"], "");
+        assert_eq!((code, out.as_str()), (2, ""), "{err}");
+
+        let (_, plain, _) = run(&[], "");
+        assert!(plain.contains("-m conntrack --ctstate INVALID -j DROP"));
+        let (code, out, _) = run(
+            &[
+                "--masquerade-random-fully",
+                "--nfacct-counters",
+                "--conntrack-tcp-be-liberal",
+            ],
+            "",
+        );
+        assert_eq!(code, 0);
+        assert!(out.contains("-j MASQUERADE --random-fully"));
+        assert!(out.contains("-m nfacct --nfacct-name localhost_nps_accepted_pkts"));
+        assert!(!out.contains("--ctstate INVALID"));
+        let (_, out, _) = run(
+            &[
+                "--iptables-localhost-nodeports",
+                "false",
+                "--iptables-masquerade-bit",
+                "3",
+            ],
+            "",
+        );
+        assert!(
+            out.contains("! -d 127.0.0.0/8 -j KUBE-NODEPORTS") && !out.contains("KUBE-FIREWALL")
+        );
+        assert!(out.contains("--or-mark 0x8"));
+        let (_, out, _) = run(
+            &[
+                "--nodeport-addresses",
+                "primary",
+                "--node-ip",
+                "192.168.0.10",
+            ],
+            "",
+        );
+        assert!(out.contains("-d 192.168.0.10 -j KUBE-NODEPORTS"), "{out}");
+    }
+
+    #[test]
+    fn sync_example_dry_run_steps() {
+        let cluster = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/cluster.json");
+        let dir = std::env::temp_dir().join(format!("svcnat-sync-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // The second state drops every EndpointSlice of the first.
+        let text = std::fs::read_to_string(cluster).unwrap();
+        let mut doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+        doc["items"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|i| i["kind"] != "EndpointSlice");
+        let second = dir.join("second.json");
+        std::fs::write(&second, doc.to_string()).unwrap();
+        let second = second.to_str().unwrap();
+        let (code, out, err) = run_example(
+            "sync",
+            &["--cluster-cidr", "10.244.0.0/16", cluster, second, cluster],
+            "",
+        );
+        assert_eq!(code, 0, "{err}");
+        let steps: Vec<&str> = out.lines().filter(|l| l.starts_with("step ")).collect();
+        assert_eq!(steps.len(), 3, "{out}");
+        let shape = |l: &str| {
+            let rest = l.split_once(": ").unwrap().1;
+            let parts: Vec<&str> = rest.split(", ").collect();
+            assert_eq!(parts.len(), 4, "{l}");
+            assert!(
+                parts[1].ends_with(" bytes")
+                    && parts[2].ends_with(" chains written")
+                    && parts[3].ends_with(" chains deleted"),
+                "{l}"
+            );
+            parts[0].to_owned()
+        };
+        assert_eq!(shape(steps[0]), "full");
+        assert_eq!(shape(steps[1]), "partial");
+        assert!(!steps[1].ends_with(" 0 chains deleted"), "{}", steps[1]);
+        // The dry run prints each payload after its step line.
+        assert!(out.contains("\n*nat\n"));
+        assert!(out.contains("-X KUBE-SEP-"));
+        // Bad input: exit 2, one line, nothing on stdout.
+        let (code, out, err) = run_example("sync", &[cluster, "/no/such/file.json"], "");
+        assert_eq!((code, out.as_str()), (2, ""));
+        assert_eq!(err.lines().count(), 1);
+        let (code, _, _) = run_example("sync", &["--backend", "iptables"], "");
+        assert_eq!(code, 2);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

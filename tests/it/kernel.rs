@@ -389,6 +389,69 @@ fn owned_chains(
 }
 
 #[cfg(feature = "k8s")]
+#[test]
+fn sync_example_applies_and_reports_executor_failures() {
+    if !kernel_available("sync_example_applies_and_reports_executor_failures") {
+        return;
+    }
+    let sync = crate::errors::example_cli::example("sync");
+    let sync = sync.to_str().unwrap();
+    let cluster = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/cluster.json");
+    let ns = Netns::new("sync-example");
+    for backend in ["nft", "legacy"] {
+        let (ok, out) = ns.run(
+            &[
+                sync,
+                "--cluster-cidr",
+                "10.244.0.0/16",
+                "--apply",
+                "--backend",
+                backend,
+                cluster,
+                cluster,
+            ],
+            "",
+        );
+        assert!(ok, "{out}");
+        assert!(
+            out.contains("step 1: full,")
+                && out.contains("step 2: partial, 0 bytes, 0 chains written, 0 chains deleted"),
+            "{out}"
+        );
+        let (_, saved) = ns.run(&[&format!("iptables-{backend}-save"), "-t", "nat"], "");
+        assert!(
+            saved.contains(
+                "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES"
+            ),
+            "{saved}"
+        );
+    }
+    // The nfacct counters do not exist in a fresh namespace: the kernel refuses the
+    // rules, and the example says which binary failed, how, and exits 1.
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.name,
+            sync,
+            "--nfacct-counters",
+            "--apply",
+            "--backend",
+            "nft",
+            cluster,
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("iptables-nft-restore") && stderr.contains("exit status"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+#[cfg(feature = "k8s")]
 mod traffic {
     use std::collections::BTreeSet;
 
