@@ -67,8 +67,10 @@ pub mod error;
 #[cfg(feature = "k8s")]
 pub mod k8s;
 pub mod model;
+pub mod parse;
 pub mod render;
 pub mod ruleset;
+pub mod trace;
 
 pub use error::{CompileError, Problem};
 

@@ -5,5 +5,7 @@ mod fixtures;
 mod kernel;
 #[cfg(feature = "k8s")]
 mod kube_proxy;
+mod parse;
 mod properties;
 mod snapshots;
+mod trace;

@@ -95,11 +95,11 @@ fn service(index: usize) -> impl Strategy<Value = (Service, Vec<EndpointSlice>)>
         })
 }
 
-fn cluster() -> impl Strategy<Value = Vec<(Service, Vec<EndpointSlice>)>> {
+pub(crate) fn cluster() -> impl Strategy<Value = Vec<(Service, Vec<EndpointSlice>)>> {
     (1usize..8).prop_flat_map(|n| (0..n).map(service).collect::<Vec<_>>())
 }
 
-fn state_of(parts: &[(Service, Vec<EndpointSlice>)]) -> ClusterState {
+pub(crate) fn state_of(parts: &[(Service, Vec<EndpointSlice>)]) -> ClusterState {
     let mut state = ClusterState::new();
     for (svc, slices) in parts {
         state.upsert_service(svc.clone());
