@@ -10,6 +10,14 @@
 //!    typed matches and targets), with kube-proxy's chain names and rule layout.
 //! 3. [`render`]: ruleset -> `iptables-restore` text, streaming into any writer.
 //!
+//! And back again, to check and explain what a node really has:
+//!
+//! 4. [`parse`]: `iptables-save` / `iptables-restore` text -> the same typed ruleset
+//!    (`parse(render(r)) == r`), with a canonical form that makes a dump read back
+//!    from the kernel compare equal to what was compiled.
+//! 5. [`trace`]: a ruleset and a packet -> every way the packet can go (DNAT
+//!    destination, masquerade, verdict, probability, the rules taken).
+//!
 //! ```
 //! use svcnat::model::*;
 //!
