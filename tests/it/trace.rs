@@ -3,7 +3,7 @@
 //! what real traffic does in network namespaces.
 
 use std::fmt::Write as _;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use insta::assert_snapshot;
 use proptest::prelude::*;
@@ -643,5 +643,4 @@ fn unknown_matches_are_reported_not_guessed() {
             "nat/PREROUTING:3: -j LOG --log-prefix \"seen \" (target not evaluated: the packet continues)",
         ]
     );
-    let _ = IpAddr::from([0, 0, 0, 0]);
 }
