@@ -13,6 +13,14 @@
 //!    [`sync::Syncer`] that keeps a node in step with a changing cluster.
 //! 5. [`exec`]: the [`exec::Executor`] trait, the only place that starts processes.
 //!
+//! And back again, to check and explain what a node really has:
+//!
+//! 6. [`parse`]: `iptables-save` / `iptables-restore` text -> the same typed ruleset
+//!    (`parse(render(r)) == r`), with a canonical form that makes a dump read back
+//!    from the kernel compare equal to what was compiled.
+//! 7. [`trace`]: a ruleset and a packet -> every way the packet can go (DNAT
+//!    destination, masquerade, verdict, probability, the rules taken).
+//!
 //! ```
 //! use svcnat::model::*;
 //!
@@ -71,9 +79,11 @@ pub mod exec;
 #[cfg(feature = "k8s")]
 pub mod k8s;
 pub mod model;
+pub mod parse;
 pub mod render;
 pub mod ruleset;
 pub mod sync;
+pub mod trace;
 
 pub use error::{CompileError, Problem};
 

@@ -15,6 +15,11 @@ use thiserror::Error;
 
 use crate::model::{IpFamily, Protocol};
 
+mod extra;
+pub use extra::{
+    AddrKind, Direction, PhysdevOption, PortRange, PortsOf, ProtocolName, RawText, SetMatch, Word,
+};
+
 /// Why a name, comment or value was refused by the IR.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[non_exhaustive]
@@ -46,6 +51,22 @@ pub enum IrError {
     /// A probability outside (0, 1].
     #[error("invalid probability {0}")]
     Probability(String),
+    /// A word of rule text (set name, protocol, reject type) that could break a rule line.
+    #[error("invalid word {word:?}: {reason}")]
+    Word {
+        /// The refused text.
+        word: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// Verbatim rule text that is empty or spans lines.
+    #[error("invalid verbatim rule text {text:?}: {reason}")]
+    RawText {
+        /// The refused text.
+        text: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
 }
 
 /// An iptables table.
@@ -508,6 +529,39 @@ pub enum Match {
     },
     /// `-m nfacct --nfacct-name NAME`.
     Nfacct(NfacctCounter),
+    /// `[!] -o IFACE`.
+    OutInterface(Not<Interface>),
+    /// `[!] -p NAME` on its own, as `iptables-save` writes it (`-p tcp … -m tcp --dport 80`);
+    /// the compiler's `-m tcp -p tcp` is [`Match::Protocol`].
+    PlainProtocol(Not<ProtocolName>),
+    /// `-m P` on its own (`tcp`, `udp`, `sctp`), loading the module whose port
+    /// options follow.
+    ProtocolModule(Protocol),
+    /// `[!] --sport N[:M]`.
+    SourcePort(Not<PortRange>),
+    /// `[!] --dport N[:M]` when negated or a range; a plain port is [`Match::DestinationPort`].
+    DestinationPorts(Not<PortRange>),
+    /// `-m multiport [!] --dports|--sports|--ports P,P:Q`.
+    Multiport {
+        /// Which ports are looked at.
+        of: PortsOf,
+        /// The ports and ranges.
+        ports: Not<Vec<PortRange>>,
+    },
+    /// `-m addrtype [!] --src-type|--dst-type T`, when negated or not `LOCAL`
+    /// (plain `LOCAL` is [`Match::SrcType`] / [`Match::DstType`]).
+    AddressType {
+        /// Source or destination address.
+        of: Direction,
+        /// The type.
+        kind: Not<AddrKind>,
+    },
+    /// `-m set [!] --match-set NAME FLAGS`.
+    Set(Not<SetMatch>),
+    /// `-m physdev OPTIONS…`.
+    Physdev(Vec<PhysdevOption>),
+    /// Any other match, verbatim (`-m limit --limit 5/min`).
+    Other(RawText),
 }
 
 /// The nfacct counters kube-proxy counts packets in.
@@ -561,6 +615,36 @@ impl fmt::Display for Match {
                 }
             },
             Match::Nfacct(name) => write!(f, "-m nfacct --nfacct-name {name}"),
+            Match::OutInterface(i) => write!(f, "{}-o {}", i.bang(), i.value),
+            Match::PlainProtocol(p) => write!(f, "{}-p {}", p.bang(), p.value),
+            Match::ProtocolModule(p) => write!(f, "-m {p}"),
+            Match::SourcePort(p) => write!(f, "{}--sport {}", p.bang(), p.value),
+            Match::DestinationPorts(p) => write!(f, "{}--dport {}", p.bang(), p.value),
+            Match::Multiport { of, ports } => {
+                let flag = match of {
+                    PortsOf::Source => "--sports",
+                    PortsOf::Destination => "--dports",
+                    PortsOf::Either => "--ports",
+                };
+                write!(f, "-m multiport {}{flag} ", ports.bang())?;
+                extra::write_ports(f, &ports.value)
+            }
+            Match::AddressType { of, kind } => {
+                let flag = match of {
+                    Direction::Source => "--src-type",
+                    Direction::Destination => "--dst-type",
+                };
+                write!(f, "-m addrtype {}{flag} {}", kind.bang(), kind.value)
+            }
+            Match::Set(s) => write!(f, "-m set {}--match-set {}", s.bang(), s.value),
+            Match::Physdev(options) => {
+                f.write_str("-m physdev")?;
+                for o in options {
+                    write!(f, " {o}")?;
+                }
+                Ok(())
+            }
+            Match::Other(raw) => write!(f, "{raw}"),
         }
     }
 }
@@ -572,6 +656,18 @@ pub enum MarkOp {
     Or(u32),
     /// `--xor-mark V`.
     Xor(u32),
+    /// `--and-mark V`.
+    And(u32),
+    /// `--set-xmark V/M`: clear the bits of M, then XOR V (what `iptables-save` prints
+    /// for every MARK target: `--or-mark V` is `V/V`, `--xor-mark V` is `V/0x0`).
+    SetXmark {
+        /// The value XORed in.
+        value: u32,
+        /// The bits cleared first.
+        mask: u32,
+    },
+    /// `--set-mark V[/M]`.
+    Set(Mark),
 }
 
 /// What a rule does with a packet it matches.
@@ -598,6 +694,19 @@ pub enum Target {
     },
     /// `-j MARK --or-mark V` or `--xor-mark V`.
     Mark(MarkOp),
+    /// `-j REJECT --reject-with TYPE`.
+    RejectWith(Word),
+    /// `-j SNAT --to-source ADDR[:PORT[-PORT]] [--random-fully]`.
+    Snat {
+        /// The new source address.
+        to: IpAddr,
+        /// The new source ports, if restricted.
+        ports: Option<PortRange>,
+        /// Adds `--random-fully`.
+        random_fully: bool,
+    },
+    /// Any other target, verbatim with its options (`-j LOG --log-prefix "x: "`).
+    Other(RawText),
 }
 
 impl fmt::Display for Target {
@@ -619,6 +728,34 @@ impl fmt::Display for Target {
             }
             Target::Mark(MarkOp::Or(v)) => write!(f, "-j MARK --or-mark {v:#x}"),
             Target::Mark(MarkOp::Xor(v)) => write!(f, "-j MARK --xor-mark {v:#x}"),
+            Target::Mark(MarkOp::And(v)) => write!(f, "-j MARK --and-mark {v:#x}"),
+            Target::Mark(MarkOp::SetXmark { value, mask }) => {
+                write!(f, "-j MARK --set-xmark {value:#x}/{mask:#x}")
+            }
+            Target::Mark(MarkOp::Set(m)) => write!(f, "-j MARK --set-mark {m}"),
+            Target::RejectWith(with) => write!(f, "-j REJECT --reject-with {with}"),
+            Target::Snat {
+                to,
+                ports,
+                random_fully,
+            } => {
+                f.write_str("-j SNAT --to-source ")?;
+                match (to, ports) {
+                    (IpAddr::V6(ip), Some(_)) => write!(f, "[{ip}]")?,
+                    _ => write!(f, "{to}")?,
+                }
+                if let Some(p) = ports {
+                    write!(f, ":{}", p.first)?;
+                    if p.last != p.first {
+                        write!(f, "-{}", p.last)?;
+                    }
+                }
+                if *random_fully {
+                    f.write_str(" --random-fully")?;
+                }
+                Ok(())
+            }
+            Target::Other(raw) => write!(f, "{raw}"),
         }
     }
 }

@@ -8,6 +8,8 @@ mod k8s;
 mod kernel;
 #[cfg(feature = "k8s")]
 mod kube_proxy;
+mod parse;
 mod properties;
 mod snapshots;
 mod sync;
+mod trace;

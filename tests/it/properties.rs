@@ -95,11 +95,11 @@ fn service(index: usize) -> impl Strategy<Value = (Service, Vec<EndpointSlice>)>
         })
 }
 
-fn cluster() -> impl Strategy<Value = Vec<(Service, Vec<EndpointSlice>)>> {
+pub(crate) fn cluster() -> impl Strategy<Value = Vec<(Service, Vec<EndpointSlice>)>> {
     (1usize..8).prop_flat_map(|n| (0..n).map(service).collect::<Vec<_>>())
 }
 
-fn state_of(parts: &[(Service, Vec<EndpointSlice>)]) -> ClusterState {
+pub(crate) fn state_of(parts: &[(Service, Vec<EndpointSlice>)]) -> ClusterState {
     let mut state = ClusterState::new();
     for (svc, slices) in parts {
         state.upsert_service(svc.clone());
@@ -131,6 +131,53 @@ fn dnat_targets(ruleset: &Ruleset, chain: &str) -> Vec<SocketAddr> {
                 })
         })
         .collect()
+}
+
+/// The endpoints a service port sends traffic to, as the model says: the ready
+/// ones, or the serving-terminating ones when none is ready; an endpoint listed
+/// twice counts once (a copy on `node` first, then the most usable one).
+pub(crate) fn usable_endpoints<'a>(
+    slices: impl Iterator<Item = &'a EndpointSlice>,
+    port_name: &str,
+    node: &str,
+) -> Vec<SocketAddr> {
+    let rank = |e: &Endpoint| {
+        let c = e.conditions;
+        (
+            e.node_name.as_deref() == Some(node),
+            c.ready,
+            c.serving,
+            !c.terminating,
+        )
+    };
+    let mut usable: BTreeMap<SocketAddr, (_, Conditions)> = BTreeMap::new();
+    for s in slices {
+        let Some(ep_port) = s.ports.iter().find(|p| p.name == port_name) else {
+            continue;
+        };
+        for e in &s.endpoints {
+            let entry = usable
+                .entry(SocketAddr::new(e.address, ep_port.port))
+                .or_insert((rank(e), e.conditions));
+            if rank(e) > entry.0 {
+                *entry = (rank(e), e.conditions);
+            }
+        }
+    }
+    let ready: Vec<SocketAddr> = usable
+        .iter()
+        .filter(|(_, (_, c))| c.ready)
+        .map(|(a, _)| *a)
+        .collect();
+    if ready.is_empty() {
+        usable
+            .iter()
+            .filter(|(_, (_, c))| c.serving && c.terminating)
+            .map(|(a, _)| *a)
+            .collect()
+    } else {
+        ready
+    }
 }
 
 proptest! {
@@ -169,29 +216,7 @@ proptest! {
         let ruleset = compile(&state, &config()).unwrap();
         for (svc, slices) in &parts {
             for port in &svc.ports {
-                // An endpoint listed twice counts once: a local copy first, then the
-                // most usable one.
-                let rank = |e: &Endpoint| {
-                    let c = e.conditions;
-                    (e.node_name.as_deref() == Some("test-node"), c.ready, c.serving, !c.terminating)
-                };
-                let mut usable: BTreeMap<SocketAddr, (_, Conditions)> = BTreeMap::new();
-                for s in slices {
-                    let ep_port = s.ports.iter().find(|p| p.name == port.name).unwrap().port;
-                    for e in &s.endpoints {
-                        let entry = usable.entry(SocketAddr::new(e.address, ep_port)).or_insert((rank(e), e.conditions));
-                        if rank(e) > entry.0 {
-                            *entry = (rank(e), e.conditions);
-                        }
-                    }
-                }
-                let usable: BTreeMap<SocketAddr, Conditions> = usable.into_iter().map(|(k, (_, c))| (k, c)).collect();
-                let ready: Vec<SocketAddr> = usable.iter().filter(|(_, c)| c.ready).map(|(a, _)| *a).collect();
-                let expected: Vec<SocketAddr> = if ready.is_empty() {
-                    usable.iter().filter(|(_, c)| c.serving && c.terminating).map(|(a, _)| *a).collect()
-                } else {
-                    ready
-                };
+                let expected = usable_endpoints(slices.iter(), &port.name, "test-node");
                 let spn = service_port_name(&svc.key(), &port.name);
                 let chains = PortChains::new(&spn, port.protocol);
                 let mut got = dnat_targets(&ruleset, chains.svc.as_str());

@@ -1,0 +1,190 @@
+//! Traces one new connection through a node's rules and prints every way it can
+//! go: final destination, verdict, masquerade, probability, and the rules taken.
+//!
+//! ```text
+//! cargo run --example trace --features k8s -- [FLAGS] (--cluster FILE | --save FILE) \
+//!     --src IP --dst IP --proto tcp|udp|sctp --dport N [--sport N] [--from local|IFACE] [--json]
+//! ```
+//!
+//! FLAGS are the `compile` example's (see `examples/common/mod.rs`).
+//! `--cluster FILE` compiles a Kubernetes `List` (`-` reads stdin) with those flags
+//! and adds kube-proxy's jump rules from the built-in chains; `--save FILE` reads
+//! an `iptables-save` dump instead. `--from local` traces a packet sent by a
+//! process on the node, `--from IFACE` one arriving on that interface (the
+//! default is arriving on `eth0`). The node's addresses are the `--node-ip` values
+//! plus loopback.
+//!
+//! Without `--json` a table is printed; with `--json` exactly one JSON object:
+//! `{"outcomes":[{"probability":P,"verdict":"accept|drop|reject","destination":"IP:PORT",
+//! "masquerade":BOOL,"path":["CHAIN:RULE-INDEX",…]},…],"unevaluated":["…",…]}`.
+//! Bad input: one line on stderr, exit code 2.
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr};
+
+use common::{ProxyFlags, bad_input};
+use serde_json::json;
+use svcnat::model::Protocol;
+use svcnat::trace::{Node, Packet, Trace};
+
+const USAGE: &str = "usage: trace [compile's flags] (--cluster FILE | --save FILE) --src IP --dst IP \
+--proto tcp|udp|sctp --dport N [--sport N] [--from local|IFACE] [--json]";
+
+#[derive(Default)]
+struct Args {
+    cluster: Option<String>,
+    save: Option<String>,
+    src: Option<IpAddr>,
+    dst: Option<IpAddr>,
+    proto: Option<Protocol>,
+    dport: Option<u16>,
+    sport: Option<u16>,
+    from: Option<String>,
+    json: bool,
+}
+
+fn fail(message: &str) -> ! {
+    bad_input("trace", message)
+}
+
+fn parsed<T: std::str::FromStr>(flag: &str, v: &str, what: &str) -> T {
+    v.parse()
+        .unwrap_or_else(|_| fail(&format!("{flag}: {v:?} is not {what}")))
+}
+
+fn main() {
+    let mut flags = ProxyFlags::default();
+    let mut a = Args::default();
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match flags.take(&arg, &mut args) {
+            Ok(true) => continue,
+            Ok(false) => {}
+            Err(e) => fail(&e),
+        }
+        let (flag, inline) = common::split_flag(&arg);
+        let mut value = || common::value(flag, inline, &mut args).unwrap_or_else(|e| fail(&e));
+        match flag {
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return;
+            }
+            "--cluster" => a.cluster = Some(value()),
+            "--save" => a.save = Some(value()),
+            "--src" => a.src = Some(parsed(flag, &value(), "an IP address")),
+            "--dst" => a.dst = Some(parsed(flag, &value(), "an IP address")),
+            "--dport" => a.dport = Some(parsed(flag, &value(), "a port (0-65535)")),
+            "--sport" => a.sport = Some(parsed(flag, &value(), "a port (0-65535)")),
+            "--proto" => {
+                let v = value();
+                a.proto = Some(match v.to_ascii_lowercase().as_str() {
+                    "tcp" => Protocol::Tcp,
+                    "udp" => Protocol::Udp,
+                    "sctp" => Protocol::Sctp,
+                    _ => fail(&format!("--proto: {v:?} is not tcp, udp or sctp")),
+                });
+            }
+            "--from" => a.from = Some(value()),
+            "--json" => a.json = true,
+            _ => fail(&format!("unexpected argument {arg:?}; {USAGE}")),
+        }
+    }
+    let need = |what: &str| -> ! { fail(&format!("missing {what}; {USAGE}")) };
+    let (Some(src), Some(dst)) = (a.src, a.dst) else {
+        need("--src and --dst")
+    };
+    let Some(proto) = a.proto else {
+        need("--proto")
+    };
+    let Some(dport) = a.dport else {
+        need("--dport")
+    };
+    let config = flags.config().unwrap_or_else(|e| fail(&e));
+    let ruleset = match (&a.cluster, &a.save) {
+        (Some(path), None) => {
+            let state = common::load_state(path).unwrap_or_else(|e| fail(&e));
+            let compiled = svcnat::compile::compile(&state, &config)
+                .unwrap_or_else(|e| fail(&format!("{path}: {e}")));
+            let jumps =
+                svcnat::compile::jump_rules(&config).unwrap_or_else(|e| fail(&e.to_string()));
+            svcnat::trace::traceable(&compiled, &jumps)
+        }
+        (None, Some(path)) => {
+            let text = if path == "-" {
+                let mut s = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+                    .unwrap_or_else(|e| fail(&format!("reading stdin: {e}")));
+                s
+            } else {
+                std::fs::read_to_string(path)
+                    .unwrap_or_else(|e| fail(&format!("reading {path}: {e}")))
+            };
+            svcnat::parse::parse_as(&text, svcnat::model::IpFamily::of(&dst))
+                .unwrap_or_else(|e| fail(&format!("{path}: {e}")))
+        }
+        _ => need("exactly one of --cluster and --save"),
+    };
+    let mut packet = Packet::new(proto, src, dst, dport);
+    if let Some(sport) = a.sport {
+        packet = packet.with_source_port(sport);
+    }
+    packet = match a.from.as_deref() {
+        None => packet,
+        Some("local") => packet.from_local(),
+        Some(iface) => packet.arriving_on(iface),
+    };
+    let node = Node::new(config.node_ips.iter().copied());
+    let trace =
+        svcnat::trace::trace(&ruleset, &packet, &node).unwrap_or_else(|e| fail(&e.to_string()));
+    if a.json {
+        println!("{}", to_json(&trace));
+    } else {
+        print_table(&trace);
+    }
+}
+
+fn destination(d: &SocketAddr) -> String {
+    // SocketAddr prints IPv6 as [ip]:port already.
+    d.to_string()
+}
+
+fn to_json(trace: &Trace) -> serde_json::Value {
+    json!({
+        "outcomes": trace.outcomes.iter().map(|o| json!({
+            "probability": o.probability,
+            "verdict": o.verdict.as_str(),
+            "destination": destination(&o.destination),
+            "masquerade": o.masquerade,
+            "path": o.path.iter().map(|r| r.short()).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "unevaluated": trace.unevaluated.iter().map(|u| u.to_string()).collect::<Vec<_>>(),
+    })
+}
+
+fn print_table(trace: &Trace) {
+    println!(
+        "{:>11}  {:<7}  {:<45}  {:<10}  path",
+        "probability", "verdict", "destination", "masquerade"
+    );
+    for o in &trace.outcomes {
+        let path: Vec<String> = o.path.iter().map(|r| r.to_string()).collect();
+        println!(
+            "{:>11.9}  {:<7}  {:<45}  {:<10}  {}",
+            o.probability,
+            o.verdict,
+            destination(&o.destination),
+            if o.masquerade { "yes" } else { "no" },
+            path.join(" > ")
+        );
+        if let Some(note) = &o.note {
+            println!("{:>11}  note: {note}", "");
+        }
+    }
+    for u in &trace.unevaluated {
+        println!("unevaluated: {u}");
+    }
+    for a in &trace.assumptions {
+        println!("assumed: {a}");
+    }
+}

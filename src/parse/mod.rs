@@ -1,0 +1,658 @@
+//! `iptables-save` / `iptables-restore` text -> the typed [`Ruleset`], and back to
+//! a canonical form for comparison.
+//!
+//! Pure: text in, values out. Three entry points:
+//!
+//! * [`parse`] / [`parse_as`]: a dump (or a restore payload) -> the [`Ruleset`] it
+//!   describes, as the compiler would produce it for svcnat's own text
+//!   (`parse(render(r)) == r`).
+//! * [`parse_payload`]: the same text as the sequence of restore operations it
+//!   holds (`:CHAIN`, `-A`, `-I`, `-D`, `-N`, `-X`, `-F`, `-P`), for callers that
+//!   need to see what a payload *does* (a `-X` of a stale chain, say);
+//!   [`Payload::to_ruleset`] applies them to empty tables.
+//! * [`canonicalize`]: a semantic normal form, so that a dump read back from the
+//!   kernel with `iptables-save` compares equal to the ruleset that was loaded.
+//!
+//! What is understood: tables, chain lines with policies and counters, rules with
+//! an optional `[p:b]` counter prefix, `!` negations, quoted or bare words, the
+//! core options (`-s -d -p -i -o`), the modules `tcp udp sctp comment mark
+//! conntrack addrtype statistic recent nfacct multiport set physdev`, and the
+//! targets `-j CHAIN`, `-g CHAIN`, `ACCEPT DROP RETURN REJECT DNAT SNAT
+//! MASQUERADE MARK`. Any other module or target, and options of a known one that
+//! svcnat does not model, are kept verbatim as [`Match::Other`] /
+//! [`Target::Other`] and print back unchanged, so real dumps load. Counters are
+//! read and dropped.
+//!
+//! ```
+//! let text = "*nat\n\
+//!     :PREROUTING ACCEPT [0:0]\n\
+//!     :KUBE-SERVICES - [0:0]\n\
+//!     -A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
+//!     -A KUBE-SERVICES -d 10.96.0.1/32 -p tcp -m tcp --dport 443 -m limit --limit 5/min -j ACCEPT\n\
+//!     COMMIT\n";
+//! let ruleset = svcnat::parse::parse(text)?;
+//! let chain = ruleset.chain(svcnat::ruleset::Table::Nat, "KUBE-SERVICES").unwrap();
+//! assert_eq!(
+//!     chain.rules[0].to_string(),
+//!     "-d 10.96.0.1/32 -p tcp -m tcp --dport 443 -m limit --limit 5/min -j ACCEPT"
+//! );
+//! # Ok::<(), svcnat::parse::ParseError>(())
+//! ```
+
+mod canon;
+mod lex;
+mod rule;
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+pub(crate) use canon::xmark as xmark_of;
+pub use canon::{canonical_rule, canonicalize};
+
+use crate::model::IpFamily;
+use crate::ruleset::{
+    ChainName, IrError, Policy, RawText, Rule, Ruleset, Table, TableRules, Target,
+};
+use lex::{Token, tokenize};
+use rule::{FamilyCheck, parse_rule};
+
+/// A line that could not be read, with where and why.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("line {line}, column {column}: {kind}\n    {text}")]
+#[non_exhaustive]
+pub struct ParseError {
+    /// The 1-based line number.
+    pub line: usize,
+    /// The 1-based column (in characters) of the offending word.
+    pub column: usize,
+    /// The offending line.
+    pub text: String,
+    /// What is wrong.
+    pub kind: ErrorKind,
+}
+
+/// What is wrong with a line.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// A quote that is not closed on its line.
+    #[error("unterminated quote")]
+    UnterminatedQuote,
+    /// A line that is none of `*table`, `:CHAIN`, a command, `COMMIT` or a comment.
+    #[error("unknown command {0:?}")]
+    UnknownCommand(String),
+    /// A chain or rule line before any `*table` line.
+    #[error("not inside a table (missing *filter, *nat, …)")]
+    OutsideTable,
+    /// A `*table` line naming no known table.
+    #[error("unknown table {0:?}")]
+    UnknownTable(String),
+    /// A `*table` line before the previous table's `COMMIT`.
+    #[error("table {0} is not committed")]
+    NotCommitted(Table),
+    /// The text ends before a table's `COMMIT`.
+    #[error("table {0} is not committed before the end of the text")]
+    MissingCommit(Table),
+    /// An option without its value.
+    #[error("{option} needs a value")]
+    MissingArgument {
+        /// The option.
+        option: String,
+    },
+    /// An option whose value cannot be read.
+    #[error("{option} {value:?}: {reason}")]
+    BadValue {
+        /// The option.
+        option: String,
+        /// The value.
+        value: String,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// A word where an option was expected.
+    #[error("unexpected {0:?}")]
+    UnexpectedToken(String),
+    /// An option that belongs to no core option or loaded module.
+    #[error("unknown option {0:?}")]
+    UnknownOption(String),
+    /// `! !`.
+    #[error("double negation")]
+    DoubleNegation,
+    /// An address of the other family.
+    #[error("{found} address in an {expected} ruleset")]
+    FamilyMismatch {
+        /// The ruleset's family.
+        expected: IpFamily,
+        /// The address's family.
+        found: IpFamily,
+    },
+    /// A rule for a user chain that was never declared.
+    #[error("chain {0} is not declared")]
+    UndeclaredChain(String),
+    /// `-N` of a chain that exists.
+    #[error("chain {0} already exists")]
+    ChainExists(String),
+    /// `-D` of a rule that is not in the chain, or a position past its end.
+    #[error("chain {0} has no such rule")]
+    NoSuchRule(String),
+    /// A value the typed IR refuses (chain name too long, bad interface name, …).
+    #[error(transparent)]
+    Invalid(IrError),
+}
+
+/// A parsed restore text: what each table's section does, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Payload {
+    /// The family, from the addresses in the text (or as given to [`parse_payload_as`]).
+    pub family: IpFamily,
+    /// The tables, in the order they appear (a table appearing twice is merged).
+    pub tables: Vec<TablePayload>,
+}
+
+/// One table's operations.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TablePayload {
+    /// The table.
+    pub table: Table,
+    /// The operations, in order.
+    pub ops: Vec<Operation>,
+}
+
+/// One restore line, with its line number.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Operation {
+    /// The 1-based line it came from.
+    pub line: usize,
+    /// What it does.
+    pub op: Op,
+}
+
+/// What a restore line does to its table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Op {
+    /// `:CHAIN POLICY [p:b]`: create the chain, or flush it if it exists; `policy`
+    /// is `None` for `-` (a user chain).
+    Declare {
+        /// The chain.
+        chain: ChainName,
+        /// Its policy.
+        policy: Option<Policy>,
+    },
+    /// `-A CHAIN RULE`.
+    Append {
+        /// The chain.
+        chain: ChainName,
+        /// The rule.
+        rule: Rule,
+    },
+    /// `-I CHAIN [N] RULE` (1-based position, 1 when omitted).
+    Insert {
+        /// The chain.
+        chain: ChainName,
+        /// Where.
+        position: usize,
+        /// The rule.
+        rule: Rule,
+    },
+    /// `-D CHAIN RULE`: delete the first equal rule.
+    Delete {
+        /// The chain.
+        chain: ChainName,
+        /// The rule.
+        rule: Rule,
+    },
+    /// `-D CHAIN N`.
+    DeleteAt {
+        /// The chain.
+        chain: ChainName,
+        /// The 1-based position.
+        position: usize,
+    },
+    /// `-N CHAIN`.
+    NewChain(ChainName),
+    /// `-X [CHAIN]`: delete one user chain, or all of them.
+    DeleteChain(Option<ChainName>),
+    /// `-F [CHAIN]`: flush one chain, or all of them.
+    Flush(Option<ChainName>),
+    /// `-P CHAIN POLICY`.
+    SetPolicy {
+        /// The built-in chain.
+        chain: ChainName,
+        /// The policy.
+        policy: Policy,
+    },
+}
+
+/// The built-in chains of a table, in the order `iptables-save` lists them.
+pub fn builtin_chains(table: Table) -> &'static [&'static str] {
+    match table {
+        Table::Filter | Table::Security => &["INPUT", "FORWARD", "OUTPUT"],
+        Table::Nat => &["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"],
+        Table::Mangle => &["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"],
+        Table::Raw => &["PREROUTING", "OUTPUT"],
+    }
+}
+
+/// Parses a dump or restore payload into the ruleset it describes (operations
+/// applied to empty tables, see [`Payload::to_ruleset`]). The family is that of the
+/// addresses in the text (IPv4 when it has none).
+///
+/// # Errors
+/// A [`ParseError`] naming the line, column and problem.
+pub fn parse(text: &str) -> Result<Ruleset, ParseError> {
+    parse_payload(text)?.to_ruleset()
+}
+
+/// Like [`parse`] for a known family; an address of the other family is an error.
+///
+/// # Errors
+/// A [`ParseError`] naming the line, column and problem.
+pub fn parse_as(text: &str, family: IpFamily) -> Result<Ruleset, ParseError> {
+    parse_payload_as(text, family)?.to_ruleset()
+}
+
+/// Parses restore text into its operations, the family inferred from the addresses.
+///
+/// # Errors
+/// A [`ParseError`] naming the line, column and problem.
+pub fn parse_payload(text: &str) -> Result<Payload, ParseError> {
+    parse_with(text, FamilyCheck { family: None })
+}
+
+/// Parses restore text into its operations, for a known family.
+///
+/// # Errors
+/// A [`ParseError`] naming the line, column and problem.
+pub fn parse_payload_as(text: &str, family: IpFamily) -> Result<Payload, ParseError> {
+    parse_with(
+        text,
+        FamilyCheck {
+            family: Some(family),
+        },
+    )
+}
+
+fn error_at(line_no: usize, line: &str, offset: usize, kind: ErrorKind) -> ParseError {
+    ParseError {
+        line: line_no,
+        column: line[..offset.min(line.len())].chars().count() + 1,
+        text: line.to_owned(),
+        kind,
+    }
+}
+
+fn parse_with(text: &str, mut family: FamilyCheck) -> Result<Payload, ParseError> {
+    let mut tables: Vec<TablePayload> = Vec::new();
+    // The table being read (index into `tables`) and the line of its header.
+    let mut current: Option<(usize, usize, String)> = None;
+    let mut last_line = (0, String::new());
+    for (n, line) in text.lines().enumerate() {
+        let line_no = n + 1;
+        last_line = (line_no, line.to_owned());
+        let trimmed = line.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        let fail = |offset: usize, kind| error_at(line_no, line, offset, kind);
+        if let Some(name) = trimmed.strip_prefix('*') {
+            if let Some((idx, _, _)) = &current {
+                return Err(fail(0, ErrorKind::NotCommitted(tables[*idx].table)));
+            }
+            let table = match name.trim() {
+                "filter" => Table::Filter,
+                "nat" => Table::Nat,
+                "mangle" => Table::Mangle,
+                "raw" => Table::Raw,
+                "security" => Table::Security,
+                other => return Err(fail(1, ErrorKind::UnknownTable(other.to_owned()))),
+            };
+            let idx = match tables.iter().position(|t| t.table == table) {
+                Some(i) => i,
+                None => {
+                    tables.push(TablePayload {
+                        table,
+                        ops: Vec::new(),
+                    });
+                    tables.len() - 1
+                }
+            };
+            current = Some((idx, line_no, line.to_owned()));
+            continue;
+        }
+        if trimmed.trim_end() == "COMMIT" {
+            let Some((idx, _, _)) = current.take() else {
+                return Err(fail(0, ErrorKind::OutsideTable));
+            };
+            resolve_jumps(&mut tables[idx]);
+            continue;
+        }
+        let Some((idx, _, _)) = &current else {
+            return Err(fail(0, ErrorKind::OutsideTable));
+        };
+        let idx = *idx;
+        let toks = tokenize(line).map_err(|(at, kind)| fail(at, kind))?;
+        let op = parse_line(line, &toks, &mut family).map_err(|(at, kind)| fail(at, kind))?;
+        tables[idx].ops.push(Operation { line: line_no, op });
+    }
+    if let Some((idx, _, _)) = current {
+        let (n, line) = last_line;
+        return Err(error_at(
+            n,
+            &line,
+            line.len(),
+            ErrorKind::MissingCommit(tables[idx].table),
+        ));
+    }
+    Ok(Payload {
+        family: family.family.unwrap_or_default(),
+        tables,
+    })
+}
+
+fn chain_name(tok: &Token) -> Result<ChainName, rule::Fail> {
+    ChainName::new(tok.text.clone()).map_err(|e| (tok.start, ErrorKind::Invalid(e)))
+}
+
+fn parse_line(line: &str, toks: &[Token], family: &mut FamilyCheck) -> Result<Op, rule::Fail> {
+    let mut toks = toks;
+    // A rule may start with its counters: `[12:345] -A CHAIN …`.
+    if let Some(first) = toks.first()
+        && first.text.starts_with('[')
+        && first.text.ends_with(']')
+    {
+        toks = &toks[1..];
+    }
+    let Some(first) = toks.first() else {
+        return Err((0, ErrorKind::UnknownCommand(String::new())));
+    };
+    if let Some(name) = first.text.strip_prefix(':') {
+        let name_tok = Token {
+            text: name.to_owned(),
+            start: first.start + 1,
+            end: first.end,
+            quoted: first.quoted,
+        };
+        let chain = chain_name(&name_tok)?;
+        let policy = match toks.get(1).map(|t| t.text.as_str()) {
+            None | Some("-") => None,
+            Some("ACCEPT") => Some(Policy::Accept),
+            Some("DROP") => Some(Policy::Drop),
+            Some(other) => {
+                return Err((
+                    toks[1].start,
+                    ErrorKind::BadValue {
+                        option: "policy".into(),
+                        value: other.to_owned(),
+                        reason: "not ACCEPT, DROP or -".into(),
+                    },
+                ));
+            }
+        };
+        if let Some(extra) = toks.get(3) {
+            return Err((extra.start, ErrorKind::UnexpectedToken(extra.text.clone())));
+        }
+        return Ok(Op::Declare { chain, policy });
+    }
+    let command = first.text.as_str();
+    let chain_tok = toks.get(1);
+    let need_chain = || {
+        chain_tok.map(chain_name).unwrap_or_else(|| {
+            Err((
+                first.start,
+                ErrorKind::MissingArgument {
+                    option: command.to_owned(),
+                },
+            ))
+        })
+    };
+    let position = |tok: &Token| -> Result<usize, rule::Fail> {
+        tok.text
+            .parse::<usize>()
+            .ok()
+            .filter(|&n| n >= 1)
+            .ok_or_else(|| {
+                (
+                    tok.start,
+                    ErrorKind::BadValue {
+                        option: command.to_owned(),
+                        value: tok.text.clone(),
+                        reason: "not a rule position (1, 2, …)".into(),
+                    },
+                )
+            })
+    };
+    let is_number =
+        |t: Option<&Token>| t.is_some_and(|t| t.text.bytes().all(|b| b.is_ascii_digit()));
+    let optional_chain = || match chain_tok {
+        Some(t) => {
+            if let Some(extra) = toks.get(2) {
+                return Err((extra.start, ErrorKind::UnexpectedToken(extra.text.clone())));
+            }
+            chain_name(t).map(Some)
+        }
+        None => Ok(None),
+    };
+    Ok(match command {
+        "-A" | "--append" => Op::Append {
+            chain: need_chain()?,
+            rule: parse_rule(line, &toks[2..], family)?,
+        },
+        "-I" | "--insert" => {
+            let chain = need_chain()?;
+            let (position, rest) = if is_number(toks.get(2)) {
+                (position(&toks[2])?, &toks[3..])
+            } else {
+                (1, toks.get(2..).unwrap_or(&[]))
+            };
+            Op::Insert {
+                chain,
+                position,
+                rule: parse_rule(line, rest, family)?,
+            }
+        }
+        "-D" | "--delete" => {
+            let chain = need_chain()?;
+            if is_number(toks.get(2)) && toks.len() == 3 {
+                Op::DeleteAt {
+                    chain,
+                    position: position(&toks[2])?,
+                }
+            } else {
+                Op::Delete {
+                    chain,
+                    rule: parse_rule(line, toks.get(2..).unwrap_or(&[]), family)?,
+                }
+            }
+        }
+        "-N" | "--new-chain" => {
+            if let Some(extra) = toks.get(2) {
+                return Err((extra.start, ErrorKind::UnexpectedToken(extra.text.clone())));
+            }
+            Op::NewChain(need_chain()?)
+        }
+        "-X" | "--delete-chain" => Op::DeleteChain(optional_chain()?),
+        "-F" | "--flush" => Op::Flush(optional_chain()?),
+        "-P" | "--policy" => {
+            let chain = need_chain()?;
+            let policy = match toks.get(2).map(|t| t.text.as_str()) {
+                Some("ACCEPT") => Policy::Accept,
+                Some("DROP") => Policy::Drop,
+                _ => {
+                    let at = toks.get(2).unwrap_or(first);
+                    return Err((
+                        at.start,
+                        ErrorKind::BadValue {
+                            option: "-P".into(),
+                            value: at.text.clone(),
+                            reason: "not ACCEPT or DROP".into(),
+                        },
+                    ));
+                }
+            };
+            Op::SetPolicy { chain, policy }
+        }
+        _ => return Err((first.start, ErrorKind::UnknownCommand(first.text.clone()))),
+    })
+}
+
+/// `-j NAME` to a chain the table never declares is a target svcnat does not
+/// model (`-j LOG`, `-j NOTRACK`): it becomes [`Target::Other`], which prints the
+/// same.
+fn resolve_jumps(table: &mut TablePayload) {
+    let builtin = builtin_chains(table.table);
+    let declared: Vec<ChainName> = table
+        .ops
+        .iter()
+        .filter_map(|o| match &o.op {
+            Op::Declare { chain, .. } | Op::NewChain(chain) => Some(chain.clone()),
+            _ => None,
+        })
+        .collect();
+    for o in &mut table.ops {
+        let rule = match &mut o.op {
+            Op::Append { rule, .. } | Op::Insert { rule, .. } | Op::Delete { rule, .. } => rule,
+            _ => continue,
+        };
+        if let Some(Target::Jump(to)) = &rule.target
+            && !declared.contains(to)
+            && !builtin.contains(&to.as_str())
+            && let Ok(raw) = RawText::new(format!("-j {to}"))
+        {
+            rule.target = Some(Target::Other(raw));
+        }
+    }
+}
+
+impl Payload {
+    /// The ruleset left by applying the operations to empty tables, in order:
+    /// `:CHAIN` creates (or flushes) a chain, `-A`/`-I`/`-D` edit it, `-N`
+    /// creates, `-X` deletes, `-F` flushes, `-P` sets a policy. A built-in chain
+    /// used without a `:CHAIN` line is created with no policy.
+    ///
+    /// # Errors
+    /// A [`ParseError`] at the operation that cannot apply: a rule for an
+    /// undeclared user chain, a `-D` of a missing rule, an insert past the end,
+    /// `-N` of an existing chain, `-X` of a missing one.
+    pub fn to_ruleset(&self) -> Result<Ruleset, ParseError> {
+        let mut tables = Vec::new();
+        for t in &self.tables {
+            let mut rules = TableRules::new(t.table);
+            for o in &t.ops {
+                apply(&mut rules, &o.op).map_err(|kind| ParseError {
+                    line: o.line,
+                    column: 1,
+                    text: render_op(&o.op),
+                    kind,
+                })?;
+            }
+            tables.push(rules);
+        }
+        Ok(Ruleset {
+            family: self.family,
+            tables,
+        })
+    }
+}
+
+fn render_op(op: &Op) -> String {
+    match op {
+        Op::Declare { chain, policy } => match policy {
+            Some(p) => format!(":{chain} {p} [0:0]"),
+            None => format!(":{chain} - [0:0]"),
+        },
+        Op::Append { chain, rule } => format!("-A {chain} {rule}"),
+        Op::Insert {
+            chain,
+            position,
+            rule,
+        } => format!("-I {chain} {position} {rule}"),
+        Op::Delete { chain, rule } => format!("-D {chain} {rule}"),
+        Op::DeleteAt { chain, position } => format!("-D {chain} {position}"),
+        Op::NewChain(c) => format!("-N {c}"),
+        Op::DeleteChain(c) => c.as_ref().map_or("-X".into(), |c| format!("-X {c}")),
+        Op::Flush(c) => c.as_ref().map_or("-F".into(), |c| format!("-F {c}")),
+        Op::SetPolicy { chain, policy } => format!("-P {chain} {policy}"),
+    }
+}
+
+fn existing<'t>(
+    rules: &'t mut TableRules,
+    chain: &ChainName,
+) -> Result<&'t mut crate::ruleset::Chain, ErrorKind> {
+    if !rules.chains.contains_key(chain) {
+        if builtin_chains(rules.table).contains(&chain.as_str()) {
+            rules.chain_mut(chain);
+        } else {
+            return Err(ErrorKind::UndeclaredChain(chain.to_string()));
+        }
+    }
+    Ok(rules.chain_mut(chain))
+}
+
+fn apply(rules: &mut TableRules, op: &Op) -> Result<(), ErrorKind> {
+    match op {
+        Op::Declare { chain, policy } => {
+            let c = rules.chain_mut(chain);
+            c.rules.clear();
+            c.policy = *policy;
+        }
+        Op::Append { chain, rule } => existing(rules, chain)?.rules.push(rule.clone()),
+        Op::Insert {
+            chain,
+            position,
+            rule,
+        } => {
+            let c = existing(rules, chain)?;
+            if *position > c.rules.len() + 1 {
+                return Err(ErrorKind::NoSuchRule(chain.to_string()));
+            }
+            c.rules.insert(position - 1, rule.clone());
+        }
+        Op::Delete { chain, rule } => {
+            let c = existing(rules, chain)?;
+            let at = c
+                .rules
+                .iter()
+                .position(|r| r == rule)
+                .ok_or_else(|| ErrorKind::NoSuchRule(chain.to_string()))?;
+            c.rules.remove(at);
+        }
+        Op::DeleteAt { chain, position } => {
+            let c = existing(rules, chain)?;
+            if *position > c.rules.len() {
+                return Err(ErrorKind::NoSuchRule(chain.to_string()));
+            }
+            c.rules.remove(position - 1);
+        }
+        Op::NewChain(chain) => {
+            if rules.chains.contains_key(chain) {
+                return Err(ErrorKind::ChainExists(chain.to_string()));
+            }
+            rules.chain_mut(chain);
+        }
+        Op::DeleteChain(Some(chain)) => {
+            if rules.chains.shift_remove(chain).is_none() {
+                return Err(ErrorKind::UndeclaredChain(chain.to_string()));
+            }
+        }
+        Op::DeleteChain(None) => {
+            let builtin = builtin_chains(rules.table);
+            rules
+                .chains
+                .retain(|name, _| builtin.contains(&name.as_str()));
+        }
+        Op::Flush(Some(chain)) => existing(rules, chain)?.rules.clear(),
+        Op::Flush(None) => rules.chains.values_mut().for_each(|c| c.rules.clear()),
+        Op::SetPolicy { chain, policy } => existing(rules, chain)?.policy = Some(*policy),
+    }
+    Ok(())
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&render_op(self))
+    }
+}

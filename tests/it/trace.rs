@@ -1,0 +1,646 @@
+//! The tracer: snapshots of readable traces, "trace agrees with the model" over
+//! random clusters and the shipped example cluster, and a cross-check against
+//! what real traffic does in network namespaces.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+
+use insta::assert_snapshot;
+use proptest::prelude::*;
+use svcnat::compile::{compile, jump_rules};
+use svcnat::model::*;
+use svcnat::ruleset::{ChainName, Rule, Ruleset, Table, TableRules, Target};
+use svcnat::trace::{Node, Packet, Trace, TraceError, Verdict, trace, traceable};
+
+use crate::fixtures::{config, ip};
+use crate::kernel::{Netns, kernel_available};
+use crate::parse::{family_config, rich_state};
+
+/// A trace as text: one block per outcome, then what was not evaluated or assumed.
+fn show(t: &Trace) -> String {
+    let mut s = String::new();
+    let total: f64 = t.outcomes.iter().map(|o| o.probability).sum();
+    writeln!(
+        s,
+        "{} outcome(s), probabilities sum to {total:.12}",
+        t.outcomes.len()
+    )
+    .unwrap();
+    for o in &t.outcomes {
+        writeln!(
+            s,
+            "- p={:.10} {} -> {} masquerade={} mark={:#x}{}",
+            o.probability,
+            o.verdict,
+            o.destination,
+            o.masquerade,
+            o.mark,
+            o.note
+                .as_ref()
+                .map(|n| format!(" note: {n}"))
+                .unwrap_or_default()
+        )
+        .unwrap();
+        for r in &o.path {
+            writeln!(s, "    {r}").unwrap();
+        }
+    }
+    for u in &t.unevaluated {
+        writeln!(s, "unevaluated: {u}").unwrap();
+    }
+    for a in &t.assumptions {
+        writeln!(s, "assumed: {a}").unwrap();
+    }
+    s
+}
+
+fn rich(family: IpFamily) -> (Ruleset, Node) {
+    let config = family_config(family);
+    let ruleset = traceable(
+        &compile(&rich_state(family), &config).unwrap(),
+        &jump_rules(&config).unwrap(),
+    );
+    (ruleset, Node::new(config.node_ips.iter().copied()))
+}
+
+#[test]
+fn snapshot_cluster_ip_from_a_pod_with_affinity() {
+    let (r, node) = rich(IpFamily::IPv4);
+    let p = Packet::tcp(ip("10.0.5.5"), ip("172.30.0.41"), 80).arriving_on("cbr0");
+    assert_snapshot!(show(&trace(&r, &p, &node).unwrap()));
+}
+
+#[test]
+fn snapshot_node_port_from_outside() {
+    let (r, node) = rich(IpFamily::IPv4);
+    let p = Packet::new(Protocol::Udp, ip("203.0.113.9"), ip("192.168.0.2"), 30053);
+    assert_snapshot!(show(&trace(&r, &p, &node).unwrap()));
+}
+
+#[test]
+fn snapshot_no_endpoints_from_the_node() {
+    let (r, node) = rich(IpFamily::IPv4);
+    let p = Packet::tcp(ip("192.168.0.2"), ip("172.30.0.43"), 80).from_local();
+    assert_snapshot!(show(&trace(&r, &p, &node).unwrap()));
+}
+
+#[test]
+fn snapshot_load_balancer_outside_source_ranges() {
+    let (r, node) = rich(IpFamily::IPv4);
+    let p = Packet::tcp(ip("198.51.100.1"), ip("1.2.3.4"), 80);
+    assert_snapshot!(show(&trace(&r, &p, &node).unwrap()));
+}
+
+#[test]
+fn snapshot_ipv6_cluster_ip_from_outside() {
+    let (r, node) = rich(IpFamily::IPv6);
+    let p = Packet::tcp(ip("2001:db8:99::9"), ip("fd00:172:30::41"), 80);
+    assert_snapshot!(show(&trace(&r, &p, &node).unwrap()));
+}
+
+#[test]
+fn snapshot_mixed_node_dump() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/dumps/node-mixed-v4.save"
+    ))
+    .unwrap();
+    let r = svcnat::parse::parse(&text).unwrap();
+    let node = Node::new([ip("192.168.0.10")]);
+    let p = Packet::tcp(ip("172.17.0.5"), ip("10.96.0.1"), 443).arriving_on("docker0");
+    assert_snapshot!(show(&trace(&r, &p, &node).unwrap()));
+}
+
+#[test]
+fn loops_end_in_a_drop_with_a_reason_and_missing_chains_are_errors() {
+    let a = ChainName::new("A").unwrap();
+    let b = ChainName::new("B").unwrap();
+    let mut nat = TableRules::new(Table::Nat);
+    nat.append(&a, Rule::new().to(Target::Jump(b.clone())));
+    nat.append(&b, Rule::new().to(Target::Jump(a.clone())));
+    let r = traceable(
+        &Ruleset {
+            family: IpFamily::IPv4,
+            tables: vec![nat],
+        },
+        &[svcnat::compile::JumpRule {
+            table: Table::Nat,
+            chain: ChainName::new("PREROUTING").unwrap(),
+            rule: Rule::new().to(Target::Jump(a.clone())),
+        }],
+    );
+    let t = trace(
+        &r,
+        &Packet::tcp(ip("1.1.1.1"), ip("2.2.2.2"), 80),
+        &Node::default(),
+    )
+    .unwrap();
+    assert_eq!(t.outcomes.len(), 1);
+    assert_eq!(t.outcomes[0].verdict, Verdict::Drop);
+    assert!(
+        t.outcomes[0].note.as_deref().unwrap().contains("loop"),
+        "{t:?}"
+    );
+
+    let mut nat = TableRules::new(Table::Nat);
+    nat.append(
+        &a,
+        Rule::new().to(Target::Goto(ChainName::new("MISSING").unwrap())),
+    );
+    let r = traceable(
+        &Ruleset {
+            family: IpFamily::IPv4,
+            tables: vec![nat],
+        },
+        &[svcnat::compile::JumpRule {
+            table: Table::Nat,
+            chain: ChainName::new("OUTPUT").unwrap(),
+            rule: Rule::new().to(Target::Jump(a)),
+        }],
+    );
+    let e = trace(
+        &r,
+        &Packet::tcp(ip("1.1.1.1"), ip("2.2.2.2"), 80).from_local(),
+        &Node::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(e, TraceError::MissingChain { .. }), "{e}");
+    let e = trace(
+        &r,
+        &Packet::tcp(ip("::1"), ip("2.2.2.2"), 80),
+        &Node::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(e, TraceError::Family { .. }), "{e}");
+}
+
+/// Checks that a trace sends the packet to exactly `expected`, each once, with
+/// probability 1/n (kube-proxy's ten-decimal probabilities: within 1e-9·n).
+fn assert_balanced(t: &Trace, expected: &[SocketAddr], what: &str) -> Result<(), TestCaseError> {
+    let total: f64 = t.outcomes.iter().map(|o| o.probability).sum();
+    prop_assert!(
+        (total - 1.0).abs() < 1e-9,
+        "{what}: probabilities sum to {total}"
+    );
+    let mut got: Vec<SocketAddr> = t.outcomes.iter().map(|o| o.destination).collect();
+    got.sort();
+    let mut want = expected.to_vec();
+    want.sort();
+    prop_assert_eq!(&got, &want, "{}:\n{}", what, show(t));
+    let n = expected.len() as f64;
+    for o in &t.outcomes {
+        prop_assert_eq!(o.verdict, Verdict::Accept, "{}", what);
+        prop_assert!(
+            (o.probability - 1.0 / n).abs() <= 1e-9 * n,
+            "{what}: p={} for {} of {n}",
+            o.probability,
+            o.destination
+        );
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// A pod's packet to each service port reaches exactly its usable endpoints
+    /// with equal probability, or is rejected when there are none; a port
+    /// nothing serves is not DNATed.
+    #[test]
+    fn trace_agrees_with_the_model(parts in crate::properties::cluster()) {
+        let state = crate::properties::state_of(&parts);
+        let config = config();
+        let ruleset = traceable(&compile(&state, &config).unwrap(), &jump_rules(&config).unwrap());
+        let node = Node::new(config.node_ips.iter().copied());
+        for (svc, slices) in &parts {
+            for port in &svc.ports {
+                let expected = crate::properties::usable_endpoints(slices.iter(), &port.name, "test-node");
+                let packet = Packet::new(port.protocol, ip("10.1.2.3"), svc.cluster_ips[0], port.port)
+                    .arriving_on("cni0");
+                let t = trace(&ruleset, &packet, &node).unwrap();
+                let what = format!("{}/{} port {}", svc.namespace, svc.name, port.port);
+                if expected.is_empty() {
+                    prop_assert_eq!(t.outcomes.len(), 1, "{}", what);
+                    prop_assert_eq!(t.outcomes[0].verdict, Verdict::Reject, "{}", what);
+                } else {
+                    assert_balanced(&t, &expected, &what)?;
+                    for o in &t.outcomes {
+                        // From inside the cluster CIDR: no masquerade.
+                        prop_assert!(!o.masquerade, "{}", what);
+                    }
+                }
+            }
+            // A port nothing serves on that IP is forwarded untouched.
+            let unserved = Packet::tcp(ip("10.1.2.3"), svc.cluster_ips[0], 1).arriving_on("cni0");
+            let t = trace(&ruleset, &unserved, &node).unwrap();
+            prop_assert_eq!(t.outcomes.len(), 1);
+            prop_assert_eq!(t.outcomes[0].destination, SocketAddr::new(svc.cluster_ips[0], 1));
+            prop_assert_eq!(t.outcomes[0].verdict, Verdict::Accept);
+        }
+    }
+}
+
+#[cfg(feature = "k8s")]
+#[test]
+fn every_service_of_the_example_cluster_traces_as_the_model_says() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/cluster.json"
+    ))
+    .unwrap();
+    let state = crate::kube_proxy::state_from_list(&text);
+    let mut checked = 0;
+    for (family, node_ip, cidr, pod, outside) in [
+        (
+            IpFamily::IPv4,
+            "192.168.0.10",
+            "10.244.0.0/16",
+            "10.244.0.99",
+            "203.0.113.7",
+        ),
+        (
+            IpFamily::IPv6,
+            "fd00::10",
+            "fd00:244::/48",
+            "fd00:244::99",
+            "2001:db8:113::7",
+        ),
+    ] {
+        let config = ProxyConfig::default()
+            .with_ip_family(family)
+            .with_node_name("node-a")
+            .with_node_ips([ip(node_ip), ip("127.0.0.1"), ip("::1")])
+            .with_cluster_cidrs([cidr.parse().unwrap()]);
+        let ruleset = traceable(
+            &compile(&state, &config).unwrap(),
+            &jump_rules(&config).unwrap(),
+        );
+        let node = Node::new(config.node_ips.iter().copied());
+        for svc in state.services() {
+            let Some(cluster_ip) = svc.cluster_ips.iter().copied().find(|a| family.contains(a))
+            else {
+                continue;
+            };
+            for port in &svc.ports {
+                let name = format!("{} {}/{}:{}", family, svc.namespace, svc.name, port.name);
+                let expected = crate::properties::usable_endpoints(
+                    state
+                        .slices_of(&svc.key())
+                        .filter(|s| s.address_type == family),
+                    &port.name,
+                    "node-a",
+                );
+                let from_pod =
+                    Packet::new(port.protocol, ip(pod), cluster_ip, port.port).arriving_on("cni0");
+                let t = trace(&ruleset, &from_pod, &node).unwrap();
+                if expected.is_empty() {
+                    assert_eq!(t.outcomes.len(), 1, "{name}");
+                    assert_eq!(
+                        t.outcomes[0].verdict,
+                        Verdict::Reject,
+                        "{name}: {}",
+                        show(&t)
+                    );
+                    assert_eq!(format!("{}/{}", svc.namespace, svc.name), "shop/payments");
+                } else {
+                    assert_balanced(&t, &expected, &name).unwrap();
+                }
+                if let Some(node_port) = port.node_port {
+                    let outside = Packet::new(port.protocol, ip(outside), ip(node_ip), node_port);
+                    let t = trace(&ruleset, &outside, &node).unwrap();
+                    assert_balanced(&t, &expected, &format!("{name} node port")).unwrap();
+                    assert!(
+                        t.outcomes.iter().all(|o| o.masquerade),
+                        "{name}: {}",
+                        show(&t)
+                    );
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 10, "only {checked} service ports checked");
+}
+
+// ---- Kernel cross-check -------------------------------------------------------
+
+const ECHO_ENV: &str = "SVCNAT_TEST_ECHO_LISTEN";
+const CONNECT_ENV: &str = "SVCNAT_TEST_CONNECT";
+
+/// Not a test: when run by `kernel_traffic_agrees_with_the_trace` inside a pod
+/// namespace, a TCP server that answers each connection with the peer address it
+/// saw, for at most 20 seconds.
+#[test]
+fn helper_echo_server() {
+    use std::io::Write;
+    let Ok(addr) = std::env::var(ECHO_ENV) else {
+        return;
+    };
+    let listener = std::net::TcpListener::bind(&addr).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    println!("LISTENING");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        match listener.accept() {
+            Ok((mut s, peer)) => {
+                let _ = writeln!(s, "{}", peer.ip());
+            }
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+        }
+    }
+}
+
+/// Not a test: when run inside a client namespace, connects to the address in
+/// the environment (2 s timeout) and prints `RESULT peer=IP`, `RESULT refused` or
+/// `RESULT timeout`.
+#[test]
+fn helper_connect() {
+    use std::io::Read;
+    let Ok(addr) = std::env::var(CONNECT_ENV) else {
+        return;
+    };
+    let addr: SocketAddr = addr.parse().unwrap();
+    let timeout = std::time::Duration::from_secs(2);
+    match std::net::TcpStream::connect_timeout(&addr, timeout) {
+        Ok(mut s) => {
+            s.set_read_timeout(Some(timeout)).unwrap();
+            let mut text = String::new();
+            let _ = s.read_to_string(&mut text);
+            println!("RESULT peer={}", text.trim());
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => println!("RESULT refused"),
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => println!("RESULT timeout"),
+        Err(e) => println!("RESULT error {e}"),
+    }
+}
+
+/// A child process killed (by its own pid) when dropped.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn sh(args: &[&str]) {
+    let out = std::process::Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn helper(ns: &Netns, test: &str, env: (&str, &str)) -> std::process::Command {
+    let exe = std::env::current_exe().unwrap();
+    let mut c = std::process::Command::new("ip");
+    c.args(["netns", "exec", &ns.name])
+        .arg(exe)
+        .args(["--exact", test, "--nocapture", "--test-threads", "1"])
+        .env(env.0, env.1);
+    c
+}
+
+fn connect(ns: &Netns, to: SocketAddr) -> String {
+    let out = helper(ns, "trace::helper_connect", (CONNECT_ENV, &to.to_string()))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.split_once("RESULT ").map(|(_, r)| r))
+        .unwrap_or("no result")
+        .to_owned()
+}
+
+#[test]
+fn kernel_traffic_agrees_with_the_trace() {
+    if !kernel_available("kernel_traffic_agrees_with_the_trace") {
+        return;
+    }
+    // node: vp0 10.244.0.1 -> pod 10.244.0.2 (the endpoint), vq0 10.244.1.1 ->
+    // pc 10.244.1.2 (a pod client), vc0 192.168.50.1 -> client 192.168.50.2 (off
+    // cluster), vu0 192.168.60.1 -> up 192.168.60.2 (the node's default route).
+    // The default route must not point back at the client: a forwarded packet
+    // that would leave by the interface it came in on draws an ICMP redirect,
+    // and the client then ignores the REJECT's port-unreachable (seen on these
+    // machines: a timeout instead of "connection refused").
+    let node = Netns::new("tr-node");
+    let pod = Netns::new("tr-pod");
+    let pc = Netns::new("tr-pc");
+    let client = Netns::new("tr-cli");
+    let up = Netns::new("tr-up");
+    for (dev, addr, peer_ns, peer_addr) in [
+        ("vp0", "10.244.0.1/24", &pod, "10.244.0.2/24"),
+        ("vq0", "10.244.1.1/24", &pc, "10.244.1.2/24"),
+        ("vc0", "192.168.50.1/24", &client, "192.168.50.2/24"),
+        ("vu0", "192.168.60.1/24", &up, "192.168.60.2/24"),
+    ] {
+        sh(&[
+            "ip",
+            "-n",
+            &node.name,
+            "link",
+            "add",
+            dev,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &peer_ns.name,
+        ]);
+        sh(&["ip", "-n", &node.name, "addr", "add", addr, "dev", dev]);
+        sh(&["ip", "-n", &node.name, "link", "set", dev, "up"]);
+        sh(&[
+            "ip",
+            "-n",
+            &peer_ns.name,
+            "addr",
+            "add",
+            peer_addr,
+            "dev",
+            "eth0",
+        ]);
+        sh(&["ip", "-n", &peer_ns.name, "link", "set", "eth0", "up"]);
+        sh(&["ip", "-n", &peer_ns.name, "link", "set", "lo", "up"]);
+        let gw = addr.split('/').next().unwrap();
+        sh(&[
+            "ip",
+            "-n",
+            &peer_ns.name,
+            "route",
+            "add",
+            "default",
+            "via",
+            gw,
+        ]);
+    }
+    sh(&["ip", "-n", &node.name, "link", "set", "lo", "up"]);
+    // Locally generated traffic to service IPs needs a route before nat OUTPUT.
+    sh(&[
+        "ip",
+        "-n",
+        &node.name,
+        "route",
+        "add",
+        "default",
+        "via",
+        "192.168.60.2",
+    ]);
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &node.name,
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_forward=1",
+    ]);
+
+    let mut state = ClusterState::new();
+    state.upsert_service(
+        Service::cluster_ip("ns", "web", ip("172.30.0.10"))
+            .with_type(ServiceType::NodePort)
+            .with_port(ServicePort::tcp("http", 80).with_node_port(30080)),
+    );
+    state.upsert_slice(
+        EndpointSlice::new("ns", "web", "web-1", IpFamily::IPv4)
+            .with_port(EndpointPort::tcp("http", 8080))
+            .with_endpoint(Endpoint::ready(ip("10.244.0.2")).on_node("node-a")),
+    );
+    state.upsert_service(
+        Service::cluster_ip("ns", "empty", ip("172.30.0.11"))
+            .with_port(ServicePort::tcp("http", 80)),
+    );
+    let config = ProxyConfig::default()
+        .with_node_name("node-a")
+        .with_node_ips([ip("192.168.50.1"), ip("127.0.0.1")])
+        .with_cluster_cidrs(["10.244.0.0/16".parse().unwrap()]);
+    let ruleset = traceable(
+        &compile(&state, &config).unwrap(),
+        &jump_rules(&config).unwrap(),
+    );
+    let (ok, out) = node.run(
+        &["iptables-nft-restore"],
+        &svcnat::render::to_string(&ruleset),
+    );
+    assert!(ok, "restore: {out}");
+    let facts = Node::new(["192.168.50.1", "10.244.0.1", "10.244.1.1", "192.168.60.1"].map(ip));
+
+    let mut server = helper(
+        &pod,
+        "trace::helper_echo_server",
+        (ECHO_ENV, "10.244.0.2:8080"),
+    );
+    server.stdout(std::process::Stdio::piped());
+    let mut server = Child(server.spawn().unwrap());
+    {
+        use std::io::BufRead;
+        let stdout = server.0.stdout.take().unwrap();
+        let ready = std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .any(|l| l.contains("LISTENING"));
+        assert!(ready, "echo server did not start");
+    }
+
+    let cases: [(&str, &Netns, Packet); 6] = [
+        (
+            "off-cluster client to cluster IP",
+            &client,
+            Packet::tcp(ip("192.168.50.2"), ip("172.30.0.10"), 80).arriving_on("vc0"),
+        ),
+        (
+            "off-cluster client to node port",
+            &client,
+            Packet::tcp(ip("192.168.50.2"), ip("192.168.50.1"), 30080).arriving_on("vc0"),
+        ),
+        (
+            "pod to cluster IP",
+            &pc,
+            Packet::tcp(ip("10.244.1.2"), ip("172.30.0.10"), 80).arriving_on("vq0"),
+        ),
+        (
+            "node process to cluster IP",
+            &node,
+            Packet::tcp(ip("192.168.60.1"), ip("172.30.0.10"), 80).from_local(),
+        ),
+        (
+            "client to service without endpoints",
+            &client,
+            Packet::tcp(ip("192.168.50.2"), ip("172.30.0.11"), 80).arriving_on("vc0"),
+        ),
+        (
+            "node process to service without endpoints",
+            &node,
+            Packet::tcp(ip("192.168.60.1"), ip("172.30.0.11"), 80).from_local(),
+        ),
+    ];
+    for (what, ns, packet) in cases {
+        let t = trace(&ruleset, &packet, &facts).unwrap();
+        assert_eq!(t.outcomes.len(), 1, "{what}: {}", show(&t));
+        let o = &t.outcomes[0];
+        let expected = match o.verdict {
+            Verdict::Reject => "refused".to_owned(),
+            Verdict::Accept => {
+                assert_eq!(o.destination, "10.244.0.2:8080".parse().unwrap(), "{what}");
+                // Masquerade: the pod sees the node's address on its link.
+                let seen = if o.masquerade {
+                    ip("10.244.0.1")
+                } else {
+                    packet.source
+                };
+                format!("peer={seen}")
+            }
+            Verdict::Drop => "timeout".to_owned(),
+        };
+        let got = connect(
+            ns,
+            SocketAddr::new(packet.destination, packet.destination_port),
+        );
+        assert_eq!(
+            got,
+            expected,
+            "{what}: the kernel disagrees with the trace:\n{}",
+            show(&t)
+        );
+    }
+    drop(server);
+}
+
+#[test]
+fn unknown_matches_are_reported_not_guessed() {
+    let text = "*nat\n:PREROUTING ACCEPT [0:0]\n:X - [0:0]\n\
+        -A PREROUTING -m set --match-set allowed src -j X\n\
+        -A PREROUTING -m limit --limit 1/s -j DNAT --to-destination 10.0.0.9:80\n\
+        -A PREROUTING -p tcp -m tcp --dport 80 -j LOG --log-prefix \"seen \"\n\
+        -A PREROUTING -p tcp -m tcp --dport 80 -j DNAT --to-destination 10.0.0.1:8080\n\
+        -A X -j DNAT --to-destination 10.0.0.2:80\nCOMMIT\n";
+    let r = svcnat::parse::parse(text).unwrap();
+    let t = trace(
+        &r,
+        &Packet::tcp(ip("10.1.1.1"), ip("10.9.9.9"), 80),
+        &Node::default(),
+    )
+    .unwrap();
+    assert_eq!(t.outcomes.len(), 1);
+    assert_eq!(
+        t.outcomes[0].destination,
+        "10.0.0.1:8080".parse::<SocketAddr>().unwrap()
+    );
+    let what: Vec<String> = t.unevaluated.iter().map(|u| u.to_string()).collect();
+    assert_eq!(
+        what,
+        [
+            "nat/PREROUTING:1: -m set --match-set allowed src (not evaluated: the rule is taken as not matching)",
+            "nat/PREROUTING:2: -m limit --limit 1/s (not evaluated: the rule is taken as not matching)",
+            "nat/PREROUTING:3: -j LOG --log-prefix \"seen \" (target not evaluated: the packet continues)",
+        ]
+    );
+}
