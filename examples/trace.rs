@@ -24,7 +24,6 @@ mod common;
 use std::net::{IpAddr, SocketAddr};
 
 use common::{ProxyFlags, bad_input};
-use serde_json::json;
 use svcnat::model::Protocol;
 use svcnat::trace::{Node, Packet, Trace};
 
@@ -149,17 +148,38 @@ fn destination(d: &SocketAddr) -> String {
     d.to_string()
 }
 
-fn to_json(trace: &Trace) -> serde_json::Value {
-    json!({
-        "outcomes": trace.outcomes.iter().map(|o| json!({
-            "probability": o.probability,
-            "verdict": o.verdict.as_str(),
-            "destination": destination(&o.destination),
-            "masquerade": o.masquerade,
-            "path": o.path.iter().map(|r| r.short()).collect::<Vec<_>>(),
-        })).collect::<Vec<_>>(),
-        "unevaluated": trace.unevaluated.iter().map(|u| u.to_string()).collect::<Vec<_>>(),
-    })
+/// The `--json` object; fields in the order of the contract.
+#[derive(serde::Serialize)]
+struct JsonTrace {
+    outcomes: Vec<JsonOutcome>,
+    unevaluated: Vec<String>,
+}
+
+#[derive(serde::Serialize)]
+struct JsonOutcome {
+    probability: f64,
+    verdict: &'static str,
+    destination: String,
+    masquerade: bool,
+    path: Vec<String>,
+}
+
+fn to_json(trace: &Trace) -> String {
+    let doc = JsonTrace {
+        outcomes: trace
+            .outcomes
+            .iter()
+            .map(|o| JsonOutcome {
+                probability: o.probability,
+                verdict: o.verdict.as_str(),
+                destination: destination(&o.destination),
+                masquerade: o.masquerade,
+                path: o.path.iter().map(|r| r.short()).collect(),
+            })
+            .collect(),
+        unevaluated: trace.unevaluated.iter().map(|u| u.to_string()).collect(),
+    };
+    serde_json::to_string(&doc).expect("plain data serialises")
 }
 
 fn print_table(trace: &Trace) {

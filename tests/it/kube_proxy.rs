@@ -369,3 +369,137 @@ fn kube_proxy_cases() {
         failures.join("\n")
     );
 }
+
+/// One packet flow of kube-proxy's tests: where a new connection ends up (the DNAT
+/// destinations, or the verdict of a filter rule) and whether it is masqueraded.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Flow {
+    name: String,
+    #[serde(rename = "sourceIP")]
+    source_ip: std::net::IpAddr,
+    protocol: String,
+    #[serde(rename = "destIP")]
+    dest_ip: std::net::IpAddr,
+    dest_port: u16,
+    output: String,
+    masq: bool,
+}
+
+/// kube-proxy's tracer in svcnat's terms: the DNAT destinations of all outcomes, or
+/// the verdict of an explicit ACCEPT/DROP/REJECT in the filter chains it runs
+/// (KUBE-SERVICES, KUBE-EXTERNAL-SERVICES, KUBE-NODEPORTS, KUBE-PROXY-FIREWALL), or
+/// nothing; masquerade if any outcome is marked or masqueraded.
+fn kube_proxy_view(
+    ruleset: &svcnat::ruleset::Ruleset,
+    trace: &svcnat::trace::Trace,
+    flow: &Flow,
+    mark: u32,
+) -> (String, bool) {
+    use svcnat::ruleset::{Table, Target};
+    let original = std::net::SocketAddr::new(flow.dest_ip, flow.dest_port);
+    let mut outputs: Vec<String> = Vec::new();
+    let mut masq = false;
+    for o in &trace.outcomes {
+        masq |= o.masquerade || o.mark & mark != 0;
+        let out = if o.destination != original {
+            o.destination.to_string()
+        } else {
+            let explicit = o.path.iter().rev().find_map(|r| {
+                let filter_chain = [
+                    "KUBE-SERVICES",
+                    "KUBE-EXTERNAL-SERVICES",
+                    "KUBE-NODEPORTS",
+                    "KUBE-PROXY-FIREWALL",
+                ]
+                .contains(&r.chain.as_str());
+                if r.table != Table::Filter || !filter_chain {
+                    return None;
+                }
+                let rule = &ruleset.chain(Table::Filter, r.chain.as_str())?.rules[r.index - 1];
+                match rule.target {
+                    Some(Target::Accept) => Some("ACCEPT"),
+                    Some(Target::Drop) => Some("DROP"),
+                    Some(Target::Reject) => Some("REJECT"),
+                    _ => None,
+                }
+            });
+            explicit.unwrap_or("").to_owned()
+        };
+        if !outputs.contains(&out) {
+            outputs.push(out);
+        }
+    }
+    outputs.sort();
+    (outputs.join(", "), masq)
+}
+
+fn run_flows(dir: &Path) -> Result<usize, String> {
+    use svcnat::trace::{Node, Packet};
+    let state = state_from_list(&read(dir, "input.json"));
+    let case: CaseConfig = serde_json::from_str(&read(dir, "config.json")).unwrap();
+    let flows: Vec<Flow> = serde_json::from_str(&read(dir, "flows.json")).unwrap();
+    let config = case.proxy_config();
+    let compiled = svcnat::compile::compile(&state, &config).map_err(|e| e.to_string())?;
+    let ruleset =
+        svcnat::trace::traceable(&compiled, &svcnat::compile::jump_rules(&config).unwrap());
+    // kube-proxy's tracer counts 127.0.0.1, ::1 and the node IPs as local.
+    let mut local = config.node_ips.clone();
+    local.push("::1".parse().unwrap());
+    let node = Node::new(local);
+    let mut failures = Vec::new();
+    for flow in &flows {
+        let protocol = match flow.protocol.as_str() {
+            "" | "TCP" => svcnat::model::Protocol::Tcp,
+            "UDP" => svcnat::model::Protocol::Udp,
+            "SCTP" => svcnat::model::Protocol::Sctp,
+            other => panic!("protocol {other}"),
+        };
+        // kube-proxy's tracer starts every packet in nat PREROUTING.
+        let packet =
+            Packet::new(protocol, flow.source_ip, flow.dest_ip, flow.dest_port).arriving_on("eth0");
+        let trace = svcnat::trace::trace(&ruleset, &packet, &node).map_err(|e| e.to_string())?;
+        let mut expected: Vec<&str> = flow.output.split(", ").collect();
+        expected.sort();
+        let expected = expected.join(", ");
+        let (output, masq) = kube_proxy_view(&ruleset, &trace, flow, config.masquerade_mark());
+        if output != expected || masq != flow.masq {
+            failures.push(format!(
+                "{}: expected {expected:?} masq {}, got {output:?} masq {masq}",
+                flow.name, flow.masq
+            ));
+        }
+    }
+    if failures.is_empty() {
+        Ok(flows.len())
+    } else {
+        Err(failures.join("\n"))
+    }
+}
+
+#[test]
+fn kube_proxy_packet_flows() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/kube-proxy");
+    let mut dirs: Vec<_> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("flows.json").exists())
+        .collect();
+    dirs.sort();
+    let mut total = 0;
+    let mut failures = Vec::new();
+    for d in &dirs {
+        match run_flows(d) {
+            Ok(n) => total += n,
+            Err(e) => failures.push(format!("== {}\n{e}", d.display())),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases differ:\n{}",
+        failures.len(),
+        dirs.len(),
+        failures.join("\n")
+    );
+    assert!(total > 200, "only {total} flows checked");
+}
