@@ -448,4 +448,104 @@ pub(crate) mod example_cli {
         assert_eq!(code, 2);
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    #[test]
+    fn trace_example_contract() {
+        let cluster = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/cluster.json");
+        let base = [
+            "--node-ip",
+            "192.168.0.10",
+            "--cluster-cidr",
+            "10.244.0.0/16",
+            "--cluster",
+            cluster,
+        ];
+        // A NodePort from outside: both ready endpoints, half each, masqueraded.
+        let mut args = base.to_vec();
+        args.extend([
+            "--src",
+            "203.0.113.7",
+            "--dst",
+            "192.168.0.10",
+            "--proto",
+            "tcp",
+            "--dport",
+            "30080",
+            "--json",
+        ]);
+        let (code, out, err) = run_example("trace", &args, "");
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(out.lines().count(), 1, "one JSON object: {out}");
+        let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let keys: Vec<&str> = doc
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(keys.len(), 2);
+        assert!(out.starts_with("{\"outcomes\":[{\"probability\":"), "{out}");
+        let outcomes = doc["outcomes"].as_array().unwrap();
+        let total: f64 = outcomes
+            .iter()
+            .map(|o| o["probability"].as_f64().unwrap())
+            .sum();
+        assert!((total - 1.0).abs() < 1e-9, "{total}");
+        let mut dests: Vec<&str> = outcomes
+            .iter()
+            .map(|o| o["destination"].as_str().unwrap())
+            .collect();
+        dests.sort();
+        assert_eq!(dests, ["10.244.0.12:8080", "10.244.1.13:8080"]);
+        for o in outcomes {
+            assert_eq!(o["verdict"], "accept");
+            assert_eq!(o["masquerade"], true);
+            assert!(
+                o["path"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|p| p.as_str().unwrap().contains(':'))
+            );
+        }
+        assert!(doc["unevaluated"].as_array().unwrap().is_empty());
+        // The service without endpoints is rejected, shown as a table without --json.
+        let mut args = base.to_vec();
+        args.extend([
+            "--src",
+            "10.244.1.5",
+            "--dst",
+            "10.96.7.40",
+            "--proto",
+            "tcp",
+            "--dport",
+            "8080",
+            "--from",
+            "local",
+        ]);
+        let (code, out, _) = run_example("trace", &args, "");
+        assert_eq!(code, 0);
+        assert!(out.lines().next().unwrap().contains("probability"), "{out}");
+        assert!(out.contains("reject"), "{out}");
+        // Bad input: exit 2, one line.
+        let mut args = base.to_vec();
+        args.extend([
+            "--src",
+            "10.244.1.5",
+            "--dst",
+            "nope",
+            "--proto",
+            "tcp",
+            "--dport",
+            "80",
+        ]);
+        let (code, out, err) = run_example("trace", &args, "");
+        assert_eq!(
+            (code, out.as_str(), err.lines().count()),
+            (2, "", 1),
+            "{err}"
+        );
+        let (code, _, _) = run_example("trace", &["--src", "1.2.3.4"], "");
+        assert_eq!(code, 2);
+    }
 }
