@@ -19,7 +19,7 @@
 //! conntrack addrtype statistic recent nfacct multiport set physdev`, and the
 //! targets `-j CHAIN`, `-g CHAIN`, `ACCEPT DROP RETURN REJECT DNAT SNAT
 //! MASQUERADE MARK`. Any other module or target, and options of a known one that
-//! svcnat does not model, are kept verbatim as [`Match::Other`] /
+//! svcnat does not model, are kept verbatim as [`Match::Other`](crate::ruleset::Match::Other) /
 //! [`Target::Other`] and print back unchanged, so real dumps load. Counters are
 //! read and dropped.
 //!
