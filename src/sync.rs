@@ -209,8 +209,14 @@ pub struct SyncReport {
     pub bytes: usize,
     /// Conntrack entries the caller should delete (see [`Executor::clear_conntrack`]).
     pub stale_flows: Vec<StaleFlow>,
-    /// Services left out because they are invalid, with the reason.
+    /// Services left out because they are invalid, with the reason. A partial sync
+    /// reports only the services it recompiled.
     pub rejected: Vec<CompileError>,
+    /// Parts of EndpointSlices ignored, as kube-proxy ignores them, without dropping
+    /// their service: a port that matches no service port (the usual state while a
+    /// Service's ports change and its slices catch up), port 0, an address of the
+    /// other family.
+    pub warnings: Vec<CompileError>,
 }
 
 /// Why a sync failed. The [`Syncer`] is left ready: its next sync is a full one.
@@ -246,6 +252,8 @@ pub struct Syncer<E: Executor> {
     trusted: bool,
     full_resync_period: Option<Duration>,
     last_full: Option<Instant>,
+    /// Stale flows of syncs that failed, reported with the next successful one.
+    pending_flows: Vec<StaleFlow>,
 }
 
 impl<E: Executor> Syncer<E> {
@@ -264,6 +272,7 @@ impl<E: Executor> Syncer<E> {
             trusted: false,
             full_resync_period: None,
             last_full: None,
+            pending_flows: Vec::new(),
         })
     }
 
@@ -287,6 +296,23 @@ impl<E: Executor> Syncer<E> {
     /// The executor, mutably (for example to script a failure in tests).
     pub fn executor_mut(&mut self) -> &mut E {
         &mut self.executor
+    }
+
+    /// Replaces the config (a new node address or zone, say); the next sync is a full
+    /// one, as kube-proxy resyncs fully on a topology change.
+    ///
+    /// # Errors
+    /// An invalid config; the old one stays.
+    pub fn set_config(&mut self, config: ProxyConfig) -> Result<(), CompileError> {
+        Context::new(&config)?;
+        self.config = config;
+        self.trusted = false;
+        Ok(())
+    }
+
+    /// The config.
+    pub fn config(&self) -> &ProxyConfig {
+        &self.config
     }
 
     /// Makes the next sync a full one.
@@ -388,8 +414,18 @@ impl<E: Executor> Syncer<E> {
         self.config.ip_family
     }
 
+    /// This sync's stale flows plus those of failed syncs before it.
+    fn take_flows(&mut self, flows: Vec<StaleFlow>) -> Vec<StaleFlow> {
+        let mut all = std::mem::take(&mut self.pending_flows);
+        all.extend(flows);
+        all.sort();
+        all.dedup();
+        all
+    }
+
     fn full_sync(&mut self, now: Instant) -> Result<SyncReport, SyncError> {
-        let (ctx, services, rejected) = compile_services(&self.state, &self.config, false)?;
+        let (ctx, services, rejected, warnings) =
+            compile_services(&self.state, &self.config, false)?;
         let ruleset = fixed::assemble(&ctx, services.iter());
         let mut payload = plan(None, &ruleset);
         // Service chains left in the kernel by an earlier run: flush and delete. A
@@ -446,8 +482,9 @@ impl<E: Executor> Syncer<E> {
             full: true,
             bytes: text.len(),
             payload,
-            stale_flows,
+            stale_flows: self.take_flows(stale_flows),
             rejected,
+            warnings,
         })
     }
 
@@ -456,10 +493,12 @@ impl<E: Executor> Syncer<E> {
         let family = self.family();
         let applied = self.applied.as_mut().expect("checked by sync_at");
         let mut rejected = Vec::new();
+        let mut warnings = Vec::new();
         let mut changes = Vec::new();
         let mut total = applied.endpoint_total;
         for key in &self.dirty {
-            let new = match compile_one(&self.state, key, &self.config, &applied.ctx) {
+            let new = match compile_one(&self.state, key, &self.config, &applied.ctx, &mut warnings)
+            {
                 Ok(rules) => rules,
                 Err(e) => {
                     rejected.push(e);
@@ -552,6 +591,9 @@ impl<E: Executor> Syncer<E> {
                 .executor
                 .restore(family, &text, RestoreOptions::default())
         {
+            // The rules are not known to be applied, but the flows they make stale
+            // are: keep them for the next successful sync.
+            self.pending_flows.extend(stale_flows);
             self.trusted = false;
             return Err(e.into());
         }
@@ -559,8 +601,9 @@ impl<E: Executor> Syncer<E> {
             full: false,
             bytes: text.len(),
             payload,
-            stale_flows,
+            stale_flows: self.take_flows(stale_flows),
             rejected,
+            warnings,
         }))
     }
 }

@@ -91,9 +91,13 @@ impl Context {
             }
         }
         let nodeport_all = cidrs.is_empty() || cidrs.iter().any(|c| c.prefix_len() == 0);
-        let loopback4 = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        // kube-proxy: a CIDR inside 127.0.0.0/8, or one that holds 127.0.0.0.
+        let loopback_start = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0));
         let contains_loopback4 = family == IpFamily::IPv4
-            && (nodeport_all || cidrs.iter().any(|c| c.contains(&loopback4)));
+            && (nodeport_all
+                || cidrs
+                    .iter()
+                    .any(|c| c.network().is_loopback() || c.contains(&loopback_start)));
         let localhost_nodeports = config.localhost_nodeports && contains_loopback4;
         let mut nodeport_ips: Vec<IpAddr> = if nodeport_all {
             Vec::new()

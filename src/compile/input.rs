@@ -249,10 +249,12 @@ pub(crate) fn validate_service(svc: &Service, config: &ProxyConfig) -> Result<()
     Ok(())
 }
 
-/// Checks a slice against its service (ports must match service ports).
-pub(crate) fn validate_slice(slice: &EndpointSlice, svc: &Service) -> Result<(), CompileError> {
+/// Every problem of a slice, checked against its service (its ports must match
+/// service ports).
+pub(crate) fn slice_problems(slice: &EndpointSlice, svc: &Service) -> Vec<CompileError> {
+    let mut out = Vec::new();
     if !is_dns1123_subdomain(&slice.name) {
-        return Err(slice_err(
+        out.push(slice_err(
             slice,
             "metadata.name",
             Problem::InvalidName {
@@ -263,7 +265,7 @@ pub(crate) fn validate_slice(slice: &EndpointSlice, svc: &Service) -> Result<(),
     }
     for (i, p) in slice.ports.iter().enumerate() {
         if p.port == 0 {
-            return Err(slice_err(
+            out.push(slice_err(
                 slice,
                 format!("ports[{i}].port"),
                 Problem::PortZero,
@@ -274,7 +276,7 @@ pub(crate) fn validate_slice(slice: &EndpointSlice, svc: &Service) -> Result<(),
             .iter()
             .any(|sp| sp.name == p.name && sp.protocol == p.protocol)
         {
-            return Err(slice_err(
+            out.push(slice_err(
                 slice,
                 format!("ports[{i}]"),
                 Problem::UnknownEndpointPort {
@@ -287,7 +289,7 @@ pub(crate) fn validate_slice(slice: &EndpointSlice, svc: &Service) -> Result<(),
             .iter()
             .any(|q| q.name == p.name && q.protocol == p.protocol)
         {
-            return Err(slice_err(
+            out.push(slice_err(
                 slice,
                 format!("ports[{i}].name"),
                 Problem::DuplicatePortName {
@@ -298,7 +300,7 @@ pub(crate) fn validate_slice(slice: &EndpointSlice, svc: &Service) -> Result<(),
     }
     for (i, ep) in slice.endpoints.iter().enumerate() {
         if !slice.address_type.contains(&ep.address) {
-            return Err(slice_err(
+            out.push(slice_err(
                 slice,
                 format!("endpoints[{i}].addresses[0]"),
                 Problem::WrongFamily {
@@ -308,19 +310,29 @@ pub(crate) fn validate_slice(slice: &EndpointSlice, svc: &Service) -> Result<(),
             ));
         }
     }
-    Ok(())
+    out
 }
 
 /// Validates a service and its slices, then reduces them to the proxy's family.
 /// `Ok(None)` for a service kube-proxy skips: headless, or no cluster IP of this family.
+///
+/// A slice's problems are errors when `strict`; otherwise the invalid parts are
+/// skipped (the first matching port of a name wins, a port 0 or an address of the
+/// wrong family is ignored) and the problems are pushed to `warnings`.
 pub(crate) fn service_input<'a>(
     svc: &'a Service,
     slices: &[&'a EndpointSlice],
     config: &ProxyConfig,
+    strict: bool,
+    warnings: &mut Vec<CompileError>,
 ) -> Result<Option<ServiceInput<'a>>, CompileError> {
     validate_service(svc, config)?;
     for slice in slices {
-        validate_slice(slice, svc)?;
+        let mut problems = slice_problems(slice, svc);
+        if strict && !problems.is_empty() {
+            return Err(problems.swap_remove(0));
+        }
+        warnings.extend(problems);
     }
     let family = config.ip_family;
     let Some(cluster_ip) = svc
@@ -370,6 +382,8 @@ pub(crate) fn service_input<'a>(
             .iter()
             .copied()
             .filter(|n| family.contains(&n.addr()))
+            // Printed as kube-proxy prints a parsed network: host bits cleared.
+            .map(|n| n.trunc())
             .collect(),
         affinity_seconds: match svc.session_affinity {
             SessionAffinity::None => None,
@@ -406,11 +420,15 @@ fn port_endpoints<'a>(
         let Some(ep_port) = slice
             .ports
             .iter()
-            .find(|p| p.name == port.name && p.protocol == port.protocol)
+            .find(|p| p.name == port.name && p.protocol == port.protocol && p.port != 0)
         else {
             continue;
         };
-        for endpoint in &slice.endpoints {
+        for endpoint in slice
+            .endpoints
+            .iter()
+            .filter(|e| family.contains(&e.address))
+        {
             let addr = SocketAddr::new(endpoint.address, ep_port.port);
             let text = endpoint_string(&addr);
             let local = node_name.is_some() && endpoint.node_name.as_deref() == node_name;

@@ -109,6 +109,10 @@ pub struct Lenient {
     pub ruleset: Ruleset,
     /// One error per service left out, in service order.
     pub rejected: Vec<CompileError>,
+    /// Parts of EndpointSlices ignored without dropping their service, as kube-proxy
+    /// ignores them: a port that matches no service port (usual while a Service's
+    /// ports change and its slices catch up), port 0, an address of the other family.
+    pub warnings: Vec<CompileError>,
 }
 
 /// Compiles a cluster state into the ruleset for `config.ip_family`.
@@ -120,13 +124,15 @@ pub struct Lenient {
 /// The first invalid service, slice or config field, as a [`CompileError`] naming
 /// the object and field. Nothing is returned in that case: no partial ruleset.
 pub fn compile(state: &ClusterState, config: &ProxyConfig) -> Result<Ruleset, CompileError> {
-    let (ctx, services, _) = compile_services(state, config, true)?;
+    let (ctx, services, _, _) = compile_services(state, config, true)?;
     Ok(fixed::assemble(&ctx, services.iter()))
 }
 
-/// Like [`compile`], but a service with an invalid field (or an invalid slice) is
-/// left out and reported, as kube-proxy logs and skips bad objects, so a daemon
-/// keeps serving every valid service.
+/// Like [`compile`], but a service with an invalid field is left out and reported,
+/// as kube-proxy logs and skips bad objects, so a daemon keeps serving every valid
+/// service. An invalid part of an EndpointSlice (a port matching no service port, an
+/// address of the wrong family) only drops that part, as in kube-proxy, and is
+/// reported in [`Lenient::warnings`].
 ///
 /// # Errors
 /// Only an invalid config, which affects every service.
@@ -134,10 +140,11 @@ pub fn compile_lenient(
     state: &ClusterState,
     config: &ProxyConfig,
 ) -> Result<Lenient, CompileError> {
-    let (ctx, services, rejected) = compile_services(state, config, false)?;
+    let (ctx, services, rejected, warnings) = compile_services(state, config, false)?;
     Ok(Lenient {
         ruleset: fixed::assemble(&ctx, services.iter()),
         rejected,
+        warnings,
     })
 }
 
@@ -148,24 +155,34 @@ pub(crate) fn compile_one(
     key: &crate::model::ServiceKey,
     config: &ProxyConfig,
     ctx: &Context,
+    warnings: &mut Vec<CompileError>,
 ) -> Result<Option<ServiceRules>, CompileError> {
     let Some(svc) = state.service(key) else {
         return Ok(None);
     };
-    match inputs_of(state, svc, config)? {
+    match inputs_of(state, svc, config, false, warnings)? {
         Some(input) => service::service_rules(&input, ctx).map(Some),
         None => Ok(None),
     }
 }
 
-/// Compiles every service with the cluster-size rule applied: the context used and
-/// the rules of each valid service. `strict` stops at the first invalid service;
-/// otherwise invalid services are left out and returned.
+/// What [`compile_services`] returns: the context used, the rules of each valid
+/// service, the rejected services and the ignored slice parts.
+pub(crate) type Compiled = (
+    Context,
+    Vec<ServiceRules>,
+    Vec<CompileError>,
+    Vec<CompileError>,
+);
+
+/// Compiles every service with the cluster-size rule applied. `strict` stops at the
+/// first invalid service or slice; otherwise invalid services are left out and
+/// returned, and invalid slice parts are ignored and returned as warnings.
 pub(crate) fn compile_services(
     state: &ClusterState,
     config: &ProxyConfig,
     strict: bool,
-) -> Result<(Context, Vec<ServiceRules>, Vec<CompileError>), CompileError> {
+) -> Result<Compiled, CompileError> {
     let ctx = Context::new(config)?;
     let mut rejected = Vec::new();
     let mut keep = |result: Result<(), CompileError>| match result {
@@ -177,8 +194,11 @@ pub(crate) fn compile_services(
         Ok(()) => Ok(()),
     };
     let mut inputs = Vec::new();
+    let mut warnings = Vec::new();
     for svc in state.services() {
-        keep(inputs_of(state, svc, config).map(|input| inputs.extend(input)))?;
+        keep(
+            inputs_of(state, svc, config, strict, &mut warnings).map(|input| inputs.extend(input)),
+        )?;
     }
     let total = inputs
         .iter()
@@ -191,15 +211,17 @@ pub(crate) fn compile_services(
         keep(service::service_rules(input, &ctx).map(|rules| services.push(rules)))?;
     }
     rejected.sort_by(|a, b| a.service().cmp(&b.service()));
-    Ok((ctx, services, rejected))
+    Ok((ctx, services, rejected, warnings))
 }
 
 fn inputs_of<'a>(
     state: &'a ClusterState,
     svc: &'a Service,
     config: &ProxyConfig,
+    strict: bool,
+    warnings: &mut Vec<CompileError>,
 ) -> Result<Option<ServiceInput<'a>>, CompileError> {
     let key = svc.key();
     let slices: Vec<&EndpointSlice> = state.slices_of(&key).collect();
-    input::service_input(svc, &slices, config)
+    input::service_input(svc, &slices, config, strict, warnings)
 }

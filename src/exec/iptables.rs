@@ -152,8 +152,10 @@ impl IptablesRestore {
         args: &[String],
         stdin: Option<&str>,
     ) -> Result<(Option<i32>, String, String), ExecError> {
+        // With a prefix, the program that failed to start is the prefix's.
+        let program = self.prefix.first().map_or(binary, String::as_str);
         let spawn_err = |source| ExecError::Spawn {
-            binary: binary.to_owned(),
+            binary: program.to_owned(),
             source,
         };
         let mut child = self

@@ -204,6 +204,39 @@ fn lenient_mode_keeps_the_valid_services() {
 }
 
 #[test]
+fn lenient_mode_ignores_bad_slice_parts_but_keeps_the_service() {
+    let mut sl = slice(
+        "ns1",
+        "svc1",
+        &[("p80", 80), ("gone", 81)],
+        vec![ready("10.180.0.1"), ready("fd00::1")],
+    );
+    sl.address_type = IpFamily::IPv4;
+    let s = state(vec![svc1()], vec![sl]);
+    assert!(
+        compile(&s, &config()).is_err(),
+        "strict mode refuses the slice"
+    );
+    let lenient = compile_lenient(&s, &config()).unwrap();
+    assert!(lenient.rejected.is_empty());
+    let warnings: Vec<String> = lenient.warnings.iter().map(|w| w.to_string()).collect();
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(warnings[0].contains("ports[1]: endpoint port \"gone\"/tcp matches no service port"));
+    assert!(warnings[1].contains("endpoints[1].addresses[0]: fd00::1 is not an IPv4 address"));
+    // The usable parts compile as if the bad ones were not there.
+    let clean = state(
+        vec![svc1()],
+        vec![slice(
+            "ns1",
+            "svc1",
+            &[("p80", 80)],
+            vec![ready("10.180.0.1")],
+        )],
+    );
+    assert_eq!(lenient.ruleset, compile(&clean, &config()).unwrap());
+}
+
+#[test]
 fn skipped_services_are_not_errors() {
     // Headless (no cluster IP) and other-family services get no rules.
     let mut headless = svc1();

@@ -414,3 +414,22 @@ fn jump_rules_from_builtin_chains() {
             .all(|j| j.rule.jump_target().unwrap().as_str() != "KUBE-FIREWALL")
     );
 }
+
+#[test]
+fn source_ranges_print_masked_as_kube_proxy_does() {
+    let mut s = lb("svc5");
+    s.load_balancer_source_ranges = vec!["203.0.113.5/25".parse().unwrap()];
+    let text = service_rules(&one(s, vec![remote("10.180.0.3")]), &config());
+    assert!(text.contains("-s 203.0.113.0/25 -j KUBE-EXT-"), "{text}");
+}
+
+#[test]
+fn nodeport_addresses_loopback_detection_matches_kube_proxy() {
+    // kube-proxy keeps localhost node ports for a CIDR inside 127.0.0.0/8.
+    let cfg = config()
+        .with_node_ips([ip("192.168.0.2"), ip("127.0.0.5")])
+        .with_nodeport_addresses([NodePortAddress::Cidr("127.0.0.5/32".parse().unwrap())]);
+    let text = render(&ClusterState::new(), &cfg);
+    assert!(text.contains("-d 127.0.0.5 -j KUBE-NODEPORTS"), "{text}");
+    assert!(text.contains(":KUBE-FIREWALL - [0:0]"), "{text}");
+}

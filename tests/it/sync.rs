@@ -403,3 +403,117 @@ proptest! {
         }
     }
 }
+
+fn udp_service() -> Service {
+    Service {
+        ports: vec![ServicePort::tcp("dns", 53).with_protocol(Protocol::Udp)],
+        ..service("ns1", "dns", "172.30.0.10", &[])
+    }
+}
+
+fn udp_slice(ips: &[&str]) -> EndpointSlice {
+    let mut s = slice("ns1", "dns", &[], ips.iter().map(|i| ready(i)).collect());
+    s.ports.push(EndpointPort {
+        name: "dns".into(),
+        protocol: Protocol::Udp,
+        port: 5353,
+    });
+    s
+}
+
+#[test]
+fn stale_flows_survive_a_failed_partial_sync() {
+    let mut syncer = Syncer::new(Recorder::new(), config()).unwrap();
+    syncer.upsert_service(udp_service());
+    syncer.upsert_slice(udp_slice(&["10.180.0.1", "10.180.0.2"]));
+    syncer.sync().unwrap();
+    syncer.upsert_slice(udp_slice(&["10.180.0.2"]));
+    syncer.executor_mut().fail_next_restores(1);
+    assert!(syncer.sync().is_err());
+    let recovery = syncer.sync().unwrap();
+    assert!(recovery.full);
+    let gone = StaleFlow {
+        protocol: Protocol::Udp,
+        destination: FlowDestination::Service("172.30.0.10:53".parse().unwrap()),
+        endpoint: Some(ip("10.180.0.1")),
+    };
+    assert_eq!(
+        recovery.stale_flows,
+        vec![gone],
+        "the failed sync's flows are reported once it recovers"
+    );
+    assert!(
+        syncer.sync().unwrap().stale_flows.is_empty(),
+        "and only once"
+    );
+}
+
+#[test]
+fn a_service_port_removed_before_its_slices_keeps_the_other_ports() {
+    let mut syncer = Syncer::new(Recorder::new(), config()).unwrap();
+    syncer.upsert_service(service(
+        "ns1",
+        "svc1",
+        "172.30.0.41",
+        &[("p80", 80), ("p81", 81)],
+    ));
+    syncer.upsert_slice(slice(
+        "ns1",
+        "svc1",
+        &[("p80", 80), ("p81", 81)],
+        vec![ready("10.180.0.1")],
+    ));
+    syncer.sync().unwrap();
+    // The Service update arrives first; the slice still lists p81.
+    syncer.upsert_service(service("ns1", "svc1", "172.30.0.41", &[("p80", 80)]));
+    let report = syncer.sync().unwrap();
+    assert!(report.rejected.is_empty(), "{:?}", report.rejected);
+    assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
+    assert!(
+        report.warnings[0]
+            .to_string()
+            .contains("\"p81\"/tcp matches no service port")
+    );
+    let rules = syncer
+        .executor()
+        .rules(IpFamily::IPv4, Table::Nat, "KUBE-SERVICES")
+        .unwrap();
+    assert!(
+        rules.iter().any(|r| r.contains("ns1/svc1:p80 cluster IP")),
+        "{rules:#?}"
+    );
+    assert!(!rules.iter().any(|r| r.contains("p81")), "{rules:#?}");
+}
+
+#[test]
+fn set_config_forces_a_full_sync_with_the_new_rules() {
+    let mut syncer = Syncer::new(Recorder::new(), config()).unwrap();
+    syncer.upsert_service(svc(1, &[("p80", 80)]));
+    syncer.upsert_slice(eps("svc1", &["10.180.0.1"]));
+    syncer.sync().unwrap();
+    assert!(
+        syncer.set_config(config().with_masquerade_bit(40)).is_err(),
+        "an invalid config is refused"
+    );
+    syncer
+        .set_config(config().with_masquerade_all(true))
+        .unwrap();
+    let report = syncer.sync().unwrap();
+    assert!(report.full);
+    assert_eq!(tables(syncer.executor()), {
+        let mut fresh = Syncer::new(Recorder::new(), config().with_masquerade_all(true)).unwrap();
+        fresh.replace_state(syncer.state().clone());
+        fresh.sync().unwrap();
+        tables(fresh.executor())
+    });
+}
+
+#[test]
+fn a_missing_binary_is_a_spawn_error_naming_it() {
+    let mut exec =
+        IptablesRestore::new(svcnat::exec::Backend::Nft).with_command_prefix(["/no/such/prefix"]);
+    match exec.restore(IpFamily::IPv4, "*nat\nCOMMIT\n", Default::default()) {
+        Err(ExecError::Spawn { binary, .. }) => assert_eq!(binary, "/no/such/prefix"),
+        other => panic!("{other:?}"),
+    }
+}
