@@ -38,20 +38,37 @@ fn masq_mark(ctx: &Context) -> Mark {
 /// filter first, then nat, as kube-proxy writes them.
 pub(crate) fn assemble<'a, I>(ctx: &Context, services: I) -> Ruleset
 where
-    I: Iterator<Item = &'a ServiceRules> + Clone,
+    I: Iterator<Item = &'a ServiceRules>,
 {
+    assemble_owned(ctx, services.cloned())
+}
+
+/// [`assemble`], moving the services' rules instead of copying them.
+pub(crate) fn assemble_owned(
+    ctx: &Context,
+    services: impl Iterator<Item = ServiceRules>,
+) -> Ruleset {
     let (mut filter, mut nat) = fixed_tables(ctx);
-    for which in SharedChain::ALL {
+    let mut shared: [Vec<Rule>; SharedChain::ALL.len()] = Default::default();
+    let mut own = Vec::new();
+    for svc in services {
+        for (which, rule) in svc.shared {
+            shared[which as usize].push(rule);
+        }
+        own.extend(svc.chains);
+    }
+    for (which, mut rules) in SharedChain::ALL.into_iter().zip(shared) {
+        if which == SharedChain::NatServices {
+            rules.extend(nodeport_jumps(ctx));
+        }
         let table = match which.table() {
             Table::Nat => &mut nat,
             _ => &mut filter,
         };
-        table.chain_mut(&which.chain()).rules = shared_rules(ctx, which, services.clone());
+        table.chain_mut(&which.chain()).rules = rules;
     }
-    for svc in services {
-        for chain in &svc.chains {
-            nat.chains.insert(chain.name.clone(), chain.clone());
-        }
+    for chain in own {
+        nat.chains.insert(chain.name.clone(), chain);
     }
     Ruleset {
         family: ctx.family,

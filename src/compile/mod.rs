@@ -125,7 +125,7 @@ pub struct Lenient {
 /// the object and field. Nothing is returned in that case: no partial ruleset.
 pub fn compile(state: &ClusterState, config: &ProxyConfig) -> Result<Ruleset, CompileError> {
     let (ctx, services, _, _) = compile_services(state, config, true)?;
-    Ok(fixed::assemble(&ctx, services.iter()))
+    Ok(fixed::assemble_owned(&ctx, services.into_iter()))
 }
 
 /// Like [`compile`], but a service with an invalid field is left out and reported,
@@ -142,7 +142,7 @@ pub fn compile_lenient(
 ) -> Result<Lenient, CompileError> {
     let (ctx, services, rejected, warnings) = compile_services(state, config, false)?;
     Ok(Lenient {
-        ruleset: fixed::assemble(&ctx, services.iter()),
+        ruleset: fixed::assemble_owned(&ctx, services.into_iter()),
         rejected,
         warnings,
     })
@@ -224,4 +224,17 @@ fn inputs_of<'a>(
     let key = svc.key();
     let slices: Vec<&EndpointSlice> = state.slices_of(&key).collect();
     input::service_input(svc, &slices, config, strict, warnings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SharedChain;
+
+    #[test]
+    fn shared_chain_order_matches_discriminants() {
+        // fixed::assemble_owned indexes an array by discriminant, in ALL's order.
+        for (i, which) in SharedChain::ALL.into_iter().enumerate() {
+            assert_eq!(which as usize, i);
+        }
+    }
 }
