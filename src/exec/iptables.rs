@@ -37,6 +37,11 @@ impl Backend {
 /// Runs the real iptables binaries, optionally behind a command prefix such as
 /// `ip netns exec NS` or `nsenter -n -t PID`.
 ///
+/// Restores run as `iptables-restore -w 5 --noflush --counters` (the lock wait needs
+/// iptables 1.6.2 or newer; [`IptablesRestore::with_wait`]`(None)` leaves it out for
+/// older versions, which then fail rather than wait if another program holds the
+/// xtables lock). Jump rules are checked with `-C` and inserted with `-I`.
+///
 /// ```no_run
 /// use svcnat::exec::{Backend, Executor, IptablesRestore, RestoreOptions};
 /// use svcnat::model::IpFamily;
