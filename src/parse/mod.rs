@@ -275,6 +275,11 @@ pub fn parse_payload_as(text: &str, family: IpFamily) -> Result<Payload, ParseEr
     )
 }
 
+/// True if `text` splits into words without an unterminated double quote.
+pub(crate) fn quotes_balanced(text: &str) -> bool {
+    tokenize(text).is_ok()
+}
+
 fn error_at(line_no: usize, line: &str, offset: usize, kind: ErrorKind) -> ParseError {
     ParseError {
         line: line_no,
@@ -289,6 +294,9 @@ fn parse_with(text: &str, mut family: FamilyCheck) -> Result<Payload, ParseError
     // The table being read (index into `tables`) and the line of its header.
     let mut current: Option<(usize, usize, String)> = None;
     let mut last_line = (0, String::new());
+    // Per table, per operation: the family a `-4`/`-6` rule was written for, when
+    // the ruleset's family was not known yet; decided at the end.
+    let mut tags: Vec<Vec<Option<IpFamily>>> = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let line_no = n + 1;
         last_line = (line_no, line.to_owned());
@@ -316,6 +324,7 @@ fn parse_with(text: &str, mut family: FamilyCheck) -> Result<Payload, ParseError
                         table,
                         ops: Vec::new(),
                     });
+                    tags.push(Vec::new());
                     tables.len() - 1
                 }
             };
@@ -334,8 +343,11 @@ fn parse_with(text: &str, mut family: FamilyCheck) -> Result<Payload, ParseError
         };
         let idx = *idx;
         let toks = tokenize(line).map_err(|(at, kind)| fail(at, kind))?;
-        let op = parse_line(line, &toks, &mut family).map_err(|(at, kind)| fail(at, kind))?;
-        tables[idx].ops.push(Operation { line: line_no, op });
+        let parsed = parse_line(line, &toks, &mut family).map_err(|(at, kind)| fail(at, kind))?;
+        if let Some((op, tag)) = parsed {
+            tables[idx].ops.push(Operation { line: line_no, op });
+            tags[idx].push(tag);
+        }
     }
     if let Some((idx, _, _)) = current {
         let (n, line) = last_line;
@@ -346,17 +358,62 @@ fn parse_with(text: &str, mut family: FamilyCheck) -> Result<Payload, ParseError
             ErrorKind::MissingCommit(tables[idx].table),
         ));
     }
-    Ok(Payload {
-        family: family.family.unwrap_or_default(),
-        tables,
-    })
+    let family = family.family.unwrap_or_default();
+    for (t, tags) in tables.iter_mut().zip(tags) {
+        let mut tags = tags.into_iter();
+        t.ops
+            .retain(|_| tags.next().flatten().is_none_or(|f| f == family));
+    }
+    Ok(Payload { family, tables })
 }
 
 fn chain_name(tok: &Token) -> Result<ChainName, rule::Fail> {
     ChainName::new(tok.text.clone()).map_err(|e| (tok.start, ErrorKind::Invalid(e)))
 }
 
-fn parse_line(line: &str, toks: &[Token], family: &mut FamilyCheck) -> Result<Op, rule::Fail> {
+/// The family a rule is restricted to by `-4`/`--ipv4` or `-6`/`--ipv6`.
+fn rule_family(toks: &[Token]) -> Option<IpFamily> {
+    toks.iter().enumerate().find_map(|(i, t)| {
+        let after_comment = i > 0 && !toks[i - 1].quoted && toks[i - 1].text == "--comment";
+        if t.quoted || after_comment {
+            return None;
+        }
+        match t.text.as_str() {
+            "-4" | "--ipv4" => Some(IpFamily::IPv4),
+            "-6" | "--ipv6" => Some(IpFamily::IPv6),
+            _ => None,
+        }
+    })
+}
+
+/// A rule's words as a [`Rule`], with the family of its `-4`/`-6` flag when the
+/// ruleset's family is not known yet; `None` for a rule of the other family,
+/// which `iptables-restore` skips (`-6` in IPv4 input, `-4` in IPv6 input).
+type FamilyRule = Option<(Rule, Option<IpFamily>)>;
+
+fn family_rule(
+    line: &str,
+    toks: &[Token],
+    family: &mut FamilyCheck,
+) -> Result<FamilyRule, rule::Fail> {
+    match (rule_family(toks), family.family) {
+        (None, _) => Ok(Some((parse_rule(line, toks, family)?, None))),
+        (Some(f), Some(known)) if f != known => Ok(None),
+        (Some(_), Some(_)) => Ok(Some((parse_rule(line, toks, family)?, None))),
+        (Some(f), None) => {
+            let mut own = FamilyCheck { family: Some(f) };
+            Ok(Some((parse_rule(line, toks, &mut own)?, Some(f))))
+        }
+    }
+}
+
+/// One line as an operation, with the family its rule is restricted to (see
+/// [`family_rule`]); `None` for a rule skipped as of the other family.
+fn parse_line(
+    line: &str,
+    toks: &[Token],
+    family: &mut FamilyCheck,
+) -> Result<Option<(Op, Option<IpFamily>)>, rule::Fail> {
     let mut toks = toks;
     // A rule may start with its counters: `[12:345] -A CHAIN …`.
     if let Some(first) = toks.first()
@@ -394,7 +451,7 @@ fn parse_line(line: &str, toks: &[Token], family: &mut FamilyCheck) -> Result<Op
         if let Some(extra) = toks.get(3) {
             return Err((extra.start, ErrorKind::UnexpectedToken(extra.text.clone())));
         }
-        return Ok(Op::Declare { chain, policy });
+        return Ok(Some((Op::Declare { chain, policy }, None)));
     }
     let command = first.text.as_str();
     let chain_tok = toks.get(1);
@@ -435,11 +492,14 @@ fn parse_line(line: &str, toks: &[Token], family: &mut FamilyCheck) -> Result<Op
         }
         None => Ok(None),
     };
-    Ok(match command {
-        "-A" | "--append" => Op::Append {
-            chain: need_chain()?,
-            rule: parse_rule(line, &toks[2..], family)?,
-        },
+    let op = match command {
+        "-A" | "--append" => {
+            let chain = need_chain()?;
+            let Some((rule, tag)) = family_rule(line, &toks[2..], family)? else {
+                return Ok(None);
+            };
+            return Ok(Some((Op::Append { chain, rule }, tag)));
+        }
         "-I" | "--insert" => {
             let chain = need_chain()?;
             let (position, rest) = if is_number(toks.get(2)) {
@@ -447,11 +507,17 @@ fn parse_line(line: &str, toks: &[Token], family: &mut FamilyCheck) -> Result<Op
             } else {
                 (1, toks.get(2..).unwrap_or(&[]))
             };
-            Op::Insert {
-                chain,
-                position,
-                rule: parse_rule(line, rest, family)?,
-            }
+            let Some((rule, tag)) = family_rule(line, rest, family)? else {
+                return Ok(None);
+            };
+            return Ok(Some((
+                Op::Insert {
+                    chain,
+                    position,
+                    rule,
+                },
+                tag,
+            )));
         }
         "-D" | "--delete" => {
             let chain = need_chain()?;
@@ -461,10 +527,11 @@ fn parse_line(line: &str, toks: &[Token], family: &mut FamilyCheck) -> Result<Op
                     position: position(&toks[2])?,
                 }
             } else {
-                Op::Delete {
-                    chain,
-                    rule: parse_rule(line, toks.get(2..).unwrap_or(&[]), family)?,
-                }
+                let rest = toks.get(2..).unwrap_or(&[]);
+                let Some((rule, tag)) = family_rule(line, rest, family)? else {
+                    return Ok(None);
+                };
+                return Ok(Some((Op::Delete { chain, rule }, tag)));
             }
         }
         "-N" | "--new-chain" => {
@@ -495,7 +562,8 @@ fn parse_line(line: &str, toks: &[Token], family: &mut FamilyCheck) -> Result<Op
             Op::SetPolicy { chain, policy }
         }
         _ => return Err((first.start, ErrorKind::UnknownCommand(first.text.clone()))),
-    })
+    };
+    Ok(Some((op, None)))
 }
 
 /// `-j NAME` to a chain the table never declares is a target svcnat does not

@@ -43,7 +43,11 @@ fn dnat_without_a_port_is_a_dnat() {
     let p = Packet::tcp(ip("10.1.2.3"), ip("192.168.0.2"), 80);
     let t = trace(&r, &p, &Node::new([ip("192.168.0.2")])).unwrap();
     assert_eq!(t.outcomes.len(), 1);
-    assert_eq!(t.outcomes[0].destination, "10.0.0.9:80".parse().unwrap(), "{t:?}");
+    assert_eq!(
+        t.outcomes[0].destination,
+        "10.0.0.9:80".parse().unwrap(),
+        "{t:?}"
+    );
 }
 
 // A packet a local process sends to the node itself comes back in on `lo`;
@@ -66,7 +70,12 @@ fn local_traffic_to_the_node_enters_filter_input_on_lo() {
 // hardening scripts); `-4`/`-6` are valid in restore input.
 #[test]
 fn core_options_f_4_6_are_accepted() {
-    for rule in ["-f -j DROP", "! -f -j ACCEPT", "-4 -s 10.0.0.1/32 -j ACCEPT", "-6 -j ACCEPT"] {
+    for rule in [
+        "-f -j DROP",
+        "! -f -j ACCEPT",
+        "-4 -s 10.0.0.1/32 -j ACCEPT",
+        "-6 -j ACCEPT",
+    ] {
         let text = format!("*filter\n:INPUT ACCEPT [0:0]\n-A INPUT {rule}\nCOMMIT\n");
         assert!(parse(&text).is_ok(), "{rule}: {:?}", parse(&text));
     }
@@ -129,4 +138,334 @@ fn a_comment_starting_with_a_dash_is_a_comment() {
     let r = parse(text).unwrap();
     let again = parse(&svcnat::render::to_string(&r)).unwrap();
     assert_eq!(again, r);
+}
+
+// ---- Further regressions, one per fix that the review's tests leave open. ----
+
+fn filter_input(rules: &str) -> String {
+    format!(
+        "*filter\n:INPUT DROP [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n{rules}COMMIT\n"
+    )
+}
+
+fn verdict(r: &svcnat::ruleset::Ruleset, p: &Packet) -> Verdict {
+    let t = trace(r, p, &Node::new([ip("192.168.0.2")])).unwrap();
+    assert_eq!(t.outcomes.len(), 1, "{t:?}");
+    t.outcomes[0].verdict
+}
+
+// iptables-restore does not group with single quotes: `it's` is one word.
+#[test]
+fn a_single_quote_is_an_ordinary_character() {
+    let text =
+        filter_input("-A INPUT -p tcp -m tcp --dport 22 -m comment --comment it's -j ACCEPT\n");
+    let r = parse(&text).unwrap();
+    let rule = &r.chain(Table::Filter, "INPUT").unwrap().rules[0];
+    assert!(
+        rule.matches.iter().any(
+            |m| matches!(m, Match::OtherComment(raw) if raw.as_str() == "-m comment --comment it's")
+        ),
+        "{rule:?}"
+    );
+    let p = Packet::tcp(ip("10.1.2.3"), ip("192.168.0.2"), 22);
+    assert_eq!(verdict(&r, &p), Verdict::Accept);
+}
+
+// A comment Comment refuses is kept as written, escapes included, and prints back
+// the same.
+#[test]
+fn escaped_comments_render_back_verbatim() {
+    let line =
+        "-A INPUT -p tcp -m tcp --dport 22 -m comment --comment \"\\'dapp_OpenSSH\\'\" -j ACCEPT";
+    let r = parse(&filter_input(&format!("{line}\n"))).unwrap();
+    let text = svcnat::render::to_string(&r);
+    assert!(text.contains(line), "{text}");
+    assert_eq!(parse(&text).unwrap(), r);
+}
+
+// A quoted word is a value even when it looks like an option or `!`; an
+// unquoted one after `--comment` is the comment too, as getopt takes it.
+#[test]
+fn comments_that_look_like_options_are_comments() {
+    for comment in ["\"-j\"", "\"!\"", "\"-x y\"", "-x", "--dport"] {
+        let text = filter_input(&format!(
+            "-A INPUT -p tcp -m comment --comment {comment} -m tcp --dport 22 -j ACCEPT\n"
+        ));
+        let r = parse(&text).unwrap_or_else(|e| panic!("{comment}: {e}"));
+        let rule = &r.chain(Table::Filter, "INPUT").unwrap().rules[0];
+        assert!(
+            rule.matches
+                .iter()
+                .any(|m| matches!(m, Match::OtherComment(raw) if raw.as_str().ends_with(comment))),
+            "{comment}: {rule:?}"
+        );
+        assert_eq!(rule.target, Some(Target::Accept), "{comment}");
+        let again = parse(&svcnat::render::to_string(&r)).unwrap();
+        assert_eq!(again, r, "{comment}");
+        let p = Packet::tcp(ip("10.1.2.3"), ip("192.168.0.2"), 22);
+        assert_eq!(verdict(&r, &p), Verdict::Accept, "{comment}");
+    }
+    // The IR refuses what would print as an option or a negation.
+    assert!(svcnat::ruleset::Comment::new("-x").is_err());
+    assert!(svcnat::ruleset::Comment::new("!x").is_err());
+    assert!(svcnat::ruleset::Comment::new("ns1/svc1:p80").is_ok());
+}
+
+// Unterminated quotes in verbatim text would swallow the rest of the line.
+#[test]
+fn raw_text_refuses_an_open_quote() {
+    use svcnat::ruleset::RawText;
+    assert!(RawText::new("-j LOG --log-prefix \"open").is_err());
+    assert!(RawText::new("-j LOG --log-prefix \"a \\\" b\"").is_ok());
+    assert!(RawText::new("-m comment --comment it's").is_ok());
+}
+
+// `-o lo` holds for local traffic to the node on its way out.
+#[test]
+fn local_traffic_to_the_node_leaves_by_lo() {
+    let text = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT DROP [0:0]\n\
+        -A OUTPUT -o lo -j ACCEPT\nCOMMIT\n";
+    let r = parse(text).unwrap();
+    let local = Packet::tcp(ip("127.0.0.1"), ip("192.168.0.2"), 8080).from_local();
+    assert_eq!(verdict(&r, &local), Verdict::Accept);
+    // To another host the output interface is unknown: not evaluated, no match.
+    let away = Packet::tcp(ip("192.168.0.2"), ip("8.8.8.8"), 53).from_local();
+    let t = trace(&r, &away, &Node::new([ip("192.168.0.2")])).unwrap();
+    assert_eq!(t.outcomes[0].verdict, Verdict::Drop);
+    assert_eq!(t.unevaluated.len(), 1, "{t:?}");
+    // Given, the output interface is used.
+    let t = trace(&r, &away.leaving_by("lo"), &Node::new([ip("192.168.0.2")])).unwrap();
+    assert_eq!(t.outcomes[0].verdict, Verdict::Accept);
+    // Packets arriving from outside do not come in on lo.
+    let text = filter_input("-A INPUT -i lo -j ACCEPT\n");
+    let r = parse(&text).unwrap();
+    let outside = Packet::tcp(ip("10.1.2.3"), ip("192.168.0.2"), 22);
+    assert_eq!(verdict(&r, &outside), Verdict::Drop);
+}
+
+// DNAT/SNAT/REDIRECT that the IR does not model end the nat hook, flagged.
+#[test]
+fn nat_targets_not_understood_end_the_hook_unevaluated() {
+    for target in [
+        "DNAT --to-destination 10.0.0.9-10.0.0.10",
+        "DNAT --to-destination 10.0.0.9:80-90",
+        "DNAT --to-destination 10.0.0.9:80 --random",
+        "DNAT --to-destination 10.0.0.9:80 --persistent",
+        "REDIRECT --to-ports 8080",
+    ] {
+        let text = format!(
+            "*nat\n:PREROUTING ACCEPT [0:0]\n\
+             -A PREROUTING -p tcp -m tcp --dport 80 -j {target}\n\
+             -A PREROUTING -p tcp -m tcp --dport 80 -j DNAT --to-destination 10.0.0.1:8080\nCOMMIT\n"
+        );
+        let r = parse(&text).unwrap();
+        let rule = &r.chain(Table::Nat, "PREROUTING").unwrap().rules[0];
+        assert!(matches!(rule.target, Some(Target::Other(_))), "{target}");
+        assert_eq!(
+            rule.to_string(),
+            format!("-p tcp -m tcp --dport 80 -j {target}")
+        );
+        let p = Packet::tcp(ip("10.1.2.3"), ip("10.9.9.9"), 80);
+        let t = trace(&r, &p, &Node::new([ip("192.168.0.2")])).unwrap();
+        assert_eq!(t.outcomes.len(), 1, "{target}");
+        let o = &t.outcomes[0];
+        assert!(o.nat_unevaluated, "{target}: {t:?}");
+        assert!(
+            o.note
+                .as_deref()
+                .is_some_and(|n| n.contains("PREROUTING:1")),
+            "{o:?}"
+        );
+        // The later DNAT is not applied.
+        assert_eq!(o.destination, "10.9.9.9:80".parse().unwrap(), "{target}");
+        assert_eq!(o.path.len(), 1, "{target}: {o:?}");
+        assert_eq!(t.unevaluated.len(), 1, "{target}");
+        assert!(t.unevaluated[0].taken_as.contains("nat hook ends"), "{t:?}");
+    }
+    // IPv6 without a port, bracketed or not.
+    for to in ["fd00::9", "[fd00::9]"] {
+        let text = format!(
+            "*nat\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -d fd00::1/128 -j DNAT --to-destination {to}\nCOMMIT\n"
+        );
+        let r = parse(&text).unwrap();
+        let rule = &r.chain(Table::Nat, "PREROUTING").unwrap().rules[0];
+        assert_eq!(rule.target, Some(Target::DnatAddress(ip("fd00::9"))));
+        assert_eq!(parse(&svcnat::render::to_string(&r)).unwrap(), r);
+    }
+}
+
+// MASQUERADE with options keeps them when printed.
+#[test]
+fn masquerade_with_options_renders_back() {
+    let text = "*nat\n:POSTROUTING ACCEPT [0:0]\n-A POSTROUTING -s 10.244.0.0/16 -j MASQUERADE --to-ports 1024-65535\nCOMMIT\n";
+    let r = parse(text).unwrap();
+    assert_eq!(
+        svcnat::render::to_string(&r)
+            .matches("-j MASQUERADE --to-ports 1024-65535")
+            .count(),
+        1
+    );
+    let p = Packet::tcp(ip("10.244.1.5"), ip("8.8.8.8"), 53).arriving_on("cni0");
+    let t = trace(&r, &p, &Node::new([ip("192.168.0.2")])).unwrap();
+    assert!(t.outcomes[0].masquerade && !t.outcomes[0].nat_unevaluated);
+    assert!(t.unevaluated.is_empty(), "{t:?}");
+}
+
+// A new connection's first packet is not a later fragment; `-4`/`-6` restrict a
+// rule to a family, and a rule of the other family is skipped as
+// iptables-restore skips it.
+#[test]
+fn fragments_and_family_flags() {
+    let r = parse(&filter_input(
+        "-A INPUT -f -j ACCEPT\n-A INPUT ! -f -p tcp -j REJECT\n",
+    ))
+    .unwrap();
+    let rules = &r.chain(Table::Filter, "INPUT").unwrap().rules;
+    assert_eq!(rules[0].matches, [Match::Fragment { negated: false }]);
+    assert_eq!(rules[1].to_string(), "! -f -p tcp -j REJECT");
+    assert_eq!(parse(&svcnat::render::to_string(&r)).unwrap(), r);
+    let p = Packet::tcp(ip("10.1.2.3"), ip("192.168.0.2"), 22);
+    assert_eq!(verdict(&r, &p), Verdict::Reject);
+
+    let both = filter_input(
+        "-A INPUT -4 -s 10.0.0.1/32 -j ACCEPT\n-A INPUT -6 -s fd00::1/128 -j ACCEPT\n-A INPUT --ipv6 -j DROP\n-A INPUT -s 10.0.0.2/32 -j ACCEPT\n",
+    );
+    let v4 = parse(&both).unwrap();
+    assert_eq!(v4.family, IpFamily::IPv4);
+    let rules: Vec<String> = v4
+        .chain(Table::Filter, "INPUT")
+        .unwrap()
+        .rules
+        .iter()
+        .map(|r| r.to_string())
+        .collect();
+    assert_eq!(
+        rules,
+        ["-s 10.0.0.1/32 -j ACCEPT", "-s 10.0.0.2/32 -j ACCEPT"]
+    );
+    let v4_only = filter_input("-A INPUT -4 -j ACCEPT\n-A INPUT -6 -s fd00::1/128 -j ACCEPT\n");
+    let v6 = parse_as(&v4_only, IpFamily::IPv6).unwrap();
+    let rules: Vec<String> = v6
+        .chain(Table::Filter, "INPUT")
+        .unwrap()
+        .rules
+        .iter()
+        .map(|r| r.to_string())
+        .collect();
+    assert_eq!(rules, ["-s fd00::1/128 -j ACCEPT"]);
+    // A family flag on a rule does not decide the dump's family.
+    let v4 = parse(&v4_only).unwrap();
+    assert_eq!(v4.family, IpFamily::IPv4);
+    assert_eq!(v4.chain(Table::Filter, "INPUT").unwrap().rules.len(), 1);
+}
+
+use svcnat::parse::parse_as;
+
+// A zero probability loads, prints back, and its branch is never taken.
+#[test]
+fn a_zero_probability_branch_is_skipped() {
+    let text = "*nat\n:PREROUTING ACCEPT [0:0]\n\
+        -A PREROUTING -m statistic --mode random --probability 0.00000000000 -j DNAT --to-destination 10.0.0.9:80\n\
+        -A PREROUTING -j DNAT --to-destination 10.0.0.7:80\nCOMMIT\n";
+    let r = parse(text).unwrap();
+    assert_eq!(parse(&svcnat::render::to_string(&r)).unwrap(), r);
+    assert!(svcnat::render::to_string(&r).contains("--probability 0.0000000000 "));
+    let p = Packet::tcp(ip("10.1.2.3"), ip("10.9.9.9"), 80);
+    let t = trace(&r, &p, &Node::new([ip("192.168.0.2")])).unwrap();
+    assert_eq!(t.outcomes.len(), 1);
+    assert_eq!(t.outcomes[0].destination, "10.0.0.7:80".parse().unwrap());
+    assert!(svcnat::ruleset::Probability::new(-0.1).is_err());
+    assert!(svcnat::ruleset::Probability::new(f64::NAN).is_err());
+    assert!(svcnat::ruleset::Probability::one_in(0).is_err());
+}
+
+// Session affinity is listed as not evaluated, not only as an assumption.
+#[test]
+fn session_affinity_checks_are_listed_as_not_evaluated() {
+    let text = "*nat\n:PREROUTING ACCEPT [0:0]\n:KUBE-SEP-A - [0:0]\n\
+        -A PREROUTING -m recent --name KUBE-SEP-A --rcheck --seconds 10800 --reap -j KUBE-SEP-A\n\
+        -A KUBE-SEP-A -j DNAT --to-destination 10.0.0.7:80\nCOMMIT\n";
+    let r = parse(text).unwrap();
+    let p = Packet::tcp(ip("10.1.2.3"), ip("10.9.9.9"), 80);
+    let t = trace(&r, &p, &Node::default()).unwrap();
+    assert_eq!(t.affinity.len(), 1, "{t:?}");
+    assert!(t.affinity[0].taken_as.contains("no affinity"), "{t:?}");
+    assert_eq!(
+        t.assumptions
+            .iter()
+            .filter(|a| a.contains("--rcheck"))
+            .count(),
+        1
+    );
+    assert_eq!(t.outcomes[0].destination, "10.9.9.9:80".parse().unwrap());
+}
+
+// A match the tracer cannot decide is reported only if no other match of the
+// rule already rules it out.
+#[test]
+fn unknown_matches_are_reported_only_when_they_decide() {
+    let text = filter_input(
+        "-A INPUT -m set --match-set allowed src -p udp -j ACCEPT\n\
+         -A INPUT -m limit --limit 1/s -p tcp -j ACCEPT\n",
+    );
+    let r = parse(&text).unwrap();
+    let p = Packet::tcp(ip("10.1.2.3"), ip("192.168.0.2"), 22);
+    let t = trace(&r, &p, &Node::new([ip("192.168.0.2")])).unwrap();
+    let at: Vec<String> = t.unevaluated.iter().map(|u| u.at.short()).collect();
+    assert_eq!(at, ["INPUT:2"], "{t:?}");
+}
+
+// `-m state --state` is conntrack's ctstate under its older name.
+#[test]
+fn the_state_match_is_evaluated() {
+    let text = filter_input(
+        "-A INPUT -m state --state RELATED,ESTABLISHED -j ACCEPT\n\
+         -A INPUT -p tcp -m state --state NEW -m tcp --dport 22 -j ACCEPT\n",
+    );
+    let r = parse(&text).unwrap();
+    let rules = &r.chain(Table::Filter, "INPUT").unwrap().rules;
+    assert!(
+        matches!(rules[0].matches[0], Match::State(_)),
+        "{:?}",
+        rules[0]
+    );
+    assert_eq!(parse(&svcnat::render::to_string(&r)).unwrap(), r);
+    let p = Packet::tcp(ip("10.1.2.3"), ip("192.168.0.2"), 22);
+    let t = trace(&r, &p, &Node::new([ip("192.168.0.2")])).unwrap();
+    assert_eq!(t.outcomes[0].verdict, Verdict::Accept);
+    assert_eq!(t.outcomes[0].path[0].short(), "INPUT:2");
+    assert!(t.unevaluated.is_empty(), "{t:?}");
+    assert_eq!(
+        verdict(&r, &Packet::tcp(ip("10.1.2.3"), ip("192.168.0.2"), 23)),
+        Verdict::Drop
+    );
+}
+
+// The kernel keeps networks without host bits; canonical forms agree.
+#[test]
+fn canonical_networks_have_no_host_bits() {
+    let a = parse(&filter_input("-A INPUT -s 10.1.2.3/8 -j ACCEPT\n")).unwrap();
+    let b = parse(&filter_input("-A INPUT -s 10.0.0.0/8 -j ACCEPT\n")).unwrap();
+    assert_ne!(a, b);
+    assert_eq!(
+        svcnat::parse::canonicalize(&a),
+        svcnat::parse::canonicalize(&b)
+    );
+}
+
+// Gotos and returns still unwind correctly with the iterative walk.
+#[test]
+fn goto_returns_to_the_callers_caller() {
+    let text = "*filter\n:INPUT DROP [0:0]\n:A - [0:0]\n:B - [0:0]\n:C - [0:0]\n\
+        -A INPUT -j A\n-A INPUT -j ACCEPT\n\
+        -A A -g B\n-A A -j DROP\n\
+        -A B -j C\n-A B -j RETURN\n-A B -j DROP\n\
+        -A C -m mark --mark 0x0 -j RETURN\n-A C -j DROP\nCOMMIT\n";
+    let r = parse(text).unwrap();
+    let p = Packet::tcp(ip("10.1.2.3"), ip("192.168.0.2"), 22);
+    let t = trace(&r, &p, &Node::new([ip("192.168.0.2")])).unwrap();
+    assert_eq!(t.outcomes.len(), 1);
+    let path: Vec<String> = t.outcomes[0].path.iter().map(|r| r.short()).collect();
+    assert_eq!(path, ["INPUT:1", "A:1", "B:1", "C:1", "B:2", "INPUT:2"]);
+    assert_eq!(t.outcomes[0].verdict, Verdict::Accept);
 }
