@@ -469,3 +469,80 @@ fn goto_returns_to_the_callers_caller() {
     assert_eq!(path, ["INPUT:1", "A:1", "B:1", "C:1", "B:2", "INPUT:2"]);
     assert_eq!(t.outcomes[0].verdict, Verdict::Accept);
 }
+
+/// The trace example on review-shaped dumps (the examples need `k8s`).
+#[cfg(feature = "k8s")]
+mod trace_example {
+    use crate::errors::example_cli::run_example;
+
+    fn run(dump: &str, extra: &[&str]) -> (i32, String, String) {
+        let mut args = vec![
+            "--node-ip",
+            "192.168.0.2",
+            "--save",
+            "-",
+            "--src",
+            "10.1.2.3",
+            "--dst",
+            "192.168.0.2",
+            "--proto",
+            "tcp",
+        ];
+        args.extend(extra);
+        run_example("trace", &args, dump)
+    }
+
+    // The debug-built example used to abort on this dump (stack overflow).
+    #[test]
+    fn a_dump_with_many_comment_rules_traces() {
+        let mut dump = String::from("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n");
+        for n in 0..1500 {
+            dump.push_str(&format!("-A INPUT -m comment --comment \"count {n}\"\n"));
+        }
+        dump.push_str("COMMIT\n");
+        let (code, out, err) = run(&dump, &["--dport", "22", "--json"]);
+        assert_eq!(code, 0, "{err}");
+        let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(doc["outcomes"][0]["verdict"], "accept");
+        assert_eq!(doc["outcomes"][0]["path"].as_array().unwrap().len(), 1500);
+    }
+
+    #[test]
+    fn port_zero_is_refused_and_out_is_used() {
+        let dump = "*filter\n:OUTPUT DROP [0:0]\n-A OUTPUT -o eth1 -j ACCEPT\nCOMMIT\n";
+        let (code, out, err) = run(dump, &["--dport", "0"]);
+        assert_eq!(
+            (code, out.as_str(), err.lines().count()),
+            (2, "", 1),
+            "{err}"
+        );
+        let args = ["--dport", "22", "--from", "local", "--json"];
+        let (code, out, _) = run(dump, &args);
+        assert_eq!(code, 0);
+        assert!(out.contains("\"verdict\":\"drop\""), "{out}");
+        let (code, out, _) = run(dump, &[&args[..], &["--out", "eth1"]].concat());
+        assert_eq!(code, 0);
+        assert!(out.contains("\"verdict\":\"accept\""), "{out}");
+    }
+
+    // `--json` prints the session-affinity checks under `unevaluated`.
+    #[test]
+    fn affinity_is_printed_as_unevaluated() {
+        let dump = "*nat\n:PREROUTING ACCEPT [0:0]\n:KUBE-SEP-A - [0:0]\n\
+            -A PREROUTING -m recent --name KUBE-SEP-A --rcheck --seconds 10800 --reap -j KUBE-SEP-A\n\
+            -A KUBE-SEP-A -j DNAT --to-destination 10.0.0.7:80\nCOMMIT\n";
+        let (code, out, err) = run(dump, &["--dport", "80", "--json"]);
+        assert_eq!(code, 0, "{err}");
+        let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let unevaluated = doc["unevaluated"].as_array().unwrap();
+        assert_eq!(unevaluated.len(), 1, "{out}");
+        assert!(
+            unevaluated[0].as_str().unwrap().contains("--rcheck"),
+            "{out}"
+        );
+        assert!(
+            unevaluated[0].as_str().unwrap().contains("no affinity"),
+            "{out}"
+        );
+    }
+}
