@@ -16,14 +16,23 @@
 //! DNATed. `-m statistic --mode random` **branches**: the rule matches with
 //! probability p and falls through with 1-p, so the outcomes' probabilities sum
 //! to 1. `-m recent --rcheck` (session affinity) is taken as *not* matching, as
-//! for a client that has no affinity yet; this is listed in
-//! [`Trace::assumptions`].
+//! for a client that has no affinity yet; this is listed in [`Trace::affinity`]
+//! and [`Trace::assumptions`]. The packet is never a later fragment (`-f`).
+//! Local traffic to the node leaves by `lo` (`-o lo` in nat `OUTPUT`, filter
+//! `OUTPUT`, nat `POSTROUTING`) and loops back into filter `INPUT` on `lo`
+//! (`-i lo`).
 //!
 //! Matches the tracer cannot decide (ipsets, physdev, `-o` without a known output
 //! interface, any verbatim [`Match::Other`]) are **treated as not matching** and
-//! listed in [`Trace::unevaluated`] with the rule they were met in. A verbatim
-//! [`Target::Other`] (`LOG`, `CT`, …) is taken as letting the packet continue,
-//! and listed too. Only the nat and filter tables are walked.
+//! listed in [`Trace::unevaluated`] with the rule they were met in, unless another
+//! match of the rule already rules it out. A comment never affects matching,
+//! verbatim ([`Match::OtherComment`]) or not. A verbatim [`Target::Other`]
+//! (`LOG`, `CT`, …) is taken as letting the packet continue, and listed too;
+//! a verbatim `MASQUERADE` (with `--random`, `--to-ports`) masquerades; a
+//! verbatim `DNAT`, `SNAT`, `REDIRECT` or `NETMAP` (a range, `--random`,
+//! `--persistent`) ends the nat hook with the addresses unchanged, is listed,
+//! and marks the outcome ([`Outcome::nat_unevaluated`]). Only the nat and
+//! filter tables are walked.
 //!
 //! ```
 //! use svcnat::model::*;

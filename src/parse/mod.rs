@@ -14,14 +14,20 @@
 //!   kernel with `iptables-save` compares equal to the ruleset that was loaded.
 //!
 //! What is understood: tables, chain lines with policies and counters, rules with
-//! an optional `[p:b]` counter prefix, `!` negations, quoted or bare words, the
-//! core options (`-s -d -p -i -o`), the modules `tcp udp sctp comment mark
-//! conntrack addrtype statistic recent nfacct multiport set physdev`, and the
-//! targets `-j CHAIN`, `-g CHAIN`, `ACCEPT DROP RETURN REJECT DNAT SNAT
-//! MASQUERADE MARK`. Any other module or target, and options of a known one that
-//! svcnat does not model, are kept verbatim as [`Match::Other`](crate::ruleset::Match::Other) /
-//! [`Target::Other`] and print back unchanged, so real dumps load. Counters are
-//! read and dropped.
+//! an optional `[p:b]` counter prefix, `!` negations, words split as
+//! `iptables-restore` splits them (`"…"` groups, `\x` inside it is a literal `x`, a
+//! single quote is an ordinary character, a quoted word is a value, not an option
+//! or `!`), the core options (`-s -d -p -i -o -f`, and `-4`/`-6`: a rule of the
+//! other family is skipped as `iptables-restore` skips it), the modules `tcp udp
+//! sctp comment mark conntrack state addrtype statistic recent nfacct multiport set
+//! physdev`, and the targets `-j CHAIN`, `-g CHAIN`, `ACCEPT DROP RETURN REJECT
+//! DNAT SNAT MASQUERADE MARK`. A comment svcnat's
+//! [`Comment`](crate::ruleset::Comment) cannot hold (quotes, backslashes, a leading
+//! `-`) is kept verbatim as
+//! [`Match::OtherComment`](crate::ruleset::Match::OtherComment). Any other module
+//! or target, and options of a known one that svcnat does not model, are kept
+//! verbatim as [`Match::Other`](crate::ruleset::Match::Other) / [`Target::Other`]
+//! and print back unchanged, so real dumps load. Counters are read and dropped.
 //!
 //! ```
 //! let text = "*nat\n\

@@ -413,12 +413,20 @@ impl<'a> Parser<'a> {
     /// [`Match::OtherComment`]. `Ok(false)` if the segment is not that shape.
     fn comment(&mut self, start: usize) -> Result<bool, Fail> {
         let toks: &'a [Token] = self.toks;
-        let (Some(flag), Some(value)) = (toks.get(self.i), toks.get(self.i + 1)) else {
+        let Some(flag) = toks
+            .get(self.i)
+            .filter(|t| !t.quoted && t.text == "--comment")
+        else {
             return Ok(false);
         };
-        if flag.quoted || flag.text != "--comment" {
-            return Ok(false);
-        }
+        let Some(value) = toks.get(self.i + 1) else {
+            return Err((
+                flag.start,
+                ErrorKind::MissingArgument {
+                    option: flag.text.clone(),
+                },
+            ));
+        };
         self.i += 2;
         match Comment::new(value.text.clone()) {
             Ok(c) => self.push(Match::Comment(c)),

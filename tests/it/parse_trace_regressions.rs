@@ -205,6 +205,11 @@ fn comments_that_look_like_options_are_comments() {
         let p = Packet::tcp(ip("10.1.2.3"), ip("192.168.0.2"), 22);
         assert_eq!(verdict(&r, &p), Verdict::Accept, "{comment}");
     }
+    let e = parse(&filter_input("-A INPUT -m comment --comment\n")).unwrap_err();
+    assert!(
+        matches!(e.kind, svcnat::parse::ErrorKind::MissingArgument { .. }),
+        "{e}"
+    );
     // The IR refuses what would print as an option or a negation.
     assert!(svcnat::ruleset::Comment::new("-x").is_err());
     assert!(svcnat::ruleset::Comment::new("!x").is_err());
