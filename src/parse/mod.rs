@@ -244,7 +244,8 @@ pub fn builtin_chains(table: Table) -> &'static [&'static str] {
 
 /// Parses a dump or restore payload into the ruleset it describes (operations
 /// applied to empty tables, see [`Payload::to_ruleset`]). The family is that of the
-/// addresses in the text (IPv4 when it has none).
+/// addresses in the text, else that of the first `-4`/`-6` rule (IPv4 when it has
+/// neither); rules flagged for the other family are skipped.
 ///
 /// # Errors
 /// A [`ParseError`] naming the line, column and problem.
@@ -364,7 +365,10 @@ fn parse_with(text: &str, mut family: FamilyCheck) -> Result<Payload, ParseError
             ErrorKind::MissingCommit(tables[idx].table),
         ));
     }
-    let family = family.family.unwrap_or_default();
+    // No address outside `-4`/`-6` rules decided the family: the first such
+    // rule does (a dump of `-6` rules only is IPv6), else IPv4.
+    let first_tag = tags.iter().flatten().flatten().next().copied();
+    let family = family.family.or(first_tag).unwrap_or_default();
     for (t, tags) in tables.iter_mut().zip(tags) {
         let mut tags = tags.into_iter();
         t.ops
@@ -400,9 +404,10 @@ type FamilyRule = Option<(Rule, Option<IpFamily>)>;
 fn family_rule(
     line: &str,
     toks: &[Token],
+    before: Option<IpFamily>,
     family: &mut FamilyCheck,
 ) -> Result<FamilyRule, rule::Fail> {
-    match (rule_family(toks), family.family) {
+    match (before.or_else(|| rule_family(toks)), family.family) {
         (None, _) => Ok(Some((parse_rule(line, toks, family)?, None))),
         (Some(f), Some(known)) if f != known => Ok(None),
         (Some(_), Some(_)) => Ok(Some((parse_rule(line, toks, family)?, None))),
@@ -426,6 +431,15 @@ fn parse_line(
         && first.text.starts_with('[')
         && first.text.ends_with(']')
     {
+        toks = &toks[1..];
+    }
+    // `-4`/`-6` may also come before the command (`-6 -A INPUT …`).
+    let mut before = None;
+    while let Some(f) = toks
+        .first()
+        .and_then(|t| rule_family(std::slice::from_ref(t)))
+    {
+        before = Some(f);
         toks = &toks[1..];
     }
     let Some(first) = toks.first() else {
@@ -501,7 +515,7 @@ fn parse_line(
     let op = match command {
         "-A" | "--append" => {
             let chain = need_chain()?;
-            let Some((rule, tag)) = family_rule(line, &toks[2..], family)? else {
+            let Some((rule, tag)) = family_rule(line, &toks[2..], before, family)? else {
                 return Ok(None);
             };
             return Ok(Some((Op::Append { chain, rule }, tag)));
@@ -513,7 +527,7 @@ fn parse_line(
             } else {
                 (1, toks.get(2..).unwrap_or(&[]))
             };
-            let Some((rule, tag)) = family_rule(line, rest, family)? else {
+            let Some((rule, tag)) = family_rule(line, rest, before, family)? else {
                 return Ok(None);
             };
             return Ok(Some((
@@ -534,7 +548,7 @@ fn parse_line(
                 }
             } else {
                 let rest = toks.get(2..).unwrap_or(&[]);
-                let Some((rule, tag)) = family_rule(line, rest, family)? else {
+                let Some((rule, tag)) = family_rule(line, rest, before, family)? else {
                     return Ok(None);
                 };
                 return Ok(Some((Op::Delete { chain, rule }, tag)));

@@ -358,10 +358,25 @@ fn fragments_and_family_flags() {
         .map(|r| r.to_string())
         .collect();
     assert_eq!(rules, ["-s fd00::1/128 -j ACCEPT"]);
-    // A family flag on a rule does not decide the dump's family.
+    // Without other addresses, the first flagged rule decides the family.
     let v4 = parse(&v4_only).unwrap();
     assert_eq!(v4.family, IpFamily::IPv4);
     assert_eq!(v4.chain(Table::Filter, "INPUT").unwrap().rules.len(), 1);
+    let v6 = parse(&filter_input(
+        "-6 -A INPUT -s fd00::1 -j ACCEPT
+-A INPUT -4 -j DROP
+",
+    ))
+    .unwrap();
+    assert_eq!(v6.family, IpFamily::IPv6);
+    let rules: Vec<String> = v6
+        .chain(Table::Filter, "INPUT")
+        .unwrap()
+        .rules
+        .iter()
+        .map(|r| r.to_string())
+        .collect();
+    assert_eq!(rules, ["-s fd00::1 -j ACCEPT"]);
 }
 
 use svcnat::parse::parse_as;
@@ -549,5 +564,93 @@ mod trace_example {
             unevaluated[0].as_str().unwrap().contains("no affinity"),
             "{out}"
         );
+    }
+}
+
+/// Hand-written restore input with everything the review found refused or
+/// mis-read; iptables-restore 1.8.9 accepts all of it.
+const REVIEW_RULES: &str = "*filter\n:INPUT ACCEPT [0:0]\n\
+    -A INPUT -p tcp -m tcp --dport 22 -m comment --comment \"\\'dapp_OpenSSH\\'\" -j ACCEPT\n\
+    -A INPUT -m comment --comment \"a \\\"b\\\" c\" -j ACCEPT\n\
+    -A INPUT -m comment --comment it's -j ACCEPT\n\
+    -A INPUT -m comment --comment -x -j ACCEPT\n\
+    -A INPUT -m comment --comment \"-j\" -j ACCEPT\n\
+    -A INPUT -m comment --comment \"!\" -j ACCEPT\n\
+    -A INPUT -f -j DROP\n\
+    -A INPUT ! -f -j ACCEPT\n\
+    -4 -A INPUT -s 10.0.0.1 -j ACCEPT\n\
+    -6 -A INPUT -s fd00::1 -j ACCEPT\n\
+    -A INPUT -6 -j DROP\n\
+    -A INPUT -m state --state NEW -j ACCEPT\n\
+    -A INPUT -m statistic --mode random --probability 0 -j ACCEPT\n\
+    COMMIT\n";
+
+/// What iptables-save 1.8.9 (nft) prints back for [`REVIEW_RULES`].
+const REVIEW_RULES_SAVED: &str = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n\
+    -A INPUT -p tcp -m tcp --dport 22 -m comment --comment \"\\'dapp_OpenSSH\\'\" -j ACCEPT\n\
+    -A INPUT -m comment --comment \"a \\\"b\\\" c\" -j ACCEPT\n\
+    -A INPUT -m comment --comment \"it\\'s\" -j ACCEPT\n\
+    -A INPUT -m comment --comment -x -j ACCEPT\n\
+    -A INPUT -m comment --comment -j -j ACCEPT\n\
+    -A INPUT -m comment --comment \"!\" -j ACCEPT\n\
+    -A INPUT -f -j DROP\n\
+    -A INPUT ! -f -j ACCEPT\n\
+    -A INPUT -s 10.0.0.1/32 -j ACCEPT\n\
+    -A INPUT -m state --state NEW -j ACCEPT\n\
+    -A INPUT -m statistic --mode random --probability 0.00000000000 -j ACCEPT\n\
+    COMMIT\n";
+
+#[test]
+fn the_review_rules_load_as_iptables_loads_them() {
+    for text in [REVIEW_RULES, REVIEW_RULES_SAVED] {
+        let r = parse(text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.family, IpFamily::IPv4);
+        let rules = &r.chain(Table::Filter, "INPUT").unwrap().rules;
+        assert_eq!(rules.len(), 11, "{rules:#?}");
+        assert_eq!(
+            rules[8].to_string().replace("/32", ""),
+            "-s 10.0.0.1 -j ACCEPT"
+        );
+        assert_eq!(parse(&svcnat::render::to_string(&r)).unwrap(), r);
+        // Every rule but the fragment and zero-chance ones accepts at its own
+        // place: the first is the one taken.
+        let p = Packet::tcp(ip("10.1.2.3"), ip("192.168.0.2"), 22);
+        let t = trace(&r, &p, &Node::new([ip("192.168.0.2")])).unwrap();
+        assert_eq!(t.outcomes.len(), 1);
+        assert_eq!(t.outcomes[0].path[0].short(), "INPUT:1");
+        assert!(t.unevaluated.is_empty(), "{t:?}");
+    }
+}
+
+// What svcnat renders from a dump iptables-restore accepts, and iptables-save
+// prints it back unchanged (both backends).
+#[test]
+fn the_review_rules_round_trip_through_the_kernel() {
+    if !crate::kernel::kernel_available("the_review_rules_round_trip_through_the_kernel") {
+        return;
+    }
+    let body = |saved: &str| -> String {
+        saved
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    };
+    for backend in ["nft", "legacy"] {
+        let ns = crate::kernel::Netns::new(&format!("review-{backend}"));
+        let restore = format!("iptables-{backend}-restore");
+        let save = format!("iptables-{backend}-save");
+        let (ok, out) = ns.run(&[&restore], REVIEW_RULES);
+        assert!(ok, "{backend}: {out}");
+        let (ok, first) = ns.run(&[&save, "-t", "filter"], "");
+        assert!(ok, "{backend}: {first}");
+        let parsed = parse(&first).unwrap_or_else(|e| panic!("{backend}: {e}\n{first}"));
+        let rendered = svcnat::render::to_string(&parsed);
+        let (ok, out) = ns.run(&[&restore], &rendered);
+        assert!(ok, "{backend}: {out}\n{rendered}");
+        let (ok, second) = ns.run(&[&save, "-t", "filter"], "");
+        assert!(ok, "{backend}: {second}");
+        assert_eq!(body(&second), body(&first), "{backend}");
+        assert_eq!(parse(&second).unwrap(), parsed, "{backend}");
     }
 }
