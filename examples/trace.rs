@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! cargo run --example trace --features k8s -- [FLAGS] (--cluster FILE | --save FILE) \
-//!     --src IP --dst IP --proto tcp|udp|sctp --dport N [--sport N] [--from local|IFACE] [--json]
+//!     --src IP --dst IP --proto tcp|udp|sctp --dport N [--sport N] [--from local|IFACE] \
+//!     [--out IFACE] [--json]
 //! ```
 //!
 //! FLAGS are the `compile` example's (see `examples/common/mod.rs`).
@@ -11,12 +12,15 @@
 //! and adds kube-proxy's jump rules from the built-in chains; `--save FILE` reads
 //! an `iptables-save` dump instead. `--from local` traces a packet sent by a
 //! process on the node, `--from IFACE` one arriving on that interface (the
-//! default is arriving on `eth0`). The node's addresses are the `--node-ip` values
-//! plus loopback.
+//! default is arriving on `eth0`). `--out IFACE` names the interface the packet
+//! leaves by, for `-o` matches (without it, `-o` is evaluated only for local
+//! traffic to the node, which leaves by `lo`). The node's addresses are the
+//! `--node-ip` values plus loopback. `--dport` is 1-65535.
 //!
 //! Without `--json` a table is printed; with `--json` exactly one JSON object:
 //! `{"outcomes":[{"probability":P,"verdict":"accept|drop|reject","destination":"IP:PORT",
-//! "masquerade":BOOL,"path":["CHAIN:RULE-INDEX",…]},…],"unevaluated":["…",…]}`.
+//! "masquerade":BOOL,"path":["CHAIN:RULE-INDEX",…]},…],"unevaluated":["…",…]}`;
+//! `unevaluated` also lists the session-affinity checks taken as "no affinity".
 //! Bad input: one line on stderr, exit code 2.
 
 mod common;
@@ -28,7 +32,7 @@ use svcnat::model::Protocol;
 use svcnat::trace::{Node, Packet, Trace};
 
 const USAGE: &str = "usage: trace [compile's flags] (--cluster FILE | --save FILE) --src IP --dst IP \
---proto tcp|udp|sctp --dport N [--sport N] [--from local|IFACE] [--json]";
+--proto tcp|udp|sctp --dport N [--sport N] [--from local|IFACE] [--out IFACE] [--json]";
 
 #[derive(Default)]
 struct Args {
@@ -40,11 +44,20 @@ struct Args {
     dport: Option<u16>,
     sport: Option<u16>,
     from: Option<String>,
+    out: Option<String>,
     json: bool,
 }
 
 fn fail(message: &str) -> ! {
     bad_input("trace", message)
+}
+
+/// A destination port: 1-65535 (no connection goes to port 0).
+fn port(flag: &str, v: &str) -> u16 {
+    match v.parse::<u16>() {
+        Ok(p) if p != 0 => p,
+        _ => fail(&format!("{flag}: {v:?} is not a port (1-65535)")),
+    }
 }
 
 fn parsed<T: std::str::FromStr>(flag: &str, v: &str, what: &str) -> T {
@@ -73,7 +86,7 @@ fn main() {
             "--save" => a.save = Some(value()),
             "--src" => a.src = Some(parsed(flag, &value(), "an IP address")),
             "--dst" => a.dst = Some(parsed(flag, &value(), "an IP address")),
-            "--dport" => a.dport = Some(parsed(flag, &value(), "a port (0-65535)")),
+            "--dport" => a.dport = Some(port(flag, &value())),
             "--sport" => a.sport = Some(parsed(flag, &value(), "a port (0-65535)")),
             "--proto" => {
                 let v = value();
@@ -85,6 +98,7 @@ fn main() {
                 });
             }
             "--from" => a.from = Some(value()),
+            "--out" => a.out = Some(value()),
             "--json" => a.json = true,
             _ => fail(&format!("unexpected argument {arg:?}; {USAGE}")),
         }
@@ -133,6 +147,9 @@ fn main() {
         Some("local") => packet.from_local(),
         Some(iface) => packet.arriving_on(iface),
     };
+    if let Some(iface) = a.out {
+        packet = packet.leaving_by(iface);
+    }
     let node = Node::new(config.node_ips.iter().copied());
     let trace =
         svcnat::trace::trace(&ruleset, &packet, &node).unwrap_or_else(|e| fail(&e.to_string()));
@@ -177,7 +194,12 @@ fn to_json(trace: &Trace) -> String {
                 path: o.path.iter().map(|r| r.short()).collect(),
             })
             .collect(),
-        unevaluated: trace.unevaluated.iter().map(|u| u.to_string()).collect(),
+        unevaluated: trace
+            .unevaluated
+            .iter()
+            .chain(&trace.affinity)
+            .map(|u| u.to_string())
+            .collect(),
     };
     serde_json::to_string(&doc).expect("plain data serialises")
 }

@@ -48,7 +48,7 @@ pub enum IrError {
         /// What is wrong with it.
         reason: &'static str,
     },
-    /// A probability outside (0, 1].
+    /// A probability outside [0, 1] (or `1/0`).
     #[error("invalid probability {0}")]
     Probability(String),
     /// A word of rule text (set name, protocol, reject type) that could break a rule line.
@@ -59,7 +59,7 @@ pub enum IrError {
         /// What is wrong with it.
         reason: &'static str,
     },
-    /// Verbatim rule text that is empty or spans lines.
+    /// Verbatim rule text that is empty, spans lines or leaves a quote open.
     #[error("invalid verbatim rule text {text:?}: {reason}")]
     RawText {
         /// The refused text.
@@ -187,8 +187,10 @@ impl fmt::Display for ChainName {
 }
 
 /// The text of a `-m comment --comment` match: at most 255 bytes of printable ASCII
-/// without quotes or backslashes. It prints quoted when it contains a space, as
-/// kube-proxy writes it; this is the one place where rule text is quoted.
+/// without quotes or backslashes, not starting with `-` or `!`. It prints quoted
+/// when it contains a space, as kube-proxy writes it; this is the one place where
+/// rule text is quoted. (A comment read from a dump that does not fit is kept
+/// verbatim as [`Match::OtherComment`].)
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Comment(String);
@@ -200,14 +202,17 @@ impl Comment {
     /// Validates a comment.
     ///
     /// # Errors
-    /// [`IrError::Comment`] if it is empty, longer than 255 bytes, or has a character
-    /// outside printable ASCII or one of `"`, `'`, `\`.
+    /// [`IrError::Comment`] if it is empty, longer than 255 bytes, starts with `-`
+    /// or `!` (it would print unquoted and read back as an option or a negation),
+    /// or has a character outside printable ASCII or one of `"`, `'`, `\`.
     pub fn new(text: impl Into<String>) -> Result<Self, IrError> {
         let text = text.into();
         let reason = if text.is_empty() {
             Some("empty")
         } else if text.len() > Self::MAX_LEN {
             Some("longer than 255 bytes")
+        } else if text.starts_with('-') || text.starts_with('!') {
+            Some("starts with '-' or '!'")
         } else if !text
             .bytes()
             .all(|b| (b' '..=b'~').contains(&b) && !matches!(b, b'"' | b'\'' | b'\\'))
@@ -305,8 +310,9 @@ impl fmt::Display for Interface {
     }
 }
 
-/// A probability in (0, 1] for the `statistic` match, printed with ten decimals
-/// as kube-proxy prints it.
+/// A probability in [0, 1] for the `statistic` match, printed with ten decimals
+/// as kube-proxy prints it. The compiler only makes `1/n` ([`Probability::one_in`]);
+/// 0 comes from dumps (`iptables` accepts it and prints `0.00000000000`).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct Probability(f64);
 
@@ -325,9 +331,11 @@ impl Probability {
     /// A probability from its value.
     ///
     /// # Errors
-    /// [`IrError::Probability`] unless `0 < p <= 1`.
+    /// [`IrError::Probability`] unless `0 <= p <= 1`.
     pub fn new(p: f64) -> Result<Self, IrError> {
-        if p > 0.0 && p <= 1.0 {
+        if (0.0..=1.0).contains(&p) {
+            // -0.0 is 0.0: one value, one bit pattern.
+            let p = if p == 0.0 { 0.0 } else { p };
             Ok(Probability(p))
         } else {
             Err(IrError::Probability(p.to_string()))
@@ -562,6 +570,19 @@ pub enum Match {
     Physdev(Vec<PhysdevOption>),
     /// Any other match, verbatim (`-m limit --limit 5/min`).
     Other(RawText),
+    /// `-m comment --comment TEXT` whose text [`Comment`] refuses (quotes,
+    /// backslashes, a leading `-`), verbatim as it appeared, quotes and escapes
+    /// included (`-m comment --comment "\'dapp_OpenSSH\'"`). Like any comment it
+    /// never affects matching.
+    OtherComment(RawText),
+    /// `-m state [!] --state S,S`: the older name of [`Match::Conntrack`]'s
+    /// `--ctstate`, as firewalls written for it keep using.
+    State(Not<Vec<CtState>>),
+    /// `[!] -f`: the packet is a second or later fragment (`negated`: it is not).
+    Fragment {
+        /// True for `! -f`.
+        negated: bool,
+    },
 }
 
 /// The nfacct counters kube-proxy counts packets in.
@@ -596,13 +617,11 @@ impl fmt::Display for Match {
             Match::Mark(m) => write!(f, "-m mark {}--mark {}", m.bang(), m.value),
             Match::Conntrack(s) => {
                 write!(f, "-m conntrack {}--ctstate ", s.bang())?;
-                for (i, state) in s.value.iter().enumerate() {
-                    if i > 0 {
-                        f.write_str(",")?;
-                    }
-                    write!(f, "{state}")?;
-                }
-                Ok(())
+                write_states(f, &s.value)
+            }
+            Match::State(s) => {
+                write!(f, "-m state {}--state ", s.bang())?;
+                write_states(f, &s.value)
             }
             Match::Statistic(p) => write!(f, "-m statistic --mode random --probability {p}"),
             Match::Recent { name, action } => match action {
@@ -644,9 +663,21 @@ impl fmt::Display for Match {
                 }
                 Ok(())
             }
-            Match::Other(raw) => write!(f, "{raw}"),
+            Match::Other(raw) | Match::OtherComment(raw) => write!(f, "{raw}"),
+            Match::Fragment { negated } => f.write_str(if *negated { "! -f" } else { "-f" }),
         }
     }
+}
+
+/// Writes conntrack states separated by commas.
+fn write_states(f: &mut fmt::Formatter<'_>, states: &[CtState]) -> fmt::Result {
+    for (i, state) in states.iter().enumerate() {
+        if i > 0 {
+            f.write_str(",")?;
+        }
+        write!(f, "{state}")?;
+    }
+    Ok(())
 }
 
 /// A change to the packet mark.
@@ -687,6 +718,9 @@ pub enum Target {
     Reject,
     /// `-j DNAT --to-destination ADDR:PORT` (IPv6 bracketed).
     Dnat(SocketAddr),
+    /// `-j DNAT --to-destination ADDR` without a port: the packet keeps its
+    /// destination port (what Docker, CNI portmap and hand-written rules use).
+    DnatAddress(IpAddr),
     /// `-j MASQUERADE [--random-fully]`.
     Masquerade {
         /// Adds `--random-fully`.
@@ -719,6 +753,7 @@ impl fmt::Display for Target {
             Target::Return => f.write_str("-j RETURN"),
             Target::Reject => f.write_str("-j REJECT"),
             Target::Dnat(to) => write!(f, "-j DNAT --to-destination {to}"),
+            Target::DnatAddress(to) => write!(f, "-j DNAT --to-destination {to}"),
             Target::Masquerade { random_fully } => {
                 f.write_str("-j MASQUERADE")?;
                 if *random_fully {

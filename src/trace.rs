@@ -16,14 +16,23 @@
 //! DNATed. `-m statistic --mode random` **branches**: the rule matches with
 //! probability p and falls through with 1-p, so the outcomes' probabilities sum
 //! to 1. `-m recent --rcheck` (session affinity) is taken as *not* matching, as
-//! for a client that has no affinity yet; this is listed in
-//! [`Trace::assumptions`].
+//! for a client that has no affinity yet; this is listed in [`Trace::affinity`]
+//! and [`Trace::assumptions`]. The packet is never a later fragment (`-f`).
+//! Local traffic to the node leaves by `lo` (`-o lo` in nat `OUTPUT`, filter
+//! `OUTPUT`, nat `POSTROUTING`) and loops back into filter `INPUT` on `lo`
+//! (`-i lo`).
 //!
 //! Matches the tracer cannot decide (ipsets, physdev, `-o` without a known output
 //! interface, any verbatim [`Match::Other`]) are **treated as not matching** and
-//! listed in [`Trace::unevaluated`] with the rule they were met in. A verbatim
-//! [`Target::Other`] (`LOG`, `CT`, …) is taken as letting the packet continue,
-//! and listed too. Only the nat and filter tables are walked.
+//! listed in [`Trace::unevaluated`] with the rule they were met in, unless another
+//! match of the rule already rules it out. A comment never affects matching,
+//! verbatim ([`Match::OtherComment`]) or not. A verbatim [`Target::Other`]
+//! (`LOG`, `CT`, …) is taken as letting the packet continue, and listed too;
+//! a verbatim `MASQUERADE` (with `--random`, `--to-ports`) masquerades; a
+//! verbatim `DNAT`, `SNAT`, `REDIRECT` or `NETMAP` (a range, `--random`,
+//! `--persistent`) ends the nat hook with the addresses unchanged, is listed,
+//! and marks the outcome ([`Outcome::nat_unevaluated`]). Only the nat and
+//! filter tables are walked.
 //!
 //! ```
 //! use svcnat::model::*;
@@ -258,8 +267,13 @@ pub struct Outcome {
     pub masquerade: bool,
     /// The rules that matched and acted, in order (jumps included).
     pub path: Vec<RuleRef>,
-    /// Why the walk stopped early (a chain loop), if it did.
+    /// Why the walk stopped early (a chain loop), or which NAT target was not
+    /// evaluated, if any.
     pub note: Option<String>,
+    /// True if a NAT target the tracer cannot apply (`DNAT` to a range,
+    /// `--random`, `REDIRECT`, …) was reached: its nat hook ended there and the
+    /// addresses shown are the ones before it, so they may be wrong.
+    pub nat_unevaluated: bool,
 }
 
 /// A match or target the tracer could not evaluate.
@@ -287,6 +301,10 @@ pub struct Trace {
     pub outcomes: Vec<Outcome>,
     /// Matches and targets that were not evaluated, once each.
     pub unevaluated: Vec<Unevaluated>,
+    /// Session-affinity checks (`-m recent --rcheck`) that were not evaluated
+    /// and taken as not matching (a client with no affinity yet), once each;
+    /// also summarised in [`Trace::assumptions`].
+    pub affinity: Vec<Unevaluated>,
     /// Assumptions the result depends on (session affinity, missing chains).
     pub assumptions: Vec<String>,
 }
@@ -375,6 +393,8 @@ struct State {
     dnat: bool,
     masquerade: bool,
     path: Vec<RuleRef>,
+    /// Set when a NAT target the tracer could not apply ended a nat hook.
+    nat_unevaluated: Option<String>,
 }
 
 /// How a chain walk ended for a branch.
@@ -393,8 +413,11 @@ struct Walker<'a> {
     packet: &'a Packet,
     node: &'a Node,
     unevaluated: BTreeSet<Unevaluated>,
+    affinity: BTreeSet<Unevaluated>,
     assumptions: BTreeSet<String>,
     branches: usize,
+    /// The hook being walked (decides `-i lo` / `-o lo` for local traffic).
+    hook: Hook,
 }
 
 /// Traces `packet` through `ruleset` on `node`.
@@ -419,8 +442,10 @@ pub fn trace(ruleset: &Ruleset, packet: &Packet, node: &Node) -> Result<Trace, T
         packet,
         node,
         unevaluated: BTreeSet::new(),
+        affinity: BTreeSet::new(),
         assumptions: BTreeSet::new(),
         branches: 0,
+        hook: Hook::Done,
     };
     if let Entry::Interface(name) = &packet.entry
         && !node.interfaces.is_empty()
@@ -438,12 +463,14 @@ pub fn trace(ruleset: &Ruleset, packet: &Packet, node: &Node) -> Result<Trace, T
         dnat: false,
         masquerade: false,
         path: Vec::new(),
+        nat_unevaluated: None,
     };
     let mut outcomes = Vec::new();
     w.run(start, &mut outcomes)?;
     Ok(Trace {
         outcomes,
         unevaluated: w.unevaluated.into_iter().collect(),
+        affinity: w.affinity.into_iter().collect(),
         assumptions: w.assumptions.into_iter().collect(),
     })
 }
@@ -501,10 +528,11 @@ impl<'a> Walker<'a> {
                     };
                     (Table::Nat, "POSTROUTING", next)
                 }
-                // Local traffic to the node loops back through filter INPUT; its
-                // NAT was decided on the way out.
+                // Local traffic to the node loops back through filter INPUT,
+                // arriving on `lo`; its NAT was decided on the way out.
                 Hook::LocalInput => (Table::Filter, "INPUT", Hook::Done),
             };
+            self.hook = hook;
             let results = self.builtin(table, chain, state)?;
             for (s, flow) in results.into_iter().rev() {
                 match flow {
@@ -517,6 +545,7 @@ impl<'a> Walker<'a> {
     }
 
     fn outcome(&self, s: State, verdict: Verdict, note: Option<String>) -> Outcome {
+        let nat_unevaluated = s.nat_unevaluated.is_some();
         Outcome {
             probability: s.probability,
             verdict,
@@ -525,7 +554,8 @@ impl<'a> Walker<'a> {
             mark: s.mark,
             masquerade: s.masquerade,
             path: s.path,
-            note,
+            note: note.or(s.nat_unevaluated),
+            nat_unevaluated,
         }
     }
 
@@ -543,8 +573,7 @@ impl<'a> Walker<'a> {
             return Ok(vec![(state, Flow::Continue)]);
         };
         let policy = c.policy.unwrap_or(Policy::Accept);
-        let mut stack = vec![c.name.clone()];
-        let results = self.walk(table, c, 0, state, &mut stack)?;
+        let results = self.walk(table, c, state)?;
         Ok(results
             .into_iter()
             .map(|(s, flow)| match flow {
@@ -560,40 +589,69 @@ impl<'a> Walker<'a> {
             .collect())
     }
 
+    /// Walks a chain and the chains it jumps to, without recursion: each branch
+    /// keeps its own stack of chains ([`Frame`]s), so thousands of matching
+    /// rules that let the packet go on cost no stack. A statistic rule forks
+    /// the branch; the matching side is finished first, so outcomes come in
+    /// rule order. The results are in that order; `Flow::Continue` means the
+    /// packet fell off (or returned from) `chain`.
     fn walk(
         &mut self,
         table: Table,
-        chain: &Chain,
-        from: usize,
-        mut state: State,
-        stack: &mut Vec<ChainName>,
+        chain: &'a Chain,
+        state: State,
     ) -> Result<Vec<(State, Flow)>, TraceError> {
         let mut out = Vec::new();
-        for (i, rule) in chain.rules.iter().enumerate().skip(from) {
-            let at = RuleRef {
-                table,
-                chain: chain.name.clone(),
-                index: i + 1,
+        let start = Frame {
+            chain,
+            next: 0,
+            goto: false,
+        };
+        let mut work = vec![(state, vec![start])];
+        while let Some((mut state, mut frames)) = work.pop() {
+            let flow = loop {
+                let Some(top) = frames.last_mut() else {
+                    break Flow::Continue;
+                };
+                let (chain, i) = (top.chain, top.next);
+                let Some(rule) = chain.rules.get(i) else {
+                    if leave(&mut frames) {
+                        break Flow::Continue;
+                    }
+                    continue;
+                };
+                top.next += 1;
+                let at = RuleRef {
+                    table,
+                    chain: chain.name.clone(),
+                    index: i + 1,
+                };
+                let p = self.matches(rule, &state, &at);
+                if p <= 0.0 {
+                    continue;
+                }
+                if p < 1.0 {
+                    // Branch: the rule matches with p, falls through with 1-p.
+                    self.count()?;
+                    let mut fall = state.clone();
+                    fall.probability *= 1.0 - p;
+                    work.push((fall, frames.clone()));
+                    state.probability *= p;
+                }
+                state.path.push(at.clone());
+                match self.act(table, rule, &mut state, &frames, &at)? {
+                    Step::Next => {}
+                    Step::Return => {
+                        if leave(&mut frames) {
+                            break Flow::Continue;
+                        }
+                    }
+                    Step::Enter(frame) => frames.push(frame),
+                    Step::End(flow) => break flow,
+                }
             };
-            let p = self.matches(rule, &state, &at);
-            if p <= 0.0 {
-                continue;
-            }
-            let mut taken = state.clone();
-            taken.probability *= p;
-            taken.path.push(at.clone());
-            if p < 1.0 {
-                // Branch: the rule matches with p, falls through with 1-p.
-                state.probability *= 1.0 - p;
-                self.count()?;
-                let after = self.act(table, chain, i, rule, taken, stack, &at)?;
-                out.extend(after);
-                continue;
-            }
-            out.extend(self.act(table, chain, i, rule, taken, stack, &at)?);
-            return Ok(out);
+            out.push((state, flow));
         }
-        out.push((state, Flow::Continue));
         Ok(out)
     }
 
@@ -605,53 +663,76 @@ impl<'a> Walker<'a> {
         Ok(())
     }
 
-    /// Applies a matched rule's target, then continues the chain after it where
-    /// the target lets the packet go on.
-    #[allow(clippy::too_many_arguments)]
+    /// Applies a matched rule's target to `state`: what the walk does next.
     fn act(
         &mut self,
         table: Table,
-        chain: &Chain,
-        i: usize,
         rule: &Rule,
-        mut state: State,
-        stack: &mut Vec<ChainName>,
+        state: &mut State,
+        frames: &[Frame<'a>],
         at: &RuleRef,
-    ) -> Result<Vec<(State, Flow)>, TraceError> {
-        let flow = match &rule.target {
-            None => None,
-            Some(Target::Accept) => Some(Flow::HookDone),
-            Some(Target::Drop) => Some(Flow::Final(Verdict::Drop, None)),
+    ) -> Result<Step<'a>, TraceError> {
+        Ok(match &rule.target {
+            None => Step::Next,
+            Some(Target::Accept) => Step::End(Flow::HookDone),
+            Some(Target::Drop) => Step::End(Flow::Final(Verdict::Drop, None)),
             Some(Target::Reject | Target::RejectWith(_)) => {
-                Some(Flow::Final(Verdict::Reject, None))
+                Step::End(Flow::Final(Verdict::Reject, None))
             }
-            Some(Target::Return) => Some(Flow::Continue),
+            Some(Target::Return) => Step::Return,
             Some(Target::Dnat(to)) => {
                 state.dst = *to;
                 state.dnat = true;
-                Some(Flow::HookDone)
+                Step::End(Flow::HookDone)
+            }
+            Some(Target::DnatAddress(to)) => {
+                state.dst = SocketAddr::new(*to, state.dst.port());
+                state.dnat = true;
+                Step::End(Flow::HookDone)
             }
             Some(Target::Snat { to, ports, .. }) => {
                 state.src = SocketAddr::new(*to, ports.map_or(state.src.port(), |p| p.first));
-                Some(Flow::HookDone)
+                Step::End(Flow::HookDone)
             }
             Some(Target::Masquerade { .. }) => {
                 state.masquerade = true;
-                Some(Flow::HookDone)
+                Step::End(Flow::HookDone)
             }
             Some(Target::Mark(op)) => {
                 let (value, mask) = crate::parse::xmark_of(op);
                 state.mark = (state.mark & !mask) ^ value;
-                None
+                Step::Next
             }
-            Some(Target::Other(raw)) => {
-                self.unevaluated.insert(Unevaluated {
-                    at: at.clone(),
-                    what: raw.to_string(),
-                    taken_as: "target not evaluated: the packet continues".into(),
-                });
-                None
-            }
+            Some(Target::Other(raw)) => match verbatim_target(raw.as_str()) {
+                // MASQUERADE's options (`--random`, `--to-ports`) only pick
+                // ports: the source is still the outgoing interface's address.
+                Some("MASQUERADE") => {
+                    state.masquerade = true;
+                    Step::End(Flow::HookDone)
+                }
+                Some(name @ ("DNAT" | "SNAT" | "REDIRECT" | "NETMAP")) => {
+                    let taken_as = "NAT target not evaluated: the nat hook ends here, \
+                        with the packet's addresses unchanged";
+                    self.unevaluated.insert(Unevaluated {
+                        at: at.clone(),
+                        what: raw.to_string(),
+                        taken_as: taken_as.into(),
+                    });
+                    if name != "SNAT" {
+                        state.dnat = true;
+                    }
+                    state.nat_unevaluated = Some(format!("{at}: {raw} not evaluated"));
+                    Step::End(Flow::HookDone)
+                }
+                _ => {
+                    self.unevaluated.insert(Unevaluated {
+                        at: at.clone(),
+                        what: raw.to_string(),
+                        taken_as: "target not evaluated: the packet continues".into(),
+                    });
+                    Step::Next
+                }
+            },
             Some(Target::Jump(to) | Target::Goto(to)) => {
                 let goto = matches!(rule.target, Some(Target::Goto(_)));
                 let Some(next) = self.ruleset.chain(table, to.as_str()) else {
@@ -661,65 +742,106 @@ impl<'a> Walker<'a> {
                         from: at.clone(),
                     });
                 };
-                if stack.contains(to) {
-                    return Ok(vec![(
-                        state,
-                        Flow::Final(
-                            Verdict::Drop,
-                            Some(format!("loop: {at} jumps back into {to}")),
-                        ),
-                    )]);
+                if frames.iter().any(|f| f.chain.name == *to) {
+                    return Ok(Step::End(Flow::Final(
+                        Verdict::Drop,
+                        Some(format!("loop: {at} jumps back into {to}")),
+                    )));
                 }
-                stack.push(to.clone());
-                let inner = self.walk(table, next, 0, state, stack)?;
-                stack.pop();
-                let mut out = Vec::new();
-                for (s, flow) in inner {
-                    match flow {
-                        Flow::Continue if !goto => {
-                            out.extend(self.walk(table, chain, i + 1, s, stack)?)
-                        }
-                        // A goto's RETURN returns to this chain's caller.
-                        other => out.push((s, other)),
-                    }
-                }
-                return Ok(out);
+                Step::Enter(Frame {
+                    chain: next,
+                    next: 0,
+                    goto,
+                })
             }
-        };
-        match flow {
-            Some(f) => Ok(vec![(state, f)]),
-            None => self.walk(table, chain, i + 1, state, stack),
-        }
+        })
     }
 
     /// The probability that every match of `rule` holds (0 or 1 unless a
-    /// statistic match is in it).
+    /// statistic match is in it). Every match is evaluated first: a match the
+    /// tracer cannot decide is reported only when no other match rules the
+    /// rule out.
     fn matches(&mut self, rule: &Rule, state: &State, at: &RuleRef) -> f64 {
         let mut p = 1.0;
+        let mut unknown = Vec::new();
+        let mut affinity = Vec::new();
         for m in &rule.matches {
-            match self.eval(m, state, at) {
+            match self.eval(m, state) {
                 Eval::Yes => {}
                 Eval::No => return 0.0,
                 Eval::Chance(q) => p *= q,
-                Eval::Unknown => {
-                    self.unevaluated.insert(Unevaluated {
-                        at: at.clone(),
-                        what: m.to_string(),
-                        taken_as: "not evaluated: the rule is taken as not matching".into(),
-                    });
-                    return 0.0;
-                }
+                Eval::NoAffinity => affinity.push(m),
+                Eval::Unknown => unknown.push(m),
             }
+        }
+        if !affinity.is_empty() {
+            for m in affinity {
+                if let Match::Recent { name, .. } = m {
+                    self.assumptions.insert(format!(
+                        "recent --rcheck {name} (session affinity) taken as not matching: a client with no affinity yet (at {at})"
+                    ));
+                }
+                self.affinity.insert(Unevaluated {
+                    at: at.clone(),
+                    what: m.to_string(),
+                    taken_as: "session affinity not evaluated: taken as no affinity, the rule does not match".into(),
+                });
+            }
+            return 0.0;
+        }
+        if !unknown.is_empty() {
+            for m in unknown {
+                self.unevaluated.insert(Unevaluated {
+                    at: at.clone(),
+                    what: m.to_string(),
+                    taken_as: "not evaluated: the rule is taken as not matching".into(),
+                });
+            }
+            return 0.0;
         }
         p
     }
 
-    fn eval(&mut self, m: &Match, s: &State, at: &RuleRef) -> Eval {
+    /// The interface the packet came in by, in the current hook: `lo` for
+    /// local traffic looping back into filter `INPUT`, none in the output path.
+    fn in_interface(&self) -> Option<&str> {
+        match &self.packet.entry {
+            Entry::Interface(name) => Some(name),
+            Entry::Local if self.hook == Hook::LocalInput => Some("lo"),
+            Entry::Local => None,
+        }
+    }
+
+    /// The interface the packet leaves by, if known: the packet's own, else `lo`
+    /// for local traffic to a local address in the output path.
+    fn out_interface(&self, s: &State) -> Option<&str> {
+        if let Some(name) = &self.packet.out_interface {
+            return Some(name);
+        }
+        let output = matches!(
+            self.hook,
+            Hook::NatOutput | Hook::FilterOutput | Hook::NatPostrouting
+        );
+        (self.packet.entry == Entry::Local && output && self.node.is_local(&s.dst.ip()))
+            .then_some("lo")
+    }
+
+    fn eval(&self, m: &Match, s: &State) -> Eval {
         let proto = self.packet.protocol;
         let yes = |b: bool| if b { Eval::Yes } else { Eval::No };
         let not = |n: bool, b: bool| yes(b != n);
+        let ct = |states: &Not<Vec<CtState>>| {
+            let hit = states.value.iter().any(|st| match st {
+                CtState::New => true,
+                CtState::Dnat => s.dnat,
+                _ => false,
+            });
+            not(states.negated, hit)
+        };
         match m {
-            Match::Comment(_) | Match::Nfacct(_) => Eval::Yes,
+            Match::Comment(_) | Match::OtherComment(_) | Match::Nfacct(_) => Eval::Yes,
+            // A new connection's first packet is never a second fragment.
+            Match::Fragment { negated } => not(*negated, false),
             Match::Protocol(p) | Match::ProtocolModule(p) => yes(*p == proto),
             Match::PlainProtocol(Not { negated, value }) => match value {
                 ProtocolName::Known(p) => not(*negated, *p == proto),
@@ -743,11 +865,11 @@ impl<'a> Walker<'a> {
                 };
                 not(ports.negated, b)
             }
-            Match::InInterface(i) => match &self.packet.entry {
-                Entry::Local => not(i.negated, false),
-                Entry::Interface(name) => not(i.negated, iface_matches(&i.value, name)),
+            Match::InInterface(i) => match self.in_interface() {
+                Some(name) => not(i.negated, iface_matches(&i.value, name)),
+                None => not(i.negated, false),
             },
-            Match::OutInterface(i) => match &self.packet.out_interface {
+            Match::OutInterface(i) => match self.out_interface(s) {
                 Some(name) => not(i.negated, iface_matches(&i.value, name)),
                 None => Eval::Unknown,
             },
@@ -768,26 +890,55 @@ impl<'a> Walker<'a> {
                 let mask = mk.value.mask.unwrap_or(u32::MAX);
                 not(mk.negated, s.mark & mask == mk.value.value)
             }
-            Match::Conntrack(states) => {
-                let hit = states.value.iter().any(|st| match st {
-                    CtState::New => true,
-                    CtState::Dnat => s.dnat,
-                    _ => false,
-                });
-                not(states.negated, hit)
-            }
+            Match::Conntrack(states) | Match::State(states) => ct(states),
             Match::Statistic(p) => Eval::Chance(p.value()),
-            Match::Recent { name, action } => match action {
+            Match::Recent { action, .. } => match action {
                 RecentAction::Set => Eval::Yes,
-                RecentAction::Check { .. } => {
-                    self.assumptions.insert(format!(
-                        "recent --rcheck {name} (session affinity) taken as not matching: a client with no affinity yet (at {at})"
-                    ));
-                    Eval::No
-                }
+                RecentAction::Check { .. } => Eval::NoAffinity,
             },
             Match::Set(_) | Match::Physdev(_) | Match::Other(_) => Eval::Unknown,
         }
+    }
+}
+
+/// One chain being walked: the index of the rule to look at next, and whether
+/// it was entered by a goto (its end returns to its caller's caller).
+#[derive(Debug, Clone, Copy)]
+struct Frame<'a> {
+    chain: &'a Chain,
+    next: usize,
+    goto: bool,
+}
+
+/// What a matched rule's target makes the walk do.
+enum Step<'a> {
+    /// Go on with the next rule.
+    Next,
+    /// Leave the chain, as on falling off its end.
+    Return,
+    /// Enter a chain (a jump or goto).
+    Enter(Frame<'a>),
+    /// This hook's walk ends for the branch.
+    End(Flow),
+}
+
+/// Leaves the innermost chain (its end or `RETURN`), and the chains that went
+/// to it by goto; true if that left the built-in chain (its policy applies).
+fn leave(frames: &mut Vec<Frame<'_>>) -> bool {
+    while let Some(f) = frames.pop() {
+        if !f.goto {
+            break;
+        }
+    }
+    frames.is_empty()
+}
+
+/// The target name of verbatim target text (`-j NAME …` or `--jump NAME …`).
+fn verbatim_target(raw: &str) -> Option<&str> {
+    let mut words = raw.split_whitespace();
+    match words.next()? {
+        "-j" | "--jump" => words.next(),
+        _ => None,
     }
 }
 
@@ -795,6 +946,8 @@ enum Eval {
     Yes,
     No,
     Chance(f64),
+    /// `recent --rcheck`: taken as not matching (no affinity yet), reported.
+    NoAffinity,
     Unknown,
 }
 

@@ -46,7 +46,8 @@ pub fn canonicalize(ruleset: &Ruleset) -> Ruleset {
 ///
 /// 1. `-p P` together with `-m P` (tcp, udp, sctp) becomes the compiler's
 ///    [`Match::Protocol`]; a plain one-port `--dport` becomes [`Match::DestinationPort`].
-/// 2. A `/32` (IPv4) or `/128` (IPv6) network becomes a single address.
+/// 2. A `/32` (IPv4) or `/128` (IPv6) network becomes a single address; other
+///    networks lose their host bits, as the kernel stores them.
 /// 3. A statistic probability becomes the value the kernel stores for its
 ///    ten-decimal text (`round(p·2³¹)/2³¹`), so 11-digit `iptables-save` output
 ///    and svcnat's 10-digit text agree.
@@ -68,9 +69,12 @@ pub fn canonical_rule(rule: &Rule, family: IpFamily) -> Rule {
     }
 }
 
+/// A network without host bits (the kernel keeps `addr & mask`, so
+/// `10.0.0.5/8` reads back as `10.0.0.0/8`); a full-length one is an address.
 fn single(a: Address) -> Address {
     match a {
         Address::Net(n) if n.prefix_len() == n.max_prefix_len() => Address::Ip(n.addr()),
+        Address::Net(n) => Address::Net(n.trunc()),
         other => other,
     }
 }
@@ -93,6 +97,17 @@ fn ct_rank(s: &CtState) -> u8 {
     }
 }
 
+/// The states in the order iptables prints them, once each.
+fn ct_order(s: &Not<Vec<CtState>>) -> Not<Vec<CtState>> {
+    let mut states = s.value.clone();
+    states.sort_by_key(ct_rank);
+    states.dedup();
+    Not {
+        negated: s.negated,
+        value: states,
+    }
+}
+
 fn canonical_match(m: &Match) -> Match {
     match m {
         Match::Source(a) => Match::Source(Not {
@@ -104,15 +119,8 @@ fn canonical_match(m: &Match) -> Match {
             value: single(a.value),
         }),
         Match::Statistic(p) => Match::Statistic(kernel_probability(*p)),
-        Match::Conntrack(s) => {
-            let mut states = s.value.clone();
-            states.sort_by_key(ct_rank);
-            states.dedup();
-            Match::Conntrack(Not {
-                negated: s.negated,
-                value: states,
-            })
-        }
+        Match::Conntrack(s) => Match::Conntrack(ct_order(s)),
+        Match::State(s) => Match::State(ct_order(s)),
         Match::DestinationPorts(Not {
             negated: false,
             value: PortRange { first, last },
@@ -149,7 +157,7 @@ fn merge_protocol(matches: &mut Vec<Match>) {
 
 fn rank(m: &Match) -> u8 {
     match m {
-        Match::Comment(_) => 0,
+        Match::Comment(_) | Match::OtherComment(_) => 0,
         Match::SrcType(_) | Match::DstType(_) | Match::AddressType { .. } => 1,
         Match::Recent { .. } => 2,
         Match::Statistic(_) => 3,
@@ -159,8 +167,11 @@ fn rank(m: &Match) -> u8 {
         | Match::DestinationPorts(_)
         | Match::SourcePort(_)
         | Match::Multiport { .. } => 6,
-        Match::Source(_) | Match::InInterface(_) | Match::OutInterface(_) => 7,
-        Match::Conntrack(_) => 8,
+        Match::Source(_)
+        | Match::InInterface(_)
+        | Match::OutInterface(_)
+        | Match::Fragment { .. } => 7,
+        Match::Conntrack(_) | Match::State(_) => 8,
         Match::Mark(_) => 9,
         Match::Nfacct(_) => 10,
         Match::Set(_) | Match::Physdev(_) | Match::Other(_) => 11,

@@ -1,6 +1,8 @@
 //! Splitting one line into words, as `iptables-restore` does: whitespace separates,
-//! `"…"` and `'…'` group (the quotes are removed), `\"` inside double quotes is a
-//! literal quote.
+//! `"…"` groups (the quotes are removed), and inside double quotes a backslash
+//! makes the next character literal (`\"`, `\\`, `\'` as `iptables-save`
+//! writes them). A single quote is an ordinary character, as in
+//! `iptables-restore`.
 
 use super::ErrorKind;
 
@@ -40,28 +42,27 @@ pub(crate) fn tokenize(line: &str) -> Result<Vec<Token>, (usize, ErrorKind)> {
             continue;
         }
         let mut text = String::new();
-        let mut quote: Option<(char, usize)> = None;
+        let mut quote: Option<usize> = None;
         let mut quoted = false;
         let mut end = start;
         while let Some(&(i, c)) = chars.peek() {
             match quote {
                 None if c.is_whitespace() => break,
-                None if c == '"' || c == '\'' => {
-                    quote = Some((c, i));
+                None if c == '"' => {
+                    quote = Some(i);
                     quoted = true;
                 }
                 None => text.push(c),
-                Some((q, _)) if c == q => quote = None,
-                Some(('"', _)) if c == '\\' => {
+                Some(_) if c == '"' => quote = None,
+                Some(_) if c == '\\' => {
                     chars.next();
                     end = i + 1;
-                    match chars.peek() {
-                        Some(&(j, n)) if n == '"' || n == '\\' => {
-                            text.push(n);
-                            chars.next();
-                            end = j + 1;
-                        }
-                        _ => text.push('\\'),
+                    // Any escaped character is taken literally; a backslash at
+                    // the end of the line leaves the quote open.
+                    if let Some(&(j, n)) = chars.peek() {
+                        text.push(n);
+                        chars.next();
+                        end = j + n.len_utf8();
                     }
                     continue;
                 }
@@ -70,7 +71,7 @@ pub(crate) fn tokenize(line: &str) -> Result<Vec<Token>, (usize, ErrorKind)> {
             chars.next();
             end = i + c.len_utf8();
         }
-        if let Some((_, at)) = quote {
+        if let Some(at) = quote {
             return Err((at, ErrorKind::UnterminatedQuote));
         }
         out.push(Token {
@@ -101,10 +102,28 @@ mod tests {
             words(r#"-A X -m comment --comment "a b" -j Y"#),
             ["-A", "X", "-m", "comment", "--comment", "a b", "-j", "Y"]
         );
-        assert_eq!(words(r#"--comment 'it''s'"#), ["--comment", "its"]);
+        // A single quote is an ordinary character (iptables-restore does not
+        // group with it).
+        assert_eq!(words(r#"--comment it's"#), ["--comment", "it's"]);
+        assert_eq!(words(r#"--comment 'a b'"#), ["--comment", "'a", "b'"]);
         assert_eq!(
             words(r#"--comment "say \"hi\"""#),
             ["--comment", "say \"hi\""]
+        );
+    }
+
+    #[test]
+    fn backslash_escapes_any_character_inside_double_quotes() {
+        assert_eq!(
+            words(r#"--comment "\'dapp_OpenSSH\'""#),
+            ["--comment", "'dapp_OpenSSH'"]
+        );
+        assert_eq!(words(r#""a\\b" "\x""#), ["a\\b", "x"]);
+        // Outside quotes a backslash is an ordinary character.
+        assert_eq!(words(r#"a\"b""#), ["a\\b"]);
+        assert_eq!(
+            tokenize(r#"--comment "abc\"#).unwrap_err(),
+            (10, ErrorKind::UnterminatedQuote)
         );
     }
 

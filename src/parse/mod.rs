@@ -14,14 +14,20 @@
 //!   kernel with `iptables-save` compares equal to the ruleset that was loaded.
 //!
 //! What is understood: tables, chain lines with policies and counters, rules with
-//! an optional `[p:b]` counter prefix, `!` negations, quoted or bare words, the
-//! core options (`-s -d -p -i -o`), the modules `tcp udp sctp comment mark
-//! conntrack addrtype statistic recent nfacct multiport set physdev`, and the
-//! targets `-j CHAIN`, `-g CHAIN`, `ACCEPT DROP RETURN REJECT DNAT SNAT
-//! MASQUERADE MARK`. Any other module or target, and options of a known one that
-//! svcnat does not model, are kept verbatim as [`Match::Other`](crate::ruleset::Match::Other) /
-//! [`Target::Other`] and print back unchanged, so real dumps load. Counters are
-//! read and dropped.
+//! an optional `[p:b]` counter prefix, `!` negations, words split as
+//! `iptables-restore` splits them (`"…"` groups, `\x` inside it is a literal `x`, a
+//! single quote is an ordinary character, a quoted word is a value, not an option
+//! or `!`), the core options (`-s -d -p -i -o -f`, and `-4`/`-6`: a rule of the
+//! other family is skipped as `iptables-restore` skips it), the modules `tcp udp
+//! sctp comment mark conntrack state addrtype statistic recent nfacct multiport set
+//! physdev`, and the targets `-j CHAIN`, `-g CHAIN`, `ACCEPT DROP RETURN REJECT
+//! DNAT SNAT MASQUERADE MARK`. A comment svcnat's
+//! [`Comment`](crate::ruleset::Comment) cannot hold (quotes, backslashes, a leading
+//! `-`) is kept verbatim as
+//! [`Match::OtherComment`](crate::ruleset::Match::OtherComment). Any other module
+//! or target, and options of a known one that svcnat does not model, are kept
+//! verbatim as [`Match::Other`](crate::ruleset::Match::Other) / [`Target::Other`]
+//! and print back unchanged, so real dumps load. Counters are read and dropped.
 //!
 //! ```
 //! let text = "*nat\n\
@@ -238,7 +244,8 @@ pub fn builtin_chains(table: Table) -> &'static [&'static str] {
 
 /// Parses a dump or restore payload into the ruleset it describes (operations
 /// applied to empty tables, see [`Payload::to_ruleset`]). The family is that of the
-/// addresses in the text (IPv4 when it has none).
+/// addresses in the text, else that of the first `-4`/`-6` rule (IPv4 when it has
+/// neither); rules flagged for the other family are skipped.
 ///
 /// # Errors
 /// A [`ParseError`] naming the line, column and problem.
@@ -275,6 +282,11 @@ pub fn parse_payload_as(text: &str, family: IpFamily) -> Result<Payload, ParseEr
     )
 }
 
+/// True if `text` splits into words without an unterminated double quote.
+pub(crate) fn quotes_balanced(text: &str) -> bool {
+    tokenize(text).is_ok()
+}
+
 fn error_at(line_no: usize, line: &str, offset: usize, kind: ErrorKind) -> ParseError {
     ParseError {
         line: line_no,
@@ -289,6 +301,9 @@ fn parse_with(text: &str, mut family: FamilyCheck) -> Result<Payload, ParseError
     // The table being read (index into `tables`) and the line of its header.
     let mut current: Option<(usize, usize, String)> = None;
     let mut last_line = (0, String::new());
+    // Per table, per operation: the family a `-4`/`-6` rule was written for, when
+    // the ruleset's family was not known yet; decided at the end.
+    let mut tags: Vec<Vec<Option<IpFamily>>> = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let line_no = n + 1;
         last_line = (line_no, line.to_owned());
@@ -316,6 +331,7 @@ fn parse_with(text: &str, mut family: FamilyCheck) -> Result<Payload, ParseError
                         table,
                         ops: Vec::new(),
                     });
+                    tags.push(Vec::new());
                     tables.len() - 1
                 }
             };
@@ -334,8 +350,11 @@ fn parse_with(text: &str, mut family: FamilyCheck) -> Result<Payload, ParseError
         };
         let idx = *idx;
         let toks = tokenize(line).map_err(|(at, kind)| fail(at, kind))?;
-        let op = parse_line(line, &toks, &mut family).map_err(|(at, kind)| fail(at, kind))?;
-        tables[idx].ops.push(Operation { line: line_no, op });
+        let parsed = parse_line(line, &toks, &mut family).map_err(|(at, kind)| fail(at, kind))?;
+        if let Some((op, tag)) = parsed {
+            tables[idx].ops.push(Operation { line: line_no, op });
+            tags[idx].push(tag);
+        }
     }
     if let Some((idx, _, _)) = current {
         let (n, line) = last_line;
@@ -346,23 +365,81 @@ fn parse_with(text: &str, mut family: FamilyCheck) -> Result<Payload, ParseError
             ErrorKind::MissingCommit(tables[idx].table),
         ));
     }
-    Ok(Payload {
-        family: family.family.unwrap_or_default(),
-        tables,
-    })
+    // No address outside `-4`/`-6` rules decided the family: the first such
+    // rule does (a dump of `-6` rules only is IPv6), else IPv4.
+    let first_tag = tags.iter().flatten().flatten().next().copied();
+    let family = family.family.or(first_tag).unwrap_or_default();
+    for (t, tags) in tables.iter_mut().zip(tags) {
+        let mut tags = tags.into_iter();
+        t.ops
+            .retain(|_| tags.next().flatten().is_none_or(|f| f == family));
+    }
+    Ok(Payload { family, tables })
 }
 
 fn chain_name(tok: &Token) -> Result<ChainName, rule::Fail> {
     ChainName::new(tok.text.clone()).map_err(|e| (tok.start, ErrorKind::Invalid(e)))
 }
 
-fn parse_line(line: &str, toks: &[Token], family: &mut FamilyCheck) -> Result<Op, rule::Fail> {
+/// The family a rule is restricted to by `-4`/`--ipv4` or `-6`/`--ipv6`.
+fn rule_family(toks: &[Token]) -> Option<IpFamily> {
+    toks.iter().enumerate().find_map(|(i, t)| {
+        let after_comment = i > 0 && !toks[i - 1].quoted && toks[i - 1].text == "--comment";
+        if t.quoted || after_comment {
+            return None;
+        }
+        match t.text.as_str() {
+            "-4" | "--ipv4" => Some(IpFamily::IPv4),
+            "-6" | "--ipv6" => Some(IpFamily::IPv6),
+            _ => None,
+        }
+    })
+}
+
+/// A rule's words as a [`Rule`], with the family of its `-4`/`-6` flag when the
+/// ruleset's family is not known yet; `None` for a rule of the other family,
+/// which `iptables-restore` skips (`-6` in IPv4 input, `-4` in IPv6 input).
+type FamilyRule = Option<(Rule, Option<IpFamily>)>;
+
+fn family_rule(
+    line: &str,
+    toks: &[Token],
+    before: Option<IpFamily>,
+    family: &mut FamilyCheck,
+) -> Result<FamilyRule, rule::Fail> {
+    match (before.or_else(|| rule_family(toks)), family.family) {
+        (None, _) => Ok(Some((parse_rule(line, toks, family)?, None))),
+        (Some(f), Some(known)) if f != known => Ok(None),
+        (Some(_), Some(_)) => Ok(Some((parse_rule(line, toks, family)?, None))),
+        (Some(f), None) => {
+            let mut own = FamilyCheck { family: Some(f) };
+            Ok(Some((parse_rule(line, toks, &mut own)?, Some(f))))
+        }
+    }
+}
+
+/// One line as an operation, with the family its rule is restricted to (see
+/// [`family_rule`]); `None` for a rule skipped as of the other family.
+fn parse_line(
+    line: &str,
+    toks: &[Token],
+    family: &mut FamilyCheck,
+) -> Result<Option<(Op, Option<IpFamily>)>, rule::Fail> {
     let mut toks = toks;
     // A rule may start with its counters: `[12:345] -A CHAIN …`.
     if let Some(first) = toks.first()
         && first.text.starts_with('[')
         && first.text.ends_with(']')
     {
+        toks = &toks[1..];
+    }
+    // `-4`/`-6` may also come before the command (`-6 -A INPUT …`).
+    let mut before = None;
+    while let Some(f) = toks
+        .first()
+        .and_then(|t| rule_family(std::slice::from_ref(t)))
+    {
+        before = Some(f);
         toks = &toks[1..];
     }
     let Some(first) = toks.first() else {
@@ -394,7 +471,7 @@ fn parse_line(line: &str, toks: &[Token], family: &mut FamilyCheck) -> Result<Op
         if let Some(extra) = toks.get(3) {
             return Err((extra.start, ErrorKind::UnexpectedToken(extra.text.clone())));
         }
-        return Ok(Op::Declare { chain, policy });
+        return Ok(Some((Op::Declare { chain, policy }, None)));
     }
     let command = first.text.as_str();
     let chain_tok = toks.get(1);
@@ -435,11 +512,14 @@ fn parse_line(line: &str, toks: &[Token], family: &mut FamilyCheck) -> Result<Op
         }
         None => Ok(None),
     };
-    Ok(match command {
-        "-A" | "--append" => Op::Append {
-            chain: need_chain()?,
-            rule: parse_rule(line, &toks[2..], family)?,
-        },
+    let op = match command {
+        "-A" | "--append" => {
+            let chain = need_chain()?;
+            let Some((rule, tag)) = family_rule(line, &toks[2..], before, family)? else {
+                return Ok(None);
+            };
+            return Ok(Some((Op::Append { chain, rule }, tag)));
+        }
         "-I" | "--insert" => {
             let chain = need_chain()?;
             let (position, rest) = if is_number(toks.get(2)) {
@@ -447,11 +527,17 @@ fn parse_line(line: &str, toks: &[Token], family: &mut FamilyCheck) -> Result<Op
             } else {
                 (1, toks.get(2..).unwrap_or(&[]))
             };
-            Op::Insert {
-                chain,
-                position,
-                rule: parse_rule(line, rest, family)?,
-            }
+            let Some((rule, tag)) = family_rule(line, rest, before, family)? else {
+                return Ok(None);
+            };
+            return Ok(Some((
+                Op::Insert {
+                    chain,
+                    position,
+                    rule,
+                },
+                tag,
+            )));
         }
         "-D" | "--delete" => {
             let chain = need_chain()?;
@@ -461,10 +547,11 @@ fn parse_line(line: &str, toks: &[Token], family: &mut FamilyCheck) -> Result<Op
                     position: position(&toks[2])?,
                 }
             } else {
-                Op::Delete {
-                    chain,
-                    rule: parse_rule(line, toks.get(2..).unwrap_or(&[]), family)?,
-                }
+                let rest = toks.get(2..).unwrap_or(&[]);
+                let Some((rule, tag)) = family_rule(line, rest, before, family)? else {
+                    return Ok(None);
+                };
+                return Ok(Some((Op::Delete { chain, rule }, tag)));
             }
         }
         "-N" | "--new-chain" => {
@@ -495,7 +582,8 @@ fn parse_line(line: &str, toks: &[Token], family: &mut FamilyCheck) -> Result<Op
             Op::SetPolicy { chain, policy }
         }
         _ => return Err((first.start, ErrorKind::UnknownCommand(first.text.clone()))),
-    })
+    };
+    Ok(Some((op, None)))
 }
 
 /// `-j NAME` to a chain the table never declares is a target svcnat does not

@@ -60,7 +60,21 @@ const CORE: &[&str] = &[
     "--jump",
     "-g",
     "--goto",
+    "-4",
+    "--ipv4",
+    "-6",
+    "--ipv6",
 ];
+
+/// True for an unquoted `!` (a quoted `"!"` is a value).
+fn is_bang(t: &Token) -> bool {
+    !t.quoted && t.text == "!"
+}
+
+/// True for an unquoted core option (a quoted `"-j"` is a value).
+fn is_core(t: &Token) -> bool {
+    !t.quoted && CORE.contains(&t.text.as_str())
+}
 
 const PORT_OPTIONS: &[&str] = &["--dport", "--destination-port", "--sport", "--source-port"];
 
@@ -123,13 +137,10 @@ impl<'a> Parser<'a> {
         let Some(t) = self.toks.get(i) else {
             return true;
         };
-        if t.text == "!" {
-            return self
-                .toks
-                .get(i + 1)
-                .is_some_and(|n| CORE.contains(&n.text.as_str()));
+        if is_bang(t) {
+            return self.toks.get(i + 1).is_some_and(is_core);
         }
-        CORE.contains(&t.text.as_str())
+        is_core(t)
     }
 
     /// The index just after the segment that starts at `from` (options up to the
@@ -154,14 +165,14 @@ impl<'a> Parser<'a> {
         let mut out = Vec::new();
         let mut j = from;
         while j < to {
-            let negated = toks[j].text == "!";
+            let negated = is_bang(&toks[j]);
             if negated {
                 j += 1;
             }
             let name = toks.get(j).filter(|t| j < to && t.is_option())?;
             j += 1;
             let mut args = Vec::new();
-            while j < to && toks[j].text != "!" && !toks[j].is_option() {
+            while j < to && !is_bang(&toks[j]) && !toks[j].is_option() {
                 args.push(&toks[j]);
                 j += 1;
             }
@@ -177,7 +188,7 @@ impl<'a> Parser<'a> {
     fn value(&mut self, option: &Token) -> Result<&'a Token, Fail> {
         let toks: &'a [Token] = self.toks;
         match toks.get(self.i) {
-            Some(t) if t.text != "!" && !t.is_option() => {
+            Some(t) if !is_bang(t) && !t.is_option() => {
                 self.i += 1;
                 Ok(t)
             }
@@ -226,12 +237,12 @@ impl<'a> Parser<'a> {
             let start = self.i;
             let tok = &self.toks[self.i];
             self.i += 1;
-            let negated = tok.text == "!";
+            let negated = is_bang(tok);
             let opt = if negated {
                 let Some(next) = self.toks.get(self.i) else {
                     return Err((tok.start, ErrorKind::UnexpectedToken(tok.text.clone())));
                 };
-                if next.text == "!" {
+                if is_bang(next) {
                     return Err((next.start, ErrorKind::DoubleNegation));
                 }
                 self.i += 1;
@@ -302,6 +313,10 @@ impl<'a> Parser<'a> {
                     let chain = ChainName::new(v.text.clone()).map_err(|e| ir(v, e))?;
                     self.set_target(opt, Target::Goto(chain))?;
                 }
+                "-f" | "--fragment" => self.push(Match::Fragment { negated }),
+                // The family flags: a rule of the other family was dropped before
+                // parsing (see `rule_family`); for this family they say nothing.
+                "-4" | "--ipv4" | "-6" | "--ipv6" if !negated => {}
                 "-c" | "--set-counters" if !negated => {
                     // Counters are not rules: read and dropped.
                     self.value(opt)?;
@@ -326,7 +341,7 @@ impl<'a> Parser<'a> {
                     // (`--tcp-flags`, `--syn`): kept verbatim.
                     let end = self.segment_end(self.i);
                     let end = (self.i..end)
-                        .find(|&j| self.toks[j].text == "!" || self.toks[j].is_option())
+                        .find(|&j| is_bang(&self.toks[j]) || self.toks[j].is_option())
                         .unwrap_or(end);
                     self.i = end;
                     let raw = self.raw(start, end)?;
@@ -356,6 +371,9 @@ impl<'a> Parser<'a> {
         {
             self.push(Match::ProtocolModule(p));
             self.proto = Some(p);
+            return Ok(());
+        }
+        if name.text == "comment" && self.comment(start)? {
             return Ok(());
         }
         let mut end = self.segment_end(self.i);
@@ -389,22 +407,43 @@ impl<'a> Parser<'a> {
         Ok(())
     }
 
+    /// `-m comment --comment VALUE`: the word after `--comment` is its value
+    /// whatever it looks like (`-x`, `"-j"`, `"!"`), as iptables' option parser
+    /// takes it. A value [`Comment`] refuses is kept verbatim as
+    /// [`Match::OtherComment`]. `Ok(false)` if the segment is not that shape.
+    fn comment(&mut self, start: usize) -> Result<bool, Fail> {
+        let toks: &'a [Token] = self.toks;
+        let Some(flag) = toks
+            .get(self.i)
+            .filter(|t| !t.quoted && t.text == "--comment")
+        else {
+            return Ok(false);
+        };
+        let Some(value) = toks.get(self.i + 1) else {
+            return Err((
+                flag.start,
+                ErrorKind::MissingArgument {
+                    option: flag.text.clone(),
+                },
+            ));
+        };
+        self.i += 2;
+        match Comment::new(value.text.clone()) {
+            Ok(c) => self.push(Match::Comment(c)),
+            Err(_) => {
+                let raw = self.raw(start, self.i)?;
+                self.push(Match::OtherComment(raw));
+            }
+        }
+        Ok(true)
+    }
+
     /// The matches of a module svcnat models; `Ok(None)` keeps it verbatim.
     fn known_module(&mut self, module: &str, opts: &[Opt<'_>]) -> Result<Option<Vec<Match>>, Fail> {
         let single =
             |opts: &[Opt<'_>], name: &str| -> bool { opts.len() == 1 && opts[0].name.text == name };
         let mut out = Vec::new();
         match module {
-            "comment" => {
-                if !single(opts, "--comment") || opts[0].negated {
-                    return Ok(None);
-                }
-                let a = one_arg(&opts[0])?;
-                match Comment::new(a.text.clone()) {
-                    Ok(c) => out.push(Match::Comment(c)),
-                    Err(_) => return Ok(None),
-                }
-            }
             "mark" => {
                 if !single(opts, "--mark") {
                     return Ok(None);
@@ -415,8 +454,13 @@ impl<'a> Parser<'a> {
                     value: mark(a, "--mark")?,
                 }));
             }
-            "conntrack" => {
-                if !single(opts, "--ctstate") {
+            "conntrack" | "state" => {
+                let flag = if module == "state" {
+                    "--state"
+                } else {
+                    "--ctstate"
+                };
+                if !single(opts, flag) {
                     return Ok(None);
                 }
                 let a = one_arg(&opts[0])?;
@@ -432,10 +476,15 @@ impl<'a> Parser<'a> {
                         _ => return Ok(None),
                     });
                 }
-                out.push(Match::Conntrack(Not {
+                let states = Not {
                     negated: opts[0].negated,
                     value: states,
-                }));
+                };
+                out.push(if module == "state" {
+                    Match::State(states)
+                } else {
+                    Match::Conntrack(states)
+                });
             }
             "addrtype" => {
                 for o in opts {
@@ -673,12 +722,16 @@ impl<'a> Parser<'a> {
                 None => None,
             },
             "DNAT" => match only("--to-destination") {
-                Some(to) => match to.text.parse::<SocketAddr>() {
-                    Ok(sa) => {
+                Some(to) => match dnat_to(&to.text) {
+                    Some(t @ Target::Dnat(sa)) => {
                         self.family.check(&sa.ip(), to.start)?;
-                        Some(Target::Dnat(sa))
+                        Some(t)
                     }
-                    Err(_) => None,
+                    Some(t @ Target::DnatAddress(ip)) => {
+                        self.family.check(&ip, to.start)?;
+                        Some(t)
+                    }
+                    _ => None,
                 },
                 None => None,
             },
@@ -838,6 +891,19 @@ pub(crate) fn snap_one_in(p: Probability) -> Probability {
         }
     }
     p
+}
+
+/// `ADDR:PORT` ([`Target::Dnat`]) or `ADDR` ([`Target::DnatAddress`], also
+/// `[V6]`); a range or anything else is `None` (kept verbatim).
+fn dnat_to(text: &str) -> Option<Target> {
+    if let Ok(sa) = text.parse::<SocketAddr>() {
+        return Some(Target::Dnat(sa));
+    }
+    let bare = text
+        .strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .unwrap_or(text);
+    bare.parse::<IpAddr>().ok().map(Target::DnatAddress)
 }
 
 /// `ADDR`, `ADDR:PORT`, `ADDR:P-Q`, `[V6]:P-Q`.

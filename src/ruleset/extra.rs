@@ -87,13 +87,17 @@ impl RawText {
     /// Validates verbatim text.
     ///
     /// # Errors
-    /// [`IrError::RawText`] if it is empty (or only spaces) or contains a line break,
-    /// a NUL or another control character.
+    /// [`IrError::RawText`] if it is empty (or only spaces), contains a line break,
+    /// a NUL or another control character, or has a double quote that is not
+    /// closed (as `iptables-restore` splits words), which would swallow the rest
+    /// of the rendered line.
     ///
     /// ```
     /// use svcnat::ruleset::RawText;
     /// assert!(RawText::new("-m limit --limit 5/min").is_ok());
+    /// assert!(RawText::new("-j LOG --log-prefix \"a \\\" b\"").is_ok());
     /// assert!(RawText::new("-j ACCEPT\n-A X").is_err());
+    /// assert!(RawText::new("-j LOG --log-prefix \"open").is_err());
     /// ```
     pub fn new(text: impl Into<String>) -> Result<Self, IrError> {
         let text = text.into();
@@ -101,6 +105,8 @@ impl RawText {
             Some("empty")
         } else if text.chars().any(|c| c.is_control()) {
             Some("has a line break or another control character")
+        } else if !crate::parse::quotes_balanced(&text) {
+            Some("has an unterminated quote")
         } else {
             None
         };

@@ -9,6 +9,7 @@ mod kernel;
 #[cfg(feature = "k8s")]
 mod kube_proxy;
 mod parse;
+mod parse_trace_regressions;
 mod properties;
 mod snapshots;
 mod sync;

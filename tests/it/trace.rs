@@ -230,11 +230,13 @@ proptest! {
                     }
                 }
             }
-            // A port nothing serves on that IP is forwarded untouched.
-            let unserved = Packet::tcp(ip("10.1.2.3"), svc.cluster_ips[0], 1).arriving_on("cni0");
+            // A port nothing serves on that IP is forwarded untouched (port 1,
+            // unless the service has it: the generated ports are below 2004).
+            let free = if svc.ports.iter().any(|p| p.port == 1) { 65535 } else { 1 };
+            let unserved = Packet::tcp(ip("10.1.2.3"), svc.cluster_ips[0], free).arriving_on("cni0");
             let t = trace(&ruleset, &unserved, &node).unwrap();
             prop_assert_eq!(t.outcomes.len(), 1);
-            prop_assert_eq!(t.outcomes[0].destination, SocketAddr::new(svc.cluster_ips[0], 1));
+            prop_assert_eq!(t.outcomes[0].destination, SocketAddr::new(svc.cluster_ips[0], free));
             prop_assert_eq!(t.outcomes[0].verdict, Verdict::Accept);
         }
     }
