@@ -249,7 +249,7 @@ fn skipped_services_are_not_errors() {
 
 #[cfg(feature = "k8s")]
 pub(crate) mod example_cli {
-    use std::process::{Command, Stdio};
+    use std::process::Command;
 
     pub(crate) fn example(name: &str) -> std::path::PathBuf {
         // target/debug/deps/it-… -> target/debug/examples/NAME
@@ -267,21 +267,7 @@ pub(crate) mod example_cli {
     }
 
     pub(crate) fn run_example(name: &str, args: &[&str], stdin: &str) -> (i32, String, String) {
-        use std::io::Write;
-        let mut child = Command::new(example(name))
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the examples are built by `cargo test --all-features`");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
+        let out = crate::fixtures::run_with_stdin(Command::new(example(name)).args(args), stdin);
         (
             out.status.code().unwrap(),
             String::from_utf8(out.stdout).unwrap(),

@@ -64,3 +64,18 @@ pub fn state(services: Vec<Service>, slices: Vec<EndpointSlice>) -> ClusterState
 pub fn render(state: &ClusterState, config: &ProxyConfig) -> String {
     svcnat::render::to_string(&svcnat::compile::compile(state, config).unwrap())
 }
+
+/// Runs `cmd` with `stdin`; returns its output (status, stdout, stderr).
+pub fn run_with_stdin(cmd: &mut std::process::Command, stdin: &str) -> std::process::Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    // A program that exits without reading its input closes the pipe early.
+    let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
+    child.wait_with_output().unwrap()
+}

@@ -70,22 +70,12 @@ impl Netns {
 
     /// Runs a command inside the namespace with `stdin`; returns (success, stdout+stderr).
     pub fn run(&self, args: &[&str], stdin: &str) -> (bool, String) {
-        use std::io::Write;
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.name])
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
+        let out = crate::fixtures::run_with_stdin(
+            Command::new("ip")
+                .args(["netns", "exec", &self.name])
+                .args(args),
+            stdin,
+        );
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),

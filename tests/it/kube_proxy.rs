@@ -343,16 +343,22 @@ fn diff(theirs: &Dump, ours: &Dump) -> Result<(), String> {
     if out.is_empty() { Ok(()) } else { Err(out) }
 }
 
-#[test]
-fn kube_proxy_cases() {
+/// The case directories holding one of `files`, sorted.
+fn case_dirs(files: &[&str]) -> Vec<std::path::PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/kube-proxy");
     let mut dirs: Vec<_> = std::fs::read_dir(&root)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.join("expected.txt").exists() || p.join("assertions.json").exists())
+        .filter(|p| files.iter().any(|f| p.join(f).exists()))
         .collect();
     dirs.sort();
     assert!(!dirs.is_empty(), "no cases under {}", root.display());
+    dirs
+}
+
+#[test]
+fn kube_proxy_cases() {
+    let dirs = case_dirs(&["expected.txt", "assertions.json"]);
     let failures: Vec<String> = dirs
         .iter()
         .filter_map(|d| {
@@ -479,13 +485,7 @@ fn run_flows(dir: &Path) -> Result<usize, String> {
 
 #[test]
 fn kube_proxy_packet_flows() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/kube-proxy");
-    let mut dirs: Vec<_> = std::fs::read_dir(&root)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.join("flows.json").exists())
-        .collect();
-    dirs.sort();
+    let dirs = case_dirs(&["flows.json"]);
     let mut total = 0;
     let mut failures = Vec::new();
     for d in &dirs {
