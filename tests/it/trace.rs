@@ -420,10 +420,20 @@ fn connect(ns: &Netns, to: SocketAddr) -> String {
 }
 
 #[test]
-fn kernel_traffic_agrees_with_the_trace() {
-    if !kernel_available("kernel_traffic_agrees_with_the_trace") {
-        return;
+fn kernel_traffic_agrees_with_the_trace_nft() {
+    if kernel_available("kernel_traffic_agrees_with_the_trace_nft") {
+        traffic_agrees_with_the_trace("nft");
     }
+}
+
+#[test]
+fn kernel_traffic_agrees_with_the_trace_legacy() {
+    if kernel_available("kernel_traffic_agrees_with_the_trace_legacy") {
+        traffic_agrees_with_the_trace("legacy");
+    }
+}
+
+fn traffic_agrees_with_the_trace(backend: &str) {
     // node: vp0 10.244.0.1 -> pod 10.244.0.2 (the endpoint), vq0 10.244.1.1 ->
     // pc 10.244.1.2 (a pod client), vc0 192.168.50.1 -> client 192.168.50.2 (off
     // cluster), vu0 192.168.60.1 -> up 192.168.60.2 (the node's default route).
@@ -431,11 +441,11 @@ fn kernel_traffic_agrees_with_the_trace() {
     // that would leave by the interface it came in on draws an ICMP redirect,
     // and the client then ignores the REJECT's port-unreachable (seen on these
     // machines: a timeout instead of "connection refused").
-    let node = Netns::new("tr-node");
-    let pod = Netns::new("tr-pod");
-    let pc = Netns::new("tr-pc");
-    let client = Netns::new("tr-cli");
-    let up = Netns::new("tr-up");
+    let node = Netns::new(&format!("tr-node-{backend}"));
+    let pod = Netns::new(&format!("tr-pod-{backend}"));
+    let pc = Netns::new(&format!("tr-pc-{backend}"));
+    let client = Netns::new(&format!("tr-cli-{backend}"));
+    let up = Netns::new(&format!("tr-up-{backend}"));
     for (dev, addr, peer_ns, peer_addr) in [
         ("vp0", "10.244.0.1/24", &pod, "10.244.0.2/24"),
         ("vq0", "10.244.1.1/24", &pc, "10.244.1.2/24"),
@@ -529,7 +539,7 @@ fn kernel_traffic_agrees_with_the_trace() {
         &jump_rules(&config).unwrap(),
     );
     let (ok, out) = node.run(
-        &["iptables-nft-restore"],
+        &[&format!("iptables-{backend}-restore")],
         &svcnat::render::to_string(&ruleset),
     );
     assert!(ok, "restore: {out}");
