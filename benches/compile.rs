@@ -50,6 +50,19 @@ fn bench(c: &mut Criterion) {
         );
     }
     group.finish();
+    // The two halves apart, at the largest size.
+    let state = cluster(1000, 10);
+    c.bench_function("compile-only/1000x10", |b| {
+        b.iter(|| svcnat::compile::compile(&state, &config).unwrap())
+    });
+    let ruleset = svcnat::compile::compile(&state, &config).unwrap();
+    c.bench_function("render-only/1000x10", |b| {
+        b.iter(|| {
+            let mut out = Vec::with_capacity(1 << 20);
+            svcnat::render::write_io(&ruleset, &mut out).unwrap();
+            out.len()
+        })
+    });
 }
 
 /// A one-endpoint change in a cluster of growing size: the partial sync's cost
