@@ -104,6 +104,12 @@ pub enum Error {
     /// An executor call failed.
     #[error(transparent)]
     Exec(#[from] exec::ExecError),
+    /// Rule text could not be parsed.
+    #[error(transparent)]
+    Parse(#[from] parse::ParseError),
+    /// A packet could not be traced.
+    #[error(transparent)]
+    Trace(#[from] trace::TraceError),
     /// Writing the rules failed.
     #[error("writing rules: {0}")]
     Io(#[from] std::io::Error),
