@@ -157,17 +157,18 @@ fn ip(args: &[&str]) {
 const ECHO_SERVER: &str = r#"
 import socket, sys, threading, signal
 signal.alarm(120)
-name, port = sys.argv[1], int(sys.argv[2])
+name, port, six = sys.argv[1], int(sys.argv[2]), sys.argv[3:] == ["6"]
+F, ANY = (socket.AF_INET6, "::") if six else (socket.AF_INET, "0.0.0.0")
 def udp():
-    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    u.bind(("0.0.0.0", port))
+    u = socket.socket(F, socket.SOCK_DGRAM)
+    u.bind((ANY, port))
     while True:
         d, a = u.recvfrom(100)
         u.sendto(("%s %s" % (name, a[0])).encode(), a)
 threading.Thread(target=udp, daemon=True).start()
-s = socket.socket()
+s = socket.socket(F)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", port))
+s.bind((ANY, port))
 s.listen(64)
 while True:
     c, a = s.accept()
@@ -187,7 +188,7 @@ for i in range(n):
             print(s.recv(100).decode().strip())
             s.close()
         else:
-            u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            u = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
             u.settimeout(2)
             u.sendto(b"x", (host, port))
             print(u.recv(100).decode().strip())
@@ -200,9 +201,11 @@ for i in range(n):
         print("ERROR %s" % e)
 "#;
 
-/// A node namespace with three pod namespaces (10.244.N.2, node side 10.244.N.1) and
-/// an outside client (192.168.50.2, node at 192.168.50.1), echo servers on port 8080
-/// in every pod. Everything is removed on drop.
+/// A node namespace with three pod namespaces and an outside client, on veth pairs,
+/// with an echo server on port 8080 in every pod. IPv4: pod N at 10.244.N.2 (node
+/// side 10.244.N.1), client 192.168.50.2 (node 192.168.50.1). IPv6: pod N at
+/// fd00:244:N::2 (node side fd00:244:N::1), client fd00:50::2 (node fd00:50::1).
+/// Everything is removed on drop.
 struct Lab {
     servers: Vec<std::process::Child>,
     node: Netns,
@@ -211,15 +214,69 @@ struct Lab {
     _pods: Vec<Netns>,
 }
 
+/// The lab's addresses for one family.
+struct Plan {
+    six: bool,
+}
+
+impl Plan {
+    fn pod(&self, i: usize) -> String {
+        if self.six {
+            format!("fd00:244:{i}::2")
+        } else {
+            format!("10.244.{i}.2")
+        }
+    }
+    fn pod_gw(&self, i: usize) -> String {
+        if self.six {
+            format!("fd00:244:{i}::1")
+        } else {
+            format!("10.244.{i}.1")
+        }
+    }
+    fn client(&self) -> &'static str {
+        if self.six {
+            "fd00:50::2"
+        } else {
+            "192.168.50.2"
+        }
+    }
+    fn node(&self) -> &'static str {
+        if self.six {
+            "fd00:50::1"
+        } else {
+            "192.168.50.1"
+        }
+    }
+    fn len(&self) -> &'static str {
+        if self.six { "64" } else { "24" }
+    }
+}
+
 impl Lab {
-    fn new(tag: &str) -> Lab {
+    fn new(tag: &str, family: svcnat::model::IpFamily) -> Lab {
+        let plan = Plan {
+            six: family == svcnat::model::IpFamily::IPv6,
+        };
         let node = Netns::new(&format!("{tag}-node"));
         let client = Netns::new(&format!("{tag}-cli"));
         let pods: Vec<Netns> = (1..=3)
             .map(|i| Netns::new(&format!("{tag}-pod{i}")))
             .collect();
         let n = node.name.as_str();
-        ip(&["-n", n, "link", "set", "lo", "up"]);
+        // An address without duplicate address detection, usable at once.
+        let addr = |ns: &str, a: String, dev: &str| {
+            let cidr = format!("{a}/{}", plan.len());
+            let mut args = vec!["-n", ns, "addr", "add", cidr.as_str(), "dev", dev];
+            if plan.six {
+                args.push("nodad");
+            }
+            ip(&args);
+        };
+        let link_up = |ns: &str, dev: &str| ip(&["-n", ns, "link", "set", dev, "up"]);
+        let default_via =
+            |ns: &str, gw: &str| ip(&["-n", ns, "route", "add", "default", "via", gw]);
+        link_up(n, "lo");
         for (i, pod) in pods.iter().enumerate() {
             let i = i + 1;
             let p = pod.name.as_str();
@@ -227,72 +284,42 @@ impl Lab {
             ip(&[
                 "link", "add", &vp, "netns", n, "type", "veth", "peer", "name", "eth0", "netns", p,
             ]);
-            ip(&[
-                "-n",
-                n,
-                "addr",
-                "add",
-                &format!("10.244.{i}.1/24"),
-                "dev",
-                &vp,
-            ]);
-            ip(&["-n", n, "link", "set", &vp, "up"]);
-            ip(&[
-                "-n",
-                p,
-                "addr",
-                "add",
-                &format!("10.244.{i}.2/24"),
-                "dev",
-                "eth0",
-            ]);
-            ip(&["-n", p, "link", "set", "eth0", "up"]);
-            ip(&["-n", p, "link", "set", "lo", "up"]);
-            ip(&[
-                "-n",
-                p,
-                "route",
-                "add",
-                "default",
-                "via",
-                &format!("10.244.{i}.1"),
-            ]);
+            addr(n, plan.pod_gw(i), &vp);
+            link_up(n, &vp);
+            addr(p, plan.pod(i), "eth0");
+            link_up(p, "eth0");
+            link_up(p, "lo");
+            default_via(p, &plan.pod_gw(i));
         }
         let c = client.name.as_str();
         ip(&[
             "link", "add", "vcli", "netns", n, "type", "veth", "peer", "name", "eth0", "netns", c,
         ]);
-        ip(&["-n", n, "addr", "add", "192.168.50.1/24", "dev", "vcli"]);
-        ip(&["-n", n, "link", "set", "vcli", "up"]);
-        ip(&["-n", c, "addr", "add", "192.168.50.2/24", "dev", "eth0"]);
-        ip(&["-n", c, "link", "set", "eth0", "up"]);
-        ip(&["-n", c, "link", "set", "lo", "up"]);
-        ip(&["-n", c, "route", "add", "default", "via", "192.168.50.1"]);
+        addr(n, plan.node().to_owned(), "vcli");
+        link_up(n, "vcli");
+        addr(c, plan.client().to_owned(), "eth0");
+        link_up(c, "eth0");
+        link_up(c, "lo");
+        default_via(c, plan.node());
         // Locally generated traffic to a service IP needs a route before nat OUTPUT sees it.
-        ip(&["-n", n, "route", "add", "default", "via", "192.168.50.2"]);
+        default_via(n, plan.client());
         for sysctl in [
             "net.ipv4.ip_forward=1",
+            "net.ipv6.conf.all.forwarding=1",
             "net.ipv4.conf.all.rp_filter=0",
             "net.ipv4.conf.default.rp_filter=0",
         ] {
             let (ok, out) = node.run(&["sysctl", "-w", sysctl], "");
             assert!(ok, "{out}");
         }
+        let fam = if plan.six { "6" } else { "4" };
         let servers = pods
             .iter()
             .enumerate()
             .map(|(i, pod)| {
                 Command::new("ip")
-                    .args([
-                        "netns",
-                        "exec",
-                        &pod.name,
-                        "python3",
-                        "-c",
-                        ECHO_SERVER,
-                        &format!("pod{}", i + 1),
-                        "8080",
-                    ])
+                    .args(["netns", "exec", &pod.name, "python3", "-c", ECHO_SERVER])
+                    .args([format!("pod{}", i + 1), "8080".into(), fam.into()])
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
                     .spawn()
@@ -307,7 +334,7 @@ impl Lab {
         };
         // Wait until every server answers directly.
         for i in 1..=3 {
-            let addr = format!("10.244.{i}.2");
+            let addr = plan.pod(i);
             let ready = (0..50).any(|_| {
                 let answers = lab.connect(&lab.node, "tcp", &addr, 8080, 1);
                 if answers[0].starts_with("pod") {
@@ -529,7 +556,7 @@ mod traffic {
     }
 
     fn traffic_and_churn(backend: Backend, tag: &str) {
-        let lab = Lab::new(tag);
+        let lab = Lab::new(tag, IpFamily::IPv4);
         let n = lab.node.name.clone();
         let save = match backend {
             Backend::Legacy => "iptables-legacy-save",
@@ -717,6 +744,71 @@ mod traffic {
             "TIMEOUT",
             "deleted service still answers"
         );
+    }
+
+    /// IPv6: ip6tables rules with bracketed DNAT targets carry real traffic.
+    fn ipv6_traffic(backend: Backend, tag: &str) {
+        let lab = Lab::new(tag, IpFamily::IPv6);
+        let pod6 =
+            |i: u8, node: &str| Endpoint::ready(addr(&format!("fd00:244:{i}::2"))).on_node(node);
+        let mut state = ClusterState::new();
+        let mut spread = svc("spread", "fd00:96::10");
+        spread.service_type = ServiceType::NodePort;
+        spread.ports[0].node_port = Some(30080);
+        state.upsert_service(spread);
+        let mut sl = slice(
+            "spread",
+            &[pod6(1, "node"), pod6(2, "node"), pod6(3, "node")],
+        );
+        sl.address_type = IpFamily::IPv6;
+        state.upsert_slice(sl);
+        state.upsert_service(svc("empty", "fd00:96::20"));
+        let config = ProxyConfig::default()
+            .with_ip_family(IpFamily::IPv6)
+            .with_node_name("node")
+            .with_node_ips([addr("fd00:50::1"), addr("::1")])
+            .with_cluster_cidrs(["fd00:244::/48".parse().unwrap()]);
+        let exec = IptablesRestore::new(backend).with_command_prefix([
+            "ip",
+            "netns",
+            "exec",
+            lab.node.name.as_str(),
+        ]);
+        let mut syncer = Syncer::new(exec, config).unwrap();
+        syncer.replace_state(state);
+        assert!(syncer.sync().unwrap().full);
+
+        // From the node: every endpoint, masqueraded to the node's address on the pod link.
+        let tcp = lab.connect(&lab.node, "tcp", "fd00:96::10", 80, 30);
+        assert_eq!(names(&tcp).len(), 3, "{tcp:?}");
+        for a in &tcp {
+            let (name, src) = a.split_once(' ').unwrap();
+            assert_eq!(src, format!("fd00:244:{}::1", &name[3..]), "{a}");
+        }
+        let udp = lab.connect(&lab.node, "udp", "fd00:96::10", 80, 30);
+        assert_eq!(names(&udp).len(), 3, "{udp:?}");
+        // NodePort from outside.
+        let np = lab.connect(&lab.client, "tcp", "fd00:50::1", 30080, 30);
+        assert_eq!(names(&np).len(), 3, "{np:?}");
+        // No endpoints: rejected.
+        assert_eq!(
+            lab.connect(&lab.node, "tcp", "fd00:96::20", 80, 1),
+            ["REFUSED"]
+        );
+    }
+
+    #[test]
+    fn ipv6_traffic_nft() {
+        if kernel_available("ipv6_traffic_nft") {
+            ipv6_traffic(Backend::Nft, "v6nft");
+        }
+    }
+
+    #[test]
+    fn ipv6_traffic_legacy() {
+        if kernel_available("ipv6_traffic_legacy") {
+            ipv6_traffic(Backend::Legacy, "v6leg");
+        }
     }
 
     #[test]
