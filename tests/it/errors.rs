@@ -224,15 +224,7 @@ fn lenient_mode_ignores_bad_slice_parts_but_keeps_the_service() {
     assert!(warnings[0].contains("ports[1]: endpoint port \"gone\"/tcp matches no service port"));
     assert!(warnings[1].contains("endpoints[1].addresses[0]: fd00::1 is not an IPv4 address"));
     // The usable parts compile as if the bad ones were not there.
-    let clean = state(
-        vec![svc1()],
-        vec![slice(
-            "ns1",
-            "svc1",
-            &[("p80", 80)],
-            vec![ready("10.180.0.1")],
-        )],
-    );
+    let clean = one(svc1(), vec![ready("10.180.0.1")]);
     assert_eq!(lenient.ruleset, compile(&clean, &config()).unwrap());
 }
 

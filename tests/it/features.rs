@@ -18,14 +18,6 @@ fn remote(addr: &str) -> Endpoint {
     ready(addr).on_node("other-node")
 }
 
-fn one(s: Service, endpoints: Vec<Endpoint>) -> ClusterState {
-    let name = s.name.clone();
-    state(
-        vec![s],
-        vec![slice("ns1", &name, &[("p80", 80)], endpoints)],
-    )
-}
-
 /// Only the rules a service adds: the fixed chains' own rules are left out.
 fn service_rules(state: &ClusterState, config: &ProxyConfig) -> String {
     let text = render(state, config);

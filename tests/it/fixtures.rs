@@ -61,6 +61,15 @@ pub fn state(services: Vec<Service>, slices: Vec<EndpointSlice>) -> ClusterState
     state
 }
 
+/// One service in `ns1` with these endpoints on its port `p80` (port 80).
+pub fn one(s: Service, endpoints: Vec<Endpoint>) -> ClusterState {
+    let name = s.name.clone();
+    state(
+        vec![s],
+        vec![slice("ns1", &name, &[("p80", 80)], endpoints)],
+    )
+}
+
 pub fn render(state: &ClusterState, config: &ProxyConfig) -> String {
     svcnat::render::to_string(&svcnat::compile::compile(state, config).unwrap())
 }

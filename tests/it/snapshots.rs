@@ -11,29 +11,13 @@ fn svc1() -> Service {
 
 #[test]
 fn cluster_ip_one_endpoint() {
-    let s = state(
-        vec![svc1()],
-        vec![slice(
-            "ns1",
-            "svc1",
-            &[("p80", 80)],
-            vec![ready("10.180.0.1")],
-        )],
-    );
+    let s = one(svc1(), vec![ready("10.180.0.1")]);
     assert_snapshot!(render(&s, &config()));
 }
 
 #[test]
 fn cluster_ip_one_endpoint_typed() {
-    let s = state(
-        vec![svc1()],
-        vec![slice(
-            "ns1",
-            "svc1",
-            &[("p80", 80)],
-            vec![ready("10.180.0.1")],
-        )],
-    );
+    let s = one(svc1(), vec![ready("10.180.0.1")]);
     let ruleset = svcnat::compile::compile(&s, &config()).unwrap();
     insta::assert_debug_snapshot!(
         ruleset.chain(svcnat::ruleset::Table::Nat, "KUBE-SEP-SXIVWICOYRO3J4NJ")
@@ -68,15 +52,7 @@ fn node_port() {
         ports: vec![ServicePort::tcp("p80", 80).with_node_port(3001)],
         ..svc
     };
-    let s = state(
-        vec![svc],
-        vec![slice(
-            "ns1",
-            "svc1",
-            &[("p80", 80)],
-            vec![ready("10.180.0.1")],
-        )],
-    );
+    let s = one(svc, vec![ready("10.180.0.1")]);
     assert_snapshot!(render(&s, &config()));
 }
 
@@ -116,29 +92,13 @@ fn multi_port_tcp_udp() {
 
 #[test]
 fn masquerade_all() {
-    let s = state(
-        vec![svc1()],
-        vec![slice(
-            "ns1",
-            "svc1",
-            &[("p80", 80)],
-            vec![ready("10.180.0.1")],
-        )],
-    );
+    let s = one(svc1(), vec![ready("10.180.0.1")]);
     assert_snapshot!(render(&s, &config().with_masquerade_all(true)));
 }
 
 #[test]
 fn without_cluster_cidr() {
-    let s = state(
-        vec![svc1()],
-        vec![slice(
-            "ns1",
-            "svc1",
-            &[("p80", 80)],
-            vec![ready("10.180.0.1")],
-        )],
-    );
+    let s = one(svc1(), vec![ready("10.180.0.1")]);
     let config = config().with_local_traffic(LocalTrafficDetector::None);
     assert_snapshot!(render(&s, &config));
 }
@@ -155,10 +115,7 @@ fn terminating_only_endpoints() {
             terminating: true,
         }),
     ];
-    let s = state(
-        vec![svc1()],
-        vec![slice("ns1", "svc1", &[("p80", 80)], eps)],
-    );
+    let s = one(svc1(), eps);
     assert_snapshot!(render(&s, &config()));
 }
 
@@ -169,10 +126,7 @@ fn ready_endpoints_win_over_terminating() {
         ready("10.180.0.2"),
         ready("10.180.0.3").with_conditions(Conditions::NOT_READY),
     ];
-    let s = state(
-        vec![svc1()],
-        vec![slice("ns1", "svc1", &[("p80", 80)], eps)],
-    );
+    let s = one(svc1(), eps);
     assert_snapshot!(render(&s, &config()));
 }
 
