@@ -83,6 +83,7 @@ pub mod parse;
 pub mod render;
 pub mod ruleset;
 pub mod sync;
+pub mod synthetic;
 pub mod trace;
 
 pub use error::{CompileError, Problem};

@@ -1,0 +1,341 @@
+//! Measures svcnat on a generated cluster and prints one JSON object.
+//!
+//! ```text
+//! cargo run --release --example scale -- --services S --endpoints E \
+//!     [--mix cluster-ip|load-balancer] [--seed N] [--runs N]
+//! ```
+//!
+//! The cluster is [`svcnat::synthetic`]'s, seen from its node `node-0`. Every time is
+//! the median of `--runs` runs (default 5) on one thread, in nanoseconds:
+//!
+//! | key | what |
+//! |---|---|
+//! | `full_bytes`, `full_rules`, `full_chains` | the full restore text: bytes, `-A` rules, chains |
+//! | `full_ns` | compile + render into a new `Vec<u8>` (`compile_ns` + `render_ns`) |
+//! | `floor_ns` | `copy_ns` + `hash_ns`: copying `full_bytes` into a new buffer, and SHA-256 over every chain name the output declares |
+//! | `ratio` | `full_ns / floor_ns` |
+//! | `partial_one_ns`, `partial_one_bytes` | one endpoint of one service changed: from handing the slice to the `Syncer` to having its payload |
+//! | `partial_one_fraction` | `partial_one_bytes / full_bytes` |
+//! | `partial_100_ns`, `partial_100_bytes` | the same for 100 services changed at once |
+//! | `peak_bytes`, `peak_ratio` | heap in use at the peak of one compile + render, above what was in use before (the cluster itself), and its ratio to `full_bytes` |
+//! | `syncer_bytes` | heap the `Syncer` keeps between syncs (its copy of the cluster and the applied rules) |
+//!
+//! Partial times are null for a cluster without endpoints. Exit code 0, or 2 with one
+//! line on stderr for bad flags.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::hint::black_box;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use svcnat::exec::DryRun;
+use svcnat::model::ClusterState;
+use svcnat::sync::Syncer;
+use svcnat::synthetic::{self, Mix, Spec};
+
+const USAGE: &str = "usage: scale --services S --endpoints E [--mix cluster-ip|load-balancer] [--seed N] [--runs N]";
+
+fn main() {
+    let args = Args::parse(std::env::args().skip(1)).unwrap_or_else(|e| {
+        eprintln!("scale: {e}; {USAGE}");
+        std::process::exit(2)
+    });
+    let report = measure(&args);
+    println!("{report}");
+}
+
+#[derive(Debug)]
+struct Args {
+    spec: Spec,
+    runs: usize,
+}
+
+impl Args {
+    fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
+        let (mut services, mut endpoints) = (None, None);
+        let (mut mix, mut seed, mut runs) = (Mix::ClusterIp, 1u64, 5usize);
+        while let Some(arg) = it.next() {
+            let (flag, inline) = match arg.split_once('=') {
+                Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
+                _ => (arg.clone(), None),
+            };
+            if flag == "-h" || flag == "--help" {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            let mut value = || {
+                inline
+                    .clone()
+                    .or_else(|| it.next())
+                    .ok_or_else(|| format!("{flag}: missing value"))
+            };
+            let number = |v: String| {
+                v.parse::<u64>()
+                    .map_err(|_| format!("{flag}: {v:?} is not a number"))
+            };
+            match flag.as_str() {
+                "--services" => services = Some(number(value()?)? as usize),
+                "--endpoints" => endpoints = Some(number(value()?)? as usize),
+                "--seed" => seed = number(value()?)?,
+                "--runs" => runs = (number(value()?)? as usize).max(1),
+                "--mix" => {
+                    mix = match value()?.as_str() {
+                        "cluster-ip" => Mix::ClusterIp,
+                        "load-balancer" => Mix::LoadBalancer,
+                        other => return Err(format!("--mix: unknown mix {other:?}")),
+                    }
+                }
+                _ => return Err(format!("unexpected argument {arg:?}")),
+            }
+        }
+        let services = services.ok_or("--services is required")?;
+        let endpoints = endpoints.ok_or("--endpoints is required")?;
+        if services > 1_000_000 || endpoints > 1_000 {
+            return Err("at most 1000000 services and 1000 endpoints each".into());
+        }
+        Ok(Args {
+            spec: Spec::new(services, endpoints).with_mix(mix).with_seed(seed),
+            runs,
+        })
+    }
+}
+
+fn measure(args: &Args) -> serde_json::Value {
+    let spec = args.spec;
+    let config = synthetic::config();
+    let state = spec.build();
+
+    // Peak heap of one compile + render, above the cluster already in memory.
+    let before = HEAP.reset_peak();
+    let bytes = full(&state, &config);
+    let peak_bytes = HEAP.peak() - before;
+    drop(bytes);
+
+    let mut compile_ns = Vec::new();
+    let mut render_ns = Vec::new();
+    let mut full_ns = Vec::new();
+    let mut bytes = Vec::new();
+    let mut names = Vec::new();
+    let mut rules = 0;
+    for run in 0..args.runs {
+        let t0 = Instant::now();
+        let ruleset =
+            svcnat::compile::compile(&state, &config).expect("generated cluster is valid");
+        let t1 = Instant::now();
+        let mut out = Vec::new();
+        svcnat::render::write_io(&ruleset, &mut out).expect("a Vec takes every write");
+        let t2 = Instant::now();
+        compile_ns.push(nanos(t1 - t0));
+        render_ns.push(nanos(t2 - t1));
+        full_ns.push(nanos(t2 - t0));
+        if run == 0 {
+            rules = ruleset.rule_count();
+            names = ruleset
+                .tables
+                .iter()
+                .flat_map(|t| t.chains.keys())
+                .map(|n| n.as_str().to_owned())
+                .collect::<Vec<_>>();
+        }
+        bytes = out;
+    }
+
+    let mut copy_ns = Vec::new();
+    let mut hash_ns = Vec::new();
+    for _ in 0..args.runs {
+        let t0 = Instant::now();
+        let copy = black_box(&bytes).to_vec();
+        let t1 = Instant::now();
+        black_box(&copy);
+        drop(copy);
+        let t2 = Instant::now();
+        for name in black_box(&names) {
+            black_box(Sha256::digest(name.as_bytes()));
+        }
+        let t3 = Instant::now();
+        copy_ns.push(nanos(t1 - t0));
+        hash_ns.push(nanos(t3 - t2));
+    }
+
+    let (compile_ns, render_ns, full_ns) = (median(compile_ns), median(render_ns), median(full_ns));
+    let (copy_ns, hash_ns) = (median(copy_ns), median(hash_ns));
+    let floor_ns = copy_ns + hash_ns;
+    let full_bytes = bytes.len();
+    drop(bytes);
+
+    let before = HEAP.current();
+    let mut syncer = Syncer::new(DryRun::default(), config).expect("valid config");
+    syncer.replace_state(state.clone());
+    syncer.sync().expect("a dry run cannot fail");
+    syncer.executor_mut().payloads.clear();
+    syncer.executor_mut().payloads.shrink_to_fit();
+    let syncer_bytes = HEAP.current().saturating_sub(before);
+
+    let one = partial(&mut syncer, &spec, args.runs, 1);
+    let hundred = partial(&mut syncer, &spec, args.runs, 100);
+
+    json!({
+        "services": spec.services,
+        "endpoints": spec.endpoints,
+        "mix": spec.mix,
+        "seed": spec.seed,
+        "runs": args.runs,
+        "full_bytes": full_bytes,
+        "full_rules": rules,
+        "full_chains": names.len(),
+        "full_ns": full_ns,
+        "compile_ns": compile_ns,
+        "render_ns": render_ns,
+        "floor_ns": floor_ns,
+        "copy_ns": copy_ns,
+        "hash_ns": hash_ns,
+        "ratio": full_ns as f64 / floor_ns.max(1) as f64,
+        "partial_one_ns": one.map(|p| p.0),
+        "partial_one_bytes": one.map(|p| p.1),
+        "partial_one_fraction": one.map(|p| p.1 as f64 / full_bytes.max(1) as f64),
+        "partial_100_ns": hundred.map(|p| p.0),
+        "partial_100_bytes": hundred.map(|p| p.1),
+        "peak_bytes": peak_bytes,
+        "peak_ratio": peak_bytes as f64 / full_bytes.max(1) as f64,
+        "syncer_bytes": syncer_bytes,
+    })
+}
+
+/// One compile + render, the bytes kept.
+fn full(state: &ClusterState, config: &svcnat::model::ProxyConfig) -> Vec<u8> {
+    let ruleset = svcnat::compile::compile(state, config).expect("generated cluster is valid");
+    let mut out = Vec::new();
+    svcnat::render::write_io(&ruleset, &mut out).expect("a Vec takes every write");
+    out
+}
+
+/// Median time and payload size of `runs` partial syncs, each changing one endpoint
+/// of `count` services spread over the cluster. `None` without endpoints.
+fn partial(
+    syncer: &mut Syncer<DryRun>,
+    spec: &Spec,
+    runs: usize,
+    count: usize,
+) -> Option<(u64, usize)> {
+    if spec.services == 0 || spec.endpoints == 0 {
+        return None;
+    }
+    let count = count.min(spec.services);
+    let stride = spec.services / count;
+    let mut times = Vec::new();
+    let mut sizes = Vec::new();
+    // Odd run counts give a true median; a few more runs cost little here.
+    for run in 0..runs.max(11) {
+        let changes: Vec<_> = (0..count)
+            .map(|k| {
+                let i = (k * stride + run * 7919) % spec.services;
+                synthetic::endpoint_change(syncer.state(), i, run as u64 + 1)
+                    .expect("every service has endpoints")
+            })
+            .collect();
+        let t0 = Instant::now();
+        for slice in changes {
+            syncer.upsert_slice(slice);
+        }
+        let report = syncer.sync().expect("a dry run cannot fail");
+        let t1 = Instant::now();
+        assert!(
+            !report.full,
+            "a change of {count} services gave a full sync"
+        );
+        times.push(nanos(t1 - t0));
+        sizes.push(report.bytes);
+        syncer.executor_mut().payloads.clear();
+    }
+    Some((median(times), median(sizes)))
+}
+
+fn nanos(d: std::time::Duration) -> u64 {
+    d.as_nanos().try_into().unwrap_or(u64::MAX)
+}
+
+fn median<T: Ord + Copy>(mut v: Vec<T>) -> T {
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+/// The system allocator, counting the bytes in use and their peak.
+struct Counting {
+    current: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+#[global_allocator]
+static HEAP: Counting = Counting {
+    current: AtomicUsize::new(0),
+    peak: AtomicUsize::new(0),
+};
+
+impl Counting {
+    fn current(&self) -> usize {
+        self.current.load(Ordering::Relaxed)
+    }
+
+    fn peak(&self) -> usize {
+        self.peak.load(Ordering::Relaxed)
+    }
+
+    /// Starts a new peak at the current use, which it returns.
+    fn reset_peak(&self) -> usize {
+        let now = self.current();
+        self.peak.store(now, Ordering::Relaxed);
+        now
+    }
+
+    fn add(&self, size: usize) {
+        let now = self.current.fetch_add(size, Ordering::Relaxed) + size;
+        self.peak.fetch_max(now, Ordering::Relaxed);
+    }
+
+    fn sub(&self, size: usize) {
+        self.current.fetch_sub(size, Ordering::Relaxed);
+    }
+}
+
+// SAFETY: every call is passed to `System` unchanged; the counters only observe.
+// (svcnat itself forbids unsafe code; this measuring example needs a global
+// allocator, which only an `unsafe impl` provides.)
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's contract is System's.
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            self.add(layout.size());
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: the caller's contract is System's.
+        unsafe { System.dealloc(ptr, layout) };
+        self.sub(layout.size());
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's contract is System's.
+        let p = unsafe { System.alloc_zeroed(layout) };
+        if !p.is_null() {
+            self.add(layout.size());
+        }
+        p
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: the caller's contract is System's.
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        // Counted as the net change: large blocks grow by remapping their pages, so
+        // old and new do not both occupy memory.
+        if !p.is_null() {
+            self.sub(layout.size());
+            self.add(new_size);
+        }
+        p
+    }
+}
