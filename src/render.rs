@@ -83,7 +83,9 @@ pub fn write_table<W: fmt::Write>(table: &TableRules, out: &mut W) -> fmt::Resul
 /// # Errors
 /// Only those of the writer.
 pub fn write_chain_line<W: fmt::Write>(name: &ChainName, out: &mut W) -> fmt::Result {
-    writeln!(out, ":{name} - [0:0]")
+    out.write_str(":")?;
+    out.write_str(name.as_str())?;
+    out.write_str(" - [0:0]\n")
 }
 
 /// Writes a chain's rules as `-A NAME …` lines.
@@ -102,11 +104,13 @@ pub fn write_rules<W: fmt::Write>(chain: &Chain, out: &mut W) -> fmt::Result {
 /// # Errors
 /// Only those of the writer.
 pub fn write_rule<W: fmt::Write>(chain: &ChainName, rule: &Rule, out: &mut W) -> fmt::Result {
-    if rule.matches.is_empty() && rule.target.is_none() {
-        writeln!(out, "-A {chain}")
-    } else {
-        writeln!(out, "-A {chain} {rule}")
+    out.write_str("-A ")?;
+    out.write_str(chain.as_str())?;
+    if !rule.matches.is_empty() || rule.target.is_some() {
+        out.write_str(" ")?;
+        rule.write_to(out)?;
     }
+    out.write_str("\n")
 }
 
 /// Bridges `fmt::Write` onto `io::Write`, keeping the real IO error.

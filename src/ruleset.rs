@@ -4,7 +4,6 @@
 //! so anything that reaches [`crate::render`] can be printed without further checks
 //! and no name or comment can inject text into a rule.
 
-use std::borrow::Cow;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
@@ -16,6 +15,7 @@ use thiserror::Error;
 use crate::model::{IpFamily, Protocol};
 
 mod extra;
+pub(crate) mod text;
 pub use extra::{
     AddrKind, Direction, PhysdevOption, PortRange, PortsOf, ProtocolName, RawText, SetMatch, Word,
 };
@@ -111,9 +111,15 @@ fn is_plain_token(s: &str) -> bool {
 }
 
 /// A chain name: 1 to 28 bytes of `[A-Za-z0-9._+@:-]`, not starting with `-` or `!`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+///
+/// Stored inline (no heap allocation), so rules can name chains freely: a large
+/// cluster's ruleset holds hundreds of thousands of them.
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct ChainName(Cow<'static, str>);
+pub struct ChainName {
+    len: u8,
+    bytes: [u8; ChainName::MAX_LEN],
+}
 
 impl ChainName {
     /// The longest chain name iptables accepts.
@@ -139,31 +145,89 @@ impl ChainName {
         };
         match reason {
             Some(reason) => Err(IrError::ChainName { name, reason }),
-            None => Ok(ChainName(Cow::Owned(name))),
+            None => Ok(ChainName::inline(name.as_bytes())),
+        }
+    }
+
+    /// Copies at most [`Self::MAX_LEN`] bytes of plain ASCII (checked by the callers).
+    const fn inline(name: &[u8]) -> Self {
+        assert!(!name.is_empty() && name.len() <= Self::MAX_LEN);
+        let mut bytes = [0u8; Self::MAX_LEN];
+        let mut i = 0;
+        while i < name.len() {
+            assert!(name[i].is_ascii());
+            bytes[i] = name[i];
+            i += 1;
+        }
+        ChainName {
+            len: name.len() as u8,
+            bytes,
         }
     }
 
     /// A name known valid when the crate is written (the fixed `KUBE-*` and built-in
     /// chains); a unit test checks each one with [`ChainName::new`].
     pub(crate) const fn fixed(name: &'static str) -> Self {
-        ChainName(Cow::Borrowed(name))
+        ChainName::inline(name.as_bytes())
     }
 
     /// A name the crate built from a fixed prefix and a hash, valid by construction.
-    pub(crate) fn fixed_owned(name: String) -> Self {
+    pub(crate) fn from_parts(prefix: &str, hash: &[u8]) -> Self {
+        let mut bytes = [0u8; Self::MAX_LEN];
+        let len = prefix.len() + hash.len();
+        bytes[..prefix.len()].copy_from_slice(prefix.as_bytes());
+        bytes[prefix.len()..len].copy_from_slice(hash);
+        let name = ChainName {
+            len: len as u8,
+            bytes,
+        };
         debug_assert!(ChainName::new(name.as_str()).is_ok(), "{name}");
-        ChainName(Cow::Owned(name))
+        name
     }
 
     /// The name.
     pub fn as_str(&self) -> &str {
-        &self.0
+        // Every constructor stores ASCII only.
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or_default()
+    }
+}
+
+impl fmt::Debug for ChainName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("ChainName").field(&self.as_str()).finish()
+    }
+}
+
+impl PartialEq for ChainName {
+    fn eq(&self, other: &Self) -> bool {
+        self.len == other.len && self.bytes == other.bytes
+    }
+}
+
+impl Eq for ChainName {}
+
+impl PartialOrd for ChainName {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ChainName {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl std::hash::Hash for ChainName {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // As `str` hashes, so maps keyed by name can be searched with a `&str`.
+        self.as_str().hash(state);
     }
 }
 
 impl std::borrow::Borrow<str> for ChainName {
     fn borrow(&self) -> &str {
-        &self.0
+        self.as_str()
     }
 }
 
@@ -176,13 +240,13 @@ impl TryFrom<String> for ChainName {
 
 impl From<ChainName> for String {
     fn from(c: ChainName) -> String {
-        c.0.into_owned()
+        c.as_str().to_owned()
     }
 }
 
 impl fmt::Display for ChainName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
@@ -249,13 +313,22 @@ impl From<Comment> for String {
     }
 }
 
-impl fmt::Display for Comment {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Comment {
+    /// Writes the comment, quoted when it contains a space.
+    pub(crate) fn write_to<W: fmt::Write>(&self, f: &mut W) -> fmt::Result {
         if self.0.contains(' ') {
-            write!(f, "\"{}\"", self.0)
+            f.write_str("\"")?;
+            f.write_str(&self.0)?;
+            f.write_str("\"")
         } else {
             f.write_str(&self.0)
         }
+    }
+}
+
+impl fmt::Display for Comment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.write_to(f)
     }
 }
 
@@ -364,8 +437,7 @@ impl std::hash::Hash for Probability {
 
 impl fmt::Display for Probability {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Rust rounds the exact binary value half-to-even, as Go's %0.10f does.
-        write!(f, "{:.10}", self.0)
+        text::probability(f, self.0)
     }
 }
 
@@ -389,12 +461,18 @@ impl Address {
     }
 }
 
+impl Address {
+    pub(crate) fn write_to<W: fmt::Write>(&self, f: &mut W) -> fmt::Result {
+        match self {
+            Address::Ip(ip) => text::ip(f, *ip),
+            Address::Net(net) => text::net(f, *net),
+        }
+    }
+}
+
 impl fmt::Display for Address {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Address::Ip(ip) => write!(f, "{ip}"),
-            Address::Net(net) => write!(f, "{net}"),
-        }
+        self.write_to(f)
     }
 }
 
@@ -605,12 +683,38 @@ impl fmt::Display for NfacctCounter {
 
 impl fmt::Display for Match {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.write_to(f)
+    }
+}
+
+impl Match {
+    /// Writes the match's flags; the common ones without `core::fmt` machinery.
+    pub(crate) fn write_to<W: fmt::Write>(&self, f: &mut W) -> fmt::Result {
         match self {
-            Match::Comment(c) => write!(f, "-m comment --comment {c}"),
-            Match::Protocol(p) => write!(f, "-m {p} -p {p}"),
-            Match::Source(a) => write!(f, "{}-s {}", a.bang(), a.value),
-            Match::Destination(a) => write!(f, "{}-d {}", a.bang(), a.value),
-            Match::DestinationPort(p) => write!(f, "--dport {p}"),
+            Match::Comment(c) => {
+                f.write_str("-m comment --comment ")?;
+                c.write_to(f)
+            }
+            Match::Protocol(p) => {
+                f.write_str("-m ")?;
+                f.write_str(p.as_str())?;
+                f.write_str(" -p ")?;
+                f.write_str(p.as_str())
+            }
+            Match::Source(a) => {
+                f.write_str(a.bang())?;
+                f.write_str("-s ")?;
+                a.value.write_to(f)
+            }
+            Match::Destination(a) => {
+                f.write_str(a.bang())?;
+                f.write_str("-d ")?;
+                a.value.write_to(f)
+            }
+            Match::DestinationPort(p) => {
+                f.write_str("--dport ")?;
+                text::dec(f, u32::from(*p))
+            }
             Match::InInterface(i) => write!(f, "{}-i {}", i.bang(), i.value),
             Match::SrcType(t) => write!(f, "-m addrtype --src-type {t}"),
             Match::DstType(t) => write!(f, "-m addrtype --dst-type {t}"),
@@ -623,9 +727,16 @@ impl fmt::Display for Match {
                 write!(f, "-m state {}--state ", s.bang())?;
                 write_states(f, &s.value)
             }
-            Match::Statistic(p) => write!(f, "-m statistic --mode random --probability {p}"),
+            Match::Statistic(p) => {
+                f.write_str("-m statistic --mode random --probability ")?;
+                text::probability(f, p.0)
+            }
             Match::Recent { name, action } => match action {
-                RecentAction::Set => write!(f, "-m recent --name {name} --set"),
+                RecentAction::Set => {
+                    f.write_str("-m recent --name ")?;
+                    f.write_str(name.as_str())?;
+                    f.write_str(" --set")
+                }
                 RecentAction::Check { seconds } => {
                     write!(
                         f,
@@ -670,7 +781,7 @@ impl fmt::Display for Match {
 }
 
 /// Writes conntrack states separated by commas.
-fn write_states(f: &mut fmt::Formatter<'_>, states: &[CtState]) -> fmt::Result {
+fn write_states<W: fmt::Write>(f: &mut W, states: &[CtState]) -> fmt::Result {
     for (i, state) in states.iter().enumerate() {
         if i > 0 {
             f.write_str(",")?;
@@ -745,14 +856,27 @@ pub enum Target {
 
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.write_to(f)
+    }
+}
+
+impl Target {
+    /// Writes `-j …` with its options; the common ones without `core::fmt` machinery.
+    pub(crate) fn write_to<W: fmt::Write>(&self, f: &mut W) -> fmt::Result {
         match self {
-            Target::Jump(c) => write!(f, "-j {c}"),
+            Target::Jump(c) => {
+                f.write_str("-j ")?;
+                f.write_str(c.as_str())
+            }
             Target::Goto(c) => write!(f, "-g {c}"),
             Target::Accept => f.write_str("-j ACCEPT"),
             Target::Drop => f.write_str("-j DROP"),
             Target::Return => f.write_str("-j RETURN"),
             Target::Reject => f.write_str("-j REJECT"),
-            Target::Dnat(to) => write!(f, "-j DNAT --to-destination {to}"),
+            Target::Dnat(to) => {
+                f.write_str("-j DNAT --to-destination ")?;
+                text::socket(f, *to)
+            }
             Target::DnatAddress(to) => write!(f, "-j DNAT --to-destination {to}"),
             Target::Masquerade { random_fully } => {
                 f.write_str("-j MASQUERADE")?;
@@ -849,19 +973,26 @@ impl Rule {
 impl fmt::Display for Rule {
     /// The rule's arguments after `-A CHAIN`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.write_to(f)
+    }
+}
+
+impl Rule {
+    /// Writes the rule's arguments after `-A CHAIN`.
+    pub(crate) fn write_to<W: fmt::Write>(&self, f: &mut W) -> fmt::Result {
         let mut first = true;
         for m in &self.matches {
             if !first {
                 f.write_str(" ")?;
             }
             first = false;
-            write!(f, "{m}")?;
+            m.write_to(f)?;
         }
         if let Some(t) = &self.target {
             if !first {
                 f.write_str(" ")?;
             }
-            write!(f, "{t}")?;
+            t.write_to(f)?;
         }
         Ok(())
     }

@@ -153,12 +153,16 @@ impl Context {
         Ok(Some(Match::Comment(Comment::new(text)?)))
     }
 
-    /// A comment match for a per-endpoint rule (dropped in large clusters).
-    pub fn endpoint_comment(&self, text: &str) -> Result<Option<Match>, Problem> {
+    /// A comment match for a per-endpoint rule (dropped in large clusters); `text`
+    /// is only called when the comment is written.
+    pub fn endpoint_comment(
+        &self,
+        text: impl FnOnce() -> String,
+    ) -> Result<Option<Match>, Problem> {
         if !self.endpoint_comments {
             return Ok(None);
         }
-        self.comment(text.to_owned())
+        self.comment(text())
     }
 }
 

@@ -1,7 +1,6 @@
 //! Validation: a service and its slices become the per-port facts the rule
 //! builders read, or a [`CompileError`] naming the field at fault.
 
-use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
@@ -415,7 +414,7 @@ fn port_endpoints<'a>(
     family: IpFamily,
     node_name: Option<&str>,
 ) -> Vec<PortEndpoint<'a>> {
-    let mut by_text: BTreeMap<String, PortEndpoint<'a>> = BTreeMap::new();
+    let mut candidates: Vec<(String, SocketAddr, &'a Endpoint, bool)> = Vec::new();
     for slice in slices.iter().filter(|s| s.address_type == family) {
         let Some(ep_port) = slice
             .ports
@@ -430,27 +429,26 @@ fn port_endpoints<'a>(
             .filter(|e| family.contains(&e.address))
         {
             let addr = SocketAddr::new(endpoint.address, ep_port.port);
-            let text = endpoint_string(&addr);
             let local = node_name.is_some() && endpoint.node_name.as_deref() == node_name;
-            if by_text.get(&text).is_some_and(|kept| {
-                preference(kept.local, kept.endpoint) >= preference(local, endpoint)
-            }) {
-                continue;
-            }
-            let chain = endpoint_chain(spn, port.protocol, &text);
-            by_text.insert(
-                text.clone(),
-                PortEndpoint {
-                    text,
-                    addr,
-                    chain,
-                    endpoint,
-                    local,
-                },
-            );
+            candidates.push((endpoint_string(&addr), addr, endpoint, local));
         }
     }
-    by_text.into_values().collect()
+    // By text, the preferred copy of each first; then the first of each text is kept.
+    candidates.sort_by(|a, b| {
+        a.0.cmp(&b.0)
+            .then_with(|| preference(b.3, b.2).cmp(&preference(a.3, a.2)))
+    });
+    candidates.dedup_by(|later, first| later.0 == first.0);
+    candidates
+        .into_iter()
+        .map(|(text, addr, endpoint, local)| PortEndpoint {
+            chain: endpoint_chain(spn, port.protocol, &text),
+            text,
+            addr,
+            endpoint,
+            local,
+        })
+        .collect()
 }
 
 #[cfg(test)]

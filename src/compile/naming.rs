@@ -23,20 +23,22 @@ pub fn service_port_name(service: &ServiceKey, port_name: &str) -> String {
     }
 }
 
-fn hash16(parts: &[&str]) -> String {
+/// The first 16 base32 characters of SHA-256 over `parts`: the first 10 bytes of
+/// the digest encode to exactly 16 characters.
+fn hash16(parts: &[&str]) -> [u8; 16] {
     let mut hasher = Sha256::new();
     for p in parts {
         hasher.update(p.as_bytes());
     }
     let digest = hasher.finalize();
-    let mut encoded = BASE32.encode(&digest);
-    encoded.truncate(16);
+    let mut encoded = [0u8; 16];
+    BASE32.encode_mut(&digest[..10], &mut encoded);
     encoded
 }
 
-fn chain(prefix: &str, hash: &str) -> ChainName {
+fn chain(prefix: &str, hash: &[u8; 16]) -> ChainName {
     // Prefix (at most 9 bytes) + 16 base32 characters: always valid, at most 25 bytes.
-    ChainName::fixed_owned(format!("{prefix}{hash}"))
+    ChainName::from_parts(prefix, hash)
 }
 
 /// The four chains of one service port.
@@ -74,7 +76,10 @@ impl PortChains {
 
 /// `ip:port` as Go's `net.JoinHostPort` writes it (IPv6 bracketed).
 pub fn endpoint_string(endpoint: &SocketAddr) -> String {
-    endpoint.to_string()
+    let mut s = String::with_capacity(24);
+    // Writing into a String cannot fail.
+    let _ = crate::ruleset::text::socket(&mut s, *endpoint);
+    s
 }
 
 /// The `KUBE-SEP-…` chain of one endpoint of the service port named `spn`.

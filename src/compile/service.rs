@@ -457,7 +457,7 @@ impl<'p, 'a> PortBuilder<'_, 'p, 'a> {
                     Rule::new()
                         .with_opt(
                             self.ctx
-                                .endpoint_comment(&format!("{spn} -> {}", ep.text))?,
+                                .endpoint_comment(|| format!("{spn} -> {}", ep.text))?,
                         )
                         .with(Match::Recent {
                             name: ep.chain.clone(),
@@ -478,7 +478,7 @@ impl<'p, 'a> PortBuilder<'_, 'p, 'a> {
                 Rule::new()
                     .with_opt(
                         self.ctx
-                            .endpoint_comment(&format!("{spn} -> {}", ep.text))?,
+                            .endpoint_comment(|| format!("{spn} -> {}", ep.text))?,
                     )
                     .with_opt(statistic)
                     .to(jump(&ep.chain)),
@@ -488,7 +488,7 @@ impl<'p, 'a> PortBuilder<'_, 'p, 'a> {
     }
 
     fn endpoint_chain(&self, ep: &PortEndpoint<'_>) -> Result<Chain, Problem> {
-        let comment = self.ctx.endpoint_comment(self.spn())?;
+        let comment = self.ctx.endpoint_comment(|| self.spn().to_owned())?;
         let hairpin = Rule::new()
             .with_opt(comment.clone())
             .with(Match::Source(Not::is(Address::Ip(ep.addr.ip()))))

@@ -353,7 +353,7 @@ impl fmt::Display for PhysdevOption {
 }
 
 /// Writes a list of port ranges separated by commas.
-pub(crate) fn write_ports(f: &mut fmt::Formatter<'_>, ports: &[PortRange]) -> fmt::Result {
+pub(crate) fn write_ports<W: fmt::Write>(f: &mut W, ports: &[PortRange]) -> fmt::Result {
     for (i, p) in ports.iter().enumerate() {
         if i > 0 {
             f.write_str(",")?;
