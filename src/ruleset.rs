@@ -7,6 +7,7 @@
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
+use arrayvec::ArrayString;
 use indexmap::IndexMap;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -112,13 +113,17 @@ fn is_plain_token(s: &str) -> bool {
 
 /// A chain name: 1 to 28 bytes of `[A-Za-z0-9._+@:-]`, not starting with `-` or `!`.
 ///
-/// Stored inline (no heap allocation), so rules can name chains freely: a large
-/// cluster's ruleset holds hundreds of thousands of them.
+/// Stored inline (no heap allocation, cheap to clone), so rules can name chains
+/// freely: a large cluster's ruleset holds hundreds of thousands of them.
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct ChainName {
-    len: u8,
-    bytes: [u8; ChainName::MAX_LEN],
+pub struct ChainName(Name);
+
+/// A fixed name of the crate's, or any other, stored inline.
+#[derive(Clone)]
+enum Name {
+    Fixed(&'static str),
+    Inline(ArrayString<{ ChainName::MAX_LEN }>),
 }
 
 impl ChainName {
@@ -143,52 +148,39 @@ impl ChainName {
         } else {
             None
         };
-        match reason {
-            Some(reason) => Err(IrError::ChainName { name, reason }),
-            None => Ok(ChainName::inline(name.as_bytes())),
-        }
-    }
-
-    /// Copies at most [`Self::MAX_LEN`] bytes of plain ASCII (checked by the callers).
-    const fn inline(name: &[u8]) -> Self {
-        assert!(!name.is_empty() && name.len() <= Self::MAX_LEN);
-        let mut bytes = [0u8; Self::MAX_LEN];
-        let mut i = 0;
-        while i < name.len() {
-            assert!(name[i].is_ascii());
-            bytes[i] = name[i];
-            i += 1;
-        }
-        ChainName {
-            len: name.len() as u8,
-            bytes,
+        match (reason, ArrayString::from(&name)) {
+            (None, Ok(inline)) => Ok(ChainName(Name::Inline(inline))),
+            (reason, _) => Err(IrError::ChainName {
+                name,
+                reason: reason.unwrap_or("longer than 28 bytes"),
+            }),
         }
     }
 
     /// A name known valid when the crate is written (the fixed `KUBE-*` and built-in
     /// chains); a unit test checks each one with [`ChainName::new`].
     pub(crate) const fn fixed(name: &'static str) -> Self {
-        ChainName::inline(name.as_bytes())
+        ChainName(Name::Fixed(name))
     }
 
-    /// A name the crate built from a fixed prefix and a hash, valid by construction.
+    /// A name the crate built from a fixed prefix and a hash (ASCII by
+    /// construction, at most 25 bytes).
     pub(crate) fn from_parts(prefix: &str, hash: &[u8]) -> Self {
-        let mut bytes = [0u8; Self::MAX_LEN];
-        let len = prefix.len() + hash.len();
-        bytes[..prefix.len()].copy_from_slice(prefix.as_bytes());
-        bytes[prefix.len()..len].copy_from_slice(hash);
-        let name = ChainName {
-            len: len as u8,
-            bytes,
-        };
+        let mut name = ArrayString::new();
+        name.push_str(prefix);
+        for &b in hash {
+            name.push(char::from(b));
+        }
         debug_assert!(ChainName::new(name.as_str()).is_ok(), "{name}");
-        name
+        ChainName(Name::Inline(name))
     }
 
     /// The name.
     pub fn as_str(&self) -> &str {
-        // Every constructor stores ASCII only.
-        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or_default()
+        match &self.0 {
+            Name::Fixed(name) => name,
+            Name::Inline(name) => name,
+        }
     }
 }
 
@@ -198,9 +190,11 @@ impl fmt::Debug for ChainName {
     }
 }
 
+// Equality, order and hash are the name's, however it is stored; hashing as `str`
+// hashes lets maps keyed by name be searched with a `&str`.
 impl PartialEq for ChainName {
     fn eq(&self, other: &Self) -> bool {
-        self.len == other.len && self.bytes == other.bytes
+        self.as_str() == other.as_str()
     }
 }
 
@@ -220,7 +214,6 @@ impl Ord for ChainName {
 
 impl std::hash::Hash for ChainName {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        // As `str` hashes, so maps keyed by name can be searched with a `&str`.
         self.as_str().hash(state);
     }
 }
