@@ -11,7 +11,8 @@
 //! | key | what |
 //! |---|---|
 //! | `full_bytes`, `full_rules`, `full_chains` | the full restore text: bytes, `-A` rules, chains |
-//! | `full_ns` | compile + render into a new `Vec<u8>` (`compile_ns` + `render_ns`) |
+//! | `full_ns` | compile + render into a new `Vec<u8>`: `compile_ns` for [`svcnat::compile::compile_text`] (each service compiled and rendered), `render_ns` for `to_bytes` (the full text put together) |
+//! | `typed_ns` | the same bytes through the typed path: [`svcnat::compile::compile`] to a whole `Ruleset`, then [`svcnat::render::write_io`] |
 //! | `floor_ns` | `copy_ns` + `hash_ns`: copying `full_bytes` into a new buffer, and SHA-256 over every chain name the output declares |
 //! | `ratio` | `full_ns / floor_ns` |
 //! | `partial_one_ns`, `partial_one_bytes` | one endpoint of one service changed: from handing the slice to the `Syncer` to having its payload |
@@ -25,7 +26,7 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
 use std::time::Instant;
 
 use serde_json::json;
@@ -108,28 +109,37 @@ fn measure(args: &Args) -> serde_json::Value {
     let state = spec.build();
 
     // Peak heap of one compile + render, above the cluster already in memory.
-    let before = HEAP.reset_peak();
+    HEAP.start();
     let bytes = full(&state, &config);
-    let peak_bytes = HEAP.peak() - before;
+    let (_, peak_bytes) = HEAP.stop();
     drop(bytes);
 
     let mut compile_ns = Vec::new();
     let mut render_ns = Vec::new();
     let mut full_ns = Vec::new();
+    let mut typed_ns = Vec::new();
     let mut bytes = Vec::new();
     let mut names = Vec::new();
     let mut rules = 0;
     for run in 0..args.runs {
         let t0 = Instant::now();
-        let ruleset =
-            svcnat::compile::compile(&state, &config).expect("generated cluster is valid");
+        let text =
+            svcnat::compile::compile_text(&state, &config).expect("generated cluster is valid");
         let t1 = Instant::now();
-        let mut out = Vec::new();
-        svcnat::render::write_io(&ruleset, &mut out).expect("a Vec takes every write");
+        let out = text.to_bytes();
         let t2 = Instant::now();
+        drop(text);
         compile_ns.push(nanos(t1 - t0));
         render_ns.push(nanos(t2 - t1));
         full_ns.push(nanos(t2 - t0));
+        // The typed path: the whole Ruleset, then rendered.
+        let t0 = Instant::now();
+        let ruleset =
+            svcnat::compile::compile(&state, &config).expect("generated cluster is valid");
+        let mut typed = Vec::new();
+        svcnat::render::write_io(&ruleset, &mut typed).expect("a Vec takes every write");
+        typed_ns.push(nanos(t0.elapsed()));
+        assert!(typed == out, "the fast path and the typed path differ");
         if run == 0 {
             rules = ruleset.rule_count();
             names = ruleset
@@ -139,6 +149,7 @@ fn measure(args: &Args) -> serde_json::Value {
                 .map(|n| n.as_str().to_owned())
                 .collect::<Vec<_>>();
         }
+        drop((ruleset, typed));
         bytes = out;
     }
 
@@ -160,18 +171,19 @@ fn measure(args: &Args) -> serde_json::Value {
     }
 
     let (compile_ns, render_ns, full_ns) = (median(compile_ns), median(render_ns), median(full_ns));
+    let typed_ns = median(typed_ns);
     let (copy_ns, hash_ns) = (median(copy_ns), median(hash_ns));
     let floor_ns = copy_ns + hash_ns;
     let full_bytes = bytes.len();
     drop(bytes);
 
-    let before = HEAP.current();
+    HEAP.start();
     let mut syncer = Syncer::new(DryRun::default(), config).expect("valid config");
     syncer.replace_state(state.clone());
     syncer.sync().expect("a dry run cannot fail");
     syncer.executor_mut().payloads.clear();
     syncer.executor_mut().payloads.shrink_to_fit();
-    let syncer_bytes = HEAP.current().saturating_sub(before);
+    let (syncer_bytes, _) = HEAP.stop();
 
     let one = partial(&mut syncer, &spec, args.runs, 1);
     let hundred = partial(&mut syncer, &spec, args.runs, 100);
@@ -188,6 +200,7 @@ fn measure(args: &Args) -> serde_json::Value {
         "full_ns": full_ns,
         "compile_ns": compile_ns,
         "render_ns": render_ns,
+        "typed_ns": typed_ns,
         "floor_ns": floor_ns,
         "copy_ns": copy_ns,
         "hash_ns": hash_ns,
@@ -205,10 +218,9 @@ fn measure(args: &Args) -> serde_json::Value {
 
 /// One compile + render, the bytes kept.
 fn full(state: &ClusterState, config: &svcnat::model::ProxyConfig) -> Vec<u8> {
-    let ruleset = svcnat::compile::compile(state, config).expect("generated cluster is valid");
-    let mut out = Vec::new();
-    svcnat::render::write_io(&ruleset, &mut out).expect("a Vec takes every write");
-    out
+    svcnat::compile::compile_text(state, config)
+        .expect("generated cluster is valid")
+        .to_bytes()
 }
 
 /// Median time and payload size of `runs` partial syncs, each changing one endpoint
@@ -261,41 +273,49 @@ fn median<T: Ord + Copy>(mut v: Vec<T>) -> T {
     v[v.len() / 2]
 }
 
-/// The system allocator, counting the bytes in use and their peak.
+/// The system allocator, counting, while switched on, the change in bytes in use
+/// and its peak. Switched off it costs one relaxed load per call, so the timed runs
+/// are not slowed by the counting.
 struct Counting {
-    current: AtomicUsize,
-    peak: AtomicUsize,
+    on: AtomicBool,
+    delta: AtomicIsize,
+    peak: AtomicIsize,
 }
 
 #[global_allocator]
 static HEAP: Counting = Counting {
-    current: AtomicUsize::new(0),
-    peak: AtomicUsize::new(0),
+    on: AtomicBool::new(false),
+    delta: AtomicIsize::new(0),
+    peak: AtomicIsize::new(0),
 };
 
 impl Counting {
-    fn current(&self) -> usize {
-        self.current.load(Ordering::Relaxed)
+    /// Starts counting from zero.
+    fn start(&self) {
+        self.delta.store(0, Ordering::Relaxed);
+        self.peak.store(0, Ordering::Relaxed);
+        self.on.store(true, Ordering::SeqCst);
     }
 
-    fn peak(&self) -> usize {
-        self.peak.load(Ordering::Relaxed)
-    }
-
-    /// Starts a new peak at the current use, which it returns.
-    fn reset_peak(&self) -> usize {
-        let now = self.current();
-        self.peak.store(now, Ordering::Relaxed);
-        now
+    /// Stops counting: the bytes in use now, and at the peak, above the start.
+    fn stop(&self) -> (usize, usize) {
+        self.on.store(false, Ordering::SeqCst);
+        let delta = self.delta.load(Ordering::Relaxed).max(0) as usize;
+        let peak = self.peak.load(Ordering::Relaxed).max(0) as usize;
+        (delta, peak)
     }
 
     fn add(&self, size: usize) {
-        let now = self.current.fetch_add(size, Ordering::Relaxed) + size;
-        self.peak.fetch_max(now, Ordering::Relaxed);
+        if self.on.load(Ordering::Relaxed) {
+            let now = self.delta.fetch_add(size as isize, Ordering::Relaxed) + size as isize;
+            self.peak.fetch_max(now, Ordering::Relaxed);
+        }
     }
 
     fn sub(&self, size: usize) {
-        self.current.fetch_sub(size, Ordering::Relaxed);
+        if self.on.load(Ordering::Relaxed) {
+            self.delta.fetch_sub(size as isize, Ordering::Relaxed);
+        }
     }
 }
 

@@ -39,16 +39,9 @@ pub fn write_fmt<W: fmt::Write>(ruleset: &Ruleset, out: &mut W) -> fmt::Result {
 /// # Errors
 /// Those of the writer.
 pub fn write_io<W: io::Write>(ruleset: &Ruleset, out: W) -> io::Result<()> {
-    let mut adapter = IoAdapter {
-        inner: out,
-        error: None,
-    };
-    match write_fmt(ruleset, &mut adapter) {
-        Ok(()) => Ok(()),
-        Err(fmt::Error) => Err(adapter
-            .error
-            .unwrap_or_else(|| io::Error::other("formatter error"))),
-    }
+    let mut adapter = IoAdapter::new(out);
+    let result = write_fmt(ruleset, &mut adapter);
+    adapter.finish(result)
 }
 
 /// The `iptables-restore` text of `ruleset`.
@@ -114,9 +107,25 @@ pub fn write_rule<W: fmt::Write>(chain: &ChainName, rule: &Rule, out: &mut W) ->
 }
 
 /// Bridges `fmt::Write` onto `io::Write`, keeping the real IO error.
-struct IoAdapter<W> {
+pub(crate) struct IoAdapter<W> {
     inner: W,
     error: Option<io::Error>,
+}
+
+impl<W> IoAdapter<W> {
+    pub(crate) fn new(inner: W) -> Self {
+        IoAdapter { inner, error: None }
+    }
+
+    /// The IO result of a write through the adapter.
+    pub(crate) fn finish(self, result: fmt::Result) -> io::Result<()> {
+        match result {
+            Ok(()) => Ok(()),
+            Err(fmt::Error) => Err(self
+                .error
+                .unwrap_or_else(|| io::Error::other("formatter error"))),
+        }
+    }
 }
 
 impl<W: io::Write> fmt::Write for IoAdapter<W> {

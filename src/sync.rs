@@ -41,7 +41,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -51,14 +51,17 @@ use thiserror::Error;
 
 use crate::compile::context::Context;
 use crate::compile::naming::is_service_chain;
-use crate::compile::{ServiceRules, SharedChain, compile_one, compile_services, fixed, jump_rules};
+use crate::compile::{
+    Counter, PortFlows, ServiceText, SharedChain, compile_one, compile_services, fixed, jump_rules,
+    shared_chain_text, write_full,
+};
 use crate::error::CompileError;
 use crate::exec::{ExecError, Executor, RestoreOptions};
 use crate::model::{
     ClusterState, EndpointSlice, IpFamily, Protocol, ProxyConfig, Service, ServiceKey,
 };
 use crate::render;
-use crate::ruleset::{Chain, ChainName, Rule, Ruleset, Table};
+use crate::ruleset::{Chain, ChainName, Ruleset, Table};
 
 /// Where a stale flow was addressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -82,44 +85,41 @@ pub struct StaleFlow {
     pub endpoint: Option<IpAddr>,
 }
 
-/// One table's part of a restore payload.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TablePayload {
-    /// The table.
-    pub table: Table,
-    /// Chains written whole (declared, which flushes them, then their rules).
-    pub written: Vec<Chain>,
-    /// Chains flushed and deleted.
-    pub deleted: Vec<ChainName>,
-}
-
-/// A restore payload for one family, applied with `--noflush`.
+/// A restore payload for one family, applied with `--noflush`: its text, and the
+/// chains it writes and deletes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Payload {
     /// The family.
     pub family: IpFamily,
     /// True for a full sync (every chain written).
     pub full: bool,
-    /// The tables that change, filter before nat.
-    pub tables: Vec<TablePayload>,
+    /// The chains written whole (declared, which flushes them, then their rules),
+    /// filter before nat.
+    pub written: Vec<(Table, ChainName)>,
+    /// The chains flushed and deleted.
+    pub deleted: Vec<(Table, ChainName)>,
+    text: String,
 }
 
 impl Payload {
     /// True when nothing changes.
     pub fn is_empty(&self) -> bool {
-        self.tables
-            .iter()
-            .all(|t| t.written.is_empty() && t.deleted.is_empty())
+        self.written.is_empty() && self.deleted.is_empty()
     }
 
     /// The number of chains written.
     pub fn chains_written(&self) -> usize {
-        self.tables.iter().map(|t| t.written.len()).sum()
+        self.written.len()
     }
 
     /// The number of chains deleted.
     pub fn chains_deleted(&self) -> usize {
-        self.tables.iter().map(|t| t.deleted.len()).sum()
+        self.deleted.len()
+    }
+
+    /// The `iptables-restore` text.
+    pub fn text(&self) -> &str {
+        &self.text
     }
 
     /// Writes the `iptables-restore` text.
@@ -127,74 +127,108 @@ impl Payload {
     /// # Errors
     /// Only those of the writer.
     pub fn write_fmt<W: fmt::Write>(&self, out: &mut W) -> fmt::Result {
-        for t in self
-            .tables
-            .iter()
-            .filter(|t| !t.written.is_empty() || !t.deleted.is_empty())
-        {
-            writeln!(out, "*{}", t.table)?;
-            for chain in &t.written {
-                render::write_chain_line(&chain.name, out)?;
-            }
-            for name in &t.deleted {
-                render::write_chain_line(name, out)?;
-            }
-            for chain in &t.written {
-                render::write_rules(chain, out)?;
-            }
-            for name in &t.deleted {
-                writeln!(out, "-X {name}")?;
-            }
-            writeln!(out, "COMMIT")?;
-        }
-        Ok(())
+        out.write_str(&self.text)
     }
 
-    /// The `iptables-restore` text.
+    /// The `iptables-restore` text, copied.
     pub fn to_text(&self) -> String {
-        let mut s = String::new();
-        let _ = self.write_fmt(&mut s);
-        s
+        self.text.clone()
     }
+}
+
+/// Builds a payload's text table by table: the chains written, each with its
+/// `-A` lines already rendered, and the chains deleted.
+#[derive(Default)]
+struct PayloadBuilder {
+    written: Vec<(Table, ChainName)>,
+    deleted: Vec<(Table, ChainName)>,
+    text: String,
+}
+
+impl PayloadBuilder {
+    /// Adds one table: `written` chains with their rule lines, `deleted` chains.
+    fn table<'a>(
+        &mut self,
+        table: Table,
+        written: impl Iterator<Item = (&'a ChainName, &'a str)> + Clone,
+        deleted: &[ChainName],
+    ) {
+        if written.clone().next().is_none() && deleted.is_empty() {
+            return;
+        }
+        // Writing into a String cannot fail.
+        let out = &mut self.text;
+        out.push('*');
+        out.push_str(table.as_str());
+        out.push('\n');
+        for (name, _) in written.clone() {
+            let _ = render::write_chain_line(name, out);
+            self.written.push((table, name.clone()));
+        }
+        for name in deleted {
+            let _ = render::write_chain_line(name, out);
+            self.deleted.push((table, name.clone()));
+        }
+        for (_, rules) in written {
+            out.push_str(rules);
+        }
+        for name in deleted {
+            out.push_str("-X ");
+            out.push_str(name.as_str());
+            out.push('\n');
+        }
+        out.push_str("COMMIT\n");
+    }
+
+    fn finish(self, family: IpFamily, full: bool) -> Payload {
+        Payload {
+            family,
+            full,
+            written: self.written,
+            deleted: self.deleted,
+            text: self.text,
+        }
+    }
+}
+
+/// The rule lines of a chain.
+fn rules_text(chain: &Chain) -> String {
+    let mut s = String::new();
+    // Writing into a String cannot fail.
+    let _ = render::write_rules(chain, &mut s);
+    s
 }
 
 /// The payload that turns `previous` (what the kernel holds, `None` if unknown)
 /// into `next`. Without a previous ruleset every chain is written (a full sync).
 pub fn plan(previous: Option<&Ruleset>, next: &Ruleset) -> Payload {
-    let tables = next
-        .tables
-        .iter()
-        .map(|t| {
-            let before = previous.and_then(|p| p.table(t.table));
-            let written = t
-                .chains
-                .values()
-                .filter(|c| before.and_then(|b| b.chains.get(c.name.as_str())) != Some(*c))
-                .cloned()
-                .collect();
-            let deleted = before
-                .map(|b| {
-                    b.chains
-                        .keys()
-                        .filter(|name| {
-                            is_service_chain(name.as_str()) && !t.chains.contains_key(name.as_str())
-                        })
-                        .cloned()
-                        .collect()
-                })
-                .unwrap_or_default();
-            TablePayload {
-                table: t.table,
-                written,
-                deleted,
-            }
-        })
-        .collect();
-    Payload {
-        family: next.family,
-        full: previous.is_none(),
-        tables,
+    let mut out = PayloadBuilder::default();
+    for t in &next.tables {
+        let before = previous.and_then(|p| p.table(t.table));
+        let written: Vec<(&ChainName, String)> = t
+            .chains
+            .values()
+            .filter(|c| before.and_then(|b| b.chains.get(c.name.as_str())) != Some(*c))
+            .map(|c| (&c.name, rules_text(c)))
+            .collect();
+        let deleted: Vec<ChainName> = before
+            .map(|b| {
+                b.chains
+                    .keys()
+                    .filter(|name| {
+                        is_service_chain(name.as_str()) && !t.chains.contains_key(name.as_str())
+                    })
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.table(
+            t.table,
+            written.iter().map(|(n, r)| (*n, r.as_str())),
+            &deleted,
+        );
     }
+    out.finish(next.family, previous.is_none())
 }
 
 /// What one sync did.
@@ -231,12 +265,47 @@ pub enum SyncError {
     Config(#[from] CompileError),
 }
 
-/// What svcnat believes the kernel holds, per service.
+/// What svcnat compiled for the state, per service, rendered; the kernel holds it
+/// when the syncer is trusted.
 #[derive(Debug, Clone)]
 struct Applied {
+    /// The context of the config alone: a config with the same one changes no rule.
+    base: Context,
+    /// `base` adjusted to the cluster's size.
     ctx: Context,
-    services: BTreeMap<ServiceKey, ServiceRules>,
+    services: BTreeMap<ServiceKey, ServiceText>,
     endpoint_total: usize,
+    /// Why each left-out service was left out.
+    rejected: BTreeMap<ServiceKey, CompileError>,
+    /// The slice parts ignored, per service.
+    warnings: BTreeMap<ServiceKey, Vec<CompileError>>,
+}
+
+impl Applied {
+    fn rejected(&self) -> Vec<CompileError> {
+        self.rejected.values().cloned().collect()
+    }
+
+    fn warnings(&self) -> Vec<CompileError> {
+        self.warnings.values().flatten().cloned().collect()
+    }
+}
+
+/// One recompiled service, with what it was before.
+struct Change {
+    key: ServiceKey,
+    old: Option<ServiceText>,
+}
+
+/// Groups errors by the service they name.
+fn by_service(errors: Vec<CompileError>) -> BTreeMap<ServiceKey, Vec<CompileError>> {
+    let mut out: BTreeMap<ServiceKey, Vec<CompileError>> = BTreeMap::new();
+    for e in errors {
+        if let Some(key) = e.service().cloned() {
+            out.entry(key).or_default().push(e);
+        }
+    }
+    out
 }
 
 /// Owns the desired cluster state, the last applied rules and an executor; turns
@@ -254,6 +323,8 @@ pub struct Syncer<E: Executor> {
     last_full: Option<Instant>,
     /// Stale flows of syncs that failed, reported with the next successful one.
     pending_flows: Vec<StaleFlow>,
+    /// A buffer reused to render each recompiled service.
+    scratch: String,
 }
 
 impl<E: Executor> Syncer<E> {
@@ -273,6 +344,7 @@ impl<E: Executor> Syncer<E> {
             full_resync_period: None,
             last_full: None,
             pending_flows: Vec::new(),
+            scratch: String::new(),
         })
     }
 
@@ -376,10 +448,13 @@ impl<E: Executor> Syncer<E> {
         self.state = state;
     }
 
-    /// The ruleset svcnat believes the kernel holds (assembled on demand, for checks).
+    /// The ruleset svcnat last compiled, which the kernel holds after a successful
+    /// sync (read back from the rendered text on demand, for checks).
     pub fn applied_ruleset(&self) -> Option<Ruleset> {
         let a = self.applied.as_ref()?;
-        Some(fixed::assemble(&a.ctx, a.services.values()))
+        let mut text = String::new();
+        write_full(&a.ctx, a.services.values(), &[], &mut text).ok()?;
+        crate::parse::parse_as(&text, a.ctx.family).ok()
     }
 
     /// Brings the kernel in step with the state now.
@@ -423,91 +498,39 @@ impl<E: Executor> Syncer<E> {
         all
     }
 
-    fn full_sync(&mut self, now: Instant) -> Result<SyncReport, SyncError> {
-        let (ctx, services, rejected, warnings) =
-            compile_services(&self.state, &self.config, false)?;
-        let ruleset = fixed::assemble(&ctx, services.iter());
-        let mut payload = plan(None, &ruleset);
-        // Service chains left in the kernel by an earlier run: flush and delete. A
-        // failed read only means they stay (they are not referenced, so harmless).
-        if let Ok(saved) = self.executor.save(self.family(), Table::Nat) {
-            let nat = payload.tables.iter_mut().find(|t| t.table == Table::Nat);
-            if let (Some(nat), Some(wanted)) = (nat, ruleset.table(Table::Nat)) {
-                let mut stale: BTreeSet<&str> = BTreeSet::new();
-                for line in saved.lines() {
-                    if let Some(name) = line
-                        .strip_prefix(':')
-                        .and_then(|l| l.split_whitespace().next())
-                        && is_service_chain(name)
-                        && !wanted.chains.contains_key(name)
-                    {
-                        stale.insert(name);
-                    }
-                }
-                nat.deleted = stale
-                    .into_iter()
-                    .filter_map(|n| ChainName::new(n).ok())
-                    .collect();
-            }
-        }
-        let jumps = jump_rules(&self.config)?;
-        let text = payload.to_text();
-        self.trusted = false;
-        self.executor
-            .restore(self.family(), &text, RestoreOptions::default())?;
-        for jump in &jumps {
-            self.executor.ensure_jump(self.family(), jump)?;
-        }
-        let services: BTreeMap<ServiceKey, ServiceRules> =
-            services.into_iter().map(|s| (s.key.clone(), s)).collect();
-        let mut stale_flows = Vec::new();
-        let keys: BTreeSet<&ServiceKey> = services
-            .keys()
-            .chain(self.applied.iter().flat_map(|a| a.services.keys()))
-            .collect();
-        for key in keys {
-            let old = self.applied.as_ref().and_then(|a| a.services.get(key));
-            stale_flows.extend(stale_flows_of(old, services.get(key)));
-        }
-        let endpoint_total = services.values().map(|s| s.endpoint_count).sum();
-        self.applied = Some(Applied {
-            ctx,
-            services,
-            endpoint_total,
-        });
-        self.trusted = true;
-        self.last_full = Some(now);
-        self.dirty.clear();
-        Ok(SyncReport {
-            full: true,
-            bytes: text.len(),
-            payload,
-            stale_flows: self.take_flows(stale_flows),
-            rejected,
-            warnings,
-        })
-    }
-
-    /// `Ok(None)` when a full sync is needed instead.
-    fn partial_sync(&mut self) -> Result<Option<SyncReport>, SyncError> {
-        let family = self.family();
-        let applied = self.applied.as_mut().expect("checked by sync_at");
-        let mut rejected = Vec::new();
-        let mut warnings = Vec::new();
-        let mut changes = Vec::new();
+    /// Recompiles the dirty services into the applied state and returns what each
+    /// was before, with this round's rejected services and warnings. `None`, with
+    /// nothing changed, when the change crosses the large-cluster threshold (which
+    /// changes every service's rules) or nothing was compiled yet.
+    fn recompile_dirty(
+        &mut self,
+        rejected: &mut Vec<CompileError>,
+        warnings: &mut Vec<CompileError>,
+    ) -> Option<Vec<Change>> {
+        let applied = self.applied.as_mut()?;
+        let mut compiled = Vec::with_capacity(self.dirty.len());
         let mut total = applied.endpoint_total;
+        let mut round_rejected = Vec::new();
+        let mut round_warnings = Vec::new();
         for key in &self.dirty {
-            let new = match compile_one(&self.state, key, &self.config, &applied.ctx, &mut warnings)
-            {
+            let mut service_warnings = Vec::new();
+            let new = match compile_one(
+                &self.state,
+                key,
+                &self.config,
+                &applied.ctx,
+                &mut service_warnings,
+            ) {
                 Ok(rules) => rules,
                 Err(e) => {
-                    rejected.push(e);
+                    round_rejected.push(e);
                     None
                 }
             };
+            round_warnings.extend(service_warnings);
             let old_count = applied.services.get(key).map_or(0, |s| s.endpoint_count);
             total = total - old_count + new.as_ref().map_or(0, |s| s.endpoint_count);
-            changes.push((key.clone(), new));
+            compiled.push((key.clone(), new));
         }
         if applied
             .ctx
@@ -516,80 +539,226 @@ impl<E: Executor> Syncer<E> {
             .endpoint_comments
             != applied.ctx.endpoint_comments
         {
-            return Ok(None);
+            return None;
         }
+        applied.endpoint_total = total;
+        for (key, _) in &compiled {
+            applied.rejected.remove(key);
+            applied.warnings.remove(key);
+        }
+        for e in &round_rejected {
+            if let Some(key) = e.service() {
+                applied.rejected.insert(key.clone(), e.clone());
+            }
+        }
+        applied.warnings.extend(by_service(round_warnings.clone()));
+        rejected.extend(round_rejected);
+        warnings.extend(round_warnings);
+        self.dirty.clear();
+        let scratch = &mut self.scratch;
+        Some(
+            compiled
+                .into_iter()
+                .map(|(key, new)| {
+                    let old = match new {
+                        Some(rules) => applied
+                            .services
+                            .insert(key.clone(), ServiceText::new(rules, scratch)),
+                        None => applied.services.remove(&key),
+                    };
+                    Change { key, old }
+                })
+                .collect(),
+        )
+    }
 
-        let mut nat = TablePayload {
-            table: Table::Nat,
-            written: Vec::new(),
-            deleted: Vec::new(),
+    fn full_sync(&mut self, now: Instant) -> Result<SyncReport, SyncError> {
+        let family = self.family();
+        let base = Context::new(&self.config)?;
+        let mut rejected = Vec::new();
+        let mut warnings = Vec::new();
+        // Unchanged services keep their text: only the dirty ones are recompiled,
+        // unless the config or the cluster-size rule changes every service.
+        let reused = if self.applied.as_ref().is_some_and(|a| a.base == base) {
+            self.recompile_dirty(&mut rejected, &mut warnings)
+        } else {
+            None
         };
-        let mut filter = TablePayload {
-            table: Table::Filter,
-            written: Vec::new(),
-            deleted: Vec::new(),
+        let (stale_flows, rejected, warnings) = match reused {
+            Some(changes) => {
+                let applied = self.applied.as_ref().expect("recompiled into it");
+                (
+                    flows_of(&changes, &applied.services),
+                    applied.rejected(),
+                    applied.warnings(),
+                )
+            }
+            None => self.compile_all(base)?,
         };
-        let mut dirty_shared = BTreeSet::new();
-        let mut stale_flows = Vec::new();
-        for (key, new) in changes {
-            let old = applied.services.get(&key);
-            let old_chains: BTreeMap<&ChainName, &Chain> = old
-                .iter()
-                .flat_map(|s| &s.chains)
-                .map(|c| (&c.name, c))
-                .collect();
-            let new_chains: BTreeSet<&ChainName> = new
-                .iter()
-                .flat_map(|s| &s.chains)
-                .map(|c| &c.name)
-                .collect();
-            for chain in new.iter().flat_map(|s| &s.chains) {
-                if old_chains.get(&chain.name) != Some(&chain) {
-                    nat.written.push(chain.clone());
+        let applied = self.applied.as_ref().expect("compiled above");
+        // Service chains left in the kernel by an earlier run: flush and delete. A
+        // failed read only means they stay (they are not referenced, so harmless).
+        let mut stale = Vec::new();
+        if let Ok(saved) = self.executor.save(family, Table::Nat) {
+            let mut wanted: Option<HashSet<&str>> = None;
+            let mut seen = BTreeSet::new();
+            for line in saved.lines() {
+                if let Some(name) = line
+                    .strip_prefix(':')
+                    .and_then(|l| l.split_whitespace().next())
+                    && is_service_chain(name)
+                {
+                    let wanted = wanted.get_or_insert_with(|| {
+                        applied
+                            .services
+                            .values()
+                            .flat_map(|s| s.chains().map(|(n, _)| n.as_str()))
+                            .collect()
+                    });
+                    if !wanted.contains(name) {
+                        seen.insert(name);
+                    }
                 }
             }
-            for name in old_chains.keys().filter(|n| !new_chains.contains(*n)) {
-                nat.deleted.push((*name).clone());
+            stale = seen
+                .into_iter()
+                .filter_map(|n| ChainName::new(n).ok())
+                .collect();
+        }
+        let payload = full_payload(&applied.ctx, &applied.services, &stale);
+        let jumps = jump_rules(&self.config)?;
+        self.trusted = false;
+        let applied_ok = self
+            .executor
+            .restore(family, payload.text(), RestoreOptions::default())
+            .and_then(|()| {
+                jumps
+                    .iter()
+                    .try_for_each(|jump| self.executor.ensure_jump(family, jump))
+            });
+        if let Err(e) = applied_ok {
+            // The rules are not known to be applied, but the flows they make stale
+            // are: keep them for the next successful sync.
+            self.pending_flows.extend(stale_flows);
+            return Err(e.into());
+        }
+        self.trusted = true;
+        self.last_full = Some(now);
+        Ok(SyncReport {
+            full: true,
+            bytes: payload.text().len(),
+            payload,
+            stale_flows: self.take_flows(stale_flows),
+            rejected,
+            warnings,
+        })
+    }
+
+    /// Compiles every service afresh into a new applied state; returns the stale
+    /// flows against the old one, the rejected services and the warnings.
+    fn compile_all(&mut self, base: Context) -> Result<CompiledAll, SyncError> {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let (ctx, services, rejected, warnings) =
+            compile_services(&self.state, &self.config, false, |rules| {
+                ServiceText::new(rules, &mut scratch)
+            })?;
+        self.scratch = scratch;
+        let services: BTreeMap<ServiceKey, ServiceText> =
+            services.into_iter().map(|s| (s.key.clone(), s)).collect();
+        let mut stale_flows = Vec::new();
+        let keys: BTreeSet<&ServiceKey> = services
+            .keys()
+            .chain(self.applied.iter().flat_map(|a| a.services.keys()))
+            .collect();
+        for key in keys {
+            let old = self.applied.as_ref().and_then(|a| a.services.get(key));
+            stale_flows.extend(stale_flows_of(
+                old.map(|s| s.ports.as_slice()),
+                services.get(key).map(|s| s.ports.as_slice()),
+            ));
+        }
+        let endpoint_total = services.values().map(|s| s.endpoint_count).sum();
+        self.applied = Some(Applied {
+            base,
+            ctx,
+            services,
+            endpoint_total,
+            rejected: by_service(rejected.clone())
+                .into_iter()
+                .filter_map(|(k, mut v)| v.pop().map(|e| (k, e)))
+                .collect(),
+            warnings: by_service(warnings.clone()),
+        });
+        self.dirty.clear();
+        Ok((stale_flows, rejected, warnings))
+    }
+
+    /// `Ok(None)` when a full sync is needed instead.
+    fn partial_sync(&mut self) -> Result<Option<SyncReport>, SyncError> {
+        let family = self.family();
+        let mut rejected = Vec::new();
+        let mut warnings = Vec::new();
+        let Some(changes) = self.recompile_dirty(&mut rejected, &mut warnings) else {
+            return Ok(None);
+        };
+        let applied = self.applied.as_ref().expect("recompiled into it");
+        let mut written: Vec<(&ChainName, &str)> = Vec::new();
+        let mut deleted = Vec::new();
+        let mut dirty_shared = BTreeSet::new();
+        for change in &changes {
+            let old = change.old.as_ref();
+            let new = applied.services.get(&change.key);
+            let old_chains: HashMap<&ChainName, &str> =
+                old.iter().flat_map(|s| s.chains()).collect();
+            let new_chains: HashSet<&ChainName> = new
+                .iter()
+                .flat_map(|s| s.chains())
+                .map(|(n, _)| n)
+                .collect();
+            for (name, text) in new.iter().flat_map(|s| s.chains()) {
+                if old_chains.get(name) != Some(&text) {
+                    written.push((name, text));
+                }
+            }
+            for (name, _) in old.iter().flat_map(|s| s.chains()) {
+                if !new_chains.contains(name) {
+                    deleted.push(name.clone());
+                }
             }
             for which in SharedChain::ALL {
-                if shared_segment(old, which) != shared_segment(new.as_ref(), which) {
+                let before = old.into_iter().flat_map(|s| s.shared_rules(which));
+                if !before.eq(new.into_iter().flat_map(|s| s.shared_rules(which))) {
                     dirty_shared.insert(which);
                 }
             }
-            stale_flows.extend(stale_flows_of(old, new.as_ref()));
-            match new {
-                Some(rules) => {
-                    applied.services.insert(key, rules);
-                }
-                None => {
-                    applied.services.remove(&key);
-                }
-            }
         }
-        applied.endpoint_total = total;
-        // A shared chain whose segments changed is written whole, in service order.
-        let mut shared_written = Vec::new();
-        for which in dirty_shared {
-            let rules = fixed::shared_rules(&applied.ctx, which, applied.services.values());
-            shared_written.push((which, Chain::with_rules(which.chain(), rules)));
-        }
-        for (which, chain) in shared_written.into_iter().rev() {
-            match which.table() {
-                Table::Nat => nat.written.insert(0, chain),
-                _ => filter.written.insert(0, chain),
-            }
-        }
-        let payload = Payload {
-            family,
-            full: false,
-            tables: vec![filter, nat],
+        // A shared chain whose part of some service changed is written whole.
+        let shared: Vec<(Table, ChainName, String)> = dirty_shared
+            .into_iter()
+            .map(|which| {
+                let text = shared_chain_text(&applied.ctx, which, applied.services.values());
+                (which.table(), which.chain(), text)
+            })
+            .collect();
+        let shared_of = |table: Table| {
+            shared
+                .iter()
+                .filter(move |(t, _, _)| *t == table)
+                .map(|(_, name, text)| (name, text.as_str()))
         };
-        self.dirty.clear();
-        let text = payload.to_text();
+        let mut builder = PayloadBuilder::default();
+        builder.table(Table::Filter, shared_of(Table::Filter), &[]);
+        builder.table(
+            Table::Nat,
+            shared_of(Table::Nat).chain(written.iter().copied()),
+            &deleted,
+        );
+        let payload = builder.finish(family, false);
+        let stale_flows = flows_of(&changes, &applied.services);
         if !payload.is_empty()
             && let Err(e) = self
                 .executor
-                .restore(family, &text, RestoreOptions::default())
+                .restore(family, payload.text(), RestoreOptions::default())
         {
             // The rules are not known to be applied, but the flows they make stale
             // are: keep them for the next successful sync.
@@ -599,7 +768,7 @@ impl<E: Executor> Syncer<E> {
         }
         Ok(Some(SyncReport {
             full: false,
-            bytes: text.len(),
+            bytes: payload.text().len(),
             payload,
             stale_flows: self.take_flows(stale_flows),
             rejected,
@@ -608,28 +777,67 @@ impl<E: Executor> Syncer<E> {
     }
 }
 
-fn shared_segment(rules: Option<&ServiceRules>, which: SharedChain) -> Vec<&Rule> {
-    rules
+/// What [`Syncer::compile_all`] returns: stale flows, rejected services, warnings.
+type CompiledAll = (Vec<StaleFlow>, Vec<CompileError>, Vec<CompileError>);
+
+/// The full payload: every chain of the applied state, and `stale` nat chains
+/// deleted.
+fn full_payload(
+    ctx: &Context,
+    services: &BTreeMap<ServiceKey, ServiceText>,
+    stale: &[ChainName],
+) -> Payload {
+    let mut counter = Counter::default();
+    // Counting cannot fail; sizing the text first keeps its buffer exact.
+    let _ = write_full(ctx, services.values(), stale, &mut counter);
+    let mut text = String::with_capacity(counter.0);
+    // Writing into a String cannot fail.
+    let _ = write_full(ctx, services.values(), stale, &mut text);
+    let (filter, nat) = fixed::fixed_tables(ctx);
+    let mut written: Vec<(Table, ChainName)> = filter
+        .chains
+        .keys()
+        .map(|n| (Table::Filter, n.clone()))
+        .chain(nat.chains.keys().map(|n| (Table::Nat, n.clone())))
+        .collect();
+    written.extend(
+        services
+            .values()
+            .flat_map(|s| s.chains())
+            .map(|(n, _)| (Table::Nat, n.clone())),
+    );
+    Payload {
+        family: ctx.family,
+        full: true,
+        written,
+        deleted: stale.iter().map(|n| (Table::Nat, n.clone())).collect(),
+        text,
+    }
+}
+
+/// The stale flows of a set of changes; `services` holds the new state.
+fn flows_of(changes: &[Change], services: &BTreeMap<ServiceKey, ServiceText>) -> Vec<StaleFlow> {
+    changes
         .iter()
-        .flat_map(|s| &s.shared)
-        .filter(|(w, _)| *w == which)
-        .map(|(_, r)| r)
+        .flat_map(|c| {
+            stale_flows_of(
+                c.old.as_ref().map(|s| s.ports.as_slice()),
+                services.get(&c.key).map(|s| s.ports.as_slice()),
+            )
+        })
         .collect()
 }
 
 /// The conntrack entries a change of one service makes stale (UDP and SCTP only):
 /// flows to endpoints that are gone, and flows to ports that have just gained
 /// endpoints.
-fn stale_flows_of(old: Option<&ServiceRules>, new: Option<&ServiceRules>) -> Vec<StaleFlow> {
+fn stale_flows_of(old: Option<&[PortFlows]>, new: Option<&[PortFlows]>) -> Vec<StaleFlow> {
     let mut out = Vec::new();
-    let ports = |s: Option<&ServiceRules>| -> Vec<crate::compile::PortFlows> {
-        s.map(|s| s.ports.clone()).unwrap_or_default()
-    };
-    let (old_ports, new_ports) = (ports(old), ports(new));
-    let same_port = |a: &crate::compile::PortFlows, b: &crate::compile::PortFlows| {
+    let (old_ports, new_ports) = (old.unwrap_or_default(), new.unwrap_or_default());
+    let same_port = |a: &PortFlows, b: &PortFlows| {
         a.protocol == b.protocol && a.destinations.first() == b.destinations.first()
     };
-    let mut push = |port: &crate::compile::PortFlows, endpoint: Option<IpAddr>| {
+    let mut push = |port: &PortFlows, endpoint: Option<IpAddr>| {
         for d in &port.destinations {
             out.push(StaleFlow {
                 protocol: port.protocol,

@@ -9,7 +9,7 @@ use crate::model::{IpFamily, LocalTrafficDetector, NodePortAddress, ProxyConfig}
 use crate::ruleset::{Address, Comment, Interface, Match, Not};
 
 /// The config, validated, with everything the builders derive from it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Context {
     pub family: IpFamily,
     pub mark: u32,

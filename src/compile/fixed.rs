@@ -36,14 +36,6 @@ fn masq_mark(ctx: &Context) -> Mark {
 
 /// Puts the fixed chains and the services' rules together into one ruleset:
 /// filter first, then nat, as kube-proxy writes them.
-pub(crate) fn assemble<'a, I>(ctx: &Context, services: I) -> Ruleset
-where
-    I: Iterator<Item = &'a ServiceRules>,
-{
-    assemble_owned(ctx, services.cloned())
-}
-
-/// [`assemble`], moving the services' rules instead of copying them.
 pub(crate) fn assemble_owned(
     ctx: &Context,
     services: impl Iterator<Item = ServiceRules>,
@@ -74,24 +66,6 @@ pub(crate) fn assemble_owned(
         family: ctx.family,
         tables: vec![filter, nat],
     }
-}
-
-/// The rules of one shared chain: every service's rules for it, in service order,
-/// then the chain's fixed tail (the final node-port jumps of nat `KUBE-SERVICES`).
-pub(crate) fn shared_rules<'a>(
-    ctx: &Context,
-    which: SharedChain,
-    services: impl Iterator<Item = &'a ServiceRules>,
-) -> Vec<Rule> {
-    let mut rules: Vec<Rule> = services
-        .flat_map(|s| s.shared.iter())
-        .filter(|(w, _)| *w == which)
-        .map(|(_, r)| r.clone())
-        .collect();
-    if which == SharedChain::NatServices {
-        rules.extend(nodeport_jumps(ctx));
-    }
-    rules
 }
 
 /// The filter and nat tables with every fixed chain declared, in kube-proxy's order,
@@ -199,7 +173,7 @@ pub(crate) fn fixed_tables(ctx: &Context) -> (TableRules, TableRules) {
 
 /// The final `KUBE-SERVICES -> KUBE-NODEPORTS` rule(s): one on every local address,
 /// or one per node address allowed by `--nodeport-addresses`.
-fn nodeport_jumps(ctx: &Context) -> Vec<Rule> {
+pub(crate) fn nodeport_jumps(ctx: &Context) -> Vec<Rule> {
     let comment = fixed_comment(
         ctx.comments,
         "kubernetes service nodeports; NOTE: this must be the last rule in this chain",

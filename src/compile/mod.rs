@@ -33,11 +33,14 @@ pub(crate) mod fixed;
 mod input;
 pub mod naming;
 mod service;
+mod text;
 
 use serde::{Deserialize, Serialize};
 
 pub use fixed::{JumpRule, jump_rules};
 pub use service::{PortFlows, ServiceRules};
+pub use text::{CompiledText, compile_text};
+pub(crate) use text::{Counter, ServiceText, shared_chain_text, write_full};
 
 use crate::error::CompileError;
 use crate::model::{ClusterState, EndpointSlice, ProxyConfig, Service};
@@ -124,7 +127,7 @@ pub struct Lenient {
 /// The first invalid service, slice or config field, as a [`CompileError`] naming
 /// the object and field. Nothing is returned in that case: no partial ruleset.
 pub fn compile(state: &ClusterState, config: &ProxyConfig) -> Result<Ruleset, CompileError> {
-    let (ctx, services, _, _) = compile_services(state, config, true)?;
+    let (ctx, services, _, _) = compile_services(state, config, true, |rules| rules)?;
     Ok(fixed::assemble_owned(&ctx, services.into_iter()))
 }
 
@@ -140,7 +143,8 @@ pub fn compile_lenient(
     state: &ClusterState,
     config: &ProxyConfig,
 ) -> Result<Lenient, CompileError> {
-    let (ctx, services, rejected, warnings) = compile_services(state, config, false)?;
+    let (ctx, services, rejected, warnings) =
+        compile_services(state, config, false, |rules| rules)?;
     Ok(Lenient {
         ruleset: fixed::assemble_owned(&ctx, services.into_iter()),
         rejected,
@@ -166,23 +170,20 @@ pub(crate) fn compile_one(
     }
 }
 
-/// What [`compile_services`] returns: the context used, the rules of each valid
-/// service, the rejected services and the ignored slice parts.
-pub(crate) type Compiled = (
-    Context,
-    Vec<ServiceRules>,
-    Vec<CompileError>,
-    Vec<CompileError>,
-);
+/// What [`compile_services`] returns: the context used, each valid service's rules
+/// (as `each` made them), the rejected services and the ignored slice parts.
+pub(crate) type Compiled<T> = (Context, Vec<T>, Vec<CompileError>, Vec<CompileError>);
 
-/// Compiles every service with the cluster-size rule applied. `strict` stops at the
-/// first invalid service or slice; otherwise invalid services are left out and
-/// returned, and invalid slice parts are ignored and returned as warnings.
-pub(crate) fn compile_services(
+/// Compiles every service with the cluster-size rule applied, handing each one's
+/// rules to `each` as soon as they are built. `strict` stops at the first invalid
+/// service or slice; otherwise invalid services are left out and returned, and
+/// invalid slice parts are ignored and returned as warnings.
+pub(crate) fn compile_services<T>(
     state: &ClusterState,
     config: &ProxyConfig,
     strict: bool,
-) -> Result<Compiled, CompileError> {
+    mut each: impl FnMut(ServiceRules) -> T,
+) -> Result<Compiled<T>, CompileError> {
     let ctx = Context::new(config)?;
     let mut rejected = Vec::new();
     let mut keep = |result: Result<(), CompileError>| match result {
@@ -206,9 +207,9 @@ pub(crate) fn compile_services(
         .map(|p| p.endpoints.len())
         .sum();
     let ctx = ctx.for_endpoint_total(total);
-    let mut services = Vec::new();
-    for input in &inputs {
-        keep(service::service_rules(input, &ctx).map(|rules| services.push(rules)))?;
+    let mut services = Vec::with_capacity(inputs.len());
+    for input in inputs {
+        keep(service::service_rules(&input, &ctx).map(|rules| services.push(each(rules))))?;
     }
     rejected.sort_by(|a, b| a.service().cmp(&b.service()));
     Ok((ctx, services, rejected, warnings))

@@ -284,3 +284,25 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    /// The service-by-service fast path writes exactly the bytes of rendering the
+    /// typed ruleset, with per-endpoint comments on or off (large-cluster mode).
+    #[test]
+    fn compile_text_is_render_of_compile(parts in cluster(), large in any::<bool>(), nodeports in any::<bool>()) {
+        let state = state_of(&parts);
+        let mut config = config();
+        if large {
+            config.large_cluster_endpoints = Some(1);
+        }
+        if nodeports {
+            config = config.with_nodeport_addresses([svcnat::model::NodePortAddress::Primary]);
+        }
+        let text = svcnat::compile::compile_text(&state, &config).unwrap();
+        let typed = svcnat::render::to_string(&compile(&state, &config).unwrap());
+        prop_assert_eq!(text.len(), typed.len());
+        prop_assert_eq!(String::from_utf8(text.to_bytes()).unwrap(), typed);
+    }
+}

@@ -86,10 +86,9 @@ fn first_sync_is_full_then_partial_and_noop_is_empty() {
     assert!(!partial.full);
     let written: Vec<String> = partial
         .payload
-        .tables
+        .written
         .iter()
-        .flat_map(|t| &t.written)
-        .map(|c| c.name.to_string())
+        .map(|(_, c)| c.to_string())
         .collect();
     assert_eq!(written.len(), 2, "{written:?}");
     assert!(
