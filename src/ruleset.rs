@@ -165,12 +165,10 @@ impl ChainName {
 
     /// A name the crate built from a fixed prefix and a hash (ASCII by
     /// construction, at most 25 bytes).
-    pub(crate) fn from_parts(prefix: &str, hash: &[u8]) -> Self {
+    pub(crate) fn from_parts(prefix: &str, hash: &str) -> Self {
         let mut name = ArrayString::new();
         name.push_str(prefix);
-        for &b in hash {
-            name.push(char::from(b));
-        }
+        name.push_str(hash);
         debug_assert!(ChainName::new(name.as_str()).is_ok(), "{name}");
         ChainName(Name::Inline(name))
     }

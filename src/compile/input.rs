@@ -3,9 +3,10 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use arrayvec::ArrayString;
 use ipnet::IpNet;
 
-use super::naming::{PortChains, endpoint_chain, endpoint_string, service_port_name};
+use super::naming::{PortChains, endpoint_chain, endpoint_text, service_port_name};
 use crate::error::{CompileError, Problem};
 use crate::model::{
     Endpoint, EndpointSlice, IpFamily, IpMode, ProxyConfig, Service, ServiceKey, ServicePort,
@@ -17,7 +18,7 @@ use crate::ruleset::ChainName;
 #[derive(Debug, Clone)]
 pub(crate) struct PortEndpoint<'a> {
     /// `ip:port` as kube-proxy writes it; endpoints are sorted by this string.
-    pub text: String,
+    pub text: ArrayString<56>,
     pub addr: SocketAddr,
     pub chain: ChainName,
     pub endpoint: &'a Endpoint,
@@ -325,6 +326,18 @@ pub(crate) fn service_input<'a>(
     strict: bool,
     warnings: &mut Vec<CompileError>,
 ) -> Result<Option<ServiceInput<'a>>, CompileError> {
+    check_service(svc, slices, config, strict, warnings)?;
+    Ok(checked_service_input(svc, svc.key(), slices, config))
+}
+
+/// The validation half of [`service_input`].
+pub(crate) fn check_service(
+    svc: &Service,
+    slices: &[&EndpointSlice],
+    config: &ProxyConfig,
+    strict: bool,
+    warnings: &mut Vec<CompileError>,
+) -> Result<(), CompileError> {
     validate_service(svc, config)?;
     for slice in slices {
         let mut problems = slice_problems(slice, svc);
@@ -333,16 +346,63 @@ pub(crate) fn service_input<'a>(
         }
         warnings.extend(problems);
     }
-    let family = config.ip_family;
-    let Some(cluster_ip) = svc
-        .cluster_ips
+    Ok(())
+}
+
+/// The cluster IP of the proxy's family; `None` for a service kube-proxy skips.
+fn family_cluster_ip(svc: &Service, family: IpFamily) -> Option<IpAddr> {
+    svc.cluster_ips
         .iter()
         .copied()
         .find(|ip| family.contains(ip))
-    else {
-        return Ok(None);
-    };
-    let key = svc.key();
+}
+
+/// How many endpoints [`service_input`] would give the service's ports in all
+/// (kube-proxy's cluster-size count), without building them.
+pub(crate) fn endpoint_count(
+    svc: &Service,
+    slices: &[&EndpointSlice],
+    family: IpFamily,
+    scratch: &mut Vec<SocketAddr>,
+) -> usize {
+    if family_cluster_ip(svc, family).is_none() {
+        return 0;
+    }
+    let mut total = 0;
+    for port in &svc.ports {
+        scratch.clear();
+        for slice in slices.iter().filter(|s| s.address_type == family) {
+            let Some(ep_port) = slice
+                .ports
+                .iter()
+                .find(|p| p.name == port.name && p.protocol == port.protocol && p.port != 0)
+            else {
+                continue;
+            };
+            scratch.extend(
+                slice
+                    .endpoints
+                    .iter()
+                    .filter(|e| family.contains(&e.address))
+                    .map(|e| SocketAddr::new(e.address, ep_port.port)),
+            );
+        }
+        scratch.sort_unstable();
+        scratch.dedup();
+        total += scratch.len();
+    }
+    total
+}
+
+/// The building half of [`service_input`], for a service [`check_service`] passed.
+pub(crate) fn checked_service_input<'a>(
+    svc: &'a Service,
+    key: ServiceKey,
+    slices: &[&'a EndpointSlice],
+    config: &ProxyConfig,
+) -> Option<ServiceInput<'a>> {
+    let family = config.ip_family;
+    let cluster_ip = family_cluster_ip(svc, family)?;
     let external_policy_local = svc.external_traffic_policy == TrafficPolicy::Local
         && (svc.service_type != ServiceType::ClusterIP || !svc.external_ips.is_empty());
     let needs_health_check = svc.service_type == ServiceType::LoadBalancer && external_policy_local;
@@ -362,7 +422,7 @@ pub(crate) fn service_input<'a>(
             }
         })
         .collect();
-    Ok(Some(ServiceInput {
+    Some(ServiceInput {
         cluster_ip,
         external_ips: svc
             .external_ips
@@ -393,7 +453,7 @@ pub(crate) fn service_input<'a>(
         health_check_node_port: svc.health_check_node_port.filter(|_| needs_health_check),
         ports,
         key,
-    }))
+    })
 }
 
 /// Which copy of an endpoint listed twice (in two slices) is used: a local copy wins,
@@ -414,7 +474,13 @@ fn port_endpoints<'a>(
     family: IpFamily,
     node_name: Option<&str>,
 ) -> Vec<PortEndpoint<'a>> {
-    let mut candidates: Vec<(String, SocketAddr, &'a Endpoint, bool)> = Vec::new();
+    let mut candidates: Vec<(ArrayString<56>, SocketAddr, &'a Endpoint, bool)> = Vec::with_capacity(
+        slices
+            .iter()
+            .filter(|s| s.address_type == family)
+            .map(|s| s.endpoints.len())
+            .sum(),
+    );
     for slice in slices.iter().filter(|s| s.address_type == family) {
         let Some(ep_port) = slice
             .ports
@@ -430,7 +496,7 @@ fn port_endpoints<'a>(
         {
             let addr = SocketAddr::new(endpoint.address, ep_port.port);
             let local = node_name.is_some() && endpoint.node_name.as_deref() == node_name;
-            candidates.push((endpoint_string(&addr), addr, endpoint, local));
+            candidates.push((endpoint_text(&addr), addr, endpoint, local));
         }
     }
     // By text, the preferred copy of each first; then the first of each text is kept.

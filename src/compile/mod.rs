@@ -186,30 +186,38 @@ pub(crate) fn compile_services<T>(
 ) -> Result<Compiled<T>, CompileError> {
     let ctx = Context::new(config)?;
     let mut rejected = Vec::new();
-    let mut keep = |result: Result<(), CompileError>| match result {
-        Err(e) if strict => Err(e),
-        Err(e) => {
-            rejected.push(e);
-            Ok(())
-        }
-        Ok(()) => Ok(()),
-    };
-    let mut inputs = Vec::new();
     let mut warnings = Vec::new();
+    // Pass 1: validate, and count the endpoints (the cluster-size rule needs the
+    // total before any rule is written).
+    let mut valid = Vec::new();
+    let mut total = 0;
+    let mut scratch = Vec::new();
     for svc in state.services() {
-        keep(
-            inputs_of(state, svc, config, strict, &mut warnings).map(|input| inputs.extend(input)),
-        )?;
+        let key = svc.key();
+        let slices: Vec<&EndpointSlice> = state.slices_of(&key).collect();
+        match input::check_service(svc, &slices, config, strict, &mut warnings) {
+            Ok(()) => {
+                total += input::endpoint_count(svc, &slices, config.ip_family, &mut scratch);
+                valid.push((svc, key));
+            }
+            Err(e) if strict => return Err(e),
+            Err(e) => rejected.push(e),
+        }
     }
-    let total = inputs
-        .iter()
-        .flat_map(|s| &s.ports)
-        .map(|p| p.endpoints.len())
-        .sum();
     let ctx = ctx.for_endpoint_total(total);
-    let mut services = Vec::with_capacity(inputs.len());
-    for input in inputs {
-        keep(service::service_rules(&input, &ctx).map(|rules| services.push(each(rules))))?;
+    // Pass 2: each service's input and rules, one service at a time, so only one
+    // service's typed rules are alive at once.
+    let mut services = Vec::with_capacity(valid.len());
+    for (svc, key) in valid {
+        let slices: Vec<&EndpointSlice> = state.slices_of(&key).collect();
+        let Some(input) = input::checked_service_input(svc, key, &slices, config) else {
+            continue;
+        };
+        match service::service_rules(&input, &ctx) {
+            Ok(rules) => services.push(each(rules)),
+            Err(e) if strict => return Err(e),
+            Err(e) => rejected.push(e),
+        }
     }
     rejected.sort_by(|a, b| a.service().cmp(&b.service()));
     Ok((ctx, services, rejected, warnings))

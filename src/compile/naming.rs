@@ -8,6 +8,7 @@
 
 use std::net::SocketAddr;
 
+use arrayvec::ArrayString;
 use data_encoding::BASE32;
 use sha2::{Digest, Sha256};
 
@@ -38,7 +39,7 @@ fn hash16(parts: &[&str]) -> [u8; 16] {
 
 fn chain(prefix: &str, hash: &[u8; 16]) -> ChainName {
     // Prefix (at most 9 bytes) + 16 base32 characters: always valid, at most 25 bytes.
-    ChainName::from_parts(prefix, hash)
+    ChainName::from_parts(prefix, std::str::from_utf8(hash).unwrap_or_default())
 }
 
 /// The four chains of one service port.
@@ -76,8 +77,16 @@ impl PortChains {
 
 /// `ip:port` as Go's `net.JoinHostPort` writes it (IPv6 bracketed).
 pub fn endpoint_string(endpoint: &SocketAddr) -> String {
-    let mut s = String::with_capacity(24);
-    // Writing into a String cannot fail.
+    endpoint_text(endpoint).as_str().to_owned()
+}
+
+/// The longest `[ip]:port`: a 45-byte IPv6 address, brackets, `:65535`.
+const ENDPOINT_TEXT_MAX: usize = 56;
+
+/// [`endpoint_string`], stored inline: compiling a cluster makes one per endpoint.
+pub(crate) fn endpoint_text(endpoint: &SocketAddr) -> ArrayString<ENDPOINT_TEXT_MAX> {
+    let mut s = ArrayString::new();
+    // At most 53 bytes: the write cannot overflow.
     let _ = crate::ruleset::text::socket(&mut s, *endpoint);
     s
 }

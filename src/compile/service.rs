@@ -83,6 +83,13 @@ fn jump(chain: &ChainName) -> Target {
     Target::Jump(chain.clone())
 }
 
+/// What the filter table does with a port's traffic that has nowhere to go, and why.
+#[derive(Clone)]
+struct Filter {
+    target: Target,
+    why: &'static str,
+}
+
 /// The state kube-proxy derives per service port before writing its rules.
 struct Plan<'p, 'a> {
     eps: Categorized<'p, 'a>,
@@ -114,6 +121,13 @@ impl<'p, 'a> PortBuilder<'_, 'p, 'a> {
 
     fn comment(&self, text: String) -> Result<Option<Match>, Problem> {
         self.ctx.comment(text)
+    }
+
+    fn filter_comment(&self, filter: &Filter) -> Result<Option<Match>, Problem> {
+        if !self.ctx.comments {
+            return Ok(None);
+        }
+        self.comment(format!("{} {}", self.spn(), filter.why))
     }
 
     fn shared(&mut self, chain: SharedChain, rule: Rule) {
@@ -169,14 +183,20 @@ impl<'p, 'a> PortBuilder<'_, 'p, 'a> {
 
     fn build(mut self) -> Result<(), Problem> {
         let plan = self.plan();
-        // What the filter table does with traffic that has nowhere to go.
-        let (internal_filter, external_filter) = if !plan.eps.has_any {
-            let c = format!("{} has no endpoints", self.spn());
-            ((Target::Reject, c.clone()), (Target::Reject, c))
+        // What the filter table does with traffic that has nowhere to go (the
+        // comment is written only when a filter rule is).
+        let filter = if !plan.eps.has_any {
+            Filter {
+                target: Target::Reject,
+                why: "has no endpoints",
+            }
         } else {
-            let c = format!("{} has no local endpoints", self.spn());
-            ((Target::Drop, c.clone()), (Target::Drop, c))
+            Filter {
+                target: Target::Drop,
+                why: "has no local endpoints",
+            }
         };
+        let (internal_filter, external_filter) = (filter.clone(), filter);
         self.cluster_ip(&plan, internal_filter)?;
         self.external_ips(&plan, &external_filter)?;
         self.load_balancer(&plan, &external_filter)?;
@@ -230,25 +250,21 @@ impl<'p, 'a> PortBuilder<'_, 'p, 'a> {
         Ok(())
     }
 
-    fn cluster_ip(&mut self, plan: &Plan<'_, '_>, filter: (Target, String)) -> Result<(), Problem> {
+    fn cluster_ip(&mut self, plan: &Plan<'_, '_>, filter: Filter) -> Result<(), Problem> {
         let (ip, port) = (self.svc.cluster_ip, self.port.port.port);
         if plan.has_internal {
             let c = self.comment(format!("{} cluster IP", self.spn()))?;
             let rule = self.capture(c, ip, port).to(jump(&plan.internal_chain));
             self.shared(SharedChain::NatServices, rule);
         } else {
-            let c = self.comment(filter.1)?;
-            let rule = self.capture(c, ip, port).to(filter.0);
+            let c = self.filter_comment(&filter)?;
+            let rule = self.capture(c, ip, port).to(filter.target);
             self.shared(SharedChain::FilterServices, rule);
         }
         Ok(())
     }
 
-    fn external_ips(
-        &mut self,
-        plan: &Plan<'_, '_>,
-        filter: &(Target, String),
-    ) -> Result<(), Problem> {
+    fn external_ips(&mut self, plan: &Plan<'_, '_>, filter: &Filter) -> Result<(), Problem> {
         let port = self.port.port.port;
         for &ip in &self.svc.external_ips {
             if plan.eps.has_any {
@@ -257,19 +273,15 @@ impl<'p, 'a> PortBuilder<'_, 'p, 'a> {
                 self.shared(SharedChain::NatServices, rule);
             }
             if !plan.has_external {
-                let c = self.comment(filter.1.clone())?;
-                let rule = self.capture(c, ip, port).to(filter.0.clone());
+                let c = self.filter_comment(filter)?;
+                let rule = self.capture(c, ip, port).to(filter.target.clone());
                 self.shared(SharedChain::FilterExternalServices, rule);
             }
         }
         Ok(())
     }
 
-    fn load_balancer(
-        &mut self,
-        plan: &Plan<'_, '_>,
-        filter: &(Target, String),
-    ) -> Result<(), Problem> {
+    fn load_balancer(&mut self, plan: &Plan<'_, '_>, filter: &Filter) -> Result<(), Problem> {
         let port = self.port.port.port;
         let chains = &self.port.chains;
         let target = if plan.uses_fw_chain {
@@ -295,15 +307,15 @@ impl<'p, 'a> PortBuilder<'_, 'p, 'a> {
         }
         if !plan.has_external {
             for &ip in &self.svc.lb_vips {
-                let c = self.comment(filter.1.clone())?;
-                let rule = self.capture(c, ip, port).to(filter.0.clone());
+                let c = self.filter_comment(filter)?;
+                let rule = self.capture(c, ip, port).to(filter.target.clone());
                 self.shared(SharedChain::FilterExternalServices, rule);
             }
         }
         Ok(())
     }
 
-    fn node_port(&mut self, plan: &Plan<'_, '_>, filter: &(Target, String)) -> Result<(), Problem> {
+    fn node_port(&mut self, plan: &Plan<'_, '_>, filter: &Filter) -> Result<(), Problem> {
         let Some(node_port) = self.port.port.node_port else {
             return Ok(());
         };
@@ -331,11 +343,11 @@ impl<'p, 'a> PortBuilder<'_, 'p, 'a> {
         }
         if !plan.has_external {
             let rule = Rule::new()
-                .with_opt(self.comment(filter.1.clone())?)
+                .with_opt(self.filter_comment(filter)?)
                 .with(Match::DstType(AddrType::Local))
                 .with(Match::Protocol(proto))
                 .with(Match::DestinationPort(node_port))
-                .to(filter.0.clone());
+                .to(filter.target.clone());
             self.shared(SharedChain::FilterExternalServices, rule);
         }
         Ok(())

@@ -11,42 +11,60 @@ use std::sync::OnceLock;
 
 use ipnet::IpNet;
 
-/// Writes `n` in decimal.
-pub(crate) fn dec<W: Write + ?Sized>(out: &mut W, mut n: u32) -> fmt::Result {
-    let mut buf = [0u8; 10];
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
+/// "000" to "999", three digits each, for writing numbers without `core::fmt`
+/// (and without checking UTF-8 at run time: the table is checked once, at
+/// compile time).
+const DIGITS: &str = {
+    const BYTES: [u8; 3000] = {
+        let mut out = [0u8; 3000];
+        let mut n = 0;
+        while n < 1000 {
+            out[3 * n] = b'0' + (n / 100) as u8;
+            out[3 * n + 1] = b'0' + (n / 10 % 10) as u8;
+            out[3 * n + 2] = b'0' + (n % 10) as u8;
+            n += 1;
         }
+        out
+    };
+    match std::str::from_utf8(&BYTES) {
+        Ok(digits) => digits,
+        Err(_) => panic!("digits are ASCII"),
     }
-    out.write_str(std::str::from_utf8(&buf[i..]).map_err(|_| fmt::Error)?)
+};
+
+/// The decimal digits of `n < 1000`, without leading zeros.
+fn small(n: u32) -> &'static str {
+    let n = n as usize;
+    let skip = if n >= 100 {
+        0
+    } else if n >= 10 {
+        1
+    } else {
+        2
+    };
+    &DIGITS[3 * n + skip..3 * n + 3]
+}
+
+/// Writes `n` in decimal.
+pub(crate) fn dec<W: Write + ?Sized>(out: &mut W, n: u32) -> fmt::Result {
+    if n < 1000 {
+        return out.write_str(small(n));
+    }
+    dec(out, n / 1000)?;
+    let low = (n % 1000) as usize;
+    out.write_str(&DIGITS[3 * low..3 * low + 3])
 }
 
 /// Writes an IPv4 address as `a.b.c.d`.
 pub(crate) fn ipv4<W: Write + ?Sized>(out: &mut W, ip: Ipv4Addr) -> fmt::Result {
-    let mut buf = [0u8; 15];
-    let mut len = 0;
-    for (k, octet) in ip.octets().into_iter().enumerate() {
-        if k > 0 {
-            buf[len] = b'.';
-            len += 1;
-        }
-        if octet >= 100 {
-            buf[len] = b'0' + octet / 100;
-            len += 1;
-        }
-        if octet >= 10 {
-            buf[len] = b'0' + octet / 10 % 10;
-            len += 1;
-        }
-        buf[len] = b'0' + octet % 10;
-        len += 1;
-    }
-    out.write_str(std::str::from_utf8(&buf[..len]).map_err(|_| fmt::Error)?)
+    let [a, b, c, d] = ip.octets();
+    out.write_str(small(u32::from(a)))?;
+    out.write_str(".")?;
+    out.write_str(small(u32::from(b)))?;
+    out.write_str(".")?;
+    out.write_str(small(u32::from(c)))?;
+    out.write_str(".")?;
+    out.write_str(small(u32::from(d)))
 }
 
 /// Writes an address as `Display` does.
@@ -115,7 +133,19 @@ mod tests {
 
     #[test]
     fn numbers_and_addresses_print_as_display_does() {
-        for n in [0u32, 7, 10, 99, 100, 65535, 4_294_967_295] {
+        for n in [
+            0u32,
+            7,
+            10,
+            99,
+            100,
+            999,
+            1000,
+            1001,
+            10_010,
+            65535,
+            4_294_967_295,
+        ] {
             assert_eq!(text(|s| dec(s, n)), n.to_string());
         }
         for a in [
