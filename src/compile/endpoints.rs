@@ -148,7 +148,7 @@ pub(crate) fn categorize<'p, 'a>(
             .chain(out.local.iter())
             .copied()
             .collect();
-        all.sort_by(|a, b| a.text.cmp(&b.text));
+        all.sort_by_key(|e| e.text);
         all.dedup_by(|a, b| a.text == b.text);
         out.reachable = all;
     }
