@@ -11,6 +11,7 @@ use arrayvec::ArrayString;
 use indexmap::IndexMap;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 use thiserror::Error;
 
 use crate::model::{IpFamily, Protocol};
@@ -910,12 +911,17 @@ impl Target {
     }
 }
 
+/// A rule's matches: a vector that keeps up to three inline, as most of the
+/// rules a large cluster has (endpoint jumps, DNAT, hairpin masquerade) need no
+/// heap allocation for their matches.
+pub type Matches = SmallVec<[Match; 3]>;
+
 /// One rule: matches in order, then an optional target (a rule without a target
 /// only counts packets, like kube-proxy's "will be dropped" marker rule).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 pub struct Rule {
-    /// The matches, printed in this order.
-    pub matches: Vec<Match>,
+    /// The matches, printed in this order (up to three stored inline).
+    pub matches: Matches,
     /// The target.
     pub target: Option<Target>,
 }

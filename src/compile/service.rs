@@ -203,7 +203,9 @@ impl<'p, 'a> PortBuilder<'_, 'p, 'a> {
         self.node_port(&plan, &external_filter)?;
         self.health_check()?;
         // Chains in kube-proxy's order: EXT, FW, SVC, SVL, then the endpoints.
-        let mut chains = Vec::new();
+        let chains = &mut Vec::new();
+        std::mem::swap(chains, &mut self.out.chains);
+        chains.reserve(plan.eps.reachable.len() + 4);
         if plan.uses_ext_chain {
             chains.push(self.ext_chain(&plan)?);
         }
@@ -223,11 +225,11 @@ impl<'p, 'a> PortBuilder<'_, 'p, 'a> {
             (plan.uses_local_chain, &chain_names.svl, &plan.eps.local),
         ] {
             if used {
-                let mut rules = Vec::new();
+                let mut rules = Vec::with_capacity(1 + endpoints.len() * 2);
                 if *name == plan.internal_chain {
                     rules.extend(masquerade.take());
                 }
-                rules.extend(self.dispatch_rules(endpoints)?);
+                self.dispatch_rules(endpoints, &mut rules)?;
                 chains.push(Chain::with_rules(name.clone(), rules));
             }
         }
@@ -246,7 +248,7 @@ impl<'p, 'a> PortBuilder<'_, 'p, 'a> {
             node_port: self.port.port.node_port,
             endpoints: plan.eps.reachable.iter().map(|e| e.addr).collect(),
         });
-        self.out.chains.extend(chains);
+        std::mem::swap(chains, &mut self.out.chains);
         Ok(())
     }
 
@@ -460,9 +462,12 @@ impl<'p, 'a> PortBuilder<'_, 'p, 'a> {
 
     /// The service chain's jumps to its endpoints: affinity checks first, then a
     /// random pick with probability 1/(remaining endpoints).
-    fn dispatch_rules(&self, endpoints: &[&PortEndpoint<'_>]) -> Result<Vec<Rule>, Problem> {
+    fn dispatch_rules(
+        &self,
+        endpoints: &[&PortEndpoint<'_>],
+        rules: &mut Vec<Rule>,
+    ) -> Result<(), Problem> {
         let spn = self.spn();
-        let mut rules = Vec::new();
         if let Some(seconds) = self.svc.affinity_seconds {
             for ep in endpoints {
                 rules.push(
@@ -496,7 +501,7 @@ impl<'p, 'a> PortBuilder<'_, 'p, 'a> {
                     .to(jump(&ep.chain)),
             );
         }
-        Ok(rules)
+        Ok(())
     }
 
     fn endpoint_chain(&self, ep: &PortEndpoint<'_>) -> Result<Chain, Problem> {

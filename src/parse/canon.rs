@@ -60,7 +60,7 @@ pub fn canonicalize(ruleset: &Ruleset) -> Ruleset {
 ///    `--set-xmark V/M` means one of them; `REJECT --reject-with` the family's
 ///    default becomes plain `REJECT`.
 pub fn canonical_rule(rule: &Rule, family: IpFamily) -> Rule {
-    let mut matches: Vec<Match> = rule.matches.iter().map(canonical_match).collect();
+    let mut matches: crate::ruleset::Matches = rule.matches.iter().map(canonical_match).collect();
     merge_protocol(&mut matches);
     matches.sort_by_key(rank);
     Rule {
@@ -129,7 +129,7 @@ fn canonical_match(m: &Match) -> Match {
     }
 }
 
-fn merge_protocol(matches: &mut Vec<Match>) {
+fn merge_protocol(matches: &mut crate::ruleset::Matches) {
     let plain = matches.iter().position(|m| {
         matches!(
             m,

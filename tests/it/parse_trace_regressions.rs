@@ -326,7 +326,7 @@ fn fragments_and_family_flags() {
     ))
     .unwrap();
     let rules = &r.chain(Table::Filter, "INPUT").unwrap().rules;
-    assert_eq!(rules[0].matches, [Match::Fragment { negated: false }]);
+    assert_eq!(rules[0].matches[..], [Match::Fragment { negated: false }]);
     assert_eq!(rules[1].to_string(), "! -f -p tcp -j REJECT");
     assert_eq!(parse(&svcnat::render::to_string(&r)).unwrap(), r);
     let p = Packet::tcp(ip("10.1.2.3"), ip("192.168.0.2"), 22);
