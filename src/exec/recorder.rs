@@ -66,8 +66,8 @@ pub enum Call {
     EnsureJump {
         /// The family.
         family: IpFamily,
-        /// The rule.
-        jump: JumpRule,
+        /// The rule (boxed: a rule is large next to the other calls).
+        jump: Box<JumpRule>,
     },
     /// [`Executor::clear_conntrack`].
     ClearConntrack {
@@ -361,7 +361,7 @@ impl Executor for Recorder {
     fn ensure_jump(&mut self, family: IpFamily, jump: &JumpRule) -> Result<(), ExecError> {
         self.calls.push(Call::EnsureJump {
             family,
-            jump: jump.clone(),
+            jump: Box::new(jump.clone()),
         });
         let rule = rule_args(&jump.rule)
             .iter()
