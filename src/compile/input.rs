@@ -499,20 +499,26 @@ fn port_endpoints<'a>(
             candidates.push((endpoint_text(&addr), addr, endpoint, local));
         }
     }
-    // By text, the preferred copy of each first; then the first of each text is kept.
-    candidates.sort_by(|a, b| {
+    // By text, the preferred copy of each first; then the first of each text is
+    // kept. Indices are sorted, not the (larger) candidates.
+    let mut order: Vec<usize> = (0..candidates.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (a, b) = (&candidates[a], &candidates[b]);
         a.0.cmp(&b.0)
             .then_with(|| preference(b.3, b.2).cmp(&preference(a.3, a.2)))
     });
-    candidates.dedup_by(|later, first| later.0 == first.0);
-    candidates
+    order.dedup_by(|later, first| candidates[*later].0 == candidates[*first].0);
+    order
         .into_iter()
-        .map(|(text, addr, endpoint, local)| PortEndpoint {
-            chain: endpoint_chain(spn, port.protocol, &text),
-            text,
-            addr,
-            endpoint,
-            local,
+        .map(|i| {
+            let (text, addr, endpoint, local) = candidates[i];
+            PortEndpoint {
+                chain: endpoint_chain(spn, port.protocol, &text),
+                text,
+                addr,
+                endpoint,
+                local,
+            }
         })
         .collect()
 }

@@ -192,13 +192,11 @@ pub(crate) fn compile_services<T>(
     let mut valid = Vec::new();
     let mut total = 0;
     let mut scratch = Vec::new();
-    for svc in state.services() {
-        let key = svc.key();
-        let slices: Vec<&EndpointSlice> = state.slices_of(&key).collect();
+    for (key, svc, slices) in state.services_with_slices() {
         match input::check_service(svc, &slices, config, strict, &mut warnings) {
             Ok(()) => {
                 total += input::endpoint_count(svc, &slices, config.ip_family, &mut scratch);
-                valid.push((svc, key));
+                valid.push((svc, key, slices));
             }
             Err(e) if strict => return Err(e),
             Err(e) => rejected.push(e),
@@ -208,9 +206,8 @@ pub(crate) fn compile_services<T>(
     // Pass 2: each service's input and rules, one service at a time, so only one
     // service's typed rules are alive at once.
     let mut services = Vec::with_capacity(valid.len());
-    for (svc, key) in valid {
-        let slices: Vec<&EndpointSlice> = state.slices_of(&key).collect();
-        let Some(input) = input::checked_service_input(svc, key, &slices, config) else {
+    for (svc, key, slices) in valid {
+        let Some(input) = input::checked_service_input(svc, key.clone(), &slices, config) else {
             continue;
         };
         match service::service_rules(&input, &ctx) {

@@ -491,34 +491,40 @@ impl<'p, 'a> PortBuilder<'_, 'p, 'a> {
             } else {
                 None
             };
-            rules.push(
-                Rule::new()
-                    .with_opt(
-                        self.ctx
-                            .endpoint_comment(|| format!("{spn} -> {}", ep.text))?,
-                    )
-                    .with_opt(statistic)
-                    .to(jump(&ep.chain)),
+            rules.push(Rule::new());
+            let rule = rules.last_mut().expect("just pushed");
+            rule.matches.extend(
+                self.ctx
+                    .endpoint_comment(|| format!("{spn} -> {}", ep.text))?,
             );
+            rule.matches.extend(statistic);
+            rule.target = Some(jump(&ep.chain));
         }
         Ok(())
     }
 
     fn endpoint_chain(&self, ep: &PortEndpoint<'_>) -> Result<Chain, Problem> {
         let comment = self.ctx.endpoint_comment(|| self.spn().to_owned())?;
-        let hairpin = Rule::new()
-            .with_opt(comment.clone())
-            .with(Match::Source(Not::is(Address::Ip(ep.addr.ip()))))
-            .to(jump(&KUBE_MARK_MASQ));
-        let affinity = self.svc.affinity_seconds.map(|_| Match::Recent {
-            name: ep.chain.clone(),
-            action: RecentAction::Set,
-        });
-        let dnat = Rule::new()
-            .with_opt(comment)
-            .with_opt(affinity)
-            .with(Match::Protocol(self.proto()))
-            .to(Target::Dnat(ep.addr));
-        Ok(Chain::with_rules(ep.chain.clone(), vec![hairpin, dnat]))
+        // Built in place: a rule is a few hundred bytes, and a large cluster has
+        // hundreds of thousands of these.
+        let mut rules = vec![Rule::new(), Rule::new()];
+        let [hairpin, dnat] = &mut rules[..] else {
+            unreachable!("two rules")
+        };
+        hairpin.matches.extend(comment.clone());
+        hairpin
+            .matches
+            .push(Match::Source(Not::is(Address::Ip(ep.addr.ip()))));
+        hairpin.target = Some(jump(&KUBE_MARK_MASQ));
+        dnat.matches.extend(comment);
+        if self.svc.affinity_seconds.is_some() {
+            dnat.matches.push(Match::Recent {
+                name: ep.chain.clone(),
+                action: RecentAction::Set,
+            });
+        }
+        dnat.matches.push(Match::Protocol(self.proto()));
+        dnat.target = Some(Target::Dnat(ep.addr));
+        Ok(Chain::with_rules(ep.chain.clone(), rules))
     }
 }

@@ -222,9 +222,14 @@ impl CompiledText {
 
     /// The text as bytes, in a buffer of exactly its size.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.len);
-        // Writing into a Vec cannot fail.
-        let _ = self.write_io(&mut out);
+        self.to_text().into_bytes()
+    }
+
+    /// The text, in a buffer of exactly its size.
+    pub fn to_text(&self) -> String {
+        let mut out = String::with_capacity(self.len);
+        // Writing into a String cannot fail.
+        let _ = self.write_fmt(&mut out);
         out
     }
 

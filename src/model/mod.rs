@@ -129,6 +129,22 @@ impl ClusterState {
         self.slices.values().flat_map(|s| s.values())
     }
 
+    /// Every service with its key and its slices, in key order: one walk over both
+    /// maps instead of a lookup per service.
+    pub(crate) fn services_with_slices(
+        &self,
+    ) -> impl Iterator<Item = (&ServiceKey, &Service, Vec<&EndpointSlice>)> {
+        let mut slices = self.slices.iter().peekable();
+        self.services.iter().map(move |(key, svc)| {
+            while slices.next_if(|(k, _)| *k < key).is_some() {}
+            let own = slices
+                .next_if(|(k, _)| *k == key)
+                .map(|(_, s)| s.values().collect())
+                .unwrap_or_default();
+            (key, svc, own)
+        })
+    }
+
     /// The number of services.
     pub fn service_count(&self) -> usize {
         self.services.len()
