@@ -251,6 +251,10 @@ pub struct SyncReport {
     /// Service's ports change and its slices catch up), port 0, an address of the
     /// other family.
     pub warnings: Vec<CompileError>,
+    /// How many services this sync compiled: the changed ones, or every one when
+    /// the config, the cluster-size rule or the first sync required it. The others'
+    /// chain names and rule text were reused from the sync before.
+    pub recompiled: usize,
 }
 
 /// Why a sync failed. The [`Syncer`] is left ready: its next sync is a full one.
@@ -584,16 +588,20 @@ impl<E: Executor> Syncer<E> {
         } else {
             None
         };
-        let (stale_flows, rejected, warnings) = match reused {
+        let (stale_flows, rejected, warnings, recompiled) = match reused {
             Some(changes) => {
                 let applied = self.applied.as_ref().expect("recompiled into it");
                 (
                     flows_of(&changes, &applied.services),
                     applied.rejected(),
                     applied.warnings(),
+                    changes.len(),
                 )
             }
-            None => self.compile_all(base)?,
+            None => {
+                let (flows, rejected, warnings) = self.compile_all(base)?;
+                (flows, rejected, warnings, self.state.service_count())
+            }
         };
         let applied = self.applied.as_ref().expect("compiled above");
         // Service chains left in the kernel by an earlier run: flush and delete. A
@@ -651,6 +659,7 @@ impl<E: Executor> Syncer<E> {
             stale_flows: self.take_flows(stale_flows),
             rejected,
             warnings,
+            recompiled,
         })
     }
 
@@ -773,6 +782,7 @@ impl<E: Executor> Syncer<E> {
             stale_flows: self.take_flows(stale_flows),
             rejected,
             warnings,
+            recompiled: changes.len(),
         }))
     }
 }

@@ -567,3 +567,64 @@ fn a_missing_binary_is_a_spawn_error_naming_it() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn full_resyncs_reuse_unchanged_services_and_write_the_same_bytes() {
+    let state = svcnat::synthetic::Spec::new(50, 3).build();
+    let config = svcnat::synthetic::config();
+    let mut syncer = Syncer::new(Recorder::new(), config.clone()).unwrap();
+    syncer.replace_state(state.clone());
+    let first = syncer.sync().unwrap();
+    assert!(first.full);
+    assert_eq!(first.recompiled, 50);
+    let whole = svcnat::compile::compile_text(&state, &config)
+        .unwrap()
+        .to_text();
+    assert_eq!(first.payload.text(), whole);
+
+    // A full resync of an unchanged state compiles nothing and writes the same.
+    syncer.request_full_sync();
+    let again = syncer.sync().unwrap();
+    assert!(again.full);
+    assert_eq!(again.recompiled, 0);
+    assert_eq!(again.payload.text(), whole);
+
+    // One changed service: only it is compiled; the kernel ends as after a fresh
+    // full sync, the replaced endpoint's chain (read back from the kernel) deleted.
+    let slice = svcnat::synthetic::endpoint_change(&state, 7, 1).unwrap();
+    syncer.upsert_slice(slice.clone());
+    syncer.request_full_sync();
+    let changed = syncer.sync().unwrap();
+    assert!(changed.full);
+    assert_eq!(changed.recompiled, 1);
+    let mut next = state.clone();
+    next.upsert_slice(slice);
+    assert_eq!(changed.payload.chains_deleted(), 1);
+    assert!(
+        changed.payload.deleted[0]
+            .1
+            .as_str()
+            .starts_with("KUBE-SEP-")
+    );
+    assert_eq!(
+        tables(syncer.executor()),
+        full_sync_tables_with(&next, &config)
+    );
+
+    // A new config compiles everything again.
+    syncer
+        .set_config(config.clone().with_node_name("node-1"))
+        .unwrap();
+    assert_eq!(syncer.sync().unwrap().recompiled, 50);
+}
+
+/// [`full_sync_tables`] with another config.
+fn full_sync_tables_with(
+    state: &ClusterState,
+    config: &ProxyConfig,
+) -> BTreeMap<(Table, String), Vec<String>> {
+    let mut syncer = Syncer::new(Recorder::new(), config.clone()).unwrap();
+    syncer.replace_state(state.clone());
+    assert!(syncer.sync().unwrap().full);
+    tables(syncer.executor())
+}
