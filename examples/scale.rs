@@ -19,6 +19,7 @@
 //! | `partial_one_fraction` | `partial_one_bytes / full_bytes` |
 //! | `partial_100_ns`, `partial_100_bytes` | the same for 100 services changed at once |
 //! | `peak_bytes`, `peak_ratio` | heap in use at the peak of one compile + render, above what was in use before (the cluster itself), and its ratio to `full_bytes` |
+//! | `typed_peak_bytes` | the same peak for the typed path (`typed_ns`) |
 //! | `syncer_bytes` | heap the `Syncer` keeps between syncs (its copy of the cluster and the applied rules) |
 //!
 //! Partial times are null for a cluster without endpoints. Exit code 0, or 2 with one
@@ -113,6 +114,13 @@ fn measure(args: &Args) -> serde_json::Value {
     let bytes = full(&state, &config);
     let (_, peak_bytes) = HEAP.stop();
     drop(bytes);
+    // The same for the typed path, for comparison.
+    HEAP.start();
+    let ruleset = svcnat::compile::compile(&state, &config).expect("generated cluster is valid");
+    let mut typed = Vec::new();
+    svcnat::render::write_io(&ruleset, &mut typed).expect("a Vec takes every write");
+    let (_, typed_peak_bytes) = HEAP.stop();
+    drop((ruleset, typed));
 
     let mut compile_ns = Vec::new();
     let mut render_ns = Vec::new();
@@ -212,6 +220,7 @@ fn measure(args: &Args) -> serde_json::Value {
         "partial_100_bytes": hundred.map(|p| p.1),
         "peak_bytes": peak_bytes,
         "peak_ratio": peak_bytes as f64 / full_bytes.max(1) as f64,
+        "typed_peak_bytes": typed_peak_bytes,
         "syncer_bytes": syncer_bytes,
     })
 }

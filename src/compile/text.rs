@@ -260,8 +260,8 @@ impl fmt::Write for Counter {
 }
 
 /// Compiles a cluster state straight to its `iptables-restore` text, the same bytes
-/// as [`render`](crate::render) over [`compile`](super::compile)'s ruleset, several
-/// times faster and in about a third of the memory: each service's typed rules
+/// as [`render`](crate::render) over [`compile`](super::compile)'s ruleset, in about
+/// half the time and memory: each service's typed rules
 /// live only while it is rendered.
 ///
 /// ```
