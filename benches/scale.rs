@@ -18,7 +18,7 @@
 //! | `full` | [`full`]: compile + render into a new `Vec<u8>` | bytes of output |
 //! | `compile` | `compile::compile` alone | rules |
 //! | `render` | `render::write_io` of a compiled ruleset into a new `Vec<u8>` | bytes of output |
-//! | `parse` | `parse::parse` of the full output | bytes of output |
+//! | `parse` | `parse::parse` of the full output (only up to 60k chains, see below) | bytes of output |
 //! | `floor-copy` | `to_vec()` of a buffer of the output's size | bytes of output |
 //! | `floor-hash` | SHA-256 of every chain name the output declares | chains |
 //! | `partial-1` | one endpoint of one service changed: `upsert_slice` + `sync()` of a `Syncer<DryRun>` holding the cluster | bytes of payload |
@@ -46,9 +46,10 @@
 //! criterion's warm-up); no `target/criterion` file is read, so no earlier run can
 //! leak in. A point where `full` or the floor was filtered out prints no ratio.
 //!
-//! Selecting points: each point's cluster is built once, used by all its benchmarks,
-//! and dropped before the next (30000x50 holds about 5 GB at its peak). Building is
-//! skipped for points that would run nothing:
+//! Each point's cluster is built once, used by all its benchmarks, and dropped before
+//! the next (30000x50 holds about 5 GB at its peak). The first `full` result is
+//! checked to be byte for byte what `compile` + `render` give. Building is skipped for
+//! points that would run nothing:
 //!
 //! * `SVCNAT_BENCH_GRID`, a comma-separated list of `<S>x<E>` (both mixes) or
 //!   `<S>x<E>/<mix>`, replaces the grid; any S and E will do (`3000x5`).
@@ -58,6 +59,20 @@
 //!   character (a real regex) builds every point and lets criterion pick.
 //! * `--test` (and `cargo test --benches`) runs only the 1k points unless
 //!   `SVCNAT_BENCH_GRID` says otherwise; `--list` builds nothing.
+//!
+//! Other knobs:
+//!
+//! * `SVCNAT_BENCH_PARSE_MAX_CHAINS` (a number, or `all`; default 60000): `parse`
+//!   is benchmarked only where the output declares at most this many chains, and a
+//!   `parse skipped at ...` line says where it was not. The parser is quadratic in
+//!   the chain count today (see [`PARSE_MAX_CHAINS`]); the default keeps the 1k and
+//!   10000x1 points.
+//! * `SVCNAT_BENCH_PLOTS` (any value): criterion's HTML plots, off by default (they
+//!   cost about 7 s per benchmark without gnuplot). Its estimates and the comparison
+//!   with the previous run are kept either way.
+//! * criterion's own options (`--sample-size`, `--measurement-time`, ...) override
+//!   this bench's defaults: 10 samples, 0.3 s warm-up, 1.5 s measurement; points
+//!   from 100k endpoints sample flat.
 //!
 //! Large points take one iteration per sample, so criterion warns that it cannot
 //! complete 10 samples in the measurement time; that is expected, it takes them anyway.
@@ -93,6 +108,13 @@ const SAMPLES: usize = 10;
 /// Points with at least this many endpoints sample flat (one or a few iterations
 /// per sample); smaller ones let criterion choose.
 const FLAT_FROM_ENDPOINTS: usize = 100_000;
+
+/// `parse::parse` takes time quadratic in the number of chains today (its
+/// `resolve_jumps` looks every jump target up in a `Vec` of the declared chains):
+/// about 5 s at 51k chains (1000x50), so 10000x10 (110k) would take about half a
+/// minute per iteration and 30000x50 (1.5M) over an hour. Above this many chains
+/// the grid skips `parse` and says so; raise it when the parser is linear.
+const PARSE_MAX_CHAINS: usize = 60_000;
 
 /// The benchmark names of every point, for the filter check and `--list`.
 const BENCHES: [&str; 8] = [
@@ -140,7 +162,7 @@ fn scale(c: &mut Criterion) {
         if cli.list {
             list_point(c, &spec);
         } else {
-            ratios.extend(bench_point(c, spec));
+            ratios.extend(bench_point(c, &cli, spec));
         }
     }
     if ratios.len() > 1 {
@@ -259,18 +281,20 @@ impl Cli {
 
     /// Whether criterion's filter lets any benchmark of this point run.
     fn selects(&self, spec: &Spec) -> bool {
+        BENCHES.iter().any(|b| self.selects_bench(spec, b))
+    }
+
+    /// Whether criterion's filter may let this benchmark of this point run.
+    fn selects_bench(&self, spec: &Spec, bench: &str) -> bool {
         let Some((word, exact)) = &self.word else {
             return true;
         };
-        let group = group_name(spec);
-        BENCHES.iter().any(|b| {
-            let id = format!("{group}/{b}");
-            if *exact {
-                id == *word
-            } else {
-                id.contains(word)
-            }
-        })
+        let id = format!("{}/{bench}", group_name(spec));
+        if *exact {
+            id == *word
+        } else {
+            id.contains(word)
+        }
     }
 }
 
@@ -321,7 +345,7 @@ fn timed_then<O>(
 }
 
 /// Builds one point's cluster, runs its benchmarks, drops it; the ratio line.
-fn bench_point(c: &mut Criterion, spec: Spec) -> Option<String> {
+fn bench_point(c: &mut Criterion, cli: &Cli, spec: Spec) -> Option<String> {
     let config = synthetic::config();
     let t0 = Instant::now();
     let state = spec.build();
@@ -333,10 +357,6 @@ fn bench_point(c: &mut Criterion, spec: Spec) -> Option<String> {
     let mut bytes = Vec::new();
     svcnat::render::write_io(&ruleset, &mut bytes).expect("a Vec takes every write");
     let once = t0.elapsed();
-    assert!(
-        full(&state, &config) == bytes,
-        "full() differs from compile + render"
-    );
     let rules = ruleset.rule_count();
     let names: Vec<String> = ruleset
         .tables
@@ -362,7 +382,20 @@ fn bench_point(c: &mut Criterion, spec: Spec) -> Option<String> {
         (Times::default(), Times::default(), Times::default());
 
     group.throughput(out_bytes.clone());
-    group.bench_function("full", |b| timed(b, &mut t_full, || full(&state, &config)));
+    let mut checked = false;
+    group.bench_function("full", |b| {
+        timed_then(
+            b,
+            &mut t_full,
+            || full(&state, &config),
+            |out| {
+                if !checked {
+                    assert!(out == bytes, "full() differs from compile + render");
+                    checked = true;
+                }
+            },
+        )
+    });
 
     group.throughput(Throughput::Elements(rules as u64));
     group.bench_function("compile", |b| {
@@ -393,18 +426,27 @@ fn bench_point(c: &mut Criterion, spec: Spec) -> Option<String> {
             }
         })
     });
+    let names_len = names.len();
     drop(names);
 
-    let text = std::str::from_utf8(&bytes).expect("the output is UTF-8");
-    group.throughput(out_bytes);
-    group.bench_function("parse", |b| {
-        timed_then(
-            b,
-            &mut Times::default(),
-            || svcnat::parse::parse(text).expect("svcnat's own output parses"),
-            |parsed| assert_eq!(parsed.rule_count(), rules, "parse lost rules"),
-        )
-    });
+    let parse_max = parse_max_chains();
+    if names_len <= parse_max {
+        let text = std::str::from_utf8(&bytes).expect("the output is UTF-8");
+        group.throughput(out_bytes);
+        group.bench_function("parse", |b| {
+            timed_then(
+                b,
+                &mut Times::default(),
+                || svcnat::parse::parse(text).expect("svcnat's own output parses"),
+                |parsed| assert_eq!(parsed.rule_count(), rules, "parse lost rules"),
+            )
+        });
+    } else if cli.selects_bench(&spec, "parse") {
+        println!(
+            "parse skipped at {}: {names_len} chains > SVCNAT_BENCH_PARSE_MAX_CHAINS={parse_max}",
+            point_name(&spec)
+        );
+    }
     drop(bytes);
 
     let mut syncer = Syncer::new(DryRun::default(), config).expect("valid config");
@@ -497,11 +539,32 @@ fn secs(s: f64) -> String {
     }
 }
 
+/// Criterion's defaults for this bench (its command line still overrides them).
+/// Plots are off unless `SVCNAT_BENCH_PLOTS` is set: without gnuplot, criterion's
+/// plotters backend takes about 7 s per benchmark here, more than the measuring.
 fn config() -> Criterion {
-    Criterion::default()
+    let c = Criterion::default()
         .sample_size(SAMPLES)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_millis(1500));
+    if std::env::var_os("SVCNAT_BENCH_PLOTS").is_some() {
+        c
+    } else {
+        c.without_plots()
+    }
+}
+
+/// The most chains a point's output may declare for `parse` to be benchmarked
+/// there: `SVCNAT_BENCH_PARSE_MAX_CHAINS` (a number or `all`), default
+/// [`PARSE_MAX_CHAINS`].
+fn parse_max_chains() -> usize {
+    match std::env::var("SVCNAT_BENCH_PARSE_MAX_CHAINS") {
+        Ok(v) if v == "all" => usize::MAX,
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("SVCNAT_BENCH_PARSE_MAX_CHAINS={v:?}: a number or all")),
+        Err(_) => PARSE_MAX_CHAINS,
+    }
 }
 
 criterion::criterion_group! {
