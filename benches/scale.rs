@@ -3,7 +3,7 @@
 //! ([`Mix::ClusterIp`], [`Mix::LoadBalancer`]), seen from `synthetic::config()`.
 //!
 //! ```text
-//! cargo bench --bench scale                          # the whole grid (about 20 min on 2 cores)
+//! cargo bench --bench scale                          # the whole grid (about 17 min on 2 cores)
 //! cargo bench --bench scale -- 10000x10              # one S x E, both mixes
 //! cargo bench --bench scale -- scale/1000x1/cluster-ip/
 //! SVCNAT_BENCH_GRID=1000x50,3000x5/load-balancer cargo bench --bench scale
@@ -18,9 +18,9 @@
 //! | `full` | [`full`]: compile + render into a new `Vec<u8>` | bytes of output |
 //! | `compile` | `compile::compile` alone | rules |
 //! | `render` | `render::write_io` of a compiled ruleset into a new `Vec<u8>` | bytes of output |
-//! | `parse` | `parse::parse` of the full output (only up to 60k chains, see below) | bytes of output |
 //! | `floor-copy` | `to_vec()` of a buffer of the output's size | bytes of output |
 //! | `floor-hash` | SHA-256 of every chain name the output declares | chains |
+//! | `parse` | `parse::parse` of the full output (only up to 60k chains, see below) | bytes of output |
 //! | `partial-1` | one endpoint of one service changed: `upsert_slice` + `sync()` of a `Syncer<DryRun>` holding the cluster | bytes of payload |
 //! | `partial-100` | the same for 100 services changed at once | bytes of payload |
 //!
@@ -35,7 +35,7 @@
 //! them again at the end:
 //!
 //! ```text
-//! ratio 10000x10 cluster-ip: full 612.3 ms / floor 75.4 ms (copy 50.8 ms + hash 24.6 ms) = 8.1x
+//! ratio 10000x10 cluster-ip: full 554.2 ms / floor 12.1 ms (copy 2.2 ms + hash 9.9 ms) = 45.8x
 //! ```
 //!
 //! The floor is what any implementation pays at least for this output: writing its
@@ -48,8 +48,10 @@
 //!
 //! Each point's cluster is built once, used by all its benchmarks, and dropped before
 //! the next (30000x50 holds about 5 GB at its peak). The first `full` result is
-//! checked to be byte for byte what `compile` + `render` give. Building is skipped for
-//! points that would run nothing:
+//! checked to be byte for byte what `compile` + `render` give. A point compiles its
+//! output up front only if one of the first six benchmarks is selected, and loads a
+//! `Syncer` only if a partial one is. Building is skipped for points that would run
+//! nothing:
 //!
 //! * `SVCNAT_BENCH_GRID`, a comma-separated list of `<S>x<E>` (both mixes) or
 //!   `<S>x<E>/<mix>`, replaces the grid; any S and E will do (`3000x5`).
@@ -80,7 +82,8 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use criterion::{Bencher, Criterion, SamplingMode, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{Bencher, BenchmarkGroup, Criterion, SamplingMode, Throughput};
 use sha2::{Digest, Sha256};
 use svcnat::exec::DryRun;
 use svcnat::model::{ClusterState, ProxyConfig};
@@ -111,19 +114,20 @@ const FLAT_FROM_ENDPOINTS: usize = 100_000;
 
 /// `parse::parse` takes time quadratic in the number of chains today (its
 /// `resolve_jumps` looks every jump target up in a `Vec` of the declared chains):
-/// about 5 s at 51k chains (1000x50), so 10000x10 (110k) would take about half a
-/// minute per iteration and 30000x50 (1.5M) over an hour. Above this many chains
+/// 0.25 s at 11k chains (1000x10), 4.6 s at 51k (1000x50), so 10000x10 (110k)
+/// would take about 20 s per iteration and 30000x50 (1.5M) over an hour. Above this many chains
 /// the grid skips `parse` and says so; raise it when the parser is linear.
 const PARSE_MAX_CHAINS: usize = 60_000;
 
-/// The benchmark names of every point, for the filter check and `--list`.
+/// The benchmark names of every point, in the order they run: the six that need the
+/// full output, then the two that need a `Syncer`.
 const BENCHES: [&str; 8] = [
     "full",
     "compile",
     "render",
-    "parse",
     "floor-copy",
     "floor-hash",
+    "parse",
     "partial-1",
     "partial-100",
 ];
@@ -349,11 +353,63 @@ fn bench_point(c: &mut Criterion, cli: &Cli, spec: Spec) -> Option<String> {
     let config = synthetic::config();
     let t0 = Instant::now();
     let state = spec.build();
-    let built = t0.elapsed();
+    println!(
+        "\npoint {}: built in {}",
+        point_name(&spec),
+        secs(t0.elapsed().as_secs_f64())
+    );
+    let mut group = c.benchmark_group(group_name(&spec));
+    if spec.services * spec.endpoints >= FLAT_FROM_ENDPOINTS {
+        group.sampling_mode(SamplingMode::Flat);
+    }
+    let wants = |bench: &str| cli.selects_bench(&spec, bench);
+    let medians = if BENCHES[..6].iter().any(|b| wants(b)) {
+        bench_output(&mut group, cli, &spec, &state, &config)
+    } else {
+        Medians::default()
+    };
+    if BENCHES[6..].iter().any(|b| wants(b)) {
+        bench_partial(&mut group, &spec, state, config);
+    }
+    group.finish();
 
-    // Sizes for the throughputs, and the check that `full` is compile + render.
+    let (whole, copy, hash) = (medians.full?, medians.copy?, medians.hash?);
+    let floor = copy + hash;
+    let line = format!(
+        "ratio {}x{} {}: full {} / floor {} (copy {} + hash {}) = {:.1}x",
+        spec.services,
+        spec.endpoints,
+        mix_name(spec.mix),
+        secs(whole),
+        secs(floor),
+        secs(copy),
+        secs(hash),
+        whole / floor
+    );
+    println!("{line}");
+    Some(line)
+}
+
+/// The medians the ratio needs, where measured.
+#[derive(Default)]
+struct Medians {
+    full: Option<f64>,
+    copy: Option<f64>,
+    hash: Option<f64>,
+}
+
+/// `full`, `compile`, `render`, the floor and `parse`: everything about the full
+/// output. Holds the output, one ruleset and the chain names while it runs.
+fn bench_output(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    cli: &Cli,
+    spec: &Spec,
+    state: &ClusterState,
+    config: &ProxyConfig,
+) -> Medians {
+    // Sizes for the throughputs, and the bytes `full` must give.
     let t0 = Instant::now();
-    let ruleset = svcnat::compile::compile(&state, &config).expect("generated cluster is valid");
+    let ruleset = svcnat::compile::compile(state, config).expect("generated cluster is valid");
     let mut bytes = Vec::new();
     svcnat::render::write_io(&ruleset, &mut bytes).expect("a Vec takes every write");
     let once = t0.elapsed();
@@ -365,18 +421,12 @@ fn bench_point(c: &mut Criterion, cli: &Cli, spec: Spec) -> Option<String> {
         .map(|n| n.as_str().to_owned())
         .collect();
     println!(
-        "\npoint {}: built in {}; {} bytes, {rules} rules, {} chains; one compile+render {}",
-        point_name(&spec),
-        secs(built.as_secs_f64()),
+        "output {}: {} bytes, {rules} rules, {} chains; one compile+render {}",
+        point_name(spec),
         bytes.len(),
         names.len(),
         secs(once.as_secs_f64()),
     );
-
-    let mut group = c.benchmark_group(group_name(&spec));
-    if spec.services * spec.endpoints >= FLAT_FROM_ENDPOINTS {
-        group.sampling_mode(SamplingMode::Flat);
-    }
     let out_bytes = Throughput::Bytes(bytes.len() as u64);
     let (mut t_full, mut t_copy, mut t_hash) =
         (Times::default(), Times::default(), Times::default());
@@ -387,7 +437,7 @@ fn bench_point(c: &mut Criterion, cli: &Cli, spec: Spec) -> Option<String> {
         timed_then(
             b,
             &mut t_full,
-            || full(&state, &config),
+            || full(state, config),
             |out| {
                 if !checked {
                     assert!(out == bytes, "full() differs from compile + render");
@@ -400,7 +450,7 @@ fn bench_point(c: &mut Criterion, cli: &Cli, spec: Spec) -> Option<String> {
     group.throughput(Throughput::Elements(rules as u64));
     group.bench_function("compile", |b| {
         timed(b, &mut Times::default(), || {
-            svcnat::compile::compile(&state, &config).expect("generated cluster is valid")
+            svcnat::compile::compile(state, config).expect("generated cluster is valid")
         })
     });
 
@@ -426,11 +476,9 @@ fn bench_point(c: &mut Criterion, cli: &Cli, spec: Spec) -> Option<String> {
             }
         })
     });
-    let names_len = names.len();
-    drop(names);
 
     let parse_max = parse_max_chains();
-    if names_len <= parse_max {
+    if names.len() <= parse_max {
         let text = std::str::from_utf8(&bytes).expect("the output is UTF-8");
         group.throughput(out_bytes);
         group.bench_function("parse", |b| {
@@ -441,57 +489,53 @@ fn bench_point(c: &mut Criterion, cli: &Cli, spec: Spec) -> Option<String> {
                 |parsed| assert_eq!(parsed.rule_count(), rules, "parse lost rules"),
             )
         });
-    } else if cli.selects_bench(&spec, "parse") {
+    } else if cli.selects_bench(spec, "parse") {
         println!(
-            "parse skipped at {}: {names_len} chains > SVCNAT_BENCH_PARSE_MAX_CHAINS={parse_max}",
-            point_name(&spec)
+            "parse skipped at {}: {} chains > SVCNAT_BENCH_PARSE_MAX_CHAINS={parse_max}",
+            point_name(spec),
+            names.len()
         );
     }
-    drop(bytes);
+    Medians {
+        full: t_full.median(),
+        copy: t_copy.median(),
+        hash: t_hash.median(),
+    }
+}
 
+/// `partial-1` and `partial-100`, on a `Syncer` that takes over the cluster.
+fn bench_partial(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    spec: &Spec,
+    state: ClusterState,
+    config: ProxyConfig,
+) {
+    if spec.services == 0 || spec.endpoints == 0 {
+        return;
+    }
     let mut syncer = Syncer::new(DryRun::default(), config).expect("valid config");
     syncer.replace_state(state);
     assert!(syncer.sync().expect("a dry run cannot fail").full);
     syncer.executor_mut().payloads = Vec::new();
     syncer.executor_mut().jumps = Vec::new();
     let mut round = 0;
-    if spec.services > 0 && spec.endpoints > 0 {
-        for count in [1, 100] {
-            let count = count.min(spec.services);
-            // One round first, for the payload's size.
-            round += 1;
-            let probe = partial_sync(&mut syncer, &spec, count, round);
-            group.throughput(Throughput::Bytes(probe.0 as u64));
-            group.bench_function(format!("partial-{count}"), |b| {
-                b.iter_custom(|iters| {
-                    let mut total = Duration::ZERO;
-                    for _ in 0..iters {
-                        round += 1;
-                        total += partial_sync(&mut syncer, &spec, count, round).1;
-                    }
-                    total
-                })
-            });
-        }
+    for count in [1, 100] {
+        let count = count.min(spec.services);
+        // One round first, for the payload's size.
+        round += 1;
+        let (probe, _) = partial_sync(&mut syncer, spec, count, round);
+        group.throughput(Throughput::Bytes(probe as u64));
+        group.bench_function(format!("partial-{count}"), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    round += 1;
+                    total += partial_sync(&mut syncer, spec, count, round).1;
+                }
+                total
+            })
+        });
     }
-    group.finish();
-    drop(syncer);
-
-    let (whole, copy, hash) = (t_full.median()?, t_copy.median()?, t_hash.median()?);
-    let floor = copy + hash;
-    let line = format!(
-        "ratio {}x{} {}: full {} / floor {} (copy {} + hash {}) = {:.1}x",
-        spec.services,
-        spec.endpoints,
-        mix_name(spec.mix),
-        secs(whole),
-        secs(floor),
-        secs(copy),
-        secs(hash),
-        whole / floor
-    );
-    println!("{line}");
-    Some(line)
 }
 
 /// One partial sync after changing one endpoint of `count` services spread over the
