@@ -375,7 +375,7 @@ fn bench_point(c: &mut Criterion, cli: &Cli, spec: Spec) -> Option<String> {
 
     let (whole, copy, hash) = (medians.full?, medians.copy?, medians.hash?);
     let floor = copy + hash;
-    let line = format!(
+    let mut line = format!(
         "ratio {}x{} {}: full {} / floor {} (copy {} + hash {}) = {:.1}x",
         spec.services,
         spec.endpoints,
@@ -386,6 +386,9 @@ fn bench_point(c: &mut Criterion, cli: &Cli, spec: Spec) -> Option<String> {
         secs(hash),
         whole / floor
     );
+    if cli.test {
+        line.push_str(" (test mode: one unwarmed run, not a measurement)");
+    }
     println!("{line}");
     Some(line)
 }
