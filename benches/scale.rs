@@ -1,0 +1,622 @@
+//! The scale grid of issue 6 (criterion): generated clusters of S = 1k, 10k, 30k
+//! services with E = 1, 10, 50 ready endpoints each, in both mixes
+//! ([`Mix::ClusterIp`], [`Mix::LoadBalancer`]), seen from `synthetic::config()`.
+//!
+//! ```text
+//! cargo bench --bench scale                          # the whole grid (about 17 min on 2 cores)
+//! cargo bench --bench scale -- 10000x10              # one S x E, both mixes
+//! cargo bench --bench scale -- scale/1000x1/cluster-ip/
+//! SVCNAT_BENCH_GRID=1000x50,3000x5/load-balancer cargo bench --bench scale
+//! cargo bench --bench scale -- --test                # each benchmark once, 1k points only
+//! ```
+//!
+//! Every grid point is a criterion group `scale/<S>x<E>/<mix>` (mix `cluster-ip` or
+//! `load-balancer`) with these benchmarks:
+//!
+//! | id | what | throughput |
+//! |---|---|---|
+//! | `full` | [`full`]: compile + render into a new `Vec<u8>` | bytes of output |
+//! | `compile` | `compile::compile` alone | rules |
+//! | `render` | `render::write_io` of a compiled ruleset into a new `Vec<u8>` | bytes of output |
+//! | `floor-copy` | `to_vec()` of a buffer of the output's size | bytes of output |
+//! | `floor-hash` | SHA-256 of every chain name the output declares | chains |
+//! | `parse` | `parse::parse` of the full output (only up to 60k chains, see below) | bytes of output |
+//! | `partial-1` | one endpoint of one service changed: `upsert_slice` + `sync()` of a `Syncer<DryRun>` holding the cluster | bytes of payload |
+//! | `partial-100` | the same for 100 services changed at once | bytes of payload |
+//!
+//! Times exclude dropping what the routine returns (the output, the ruleset), as the
+//! `scale` example's do; `full` includes dropping the ruleset it builds on the way,
+//! since a caller of a state-to-bytes entry point pays for it. Partial-sync
+//! iterations prepare their slices (`synthetic::endpoint_change`, with a round number
+//! that increases every iteration, so every sync really changes something) outside
+//! the timed part, and check that the sync was partial and wrote something.
+//!
+//! After each point, besides criterion's report, one line goes to stdout, and all of
+//! them again at the end:
+//!
+//! ```text
+//! ratio 10000x10 cluster-ip: full 554.2 ms / floor 12.1 ms (copy 2.2 ms + hash 9.9 ms) = 45.8x
+//! ```
+//!
+//! The floor is what any implementation pays at least for this output: writing its
+//! bytes into fresh memory, and hashing its chain names (kube-proxy names chains by
+//! SHA-256). The times are medians over the per-iteration times of the samples
+//! criterion took *in this run* (recorded through `iter_custom`, the last
+//! [`SAMPLES`] calls of each routine, which are the measurement samples after
+//! criterion's warm-up); no `target/criterion` file is read, so no earlier run can
+//! leak in. A point where `full` or the floor was filtered out prints no ratio.
+//!
+//! Each point's cluster is built once, used by all its benchmarks, and dropped before
+//! the next (30000x50 holds about 5 GB at its peak). The first `full` result is
+//! checked to be byte for byte what `compile` + `render` give. A point compiles its
+//! output up front only if one of the first six benchmarks is selected, and loads a
+//! `Syncer` only if a partial one is. Building is skipped for points that would run
+//! nothing:
+//!
+//! * `SVCNAT_BENCH_GRID`, a comma-separated list of `<S>x<E>` (both mixes) or
+//!   `<S>x<E>/<mix>`, replaces the grid; any S and E will do (`3000x5`).
+//! * criterion's filter argument, when it is a plain word (letters, digits, `/`,
+//!   `-`, `_`): a point is built only if one of its benchmark ids contains it, which
+//!   is what criterion's regex does with such a word. A filter with any other
+//!   character (a real regex) builds every point and lets criterion pick.
+//! * `--test` (and `cargo test --benches`) runs only the 1k points unless
+//!   `SVCNAT_BENCH_GRID` says otherwise; `--list` builds nothing.
+//!
+//! Other knobs:
+//!
+//! * `SVCNAT_BENCH_PARSE_MAX_CHAINS` (a number, or `all`; default 60000): `parse`
+//!   is benchmarked only where the output declares at most this many chains, and a
+//!   `parse skipped at ...` line says where it was not. The parser is quadratic in
+//!   the chain count today (see [`PARSE_MAX_CHAINS`]); the default keeps the 1k and
+//!   10000x1 points.
+//! * `SVCNAT_BENCH_PLOTS` (any value): criterion's HTML plots, off by default (they
+//!   cost about 7 s per benchmark without gnuplot). Its estimates and the comparison
+//!   with the previous run are kept either way.
+//! * criterion's own options (`--sample-size`, `--measurement-time`, ...) override
+//!   this bench's defaults: 10 samples, 0.3 s warm-up, 1.5 s measurement; points
+//!   from 100k endpoints sample flat.
+//!
+//! Large points take one iteration per sample, so criterion warns that it cannot
+//! complete 10 samples in the measurement time; that is expected, it takes them anyway.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::measurement::WallTime;
+use criterion::{Bencher, BenchmarkGroup, Criterion, SamplingMode, Throughput};
+use sha2::{Digest, Sha256};
+use svcnat::exec::DryRun;
+use svcnat::model::{ClusterState, ProxyConfig};
+use svcnat::sync::Syncer;
+use svcnat::synthetic::{self, Mix, Spec};
+
+/// The full restore text of `state`: compile, then render into a new buffer. The
+/// one place to swap in a faster entry point; the bench checks that it gives the
+/// same bytes as `compile` + `render`.
+fn full(state: &ClusterState, config: &ProxyConfig) -> Vec<u8> {
+    let ruleset = svcnat::compile::compile(state, config).expect("generated cluster is valid");
+    let mut out = Vec::new();
+    svcnat::render::write_io(&ruleset, &mut out).expect("a Vec takes every write");
+    out
+}
+
+const SERVICES: [usize; 3] = [1_000, 10_000, 30_000];
+const ENDPOINTS: [usize; 3] = [1, 10, 50];
+const MIXES: [Mix; 2] = [Mix::ClusterIp, Mix::LoadBalancer];
+
+/// Criterion's sample count (its minimum), and the number of trailing routine calls
+/// the ratio's medians are taken over.
+const SAMPLES: usize = 10;
+
+/// Points with at least this many endpoints sample flat (one or a few iterations
+/// per sample); smaller ones let criterion choose.
+const FLAT_FROM_ENDPOINTS: usize = 100_000;
+
+/// `parse::parse` takes time quadratic in the number of chains today (its
+/// `resolve_jumps` looks every jump target up in a `Vec` of the declared chains):
+/// 0.25 s at 11k chains (1000x10), 4.6 s at 51k (1000x50), so 10000x10 (110k)
+/// would take about 20 s per iteration and 30000x50 (1.5M) over an hour. Above this many chains
+/// the grid skips `parse` and says so; raise it when the parser is linear.
+const PARSE_MAX_CHAINS: usize = 60_000;
+
+/// The benchmark names of every point, in the order they run: the six that need the
+/// full output, then the two that need a `Syncer`.
+const BENCHES: [&str; 8] = [
+    "full",
+    "compile",
+    "render",
+    "floor-copy",
+    "floor-hash",
+    "parse",
+    "partial-1",
+    "partial-100",
+];
+
+fn mix_name(mix: Mix) -> &'static str {
+    match mix {
+        Mix::ClusterIp => "cluster-ip",
+        Mix::LoadBalancer => "load-balancer",
+    }
+}
+
+/// `10000x10/cluster-ip`.
+fn point_name(spec: &Spec) -> String {
+    format!(
+        "{}x{}/{}",
+        spec.services,
+        spec.endpoints,
+        mix_name(spec.mix)
+    )
+}
+
+fn group_name(spec: &Spec) -> String {
+    format!("scale/{}", point_name(spec))
+}
+
+fn scale(c: &mut Criterion) {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let cli = Cli::parse(&args);
+    let points = match std::env::var("SVCNAT_BENCH_GRID") {
+        Ok(list) => parse_grid(&list).unwrap_or_else(|e| panic!("SVCNAT_BENCH_GRID: {e}")),
+        Err(_) => default_grid(cli.test),
+    };
+    let points: Vec<Spec> = points.into_iter().filter(|p| cli.selects(p)).collect();
+    let mut ratios = Vec::new();
+    for spec in points {
+        if cli.list {
+            list_point(c, &spec);
+        } else {
+            ratios.extend(bench_point(c, &cli, spec));
+        }
+    }
+    if ratios.len() > 1 {
+        println!("\nfull compile+render against the floor, this run:");
+        for line in &ratios {
+            println!("{line}");
+        }
+    }
+}
+
+/// The grid of the issue; in test mode only its 1k points.
+fn default_grid(test: bool) -> Vec<Spec> {
+    let mut points = Vec::new();
+    for services in SERVICES {
+        if test && services > 1_000 {
+            continue;
+        }
+        for endpoints in ENDPOINTS {
+            for mix in MIXES {
+                points.push(Spec::new(services, endpoints).with_mix(mix));
+            }
+        }
+    }
+    points
+}
+
+/// `1000x1,10000x10/load-balancer`: the points of `SVCNAT_BENCH_GRID`.
+fn parse_grid(list: &str) -> Result<Vec<Spec>, String> {
+    let mut points = Vec::new();
+    for item in list.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (size, mix) = match item.split_once('/') {
+            Some((size, mix)) => (size, Some(mix)),
+            None => (item, None),
+        };
+        let mixes = match mix {
+            None => MIXES.to_vec(),
+            Some("cluster-ip") => vec![Mix::ClusterIp],
+            Some("load-balancer") => vec![Mix::LoadBalancer],
+            Some(other) => {
+                return Err(format!(
+                    "{item:?}: unknown mix {other:?} (cluster-ip or load-balancer)"
+                ));
+            }
+        };
+        let (s, e) = size
+            .split_once('x')
+            .and_then(|(s, e)| Some((s.parse().ok()?, e.parse().ok()?)))
+            .ok_or_else(|| format!("{item:?} is not <services>x<endpoints>[/<mix>]"))?;
+        for mix in mixes {
+            points.push(Spec::new(s, e).with_mix(mix));
+        }
+    }
+    Ok(points)
+}
+
+/// What this bench needs to know of criterion's command line (criterion keeps its
+/// parsed filter to itself).
+struct Cli {
+    /// The filter, when it is a plain word (so that a regex match is a substring
+    /// match), with `--exact`.
+    word: Option<(String, bool)>,
+    test: bool,
+    list: bool,
+}
+
+impl Cli {
+    /// Criterion 0.8's options that take a value, long and short.
+    const VALUED: [&str; 20] = [
+        "--color",
+        "--colour",
+        "-c",
+        "--save-baseline",
+        "-s",
+        "--baseline",
+        "-b",
+        "--baseline-lenient",
+        "--format",
+        "--profile-time",
+        "--load-baseline",
+        "--sample-size",
+        "--warm-up-time",
+        "--measurement-time",
+        "--nresamples",
+        "--noise-threshold",
+        "--confidence-level",
+        "--significance-level",
+        "--plotting-backend",
+        "--output-format",
+    ];
+
+    fn parse(args: &[String]) -> Cli {
+        let has = |flag: &str| args.iter().any(|a| a == flag);
+        let mut filter = None;
+        let mut it = args.iter();
+        while let Some(arg) = it.next() {
+            if arg == "--" {
+                filter = filter.or_else(|| it.next().cloned());
+                break;
+            } else if Self::VALUED.contains(&arg.as_str()) {
+                it.next();
+            } else if !arg.starts_with('-') && filter.is_none() {
+                filter = Some(arg.clone());
+            }
+        }
+        let plain = |f: &String| {
+            f.chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || "/-_".contains(ch))
+        };
+        Cli {
+            word: filter.filter(plain).map(|f| (f, has("--exact"))),
+            // As criterion decides: `cargo bench` passes `--bench`, `cargo test` does not.
+            test: has("--test") || !has("--bench"),
+            list: has("--list"),
+        }
+    }
+
+    /// Whether criterion's filter lets any benchmark of this point run.
+    fn selects(&self, spec: &Spec) -> bool {
+        BENCHES.iter().any(|b| self.selects_bench(spec, b))
+    }
+
+    /// Whether criterion's filter may let this benchmark of this point run.
+    fn selects_bench(&self, spec: &Spec, bench: &str) -> bool {
+        let Some((word, exact)) = &self.word else {
+            return true;
+        };
+        let id = format!("{}/{bench}", group_name(spec));
+        if *exact {
+            id == *word
+        } else {
+            id.contains(word)
+        }
+    }
+}
+
+fn list_point(c: &mut Criterion, spec: &Spec) {
+    let mut group = c.benchmark_group(group_name(spec));
+    for name in BENCHES {
+        group.bench_function(name, |b| b.iter(|| ()));
+    }
+    group.finish();
+}
+
+/// Per-iteration times (seconds) of every call criterion made of one routine.
+#[derive(Default)]
+struct Times(Vec<f64>);
+
+impl Times {
+    /// The median of the measurement samples: the last [`SAMPLES`] calls.
+    fn median(&self) -> Option<f64> {
+        let mut last = self.0[self.0.len().saturating_sub(SAMPLES)..].to_vec();
+        last.sort_by(f64::total_cmp);
+        last.get(last.len() / 2).copied()
+    }
+}
+
+/// Benchmarks `routine`, timing each call alone; its result is dropped untimed.
+fn timed<O>(b: &mut Bencher<'_>, times: &mut Times, routine: impl FnMut() -> O) {
+    timed_then(b, times, routine, drop);
+}
+
+/// [`timed`], handing each result to `after`, untimed.
+fn timed_then<O>(
+    b: &mut Bencher<'_>,
+    times: &mut Times,
+    mut routine: impl FnMut() -> O,
+    mut after: impl FnMut(O),
+) {
+    b.iter_custom(|iters| {
+        let mut total = Duration::ZERO;
+        for _ in 0..iters {
+            let start = Instant::now();
+            let out = black_box(routine());
+            total += start.elapsed();
+            after(out);
+        }
+        times.0.push(total.as_secs_f64() / iters as f64);
+        total
+    });
+}
+
+/// Builds one point's cluster, runs its benchmarks, drops it; the ratio line.
+fn bench_point(c: &mut Criterion, cli: &Cli, spec: Spec) -> Option<String> {
+    let config = synthetic::config();
+    let t0 = Instant::now();
+    let state = spec.build();
+    println!(
+        "\npoint {}: built in {}",
+        point_name(&spec),
+        secs(t0.elapsed().as_secs_f64())
+    );
+    let mut group = c.benchmark_group(group_name(&spec));
+    if spec.services * spec.endpoints >= FLAT_FROM_ENDPOINTS {
+        group.sampling_mode(SamplingMode::Flat);
+    }
+    let wants = |bench: &str| cli.selects_bench(&spec, bench);
+    let medians = if BENCHES[..6].iter().any(|b| wants(b)) {
+        bench_output(&mut group, cli, &spec, &state, &config)
+    } else {
+        Medians::default()
+    };
+    if BENCHES[6..].iter().any(|b| wants(b)) {
+        bench_partial(&mut group, &spec, state, config);
+    }
+    group.finish();
+
+    let (whole, copy, hash) = (medians.full?, medians.copy?, medians.hash?);
+    let floor = copy + hash;
+    let mut line = format!(
+        "ratio {}x{} {}: full {} / floor {} (copy {} + hash {}) = {:.1}x",
+        spec.services,
+        spec.endpoints,
+        mix_name(spec.mix),
+        secs(whole),
+        secs(floor),
+        secs(copy),
+        secs(hash),
+        whole / floor
+    );
+    if cli.test {
+        line.push_str(" (test mode: one unwarmed run, not a measurement)");
+    }
+    println!("{line}");
+    Some(line)
+}
+
+/// The medians the ratio needs, where measured.
+#[derive(Default)]
+struct Medians {
+    full: Option<f64>,
+    copy: Option<f64>,
+    hash: Option<f64>,
+}
+
+/// `full`, `compile`, `render`, the floor and `parse`: everything about the full
+/// output. Holds the output, one ruleset and the chain names while it runs.
+fn bench_output(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    cli: &Cli,
+    spec: &Spec,
+    state: &ClusterState,
+    config: &ProxyConfig,
+) -> Medians {
+    // Sizes for the throughputs, and the bytes `full` must give.
+    let t0 = Instant::now();
+    let ruleset = svcnat::compile::compile(state, config).expect("generated cluster is valid");
+    let mut bytes = Vec::new();
+    svcnat::render::write_io(&ruleset, &mut bytes).expect("a Vec takes every write");
+    let once = t0.elapsed();
+    let rules = ruleset.rule_count();
+    let names: Vec<String> = ruleset
+        .tables
+        .iter()
+        .flat_map(|t| t.chains.keys())
+        .map(|n| n.as_str().to_owned())
+        .collect();
+    println!(
+        "output {}: {} bytes, {rules} rules, {} chains; one compile+render {}",
+        point_name(spec),
+        bytes.len(),
+        names.len(),
+        secs(once.as_secs_f64()),
+    );
+    let out_bytes = Throughput::Bytes(bytes.len() as u64);
+    let (mut t_full, mut t_copy, mut t_hash) =
+        (Times::default(), Times::default(), Times::default());
+
+    group.throughput(out_bytes.clone());
+    let mut checked = false;
+    group.bench_function("full", |b| {
+        timed_then(
+            b,
+            &mut t_full,
+            || full(state, config),
+            |out| {
+                if !checked {
+                    assert!(out == bytes, "full() differs from compile + render");
+                    checked = true;
+                }
+            },
+        )
+    });
+
+    group.throughput(Throughput::Elements(rules as u64));
+    group.bench_function("compile", |b| {
+        timed(b, &mut Times::default(), || {
+            svcnat::compile::compile(state, config).expect("generated cluster is valid")
+        })
+    });
+
+    group.throughput(out_bytes.clone());
+    group.bench_function("render", |b| {
+        timed(b, &mut Times::default(), || {
+            let mut out = Vec::new();
+            svcnat::render::write_io(&ruleset, &mut out).expect("a Vec takes every write");
+            out
+        })
+    });
+    drop(ruleset);
+
+    group.bench_function("floor-copy", |b| {
+        timed(b, &mut t_copy, || black_box(&bytes).to_vec())
+    });
+
+    group.throughput(Throughput::Elements(names.len() as u64));
+    group.bench_function("floor-hash", |b| {
+        timed(b, &mut t_hash, || {
+            for name in black_box(&names) {
+                black_box(Sha256::digest(name.as_bytes()));
+            }
+        })
+    });
+
+    let parse_max = parse_max_chains();
+    if names.len() <= parse_max {
+        let text = std::str::from_utf8(&bytes).expect("the output is UTF-8");
+        group.throughput(out_bytes);
+        group.bench_function("parse", |b| {
+            timed_then(
+                b,
+                &mut Times::default(),
+                || svcnat::parse::parse(text).expect("svcnat's own output parses"),
+                |parsed| assert_eq!(parsed.rule_count(), rules, "parse lost rules"),
+            )
+        });
+    } else if cli.selects_bench(spec, "parse") {
+        println!(
+            "parse skipped at {}: {} chains > SVCNAT_BENCH_PARSE_MAX_CHAINS={parse_max}",
+            point_name(spec),
+            names.len()
+        );
+    }
+    Medians {
+        full: t_full.median(),
+        copy: t_copy.median(),
+        hash: t_hash.median(),
+    }
+}
+
+/// `partial-1` and `partial-100`, on a `Syncer` that takes over the cluster.
+fn bench_partial(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    spec: &Spec,
+    state: ClusterState,
+    config: ProxyConfig,
+) {
+    if spec.services == 0 || spec.endpoints == 0 {
+        return;
+    }
+    let mut syncer = Syncer::new(DryRun::default(), config).expect("valid config");
+    syncer.replace_state(state);
+    assert!(syncer.sync().expect("a dry run cannot fail").full);
+    syncer.executor_mut().payloads = Vec::new();
+    syncer.executor_mut().jumps = Vec::new();
+    let mut round = 0;
+    for count in [1, 100] {
+        let count = count.min(spec.services);
+        // One round first, for the payload's size.
+        round += 1;
+        let (probe, _) = partial_sync(&mut syncer, spec, count, round);
+        group.throughput(Throughput::Bytes(probe as u64));
+        group.bench_function(format!("partial-{count}"), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    round += 1;
+                    total += partial_sync(&mut syncer, spec, count, round).1;
+                }
+                total
+            })
+        });
+    }
+}
+
+/// One partial sync after changing one endpoint of `count` services spread over the
+/// cluster (shifted by `round`, as the `scale` example does): payload bytes, and the
+/// time from handing over the slices to having the payload. Preparing the slices and
+/// the checks are not timed.
+fn partial_sync(
+    syncer: &mut Syncer<DryRun>,
+    spec: &Spec,
+    count: usize,
+    round: u64,
+) -> (usize, Duration) {
+    let stride = spec.services / count;
+    let changes: Vec<_> = (0..count)
+        .map(|k| {
+            let i = (k * stride + round as usize * 7919) % spec.services;
+            synthetic::endpoint_change(syncer.state(), i, round)
+                .expect("every service has endpoints")
+        })
+        .collect();
+    let start = Instant::now();
+    for slice in changes {
+        syncer.upsert_slice(slice);
+    }
+    let report = syncer.sync().expect("a dry run cannot fail");
+    let elapsed = start.elapsed();
+    assert!(
+        !report.full,
+        "a change of {count} services gave a full sync"
+    );
+    assert!(
+        report.payload.chains_written() > 0,
+        "round {round} changed nothing"
+    );
+    syncer.executor_mut().payloads.clear();
+    (report.bytes, elapsed)
+}
+
+/// `92.1 ms`.
+fn secs(s: f64) -> String {
+    match s {
+        s if s >= 1.0 => format!("{s:.2} s"),
+        s if s >= 1e-3 => format!("{:.1} ms", s * 1e3),
+        s => format!("{:.1} µs", s * 1e6),
+    }
+}
+
+/// Criterion's defaults for this bench (its command line still overrides them).
+/// Plots are off unless `SVCNAT_BENCH_PLOTS` is set: without gnuplot, criterion's
+/// plotters backend takes about 7 s per benchmark here, more than the measuring.
+fn config() -> Criterion {
+    let c = Criterion::default()
+        .sample_size(SAMPLES)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_millis(1500));
+    if std::env::var_os("SVCNAT_BENCH_PLOTS").is_some() {
+        c
+    } else {
+        c.without_plots()
+    }
+}
+
+/// The most chains a point's output may declare for `parse` to be benchmarked
+/// there: `SVCNAT_BENCH_PARSE_MAX_CHAINS` (a number or `all`), default
+/// [`PARSE_MAX_CHAINS`].
+fn parse_max_chains() -> usize {
+    match std::env::var("SVCNAT_BENCH_PARSE_MAX_CHAINS") {
+        Ok(v) if v == "all" => usize::MAX,
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("SVCNAT_BENCH_PARSE_MAX_CHAINS={v:?}: a number or all")),
+        Err(_) => PARSE_MAX_CHAINS,
+    }
+}
+
+criterion::criterion_group! {
+    name = benches;
+    config = config();
+    targets = scale
+}
+criterion::criterion_main!(benches);
