@@ -16,11 +16,11 @@
 //! | id | what | throughput |
 //! |---|---|---|
 //! | `full` | [`full`]: compile + render into a new `Vec<u8>` | bytes of output |
-//! | `compile` | `compile::compile` alone | rules |
-//! | `render` | `render::write_io` of a compiled ruleset into a new `Vec<u8>` | bytes of output |
+//! | `compile` | `compile::compile_text` alone (each service compiled and rendered) | rules |
+//! | `render` | `CompiledText::to_bytes`: the full text put together in a new `Vec<u8>` | bytes of output |
 //! | `floor-copy` | `to_vec()` of a buffer of the output's size | bytes of output |
 //! | `floor-hash` | SHA-256 of every chain name the output declares | chains |
-//! | `parse` | `parse::parse` of the full output (only up to 60k chains, see below) | bytes of output |
+//! | `parse` | `parse::parse` of the full output | bytes of output |
 //! | `partial-1` | one endpoint of one service changed: `upsert_slice` + `sync()` of a `Syncer<DryRun>` holding the cluster | bytes of payload |
 //! | `partial-100` | the same for 100 services changed at once | bytes of payload |
 //!
@@ -48,7 +48,7 @@
 //!
 //! Each point's cluster is built once, used by all its benchmarks, and dropped before
 //! the next (30000x50 holds about 5 GB at its peak). The first `full` result is
-//! checked to be byte for byte what `compile` + `render` give. A point compiles its
+//! checked to be byte for byte what the typed path (`compile::compile` + `render::write_io`) gives. A point compiles its
 //! output up front only if one of the first six benchmarks is selected, and loads a
 //! `Syncer` only if a partial one is. Building is skipped for points that would run
 //! nothing:
@@ -64,11 +64,10 @@
 //!
 //! Other knobs:
 //!
-//! * `SVCNAT_BENCH_PARSE_MAX_CHAINS` (a number, or `all`; default 60000): `parse`
+//! * `SVCNAT_BENCH_PARSE_MAX_CHAINS` (a number, or `all`, the default): `parse`
 //!   is benchmarked only where the output declares at most this many chains, and a
-//!   `parse skipped at ...` line says where it was not. The parser is quadratic in
-//!   the chain count today (see [`PARSE_MAX_CHAINS`]); the default keeps the 1k and
-//!   10000x1 points.
+//!   `parse skipped at ...` line says where it was not (parsing 30000x50, 450 MB,
+//!   takes seconds per iteration).
 //! * `SVCNAT_BENCH_PLOTS` (any value): criterion's HTML plots, off by default (they
 //!   cost about 7 s per benchmark without gnuplot). Its estimates and the comparison
 //!   with the previous run are kept either way.
@@ -90,14 +89,13 @@ use svcnat::model::{ClusterState, ProxyConfig};
 use svcnat::sync::Syncer;
 use svcnat::synthetic::{self, Mix, Spec};
 
-/// The full restore text of `state`: compile, then render into a new buffer. The
-/// one place to swap in a faster entry point; the bench checks that it gives the
-/// same bytes as `compile` + `render`.
+/// The full restore text of `state` in a new buffer: `compile_text` (each service
+/// compiled and rendered in turn), then `to_bytes`. The bench checks that it gives
+/// the same bytes as the typed path, `compile::compile` + `render::write_io`.
 fn full(state: &ClusterState, config: &ProxyConfig) -> Vec<u8> {
-    let ruleset = svcnat::compile::compile(state, config).expect("generated cluster is valid");
-    let mut out = Vec::new();
-    svcnat::render::write_io(&ruleset, &mut out).expect("a Vec takes every write");
-    out
+    svcnat::compile::compile_text(state, config)
+        .expect("generated cluster is valid")
+        .to_bytes()
 }
 
 const SERVICES: [usize; 3] = [1_000, 10_000, 30_000];
@@ -112,12 +110,10 @@ const SAMPLES: usize = 10;
 /// per sample); smaller ones let criterion choose.
 const FLAT_FROM_ENDPOINTS: usize = 100_000;
 
-/// `parse::parse` takes time quadratic in the number of chains today (its
-/// `resolve_jumps` looks every jump target up in a `Vec` of the declared chains):
-/// 0.25 s at 11k chains (1000x10), 4.6 s at 51k (1000x50), so 10000x10 (110k)
-/// would take about 20 s per iteration and 30000x50 (1.5M) over an hour. Above this many chains
-/// the grid skips `parse` and says so; raise it when the parser is linear.
-const PARSE_MAX_CHAINS: usize = 60_000;
+/// Above this many chains the grid skips `parse` and says so. No limit by default
+/// since the parser became linear in the chain count (its jump check was a `Vec`
+/// search, 4.6 s at 1000x50; a set now, 0.26 s).
+const PARSE_MAX_CHAINS: usize = usize::MAX;
 
 /// The benchmark names of every point, in the order they run: the six that need the
 /// full output, then the two that need a `Syncer`.
@@ -443,29 +439,30 @@ fn bench_output(
             || full(state, config),
             |out| {
                 if !checked {
-                    assert!(out == bytes, "full() differs from compile + render");
+                    assert!(
+                        out == bytes,
+                        "full() differs from the typed compile + render"
+                    );
                     checked = true;
                 }
             },
         )
     });
 
+    drop(ruleset);
     group.throughput(Throughput::Elements(rules as u64));
     group.bench_function("compile", |b| {
         timed(b, &mut Times::default(), || {
-            svcnat::compile::compile(state, config).expect("generated cluster is valid")
+            svcnat::compile::compile_text(state, config).expect("generated cluster is valid")
         })
     });
 
+    let text = svcnat::compile::compile_text(state, config).expect("generated cluster is valid");
     group.throughput(out_bytes.clone());
     group.bench_function("render", |b| {
-        timed(b, &mut Times::default(), || {
-            let mut out = Vec::new();
-            svcnat::render::write_io(&ruleset, &mut out).expect("a Vec takes every write");
-            out
-        })
+        timed(b, &mut Times::default(), || text.to_bytes())
     });
-    drop(ruleset);
+    drop(text);
 
     group.bench_function("floor-copy", |b| {
         timed(b, &mut t_copy, || black_box(&bytes).to_vec())

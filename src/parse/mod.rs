@@ -591,7 +591,8 @@ fn parse_line(
 /// same.
 fn resolve_jumps(table: &mut TablePayload) {
     let builtin = builtin_chains(table.table);
-    let declared: Vec<ChainName> = table
+    // A set: a large cluster's dump has a hundred thousand chains and as many jumps.
+    let declared: std::collections::HashSet<ChainName> = table
         .ops
         .iter()
         .filter_map(|o| match &o.op {
