@@ -165,7 +165,7 @@ pub(crate) fn compile_one(
         return Ok(None);
     };
     match inputs_of(state, svc, config, false, warnings)? {
-        Some(input) => service::service_rules(&input, ctx).map(Some),
+        Some(input) => service::service_rules(input, ctx).map(Some),
         None => Ok(None),
     }
 }
@@ -210,7 +210,7 @@ pub(crate) fn compile_services<T>(
         let Some(input) = input::checked_service_input(svc, key.clone(), &slices, config) else {
             continue;
         };
-        match service::service_rules(&input, &ctx) {
+        match service::service_rules(input, &ctx) {
             Ok(rules) => services.push(each(rules)),
             Err(e) if strict => return Err(e),
             Err(e) => rejected.push(e),

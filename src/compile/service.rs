@@ -47,11 +47,14 @@ pub struct PortFlows {
 
 /// Builds one service's rules.
 pub(crate) fn service_rules(
-    svc: &ServiceInput<'_>,
+    mut input: ServiceInput<'_>,
     ctx: &Context,
 ) -> Result<ServiceRules, CompileError> {
+    // The key moves to the rules (no copy): the builders never read it.
+    let key = std::mem::replace(&mut input.key, ServiceKey::new("", ""));
+    let svc = &input;
     let mut out = ServiceRules {
-        key: svc.key.clone(),
+        key,
         shared: Vec::new(),
         chains: Vec::new(),
         ports: Vec::new(),
@@ -66,7 +69,7 @@ pub(crate) fn service_rules(
         }
         .build()
         .map_err(|problem| CompileError::Service {
-            service: svc.key.clone(),
+            service: out.key.clone(),
             port: Some(port.port.name.clone()),
             field: "metadata.name".into(),
             problem,
