@@ -628,3 +628,57 @@ fn full_sync_tables_with(
     assert!(syncer.sync().unwrap().full);
     tables(syncer.executor())
 }
+
+/// The tables and the number of rejected services of one fresh full sync.
+fn fresh_sync(
+    state: &ClusterState,
+    config: &ProxyConfig,
+) -> (BTreeMap<(Table, String), Vec<String>>, usize) {
+    let mut s = Syncer::new(Recorder::new(), config.clone()).unwrap();
+    s.replace_state(state.clone());
+    let r = s.sync().unwrap();
+    (tables(s.executor()), r.rejected.len())
+}
+
+fn node_port_service() -> (Service, EndpointSlice) {
+    let mut svc = service("ns1", "svc1", "172.30.0.1", &[("p80", 80)]);
+    svc.service_type = ServiceType::NodePort;
+    svc.ports[0].node_port = Some(31000);
+    let eps = slice("ns1", "svc1", &[("p80", 80)], vec![ready("10.180.0.1")]);
+    (svc, eps)
+}
+
+/// A new node-port range changes which services are valid, though no rule reads
+/// it: the full sync after it must not reuse the services' earlier rules.
+#[test]
+fn a_narrower_node_port_range_drops_a_service_on_the_next_sync() {
+    let (svc, eps) = node_port_service();
+    let mut syncer = Syncer::new(Recorder::new(), config()).unwrap();
+    syncer.upsert_service(svc);
+    syncer.upsert_slice(eps);
+    assert!(syncer.sync().unwrap().rejected.is_empty());
+    let narrow = config().with_node_port_range(Some(30000..=30100));
+    syncer.set_config(narrow.clone()).unwrap();
+    let report = syncer.sync().unwrap();
+    assert!(report.full);
+    let (expected, expected_rejected) = fresh_sync(syncer.state(), &narrow);
+    assert_eq!(expected_rejected, 1);
+    assert_eq!(report.rejected.len(), 1, "{:?}", report.rejected);
+    assert_eq!(tables(syncer.executor()), expected);
+}
+
+#[test]
+fn a_wider_node_port_range_admits_a_rejected_service_on_the_next_sync() {
+    let (svc, eps) = node_port_service();
+    let narrow = config().with_node_port_range(Some(30000..=30100));
+    let mut syncer = Syncer::new(Recorder::new(), narrow).unwrap();
+    syncer.upsert_service(svc);
+    syncer.upsert_slice(eps);
+    assert_eq!(syncer.sync().unwrap().rejected.len(), 1);
+    syncer.set_config(config()).unwrap();
+    let report = syncer.sync().unwrap();
+    assert!(report.full);
+    assert!(report.rejected.is_empty(), "{:?}", report.rejected);
+    let (expected, _) = fresh_sync(syncer.state(), &config());
+    assert_eq!(tables(syncer.executor()), expected);
+}
