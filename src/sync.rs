@@ -273,9 +273,10 @@ pub enum SyncError {
 /// when the syncer is trusted.
 #[derive(Debug, Clone)]
 struct Applied {
-    /// The context of the config alone: a config with the same one changes no rule.
-    base: Context,
-    /// `base` adjusted to the cluster's size.
+    /// The config it was compiled with: a full sync reuses the services' text only
+    /// under the same config (any field may change which services are valid).
+    config: ProxyConfig,
+    /// The config's context, adjusted to the cluster's size.
     ctx: Context,
     services: BTreeMap<ServiceKey, ServiceText>,
     endpoint_total: usize,
@@ -578,12 +579,15 @@ impl<E: Executor> Syncer<E> {
 
     fn full_sync(&mut self, now: Instant) -> Result<SyncReport, SyncError> {
         let family = self.family();
-        let base = Context::new(&self.config)?;
         let mut rejected = Vec::new();
         let mut warnings = Vec::new();
         // Unchanged services keep their text: only the dirty ones are recompiled,
         // unless the config or the cluster-size rule changes every service.
-        let reused = if self.applied.as_ref().is_some_and(|a| a.base == base) {
+        let reused = if self
+            .applied
+            .as_ref()
+            .is_some_and(|a| a.config == self.config)
+        {
             self.recompile_dirty(&mut rejected, &mut warnings)
         } else {
             None
@@ -599,7 +603,7 @@ impl<E: Executor> Syncer<E> {
                 )
             }
             None => {
-                let (flows, rejected, warnings) = self.compile_all(base)?;
+                let (flows, rejected, warnings) = self.compile_all()?;
                 (flows, rejected, warnings, self.state.service_count())
             }
         };
@@ -665,7 +669,7 @@ impl<E: Executor> Syncer<E> {
 
     /// Compiles every service afresh into a new applied state; returns the stale
     /// flows against the old one, the rejected services and the warnings.
-    fn compile_all(&mut self, base: Context) -> Result<CompiledAll, SyncError> {
+    fn compile_all(&mut self) -> Result<CompiledAll, SyncError> {
         let mut scratch = std::mem::take(&mut self.scratch);
         let (ctx, services, rejected, warnings) =
             compile_services(&self.state, &self.config, false, |rules| {
@@ -688,7 +692,7 @@ impl<E: Executor> Syncer<E> {
         }
         let endpoint_total = services.values().map(|s| s.endpoint_count).sum();
         self.applied = Some(Applied {
-            base,
+            config: self.config.clone(),
             ctx,
             services,
             endpoint_total,
