@@ -1,7 +1,8 @@
 //! What syncing a large cluster costs in the kernel: a first full sync of a generated
 //! cluster into an empty network namespace with the real `iptables-restore`, a full
 //! resync on top of those rules, and a one-endpoint partial sync, for the nft and the
-//! legacy backend. Prints one JSON object.
+//! legacy backend. Prints one JSON object on stdout, and one progress line per sync
+//! on stderr.
 //!
 //! ```text
 //! sudo cargo run --release --example kernel_cost -- [--services S (10000)] \
@@ -394,6 +395,7 @@ fn one_run(
     if !was_full {
         return Err("the first sync was not a full one".into());
     }
+    progress(ns, "full sync", &full);
 
     // The kernel must hold what the library compiled.
     let applied = syncer
@@ -444,6 +446,7 @@ fn one_run(
                 synthetic::service_name(i)
             ));
         }
+        progress(ns, "partial sync", &sample);
         Some(sample)
     };
 
@@ -452,6 +455,7 @@ fn one_run(
     if !was_full {
         return Err("a requested full sync was partial".into());
     }
+    progress(ns, "full resync", &resync);
 
     Ok(Run {
         empty_restore,
@@ -479,6 +483,17 @@ fn timed_sync(syncer: &mut Cost) -> Result<(Sample, bool), String> {
         bytes: report.bytes,
     };
     Ok((sample, report.full))
+}
+
+/// One line on stderr per sync, so that a long measurement shows where it is.
+fn progress(ns: &Netns, what: &str, s: &Sample) {
+    eprintln!(
+        "kernel_cost: {}: {what}: {:.3} s, restore {:.3} s, {} bytes",
+        ns.name,
+        s.sync.as_secs_f64(),
+        s.restore.as_secs_f64(),
+        s.bytes
+    );
 }
 
 /// `-A` rules and chains in `iptables-save` output.
