@@ -46,16 +46,25 @@
 //! | `rules_compiled`, `rules_in_kernel` | nat `-A` rules: compiled (chains plus jumps) and read back after the full sync |
 //! | `chains_in_kernel` | nat chains read back, built-in ones included |
 //!
-//! Caveats: every time includes starting the processes (`ip netns exec`, which
-//! enters the namespace, then the iptables binary); `empty_restore_ns` shows that
-//! floor. The two backends do different work for the same payload: nft's
-//! `iptables-restore` translates the rules into one nftables transaction (and, with
-//! `--noflush`, first reads what it needs of the existing ruleset), while legacy's
-//! reads the whole table from the kernel as one blob, edits it in user space and
-//! writes the whole table back, so even a one-rule change costs time in proportion to
-//! the table. Kernel cleanup of a deleted namespace's rules is asynchronous and may
-//! overlap the next run. A process killed by a signal cannot delete its namespaces:
-//! remove leftovers with `ip netns del svcnat-cost-<pid>-…`.
+//! Caveats:
+//!
+//! - Every time includes starting the processes (`ip netns exec`, which enters the
+//!   namespace, then the iptables binary); `empty_restore_ns` shows that floor.
+//! - The two backends do different work for the same payload. Legacy's
+//!   `iptables-restore` reads the whole table from the kernel as one blob, edits it in
+//!   user space and writes the whole table back, so even a one-rule change costs time
+//!   in proportion to the table, and so does each `iptables-legacy -C`/`-I` of a jump
+//!   rule. nft's turns the payload into one nftables transaction, but with
+//!   `--noflush` (which svcnat always passes) iptables-nft-restore 1.8.9 first puts the
+//!   name of every chain the payload mentions into a sorted linked list, walked once
+//!   per line, so a payload that writes every chain costs time in proportion to lines
+//!   times chains: quadratic in the size of the cluster. At 10,000 services with 10
+//!   endpoints each (110,000 chains) that makes the nft first sync take many minutes;
+//!   use `--runs 1` there.
+//! - Kernel cleanup of a deleted namespace's rules is asynchronous and may overlap the
+//!   next run; other load on the machine shows in every figure.
+//! - A process killed by a signal cannot delete its namespaces: remove leftovers with
+//!   `ip netns del svcnat-cost-<pid>-…`.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
