@@ -1,0 +1,605 @@
+//! What syncing a large cluster costs in the kernel: a first full sync of a generated
+//! cluster into an empty network namespace with the real `iptables-restore`, a full
+//! resync on top of those rules, and a one-endpoint partial sync, for the nft and the
+//! legacy backend. Prints one JSON object on stdout, and one progress line per sync
+//! on stderr.
+//!
+//! ```text
+//! sudo cargo run --release --example kernel_cost -- [--services S (10000)] \
+//!     [--endpoints E (10)] [--mix cluster-ip|load-balancer] [--seed N (1)] \
+//!     [--backend nft|legacy|both (both)] [--runs N (3)]
+//! ```
+//!
+//! Needs root, `ip` (iproute2) and the chosen backends' `iptables-*-restore`,
+//! `iptables-*-save` and `iptables-*` binaries; without them it prints one line on
+//! stderr and exits 1 (this is a measurement: it never skips). Bad flags: one line on
+//! stderr, exit 2. Any failure of iptables, or a kernel that does not hold the rules
+//! the library compiled: one line on stderr, exit 1.
+//!
+//! The cluster is [`svcnat::synthetic`]'s, seen from its node `node-0`, IPv4. Each of
+//! the `--runs` runs, per backend, creates its own network namespace
+//! (`svcnat-cost-<pid>-<backend>-<run>`) and deletes it afterwards, also on an error
+//! or a panic; every iptables command runs inside it through `ip netns exec`, so the
+//! host's own tables are never touched. In each run:
+//!
+//! 1. `empty_restore`: an empty nat restore (`*nat` / `COMMIT`), the fixed cost of
+//!    one `ip netns exec iptables-*-restore` in an empty namespace.
+//! 2. `full`: a new `Syncer` with [`IptablesRestore`] loaded with the cluster, its first
+//!    `sync()`: into the empty namespace, as a node's first sync. Afterwards
+//!    `iptables-*-save -t nat` must show exactly the nat rules the library compiled
+//!    (its chains plus the jump rules from the built-in chains), or the run fails.
+//! 3. `partial`: one endpoint of one service moved (`synthetic::endpoint_change`, a
+//!    different service every run), then `sync()`; afterwards the kernel must DNAT to
+//!    the new address and no longer to the old one, with the rule count unchanged.
+//! 4. `resync`: `request_full_sync()` then `sync()`, every chain rewritten on top of
+//!    the rules already there (as after a failure, or kube-proxy's periodic resync).
+//!
+//! Every figure is the median over the runs, in nanoseconds or bytes, per backend:
+//!
+//! | key | what |
+//! |---|---|
+//! | `*_sync_ns` | wall time of `Syncer::sync()`: compiling, planning, and every executor call |
+//! | `*_restore_ns` | of that, inside the executor's `restore` (one `iptables-restore` run) |
+//! | `*_save_ns` | of that, inside `save` (a full sync reads the nat table first, to find stale chains) |
+//! | `*_jumps_ns` | of that, inside `ensure_jump` (a full sync checks, and inserts if missing, each jump rule: one `iptables -C`, maybe one `-I`, each) |
+//! | `*_bytes` | the restore payload |
+//! | `rules_compiled`, `rules_in_kernel` | nat `-A` rules: compiled (chains plus jumps) and read back after the full sync |
+//! | `chains_in_kernel` | nat chains read back, built-in ones included |
+//!
+//! Caveats:
+//!
+//! - Every time includes starting the processes (`ip netns exec`, which enters the
+//!   namespace, then the iptables binary); `empty_restore_ns` shows that floor.
+//! - The two backends do different work for the same payload. Legacy's
+//!   `iptables-restore` reads the whole table from the kernel as one blob, edits it in
+//!   user space and writes the whole table back, so even a one-rule change costs time
+//!   in proportion to the table, and so does each `iptables-legacy -C`/`-I` of a jump
+//!   rule. nft's turns the payload into one nftables transaction, but with
+//!   `--noflush` (which svcnat always passes) iptables-nft-restore 1.8.9 first puts the
+//!   name of every chain the payload mentions into a sorted linked list, walked once
+//!   per line, so a payload that writes every chain costs time in proportion to lines
+//!   times chains: quadratic in the size of the cluster. At 10,000 services with 10
+//!   endpoints each (110,000 chains) that makes the nft first sync take many minutes;
+//!   use `--runs 1` there.
+//! - Kernel cleanup of a deleted namespace's rules is asynchronous and may overlap the
+//!   next run; other load on the machine shows in every figure.
+//! - A process killed by a signal cannot delete its namespaces: remove leftovers with
+//!   `ip netns del svcnat-cost-<pid>-…`.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use svcnat::compile::JumpRule;
+use svcnat::exec::{Backend, ExecError, Executor, IptablesRestore, RestoreOptions};
+use svcnat::model::IpFamily;
+use svcnat::ruleset::Table;
+use svcnat::sync::{StaleFlow, Syncer};
+use svcnat::synthetic::{self, Mix, Spec};
+
+const USAGE: &str = "usage: kernel_cost [--services S] [--endpoints E] [--mix cluster-ip|load-balancer] [--seed N] [--backend nft|legacy|both] [--runs N]";
+
+fn main() {
+    let args = Args::parse(std::env::args().skip(1)).unwrap_or_else(|e| {
+        eprintln!("kernel_cost: {e}; {USAGE}");
+        std::process::exit(2)
+    });
+    if let Some(why) = missing_capability(&args.backends) {
+        eprintln!("kernel_cost: cannot measure: {why}");
+        std::process::exit(1);
+    }
+    // Every namespace guard is dropped inside `measure`, before any exit.
+    match measure(&args) {
+        Ok(report) => println!("{report}"),
+        Err(e) => {
+            eprintln!("kernel_cost: {}", one_line(&e));
+            std::process::exit(1);
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Args {
+    spec: Spec,
+    backends: Vec<Backend>,
+    runs: usize,
+}
+
+impl Args {
+    fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
+        let (mut services, mut endpoints) = (10_000usize, 10usize);
+        let (mut mix, mut seed, mut runs) = (Mix::ClusterIp, 1u64, 3usize);
+        let mut backends = vec![Backend::Nft, Backend::Legacy];
+        while let Some(arg) = it.next() {
+            let (flag, inline) = match arg.split_once('=') {
+                Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
+                _ => (arg.clone(), None),
+            };
+            if flag == "-h" || flag == "--help" {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            let mut value = || {
+                inline
+                    .clone()
+                    .or_else(|| it.next())
+                    .ok_or_else(|| format!("{flag}: missing value"))
+            };
+            let number = |v: String| {
+                v.parse::<u64>()
+                    .map_err(|_| format!("{flag}: {v:?} is not a number"))
+            };
+            match flag.as_str() {
+                "--services" => services = number(value()?)? as usize,
+                "--endpoints" => endpoints = number(value()?)? as usize,
+                "--seed" => seed = number(value()?)?,
+                "--runs" => runs = number(value()?)? as usize,
+                "--mix" => {
+                    mix = match value()?.as_str() {
+                        "cluster-ip" => Mix::ClusterIp,
+                        "load-balancer" => Mix::LoadBalancer,
+                        other => return Err(format!("--mix: unknown mix {other:?}")),
+                    }
+                }
+                "--backend" => {
+                    backends = match value()?.as_str() {
+                        "nft" => vec![Backend::Nft],
+                        "legacy" => vec![Backend::Legacy],
+                        "both" => vec![Backend::Nft, Backend::Legacy],
+                        other => return Err(format!("--backend: unknown backend {other:?}")),
+                    }
+                }
+                _ => return Err(format!("unexpected argument {arg:?}")),
+            }
+        }
+        if services == 0 || services > 1_000_000 || endpoints > 1_000 {
+            return Err("1 to 1000000 services and at most 1000 endpoints each".into());
+        }
+        if runs == 0 || runs > 100 {
+            return Err("--runs: 1 to 100".into());
+        }
+        Ok(Args {
+            spec: Spec::new(services, endpoints).with_mix(mix).with_seed(seed),
+            backends,
+            runs,
+        })
+    }
+}
+
+fn name(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Legacy => "legacy",
+        _ => "nft",
+    }
+}
+
+/// Why this machine cannot run the measurement, if it cannot.
+fn missing_capability(backends: &[Backend]) -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    // "Uid: real effective saved fs"
+    let euid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1));
+    if euid != Some("0") {
+        return Some("not running as root (network namespaces and iptables need it)".into());
+    }
+    let mut binaries = vec!["ip".to_owned()];
+    for b in backends {
+        for tool in ["", "-save", "-restore"] {
+            binaries.push(format!("iptables-{}{tool}", name(*b)));
+        }
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for bin in binaries {
+        if !std::env::split_paths(&path).any(|dir| dir.join(&bin).is_file()) {
+            return Some(format!(
+                "{bin} not found in PATH (apt-get install iptables iproute2)"
+            ));
+        }
+    }
+    None
+}
+
+/// A network namespace that is deleted when dropped, also on an error or a panic.
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn new(tag: &str) -> Result<Netns, String> {
+        let name = format!("svcnat-cost-{}-{tag}", std::process::id());
+        let out = Command::new("ip")
+            .args(["netns", "add", &name])
+            .output()
+            .map_err(|e| format!("ip netns add {name}: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "ip netns add {name}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(Netns { name })
+    }
+
+    /// `ip netns exec NAME`, the prefix of every command run inside.
+    fn prefix(&self) -> [&str; 4] {
+        ["ip", "netns", "exec", &self.name]
+    }
+
+    /// Runs `args` inside the namespace; its stdout, or why it failed.
+    fn run(&self, args: &[&str]) -> Result<String, String> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("ip netns exec {} {}: {e}", self.name, args.join(" ")))?;
+        if !out.status.success() {
+            return Err(format!(
+                "ip netns exec {} {}: {}: {}",
+                self.name,
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let ok = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!(
+                "kernel_cost: could not delete network namespace {}",
+                self.name
+            );
+        }
+    }
+}
+
+/// Forwards every call to `inner` and adds up the time spent in each kind.
+#[derive(Debug, Default)]
+struct Timed<E> {
+    inner: E,
+    restore: Duration,
+    save: Duration,
+    jumps: Duration,
+}
+
+impl<E> Timed<E> {
+    fn new(inner: E) -> Self {
+        Timed {
+            inner,
+            restore: Duration::ZERO,
+            save: Duration::ZERO,
+            jumps: Duration::ZERO,
+        }
+    }
+
+    /// The times so far, reset to zero.
+    fn take(&mut self) -> (Duration, Duration, Duration) {
+        let t = (self.restore, self.save, self.jumps);
+        (self.restore, self.save, self.jumps) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+        t
+    }
+}
+
+fn timed<T>(total: &mut Duration, f: impl FnOnce() -> T) -> T {
+    let t0 = Instant::now();
+    let out = f();
+    *total += t0.elapsed();
+    out
+}
+
+impl<E: Executor> Executor for Timed<E> {
+    fn restore(
+        &mut self,
+        family: IpFamily,
+        payload: &str,
+        options: RestoreOptions,
+    ) -> Result<(), ExecError> {
+        let inner = &mut self.inner;
+        timed(&mut self.restore, || {
+            inner.restore(family, payload, options)
+        })
+    }
+
+    fn save(&mut self, family: IpFamily, table: Table) -> Result<String, ExecError> {
+        let inner = &mut self.inner;
+        timed(&mut self.save, || inner.save(family, table))
+    }
+
+    fn ensure_jump(&mut self, family: IpFamily, jump: &JumpRule) -> Result<(), ExecError> {
+        let inner = &mut self.inner;
+        timed(&mut self.jumps, || inner.ensure_jump(family, jump))
+    }
+
+    fn clear_conntrack(&mut self, family: IpFamily, flows: &[StaleFlow]) -> Result<(), ExecError> {
+        self.inner.clear_conntrack(family, flows)
+    }
+}
+
+/// One sync's figures.
+#[derive(Debug, Clone, Copy, Default)]
+struct Sample {
+    sync: Duration,
+    restore: Duration,
+    save: Duration,
+    jumps: Duration,
+    bytes: usize,
+}
+
+/// One run's figures (`partial` is `None` without endpoints).
+#[derive(Debug)]
+struct Run {
+    empty_restore: Duration,
+    full: Sample,
+    resync: Sample,
+    partial: Option<Sample>,
+    rules_compiled: usize,
+    rules_in_kernel: usize,
+    chains_in_kernel: usize,
+}
+
+type Cost = Syncer<Timed<IptablesRestore>>;
+
+fn measure(args: &Args) -> Result<Value, String> {
+    let state = args.spec.build();
+    let mut report = json!({
+        "services": args.spec.services,
+        "endpoints": args.spec.endpoints,
+        "mix": args.spec.mix,
+        "seed": args.spec.seed,
+        "runs": args.runs,
+        "full_sync": "first sync into a new, empty namespace, one per run",
+        "machine": machine(),
+    });
+    for &backend in &args.backends {
+        let mut runs = Vec::new();
+        for run in 0..args.runs {
+            let ns = Netns::new(&format!("{}-{run}", name(backend)))?;
+            runs.push(
+                one_run(&ns, backend, &state, args, run)
+                    .map_err(|e| format!("{} run {}: {e}", name(backend), run + 1))?,
+            );
+            // The namespace is deleted here, before the next run starts.
+        }
+        report[name(backend)] = summary(&runs);
+    }
+    Ok(report)
+}
+
+fn one_run(
+    ns: &Netns,
+    backend: Backend,
+    state: &svcnat::model::ClusterState,
+    args: &Args,
+    run: usize,
+) -> Result<Run, String> {
+    let bin = |tool: &str| format!("iptables-{}{tool}", name(backend));
+    let exec = IptablesRestore::new(backend).with_command_prefix(ns.prefix());
+    let config = synthetic::config();
+    let mut syncer: Cost =
+        Syncer::new(Timed::new(exec), config.clone()).map_err(|e| e.to_string())?;
+
+    // The floor: one process start, nothing to do.
+    let t0 = Instant::now();
+    syncer
+        .executor_mut()
+        .inner
+        .restore(IpFamily::IPv4, "*nat\nCOMMIT\n", RestoreOptions::default())
+        .map_err(|e| e.to_string())?;
+    let empty_restore = t0.elapsed();
+
+    syncer.replace_state(state.clone());
+    let (full, was_full) = timed_sync(&mut syncer)?;
+    if !was_full {
+        return Err("the first sync was not a full one".into());
+    }
+    progress(ns, "full sync", &full);
+
+    // The kernel must hold what the library compiled.
+    let applied = syncer
+        .applied_ruleset()
+        .ok_or("no applied ruleset after a successful sync")?;
+    let jumps = svcnat::compile::jump_rules(&config).map_err(|e| e.to_string())?;
+    let rules_compiled = applied.table(Table::Nat).map_or(0, |t| {
+        t.chains.values().map(|c| c.rules.len()).sum::<usize>()
+    }) + jumps.iter().filter(|j| j.table == Table::Nat).count();
+    let saved = ns.run(&[&bin("-save"), "-t", "nat"])?;
+    let (rules_in_kernel, chains_in_kernel) = count(&saved);
+    if rules_in_kernel != rules_compiled {
+        return Err(format!(
+            "{} shows {rules_in_kernel} nat rules, the library compiled {rules_compiled}",
+            bin("-save")
+        ));
+    }
+
+    let partial = if args.spec.endpoints == 0 {
+        None
+    } else {
+        let i = (run * 7919 + 17) % args.spec.services;
+        let change = synthetic::endpoint_change(syncer.state(), i, run as u64 + 1)
+            .ok_or("a service without endpoints")?;
+        let old = syncer
+            .state()
+            .slices_of(&synthetic::service_key(i))
+            .next()
+            .and_then(|s| s.endpoints.first())
+            .ok_or("a service without endpoints")?
+            .address;
+        let new = change.endpoints[0].address;
+        let t0 = Instant::now();
+        syncer.upsert_slice(change);
+        let (mut sample, was_full) = timed_sync(&mut syncer)?;
+        sample.sync = t0.elapsed();
+        if was_full {
+            return Err("a one-endpoint change gave a full sync".into());
+        }
+        let saved = ns.run(&[&bin("-save"), "-t", "nat"])?;
+        let (rules, _) = count(&saved);
+        if !saved.contains(&format!("--to-destination {new}:"))
+            || saved.contains(&format!("--to-destination {old}:"))
+            || rules != rules_compiled
+        {
+            return Err(format!(
+                "after moving an endpoint of {} from {old} to {new} the kernel does not show it ({rules} nat rules)",
+                synthetic::service_name(i)
+            ));
+        }
+        progress(ns, "partial sync", &sample);
+        Some(sample)
+    };
+
+    syncer.request_full_sync();
+    let (resync, was_full) = timed_sync(&mut syncer)?;
+    if !was_full {
+        return Err("a requested full sync was partial".into());
+    }
+    progress(ns, "full resync", &resync);
+
+    Ok(Run {
+        empty_restore,
+        full,
+        resync,
+        partial,
+        rules_compiled,
+        rules_in_kernel,
+        chains_in_kernel,
+    })
+}
+
+/// Runs one sync; its figures, and whether it was full.
+fn timed_sync(syncer: &mut Cost) -> Result<(Sample, bool), String> {
+    syncer.executor_mut().take();
+    let t0 = Instant::now();
+    let report = syncer.sync().map_err(|e| e.to_string())?;
+    let sync = t0.elapsed();
+    let (restore, save, jumps) = syncer.executor_mut().take();
+    let sample = Sample {
+        sync,
+        restore,
+        save,
+        jumps,
+        bytes: report.bytes,
+    };
+    Ok((sample, report.full))
+}
+
+/// One line on stderr per sync, so that a long measurement shows where it is.
+fn progress(ns: &Netns, what: &str, s: &Sample) {
+    eprintln!(
+        "kernel_cost: {}: {what}: {:.3} s, restore {:.3} s, {} bytes",
+        ns.name,
+        s.sync.as_secs_f64(),
+        s.restore.as_secs_f64(),
+        s.bytes
+    );
+}
+
+/// `-A` rules and chains in `iptables-save` output.
+fn count(saved: &str) -> (usize, usize) {
+    let rules = saved.lines().filter(|l| l.starts_with("-A ")).count();
+    let chains = saved.lines().filter(|l| l.starts_with(':')).count();
+    (rules, chains)
+}
+
+fn summary(runs: &[Run]) -> Value {
+    let ns = |f: &dyn Fn(&Run) -> Duration| median(runs.iter().map(|r| nanos(f(r))).collect());
+    let size = |f: &dyn Fn(&Run) -> usize| median(runs.iter().map(f).collect());
+    let partial = |f: &dyn Fn(&Sample) -> u64| {
+        let v: Vec<u64> = runs
+            .iter()
+            .filter_map(|r| r.partial.as_ref())
+            .map(f)
+            .collect();
+        (!v.is_empty()).then(|| median(v))
+    };
+    json!({
+        "empty_restore_ns": ns(&|r| r.empty_restore),
+        "full_sync_ns": ns(&|r| r.full.sync),
+        "full_restore_ns": ns(&|r| r.full.restore),
+        "full_save_ns": ns(&|r| r.full.save),
+        "full_jumps_ns": ns(&|r| r.full.jumps),
+        "full_bytes": size(&|r| r.full.bytes),
+        "rules_compiled": size(&|r| r.rules_compiled),
+        "rules_in_kernel": size(&|r| r.rules_in_kernel),
+        "chains_in_kernel": size(&|r| r.chains_in_kernel),
+        "partial_sync_ns": partial(&|s| nanos(s.sync)),
+        "partial_restore_ns": partial(&|s| nanos(s.restore)),
+        "partial_bytes": partial(&|s| s.bytes as u64),
+        "resync_sync_ns": ns(&|r| r.resync.sync),
+        "resync_restore_ns": ns(&|r| r.resync.restore),
+        "resync_save_ns": ns(&|r| r.resync.save),
+        "resync_jumps_ns": ns(&|r| r.resync.jumps),
+        "resync_bytes": size(&|r| r.resync.bytes),
+    })
+}
+
+/// The machine the figures come from.
+fn machine() -> Value {
+    let read = |p: &str| std::fs::read_to_string(Path::new(p)).unwrap_or_default();
+    let cpuinfo = read("/proc/cpuinfo");
+    let cpu = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_owned());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let memory_kib = read("/proc/meminfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+    let os = read("/etc/os-release")
+        .lines()
+        .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+        .map(|v| v.trim_matches('"').to_owned());
+    let version = |bin: &str| {
+        Command::new(bin)
+            .arg("--version")
+            .stdin(Stdio::null())
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    json!({
+        "cpu": cpu,
+        "cores": cores,
+        "memory_kib": memory_kib,
+        "os": os,
+        "kernel": read("/proc/sys/kernel/osrelease").trim(),
+        "iptables": version("iptables"),
+        "iptables_nft": version("iptables-nft"),
+        "iptables_legacy": version("iptables-legacy"),
+    })
+}
+
+/// The first line of an error, with a note if there was more (an `ExecError` carries
+/// iptables' whole stderr, which at this size can be long).
+fn one_line(e: &str) -> String {
+    let mut lines = e.lines();
+    let first = lines.next().unwrap_or_default();
+    let rest = lines.count();
+    if rest == 0 {
+        first.to_owned()
+    } else {
+        format!("{first} (and {rest} more lines)")
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    d.as_nanos().try_into().unwrap_or(u64::MAX)
+}
+
+fn median<T: Ord + Copy>(mut v: Vec<T>) -> T {
+    v.sort_unstable();
+    v[v.len() / 2]
+}
