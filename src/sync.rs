@@ -568,7 +568,7 @@ impl<E: Executor> Syncer<E> {
                     let old = match new {
                         Some(rules) => applied
                             .services
-                            .insert(key.clone(), ServiceText::new(rules, scratch)),
+                            .insert(key.clone(), ServiceText::new(rules, scratch, true)),
                         None => applied.services.remove(&key),
                     };
                     Change { key, old }
@@ -673,7 +673,7 @@ impl<E: Executor> Syncer<E> {
         let mut scratch = std::mem::take(&mut self.scratch);
         let (ctx, services, rejected, warnings) =
             compile_services(&self.state, &self.config, false, |rules| {
-                ServiceText::new(rules, &mut scratch)
+                ServiceText::new(rules, &mut scratch, true)
             })?;
         self.scratch = scratch;
         let services: BTreeMap<ServiceKey, ServiceText> =
@@ -739,8 +739,8 @@ impl<E: Executor> Syncer<E> {
                 }
             }
             for which in SharedChain::ALL {
-                let before = old.into_iter().flat_map(|s| s.shared_rules(which));
-                if !before.eq(new.into_iter().flat_map(|s| s.shared_rules(which))) {
+                let before = old.map_or("", |s| s.shared_text(which));
+                if before != new.map_or("", |s| s.shared_text(which)) {
                     dirty_shared.insert(which);
                 }
             }

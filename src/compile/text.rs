@@ -20,39 +20,49 @@ use super::{SharedChain, compile_services};
 use crate::error::CompileError;
 use crate::model::{ClusterState, IpFamily, ProxyConfig, ServiceKey};
 use crate::render::{self, IoAdapter};
-use crate::ruleset::{ChainName, Rule, Table};
+use crate::ruleset::{ChainName, Table};
 
 /// One service's rules, rendered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ServiceText {
     pub key: ServiceKey,
-    /// Rules appended to the shared chains, in order.
-    pub shared: Vec<(SharedChain, Rule)>,
-    /// The `-A …` lines of the service's own nat chains, chain after chain.
-    own: String,
-    /// The own chains in declaration order, with the end of their lines in `own`.
+    /// The `-A …` lines of the service's own nat chains, chain after chain, then
+    /// its lines in each shared chain, in [`SharedChain::ALL`] order.
+    text: String,
+    /// The own chains in declaration order, with the end of their lines in `text`.
     chains: Vec<(ChainName, usize)>,
+    /// The end of each shared chain's lines in `text`, in [`SharedChain::ALL`] order.
+    shared_ends: [usize; SharedChain::ALL.len()],
     pub ports: Vec<PortFlows>,
     pub endpoint_count: usize,
 }
 
 impl ServiceText {
     /// Renders `rules`; `scratch` is a buffer reused from service to service, so
-    /// the text is stored at its exact size.
-    pub fn new(rules: ServiceRules, scratch: &mut String) -> Self {
+    /// the text is stored at its exact size. `flows` keeps the ports' flows (the
+    /// `Syncer` needs them for conntrack cleanup; a one-off text does not).
+    pub fn new(rules: ServiceRules, scratch: &mut String, flows: bool) -> Self {
         scratch.clear();
         let mut chains = Vec::with_capacity(rules.chains.len());
+        // Writing into a String cannot fail.
         for chain in &rules.chains {
-            // Writing into a String cannot fail.
             let _ = render::write_rules(chain, scratch);
             chains.push((chain.name.clone(), scratch.len()));
         }
+        let mut shared_ends = [0; SharedChain::ALL.len()];
+        for (which, end) in SharedChain::ALL.into_iter().zip(&mut shared_ends) {
+            let name = which.chain();
+            for (_, rule) in rules.shared.iter().filter(|(w, _)| *w == which) {
+                let _ = render::write_rule(&name, rule, scratch);
+            }
+            *end = scratch.len();
+        }
         ServiceText {
             key: rules.key,
-            shared: rules.shared,
-            own: scratch.as_str().to_owned(),
+            text: scratch.as_str().to_owned(),
             chains,
-            ports: rules.ports,
+            shared_ends,
+            ports: if flows { rules.ports } else { Vec::new() },
             endpoint_count: rules.endpoint_count,
         }
     }
@@ -61,23 +71,25 @@ impl ServiceText {
     pub fn chains(&self) -> impl Iterator<Item = (&ChainName, &str)> {
         let mut start = 0;
         self.chains.iter().map(move |(name, end)| {
-            let text = &self.own[start..*end];
+            let text = &self.text[start..*end];
             start = *end;
             (name, text)
         })
     }
 
-    /// The rules of one shared chain.
-    pub fn shared_rules(&self, which: SharedChain) -> impl Iterator<Item = &Rule> {
-        self.shared
-            .iter()
-            .filter(move |(w, _)| *w == which)
-            .map(|(_, r)| r)
+    /// The `-A …` lines of all the own chains.
+    fn own_text(&self) -> &str {
+        &self.text[..self.chains.last().map_or(0, |(_, end)| *end)]
     }
 
-    /// Heap bytes this entry holds, roughly.
-    fn text_len(&self) -> usize {
-        self.own.len()
+    /// The service's `-A …` lines in one shared chain.
+    pub fn shared_text(&self, which: SharedChain) -> &str {
+        let i = which as usize;
+        let start = match i {
+            0 => self.own_text().len(),
+            _ => self.shared_ends[i - 1],
+        };
+        &self.text[start..self.shared_ends[i]]
     }
 }
 
@@ -119,9 +131,7 @@ where
             match shared_chain(table.table, &chain.name) {
                 Some(which) => {
                     for svc in services.clone() {
-                        for rule in svc.shared_rules(which) {
-                            render::write_rule(&chain.name, rule, out)?;
-                        }
+                        out.write_str(svc.shared_text(which))?;
                     }
                     if which == SharedChain::NatServices {
                         for rule in nodeport_jumps(ctx) {
@@ -134,7 +144,7 @@ where
         }
         if table.table == Table::Nat {
             for svc in services.clone() {
-                out.write_str(&svc.own)?;
+                out.write_str(svc.own_text())?;
             }
             for name in stale {
                 out.write_str("-X ")?;
@@ -158,9 +168,7 @@ pub(crate) fn shared_chain_text<'a>(
     let mut out = String::new();
     // Writing into a String cannot fail.
     for svc in services {
-        for rule in svc.shared_rules(which) {
-            let _ = render::write_rule(&chain, rule, &mut out);
-        }
+        out.push_str(svc.shared_text(which));
     }
     if which == SharedChain::NatServices {
         for rule in nodeport_jumps(ctx) {
@@ -286,23 +294,20 @@ pub fn compile_text(
 ) -> Result<CompiledText, CompileError> {
     let mut scratch = String::new();
     let (ctx, services, _, _) = compile_services(state, config, true, |rules| {
-        ServiceText::new(rules, &mut scratch)
+        ServiceText::new(rules, &mut scratch, false)
     })?;
     let mut counter = Counter::default();
     // Counting cannot fail; the services' own text is most of it and is not copied.
     let _ = write_full(&ctx, std::iter::empty(), &[], &mut counter);
     let mut len = counter.0;
     for svc in &services {
-        let mut shared = Counter::default();
-        for (which, rule) in &svc.shared {
-            let _ = render::write_rule(&which.chain(), rule, &mut shared);
-        }
         let declared: usize = svc
             .chains
             .iter()
-            .map(|(name, _)| name.as_str().len() + ":- [0:0]\n".len() + 1)
+            .map(|(name, _)| ":".len() + name.as_str().len() + " - [0:0]\n".len())
             .sum();
-        len += shared.0 + declared + svc.text_len();
+        // The text holds the own chains' lines and the shared ones, each written once.
+        len += declared + svc.text.len();
     }
     Ok(CompiledText { ctx, services, len })
 }
