@@ -7,7 +7,7 @@
 //! ```text
 //! sudo cargo run --release --example kernel_cost -- [--services S (10000)] \
 //!     [--endpoints E (10)] [--mix cluster-ip|load-balancer] [--seed N (1)] \
-//!     [--backend nft|legacy|both (both)] [--runs N (3)]
+//!     [--backend nft|legacy|both (both)] [--runs N (3)] [--no-resync]
 //! ```
 //!
 //! Needs root, `ip` (iproute2) and the chosen backends' `iptables-*-restore`,
@@ -31,8 +31,9 @@
 //! 3. `partial`: one endpoint of one service moved (`synthetic::endpoint_change`, a
 //!    different service every run), then `sync()`; afterwards the kernel must DNAT to
 //!    the new address and no longer to the old one, with the rule count unchanged.
-//! 4. `resync`: `request_full_sync()` then `sync()`, every chain rewritten on top of
-//!    the rules already there (as after a failure, or kube-proxy's periodic resync).
+//! 4. `resync` (unless `--no-resync`): `request_full_sync()` then `sync()`, every
+//!    chain rewritten on top of the rules already there (as after a failure, or
+//!    kube-proxy's periodic resync).
 //!
 //! Every figure is the median over the runs, in nanoseconds or bytes, per backend:
 //!
@@ -45,6 +46,8 @@
 //! | `*_bytes` | the restore payload |
 //! | `rules_compiled`, `rules_in_kernel` | nat `-A` rules: compiled (chains plus jumps) and read back after the full sync |
 //! | `chains_in_kernel` | nat chains read back, built-in ones included |
+//!
+//! `partial_*` are null for a cluster without endpoints, `resync_*` with `--no-resync`.
 //!
 //! Caveats:
 //!
@@ -59,8 +62,8 @@
 //!   name of every chain the payload mentions into a sorted linked list, walked once
 //!   per line, so a payload that writes every chain costs time in proportion to lines
 //!   times chains: quadratic in the size of the cluster. At 10,000 services with 10
-//!   endpoints each (110,000 chains) that makes the nft first sync take many minutes;
-//!   use `--runs 1` there.
+//!   endpoints each (110,000 chains) that makes the nft first sync take most of an
+//!   hour, and a full resync as long again: use `--runs 1 --no-resync` there.
 //! - Kernel cleanup of a deleted namespace's rules is asynchronous and may overlap the
 //!   next run; other load on the machine shows in every figure.
 //! - A process killed by a signal cannot delete its namespaces: remove leftovers with
@@ -78,7 +81,7 @@ use svcnat::ruleset::Table;
 use svcnat::sync::{StaleFlow, Syncer};
 use svcnat::synthetic::{self, Mix, Spec};
 
-const USAGE: &str = "usage: kernel_cost [--services S] [--endpoints E] [--mix cluster-ip|load-balancer] [--seed N] [--backend nft|legacy|both] [--runs N]";
+const USAGE: &str = "usage: kernel_cost [--services S] [--endpoints E] [--mix cluster-ip|load-balancer] [--seed N] [--backend nft|legacy|both] [--runs N] [--no-resync]";
 
 fn main() {
     let args = Args::parse(std::env::args().skip(1)).unwrap_or_else(|e| {
@@ -104,6 +107,7 @@ struct Args {
     spec: Spec,
     backends: Vec<Backend>,
     runs: usize,
+    resync: bool,
 }
 
 impl Args {
@@ -111,6 +115,7 @@ impl Args {
         let (mut services, mut endpoints) = (10_000usize, 10usize);
         let (mut mix, mut seed, mut runs) = (Mix::ClusterIp, 1u64, 3usize);
         let mut backends = vec![Backend::Nft, Backend::Legacy];
+        let mut resync = true;
         while let Some(arg) = it.next() {
             let (flag, inline) = match arg.split_once('=') {
                 Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
@@ -130,6 +135,10 @@ impl Args {
                 v.parse::<u64>()
                     .map_err(|_| format!("{flag}: {v:?} is not a number"))
             };
+            if flag == "--no-resync" && inline.is_none() {
+                resync = false;
+                continue;
+            }
             match flag.as_str() {
                 "--services" => services = number(value()?)? as usize,
                 "--endpoints" => endpoints = number(value()?)? as usize,
@@ -163,6 +172,7 @@ impl Args {
             spec: Spec::new(services, endpoints).with_mix(mix).with_seed(seed),
             backends,
             runs,
+            resync,
         })
     }
 }
@@ -342,7 +352,7 @@ struct Sample {
 struct Run {
     empty_restore: Duration,
     full: Sample,
-    resync: Sample,
+    resync: Option<Sample>,
     partial: Option<Sample>,
     rules_compiled: usize,
     rules_in_kernel: usize,
@@ -459,12 +469,17 @@ fn one_run(
         Some(sample)
     };
 
-    syncer.request_full_sync();
-    let (resync, was_full) = timed_sync(&mut syncer)?;
-    if !was_full {
-        return Err("a requested full sync was partial".into());
-    }
-    progress(ns, "full resync", &resync);
+    let resync = if args.resync {
+        syncer.request_full_sync();
+        let (resync, was_full) = timed_sync(&mut syncer)?;
+        if !was_full {
+            return Err("a requested full sync was partial".into());
+        }
+        progress(ns, "full resync", &resync);
+        Some(resync)
+    } else {
+        None
+    };
 
     Ok(Run {
         empty_restore,
@@ -515,14 +530,13 @@ fn count(saved: &str) -> (usize, usize) {
 fn summary(runs: &[Run]) -> Value {
     let ns = |f: &dyn Fn(&Run) -> Duration| median(runs.iter().map(|r| nanos(f(r))).collect());
     let size = |f: &dyn Fn(&Run) -> usize| median(runs.iter().map(f).collect());
-    let partial = |f: &dyn Fn(&Sample) -> u64| {
-        let v: Vec<u64> = runs
-            .iter()
-            .filter_map(|r| r.partial.as_ref())
-            .map(f)
-            .collect();
+    // The median of an optional sample: `None` when no run has it.
+    let opt = |which: fn(&Run) -> Option<&Sample>, f: &dyn Fn(&Sample) -> u64| {
+        let v: Vec<u64> = runs.iter().filter_map(which).map(f).collect();
         (!v.is_empty()).then(|| median(v))
     };
+    let partial = |f: &dyn Fn(&Sample) -> u64| opt(|r| r.partial.as_ref(), f);
+    let resync = |f: &dyn Fn(&Sample) -> u64| opt(|r| r.resync.as_ref(), f);
     json!({
         "empty_restore_ns": ns(&|r| r.empty_restore),
         "full_sync_ns": ns(&|r| r.full.sync),
@@ -536,11 +550,11 @@ fn summary(runs: &[Run]) -> Value {
         "partial_sync_ns": partial(&|s| nanos(s.sync)),
         "partial_restore_ns": partial(&|s| nanos(s.restore)),
         "partial_bytes": partial(&|s| s.bytes as u64),
-        "resync_sync_ns": ns(&|r| r.resync.sync),
-        "resync_restore_ns": ns(&|r| r.resync.restore),
-        "resync_save_ns": ns(&|r| r.resync.save),
-        "resync_jumps_ns": ns(&|r| r.resync.jumps),
-        "resync_bytes": size(&|r| r.resync.bytes),
+        "resync_sync_ns": resync(&|s| nanos(s.sync)),
+        "resync_restore_ns": resync(&|s| nanos(s.restore)),
+        "resync_save_ns": resync(&|s| nanos(s.save)),
+        "resync_jumps_ns": resync(&|s| nanos(s.jumps)),
+        "resync_bytes": resync(&|s| s.bytes as u64),
     })
 }
 
