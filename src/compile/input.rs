@@ -357,6 +357,34 @@ fn family_cluster_ip(svc: &Service, family: IpFamily) -> Option<IpAddr> {
         .find(|ip| family.contains(ip))
 }
 
+/// Every `ip:port` a service port's slices of the family offer, with its endpoint,
+/// duplicates included: a slice counts only if one of its ports matches the service
+/// port (by name and protocol, port not 0), an endpoint only if it is of the family.
+/// Both the endpoint count and the endpoint list come from here, so they agree.
+fn port_addresses<'s, 'a>(
+    port: &'s ServicePort,
+    slices: &'s [&'a EndpointSlice],
+    family: IpFamily,
+) -> impl Iterator<Item = (SocketAddr, &'a Endpoint)> + 's {
+    slices
+        .iter()
+        .filter(move |s| s.address_type == family)
+        .filter_map(move |slice| {
+            let ep_port = slice
+                .ports
+                .iter()
+                .find(|p| p.name == port.name && p.protocol == port.protocol && p.port != 0)?;
+            Some((*slice, ep_port.port))
+        })
+        .flat_map(move |(slice, number)| {
+            slice
+                .endpoints
+                .iter()
+                .filter(move |e| family.contains(&e.address))
+                .map(move |e| (SocketAddr::new(e.address, number), e))
+        })
+}
+
 /// How many endpoints [`service_input`] would give the service's ports in all
 /// (kube-proxy's cluster-size count), without building them.
 pub(crate) fn endpoint_count(
@@ -371,22 +399,7 @@ pub(crate) fn endpoint_count(
     let mut total = 0;
     for port in &svc.ports {
         scratch.clear();
-        for slice in slices.iter().filter(|s| s.address_type == family) {
-            let Some(ep_port) = slice
-                .ports
-                .iter()
-                .find(|p| p.name == port.name && p.protocol == port.protocol && p.port != 0)
-            else {
-                continue;
-            };
-            scratch.extend(
-                slice
-                    .endpoints
-                    .iter()
-                    .filter(|e| family.contains(&e.address))
-                    .map(|e| SocketAddr::new(e.address, ep_port.port)),
-            );
-        }
+        scratch.extend(port_addresses(port, slices, family).map(|(addr, _)| addr));
         scratch.sort_unstable();
         scratch.dedup();
         total += scratch.len();
@@ -481,23 +494,9 @@ fn port_endpoints<'a>(
             .map(|s| s.endpoints.len())
             .sum(),
     );
-    for slice in slices.iter().filter(|s| s.address_type == family) {
-        let Some(ep_port) = slice
-            .ports
-            .iter()
-            .find(|p| p.name == port.name && p.protocol == port.protocol && p.port != 0)
-        else {
-            continue;
-        };
-        for endpoint in slice
-            .endpoints
-            .iter()
-            .filter(|e| family.contains(&e.address))
-        {
-            let addr = SocketAddr::new(endpoint.address, ep_port.port);
-            let local = node_name.is_some() && endpoint.node_name.as_deref() == node_name;
-            candidates.push((endpoint_text(&addr), addr, endpoint, local));
-        }
+    for (addr, endpoint) in port_addresses(port, slices, family) {
+        let local = node_name.is_some() && endpoint.node_name.as_deref() == node_name;
+        candidates.push((endpoint_text(&addr), addr, endpoint, local));
     }
     // By text, the preferred copy of each first; then the first of each text is
     // kept. Indices are sorted, not the (larger) candidates.
