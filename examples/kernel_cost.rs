@@ -79,7 +79,11 @@ use svcnat::exec::{Backend, ExecError, Executor, IptablesRestore, RestoreOptions
 use svcnat::model::IpFamily;
 use svcnat::ruleset::Table;
 use svcnat::sync::{StaleFlow, Syncer};
-use svcnat::synthetic::{self, Mix, Spec};
+use svcnat::synthetic::{self, Spec};
+
+#[path = "common/flags.rs"]
+mod flags;
+use flags::{SpecFlags, split_flag, value};
 
 const USAGE: &str = "usage: kernel_cost [--services S] [--endpoints E] [--mix cluster-ip|load-balancer] [--seed N] [--backend nft|legacy|both] [--runs N] [--no-resync]";
 
@@ -112,47 +116,25 @@ struct Args {
 
 impl Args {
     fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
-        let (mut services, mut endpoints) = (10_000usize, 10usize);
-        let (mut mix, mut seed, mut runs) = (Mix::ClusterIp, 1u64, 3usize);
+        let mut flags = SpecFlags::default();
         let mut backends = vec![Backend::Nft, Backend::Legacy];
         let mut resync = true;
         while let Some(arg) = it.next() {
-            let (flag, inline) = match arg.split_once('=') {
-                Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
-                _ => (arg.clone(), None),
-            };
+            let (flag, inline) = split_flag(&arg);
             if flag == "-h" || flag == "--help" {
                 println!("{USAGE}");
                 std::process::exit(0);
             }
-            let mut value = || {
-                inline
-                    .clone()
-                    .or_else(|| it.next())
-                    .ok_or_else(|| format!("{flag}: missing value"))
-            };
-            let number = |v: String| {
-                v.parse::<u64>()
-                    .map_err(|_| format!("{flag}: {v:?} is not a number"))
-            };
             if flag == "--no-resync" && inline.is_none() {
                 resync = false;
                 continue;
             }
-            match flag.as_str() {
-                "--services" => services = number(value()?)? as usize,
-                "--endpoints" => endpoints = number(value()?)? as usize,
-                "--seed" => seed = number(value()?)?,
-                "--runs" => runs = number(value()?)? as usize,
-                "--mix" => {
-                    mix = match value()?.as_str() {
-                        "cluster-ip" => Mix::ClusterIp,
-                        "load-balancer" => Mix::LoadBalancer,
-                        other => return Err(format!("--mix: unknown mix {other:?}")),
-                    }
-                }
+            if flags.take(flag, inline, &mut it)? {
+                continue;
+            }
+            match flag {
                 "--backend" => {
-                    backends = match value()?.as_str() {
+                    backends = match value(flag, inline, &mut it)?.as_str() {
                         "nft" => vec![Backend::Nft],
                         "legacy" => vec![Backend::Legacy],
                         "both" => vec![Backend::Nft, Backend::Legacy],
@@ -162,6 +144,9 @@ impl Args {
                 _ => return Err(format!("unexpected argument {arg:?}")),
             }
         }
+        let services = flags.services.unwrap_or(10_000);
+        let endpoints = flags.endpoints.unwrap_or(10);
+        let runs = flags.runs.unwrap_or(3);
         if services == 0 || services > 1_000_000 || endpoints > 1_000 {
             return Err("1 to 1000000 services and at most 1000 endpoints each".into());
         }
@@ -169,7 +154,9 @@ impl Args {
             return Err("--runs: 1 to 100".into());
         }
         Ok(Args {
-            spec: Spec::new(services, endpoints).with_mix(mix).with_seed(seed),
+            spec: Spec::new(services, endpoints)
+                .with_mix(flags.mix)
+                .with_seed(flags.seed.unwrap_or(1)),
             backends,
             runs,
             resync,

@@ -35,7 +35,11 @@ use sha2::{Digest, Sha256};
 use svcnat::exec::DryRun;
 use svcnat::model::ClusterState;
 use svcnat::sync::Syncer;
-use svcnat::synthetic::{self, Mix, Spec};
+use svcnat::synthetic::{self, Spec};
+
+#[path = "common/flags.rs"]
+mod flags;
+use flags::{SpecFlags, split_flag};
 
 const USAGE: &str = "usage: scale --services S --endpoints E [--mix cluster-ip|load-balancer] [--seed N] [--runs N]";
 
@@ -56,50 +60,27 @@ struct Args {
 
 impl Args {
     fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
-        let (mut services, mut endpoints) = (None, None);
-        let (mut mix, mut seed, mut runs) = (Mix::ClusterIp, 1u64, 5usize);
+        let mut flags = SpecFlags::default();
         while let Some(arg) = it.next() {
-            let (flag, inline) = match arg.split_once('=') {
-                Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
-                _ => (arg.clone(), None),
-            };
+            let (flag, inline) = split_flag(&arg);
             if flag == "-h" || flag == "--help" {
                 println!("{USAGE}");
                 std::process::exit(0);
             }
-            let mut value = || {
-                inline
-                    .clone()
-                    .or_else(|| it.next())
-                    .ok_or_else(|| format!("{flag}: missing value"))
-            };
-            let number = |v: String| {
-                v.parse::<u64>()
-                    .map_err(|_| format!("{flag}: {v:?} is not a number"))
-            };
-            match flag.as_str() {
-                "--services" => services = Some(number(value()?)? as usize),
-                "--endpoints" => endpoints = Some(number(value()?)? as usize),
-                "--seed" => seed = number(value()?)?,
-                "--runs" => runs = (number(value()?)? as usize).max(1),
-                "--mix" => {
-                    mix = match value()?.as_str() {
-                        "cluster-ip" => Mix::ClusterIp,
-                        "load-balancer" => Mix::LoadBalancer,
-                        other => return Err(format!("--mix: unknown mix {other:?}")),
-                    }
-                }
-                _ => return Err(format!("unexpected argument {arg:?}")),
+            if !flags.take(flag, inline, &mut it)? {
+                return Err(format!("unexpected argument {arg:?}"));
             }
         }
-        let services = services.ok_or("--services is required")?;
-        let endpoints = endpoints.ok_or("--endpoints is required")?;
+        let services = flags.services.ok_or("--services is required")?;
+        let endpoints = flags.endpoints.ok_or("--endpoints is required")?;
         if services > 1_000_000 || endpoints > 1_000 {
             return Err("at most 1000000 services and 1000 endpoints each".into());
         }
         Ok(Args {
-            spec: Spec::new(services, endpoints).with_mix(mix).with_seed(seed),
-            runs,
+            spec: Spec::new(services, endpoints)
+                .with_mix(flags.mix)
+                .with_seed(flags.seed.unwrap_or(1)),
+            runs: flags.runs.unwrap_or(5).max(1),
         })
     }
 }

@@ -21,6 +21,10 @@
 
 #![allow(dead_code)]
 
+mod flags;
+
+pub use flags::{split_flag, value};
+
 use std::io::Read;
 use std::net::IpAddr;
 
@@ -53,26 +57,6 @@ pub struct ProxyFlags {
     pub tcp_liberal: bool,
     pub nfacct: bool,
     pub family: IpFamily,
-}
-
-/// Splits `--flag=value` and `--flag value`; returns (flag, inline value).
-pub fn split_flag(arg: &str) -> (&str, Option<&str>) {
-    match arg.split_once('=') {
-        Some((f, v)) if f.starts_with("--") => (f, Some(v)),
-        _ => (arg, None),
-    }
-}
-
-/// Reads the value of a flag: inline, or the next argument.
-pub fn value(
-    flag: &str,
-    inline: Option<&str>,
-    rest: &mut impl Iterator<Item = String>,
-) -> Result<String, String> {
-    match inline {
-        Some(v) => Ok(v.to_owned()),
-        None => rest.next().ok_or_else(|| format!("{flag}: missing value")),
-    }
 }
 
 fn parse<T: std::str::FromStr>(flag: &str, v: &str, what: &str) -> Result<T, String> {
