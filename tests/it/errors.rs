@@ -241,30 +241,10 @@ fn skipped_services_are_not_errors() {
 
 #[cfg(feature = "k8s")]
 pub(crate) mod example_cli {
-    use std::process::Command;
-
-    pub(crate) fn example(name: &str) -> std::path::PathBuf {
-        // target/debug/deps/it-… -> target/debug/examples/NAME
-        let exe = std::env::current_exe().unwrap();
-        exe.parent()
-            .unwrap()
-            .parent()
-            .unwrap()
-            .join("examples")
-            .join(name)
-    }
+    pub(crate) use crate::fixtures::{example, run_example};
 
     fn run(args: &[&str], stdin: &str) -> (i32, String, String) {
         run_example("compile", args, stdin)
-    }
-
-    pub(crate) fn run_example(name: &str, args: &[&str], stdin: &str) -> (i32, String, String) {
-        let out = crate::fixtures::run_with_stdin(Command::new(example(name)).args(args), stdin);
-        (
-            out.status.code().unwrap(),
-            String::from_utf8(out.stdout).unwrap(),
-            String::from_utf8(out.stderr).unwrap(),
-        )
     }
 
     #[test]

@@ -88,3 +88,25 @@ pub fn run_with_stdin(cmd: &mut std::process::Command, stdin: &str) -> std::proc
     let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
     child.wait_with_output().unwrap()
 }
+
+/// The path of an example binary built for this test run.
+pub(crate) fn example(name: &str) -> std::path::PathBuf {
+    // target/debug/deps/it-… -> target/debug/examples/NAME
+    let exe = std::env::current_exe().unwrap();
+    exe.parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(name)
+}
+
+/// Runs an example: exit code, stdout, stderr.
+pub(crate) fn run_example(name: &str, args: &[&str], stdin: &str) -> (i32, String, String) {
+    let out = run_with_stdin(std::process::Command::new(example(name)).args(args), stdin);
+    (
+        out.status.code().unwrap(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}

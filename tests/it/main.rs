@@ -11,6 +11,7 @@ mod kube_proxy;
 mod parse;
 mod parse_trace_regressions;
 mod properties;
+mod scale;
 mod snapshots;
 mod sync;
 mod trace;
