@@ -9,7 +9,7 @@ use crate::model::{IpFamily, LocalTrafficDetector, NodePortAddress, ProxyConfig}
 use crate::ruleset::{Address, Comment, Interface, Match, Not};
 
 /// The config, validated, with everything the builders derive from it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub(crate) struct Context {
     pub family: IpFamily,
     pub mark: u32,
@@ -36,10 +36,6 @@ pub(crate) struct Context {
     pub tcp_liberal: bool,
     pub zone: Option<String>,
     pub prefer_same_node: bool,
-    /// The node-port range services are checked against. The rules never read it,
-    /// but it decides which services are valid, so a Syncer must not reuse a
-    /// service's rules across a change of it.
-    pub node_port_range: Option<std::ops::RangeInclusive<u16>>,
 }
 
 fn config_err(field: &'static str, problem: impl Into<Problem>) -> CompileError {
@@ -136,7 +132,6 @@ impl Context {
             tcp_liberal: config.conntrack_tcp_be_liberal,
             zone: config.node_zone.clone(),
             prefer_same_node: config.prefer_same_node_hints,
-            node_port_range: config.node_port_range.clone(),
         })
     }
 
