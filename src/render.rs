@@ -59,15 +59,21 @@ pub fn to_string(ruleset: &Ruleset) -> String {
 pub fn write_table<W: fmt::Write>(table: &TableRules, out: &mut W) -> fmt::Result {
     writeln!(out, "*{}", table.table)?;
     for chain in table.chains.values() {
-        match chain.policy {
-            Some(policy) => writeln!(out, ":{} {policy} [0:0]", chain.name)?,
-            None => write_chain_line(&chain.name, out)?,
-        }
+        write_declaration(chain, out)?;
     }
     for chain in table.chains.values() {
         write_rules(chain, out)?;
     }
     writeln!(out, "COMMIT")
+}
+
+/// Writes a chain's declaration: `:NAME POLICY [0:0]` for a built-in chain,
+/// `:NAME - [0:0]` for a user chain.
+pub(crate) fn write_declaration<W: fmt::Write>(chain: &Chain, out: &mut W) -> fmt::Result {
+    match chain.policy {
+        Some(policy) => writeln!(out, ":{} {policy} [0:0]", chain.name),
+        None => write_chain_line(&chain.name, out),
+    }
 }
 
 /// Writes `:NAME - [0:0]`, the line that declares (and, under `--noflush`, flushes) a

@@ -112,10 +112,7 @@ where
         out.write_str(table.table.as_str())?;
         out.write_str("\n")?;
         for chain in table.chains.values() {
-            match chain.policy {
-                Some(policy) => writeln!(out, ":{} {policy} [0:0]", chain.name)?,
-                None => render::write_chain_line(&chain.name, out)?,
-            }
+            render::write_declaration(chain, out)?;
         }
         if table.table == Table::Nat {
             for svc in services.clone() {
