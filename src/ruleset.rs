@@ -247,13 +247,24 @@ impl fmt::Display for ChainName {
 /// when it contains a space, as kube-proxy writes it; this is the one place where
 /// rule text is quoted. (A comment read from a dump that does not fit is kept
 /// verbatim as [`Match::OtherComment`].)
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct Comment(String);
+pub struct Comment(CommentText);
+
+/// A comment's text: inline when short (most are: `ns/svc:port -> ip:port`), so
+/// the hundreds of thousands of rules of a large cluster allocate none.
+#[derive(Clone)]
+enum CommentText {
+    Inline(ArrayString<{ Comment::INLINE }>),
+    Heap(Box<str>),
+}
 
 impl Comment {
     /// The longest comment the kernel's comment match stores.
     pub const MAX_LEN: usize = 255;
+
+    /// The longest comment stored without a heap allocation.
+    const INLINE: usize = 56;
 
     /// Validates a comment.
     ///
@@ -263,7 +274,42 @@ impl Comment {
     /// or has a character outside printable ASCII or one of `"`, `'`, `\`.
     pub fn new(text: impl Into<String>) -> Result<Self, IrError> {
         let text = text.into();
-        let reason = if text.is_empty() {
+        match Self::problem(&text) {
+            Some(reason) => Err(IrError::Comment {
+                comment: text,
+                reason,
+            }),
+            None => Ok(Comment(match ArrayString::from(&text) {
+                Ok(inline) => CommentText::Inline(inline),
+                Err(_) => CommentText::Heap(text.into_boxed_str()),
+            })),
+        }
+    }
+
+    /// The comment made of `parts` written one after the other, validated as
+    /// [`Comment::new`] validates, without an intermediate `String` when it is short.
+    ///
+    /// # Errors
+    /// As [`Comment::new`], for the joined text.
+    pub fn from_parts(parts: &[&str]) -> Result<Self, IrError> {
+        let mut inline = ArrayString::<{ Self::INLINE }>::new();
+        for part in parts {
+            if inline.try_push_str(part).is_err() {
+                return Self::new(parts.concat());
+            }
+        }
+        match Self::problem(&inline) {
+            Some(reason) => Err(IrError::Comment {
+                comment: inline.as_str().to_owned(),
+                reason,
+            }),
+            None => Ok(Comment(CommentText::Inline(inline))),
+        }
+    }
+
+    /// What is wrong with `text` as a comment, if anything.
+    fn problem(text: &str) -> Option<&'static str> {
+        if text.is_empty() {
             Some("empty")
         } else if text.len() > Self::MAX_LEN {
             Some("longer than 255 bytes")
@@ -276,19 +322,48 @@ impl Comment {
             Some("has a character other than printable ASCII, or a quote or backslash")
         } else {
             None
-        };
-        match reason {
-            Some(reason) => Err(IrError::Comment {
-                comment: text,
-                reason,
-            }),
-            None => Ok(Comment(text)),
         }
     }
 
     /// The comment's text, unquoted.
     pub fn as_str(&self) -> &str {
-        &self.0
+        match &self.0 {
+            CommentText::Inline(text) => text,
+            CommentText::Heap(text) => text,
+        }
+    }
+}
+
+impl fmt::Debug for Comment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Comment").field(&self.as_str()).finish()
+    }
+}
+
+// Equality, order and hash are the text's, however it is stored.
+impl PartialEq for Comment {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Comment {}
+
+impl PartialOrd for Comment {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Comment {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl std::hash::Hash for Comment {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
     }
 }
 
@@ -301,19 +376,23 @@ impl TryFrom<String> for Comment {
 
 impl From<Comment> for String {
     fn from(c: Comment) -> String {
-        c.0
+        match c.0 {
+            CommentText::Inline(text) => text.as_str().to_owned(),
+            CommentText::Heap(text) => text.into_string(),
+        }
     }
 }
 
 impl Comment {
     /// Writes the comment, quoted when it contains a space.
     pub(crate) fn write_to<W: fmt::Write>(&self, f: &mut W) -> fmt::Result {
-        if self.0.contains(' ') {
+        let text = self.as_str();
+        if text.contains(' ') {
             f.write_str("\"")?;
-            f.write_str(&self.0)?;
+            f.write_str(text)?;
             f.write_str("\"")
         } else {
-            f.write_str(&self.0)
+            f.write_str(text)
         }
     }
 }
