@@ -52,8 +52,8 @@ use thiserror::Error;
 use crate::compile::context::Context;
 use crate::compile::naming::is_service_chain;
 use crate::compile::{
-    Counter, PortFlows, ServiceText, SharedChain, compile_one, compile_services, fixed, jump_rules,
-    shared_chain_text, write_full,
+    Counter, PortFlows, ServiceText, SharedChain, TextSink, compile_one, compile_services, fixed,
+    jump_rules, shared_chain_text, write_full,
 };
 use crate::error::CompileError;
 use crate::exec::{ExecError, Executor, RestoreOptions};
@@ -328,8 +328,8 @@ pub struct Syncer<E: Executor> {
     last_full: Option<Instant>,
     /// Stale flows of syncs that failed, reported with the next successful one.
     pending_flows: Vec<StaleFlow>,
-    /// A buffer reused to render each recompiled service.
-    scratch: String,
+    /// Buffers reused to render each recompiled service.
+    sink: TextSink,
 }
 
 impl<E: Executor> Syncer<E> {
@@ -349,7 +349,7 @@ impl<E: Executor> Syncer<E> {
             full_resync_period: None,
             last_full: None,
             pending_flows: Vec::new(),
-            scratch: String::new(),
+            sink: TextSink::per_service(true),
         })
     }
 
@@ -524,9 +524,10 @@ impl<E: Executor> Syncer<E> {
                 key,
                 &self.config,
                 &applied.ctx,
+                &mut self.sink,
                 &mut service_warnings,
             ) {
-                Ok(rules) => rules,
+                Ok(count) => count.map(|count| self.sink.take_service(key.clone(), count)),
                 Err(e) => {
                     round_rejected.push(e);
                     None
@@ -560,15 +561,12 @@ impl<E: Executor> Syncer<E> {
         rejected.extend(round_rejected);
         warnings.extend(round_warnings);
         self.dirty.clear();
-        let scratch = &mut self.scratch;
         Some(
             compiled
                 .into_iter()
                 .map(|(key, new)| {
                     let old = match new {
-                        Some(rules) => applied
-                            .services
-                            .insert(key.clone(), ServiceText::new(rules, scratch, true)),
+                        Some(text) => applied.services.insert(key.clone(), text),
                         None => applied.services.remove(&key),
                     };
                     Change { key, old }
@@ -670,12 +668,13 @@ impl<E: Executor> Syncer<E> {
     /// Compiles every service afresh into a new applied state; returns the stale
     /// flows against the old one, the rejected services and the warnings.
     fn compile_all(&mut self) -> Result<CompiledAll, SyncError> {
-        let mut scratch = std::mem::take(&mut self.scratch);
-        let (ctx, services, rejected, warnings) =
-            compile_services(&self.state, &self.config, false, |rules| {
-                ServiceText::new(rules, &mut scratch, true)
-            })?;
-        self.scratch = scratch;
+        let (ctx, services, rejected, warnings) = compile_services(
+            &self.state,
+            &self.config,
+            false,
+            &mut self.sink,
+            |sink, key, count| sink.take_service(key, count),
+        )?;
         let services: BTreeMap<ServiceKey, ServiceText> =
             services.into_iter().map(|s| (s.key.clone(), s)).collect();
         let mut stale_flows = Vec::new();

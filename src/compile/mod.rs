@@ -39,14 +39,15 @@ use serde::{Deserialize, Serialize};
 
 pub use fixed::{JumpRule, jump_rules};
 pub use service::{PortFlows, ServiceRules};
-pub use text::{CompiledText, compile_text};
-pub(crate) use text::{Counter, ServiceText, shared_chain_text, write_full};
+pub use text::{CompiledText, compile_text, compile_text_reusing};
+pub(crate) use text::{Counter, ServiceText, TextSink, shared_chain_text, write_full};
 
 use crate::error::CompileError;
-use crate::model::{ClusterState, EndpointSlice, ProxyConfig, Service};
+use crate::model::{ClusterState, EndpointSlice, ProxyConfig, Service, ServiceKey};
 use crate::ruleset::{ChainName, Ruleset, Table};
 use context::Context;
 use input::ServiceInput;
+pub(crate) use service::Sink;
 
 pub(crate) const KUBE_SERVICES: ChainName = ChainName::fixed("KUBE-SERVICES");
 pub(crate) const KUBE_EXTERNAL_SERVICES: ChainName = ChainName::fixed("KUBE-EXTERNAL-SERVICES");
@@ -127,7 +128,7 @@ pub struct Lenient {
 /// The first invalid service, slice or config field, as a [`CompileError`] naming
 /// the object and field. Nothing is returned in that case: no partial ruleset.
 pub fn compile(state: &ClusterState, config: &ProxyConfig) -> Result<Ruleset, CompileError> {
-    let (ctx, services, _, _) = compile_services(state, config, true, |rules| rules)?;
+    let (ctx, services, _, _) = compile_typed(state, config, true)?;
     Ok(fixed::assemble_owned(&ctx, services.into_iter()))
 }
 
@@ -143,8 +144,7 @@ pub fn compile_lenient(
     state: &ClusterState,
     config: &ProxyConfig,
 ) -> Result<Lenient, CompileError> {
-    let (ctx, services, rejected, warnings) =
-        compile_services(state, config, false, |rules| rules)?;
+    let (ctx, services, rejected, warnings) = compile_typed(state, config, false)?;
     Ok(Lenient {
         ruleset: fixed::assemble_owned(&ctx, services.into_iter()),
         rejected,
@@ -152,37 +152,64 @@ pub fn compile_lenient(
     })
 }
 
-/// Compiles one service of `state` with an existing context: `Ok(None)` when the
-/// service is absent or skipped (headless, other family).
-pub(crate) fn compile_one(
+/// Compiles one service of `state` with an existing context into `sink` (begun
+/// here, abandoned on an error): `Ok(None)` when the service is absent or skipped
+/// (headless, other family), else its endpoint count.
+pub(crate) fn compile_one<S: Sink>(
     state: &ClusterState,
     key: &crate::model::ServiceKey,
     config: &ProxyConfig,
     ctx: &Context,
+    sink: &mut S,
     warnings: &mut Vec<CompileError>,
-) -> Result<Option<ServiceRules>, CompileError> {
+) -> Result<Option<usize>, CompileError> {
     let Some(svc) = state.service(key) else {
         return Ok(None);
     };
-    match inputs_of(state, svc, config, false, warnings)? {
-        Some(input) => service::service_rules(input, ctx).map(Some),
-        None => Ok(None),
+    let Some(input) = inputs_of(state, svc, config, false, warnings)? else {
+        return Ok(None);
+    };
+    sink.begin();
+    match service::emit_service(input, ctx, sink) {
+        Ok((_, count)) => Ok(Some(count)),
+        Err(e) => {
+            sink.abandon();
+            Err(e)
+        }
     }
+}
+
+/// [`compile_services`] into typed rules, one [`ServiceRules`] per service.
+fn compile_typed(
+    state: &ClusterState,
+    config: &ProxyConfig,
+    strict: bool,
+) -> Result<Compiled<ServiceRules>, CompileError> {
+    let mut sink = ServiceRules::empty(ServiceKey::new("", ""));
+    compile_services(state, config, strict, &mut sink, |rules, key, count| {
+        let mut done = std::mem::replace(rules, ServiceRules::empty(ServiceKey::new("", "")));
+        done.key = key;
+        done.endpoint_count = count;
+        done
+    })
 }
 
 /// What [`compile_services`] returns: the context used, each valid service's rules
 /// (as `each` made them), the rejected services and the ignored slice parts.
 pub(crate) type Compiled<T> = (Context, Vec<T>, Vec<CompileError>, Vec<CompileError>);
 
-/// Compiles every service with the cluster-size rule applied, handing each one's
-/// rules to `each` as soon as they are built. `strict` stops at the first invalid
-/// service or slice; otherwise invalid services are left out and returned, and
-/// invalid slice parts are ignored and returned as warnings.
-pub(crate) fn compile_services<T>(
+/// Compiles every service with the cluster-size rule applied into `sink`, one
+/// service after the other, calling `each` with the sink, the service's key and
+/// endpoint count as soon as a service is written. `strict` stops at the first
+/// invalid service or slice; otherwise invalid services are left out (abandoned in
+/// the sink) and returned, and invalid slice parts are ignored and returned as
+/// warnings.
+pub(crate) fn compile_services<S: Sink, T>(
     state: &ClusterState,
     config: &ProxyConfig,
     strict: bool,
-    mut each: impl FnMut(ServiceRules) -> T,
+    sink: &mut S,
+    mut each: impl FnMut(&mut S, ServiceKey, usize) -> T,
 ) -> Result<Compiled<T>, CompileError> {
     let ctx = Context::new(config)?;
     let mut rejected = Vec::new();
@@ -210,10 +237,16 @@ pub(crate) fn compile_services<T>(
         let Some(input) = input::checked_service_input(svc, key.clone(), &slices, config) else {
             continue;
         };
-        match service::service_rules(input, &ctx) {
-            Ok(rules) => services.push(each(rules)),
-            Err(e) if strict => return Err(e),
-            Err(e) => rejected.push(e),
+        sink.begin();
+        match service::emit_service(input, &ctx, sink) {
+            Ok((key, count)) => services.push(each(sink, key, count)),
+            Err(e) => {
+                sink.abandon();
+                if strict {
+                    return Err(e);
+                }
+                rejected.push(e);
+            }
         }
     }
     rejected.sort_by(|a, b| a.service().cmp(&b.service()));

@@ -10,6 +10,8 @@ use super::endpoints::{Categorized, Selection, categorize};
 use super::input::{PortEndpoint, PortInput, ServiceInput};
 use super::{KUBE_MARK_MASQ, SharedChain};
 use crate::error::{CompileError, Problem};
+use smallvec::SmallVec;
+
 use crate::model::{Protocol, ServiceKey};
 use crate::ruleset::{
     AddrType, Address, Chain, ChainName, Match, NfacctCounter, Not, Probability, RecentAction,
@@ -45,37 +47,94 @@ pub struct PortFlows {
     pub endpoints: Vec<std::net::SocketAddr>,
 }
 
-/// Builds one service's rules.
-pub(crate) fn service_rules(
+/// Where a service's rules go as they are built, in order: typed
+/// ([`ServiceRules`]) or rendered on the spot (`text::TextSink`), so a full text
+/// compile never holds a service's typed rules.
+pub(crate) trait Sink {
+    /// A new service starts: whatever an abandoned one left is dropped.
+    fn begin(&mut self);
+    /// The service started last failed: drop what it wrote.
+    fn abandon(&mut self);
+    /// A rule appended to one of the shared chains.
+    fn shared(&mut self, which: SharedChain, rule: Rule);
+    /// The service's next own chain starts.
+    fn chain(&mut self, name: &ChainName);
+    /// A rule appended to the chain started last.
+    fn rule(&mut self, rule: Rule);
+    /// Where the ports' flows go, if the sink keeps them.
+    fn flows(&mut self) -> Option<&mut Vec<PortFlows>>;
+}
+
+impl ServiceRules {
+    /// No rules yet, for `key`.
+    pub(crate) fn empty(key: ServiceKey) -> Self {
+        ServiceRules {
+            key,
+            shared: Vec::new(),
+            chains: Vec::new(),
+            ports: Vec::new(),
+            endpoint_count: 0,
+        }
+    }
+}
+
+impl Sink for ServiceRules {
+    fn begin(&mut self) {
+        self.abandon();
+    }
+
+    fn abandon(&mut self) {
+        self.shared.clear();
+        self.chains.clear();
+        self.ports.clear();
+    }
+
+    fn shared(&mut self, which: SharedChain, rule: Rule) {
+        self.shared.push((which, rule));
+    }
+
+    fn chain(&mut self, name: &ChainName) {
+        self.chains.push(Chain::new(name.clone()));
+    }
+
+    fn rule(&mut self, rule: Rule) {
+        if let Some(chain) = self.chains.last_mut() {
+            chain.rules.push(rule);
+        }
+    }
+
+    fn flows(&mut self) -> Option<&mut Vec<PortFlows>> {
+        Some(&mut self.ports)
+    }
+}
+
+/// Writes one service's rules into `sink` (after [`Sink::begin`]); returns the
+/// service's key and its endpoint count (kube-proxy's cluster-size count). On an
+/// error the sink holds part of the service: the caller abandons it.
+pub(crate) fn emit_service<S: Sink>(
     mut input: ServiceInput<'_>,
     ctx: &Context,
-) -> Result<ServiceRules, CompileError> {
-    // The key moves to the rules (no copy): the builders never read it.
+    sink: &mut S,
+) -> Result<(ServiceKey, usize), CompileError> {
+    // The key moves out (no copy): the builders never read it.
     let key = std::mem::replace(&mut input.key, ServiceKey::new("", ""));
     let svc = &input;
-    let mut out = ServiceRules {
-        key,
-        shared: Vec::new(),
-        chains: Vec::new(),
-        ports: Vec::new(),
-        endpoint_count: svc.ports.iter().map(|p| p.endpoints.len()).sum(),
-    };
     for port in &svc.ports {
         PortBuilder {
             svc,
             port,
             ctx,
-            out: &mut out,
+            out: &mut *sink,
         }
         .build()
         .map_err(|problem| CompileError::Service {
-            service: out.key.clone(),
+            service: key.clone(),
             port: Some(port.port.name.clone()),
             field: "metadata.name".into(),
             problem,
         })?;
     }
-    Ok(out)
+    Ok((key, svc.ports.iter().map(|p| p.endpoints.len()).sum()))
 }
 
 fn addr(ip: IpAddr) -> Match {
@@ -106,14 +165,14 @@ struct Plan<'p, 'a> {
     uses_fw_chain: bool,
 }
 
-struct PortBuilder<'s, 'p, 'a> {
+struct PortBuilder<'s, 'p, 'a, S> {
     svc: &'s ServiceInput<'a>,
     port: &'p PortInput<'a>,
     ctx: &'s Context,
-    out: &'s mut ServiceRules,
+    out: &'s mut S,
 }
 
-impl<'p, 'a> PortBuilder<'_, 'p, 'a> {
+impl<'p, 'a, S: Sink> PortBuilder<'_, 'p, 'a, S> {
     fn proto(&self) -> Protocol {
         self.port.port.protocol
     }
@@ -134,7 +193,7 @@ impl<'p, 'a> PortBuilder<'_, 'p, 'a> {
     }
 
     fn shared(&mut self, chain: SharedChain, rule: Rule) {
-        self.out.shared.push((chain, rule));
+        self.out.shared(chain, rule);
     }
 
     /// `-m comment … -m P -p P -d IP --dport N`, the prefix of every capture rule.
@@ -206,14 +265,11 @@ impl<'p, 'a> PortBuilder<'_, 'p, 'a> {
         self.node_port(&plan, &external_filter)?;
         self.health_check()?;
         // Chains in kube-proxy's order: EXT, FW, SVC, SVL, then the endpoints.
-        let chains = &mut Vec::new();
-        std::mem::swap(chains, &mut self.out.chains);
-        chains.reserve(plan.eps.reachable.len() + 4);
         if plan.uses_ext_chain {
-            chains.push(self.ext_chain(&plan)?);
+            self.ext_chain(&plan)?;
         }
         if plan.uses_fw_chain {
-            chains.push(self.fw_chain()?);
+            self.fw_chain()?;
         }
         // The off-cluster masquerade rule opens the internal chain. has_internal
         // implies that chain has endpoints, so it is always written below.
@@ -228,30 +284,32 @@ impl<'p, 'a> PortBuilder<'_, 'p, 'a> {
             (plan.uses_local_chain, &chain_names.svl, &plan.eps.local),
         ] {
             if used {
-                let mut rules = Vec::with_capacity(1 + endpoints.len() * 2);
-                if *name == plan.internal_chain {
-                    rules.extend(masquerade.take());
+                self.out.chain(name);
+                if *name == plan.internal_chain
+                    && let Some(rule) = masquerade.take()
+                {
+                    self.out.rule(rule);
                 }
-                self.dispatch_rules(endpoints, &mut rules)?;
-                chains.push(Chain::with_rules(name.clone(), rules));
+                self.dispatch_rules(endpoints)?;
             }
         }
         for ep in &plan.eps.reachable {
-            chains.push(self.endpoint_chain(ep)?);
+            self.endpoint_chain(ep)?;
         }
-        let port = self.port.port.port;
-        let destinations = std::iter::once(self.svc.cluster_ip)
-            .chain(self.svc.external_ips.iter().copied())
-            .chain(self.svc.lb_vips.iter().copied())
-            .map(|ip| std::net::SocketAddr::new(ip, port))
-            .collect();
-        self.out.ports.push(PortFlows {
-            protocol: self.proto(),
-            destinations,
-            node_port: self.port.port.node_port,
-            endpoints: plan.eps.reachable.iter().map(|e| e.addr).collect(),
-        });
-        std::mem::swap(chains, &mut self.out.chains);
+        let (svc, port) = (self.svc, self.port);
+        if let Some(flows) = self.out.flows() {
+            let destinations = std::iter::once(svc.cluster_ip)
+                .chain(svc.external_ips.iter().copied())
+                .chain(svc.lb_vips.iter().copied())
+                .map(|ip| std::net::SocketAddr::new(ip, port.port.port))
+                .collect();
+            flows.push(PortFlows {
+                protocol: port.port.protocol,
+                destinations,
+                node_port: port.port.node_port,
+                endpoints: plan.eps.reachable.iter().map(|e| e.addr).collect(),
+            });
+        }
         Ok(())
     }
 
@@ -388,10 +446,10 @@ impl<'p, 'a> PortBuilder<'_, 'p, 'a> {
         ))
     }
 
-    fn ext_chain(&self, plan: &Plan<'_, '_>) -> Result<Chain, Problem> {
+    fn ext_chain(&mut self, plan: &Plan<'_, '_>) -> Result<(), Problem> {
         let chains = &self.port.chains;
         let spn = self.spn();
-        let mut rules = Vec::new();
+        let mut rules: SmallVec<[Rule; 4]> = SmallVec::new();
         if !self.svc.external_policy_local {
             rules.push(
                 Rule::new()
@@ -431,10 +489,14 @@ impl<'p, 'a> PortBuilder<'_, 'p, 'a> {
         if plan.has_external {
             rules.push(Rule::new().to(jump(&plan.external_policy_chain)));
         }
-        Ok(Chain::with_rules(chains.ext.clone(), rules))
+        self.out.chain(&chains.ext);
+        for rule in rules {
+            self.out.rule(rule);
+        }
+        Ok(())
     }
 
-    fn fw_chain(&self) -> Result<Chain, Problem> {
+    fn fw_chain(&mut self) -> Result<(), Problem> {
         let chains = &self.port.chains;
         let spn = self.spn();
         let comment = self.comment(format!("{spn} loadbalancer IP"))?;
@@ -460,20 +522,20 @@ impl<'p, 'a> PortBuilder<'_, 'p, 'a> {
         rules.push(Rule::new().with_opt(self.comment(format!(
             "other traffic to {spn} will be dropped by KUBE-PROXY-FIREWALL"
         ))?));
-        Ok(Chain::with_rules(chains.fw.clone(), rules))
+        self.out.chain(&chains.fw);
+        for rule in rules {
+            self.out.rule(rule);
+        }
+        Ok(())
     }
 
     /// The service chain's jumps to its endpoints: affinity checks first, then a
     /// random pick with probability 1/(remaining endpoints).
-    fn dispatch_rules(
-        &self,
-        endpoints: &[&PortEndpoint<'_>],
-        rules: &mut Vec<Rule>,
-    ) -> Result<(), Problem> {
-        let spn = self.spn();
+    fn dispatch_rules(&mut self, endpoints: &[&PortEndpoint<'_>]) -> Result<(), Problem> {
+        let spn = self.port.spn.as_str();
         if let Some(seconds) = self.svc.affinity_seconds {
             for ep in endpoints {
-                rules.push(
+                self.out.rule(
                     Rule::new()
                         .with_opt(
                             self.ctx
@@ -494,26 +556,21 @@ impl<'p, 'a> PortBuilder<'_, 'p, 'a> {
             } else {
                 None
             };
-            rules.push(Rule::new());
-            let rule = rules.last_mut().expect("just pushed");
+            let mut rule = Rule::new();
             rule.matches.extend(
                 self.ctx
                     .endpoint_comment(|| format!("{spn} -> {}", ep.text))?,
             );
             rule.matches.extend(statistic);
             rule.target = Some(jump(&ep.chain));
+            self.out.rule(rule);
         }
         Ok(())
     }
 
-    fn endpoint_chain(&self, ep: &PortEndpoint<'_>) -> Result<Chain, Problem> {
+    fn endpoint_chain(&mut self, ep: &PortEndpoint<'_>) -> Result<(), Problem> {
         let comment = self.ctx.endpoint_comment(|| self.spn().to_owned())?;
-        // Built in place: a rule is a few hundred bytes, and a large cluster has
-        // hundreds of thousands of these.
-        let mut rules = vec![Rule::new(), Rule::new()];
-        let [hairpin, dnat] = &mut rules[..] else {
-            unreachable!("two rules")
-        };
+        let (mut hairpin, mut dnat) = (Rule::new(), Rule::new());
         hairpin.matches.extend(comment.clone());
         hairpin
             .matches
@@ -528,6 +585,9 @@ impl<'p, 'a> PortBuilder<'_, 'p, 'a> {
         }
         dnat.matches.push(Match::Protocol(self.proto()));
         dnat.target = Some(Target::Dnat(ep.addr));
-        Ok(Chain::with_rules(ep.chain.clone(), rules))
+        self.out.chain(&ep.chain);
+        self.out.rule(hairpin);
+        self.out.rule(dnat);
+        Ok(())
     }
 }

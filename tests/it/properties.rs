@@ -303,6 +303,8 @@ proptest! {
         let text = svcnat::compile::compile_text(&state, &config).unwrap();
         let typed = svcnat::render::to_string(&compile(&state, &config).unwrap());
         prop_assert_eq!(text.len(), typed.len());
+        prop_assert_eq!(text.chain_count(), compile(&state, &config).unwrap().tables.iter().map(|t| t.chains.len()).sum::<usize>());
+        prop_assert_eq!(&text.to_string(), &typed);
         prop_assert_eq!(String::from_utf8(text.to_bytes()).unwrap(), typed);
     }
 }
