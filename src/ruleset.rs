@@ -1019,8 +1019,15 @@ impl Rule {
 
     /// Adds a match if it is `Some`.
     pub fn with_opt(mut self, m: Option<Match>) -> Self {
-        self.matches.extend(m);
+        self.push_opt(m);
         self
+    }
+
+    /// Adds a match in place if it is `Some`.
+    pub(crate) fn push_opt(&mut self, m: Option<Match>) {
+        if let Some(m) = m {
+            self.matches.push(m);
+        }
     }
 
     /// Sets the target.

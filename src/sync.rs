@@ -673,7 +673,7 @@ impl<E: Executor> Syncer<E> {
             &self.config,
             false,
             &mut self.sink,
-            |sink, key, count| sink.take_service(key, count),
+            |sink, key, count| sink.take_service(key.clone(), count),
         )?;
         let services: BTreeMap<ServiceKey, ServiceText> =
             services.into_iter().map(|s| (s.key.clone(), s)).collect();

@@ -145,24 +145,20 @@ impl Context {
         self
     }
 
-    /// A comment match, or nothing when comments are off.
-    pub fn comment(&self, text: String) -> Result<Option<Match>, Problem> {
+    /// A comment match of `parts` joined, or nothing when comments are off.
+    pub fn comment(&self, parts: &[&str]) -> Result<Option<Match>, Problem> {
         if !self.comments {
             return Ok(None);
         }
-        Ok(Some(Match::Comment(Comment::new(text)?)))
+        Ok(Some(Match::Comment(Comment::from_parts(parts)?)))
     }
 
-    /// A comment match for a per-endpoint rule (dropped in large clusters); `text`
-    /// is only called when the comment is written.
-    pub fn endpoint_comment(
-        &self,
-        text: impl FnOnce() -> String,
-    ) -> Result<Option<Match>, Problem> {
+    /// A comment match for a per-endpoint rule (dropped in large clusters).
+    pub fn endpoint_comment(&self, parts: &[&str]) -> Result<Option<Match>, Problem> {
         if !self.endpoint_comments {
             return Ok(None);
         }
-        self.comment(text())
+        self.comment(parts)
     }
 }
 

@@ -6,11 +6,11 @@ use std::net::{IpAddr, SocketAddr};
 use arrayvec::ArrayString;
 use ipnet::IpNet;
 
-use super::naming::{PortChains, endpoint_chain, endpoint_text, service_port_name};
+use super::naming::{PortChains, endpoint_chain, endpoint_text, spn_of};
 use crate::error::{CompileError, Problem};
 use crate::model::{
-    Endpoint, EndpointSlice, IpFamily, IpMode, ProxyConfig, Service, ServiceKey, ServicePort,
-    ServiceType, SessionAffinity, TrafficPolicy,
+    Endpoint, EndpointSlice, IpFamily, IpMode, ProxyConfig, Service, ServicePort, ServiceType,
+    SessionAffinity, TrafficPolicy,
 };
 use crate::ruleset::ChainName;
 
@@ -38,7 +38,6 @@ pub(crate) struct PortInput<'a> {
 /// A validated service, reduced to the proxy's family.
 #[derive(Debug, Clone)]
 pub(crate) struct ServiceInput<'a> {
-    pub key: ServiceKey,
     pub cluster_ip: IpAddr,
     pub external_ips: Vec<IpAddr>,
     pub lb_vips: Vec<IpAddr>,
@@ -78,14 +77,15 @@ pub(crate) fn is_dns1123_subdomain(s: &str) -> bool {
     !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns1123_label)
 }
 
-struct ServiceErr<'k> {
-    key: &'k ServiceKey,
+/// Makes the errors of one service; its key is only built for an error.
+struct ServiceErr<'s> {
+    svc: &'s Service,
 }
 
 impl ServiceErr<'_> {
     fn at(&self, port: Option<&str>, field: impl Into<String>, problem: Problem) -> CompileError {
         CompileError::Service {
-            service: self.key.clone(),
+            service: self.svc.key(),
             port: port.map(str::to_owned),
             field: field.into(),
             problem,
@@ -102,22 +102,23 @@ fn slice_err(slice: &EndpointSlice, field: impl Into<String>, problem: Problem) 
     }
 }
 
+/// Checks a port number; `field` names it, and is only called for an error.
 fn check_port_number(
     e: &ServiceErr<'_>,
     port_name: Option<&str>,
-    field: String,
+    field: impl FnOnce() -> String,
     value: u16,
     range: Option<&std::ops::RangeInclusive<u16>>,
 ) -> Result<(), CompileError> {
     if value == 0 {
-        return Err(e.at(port_name, field, Problem::PortZero));
+        return Err(e.at(port_name, field(), Problem::PortZero));
     }
     if let Some(range) = range
         && !range.contains(&value)
     {
         return Err(e.at(
             port_name,
-            field,
+            field(),
             Problem::NodePortOutOfRange {
                 port: value,
                 low: *range.start(),
@@ -130,8 +131,7 @@ fn check_port_number(
 
 /// Checks everything about a service that does not depend on the proxy's family.
 pub(crate) fn validate_service(svc: &Service, config: &ProxyConfig) -> Result<(), CompileError> {
-    let key = svc.key();
-    let e = ServiceErr { key: &key };
+    let e = ServiceErr { svc };
     if !is_dns1123_label(&svc.namespace) {
         return Err(e.at(
             None,
@@ -187,7 +187,7 @@ pub(crate) fn validate_service(svc: &Service, config: &ProxyConfig) -> Result<()
         check_port_number(
             &e,
             Some(name),
-            format!("spec.ports[{i}].port"),
+            || format!("spec.ports[{i}].port"),
             p.port,
             None,
         )?;
@@ -204,7 +204,7 @@ pub(crate) fn validate_service(svc: &Service, config: &ProxyConfig) -> Result<()
             check_port_number(
                 &e,
                 Some(name),
-                format!("spec.ports[{i}].nodePort"),
+                || format!("spec.ports[{i}].nodePort"),
                 np,
                 range,
             )?;
@@ -232,7 +232,7 @@ pub(crate) fn validate_service(svc: &Service, config: &ProxyConfig) -> Result<()
         }
     }
     if let Some(hc) = svc.health_check_node_port {
-        check_port_number(&e, None, "spec.healthCheckNodePort".into(), hc, range)?;
+        check_port_number(&e, None, || "spec.healthCheckNodePort".into(), hc, range)?;
     }
     if let SessionAffinity::ClientIP { timeout_seconds } = svc.session_affinity
         && !(1..=86400).contains(&timeout_seconds)
@@ -327,7 +327,7 @@ pub(crate) fn service_input<'a>(
     warnings: &mut Vec<CompileError>,
 ) -> Result<Option<ServiceInput<'a>>, CompileError> {
     check_service(svc, slices, config, strict, warnings)?;
-    Ok(checked_service_input(svc, svc.key(), slices, config))
+    Ok(checked_service_input(svc, slices, config))
 }
 
 /// The validation half of [`service_input`].
@@ -410,7 +410,6 @@ pub(crate) fn endpoint_count(
 /// The building half of [`service_input`], for a service [`check_service`] passed.
 pub(crate) fn checked_service_input<'a>(
     svc: &'a Service,
-    key: ServiceKey,
     slices: &[&'a EndpointSlice],
     config: &ProxyConfig,
 ) -> Option<ServiceInput<'a>> {
@@ -424,7 +423,7 @@ pub(crate) fn checked_service_input<'a>(
         .ports
         .iter()
         .map(|port| {
-            let spn = service_port_name(&key, &port.name);
+            let spn = spn_of(&svc.namespace, &svc.name, &port.name);
             let chains = PortChains::new(&spn, port.protocol);
             let endpoints = port_endpoints(&spn, port, slices, family, node_name);
             PortInput {
@@ -465,7 +464,6 @@ pub(crate) fn checked_service_input<'a>(
         internal_policy_local: svc.internal_traffic_policy == TrafficPolicy::Local,
         health_check_node_port: svc.health_check_node_port.filter(|_| needs_health_check),
         ports,
-        key,
     })
 }
 

@@ -170,8 +170,8 @@ pub(crate) fn compile_one<S: Sink>(
         return Ok(None);
     };
     sink.begin();
-    match service::emit_service(input, ctx, sink) {
-        Ok((_, count)) => Ok(Some(count)),
+    match service::emit_service(key, input, ctx, sink) {
+        Ok(count) => Ok(Some(count)),
         Err(e) => {
             sink.abandon();
             Err(e)
@@ -188,7 +188,7 @@ fn compile_typed(
     let mut sink = ServiceRules::empty(ServiceKey::new("", ""));
     compile_services(state, config, strict, &mut sink, |rules, key, count| {
         let mut done = std::mem::replace(rules, ServiceRules::empty(ServiceKey::new("", "")));
-        done.key = key;
+        done.key = key.clone();
         done.endpoint_count = count;
         done
     })
@@ -209,7 +209,7 @@ pub(crate) fn compile_services<S: Sink, T>(
     config: &ProxyConfig,
     strict: bool,
     sink: &mut S,
-    mut each: impl FnMut(&mut S, ServiceKey, usize) -> T,
+    mut each: impl FnMut(&mut S, &ServiceKey, usize) -> T,
 ) -> Result<Compiled<T>, CompileError> {
     let ctx = Context::new(config)?;
     let mut rejected = Vec::new();
@@ -234,12 +234,12 @@ pub(crate) fn compile_services<S: Sink, T>(
     // service's typed rules are alive at once.
     let mut services = Vec::with_capacity(valid.len());
     for (svc, key, slices) in valid {
-        let Some(input) = input::checked_service_input(svc, key.clone(), &slices, config) else {
+        let Some(input) = input::checked_service_input(svc, &slices, config) else {
             continue;
         };
         sink.begin();
-        match service::emit_service(input, &ctx, sink) {
-            Ok((key, count)) => services.push(each(sink, key, count)),
+        match service::emit_service(key, input, &ctx, sink) {
+            Ok(count) => services.push(each(sink, key, count)),
             Err(e) => {
                 sink.abandon();
                 if strict {

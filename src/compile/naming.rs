@@ -17,11 +17,21 @@ use crate::ruleset::ChainName;
 
 /// kube-proxy's `ServicePortName.String()`: `ns/name:port`, or `ns/name` when unnamed.
 pub fn service_port_name(service: &ServiceKey, port_name: &str) -> String {
-    if port_name.is_empty() {
-        service.to_string()
-    } else {
-        format!("{service}:{port_name}")
-    }
+    spn_of(&service.namespace, &service.name, port_name)
+}
+
+/// [`service_port_name`] from the key's parts.
+pub(crate) fn spn_of(namespace: &str, name: &str, port_name: &str) -> String {
+    let parts = [
+        namespace,
+        "/",
+        name,
+        if port_name.is_empty() { "" } else { ":" },
+        port_name,
+    ];
+    let mut spn = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+    parts.iter().for_each(|p| spn.push_str(p));
+    spn
 }
 
 /// The first 16 base32 characters of SHA-256 over `parts`: the first 10 bytes of

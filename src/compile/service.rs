@@ -108,16 +108,15 @@ impl Sink for ServiceRules {
     }
 }
 
-/// Writes one service's rules into `sink` (after [`Sink::begin`]); returns the
-/// service's key and its endpoint count (kube-proxy's cluster-size count). On an
-/// error the sink holds part of the service: the caller abandons it.
+/// Writes the rules of service `key` into `sink` (after [`Sink::begin`]); returns
+/// its endpoint count (kube-proxy's cluster-size count). On an error the sink
+/// holds part of the service: the caller abandons it.
 pub(crate) fn emit_service<S: Sink>(
-    mut input: ServiceInput<'_>,
+    key: &ServiceKey,
+    input: ServiceInput<'_>,
     ctx: &Context,
     sink: &mut S,
-) -> Result<(ServiceKey, usize), CompileError> {
-    // The key moves out (no copy): the builders never read it.
-    let key = std::mem::replace(&mut input.key, ServiceKey::new("", ""));
+) -> Result<usize, CompileError> {
     let svc = &input;
     for port in &svc.ports {
         PortBuilder {
@@ -134,7 +133,7 @@ pub(crate) fn emit_service<S: Sink>(
             problem,
         })?;
     }
-    Ok((key, svc.ports.iter().map(|p| p.endpoints.len()).sum()))
+    Ok(svc.ports.iter().map(|p| p.endpoints.len()).sum())
 }
 
 fn addr(ip: IpAddr) -> Match {
@@ -181,15 +180,15 @@ impl<'p, 'a, S: Sink> PortBuilder<'_, 'p, 'a, S> {
         &self.port.spn
     }
 
-    fn comment(&self, text: String) -> Result<Option<Match>, Problem> {
-        self.ctx.comment(text)
+    fn comment(&self, parts: &[&str]) -> Result<Option<Match>, Problem> {
+        self.ctx.comment(parts)
     }
 
     fn filter_comment(&self, filter: &Filter) -> Result<Option<Match>, Problem> {
         if !self.ctx.comments {
             return Ok(None);
         }
-        self.comment(format!("{} {}", self.spn(), filter.why))
+        self.comment(&[self.spn(), " ", filter.why])
     }
 
     fn shared(&mut self, chain: SharedChain, rule: Rule) {
@@ -316,7 +315,7 @@ impl<'p, 'a, S: Sink> PortBuilder<'_, 'p, 'a, S> {
     fn cluster_ip(&mut self, plan: &Plan<'_, '_>, filter: Filter) -> Result<(), Problem> {
         let (ip, port) = (self.svc.cluster_ip, self.port.port.port);
         if plan.has_internal {
-            let c = self.comment(format!("{} cluster IP", self.spn()))?;
+            let c = self.comment(&[self.spn(), " cluster IP"])?;
             let rule = self.capture(c, ip, port).to(jump(&plan.internal_chain));
             self.shared(SharedChain::NatServices, rule);
         } else {
@@ -331,7 +330,7 @@ impl<'p, 'a, S: Sink> PortBuilder<'_, 'p, 'a, S> {
         let port = self.port.port.port;
         for &ip in &self.svc.external_ips {
             if plan.eps.has_any {
-                let c = self.comment(format!("{} external IP", self.spn()))?;
+                let c = self.comment(&[self.spn(), " external IP"])?;
                 let rule = self.capture(c, ip, port).to(jump(&self.port.chains.ext));
                 self.shared(SharedChain::NatServices, rule);
             }
@@ -354,16 +353,13 @@ impl<'p, 'a, S: Sink> PortBuilder<'_, 'p, 'a, S> {
         };
         for &ip in &self.svc.lb_vips {
             if plan.eps.has_any {
-                let c = self.comment(format!("{} loadbalancer IP", self.spn()))?;
+                let c = self.comment(&[self.spn(), " loadbalancer IP"])?;
                 let rule = self.capture(c, ip, port).to(jump(target));
                 self.shared(SharedChain::NatServices, rule);
             }
             if plan.uses_fw_chain {
-                let c = self.comment(format!(
-                    "{} traffic not accepted by {}",
-                    self.spn(),
-                    chains.fw
-                ))?;
+                let c =
+                    self.comment(&[self.spn(), " traffic not accepted by ", chains.fw.as_str()])?;
                 let rule = self.capture(c, ip, port).to(Target::Drop);
                 self.shared(SharedChain::FilterProxyFirewall, rule);
             }
@@ -387,7 +383,7 @@ impl<'p, 'a, S: Sink> PortBuilder<'_, 'p, 'a, S> {
         if plan.eps.has_any {
             if self.ctx.localhost_nodeports && self.ctx.nfacct {
                 let rule = Rule::new()
-                    .with_opt(self.comment(self.spn().to_owned())?)
+                    .with_opt(self.comment(&[self.spn()])?)
                     .with(Match::Protocol(proto))
                     .with(Match::Destination(Not::is(Address::Net(
                         "127.0.0.0/8".parse().expect("valid CIDR"),
@@ -398,7 +394,7 @@ impl<'p, 'a, S: Sink> PortBuilder<'_, 'p, 'a, S> {
                 self.shared(SharedChain::NatNodePorts, rule);
             }
             let rule = Rule::new()
-                .with_opt(self.comment(self.spn().to_owned())?)
+                .with_opt(self.comment(&[self.spn()])?)
                 .with(Match::Protocol(proto))
                 .with(Match::DestinationPort(node_port))
                 .to(jump(ext));
@@ -419,7 +415,7 @@ impl<'p, 'a, S: Sink> PortBuilder<'_, 'p, 'a, S> {
     fn health_check(&mut self) -> Result<(), Problem> {
         if let Some(hc) = self.svc.health_check_node_port {
             let rule = Rule::new()
-                .with_opt(self.comment(format!("{} health check node port", self.spn()))?)
+                .with_opt(self.comment(&[self.spn(), " health check node port"])?)
                 .with(Match::Protocol(Protocol::Tcp))
                 .with(Match::DestinationPort(hc))
                 .to(Target::Accept);
@@ -438,7 +434,7 @@ impl<'p, 'a, S: Sink> PortBuilder<'_, 'p, 'a, S> {
         } else {
             return Ok(None);
         };
-        let c = self.comment(format!("{} cluster IP", self.spn()))?;
+        let c = self.comment(&[self.spn(), " cluster IP"])?;
         Ok(Some(
             self.capture(c, self.svc.cluster_ip, self.port.port.port)
                 .with_opt(detect)
@@ -453,35 +449,43 @@ impl<'p, 'a, S: Sink> PortBuilder<'_, 'p, 'a, S> {
         if !self.svc.external_policy_local {
             rules.push(
                 Rule::new()
-                    .with_opt(self.comment(format!(
-                        "masquerade traffic for {spn} external destinations"
-                    ))?)
+                    .with_opt(self.comment(&[
+                        "masquerade traffic for ",
+                        spn,
+                        " external destinations",
+                    ])?)
                     .to(jump(&KUBE_MARK_MASQ)),
             );
         } else {
             if let Some(if_local) = &self.ctx.if_local {
                 rules.push(
                     Rule::new()
-                        .with_opt(
-                            self.comment(format!("pod traffic for {spn} external destinations"))?,
-                        )
+                        .with_opt(self.comment(&[
+                            "pod traffic for ",
+                            spn,
+                            " external destinations",
+                        ])?)
                         .with(if_local.clone())
                         .to(jump(&chains.svc)),
                 );
             }
             rules.push(
                 Rule::new()
-                    .with_opt(self.comment(format!(
-                        "masquerade LOCAL traffic for {spn} external destinations"
-                    ))?)
+                    .with_opt(self.comment(&[
+                        "masquerade LOCAL traffic for ",
+                        spn,
+                        " external destinations",
+                    ])?)
                     .with(Match::SrcType(AddrType::Local))
                     .to(jump(&KUBE_MARK_MASQ)),
             );
             rules.push(
                 Rule::new()
-                    .with_opt(self.comment(format!(
-                        "route LOCAL traffic for {spn} external destinations"
-                    ))?)
+                    .with_opt(self.comment(&[
+                        "route LOCAL traffic for ",
+                        spn,
+                        " external destinations",
+                    ])?)
                     .with(Match::SrcType(AddrType::Local))
                     .to(jump(&chains.svc)),
             );
@@ -499,7 +503,7 @@ impl<'p, 'a, S: Sink> PortBuilder<'_, 'p, 'a, S> {
     fn fw_chain(&mut self) -> Result<(), Problem> {
         let chains = &self.port.chains;
         let spn = self.spn();
-        let comment = self.comment(format!("{spn} loadbalancer IP"))?;
+        let comment = self.comment(&[spn, " loadbalancer IP"])?;
         let from = |source: Address| {
             Rule::new()
                 .with_opt(comment.clone())
@@ -519,9 +523,11 @@ impl<'p, 'a, S: Sink> PortBuilder<'_, 'p, 'a, S> {
         if allow_from_node {
             rules.extend(self.svc.lb_vips.iter().map(|ip| from(Address::Ip(*ip))));
         }
-        rules.push(Rule::new().with_opt(self.comment(format!(
-            "other traffic to {spn} will be dropped by KUBE-PROXY-FIREWALL"
-        ))?));
+        rules.push(Rule::new().with_opt(self.comment(&[
+            "other traffic to ",
+            spn,
+            " will be dropped by KUBE-PROXY-FIREWALL",
+        ])?));
         self.out.chain(&chains.fw);
         for rule in rules {
             self.out.rule(rule);
@@ -537,10 +543,7 @@ impl<'p, 'a, S: Sink> PortBuilder<'_, 'p, 'a, S> {
             for ep in endpoints {
                 self.out.rule(
                     Rule::new()
-                        .with_opt(
-                            self.ctx
-                                .endpoint_comment(|| format!("{spn} -> {}", ep.text))?,
-                        )
+                        .with_opt(self.ctx.endpoint_comment(&[spn, " -> ", &ep.text])?)
                         .with(Match::Recent {
                             name: ep.chain.clone(),
                             action: RecentAction::Check { seconds },
@@ -557,11 +560,8 @@ impl<'p, 'a, S: Sink> PortBuilder<'_, 'p, 'a, S> {
                 None
             };
             let mut rule = Rule::new();
-            rule.matches.extend(
-                self.ctx
-                    .endpoint_comment(|| format!("{spn} -> {}", ep.text))?,
-            );
-            rule.matches.extend(statistic);
+            rule.push_opt(self.ctx.endpoint_comment(&[spn, " -> ", &ep.text])?);
+            rule.push_opt(statistic);
             rule.target = Some(jump(&ep.chain));
             self.out.rule(rule);
         }
@@ -569,14 +569,14 @@ impl<'p, 'a, S: Sink> PortBuilder<'_, 'p, 'a, S> {
     }
 
     fn endpoint_chain(&mut self, ep: &PortEndpoint<'_>) -> Result<(), Problem> {
-        let comment = self.ctx.endpoint_comment(|| self.spn().to_owned())?;
+        let comment = self.ctx.endpoint_comment(&[self.spn()])?;
         let (mut hairpin, mut dnat) = (Rule::new(), Rule::new());
-        hairpin.matches.extend(comment.clone());
+        hairpin.push_opt(comment.clone());
         hairpin
             .matches
             .push(Match::Source(Not::is(Address::Ip(ep.addr.ip()))));
         hairpin.target = Some(jump(&KUBE_MARK_MASQ));
-        dnat.matches.extend(comment);
+        dnat.push_opt(comment);
         if self.svc.affinity_seconds.is_some() {
             dnat.matches.push(Match::Recent {
                 name: ep.chain.clone(),

@@ -235,11 +235,13 @@ impl Sink for TextSink {
         }
     }
 
+    #[inline]
     fn shared(&mut self, which: SharedChain, rule: Rule) {
         // Writing into a String cannot fail.
         let _ = render::write_rule(&which.chain(), &rule, &mut self.shared[which as usize]);
     }
 
+    #[inline]
     fn chain(&mut self, name: &ChainName) {
         match &mut self.chains {
             Chains::Listed(listed) => listed.push((name.clone(), self.own.len())),
@@ -251,6 +253,7 @@ impl Sink for TextSink {
         self.current = name.clone();
     }
 
+    #[inline]
     fn rule(&mut self, rule: Rule) {
         if self.chunk != 0 && self.own.capacity() - self.own.len() < LINE_ROOM {
             let next = self
