@@ -57,8 +57,8 @@ pub(crate) trait Sink {
     fn abandon(&mut self);
     /// A rule appended to one of the shared chains.
     fn shared(&mut self, which: SharedChain, rule: Rule);
-    /// The service's next own chain starts.
-    fn chain(&mut self, name: &ChainName);
+    /// The service's next own chain starts; it will have `rules` rules.
+    fn chain(&mut self, name: &ChainName, rules: usize);
     /// A rule appended to the chain started last.
     fn rule(&mut self, rule: Rule);
     /// Where the ports' flows go, if the sink keeps them.
@@ -93,8 +93,9 @@ impl Sink for ServiceRules {
         self.shared.push((which, rule));
     }
 
-    fn chain(&mut self, name: &ChainName) {
-        self.chains.push(Chain::new(name.clone()));
+    fn chain(&mut self, name: &ChainName, rules: usize) {
+        self.chains
+            .push(Chain::with_rules(name.clone(), Vec::with_capacity(rules)));
     }
 
     fn rule(&mut self, rule: Rule) {
@@ -283,7 +284,8 @@ impl<'p, 'a, S: Sink> PortBuilder<'_, 'p, 'a, S> {
             (plan.uses_local_chain, &chain_names.svl, &plan.eps.local),
         ] {
             if used {
-                self.out.chain(name);
+                let affinity = usize::from(self.svc.affinity_seconds.is_some());
+                self.out.chain(name, 1 + endpoints.len() * (1 + affinity));
                 if *name == plan.internal_chain
                     && let Some(rule) = masquerade.take()
                 {
@@ -493,7 +495,7 @@ impl<'p, 'a, S: Sink> PortBuilder<'_, 'p, 'a, S> {
         if plan.has_external {
             rules.push(Rule::new().to(jump(&plan.external_policy_chain)));
         }
-        self.out.chain(&chains.ext);
+        self.out.chain(&chains.ext, rules.len());
         for rule in rules {
             self.out.rule(rule);
         }
@@ -528,7 +530,7 @@ impl<'p, 'a, S: Sink> PortBuilder<'_, 'p, 'a, S> {
             spn,
             " will be dropped by KUBE-PROXY-FIREWALL",
         ])?));
-        self.out.chain(&chains.fw);
+        self.out.chain(&chains.fw, rules.len());
         for rule in rules {
             self.out.rule(rule);
         }
@@ -585,7 +587,7 @@ impl<'p, 'a, S: Sink> PortBuilder<'_, 'p, 'a, S> {
         }
         dnat.matches.push(Match::Protocol(self.proto()));
         dnat.target = Some(Target::Dnat(ep.addr));
-        self.out.chain(&ep.chain);
+        self.out.chain(&ep.chain, 2);
         self.out.rule(hairpin);
         self.out.rule(dnat);
         Ok(())

@@ -242,7 +242,7 @@ impl Sink for TextSink {
     }
 
     #[inline]
-    fn chain(&mut self, name: &ChainName) {
+    fn chain(&mut self, name: &ChainName, _rules: usize) {
         match &mut self.chains {
             Chains::Listed(listed) => listed.push((name.clone(), self.own.len())),
             Chains::Declared { text, count } => {
@@ -675,7 +675,7 @@ mod tests {
             SharedChain::NatServices,
             Rule::new().to(Target::Jump(name.clone())),
         );
-        sink.chain(&name);
+        sink.chain(&name, 1);
         sink.rule(Rule::new().to(Target::Accept));
     }
 
@@ -697,7 +697,7 @@ mod tests {
         let mut sink = TextSink::per_service(false);
         write_service(&mut sink, "KUBE-SVC-A");
         let name = ChainName::new("KUBE-SEP-A").unwrap();
-        sink.chain(&name);
+        sink.chain(&name, 1);
         sink.rule(Rule::new().to(Target::Drop));
         let text = sink.take_service(crate::model::ServiceKey::new("ns", "a"), 1);
         let chains: Vec<_> = text.chains().map(|(n, t)| (n.as_str(), t)).collect();
