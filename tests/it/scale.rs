@@ -36,6 +36,8 @@ fn prints_one_json_object_with_the_agreed_keys() {
     assert_eq!(v["endpoints"], 3);
     // The ratio is what it says, and a one-endpoint change is a small payload.
     assert!((n("ratio") - n("full_ns") / n("floor_ns")).abs() < 1e-6 * n("ratio"));
+    assert!(n("reuse_ns") > 0.0);
+    assert!((n("reuse_ratio") - n("reuse_ns") / n("floor_ns")).abs() < 1e-6 * n("reuse_ratio"));
     assert!(n("partial_one_bytes") < n("full_bytes") / 10.0);
     // The bytes are those of the library's own full text for the same cluster.
     let state = svcnat::synthetic::Spec::new(40, 3).build();
