@@ -1,6 +1,6 @@
 //! Model + config -> typed [`Ruleset`], as kube-proxy's iptables mode writes it.
 //!
-//! Pure and deterministic: services are visited in [`ServiceKey`](crate::model::ServiceKey) order, ports in
+//! Pure and deterministic: services are visited in [`ServiceKey`] order, ports in
 //! their declared order, endpoints sorted by their `ip:port` string, so the same
 //! state gives the same ruleset whatever order it was built in.
 //!
