@@ -157,7 +157,7 @@ pub fn compile_lenient(
 /// (headless, other family), else its endpoint count.
 pub(crate) fn compile_one<S: Sink>(
     state: &ClusterState,
-    key: &crate::model::ServiceKey,
+    key: &ServiceKey,
     config: &ProxyConfig,
     ctx: &Context,
     sink: &mut S,

@@ -4,14 +4,13 @@
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use super::context::Context;
 use super::endpoints::{Categorized, Selection, categorize};
 use super::input::{PortEndpoint, PortInput, ServiceInput};
 use super::{KUBE_MARK_MASQ, SharedChain};
 use crate::error::{CompileError, Problem};
-use smallvec::SmallVec;
-
 use crate::model::{Protocol, ServiceKey};
 use crate::ruleset::{
     AddrType, Address, Chain, ChainName, Match, NfacctCounter, Not, Probability, RecentAction,
@@ -99,6 +98,7 @@ impl Sink for ServiceRules {
     }
 
     fn rule(&mut self, rule: Rule) {
+        debug_assert!(!self.chains.is_empty(), "a rule before any chain");
         if let Some(chain) = self.chains.last_mut() {
             chain.rules.push(rule);
         }

@@ -654,3 +654,27 @@ fn the_review_rules_round_trip_through_the_kernel() {
         assert_eq!(parse(&second).unwrap(), parsed, "{backend}");
     }
 }
+
+// A comment joined from parts is validated as a whole, inline or on the heap, and
+// equals the same text made in one piece.
+#[test]
+fn comments_from_parts_are_checked_whole() {
+    use svcnat::ruleset::Comment;
+    let short = Comment::from_parts(&["ns1/svc1:p80", " -> ", "10.0.0.1:80"]).unwrap();
+    assert_eq!(short, Comment::new("ns1/svc1:p80 -> 10.0.0.1:80").unwrap());
+    let long_text = format!("{} -> 10.0.0.1:80", "a".repeat(100));
+    let long = Comment::from_parts(&[&"a".repeat(100), " -> 10.0.0.1:80"]).unwrap();
+    assert_eq!(long.as_str(), long_text);
+    assert_eq!(long, Comment::new(long_text).unwrap());
+    assert!(Comment::from_parts(&["x", "\" -j ACCEPT"]).is_err());
+    assert!(Comment::from_parts(&["-", "x"]).is_err());
+    assert!(Comment::from_parts(&[&"a".repeat(200), &"b".repeat(56)]).is_err());
+    assert!(Comment::from_parts(&["", ""]).is_err());
+    // Serde and Debug see the text, however it is stored.
+    assert_eq!(
+        format!("{short:?}"),
+        "Comment(\"ns1/svc1:p80 -> 10.0.0.1:80\")"
+    );
+    let json = serde_json::to_string(&long).unwrap();
+    assert_eq!(serde_json::from_str::<Comment>(&json).unwrap(), long);
+}
