@@ -9,7 +9,6 @@
 use std::net::SocketAddr;
 
 use arrayvec::ArrayString;
-use data_encoding::BASE32;
 use sha2::{Digest, Sha256};
 
 use crate::model::{Protocol, ServiceKey};
@@ -36,15 +35,71 @@ pub(crate) fn spn_of(namespace: &str, name: &str, port_name: &str) -> String {
 
 /// The first 16 base32 characters of SHA-256 over `parts`: the first 10 bytes of
 /// the digest encode to exactly 16 characters.
+///
+/// Every chain name of a cluster is hashed, so this is on the compiler's hottest
+/// path. A message that fits in [`SHORT_BLOCKS`] blocks (every name a valid
+/// service can produce) is padded on the stack and compressed directly, without
+/// the streaming hasher's buffering; longer ones take [`Sha256`]. A unit test
+/// holds both ways to the same digest.
 fn hash16(parts: &[&str]) -> [u8; 16] {
-    let mut hasher = Sha256::new();
-    for p in parts {
-        hasher.update(p.as_bytes());
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let mut head = [0u8; 10];
+    if len + 9 <= SHORT_BLOCKS * 64 {
+        let mut blocks = [[0u8; 64]; SHORT_BLOCKS];
+        let used = (len + 9).div_ceil(64);
+        let bytes = blocks.as_flattened_mut();
+        let mut at = 0;
+        for p in parts {
+            bytes[at..at + p.len()].copy_from_slice(p.as_bytes());
+            at += p.len();
+        }
+        // FIPS 180-4 padding: one 1 bit, zeros, the message length in bits.
+        bytes[at] = 0x80;
+        let bits = (len as u64) * 8;
+        bytes[used * 64 - 8..used * 64].copy_from_slice(&bits.to_be_bytes());
+        let mut state = SHA256_IV;
+        sha2::block_api::compress256(&mut state, &blocks[..used]);
+        for (chunk, word) in head.chunks_mut(4).zip(state) {
+            chunk.copy_from_slice(&word.to_be_bytes()[..chunk.len()]);
+        }
+    } else {
+        let mut hasher = Sha256::new();
+        for p in parts {
+            hasher.update(p.as_bytes());
+        }
+        head.copy_from_slice(&hasher.finalize()[..10]);
     }
-    let digest = hasher.finalize();
-    let mut encoded = [0u8; 16];
-    BASE32.encode_mut(&digest[..10], &mut encoded);
-    encoded
+    base32_16(&head)
+}
+
+/// Messages of up to this many 64-byte blocks are hashed on the stack: four
+/// blocks hold 247 bytes, more than the longest namespace, name, port name,
+/// protocol and `[IPv6]:port` together.
+const SHORT_BLOCKS: usize = 4;
+
+/// SHA-256's initial hash value (FIPS 180-4, 5.3.3).
+const SHA256_IV: [u32; 8] = [
+    0x6a09_e667,
+    0xbb67_ae85,
+    0x3c6e_f372,
+    0xa54f_f53a,
+    0x510e_527f,
+    0x9b05_688c,
+    0x1f83_d9ab,
+    0x5be0_cd19,
+];
+
+/// RFC 4648 base32 of 10 bytes: exactly 16 characters, no padding.
+fn base32_16(bytes: &[u8; 10]) -> [u8; 16] {
+    const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let mut wide = [0u8; 16];
+    wide[6..].copy_from_slice(bytes);
+    let value = u128::from_be_bytes(wide);
+    let mut out = [0u8; 16];
+    for (i, c) in out.iter_mut().enumerate() {
+        *c = ALPHABET[((value >> (75 - 5 * i)) & 31) as usize];
+    }
+    out
 }
 
 fn chain(prefix: &str, hash: &[u8; 16]) -> ChainName {
@@ -161,6 +216,25 @@ mod tests {
         ];
         for (spn, ep, want) in seps {
             assert_eq!(endpoint_chain(spn, Protocol::Tcp, ep).as_str(), want);
+        }
+    }
+
+    /// The stack path (up to four blocks, every padding boundary) and the
+    /// streaming path give the digest's first 10 bytes in RFC 4648 base32.
+    #[test]
+    fn hash16_is_base32_of_sha256_at_every_length() {
+        let text: String = (0..300u32)
+            .map(|i| char::from(b'a' + (i * 7 % 26) as u8))
+            .collect();
+        for len in 0..=300 {
+            let message = &text[..len];
+            let digest = Sha256::digest(message.as_bytes());
+            let want = data_encoding::BASE32.encode(&digest[..10]);
+            let (a, b) = message.split_at(len / 3);
+            for parts in [&[message][..], &[a, b], &[a, "", b]] {
+                let got = hash16(parts);
+                assert_eq!(std::str::from_utf8(&got).unwrap(), want, "length {len}");
+            }
         }
     }
 
