@@ -158,6 +158,14 @@ mod tests {
             let v4: Ipv4Addr = a.parse().unwrap();
             assert_eq!(text(|s| ipv4(s, v4)), a);
         }
+        for n in 0..=255u8 {
+            let v4 = Ipv4Addr::new(n, 255 - n, n / 2, n % 10);
+            assert_eq!(text(|s| ipv4(s, v4)), v4.to_string());
+            for port in [0, 9, 10, 99, 100, 999, 1000, 9999, 10_000, 65_535] {
+                let sa = SocketAddr::new(IpAddr::V4(v4), port);
+                assert_eq!(text(|s| socket(s, sa)), sa.to_string());
+            }
+        }
         for a in ["10.180.0.1:80", "[fd00::1]:8080", "1.2.3.4:0"] {
             let sa: SocketAddr = a.parse().unwrap();
             assert_eq!(text(|s| socket(s, sa)), a);
