@@ -2,6 +2,10 @@
 //! removes. Without root or the iptables binaries they print why and skip, unless
 //! `SVCNAT_REQUIRE_KERNEL=1`, which turns a missing capability into a failure.
 
+// The traffic helpers (namespaces, echo server, client) serve the tests that build
+// their clusters from Kubernetes objects; without `k8s` those tests are not built.
+#![cfg_attr(not(feature = "k8s"), allow(dead_code))]
+
 use std::process::{Command, Stdio};
 
 /// Why kernel tests cannot run here, if they cannot.
