@@ -16,6 +16,7 @@
 //! | id | what | throughput |
 //! |---|---|---|
 //! | `full` | [`full`]: compile + render into a new `Vec<u8>` | bytes of output |
+//! | `full-reuse` | the same, reusing the last compile's memory (`compile_text_reusing`) and one output `Vec` (`write_to_vec`) | bytes of output |
 //! | `compile` | `compile::compile_text` alone (each service compiled and rendered) | rules |
 //! | `render` | `CompiledText::to_bytes`: the full text put together in a new `Vec<u8>` | bytes of output |
 //! | `floor-copy` | `to_vec()` of a buffer of the output's size | bytes of output |
@@ -49,7 +50,7 @@
 //! Each point's cluster is built once, used by all its benchmarks, and dropped before
 //! the next (30000x50 holds about 5 GB at its peak). The first `full` result is
 //! checked to be byte for byte what the typed path (`compile::compile` + `render::write_io`) gives. A point compiles its
-//! output up front only if one of the first six benchmarks is selected, and loads a
+//! output up front only if one of the first seven benchmarks is selected, and loads a
 //! `Syncer` only if a partial one is. Building is skipped for points that would run
 //! nothing:
 //!
@@ -115,10 +116,11 @@ const FLAT_FROM_ENDPOINTS: usize = 100_000;
 /// search, 4.6 s at 1000x50; a set now, 0.26 s).
 const PARSE_MAX_CHAINS: usize = usize::MAX;
 
-/// The benchmark names of every point, in the order they run: the six that need the
-/// full output, then the two that need a `Syncer`.
-const BENCHES: [&str; 8] = [
+/// The benchmark names of every point, in the order they run: the
+/// [`OUTPUT_BENCHES`] that need the full output, then the two that need a `Syncer`.
+const BENCHES: [&str; 9] = [
     "full",
+    "full-reuse",
     "compile",
     "render",
     "floor-copy",
@@ -127,6 +129,9 @@ const BENCHES: [&str; 8] = [
     "partial-1",
     "partial-100",
 ];
+
+/// How many of [`BENCHES`], from the first, need the full output.
+const OUTPUT_BENCHES: usize = 7;
 
 fn mix_name(mix: Mix) -> &'static str {
     match mix {
@@ -359,12 +364,12 @@ fn bench_point(c: &mut Criterion, cli: &Cli, spec: Spec) -> Option<String> {
         group.sampling_mode(SamplingMode::Flat);
     }
     let wants = |bench: &str| cli.selects_bench(&spec, bench);
-    let medians = if BENCHES[..6].iter().any(|b| wants(b)) {
+    let medians = if BENCHES[..OUTPUT_BENCHES].iter().any(|b| wants(b)) {
         bench_output(&mut group, cli, &spec, &state, &config)
     } else {
         Medians::default()
     };
-    if BENCHES[6..].iter().any(|b| wants(b)) {
+    if BENCHES[OUTPUT_BENCHES..].iter().any(|b| wants(b)) {
         bench_partial(&mut group, &spec, state, config);
     }
     group.finish();
@@ -454,6 +459,25 @@ fn bench_output(
             },
         )
     });
+
+    // What a daemon that keeps its buffers pays: the last compile's memory is
+    // reused and the text lands in the same Vec every time.
+    let mut kept = Some(
+        svcnat::compile::compile_text(state, config).expect("generated cluster is valid"),
+    );
+    let mut out = Vec::new();
+    group.bench_function("full-reuse", |b| {
+        timed(b, &mut Times::default(), || {
+            let old = kept.take().expect("put back after every call");
+            let text = svcnat::compile::compile_text_reusing(state, config, old)
+                .expect("generated cluster is valid");
+            text.write_to_vec(&mut out);
+            kept = Some(text);
+            out.len()
+        })
+    });
+    assert!(out.is_empty() || out == bytes, "full-reuse differs from full");
+    drop((kept, out));
 
     drop(ruleset);
     group.throughput(Throughput::Elements(rules as u64));
