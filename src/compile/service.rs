@@ -59,7 +59,7 @@ pub(crate) trait Sink {
     /// The service's next own chain starts; it will have `rules` rules.
     fn chain(&mut self, name: &ChainName, rules: usize);
     /// A rule appended to the chain started last.
-    fn rule(&mut self, rule: Rule);
+    fn rule(&mut self, rule: &Rule);
     /// Where the ports' flows go, if the sink keeps them.
     fn flows(&mut self) -> Option<&mut Vec<PortFlows>>;
 }
@@ -97,10 +97,10 @@ impl Sink for ServiceRules {
             .push(Chain::with_rules(name.clone(), Vec::with_capacity(rules)));
     }
 
-    fn rule(&mut self, rule: Rule) {
+    fn rule(&mut self, rule: &Rule) {
         debug_assert!(!self.chains.is_empty(), "a rule before any chain");
         if let Some(chain) = self.chains.last_mut() {
-            chain.rules.push(rule);
+            chain.rules.push(rule.clone());
         }
     }
 
@@ -289,7 +289,7 @@ impl<'p, 'a, S: Sink> PortBuilder<'_, 'p, 'a, S> {
                 if *name == plan.internal_chain
                     && let Some(rule) = masquerade.take()
                 {
-                    self.out.rule(rule);
+                    self.out.rule(&rule);
                 }
                 self.dispatch_rules(endpoints)?;
             }
@@ -497,7 +497,7 @@ impl<'p, 'a, S: Sink> PortBuilder<'_, 'p, 'a, S> {
         }
         self.out.chain(&chains.ext, rules.len());
         for rule in rules {
-            self.out.rule(rule);
+            self.out.rule(&rule);
         }
         Ok(())
     }
@@ -532,7 +532,7 @@ impl<'p, 'a, S: Sink> PortBuilder<'_, 'p, 'a, S> {
         ])?));
         self.out.chain(&chains.fw, rules.len());
         for rule in rules {
-            self.out.rule(rule);
+            self.out.rule(&rule);
         }
         Ok(())
     }
@@ -543,7 +543,7 @@ impl<'p, 'a, S: Sink> PortBuilder<'_, 'p, 'a, S> {
         let spn = self.port.spn.as_str();
         if let Some(seconds) = self.svc.affinity_seconds {
             for ep in endpoints {
-                self.out.rule(
+                self.out.rule(&
                     Rule::new()
                         .with_opt(self.ctx.endpoint_comment(&[spn, " -> ", &ep.text])?)
                         .with(Match::Recent {
@@ -565,7 +565,7 @@ impl<'p, 'a, S: Sink> PortBuilder<'_, 'p, 'a, S> {
             rule.push_opt(self.ctx.endpoint_comment(&[spn, " -> ", &ep.text])?);
             rule.push_opt(statistic);
             rule.target = Some(jump(&ep.chain));
-            self.out.rule(rule);
+            self.out.rule(&rule);
         }
         Ok(())
     }
@@ -588,8 +588,8 @@ impl<'p, 'a, S: Sink> PortBuilder<'_, 'p, 'a, S> {
         dnat.matches.push(Match::Protocol(self.proto()));
         dnat.target = Some(Target::Dnat(ep.addr));
         self.out.chain(&ep.chain, 2);
-        self.out.rule(hairpin);
-        self.out.rule(dnat);
+        self.out.rule(&hairpin);
+        self.out.rule(&dnat);
         Ok(())
     }
 }

@@ -254,7 +254,7 @@ impl Sink for TextSink {
     }
 
     #[inline]
-    fn rule(&mut self, rule: Rule) {
+    fn rule(&mut self, rule: &Rule) {
         if self.chunk != 0 && self.own.capacity() - self.own.len() < LINE_ROOM {
             let next = self
                 .spare
@@ -262,7 +262,7 @@ impl Sink for TextSink {
                 .unwrap_or_else(|| String::with_capacity(self.chunk));
             self.done.push(std::mem::replace(&mut self.own, next));
         }
-        let _ = render::write_rule(&self.current, &rule, &mut self.own);
+        let _ = render::write_rule(&self.current, rule, &mut self.own);
     }
 
     fn flows(&mut self) -> Option<&mut Vec<PortFlows>> {
@@ -676,7 +676,7 @@ mod tests {
             Rule::new().to(Target::Jump(name.clone())),
         );
         sink.chain(&name, 1);
-        sink.rule(Rule::new().to(Target::Accept));
+        sink.rule(&Rule::new().to(Target::Accept));
     }
 
     #[test]
@@ -698,7 +698,7 @@ mod tests {
         write_service(&mut sink, "KUBE-SVC-A");
         let name = ChainName::new("KUBE-SEP-A").unwrap();
         sink.chain(&name, 1);
-        sink.rule(Rule::new().to(Target::Drop));
+        sink.rule(&Rule::new().to(Target::Drop));
         let text = sink.take_service(crate::model::ServiceKey::new("ns", "a"), 1);
         let chains: Vec<_> = text.chains().map(|(n, t)| (n.as_str(), t)).collect();
         assert_eq!(
