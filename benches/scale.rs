@@ -467,9 +467,8 @@ fn bench_output(
 
     // What a daemon that keeps its buffers pays: the last compile's memory is
     // reused and the text lands in the same Vec every time.
-    let mut kept = Some(
-        svcnat::compile::compile_text(state, config).expect("generated cluster is valid"),
-    );
+    let mut kept =
+        Some(svcnat::compile::compile_text(state, config).expect("generated cluster is valid"));
     let mut out = Vec::new();
     group.bench_function("full-reuse", |b| {
         timed(b, &mut Times::default(), || {
@@ -481,7 +480,10 @@ fn bench_output(
             out.len()
         })
     });
-    assert!(out.is_empty() || out == bytes, "full-reuse differs from full");
+    assert!(
+        out.is_empty() || out == bytes,
+        "full-reuse differs from full"
+    );
     drop((kept, out));
 
     group.throughput(Throughput::Elements(rules as u64));

@@ -496,8 +496,8 @@ impl<'p, 'a, S: Sink> PortBuilder<'_, 'p, 'a, S> {
             rules.push(Rule::new().to(jump(&plan.external_policy_chain)));
         }
         self.out.chain(&chains.ext, rules.len());
-        for rule in rules {
-            self.out.rule(&rule);
+        for rule in &rules {
+            self.out.rule(rule);
         }
         Ok(())
     }
@@ -531,8 +531,8 @@ impl<'p, 'a, S: Sink> PortBuilder<'_, 'p, 'a, S> {
             " will be dropped by KUBE-PROXY-FIREWALL",
         ])?));
         self.out.chain(&chains.fw, rules.len());
-        for rule in rules {
-            self.out.rule(&rule);
+        for rule in &rules {
+            self.out.rule(rule);
         }
         Ok(())
     }
@@ -543,8 +543,8 @@ impl<'p, 'a, S: Sink> PortBuilder<'_, 'p, 'a, S> {
         let spn = self.port.spn.as_str();
         if let Some(seconds) = self.svc.affinity_seconds {
             for ep in endpoints {
-                self.out.rule(&
-                    Rule::new()
+                self.out.rule(
+                    &Rule::new()
                         .with_opt(self.ctx.endpoint_comment(&[spn, " -> ", &ep.text])?)
                         .with(Match::Recent {
                             name: ep.chain.clone(),
