@@ -42,7 +42,7 @@
 //! | `*_sync_ns` | wall time of `Syncer::sync()`: compiling, planning, and every executor call |
 //! | `*_restore_ns` | of that, inside the executor's `restore` (one `iptables-restore` run) |
 //! | `*_save_ns` | of that, inside `save` (a full sync reads the nat table first, to find stale chains) |
-//! | `*_jumps_ns` | of that, inside `ensure_jump` (a full sync checks, and inserts if missing, each jump rule: one `iptables -C`, maybe one `-I`, each) |
+//! | `*_jumps_ns` | of that, inside `ensure_jumps` (a full sync makes sure the jump rules are in place: one `iptables-save` per table, and one `iptables-restore` inserting those missing) |
 //! | `*_bytes` | the restore payload |
 //! | `rules_compiled`, `rules_in_kernel` | nat `-A` rules: compiled (chains plus jumps) and read back after the full sync |
 //! | `chains_in_kernel` | nat chains read back, built-in ones included |
@@ -317,6 +317,12 @@ impl<E: Executor> Executor for Timed<E> {
     fn ensure_jump(&mut self, family: IpFamily, jump: &JumpRule) -> Result<(), ExecError> {
         let inner = &mut self.inner;
         timed(&mut self.jumps, || inner.ensure_jump(family, jump))
+    }
+
+    // Forwarded, so that the inner executor's batched check is the one measured.
+    fn ensure_jumps(&mut self, family: IpFamily, jumps: &[JumpRule]) -> Result<(), ExecError> {
+        let inner = &mut self.inner;
+        timed(&mut self.jumps, || inner.ensure_jumps(family, jumps))
     }
 
     fn clear_conntrack(&mut self, family: IpFamily, flows: &[StaleFlow]) -> Result<(), ExecError> {

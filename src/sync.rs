@@ -641,11 +641,7 @@ impl<E: Executor> Syncer<E> {
         let applied_ok = self
             .executor
             .restore(family, payload.text(), RestoreOptions::default())
-            .and_then(|()| {
-                jumps
-                    .iter()
-                    .try_for_each(|jump| self.executor.ensure_jump(family, jump))
-            });
+            .and_then(|()| self.executor.ensure_jumps(family, &jumps));
         if let Err(e) = applied_ok {
             // The rules are not known to be applied, but the flows they make stale
             // are: keep them for the next successful sync.

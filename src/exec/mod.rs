@@ -107,6 +107,24 @@ pub trait Executor {
     /// The transport failed or the kernel refused the rule.
     fn ensure_jump(&mut self, family: IpFamily, jump: &JumpRule) -> Result<(), ExecError>;
 
+    /// [`Self::ensure_jump`] for several rules, in order: each missing one is
+    /// inserted at the top of its chain, so of the rules missing from one chain the
+    /// last ends up first. The `Syncer` calls this once per full sync.
+    ///
+    /// The default calls `ensure_jump` for each rule; an executor for which reading a
+    /// table costs as much as checking one rule overrides it (as
+    /// [`IptablesRestore`] does). An executor that wraps another (to time or log
+    /// its calls) should forward this method too, or it gets the default and the
+    /// inner executor's batching is lost.
+    ///
+    /// # Errors
+    /// As [`Self::ensure_jump`].
+    fn ensure_jumps(&mut self, family: IpFamily, jumps: &[JumpRule]) -> Result<(), ExecError> {
+        jumps
+            .iter()
+            .try_for_each(|jump| self.ensure_jump(family, jump))
+    }
+
     /// Deletes the conntrack entries of stale UDP/SCTP flows. Optional: the default
     /// returns [`ExecError::Unsupported`].
     ///
@@ -132,6 +150,9 @@ impl<E: Executor + ?Sized> Executor for &mut E {
     }
     fn ensure_jump(&mut self, family: IpFamily, jump: &JumpRule) -> Result<(), ExecError> {
         (**self).ensure_jump(family, jump)
+    }
+    fn ensure_jumps(&mut self, family: IpFamily, jumps: &[JumpRule]) -> Result<(), ExecError> {
+        (**self).ensure_jumps(family, jumps)
     }
     fn clear_conntrack(&mut self, family: IpFamily, flows: &[StaleFlow]) -> Result<(), ExecError> {
         (**self).clear_conntrack(family, flows)

@@ -559,6 +559,41 @@ mod traffic {
             .collect()
     }
 
+    /// Each jump rule is in its built-in chain once, and the chain starts with them
+    /// in kube-proxy's order (the last inserted first), above whatever else it holds.
+    fn assert_jumps_in_place(ns: &Netns, save: &str) {
+        use svcnat::parse::{builtin_chains, canonical_rule, parse_as};
+        use svcnat::ruleset::{Rule, Table};
+        let jumps = svcnat::compile::jump_rules(&config()).unwrap();
+        for table in [Table::Nat, Table::Filter] {
+            let (ok, out) = ns.run(&[save, "-t", table.as_str()], "");
+            assert!(ok, "{save}: {out}");
+            let saved = parse_as(&out, IpFamily::IPv4).unwrap();
+            let rules = saved.table(table).unwrap();
+            for chain in builtin_chains(table) {
+                let canonical = |r: &Rule| canonical_rule(r, IpFamily::IPv4);
+                let want: Vec<Rule> = jumps
+                    .iter()
+                    .rev()
+                    .filter(|j| j.table == table && j.chain.as_str() == *chain)
+                    .map(|j| canonical(&j.rule))
+                    .collect();
+                let have: Vec<Rule> = rules
+                    .chain(chain)
+                    .map(|c| c.rules.iter().map(canonical).collect())
+                    .unwrap_or_default();
+                assert!(
+                    have.starts_with(&want),
+                    "{table} {chain}: {have:?}, want first {want:?}"
+                );
+                for rule in &want {
+                    let times = have.iter().filter(|h| *h == rule).count();
+                    assert_eq!(times, 1, "{table} {chain}: {rule} is there {times} times");
+                }
+            }
+        }
+    }
+
     fn traffic_and_churn(backend: Backend, tag: &str) {
         let lab = Lab::new(tag, IpFamily::IPv4);
         let n = lab.node.name.clone();
@@ -591,6 +626,11 @@ mod traffic {
         let mut syncer = Syncer::new(exec, config()).unwrap();
         syncer.replace_state(cluster());
         assert!(syncer.sync().unwrap().full);
+        assert_jumps_in_place(&lab.node, save);
+        // A second full sync finds every jump rule in place and adds none.
+        syncer.request_full_sync();
+        assert!(syncer.sync().unwrap().full);
+        assert_jumps_in_place(&lab.node, save);
 
         // ClusterIP from a process on the node: every endpoint answers, TCP and UDP,
         // masqueraded (the pod sees the node's address on its link, not 192.168.50.1).
