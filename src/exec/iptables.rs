@@ -223,6 +223,8 @@ impl Executor for IptablesRestore {
         if options.counters {
             args.push("--counters".into());
         }
+        let sorted = declarations_descending(payload);
+        let payload = sorted.as_deref().unwrap_or(payload);
         match self.run(&binary, &args, Some(payload))? {
             (Some(0), _, _) => Ok(()),
             (status, _, stderr) => Err(Self::failed(&binary, args, status, stderr, Some(payload))),
@@ -343,6 +345,56 @@ impl Executor for IptablesRestore {
     }
 }
 
+/// The payload with each run of user-chain declarations (`:NAME - [0:0]` lines in a
+/// row) in descending name order, or `None` if every run is in that order already.
+///
+/// Both iptables variants insert each declared chain into a list sorted by name,
+/// walking it from the start, so declarations in descending order are each inserted
+/// at once. At 10,000 services iptables-legacy-restore takes 3.4 s instead of 4.9 s;
+/// at 2,000, iptables-nft-restore `--noflush` 12 s instead of 45 s (iptables 1.8.9).
+/// A declaration only creates (or flushes) its own chain, so the reordered payload
+/// does exactly what the original does; every other line keeps its place.
+fn declarations_descending(payload: &str) -> Option<String> {
+    if !payload.ends_with('\n') {
+        return None;
+    }
+    let is_declaration = |line: &str| line.starts_with(':') && line.ends_with(" - [0:0]\n");
+    let mut lines = payload.split_inclusive('\n').peekable();
+    let mut out: Option<String> = None;
+    let mut done = 0;
+    let mut run: Vec<&str> = Vec::new();
+    while let Some(line) = lines.next() {
+        if !is_declaration(line) {
+            if let Some(out) = &mut out {
+                out.push_str(line);
+            }
+            done += line.len();
+            continue;
+        }
+        let start = done;
+        run.clear();
+        run.push(line);
+        while let Some(next) = lines.next_if(|l| is_declaration(l)) {
+            run.push(next);
+        }
+        done += run.iter().map(|l| l.len()).sum::<usize>();
+        if run.is_sorted_by(|a, b| a >= b) {
+            if let Some(out) = &mut out {
+                run.iter().for_each(|l| out.push_str(l));
+            }
+            continue;
+        }
+        let out = out.get_or_insert_with(|| {
+            let mut text = String::with_capacity(payload.len());
+            text.push_str(&payload[..start]);
+            text
+        });
+        run.sort_unstable_by(|a, b| b.cmp(a));
+        run.iter().for_each(|l| out.push_str(l));
+    }
+    out
+}
+
 /// The rules of `table`'s built-in chains in an `iptables-save -t TABLE` dump, as
 /// `(chain, canonical rule)`; `None` if the dump does not hold the table or does not
 /// parse. Only the declarations and the built-in chains' rules are parsed.
@@ -408,6 +460,36 @@ pub(crate) fn conntrack_args(family: IpFamily, flow: &StaleFlow) -> Vec<String> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn declarations_are_sent_in_descending_order() {
+        let payload = "*filter\n:KUBE-B - [0:0]\n:KUBE-A - [0:0]\n-A KUBE-A -j DROP\nCOMMIT\n\
+            *nat\n:PREROUTING ACCEPT [0:0]\n:KUBE-SEP-A - [0:0]\n:KUBE-SVC-B - [0:0]\n\
+            :KUBE-SEP-AB - [0:0]\n-A KUBE-SVC-B -j KUBE-SEP-A\n:KUBE-X - [0:0]\n\
+            :KUBE-Z - [0:0]\n-X KUBE-OLD\nCOMMIT\n";
+        let sorted = declarations_descending(payload).unwrap();
+        assert_eq!(
+            sorted,
+            "*filter\n:KUBE-B - [0:0]\n:KUBE-A - [0:0]\n-A KUBE-A -j DROP\nCOMMIT\n\
+            *nat\n:PREROUTING ACCEPT [0:0]\n:KUBE-SVC-B - [0:0]\n:KUBE-SEP-AB - [0:0]\n\
+            :KUBE-SEP-A - [0:0]\n-A KUBE-SVC-B -j KUBE-SEP-A\n:KUBE-Z - [0:0]\n\
+            :KUBE-X - [0:0]\n-X KUBE-OLD\nCOMMIT\n"
+        );
+        // The same lines, only the declarations of each run permuted.
+        let lines = |t: &str| {
+            let mut l: Vec<String> = t.lines().map(str::to_owned).collect();
+            l.sort();
+            l
+        };
+        assert_eq!(lines(&sorted), lines(payload));
+        // In order already (or nothing to order): sent as it is.
+        assert_eq!(declarations_descending(&sorted), None);
+        assert_eq!(declarations_descending("*nat\nCOMMIT\n"), None);
+        assert_eq!(
+            declarations_descending(":KUBE-A - [0:0]\n:KUBE-B - [0:0]"),
+            None
+        );
+    }
 
     #[test]
     fn builtin_rules_reads_only_the_builtin_chains_of_a_dump() {
