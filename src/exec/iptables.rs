@@ -227,7 +227,8 @@ impl Executor for IptablesRestore {
         }
         // Legacy only: with nft the sorted declarations are taken in faster too
         // (2k services: 48 s to 11 s), but at 10k services they leave a table
-        // that iptables-nft-save 1.8.9 crashes on (SIGSEGV), ascending or descending.
+        // that iptables-nft-save 1.8.9 crashes on, ascending or descending (a stack
+        // overflow: with an unlimited stack it prints the table).
         let sorted = if self.backend() == Backend::Legacy {
             declarations_descending(payload)
         } else {
