@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use super::{ExecError, Executor, RestoreOptions, rule_args};
 use crate::compile::JumpRule;
 use crate::model::{IpFamily, Protocol};
-use crate::parse::{builtin_chains, canonical_rule, parse_as};
+use crate::parse::{builtin_chains, canonical_rule, module_order, parse_as};
 use crate::ruleset::{Rule, Table};
 use crate::sync::{FlowDestination, StaleFlow};
 
@@ -288,8 +288,10 @@ impl Executor for IptablesRestore {
     /// [`Backend::System`], whose variant is not known.
     ///
     /// A rule counts as present when a rule of its chain in the dump is the same
-    /// after [`canonical_rule`]; if a dump does not parse, that table's rules are
-    /// checked one by one, as [`Executor::ensure_jump`] checks them.
+    /// after [`canonical_rule`], with its modules in the same order (as `-C` tells
+    /// them apart); a rule given twice is inserted once. If a dump does not parse,
+    /// or a rule is for a chain that is not built in, that table's rules are checked
+    /// one by one, as [`Executor::ensure_jump`] checks them.
     fn ensure_jumps(&mut self, family: IpFamily, jumps: &[JumpRule]) -> Result<(), ExecError> {
         if self.backend() != Backend::Legacy {
             return jumps
@@ -304,22 +306,14 @@ impl Executor for IptablesRestore {
         }
         let mut inserts = String::new();
         for table in tables {
-            let wanted = jumps.iter().filter(|j| j.table == table);
+            let wanted: Vec<&JumpRule> = jumps.iter().filter(|j| j.table == table).collect();
             let saved = self.save(family, table)?;
-            let Some(present) = builtin_rules(&saved, family, table) else {
+            let Some(missing) = missing_jumps(&saved, family, table, &wanted) else {
                 for jump in wanted {
                     self.ensure_jump(family, jump)?;
                 }
                 continue;
             };
-            let missing: Vec<&JumpRule> = wanted
-                .filter(|j| {
-                    let rule = canonical_rule(&j.rule, family);
-                    !present
-                        .iter()
-                        .any(|(chain, r)| chain == j.chain.as_str() && *r == rule)
-                })
-                .collect();
             if missing.is_empty() {
                 continue;
             }
@@ -403,9 +397,42 @@ fn declarations_descending(payload: &str) -> Option<String> {
     out
 }
 
+/// Which of `wanted` (all for `table`) `ensure_jump` would insert, one after the
+/// other, into the table `saved` shows: those not in their chain yet, each once.
+/// `None` when that cannot be told from the dump (it does not parse, or a rule is for
+/// a chain that is not built in), and the rules must be checked one by one.
+fn missing_jumps<'j>(
+    saved: &str,
+    family: IpFamily,
+    table: Table,
+    wanted: &[&'j JumpRule],
+) -> Option<Vec<&'j JumpRule>> {
+    let builtin = builtin_chains(table);
+    if wanted.iter().any(|j| !builtin.contains(&j.chain.as_str())) {
+        return None;
+    }
+    let present = builtin_rules(saved, family, table)?;
+    // What `-C` compares: the canonical rule, and the order of its modules.
+    let same = |a: &Rule, b: &Rule| {
+        canonical_rule(a, family) == canonical_rule(b, family) && module_order(a) == module_order(b)
+    };
+    let mut missing: Vec<&JumpRule> = Vec::new();
+    for jump in wanted {
+        let there = present
+            .iter()
+            .any(|(chain, rule)| chain == jump.chain.as_str() && same(rule, &jump.rule));
+        let queued = missing
+            .iter()
+            .any(|m| m.chain == jump.chain && same(&m.rule, &jump.rule));
+        if !there && !queued {
+            missing.push(jump);
+        }
+    }
+    Some(missing)
+}
+
 /// The rules of `table`'s built-in chains in an `iptables-save -t TABLE` dump, as
-/// `(chain, canonical rule)`; `None` if the dump does not hold the table or does not
-/// parse. Only the declarations and the built-in chains' rules are parsed.
+/// `(chain, rule)`; `None` if the dump does not hold the table or does not parse. Only the declarations and the built-in chains' rules are parsed.
 fn builtin_rules(saved: &str, family: IpFamily, table: Table) -> Option<Vec<(String, Rule)>> {
     let builtin = builtin_chains(table);
     let mut text = String::with_capacity(saved.len() / 8);
@@ -432,7 +459,7 @@ fn builtin_rules(saved: &str, family: IpFamily, table: Table) -> Option<Vec<(Str
                 chain
                     .rules
                     .iter()
-                    .map(|rule| (chain.name.to_string(), canonical_rule(rule, family)))
+                    .map(|rule| (chain.name.to_string(), rule.clone()))
             })
             .collect(),
     )
@@ -495,6 +522,55 @@ mod tests {
         assert_eq!(declarations_descending("*nat\nCOMMIT\n"), None);
         assert_eq!(
             declarations_descending(":KUBE-A - [0:0]\n:KUBE-B - [0:0]"),
+            None
+        );
+    }
+
+    fn jump(table: Table, chain: &str, conntrack_first: bool, comment: &str, to: &str) -> JumpRule {
+        use crate::ruleset::{ChainName, Comment, CtState, Match, Not, Target};
+        let ct = Match::Conntrack(Not::is(vec![CtState::New]));
+        let c = Match::Comment(Comment::new(comment).unwrap());
+        let (a, b) = if conntrack_first { (ct, c) } else { (c, ct) };
+        JumpRule {
+            table,
+            chain: ChainName::new(chain).unwrap(),
+            rule: Rule::new()
+                .with(a)
+                .with(b)
+                .to(Target::Jump(ChainName::new(to).unwrap())),
+        }
+    }
+
+    /// What `ensure_jump` one rule after the other would insert: the rules not in
+    /// their chain, each once, telling modules in another order apart as `-C` does.
+    #[test]
+    fn missing_jumps_are_what_checking_one_by_one_would_insert() {
+        let saved = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n\
+            :KUBE-A - [0:0]\n:KUBE-B - [0:0]\n\
+            -A INPUT -m conntrack --ctstate NEW -m comment --comment \"portals a\" -j KUBE-A\n\
+            -A FORWARD -m comment --comment \"portals b\" -m conntrack --ctstate NEW -j KUBE-B\n\
+            -A OUTPUT -j DROP\nCOMMIT\n";
+        let present = jump(Table::Filter, "INPUT", true, "portals a", "KUBE-A");
+        let reordered = jump(Table::Filter, "FORWARD", true, "portals b", "KUBE-B");
+        let elsewhere = jump(Table::Filter, "OUTPUT", true, "portals a", "KUBE-A");
+        let wanted = [&present, &reordered, &elsewhere, &elsewhere];
+        let missing = missing_jumps(saved, IpFamily::IPv4, Table::Filter, &wanted).unwrap();
+        assert_eq!(missing, [&reordered, &elsewhere]);
+        // The same rules in the order the dump has them are all there.
+        let as_saved = jump(Table::Filter, "FORWARD", false, "portals b", "KUBE-B");
+        let wanted = [&present, &as_saved];
+        let missing = missing_jumps(saved, IpFamily::IPv4, Table::Filter, &wanted).unwrap();
+        assert!(missing.is_empty(), "{missing:?}");
+        // A rule for a chain that is not built in, or a dump that does not parse:
+        // checked one by one instead.
+        let user = jump(Table::Filter, "KUBE-B", true, "portals a", "KUBE-A");
+        assert_eq!(
+            missing_jumps(saved, IpFamily::IPv4, Table::Filter, &[&user]),
+            None
+        );
+        let broken = "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -j\nCOMMIT\n";
+        assert_eq!(
+            missing_jumps(broken, IpFamily::IPv4, Table::Filter, &[&present]),
             None
         );
     }

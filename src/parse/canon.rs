@@ -69,6 +69,19 @@ pub fn canonical_rule(rule: &Rule, family: IpFamily) -> Rule {
     }
 }
 
+/// The matches whose order `iptables -C` tells apart and `iptables-save` keeps, in
+/// the rule's order and each canonical: every one but the address, interface,
+/// protocol and port fields, which iptables-save prints in a fixed place. Two rules
+/// with equal [`canonical_rule`]s are the same rule to the kernel only if these are
+/// equal too.
+pub(crate) fn module_order(rule: &Rule) -> Vec<Match> {
+    rule.matches
+        .iter()
+        .map(canonical_match)
+        .filter(|m| !matches!(rank(m), 4..=7))
+        .collect()
+}
+
 /// A network without host bits (the kernel keeps `addr & mask`, so
 /// `10.0.0.5/8` reads back as `10.0.0.0/8`); a full-length one is an address.
 fn single(a: Address) -> Address {

@@ -54,6 +54,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+pub(crate) use canon::module_order;
 pub(crate) use canon::xmark as xmark_of;
 pub use canon::{canonical_rule, canonicalize};
 

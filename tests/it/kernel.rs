@@ -631,6 +631,26 @@ mod traffic {
         syncer.request_full_sync();
         assert!(syncer.sync().unwrap().full);
         assert_jumps_in_place(&lab.node, save);
+        // With the top jump of nat PREROUTING and of filter FORWARD deleted, a full
+        // sync puts back exactly those two, on top, and adds nothing else.
+        let iptables = save.trim_end_matches("-save");
+        let jumps = svcnat::compile::jump_rules(&config()).unwrap();
+        for chain in ["PREROUTING", "FORWARD"] {
+            let top = jumps
+                .iter()
+                .rev()
+                .find(|j| j.chain.as_str() == chain)
+                .unwrap();
+            let mut args = vec![iptables.to_owned(), "-t".into(), top.table.as_str().into()];
+            args.extend(["-D".to_owned(), chain.to_owned()]);
+            args.extend(svcnat::exec::rule_args(&top.rule));
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let (ok, out) = lab.node.run(&args, "");
+            assert!(ok, "{args:?}: {out}");
+        }
+        syncer.request_full_sync();
+        assert!(syncer.sync().unwrap().full);
+        assert_jumps_in_place(&lab.node, save);
 
         // ClusterIP from a process on the node: every endpoint answers, TCP and UDP,
         // masqueraded (the pod sees the node's address on its link, not 192.168.50.1).
