@@ -520,8 +520,9 @@ mod tests {
         // In order already (or nothing to order): sent as it is.
         assert_eq!(declarations_descending(&sorted), None);
         assert_eq!(declarations_descending("*nat\nCOMMIT\n"), None);
+        // A payload whose last line is cut short is sent as it is.
         assert_eq!(
-            declarations_descending(":KUBE-A - [0:0]\n:KUBE-B - [0:0]"),
+            declarations_descending(":KUBE-A - [0:0]\n:KUBE-B - [0:0]\nCOMMIT"),
             None
         );
     }
