@@ -294,9 +294,7 @@ impl Executor for IptablesRestore {
     /// one by one, as [`Executor::ensure_jump`] checks them.
     fn ensure_jumps(&mut self, family: IpFamily, jumps: &[JumpRule]) -> Result<(), ExecError> {
         if self.backend() != Backend::Legacy {
-            return jumps
-                .iter()
-                .try_for_each(|jump| self.ensure_jump(family, jump));
+            return super::ensure_each(self, family, jumps);
         }
         let mut tables: Vec<Table> = Vec::new();
         for jump in jumps {
@@ -432,7 +430,8 @@ fn missing_jumps<'j>(
 }
 
 /// The rules of `table`'s built-in chains in an `iptables-save -t TABLE` dump, as
-/// `(chain, rule)`; `None` if the dump does not hold the table or does not parse. Only the declarations and the built-in chains' rules are parsed.
+/// `(chain, rule)`; `None` if the dump does not hold the table or does not parse.
+/// Only the declarations and the built-in chains' rules are parsed.
 fn builtin_rules(saved: &str, family: IpFamily, table: Table) -> Option<Vec<(String, Rule)>> {
     let builtin = builtin_chains(table);
     let mut text = String::with_capacity(saved.len() / 8);

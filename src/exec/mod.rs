@@ -120,9 +120,7 @@ pub trait Executor {
     /// # Errors
     /// As [`Self::ensure_jump`].
     fn ensure_jumps(&mut self, family: IpFamily, jumps: &[JumpRule]) -> Result<(), ExecError> {
-        jumps
-            .iter()
-            .try_for_each(|jump| self.ensure_jump(family, jump))
+        ensure_each(self, family, jumps)
     }
 
     /// Deletes the conntrack entries of stale UDP/SCTP flows. Optional: the default
@@ -157,6 +155,18 @@ impl<E: Executor + ?Sized> Executor for &mut E {
     fn clear_conntrack(&mut self, family: IpFamily, flows: &[StaleFlow]) -> Result<(), ExecError> {
         (**self).clear_conntrack(family, flows)
     }
+}
+
+/// [`Executor::ensure_jump`] for each rule, in order: what
+/// [`Executor::ensure_jumps`] does unless an executor does better.
+pub(crate) fn ensure_each<E: Executor + ?Sized>(
+    exec: &mut E,
+    family: IpFamily,
+    jumps: &[JumpRule],
+) -> Result<(), ExecError> {
+    jumps
+        .iter()
+        .try_for_each(|jump| exec.ensure_jump(family, jump))
 }
 
 /// A rule as the argument list of an `iptables` command: the rendered rule split on
