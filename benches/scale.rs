@@ -559,14 +559,14 @@ fn bench_partial(
         let count = count.min(spec.services);
         // One round first, for the payload's size.
         round += 1;
-        let (probe, _) = partial_sync(&mut syncer, spec, count, round);
+        let (probe, _) = partial_sync(&mut syncer, count, round);
         group.throughput(Throughput::Bytes(probe as u64));
         group.bench_function(format!("partial-{count}"), |b| {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
                     round += 1;
-                    total += partial_sync(&mut syncer, spec, count, round).1;
+                    total += partial_sync(&mut syncer, count, round).1;
                 }
                 total
             })
@@ -575,23 +575,12 @@ fn bench_partial(
 }
 
 /// One partial sync after changing one endpoint of `count` services spread over the
-/// cluster (shifted by `round`, as the `scale` example does): payload bytes, and the
+/// cluster (`synthetic::endpoint_changes`, as the `scale` example does): payload bytes, and the
 /// time from handing over the slices to having the payload. Preparing the slices and
 /// the checks are not timed.
-fn partial_sync(
-    syncer: &mut Syncer<DryRun>,
-    spec: &Spec,
-    count: usize,
-    round: u64,
-) -> (usize, Duration) {
-    let stride = spec.services / count;
-    let changes: Vec<_> = (0..count)
-        .map(|k| {
-            let i = (k * stride + round as usize * 7919) % spec.services;
-            synthetic::endpoint_change(syncer.state(), i, round)
-                .expect("every service has endpoints")
-        })
-        .collect();
+fn partial_sync(syncer: &mut Syncer<DryRun>, count: usize, round: u64) -> (usize, Duration) {
+    let changes = synthetic::endpoint_changes(syncer.state(), count, round)
+        .expect("every service has endpoints");
     let start = Instant::now();
     for slice in changes {
         syncer.upsert_slice(slice);

@@ -254,18 +254,12 @@ fn partial(
         return None;
     }
     let count = count.min(spec.services);
-    let stride = spec.services / count;
     let mut times = Vec::new();
     let mut sizes = Vec::new();
     // Odd run counts give a true median; a few more runs cost little here.
     for run in 0..runs.max(11) {
-        let changes: Vec<_> = (0..count)
-            .map(|k| {
-                let i = (k * stride + run * 7919) % spec.services;
-                synthetic::endpoint_change(syncer.state(), i, run as u64 + 1)
-                    .expect("every service has endpoints")
-            })
-            .collect();
+        let changes = synthetic::endpoint_changes(syncer.state(), count, run as u64 + 1)
+            .expect("every service has endpoints");
         let t0 = Instant::now();
         for slice in changes {
             syncer.upsert_slice(slice);

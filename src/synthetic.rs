@@ -243,6 +243,34 @@ pub fn endpoint_change(state: &ClusterState, i: usize, round: u64) -> Option<End
     Some(slice)
 }
 
+/// [`endpoint_change`] for `count` services spread evenly over the `state` built
+/// from a [`Spec`], the spread shifted by `round` so that successive rounds touch
+/// other services. `None` if `count` is 0 or more than the services, or a chosen
+/// service has no endpoints.
+///
+/// ```
+/// use svcnat::synthetic::{self, Spec};
+/// let state = Spec::new(100, 2).build();
+/// let slices = synthetic::endpoint_changes(&state, 10, 1).unwrap();
+/// assert_eq!(slices.len(), 10);
+/// assert!(synthetic::endpoint_changes(&state, 101, 1).is_none());
+/// ```
+pub fn endpoint_changes(
+    state: &ClusterState,
+    count: usize,
+    round: u64,
+) -> Option<Vec<EndpointSlice>> {
+    let services = state.service_count();
+    if count == 0 || count > services {
+        return None;
+    }
+    let stride = services / count;
+    let shift = (round as usize).wrapping_mul(7919);
+    (0..count)
+        .map(|k| endpoint_change(state, (k * stride).wrapping_add(shift) % services, round))
+        .collect()
+}
+
 /// A small, fast, well-mixed generator (SplitMix64); no dependency needed for
 /// choices that only have to be repeatable.
 struct SplitMix64(u64);
