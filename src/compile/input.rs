@@ -50,6 +50,11 @@ pub(crate) struct ServiceInput<'a> {
 }
 
 impl ServiceInput<'_> {
+    /// The endpoints of all its ports (kube-proxy's cluster-size count).
+    pub fn endpoint_count(&self) -> usize {
+        self.ports.iter().map(|p| p.endpoints.len()).sum()
+    }
+
     /// Reachable from outside through a node port, an LB VIP or an external IP.
     pub fn externally_accessible(&self, port: &PortInput<'_>) -> bool {
         port.port.node_port.is_some() || !self.lb_vips.is_empty() || !self.external_ips.is_empty()
@@ -383,28 +388,6 @@ fn port_addresses<'s, 'a>(
                 .filter(move |e| family.contains(&e.address))
                 .map(move |e| (SocketAddr::new(e.address, number), e))
         })
-}
-
-/// How many endpoints [`service_input`] would give the service's ports in all
-/// (kube-proxy's cluster-size count), without building them.
-pub(crate) fn endpoint_count(
-    svc: &Service,
-    slices: &[&EndpointSlice],
-    family: IpFamily,
-    scratch: &mut Vec<SocketAddr>,
-) -> usize {
-    if family_cluster_ip(svc, family).is_none() {
-        return 0;
-    }
-    let mut total = 0;
-    for port in &svc.ports {
-        scratch.clear();
-        scratch.extend(port_addresses(port, slices, family).map(|(addr, _)| addr));
-        scratch.sort_unstable();
-        scratch.dedup();
-        total += scratch.len();
-    }
-    total
 }
 
 /// The building half of [`service_input`], for a service [`check_service`] passed.

@@ -204,6 +204,14 @@ pub(crate) type Compiled<T> = (Context, Vec<T>, Vec<CompileError>, Vec<CompileEr
 /// invalid service or slice; otherwise invalid services are left out (abandoned in
 /// the sink) and returned, and invalid slice parts are ignored and returned as
 /// warnings.
+///
+/// The cluster-size rule (no per-endpoint comments above a total endpoint count)
+/// needs the total before any rule is written, and counting it exactly means
+/// reading every endpoint. So the context is chosen from the state's upper bound
+/// ([`ClusterState::endpoint_bound`]), the exact total is counted while the
+/// services are written, each service's objects read once, and in the rare case
+/// the two fall on different sides of the limit (duplicate endpoints, or
+/// endpoints of the other family or of no service) everything is written again.
 pub(crate) fn compile_services<S: Sink, T>(
     state: &ClusterState,
     config: &ProxyConfig,
@@ -211,32 +219,46 @@ pub(crate) fn compile_services<S: Sink, T>(
     sink: &mut S,
     mut each: impl FnMut(&mut S, &ServiceKey, usize) -> T,
 ) -> Result<Compiled<T>, CompileError> {
-    let ctx = Context::new(config)?;
+    let base = Context::new(config)?;
+    let guess = base.clone().for_endpoint_total(state.endpoint_bound());
+    let (compiled, total) = compile_pass(state, config, strict, guess, sink, &mut each)?;
+    let exact = base.for_endpoint_total(total);
+    if exact.endpoint_comments == compiled.0.endpoint_comments {
+        return Ok(compiled);
+    }
+    sink.reset();
+    let (compiled, _) = compile_pass(state, config, strict, exact, sink, &mut each)?;
+    Ok(compiled)
+}
+
+/// One pass of [`compile_services`] with a given context: what it compiled, and
+/// the exact endpoint total of the valid services.
+fn compile_pass<S: Sink, T>(
+    state: &ClusterState,
+    config: &ProxyConfig,
+    strict: bool,
+    ctx: Context,
+    sink: &mut S,
+    each: &mut impl FnMut(&mut S, &ServiceKey, usize) -> T,
+) -> Result<(Compiled<T>, usize), CompileError> {
     let mut rejected = Vec::new();
     let mut warnings = Vec::new();
-    // Pass 1: validate, and count the endpoints (the cluster-size rule needs the
-    // total before any rule is written).
-    let mut valid = Vec::new();
+    let mut services = Vec::with_capacity(state.service_count());
     let mut total = 0;
-    let mut scratch = Vec::new();
     for (key, svc, slices) in state.services_with_slices() {
-        match input::check_service(svc, &slices, config, strict, &mut warnings) {
-            Ok(()) => {
-                total += input::endpoint_count(svc, &slices, config.ip_family, &mut scratch);
-                valid.push((svc, key, slices));
-            }
+        let checked = input::check_service(svc, &slices, config, strict, &mut warnings);
+        let input = match checked {
+            Ok(()) => input::checked_service_input(svc, &slices, config),
             Err(e) if strict => return Err(e),
-            Err(e) => rejected.push(e),
-        }
-    }
-    let ctx = ctx.for_endpoint_total(total);
-    // Pass 2: each service's input and rules, one service at a time, so only one
-    // service's typed rules are alive at once.
-    let mut services = Vec::with_capacity(valid.len());
-    for (svc, key, slices) in valid {
-        let Some(input) = input::checked_service_input(svc, &slices, config) else {
+            Err(e) => {
+                rejected.push(e);
+                continue;
+            }
+        };
+        let Some(input) = input else {
             continue;
         };
+        total += input.endpoint_count();
         sink.begin();
         match service::emit_service(key, input, &ctx, sink) {
             Ok(count) => services.push(each(sink, key, count)),
@@ -250,7 +272,7 @@ pub(crate) fn compile_services<S: Sink, T>(
         }
     }
     rejected.sort_by(|a, b| a.service().cmp(&b.service()));
-    Ok((ctx, services, rejected, warnings))
+    Ok(((ctx, services, rejected, warnings), total))
 }
 
 fn inputs_of<'a>(

@@ -54,6 +54,8 @@ pub(crate) trait Sink {
     fn begin(&mut self);
     /// The service started last failed: drop what it wrote.
     fn abandon(&mut self);
+    /// Start again: drop every service written.
+    fn reset(&mut self);
     /// A rule appended to one of the shared chains.
     fn shared(&mut self, which: SharedChain, rule: Rule);
     /// The service's next own chain starts; it will have `rules` rules.
@@ -86,6 +88,10 @@ impl Sink for ServiceRules {
         self.shared.clear();
         self.chains.clear();
         self.ports.clear();
+    }
+
+    fn reset(&mut self) {
+        self.abandon();
     }
 
     fn shared(&mut self, which: SharedChain, rule: Rule) {
@@ -134,7 +140,7 @@ pub(crate) fn emit_service<S: Sink>(
             problem,
         })?;
     }
-    Ok(svc.ports.iter().map(|p| p.endpoints.len()).sum())
+    Ok(svc.endpoint_count())
 }
 
 fn addr(ip: IpAddr) -> Match {

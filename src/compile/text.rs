@@ -235,6 +235,11 @@ impl Sink for TextSink {
         }
     }
 
+    fn reset(&mut self) {
+        self.marks = ((0, 0), [0; SHARED], 0, 0, 0);
+        self.abandon();
+    }
+
     #[inline]
     fn shared(&mut self, which: SharedChain, rule: Rule) {
         // Writing into a String cannot fail.

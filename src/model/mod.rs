@@ -73,6 +73,8 @@ impl fmt::Display for IpFamily {
 pub struct ClusterState {
     services: BTreeMap<ServiceKey, Service>,
     slices: BTreeMap<ServiceKey, BTreeMap<String, EndpointSlice>>,
+    /// The number of endpoints in all slices, kept as slices come and go.
+    endpoints: usize,
 }
 
 impl ClusterState {
@@ -93,10 +95,14 @@ impl ClusterState {
 
     /// Adds or replaces an endpoint slice; returns the one it replaced.
     pub fn upsert_slice(&mut self, slice: EndpointSlice) -> Option<EndpointSlice> {
-        self.slices
+        self.endpoints += slice.endpoints.len();
+        let old = self
+            .slices
             .entry(slice.service())
             .or_default()
-            .insert(slice.name.clone(), slice)
+            .insert(slice.name.clone(), slice);
+        self.endpoints -= old.as_ref().map_or(0, |s| s.endpoints.len());
+        old
     }
 
     /// Removes the slice `name` of service `key`.
@@ -106,6 +112,7 @@ impl ClusterState {
         if slices.is_empty() {
             self.slices.remove(key);
         }
+        self.endpoints -= removed.as_ref().map_or(0, |s| s.endpoints.len());
         removed
     }
 
@@ -143,6 +150,13 @@ impl ClusterState {
                 .unwrap_or_default();
             (key, svc, own)
         })
+    }
+
+    /// The number of endpoints in all slices, of both families, duplicates and
+    /// endpoints of services that do not exist included: an upper bound of what a
+    /// compile counts, known without reading the slices.
+    pub(crate) fn endpoint_bound(&self) -> usize {
+        self.endpoints
     }
 
     /// The number of services.
@@ -183,5 +197,35 @@ impl From<ClusterState> for StateDocument {
                 .flat_map(BTreeMap::into_values)
                 .collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slice(name: &str, endpoints: usize) -> EndpointSlice {
+        let mut slice = EndpointSlice::new("ns", "svc", name, IpFamily::IPv4);
+        slice.endpoints = (0..endpoints)
+            .map(|i| Endpoint::ready(IpAddr::from([10, 0, 0, i as u8])))
+            .collect();
+        slice
+    }
+
+    #[test]
+    fn the_endpoint_bound_follows_the_slices() {
+        let mut state = ClusterState::new();
+        state.upsert_slice(slice("a", 3));
+        state.upsert_slice(slice("b", 2));
+        assert_eq!(state.endpoint_bound(), 5);
+        state.upsert_slice(slice("a", 1));
+        assert_eq!(state.endpoint_bound(), 3);
+        state.remove_slice(&ServiceKey::new("ns", "svc"), "b");
+        state.remove_slice(&ServiceKey::new("ns", "svc"), "missing");
+        assert_eq!(state.endpoint_bound(), 1);
+        let json = serde_json::to_string(&state).unwrap();
+        let read: ClusterState = serde_json::from_str(&json).unwrap();
+        assert_eq!(read.endpoint_bound(), 1);
+        assert_eq!(read, state);
     }
 }

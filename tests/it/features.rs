@@ -384,6 +384,44 @@ fn large_cluster_drops_endpoint_comments_only() {
     assert_eq!(never, below);
 }
 
+/// The cluster-size rule counts what the rules use: each `ip:port` of a service
+/// port once, of the proxy's family, of services that exist. The compiler starts
+/// from a bound that counts every endpoint of every slice, so this state (bound
+/// 12, count 3) is the case where it has to write everything again.
+#[test]
+fn large_cluster_counts_each_used_endpoint_once() {
+    let eps = || {
+        vec![
+            remote("10.180.0.1"),
+            remote("10.180.0.2"),
+            remote("10.180.0.3"),
+        ]
+    };
+    let mut again = slice("ns1", "svc1", &[("p80", 80)], eps());
+    again.name = "svc1-again".into();
+    let state = state(
+        vec![svc("svc1", "172.30.0.41")],
+        vec![
+            slice("ns1", "svc1", &[("p80", 80)], eps()),
+            again,
+            slice("ns1", "gone", &[("p80", 80)], eps()),
+            slice("ns1", "svc1-v6", &[("p80", 80)], vec![ready("fd00::1")]),
+        ],
+    );
+    let comment = "--comment \"ns1/svc1:p80 -> 10.180.0.1:80\"";
+    for (limit, commented) in [(3, true), (2, false)] {
+        let config = config().with_large_cluster_endpoints(Some(limit));
+        let typed = render(&state, &config);
+        assert_eq!(
+            typed.contains(comment),
+            commented,
+            "limit {limit}:\n{typed}"
+        );
+        let text = svcnat::compile::compile_text(&state, &config).unwrap();
+        assert_eq!(text.to_string(), typed, "limit {limit}");
+    }
+}
+
 #[test]
 fn comments_off() {
     let state = one(svc("svc1", "172.30.0.41"), vec![remote("10.180.0.1")]);
