@@ -40,6 +40,9 @@ enum Chains {
 /// compile to the next instead of mapping (and faulting in) fresh memory each time.
 const CHUNK: usize = 1 << 20;
 
+/// The length of a service chain's `:KUBE-SEP-0123456789ABCDEF - [0:0]` line.
+const DECLARATION: usize = 35;
+
 /// The room a chunk must have left for another rule line; a longer line just grows
 /// the chunk.
 const LINE_ROOM: usize = 2048;
@@ -92,11 +95,12 @@ impl TextSink {
         TextSink::new(Chains::Listed(Vec::new()), flows, 0)
     }
 
-    /// A sink for a whole cluster, read with [`TextSink::into_compiled`].
-    fn whole() -> Self {
+    /// A sink for a whole cluster, read with [`TextSink::into_compiled`], with room
+    /// for the declarations of about `chains` chains (more only grows the buffer).
+    fn whole(chains: usize) -> Self {
         TextSink::new(
             Chains::Declared {
-                text: String::new(),
+                text: String::with_capacity(chains * DECLARATION),
                 count: 0,
             },
             false,
@@ -623,7 +627,10 @@ pub fn compile_text(
     state: &ClusterState,
     config: &ProxyConfig,
 ) -> Result<CompiledText, CompileError> {
-    compile_text_into(state, config, TextSink::whole())
+    // Room for a chain per endpoint and two per service: a bound for most clusters,
+    // so the declarations are not copied as they grow.
+    let chains = state.endpoint_bound() + 2 * state.service_count();
+    compile_text_into(state, config, TextSink::whole(chains))
 }
 
 /// [`compile_text`], writing into the buffers of an earlier text, which it
@@ -686,7 +693,7 @@ mod tests {
 
     #[test]
     fn an_abandoned_service_leaves_nothing() {
-        for mut sink in [TextSink::whole(), TextSink::per_service(true)] {
+        for mut sink in [TextSink::whole(0), TextSink::per_service(true)] {
             let written = |s: &TextSink| format!("{:?}", (&s.own, &s.shared, &s.chains, &s.flows));
             write_service(&mut sink, "KUBE-SVC-A");
             let kept = written(&sink);
