@@ -71,10 +71,21 @@ impl fmt::Display for IpFamily {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(from = "StateDocument", into = "StateDocument")]
 pub struct ClusterState {
-    services: BTreeMap<ServiceKey, Service>,
-    slices: BTreeMap<ServiceKey, BTreeMap<String, EndpointSlice>>,
+    /// Each service key with its service and slices, in one map: a compile walks
+    /// the services with their slices without matching two maps' keys.
+    entries: BTreeMap<ServiceKey, Entry>,
+    /// The number of services.
+    services: usize,
     /// The number of endpoints in all slices, kept as slices come and go.
     endpoints: usize,
+}
+
+/// A service key's service, if it exists, and slices; an entry with neither is
+/// removed.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct Entry {
+    service: Option<Service>,
+    slices: BTreeMap<String, EndpointSlice>,
 }
 
 impl ClusterState {
@@ -85,21 +96,31 @@ impl ClusterState {
 
     /// Adds or replaces a service; returns the one it replaced.
     pub fn upsert_service(&mut self, service: Service) -> Option<Service> {
-        self.services.insert(service.key(), service)
+        let entry = self.entries.entry(service.key()).or_default();
+        let old = entry.service.replace(service);
+        self.services += usize::from(old.is_none());
+        old
     }
 
     /// Removes a service (its slices stay until they are removed too, as in Kubernetes).
     pub fn remove_service(&mut self, key: &ServiceKey) -> Option<Service> {
-        self.services.remove(key)
+        let entry = self.entries.get_mut(key)?;
+        let old = entry.service.take();
+        if entry.slices.is_empty() {
+            self.entries.remove(key);
+        }
+        self.services -= usize::from(old.is_some());
+        old
     }
 
     /// Adds or replaces an endpoint slice; returns the one it replaced.
     pub fn upsert_slice(&mut self, slice: EndpointSlice) -> Option<EndpointSlice> {
         self.endpoints += slice.endpoints.len();
         let old = self
-            .slices
+            .entries
             .entry(slice.service())
             .or_default()
+            .slices
             .insert(slice.name.clone(), slice);
         self.endpoints -= old.as_ref().map_or(0, |s| s.endpoints.len());
         old
@@ -107,10 +128,10 @@ impl ClusterState {
 
     /// Removes the slice `name` of service `key`.
     pub fn remove_slice(&mut self, key: &ServiceKey, name: &str) -> Option<EndpointSlice> {
-        let slices = self.slices.get_mut(key)?;
-        let removed = slices.remove(name);
-        if slices.is_empty() {
-            self.slices.remove(key);
+        let entry = self.entries.get_mut(key)?;
+        let removed = entry.slices.remove(name);
+        if entry.slices.is_empty() && entry.service.is_none() {
+            self.entries.remove(key);
         }
         self.endpoints -= removed.as_ref().map_or(0, |s| s.endpoints.len());
         removed
@@ -118,37 +139,34 @@ impl ClusterState {
 
     /// The service with this key.
     pub fn service(&self, key: &ServiceKey) -> Option<&Service> {
-        self.services.get(key)
+        self.entries.get(key)?.service.as_ref()
     }
 
     /// All services, sorted by key.
     pub fn services(&self) -> impl Iterator<Item = &Service> {
-        self.services.values()
+        self.entries.values().filter_map(|e| e.service.as_ref())
     }
 
     /// The slices of one service, sorted by slice name.
     pub fn slices_of(&self, key: &ServiceKey) -> impl Iterator<Item = &EndpointSlice> {
-        self.slices.get(key).into_iter().flat_map(|s| s.values())
+        self.entries
+            .get(key)
+            .into_iter()
+            .flat_map(|e| e.slices.values())
     }
 
     /// All slices, sorted by service key, then slice name.
     pub fn slices(&self) -> impl Iterator<Item = &EndpointSlice> {
-        self.slices.values().flat_map(|s| s.values())
+        self.entries.values().flat_map(|e| e.slices.values())
     }
 
-    /// Every service with its key and its slices, in key order: one walk over both
-    /// maps instead of a lookup per service.
+    /// Every service with its key and its slices, in key order.
     pub(crate) fn services_with_slices(
         &self,
     ) -> impl Iterator<Item = (&ServiceKey, &Service, Vec<&EndpointSlice>)> {
-        let mut slices = self.slices.iter().peekable();
-        self.services.iter().map(move |(key, svc)| {
-            while slices.next_if(|(k, _)| *k < key).is_some() {}
-            let own = slices
-                .next_if(|(k, _)| *k == key)
-                .map(|(_, s)| s.values().collect())
-                .unwrap_or_default();
-            (key, svc, own)
+        self.entries.iter().filter_map(|(key, entry)| {
+            let svc = entry.service.as_ref()?;
+            Some((key, svc, entry.slices.values().collect()))
         })
     }
 
@@ -161,7 +179,7 @@ impl ClusterState {
 
     /// The number of services.
     pub fn service_count(&self) -> usize {
-        self.services.len()
+        self.services
     }
 }
 
@@ -189,14 +207,15 @@ impl From<StateDocument> for ClusterState {
 
 impl From<ClusterState> for StateDocument {
     fn from(state: ClusterState) -> Self {
-        StateDocument {
-            services: state.services.into_values().collect(),
-            endpoint_slices: state
-                .slices
-                .into_values()
-                .flat_map(BTreeMap::into_values)
-                .collect(),
+        let mut doc = StateDocument {
+            services: Vec::with_capacity(state.services),
+            endpoint_slices: Vec::new(),
+        };
+        for entry in state.entries.into_values() {
+            doc.services.extend(entry.service);
+            doc.endpoint_slices.extend(entry.slices.into_values());
         }
+        doc
     }
 }
 
@@ -227,5 +246,31 @@ mod tests {
         let read: ClusterState = serde_json::from_str(&json).unwrap();
         assert_eq!(read.endpoint_bound(), 1);
         assert_eq!(read, state);
+    }
+
+    #[test]
+    fn services_and_slices_come_and_go_apart() {
+        let key = ServiceKey::new("ns", "svc");
+        let svc = || Service::cluster_ip("ns", "svc", IpAddr::from([172, 30, 0, 1]));
+        let mut state = ClusterState::new();
+        state.upsert_slice(slice("a", 1));
+        assert_eq!((state.service_count(), state.services().count()), (0, 0));
+        assert!(state.services_with_slices().next().is_none());
+        assert!(state.upsert_service(svc()).is_none());
+        assert!(state.upsert_service(svc()).is_some());
+        assert_eq!(state.service_count(), 1);
+        let walked: Vec<_> = state.services_with_slices().collect();
+        assert_eq!(walked.len(), 1);
+        assert_eq!(walked[0].2.len(), 1);
+        // The slice outlives its service, and the reverse.
+        assert!(state.remove_service(&key).is_some());
+        assert!(state.remove_service(&key).is_none());
+        assert_eq!(state.service_count(), 0);
+        assert_eq!(state.slices_of(&key).count(), 1);
+        state.upsert_service(svc());
+        state.remove_slice(&key, "a");
+        assert_eq!(state.service(&key), Some(&svc()));
+        state.remove_service(&key);
+        assert_eq!(state, ClusterState::new());
     }
 }
