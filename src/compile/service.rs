@@ -62,8 +62,74 @@ pub(crate) trait Sink {
     fn chain(&mut self, name: &ChainName, rules: usize);
     /// A rule appended to the chain started last.
     fn rule(&mut self, rule: &Rule);
+    /// An endpoint's own chain with its two rules: [`Sink::chain`] and
+    /// [`Sink::rule`] with [`EndpointChain::rules`], which a sink may write
+    /// another way with the same result.
+    fn endpoint_chain(&mut self, ep: &EndpointChain<'_>) {
+        self.chain(&ep.endpoint.chain, 2);
+        let [hairpin, dnat] = ep.rules();
+        self.rule(&hairpin);
+        self.rule(&dnat);
+    }
+    /// A service chain's random jump to one endpoint: [`Sink::rule`] with
+    /// [`Dispatch::rule`], which a sink may write another way with the same result.
+    fn dispatch(&mut self, jump: &Dispatch<'_>) {
+        self.rule(&jump.rule());
+    }
     /// Where the ports' flows go, if the sink keeps them.
     fn flows(&mut self) -> Option<&mut Vec<PortFlows>>;
+}
+
+/// One endpoint's `KUBE-SEP-…` chain: its hairpin masquerade and its DNAT.
+pub(crate) struct EndpointChain<'a> {
+    /// The endpoint, its chain's name included.
+    pub endpoint: &'a PortEndpoint<'a>,
+    /// The per-endpoint comment, when written.
+    pub comment: Option<&'a Match>,
+    pub protocol: Protocol,
+    /// Session affinity: the DNAT records the client (`-m recent --set`).
+    pub affinity: bool,
+}
+
+impl EndpointChain<'_> {
+    /// The chain's two rules: `-s IP -j KUBE-MARK-MASQ`, then the DNAT.
+    pub fn rules(&self) -> [Rule; 2] {
+        let (mut hairpin, mut dnat) = (Rule::new(), Rule::new());
+        hairpin.push_opt(self.comment.cloned());
+        hairpin
+            .matches
+            .push(Match::Source(Not::is(Address::Ip(self.endpoint.addr.ip()))));
+        hairpin.target = Some(jump(&KUBE_MARK_MASQ));
+        dnat.push_opt(self.comment.cloned());
+        if self.affinity {
+            dnat.matches.push(Match::Recent {
+                name: self.endpoint.chain.clone(),
+                action: RecentAction::Set,
+            });
+        }
+        dnat.matches.push(Match::Protocol(self.protocol));
+        dnat.target = Some(Target::Dnat(self.endpoint.addr));
+        [hairpin, dnat]
+    }
+}
+
+/// A service chain's jump to one endpoint, taken with `probability` unless it is
+/// the last.
+pub(crate) struct Dispatch<'a> {
+    pub comment: Option<Match>,
+    pub probability: Option<Probability>,
+    pub endpoint: &'a ChainName,
+}
+
+impl Dispatch<'_> {
+    /// The rule: `[comment] [-m statistic …] -j KUBE-SEP-…`.
+    pub fn rule(&self) -> Rule {
+        let mut rule = Rule::new();
+        rule.push_opt(self.comment.clone());
+        rule.push_opt(self.probability.map(Match::Statistic));
+        rule.target = Some(jump(self.endpoint));
+        rule
+    }
 }
 
 impl ServiceRules {
@@ -300,8 +366,13 @@ impl<'p, 'a, S: Sink> PortBuilder<'_, 'p, 'a, S> {
                 self.dispatch_rules(endpoints)?;
             }
         }
+        // One comment for every endpoint chain of the port.
+        let comment = match plan.eps.reachable.is_empty() {
+            true => None,
+            false => self.ctx.endpoint_comment(&[self.spn()])?,
+        };
         for ep in &plan.eps.reachable {
-            self.endpoint_chain(ep)?;
+            self.endpoint_chain(ep, comment.as_ref());
         }
         let (svc, port) = (self.svc, self.port);
         if let Some(flows) = self.out.flows() {
@@ -562,40 +633,26 @@ impl<'p, 'a, S: Sink> PortBuilder<'_, 'p, 'a, S> {
         }
         let n = endpoints.len();
         for (i, ep) in endpoints.iter().enumerate() {
-            let statistic = if i + 1 < n {
-                Some(Match::Statistic(Probability::one_in(n - i)?))
+            let probability = if i + 1 < n {
+                Some(Probability::one_in(n - i)?)
             } else {
                 None
             };
-            let mut rule = Rule::new();
-            rule.push_opt(self.ctx.endpoint_comment(&[spn, " -> ", &ep.text])?);
-            rule.push_opt(statistic);
-            rule.target = Some(jump(&ep.chain));
-            self.out.rule(&rule);
+            self.out.dispatch(&Dispatch {
+                comment: self.ctx.endpoint_comment(&[spn, " -> ", &ep.text])?,
+                probability,
+                endpoint: &ep.chain,
+            });
         }
         Ok(())
     }
 
-    fn endpoint_chain(&mut self, ep: &PortEndpoint<'_>) -> Result<(), Problem> {
-        let comment = self.ctx.endpoint_comment(&[self.spn()])?;
-        let (mut hairpin, mut dnat) = (Rule::new(), Rule::new());
-        hairpin.push_opt(comment.clone());
-        hairpin
-            .matches
-            .push(Match::Source(Not::is(Address::Ip(ep.addr.ip()))));
-        hairpin.target = Some(jump(&KUBE_MARK_MASQ));
-        dnat.push_opt(comment);
-        if self.svc.affinity_seconds.is_some() {
-            dnat.matches.push(Match::Recent {
-                name: ep.chain.clone(),
-                action: RecentAction::Set,
-            });
-        }
-        dnat.matches.push(Match::Protocol(self.proto()));
-        dnat.target = Some(Target::Dnat(ep.addr));
-        self.out.chain(&ep.chain, 2);
-        self.out.rule(&hairpin);
-        self.out.rule(&dnat);
-        Ok(())
+    fn endpoint_chain(&mut self, ep: &PortEndpoint<'_>, comment: Option<&Match>) {
+        self.out.endpoint_chain(&EndpointChain {
+            endpoint: ep,
+            comment,
+            protocol: self.proto(),
+            affinity: self.svc.affinity_seconds.is_some(),
+        });
     }
 }

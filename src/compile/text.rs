@@ -16,13 +16,13 @@ use std::io;
 
 use super::context::Context;
 use super::fixed::{fixed_tables, nodeport_jumps};
-use super::service::{PortFlows, Sink};
+use super::service::{Dispatch, EndpointChain, PortFlows, Sink};
 use super::{SharedChain, compile_services};
 use crate::error::CompileError;
 use crate::model::{ClusterState, IpFamily, ProxyConfig, ServiceKey};
 use crate::render;
 use crate::render::IoAdapter;
-use crate::ruleset::{ChainName, Rule, Table};
+use crate::ruleset::{ChainName, Match, Rule, Table};
 
 const SHARED: usize = SharedChain::ALL.len();
 
@@ -135,6 +135,18 @@ impl TextSink {
             current: super::KUBE_SERVICES,
             flows: None,
             marks: ((0, 0), [0; SHARED], 0, 0, 0),
+        }
+    }
+
+    /// Starts a new chunk when the current one has no room for another line.
+    #[inline]
+    fn make_room(&mut self) {
+        if self.chunk != 0 && self.own.capacity() - self.own.len() < LINE_ROOM {
+            let next = self
+                .spare
+                .pop()
+                .unwrap_or_else(|| String::with_capacity(self.chunk));
+            self.done.push(std::mem::replace(&mut self.own, next));
         }
     }
 
@@ -264,14 +276,73 @@ impl Sink for TextSink {
 
     #[inline]
     fn rule(&mut self, rule: &Rule) {
-        if self.chunk != 0 && self.own.capacity() - self.own.len() < LINE_ROOM {
-            let next = self
-                .spare
-                .pop()
-                .unwrap_or_else(|| String::with_capacity(self.chunk));
-            self.done.push(std::mem::replace(&mut self.own, next));
-        }
+        self.make_room();
         let _ = render::write_rule(&self.current, rule, &mut self.own);
+    }
+
+    /// The same lines as [`EndpointChain::rules`] rendered (a unit test holds them
+    /// to it), without building the rules: a cluster has one such chain per
+    /// endpoint.
+    fn endpoint_chain(&mut self, ep: &EndpointChain<'_>) {
+        self.chain(&ep.endpoint.chain, 2);
+        self.make_room();
+        let out = &mut self.own;
+        let name = ep.endpoint.chain.as_str();
+        // `ip:port` as the DNAT target writes it; for IPv4 the hairpin match's
+        // address is the part before the port (an IPv6 one is written anew).
+        let socket = ep.endpoint.text.as_str();
+        let proto = ep.protocol.as_str();
+        for dnat in [false, true] {
+            out.push_str("-A ");
+            out.push_str(name);
+            if let Some(comment) = ep.comment {
+                out.push(' ');
+                let _ = comment.write_to(out);
+            }
+            if !dnat {
+                out.push_str(" -s ");
+                match (ep.endpoint.addr, socket.rsplit_once(':')) {
+                    (std::net::SocketAddr::V4(_), Some((ip, _))) => out.push_str(ip),
+                    (addr, _) => {
+                        let _ = crate::ruleset::text::ip(out, addr.ip());
+                    }
+                }
+                out.push_str(" -j KUBE-MARK-MASQ\n");
+                continue;
+            }
+            if ep.affinity {
+                out.push_str(" -m recent --name ");
+                out.push_str(name);
+                out.push_str(" --set");
+            }
+            out.push_str(" -m ");
+            out.push_str(proto);
+            out.push_str(" -p ");
+            out.push_str(proto);
+            out.push_str(" -j DNAT --to-destination ");
+            out.push_str(socket);
+            out.push('\n');
+        }
+    }
+
+    /// The same line as [`Dispatch::rule`] rendered (a unit test holds it to it),
+    /// without building the rule.
+    fn dispatch(&mut self, jump: &Dispatch<'_>) {
+        self.make_room();
+        let out = &mut self.own;
+        out.push_str("-A ");
+        out.push_str(self.current.as_str());
+        if let Some(comment) = &jump.comment {
+            out.push(' ');
+            let _ = comment.write_to(out);
+        }
+        if let Some(p) = jump.probability {
+            out.push(' ');
+            let _ = Match::Statistic(p).write_to(out);
+        }
+        out.push_str(" -j ");
+        out.push_str(jump.endpoint.as_str());
+        out.push('\n');
     }
 
     fn flows(&mut self) -> Option<&mut Vec<PortFlows>> {
@@ -702,6 +773,83 @@ mod tests {
             sink.abandon();
             assert_eq!(written(&sink), kept);
         }
+    }
+
+    /// The endpoint chains and dispatch rules a `TextSink` writes without
+    /// building rules are the rules it would otherwise build, rendered.
+    #[test]
+    fn endpoint_lines_are_the_rules_rendered() {
+        use super::super::input::PortEndpoint;
+        use super::super::naming::endpoint_text;
+        use crate::model::{Endpoint, Protocol};
+        use crate::ruleset::{Comment, Probability};
+
+        fn both(write: impl Fn(&mut TextSink, bool)) -> (String, String) {
+            let [fast, typed] = [true, false].map(|fast| {
+                let mut sink = TextSink::per_service(false);
+                sink.begin();
+                sink.chain(&ChainName::new("KUBE-SVC-X").unwrap(), 1);
+                write(&mut sink, fast);
+                let text = sink.take_service(crate::model::ServiceKey::new("ns", "a"), 1);
+                format!("{:?}", text.chains().collect::<Vec<_>>())
+            });
+            (fast, typed)
+        }
+
+        let chain = ChainName::new("KUBE-SEP-ABC").unwrap();
+        let mut checked = 0;
+        for addr in ["10.180.0.1:80", "[fd00::1]:8080", "[::ffff:10.0.0.1]:53"] {
+            let addr: std::net::SocketAddr = addr.parse().unwrap();
+            let endpoint = Endpoint::ready(addr.ip());
+            let port_endpoint = PortEndpoint {
+                text: endpoint_text(&addr),
+                addr,
+                chain: chain.clone(),
+                endpoint: &endpoint,
+                local: false,
+            };
+            let spn = Match::Comment(Comment::new("ns1/svc1:p80").unwrap());
+            let to = Match::Comment(
+                Comment::from_parts(&["ns1/svc1:p80 -> ", &port_endpoint.text]).unwrap(),
+            );
+            for (comment, to) in [(None, None), (Some(&spn), Some(&to))] {
+                for affinity in [false, true] {
+                    for protocol in [Protocol::Tcp, Protocol::Udp, Protocol::Sctp] {
+                        let ep = EndpointChain {
+                            endpoint: &port_endpoint,
+                            comment,
+                            protocol,
+                            affinity,
+                        };
+                        let (fast, typed) = both(|sink, fast| {
+                            if fast {
+                                sink.endpoint_chain(&ep);
+                            } else {
+                                sink.chain(&chain, 2);
+                                ep.rules().iter().for_each(|r| sink.rule(r));
+                            }
+                        });
+                        assert_eq!(fast, typed);
+                        assert!(fast.contains(&*port_endpoint.text), "{fast}");
+                        checked += 1;
+                    }
+                }
+                for probability in [None, Some(Probability::one_in(3).unwrap())] {
+                    let jump = Dispatch {
+                        comment: to.cloned(),
+                        probability,
+                        endpoint: &chain,
+                    };
+                    let (fast, typed) = both(|sink, fast| match fast {
+                        true => sink.dispatch(&jump),
+                        false => sink.rule(&jump.rule()),
+                    });
+                    assert_eq!(fast, typed);
+                    checked += 1;
+                }
+            }
+        }
+        assert_eq!(checked, 48);
     }
 
     #[test]
