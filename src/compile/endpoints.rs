@@ -9,10 +9,30 @@ pub(crate) struct Categorized<'p, 'a> {
     pub cluster: Vec<&'p PortEndpoint<'a>>,
     /// Endpoints for the Local policy chain (`KUBE-SVL-…`).
     pub local: Vec<&'p PortEndpoint<'a>>,
-    /// Every endpoint that gets a `KUBE-SEP-…` chain.
-    pub reachable: Vec<&'p PortEndpoint<'a>>,
+    /// Every endpoint that gets a `KUBE-SEP-…` chain: see [`Categorized::reachable`].
+    reachable: Reachable<'p, 'a>,
     /// True if any endpoint anywhere can serve.
     pub has_any: bool,
+}
+
+/// Which endpoints get a `KUBE-SEP-…` chain: most often the cluster set, kept once.
+#[derive(Debug, Default)]
+enum Reachable<'p, 'a> {
+    #[default]
+    Cluster,
+    Local,
+    Both(Vec<&'p PortEndpoint<'a>>),
+}
+
+impl<'p, 'a> Categorized<'p, 'a> {
+    /// Every endpoint that gets a `KUBE-SEP-…` chain, sorted by `ip:port`.
+    pub fn reachable(&self) -> &[&'p PortEndpoint<'a>] {
+        match &self.reachable {
+            Reachable::Cluster => &self.cluster,
+            Reachable::Local => &self.local,
+            Reachable::Both(all) => all,
+        }
+    }
 }
 
 /// Facts about the service port and node that endpoint selection reads.
@@ -109,7 +129,6 @@ pub(crate) fn categorize<'p, 'a>(
         out.has_any = !out.cluster.is_empty();
     }
     if !sel.uses_local {
-        out.reachable = out.cluster.clone();
         return out;
     }
     let mut local_ready = false;
@@ -137,10 +156,10 @@ pub(crate) fn categorize<'p, 'a>(
             .collect();
     }
     if !sel.uses_cluster {
-        out.reachable = out.local.clone();
+        out.reachable = Reachable::Local;
     } else if topo == Topology::None && !fell_back {
         // Cluster holds every ready endpoint, local only ready ones: a superset.
-        out.reachable = out.cluster.clone();
+        out.reachable = Reachable::Cluster;
     } else {
         let mut all: Vec<&PortEndpoint<'a>> = out
             .cluster
@@ -150,7 +169,7 @@ pub(crate) fn categorize<'p, 'a>(
             .collect();
         all.sort_by_key(|e| e.text);
         all.dedup_by(|a, b| a.text == b.text);
-        out.reachable = all;
+        out.reachable = Reachable::Both(all);
     }
     out
 }

@@ -245,10 +245,15 @@ fn compile_pass<S: Sink, T>(
     let mut warnings = Vec::new();
     let mut services = Vec::with_capacity(state.service_count());
     let mut total = 0;
-    for (key, svc, slices) in state.services_with_slices() {
+    // Reused from one service to the next.
+    let mut slices = Vec::new();
+    let mut scratch = input::Scratch::default();
+    for (key, svc, own) in state.services_with_slices() {
+        slices.clear();
+        slices.extend(own);
         let checked = input::check_service(svc, &slices, config, strict, &mut warnings);
         let input = match checked {
-            Ok(()) => input::checked_service_input(svc, &slices, config),
+            Ok(()) => input::checked_service_input(svc, &slices, config, &mut scratch),
             Err(e) if strict => return Err(e),
             Err(e) => {
                 rejected.push(e);

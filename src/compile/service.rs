@@ -367,11 +367,11 @@ impl<'p, 'a, S: Sink> PortBuilder<'_, 'p, 'a, S> {
             }
         }
         // One comment for every endpoint chain of the port.
-        let comment = match plan.eps.reachable.is_empty() {
+        let comment = match plan.eps.reachable().is_empty() {
             true => None,
             false => self.ctx.endpoint_comment(&[self.spn()])?,
         };
-        for ep in &plan.eps.reachable {
+        for ep in plan.eps.reachable() {
             self.endpoint_chain(ep, comment.as_ref());
         }
         let (svc, port) = (self.svc, self.port);
@@ -385,7 +385,7 @@ impl<'p, 'a, S: Sink> PortBuilder<'_, 'p, 'a, S> {
                 protocol: port.port.protocol,
                 destinations,
                 node_port: port.port.node_port,
-                endpoints: plan.eps.reachable.iter().map(|e| e.addr).collect(),
+                endpoints: plan.eps.reachable().iter().map(|e| e.addr).collect(),
             });
         }
         Ok(())
