@@ -332,12 +332,7 @@ pub(crate) fn service_input<'a>(
     warnings: &mut Vec<CompileError>,
 ) -> Result<Option<ServiceInput<'a>>, CompileError> {
     check_service(svc, slices, config, strict, warnings)?;
-    Ok(checked_service_input(
-        svc,
-        slices,
-        config,
-        &mut Scratch::default(),
-    ))
+    Ok(checked_service_input(svc, slices, config))
 }
 
 /// The validation half of [`service_input`].
@@ -400,7 +395,6 @@ pub(crate) fn checked_service_input<'a>(
     svc: &'a Service,
     slices: &[&'a EndpointSlice],
     config: &ProxyConfig,
-    scratch: &mut Scratch<'a>,
 ) -> Option<ServiceInput<'a>> {
     let family = config.ip_family;
     let cluster_ip = family_cluster_ip(svc, family)?;
@@ -414,7 +408,7 @@ pub(crate) fn checked_service_input<'a>(
         .map(|port| {
             let spn = spn_of(&svc.namespace, &svc.name, &port.name);
             let chains = PortChains::new(&spn, port.protocol);
-            let endpoints = port_endpoints(&spn, port, slices, family, node_name, scratch);
+            let endpoints = port_endpoints(&spn, port, slices, family, node_name);
             PortInput {
                 port,
                 spn,
@@ -465,18 +459,6 @@ fn preference(local: bool, e: &Endpoint) -> (bool, bool, bool, bool, &Endpoint) 
     (local, c.ready, c.serving, !c.terminating, e)
 }
 
-/// An endpoint address offered for a service port, before duplicates are removed:
-/// its `ip:port` text, the address, the endpoint, and whether it is on this node.
-type Candidate<'a> = (ArrayString<56>, SocketAddr, &'a Endpoint, bool);
-
-/// Buffers for building service inputs, reused from one service to the next when a
-/// whole cluster is compiled.
-#[derive(Default)]
-pub(crate) struct Scratch<'a> {
-    candidates: Vec<Candidate<'a>>,
-    order: Vec<usize>,
-}
-
 /// The endpoints of one service port across all slices of the family, deduplicated by
 /// `ip:port` (see [`preference`]) and sorted by that string.
 fn port_endpoints<'a>(
@@ -485,37 +467,36 @@ fn port_endpoints<'a>(
     slices: &[&'a EndpointSlice],
     family: IpFamily,
     node_name: Option<&str>,
-    scratch: &mut Scratch<'a>,
 ) -> Vec<PortEndpoint<'a>> {
-    let Scratch { candidates, order } = scratch;
-    candidates.clear();
-    for (addr, endpoint) in port_addresses(port, slices, family) {
-        let local = node_name.is_some() && endpoint.node_name.as_deref() == node_name;
-        candidates.push((endpoint_text(&addr), addr, endpoint, local));
-    }
-    // By text, the preferred copy of each first; then the first of each text is
-    // kept. Indices are sorted, not the (larger) candidates.
-    order.clear();
-    order.extend(0..candidates.len());
-    order.sort_by(|&a, &b| {
-        let (a, b) = (&candidates[a], &candidates[b]);
-        a.0.cmp(&b.0)
-            .then_with(|| preference(b.3, b.2).cmp(&preference(a.3, a.2)))
+    let mut endpoints = Vec::with_capacity(
+        slices
+            .iter()
+            .filter(|s| s.address_type == family)
+            .map(|s| s.endpoints.len())
+            .sum(),
+    );
+    endpoints.extend(
+        port_addresses(port, slices, family).map(|(addr, endpoint)| PortEndpoint {
+            text: endpoint_text(&addr),
+            addr,
+            // Named below, once duplicates are gone.
+            chain: ChainName::fixed("KUBE-SEP-"),
+            endpoint,
+            local: node_name.is_some() && endpoint.node_name.as_deref() == node_name,
+        }),
+    );
+    // By text, the preferred copy of each first (the sort is stable and mostly
+    // finds the slices' order sorted already); then the first of each text is kept.
+    endpoints.sort_by(|a, b| {
+        a.text
+            .cmp(&b.text)
+            .then_with(|| preference(b.local, b.endpoint).cmp(&preference(a.local, a.endpoint)))
     });
-    order.dedup_by(|later, first| candidates[*later].0 == candidates[*first].0);
-    order
-        .iter()
-        .map(|&i| {
-            let (text, addr, endpoint, local) = candidates[i];
-            PortEndpoint {
-                chain: endpoint_chain(spn, port.protocol, &text),
-                text,
-                addr,
-                endpoint,
-                local,
-            }
-        })
-        .collect()
+    endpoints.dedup_by(|later, first| later.text == first.text);
+    for ep in &mut endpoints {
+        ep.chain = endpoint_chain(spn, port.protocol, &ep.text);
+    }
+    endpoints
 }
 
 #[cfg(test)]

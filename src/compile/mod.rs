@@ -247,13 +247,12 @@ fn compile_pass<S: Sink, T>(
     let mut total = 0;
     // Reused from one service to the next.
     let mut slices = Vec::new();
-    let mut scratch = input::Scratch::default();
     for (key, svc, own) in state.services_with_slices() {
         slices.clear();
         slices.extend(own);
         let checked = input::check_service(svc, &slices, config, strict, &mut warnings);
         let input = match checked {
-            Ok(()) => input::checked_service_input(svc, &slices, config, &mut scratch),
+            Ok(()) => input::checked_service_input(svc, &slices, config),
             Err(e) if strict => return Err(e),
             Err(e) => {
                 rejected.push(e);
