@@ -73,8 +73,12 @@ pub(crate) trait Sink {
     }
     /// A service chain's random jump to one endpoint: [`Sink::rule`] with
     /// [`Dispatch::rule`], which a sink may write another way with the same result.
-    fn dispatch(&mut self, jump: &Dispatch<'_>) {
-        self.rule(&jump.rule());
+    ///
+    /// # Errors
+    /// Those of [`Dispatch::rule`].
+    fn dispatch(&mut self, jump: &Dispatch<'_>) -> Result<(), Problem> {
+        self.rule(&jump.rule()?);
+        Ok(())
     }
     /// Where the ports' flows go, if the sink keeps them.
     fn flows(&mut self) -> Option<&mut Vec<PortFlows>>;
@@ -113,22 +117,26 @@ impl EndpointChain<'_> {
     }
 }
 
-/// A service chain's jump to one endpoint, taken with `probability` unless it is
-/// the last.
+/// A service chain's jump to one endpoint, taken with probability 1/`remaining`
+/// (always when it is the last one).
 pub(crate) struct Dispatch<'a> {
     pub comment: Option<Match>,
-    pub probability: Option<Probability>,
+    /// The endpoints from this one to the last, at least 1.
+    pub remaining: usize,
     pub endpoint: &'a ChainName,
 }
 
 impl Dispatch<'_> {
     /// The rule: `[comment] [-m statistic …] -j KUBE-SEP-…`.
-    pub fn rule(&self) -> Rule {
+    pub fn rule(&self) -> Result<Rule, Problem> {
         let mut rule = Rule::new();
         rule.push_opt(self.comment.clone());
-        rule.push_opt(self.probability.map(Match::Statistic));
+        if self.remaining > 1 {
+            let p = Probability::one_in(self.remaining)?;
+            rule.matches.push(Match::Statistic(p));
+        }
         rule.target = Some(jump(self.endpoint));
-        rule
+        Ok(rule)
     }
 }
 
@@ -633,16 +641,11 @@ impl<'p, 'a, S: Sink> PortBuilder<'_, 'p, 'a, S> {
         }
         let n = endpoints.len();
         for (i, ep) in endpoints.iter().enumerate() {
-            let probability = if i + 1 < n {
-                Some(Probability::one_in(n - i)?)
-            } else {
-                None
-            };
             self.out.dispatch(&Dispatch {
                 comment: self.ctx.endpoint_comment(&[spn, " -> ", &ep.text])?,
-                probability,
+                remaining: n - i,
                 endpoint: &ep.chain,
-            });
+            })?;
         }
         Ok(())
     }

@@ -19,10 +19,11 @@ use super::fixed::{fixed_tables, nodeport_jumps};
 use super::service::{Dispatch, EndpointChain, PortFlows, Sink};
 use super::{SharedChain, compile_services};
 use crate::error::CompileError;
+use crate::error::Problem;
 use crate::model::{ClusterState, IpFamily, ProxyConfig, ServiceKey};
 use crate::render;
 use crate::render::IoAdapter;
-use crate::ruleset::{ChainName, Match, Rule, Table};
+use crate::ruleset::{ChainName, Rule, Table};
 
 const SHARED: usize = SharedChain::ALL.len();
 
@@ -301,8 +302,12 @@ impl Sink for TextSink {
             }
             if !dnat {
                 out.push_str(" -s ");
-                match (ep.endpoint.addr, socket.rsplit_once(':')) {
-                    (std::net::SocketAddr::V4(_), Some((ip, _))) => out.push_str(ip),
+                // `ip:port` less the colon and the port's digits.
+                let ip_len = socket
+                    .len()
+                    .saturating_sub(1 + digits(ep.endpoint.addr.port()));
+                match (ep.endpoint.addr, socket.get(..ip_len)) {
+                    (std::net::SocketAddr::V4(_), Some(ip)) => out.push_str(ip),
                     (addr, _) => {
                         let _ = crate::ruleset::text::ip(out, addr.ip());
                     }
@@ -327,7 +332,7 @@ impl Sink for TextSink {
 
     /// The same line as [`Dispatch::rule`] rendered (a unit test holds it to it),
     /// without building the rule.
-    fn dispatch(&mut self, jump: &Dispatch<'_>) {
+    fn dispatch(&mut self, jump: &Dispatch<'_>) -> Result<(), Problem> {
         self.make_room();
         let out = &mut self.own;
         out.push_str("-A ");
@@ -336,17 +341,29 @@ impl Sink for TextSink {
             out.push(' ');
             let _ = comment.write_to(out);
         }
-        if let Some(p) = jump.probability {
-            out.push(' ');
-            let _ = Match::Statistic(p).write_to(out);
+        if jump.remaining > 1 {
+            out.push_str(" -m statistic --mode random --probability ");
+            let _ = crate::ruleset::text::one_in(out, jump.remaining);
         }
         out.push_str(" -j ");
         out.push_str(jump.endpoint.as_str());
         out.push('\n');
+        Ok(())
     }
 
     fn flows(&mut self) -> Option<&mut Vec<PortFlows>> {
         self.flows.as_mut()
+    }
+}
+
+/// The number of decimal digits of `n`.
+fn digits(n: u16) -> usize {
+    match n {
+        0..=9 => 1,
+        10..=99 => 2,
+        100..=999 => 3,
+        1000..=9999 => 4,
+        _ => 5,
     }
 }
 
@@ -782,7 +799,7 @@ mod tests {
         use super::super::input::PortEndpoint;
         use super::super::naming::endpoint_text;
         use crate::model::{Endpoint, Protocol};
-        use crate::ruleset::{Comment, Probability};
+        use crate::ruleset::{Comment, Match};
 
         fn both(write: impl Fn(&mut TextSink, bool)) -> (String, String) {
             let [fast, typed] = [true, false].map(|fast| {
@@ -798,7 +815,14 @@ mod tests {
 
         let chain = ChainName::new("KUBE-SEP-ABC").unwrap();
         let mut checked = 0;
-        for addr in ["10.180.0.1:80", "[fd00::1]:8080", "[::ffff:10.0.0.1]:53"] {
+        for addr in [
+            "10.180.0.1:80",
+            "1.2.3.4:1",
+            "255.255.255.255:65535",
+            "10.0.0.10:1000",
+            "[fd00::1]:8080",
+            "[::ffff:10.0.0.1]:53",
+        ] {
             let addr: std::net::SocketAddr = addr.parse().unwrap();
             let endpoint = Endpoint::ready(addr.ip());
             let port_endpoint = PortEndpoint {
@@ -834,22 +858,22 @@ mod tests {
                         checked += 1;
                     }
                 }
-                for probability in [None, Some(Probability::one_in(3).unwrap())] {
+                for remaining in [1, 3, 2000] {
                     let jump = Dispatch {
                         comment: to.cloned(),
-                        probability,
+                        remaining,
                         endpoint: &chain,
                     };
                     let (fast, typed) = both(|sink, fast| match fast {
-                        true => sink.dispatch(&jump),
-                        false => sink.rule(&jump.rule()),
+                        true => sink.dispatch(&jump).unwrap(),
+                        false => sink.rule(&jump.rule().unwrap()),
                     });
                     assert_eq!(fast, typed);
                     checked += 1;
                 }
             }
         }
-        assert_eq!(checked, 48);
+        assert_eq!(checked, 108);
     }
 
     #[test]

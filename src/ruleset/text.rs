@@ -102,23 +102,36 @@ pub(crate) fn net<W: Write + ?Sized>(out: &mut W, net: IpNet) -> fmt::Result {
 /// The largest `n` whose `1/n` is kept printed.
 const ONE_IN_CACHED: usize = 1024;
 
+/// `1/n` printed with ten decimals, for `n` up to [`ONE_IN_CACHED`] (index 0 holds 1/1).
+fn one_in_table() -> &'static [String] {
+    static ONE_IN: OnceLock<Vec<String>> = OnceLock::new();
+    ONE_IN.get_or_init(|| {
+        (0..=ONE_IN_CACHED)
+            .map(|n| format!("{:.10}", 1.0 / n.max(1) as f64))
+            .collect()
+    })
+}
+
 /// Writes a probability with ten decimals, as Go's `%0.10f` does. The `1/n` values
 /// the compiler makes are printed once and kept.
 pub(crate) fn probability<W: Write + ?Sized>(out: &mut W, p: f64) -> fmt::Result {
-    static ONE_IN: OnceLock<Vec<String>> = OnceLock::new();
     if p > 0.0 {
         let n = (1.0 / p).round();
         if n >= 1.0 && n <= ONE_IN_CACHED as f64 && (1.0 / n).to_bits() == p.to_bits() {
-            let table = ONE_IN.get_or_init(|| {
-                (0..=ONE_IN_CACHED)
-                    .map(|n| format!("{:.10}", 1.0 / n.max(1) as f64))
-                    .collect()
-            });
-            return out.write_str(&table[n as usize]);
+            return out.write_str(&one_in_table()[n as usize]);
         }
     }
     // Rust rounds the exact binary value half-to-even, as Go's %0.10f does.
     write!(out, "{p:.10}")
+}
+
+/// Writes the probability `1/n` (`n >= 1`) as [`probability`] writes it, without
+/// working out which `n` it is.
+pub(crate) fn one_in<W: Write + ?Sized>(out: &mut W, n: usize) -> fmt::Result {
+    match one_in_table().get(n) {
+        Some(text) if n > 0 => out.write_str(text),
+        _ => probability(out, 1.0 / n as f64),
+    }
 }
 
 #[cfg(test)]
@@ -129,6 +142,15 @@ mod tests {
         let mut s = String::new();
         f(&mut s).unwrap();
         s
+    }
+
+    #[test]
+    fn one_in_prints_as_probability_does() {
+        for n in (1..=ONE_IN_CACHED + 20).chain([4096, 1_000_000]) {
+            let want = text(|s| probability(s, 1.0 / n as f64));
+            assert_eq!(text(|s| one_in(s, n)), want, "1/{n}");
+        }
+        assert_eq!(text(|s| one_in(s, 3)), "0.3333333333");
     }
 
     #[test]
