@@ -71,6 +71,16 @@ pub(crate) trait Sink {
         self.rule(&hairpin);
         self.rule(&dnat);
     }
+    /// A capture rule appended to a shared chain: [`Sink::shared`] with
+    /// [`Capture::rule`], which a sink may write another way with the same result.
+    fn shared_capture(&mut self, which: SharedChain, capture: &Capture<'_>) {
+        self.shared(which, capture.rule());
+    }
+    /// A capture rule appended to the chain started last: [`Sink::rule`] with
+    /// [`Capture::rule`], which a sink may write another way with the same result.
+    fn capture(&mut self, capture: &Capture<'_>) {
+        self.rule(&capture.rule());
+    }
     /// A service chain's random jump to one endpoint: [`Sink::rule`] with
     /// [`Dispatch::rule`], which a sink may write another way with the same result.
     ///
@@ -114,6 +124,42 @@ impl EndpointChain<'_> {
         dnat.matches.push(Match::Protocol(self.protocol));
         dnat.target = Some(Target::Dnat(self.endpoint.addr));
         [hairpin, dnat]
+    }
+}
+
+/// A rule that picks a service port's traffic by destination:
+/// `[comment] -m P -p P -d IP --dport N [extra] TARGET`. Every service has some
+/// (its cluster IP's jump and masquerade rules; external and load-balancer IPs).
+pub(crate) struct Capture<'a> {
+    pub comment: Option<Match>,
+    pub protocol: Protocol,
+    pub ip: IpAddr,
+    pub port: u16,
+    /// A match after the port (the masquerade rule's "not from a pod").
+    pub extra: Option<&'a Match>,
+    pub target: Target,
+}
+
+impl Capture<'_> {
+    /// The rule's matches, in order, before the optional ones are left out.
+    pub fn matches(&self) -> [Option<Match>; 5] {
+        [
+            self.comment.clone(),
+            Some(Match::Protocol(self.protocol)),
+            Some(addr(self.ip)),
+            Some(Match::DestinationPort(self.port)),
+            self.extra.cloned(),
+        ]
+    }
+
+    /// The rule.
+    pub fn rule(&self) -> Rule {
+        let mut rule = Rule::new();
+        for m in self.matches() {
+            rule.push_opt(m);
+        }
+        rule.target = Some(self.target.clone());
+        rule
     }
 }
 
@@ -252,7 +298,7 @@ struct PortBuilder<'s, 'p, 'a, S> {
     out: &'s mut S,
 }
 
-impl<'p, 'a, S: Sink> PortBuilder<'_, 'p, 'a, S> {
+impl<'s, 'p, 'a, S: Sink> PortBuilder<'s, 'p, 'a, S> {
     fn proto(&self) -> Protocol {
         self.port.port.protocol
     }
@@ -276,13 +322,27 @@ impl<'p, 'a, S: Sink> PortBuilder<'_, 'p, 'a, S> {
         self.out.shared(chain, rule);
     }
 
-    /// `-m comment … -m P -p P -d IP --dport N`, the prefix of every capture rule.
-    fn capture(&self, comment: Option<Match>, ip: IpAddr, port: u16) -> Rule {
-        Rule::new()
-            .with_opt(comment)
-            .with(Match::Protocol(self.proto()))
-            .with(addr(ip))
-            .with(Match::DestinationPort(port))
+    /// The capture rule of this port for `ip:port`, with `target`.
+    fn capture(
+        &self,
+        comment: Option<Match>,
+        ip: IpAddr,
+        port: u16,
+        target: Target,
+    ) -> Capture<'s> {
+        Capture {
+            comment,
+            protocol: self.proto(),
+            ip,
+            port,
+            extra: None,
+            target,
+        }
+    }
+
+    /// Appends a capture rule to a shared chain.
+    fn shared_capture(&mut self, which: SharedChain, capture: Capture<'_>) {
+        self.out.shared_capture(which, &capture);
     }
 
     fn plan(&self) -> Plan<'p, 'a> {
@@ -369,7 +429,7 @@ impl<'p, 'a, S: Sink> PortBuilder<'_, 'p, 'a, S> {
                 if *name == plan.internal_chain
                     && let Some(rule) = masquerade.take()
                 {
-                    self.out.rule(&rule);
+                    self.out.capture(&rule);
                 }
                 self.dispatch_rules(endpoints)?;
             }
@@ -403,12 +463,12 @@ impl<'p, 'a, S: Sink> PortBuilder<'_, 'p, 'a, S> {
         let (ip, port) = (self.svc.cluster_ip, self.port.port.port);
         if plan.has_internal {
             let c = self.comment(&[self.spn(), " cluster IP"])?;
-            let rule = self.capture(c, ip, port).to(jump(&plan.internal_chain));
-            self.shared(SharedChain::NatServices, rule);
+            let rule = self.capture(c, ip, port, jump(&plan.internal_chain));
+            self.shared_capture(SharedChain::NatServices, rule);
         } else {
             let c = self.filter_comment(&filter)?;
-            let rule = self.capture(c, ip, port).to(filter.target);
-            self.shared(SharedChain::FilterServices, rule);
+            let rule = self.capture(c, ip, port, filter.target);
+            self.shared_capture(SharedChain::FilterServices, rule);
         }
         Ok(())
     }
@@ -418,13 +478,13 @@ impl<'p, 'a, S: Sink> PortBuilder<'_, 'p, 'a, S> {
         for &ip in &self.svc.external_ips {
             if plan.eps.has_any {
                 let c = self.comment(&[self.spn(), " external IP"])?;
-                let rule = self.capture(c, ip, port).to(jump(&self.port.chains.ext));
-                self.shared(SharedChain::NatServices, rule);
+                let rule = self.capture(c, ip, port, jump(&self.port.chains.ext));
+                self.shared_capture(SharedChain::NatServices, rule);
             }
             if !plan.has_external {
                 let c = self.filter_comment(filter)?;
-                let rule = self.capture(c, ip, port).to(filter.target.clone());
-                self.shared(SharedChain::FilterExternalServices, rule);
+                let rule = self.capture(c, ip, port, filter.target.clone());
+                self.shared_capture(SharedChain::FilterExternalServices, rule);
             }
         }
         Ok(())
@@ -441,21 +501,21 @@ impl<'p, 'a, S: Sink> PortBuilder<'_, 'p, 'a, S> {
         for &ip in &self.svc.lb_vips {
             if plan.eps.has_any {
                 let c = self.comment(&[self.spn(), " loadbalancer IP"])?;
-                let rule = self.capture(c, ip, port).to(jump(target));
-                self.shared(SharedChain::NatServices, rule);
+                let rule = self.capture(c, ip, port, jump(target));
+                self.shared_capture(SharedChain::NatServices, rule);
             }
             if plan.uses_fw_chain {
                 let c =
                     self.comment(&[self.spn(), " traffic not accepted by ", chains.fw.as_str()])?;
-                let rule = self.capture(c, ip, port).to(Target::Drop);
-                self.shared(SharedChain::FilterProxyFirewall, rule);
+                let rule = self.capture(c, ip, port, Target::Drop);
+                self.shared_capture(SharedChain::FilterProxyFirewall, rule);
             }
         }
         if !plan.has_external {
             for &ip in &self.svc.lb_vips {
                 let c = self.filter_comment(filter)?;
-                let rule = self.capture(c, ip, port).to(filter.target.clone());
-                self.shared(SharedChain::FilterExternalServices, rule);
+                let rule = self.capture(c, ip, port, filter.target.clone());
+                self.shared_capture(SharedChain::FilterExternalServices, rule);
             }
         }
         Ok(())
@@ -513,20 +573,20 @@ impl<'p, 'a, S: Sink> PortBuilder<'_, 'p, 'a, S> {
 
     /// Masquerades cluster-IP traffic from outside the cluster (or all of it with
     /// masquerade-all); no rule without a detector.
-    fn masquerade_rule(&self) -> Result<Option<Rule>, Problem> {
+    fn masquerade_rule(&self) -> Result<Option<Capture<'s>>, Problem> {
         let detect = if self.ctx.masquerade_all {
             None
         } else if let Some(m) = &self.ctx.if_not_local {
-            Some(m.clone())
+            Some(m)
         } else {
             return Ok(None);
         };
         let c = self.comment(&[self.spn(), " cluster IP"])?;
-        Ok(Some(
-            self.capture(c, self.svc.cluster_ip, self.port.port.port)
-                .with_opt(detect)
-                .to(jump(&KUBE_MARK_MASQ)),
-        ))
+        let (ip, port) = (self.svc.cluster_ip, self.port.port.port);
+        Ok(Some(Capture {
+            extra: detect,
+            ..self.capture(c, ip, port, jump(&KUBE_MARK_MASQ))
+        }))
     }
 
     fn ext_chain(&mut self, plan: &Plan<'_, '_>) -> Result<(), Problem> {

@@ -16,7 +16,7 @@ use std::io;
 
 use super::context::Context;
 use super::fixed::{fixed_tables, nodeport_jumps};
-use super::service::{Dispatch, EndpointChain, PortFlows, Sink};
+use super::service::{Capture, Dispatch, EndpointChain, PortFlows, Sink};
 use super::{SharedChain, compile_services};
 use crate::error::CompileError;
 use crate::error::Problem;
@@ -281,6 +281,15 @@ impl Sink for TextSink {
         let _ = render::write_rule(&self.current, rule, &mut self.own);
     }
 
+    fn shared_capture(&mut self, which: SharedChain, capture: &Capture<'_>) {
+        write_capture(&which.chain(), capture, &mut self.shared[which as usize]);
+    }
+
+    fn capture(&mut self, capture: &Capture<'_>) {
+        self.make_room();
+        write_capture(&self.current, capture, &mut self.own);
+    }
+
     /// The same lines as [`EndpointChain::rules`] rendered (a unit test holds them
     /// to it), without building the rules: a cluster has one such chain per
     /// endpoint.
@@ -354,6 +363,21 @@ impl Sink for TextSink {
     fn flows(&mut self) -> Option<&mut Vec<PortFlows>> {
         self.flows.as_mut()
     }
+}
+
+/// [`Capture::rule`] rendered, as `render::write_rule` writes it, without building
+/// the rule: the same matches and target, written one after the other.
+fn write_capture(chain: &ChainName, capture: &Capture<'_>, out: &mut String) {
+    out.push_str("-A ");
+    out.push_str(chain.as_str());
+    // Writing into a String cannot fail.
+    for m in capture.matches().iter().flatten() {
+        out.push(' ');
+        let _ = m.write_to(out);
+    }
+    out.push(' ');
+    let _ = capture.target.write_to(out);
+    out.push('\n');
 }
 
 /// The number of decimal digits of `n`.
@@ -874,6 +898,59 @@ mod tests {
             }
         }
         assert_eq!(checked, 108);
+    }
+
+    /// Capture rules written without building them are the rules rendered, in a
+    /// shared chain and in the service's own.
+    #[test]
+    fn capture_lines_are_the_rules_rendered() {
+        use super::super::service::Capture;
+        use crate::model::Protocol;
+        use crate::ruleset::{Address, Comment, Match, Not};
+
+        let comment = Match::Comment(Comment::new("ns1/svc1:p80 cluster IP").unwrap());
+        let extra = Match::Source(Not::is_not(Address::Net("10.0.0.0/8".parse().unwrap())));
+        let chain = ChainName::new("KUBE-SVC-X").unwrap();
+        let mut checked = 0;
+        for ip in ["172.30.0.41", "fd00::41"] {
+            for (comment, extra) in [(None, None), (Some(&comment), Some(&extra))] {
+                for target in [Target::Jump(chain.clone()), Target::Reject, Target::Drop] {
+                    for protocol in [Protocol::Tcp, Protocol::Sctp] {
+                        let capture = Capture {
+                            comment: comment.cloned(),
+                            protocol,
+                            ip: ip.parse().unwrap(),
+                            port: 8080,
+                            extra,
+                            target: target.clone(),
+                        };
+                        let [fast, typed] = [true, false].map(|fast| {
+                            let mut sink = TextSink::per_service(false);
+                            sink.begin();
+                            sink.chain(&chain, 1);
+                            if fast {
+                                sink.capture(&capture);
+                                sink.shared_capture(SharedChain::FilterServices, &capture);
+                            } else {
+                                sink.rule(&capture.rule());
+                                sink.shared(SharedChain::FilterServices, capture.rule());
+                            }
+                            let text =
+                                sink.take_service(crate::model::ServiceKey::new("ns", "a"), 1);
+                            let own: Vec<_> = text.chains().map(|(_, t)| t.to_owned()).collect();
+                            (
+                                own,
+                                text.shared_text(SharedChain::FilterServices).to_owned(),
+                            )
+                        });
+                        assert_eq!(fast, typed);
+                        assert!(fast.1.contains(ip), "{fast:?}");
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(checked, 24);
     }
 
     #[test]
