@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use arrayvec::ArrayString;
 use ipnet::IpNet;
 
-use super::naming::{PortChains, endpoint_chain, endpoint_text, spn_of};
+use super::naming::{EndpointNamer, PortChains, endpoint_text, spn_of};
 use crate::error::{CompileError, Problem};
 use crate::model::{
     Endpoint, EndpointSlice, IpFamily, IpMode, ProxyConfig, Service, ServicePort, ServiceType,
@@ -493,8 +493,9 @@ fn port_endpoints<'a>(
             .then_with(|| preference(b.local, b.endpoint).cmp(&preference(a.local, a.endpoint)))
     });
     endpoints.dedup_by(|later, first| later.text == first.text);
+    let namer = EndpointNamer::new(spn, port.protocol);
     for ep in &mut endpoints {
-        ep.chain = endpoint_chain(spn, port.protocol, &ep.text);
+        ep.chain = namer.chain(&ep.text);
     }
     endpoints
 }

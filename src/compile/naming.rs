@@ -43,33 +43,49 @@ pub(crate) fn spn_of(namespace: &str, name: &str, port_name: &str) -> String {
 /// holds both ways to the same digest.
 fn hash16(parts: &[&str]) -> [u8; 16] {
     let len: usize = parts.iter().map(|p| p.len()).sum();
-    let mut head = [0u8; 10];
-    if len + 9 <= SHORT_BLOCKS * 64 {
+    let state = if len + 9 <= 64 {
+        // Most names: one block.
+        let mut block = [[0u8; 64]; 1];
+        compress_padded(&mut block, parts, len)
+    } else if len + 9 <= SHORT_BLOCKS * 64 {
         let mut blocks = [[0u8; 64]; SHORT_BLOCKS];
-        let used = (len + 9).div_ceil(64);
-        let bytes = blocks.as_flattened_mut();
-        let mut at = 0;
-        for p in parts {
-            bytes[at..at + p.len()].copy_from_slice(p.as_bytes());
-            at += p.len();
-        }
-        // FIPS 180-4 padding: one 1 bit, zeros, the message length in bits.
-        bytes[at] = 0x80;
-        let bits = (len as u64) * 8;
-        bytes[used * 64 - 8..used * 64].copy_from_slice(&bits.to_be_bytes());
-        let mut state = SHA256_IV;
-        sha2::block_api::compress256(&mut state, &blocks[..used]);
-        for (chunk, word) in head.chunks_mut(4).zip(state) {
-            chunk.copy_from_slice(&word.to_be_bytes()[..chunk.len()]);
-        }
+        compress_padded(&mut blocks, parts, len)
     } else {
         let mut hasher = Sha256::new();
         for p in parts {
             hasher.update(p.as_bytes());
         }
-        head.copy_from_slice(&hasher.finalize()[..10]);
+        let digest = hasher.finalize();
+        let mut state = [0u32; 8];
+        for (word, bytes) in state.iter_mut().zip(digest.chunks_exact(4)) {
+            *word = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+        }
+        state
+    };
+    base32_16(&state)
+}
+
+/// SHA-256 of `parts` (`len` bytes in all), padded in `blocks` (zeroed, with room
+/// for the message, the 0x80 byte and the 8-byte length): the final state.
+fn compress_padded<const N: usize>(
+    blocks: &mut [[u8; 64]; N],
+    parts: &[&str],
+    len: usize,
+) -> [u32; 8] {
+    let used = (len + 9).div_ceil(64);
+    let bytes = blocks.as_flattened_mut();
+    let mut at = 0;
+    for p in parts {
+        bytes[at..at + p.len()].copy_from_slice(p.as_bytes());
+        at += p.len();
     }
-    base32_16(&head)
+    // FIPS 180-4 padding: one 1 bit, zeros, the message length in bits.
+    bytes[at] = 0x80;
+    let bits = (len as u64) * 8;
+    bytes[used * 64 - 8..used * 64].copy_from_slice(&bits.to_be_bytes());
+    let mut state = SHA256_IV;
+    sha2::block_api::compress256(&mut state, &blocks[..used]);
+    state
 }
 
 /// Messages of up to this many 64-byte blocks are hashed on the stack: four
@@ -89,15 +105,21 @@ const SHA256_IV: [u32; 8] = [
     0x5be0_cd19,
 ];
 
-/// RFC 4648 base32 of 10 bytes: exactly 16 characters, no padding.
-fn base32_16(bytes: &[u8; 10]) -> [u8; 16] {
+/// RFC 4648 base32 of the digest's first 10 bytes (its first 80 bits, read from
+/// the hash state's big-endian words): exactly 16 characters, no padding.
+fn base32_16(state: &[u32; 8]) -> [u8; 16] {
     const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-    let mut wide = [0u8; 16];
-    wide[6..].copy_from_slice(bytes);
-    let value = u128::from_be_bytes(wide);
+    let [w0, w1, w2, ..] = state.map(u64::from);
+    // Two groups of 40 bits, eight characters each.
+    let groups = [
+        (w0 << 8) | (w1 >> 24),
+        ((w1 & 0xff_ffff) << 16) | (w2 >> 16),
+    ];
     let mut out = [0u8; 16];
-    for (i, c) in out.iter_mut().enumerate() {
-        *c = ALPHABET[((value >> (75 - 5 * i)) & 31) as usize];
+    for (group, chars) in groups.into_iter().zip(out.chunks_exact_mut(8)) {
+        for (i, c) in chars.iter_mut().enumerate() {
+            *c = ALPHABET[((group >> (35 - 5 * i)) & 31) as usize];
+        }
     }
     out
 }
@@ -165,7 +187,54 @@ pub(crate) fn endpoint_text(endpoint: &SocketAddr) -> ArrayString<ENDPOINT_TEXT_
 /// assert_eq!(chain.as_str(), "KUBE-SEP-SXIVWICOYRO3J4NJ");
 /// ```
 pub fn endpoint_chain(spn: &str, protocol: Protocol, endpoint: &str) -> ChainName {
-    chain("KUBE-SEP-", &hash16(&[spn, protocol.as_str(), endpoint]))
+    EndpointNamer::new(spn, protocol).chain(endpoint)
+}
+
+/// Names the endpoint chains of one service port: the hash input's first block
+/// (`ns/svc:port` and the protocol) is laid out once, and each endpoint only adds
+/// its `ip:port`, its padding and one compression.
+pub(crate) struct EndpointNamer<'a> {
+    spn: &'a str,
+    protocol: Protocol,
+    /// The block with the port's part written, zeros after it.
+    block: [u8; 64],
+    /// The length of the port's part.
+    len: usize,
+}
+
+impl<'a> EndpointNamer<'a> {
+    pub fn new(spn: &'a str, protocol: Protocol) -> Self {
+        let mut block = [0u8; 64];
+        let len = spn.len() + protocol.as_str().len();
+        if len <= 64 {
+            block[..spn.len()].copy_from_slice(spn.as_bytes());
+            block[spn.len()..len].copy_from_slice(protocol.as_str().as_bytes());
+        }
+        EndpointNamer {
+            spn,
+            protocol,
+            block,
+            len,
+        }
+    }
+
+    /// The `KUBE-SEP-…` chain of the endpoint `ip:port`, as [`endpoint_chain`].
+    pub fn chain(&self, endpoint: &str) -> ChainName {
+        let len = self.len + endpoint.len();
+        let hash = if len + 9 <= 64 {
+            let mut block = [self.block];
+            let bytes = &mut block[0];
+            bytes[self.len..len].copy_from_slice(endpoint.as_bytes());
+            bytes[len] = 0x80;
+            bytes[56..].copy_from_slice(&((len as u64) * 8).to_be_bytes());
+            let mut state = SHA256_IV;
+            sha2::block_api::compress256(&mut state, &block);
+            base32_16(&state)
+        } else {
+            hash16(&[self.spn, self.protocol.as_str(), endpoint])
+        };
+        chain("KUBE-SEP-", &hash)
+    }
 }
 
 /// True for the names of chains svcnat creates per service port or endpoint, the
@@ -185,6 +254,23 @@ pub fn is_service_chain(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_endpoint_namer_hashes_as_hash16_does() {
+        // Around the one-block boundary (55 bytes of message) and past the 64-byte
+        // port part, where the namer falls back to hash16.
+        for spn_len in [1, 20, 40, 50, 54, 60, 64, 70] {
+            let spn = "s".repeat(spn_len);
+            for protocol in [Protocol::Tcp, Protocol::Sctp] {
+                let namer = EndpointNamer::new(&spn, protocol);
+                for ep_len in 0..40 {
+                    let endpoint = "1".repeat(ep_len);
+                    let want = chain("KUBE-SEP-", &hash16(&[&spn, protocol.as_str(), &endpoint]));
+                    assert_eq!(namer.chain(&endpoint), want, "{spn_len} + {ep_len}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn kube_proxy_vectors() {
