@@ -22,6 +22,7 @@ pub(crate) struct PortEndpoint<'a> {
     pub addr: SocketAddr,
     pub chain: ChainName,
     pub endpoint: &'a Endpoint,
+    /// On this node, for a port that picks endpoints by locality (false for others).
     pub local: bool,
 }
 
@@ -56,8 +57,15 @@ impl ServiceInput<'_> {
     }
 
     /// Reachable from outside through a node port, an LB VIP or an external IP.
-    pub fn externally_accessible(&self, port: &PortInput<'_>) -> bool {
-        port.port.node_port.is_some() || !self.lb_vips.is_empty() || !self.external_ips.is_empty()
+    pub fn externally_accessible(&self, port: &ServicePort) -> bool {
+        port.node_port.is_some() || !self.lb_vips.is_empty() || !self.external_ips.is_empty()
+    }
+
+    /// Whether the port's endpoints are picked by locality (a Local traffic policy
+    /// applies to it).
+    pub fn uses_local(&self, port: &ServicePort) -> bool {
+        self.internal_policy_local
+            || (self.external_policy_local && self.externally_accessible(port))
     }
 }
 
@@ -401,23 +409,7 @@ pub(crate) fn checked_service_input<'a>(
     let external_policy_local = svc.external_traffic_policy == TrafficPolicy::Local
         && (svc.service_type != ServiceType::ClusterIP || !svc.external_ips.is_empty());
     let needs_health_check = svc.service_type == ServiceType::LoadBalancer && external_policy_local;
-    let node_name = config.node_name.as_deref();
-    let ports = svc
-        .ports
-        .iter()
-        .map(|port| {
-            let spn = spn_of(&svc.namespace, &svc.name, &port.name);
-            let chains = PortChains::new(&spn, port.protocol);
-            let endpoints = port_endpoints(&spn, port, slices, family, node_name);
-            PortInput {
-                port,
-                spn,
-                chains,
-                endpoints,
-            }
-        })
-        .collect();
-    Some(ServiceInput {
+    let mut input = ServiceInput {
         cluster_ip,
         external_ips: svc
             .external_ips
@@ -446,8 +438,24 @@ pub(crate) fn checked_service_input<'a>(
         external_policy_local,
         internal_policy_local: svc.internal_traffic_policy == TrafficPolicy::Local,
         health_check_node_port: svc.health_check_node_port.filter(|_| needs_health_check),
-        ports,
-    })
+        ports: Vec::with_capacity(svc.ports.len()),
+    };
+    // Whether an endpoint is on this node is only looked at when a port picks its
+    // endpoints by locality.
+    let node_name = config.node_name.as_deref();
+    for port in &svc.ports {
+        let spn = spn_of(&svc.namespace, &svc.name, &port.name);
+        let chains = PortChains::new(&spn, port.protocol);
+        let local_to = node_name.filter(|_| input.uses_local(port));
+        let endpoints = port_endpoints(&spn, port, slices, family, node_name, local_to);
+        input.ports.push(PortInput {
+            port,
+            spn,
+            chains,
+            endpoints,
+        });
+    }
+    Some(input)
 }
 
 /// Which copy of an endpoint listed twice (in two slices) is used: a local copy wins,
@@ -459,14 +467,23 @@ fn preference(local: bool, e: &Endpoint) -> (bool, bool, bool, bool, &Endpoint) 
     (local, c.ready, c.serving, !c.terminating, e)
 }
 
+/// True if `endpoint` is on the node named `node_name`.
+fn on_node(endpoint: &Endpoint, node_name: Option<&str>) -> bool {
+    node_name.is_some() && endpoint.node_name.as_deref() == node_name
+}
+
 /// The endpoints of one service port across all slices of the family, deduplicated by
-/// `ip:port` (see [`preference`]) and sorted by that string.
+/// `ip:port` (see [`preference`]) and sorted by that string. Each endpoint's
+/// [`PortEndpoint::local`] is whether it is on node `local_to`, and `None` leaves
+/// them all false, for a port that does not pick endpoints by locality
+/// (`node_name` still decides which copy of a duplicate is kept).
 fn port_endpoints<'a>(
     spn: &str,
     port: &ServicePort,
     slices: &[&'a EndpointSlice],
     family: IpFamily,
     node_name: Option<&str>,
+    local_to: Option<&str>,
 ) -> Vec<PortEndpoint<'a>> {
     let mut endpoints = Vec::with_capacity(
         slices
@@ -482,15 +499,16 @@ fn port_endpoints<'a>(
             // Named below, once duplicates are gone.
             chain: ChainName::fixed("KUBE-SEP-"),
             endpoint,
-            local: node_name.is_some() && endpoint.node_name.as_deref() == node_name,
+            local: on_node(endpoint, local_to),
         }),
     );
     // By text, the preferred copy of each first (the sort is stable and mostly
     // finds the slices' order sorted already); then the first of each text is kept.
+    let preferred = |e: &PortEndpoint<'a>| preference(on_node(e.endpoint, node_name), e.endpoint);
     endpoints.sort_by(|a, b| {
         a.text
             .cmp(&b.text)
-            .then_with(|| preference(b.local, b.endpoint).cmp(&preference(a.local, a.endpoint)))
+            .then_with(|| preferred(b).cmp(&preferred(a)))
     });
     endpoints.dedup_by(|later, first| later.text == first.text);
     let namer = EndpointNamer::new(spn, port.protocol);

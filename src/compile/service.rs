@@ -348,10 +348,10 @@ impl<'s, 'p, 'a, S: Sink> PortBuilder<'s, 'p, 'a, S> {
     fn plan(&self) -> Plan<'p, 'a> {
         let svc = self.svc;
         let chains = &self.port.chains;
-        let external = svc.externally_accessible(self.port);
+        let external = svc.externally_accessible(self.port.port);
         let sel = Selection {
             uses_cluster: !svc.internal_policy_local || external,
-            uses_local: svc.internal_policy_local || (svc.external_policy_local && external),
+            uses_local: svc.uses_local(self.port.port),
             node_name: self.ctx.node_name.as_deref(),
             zone: self.ctx.zone.as_deref(),
             prefer_same_node: self.ctx.prefer_same_node,
