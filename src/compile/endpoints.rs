@@ -84,6 +84,10 @@ fn topology(endpoints: &[PortEndpoint<'_>], sel: &Selection<'_>) -> Topology {
         {
             zone_hit = true;
         }
+        if !all_node_hints && !all_zone_hints {
+            // Neither kind of hint can apply any more.
+            return Topology::None;
+        }
     }
     if sel.prefer_same_node && all_node_hints && node_hit {
         Topology::SameNode
