@@ -11,6 +11,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 pub use config::{LocalTrafficDetector, NodePortAddress, ProxyConfig};
 pub use endpoints::{Conditions, Endpoint, EndpointPort, EndpointSlice, Hints};
@@ -85,7 +86,16 @@ pub struct ClusterState {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 struct Entry {
     service: Option<Service>,
-    slices: BTreeMap<String, EndpointSlice>,
+    /// Sorted by name. Most services have one slice, kept inline: a compile reads
+    /// it next to its service, with no pointer to follow.
+    slices: SmallVec<[EndpointSlice; 1]>,
+}
+
+impl Entry {
+    /// Where the slice `name` is, or would be inserted.
+    fn find(&self, name: &str) -> Result<usize, usize> {
+        self.slices.binary_search_by(|s| s.name.as_str().cmp(name))
+    }
 }
 
 impl ClusterState {
@@ -116,12 +126,14 @@ impl ClusterState {
     /// Adds or replaces an endpoint slice; returns the one it replaced.
     pub fn upsert_slice(&mut self, slice: EndpointSlice) -> Option<EndpointSlice> {
         self.endpoints += slice.endpoints.len();
-        let old = self
-            .entries
-            .entry(slice.service())
-            .or_default()
-            .slices
-            .insert(slice.name.clone(), slice);
+        let entry = self.entries.entry(slice.service()).or_default();
+        let old = match entry.find(&slice.name) {
+            Ok(i) => Some(std::mem::replace(&mut entry.slices[i], slice)),
+            Err(i) => {
+                entry.slices.insert(i, slice);
+                None
+            }
+        };
         self.endpoints -= old.as_ref().map_or(0, |s| s.endpoints.len());
         old
     }
@@ -129,7 +141,7 @@ impl ClusterState {
     /// Removes the slice `name` of service `key`.
     pub fn remove_slice(&mut self, key: &ServiceKey, name: &str) -> Option<EndpointSlice> {
         let entry = self.entries.get_mut(key)?;
-        let removed = entry.slices.remove(name);
+        let removed = entry.find(name).ok().map(|i| entry.slices.remove(i));
         if entry.slices.is_empty() && entry.service.is_none() {
             self.entries.remove(key);
         }
@@ -152,12 +164,12 @@ impl ClusterState {
         self.entries
             .get(key)
             .into_iter()
-            .flat_map(|e| e.slices.values())
+            .flat_map(|e| e.slices.iter())
     }
 
     /// All slices, sorted by service key, then slice name.
     pub fn slices(&self) -> impl Iterator<Item = &EndpointSlice> {
-        self.entries.values().flat_map(|e| e.slices.values())
+        self.entries.values().flat_map(|e| e.slices.iter())
     }
 
     /// Every service with its key and its slices, in key order.
@@ -172,7 +184,7 @@ impl ClusterState {
     > {
         self.entries.iter().filter_map(|(key, entry)| {
             let svc = entry.service.as_ref()?;
-            Some((key, svc, entry.slices.values()))
+            Some((key, svc, entry.slices.iter()))
         })
     }
 
@@ -219,7 +231,7 @@ impl From<ClusterState> for StateDocument {
         };
         for entry in state.entries.into_values() {
             doc.services.extend(entry.service);
-            doc.endpoint_slices.extend(entry.slices.into_values());
+            doc.endpoint_slices.extend(entry.slices);
         }
         doc
     }
@@ -252,6 +264,26 @@ mod tests {
         let read: ClusterState = serde_json::from_str(&json).unwrap();
         assert_eq!(read.endpoint_bound(), 1);
         assert_eq!(read, state);
+    }
+
+    #[test]
+    fn a_services_slices_stay_sorted_by_name() {
+        let key = ServiceKey::new("ns", "svc");
+        let names = |state: &ClusterState| -> Vec<String> {
+            state.slices_of(&key).map(|s| s.name.clone()).collect()
+        };
+        let mut state = ClusterState::new();
+        for name in ["b", "c", "a"] {
+            assert!(state.upsert_slice(slice(name, 1)).is_none());
+        }
+        assert_eq!(names(&state), ["a", "b", "c"]);
+        let old = state.upsert_slice(slice("b", 2)).unwrap();
+        assert_eq!(old.endpoints.len(), 1);
+        assert_eq!(state.endpoint_bound(), 4);
+        assert_eq!(state.remove_slice(&key, "a").unwrap().name, "a");
+        assert!(state.remove_slice(&key, "a").is_none());
+        assert_eq!(names(&state), ["b", "c"]);
+        assert_eq!(state.slices().count(), 2);
     }
 
     #[test]
