@@ -294,6 +294,37 @@ fn inputs_of<'a>(
 #[cfg(test)]
 mod tests {
     use super::SharedChain;
+    use crate::synthetic::{self, Mix, Spec};
+
+    /// The state's endpoint bound is at least the total a compile counts, so the
+    /// context chosen from it is right the first time unless the bound counts
+    /// endpoints the compile does not (duplicates, other family, no service).
+    #[test]
+    fn the_endpoint_bound_bounds_the_count() {
+        for mix in [Mix::ClusterIp, Mix::LoadBalancer] {
+            for (services, endpoints) in [(1, 1), (40, 3), (300, 1)] {
+                let state = Spec::new(services, endpoints).with_mix(mix).build();
+                let config = synthetic::config();
+                let ctx = super::Context::new(&config).unwrap();
+                let mut sink = super::ServiceRules::empty(super::ServiceKey::new("", ""));
+                let (_, total) =
+                    super::compile_pass(&state, &config, true, ctx, &mut sink, &mut |_, _, _| ())
+                        .unwrap();
+                assert!(total > 0);
+                assert!(
+                    total <= state.endpoint_bound(),
+                    "{mix:?} {services}x{endpoints}: {total} > {}",
+                    state.endpoint_bound()
+                );
+                // The generated clusters have no duplicates: the bound is exact.
+                assert_eq!(
+                    total,
+                    state.endpoint_bound(),
+                    "{mix:?} {services}x{endpoints}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn shared_chain_order_matches_discriminants() {

@@ -77,8 +77,14 @@ pub struct ClusterState {
     entries: BTreeMap<ServiceKey, Entry>,
     /// The number of services.
     services: usize,
-    /// The number of endpoints in all slices, kept as slices come and go.
+    /// The sum of [`endpoint_ports`] over all slices, kept as slices come and go.
     endpoints: usize,
+}
+
+/// A slice's endpoints times its ports: how many service port endpoints it can give
+/// at most.
+fn endpoint_ports(slice: &EndpointSlice) -> usize {
+    slice.endpoints.len() * slice.ports.len()
 }
 
 /// A service key's service, if it exists, and slices; an entry with neither is
@@ -125,7 +131,7 @@ impl ClusterState {
 
     /// Adds or replaces an endpoint slice; returns the one it replaced.
     pub fn upsert_slice(&mut self, slice: EndpointSlice) -> Option<EndpointSlice> {
-        self.endpoints += slice.endpoints.len();
+        self.endpoints += endpoint_ports(&slice);
         let entry = self.entries.entry(slice.service()).or_default();
         let old = match entry.find(&slice.name) {
             Ok(i) => Some(std::mem::replace(&mut entry.slices[i], slice)),
@@ -134,7 +140,7 @@ impl ClusterState {
                 None
             }
         };
-        self.endpoints -= old.as_ref().map_or(0, |s| s.endpoints.len());
+        self.endpoints -= old.as_ref().map_or(0, endpoint_ports);
         old
     }
 
@@ -145,7 +151,7 @@ impl ClusterState {
         if entry.slices.is_empty() && entry.service.is_none() {
             self.entries.remove(key);
         }
-        self.endpoints -= removed.as_ref().map_or(0, |s| s.endpoints.len());
+        self.endpoints -= removed.as_ref().map_or(0, endpoint_ports);
         removed
     }
 
@@ -188,9 +194,11 @@ impl ClusterState {
         })
     }
 
-    /// The number of endpoints in all slices, of both families, duplicates and
-    /// endpoints of services that do not exist included: an upper bound of what a
-    /// compile counts, known without reading the slices.
+    /// Every slice's endpoints times its ports, summed: an upper bound of the
+    /// endpoints a compile counts (each endpoint once per service port it serves, as
+    /// kube-proxy counts them), known without reading the slices. It counts
+    /// duplicates, endpoints of the other family, of services that do not exist and
+    /// for ports no service has, which a compile does not.
     pub(crate) fn endpoint_bound(&self) -> usize {
         self.endpoints
     }
@@ -242,7 +250,8 @@ mod tests {
     use super::*;
 
     fn slice(name: &str, endpoints: usize) -> EndpointSlice {
-        let mut slice = EndpointSlice::new("ns", "svc", name, IpFamily::IPv4);
+        let mut slice = EndpointSlice::new("ns", "svc", name, IpFamily::IPv4)
+            .with_port(EndpointPort::tcp("p80", 80));
         slice.endpoints = (0..endpoints)
             .map(|i| Endpoint::ready(IpAddr::from([10, 0, 0, i as u8])))
             .collect();
@@ -264,6 +273,9 @@ mod tests {
         let read: ClusterState = serde_json::from_str(&json).unwrap();
         assert_eq!(read.endpoint_bound(), 1);
         assert_eq!(read, state);
+        // Each endpoint counts once per port.
+        state.upsert_slice(slice("b", 3).with_port(EndpointPort::tcp("p53", 53)));
+        assert_eq!(state.endpoint_bound(), 1 + 6);
     }
 
     #[test]
