@@ -15,10 +15,11 @@
 //!
 //! | id | what | throughput |
 //! |---|---|---|
-//! | `full` | [`full`]: compile + render into a new `Vec<u8>` | bytes of output |
-//! | `full-reuse` | the same, reusing the last compile's memory (`compile_text_reusing`) and one output `Vec` (`write_to_vec`) | bytes of output |
+//! | `full` | compile + render into the caller's output `Vec<u8>`: `compile_text`, then `write_to_vec` into a buffer that outlives the compile (as the floor's copy's does) | bytes of output |
+//! | `full-fresh` | [`full`]: the same into a new `Vec<u8>` each time (`to_bytes`), fresh memory included | bytes of output |
+//! | `full-reuse` | `full`, also reusing the last compile's memory (`compile_text_reusing`) | bytes of output |
 //! | `compile` | `compile::compile_text` alone (each service compiled and rendered) | rules |
-//! | `render` | `CompiledText::to_bytes`: the full text put together in a new `Vec<u8>` | bytes of output |
+//! | `render` | `CompiledText::write_to_vec`: the full text put together in the kept output buffer | bytes of output |
 //! | `floor-copy` | copying the output into a buffer of its size already in memory (no allocation, no page faults) | bytes of output |
 //! | `floor-hash` | SHA-256 of every chain name the output declares | chains |
 //! | `parse` | `parse::parse` of the full output | bytes of output |
@@ -26,8 +27,9 @@
 //! | `partial-100` | the same for 100 services changed at once | bytes of payload |
 //!
 //! Times exclude dropping what the routine returns (the output, the ruleset), as the
-//! `scale` example's do; `full` includes dropping the ruleset it builds on the way,
-//! since a caller of a state-to-bytes entry point pays for it. Partial-sync
+//! `scale` example's do; `full` and `full-fresh` include dropping the intermediate
+//! text they build on the way, since a caller of a state-to-bytes entry point pays
+//! for it. Partial-sync
 //! iterations prepare their slices (`synthetic::endpoint_change`, with a round number
 //! that increases every iteration, so every sync really changes something) outside
 //! the timed part, and check that the sync was partial and wrote something.
@@ -51,7 +53,7 @@
 //! Each point's cluster is built once, used by all its benchmarks, and dropped before
 //! the next (30000x50 holds about 5 GB at its peak). The first `full` result is
 //! checked to be byte for byte what the typed path (`compile::compile` + `render::write_io`) gives. A point compiles its
-//! output up front only if one of the first seven benchmarks is selected, and loads a
+//! output up front only if one of the first eight benchmarks is selected, and loads a
 //! `Syncer` only if a partial one is. Building is skipped for points that would run
 //! nothing:
 //!
@@ -93,7 +95,8 @@ use svcnat::synthetic::{self, Mix, Spec};
 
 /// The full restore text of `state` in a new buffer: `compile_text` (each service
 /// compiled and rendered in turn), then `to_bytes`. The bench checks that it gives
-/// the same bytes as the typed path, `compile::compile` + `render::write_io`.
+/// the same bytes as the typed path, `compile::compile` + `render::write_io`, and
+/// times it as `full-fresh`.
 fn full(state: &ClusterState, config: &ProxyConfig) -> Vec<u8> {
     svcnat::compile::compile_text(state, config)
         .expect("generated cluster is valid")
@@ -119,8 +122,9 @@ const PARSE_MAX_CHAINS: usize = usize::MAX;
 
 /// The benchmark names of every point, in the order they run: the
 /// [`OUTPUT_BENCHES`] that need the full output, then the two that need a `Syncer`.
-const BENCHES: [&str; 9] = [
+const BENCHES: [&str; 10] = [
     "full",
+    "full-fresh",
     "full-reuse",
     "compile",
     "render",
@@ -132,7 +136,7 @@ const BENCHES: [&str; 9] = [
 ];
 
 /// How many of [`BENCHES`], from the first, need the full output.
-const OUTPUT_BENCHES: usize = 7;
+const OUTPUT_BENCHES: usize = 8;
 
 fn mix_name(mix: Mix) -> &'static str {
     match mix {
@@ -448,29 +452,32 @@ fn bench_output(
         (Times::default(), Times::default(), Times::default());
 
     group.throughput(out_bytes.clone());
-    let mut checked = false;
+    // The caller's output buffer, already holding a text of this size.
+    let mut out = full(state, config);
+    assert!(
+        out == bytes,
+        "full() differs from the typed compile + render"
+    );
     group.bench_function("full", |b| {
-        timed_then(
-            b,
-            &mut t_full,
-            || full(state, config),
-            |out| {
-                if !checked {
-                    assert!(
-                        out == bytes,
-                        "full() differs from the typed compile + render"
-                    );
-                    checked = true;
-                }
-            },
-        )
+        timed(b, &mut t_full, || {
+            let text =
+                svcnat::compile::compile_text(state, config).expect("generated cluster is valid");
+            text.write_to_vec(&mut out);
+            // The intermediate text is the caller's to drop: counted.
+            drop(text);
+            out.len()
+        })
+    });
+    assert!(out == bytes, "full differs from the typed compile + render");
+
+    group.bench_function("full-fresh", |b| {
+        timed(b, &mut Times::default(), || full(state, config))
     });
 
     // What a daemon that keeps its buffers pays: the last compile's memory is
     // reused and the text lands in the same Vec every time.
     let mut kept =
         Some(svcnat::compile::compile_text(state, config).expect("generated cluster is valid"));
-    let mut out = Vec::new();
     group.bench_function("full-reuse", |b| {
         timed(b, &mut Times::default(), || {
             let old = kept.take().expect("put back after every call");
@@ -481,11 +488,8 @@ fn bench_output(
             out.len()
         })
     });
-    assert!(
-        out.is_empty() || out == bytes,
-        "full-reuse differs from full"
-    );
-    drop((kept, out));
+    assert!(out == bytes, "full-reuse differs from full");
+    drop(kept);
 
     group.throughput(Throughput::Elements(rules as u64));
     group.bench_function("compile", |b| {
@@ -497,9 +501,12 @@ fn bench_output(
     let text = svcnat::compile::compile_text(state, config).expect("generated cluster is valid");
     group.throughput(out_bytes.clone());
     group.bench_function("render", |b| {
-        timed(b, &mut Times::default(), || text.to_bytes())
+        timed(b, &mut Times::default(), || {
+            text.write_to_vec(&mut out);
+            out.len()
+        })
     });
-    drop(text);
+    drop((text, out));
 
     // The copy alone: into a buffer already in memory, so that neither the
     // allocator nor page faults (which vary with the heap's history) enter it.
