@@ -741,7 +741,7 @@ pub fn compile_text(
 ) -> Result<CompiledText, CompileError> {
     // Room for a chain per endpoint and two per service: a bound for most clusters,
     // so the declarations are not copied as they grow.
-    let chains = state.endpoint_bound() + 2 * state.service_count();
+    let chains = state.endpoint_bound(config.ip_family) + 2 * state.service_count();
     compile_text_into(state, config, TextSink::whole(chains))
 }
 

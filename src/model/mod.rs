@@ -77,8 +77,9 @@ pub struct ClusterState {
     entries: BTreeMap<ServiceKey, Entry>,
     /// The number of services.
     services: usize,
-    /// The sum of [`endpoint_ports`] over all slices, kept as slices come and go.
-    endpoints: usize,
+    /// The sum of [`endpoint_ports`] over all slices of each family (IPv4, IPv6),
+    /// kept as slices come and go.
+    endpoints: [usize; 2],
 }
 
 /// A slice's endpoints times its ports: how many service port endpoints it can give
@@ -131,7 +132,7 @@ impl ClusterState {
 
     /// Adds or replaces an endpoint slice; returns the one it replaced.
     pub fn upsert_slice(&mut self, slice: EndpointSlice) -> Option<EndpointSlice> {
-        self.endpoints += endpoint_ports(&slice);
+        self.endpoints[slice.address_type as usize] += endpoint_ports(&slice);
         let entry = self.entries.entry(slice.service()).or_default();
         let old = match entry.find(&slice.name) {
             Ok(i) => Some(std::mem::replace(&mut entry.slices[i], slice)),
@@ -140,7 +141,9 @@ impl ClusterState {
                 None
             }
         };
-        self.endpoints -= old.as_ref().map_or(0, endpoint_ports);
+        if let Some(old) = &old {
+            self.endpoints[old.address_type as usize] -= endpoint_ports(old);
+        }
         old
     }
 
@@ -151,7 +154,9 @@ impl ClusterState {
         if entry.slices.is_empty() && entry.service.is_none() {
             self.entries.remove(key);
         }
-        self.endpoints -= removed.as_ref().map_or(0, endpoint_ports);
+        if let Some(removed) = &removed {
+            self.endpoints[removed.address_type as usize] -= endpoint_ports(removed);
+        }
         removed
     }
 
@@ -194,13 +199,13 @@ impl ClusterState {
         })
     }
 
-    /// Every slice's endpoints times its ports, summed: an upper bound of the
-    /// endpoints a compile counts (each endpoint once per service port it serves, as
-    /// kube-proxy counts them), known without reading the slices. It counts
-    /// duplicates, endpoints of the other family, of services that do not exist and
-    /// for ports no service has, which a compile does not.
-    pub(crate) fn endpoint_bound(&self) -> usize {
-        self.endpoints
+    /// Every slice's endpoints times its ports, summed over the slices of `family`:
+    /// an upper bound of the endpoints a compile for that family counts (each
+    /// endpoint once per service port it serves, as kube-proxy counts them), known
+    /// without reading the slices. It counts duplicates, endpoints of services that
+    /// do not exist and for ports no service has, which a compile does not.
+    pub(crate) fn endpoint_bound(&self, family: IpFamily) -> usize {
+        self.endpoints[family as usize]
     }
 
     /// The number of services.
@@ -263,19 +268,28 @@ mod tests {
         let mut state = ClusterState::new();
         state.upsert_slice(slice("a", 3));
         state.upsert_slice(slice("b", 2));
-        assert_eq!(state.endpoint_bound(), 5);
+        assert_eq!(state.endpoint_bound(IpFamily::IPv4), 5);
         state.upsert_slice(slice("a", 1));
-        assert_eq!(state.endpoint_bound(), 3);
+        assert_eq!(state.endpoint_bound(IpFamily::IPv4), 3);
         state.remove_slice(&ServiceKey::new("ns", "svc"), "b");
         state.remove_slice(&ServiceKey::new("ns", "svc"), "missing");
-        assert_eq!(state.endpoint_bound(), 1);
+        assert_eq!(state.endpoint_bound(IpFamily::IPv4), 1);
         let json = serde_json::to_string(&state).unwrap();
         let read: ClusterState = serde_json::from_str(&json).unwrap();
-        assert_eq!(read.endpoint_bound(), 1);
+        assert_eq!(read.endpoint_bound(IpFamily::IPv4), 1);
         assert_eq!(read, state);
-        // Each endpoint counts once per port.
+        // Each endpoint counts once per port, in its slice's family only.
         state.upsert_slice(slice("b", 3).with_port(EndpointPort::tcp("p53", 53)));
-        assert_eq!(state.endpoint_bound(), 1 + 6);
+        assert_eq!(state.endpoint_bound(IpFamily::IPv4), 1 + 6);
+        let mut v6 = slice("c", 2);
+        v6.address_type = IpFamily::IPv6;
+        state.upsert_slice(v6.clone());
+        assert_eq!(state.endpoint_bound(IpFamily::IPv4), 1 + 6);
+        assert_eq!(state.endpoint_bound(IpFamily::IPv6), 2);
+        v6.address_type = IpFamily::IPv4;
+        state.upsert_slice(v6);
+        assert_eq!(state.endpoint_bound(IpFamily::IPv4), 1 + 6 + 2);
+        assert_eq!(state.endpoint_bound(IpFamily::IPv6), 0);
     }
 
     #[test]
@@ -291,7 +305,7 @@ mod tests {
         assert_eq!(names(&state), ["a", "b", "c"]);
         let old = state.upsert_slice(slice("b", 2)).unwrap();
         assert_eq!(old.endpoints.len(), 1);
-        assert_eq!(state.endpoint_bound(), 4);
+        assert_eq!(state.endpoint_bound(IpFamily::IPv4), 4);
         assert_eq!(state.remove_slice(&key, "a").unwrap().name, "a");
         assert!(state.remove_slice(&key, "a").is_none());
         assert_eq!(names(&state), ["b", "c"]);

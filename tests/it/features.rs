@@ -386,8 +386,9 @@ fn large_cluster_drops_endpoint_comments_only() {
 
 /// The cluster-size rule counts what the rules use: each `ip:port` of a service
 /// port once, of the proxy's family, of services that exist. The compiler starts
-/// from a bound that counts every endpoint of every slice once per port, so this
-/// state (bound 10, count 3) is the case where it has to write everything again.
+/// from a bound that counts every endpoint of every slice of the family once per
+/// port, so this state (bound 9, count 3) is the case where it has to write
+/// everything again.
 #[test]
 fn large_cluster_counts_each_used_endpoint_once() {
     let eps = || {
