@@ -514,7 +514,7 @@ fn bench_output(
     group.bench_function("floor-copy", |b| {
         timed(b, &mut t_copy, || {
             copy.copy_from_slice(black_box(&bytes));
-            black_box(copy.len())
+            black_box(&copy).len()
         })
     });
     drop(copy);
