@@ -210,8 +210,9 @@ pub(crate) type Compiled<T> = (Context, Vec<T>, Vec<CompileError>, Vec<CompileEr
 /// reading every endpoint. So the context is chosen from the state's upper bound
 /// ([`ClusterState::endpoint_bound`]), the exact total is counted while the
 /// services are written, each service's objects read once, and in the rare case
-/// the two fall on different sides of the limit (duplicate endpoints, or
-/// endpoints of the other family or of no service) everything is written again.
+/// the two fall on different sides of the limit (the bound also counts duplicate
+/// endpoints, addresses of the other family, endpoints of no service and for ports
+/// no service has) everything is written again.
 pub(crate) fn compile_services<S: Sink, T>(
     state: &ClusterState,
     config: &ProxyConfig,
