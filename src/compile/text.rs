@@ -658,6 +658,11 @@ impl CompiledText {
     }
 
     /// The text as bytes, in a new buffer of exactly its size.
+    ///
+    /// A new buffer of tens of megabytes is fresh memory, which the kernel faults
+    /// in page by page (with glibc, always so above 32 MiB): a daemon that compiles
+    /// again and again does better to keep one buffer ([`CompiledText::write_to_vec`])
+    /// or to stream the text where it goes ([`CompiledText::write_io`]).
     pub fn to_bytes(&self) -> Vec<u8> {
         self.to_text().into_bytes()
     }
