@@ -23,7 +23,7 @@ use crate::error::Problem;
 use crate::model::{ClusterState, IpFamily, ProxyConfig, ServiceKey};
 use crate::render;
 use crate::render::IoAdapter;
-use crate::ruleset::{ChainName, Rule, Table};
+use crate::ruleset::{ChainName, Match, RecentAction, Rule, Table};
 
 const SHARED: usize = SharedChain::ALL.len();
 
@@ -301,7 +301,6 @@ impl Sink for TextSink {
         // `ip:port` as the DNAT target writes it; for IPv4 the hairpin match's
         // address is the part before the port (an IPv6 one is written anew).
         let socket = ep.endpoint.text.as_str();
-        let proto = ep.protocol.as_str();
         for dnat in [false, true] {
             out.push_str("-A ");
             out.push_str(name);
@@ -324,15 +323,18 @@ impl Sink for TextSink {
                 out.push_str(" -j KUBE-MARK-MASQ\n");
                 continue;
             }
+            // The matches by their own writers; only the addresses, already
+            // written once as text, are not written anew.
             if ep.affinity {
-                out.push_str(" -m recent --name ");
-                out.push_str(name);
-                out.push_str(" --set");
+                out.push(' ');
+                let recent = Match::Recent {
+                    name: ep.endpoint.chain.clone(),
+                    action: RecentAction::Set,
+                };
+                let _ = recent.write_to(out);
             }
-            out.push_str(" -m ");
-            out.push_str(proto);
-            out.push_str(" -p ");
-            out.push_str(proto);
+            out.push(' ');
+            let _ = Match::Protocol(ep.protocol).write_to(out);
             out.push_str(" -j DNAT --to-destination ");
             out.push_str(socket);
             out.push('\n');
@@ -828,7 +830,7 @@ mod tests {
         use super::super::input::PortEndpoint;
         use super::super::naming::endpoint_text;
         use crate::model::{Endpoint, Protocol};
-        use crate::ruleset::{Comment, Match};
+        use crate::ruleset::Comment;
 
         fn both(write: impl Fn(&mut TextSink, bool)) -> (String, String) {
             let [fast, typed] = [true, false].map(|fast| {
