@@ -17,7 +17,7 @@ fn cluster(services: usize, endpoints: usize) -> ClusterState {
             Service::cluster_ip("bench", name.clone(), ip).with_port(ServicePort::tcp("http", 80)),
         );
         let mut slice =
-            EndpointSlice::new("bench", name.clone(), format!("{name}-1"), IpFamily::IPv4)
+            EndpointSlice::new("bench", name.clone(), format!("{name}-1"), IpFamily::Ipv4)
                 .with_port(EndpointPort::tcp("http", 8080));
         for j in 0..endpoints {
             let ep = IpAddr::V4(Ipv4Addr::from(0x0ab4_0000u32 + (i * endpoints + j) as u32));

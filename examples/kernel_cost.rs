@@ -398,7 +398,7 @@ fn one_run(
     syncer
         .executor_mut()
         .inner
-        .restore(IpFamily::IPv4, "*nat\nCOMMIT\n", RestoreOptions::default())
+        .restore(IpFamily::Ipv4, "*nat\nCOMMIT\n", RestoreOptions::default())
         .map_err(|e| e.to_string())?;
     let empty_restore = t0.elapsed();
 

@@ -181,7 +181,7 @@ pub fn service(svc: &core::Service) -> Result<Option<Service>, ConvertError> {
         return Ok(None);
     };
     let service_type = match spec.type_.as_deref() {
-        None | Some("ClusterIP") => ServiceType::ClusterIP,
+        None | Some("ClusterIP") => ServiceType::ClusterIp,
         Some("NodePort") => ServiceType::NodePort,
         Some("LoadBalancer") => ServiceType::LoadBalancer,
         Some("ExternalName") => return Ok(None),
@@ -272,7 +272,7 @@ pub fn service(svc: &core::Service) -> Result<Option<Service>, ConvertError> {
                     )
                 })?,
             };
-            SessionAffinity::ClientIP { timeout_seconds }
+            SessionAffinity::ClientIp { timeout_seconds }
         }
         Some(other) => {
             return Err(obj.err(
@@ -319,7 +319,7 @@ pub fn service(svc: &core::Service) -> Result<Option<Service>, ConvertError> {
             continue;
         };
         let ip_mode = match ing.ip_mode.as_deref() {
-            None | Some("VIP") => IpMode::VIP,
+            None | Some("VIP") => IpMode::Vip,
             Some("Proxy") => IpMode::Proxy,
             Some(other) => {
                 return Err(obj.err(
@@ -403,8 +403,8 @@ pub fn endpoint_slice(
         return Ok(None);
     };
     let address_type = match slice.address_type.as_str() {
-        "IPv4" => IpFamily::IPv4,
-        "IPv6" => IpFamily::IPv6,
+        "IPv4" => IpFamily::Ipv4,
+        "IPv6" => IpFamily::Ipv6,
         "FQDN" => return Ok(None),
         other => {
             return Err(obj.err(

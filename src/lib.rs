@@ -30,7 +30,7 @@
 //!         .with_port(ServicePort::tcp("p80", 80)),
 //! );
 //! state.upsert_slice(
-//!     EndpointSlice::new("ns1", "svc1", "svc1-abcde", IpFamily::IPv4)
+//!     EndpointSlice::new("ns1", "svc1", "svc1-abcde", IpFamily::Ipv4)
 //!         .with_port(EndpointPort::tcp("p80", 80))
 //!         .with_endpoint(Endpoint::ready("10.180.0.1".parse().unwrap())),
 //! );

@@ -11,7 +11,7 @@
 //! let mut nat = TableRules::new(Table::Nat);
 //! let chain = ChainName::new("MY-CHAIN").unwrap();
 //! nat.append(&chain, Rule::new().to(Target::Return));
-//! let ruleset = Ruleset { family: IpFamily::IPv4, tables: vec![nat] };
+//! let ruleset = Ruleset { family: IpFamily::Ipv4, tables: vec![nat] };
 //! assert_eq!(
 //!     svcnat::render::to_string(&ruleset),
 //!     "*nat\n:MY-CHAIN - [0:0]\n-A MY-CHAIN -j RETURN\nCOMMIT\n"

@@ -31,7 +31,7 @@
 //! assert!(first.full);
 //!
 //! syncer.upsert_slice(
-//!     EndpointSlice::new("ns1", "svc1", "svc1-a", IpFamily::IPv4)
+//!     EndpointSlice::new("ns1", "svc1", "svc1-a", IpFamily::Ipv4)
 //!         .with_port(EndpointPort::tcp("p80", 80))
 //!         .with_endpoint(Endpoint::ready("10.180.0.1".parse().unwrap())),
 //! );

@@ -137,7 +137,7 @@ impl Spec {
             svc = svc.with_type(ServiceType::LoadBalancer);
             svc.load_balancer_ingress = vec![LoadBalancerIngress {
                 ip: v4(0x6440_0000, i),
-                ip_mode: IpMode::VIP,
+                ip_mode: IpMode::Vip,
             }];
             let mut with_node_port = true;
             for port in &mut ports {
@@ -160,7 +160,7 @@ impl Spec {
             }
         }
         if shape.affinity {
-            svc.session_affinity = SessionAffinity::ClientIP {
+            svc.session_affinity = SessionAffinity::ClientIp {
                 timeout_seconds: 10800,
             };
         }
@@ -175,7 +175,7 @@ impl Spec {
                 NAMESPACE,
                 name.clone(),
                 format!("{name}-{n}"),
-                IpFamily::IPv4,
+                IpFamily::Ipv4,
             )
             .with_port(EndpointPort::tcp("http", 8080));
             if shape.udp {

@@ -43,7 +43,7 @@
 //!         .with_port(ServicePort::tcp("p80", 80)),
 //! );
 //! state.upsert_slice(
-//!     EndpointSlice::new("ns1", "svc1", "svc1-1", IpFamily::IPv4)
+//!     EndpointSlice::new("ns1", "svc1", "svc1-1", IpFamily::Ipv4)
 //!         .with_port(EndpointPort::tcp("p80", 8080))
 //!         .with_endpoint(Endpoint::ready("10.180.0.1".parse().unwrap()))
 //!         .with_endpoint(Endpoint::ready("10.180.0.2".parse().unwrap())),

@@ -132,8 +132,8 @@ impl ProxyFlags {
             "--ip-family" => {
                 let v = value(flag, inline, rest)?;
                 self.family = match v.to_ascii_lowercase().as_str() {
-                    "ipv4" => IpFamily::IPv4,
-                    "ipv6" => IpFamily::IPv6,
+                    "ipv4" => IpFamily::Ipv4,
+                    "ipv6" => IpFamily::Ipv6,
                     _ => return Err(format!("{flag}: {v:?} is not ipv4 or ipv6")),
                 };
             }

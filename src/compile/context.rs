@@ -93,7 +93,7 @@ impl Context {
         let nodeport_all = cidrs.is_empty() || cidrs.iter().any(|c| c.prefix_len() == 0);
         // kube-proxy: a CIDR inside 127.0.0.0/8, or one that holds 127.0.0.0.
         let loopback_start = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0));
-        let contains_loopback4 = family == IpFamily::IPv4
+        let contains_loopback4 = family == IpFamily::Ipv4
             && (nodeport_all
                 || cidrs
                     .iter()

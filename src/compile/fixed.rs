@@ -73,7 +73,7 @@ pub(crate) fn assemble_owned(
 pub(crate) fn fixed_tables(ctx: &Context) -> (TableRules, TableRules) {
     let mut filter = TableRules::new(Table::Filter);
     let mut nat = TableRules::new(Table::Nat);
-    let has_kubelet_firewall = ctx.family == IpFamily::IPv4 && ctx.localhost_nodeports;
+    let has_kubelet_firewall = ctx.family == IpFamily::Ipv4 && ctx.localhost_nodeports;
     for chain in [
         KUBE_SERVICES,
         KUBE_EXTERNAL_SERVICES,
@@ -180,9 +180,9 @@ pub(crate) fn nodeport_jumps(ctx: &Context) -> Vec<Rule> {
     );
     if ctx.nodeport_all {
         let exclude = match ctx.family {
-            IpFamily::IPv6 => Some(net("::1/128")),
-            IpFamily::IPv4 if !ctx.localhost_nodeports => Some(net("127.0.0.0/8")),
-            IpFamily::IPv4 => None,
+            IpFamily::Ipv6 => Some(net("::1/128")),
+            IpFamily::Ipv4 if !ctx.localhost_nodeports => Some(net("127.0.0.0/8")),
+            IpFamily::Ipv4 => None,
         };
         vec![
             Rule::new()
@@ -290,7 +290,7 @@ pub fn jump_rules(config: &ProxyConfig) -> Result<Vec<JumpRule>, CompileError> {
         Some("kubernetes postrouting rules"),
         KUBE_POSTROUTING,
     );
-    if ctx.family == IpFamily::IPv4 && ctx.localhost_nodeports {
+    if ctx.family == IpFamily::Ipv4 && ctx.localhost_nodeports {
         add(Table::Filter, "INPUT", false, None, KUBE_FIREWALL);
         add(Table::Filter, "OUTPUT", false, None, KUBE_FIREWALL);
     }

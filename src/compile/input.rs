@@ -165,7 +165,7 @@ pub(crate) fn validate_service(svc: &Service, config: &ProxyConfig) -> Result<()
             },
         ));
     }
-    for family in [IpFamily::IPv4, IpFamily::IPv6] {
+    for family in [IpFamily::Ipv4, IpFamily::Ipv6] {
         if svc
             .cluster_ips
             .iter()
@@ -205,7 +205,7 @@ pub(crate) fn validate_service(svc: &Service, config: &ProxyConfig) -> Result<()
             None,
         )?;
         if let Some(np) = p.node_port {
-            if svc.service_type == ServiceType::ClusterIP {
+            if svc.service_type == ServiceType::ClusterIp {
                 return Err(e.at(
                     Some(name),
                     format!("spec.ports[{i}].nodePort"),
@@ -247,7 +247,7 @@ pub(crate) fn validate_service(svc: &Service, config: &ProxyConfig) -> Result<()
     if let Some(hc) = svc.health_check_node_port {
         check_port_number(&e, None, || "spec.healthCheckNodePort".into(), hc, range)?;
     }
-    if let SessionAffinity::ClientIP { timeout_seconds } = svc.session_affinity
+    if let SessionAffinity::ClientIp { timeout_seconds } = svc.session_affinity
         && !(1..=86400).contains(&timeout_seconds)
     {
         return Err(e.at(
@@ -407,7 +407,7 @@ pub(crate) fn checked_service_input<'a>(
     let family = config.ip_family;
     let cluster_ip = family_cluster_ip(svc, family)?;
     let external_policy_local = svc.external_traffic_policy == TrafficPolicy::Local
-        && (svc.service_type != ServiceType::ClusterIP || !svc.external_ips.is_empty());
+        && (svc.service_type != ServiceType::ClusterIp || !svc.external_ips.is_empty());
     let needs_health_check = svc.service_type == ServiceType::LoadBalancer && external_policy_local;
     let mut input = ServiceInput {
         cluster_ip,
@@ -420,7 +420,7 @@ pub(crate) fn checked_service_input<'a>(
         lb_vips: svc
             .load_balancer_ingress
             .iter()
-            .filter(|i| i.ip_mode == IpMode::VIP && family.contains(&i.ip))
+            .filter(|i| i.ip_mode == IpMode::Vip && family.contains(&i.ip))
             .map(|i| i.ip)
             .collect(),
         source_ranges: svc
@@ -433,7 +433,7 @@ pub(crate) fn checked_service_input<'a>(
             .collect(),
         affinity_seconds: match svc.session_affinity {
             SessionAffinity::None => None,
-            SessionAffinity::ClientIP { timeout_seconds } => Some(timeout_seconds),
+            SessionAffinity::ClientIp { timeout_seconds } => Some(timeout_seconds),
         },
         external_policy_local,
         internal_policy_local: svc.internal_traffic_policy == TrafficPolicy::Local,

@@ -53,7 +53,7 @@ impl Backend {
 /// use svcnat::model::IpFamily;
 /// let mut exec = IptablesRestore::new(Backend::Nft)
 ///     .with_command_prefix(["ip", "netns", "exec", "test-node"]);
-/// exec.restore(IpFamily::IPv4, "*nat\n:MY-CHAIN - [0:0]\nCOMMIT\n", RestoreOptions::default())?;
+/// exec.restore(IpFamily::Ipv4, "*nat\n:MY-CHAIN - [0:0]\nCOMMIT\n", RestoreOptions::default())?;
 /// # Ok::<(), svcnat::exec::ExecError>(())
 /// ```
 #[derive(Debug, Clone)]
@@ -106,8 +106,8 @@ impl IptablesRestore {
     /// The binary that runs `tool` (`""`, `"-save"`, `"-restore"`) for `family`.
     pub fn binary(&mut self, family: IpFamily, tool: &str) -> String {
         let base = match family {
-            IpFamily::IPv4 => "iptables",
-            IpFamily::IPv6 => "ip6tables",
+            IpFamily::Ipv4 => "iptables",
+            IpFamily::Ipv6 => "ip6tables",
         };
         format!("{base}{}{tool}", self.backend().suffix())
     }
@@ -467,7 +467,7 @@ fn builtin_rules(saved: &str, family: IpFamily, table: Table) -> Option<Vec<(Str
 /// The `conntrack -D` arguments that delete one stale flow's entries.
 pub(crate) fn conntrack_args(family: IpFamily, flow: &StaleFlow) -> Vec<String> {
     let mut args: Vec<String> = vec!["-D".into()];
-    if family == IpFamily::IPv6 {
+    if family == IpFamily::Ipv6 {
         args.extend(["-f".into(), "ipv6".into()]);
     }
     let proto = match flow.protocol {
@@ -554,23 +554,23 @@ mod tests {
         let reordered = jump(Table::Filter, "FORWARD", true, "portals b", "KUBE-B");
         let elsewhere = jump(Table::Filter, "OUTPUT", true, "portals a", "KUBE-A");
         let wanted = [&present, &reordered, &elsewhere, &elsewhere];
-        let missing = missing_jumps(saved, IpFamily::IPv4, Table::Filter, &wanted).unwrap();
+        let missing = missing_jumps(saved, IpFamily::Ipv4, Table::Filter, &wanted).unwrap();
         assert_eq!(missing, [&reordered, &elsewhere]);
         // The same rules in the order the dump has them are all there.
         let as_saved = jump(Table::Filter, "FORWARD", false, "portals b", "KUBE-B");
         let wanted = [&present, &as_saved];
-        let missing = missing_jumps(saved, IpFamily::IPv4, Table::Filter, &wanted).unwrap();
+        let missing = missing_jumps(saved, IpFamily::Ipv4, Table::Filter, &wanted).unwrap();
         assert!(missing.is_empty(), "{missing:?}");
         // A rule for a chain that is not built in, or a dump that does not parse:
         // checked one by one instead.
         let user = jump(Table::Filter, "KUBE-B", true, "portals a", "KUBE-A");
         assert_eq!(
-            missing_jumps(saved, IpFamily::IPv4, Table::Filter, &[&user]),
+            missing_jumps(saved, IpFamily::Ipv4, Table::Filter, &[&user]),
             None
         );
         let broken = "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -j\nCOMMIT\n";
         assert_eq!(
-            missing_jumps(broken, IpFamily::IPv4, Table::Filter, &[&present]),
+            missing_jumps(broken, IpFamily::Ipv4, Table::Filter, &[&present]),
             None
         );
     }
@@ -582,7 +582,7 @@ mod tests {
             -A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
             -A PREROUTING -j USER\n\
             -A KUBE-SERVICES -d 10.0.0.1/32 -p tcp -m tcp --dport 80 -j RETURN\nCOMMIT\n";
-        let rules = builtin_rules(saved, IpFamily::IPv4, Table::Nat).unwrap();
+        let rules = builtin_rules(saved, IpFamily::Ipv4, Table::Nat).unwrap();
         let text: Vec<String> = rules.iter().map(|(c, r)| format!("{c} {r}")).collect();
         assert_eq!(
             text,
@@ -592,8 +592,8 @@ mod tests {
             ]
         );
         // Another table, or a dump that does not parse: the caller checks rule by rule.
-        assert_eq!(builtin_rules(saved, IpFamily::IPv4, Table::Filter), None);
+        assert_eq!(builtin_rules(saved, IpFamily::Ipv4, Table::Filter), None);
         let broken = "*nat\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -j\nCOMMIT\n";
-        assert_eq!(builtin_rules(broken, IpFamily::IPv4, Table::Nat), None);
+        assert_eq!(builtin_rules(broken, IpFamily::Ipv4, Table::Nat), None);
     }
 }

@@ -165,9 +165,9 @@ fn jump_of(rule: &str) -> Option<&str> {
 /// use svcnat::model::IpFamily;
 /// use svcnat::ruleset::Table;
 /// let mut rec = Recorder::new();
-/// rec.restore(IpFamily::IPv4, "*nat\n:A - [0:0]\n-A A -j RETURN\nCOMMIT\n", RestoreOptions::default())?;
-/// assert!(rec.save(IpFamily::IPv4, Table::Nat)?.contains("-A A -j RETURN"));
-/// assert!(rec.restore(IpFamily::IPv4, "*nat\n-A B -j A\nCOMMIT\n", RestoreOptions::default()).is_err());
+/// rec.restore(IpFamily::Ipv4, "*nat\n:A - [0:0]\n-A A -j RETURN\nCOMMIT\n", RestoreOptions::default())?;
+/// assert!(rec.save(IpFamily::Ipv4, Table::Nat)?.contains("-A A -j RETURN"));
+/// assert!(rec.restore(IpFamily::Ipv4, "*nat\n-A B -j A\nCOMMIT\n", RestoreOptions::default()).is_err());
 /// # Ok::<(), svcnat::exec::ExecError>(())
 /// ```
 #[derive(Debug, Default, Clone)]

@@ -46,7 +46,7 @@ pub enum NodePortAddress {
 ///     .with_node_name("node-a")
 ///     .with_node_ips(["192.168.0.2".parse().unwrap()])
 ///     .with_cluster_cidrs(["10.0.0.0/8".parse().unwrap()]);
-/// assert_eq!(config.ip_family, IpFamily::IPv4);
+/// assert_eq!(config.ip_family, IpFamily::Ipv4);
 /// assert_eq!(config.masquerade_mark(), 0x4000);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,7 +96,7 @@ impl Default for ProxyConfig {
         ProxyConfig {
             node_name: None,
             node_ips: Vec::new(),
-            ip_family: IpFamily::IPv4,
+            ip_family: IpFamily::Ipv4,
             masquerade_bit: 14,
             masquerade_all: false,
             masquerade_random_fully: false,

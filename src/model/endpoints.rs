@@ -136,7 +136,7 @@ impl EndpointPort {
 ///
 /// ```
 /// use svcnat::model::{Endpoint, EndpointPort, EndpointSlice, IpFamily};
-/// let slice = EndpointSlice::new("ns1", "svc1", "svc1-abcde", IpFamily::IPv4)
+/// let slice = EndpointSlice::new("ns1", "svc1", "svc1-abcde", IpFamily::Ipv4)
 ///     .with_port(EndpointPort::tcp("p80", 80))
 ///     .with_endpoint(Endpoint::ready("10.180.0.1".parse().unwrap()));
 /// assert_eq!(slice.service().to_string(), "ns1/svc1");

@@ -27,17 +27,19 @@ pub use service::{
 pub enum IpFamily {
     /// IPv4 (`iptables`).
     #[default]
-    IPv4,
+    #[serde(rename = "IPv4")]
+    Ipv4,
     /// IPv6 (`ip6tables`).
-    IPv6,
+    #[serde(rename = "IPv6")]
+    Ipv6,
 }
 
 impl IpFamily {
     /// The family of an address.
     pub fn of(ip: &IpAddr) -> IpFamily {
         match ip {
-            IpAddr::V4(_) => IpFamily::IPv4,
-            IpAddr::V6(_) => IpFamily::IPv6,
+            IpAddr::V4(_) => IpFamily::Ipv4,
+            IpAddr::V6(_) => IpFamily::Ipv6,
         }
     }
 
@@ -50,8 +52,8 @@ impl IpFamily {
 impl fmt::Display for IpFamily {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            IpFamily::IPv4 => "IPv4",
-            IpFamily::IPv6 => "IPv6",
+            IpFamily::Ipv4 => "IPv4",
+            IpFamily::Ipv6 => "IPv6",
         })
     }
 }
@@ -255,7 +257,7 @@ mod tests {
     use super::*;
 
     fn slice(name: &str, endpoints: usize) -> EndpointSlice {
-        let mut slice = EndpointSlice::new("ns", "svc", name, IpFamily::IPv4)
+        let mut slice = EndpointSlice::new("ns", "svc", name, IpFamily::Ipv4)
             .with_port(EndpointPort::tcp("p80", 80));
         slice.endpoints = (0..endpoints)
             .map(|i| Endpoint::ready(IpAddr::from([10, 0, 0, i as u8])))
@@ -268,28 +270,28 @@ mod tests {
         let mut state = ClusterState::new();
         state.upsert_slice(slice("a", 3));
         state.upsert_slice(slice("b", 2));
-        assert_eq!(state.endpoint_bound(IpFamily::IPv4), 5);
+        assert_eq!(state.endpoint_bound(IpFamily::Ipv4), 5);
         state.upsert_slice(slice("a", 1));
-        assert_eq!(state.endpoint_bound(IpFamily::IPv4), 3);
+        assert_eq!(state.endpoint_bound(IpFamily::Ipv4), 3);
         state.remove_slice(&ServiceKey::new("ns", "svc"), "b");
         state.remove_slice(&ServiceKey::new("ns", "svc"), "missing");
-        assert_eq!(state.endpoint_bound(IpFamily::IPv4), 1);
+        assert_eq!(state.endpoint_bound(IpFamily::Ipv4), 1);
         let json = serde_json::to_string(&state).unwrap();
         let read: ClusterState = serde_json::from_str(&json).unwrap();
-        assert_eq!(read.endpoint_bound(IpFamily::IPv4), 1);
+        assert_eq!(read.endpoint_bound(IpFamily::Ipv4), 1);
         assert_eq!(read, state);
         // Each endpoint counts once per port, in its slice's family only.
         state.upsert_slice(slice("b", 3).with_port(EndpointPort::tcp("p53", 53)));
-        assert_eq!(state.endpoint_bound(IpFamily::IPv4), 1 + 6);
+        assert_eq!(state.endpoint_bound(IpFamily::Ipv4), 1 + 6);
         let mut v6 = slice("c", 2);
-        v6.address_type = IpFamily::IPv6;
+        v6.address_type = IpFamily::Ipv6;
         state.upsert_slice(v6.clone());
-        assert_eq!(state.endpoint_bound(IpFamily::IPv4), 1 + 6);
-        assert_eq!(state.endpoint_bound(IpFamily::IPv6), 2);
-        v6.address_type = IpFamily::IPv4;
+        assert_eq!(state.endpoint_bound(IpFamily::Ipv4), 1 + 6);
+        assert_eq!(state.endpoint_bound(IpFamily::Ipv6), 2);
+        v6.address_type = IpFamily::Ipv4;
         state.upsert_slice(v6);
-        assert_eq!(state.endpoint_bound(IpFamily::IPv4), 1 + 6 + 2);
-        assert_eq!(state.endpoint_bound(IpFamily::IPv6), 0);
+        assert_eq!(state.endpoint_bound(IpFamily::Ipv4), 1 + 6 + 2);
+        assert_eq!(state.endpoint_bound(IpFamily::Ipv6), 0);
     }
 
     #[test]
@@ -305,7 +307,7 @@ mod tests {
         assert_eq!(names(&state), ["a", "b", "c"]);
         let old = state.upsert_slice(slice("b", 2)).unwrap();
         assert_eq!(old.endpoints.len(), 1);
-        assert_eq!(state.endpoint_bound(IpFamily::IPv4), 4);
+        assert_eq!(state.endpoint_bound(IpFamily::Ipv4), 4);
         assert_eq!(state.remove_slice(&key, "a").unwrap().name, "a");
         assert!(state.remove_slice(&key, "a").is_none());
         assert_eq!(names(&state), ["b", "c"]);

@@ -41,7 +41,8 @@ impl fmt::Display for ServiceKey {
 pub enum ServiceType {
     /// Reachable on its cluster IPs only.
     #[default]
-    ClusterIP,
+    #[serde(rename = "ClusterIP")]
+    ClusterIp,
     /// Also reachable on a port of every node.
     NodePort,
     /// Also reachable on load-balancer ingress IPs (and on node ports).
@@ -144,7 +145,8 @@ pub enum SessionAffinity {
     #[default]
     None,
     /// A client IP sticks to one endpoint for `timeout_seconds` after its last packet.
-    ClientIP {
+    #[serde(rename = "ClientIP")]
+    ClientIp {
         /// `sessionAffinityConfig.clientIP.timeoutSeconds` (Kubernetes defaults it to 10800).
         timeout_seconds: u32,
     },
@@ -169,7 +171,8 @@ pub enum TrafficPolicy {
 pub enum IpMode {
     /// The load balancer delivers packets with the VIP as destination (the default).
     #[default]
-    VIP,
+    #[serde(rename = "VIP")]
+    Vip,
     /// The load balancer proxies; kube-proxy installs no rules for such an IP.
     Proxy,
 }

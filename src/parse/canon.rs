@@ -218,8 +218,8 @@ fn canonical_target(t: &Target, family: IpFamily) -> Target {
         }
         Target::RejectWith(w) => {
             let default = match family {
-                IpFamily::IPv4 => "icmp-port-unreachable",
-                IpFamily::IPv6 => "icmp6-port-unreachable",
+                IpFamily::Ipv4 => "icmp-port-unreachable",
+                IpFamily::Ipv6 => "icmp6-port-unreachable",
             };
             if w.as_str() == default {
                 Target::Reject

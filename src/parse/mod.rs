@@ -390,8 +390,8 @@ fn rule_family(toks: &[Token]) -> Option<IpFamily> {
             return None;
         }
         match t.text.as_str() {
-            "-4" | "--ipv4" => Some(IpFamily::IPv4),
-            "-6" | "--ipv6" => Some(IpFamily::IPv6),
+            "-4" | "--ipv4" => Some(IpFamily::Ipv4),
+            "-6" | "--ipv6" => Some(IpFamily::Ipv6),
             _ => None,
         }
     })

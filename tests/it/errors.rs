@@ -108,7 +108,7 @@ fn endpoint_address_of_the_wrong_family() {
         &[("p80", 80)],
         vec![ready("10.180.0.1"), ready("fd00::1")],
     );
-    sl.address_type = IpFamily::IPv4;
+    sl.address_type = IpFamily::Ipv4;
     let e = err(&state(vec![svc1()], vec![sl]));
     match e {
         CompileError::EndpointSlice { field, problem, .. } => {
@@ -117,7 +117,7 @@ fn endpoint_address_of_the_wrong_family() {
                 problem,
                 Problem::WrongFamily {
                     address: ip("fd00::1"),
-                    expected: IpFamily::IPv4
+                    expected: IpFamily::Ipv4
                 }
             );
         }
@@ -211,7 +211,7 @@ fn lenient_mode_ignores_bad_slice_parts_but_keeps_the_service() {
         &[("p80", 80), ("gone", 81)],
         vec![ready("10.180.0.1"), ready("fd00::1")],
     );
-    sl.address_type = IpFamily::IPv4;
+    sl.address_type = IpFamily::Ipv4;
     let s = state(vec![svc1()], vec![sl]);
     assert!(
         compile(&s, &config()).is_err(),

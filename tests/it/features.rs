@@ -43,7 +43,7 @@ fn lb(name: &str) -> Service {
         ports: vec![ServicePort::tcp("p80", 80).with_node_port(3005)],
         load_balancer_ingress: vec![LoadBalancerIngress {
             ip: ip("1.2.3.4"),
-            ip_mode: IpMode::VIP,
+            ip_mode: IpMode::Vip,
         }],
         ..svc(name, "172.30.0.45")
     }
@@ -147,7 +147,7 @@ fn internal_traffic_policy_local_without_local_endpoints() {
 #[test]
 fn session_affinity() {
     let s = Service {
-        session_affinity: SessionAffinity::ClientIP {
+        session_affinity: SessionAffinity::ClientIp {
             timeout_seconds: 10800,
         },
         ..svc("svc5", "172.30.0.45")
@@ -306,7 +306,7 @@ fn sctp_and_udp_ports() {
 
 fn v6_config() -> ProxyConfig {
     config()
-        .with_ip_family(IpFamily::IPv6)
+        .with_ip_family(IpFamily::Ipv6)
         .with_node_ips([ip("2001:db8::1"), ip("192.168.0.2"), ip("::1")])
         .with_cluster_cidrs([
             "10.0.0.0/8".parse().unwrap(),

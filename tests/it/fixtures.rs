@@ -37,7 +37,7 @@ pub fn slice(
     let family = endpoints
         .first()
         .map(|e| IpFamily::of(&e.address))
-        .unwrap_or(IpFamily::IPv4);
+        .unwrap_or(IpFamily::Ipv4);
     let mut slice = EndpointSlice::new(ns, svc, format!("{svc}-slice"), family);
     for (name, port) in ports {
         slice = slice.with_port(EndpointPort::tcp(*name, *port));

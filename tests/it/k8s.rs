@@ -35,7 +35,7 @@ fn service_defaults_and_tolerances() {
     assert_eq!(s.ports[0].node_port, Some(3001));
     assert_eq!(
         s.session_affinity,
-        SessionAffinity::ClientIP {
+        SessionAffinity::ClientIp {
             timeout_seconds: 10800
         }
     );
@@ -105,7 +105,7 @@ fn slice_defaults() {
     .unwrap()
     .unwrap();
     assert_eq!(s.service_name, "svc1");
-    assert_eq!(s.address_type, IpFamily::IPv4);
+    assert_eq!(s.address_type, IpFamily::Ipv4);
     assert_eq!(s.ports.len(), 1, "a port without a number is skipped");
     assert_eq!(
         s.endpoints.len(),

@@ -112,8 +112,8 @@ fn example_output_is_accepted_by_iptables_restore() {
     let state = crate::kube_proxy::state_from_list(&text);
     let ns = Netns::new("restore-test");
     for (family, tool, cidr, node_ip) in [
-        (IpFamily::IPv4, "iptables", "10.244.0.0/16", "192.168.0.10"),
-        (IpFamily::IPv6, "ip6tables", "fd00:244::/48", "fd00::10"),
+        (IpFamily::Ipv4, "iptables", "10.244.0.0/16", "192.168.0.10"),
+        (IpFamily::Ipv6, "ip6tables", "fd00:244::/48", "fd00::10"),
     ] {
         let config = svcnat::model::ProxyConfig::default()
             .with_ip_family(family)
@@ -260,7 +260,7 @@ impl Plan {
 impl Lab {
     fn new(tag: &str, family: svcnat::model::IpFamily) -> Lab {
         let plan = Plan {
-            six: family == svcnat::model::IpFamily::IPv6,
+            six: family == svcnat::model::IpFamily::Ipv6,
         };
         let node = Netns::new(&format!("{tag}-node"));
         let client = Netns::new(&format!("{tag}-cli"));
@@ -501,7 +501,7 @@ mod traffic {
     }
 
     fn slice(svc: &str, pods: &[Endpoint]) -> EndpointSlice {
-        let mut s = EndpointSlice::new("test", svc, format!("{svc}-1"), IpFamily::IPv4)
+        let mut s = EndpointSlice::new("test", svc, format!("{svc}-1"), IpFamily::Ipv4)
             .with_port(EndpointPort::tcp("tcp", 8080))
             .with_port(EndpointPort {
                 name: "udp".into(),
@@ -525,7 +525,7 @@ mod traffic {
         ));
         state.upsert_service(svc("empty", "172.30.0.20"));
         let mut sticky = svc("sticky", "172.30.0.30");
-        sticky.session_affinity = SessionAffinity::ClientIP {
+        sticky.session_affinity = SessionAffinity::ClientIp {
             timeout_seconds: 300,
         };
         state.upsert_service(sticky);
@@ -568,10 +568,10 @@ mod traffic {
         for table in [Table::Nat, Table::Filter] {
             let (ok, out) = ns.run(&[save, "-t", table.as_str()], "");
             assert!(ok, "{save}: {out}");
-            let saved = parse_as(&out, IpFamily::IPv4).unwrap();
+            let saved = parse_as(&out, IpFamily::Ipv4).unwrap();
             let rules = saved.table(table).unwrap();
             for chain in builtin_chains(table) {
-                let canonical = |r: &Rule| canonical_rule(r, IpFamily::IPv4);
+                let canonical = |r: &Rule| canonical_rule(r, IpFamily::Ipv4);
                 let want: Vec<Rule> = jumps
                     .iter()
                     .rev()
@@ -595,7 +595,7 @@ mod traffic {
     }
 
     fn traffic_and_churn(backend: Backend, tag: &str) {
-        let lab = Lab::new(tag, IpFamily::IPv4);
+        let lab = Lab::new(tag, IpFamily::Ipv4);
         let n = lab.node.name.clone();
         let save = match backend {
             Backend::Legacy => "iptables-legacy-save",
@@ -697,7 +697,7 @@ mod traffic {
         use svcnat::exec::Executor;
         syncer
             .executor_mut()
-            .clear_conntrack(IpFamily::IPv4, &flows)
+            .clear_conntrack(IpFamily::Ipv4, &flows)
             .unwrap();
         assert_eq!(entries(&lab), 0, "stale flows were not cleared");
 
@@ -812,7 +812,7 @@ mod traffic {
 
     /// IPv6: ip6tables rules with bracketed DNAT targets carry real traffic.
     fn ipv6_traffic(backend: Backend, tag: &str) {
-        let lab = Lab::new(tag, IpFamily::IPv6);
+        let lab = Lab::new(tag, IpFamily::Ipv6);
         let pod6 =
             |i: u8, node: &str| Endpoint::ready(addr(&format!("fd00:244:{i}::2"))).on_node(node);
         let mut state = ClusterState::new();
@@ -824,11 +824,11 @@ mod traffic {
             "spread",
             &[pod6(1, "node"), pod6(2, "node"), pod6(3, "node")],
         );
-        sl.address_type = IpFamily::IPv6;
+        sl.address_type = IpFamily::Ipv6;
         state.upsert_slice(sl);
         state.upsert_service(svc("empty", "fd00:96::20"));
         let config = ProxyConfig::default()
-            .with_ip_family(IpFamily::IPv6)
+            .with_ip_family(IpFamily::Ipv6)
             .with_node_name("node")
             .with_node_ips([addr("fd00:50::1"), addr("::1")])
             .with_cluster_cidrs(["fd00:244::/48".parse().unwrap()]);
@@ -902,15 +902,15 @@ mod every_feature {
 
     fn addr(family: IpFamily, net: u16, host: u16) -> IpAddr {
         match family {
-            IpFamily::IPv4 => IpAddr::from([10, 180, net as u8, host as u8]),
-            IpFamily::IPv6 => IpAddr::from([0xfd00, 0x10, 0x180, net, 0, 0, 0, host]),
+            IpFamily::Ipv4 => IpAddr::from([10, 180, net as u8, host as u8]),
+            IpFamily::Ipv6 => IpAddr::from([0xfd00, 0x10, 0x180, net, 0, 0, 0, host]),
         }
     }
 
     fn vip(family: IpFamily, i: u16) -> IpAddr {
         match family {
-            IpFamily::IPv4 => IpAddr::from([172, 30, (i >> 8) as u8, i as u8]),
-            IpFamily::IPv6 => IpAddr::from([0xfd00, 0x172, 0x30, 0, 0, 0, 0, i]),
+            IpFamily::Ipv4 => IpAddr::from([172, 30, (i >> 8) as u8, i as u8]),
+            IpFamily::Ipv6 => IpAddr::from([0xfd00, 0x172, 0x30, 0, 0, 0, 0, i]),
         }
     }
 
@@ -972,12 +972,12 @@ mod every_feature {
             let i16 = i as u16 + 1;
             let name = format!("svc{i}");
             let service_type = [
-                ServiceType::ClusterIP,
+                ServiceType::ClusterIp,
                 ServiceType::NodePort,
                 ServiceType::LoadBalancer,
             ][k.kind as usize];
             let mut port = ServicePort::tcp("p", 80 + i16).with_protocol(k.protocol);
-            if service_type != ServiceType::ClusterIP {
+            if service_type != ServiceType::ClusterIp {
                 port = port.with_node_port(30000 + i16);
             }
             let lb = service_type == ServiceType::LoadBalancer;
@@ -988,7 +988,7 @@ mod every_feature {
                 cluster_ips: vec![vip(family, i16)],
                 ports: vec![port],
                 session_affinity: if k.affinity {
-                    SessionAffinity::ClientIP {
+                    SessionAffinity::ClientIp {
                         timeout_seconds: 10800,
                     }
                 } else {
@@ -1012,7 +1012,7 @@ mod every_feature {
                 load_balancer_ingress: if lb {
                     vec![LoadBalancerIngress {
                         ip: vip(family, 2000 + i16),
-                        ip_mode: IpMode::VIP,
+                        ip_mode: IpMode::Vip,
                     }]
                 } else {
                     vec![]
@@ -1021,7 +1021,7 @@ mod every_feature {
                     vec![
                         ipnet::IpNet::new(
                             addr(family, 99, 0),
-                            if family == IpFamily::IPv4 { 24 } else { 112 },
+                            if family == IpFamily::Ipv4 { 24 } else { 112 },
                         )
                         .unwrap(),
                     ]
@@ -1087,7 +1087,7 @@ mod every_feature {
                     any::<u64>(),
                 ),
                 |(all, v6, switches, seed)| {
-                    let family = if v6 { IpFamily::IPv6 } else { IpFamily::IPv4 };
+                    let family = if v6 { IpFamily::Ipv6 } else { IpFamily::Ipv4 };
                     let (services, slices) = cluster(family, &all);
                     let config = config(family, switches);
                     let mut forward = ClusterState::new();

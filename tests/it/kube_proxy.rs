@@ -91,9 +91,9 @@ fn yes() -> bool {
 impl CaseConfig {
     pub fn proxy_config(&self) -> ProxyConfig {
         let family = if self.ipv6 {
-            svcnat::model::IpFamily::IPv6
+            svcnat::model::IpFamily::Ipv6
         } else {
-            svcnat::model::IpFamily::IPv4
+            svcnat::model::IpFamily::Ipv4
         };
         // The primary node IP of the family goes first.
         let mut ips = self.node_ips.clone();

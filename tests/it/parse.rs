@@ -22,7 +22,7 @@ const DUMPS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/dumps");
 /// a load balancer with source ranges and an external IP under
 /// `externalTrafficPolicy: Local`.
 pub fn rich_state(family: IpFamily) -> ClusterState {
-    let v6 = family == IpFamily::IPv6;
+    let v6 = family == IpFamily::Ipv6;
     let a = |v4: &str, v6s: &str| -> IpAddr { if v6 { ip(v6s) } else { ip(v4) } };
     let mut state = ClusterState::new();
     let mut slice = |ns: &str, svc: &str, ports: &[(&str, Protocol, u16)], eps: Vec<Endpoint>| {
@@ -65,7 +65,7 @@ pub fn rich_state(family: IpFamily) -> ClusterState {
     );
     let mut svc1 = Service::cluster_ip("ns1", "svc1", a("172.30.0.41", "fd00:172:30::41"))
         .with_port(ServicePort::tcp("p80", 80));
-    svc1.session_affinity = SessionAffinity::ClientIP {
+    svc1.session_affinity = SessionAffinity::ClientIp {
         timeout_seconds: 10800,
     };
     state.upsert_service(svc1);
@@ -92,7 +92,7 @@ pub fn rich_state(family: IpFamily) -> ClusterState {
     lb.external_ips = vec![a("192.168.99.22", "2001:db8:99::22")];
     lb.load_balancer_ingress = vec![LoadBalancerIngress {
         ip: a("1.2.3.4", "2001:db8:1234::4"),
-        ip_mode: IpMode::VIP,
+        ip_mode: IpMode::Vip,
     }];
     lb.load_balancer_source_ranges = vec![if v6 {
         "2001:db8:203::/64".parse().unwrap()
@@ -106,9 +106,9 @@ pub fn rich_state(family: IpFamily) -> ClusterState {
 /// The test config for a family.
 pub fn family_config(family: IpFamily) -> ProxyConfig {
     match family {
-        IpFamily::IPv4 => config(),
-        IpFamily::IPv6 => config()
-            .with_ip_family(IpFamily::IPv6)
+        IpFamily::Ipv4 => config(),
+        IpFamily::Ipv6 => config()
+            .with_ip_family(IpFamily::Ipv6)
             .with_node_ips([ip("2001:db8::2"), ip("::1")])
             .with_cluster_cidrs(["fd00:10::/64".parse().unwrap()]),
     }
@@ -145,7 +145,7 @@ fn assert_round_trip(ruleset: &Ruleset) {
 
 #[test]
 fn compiled_text_round_trips_exactly() {
-    for family in [IpFamily::IPv4, IpFamily::IPv6] {
+    for family in [IpFamily::Ipv4, IpFamily::Ipv6] {
         for config in variants(family) {
             let ruleset = compile(&rich_state(family), &config).unwrap();
             assert_round_trip(&ruleset);
@@ -202,7 +202,7 @@ fn every_dump_in_the_corpus_parses() {
         let ruleset = parse(text).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(ruleset.rule_count() > 0, "{name}");
         let expect_v6 = name.contains("v6");
-        assert_eq!(ruleset.family == IpFamily::IPv6, expect_v6, "{name}");
+        assert_eq!(ruleset.family == IpFamily::Ipv6, expect_v6, "{name}");
         // Rendering what was read and reading it again means the same: only
         // quoting, recent's restated defaults and the 11th decimal of a
         // probability are lost.
@@ -300,10 +300,10 @@ fn saved_kube_proxy_dumps_canonicalise_to_the_compiled_rules() {
     // The corpus dumps were made by `regenerate_dumps` from rich_state() with
     // the first variant's config: they must still describe what svcnat compiles.
     for (name, family) in [
-        ("kube-proxy-v4-nft.save", IpFamily::IPv4),
-        ("kube-proxy-v4-legacy.save", IpFamily::IPv4),
-        ("kube-proxy-v6-nft.save", IpFamily::IPv6),
-        ("kube-proxy-v6-legacy.save", IpFamily::IPv6),
+        ("kube-proxy-v4-nft.save", IpFamily::Ipv4),
+        ("kube-proxy-v4-legacy.save", IpFamily::Ipv4),
+        ("kube-proxy-v6-nft.save", IpFamily::Ipv6),
+        ("kube-proxy-v6-legacy.save", IpFamily::Ipv6),
     ] {
         let text = std::fs::read_to_string(format!("{DUMPS}/{name}")).unwrap();
         let saved = parse(&text).unwrap();
@@ -372,8 +372,8 @@ fn compare_canonical(compiled: &Ruleset, saved: &Ruleset, what: &str) {
 
 fn restore_and_save(ns: &Netns, ruleset: &Ruleset, backend: &str) -> String {
     let tool = match ruleset.family {
-        IpFamily::IPv4 => "iptables",
-        IpFamily::IPv6 => "ip6tables",
+        IpFamily::Ipv4 => "iptables",
+        IpFamily::Ipv6 => "ip6tables",
     };
     let text = to_string(ruleset);
     let (ok, out) = ns.run(&[&format!("{tool}-{backend}-restore")], &text);
@@ -388,7 +388,7 @@ fn kernel_round_trip_through_iptables_save() {
     if !kernel_available("kernel_round_trip_through_iptables_save") {
         return;
     }
-    for family in [IpFamily::IPv4, IpFamily::IPv6] {
+    for family in [IpFamily::Ipv4, IpFamily::Ipv6] {
         // nfacct objects do not exist in a fresh namespace: leave those matches out.
         for config in variants(family)
             .into_iter()
@@ -415,7 +415,7 @@ fn kernel_round_trip_through_iptables_save() {
 #[ignore = "writes tests/data/dumps; run by hand"]
 fn regenerate_dumps() {
     assert!(kernel_available("regenerate_dumps"));
-    for family in [IpFamily::IPv4, IpFamily::IPv6] {
+    for family in [IpFamily::Ipv4, IpFamily::Ipv6] {
         let config = family_config(family);
         let compiled = svcnat::trace::traceable(
             &compile(&rich_state(family), &config).unwrap(),
@@ -430,7 +430,7 @@ fn regenerate_dumps() {
                 .filter(|l| !l.starts_with("# "))
                 .map(|l| format!("{l}\n"))
                 .collect();
-            let v = if family == IpFamily::IPv4 { "v4" } else { "v6" };
+            let v = if family == IpFamily::Ipv4 { "v4" } else { "v6" };
             std::fs::write(format!("{DUMPS}/kube-proxy-{v}-{backend}.save"), saved).unwrap();
         }
     }

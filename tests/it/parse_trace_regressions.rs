@@ -336,7 +336,7 @@ fn fragments_and_family_flags() {
         "-A INPUT -4 -s 10.0.0.1/32 -j ACCEPT\n-A INPUT -6 -s fd00::1/128 -j ACCEPT\n-A INPUT --ipv6 -j DROP\n-A INPUT -s 10.0.0.2/32 -j ACCEPT\n",
     );
     let v4 = parse(&both).unwrap();
-    assert_eq!(v4.family, IpFamily::IPv4);
+    assert_eq!(v4.family, IpFamily::Ipv4);
     let rules: Vec<String> = v4
         .chain(Table::Filter, "INPUT")
         .unwrap()
@@ -349,7 +349,7 @@ fn fragments_and_family_flags() {
         ["-s 10.0.0.1/32 -j ACCEPT", "-s 10.0.0.2/32 -j ACCEPT"]
     );
     let v4_only = filter_input("-A INPUT -4 -j ACCEPT\n-A INPUT -6 -s fd00::1/128 -j ACCEPT\n");
-    let v6 = parse_as(&v4_only, IpFamily::IPv6).unwrap();
+    let v6 = parse_as(&v4_only, IpFamily::Ipv6).unwrap();
     let rules: Vec<String> = v6
         .chain(Table::Filter, "INPUT")
         .unwrap()
@@ -360,7 +360,7 @@ fn fragments_and_family_flags() {
     assert_eq!(rules, ["-s fd00::1/128 -j ACCEPT"]);
     // Without other addresses, the first flagged rule decides the family.
     let v4 = parse(&v4_only).unwrap();
-    assert_eq!(v4.family, IpFamily::IPv4);
+    assert_eq!(v4.family, IpFamily::Ipv4);
     assert_eq!(v4.chain(Table::Filter, "INPUT").unwrap().rules.len(), 1);
     let v6 = parse(&filter_input(
         "-6 -A INPUT -s fd00::1 -j ACCEPT
@@ -368,7 +368,7 @@ fn fragments_and_family_flags() {
 ",
     ))
     .unwrap();
-    assert_eq!(v6.family, IpFamily::IPv6);
+    assert_eq!(v6.family, IpFamily::Ipv6);
     let rules: Vec<String> = v6
         .chain(Table::Filter, "INPUT")
         .unwrap()
@@ -604,7 +604,7 @@ const REVIEW_RULES_SAVED: &str = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT 
 fn the_review_rules_load_as_iptables_loads_them() {
     for text in [REVIEW_RULES, REVIEW_RULES_SAVED] {
         let r = parse(text).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(r.family, IpFamily::IPv4);
+        assert_eq!(r.family, IpFamily::Ipv4);
         let rules = &r.chain(Table::Filter, "INPUT").unwrap().rules;
         assert_eq!(rules.len(), 11, "{rules:#?}");
         assert_eq!(

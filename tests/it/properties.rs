@@ -66,7 +66,7 @@ fn service(index: usize) -> impl Strategy<Value = (Service, Vec<EndpointSlice>)>
                 service_type: if node_port {
                     ServiceType::NodePort
                 } else {
-                    ServiceType::ClusterIP
+                    ServiceType::ClusterIp
                 },
                 cluster_ips: vec![IpAddr::V4(Ipv4Addr::new(172, 30, 0, index as u8 + 1))],
                 ports: ports.clone(),
@@ -79,7 +79,7 @@ fn service(index: usize) -> impl Strategy<Value = (Service, Vec<EndpointSlice>)>
                     namespace: ns.to_owned(),
                     service_name: name.clone(),
                     name: format!("{name}-{i}"),
-                    address_type: IpFamily::IPv4,
+                    address_type: IpFamily::Ipv4,
                     ports: ports
                         .iter()
                         .map(|p| EndpointPort {
@@ -254,24 +254,24 @@ proptest! {
         let svc = Service {
             namespace: ns.clone(),
             name: name.clone(),
-            service_type: [ServiceType::ClusterIP, ServiceType::NodePort, ServiceType::LoadBalancer][kind as usize],
+            service_type: [ServiceType::ClusterIp, ServiceType::NodePort, ServiceType::LoadBalancer][kind as usize],
             cluster_ips: ips,
             ports: vec![ServicePort { name: port_name.clone(), protocol: Protocol::Tcp, port, target_port: None, node_port }],
-            session_affinity: SessionAffinity::ClientIP { timeout_seconds: timeout },
+            session_affinity: SessionAffinity::ClientIp { timeout_seconds: timeout },
             ..Service::default()
         };
         let slice = EndpointSlice {
             namespace: ns,
             service_name: name,
             name: "s".into(),
-            address_type: if family_v6 { IpFamily::IPv6 } else { IpFamily::IPv4 },
+            address_type: if family_v6 { IpFamily::Ipv6 } else { IpFamily::Ipv4 },
             ports: vec![EndpointPort { name: port_name, protocol: Protocol::Tcp, port: ep_port }],
             endpoints: ep_addrs.into_iter().map(Endpoint::ready).collect(),
         };
         let mut state = ClusterState::new();
         state.upsert_service(svc);
         state.upsert_slice(slice);
-        for family in [IpFamily::IPv4, IpFamily::IPv6] {
+        for family in [IpFamily::Ipv4, IpFamily::Ipv6] {
             let config = config().with_ip_family(family);
             if let Ok(ruleset) = compile(&state, &config) {
                 // Whatever compiles renders to lines that each start a known record.

@@ -16,8 +16,8 @@ use crate::fixtures::*;
 fn tables(rec: &Recorder) -> BTreeMap<(Table, String), Vec<String>> {
     let mut out = BTreeMap::new();
     for table in [Table::Filter, Table::Nat] {
-        for chain in rec.chains(IpFamily::IPv4, table) {
-            let rules = rec.rules(IpFamily::IPv4, table, &chain).unwrap();
+        for chain in rec.chains(IpFamily::Ipv4, table) {
+            let rules = rec.rules(IpFamily::Ipv4, table, &chain).unwrap();
             out.insert((table, chain), rules);
         }
     }
@@ -103,7 +103,7 @@ fn deleting_a_service_deletes_its_chains_and_only_those() {
     let mut rec = Recorder::new();
     // Someone else's chain and rule in the same tables.
     rec.restore(
-        IpFamily::IPv4,
+        IpFamily::Ipv4,
         "*nat\n:MY-CHAIN - [0:0]\n-A MY-CHAIN -j RETURN\n-A PREROUTING -j MY-CHAIN\nCOMMIT\n",
         Default::default(),
     )
@@ -126,11 +126,11 @@ fn deleting_a_service_deletes_its_chains_and_only_those() {
     assert!(report.payload.to_text().contains("-X KUBE-SVC-"));
     let rec = syncer.executor();
     assert_eq!(
-        rec.rules(IpFamily::IPv4, Table::Nat, "MY-CHAIN").unwrap(),
+        rec.rules(IpFamily::Ipv4, Table::Nat, "MY-CHAIN").unwrap(),
         ["-j RETURN"]
     );
     assert!(
-        rec.rules(IpFamily::IPv4, Table::Nat, "PREROUTING")
+        rec.rules(IpFamily::Ipv4, Table::Nat, "PREROUTING")
             .unwrap()
             .contains(&"-j MY-CHAIN".to_owned())
     );
@@ -147,7 +147,7 @@ fn deleting_a_service_deletes_its_chains_and_only_those() {
 fn first_full_sync_deletes_stale_service_chains_of_an_earlier_run() {
     let mut rec = Recorder::new();
     rec.restore(
-        IpFamily::IPv4,
+        IpFamily::Ipv4,
         "*nat\n:KUBE-SVC-OLDOLDOLDOLDOLDO - [0:0]\n:KUBE-SEP-OLDOLDOLDOLDOLDO - [0:0]\n:KEEP-ME - [0:0]\n-A KUBE-SVC-OLDOLDOLDOLDOLDO -j KUBE-SEP-OLDOLDOLDOLDOLDO\nCOMMIT\n",
         Default::default(),
     )
@@ -156,7 +156,7 @@ fn first_full_sync_deletes_stale_service_chains_of_an_earlier_run() {
     syncer.upsert_service(svc(1, &[("p80", 80)]));
     let report = syncer.sync().unwrap();
     assert_eq!(report.payload.chains_deleted(), 2);
-    let chains = syncer.executor().chains(IpFamily::IPv4, Table::Nat);
+    let chains = syncer.executor().chains(IpFamily::Ipv4, Table::Nat);
     assert!(!chains.iter().any(|c| c.contains("OLD")), "{chains:?}");
     assert!(chains.contains(&"KEEP-ME".to_owned()));
 }
@@ -277,7 +277,7 @@ fn thousand_services_one_endpoint_change_is_under_one_percent() {
             Service::cluster_ip("bench", name.clone(), cluster_ip.into())
                 .with_port(ServicePort::tcp("http", 80)),
         );
-        let mut s = EndpointSlice::new("bench", name.clone(), format!("{name}-1"), IpFamily::IPv4)
+        let mut s = EndpointSlice::new("bench", name.clone(), format!("{name}-1"), IpFamily::Ipv4)
             .with_port(EndpointPort::tcp("http", 8080));
         for j in 0..3u32 {
             s = s.with_endpoint(Endpoint::ready(
@@ -388,7 +388,7 @@ fn service_for(i: u8, features: u8) -> Service {
     if bit(2) {
         s.load_balancer_ingress = vec![LoadBalancerIngress {
             ip: ip(&format!("1.2.3.{}", i + 1)),
-            ip_mode: IpMode::VIP,
+            ip_mode: IpMode::Vip,
         }];
         if bit(16) {
             s.load_balancer_source_ranges = vec![
@@ -404,7 +404,7 @@ fn service_for(i: u8, features: u8) -> Service {
         s.external_traffic_policy = TrafficPolicy::Local;
     }
     if bit(8) {
-        s.session_affinity = SessionAffinity::ClientIP {
+        s.session_affinity = SessionAffinity::ClientIp {
             timeout_seconds: 10800,
         };
     }
@@ -526,7 +526,7 @@ fn a_service_port_removed_before_its_slices_keeps_the_other_ports() {
     );
     let rules = syncer
         .executor()
-        .rules(IpFamily::IPv4, Table::Nat, "KUBE-SERVICES")
+        .rules(IpFamily::Ipv4, Table::Nat, "KUBE-SERVICES")
         .unwrap();
     assert!(
         rules.iter().any(|r| r.contains("ns1/svc1:p80 cluster IP")),
@@ -562,7 +562,7 @@ fn set_config_forces_a_full_sync_with_the_new_rules() {
 fn a_missing_binary_is_a_spawn_error_naming_it() {
     let mut exec =
         IptablesRestore::new(svcnat::exec::Backend::Nft).with_command_prefix(["/no/such/prefix"]);
-    match exec.restore(IpFamily::IPv4, "*nat\nCOMMIT\n", Default::default()) {
+    match exec.restore(IpFamily::Ipv4, "*nat\nCOMMIT\n", Default::default()) {
         Err(ExecError::Spawn { binary, .. }) => assert_eq!(binary, "/no/such/prefix"),
         other => panic!("{other:?}"),
     }

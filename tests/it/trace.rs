@@ -65,35 +65,35 @@ fn rich(family: IpFamily) -> (Ruleset, Node) {
 
 #[test]
 fn snapshot_cluster_ip_from_a_pod_with_affinity() {
-    let (r, node) = rich(IpFamily::IPv4);
+    let (r, node) = rich(IpFamily::Ipv4);
     let p = Packet::tcp(ip("10.0.5.5"), ip("172.30.0.41"), 80).arriving_on("cbr0");
     assert_snapshot!(show(&trace(&r, &p, &node).unwrap()));
 }
 
 #[test]
 fn snapshot_node_port_from_outside() {
-    let (r, node) = rich(IpFamily::IPv4);
+    let (r, node) = rich(IpFamily::Ipv4);
     let p = Packet::new(Protocol::Udp, ip("203.0.113.9"), ip("192.168.0.2"), 30053);
     assert_snapshot!(show(&trace(&r, &p, &node).unwrap()));
 }
 
 #[test]
 fn snapshot_no_endpoints_from_the_node() {
-    let (r, node) = rich(IpFamily::IPv4);
+    let (r, node) = rich(IpFamily::Ipv4);
     let p = Packet::tcp(ip("192.168.0.2"), ip("172.30.0.43"), 80).from_local();
     assert_snapshot!(show(&trace(&r, &p, &node).unwrap()));
 }
 
 #[test]
 fn snapshot_load_balancer_outside_source_ranges() {
-    let (r, node) = rich(IpFamily::IPv4);
+    let (r, node) = rich(IpFamily::Ipv4);
     let p = Packet::tcp(ip("198.51.100.1"), ip("1.2.3.4"), 80);
     assert_snapshot!(show(&trace(&r, &p, &node).unwrap()));
 }
 
 #[test]
 fn snapshot_ipv6_cluster_ip_from_outside() {
-    let (r, node) = rich(IpFamily::IPv6);
+    let (r, node) = rich(IpFamily::Ipv6);
     let p = Packet::tcp(ip("2001:db8:99::9"), ip("fd00:172:30::41"), 80);
     assert_snapshot!(show(&trace(&r, &p, &node).unwrap()));
 }
@@ -120,7 +120,7 @@ fn loops_end_in_a_drop_with_a_reason_and_missing_chains_are_errors() {
     nat.append(&b, Rule::new().to(Target::Jump(a.clone())));
     let r = traceable(
         &Ruleset {
-            family: IpFamily::IPv4,
+            family: IpFamily::Ipv4,
             tables: vec![nat],
         },
         &[svcnat::compile::JumpRule {
@@ -149,7 +149,7 @@ fn loops_end_in_a_drop_with_a_reason_and_missing_chains_are_errors() {
     );
     let r = traceable(
         &Ruleset {
-            family: IpFamily::IPv4,
+            family: IpFamily::Ipv4,
             tables: vec![nat],
         },
         &[svcnat::compile::JumpRule {
@@ -254,14 +254,14 @@ fn every_service_of_the_example_cluster_traces_as_the_model_says() {
     let mut checked = 0;
     for (family, node_ip, cidr, pod, outside) in [
         (
-            IpFamily::IPv4,
+            IpFamily::Ipv4,
             "192.168.0.10",
             "10.244.0.0/16",
             "10.244.0.99",
             "203.0.113.7",
         ),
         (
-            IpFamily::IPv6,
+            IpFamily::Ipv6,
             "fd00::10",
             "fd00:244::/48",
             "fd00:244::99",
@@ -522,7 +522,7 @@ fn traffic_agrees_with_the_trace(backend: &str) {
             .with_port(ServicePort::tcp("http", 80).with_node_port(30080)),
     );
     state.upsert_slice(
-        EndpointSlice::new("ns", "web", "web-1", IpFamily::IPv4)
+        EndpointSlice::new("ns", "web", "web-1", IpFamily::Ipv4)
             .with_port(EndpointPort::tcp("http", 8080))
             .with_endpoint(Endpoint::ready(ip("10.244.0.2")).on_node("node-a")),
     );
