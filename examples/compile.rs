@@ -38,8 +38,14 @@ fn main() {
             println!("{USAGE}");
             return;
         }
-        if arg.starts_with("--") || input.is_some() {
-            bad_input("compile", &format!("unexpected argument {arg:?}; {USAGE}"));
+        if arg.starts_with('-') && arg != "-" {
+            bad_input("compile", &format!("unknown flag {arg:?}; {USAGE}"));
+        }
+        if let Some(first) = &input {
+            bad_input(
+                "compile",
+                &format!("unexpected argument {arg:?}: {first:?} is the input already; {USAGE}"),
+            );
         }
         input = Some(arg);
     }

@@ -51,8 +51,8 @@ fn main() {
                     _ => bad_input("sync", &format!("--backend: {v:?} is not nft or legacy")),
                 };
             }
-            _ if arg.starts_with("--") => {
-                bad_input("sync", &format!("unexpected argument {arg:?}; {USAGE}"))
+            _ if arg.starts_with('-') && arg != "-" => {
+                bad_input("sync", &format!("unknown flag {arg:?}; {USAGE}"))
             }
             _ => files.push(arg),
         }

@@ -1,4 +1,4 @@
-//! What the examples share: kube-proxy-style flags and reading a Kubernetes `List`.
+//! What the examples share: kube-proxy-style flags, and where input comes from.
 //!
 //! Flags (named after kube-proxy's; `--flag value` or `--flag=value`):
 //!
@@ -25,13 +25,10 @@ mod flags;
 
 pub use flags::{split_flag, value};
 
-use std::io::Read;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-use serde_json::Value;
+use svcnat::CompileError;
 use svcnat::model::{ClusterState, IpFamily, LocalTrafficDetector, NodePortAddress, ProxyConfig};
 
 /// The shipped example cluster.
@@ -193,7 +190,40 @@ impl ProxyFlags {
         if let Some(on) = self.localhost_nodeports {
             config = config.with_localhost_nodeports(on);
         }
+        svcnat::compile::check_config(&config).map_err(|e| self.flag_error(e))?;
         Ok(config)
+    }
+
+    /// A config error, said in terms of the flag that set the field.
+    fn flag_error(&self, e: CompileError) -> String {
+        let CompileError::Config { field, problem } = &e else {
+            return e.to_string();
+        };
+        let flag = match (*field, &self.detect_local_mode.as_deref()) {
+            ("masquerade_bit", _) => "--iptables-masquerade-bit".to_owned(),
+            ("local_traffic", Some("BridgeInterface")) => {
+                format!(
+                    "--pod-bridge-interface {:?}",
+                    self.bridge_interface.as_deref().unwrap_or("")
+                )
+            }
+            ("local_traffic", Some("InterfaceNamePrefix")) => format!(
+                "--pod-interface-name-prefix {:?}",
+                self.interface_prefix.as_deref().unwrap_or("")
+            ),
+            ("local_traffic", _) => {
+                let family = self.family;
+                let values: Vec<String> = self
+                    .cluster_cidrs
+                    .iter()
+                    .filter(|c| family.contains(&c.addr()))
+                    .map(ToString::to_string)
+                    .collect();
+                format!("--cluster-cidr {}", values.join(","))
+            }
+            _ => return e.to_string(),
+        };
+        format!("{flag}: {problem}")
     }
 }
 
@@ -204,60 +234,26 @@ fn bool_flag(flag: &str, inline: Option<&str>) -> Result<bool, String> {
     }
 }
 
-/// Reads a Kubernetes `List` (or a single Service or EndpointSlice) from a path, or
-/// stdin for `-`, into a cluster state. Items of other kinds are ignored.
+/// Reads a cluster dump (see [`svcnat::k8s::read`]) from a path, or stdin for `-`.
+/// What the reader left out is printed on stderr, one line per reason: `warning:`
+/// for v1 Endpoints (the rules would lack every endpoint), `note:` for the rest.
 pub fn load_state(path: &str) -> Result<ClusterState, String> {
-    let text = if path == "-" {
-        let mut s = String::new();
-        std::io::stdin()
-            .read_to_string(&mut s)
-            .map_err(|e| format!("reading stdin: {e}"))?;
-        s
+    let loaded = if path == "-" {
+        svcnat::k8s::read(std::io::stdin().lock())
     } else {
-        std::fs::read_to_string(path).map_err(|e| format!("reading {path}: {e}"))?
-    };
-    parse_list(&text, path)
-}
-
-/// Parses the text of a Kubernetes `List` (or a single Service or EndpointSlice);
-/// `path` names it in errors.
-pub fn parse_list(text: &str, path: &str) -> Result<ClusterState, String> {
-    let doc: Value = serde_json::from_str(text).map_err(|e| format!("{path}: not JSON: {e}"))?;
-    let items: Vec<Value> = match doc.get("items") {
-        Some(Value::Array(items)) => items.clone(),
-        Some(_) => return Err(format!("{path}: items: not a list")),
-        None => vec![doc],
-    };
-    let mut services = Vec::new();
-    let mut slices = Vec::new();
-    for (i, item) in items.into_iter().enumerate() {
-        let kind = item
-            .get("kind")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned();
-        let name = format!(
-            "{}/{}",
-            item.pointer("/metadata/namespace")
-                .and_then(Value::as_str)
-                .unwrap_or(""),
-            item.pointer("/metadata/name")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-        );
-        match kind.as_str() {
-            "Service" => services.push(
-                serde_json::from_value::<Service>(item)
-                    .map_err(|e| format!("{path}: items[{i}]: Service {name}: {e}"))?,
-            ),
-            "EndpointSlice" => slices.push(
-                serde_json::from_value::<EndpointSlice>(item)
-                    .map_err(|e| format!("{path}: items[{i}]: EndpointSlice {name}: {e}"))?,
-            ),
-            _ => {}
-        }
+        let file = std::fs::File::open(path).map_err(|e| format!("{path}: {e}"))?;
+        svcnat::k8s::read(std::io::BufReader::new(file))
     }
-    svcnat::k8s::cluster_state(&services, &slices).map_err(|e| format!("{path}: {e}"))
+    .map_err(|e| format!("{path}: {e}"))?;
+    for line in loaded.report.lines() {
+        let level = if line.contains("v1 Endpoints") {
+            "warning"
+        } else {
+            "note"
+        };
+        eprintln!("{level}: {path}: {line}");
+    }
+    Ok(loaded.state)
 }
 
 /// Prints a one-line error and exits with [`EXIT_BAD_INPUT`].

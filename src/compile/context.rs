@@ -45,6 +45,23 @@ fn config_err(field: &'static str, problem: impl Into<Problem>) -> CompileError 
     }
 }
 
+/// Checks a config as every compile does, without compiling: an embedder (or a
+/// command line) can refuse a bad config before it reads any cluster data.
+///
+/// ```
+/// use svcnat::model::ProxyConfig;
+/// let config = ProxyConfig::default()
+///     .with_cluster_cidrs(["10.0.0.0/16".parse().unwrap(), "10.1.0.0/16".parse().unwrap()]);
+/// let err = svcnat::compile::check_config(&config).unwrap_err();
+/// assert_eq!(err.to_string(), "config: local_traffic: more than one IPv4 value");
+/// ```
+///
+/// # Errors
+/// The [`CompileError::Config`] a compile with this config would return.
+pub fn check_config(config: &ProxyConfig) -> Result<(), CompileError> {
+    Context::new(config).map(drop)
+}
+
 impl Context {
     pub fn new(config: &ProxyConfig) -> Result<Self, CompileError> {
         let family = config.ip_family;

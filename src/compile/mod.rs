@@ -37,6 +37,7 @@ mod text;
 
 use serde::{Deserialize, Serialize};
 
+pub use context::check_config;
 pub use fixed::{JumpRule, jump_rules};
 pub use service::{PortFlows, ServiceRules};
 pub use text::{CompiledText, compile_text, compile_text_reusing};

@@ -13,6 +13,10 @@
 //! The crate selects no Kubernetes version of k8s-openapi: the embedder does, as
 //! with any library built on k8s-openapi.
 
+mod read;
+
+pub use read::{ItemProblem, Loaded, ReadError, ReadReport, SkipReason, Skipped, read, read_slice};
+
 use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::IpNet;

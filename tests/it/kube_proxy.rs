@@ -15,13 +15,9 @@ use svcnat::exec::{Executor, Recorder};
 use svcnat::model::{LocalTrafficDetector, NodePortAddress, ProxyConfig};
 use svcnat::sync::Syncer;
 
-#[path = "../../examples/common/mod.rs"]
-#[allow(unused_imports)]
-mod common;
-
 /// A cluster state from a Kubernetes `List` text.
 pub fn state_from_list(text: &str) -> svcnat::model::ClusterState {
-    common::parse_list(text, "test input").unwrap()
+    svcnat::k8s::read_slice(text.as_bytes()).unwrap().state
 }
 
 /// The proxier settings of a case (kube-proxy's `NewFakeProxier` by default).
