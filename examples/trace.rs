@@ -19,9 +19,12 @@
 //!
 //! Without `--json` a table is printed; with `--json` exactly one JSON object:
 //! `{"outcomes":[{"probability":P,"verdict":"accept|drop|reject","destination":"IP:PORT",
-//! "masquerade":BOOL,"path":["CHAIN:RULE-INDEX",…]},…],"unevaluated":["…",…]}`;
-//! `unevaluated` also lists the session-affinity checks taken as "no affinity".
-//! Bad input: one line on stderr, exit code 2.
+//! "masquerade":BOOL,"path":["CHAIN:RULE-INDEX",…]},…],"unevaluated":["…",…],
+//! "assumed":["…",…]}`; `unevaluated` also lists the session-affinity checks
+//! taken as "no affinity", `assumed` what the table prints as `assumed:` lines.
+//! The `--save` file is read as bytes (a comment may hold any, see
+//! `svcnat::parse::parse_bytes`); one holding no table is refused.
+//! Bad input: one line on stderr, nothing on stdout, exit code 2.
 
 mod common;
 
@@ -124,17 +127,23 @@ fn main() {
             svcnat::trace::traceable(&compiled, &jumps)
         }
         (None, Some(path)) => {
-            let text = if path == "-" {
-                let mut s = String::new();
-                std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+            // Bytes, not text: a comment may hold any bytes (see parse_bytes).
+            let bytes = if path == "-" {
+                let mut b = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)
                     .unwrap_or_else(|e| fail(&format!("reading stdin: {e}")));
-                s
+                b
             } else {
-                std::fs::read_to_string(path)
-                    .unwrap_or_else(|e| fail(&format!("reading {path}: {e}")))
+                std::fs::read(path).unwrap_or_else(|e| fail(&format!("reading {path}: {e}")))
             };
-            svcnat::parse::parse_as(&text, svcnat::model::IpFamily::of(&dst))
-                .unwrap_or_else(|e| fail(&format!("{path}: {e}")))
+            let ruleset = svcnat::parse::parse_bytes_as(&bytes, svcnat::model::IpFamily::of(&dst))
+                .unwrap_or_else(|e| fail(&format!("{path}: {e}")));
+            if ruleset.tables.is_empty() {
+                fail(&format!(
+                    "{path}: no table (no *filter, *nat, … line): not an iptables-save dump"
+                ));
+            }
+            ruleset
         }
         _ => need("exactly one of --cluster and --save"),
     };
@@ -170,6 +179,7 @@ fn destination(d: &SocketAddr) -> String {
 struct JsonTrace {
     outcomes: Vec<JsonOutcome>,
     unevaluated: Vec<String>,
+    assumed: Vec<String>,
 }
 
 #[derive(serde::Serialize)]
@@ -200,6 +210,7 @@ fn to_json(trace: &Trace) -> String {
             .chain(&trace.affinity)
             .map(|u| u.to_string())
             .collect(),
+        assumed: trace.assumptions.clone(),
     };
     serde_json::to_string(&doc).expect("plain data serialises")
 }

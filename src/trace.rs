@@ -34,6 +34,20 @@
 //! and marks the outcome ([`Outcome::nat_unevaluated`]). Only the nat and
 //! filter tables are walked.
 //!
+//! **Cost and merging.** The walk is linear in the dump on any chain graph the
+//! kernel accepts, however the chains share each other: a chain's results for
+//! the packet state entering it (addresses, mark, conntrack `DNAT`, hook) are
+//! memoised, and the branches inside a chain advance rule by rule and merge
+//! when their states agree. So ways through the rules that end the same are
+//! **one outcome**: two outcomes differ in verdict, destination, source, mark,
+//! masquerade or note, and a merged outcome's probability is the sum of its
+//! ways', [`Outcome::ways`] counts them, and its path is the first one's (the
+//! matching side of each fork first). A path keeps at most [`MAX_PATH`] rules
+//! ([`Outcome::path_len`] gives the full length, which can be 2^n for n chains
+//! that each enter the next twice). [`Trace::rules_evaluated`] is the work
+//! done. A graph with jump cycles (refused by the kernel) is walked without
+//! sharing across the chains of a cycle, within [`MAX_EVALUATIONS`].
+//!
 //! ```
 //! use svcnat::model::*;
 //! use svcnat::trace::{Entry, Node, Packet, Verdict};
@@ -66,9 +80,10 @@
 //! # Ok::<(), svcnat::Error>(())
 //! ```
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -265,8 +280,19 @@ pub struct Outcome {
     pub mark: u32,
     /// True if a MASQUERADE target was reached in nat `POSTROUTING`.
     pub masquerade: bool,
-    /// The rules that matched and acted, in order (jumps included).
+    /// The rules that matched and acted, in order (jumps included): the first
+    /// [`MAX_PATH`] of them (fewer when there are many outcomes, see
+    /// [`MAX_PATH_TOTAL`]); [`Outcome::path_len`] says how many there are.
+    /// When outcomes were merged, the path of the first one found.
     pub path: Vec<RuleRef>,
+    /// How many rules the whole path has (saturating at `u64::MAX`): more than
+    /// `path.len()` when the path was cut.
+    #[serde(default)]
+    pub path_len: u64,
+    /// How many ways through the rules lead to this outcome (saturating at
+    /// `u64::MAX`): 1 unless outcomes that end the same way were merged.
+    #[serde(default)]
+    pub ways: u64,
     /// Why the walk stopped early (a chain loop), or which NAT target was not
     /// evaluated, if any.
     pub note: Option<String>,
@@ -307,6 +333,11 @@ pub struct Trace {
     pub affinity: Vec<Unevaluated>,
     /// Assumptions the result depends on (session affinity, missing chains).
     pub assumptions: Vec<String>,
+    /// How many times a rule was evaluated for a branch: the tracer's work,
+    /// at most the rules of the chains walked times the distinct packet
+    /// states entering each (not the number of ways through them).
+    #[serde(default)]
+    pub rules_evaluated: u64,
 }
 
 /// Why a packet cannot be traced.
@@ -333,13 +364,29 @@ pub enum TraceError {
         /// The jumping rule.
         from: RuleRef,
     },
-    /// More branches than [`MAX_OUTCOMES`].
+    /// More distinct outcomes (or branches alive in one chain) than
+    /// [`MAX_OUTCOMES`].
     #[error("more than {MAX_OUTCOMES} outcomes")]
     TooManyOutcomes,
+    /// More rule evaluations than [`MAX_EVALUATIONS`]: only a chain graph with
+    /// jump cycles (which the kernel refuses to load) can need that many.
+    #[error("more than {MAX_EVALUATIONS} rule evaluations")]
+    TooManyEvaluations,
 }
 
-/// The most outcomes a trace may have.
+/// The most outcomes a trace may have, after merging.
 pub const MAX_OUTCOMES: usize = 100_000;
+
+/// The most rules an [`Outcome::path`] keeps.
+pub const MAX_PATH: usize = 10_000;
+
+/// The most rules all the paths of a trace keep together: with more than
+/// `MAX_PATH_TOTAL / MAX_PATH` outcomes, each keeps `MAX_PATH_TOTAL / n` (at
+/// least one).
+pub const MAX_PATH_TOTAL: usize = 1_000_000;
+
+/// The most rule evaluations ([`Trace::rules_evaluated`]) a trace may make.
+pub const MAX_EVALUATIONS: u64 = 50_000_000;
 
 /// A ruleset ready for tracing: `ruleset` plus the built-in chains (nat
 /// `PREROUTING INPUT OUTPUT POSTROUTING`, filter `INPUT FORWARD OUTPUT`, policy
@@ -383,22 +430,55 @@ pub fn traceable(ruleset: &Ruleset, jumps: &[JumpRule]) -> Ruleset {
     out
 }
 
-/// One branch of the walk.
-#[derive(Debug, Clone)]
-struct State {
-    probability: f64,
+/// What a branch carries that rules read or change: everything but its chance
+/// and its path. Two branches with equal cores at the same rule have the same
+/// future, which is what lets the walk merge them and memoise chains.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Core {
     dst: SocketAddr,
     src: SocketAddr,
     mark: u32,
     dnat: bool,
     masquerade: bool,
-    path: Vec<RuleRef>,
     /// Set when a NAT target the tracer could not apply ended a nat hook.
     nat_unevaluated: Option<String>,
 }
 
-/// How a chain walk ended for a branch.
+/// One branch of the walk, or one result of a chain walked from probability 1
+/// (then `probability`, `path` and `ways` are relative to the branch entering
+/// the chain).
 #[derive(Debug, Clone)]
+struct Branch {
+    probability: f64,
+    core: Core,
+    path: Path,
+    /// How many ways through the rules were merged into this branch.
+    ways: u64,
+}
+
+impl Branch {
+    fn start(core: Core) -> Self {
+        Branch {
+            probability: 1.0,
+            core,
+            path: Path::default(),
+            ways: 1,
+        }
+    }
+
+    /// This branch, followed by `sub`, a result of a chain it entered.
+    fn then(&self, sub: &Branch) -> Branch {
+        Branch {
+            probability: self.probability * sub.probability,
+            core: sub.core.clone(),
+            path: self.path.cat(&sub.path),
+            ways: self.ways.saturating_mul(sub.ways),
+        }
+    }
+}
+
+/// How a chain walk ended for a branch.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Flow {
     /// Fell off a user chain or hit RETURN: continue in the caller.
     Continue,
@@ -408,6 +488,74 @@ enum Flow {
     Final(Verdict, Option<String>),
 }
 
+/// Branches with their flows, where two with the same core and flow are one:
+/// their chances and ways add up and the first one's path is kept. First-seen
+/// order.
+#[derive(Debug, Default)]
+struct Merged {
+    items: Vec<(Branch, Flow)>,
+    index: HashMap<(Core, Flow), usize>,
+}
+
+impl Merged {
+    fn push(&mut self, b: Branch, flow: Flow) {
+        match self.index.entry((b.core.clone(), flow)) {
+            std::collections::hash_map::Entry::Occupied(e) => {
+                let kept = &mut self.items[*e.get()].0;
+                kept.probability += b.probability;
+                kept.ways = kept.ways.saturating_add(b.ways);
+            }
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let flow = e.key().1.clone();
+                e.insert(self.items.len());
+                self.items.push((b, flow));
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.items.len()
+    }
+}
+
+/// The results of walking one chain from one core, relative to the branch
+/// entering it.
+type Results = Rc<[(Branch, Flow)]>;
+
+/// What a chain's results depend on: the chain, the hook (`-i lo`, `-o lo`),
+/// the entering core and, for a chain that can reach a jump cycle, the chains
+/// below it (a jump back into one of them ends the branch as a loop).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Key {
+    table: Table,
+    chain: usize,
+    hook: Hook,
+    core: Core,
+    below: Vec<usize>,
+}
+
+/// One chain being walked: all its live branches stand before rule `next`.
+struct Call<'a> {
+    key: Key,
+    chain: &'a Chain,
+    index: usize,
+    next: usize,
+    live: Merged,
+    results: Merged,
+}
+
+/// What a jumping rule leads to for one branch.
+enum Callee {
+    /// The rule does not match the branch.
+    NoMatch,
+    /// It matches with this chance; the target is not a jump.
+    Plain(f64),
+    /// It matches with this chance and jumps back into a chain being walked.
+    Loop(f64, ChainName),
+    /// It matches with this chance and enters a chain with these results.
+    Enter(f64, Results, bool),
+}
+
 struct Walker<'a> {
     ruleset: &'a Ruleset,
     packet: &'a Packet,
@@ -415,9 +563,14 @@ struct Walker<'a> {
     unevaluated: BTreeSet<Unevaluated>,
     affinity: BTreeSet<Unevaluated>,
     assumptions: BTreeSet<String>,
-    branches: usize,
+    /// Rule evaluations so far (one per branch and rule looked at).
+    evaluations: u64,
     /// The hook being walked (decides `-i lo` / `-o lo` for local traffic).
     hook: Hook,
+    /// Each chain's results, by [`Key`].
+    memo: HashMap<Key, Results>,
+    /// Per table, by chain index: true if the chain can reach a jump cycle.
+    cyclic: HashMap<Table, Vec<bool>>,
 }
 
 /// Traces `packet` through `ruleset` on `node`.
@@ -425,9 +578,12 @@ struct Walker<'a> {
 /// # Errors
 /// [`TraceError::Family`] if the packet is not of the ruleset's family,
 /// [`TraceError::MissingChain`] for a jump to a chain that does not exist,
-/// [`TraceError::TooManyOutcomes`] past [`MAX_OUTCOMES`]. A chain that jumps back
-/// into itself is not an error: that branch ends in a [`Verdict::Drop`] with a
-/// [`Outcome::note`] (the kernel refuses to load such loops).
+/// [`TraceError::TooManyOutcomes`] past [`MAX_OUTCOMES`],
+/// [`TraceError::TooManyEvaluations`] past [`MAX_EVALUATIONS`] (only a chain
+/// graph with jump cycles, which the kernel refuses, can get there). A chain
+/// that jumps back into itself is not an error: that branch ends in a
+/// [`Verdict::Drop`] with a [`Outcome::note`] (the kernel refuses to load such
+/// loops).
 pub fn trace(ruleset: &Ruleset, packet: &Packet, node: &Node) -> Result<Trace, TraceError> {
     let family = ruleset.family;
     if !family.contains(&packet.source) || !family.contains(&packet.destination) {
@@ -444,8 +600,14 @@ pub fn trace(ruleset: &Ruleset, packet: &Packet, node: &Node) -> Result<Trace, T
         unevaluated: BTreeSet::new(),
         affinity: BTreeSet::new(),
         assumptions: BTreeSet::new(),
-        branches: 0,
+        evaluations: 0,
         hook: Hook::Done,
+        memo: HashMap::new(),
+        cyclic: ruleset
+            .tables
+            .iter()
+            .map(|t| (t.table, reaches_cycle(t)))
+            .collect(),
     };
     if let Entry::Interface(name) = &packet.entry
         && !node.interfaces.is_empty()
@@ -455,28 +617,77 @@ pub fn trace(ruleset: &Ruleset, packet: &Packet, node: &Node) -> Result<Trace, T
             "interface {name} is not one of the node's interfaces"
         ));
     }
-    let start = State {
-        probability: 1.0,
+    let start = Branch::start(Core {
         dst: SocketAddr::new(packet.destination, packet.destination_port),
         src: SocketAddr::new(packet.source, packet.source_port),
         mark: packet.mark,
         dnat: false,
         masquerade: false,
-        path: Vec::new(),
         nat_unevaluated: None,
-    };
-    let mut outcomes = Vec::new();
-    w.run(start, &mut outcomes)?;
+    });
+    let ends = w.run(start)?;
+    if ends.len() > MAX_OUTCOMES {
+        return Err(TraceError::TooManyOutcomes);
+    }
+    let keep = MAX_PATH.min((MAX_PATH_TOTAL / ends.len().max(1)).max(1));
+    let outcomes = ends
+        .into_iter()
+        .map(|(b, verdict, note)| Outcome {
+            probability: b.probability,
+            verdict,
+            destination: b.core.dst,
+            source: b.core.src,
+            mark: b.core.mark,
+            masquerade: b.core.masquerade,
+            path: b.path.first(keep),
+            path_len: b.path.len(),
+            ways: b.ways,
+            nat_unevaluated: b.core.nat_unevaluated.is_some(),
+            note,
+        })
+        .collect();
     Ok(Trace {
         outcomes,
         unevaluated: w.unevaluated.into_iter().collect(),
         affinity: w.affinity.into_iter().collect(),
         assumptions: w.assumptions.into_iter().collect(),
+        rules_evaluated: w.evaluations,
     })
 }
 
+/// For each chain of `t` (by index), whether it can reach a jump cycle: the
+/// chains left once those whose every jump leads to an already removed chain
+/// are peeled off, sinks first.
+fn reaches_cycle(t: &TableRules) -> Vec<bool> {
+    let n = t.chains.len();
+    let mut out_degree = vec![0usize; n];
+    let mut callers: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (from, chain) in t.chains.values().enumerate() {
+        for rule in &chain.rules {
+            if let Some(Target::Jump(to) | Target::Goto(to)) = &rule.target
+                && let Some(to) = t.chains.get_index_of(to.as_str())
+            {
+                out_degree[from] += 1;
+                callers[to].push(from);
+            }
+        }
+    }
+    let mut left = vec![true; n];
+    let mut sinks: Vec<usize> = (0..n).filter(|&c| out_degree[c] == 0).collect();
+    while let Some(c) = sinks.pop() {
+        left[c] = false;
+        for &from in &callers[c] {
+            out_degree[from] -= 1;
+            if out_degree[from] == 0 {
+                sinks.push(from);
+            }
+        }
+    }
+    left
+}
+
 /// One step of netfilter's order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Hook {
     NatPrerouting,
     Route,
@@ -490,21 +701,46 @@ enum Hook {
     Done,
 }
 
+/// A finished branch: its verdict and note, merged with the others that end
+/// the same way.
+type End = (Branch, Verdict, Option<String>);
+
 impl<'a> Walker<'a> {
-    fn run(&mut self, start: State, out: &mut Vec<Outcome>) -> Result<(), TraceError> {
+    /// Walks the hooks in netfilter's order; the ends are merged when they
+    /// agree on everything an [`Outcome`] shows but the chance and path.
+    fn run(&mut self, start: Branch) -> Result<Vec<End>, TraceError> {
         let first = match self.packet.entry {
             Entry::Local => Hook::NatOutput,
             Entry::Interface(_) => Hook::NatPrerouting,
+        };
+        let mut ends: Vec<End> = Vec::new();
+        let mut seen: HashMap<(Verdict, Option<String>, Core), usize> = HashMap::new();
+        let mut end = |b: Branch, verdict: Verdict, note: Option<String>| {
+            let note = note.or_else(|| b.core.nat_unevaluated.clone());
+            let mut core = b.core.clone();
+            // Not shown in an outcome: ends that differ only here are one.
+            core.dnat = false;
+            match seen.entry((verdict, note.clone(), core)) {
+                std::collections::hash_map::Entry::Occupied(e) => {
+                    let kept = &mut ends[*e.get()].0;
+                    kept.probability += b.probability;
+                    kept.ways = kept.ways.saturating_add(b.ways);
+                }
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(ends.len());
+                    ends.push((b, verdict, note));
+                }
+            }
         };
         let mut work = vec![(start, first)];
         while let Some((state, hook)) = work.pop() {
             let (table, chain, next) = match hook {
                 Hook::Done => {
-                    out.push(self.outcome(state, Verdict::Accept, None));
+                    end(state, Verdict::Accept, None);
                     continue;
                 }
                 Hook::Route => {
-                    let next = if self.node.is_local(&state.dst.ip()) {
+                    let next = if self.node.is_local(&state.core.dst.ip()) {
                         Hook::FilterInput
                     } else {
                         Hook::FilterForward
@@ -520,7 +756,7 @@ impl<'a> Walker<'a> {
                 Hook::FilterOutput => (Table::Filter, "OUTPUT", Hook::NatPostrouting),
                 Hook::NatPostrouting => {
                     let next = if self.packet.entry == Entry::Local
-                        && self.node.is_local(&state.dst.ip())
+                        && self.node.is_local(&state.core.dst.ip())
                     {
                         Hook::LocalInput
                     } else {
@@ -533,49 +769,41 @@ impl<'a> Walker<'a> {
                 Hook::LocalInput => (Table::Filter, "INPUT", Hook::Done),
             };
             self.hook = hook;
-            let results = self.builtin(table, chain, state)?;
-            for (s, flow) in results.into_iter().rev() {
+            let results = self.builtin(table, chain, &state.core)?;
+            for (sub, flow) in results.into_iter().rev() {
+                let s = state.then(&sub);
                 match flow {
-                    Flow::Final(verdict, note) => out.push(self.outcome(s, verdict, note)),
+                    Flow::Final(verdict, note) => end(s, verdict, note),
                     Flow::Continue | Flow::HookDone => work.push((s, next)),
                 }
             }
         }
-        Ok(())
+        Ok(ends)
     }
 
-    fn outcome(&self, s: State, verdict: Verdict, note: Option<String>) -> Outcome {
-        let nat_unevaluated = s.nat_unevaluated.is_some();
-        Outcome {
-            probability: s.probability,
-            verdict,
-            destination: s.dst,
-            source: s.src,
-            mark: s.mark,
-            masquerade: s.masquerade,
-            path: s.path,
-            note: note.or(s.nat_unevaluated),
-            nat_unevaluated,
-        }
-    }
-
-    /// Walks a built-in chain; falling off its end applies its policy.
+    /// Walks a built-in chain from `core`; falling off its end applies its
+    /// policy. The results are relative to the entering branch.
     fn builtin(
         &mut self,
         table: Table,
         chain: &str,
-        state: State,
-    ) -> Result<Vec<(State, Flow)>, TraceError> {
-        let Some(c) = self.ruleset.chain(table, chain) else {
+        core: &Core,
+    ) -> Result<Vec<(Branch, Flow)>, TraceError> {
+        let found = self
+            .ruleset
+            .table(table)
+            .and_then(|t| Some((t, t.chains.get_full(chain)?)));
+        let Some((t, (index, _, c))) = found else {
             self.assumptions.insert(format!(
                 "{table} {chain} is not in the ruleset: taken as empty, policy ACCEPT"
             ));
-            return Ok(vec![(state, Flow::Continue)]);
+            return Ok(vec![(Branch::start(core.clone()), Flow::Continue)]);
         };
         let policy = c.policy.unwrap_or(Policy::Accept);
-        let results = self.walk(table, c, state)?;
+        let results = self.walk(t, index, core)?;
         Ok(results
-            .into_iter()
+            .iter()
+            .cloned()
             .map(|(s, flow)| match flow {
                 Flow::Continue => match policy {
                     Policy::Accept => (s, Flow::HookDone),
@@ -589,90 +817,170 @@ impl<'a> Walker<'a> {
             .collect())
     }
 
-    /// Walks a chain and the chains it jumps to, without recursion: each branch
-    /// keeps its own stack of chains ([`Frame`]s), so thousands of matching
-    /// rules that let the packet go on cost no stack. A statistic rule forks
-    /// the branch; the matching side is finished first, so outcomes come in
-    /// rule order. The results are in that order; `Flow::Continue` means the
-    /// packet fell off (or returned from) `chain`.
+    fn key(&self, table: Table, chain: usize, core: &Core, below: &[usize]) -> Key {
+        let cyclic = self
+            .cyclic
+            .get(&table)
+            .and_then(|c| c.get(chain).copied())
+            .unwrap_or(true);
+        Key {
+            table,
+            chain,
+            hook: self.hook,
+            core: core.clone(),
+            below: if cyclic { below.to_vec() } else { Vec::new() },
+        }
+    }
+
+    /// Walks chain `index` of `t` from `core`, and the chains it jumps to,
+    /// without recursion: a stack of [`Call`]s, one per chain being walked.
+    /// A chain's branches advance together rule by rule and merge when their
+    /// cores agree, so a chain costs its rules times its distinct cores. A
+    /// jump to a chain whose results for the branch's core are not known yet
+    /// walks that chain first (its results are memoised) and then comes back
+    /// to the rule. A statistic rule forks a branch; the matching side comes
+    /// first. `Flow::Continue` means the packet fell off (or returned from)
+    /// the chain.
     fn walk(
         &mut self,
-        table: Table,
-        chain: &'a Chain,
-        state: State,
-    ) -> Result<Vec<(State, Flow)>, TraceError> {
-        let mut out = Vec::new();
-        let start = Frame {
-            chain,
-            next: 0,
-            goto: false,
-        };
-        let mut work = vec![(state, vec![start])];
-        while let Some((mut state, mut frames)) = work.pop() {
-            let flow = loop {
-                let Some(top) = frames.last_mut() else {
-                    break Flow::Continue;
-                };
-                let (chain, i) = (top.chain, top.next);
-                let Some(rule) = chain.rules.get(i) else {
-                    if leave(&mut frames) {
-                        break Flow::Continue;
-                    }
-                    continue;
-                };
-                top.next += 1;
-                let at = RuleRef {
-                    table,
-                    chain: chain.name.clone(),
-                    index: i + 1,
-                };
-                let p = self.matches(rule, &state, &at);
+        t: &'a TableRules,
+        index: usize,
+        core: &Core,
+    ) -> Result<Results, TraceError> {
+        let key = self.key(t.table, index, core, &[]);
+        if let Some(hit) = self.memo.get(&key) {
+            return Ok(hit.clone());
+        }
+        let mut stack = vec![Call::new(key, &t.chains[index], index, core)];
+        loop {
+            let below: Vec<usize> = stack.iter().map(|c| c.index).collect();
+            let Some(top) = stack.last_mut() else {
+                // Not reached: the bottom call returns when it ends.
+                return Ok(Rc::from(Vec::new()));
+            };
+            let chain = top.chain;
+            let Some(rule) = chain.rules.get(top.next).filter(|_| top.live.len() > 0) else {
+                let Some(done) = stack.pop() else { continue };
+                let mut results = done.results;
+                for (b, _) in done.live.items {
+                    results.push(b, Flow::Continue);
+                }
+                let results: Results = Rc::from(results.items);
+                self.memo.insert(done.key, results.clone());
+                if stack.is_empty() {
+                    return Ok(results);
+                }
+                continue;
+            };
+            let at = RuleRef {
+                table: t.table,
+                chain: chain.name.clone(),
+                index: top.next + 1,
+            };
+            // First what the rule does for each branch; a chain it enters
+            // whose results are not known yet is walked first.
+            let mut callees = Vec::with_capacity(top.live.len());
+            let mut unknown = None;
+            for (b, _) in &top.live.items {
+                self.evaluations += 1;
+                if self.evaluations > MAX_EVALUATIONS {
+                    return Err(TraceError::TooManyEvaluations);
+                }
+                let p = self.matches(rule, &b.core, &at);
                 if p <= 0.0 {
+                    callees.push(Callee::NoMatch);
                     continue;
                 }
-                if p < 1.0 {
-                    // Branch: the rule matches with p, falls through with 1-p.
-                    self.count()?;
-                    let mut fall = state.clone();
-                    fall.probability *= 1.0 - p;
-                    work.push((fall, frames.clone()));
-                    state.probability *= p;
+                let (to, goto) = match &rule.target {
+                    Some(Target::Jump(to)) => (to, false),
+                    Some(Target::Goto(to)) => (to, true),
+                    _ => {
+                        callees.push(Callee::Plain(p));
+                        continue;
+                    }
+                };
+                let Some(to_index) = t.chains.get_index_of(to.as_str()) else {
+                    return Err(TraceError::MissingChain {
+                        table: t.table,
+                        chain: to.clone(),
+                        from: at,
+                    });
+                };
+                if below.contains(&to_index) {
+                    callees.push(Callee::Loop(p, to.clone()));
+                    continue;
                 }
-                state.path.push(at.clone());
-                match self.act(table, rule, &mut state, &frames, &at)? {
-                    Step::Next => {}
-                    Step::Return => {
-                        if leave(&mut frames) {
-                            break Flow::Continue;
+                let key = self.key(t.table, to_index, &b.core, &below);
+                match self.memo.get(&key) {
+                    Some(results) => callees.push(Callee::Enter(p, results.clone(), goto)),
+                    None => {
+                        unknown = Some((key, to_index, b.core.clone()));
+                        break;
+                    }
+                }
+            }
+            if let Some((key, to_index, core)) = unknown {
+                stack.push(Call::new(key, &t.chains[to_index], to_index, &core));
+                continue;
+            }
+            // Then move every branch past the rule.
+            let live = std::mem::take(&mut top.live);
+            let mut next = Merged::default();
+            for ((mut b, _), callee) in live.items.into_iter().zip(callees) {
+                let p = match &callee {
+                    Callee::NoMatch => {
+                        next.push(b, Flow::Continue);
+                        continue;
+                    }
+                    Callee::Plain(p) | Callee::Loop(p, _) | Callee::Enter(p, _, _) => *p,
+                };
+                let fall = (p < 1.0).then(|| {
+                    let mut fall = b.clone();
+                    fall.probability *= 1.0 - p;
+                    fall
+                });
+                b.probability *= p;
+                b.path = b.path.push(at.clone());
+                match callee {
+                    Callee::NoMatch => {}
+                    Callee::Plain(_) => match self.act(rule, &mut b.core, &at) {
+                        Step::Next => next.push(b, Flow::Continue),
+                        Step::Return => top.results.push(b, Flow::Continue),
+                        Step::End(flow) => top.results.push(b, flow),
+                    },
+                    Callee::Loop(_, to) => top.results.push(
+                        b,
+                        Flow::Final(
+                            Verdict::Drop,
+                            Some(format!("loop: {at} jumps back into {to}")),
+                        ),
+                    ),
+                    Callee::Enter(_, results, goto) => {
+                        for (sub, flow) in results.iter() {
+                            let s = b.then(sub);
+                            match flow {
+                                Flow::Continue if !goto => next.push(s, Flow::Continue),
+                                other => top.results.push(s, other.clone()),
+                            }
                         }
                     }
-                    Step::Enter(frame) => frames.push(frame),
-                    Step::End(flow) => break flow,
                 }
-            };
-            out.push((state, flow));
+                if let Some(fall) = fall {
+                    next.push(fall, Flow::Continue);
+                }
+            }
+            if next.len() > MAX_OUTCOMES || top.results.len() > MAX_OUTCOMES {
+                return Err(TraceError::TooManyOutcomes);
+            }
+            top.live = next;
+            top.next += 1;
         }
-        Ok(out)
     }
 
-    fn count(&mut self) -> Result<(), TraceError> {
-        self.branches += 1;
-        if self.branches > MAX_OUTCOMES {
-            return Err(TraceError::TooManyOutcomes);
-        }
-        Ok(())
-    }
-
-    /// Applies a matched rule's target to `state`: what the walk does next.
-    fn act(
-        &mut self,
-        table: Table,
-        rule: &Rule,
-        state: &mut State,
-        frames: &[Frame<'a>],
-        at: &RuleRef,
-    ) -> Result<Step<'a>, TraceError> {
-        Ok(match &rule.target {
+    /// Applies a matched rule's target (not a jump) to `state`: what the walk
+    /// does next.
+    fn act(&mut self, rule: &Rule, state: &mut Core, at: &RuleRef) -> Step {
+        match &rule.target {
             None => Step::Next,
             Some(Target::Accept) => Step::End(Flow::HookDone),
             Some(Target::Drop) => Step::End(Flow::Final(Verdict::Drop, None)),
@@ -733,35 +1041,16 @@ impl<'a> Walker<'a> {
                     Step::Next
                 }
             },
-            Some(Target::Jump(to) | Target::Goto(to)) => {
-                let goto = matches!(rule.target, Some(Target::Goto(_)));
-                let Some(next) = self.ruleset.chain(table, to.as_str()) else {
-                    return Err(TraceError::MissingChain {
-                        table,
-                        chain: to.clone(),
-                        from: at.clone(),
-                    });
-                };
-                if frames.iter().any(|f| f.chain.name == *to) {
-                    return Ok(Step::End(Flow::Final(
-                        Verdict::Drop,
-                        Some(format!("loop: {at} jumps back into {to}")),
-                    )));
-                }
-                Step::Enter(Frame {
-                    chain: next,
-                    next: 0,
-                    goto,
-                })
-            }
-        })
+            // Walked by `walk`, which never passes a jump here.
+            Some(Target::Jump(_) | Target::Goto(_)) => Step::Next,
+        }
     }
 
     /// The probability that every match of `rule` holds (0 or 1 unless a
     /// statistic match is in it). Every match is evaluated first: a match the
     /// tracer cannot decide is reported only when no other match rules the
     /// rule out.
-    fn matches(&mut self, rule: &Rule, state: &State, at: &RuleRef) -> f64 {
+    fn matches(&mut self, rule: &Rule, state: &Core, at: &RuleRef) -> f64 {
         let mut p = 1.0;
         let mut unknown = Vec::new();
         let mut affinity = Vec::new();
@@ -814,7 +1103,7 @@ impl<'a> Walker<'a> {
 
     /// The interface the packet leaves by, if known: the packet's own, else `lo`
     /// for local traffic to a local address in the output path.
-    fn out_interface(&self, s: &State) -> Option<&str> {
+    fn out_interface(&self, s: &Core) -> Option<&str> {
         if let Some(name) = &self.packet.out_interface {
             return Some(name);
         }
@@ -826,7 +1115,7 @@ impl<'a> Walker<'a> {
             .then_some("lo")
     }
 
-    fn eval(&self, m: &Match, s: &State) -> Eval {
+    fn eval(&self, m: &Match, s: &Core) -> Eval {
         let proto = self.packet.protocol;
         let yes = |b: bool| if b { Eval::Yes } else { Eval::No };
         let not = |n: bool, b: bool| yes(b != n);
@@ -901,36 +1190,107 @@ impl<'a> Walker<'a> {
     }
 }
 
-/// One chain being walked: the index of the rule to look at next, and whether
-/// it was entered by a goto (its end returns to its caller's caller).
-#[derive(Debug, Clone, Copy)]
-struct Frame<'a> {
-    chain: &'a Chain,
-    next: usize,
-    goto: bool,
+impl<'a> Call<'a> {
+    fn new(key: Key, chain: &'a Chain, index: usize, core: &Core) -> Self {
+        let mut live = Merged::default();
+        live.push(Branch::start(core.clone()), Flow::Continue);
+        Call {
+            key,
+            chain,
+            index,
+            next: 0,
+            live,
+            results: Merged::default(),
+        }
+    }
 }
 
-/// What a matched rule's target makes the walk do.
-enum Step<'a> {
+/// What a matched rule's target (other than a jump) makes the walk do.
+enum Step {
     /// Go on with the next rule.
     Next,
     /// Leave the chain, as on falling off its end.
     Return,
-    /// Enter a chain (a jump or goto).
-    Enter(Frame<'a>),
     /// This hook's walk ends for the branch.
     End(Flow),
 }
 
-/// Leaves the innermost chain (its end or `RETURN`), and the chains that went
-/// to it by goto; true if that left the built-in chain (its policy applies).
-fn leave(frames: &mut Vec<Frame<'_>>) -> bool {
-    while let Some(f) = frames.pop() {
-        if !f.goto {
-            break;
+/// The rules a branch took: a rope of shared pieces, so that entering a chain
+/// whose results are memoised costs the same however long its paths are, and
+/// the two sides of a fork share their past. Only [`Path::first`] lays it out.
+#[derive(Debug, Clone, Default)]
+struct Path(Option<Rc<Piece>>);
+
+#[derive(Debug)]
+struct Piece {
+    /// The number of rules in it (saturating).
+    len: u64,
+    kind: PieceKind,
+}
+
+#[derive(Debug)]
+enum PieceKind {
+    Rule(RuleRef),
+    Cat(Rc<Piece>, Rc<Piece>),
+    /// Taken apart by `drop`.
+    Gone,
+}
+
+impl Drop for Piece {
+    /// Takes a long rope apart without recursion.
+    fn drop(&mut self) {
+        let mut todo = Vec::new();
+        if let PieceKind::Cat(a, b) = std::mem::replace(&mut self.kind, PieceKind::Gone) {
+            todo.extend([a, b]);
+        }
+        while let Some(piece) = todo.pop() {
+            if let Ok(mut piece) = Rc::try_unwrap(piece)
+                && let PieceKind::Cat(a, b) = std::mem::replace(&mut piece.kind, PieceKind::Gone)
+            {
+                todo.extend([a, b]);
+            }
         }
     }
-    frames.is_empty()
+}
+
+impl Path {
+    fn len(&self) -> u64 {
+        self.0.as_ref().map_or(0, |p| p.len)
+    }
+
+    fn push(&self, rule: RuleRef) -> Path {
+        self.cat(&Path(Some(Rc::new(Piece {
+            len: 1,
+            kind: PieceKind::Rule(rule),
+        }))))
+    }
+
+    fn cat(&self, other: &Path) -> Path {
+        match (&self.0, &other.0) {
+            (None, _) => other.clone(),
+            (_, None) => self.clone(),
+            (Some(a), Some(b)) => Path(Some(Rc::new(Piece {
+                len: a.len.saturating_add(b.len),
+                kind: PieceKind::Cat(a.clone(), b.clone()),
+            }))),
+        }
+    }
+
+    /// The first `max` rules, in order.
+    fn first(&self, max: usize) -> Vec<RuleRef> {
+        let mut out = Vec::new();
+        let mut todo: Vec<&Piece> = self.0.as_deref().into_iter().collect();
+        while out.len() < max
+            && let Some(piece) = todo.pop()
+        {
+            match &piece.kind {
+                PieceKind::Rule(r) => out.push(r.clone()),
+                PieceKind::Cat(a, b) => todo.extend([&**b, &**a]),
+                PieceKind::Gone => {}
+            }
+        }
+        out
+    }
 }
 
 /// The target name of verbatim target text (`-j NAME …` or `--jump NAME …`).
@@ -960,5 +1320,30 @@ fn iface_matches(i: &Interface, name: &str) -> bool {
         name.starts_with(i.name())
     } else {
         name == i.name()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // A path of a million rules, each pushed on the last, is laid out and
+    // dropped without recursion.
+    #[test]
+    fn a_long_path_is_cut_and_dropped_without_recursion() {
+        let at = RuleRef {
+            table: Table::Filter,
+            chain: ChainName::fixed("INPUT"),
+            index: 1,
+        };
+        let mut path = Path::default();
+        for _ in 0..1_000_000 {
+            path = path.push(at.clone());
+        }
+        let doubled = path.cat(&path);
+        assert_eq!(doubled.len(), 2_000_000);
+        assert_eq!(doubled.first(3), vec![at.clone(), at.clone(), at]);
+        drop(path);
+        drop(doubled);
     }
 }

@@ -5,7 +5,9 @@
 //!
 //! * [`parse`] / [`parse_as`]: a dump (or a restore payload) -> the [`Ruleset`] it
 //!   describes, as the compiler would produce it for svcnat's own text
-//!   (`parse(render(r)) == r`).
+//!   (`parse(render(r)) == r`). [`parse_bytes`] / [`parse_bytes_as`] read a
+//!   dump that is not all UTF-8 (a comment holds the bytes it was given),
+//!   replacing each invalid sequence by U+FFFD.
 //! * [`parse_payload`]: the same text as the sequence of restore operations it
 //!   holds (`:CHAIN`, `-A`, `-I`, `-D`, `-N`, `-X`, `-F`, `-P`), for callers that
 //!   need to see what a payload *does* (a `-X` of a stale chain, say);
@@ -65,9 +67,12 @@ use crate::ruleset::{
 use lex::{Token, tokenize};
 use rule::{FamilyCheck, parse_rule};
 
-/// A line that could not be read, with where and why.
+/// A line that could not be read, with where and why. It displays on one
+/// line: `line 3, column 33: … , in "-A …"`, the offending line quoted and
+/// escaped as Rust escapes a string, so no character in it can break the
+/// message.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("line {line}, column {column}: {kind}\n    {text}")]
+#[error("line {line}, column {column}: {kind}, in {text:?}")]
 #[non_exhaustive]
 pub struct ParseError {
     /// The 1-based line number.
@@ -260,6 +265,32 @@ pub fn parse(text: &str) -> Result<Ruleset, ParseError> {
 /// A [`ParseError`] naming the line, column and problem.
 pub fn parse_as(text: &str, family: IpFamily) -> Result<Ruleset, ParseError> {
     parse_payload_as(text, family)?.to_ruleset()
+}
+
+/// Like [`parse`], for a dump read as bytes: what `iptables-save` prints is not
+/// always UTF-8, since `iptables -m comment --comment` stores the bytes it is
+/// given. Each invalid UTF-8 sequence is replaced by U+FFFD (`�`), as
+/// [`String::from_utf8_lossy`] does, and the text parsed as [`parse`] parses it.
+/// Only invalid sequences change, never a newline, quote or other ASCII byte,
+/// so the lines and words are the dump's; a comment holding U+FFFD is not a
+/// [`Comment`](crate::ruleset::Comment) (printable ASCII only) and is kept
+/// verbatim as [`Match::OtherComment`](crate::ruleset::Match::OtherComment),
+/// whose text is checked to hold no line break, control character or unclosed
+/// quote, so rendering it again cannot add a rule. Rendered again, the comment
+/// holds U+FFFD, not the original bytes.
+///
+/// # Errors
+/// A [`ParseError`] naming the line, column and problem.
+pub fn parse_bytes(bytes: &[u8]) -> Result<Ruleset, ParseError> {
+    parse(&String::from_utf8_lossy(bytes))
+}
+
+/// Like [`parse_as`], for a dump read as bytes (see [`parse_bytes`]).
+///
+/// # Errors
+/// A [`ParseError`] naming the line, column and problem.
+pub fn parse_bytes_as(bytes: &[u8], family: IpFamily) -> Result<Ruleset, ParseError> {
+    parse_as(&String::from_utf8_lossy(bytes), family)
 }
 
 /// Parses restore text into its operations, the family inferred from the addresses.

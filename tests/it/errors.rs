@@ -474,8 +474,9 @@ pub(crate) mod example_cli {
             .keys()
             .map(String::as_str)
             .collect();
-        assert_eq!(keys.len(), 2);
+        assert_eq!(keys.len(), 3);
         assert!(out.starts_with("{\"outcomes\":[{\"probability\":"), "{out}");
+        assert!(out.contains("],\"unevaluated\":[],\"assumed\":["), "{out}");
         let outcomes = doc["outcomes"].as_array().unwrap();
         let total: f64 = outcomes
             .iter()

@@ -566,3 +566,52 @@ fn restore_payload_operations_are_kept_and_applied() {
         (2, ErrorKind::UndeclaredChain("KUBE-GONE".into()))
     );
 }
+
+// A parse error is one line: where, what, and the offending line quoted (its
+// control characters escaped, so none can break the line).
+#[test]
+fn parse_errors_display_on_one_line() {
+    let e =
+        error_of("*nat\n:KUBE-X - [0:0]\n-A KUBE-X -m tcp -p tcp --dport http -j ACCEPT\nCOMMIT\n");
+    assert_eq!(
+        e.to_string(),
+        "line 3, column 33: --dport \"http\": not a port number or range, \
+         in \"-A KUBE-X -m tcp -p tcp --dport http -j ACCEPT\""
+    );
+    let e = error_of("*nat\nbogus\rline \"x\"\nCOMMIT\n");
+    let shown = e.to_string();
+    assert_eq!(shown.lines().count(), 1, "{shown}");
+    assert!(shown.ends_with(r#", in "bogus\rline \"x\"""#), "{shown}");
+}
+
+// `iptables -m comment --comment` stores bytes as given, and iptables-save
+// prints them back: a dump that is not UTF-8 still reads, each invalid
+// sequence as U+FFFD, and the comment prints back verbatim, one rule still.
+#[test]
+fn a_dump_with_non_utf8_bytes_in_a_comment_reads() {
+    let mut dump = b"*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -m comment --comment \"caf".to_vec();
+    dump.extend([0xe9, b' ', 0xff, 0xfe]);
+    dump.extend(b"\" -j ACCEPT\n-A INPUT -m comment --comment \xc3 -j DROP\nCOMMIT\n");
+    assert!(std::str::from_utf8(&dump).is_err());
+    let r = svcnat::parse::parse_bytes(&dump).unwrap();
+    let rules = &r.chain(Table::Filter, "INPUT").unwrap().rules;
+    let shown: Vec<String> = rules.iter().map(|r| r.to_string()).collect();
+    assert_eq!(
+        shown,
+        [
+            "-m comment --comment \"caf\u{fffd} \u{fffd}\u{fffd}\" -j ACCEPT",
+            "-m comment --comment \u{fffd} -j DROP",
+        ]
+    );
+    let rendered = svcnat::render::to_string(&r);
+    assert_eq!(rendered.lines().filter(|l| l.starts_with("-A")).count(), 2);
+    assert_eq!(svcnat::parse::parse(&rendered).unwrap(), r);
+    let r6 = svcnat::parse::parse_bytes_as(&dump, IpFamily::Ipv6).unwrap();
+    assert_eq!(r6.family, IpFamily::Ipv6);
+    // Valid UTF-8 reads as the text does.
+    let text = "*nat\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -m comment --comment \"naïve\" -j ACCEPT\nCOMMIT\n";
+    assert_eq!(
+        svcnat::parse::parse_bytes(text.as_bytes()).unwrap(),
+        svcnat::parse::parse(text).unwrap()
+    );
+}

@@ -545,6 +545,105 @@ mod trace_example {
         assert!(out.contains("\"verdict\":\"accept\""), "{out}");
     }
 
+    /// `contents` in a file of its own, for `--save FILE`.
+    fn save_file(name: &str, contents: &[u8]) -> std::path::PathBuf {
+        let path = std::env::temp_dir().join(format!("svcnat-trace-{}-{name}", std::process::id()));
+        std::fs::write(&path, contents).unwrap();
+        path
+    }
+
+    fn run_file(path: &std::path::Path, extra: &[&str]) -> (i32, String, String) {
+        let mut args = vec![
+            "--node-ip",
+            "192.168.0.2",
+            "--save",
+            path.to_str().unwrap(),
+            "--src",
+            "10.1.2.3",
+            "--dst",
+            "192.168.0.2",
+            "--proto",
+            "tcp",
+            "--dport",
+            "22",
+        ];
+        args.extend(extra);
+        run_example("trace", &args, "")
+    }
+
+    // A file with no table is not a dump: one line naming the file, exit 2.
+    #[test]
+    fn a_save_file_without_a_table_is_refused() {
+        for (name, contents) in [("empty", ""), ("comments", "# iptables-save\n\n")] {
+            let path = save_file(name, contents.as_bytes());
+            let (code, out, err) = run_file(&path, &["--json"]);
+            let expected = format!(
+                "trace: {}: no table (no *filter, *nat, … line): not an iptables-save dump\n",
+                path.display()
+            );
+            assert_eq!(
+                (code, out.as_str(), err.as_str()),
+                (2, "", expected.as_str())
+            );
+            std::fs::remove_file(path).unwrap();
+        }
+        // Text that is not a dump fails to parse, on one line too.
+        let path = save_file("text", b"hello world\n-A INPUT -j ACCEPT\n");
+        let (code, out, err) = run_file(&path, &[]);
+        let expected = format!(
+            "trace: {}: line 1, column 1: not inside a table (missing *filter, *nat, …), \
+             in \"hello world\"\n",
+            path.display()
+        );
+        assert_eq!(
+            (code, out.as_str(), err.as_str()),
+            (2, "", expected.as_str())
+        );
+        std::fs::remove_file(path).unwrap();
+    }
+
+    // A comment that is not UTF-8 (iptables stores it as given) used to refuse
+    // the whole dump (exit 2).
+    #[test]
+    fn a_dump_with_non_utf8_bytes_traces() {
+        let mut dump =
+            b"*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -m comment --comment \"caf".to_vec();
+        dump.extend([0xe9, b'"']);
+        dump.extend(b" -j DROP\nCOMMIT\n");
+        let path = save_file("latin1", &dump);
+        let (code, out, err) = run_file(&path, &["--json"]);
+        assert_eq!(code, 0, "{err}");
+        let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(doc["outcomes"][0]["verdict"], "drop");
+        assert_eq!(doc["outcomes"][0]["path"][0], "INPUT:1");
+        std::fs::remove_file(path).unwrap();
+    }
+
+    // `--json` lists the assumptions, as the table's `assumed:` lines, after
+    // the keys it had.
+    #[test]
+    fn json_lists_what_was_assumed() {
+        let dump = "*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n";
+        let (code, out, err) = run(dump, &["--dport", "22", "--json"]);
+        assert_eq!(code, 0, "{err}");
+        let assumed = [
+            "nat INPUT is not in the ruleset: taken as empty, policy ACCEPT",
+            "nat PREROUTING is not in the ruleset: taken as empty, policy ACCEPT",
+        ];
+        let tail = format!(
+            "],\"unevaluated\":[],\"assumed\":{}}}\n",
+            serde_json::to_string(&assumed).unwrap()
+        );
+        assert!(out.ends_with(&tail), "{out}");
+        let (code, table, _) = run(dump, &["--dport", "22"]);
+        assert_eq!(code, 0);
+        let lines: Vec<&str> = table
+            .lines()
+            .filter_map(|l| l.strip_prefix("assumed: "))
+            .collect();
+        assert_eq!(lines, assumed);
+    }
+
     // `--json` prints the session-affinity checks under `unevaluated`.
     #[test]
     fn affinity_is_printed_as_unevaluated() {
