@@ -135,7 +135,7 @@ fn refused_everywhere(state: &ClusterState) -> CompileError {
     assert_eq!(compile_with_warnings(state, &config()).unwrap_err(), e);
     assert_eq!(compile_text(state, &config()).unwrap_err(), e);
     let lenient = compile_lenient(state, &config()).unwrap();
-    assert_eq!(lenient.rejected, [e.clone()]);
+    assert_eq!(lenient.rejected, std::slice::from_ref(&e));
     let mut without = state.clone();
     without.remove_service(e.service().unwrap());
     for slice in state.slices_of(e.service().unwrap()) {
@@ -146,7 +146,7 @@ fn refused_everywhere(state: &ClusterState) -> CompileError {
     let mut syncer = Syncer::new(Recorder::new(), config()).unwrap();
     syncer.replace_state(state.clone());
     let report = syncer.sync().unwrap();
-    assert_eq!(report.rejected, [e.clone()]);
+    assert_eq!(report.rejected, std::slice::from_ref(&e));
     e
 }
 
