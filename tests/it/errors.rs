@@ -538,6 +538,119 @@ fn skipped_services_are_not_errors() {
     assert_eq!(ruleset, empty);
 }
 
+/// A service with `ports` ports (`p1`..., numbered 1...), and one slice with all
+/// of them and `endpoints` endpoints.
+fn many_ports(ports: u16, endpoints: u8) -> ClusterState {
+    let mut svc = svc1();
+    svc.ports = (1..=ports)
+        .map(|i| ServicePort::tcp(format!("p{i}"), i))
+        .collect();
+    let mut sl = slice("ns1", "svc1", &[], vec![]);
+    sl.ports = (1..=ports)
+        .map(|i| EndpointPort::tcp(format!("p{i}"), i))
+        .collect();
+    sl.endpoints = (1..=endpoints)
+        .map(|j| ready(&format!("10.180.0.{j}")))
+        .collect();
+    state(vec![svc], vec![sl])
+}
+
+#[test]
+fn a_service_with_every_port_number_compiles() {
+    // Validation hashes where it compared every pair: a Service with 65,535 ports
+    // (under etcd's object size limit) compiles, one chain per port and endpoint.
+    let s = many_ports(u16::MAX, 3);
+    let warned = compile_with_warnings(&s, &config()).unwrap();
+    assert!(warned.warnings.is_empty());
+    let nat = warned.ruleset.table(svcnat::ruleset::Table::Nat).unwrap();
+    let named = |prefix: &str| {
+        nat.chains
+            .keys()
+            .filter(|c| c.as_str().starts_with(prefix))
+            .count()
+    };
+    assert_eq!(named("KUBE-SVC-"), 65_535);
+    assert_eq!(named("KUBE-SEP-"), 3 * 65_535);
+    let chains =
+        |r: &svcnat::ruleset::Ruleset| r.tables.iter().map(|t| t.chains.len()).sum::<usize>();
+    let empty = compile(&ClusterState::new(), &config()).unwrap();
+    assert_eq!(chains(&warned.ruleset), chains(&empty) + 4 * 65_535);
+}
+
+#[test]
+fn many_ports_keep_the_first_error() {
+    // Above the pairwise limit the checks hash; the error is the one comparing
+    // every earlier port in turn finds.
+    let with = |edit: &dyn Fn(&mut Vec<ServicePort>)| {
+        let mut s = many_ports(40, 1);
+        let key = ServiceKey::new("ns1", "svc1");
+        let mut svc = s.service(&key).unwrap().clone();
+        edit(&mut svc.ports);
+        s.upsert_service(svc);
+        let e = err(&s);
+        let (_, port, field, problem) = service_err(&e);
+        (port.map(str::to_owned), field.to_owned(), problem.clone())
+    };
+    // Port 30 repeats the name of port 5 and the number of port 3: the number.
+    let (port, field, problem) = with(&|p| {
+        p[30].name = "p6".into();
+        p[30].port = 4;
+    });
+    assert_eq!(
+        (port.as_deref(), field.as_str()),
+        (Some("p6"), "spec.ports[30].port")
+    );
+    assert_eq!(
+        problem,
+        Problem::DuplicatePort {
+            port: 4,
+            protocol: Protocol::Tcp
+        }
+    );
+    // The name of port 3 and the number of port 5: the name.
+    let (_, field, problem) = with(&|p| {
+        p[30].name = "p4".into();
+        p[30].port = 6;
+    });
+    assert_eq!(field, "spec.ports[30].name");
+    assert_eq!(problem, Problem::DuplicatePortName { name: "p4".into() });
+    // Both of one earlier port: the name. An earlier invalid port wins over both.
+    let (_, field, _) = with(&|p| {
+        p[30].name = "p4".into();
+        p[30].port = 4;
+    });
+    assert_eq!(field, "spec.ports[30].name");
+    let (_, field, problem) = with(&|p| {
+        p[30].name = "p4".into();
+        p[20].port = 0;
+    });
+    assert_eq!(
+        (field.as_str(), problem),
+        ("spec.ports[20].port", Problem::PortZero)
+    );
+    // A slice with many ports: a repeated name and protocol is refused; an
+    // unknown port only warned about.
+    let mut s = many_ports(40, 1);
+    let key = ServiceKey::new("ns1", "svc1");
+    let mut sl = s.slices_of(&key).next().unwrap().clone();
+    sl.ports[33].name = "zz".into();
+    s.upsert_slice(sl.clone());
+    let warned = compile_with_warnings(&s, &config()).unwrap();
+    assert_eq!(warned.warnings.len(), 1);
+    assert!(
+        warned.warnings[0]
+            .to_string()
+            .contains("ports[33]: endpoint port \"zz\"/tcp")
+    );
+    sl.ports[35].name = "p2".into();
+    s.upsert_slice(sl);
+    assert!(
+        err(&s)
+            .to_string()
+            .contains("ports[35].name: duplicate port name \"p2\"")
+    );
+}
+
 #[cfg(feature = "k8s")]
 pub(crate) mod example_cli {
     pub(crate) use crate::fixtures::{example, run_example};
