@@ -96,5 +96,39 @@ fn bench_sync(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench, bench_sync);
+/// One service with `ports` ports (every name and number distinct) and one slice
+/// with all of them and three endpoints.
+fn many_ports(ports: u16) -> ClusterState {
+    let mut state = ClusterState::new();
+    let mut svc = Service::cluster_ip("bench", "wide", IpAddr::V4(Ipv4Addr::new(172, 30, 0, 1)));
+    let mut slice = EndpointSlice::new("bench", "wide", "wide-1", IpFamily::Ipv4);
+    for i in 1..=ports {
+        svc = svc.with_port(ServicePort::tcp(format!("p{i}"), i));
+        slice = slice.with_port(EndpointPort::tcp(format!("p{i}"), i));
+    }
+    for j in 1..=3 {
+        slice = slice.with_endpoint(Endpoint::ready(IpAddr::V4(Ipv4Addr::new(10, 180, 0, j))));
+    }
+    state.upsert_service(svc);
+    state.upsert_slice(slice);
+    state
+}
+
+/// A service with many ports: validation and the endpoint lookup must stay
+/// O(n log n) in its ports (pairwise checks took 18 s at 65,535).
+fn bench_many_ports(c: &mut Criterion) {
+    let config = ProxyConfig::default().with_cluster_cidrs(["10.0.0.0/8".parse().unwrap()]);
+    let mut group = c.benchmark_group("compile-one-service-many-ports");
+    group.sample_size(10);
+    for ports in [1_000u16, 65_535] {
+        let state = many_ports(ports);
+        group.throughput(Throughput::Elements(u64::from(ports)));
+        group.bench_with_input(BenchmarkId::from_parameter(ports), &state, |b, state| {
+            b.iter(|| svcnat::compile::compile_text(state, &config).unwrap().len())
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench, bench_sync, bench_many_ports);
 criterion_main!(benches);

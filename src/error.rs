@@ -1,6 +1,6 @@
 //! Errors: each names the object and field at fault, and what is wrong.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use thiserror::Error;
 
@@ -94,6 +94,35 @@ pub enum Problem {
         /// The port's protocol.
         protocol: Protocol,
     },
+    /// An address the API server refuses in this field: loopback, unspecified,
+    /// link-local or link-local multicast (Kubernetes' `ValidateNonSpecialIP`).
+    #[error(
+        "{address} is {} {kind} address, which the API server refuses",
+        article(kind)
+    )]
+    SpecialAddress {
+        /// The address.
+        address: IpAddr,
+        /// "loopback", "unspecified", "link-local" or "link-local multicast".
+        kind: &'static str,
+    },
+    /// An endpoint listed more than once for one service port (in one slice or
+    /// several); one copy is used.
+    #[error(
+        "{endpoint} is listed again (first in endpoint slice {slice} endpoints[{index}]); one copy is used"
+    )]
+    DuplicateEndpoint {
+        /// The endpoint, `ip:port`.
+        endpoint: SocketAddr,
+        /// The slice that lists it first (by slice name, then position).
+        slice: String,
+        /// Its position in that slice's endpoints.
+        index: usize,
+    },
+    /// An EndpointSlice whose Service does not exist; it is ignored until the
+    /// Service appears.
+    #[error("no such service; the slice is ignored")]
+    NoSuchService,
     /// A number outside its allowed range.
     #[error("{value} is out of range ({range})")]
     OutOfRange {
@@ -160,6 +189,15 @@ impl CompileError {
             }
             CompileError::Config { .. } => None,
         }
+    }
+}
+
+/// "an" before a vowel sound, else "a".
+fn article(word: &str) -> &'static str {
+    if word.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
     }
 }
 

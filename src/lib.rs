@@ -62,6 +62,41 @@
 //! [`compile::compile_lenient`] instead leaves out the invalid services and reports
 //! them, as kube-proxy does.
 //!
+//! ## What is an error and what is a warning
+//!
+//! Tolerant like kube-proxy, strict like a compiler: what kube-proxy accepts with a
+//! log line is a *warning* (the part is left out, the rest compiles); what the API
+//! server's validation refuses is an *error*. Every entry point agrees:
+//!
+//! | entry point | on a warning | on an error |
+//! |---|---|---|
+//! | [`compile::compile`], [`compile::compile_text`], [`compile::compile_text_reusing`] | compiles; the warnings are dropped ([`compile::CompiledText::warnings`] keeps them for the text path) | `Err`, the first error, nothing compiled |
+//! | [`compile::compile_with_warnings`] | compiles; [`compile::Warned::warnings`] | as `compile` |
+//! | [`compile::compile_lenient`] | compiles; [`compile::Lenient::warnings`] | the service is left out (no rules at all) and its error is in [`compile::Lenient::rejected`]; its warnings are not reported |
+//! | [`sync::Syncer`] | [`sync::SyncReport::warnings`] | as `compile_lenient`, in [`sync::SyncReport::rejected`] |
+//!
+//! Warnings come in service (`namespace/name`) order, then in field order within a
+//! service; errors in field order, the first one wins. The cases:
+//!
+//! | state | kind | field | what happens |
+//! |---|---|---|---|
+//! | a slice port with no service port of its name and protocol (e.g. `""` beside a service port `http`) | warning | `ports[i]` | the slice port is unused |
+//! | a slice port numbered 0 | warning | `ports[i].port` | the slice port is unused |
+//! | an endpoint address of the other family than the slice's `addressType` | warning | `endpoints[i].addresses[0]` | the endpoint is unused |
+//! | the same `ip:port` listed twice for one service port (in one slice or two) | warning | `endpoints[i].addresses[0]` of each copy after the first (by slice name, then position) | one copy is used: a local one, else the most ready |
+//! | a slice whose Service does not exist | warning | `metadata.labels[kubernetes.io/service-name]` | the slice is unused until the Service appears |
+//! | a headless Service, or one with no cluster IP of the proxy's family | neither | – | skipped, as kube-proxy skips it |
+//! | an invalid namespace, Service, port or slice name | error | `metadata.namespace`, `metadata.name`, `spec.ports[i].name` | |
+//! | an unnamed port in a multi-port Service; a repeated port name, or number and protocol | error | `spec.ports[i].name`, `spec.ports[i].port` | |
+//! | port 0; a node port on a ClusterIP Service, or outside the configured range | error | `spec.ports[i].port`, `spec.ports[i].nodePort`, `spec.healthCheckNodePort` | |
+//! | two cluster IPs of one family | error | `spec.clusterIPs` | |
+//! | a loopback or unspecified cluster IP | error | `spec.clusterIPs[i]` | |
+//! | an external IP or endpoint address that is unspecified, loopback, link-local or link-local multicast (`ValidateNonSpecialIP`) | error | `spec.externalIPs[i]`, `endpoints[i].addresses[0]` | |
+//! | a session affinity timeout outside 1-86400 | error | `spec.sessionAffinityConfig.clientIP.timeoutSeconds` | |
+//! | a slice port name and protocol repeated in one slice | error | `ports[i].name` | |
+//! | a name or comment the rule IR refuses | error | the field it came from | |
+//! | an invalid [`model::ProxyConfig`] field | error, in every mode ([`CompileError::Config`]) | the config field | nothing is compiled |
+//!
 //! ## Crate features
 //!
 //! | feature | what it adds |

@@ -246,10 +246,12 @@ pub struct SyncReport {
     /// Services left out because they are invalid, with the reason. A partial sync
     /// reports only the services it recompiled.
     pub rejected: Vec<CompileError>,
-    /// Parts of EndpointSlices ignored, as kube-proxy ignores them, without dropping
-    /// their service: a port that matches no service port (the usual state while a
-    /// Service's ports change and its slices catch up), port 0, an address of the
-    /// other family.
+    /// Parts of the state ignored, as kube-proxy ignores them, without dropping a
+    /// service (as [`compile_with_warnings`](crate::compile::compile_with_warnings)
+    /// reports them): a slice port that matches no service port (the usual state
+    /// while a Service's ports change and its slices catch up), port 0, an address
+    /// of the other family, a duplicate endpoint, a slice whose service does not
+    /// exist. A partial sync reports only those of the services it recompiled.
     pub warnings: Vec<CompileError>,
     /// How many services this sync compiled: the changed ones, or every one when
     /// the config, the cluster-size rule or the first sync required it. The others'

@@ -114,30 +114,81 @@ pub struct Lenient {
     pub ruleset: Ruleset,
     /// One error per service left out, in service order.
     pub rejected: Vec<CompileError>,
-    /// Parts of EndpointSlices ignored without dropping their service, as kube-proxy
-    /// ignores them: a port that matches no service port (usual while a Service's
-    /// ports change and its slices catch up), port 0, an address of the other family.
+    /// Parts of the state ignored without dropping a service, as kube-proxy ignores
+    /// them (as in [`Warned::warnings`]): a slice port that matches no service port
+    /// (usual while a Service's ports change and its slices catch up), port 0, an
+    /// address of the other family, a duplicate endpoint, a slice whose service
+    /// does not exist.
+    pub warnings: Vec<CompileError>,
+}
+
+/// The result of [`compile_with_warnings`]: the ruleset, and what was ignored on
+/// the way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warned {
+    /// The rules of every service.
+    pub ruleset: Ruleset,
+    /// The parts of the state ignored as kube-proxy ignores them (see the crate
+    /// docs' table), in service order, then in the order they were found.
     pub warnings: Vec<CompileError>,
 }
 
 /// Compiles a cluster state into the ruleset for `config.ip_family`.
 ///
 /// Headless services and services without a cluster IP of the family are skipped,
-/// as kube-proxy skips them; slices of services that do not exist are ignored.
+/// as kube-proxy skips them. What kube-proxy ignores with a log line (a slice port
+/// matching no service port, port 0 in a slice, an endpoint of the other family, a
+/// duplicate endpoint, a slice whose service does not exist) is ignored here too;
+/// [`compile_with_warnings`] also returns what was ignored.
 ///
 /// # Errors
 /// The first invalid service, slice or config field, as a [`CompileError`] naming
 /// the object and field. Nothing is returned in that case: no partial ruleset.
 pub fn compile(state: &ClusterState, config: &ProxyConfig) -> Result<Ruleset, CompileError> {
-    let (ctx, services, _, _) = compile_typed(state, config, true)?;
-    Ok(fixed::assemble_owned(&ctx, services.into_iter()))
+    Ok(compile_with_warnings(state, config)?.ruleset)
 }
 
-/// Like [`compile`], but a service with an invalid field is left out and reported,
-/// as kube-proxy logs and skips bad objects, so a daemon keeps serving every valid
-/// service. An invalid part of an EndpointSlice (a port matching no service port, an
-/// address of the wrong family) only drops that part, as in kube-proxy, and is
-/// reported in [`Lenient::warnings`].
+/// [`compile`], returning the warnings too: the parts of the state left out as
+/// kube-proxy leaves them out, each naming the object and field.
+///
+/// ```
+/// use svcnat::model::*;
+/// let mut state = ClusterState::new();
+/// state.upsert_service(
+///     Service::cluster_ip("ns1", "svc1", "172.30.0.41".parse().unwrap())
+///         .with_port(ServicePort::tcp("http", 80)),
+/// );
+/// // The slice's port is unnamed: kube-proxy finds no service port for it.
+/// state.upsert_slice(
+///     EndpointSlice::new("ns1", "svc1", "svc1-1", IpFamily::Ipv4)
+///         .with_port(EndpointPort::tcp("", 8080))
+///         .with_endpoint(Endpoint::ready("10.180.0.1".parse().unwrap())),
+/// );
+/// let warned = svcnat::compile::compile_with_warnings(&state, &ProxyConfig::default()).unwrap();
+/// assert_eq!(
+///     warned.warnings[0].to_string(),
+///     "endpoint slice svc1-1 of service ns1/svc1: ports[0]: endpoint port \"\"/tcp matches no service port"
+/// );
+/// assert!(svcnat::render::to_string(&warned.ruleset).contains("ns1/svc1:http has no endpoints"));
+/// ```
+///
+/// # Errors
+/// As [`compile`].
+pub fn compile_with_warnings(
+    state: &ClusterState,
+    config: &ProxyConfig,
+) -> Result<Warned, CompileError> {
+    let (ctx, services, _, warnings) = compile_typed(state, config, true)?;
+    Ok(Warned {
+        ruleset: fixed::assemble_owned(&ctx, services.into_iter()),
+        warnings,
+    })
+}
+
+/// Like [`compile_with_warnings`], but a service with an error (in its own fields
+/// or in one of its slices) is left out and reported in [`Lenient::rejected`], so a
+/// daemon keeps serving every valid service. The warnings are those of
+/// [`compile_with_warnings`], for the services kept.
 ///
 /// # Errors
 /// Only an invalid config, which affects every service.
@@ -155,7 +206,8 @@ pub fn compile_lenient(
 
 /// Compiles one service of `state` with an existing context into `sink` (begun
 /// here, abandoned on an error): `Ok(None)` when the service is absent or skipped
-/// (headless, other family), else its endpoint count.
+/// (headless, other family), else its endpoint count. The service's warnings (or,
+/// when it is absent, its slices') are pushed to `warnings`, none on an error.
 pub(crate) fn compile_one<S: Sink>(
     state: &ClusterState,
     key: &ServiceKey,
@@ -165,9 +217,11 @@ pub(crate) fn compile_one<S: Sink>(
     warnings: &mut Vec<CompileError>,
 ) -> Result<Option<usize>, CompileError> {
     let Some(svc) = state.service(key) else {
+        warnings.extend(state.slices_of(key).map(input::orphan_warning));
         return Ok(None);
     };
-    let Some(input) = inputs_of(state, svc, config, false, warnings)? else {
+    let before = warnings.len();
+    let Some(input) = inputs_of(state, svc, config, warnings)? else {
         return Ok(None);
     };
     sink.begin();
@@ -175,6 +229,8 @@ pub(crate) fn compile_one<S: Sink>(
         Ok(count) => Ok(Some(count)),
         Err(e) => {
             sink.abandon();
+            // A service left out has no warnings.
+            warnings.truncate(before);
             Err(e)
         }
     }
@@ -254,11 +310,16 @@ fn compile_pass<S: Sink, T>(
     // Reused from one service to the next.
     let mut slices = Vec::new();
     for (key, svc, own) in state.services_with_slices() {
+        let Some(svc) = svc else {
+            warnings.extend(own.map(input::orphan_warning));
+            continue;
+        };
         slices.clear();
         slices.extend(own);
-        let checked = input::check_service(svc, &slices, config, strict, &mut warnings);
+        let before = warnings.len();
+        let checked = input::check_service(svc, &slices, config, &mut warnings);
         let input = match checked {
-            Ok(()) => input::checked_service_input(svc, &slices, config),
+            Ok(()) => input::checked_service_input(svc, &slices, config, &mut warnings),
             Err(e) if strict => return Err(e),
             Err(e) => {
                 rejected.push(e);
@@ -277,6 +338,8 @@ fn compile_pass<S: Sink, T>(
                 if strict {
                     return Err(e);
                 }
+                // A service left out has no warnings.
+                warnings.truncate(before);
                 rejected.push(e);
             }
         }
@@ -289,12 +352,11 @@ fn inputs_of<'a>(
     state: &'a ClusterState,
     svc: &'a Service,
     config: &ProxyConfig,
-    strict: bool,
     warnings: &mut Vec<CompileError>,
 ) -> Result<Option<ServiceInput<'a>>, CompileError> {
     let key = svc.key();
     let slices: Vec<&EndpointSlice> = state.slices_of(&key).collect();
-    input::service_input(svc, &slices, config, strict, warnings)
+    input::service_input(svc, &slices, config, warnings)
 }
 
 #[cfg(test)]

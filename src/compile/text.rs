@@ -191,7 +191,7 @@ impl TextSink {
         }
     }
 
-    fn into_compiled(mut self, ctx: Context) -> CompiledText {
+    fn into_compiled(mut self, ctx: Context, warnings: Vec<CompileError>) -> CompiledText {
         let mut own = std::mem::take(&mut self.done);
         own.push(self.own);
         let (decls, count) = match self.chains {
@@ -205,6 +205,7 @@ impl TextSink {
             own,
             chains: count,
             len: 0,
+            warnings,
         };
         let mut counter = Counter::default();
         // Counting cannot fail; the parts are counted whole, not copied.
@@ -588,6 +589,8 @@ pub struct CompiledText {
     /// The number of service chains.
     chains: usize,
     len: usize,
+    /// What was ignored as kube-proxy ignores it.
+    warnings: Vec<CompileError>,
 }
 
 /// The parts of a [`CompiledText`] other than its own chains' lines.
@@ -687,6 +690,12 @@ impl CompiledText {
         let _ = self.write_fmt(&mut VecWriter(out));
     }
 
+    /// The parts of the state left out as kube-proxy leaves them out, as in
+    /// [`Warned::warnings`](super::Warned::warnings), in the same order.
+    pub fn warnings(&self) -> &[CompileError] {
+        &self.warnings
+    }
+
     /// The number of chains the text declares.
     pub fn chain_count(&self) -> usize {
         let (filter, nat) = fixed_tables(&self.ctx);
@@ -739,6 +748,9 @@ impl fmt::Write for Counter {
 /// assert_eq!(text.to_bytes(), svcnat::render::to_string(&ruleset).into_bytes());
 /// ```
 ///
+/// What was ignored on the way, as [`compile_with_warnings`](super::compile_with_warnings)
+/// reports it, is in [`CompiledText::warnings`].
+///
 /// # Errors
 /// As [`compile`](super::compile): the first invalid service, slice or config
 /// field, and no text at all.
@@ -790,8 +802,8 @@ fn compile_text_into(
     config: &ProxyConfig,
     mut sink: TextSink,
 ) -> Result<CompiledText, CompileError> {
-    let (ctx, _, _, _) = compile_services(state, config, true, &mut sink, |_, _, _| ())?;
-    Ok(sink.into_compiled(ctx))
+    let (ctx, _, _, warnings) = compile_services(state, config, true, &mut sink, |_, _, _| ())?;
+    Ok(sink.into_compiled(ctx, warnings))
 }
 
 #[cfg(test)]
@@ -862,6 +874,7 @@ mod tests {
                 chain: chain.clone(),
                 endpoint: &endpoint,
                 local: false,
+                origin: (0, 0),
             };
             let spn = Match::Comment(Comment::new("ns1/svc1:p80").unwrap());
             let to = Match::Comment(

@@ -185,20 +185,20 @@ impl ClusterState {
         self.entries.values().flat_map(|e| e.slices.iter())
     }
 
-    /// Every service with its key and its slices, in key order.
+    /// Every service key with its service (`None` for slices whose service does not
+    /// exist) and its slices, in key order.
     pub(crate) fn services_with_slices(
         &self,
     ) -> impl Iterator<
         Item = (
             &ServiceKey,
-            &Service,
+            Option<&Service>,
             impl Iterator<Item = &EndpointSlice> + use<'_>,
         ),
     > {
-        self.entries.iter().filter_map(|(key, entry)| {
-            let svc = entry.service.as_ref()?;
-            Some((key, svc, entry.slices.iter()))
-        })
+        self.entries
+            .iter()
+            .map(|(key, entry)| (key, entry.service.as_ref(), entry.slices.iter()))
     }
 
     /// Every slice's endpoints times its ports, summed over the slices of `family`:
@@ -321,7 +321,11 @@ mod tests {
         let mut state = ClusterState::new();
         state.upsert_slice(slice("a", 1));
         assert_eq!((state.service_count(), state.services().count()), (0, 0));
-        assert!(state.services_with_slices().next().is_none());
+        assert!(
+            state
+                .services_with_slices()
+                .all(|(_, svc, _)| svc.is_none())
+        );
         assert!(state.upsert_service(svc()).is_none());
         assert!(state.upsert_service(svc()).is_some());
         assert_eq!(state.service_count(), 1);

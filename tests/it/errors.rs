@@ -1,9 +1,11 @@
 //! Bad input: a typed error naming the object, port and field; never a panic,
 //! never part of a ruleset.
 
-use svcnat::compile::{compile, compile_lenient};
+use svcnat::compile::{compile, compile_lenient, compile_text, compile_with_warnings};
 use svcnat::error::{CompileError, Problem};
+use svcnat::exec::Recorder;
 use svcnat::model::*;
+use svcnat::sync::Syncer;
 
 use crate::fixtures::*;
 
@@ -90,14 +92,100 @@ fn names_must_be_dns_labels() {
     assert_eq!(service_err(&e).2, "spec.ports[0].name");
 }
 
+/// A state kube-proxy accepts with a log line: every entry point compiles it, to
+/// the same rules, with the same warnings in the same order; returns them.
+fn warnings_everywhere(state: &ClusterState) -> Vec<String> {
+    let warned = compile_with_warnings(state, &config()).expect("a warning is not an error");
+    let text: Vec<String> = warned.warnings.iter().map(|w| w.to_string()).collect();
+    assert_eq!(compile(state, &config()).unwrap(), warned.ruleset);
+    let lenient = compile_lenient(state, &config()).unwrap();
+    assert!(lenient.rejected.is_empty(), "{:?}", lenient.rejected);
+    assert_eq!(lenient.ruleset, warned.ruleset);
+    assert_eq!(lenient.warnings, warned.warnings);
+    let compiled = compile_text(state, &config()).unwrap();
+    assert_eq!(compiled.warnings(), warned.warnings.as_slice());
+    assert_eq!(
+        compiled.to_text(),
+        svcnat::render::to_string(&warned.ruleset)
+    );
+    // The syncer: on a full sync, and on a partial sync of the service's key.
+    let mut syncer = Syncer::new(Recorder::new(), config()).unwrap();
+    syncer.replace_state(state.clone());
+    let report = syncer.sync().unwrap();
+    assert!(report.full && report.rejected.is_empty());
+    assert_eq!(report.warnings, warned.warnings);
+    let mut partial = Syncer::new(Recorder::new(), config()).unwrap();
+    partial.sync().unwrap();
+    for svc in state.services() {
+        partial.upsert_service(svc.clone());
+    }
+    for slice in state.slices() {
+        partial.upsert_slice(slice.clone());
+    }
+    let report = partial.sync().unwrap();
+    assert!(!report.full);
+    assert_eq!(report.warnings, warned.warnings);
+    text
+}
+
+/// A state the API server refuses: strict entry points fail with this error, and
+/// lenient ones (compile_lenient, the syncer) leave out its service and report it.
+fn refused_everywhere(state: &ClusterState) -> CompileError {
+    let e = err(state);
+    assert_eq!(compile_with_warnings(state, &config()).unwrap_err(), e);
+    assert_eq!(compile_text(state, &config()).unwrap_err(), e);
+    let lenient = compile_lenient(state, &config()).unwrap();
+    assert_eq!(lenient.rejected, std::slice::from_ref(&e));
+    let mut without = state.clone();
+    without.remove_service(e.service().unwrap());
+    for slice in state.slices_of(e.service().unwrap()) {
+        without.remove_slice(e.service().unwrap(), &slice.name);
+    }
+    assert_eq!(lenient.ruleset, compile(&without, &config()).unwrap());
+    assert!(lenient.warnings.iter().all(|w| w.service() != e.service()));
+    let mut syncer = Syncer::new(Recorder::new(), config()).unwrap();
+    syncer.replace_state(state.clone());
+    let report = syncer.sync().unwrap();
+    assert_eq!(report.rejected, std::slice::from_ref(&e));
+    e
+}
+
 #[test]
 fn endpoint_port_matching_no_service_port() {
     let sl = slice("ns1", "svc1", &[("p81", 80)], vec![ready("10.180.0.1")]);
-    let e = err(&state(vec![svc1()], vec![sl]));
+    let s = state(vec![svc1()], vec![sl]);
     assert_eq!(
-        e.to_string(),
-        "endpoint slice svc1-slice of service ns1/svc1: ports[0]: endpoint port \"p81\"/tcp matches no service port"
+        warnings_everywhere(&s),
+        [
+            "endpoint slice svc1-slice of service ns1/svc1: ports[0]: endpoint port \"p81\"/tcp matches no service port"
+        ]
     );
+    // The service has no endpoints: it rejects, as in kube-proxy.
+    assert!(render(&s, &config()).contains("ns1/svc1:p80 has no endpoints"));
+}
+
+#[test]
+fn unnamed_endpoint_port_for_a_named_service_port() {
+    // kube-proxy skips it; it used to fail the whole strict compile.
+    let svc = service("ns1", "svc1", "172.30.0.41", &[("http", 80)]);
+    let sl = slice("ns1", "svc1", &[("", 8080)], vec![ready("10.180.0.1")]);
+    assert_eq!(
+        warnings_everywhere(&state(vec![svc], vec![sl])),
+        [
+            "endpoint slice svc1-slice of service ns1/svc1: ports[0]: endpoint port \"\"/tcp matches no service port"
+        ]
+    );
+}
+
+#[test]
+fn endpoint_port_zero() {
+    let sl = slice("ns1", "svc1", &[("p80", 0)], vec![ready("10.180.0.1")]);
+    let s = state(vec![svc1()], vec![sl]);
+    assert_eq!(
+        warnings_everywhere(&s),
+        ["endpoint slice svc1-slice of service ns1/svc1: ports[0].port: port 0 is not allowed"]
+    );
+    assert!(render(&s, &config()).contains("ns1/svc1:p80 has no endpoints"));
 }
 
 #[test]
@@ -109,20 +197,231 @@ fn endpoint_address_of_the_wrong_family() {
         vec![ready("10.180.0.1"), ready("fd00::1")],
     );
     sl.address_type = IpFamily::Ipv4;
-    let e = err(&state(vec![svc1()], vec![sl]));
-    match e {
-        CompileError::EndpointSlice { field, problem, .. } => {
-            assert_eq!(field, "endpoints[1].addresses[0]");
-            assert_eq!(
-                problem,
-                Problem::WrongFamily {
-                    address: ip("fd00::1"),
-                    expected: IpFamily::Ipv4
-                }
-            );
+    let s = state(vec![svc1()], vec![sl]);
+    assert_eq!(
+        warnings_everywhere(&s),
+        [
+            "endpoint slice svc1-slice of service ns1/svc1: endpoints[1].addresses[0]: fd00::1 is not an IPv4 address"
+        ]
+    );
+    let clean = one(svc1(), vec![ready("10.180.0.1")]);
+    assert_eq!(
+        compile(&s, &config()).unwrap(),
+        compile(&clean, &config()).unwrap()
+    );
+}
+
+#[test]
+fn duplicate_endpoints_are_used_once_and_reported() {
+    let mut a = slice(
+        "ns1",
+        "svc1",
+        &[("p80", 80)],
+        vec![ready("10.180.0.2"), ready("10.180.0.1")],
+    );
+    a.name = "svc1-a".into();
+    let mut b = slice(
+        "ns1",
+        "svc1",
+        &[("p80", 80)],
+        vec![
+            ready("10.180.0.3"),
+            ready("10.180.0.1"),
+            ready("10.180.0.1"),
+        ],
+    );
+    b.name = "svc1-b".into();
+    let s = state(vec![svc1()], vec![b, a]);
+    assert_eq!(
+        warnings_everywhere(&s),
+        [
+            "endpoint slice svc1-b of service ns1/svc1: endpoints[1].addresses[0]: 10.180.0.1:80 is listed again (first in endpoint slice svc1-a endpoints[1]); one copy is used",
+            "endpoint slice svc1-b of service ns1/svc1: endpoints[2].addresses[0]: 10.180.0.1:80 is listed again (first in endpoint slice svc1-a endpoints[1]); one copy is used",
+        ]
+    );
+    let clean = one(
+        svc1(),
+        ["10.180.0.1", "10.180.0.2", "10.180.0.3"]
+            .map(ready)
+            .to_vec(),
+    );
+    assert_eq!(
+        compile(&s, &config()).unwrap(),
+        compile(&clean, &config()).unwrap()
+    );
+}
+
+#[test]
+fn slice_without_its_service() {
+    let orphan = slice("ns2", "gone", &[("p80", 80)], vec![ready("10.180.0.9")]);
+    let s = state(vec![svc1()], vec![orphan]);
+    assert_eq!(
+        warnings_everywhere(&s),
+        [
+            "endpoint slice gone-slice of service ns2/gone: metadata.labels[kubernetes.io/service-name]: no such service; the slice is ignored"
+        ]
+    );
+    assert_eq!(
+        compile(&s, &config()).unwrap(),
+        compile(&state(vec![svc1()], vec![]), &config()).unwrap()
+    );
+}
+
+#[test]
+fn warnings_come_in_service_order_then_field_order() {
+    let mut a = slice(
+        "ns1",
+        "svc1",
+        &[("p80", 0), ("p81", 80)],
+        vec![ready("10.180.0.1"), ready("fd00::1")],
+    );
+    a.address_type = IpFamily::Ipv4;
+    let orphan = slice("ns0", "gone", &[("p80", 80)], vec![ready("10.180.0.9")]);
+    let b = slice("ns2", "svc2", &[("x", 80)], vec![ready("10.180.0.2")]);
+    let svc2 = service("ns2", "svc2", "172.30.0.42", &[("p80", 80)]);
+    let fields: Vec<String> = warnings_everywhere(&state(vec![svc2, svc1()], vec![b, a, orphan]))
+        .iter()
+        .map(|w| w.split(": ").take(2).collect::<Vec<_>>().join(": "))
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "endpoint slice gone-slice of service ns0/gone: metadata.labels[kubernetes.io/service-name]",
+            "endpoint slice svc1-slice of service ns1/svc1: ports[0].port",
+            "endpoint slice svc1-slice of service ns1/svc1: ports[1]",
+            "endpoint slice svc1-slice of service ns1/svc1: endpoints[1].addresses[0]",
+            "endpoint slice svc2-slice of service ns2/svc2: ports[0]",
+        ]
+    );
+}
+
+#[test]
+fn invalid_slice_name_is_an_error() {
+    let mut sl = slice("ns1", "svc1", &[("p80", 80)], vec![ready("10.180.0.1")]);
+    sl.name = "Svc1_x".into();
+    let e = refused_everywhere(&state(vec![svc1()], vec![sl]));
+    assert_eq!(
+        e.to_string(),
+        "endpoint slice Svc1_x of service ns1/svc1: metadata.name: \"Svc1_x\" is not a valid DNS-1123 subdomain"
+    );
+}
+
+#[test]
+fn repeated_slice_port_name_is_an_error() {
+    let sl = slice(
+        "ns1",
+        "svc1",
+        &[("p80", 80), ("p80", 81)],
+        vec![ready("10.180.0.1")],
+    );
+    let e = refused_everywhere(&state(vec![svc1()], vec![sl]));
+    assert_eq!(
+        e.to_string(),
+        "endpoint slice svc1-slice of service ns1/svc1: ports[1].name: duplicate port name \"p80\""
+    );
+}
+
+#[test]
+fn special_endpoint_addresses_are_errors() {
+    for (address, kind) in [
+        ("127.0.0.1", "a loopback"),
+        ("127.255.0.3", "a loopback"),
+        ("0.0.0.0", "an unspecified"),
+        ("169.254.169.254", "a link-local"),
+        ("224.0.0.251", "a link-local multicast"),
+        ("::1", "a loopback"),
+        ("::", "an unspecified"),
+        ("fe80::1", "a link-local"),
+        ("febf::1", "a link-local"),
+        ("ff02::fb", "a link-local multicast"),
+        ("ff12::1", "a link-local multicast"),
+        ("::ffff:127.0.0.1", "a loopback"),
+    ] {
+        let sl = slice(
+            "ns1",
+            "svc1",
+            &[("p80", 80)],
+            vec![ready("10.180.0.1"), ready("10.180.0.2"), ready(address)],
+        );
+        let e = refused_everywhere(&state(vec![svc1()], vec![sl]));
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "endpoint slice svc1-slice of service ns1/svc1: endpoints[2].addresses[0]: {address} is {kind} address, which the API server refuses"
+            )
+        );
+        match e {
+            CompileError::EndpointSlice {
+                problem: Problem::SpecialAddress { address: a, .. },
+                ..
+            } => {
+                assert_eq!(a, ip(address))
+            }
+            other => panic!("{other}"),
         }
-        other => panic!("{other}"),
     }
+    // Global multicast and the addresses next to the special ranges are accepted,
+    // as the API server accepts them.
+    for address in [
+        "10.180.0.1",
+        "128.0.0.1",
+        "169.255.0.1",
+        "224.0.1.1",
+        "239.1.1.1",
+        "fec0::1",
+        "ff05::1",
+        "ff0e::1",
+        "::2",
+    ] {
+        let sl = slice("ns1", "svc1", &[("p80", 80)], vec![ready(address)]);
+        let s = state(vec![svc1()], vec![sl]);
+        assert!(compile(&s, &config()).is_ok(), "{address}");
+    }
+}
+
+#[test]
+fn special_cluster_and_external_ips_are_errors() {
+    for (address, kind) in [("127.0.0.1", "a loopback"), ("0.0.0.0", "an unspecified")] {
+        let svc = service("ns1", "svc1", address, &[("p80", 80)]);
+        let e = refused_everywhere(&state(vec![svc], vec![]));
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "service ns1/svc1: spec.clusterIPs[0]: {address} is {kind} address, which the API server refuses"
+            )
+        );
+    }
+    let mut dual = svc1();
+    dual.cluster_ips.push(ip("::1"));
+    assert_eq!(
+        service_err(&err(&state(vec![dual], vec![]))).2,
+        "spec.clusterIPs[1]"
+    );
+    let mut external = svc1();
+    external.external_ips = vec![ip("192.168.99.22"), ip("169.254.169.254")];
+    let e = refused_everywhere(&state(vec![external], vec![]));
+    assert_eq!(
+        e.to_string(),
+        "service ns1/svc1: spec.externalIPs[1]: 169.254.169.254 is a link-local address, which the API server refuses"
+    );
+}
+
+#[test]
+fn the_first_error_wins_over_warnings() {
+    // A warning before the error in the same slice does not hide the error, and a
+    // refused service reports no warnings.
+    let mut sl = slice(
+        "ns1",
+        "svc1",
+        &[("gone", 80), ("p80", 80)],
+        vec![ready("fd00::1"), ready("127.0.0.1")],
+    );
+    sl.address_type = IpFamily::Ipv4;
+    let e = refused_everywhere(&state(vec![svc1()], vec![sl]));
+    assert_eq!(
+        e.to_string(),
+        "endpoint slice svc1-slice of service ns1/svc1: endpoints[1].addresses[0]: 127.0.0.1 is a loopback address, which the API server refuses"
+    );
 }
 
 #[test]
@@ -213,19 +512,19 @@ fn lenient_mode_ignores_bad_slice_parts_but_keeps_the_service() {
     );
     sl.address_type = IpFamily::Ipv4;
     let s = state(vec![svc1()], vec![sl]);
-    assert!(
-        compile(&s, &config()).is_err(),
-        "strict mode refuses the slice"
-    );
     let lenient = compile_lenient(&s, &config()).unwrap();
     assert!(lenient.rejected.is_empty());
     let warnings: Vec<String> = lenient.warnings.iter().map(|w| w.to_string()).collect();
     assert_eq!(warnings.len(), 2, "{warnings:?}");
     assert!(warnings[0].contains("ports[1]: endpoint port \"gone\"/tcp matches no service port"));
     assert!(warnings[1].contains("endpoints[1].addresses[0]: fd00::1 is not an IPv4 address"));
-    // The usable parts compile as if the bad ones were not there.
+    // The usable parts compile as if the bad ones were not there, in strict mode too.
     let clean = one(svc1(), vec![ready("10.180.0.1")]);
     assert_eq!(lenient.ruleset, compile(&clean, &config()).unwrap());
+    assert_eq!(
+        compile_with_warnings(&s, &config()).unwrap().warnings,
+        lenient.warnings
+    );
 }
 
 #[test]
@@ -237,6 +536,119 @@ fn skipped_services_are_not_errors() {
     let ruleset = compile(&state(vec![headless, v6], vec![]), &config()).unwrap();
     let empty = compile(&ClusterState::new(), &config()).unwrap();
     assert_eq!(ruleset, empty);
+}
+
+/// A service with `ports` ports (`p1`..., numbered 1...), and one slice with all
+/// of them and `endpoints` endpoints.
+fn many_ports(ports: u16, endpoints: u8) -> ClusterState {
+    let mut svc = svc1();
+    svc.ports = (1..=ports)
+        .map(|i| ServicePort::tcp(format!("p{i}"), i))
+        .collect();
+    let mut sl = slice("ns1", "svc1", &[], vec![]);
+    sl.ports = (1..=ports)
+        .map(|i| EndpointPort::tcp(format!("p{i}"), i))
+        .collect();
+    sl.endpoints = (1..=endpoints)
+        .map(|j| ready(&format!("10.180.0.{j}")))
+        .collect();
+    state(vec![svc], vec![sl])
+}
+
+#[test]
+fn a_service_with_every_port_number_compiles() {
+    // Validation hashes where it compared every pair: a Service with 65,535 ports
+    // (under etcd's object size limit) compiles, one chain per port and endpoint.
+    let s = many_ports(u16::MAX, 3);
+    let warned = compile_with_warnings(&s, &config()).unwrap();
+    assert!(warned.warnings.is_empty());
+    let nat = warned.ruleset.table(svcnat::ruleset::Table::Nat).unwrap();
+    let named = |prefix: &str| {
+        nat.chains
+            .keys()
+            .filter(|c| c.as_str().starts_with(prefix))
+            .count()
+    };
+    assert_eq!(named("KUBE-SVC-"), 65_535);
+    assert_eq!(named("KUBE-SEP-"), 3 * 65_535);
+    let chains =
+        |r: &svcnat::ruleset::Ruleset| r.tables.iter().map(|t| t.chains.len()).sum::<usize>();
+    let empty = compile(&ClusterState::new(), &config()).unwrap();
+    assert_eq!(chains(&warned.ruleset), chains(&empty) + 4 * 65_535);
+}
+
+#[test]
+fn many_ports_keep_the_first_error() {
+    // Above the pairwise limit the checks hash; the error is the one comparing
+    // every earlier port in turn finds.
+    let with = |edit: &dyn Fn(&mut Vec<ServicePort>)| {
+        let mut s = many_ports(40, 1);
+        let key = ServiceKey::new("ns1", "svc1");
+        let mut svc = s.service(&key).unwrap().clone();
+        edit(&mut svc.ports);
+        s.upsert_service(svc);
+        let e = err(&s);
+        let (_, port, field, problem) = service_err(&e);
+        (port.map(str::to_owned), field.to_owned(), problem.clone())
+    };
+    // Port 30 repeats the name of port 5 and the number of port 3: the number.
+    let (port, field, problem) = with(&|p| {
+        p[30].name = "p6".into();
+        p[30].port = 4;
+    });
+    assert_eq!(
+        (port.as_deref(), field.as_str()),
+        (Some("p6"), "spec.ports[30].port")
+    );
+    assert_eq!(
+        problem,
+        Problem::DuplicatePort {
+            port: 4,
+            protocol: Protocol::Tcp
+        }
+    );
+    // The name of port 3 and the number of port 5: the name.
+    let (_, field, problem) = with(&|p| {
+        p[30].name = "p4".into();
+        p[30].port = 6;
+    });
+    assert_eq!(field, "spec.ports[30].name");
+    assert_eq!(problem, Problem::DuplicatePortName { name: "p4".into() });
+    // Both of one earlier port: the name. An earlier invalid port wins over both.
+    let (_, field, _) = with(&|p| {
+        p[30].name = "p4".into();
+        p[30].port = 4;
+    });
+    assert_eq!(field, "spec.ports[30].name");
+    let (_, field, problem) = with(&|p| {
+        p[30].name = "p4".into();
+        p[20].port = 0;
+    });
+    assert_eq!(
+        (field.as_str(), problem),
+        ("spec.ports[20].port", Problem::PortZero)
+    );
+    // A slice with many ports: a repeated name and protocol is refused; an
+    // unknown port only warned about.
+    let mut s = many_ports(40, 1);
+    let key = ServiceKey::new("ns1", "svc1");
+    let mut sl = s.slices_of(&key).next().unwrap().clone();
+    sl.ports[33].name = "zz".into();
+    s.upsert_slice(sl.clone());
+    let warned = compile_with_warnings(&s, &config()).unwrap();
+    assert_eq!(warned.warnings.len(), 1);
+    assert!(
+        warned.warnings[0]
+            .to_string()
+            .contains("ports[33]: endpoint port \"zz\"/tcp")
+    );
+    sl.ports[35].name = "p2".into();
+    s.upsert_slice(sl);
+    assert!(
+        err(&s)
+            .to_string()
+            .contains("ports[35].name: duplicate port name \"p2\"")
+    );
 }
 
 #[cfg(feature = "k8s")]
@@ -289,13 +701,23 @@ pub(crate) mod example_cli {
              "spec":{"clusterIP":"172.30.0.41","ports":[{"name":"p80","port":80}]}},
             {"apiVersion":"discovery.k8s.io/v1","kind":"EndpointSlice","addressType":"IPv4",
              "metadata":{"namespace":"ns1","name":"svc1-x","labels":{"kubernetes.io/service-name":"svc1"}},
-             "ports":[{"name":"p81","port":80}],"endpoints":[{"addresses":["10.180.0.1"]}]}]}"#;
+             "ports":[{"name":"p80","port":80}],"endpoints":[{"addresses":["127.0.0.1"]}]}]}"#;
         let (code, stdout, stderr) = run(&["-"], list);
         assert_eq!((code, stdout.as_str()), (2, ""));
         assert!(
-            stderr.contains("endpoint slice svc1-x of service ns1/svc1: ports[0]"),
+            stderr.contains("endpoint slice svc1-x of service ns1/svc1: endpoints[0].addresses[0]: 127.0.0.1 is a loopback address"),
             "{stderr}"
         );
+        // A port matching no service port is only skipped, as kube-proxy skips it.
+        let (code, stdout, stderr) = run(
+            &["-"],
+            &list.replace("127.0.0.1", "10.180.0.1").replace(
+                "p80\",\"port\":80}],\"endpoints",
+                "p81\",\"port\":80}],\"endpoints",
+            ),
+        );
+        assert_eq!(code, 0, "{stderr}");
+        assert!(stdout.contains("ns1/svc1:p80 has no endpoints"), "{stdout}");
     }
 
     #[test]
