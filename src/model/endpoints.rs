@@ -124,9 +124,30 @@ pub struct EndpointPort {
 impl EndpointPort {
     /// A TCP endpoint port.
     pub fn tcp(name: impl Into<String>, port: u16) -> Self {
+        EndpointPort::new(name, Protocol::Tcp, port)
+    }
+
+    /// A UDP endpoint port.
+    ///
+    /// ```
+    /// use svcnat::model::{EndpointPort, Protocol};
+    /// let dns = EndpointPort::udp("dns", 5353);
+    /// assert_eq!((dns.protocol, dns.port), (Protocol::Udp, 5353));
+    /// ```
+    pub fn udp(name: impl Into<String>, port: u16) -> Self {
+        EndpointPort::new(name, Protocol::Udp, port)
+    }
+
+    /// An SCTP endpoint port.
+    pub fn sctp(name: impl Into<String>, port: u16) -> Self {
+        EndpointPort::new(name, Protocol::Sctp, port)
+    }
+
+    /// An endpoint port with the given name, protocol and number.
+    pub fn new(name: impl Into<String>, protocol: Protocol, port: u16) -> Self {
         EndpointPort {
             name: name.into(),
-            protocol: Protocol::Tcp,
+            protocol,
             port,
         }
     }

@@ -115,9 +115,31 @@ pub struct ServicePort {
 impl ServicePort {
     /// A TCP port with the given name and number.
     pub fn tcp(name: impl Into<String>, port: u16) -> Self {
+        ServicePort::new(name, Protocol::Tcp, port)
+    }
+
+    /// A UDP port with the given name and number.
+    ///
+    /// ```
+    /// use svcnat::model::{Protocol, ServicePort};
+    /// let dns = ServicePort::udp("dns", 53);
+    /// assert_eq!((dns.protocol, dns.port), (Protocol::Udp, 53));
+    /// ```
+    pub fn udp(name: impl Into<String>, port: u16) -> Self {
+        ServicePort::new(name, Protocol::Udp, port)
+    }
+
+    /// An SCTP port with the given name and number.
+    pub fn sctp(name: impl Into<String>, port: u16) -> Self {
+        ServicePort::new(name, Protocol::Sctp, port)
+    }
+
+    /// A port with the given name, protocol and number, no target port and no
+    /// node port.
+    pub fn new(name: impl Into<String>, protocol: Protocol, port: u16) -> Self {
         ServicePort {
             name: name.into(),
-            protocol: Protocol::Tcp,
+            protocol,
             port,
             ..ServicePort::default()
         }
