@@ -86,7 +86,7 @@ pub mod sync;
 pub mod synthetic;
 pub mod trace;
 
-pub use error::{CompileError, Problem};
+pub use error::{CompileError, ParseValueError, Problem};
 
 /// Every error the crate returns.
 #[derive(Debug, thiserror::Error)]

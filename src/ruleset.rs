@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
 
 use arrayvec::ArrayString;
 use indexmap::IndexMap;
@@ -14,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 use thiserror::Error;
 
+use crate::error::ParseValueError;
 use crate::model::{IpFamily, Protocol};
 
 mod extra;
@@ -102,6 +104,32 @@ impl Table {
 impl fmt::Display for Table {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// Reads a table's name as iptables writes it (`filter`, `nat`, `mangle`, `raw`,
+/// `security`; iptables' table names are lower-case only).
+///
+/// ```
+/// use svcnat::ruleset::Table;
+/// assert_eq!("nat".parse(), Ok(Table::Nat));
+/// assert!("NAT".parse::<Table>().is_err());
+/// ```
+impl FromStr for Table {
+    type Err = ParseValueError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "filter" => Ok(Table::Filter),
+            "nat" => Ok(Table::Nat),
+            "mangle" => Ok(Table::Mangle),
+            "raw" => Ok(Table::Raw),
+            "security" => Ok(Table::Security),
+            _ => Err(ParseValueError::new(
+                s,
+                "a table (filter, nat, mangle, raw or security)",
+            )),
+        }
     }
 }
 

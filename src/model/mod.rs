@@ -9,9 +9,12 @@ mod service;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
+use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
+
+use crate::error::ParseValueError;
 
 pub use config::{LocalTrafficDetector, NodePortAddress, ProxyConfig};
 pub use endpoints::{Conditions, Endpoint, EndpointPort, EndpointSlice, Hints};
@@ -55,6 +58,26 @@ impl fmt::Display for IpFamily {
             IpFamily::Ipv4 => "IPv4",
             IpFamily::Ipv6 => "IPv6",
         })
+    }
+}
+
+/// Reads `ipv4`, `ipv6` or Kubernetes' `IPv4`, `IPv6` (what `Display` writes).
+///
+/// ```
+/// use svcnat::model::IpFamily;
+/// assert_eq!("ipv6".parse(), Ok(IpFamily::Ipv6));
+/// assert_eq!("IPv4".parse(), Ok(IpFamily::Ipv4));
+/// assert!("v4".parse::<IpFamily>().is_err());
+/// ```
+impl FromStr for IpFamily {
+    type Err = ParseValueError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "ipv4" | "IPv4" => Ok(IpFamily::Ipv4),
+            "ipv6" | "IPv6" => Ok(IpFamily::Ipv6),
+            _ => Err(ParseValueError::new(s, "an IP family (ipv4 or ipv6)")),
+        }
     }
 }
 

@@ -2,9 +2,12 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::str::FromStr;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
+
+use crate::error::ParseValueError;
 
 /// The namespace and name of a Service: kube-proxy's `NamespacedName`.
 ///
@@ -31,6 +34,32 @@ impl ServiceKey {
 impl fmt::Display for ServiceKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Reads `namespace/name`, as [`ServiceKey`]'s `Display` writes it: exactly one
+/// slash, with a non-empty part on each side. The parts are not checked further.
+///
+/// ```
+/// use svcnat::model::ServiceKey;
+/// let key: ServiceKey = "kube-system/kube-dns".parse()?;
+/// assert_eq!(key, ServiceKey::new("kube-system", "kube-dns"));
+/// assert!("kube-dns".parse::<ServiceKey>().is_err());
+/// assert!("a/b/c".parse::<ServiceKey>().is_err());
+/// # Ok::<(), svcnat::ParseValueError>(())
+/// ```
+impl FromStr for ServiceKey {
+    type Err = ParseValueError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.split_once('/') {
+            Some((namespace, name))
+                if !namespace.is_empty() && !name.is_empty() && !name.contains('/') =>
+            {
+                Ok(ServiceKey::new(namespace, name))
+            }
+            _ => Err(ParseValueError::new(s, "a service key (namespace/name)")),
+        }
     }
 }
 
@@ -78,6 +107,27 @@ impl Protocol {
 impl fmt::Display for Protocol {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// Reads iptables' `tcp`, `udp`, `sctp` or Kubernetes' `TCP`, `UDP`, `SCTP`.
+///
+/// ```
+/// use svcnat::model::Protocol;
+/// assert_eq!("udp".parse(), Ok(Protocol::Udp));
+/// assert_eq!("SCTP".parse(), Ok(Protocol::Sctp));
+/// assert!("Tcp".parse::<Protocol>().is_err());
+/// ```
+impl FromStr for Protocol {
+    type Err = ParseValueError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "tcp" | "TCP" => Ok(Protocol::Tcp),
+            "udp" | "UDP" => Ok(Protocol::Udp),
+            "sctp" | "SCTP" => Ok(Protocol::Sctp),
+            _ => Err(ParseValueError::new(s, "a protocol (tcp, udp or sctp)")),
+        }
     }
 }
 

@@ -239,6 +239,72 @@ fn skipped_services_are_not_errors() {
     assert_eq!(ruleset, empty);
 }
 
+/// Each `FromStr` reads back what `Display` writes, and refuses anything else
+/// with the text and what was expected.
+#[test]
+fn values_from_text() {
+    use svcnat::ParseValueError;
+    use svcnat::exec::Backend;
+    use svcnat::ruleset::Table;
+
+    fn round_trip<T>(values: &[T])
+    where
+        T: std::str::FromStr<Err = ParseValueError>
+            + std::fmt::Display
+            + PartialEq
+            + std::fmt::Debug,
+    {
+        for v in values {
+            assert_eq!(&v.to_string().parse::<T>().unwrap(), v);
+        }
+    }
+    round_trip(&[Protocol::Tcp, Protocol::Udp, Protocol::Sctp]);
+    round_trip(&[IpFamily::Ipv4, IpFamily::Ipv6]);
+    round_trip(&[
+        Table::Filter,
+        Table::Nat,
+        Table::Mangle,
+        Table::Raw,
+        Table::Security,
+    ]);
+    round_trip(&[
+        Backend::Auto,
+        Backend::Nft,
+        Backend::Legacy,
+        Backend::System,
+    ]);
+    round_trip(&[ServiceKey::new("ns1", "svc1")]);
+
+    // Kubernetes' spellings too.
+    assert_eq!("TCP".parse(), Ok(Protocol::Tcp));
+    assert_eq!("UDP".parse(), Ok(Protocol::Udp));
+    assert_eq!("ipv4".parse(), Ok(IpFamily::Ipv4));
+    assert_eq!("ipv6".parse(), Ok(IpFamily::Ipv6));
+
+    let refused = |e: ParseValueError| e.to_string();
+    assert_eq!(
+        refused("icmp".parse::<Protocol>().unwrap_err()),
+        r#""icmp" is not a protocol (tcp, udp or sctp)"#
+    );
+    assert_eq!(
+        refused("IPV4".parse::<IpFamily>().unwrap_err()),
+        r#""IPV4" is not an IP family (ipv4 or ipv6)"#
+    );
+    assert_eq!(
+        refused("Nat".parse::<Table>().unwrap_err()),
+        r#""Nat" is not a table (filter, nat, mangle, raw or security)"#
+    );
+    assert_eq!(
+        refused("".parse::<Backend>().unwrap_err()),
+        r#""" is not a backend (auto, nft, legacy or system)"#
+    );
+    for bad in ["", "svc1", "/svc1", "ns1/", "/", "ns1/svc1/x", "ns1//svc1"] {
+        let e = bad.parse::<ServiceKey>().unwrap_err();
+        assert_eq!(e.value, bad);
+        assert_eq!(e.expected, "a service key (namespace/name)");
+    }
+}
+
 #[cfg(feature = "k8s")]
 pub(crate) mod example_cli {
     pub(crate) use crate::fixtures::{example, run_example};
