@@ -1191,6 +1191,19 @@ impl TableRules {
 }
 
 /// A family's rules: the tables in the order they are written (filter, then nat).
+///
+/// Displayed as its `iptables-restore` text, as [`crate::render`] writes it:
+///
+/// ```
+/// use svcnat::model::IpFamily;
+/// use svcnat::ruleset::{ChainName, Rule, Ruleset, Table, TableRules, Target};
+/// let mut nat = TableRules::new(Table::Nat);
+/// nat.append(&ChainName::new("MY-CHAIN")?, Rule::new().to(Target::Return));
+/// let ruleset = Ruleset { family: IpFamily::Ipv4, tables: vec![nat] };
+/// assert_eq!(ruleset.to_string(), svcnat::render::to_string(&ruleset));
+/// assert_eq!(ruleset.to_string(), "*nat\n:MY-CHAIN - [0:0]\n-A MY-CHAIN -j RETURN\nCOMMIT\n");
+/// # Ok::<(), svcnat::ruleset::IrError>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ruleset {
     /// The family (decides between `iptables-restore` and `ip6tables-restore`).
@@ -1217,5 +1230,12 @@ impl Ruleset {
             .flat_map(|t| t.chains.values())
             .map(|c| c.rules.len())
             .sum()
+    }
+}
+
+impl fmt::Display for Ruleset {
+    /// The `iptables-restore` text: [`crate::render::write_fmt`].
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        crate::render::write_fmt(self, f)
     }
 }

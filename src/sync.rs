@@ -72,8 +72,37 @@ pub enum FlowDestination {
     NodePort(u16),
 }
 
+impl fmt::Display for FlowDestination {
+    /// `IP:PORT` (`[IP]:PORT` for IPv6), or `node port PORT`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FlowDestination::Service(addr) => write!(f, "{addr}"),
+            FlowDestination::NodePort(port) => write!(f, "node port {port}"),
+        }
+    }
+}
+
 /// Conntrack entries the caller should delete after a sync: UDP and SCTP flows
 /// keep going to their old destination until their entry expires.
+///
+/// Displayed as protocol, destination and endpoint, for a log line:
+///
+/// ```
+/// use svcnat::model::Protocol;
+/// use svcnat::sync::{FlowDestination, StaleFlow};
+/// let flow = StaleFlow {
+///     protocol: Protocol::Udp,
+///     destination: FlowDestination::Service("172.30.0.10:53".parse().unwrap()),
+///     endpoint: Some("10.180.0.3".parse().unwrap()),
+/// };
+/// assert_eq!(flow.to_string(), "udp 172.30.0.10:53 -> 10.180.0.3");
+/// let flow = StaleFlow {
+///     destination: FlowDestination::NodePort(30053),
+///     endpoint: None,
+///     ..flow
+/// };
+/// assert_eq!(flow.to_string(), "udp node port 30053 -> no endpoint");
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct StaleFlow {
     /// UDP or SCTP.
@@ -83,6 +112,18 @@ pub struct StaleFlow {
     /// The endpoint they were sent to, which is gone; `None` for a service that has
     /// just gained endpoints (entries made while it had none are stale).
     pub endpoint: Option<IpAddr>,
+}
+
+impl fmt::Display for StaleFlow {
+    /// `PROTOCOL DESTINATION -> ENDPOINT`, `no endpoint` for flows made while the
+    /// service had none.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} -> ", self.protocol, self.destination)?;
+        match self.endpoint {
+            Some(ip) => write!(f, "{ip}"),
+            None => f.write_str("no endpoint"),
+        }
+    }
 }
 
 /// A restore payload for one family, applied with `--noflush`: its text, and the
@@ -255,6 +296,53 @@ pub struct SyncReport {
     /// the config, the cluster-size rule or the first sync required it. The others'
     /// chain names and rule text were reused from the sync before.
     pub recompiled: usize,
+}
+
+impl fmt::Display for SyncReport {
+    /// One line for a log: `full|partial, B bytes, W chains written, D chains
+    /// deleted`, then the services recompiled, and the stale flows, rejected
+    /// services and warnings when there are any.
+    ///
+    /// ```
+    /// use svcnat::exec::Recorder;
+    /// use svcnat::model::*;
+    /// use svcnat::sync::Syncer;
+    ///
+    /// let mut syncer = Syncer::new(Recorder::new(), ProxyConfig::default())?;
+    /// syncer.upsert_service(
+    ///     Service::cluster_ip("ns1", "svc1", "172.30.0.41".parse().unwrap())
+    ///         .with_port(ServicePort::tcp("p80", 80)),
+    /// );
+    /// syncer.sync()?;
+    /// syncer.remove_service(&ServiceKey::new("ns1", "svc1"));
+    /// let report = syncer.sync()?;
+    /// assert_eq!(
+    ///     report.to_string(),
+    ///     format!("partial, {} bytes, 1 chains written, 0 chains deleted, 1 services recompiled", report.bytes)
+    /// );
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}, {} bytes, {} chains written, {} chains deleted, {} services recompiled",
+            if self.full { "full" } else { "partial" },
+            self.bytes,
+            self.payload.chains_written(),
+            self.payload.chains_deleted(),
+            self.recompiled,
+        )?;
+        for (count, what) in [
+            (self.stale_flows.len(), "stale flows"),
+            (self.rejected.len(), "services rejected"),
+            (self.warnings.len(), "warnings"),
+        ] {
+            if count > 0 {
+                write!(f, ", {count} {what}")?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Why a sync failed. The [`Syncer`] is left ready: its next sync is a full one.
