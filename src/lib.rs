@@ -87,6 +87,7 @@ pub mod synthetic;
 pub mod trace;
 
 pub use error::{CompileError, ParseValueError, Problem};
+pub use model::IpNet;
 
 /// Every error the crate returns.
 #[derive(Debug, thiserror::Error)]

@@ -17,6 +17,15 @@ use smallvec::SmallVec;
 use crate::error::ParseValueError;
 
 pub use config::{LocalTrafficDetector, NodePortAddress, ProxyConfig};
+/// The CIDR type the model takes (cluster CIDRs, node-port addresses, source
+/// ranges), re-exported so that an embedder needs no `ipnet` dependency of its own:
+///
+/// ```
+/// use svcnat::model::{IpNet, ProxyConfig};
+/// let pods: IpNet = "10.244.0.0/16".parse().unwrap();
+/// let config = ProxyConfig::default().with_cluster_cidrs([pods]);
+/// ```
+pub use ipnet::IpNet;
 pub use endpoints::{Conditions, Endpoint, EndpointPort, EndpointSlice, Hints};
 pub use service::{
     IpMode, LoadBalancerIngress, Protocol, Service, ServiceKey, ServicePort, ServiceType,
