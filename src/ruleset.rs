@@ -642,6 +642,7 @@ impl fmt::Display for Mark {
 
 /// A conntrack state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum CtState {
     /// `NEW`.
     New,
@@ -669,6 +670,7 @@ impl fmt::Display for CtState {
 
 /// What a `recent` match does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum RecentAction {
     /// `--set`: record the source address.
     Set,
@@ -682,6 +684,7 @@ pub enum RecentAction {
 /// One match of a rule. Each prints as the flags kube-proxy writes for it, in the
 /// order they appear in [`Rule::matches`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum Match {
     /// `-m comment --comment TEXT`.
     Comment(Comment),
@@ -764,6 +767,7 @@ pub enum Match {
 
 /// The nfacct counters kube-proxy counts packets in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum NfacctCounter {
     /// `ct_state_invalid_dropped_pkts`: packets dropped by the INVALID rule.
     CtStateInvalidDropped,
@@ -913,6 +917,7 @@ pub enum MarkOp {
 
 /// What a rule does with a packet it matches.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum Target {
     /// `-j CHAIN`.
     Jump(ChainName),

@@ -15,6 +15,7 @@ use crate::sync::{FlowDestination, StaleFlow};
 
 /// Which iptables variant to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Backend {
     /// Pick nft or legacy by looking at which one holds rules already (the one with
     /// more rules wins, nft on a tie), as kube-proxy's image wrapper does.

@@ -67,6 +67,7 @@ impl FromStr for ServiceKey {
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
 )]
+#[non_exhaustive]
 pub enum ServiceType {
     /// Reachable on its cluster IPs only.
     #[default]
@@ -83,6 +84,7 @@ pub enum ServiceType {
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
 )]
 #[serde(rename_all = "UPPERCASE")]
+#[non_exhaustive]
 pub enum Protocol {
     /// TCP, the Kubernetes default.
     #[default]
@@ -240,6 +242,7 @@ pub enum TrafficPolicy {
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
 )]
+#[non_exhaustive]
 pub enum IpMode {
     /// The load balancer delivers packets with the VIP as destination (the default).
     #[default]
