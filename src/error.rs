@@ -103,7 +103,7 @@ pub enum Problem {
         range: &'static str,
     },
     /// A value this crate does not support.
-    #[error("unsupported value {value:?}")]
+    #[error("{value:?} is not supported")]
     Unsupported {
         /// The value.
         value: String,

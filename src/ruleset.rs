@@ -53,7 +53,7 @@ pub enum IrError {
         reason: &'static str,
     },
     /// A probability outside [0, 1] (or `1/0`).
-    #[error("invalid probability {0}")]
+    #[error("invalid probability {0}: not between 0 and 1")]
     Probability(String),
     /// A word of rule text (set name, protocol, reject type) that could break a rule line.
     #[error("invalid word {word:?}: {reason}")]

@@ -35,7 +35,7 @@ pub const DEFAULT_AFFINITY_SECONDS: u32 = 10800;
 
 /// A Kubernetes object that could not be converted.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("{kind} {name}: {field}: {problem}")]
+#[error("{} {name}: {field}: {problem}", kind_words(.kind))]
 pub struct ConvertError {
     /// `Service` or `EndpointSlice`.
     pub kind: &'static str,
@@ -45,6 +45,15 @@ pub struct ConvertError {
     pub field: String,
     /// What is wrong.
     pub problem: Problem,
+}
+
+/// A kind as the crate's other messages name objects: `service`, `endpoint slice`.
+fn kind_words(kind: &str) -> &str {
+    match kind {
+        "Service" => "service",
+        "EndpointSlice" => "endpoint slice",
+        other => other,
+    }
 }
 
 struct Obj {

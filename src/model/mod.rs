@@ -17,6 +17,7 @@ use smallvec::SmallVec;
 use crate::error::ParseValueError;
 
 pub use config::{LocalTrafficDetector, NodePortAddress, ProxyConfig};
+pub use endpoints::{Conditions, Endpoint, EndpointPort, EndpointSlice, Hints};
 /// The CIDR type the model takes (cluster CIDRs, node-port addresses, source
 /// ranges), re-exported so that an embedder needs no `ipnet` dependency of its own:
 ///
@@ -26,7 +27,6 @@ pub use config::{LocalTrafficDetector, NodePortAddress, ProxyConfig};
 /// let config = ProxyConfig::default().with_cluster_cidrs([pods]);
 /// ```
 pub use ipnet::IpNet;
-pub use endpoints::{Conditions, Endpoint, EndpointPort, EndpointSlice, Hints};
 pub use service::{
     IpMode, LoadBalancerIngress, Protocol, Service, ServiceKey, ServicePort, ServiceType,
     SessionAffinity, TargetPort, TrafficPolicy,

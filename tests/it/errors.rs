@@ -332,7 +332,7 @@ pub(crate) mod example_cli {
         assert_eq!(stdout, "");
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
         assert!(
-            stderr.contains("Service ns1/svc1: spec.ports[0].port: 70000 is not a port number"),
+            stderr.contains("service ns1/svc1: spec.ports[0].port: 70000 is not a port number"),
             "{stderr}"
         );
     }
@@ -605,4 +605,53 @@ pub(crate) mod example_cli {
         let (code, _, _) = run_example("trace", &["--src", "1.2.3.4"], "");
         assert_eq!(code, 2);
     }
+}
+
+/// Every stage's errors read alike: lower-case, `subject: problem`, no period.
+#[test]
+fn messages_of_the_other_stages() {
+    use svcnat::exec::{ExecError, Executor, Recorder};
+    use svcnat::ruleset::Probability;
+
+    assert_eq!(
+        Probability::one_in(0).unwrap_err().to_string(),
+        "invalid probability 1/0: not between 0 and 1"
+    );
+    assert_eq!(
+        Probability::new(1.5).unwrap_err().to_string(),
+        "invalid probability 1.5: not between 0 and 1"
+    );
+    // An executor without conntrack support says which call it does not support.
+    struct NoConntrack(Recorder);
+    impl Executor for NoConntrack {
+        fn restore(
+            &mut self,
+            family: IpFamily,
+            payload: &str,
+            options: svcnat::exec::RestoreOptions,
+        ) -> Result<(), ExecError> {
+            self.0.restore(family, payload, options)
+        }
+        fn save(
+            &mut self,
+            family: IpFamily,
+            table: svcnat::ruleset::Table,
+        ) -> Result<String, ExecError> {
+            self.0.save(family, table)
+        }
+        fn ensure_jump(
+            &mut self,
+            family: IpFamily,
+            jump: &svcnat::compile::JumpRule,
+        ) -> Result<(), ExecError> {
+            self.0.ensure_jump(family, jump)
+        }
+    }
+    let e = NoConntrack(Recorder::new())
+        .clear_conntrack(IpFamily::Ipv4, &[])
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "clear_conntrack: not supported by this executor"
+    );
 }

@@ -75,12 +75,16 @@ fn service_errors_name_object_and_field() {
     assert_eq!(e.kind, "Service");
     assert_eq!(e.name, "ns1/svc1");
     assert_eq!(e.field, "spec.ports[1].protocol");
+    assert_eq!(
+        e.to_string(),
+        "service ns1/svc1: spec.ports[1].protocol: \"ICMP\" is not supported"
+    );
     let e = service(&svc(r#"{"metadata":{"namespace":"ns1","name":"svc1"},
         "spec":{"clusterIP":"172.30.0.41","externalIPs":["1.2.3"],"ports":[{"port":80}]}}"#))
     .unwrap_err();
     assert_eq!(
         e.to_string(),
-        "Service ns1/svc1: spec.externalIPs[0]: \"1.2.3\" is not a valid IP address"
+        "service ns1/svc1: spec.externalIPs[0]: \"1.2.3\" is not a valid IP address"
     );
     let e = service(&svc(
         r#"{"metadata":{"name":"svc1"},"spec":{"clusterIP":"172.30.0.41"}}"#,
@@ -132,6 +136,6 @@ fn ignored_slices_and_slice_errors() {
     let e = endpoint_slice(&slice(bad)).unwrap_err();
     assert_eq!(
         e.to_string(),
-        "EndpointSlice ns1/x: endpoints[1].addresses[0]: \"nope\" is not a valid IP address"
+        "endpoint slice ns1/x: endpoints[1].addresses[0]: \"nope\" is not a valid IP address"
     );
 }
