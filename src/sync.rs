@@ -58,7 +58,7 @@ use crate::compile::{
 use crate::error::CompileError;
 use crate::exec::{ExecError, Executor, RestoreOptions};
 use crate::model::{
-    ClusterState, EndpointSlice, IpFamily, Protocol, ProxyConfig, Service, ServiceKey,
+    ClusterState, EndpointSlice, IpFamily, Protocol, ProxyConfig, Service, ServiceKey, SliceKey,
 };
 use crate::render;
 use crate::ruleset::{Chain, ChainName, Ruleset, Table};
@@ -501,13 +501,16 @@ impl<E: Executor> Syncer<E> {
         }
     }
 
-    /// Adds or replaces an EndpointSlice.
+    /// Adds or replaces an EndpointSlice. A slice whose service label changed
+    /// moves: the service it left is recompiled too.
     pub fn upsert_slice(&mut self, slice: EndpointSlice) {
         let key = slice.service();
-        if self.state.slices_of(&key).any(|s| *s == slice) {
+        if self.state.slice(&slice.key()) == Some(&slice) {
             return;
         }
-        self.state.upsert_slice(slice);
+        if let Some(old) = self.state.upsert_slice(slice) {
+            self.dirty.insert(old.service());
+        }
         self.dirty.insert(key);
     }
 
@@ -516,6 +519,14 @@ impl<E: Executor> Syncer<E> {
         if self.state.remove_slice(key, name).is_some() {
             self.dirty.insert(key.clone());
         }
+    }
+
+    /// Deletes the EndpointSlice with this namespace and name, whichever service it
+    /// belonged to (what a Kubernetes delete event names); returns it.
+    pub fn remove_slice_by_key(&mut self, key: &SliceKey) -> Option<EndpointSlice> {
+        let removed = self.state.remove_slice_by_key(key)?;
+        self.dirty.insert(removed.service());
+        Some(removed)
     }
 
     /// Replaces the whole state; the services that differ are marked dirty.
