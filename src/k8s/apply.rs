@@ -74,8 +74,8 @@ impl<E: Executor> Syncer<E> {
     /// keeps a syncer in step with a cluster (feature `k8s`). The next
     /// [`Syncer::sync`] writes what changed.
     ///
-    /// An update that [`service`](super::service) or
-    /// [`endpoint_slice`](super::endpoint_slice) skips removes what the state held
+    /// An update that [`k8s::service`](crate::k8s::service) or
+    /// [`k8s::endpoint_slice`](crate::k8s::endpoint_slice) skips removes what the state held
     /// under the object's key: a Service that became headless or ExternalName loses
     /// its rules, a slice that lost its service label or became FQDN leaves its
     /// service. A slice whose service label changed moves to its new service.
