@@ -188,14 +188,14 @@ impl ClusterState {
     /// assert_eq!(state.slices_of(&ServiceKey::new("ns1", "new")).count(), 1);
     /// ```
     pub fn upsert_slice(&mut self, slice: EndpointSlice) -> Option<EndpointSlice> {
-        let moved_from = match self.slice_services.get(&slice.key()) {
+        let key = slice.key();
+        let moved_from = match self.slice_services.get(&key) {
             Some(service) if *service != slice.service_name => {
-                Some(ServiceKey::new(slice.namespace.clone(), service.clone()))
+                Some(ServiceKey::new(key.namespace, service.clone()))
             }
             Some(_) => None,
             None => {
-                self.slice_services
-                    .insert(slice.key(), slice.service_name.clone());
+                self.slice_services.insert(key, slice.service_name.clone());
                 None
             }
         };
