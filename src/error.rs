@@ -132,7 +132,7 @@ pub enum Problem {
         range: &'static str,
     },
     /// A value this crate does not support.
-    #[error("unsupported value {value:?}")]
+    #[error("{value:?} is not supported")]
     Unsupported {
         /// The value.
         value: String,
@@ -140,6 +140,35 @@ pub enum Problem {
     /// A name or comment the rule IR refuses (too long, unsafe characters).
     #[error(transparent)]
     Ir(#[from] IrError),
+}
+
+/// Text that names none of the values a type has: what the crate's `FromStr`
+/// implementations return ([`Protocol`], [`IpFamily`], [`ServiceKey`],
+/// [`crate::ruleset::Table`], [`crate::exec::Backend`]).
+///
+/// ```
+/// use svcnat::model::Protocol;
+/// let err = "icmp".parse::<Protocol>().unwrap_err();
+/// assert_eq!(err.value, "icmp");
+/// assert_eq!(err.to_string(), r#""icmp" is not a protocol (tcp, udp or sctp)"#);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{value:?} is not {expected}")]
+#[non_exhaustive]
+pub struct ParseValueError {
+    /// The text given.
+    pub value: String,
+    /// What it should have been, e.g. "a protocol (tcp, udp or sctp)".
+    pub expected: &'static str,
+}
+
+impl ParseValueError {
+    pub(crate) fn new(value: &str, expected: &'static str) -> Self {
+        ParseValueError {
+            value: value.to_owned(),
+            expected,
+        }
+    }
 }
 
 /// Why [`crate::compile::compile`] refused its input.

@@ -1,7 +1,8 @@
 //! # svcnat
 //!
 //! Kubernetes Services in, `iptables-restore` text out: what kube-proxy's iptables
-//! mode writes, as an embeddable library.
+//! mode writes, as an embeddable library. An embedder that watches a cluster
+//! starts at [Keeping a node in step with a cluster](#keeping-a-node-in-step-with-a-cluster).
 //!
 //! The crate is a pipeline of pure stages:
 //!
@@ -45,6 +46,54 @@
 //!      -m tcp -p tcp -j DNAT --to-destination 10.180.0.1:80"
 //! ));
 //! # Ok::<(), svcnat::Error>(())
+//! ```
+//!
+//! ## Keeping a node in step with a cluster
+//!
+//! Hand every watch event of Services and EndpointSlices to
+//! [`Syncer::apply_k8s`](sync::Syncer::apply_k8s) (feature `k8s`), then call
+//! [`Syncer::sync`](sync::Syncer::sync): each sync writes only the chains that
+//! changed, through an [`exec::Executor`] ([`exec::IptablesRestore`] on a node,
+//! [`exec::Recorder`] in tests). The call turns updates that take an object out of
+//! what kube-proxy models into removals: a Service that becomes headless or
+//! ExternalName, a slice that loses its service label or becomes FQDN. A slice
+//! whose label changes moves to its new service.
+//!
+//! ```
+//! # #[cfg(feature = "k8s")] {
+//! use k8s_openapi::api::core::v1::Service;
+//! use k8s_openapi::api::discovery::v1::EndpointSlice;
+//! use svcnat::exec::Recorder;
+//! use svcnat::k8s::{Action, Event};
+//! use svcnat::model::ProxyConfig;
+//! use svcnat::sync::Syncer;
+//!
+//! // Objects as a watch delivers them.
+//! let mut svc: Service = serde_json::from_str(r#"{
+//!     "metadata": {"namespace": "ns1", "name": "svc1"},
+//!     "spec": {"clusterIP": "172.30.0.41", "ports": [{"name": "p80", "port": 80}]}}"#)?;
+//! let slice: EndpointSlice = serde_json::from_str(r#"{
+//!     "metadata": {"namespace": "ns1", "name": "svc1-abcde",
+//!                  "labels": {"kubernetes.io/service-name": "svc1"}},
+//!     "addressType": "IPv4", "ports": [{"name": "p80", "port": 8080}],
+//!     "endpoints": [{"addresses": ["10.180.0.1"]}]}"#)?;
+//!
+//! let config = ProxyConfig::default().with_cluster_cidrs(["10.0.0.0/8".parse()?]);
+//! let mut syncer = Syncer::new(Recorder::new(), config)?;
+//! for event in [Event::applied(&svc), Event::applied(&slice)] {
+//!     assert_eq!(syncer.apply_k8s(event)?, Action::Upserted);
+//! }
+//! let report = syncer.sync()?;
+//! // A log line: "full, B bytes, W chains written, 0 chains deleted, 1 services recompiled".
+//! assert!(report.to_string().starts_with("full, "));
+//!
+//! // The Service becomes headless: the same call removes its rules.
+//! svc.spec.as_mut().unwrap().cluster_ip = Some("None".into());
+//! assert_eq!(syncer.apply_k8s(Event::applied(&svc))?, Action::Removed);
+//! let report = syncer.sync()?;
+//! assert!(!report.payload.text().contains("172.30.0.41"));
+//! # }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
 //! ## Determinism
@@ -101,7 +150,7 @@
 //!
 //! | feature | what it adds |
 //! |---|---|
-//! | `k8s` | [`k8s`]: conversion from k8s-openapi `Service` and `EndpointSlice` (the embedder selects the Kubernetes version feature of k8s-openapi) |
+//! | `k8s` | [`k8s`]: conversion from k8s-openapi `Service` and `EndpointSlice`, and [`Syncer::apply_k8s`](sync::Syncer::apply_k8s) for watch events (the embedder selects the Kubernetes version feature of k8s-openapi) |
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 // Errors carry the object, port and field by value so they stand alone in a log
@@ -121,7 +170,8 @@ pub mod sync;
 pub mod synthetic;
 pub mod trace;
 
-pub use error::{CompileError, Problem};
+pub use error::{CompileError, ParseValueError, Problem};
+pub use model::IpNet;
 
 /// Every error the crate returns.
 #[derive(Debug, thiserror::Error)]

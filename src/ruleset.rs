@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
 
 use arrayvec::ArrayString;
 use indexmap::IndexMap;
@@ -14,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 use thiserror::Error;
 
+use crate::error::ParseValueError;
 use crate::model::{IpFamily, Protocol};
 
 mod extra;
@@ -51,7 +53,7 @@ pub enum IrError {
         reason: &'static str,
     },
     /// A probability outside [0, 1] (or `1/0`).
-    #[error("invalid probability {0}")]
+    #[error("invalid probability {0}: not between 0 and 1")]
     Probability(String),
     /// A word of rule text (set name, protocol, reject type) that could break a rule line.
     #[error("invalid word {word:?}: {reason}")]
@@ -102,6 +104,32 @@ impl Table {
 impl fmt::Display for Table {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// Reads a table's name as iptables writes it (`filter`, `nat`, `mangle`, `raw`,
+/// `security`; iptables' table names are lower-case only).
+///
+/// ```
+/// use svcnat::ruleset::Table;
+/// assert_eq!("nat".parse(), Ok(Table::Nat));
+/// assert!("NAT".parse::<Table>().is_err());
+/// ```
+impl FromStr for Table {
+    type Err = ParseValueError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "filter" => Ok(Table::Filter),
+            "nat" => Ok(Table::Nat),
+            "mangle" => Ok(Table::Mangle),
+            "raw" => Ok(Table::Raw),
+            "security" => Ok(Table::Security),
+            _ => Err(ParseValueError::new(
+                s,
+                "a table (filter, nat, mangle, raw or security)",
+            )),
+        }
     }
 }
 
@@ -614,6 +642,7 @@ impl fmt::Display for Mark {
 
 /// A conntrack state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum CtState {
     /// `NEW`.
     New,
@@ -641,6 +670,7 @@ impl fmt::Display for CtState {
 
 /// What a `recent` match does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum RecentAction {
     /// `--set`: record the source address.
     Set,
@@ -654,6 +684,7 @@ pub enum RecentAction {
 /// One match of a rule. Each prints as the flags kube-proxy writes for it, in the
 /// order they appear in [`Rule::matches`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum Match {
     /// `-m comment --comment TEXT`.
     Comment(Comment),
@@ -736,6 +767,7 @@ pub enum Match {
 
 /// The nfacct counters kube-proxy counts packets in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum NfacctCounter {
     /// `ct_state_invalid_dropped_pkts`: packets dropped by the INVALID rule.
     CtStateInvalidDropped,
@@ -885,6 +917,7 @@ pub enum MarkOp {
 
 /// What a rule does with a packet it matches.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum Target {
     /// `-j CHAIN`.
     Jump(ChainName),
@@ -1163,6 +1196,19 @@ impl TableRules {
 }
 
 /// A family's rules: the tables in the order they are written (filter, then nat).
+///
+/// Displayed as its `iptables-restore` text, as [`crate::render`] writes it:
+///
+/// ```
+/// use svcnat::model::IpFamily;
+/// use svcnat::ruleset::{ChainName, Rule, Ruleset, Table, TableRules, Target};
+/// let mut nat = TableRules::new(Table::Nat);
+/// nat.append(&ChainName::new("MY-CHAIN")?, Rule::new().to(Target::Return));
+/// let ruleset = Ruleset { family: IpFamily::Ipv4, tables: vec![nat] };
+/// assert_eq!(ruleset.to_string(), svcnat::render::to_string(&ruleset));
+/// assert_eq!(ruleset.to_string(), "*nat\n:MY-CHAIN - [0:0]\n-A MY-CHAIN -j RETURN\nCOMMIT\n");
+/// # Ok::<(), svcnat::ruleset::IrError>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ruleset {
     /// The family (decides between `iptables-restore` and `ip6tables-restore`).
@@ -1189,5 +1235,12 @@ impl Ruleset {
             .flat_map(|t| t.chains.values())
             .map(|c| c.rules.len())
             .sum()
+    }
+}
+
+impl fmt::Display for Ruleset {
+    /// The `iptables-restore` text: [`crate::render::write_fmt`].
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        crate::render::write_fmt(self, f)
     }
 }

@@ -58,7 +58,7 @@ use crate::compile::{
 use crate::error::CompileError;
 use crate::exec::{ExecError, Executor, RestoreOptions};
 use crate::model::{
-    ClusterState, EndpointSlice, IpFamily, Protocol, ProxyConfig, Service, ServiceKey,
+    ClusterState, EndpointSlice, IpFamily, Protocol, ProxyConfig, Service, ServiceKey, SliceKey,
 };
 use crate::render;
 use crate::ruleset::{Chain, ChainName, Ruleset, Table};
@@ -72,8 +72,37 @@ pub enum FlowDestination {
     NodePort(u16),
 }
 
+impl fmt::Display for FlowDestination {
+    /// `IP:PORT` (`[IP]:PORT` for IPv6), or `node port PORT`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FlowDestination::Service(addr) => write!(f, "{addr}"),
+            FlowDestination::NodePort(port) => write!(f, "node port {port}"),
+        }
+    }
+}
+
 /// Conntrack entries the caller should delete after a sync: UDP and SCTP flows
 /// keep going to their old destination until their entry expires.
+///
+/// Displayed as protocol, destination and endpoint, for a log line:
+///
+/// ```
+/// use svcnat::model::Protocol;
+/// use svcnat::sync::{FlowDestination, StaleFlow};
+/// let flow = StaleFlow {
+///     protocol: Protocol::Udp,
+///     destination: FlowDestination::Service("172.30.0.10:53".parse().unwrap()),
+///     endpoint: Some("10.180.0.3".parse().unwrap()),
+/// };
+/// assert_eq!(flow.to_string(), "udp 172.30.0.10:53 -> 10.180.0.3");
+/// let flow = StaleFlow {
+///     destination: FlowDestination::NodePort(30053),
+///     endpoint: None,
+///     ..flow
+/// };
+/// assert_eq!(flow.to_string(), "udp node port 30053 -> no endpoint");
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct StaleFlow {
     /// UDP or SCTP.
@@ -83,6 +112,18 @@ pub struct StaleFlow {
     /// The endpoint they were sent to, which is gone; `None` for a service that has
     /// just gained endpoints (entries made while it had none are stale).
     pub endpoint: Option<IpAddr>,
+}
+
+impl fmt::Display for StaleFlow {
+    /// `PROTOCOL DESTINATION -> ENDPOINT`, `no endpoint` for flows made while the
+    /// service had none.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} -> ", self.protocol, self.destination)?;
+        match self.endpoint {
+            Some(ip) => write!(f, "{ip}"),
+            None => f.write_str("no endpoint"),
+        }
+    }
 }
 
 /// A restore payload for one family, applied with `--noflush`: its text, and the
@@ -259,6 +300,53 @@ pub struct SyncReport {
     pub recompiled: usize,
 }
 
+impl fmt::Display for SyncReport {
+    /// One line for a log: `full|partial, B bytes, W chains written, D chains
+    /// deleted`, then the services recompiled, and the stale flows, rejected
+    /// services and warnings when there are any.
+    ///
+    /// ```
+    /// use svcnat::exec::Recorder;
+    /// use svcnat::model::*;
+    /// use svcnat::sync::Syncer;
+    ///
+    /// let mut syncer = Syncer::new(Recorder::new(), ProxyConfig::default())?;
+    /// syncer.upsert_service(
+    ///     Service::cluster_ip("ns1", "svc1", "172.30.0.41".parse().unwrap())
+    ///         .with_port(ServicePort::tcp("p80", 80)),
+    /// );
+    /// syncer.sync()?;
+    /// syncer.remove_service(&ServiceKey::new("ns1", "svc1"));
+    /// let report = syncer.sync()?;
+    /// assert_eq!(
+    ///     report.to_string(),
+    ///     format!("partial, {} bytes, 1 chains written, 0 chains deleted, 1 services recompiled", report.bytes)
+    /// );
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}, {} bytes, {} chains written, {} chains deleted, {} services recompiled",
+            if self.full { "full" } else { "partial" },
+            self.bytes,
+            self.payload.chains_written(),
+            self.payload.chains_deleted(),
+            self.recompiled,
+        )?;
+        for (count, what) in [
+            (self.stale_flows.len(), "stale flows"),
+            (self.rejected.len(), "services rejected"),
+            (self.warnings.len(), "warnings"),
+        ] {
+            if count > 0 {
+                write!(f, ", {count} {what}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Why a sync failed. The [`Syncer`] is left ready: its next sync is a full one.
 #[derive(Debug, Error)]
 #[non_exhaustive]
@@ -415,13 +503,16 @@ impl<E: Executor> Syncer<E> {
         }
     }
 
-    /// Adds or replaces an EndpointSlice.
+    /// Adds or replaces an EndpointSlice. A slice whose service label changed
+    /// moves: the service it left is recompiled too.
     pub fn upsert_slice(&mut self, slice: EndpointSlice) {
         let key = slice.service();
-        if self.state.slices_of(&key).any(|s| *s == slice) {
+        if self.state.slice(&slice.key()) == Some(&slice) {
             return;
         }
-        self.state.upsert_slice(slice);
+        if let Some(old) = self.state.upsert_slice(slice) {
+            self.dirty.insert(old.service());
+        }
         self.dirty.insert(key);
     }
 
@@ -430,6 +521,14 @@ impl<E: Executor> Syncer<E> {
         if self.state.remove_slice(key, name).is_some() {
             self.dirty.insert(key.clone());
         }
+    }
+
+    /// Deletes the EndpointSlice with this namespace and name, whichever service it
+    /// belonged to (what a Kubernetes delete event names); returns it.
+    pub fn remove_slice_by_key(&mut self, key: &SliceKey) -> Option<EndpointSlice> {
+        let removed = self.state.remove_slice_by_key(key)?;
+        self.dirty.insert(removed.service());
+        Some(removed)
     }
 
     /// Replaces the whole state; the services that differ are marked dirty.

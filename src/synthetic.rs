@@ -44,6 +44,7 @@ const NODE_PORTS: usize = 2768;
 /// Which service types a generated cluster has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
 pub enum Mix {
     /// Every service is a ClusterIP service with one TCP port.
     #[default]

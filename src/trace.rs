@@ -97,6 +97,7 @@ use crate::ruleset::{
 
 /// Where a packet enters the node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum Entry {
     /// Sent by a process on the node.
     Local,
@@ -212,6 +213,7 @@ impl Node {
 
 /// What finally happens to the packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum Verdict {
     /// Delivered locally or forwarded.
     Accept,

@@ -235,8 +235,9 @@ fn bool_flag(flag: &str, inline: Option<&str>) -> Result<bool, String> {
 }
 
 /// Reads a cluster dump (see [`svcnat::k8s::read`]) from a path, or stdin for `-`.
-/// What the reader left out is printed on stderr, one line per reason: `warning:`
-/// for v1 Endpoints (the rules would lack every endpoint), `note:` for the rest.
+/// v1 Endpoints in it are named in a `warning:` line on stderr (the rules would lack
+/// their endpoints); the rest of what the reader leaves out (headless services,
+/// other kinds) is left out silently, as kube-proxy does.
 pub fn load_state(path: &str) -> Result<ClusterState, String> {
     let loaded = if path == "-" {
         svcnat::k8s::read(std::io::stdin().lock())
@@ -245,13 +246,8 @@ pub fn load_state(path: &str) -> Result<ClusterState, String> {
         svcnat::k8s::read(std::io::BufReader::new(file))
     }
     .map_err(|e| format!("{path}: {e}"))?;
-    for line in loaded.report.lines() {
-        let level = if line.contains("v1 Endpoints") {
-            "warning"
-        } else {
-            "note"
-        };
-        eprintln!("{level}: {path}: {line}");
+    if let Some(line) = loaded.report.endpoints_warning() {
+        eprintln!("warning: {path}: {line}");
     }
     Ok(loaded.state)
 }

@@ -1,10 +1,13 @@
 //! The real binaries: `iptables-restore`, `iptables-save`, `iptables`, `conntrack`.
 
+use std::fmt;
 use std::io::Write;
 use std::process::{Command, Stdio};
+use std::str::FromStr;
 
 use super::{ExecError, Executor, RestoreOptions, rule_args};
 use crate::compile::JumpRule;
+use crate::error::ParseValueError;
 use crate::model::{IpFamily, Protocol};
 use crate::parse::{builtin_chains, canonical_rule, module_order, parse_as};
 use crate::ruleset::{Rule, Table};
@@ -12,6 +15,7 @@ use crate::sync::{FlowDestination, StaleFlow};
 
 /// Which iptables variant to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Backend {
     /// Pick nft or legacy by looking at which one holds rules already (the one with
     /// more rules wins, nft on a tie), as kube-proxy's image wrapper does.
@@ -26,11 +30,55 @@ pub enum Backend {
 }
 
 impl Backend {
+    /// `auto`, `nft`, `legacy` or `system`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Auto => "auto",
+            Backend::Nft => "nft",
+            Backend::Legacy => "legacy",
+            Backend::System => "system",
+        }
+    }
+
     fn suffix(self) -> &'static str {
         match self {
             Backend::Nft => "-nft",
             Backend::Legacy => "-legacy",
             Backend::System | Backend::Auto => "",
+        }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Reads `auto`, `nft`, `legacy` or `system` (what `Display` writes), as a
+/// `--backend` flag would take it.
+///
+/// ```
+/// use svcnat::exec::Backend;
+/// assert_eq!("legacy".parse(), Ok(Backend::Legacy));
+/// assert_eq!(
+///     "iptables".parse::<Backend>().unwrap_err().to_string(),
+///     r#""iptables" is not a backend (auto, nft, legacy or system)"#
+/// );
+/// ```
+impl FromStr for Backend {
+    type Err = ParseValueError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Backend::Auto),
+            "nft" => Ok(Backend::Nft),
+            "legacy" => Ok(Backend::Legacy),
+            "system" => Ok(Backend::System),
+            _ => Err(ParseValueError::new(
+                s,
+                "a backend (auto, nft, legacy or system)",
+            )),
         }
     }
 }

@@ -51,7 +51,7 @@ pub enum ExecError {
     #[error("{0}")]
     Refused(String),
     /// The executor does not support this operation.
-    #[error("not supported by this executor: {0}")]
+    #[error("{0}: not supported by this executor")]
     Unsupported(&'static str),
 }
 

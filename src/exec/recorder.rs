@@ -47,6 +47,7 @@ impl Executor for DryRun {
 
 /// One call an executor received.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Call {
     /// [`Executor::restore`].
     Restore {

@@ -10,8 +10,14 @@
 //! decimal (`010.0.0.1` is `10.0.0.1`), source ranges may carry whitespace.
 //! Anything else malformed is a [`ConvertError`] naming the object and field.
 //!
+//! An update can take an object out of what kube-proxy models (a Service that
+//! becomes headless, a slice that loses its label): [`Syncer::apply_k8s`] applies
+//! watch events and turns such updates into removals.
+//!
 //! The crate selects no Kubernetes version of k8s-openapi: the embedder does, as
 //! with any library built on k8s-openapi.
+//!
+//! [`Syncer::apply_k8s`]: crate::sync::Syncer::apply_k8s
 
 mod read;
 
@@ -27,9 +33,12 @@ use thiserror::Error;
 use crate::error::Problem;
 use crate::model::{
     ClusterState, Conditions, Endpoint, EndpointPort, EndpointSlice, Hints, IpFamily, IpMode,
-    LoadBalancerIngress, Protocol, Service, ServicePort, ServiceType, SessionAffinity, TargetPort,
-    TrafficPolicy,
+    LoadBalancerIngress, Protocol, Service, ServiceKey, ServicePort, ServiceType, SessionAffinity,
+    SliceKey, TargetPort, TrafficPolicy,
 };
+
+mod apply;
+pub use apply::{Action, Event, Object};
 
 /// The label that joins an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -39,7 +48,7 @@ pub const DEFAULT_AFFINITY_SECONDS: u32 = 10800;
 
 /// A Kubernetes object that could not be converted.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("{kind} {name}: {field}: {problem}")]
+#[error("{} {name}: {field}: {problem}", kind_words(.kind))]
 pub struct ConvertError {
     /// `Service` or `EndpointSlice`.
     pub kind: &'static str,
@@ -49,6 +58,15 @@ pub struct ConvertError {
     pub field: String,
     /// What is wrong.
     pub problem: Problem,
+}
+
+/// A kind as the crate's other messages name objects: `service`, `endpoint slice`.
+fn kind_words(kind: &str) -> &str {
+    match kind {
+        "Service" => "service",
+        "EndpointSlice" => "endpoint slice",
+        other => other,
+    }
 }
 
 struct Obj {
@@ -171,6 +189,26 @@ fn identify(kind: &'static str, meta: &ObjectMeta) -> Result<(Obj, String, Strin
         .clone()
         .ok_or_else(|| obj.err("metadata.name", Problem::Missing))?;
     Ok((obj, namespace, name))
+}
+
+/// A Service's key (namespace and name), whatever its spec: what a delete event,
+/// or an update that [`service`] skips, removes.
+///
+/// # Errors
+/// A missing name or namespace.
+pub fn service_key(svc: &core::Service) -> Result<ServiceKey, ConvertError> {
+    let (_, namespace, name) = identify("Service", &svc.metadata)?;
+    Ok(ServiceKey::new(namespace, name))
+}
+
+/// An EndpointSlice's own key (namespace and slice name), whatever its labels: its
+/// identity in Kubernetes, what a delete event removes.
+///
+/// # Errors
+/// A missing name or namespace.
+pub fn slice_key(slice: &discovery::EndpointSlice) -> Result<SliceKey, ConvertError> {
+    let (_, namespace, name) = identify("EndpointSlice", &slice.metadata)?;
+    Ok(SliceKey::new(namespace, name))
 }
 
 /// Converts a Service. `Ok(None)` for a service kube-proxy skips: ExternalName,

@@ -45,7 +45,7 @@ use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use thiserror::Error;
 
-use super::{ConvertError, SERVICE_NAME_LABEL, endpoint_slice, service};
+use super::{ConvertError, SERVICE_NAME_LABEL, endpoint_slice, kind_words, service};
 use crate::model::ClusterState;
 
 /// The kinds a top level may have, for messages.
@@ -134,6 +134,22 @@ impl ReadReport {
     /// True if nothing was left out.
     pub fn is_empty(&self) -> bool {
         self.other_kinds.is_empty() && self.skipped.is_empty()
+    }
+
+    /// The line that deserves a warning: v1 `Endpoints` objects were read, so the
+    /// dump probably lacks the EndpointSlices that would give their services
+    /// endpoints. `None` if there were none.
+    pub fn endpoints_warning(&self) -> Option<String> {
+        let only = ReadReport {
+            other_kinds: BTreeMap::new(),
+            skipped: self
+                .skipped
+                .iter()
+                .filter(|s| s.reason == SkipReason::EndpointsV1)
+                .cloned()
+                .collect(),
+        };
+        only.lines().pop()
     }
 
     /// The report as lines, one per reason and one for the other kinds; empty if
@@ -324,8 +340,9 @@ fn item_label(item: &str) -> String {
     }
 }
 
+/// `service ns/name: `, as conversion and compile errors name an object.
 fn object_label(kind: &Option<String>, name: &Option<String>) -> String {
-    match (kind, name) {
+    match (kind.as_deref().map(kind_words), name) {
         (Some(k), Some(n)) => format!("{k} {n}: "),
         (Some(k), None) => format!("{k}: "),
         (None, Some(n)) => format!("{n}: "),

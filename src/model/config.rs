@@ -13,6 +13,7 @@ use super::IpFamily;
 /// masqueraded; pod traffic to an external destination of an
 /// `externalTrafficPolicy: Local` service is short-circuited to the cluster chain.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum LocalTrafficDetector {
     /// No detection (`None` mode): the off-cluster masquerade rule is not written.
     #[default]

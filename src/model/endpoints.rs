@@ -1,5 +1,6 @@
 //! Endpoint slices: where a service's traffic can go.
 
+use std::fmt;
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
@@ -124,11 +125,65 @@ pub struct EndpointPort {
 impl EndpointPort {
     /// A TCP endpoint port.
     pub fn tcp(name: impl Into<String>, port: u16) -> Self {
+        EndpointPort::new(name, Protocol::Tcp, port)
+    }
+
+    /// A UDP endpoint port.
+    ///
+    /// ```
+    /// use svcnat::model::{EndpointPort, Protocol};
+    /// let dns = EndpointPort::udp("dns", 5353);
+    /// assert_eq!((dns.protocol, dns.port), (Protocol::Udp, 5353));
+    /// ```
+    pub fn udp(name: impl Into<String>, port: u16) -> Self {
+        EndpointPort::new(name, Protocol::Udp, port)
+    }
+
+    /// An SCTP endpoint port.
+    pub fn sctp(name: impl Into<String>, port: u16) -> Self {
+        EndpointPort::new(name, Protocol::Sctp, port)
+    }
+
+    /// An endpoint port with the given name, protocol and number.
+    pub fn new(name: impl Into<String>, protocol: Protocol, port: u16) -> Self {
         EndpointPort {
             name: name.into(),
-            protocol: Protocol::Tcp,
+            protocol,
             port,
         }
+    }
+}
+
+/// The namespace and name of an EndpointSlice: its identity in Kubernetes, which
+/// stays when its `kubernetes.io/service-name` label changes.
+///
+/// ```
+/// use svcnat::model::{EndpointSlice, IpFamily, SliceKey};
+/// let slice = EndpointSlice::new("ns1", "svc1", "svc1-abcde", IpFamily::Ipv4);
+/// assert_eq!(slice.key(), SliceKey::new("ns1", "svc1-abcde"));
+/// assert_eq!(slice.key().to_string(), "ns1/svc1-abcde");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SliceKey {
+    /// The slice's namespace.
+    pub namespace: String,
+    /// The slice's own name.
+    pub name: String,
+}
+
+impl SliceKey {
+    /// A key from a namespace and a slice name.
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        SliceKey {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for SliceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
     }
 }
 
@@ -147,7 +202,7 @@ pub struct EndpointSlice {
     pub namespace: String,
     /// The service it belongs to (label `kubernetes.io/service-name`).
     pub service_name: String,
-    /// The slice's own name, unique within the service.
+    /// The slice's own name, unique within its namespace.
     pub name: String,
     /// `addressType`; slices of the other family are ignored by a proxy.
     pub address_type: IpFamily,
@@ -175,6 +230,11 @@ impl EndpointSlice {
             ports: Vec::new(),
             endpoints: Vec::new(),
         }
+    }
+
+    /// This slice's own key: its namespace and name.
+    pub fn key(&self) -> SliceKey {
+        SliceKey::new(self.namespace.clone(), self.name.clone())
     }
 
     /// The key of the service this slice belongs to.

@@ -6,15 +6,27 @@ mod config;
 mod endpoints;
 mod service;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::IpAddr;
+use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
+use crate::error::ParseValueError;
+
 pub use config::{LocalTrafficDetector, NodePortAddress, ProxyConfig};
-pub use endpoints::{Conditions, Endpoint, EndpointPort, EndpointSlice, Hints};
+pub use endpoints::{Conditions, Endpoint, EndpointPort, EndpointSlice, Hints, SliceKey};
+/// The CIDR type the model takes (cluster CIDRs, node-port addresses, source
+/// ranges), re-exported so that an embedder needs no `ipnet` dependency of its own:
+///
+/// ```
+/// use svcnat::model::{IpNet, ProxyConfig};
+/// let pods: IpNet = "10.244.0.0/16".parse().unwrap();
+/// let config = ProxyConfig::default().with_cluster_cidrs([pods]);
+/// ```
+pub use ipnet::IpNet;
 pub use service::{
     IpMode, LoadBalancerIngress, Protocol, Service, ServiceKey, ServicePort, ServiceType,
     SessionAffinity, TargetPort, TrafficPolicy,
@@ -58,10 +70,35 @@ impl fmt::Display for IpFamily {
     }
 }
 
+/// Reads `ipv4`, `ipv6` or Kubernetes' `IPv4`, `IPv6` (what `Display` writes).
+///
+/// ```
+/// use svcnat::model::IpFamily;
+/// assert_eq!("ipv6".parse(), Ok(IpFamily::Ipv6));
+/// assert_eq!("IPv4".parse(), Ok(IpFamily::Ipv4));
+/// assert!("v4".parse::<IpFamily>().is_err());
+/// ```
+impl FromStr for IpFamily {
+    type Err = ParseValueError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "ipv4" | "IPv4" => Ok(IpFamily::Ipv4),
+            "ipv6" | "IPv6" => Ok(IpFamily::Ipv6),
+            _ => Err(ParseValueError::new(s, "an IP family (ipv4 or ipv6)")),
+        }
+    }
+}
+
 /// Every service and endpoint slice a proxy knows, in a canonical order.
 ///
 /// Services are kept sorted by [`ServiceKey`], a service's slices by slice name, so
 /// the same objects give the same state whatever order they were inserted in.
+///
+/// A slice is one object per [`SliceKey`] (namespace and slice name), as in
+/// Kubernetes: upserting a slice whose service label changed moves it from its old
+/// service to its new one, and [`ClusterState::remove_slice_by_key`] removes it
+/// without knowing which service it was last filed under.
 ///
 /// ```
 /// use svcnat::model::{ClusterState, Service, ServicePort};
@@ -82,6 +119,11 @@ pub struct ClusterState {
     /// The sum of [`endpoint_ports`] over all slices of each family (IPv4, IPv6),
     /// kept as slices come and go.
     endpoints: [usize; 2],
+    /// Each slice's key with the name of the service it is filed under (in the
+    /// slice's namespace), kept as slices come and go. A function of `entries`,
+    /// so derived equality is unaffected; never iterated, so its order does not
+    /// reach any output.
+    slice_services: HashMap<SliceKey, String>,
 }
 
 /// A slice's endpoints times its ports: how many service port endpoints it can give
@@ -132,8 +174,36 @@ impl ClusterState {
         old
     }
 
-    /// Adds or replaces an endpoint slice; returns the one it replaced.
+    /// Adds or replaces an endpoint slice; returns the one with the same
+    /// [`SliceKey`] it replaced. If that one was filed under another service (its
+    /// `kubernetes.io/service-name` label changed), it leaves that service.
+    ///
+    /// ```
+    /// use svcnat::model::{ClusterState, EndpointSlice, IpFamily, ServiceKey};
+    /// let mut state = ClusterState::new();
+    /// state.upsert_slice(EndpointSlice::new("ns1", "old", "web-abcde", IpFamily::Ipv4));
+    /// let moved = EndpointSlice::new("ns1", "new", "web-abcde", IpFamily::Ipv4);
+    /// assert_eq!(state.upsert_slice(moved).unwrap().service_name, "old");
+    /// assert_eq!(state.slices_of(&ServiceKey::new("ns1", "old")).count(), 0);
+    /// assert_eq!(state.slices_of(&ServiceKey::new("ns1", "new")).count(), 1);
+    /// ```
     pub fn upsert_slice(&mut self, slice: EndpointSlice) -> Option<EndpointSlice> {
+        let key = slice.key();
+        let moved_from = match self.slice_services.get(&key) {
+            Some(service) if *service != slice.service_name => {
+                Some(ServiceKey::new(key.namespace, service.clone()))
+            }
+            Some(_) => None,
+            None => {
+                self.slice_services.insert(key, slice.service_name.clone());
+                None
+            }
+        };
+        if let Some(old_service) = moved_from {
+            let old = self.remove_slice(&old_service, &slice.name);
+            self.upsert_slice(slice);
+            return old;
+        }
         self.endpoints[slice.address_type as usize] += endpoint_ports(&slice);
         let entry = self.entries.entry(slice.service()).or_default();
         let old = match entry.find(&slice.name) {
@@ -158,8 +228,34 @@ impl ClusterState {
         }
         if let Some(removed) = &removed {
             self.endpoints[removed.address_type as usize] -= endpoint_ports(removed);
+            self.slice_services.remove(&removed.key());
         }
         removed
+    }
+
+    /// Removes the slice with this namespace and name, whichever service it is
+    /// filed under (what a Kubernetes delete event names).
+    ///
+    /// ```
+    /// use svcnat::model::{ClusterState, EndpointSlice, IpFamily, SliceKey};
+    /// let mut state = ClusterState::new();
+    /// state.upsert_slice(EndpointSlice::new("ns1", "svc1", "svc1-abcde", IpFamily::Ipv4));
+    /// let gone = state.remove_slice_by_key(&SliceKey::new("ns1", "svc1-abcde"));
+    /// assert_eq!(gone.unwrap().service_name, "svc1");
+    /// assert_eq!(state, ClusterState::new());
+    /// ```
+    pub fn remove_slice_by_key(&mut self, key: &SliceKey) -> Option<EndpointSlice> {
+        let service = ServiceKey::new(key.namespace.clone(), self.slice_services.get(key)?.clone());
+        self.remove_slice(&service, &key.name)
+    }
+
+    /// The slice with this namespace and name, whichever service it is filed under.
+    pub fn slice(&self, key: &SliceKey) -> Option<&EndpointSlice> {
+        let service = self.slice_services.get(key)?;
+        let entry = self
+            .entries
+            .get(&ServiceKey::new(key.namespace.clone(), service.clone()))?;
+        entry.find(&key.name).ok().map(|i| &entry.slices[i])
     }
 
     /// The service with this key.
@@ -312,6 +408,61 @@ mod tests {
         assert!(state.remove_slice(&key, "a").is_none());
         assert_eq!(names(&state), ["b", "c"]);
         assert_eq!(state.slices().count(), 2);
+    }
+
+    #[test]
+    fn a_slice_is_one_object_per_namespace_and_name() {
+        let (old, new) = (ServiceKey::new("ns", "svc"), ServiceKey::new("ns", "other"));
+        let mut state = ClusterState::new();
+        state.upsert_slice(slice("a", 2));
+        state.upsert_slice(slice("b", 1));
+        // Relabelled: slice "a" now belongs to "other", with three endpoints.
+        let mut moved = slice("a", 3);
+        moved.service_name = "other".into();
+        let replaced = state.upsert_slice(moved.clone()).unwrap();
+        assert_eq!(
+            (replaced.service(), replaced.endpoints.len()),
+            (old.clone(), 2)
+        );
+        assert_eq!(
+            state
+                .slices_of(&old)
+                .map(|s| &s.name[..])
+                .collect::<Vec<_>>(),
+            ["b"]
+        );
+        assert_eq!(state.slices_of(&new).collect::<Vec<_>>(), [&moved]);
+        assert_eq!(state.endpoint_bound(IpFamily::Ipv4), 4);
+        assert_eq!(state.slice(&SliceKey::new("ns", "a")), Some(&moved));
+        // The same state as one built with the slice where it is now, and the
+        // same after a serde round trip.
+        let mut direct = ClusterState::new();
+        direct.upsert_slice(slice("b", 1));
+        direct.upsert_slice(moved.clone());
+        assert_eq!(state, direct);
+        let json = serde_json::to_string(&state).unwrap();
+        assert_eq!(serde_json::from_str::<ClusterState>(&json).unwrap(), state);
+        // Removed by its own key, wherever it is filed.
+        assert_eq!(
+            state.remove_slice_by_key(&SliceKey::new("ns", "a")),
+            Some(moved)
+        );
+        assert!(
+            state
+                .remove_slice_by_key(&SliceKey::new("ns", "a"))
+                .is_none()
+        );
+        assert!(state.slice(&SliceKey::new("ns", "a")).is_none());
+        assert_eq!(state.slices_of(&new).count(), 0);
+        assert_eq!(state.endpoint_bound(IpFamily::Ipv4), 1);
+        // A slice of the same name in another namespace is another object.
+        let mut elsewhere = slice("b", 1);
+        elsewhere.namespace = "ns2".into();
+        assert!(state.upsert_slice(elsewhere).is_none());
+        assert_eq!(state.slices().count(), 2);
+        state.remove_slice(&old, "b");
+        state.remove_slice_by_key(&SliceKey::new("ns2", "b"));
+        assert_eq!(state, ClusterState::new());
     }
 
     #[test]

@@ -2,9 +2,12 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::str::FromStr;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
+
+use crate::error::ParseValueError;
 
 /// The namespace and name of a Service: kube-proxy's `NamespacedName`.
 ///
@@ -34,10 +37,37 @@ impl fmt::Display for ServiceKey {
     }
 }
 
+/// Reads `namespace/name`, as [`ServiceKey`]'s `Display` writes it: exactly one
+/// slash, with a non-empty part on each side. The parts are not checked further.
+///
+/// ```
+/// use svcnat::model::ServiceKey;
+/// let key: ServiceKey = "kube-system/kube-dns".parse()?;
+/// assert_eq!(key, ServiceKey::new("kube-system", "kube-dns"));
+/// assert!("kube-dns".parse::<ServiceKey>().is_err());
+/// assert!("a/b/c".parse::<ServiceKey>().is_err());
+/// # Ok::<(), svcnat::ParseValueError>(())
+/// ```
+impl FromStr for ServiceKey {
+    type Err = ParseValueError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.split_once('/') {
+            Some((namespace, name))
+                if !namespace.is_empty() && !name.is_empty() && !name.contains('/') =>
+            {
+                Ok(ServiceKey::new(namespace, name))
+            }
+            _ => Err(ParseValueError::new(s, "a service key (namespace/name)")),
+        }
+    }
+}
+
 /// The Service's `spec.type`. ExternalName services carry no rules and are not modelled.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
 )]
+#[non_exhaustive]
 pub enum ServiceType {
     /// Reachable on its cluster IPs only.
     #[default]
@@ -54,6 +84,7 @@ pub enum ServiceType {
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
 )]
 #[serde(rename_all = "UPPERCASE")]
+#[non_exhaustive]
 pub enum Protocol {
     /// TCP, the Kubernetes default.
     #[default]
@@ -78,6 +109,27 @@ impl Protocol {
 impl fmt::Display for Protocol {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// Reads iptables' `tcp`, `udp`, `sctp` or Kubernetes' `TCP`, `UDP`, `SCTP`.
+///
+/// ```
+/// use svcnat::model::Protocol;
+/// assert_eq!("udp".parse(), Ok(Protocol::Udp));
+/// assert_eq!("SCTP".parse(), Ok(Protocol::Sctp));
+/// assert!("Tcp".parse::<Protocol>().is_err());
+/// ```
+impl FromStr for Protocol {
+    type Err = ParseValueError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "tcp" | "TCP" => Ok(Protocol::Tcp),
+            "udp" | "UDP" => Ok(Protocol::Udp),
+            "sctp" | "SCTP" => Ok(Protocol::Sctp),
+            _ => Err(ParseValueError::new(s, "a protocol (tcp, udp or sctp)")),
+        }
     }
 }
 
@@ -115,9 +167,31 @@ pub struct ServicePort {
 impl ServicePort {
     /// A TCP port with the given name and number.
     pub fn tcp(name: impl Into<String>, port: u16) -> Self {
+        ServicePort::new(name, Protocol::Tcp, port)
+    }
+
+    /// A UDP port with the given name and number.
+    ///
+    /// ```
+    /// use svcnat::model::{Protocol, ServicePort};
+    /// let dns = ServicePort::udp("dns", 53);
+    /// assert_eq!((dns.protocol, dns.port), (Protocol::Udp, 53));
+    /// ```
+    pub fn udp(name: impl Into<String>, port: u16) -> Self {
+        ServicePort::new(name, Protocol::Udp, port)
+    }
+
+    /// An SCTP port with the given name and number.
+    pub fn sctp(name: impl Into<String>, port: u16) -> Self {
+        ServicePort::new(name, Protocol::Sctp, port)
+    }
+
+    /// A port with the given name, protocol and number, no target port and no
+    /// node port.
+    pub fn new(name: impl Into<String>, protocol: Protocol, port: u16) -> Self {
         ServicePort {
             name: name.into(),
-            protocol: Protocol::Tcp,
+            protocol,
             port,
             ..ServicePort::default()
         }
@@ -168,6 +242,7 @@ pub enum TrafficPolicy {
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
 )]
+#[non_exhaustive]
 pub enum IpMode {
     /// The load balancer delivers packets with the VIP as destination (the default).
     #[default]

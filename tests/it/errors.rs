@@ -651,6 +651,72 @@ fn many_ports_keep_the_first_error() {
     );
 }
 
+/// Each `FromStr` reads back what `Display` writes, and refuses anything else
+/// with the text and what was expected.
+#[test]
+fn values_from_text() {
+    use svcnat::ParseValueError;
+    use svcnat::exec::Backend;
+    use svcnat::ruleset::Table;
+
+    fn round_trip<T>(values: &[T])
+    where
+        T: std::str::FromStr<Err = ParseValueError>
+            + std::fmt::Display
+            + PartialEq
+            + std::fmt::Debug,
+    {
+        for v in values {
+            assert_eq!(&v.to_string().parse::<T>().unwrap(), v);
+        }
+    }
+    round_trip(&[Protocol::Tcp, Protocol::Udp, Protocol::Sctp]);
+    round_trip(&[IpFamily::Ipv4, IpFamily::Ipv6]);
+    round_trip(&[
+        Table::Filter,
+        Table::Nat,
+        Table::Mangle,
+        Table::Raw,
+        Table::Security,
+    ]);
+    round_trip(&[
+        Backend::Auto,
+        Backend::Nft,
+        Backend::Legacy,
+        Backend::System,
+    ]);
+    round_trip(&[ServiceKey::new("ns1", "svc1")]);
+
+    // Kubernetes' spellings too.
+    assert_eq!("TCP".parse(), Ok(Protocol::Tcp));
+    assert_eq!("UDP".parse(), Ok(Protocol::Udp));
+    assert_eq!("ipv4".parse(), Ok(IpFamily::Ipv4));
+    assert_eq!("ipv6".parse(), Ok(IpFamily::Ipv6));
+
+    let refused = |e: ParseValueError| e.to_string();
+    assert_eq!(
+        refused("icmp".parse::<Protocol>().unwrap_err()),
+        r#""icmp" is not a protocol (tcp, udp or sctp)"#
+    );
+    assert_eq!(
+        refused("IPV4".parse::<IpFamily>().unwrap_err()),
+        r#""IPV4" is not an IP family (ipv4 or ipv6)"#
+    );
+    assert_eq!(
+        refused("Nat".parse::<Table>().unwrap_err()),
+        r#""Nat" is not a table (filter, nat, mangle, raw or security)"#
+    );
+    assert_eq!(
+        refused("".parse::<Backend>().unwrap_err()),
+        r#""" is not a backend (auto, nft, legacy or system)"#
+    );
+    for bad in ["", "svc1", "/svc1", "ns1/", "/", "ns1/svc1/x", "ns1//svc1"] {
+        let e = bad.parse::<ServiceKey>().unwrap_err();
+        assert_eq!(e.value, bad);
+        assert_eq!(e.expected, "a service key (namespace/name)");
+    }
+}
+
 #[cfg(feature = "k8s")]
 pub(crate) mod example_cli {
     pub(crate) use crate::fixtures::{example, run_example};
@@ -678,7 +744,7 @@ pub(crate) mod example_cli {
         assert_eq!(stdout, "");
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
         assert!(
-            stderr.contains("Service ns1/svc1: spec.ports[0].port: 70000 is not a port number"),
+            stderr.contains("service ns1/svc1: spec.ports[0].port: 70000 is not a port number"),
             "{stderr}"
         );
     }
@@ -962,4 +1028,53 @@ pub(crate) mod example_cli {
         let (code, _, _) = run_example("trace", &["--src", "1.2.3.4"], "");
         assert_eq!(code, 2);
     }
+}
+
+/// Every stage's errors read alike: lower-case, `subject: problem`, no period.
+#[test]
+fn messages_of_the_other_stages() {
+    use svcnat::exec::{ExecError, Executor, Recorder};
+    use svcnat::ruleset::Probability;
+
+    assert_eq!(
+        Probability::one_in(0).unwrap_err().to_string(),
+        "invalid probability 1/0: not between 0 and 1"
+    );
+    assert_eq!(
+        Probability::new(1.5).unwrap_err().to_string(),
+        "invalid probability 1.5: not between 0 and 1"
+    );
+    // An executor without conntrack support says which call it does not support.
+    struct NoConntrack(Recorder);
+    impl Executor for NoConntrack {
+        fn restore(
+            &mut self,
+            family: IpFamily,
+            payload: &str,
+            options: svcnat::exec::RestoreOptions,
+        ) -> Result<(), ExecError> {
+            self.0.restore(family, payload, options)
+        }
+        fn save(
+            &mut self,
+            family: IpFamily,
+            table: svcnat::ruleset::Table,
+        ) -> Result<String, ExecError> {
+            self.0.save(family, table)
+        }
+        fn ensure_jump(
+            &mut self,
+            family: IpFamily,
+            jump: &svcnat::compile::JumpRule,
+        ) -> Result<(), ExecError> {
+            self.0.ensure_jump(family, jump)
+        }
+    }
+    let e = NoConntrack(Recorder::new())
+        .clear_conntrack(IpFamily::Ipv4, &[])
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "clear_conntrack: not supported by this executor"
+    );
 }

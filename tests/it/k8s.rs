@@ -75,12 +75,16 @@ fn service_errors_name_object_and_field() {
     assert_eq!(e.kind, "Service");
     assert_eq!(e.name, "ns1/svc1");
     assert_eq!(e.field, "spec.ports[1].protocol");
+    assert_eq!(
+        e.to_string(),
+        "service ns1/svc1: spec.ports[1].protocol: \"ICMP\" is not supported"
+    );
     let e = service(&svc(r#"{"metadata":{"namespace":"ns1","name":"svc1"},
         "spec":{"clusterIP":"172.30.0.41","externalIPs":["1.2.3"],"ports":[{"port":80}]}}"#))
     .unwrap_err();
     assert_eq!(
         e.to_string(),
-        "Service ns1/svc1: spec.externalIPs[0]: \"1.2.3\" is not a valid IP address"
+        "service ns1/svc1: spec.externalIPs[0]: \"1.2.3\" is not a valid IP address"
     );
     let e = service(&svc(
         r#"{"metadata":{"name":"svc1"},"spec":{"clusterIP":"172.30.0.41"}}"#,
@@ -132,6 +136,236 @@ fn ignored_slices_and_slice_errors() {
     let e = endpoint_slice(&slice(bad)).unwrap_err();
     assert_eq!(
         e.to_string(),
-        "EndpointSlice ns1/x: endpoints[1].addresses[0]: \"nope\" is not a valid IP address"
+        "endpoint slice ns1/x: endpoints[1].addresses[0]: \"nope\" is not a valid IP address"
     );
+}
+
+/// Watch events through `Syncer::apply_k8s`: updates that take an object out of
+/// what kube-proxy models become removals, and a relabelled slice moves.
+mod apply {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use svcnat::error::Problem;
+    use svcnat::exec::Recorder;
+    use svcnat::k8s::{Action, Event, service_key, slice_key};
+    use svcnat::model::{IpFamily, ServiceKey, SliceKey};
+    use svcnat::ruleset::Table;
+    use svcnat::sync::Syncer;
+
+    use crate::fixtures::config;
+
+    /// Every chain of filter and nat in the model, with its rules.
+    fn tables(rec: &Recorder) -> BTreeMap<(Table, String), Vec<String>> {
+        let mut out = BTreeMap::new();
+        for table in [Table::Filter, Table::Nat] {
+            for chain in rec.chains(IpFamily::Ipv4, table) {
+                let rules = rec.rules(IpFamily::Ipv4, table, &chain).unwrap();
+                out.insert((table, chain), rules);
+            }
+        }
+        out
+    }
+
+    fn all_rules(rec: &Recorder) -> String {
+        tables(rec)
+            .into_values()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Service `name` with one TCP port `p80`; `spec` fields after the ports.
+    fn svc(name: &str, spec: &str) -> Service {
+        serde_json::from_str(&format!(
+            r#"{{"metadata":{{"namespace":"ns1","name":"{name}"}},
+                "spec":{{"ports":[{{"name":"p80","port":80}}],{spec}}}}}"#
+        ))
+        .unwrap()
+    }
+
+    /// Slice `name` with port `p80` and one endpoint, labelled for `service` if given.
+    fn slice(name: &str, service: Option<&str>, address_type: &str, ep: &str) -> EndpointSlice {
+        let labels = service
+            .map(|s| format!(r#","labels":{{"kubernetes.io/service-name":"{s}"}}"#))
+            .unwrap_or_default();
+        serde_json::from_str(&format!(
+            r#"{{"metadata":{{"namespace":"ns1","name":"{name}"{labels}}},
+                "addressType":"{address_type}","ports":[{{"name":"p80","port":8080}}],
+                "endpoints":[{{"addresses":["{ep}"]}}]}}"#
+        ))
+        .unwrap()
+    }
+
+    fn syncer() -> Syncer<Recorder> {
+        Syncer::new(Recorder::new(), config()).unwrap()
+    }
+
+    fn apply(syncer: &mut Syncer<Recorder>, event: Event<'_>) -> Action {
+        syncer.apply_k8s(event).unwrap()
+    }
+
+    #[test]
+    fn a_service_that_becomes_headless_or_external_name_leaves_no_rules() {
+        let kept = svc("kept", r#""clusterIP":"172.30.0.10""#);
+        let goes = svc("goes", r#""clusterIP":"172.30.0.11""#);
+        let kept_eps = slice("kept-a", Some("kept"), "IPv4", "10.180.0.10");
+        let goes_eps = slice("goes-a", Some("goes"), "IPv4", "10.180.0.11");
+
+        // What a node that never had `goes` holds (its slice, which Kubernetes
+        // keeps, is there too).
+        let mut never = syncer();
+        for event in [
+            Event::applied(&kept),
+            Event::applied(&kept_eps),
+            Event::applied(&goes_eps),
+        ] {
+            assert_eq!(apply(&mut never, event), Action::Upserted);
+        }
+        never.sync().unwrap();
+        assert!(!all_rules(never.executor()).contains("172.30.0.11"));
+
+        for update in [
+            svc("goes", r#""clusterIP":"None""#),
+            svc(
+                "goes",
+                r#""type":"ExternalName","externalName":"example.com""#,
+            ),
+        ] {
+            let mut syncer = syncer();
+            for event in [
+                Event::applied(&kept),
+                Event::applied(&goes),
+                Event::applied(&kept_eps),
+                Event::applied(&goes_eps),
+            ] {
+                assert_eq!(apply(&mut syncer, event), Action::Upserted);
+            }
+            syncer.sync().unwrap();
+            assert!(all_rules(syncer.executor()).contains("172.30.0.11"));
+
+            assert_eq!(apply(&mut syncer, Event::applied(&update)), Action::Removed);
+            assert_eq!(apply(&mut syncer, Event::applied(&update)), Action::Ignored);
+            let report = syncer.sync().unwrap();
+            assert!(!report.full, "{report}");
+            assert_eq!(tables(syncer.executor()), tables(never.executor()));
+            assert_eq!(syncer.applied_ruleset(), never.applied_ruleset());
+            assert_eq!(syncer.state(), never.state());
+        }
+    }
+
+    #[test]
+    fn a_slice_that_changes_its_service_label_moves() {
+        let one = svc("one", r#""clusterIP":"172.30.0.21""#);
+        let two = svc("two", r#""clusterIP":"172.30.0.22""#);
+        let under_one = slice("web-abcde", Some("one"), "IPv4", "10.180.0.7");
+        let under_two = slice("web-abcde", Some("two"), "IPv4", "10.180.0.7");
+
+        // A node that only ever saw the slice under `two`.
+        let mut direct = syncer();
+        for event in [
+            Event::applied(&one),
+            Event::applied(&two),
+            Event::applied(&under_two),
+        ] {
+            apply(&mut direct, event);
+        }
+        direct.sync().unwrap();
+
+        let mut syncer = syncer();
+        for event in [
+            Event::applied(&one),
+            Event::applied(&two),
+            Event::applied(&under_one),
+        ] {
+            assert_eq!(apply(&mut syncer, event), Action::Upserted);
+        }
+        syncer.sync().unwrap();
+        assert_ne!(tables(syncer.executor()), tables(direct.executor()));
+
+        assert_eq!(
+            apply(&mut syncer, Event::applied(&under_two)),
+            Action::Upserted
+        );
+        let report = syncer.sync().unwrap();
+        assert!(!report.full, "{report}");
+        assert_eq!(report.recompiled, 2, "both services: {report}");
+        let (key_one, key_two) = (ServiceKey::new("ns1", "one"), ServiceKey::new("ns1", "two"));
+        assert_eq!(syncer.state().slices_of(&key_one).count(), 0);
+        assert_eq!(syncer.state().slices_of(&key_two).count(), 1);
+        assert_eq!(tables(syncer.executor()), tables(direct.executor()));
+        assert_eq!(syncer.state(), direct.state());
+    }
+
+    #[test]
+    fn a_slice_that_loses_its_label_or_becomes_fqdn_is_removed() {
+        let one = svc("one", r#""clusterIP":"172.30.0.21""#);
+        let labelled = slice("web-abcde", Some("one"), "IPv4", "10.180.0.7");
+        let mut empty = syncer();
+        apply(&mut empty, Event::applied(&one));
+        empty.sync().unwrap();
+
+        for update in [
+            slice("web-abcde", None, "IPv4", "10.180.0.7"),
+            slice("web-abcde", Some("one"), "FQDN", "web.example.com"),
+        ] {
+            let mut syncer = syncer();
+            apply(&mut syncer, Event::applied(&one));
+            assert_eq!(
+                apply(&mut syncer, Event::applied(&labelled)),
+                Action::Upserted
+            );
+            syncer.sync().unwrap();
+            assert!(all_rules(syncer.executor()).contains("10.180.0.7:8080"));
+
+            assert_eq!(apply(&mut syncer, Event::applied(&update)), Action::Removed);
+            // Its delete event carries the last version, without the label: the
+            // slice is known by namespace and name, and is gone already.
+            assert_eq!(apply(&mut syncer, Event::deleted(&update)), Action::Ignored);
+            syncer.sync().unwrap();
+            assert_eq!(tables(syncer.executor()), tables(empty.executor()));
+            assert_eq!(syncer.state(), empty.state());
+        }
+    }
+
+    #[test]
+    fn deletes_by_key_and_bad_objects() {
+        let one = svc("one", r#""clusterIP":"172.30.0.21""#);
+        let eps = slice("web-abcde", Some("one"), "IPv4", "10.180.0.7");
+        assert_eq!(service_key(&one).unwrap(), ServiceKey::new("ns1", "one"));
+        assert_eq!(slice_key(&eps).unwrap(), SliceKey::new("ns1", "web-abcde"));
+
+        let mut syncer = syncer();
+        apply(&mut syncer, Event::applied(&one));
+        apply(&mut syncer, Event::applied(&eps));
+        // A slice's delete event removes it even if its last version was
+        // relabelled.
+        let relabelled = slice("web-abcde", Some("other"), "IPv4", "10.180.0.7");
+        assert_eq!(
+            apply(&mut syncer, Event::deleted(&relabelled)),
+            Action::Removed
+        );
+        assert_eq!(syncer.state().slices().count(), 0);
+        assert_eq!(apply(&mut syncer, Event::deleted(&one)), Action::Removed);
+        assert_eq!(apply(&mut syncer, Event::deleted(&one)), Action::Ignored);
+        assert_eq!(syncer.state(), &svcnat::model::ClusterState::new());
+
+        // An object that does not convert is refused and changes nothing: the
+        // state keeps the last good version.
+        apply(&mut syncer, Event::applied(&one));
+        let bad = svc("one", r#""clusterIP":"172.30.0.300""#);
+        let e = syncer.apply_k8s(Event::applied(&bad)).unwrap_err();
+        assert_eq!(e.field, "spec.clusterIP");
+        assert_eq!(syncer.state().service_count(), 1);
+        let mut nameless = one.clone();
+        nameless.metadata.namespace = None;
+        let e = syncer.apply_k8s(Event::deleted(&nameless)).unwrap_err();
+        assert_eq!(
+            (e.field.as_str(), &e.problem),
+            ("metadata.namespace", &Problem::Missing)
+        );
+        assert!(service_key(&nameless).is_err());
+        assert_eq!(syncer.state().service_count(), 1);
+    }
 }

@@ -682,3 +682,33 @@ fn a_wider_node_port_range_admits_a_rejected_service_on_the_next_sync() {
     let (expected, _) = fresh_sync(syncer.state(), &config());
     assert_eq!(tables(syncer.executor()), expected);
 }
+
+/// A slice is one object per namespace and name: relabelled, it moves, and both
+/// services are rewritten; removed by its key, it leaves whichever service it is
+/// under.
+#[test]
+fn a_relabelled_slice_moves_between_services() {
+    let mut syncer = Syncer::new(Recorder::new(), config()).unwrap();
+    syncer.upsert_service(svc(1, &[("p80", 80)]));
+    syncer.upsert_service(svc(2, &[("p80", 80)]));
+    let mut moving = eps("svc1", &["10.180.0.1"]);
+    syncer.upsert_slice(moving.clone());
+    syncer.sync().unwrap();
+
+    moving.service_name = "svc2".into();
+    syncer.upsert_slice(moving.clone());
+    let report = syncer.sync().unwrap();
+    assert!(!report.full);
+    assert_eq!(report.recompiled, 2, "{report}");
+    let expected = state(
+        vec![svc(1, &[("p80", 80)]), svc(2, &[("p80", 80)])],
+        vec![moving.clone()],
+    );
+    assert_eq!(syncer.state(), &expected);
+    assert_eq!(tables(syncer.executor()), full_sync_tables(&expected));
+
+    assert_eq!(syncer.remove_slice_by_key(&moving.key()), Some(moving));
+    syncer.sync().unwrap();
+    let expected = state(vec![svc(1, &[("p80", 80)]), svc(2, &[("p80", 80)])], vec![]);
+    assert_eq!(tables(syncer.executor()), full_sync_tables(&expected));
+}

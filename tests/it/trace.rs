@@ -611,6 +611,7 @@ fn traffic_agrees_with_the_trace(backend: &str) {
                 format!("peer={seen}")
             }
             Verdict::Drop => "timeout".to_owned(),
+            other => panic!("{what}: verdict {other} has no kernel check yet"),
         };
         let got = connect(
             ns,
