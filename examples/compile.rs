@@ -8,9 +8,12 @@
 //! FILE is a Kubernetes `List` as `kubectl get services,endpointslices -A -o json`
 //! prints it (`-` reads stdin); without it, the shipped `examples/cluster.json`.
 //! FLAGS are kube-proxy's (see `examples/common/mod.rs`). The full restore text for
-//! the family goes to stdout (filter table, then nat) and the exit code is 0. Bad
-//! input or flags: one line on stderr naming the object and field, nothing on
-//! stdout, exit code 2.
+//! the family goes to stdout (filter table, then nat) and the exit code is 0. What
+//! kube-proxy would ignore with a log line (a slice port no service port has, ...)
+//! is one `warning: FILE: ...` line each on stderr, exit code 0; so is each
+//! invalid service with `--lenient`, which leaves it out. Bad input or flags: one
+//! line on stderr naming the file, the object and the field, nothing on stdout,
+//! exit code 2.
 
 mod common;
 
@@ -22,7 +25,7 @@ const USAGE: &str = "usage: compile [--hostname-override NAME] [--node-ip IP]...
 [--detect-local-mode MODE] [--pod-interface-name-prefix P] [--pod-bridge-interface B] \
 [--masquerade-all] [--masquerade-random-fully] [--iptables-masquerade-bit N] \
 [--nodeport-addresses CIDR[,CIDR...]] [--iptables-localhost-nodeports true|false] \
-[--conntrack-tcp-be-liberal] [--nfacct-counters] [--ip-family ipv4|ipv6] [FILE|-]";
+[--conntrack-tcp-be-liberal] [--nfacct-counters] [--ip-family ipv4|ipv6] [--lenient] [FILE|-]";
 
 fn main() {
     let mut flags = ProxyFlags::default();
@@ -52,8 +55,8 @@ fn main() {
     let path = input.unwrap_or_else(|| EXAMPLE_CLUSTER.to_owned());
     let config = flags.config().unwrap_or_else(|e| bad_input("compile", &e));
     let state = common::load_state(&path).unwrap_or_else(|e| bad_input("compile", &e));
-    let ruleset = svcnat::compile::compile(&state, &config)
-        .unwrap_or_else(|e| bad_input("compile", &format!("{path}: {e}")));
+    let ruleset = common::compile(&path, &state, &config, flags.lenient)
+        .unwrap_or_else(|e| bad_input("compile", &e));
     let stdout = std::io::stdout().lock();
     let mut out = std::io::BufWriter::new(stdout);
     if let Err(e) = svcnat::render::write_io(&ruleset, &mut out).and_then(|()| out.flush()) {

@@ -45,11 +45,10 @@ fn main() {
             "--backend" => {
                 let v = common::value(flag, inline, &mut args)
                     .unwrap_or_else(|e| bad_input("sync", &e));
-                backend = match v.as_str() {
-                    "nft" => Backend::Nft,
-                    "legacy" => Backend::Legacy,
-                    _ => bad_input("sync", &format!("--backend: {v:?} is not nft or legacy")),
-                };
+                // auto and system are accepted too (`Backend`'s names).
+                backend = v.parse::<Backend>().unwrap_or_else(|_| {
+                    bad_input("sync", &format!("--backend: {v:?} is not nft or legacy"))
+                });
             }
             _ if arg.starts_with('-') && arg != "-" => {
                 bad_input("sync", &format!("unknown flag {arg:?}; {USAGE}"))
@@ -66,8 +65,8 @@ fn main() {
         .iter()
         .map(|f| {
             let state = common::load_state(f).unwrap_or_else(|e| bad_input("sync", &e));
-            if let Err(e) = svcnat::compile::compile(&state, &config) {
-                bad_input("sync", &format!("{f}: {e}"));
+            if let Err(e) = common::compile(f, &state, &config, flags.lenient) {
+                bad_input("sync", &e);
             }
             state
         })

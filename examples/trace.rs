@@ -93,12 +93,13 @@ fn main() {
             "--sport" => a.sport = Some(parsed(flag, &value(), "a port (0-65535)")),
             "--proto" => {
                 let v = value();
-                a.proto = Some(match v.to_ascii_lowercase().as_str() {
-                    "tcp" => Protocol::Tcp,
-                    "udp" => Protocol::Udp,
-                    "sctp" => Protocol::Sctp,
-                    _ => fail(&format!("--proto: {v:?} is not tcp, udp or sctp")),
-                });
+                a.proto = Some(
+                    v.to_ascii_lowercase()
+                        .parse::<Protocol>()
+                        .unwrap_or_else(|_| {
+                            fail(&format!("--proto: {v:?} is not tcp, udp or sctp"))
+                        }),
+                );
             }
             "--from" => a.from = Some(value()),
             "--out" => a.out = Some(value()),
@@ -120,8 +121,8 @@ fn main() {
     let ruleset = match (&a.cluster, &a.save) {
         (Some(path), None) => {
             let state = common::load_state(path).unwrap_or_else(|e| fail(&e));
-            let compiled = svcnat::compile::compile(&state, &config)
-                .unwrap_or_else(|e| fail(&format!("{path}: {e}")));
+            let compiled =
+                common::compile(path, &state, &config, flags.lenient).unwrap_or_else(|e| fail(&e));
             let jumps =
                 svcnat::compile::jump_rules(&config).unwrap_or_else(|e| fail(&e.to_string()));
             svcnat::trace::traceable(&compiled, &jumps)

@@ -18,6 +18,7 @@
 //! | `--conntrack-tcp-be-liberal` | leave out the INVALID-drop rule |
 //! | `--nfacct-counters` | emit kube-proxy's nfacct matches |
 //! | `--ip-family ipv4\|ipv6` | the family to write rules for (default ipv4) |
+//! | `--lenient` | leave invalid services out with a warning (as kube-proxy does) instead of refusing the input |
 
 #![allow(dead_code)]
 
@@ -30,6 +31,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use svcnat::CompileError;
 use svcnat::model::{ClusterState, IpFamily, LocalTrafficDetector, NodePortAddress, ProxyConfig};
+use svcnat::ruleset::Ruleset;
 
 /// The shipped example cluster.
 pub const EXAMPLE_CLUSTER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/cluster.json");
@@ -54,6 +56,8 @@ pub struct ProxyFlags {
     pub tcp_liberal: bool,
     pub nfacct: bool,
     pub family: IpFamily,
+    /// `--lenient`: invalid services are left out with a warning, not refused.
+    pub lenient: bool,
 }
 
 fn parse<T: std::str::FromStr>(flag: &str, v: &str, what: &str) -> Result<T, String> {
@@ -104,6 +108,7 @@ impl ProxyFlags {
             "--masquerade-random-fully" => self.random_fully = bool_flag(flag, inline)?,
             "--conntrack-tcp-be-liberal" => self.tcp_liberal = bool_flag(flag, inline)?,
             "--nfacct-counters" => self.nfacct = bool_flag(flag, inline)?,
+            "--lenient" => self.lenient = bool_flag(flag, inline)?,
             "--iptables-masquerade-bit" => {
                 let v = value(flag, inline, rest)?;
                 let bit: u8 = parse(flag, &v, "a bit number (0-31)")?;
@@ -128,11 +133,10 @@ impl ProxyFlags {
             }
             "--ip-family" => {
                 let v = value(flag, inline, rest)?;
-                self.family = match v.to_ascii_lowercase().as_str() {
-                    "ipv4" => IpFamily::Ipv4,
-                    "ipv6" => IpFamily::Ipv6,
-                    _ => return Err(format!("{flag}: {v:?} is not ipv4 or ipv6")),
-                };
+                self.family = v
+                    .to_ascii_lowercase()
+                    .parse()
+                    .map_err(|_| format!("{flag}: {v:?} is not ipv4 or ipv6"))?;
             }
             _ => return Ok(false),
         }
@@ -250,6 +254,37 @@ pub fn load_state(path: &str) -> Result<ClusterState, String> {
         eprintln!("warning: {path}: {line}");
     }
     Ok(loaded.state)
+}
+
+/// Compiles `state` (read from `path`) as the examples do. Each warning goes to
+/// stderr as one `warning: FILE: ...` line: the parts of EndpointSlices kube-proxy
+/// ignores and, with `--lenient`, the invalid services left out. An error is the
+/// bad-input line.
+pub fn compile(
+    path: &str,
+    state: &ClusterState,
+    config: &ProxyConfig,
+    lenient: bool,
+) -> Result<Ruleset, String> {
+    let bad = |e: CompileError| format!("{path}: {e}");
+    let (ruleset, warnings) = if lenient {
+        let out = svcnat::compile::compile_lenient(state, config).map_err(bad)?;
+        let mut warnings: Vec<String> = out
+            .rejected
+            .iter()
+            .map(|e| format!("{e} (the service is left out)"))
+            .collect();
+        warnings.extend(out.warnings.iter().map(ToString::to_string));
+        (out.ruleset, warnings)
+    } else {
+        let out = svcnat::compile::compile_with_warnings(state, config).map_err(bad)?;
+        let warnings = out.warnings.iter().map(ToString::to_string).collect();
+        (out.ruleset, warnings)
+    };
+    for w in warnings {
+        eprintln!("warning: {path}: {}", w.replace('\n', " "));
+    }
+    Ok(ruleset)
 }
 
 /// Prints a one-line error and exits with [`EXIT_BAD_INPUT`].

@@ -4,6 +4,8 @@ mod errors;
 mod features;
 mod fixtures;
 #[cfg(feature = "k8s")]
+mod input;
+#[cfg(feature = "k8s")]
 mod k8s;
 mod kernel;
 #[cfg(feature = "k8s")]
