@@ -2,7 +2,10 @@
 //!
 //! Kubernetes Services in, `iptables-restore` text out: what kube-proxy's iptables
 //! mode writes, as an embeddable library. An embedder that watches a cluster
-//! starts at [Keeping a node in step with a cluster](#keeping-a-node-in-step-with-a-cluster).
+//! starts at [Keeping a node in step with a cluster](#keeping-a-node-in-step-with-a-cluster);
+//! one that has a dump of it (`kubectl get services,endpointslices -A -o json`, or
+//! what the API server returns for a list) reads it with `k8s::read` (feature
+//! `k8s`) into the [`model::ClusterState`] the pipeline starts from.
 //!
 //! The crate is a pipeline of pure stages:
 //!
@@ -150,7 +153,10 @@
 //!
 //! | feature | what it adds |
 //! |---|---|
-//! | `k8s` | [`k8s`]: conversion from k8s-openapi `Service` and `EndpointSlice`, and [`Syncer::apply_k8s`](sync::Syncer::apply_k8s) for watch events (the embedder selects the Kubernetes version feature of k8s-openapi) |
+//! | `k8s` | [`k8s`]: the List reader (`k8s::read`: a kubectl `List`, a `ServiceList`, an `EndpointSliceList`, or one object, with a report of what it left out), conversion from k8s-openapi `Service` and `EndpointSlice`, and [`Syncer::apply_k8s`](sync::Syncer::apply_k8s) for watch events (the embedder selects the Kubernetes version feature of k8s-openapi) |
+//!
+//! The documentation with the `k8s` feature, as docs.rs builds it:
+//! `cargo doc --no-deps --features k8s,k8s-openapi/latest --open`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 // Errors carry the object, port and field by value so they stand alone in a log
