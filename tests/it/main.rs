@@ -13,6 +13,8 @@ mod kube_proxy;
 mod parse;
 mod parse_trace_regressions;
 mod properties;
+#[cfg(feature = "k8s")]
+mod reader;
 mod scale;
 mod snapshots;
 mod sync;
