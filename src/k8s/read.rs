@@ -489,7 +489,7 @@ struct Reader<'de> {
     report: ReadReport,
     /// The top level's kind, once read.
     kind: Option<String>,
-    /// Items without a kind, read before the list's kind was known.
+    /// Items read before the list's kind was known.
     pending: Vec<(usize, Fields<'de>)>,
     /// The first error, when it arose inside serde's walk.
     error: Option<ReadError>,
@@ -549,6 +549,15 @@ impl<'de> Reader<'de> {
     /// Reads one object: `index` is its place in `items`, `None` for a single
     /// top-level object.
     fn item(&mut self, index: Option<usize>, fields: Fields<'de>) -> Result<(), ReadError> {
+        // Before the list's kind is known (kubectl writes it after the items), no
+        // item can be checked against it: all wait, in order. They are borrowed
+        // from the input, so waiting costs a few words per field.
+        if let Some(index) = index
+            && self.kind.is_none()
+        {
+            self.pending.push((index, fields));
+            return Ok(());
+        }
         let label = index.map(|i| format!("items[{i}]")).unwrap_or_default();
         let fail = |kind: Option<&str>, problem| ReadError::Item {
             item: label.clone(),
@@ -590,12 +599,8 @@ impl<'de> Reader<'de> {
                 Some(kind) => Cow::Borrowed(kind),
                 None => return Err(fail(None, ItemProblem::MissingKind)),
             },
-            (None, None) => {
-                // The list's kind comes later (or never: then it is an error).
-                let index = index.expect("a top-level object without kind is refused before");
-                self.pending.push((index, fields));
-                return Ok(());
-            }
+            // A single top-level object without a kind (refused before it gets here).
+            (None, None) => return Err(fail(None, ItemProblem::MissingKind)),
         };
         let skip = |reason| Skipped {
             item: label.clone(),
