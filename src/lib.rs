@@ -166,6 +166,7 @@
 pub mod compile;
 pub mod error;
 pub mod exec;
+pub mod flows;
 #[cfg(feature = "k8s")]
 pub mod k8s;
 pub mod model;

@@ -8,10 +8,10 @@ use std::str::FromStr;
 use super::{ExecError, Executor, RestoreOptions, rule_args};
 use crate::compile::JumpRule;
 use crate::error::ParseValueError;
+use crate::flows::{FlowDestination, StaleFlow};
 use crate::model::{IpFamily, Protocol};
 use crate::parse::{builtin_chains, canonical_rule, module_order, parse_as};
 use crate::ruleset::{Rule, Table};
-use crate::sync::{FlowDestination, StaleFlow};
 
 /// Which iptables variant to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -16,9 +16,9 @@ pub use iptables::{Backend, IptablesRestore};
 pub use recorder::{Call, DryRun, Recorder};
 
 use crate::compile::JumpRule;
+use crate::flows::StaleFlow;
 use crate::model::IpFamily;
 use crate::ruleset::Table;
-use crate::sync::StaleFlow;
 
 /// Why an executor call failed.
 #[derive(Debug, Error)]

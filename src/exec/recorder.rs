@@ -6,9 +6,9 @@ use indexmap::IndexMap;
 
 use super::{ExecError, Executor, RestoreOptions, rule_args};
 use crate::compile::JumpRule;
+use crate::flows::StaleFlow;
 use crate::model::IpFamily;
 use crate::ruleset::Table;
-use crate::sync::StaleFlow;
 
 /// Keeps every payload it is handed and applies nothing. `save` returns empty
 /// tables, so a sync through it deletes no stale chains.

@@ -1,0 +1,158 @@
+//! The restore payload: the chains a sync writes and deletes, and the text that
+//! does it, built in one place for the [`plan`] function and the
+//! [`Syncer`](super::Syncer).
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::compile::naming::is_service_chain;
+use crate::model::IpFamily;
+use crate::render;
+use crate::ruleset::{Chain, ChainName, Ruleset, Table};
+
+/// A restore payload for one family, applied with `--noflush`: its text, and the
+/// chains it writes and deletes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Payload {
+    /// The family.
+    pub family: IpFamily,
+    /// True for a full sync (every chain written).
+    pub full: bool,
+    /// The chains written whole (declared, which flushes them, then their rules),
+    /// filter before nat.
+    pub written: Vec<(Table, ChainName)>,
+    /// The chains flushed and deleted.
+    pub deleted: Vec<(Table, ChainName)>,
+    pub(super) text: String,
+}
+
+impl Payload {
+    /// True when nothing changes.
+    pub fn is_empty(&self) -> bool {
+        self.written.is_empty() && self.deleted.is_empty()
+    }
+
+    /// The number of chains written.
+    pub fn chains_written(&self) -> usize {
+        self.written.len()
+    }
+
+    /// The number of chains deleted.
+    pub fn chains_deleted(&self) -> usize {
+        self.deleted.len()
+    }
+
+    /// The `iptables-restore` text.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// Writes the `iptables-restore` text.
+    ///
+    /// # Errors
+    /// Only those of the writer.
+    pub fn write_fmt<W: fmt::Write>(&self, out: &mut W) -> fmt::Result {
+        out.write_str(&self.text)
+    }
+
+    /// The `iptables-restore` text, copied.
+    pub fn to_text(&self) -> String {
+        self.text.clone()
+    }
+}
+
+/// Builds a payload's text table by table: the chains written, each with its
+/// `-A` lines already rendered, and the chains deleted.
+#[derive(Default)]
+pub(super) struct PayloadBuilder {
+    written: Vec<(Table, ChainName)>,
+    deleted: Vec<(Table, ChainName)>,
+    text: String,
+}
+
+impl PayloadBuilder {
+    /// Adds one table: `written` chains with their rule lines, `deleted` chains.
+    pub(super) fn table<'a>(
+        &mut self,
+        table: Table,
+        written: impl Iterator<Item = (&'a ChainName, &'a str)> + Clone,
+        deleted: &[ChainName],
+    ) {
+        if written.clone().next().is_none() && deleted.is_empty() {
+            return;
+        }
+        // Writing into a String cannot fail.
+        let out = &mut self.text;
+        out.push('*');
+        out.push_str(table.as_str());
+        out.push('\n');
+        for (name, _) in written.clone() {
+            let _ = render::write_chain_line(name, out);
+            self.written.push((table, name.clone()));
+        }
+        for name in deleted {
+            let _ = render::write_chain_line(name, out);
+            self.deleted.push((table, name.clone()));
+        }
+        for (_, rules) in written {
+            out.push_str(rules);
+        }
+        for name in deleted {
+            out.push_str("-X ");
+            out.push_str(name.as_str());
+            out.push('\n');
+        }
+        out.push_str("COMMIT\n");
+    }
+
+    pub(super) fn finish(self, family: IpFamily, full: bool) -> Payload {
+        Payload {
+            family,
+            full,
+            written: self.written,
+            deleted: self.deleted,
+            text: self.text,
+        }
+    }
+}
+
+/// The rule lines of a chain.
+fn rules_text(chain: &Chain) -> String {
+    let mut s = String::new();
+    // Writing into a String cannot fail.
+    let _ = render::write_rules(chain, &mut s);
+    s
+}
+
+/// The payload that turns `previous` (what the kernel holds, `None` if unknown)
+/// into `next`. Without a previous ruleset every chain is written (a full sync).
+pub fn plan(previous: Option<&Ruleset>, next: &Ruleset) -> Payload {
+    let mut out = PayloadBuilder::default();
+    for t in &next.tables {
+        let before = previous.and_then(|p| p.table(t.table));
+        let written: Vec<(&ChainName, String)> = t
+            .chains
+            .values()
+            .filter(|c| before.and_then(|b| b.chains.get(c.name.as_str())) != Some(*c))
+            .map(|c| (&c.name, rules_text(c)))
+            .collect();
+        let deleted: Vec<ChainName> = before
+            .map(|b| {
+                b.chains
+                    .keys()
+                    .filter(|name| {
+                        is_service_chain(name.as_str()) && !t.chains.contains_key(name.as_str())
+                    })
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.table(
+            t.table,
+            written.iter().map(|(n, r)| (*n, r.as_str())),
+            &deleted,
+        );
+    }
+    out.finish(next.family, previous.is_none())
+}
