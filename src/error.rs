@@ -142,34 +142,7 @@ pub enum Problem {
     Ir(#[from] IrError),
 }
 
-/// Text that names none of the values a type has: what the crate's `FromStr`
-/// implementations return ([`Protocol`], [`IpFamily`], [`ServiceKey`],
-/// [`crate::ruleset::Table`], [`crate::exec::Backend`]).
-///
-/// ```
-/// use svcnat::model::Protocol;
-/// let err = "icmp".parse::<Protocol>().unwrap_err();
-/// assert_eq!(err.value, "icmp");
-/// assert_eq!(err.to_string(), r#""icmp" is not a protocol (tcp, udp or sctp)"#);
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("{value:?} is not {expected}")]
-#[non_exhaustive]
-pub struct ParseValueError {
-    /// The text given.
-    pub value: String,
-    /// What it should have been, e.g. "a protocol (tcp, udp or sctp)".
-    pub expected: &'static str,
-}
-
-impl ParseValueError {
-    pub(crate) fn new(value: &str, expected: &'static str) -> Self {
-        ParseValueError {
-            value: value.to_owned(),
-            expected,
-        }
-    }
-}
+pub use crate::model::ParseValueError;
 
 /// Why [`crate::compile::compile`] refused its input.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]

@@ -3,7 +3,8 @@
 //! Each table is written as `*table`, one `:CHAIN - [0:0]` line per chain, the
 //! chains' rules grouped by chain in declaration order, then `COMMIT`. Equal
 //! rulesets give identical bytes. Quoting happens in exactly one place, the
-//! [`Comment`](crate::ruleset::Comment) printer.
+//! [`Comment`](crate::ruleset::Comment) printer, and the restore format itself in
+//! one other, the IR's restore writer, which every writer of restore text uses.
 //!
 //! ```
 //! use svcnat::ruleset::{Chain, ChainName, Rule, Ruleset, Table, TableRules, Target};
@@ -21,6 +22,7 @@
 use std::fmt;
 use std::io;
 
+use crate::ruleset::restore;
 use crate::ruleset::{Chain, ChainName, Rule, Ruleset, TableRules};
 
 /// Writes `ruleset` as `iptables-restore` text into a `fmt::Write`.
@@ -28,10 +30,7 @@ use crate::ruleset::{Chain, ChainName, Rule, Ruleset, TableRules};
 /// # Errors
 /// Only those of the writer.
 pub fn write_fmt<W: fmt::Write>(ruleset: &Ruleset, out: &mut W) -> fmt::Result {
-    for table in &ruleset.tables {
-        write_table(table, out)?;
-    }
-    Ok(())
+    restore::ruleset(out, ruleset)
 }
 
 /// Writes `ruleset` as `iptables-restore` text into an `io::Write`, streaming.
@@ -57,23 +56,7 @@ pub fn to_string(ruleset: &Ruleset) -> String {
 /// # Errors
 /// Only those of the writer.
 pub fn write_table<W: fmt::Write>(table: &TableRules, out: &mut W) -> fmt::Result {
-    writeln!(out, "*{}", table.table)?;
-    for chain in table.chains.values() {
-        write_declaration(chain, out)?;
-    }
-    for chain in table.chains.values() {
-        write_rules(chain, out)?;
-    }
-    writeln!(out, "COMMIT")
-}
-
-/// Writes a chain's declaration: `:NAME POLICY [0:0]` for a built-in chain,
-/// `:NAME - [0:0]` for a user chain.
-pub(crate) fn write_declaration<W: fmt::Write>(chain: &Chain, out: &mut W) -> fmt::Result {
-    match chain.policy {
-        Some(policy) => writeln!(out, ":{} {policy} [0:0]", chain.name),
-        None => write_chain_line(&chain.name, out),
-    }
+    restore::table(out, table)
 }
 
 /// Writes `:NAME - [0:0]`, the line that declares (and, under `--noflush`, flushes) a
@@ -82,9 +65,7 @@ pub(crate) fn write_declaration<W: fmt::Write>(chain: &Chain, out: &mut W) -> fm
 /// # Errors
 /// Only those of the writer.
 pub fn write_chain_line<W: fmt::Write>(name: &ChainName, out: &mut W) -> fmt::Result {
-    out.write_str(":")?;
-    out.write_str(name.as_str())?;
-    out.write_str(" - [0:0]\n")
+    restore::declare(out, name.as_str())
 }
 
 /// Writes a chain's rules as `-A NAME …` lines.
@@ -92,10 +73,7 @@ pub fn write_chain_line<W: fmt::Write>(name: &ChainName, out: &mut W) -> fmt::Re
 /// # Errors
 /// Only those of the writer.
 pub fn write_rules<W: fmt::Write>(chain: &Chain, out: &mut W) -> fmt::Result {
-    for rule in &chain.rules {
-        write_rule(&chain.name, rule, out)?;
-    }
-    Ok(())
+    restore::rules(out, chain)
 }
 
 /// Writes one `-A CHAIN …` line.
@@ -103,13 +81,7 @@ pub fn write_rules<W: fmt::Write>(chain: &Chain, out: &mut W) -> fmt::Result {
 /// # Errors
 /// Only those of the writer.
 pub fn write_rule<W: fmt::Write>(chain: &ChainName, rule: &Rule, out: &mut W) -> fmt::Result {
-    out.write_str("-A ")?;
-    out.write_str(chain.as_str())?;
-    if !rule.matches.is_empty() || rule.target.is_some() {
-        out.write_str(" ")?;
-        rule.write_to(out)?;
-    }
-    out.write_str("\n")
+    restore::rule(out, chain.as_str(), rule)
 }
 
 /// Bridges `fmt::Write` onto `io::Write`, keeping the real IO error.

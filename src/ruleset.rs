@@ -15,10 +15,11 @@ use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 use thiserror::Error;
 
-use crate::error::ParseValueError;
+use crate::model::ParseValueError;
 use crate::model::{IpFamily, Protocol};
 
 mod extra;
+pub(crate) mod restore;
 pub(crate) mod text;
 pub use extra::{
     AddrKind, Direction, PhysdevOption, PortRange, PortsOf, ProtocolName, RawText, SetMatch, Word,
@@ -790,6 +791,19 @@ impl fmt::Display for Match {
     }
 }
 
+/// The flags that both the typed rules and [`restore::RuleLine`]'s pieces write,
+/// each spelt here once.
+pub(crate) mod flag {
+    /// A source address.
+    pub const SOURCE: &str = "-s ";
+    /// A random pick.
+    pub const STATISTIC: &str = "-m statistic --mode random --probability ";
+    /// A jump.
+    pub const JUMP: &str = "-j ";
+    /// Destination NAT.
+    pub const DNAT: &str = "-j DNAT --to-destination ";
+}
+
 impl Match {
     /// Writes the match's flags; the common ones without `core::fmt` machinery.
     pub(crate) fn write_to<W: fmt::Write>(&self, f: &mut W) -> fmt::Result {
@@ -806,7 +820,7 @@ impl Match {
             }
             Match::Source(a) => {
                 f.write_str(a.bang())?;
-                f.write_str("-s ")?;
+                f.write_str(flag::SOURCE)?;
                 a.value.write_to(f)
             }
             Match::Destination(a) => {
@@ -831,7 +845,7 @@ impl Match {
                 write_states(f, &s.value)
             }
             Match::Statistic(p) => {
-                f.write_str("-m statistic --mode random --probability ")?;
+                f.write_str(flag::STATISTIC)?;
                 text::probability(f, p.0)
             }
             Match::Recent { name, action } => match action {
@@ -969,7 +983,7 @@ impl Target {
     pub(crate) fn write_to<W: fmt::Write>(&self, f: &mut W) -> fmt::Result {
         match self {
             Target::Jump(c) => {
-                f.write_str("-j ")?;
+                f.write_str(flag::JUMP)?;
                 f.write_str(c.as_str())
             }
             Target::Goto(c) => write!(f, "-g {c}"),
@@ -978,10 +992,13 @@ impl Target {
             Target::Return => f.write_str("-j RETURN"),
             Target::Reject => f.write_str("-j REJECT"),
             Target::Dnat(to) => {
-                f.write_str("-j DNAT --to-destination ")?;
+                f.write_str(flag::DNAT)?;
                 text::socket(f, *to)
             }
-            Target::DnatAddress(to) => write!(f, "-j DNAT --to-destination {to}"),
+            Target::DnatAddress(to) => {
+                f.write_str(flag::DNAT)?;
+                write!(f, "{to}")
+            }
             Target::Masquerade { random_fully } => {
                 f.write_str("-j MASQUERADE")?;
                 if *random_fully {
@@ -1239,8 +1256,8 @@ impl Ruleset {
 }
 
 impl fmt::Display for Ruleset {
-    /// The `iptables-restore` text: [`crate::render::write_fmt`].
+    /// The `iptables-restore` text, as [`crate::render::write_fmt`] writes it.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        crate::render::write_fmt(self, f)
+        restore::ruleset(f, self)
     }
 }

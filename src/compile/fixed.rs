@@ -50,9 +50,7 @@ pub(crate) fn assemble_owned(
         own.extend(svc.chains);
     }
     for (which, mut rules) in SharedChain::ALL.into_iter().zip(shared) {
-        if which == SharedChain::NatServices {
-            rules.extend(nodeport_jumps(ctx));
-        }
+        rules.extend(shared_tail(ctx, which));
         let table = match which.table() {
             Table::Nat => &mut nat,
             _ => &mut filter,
@@ -65,6 +63,17 @@ pub(crate) fn assemble_owned(
     Ruleset {
         family: ctx.family,
         tables: vec![filter, nat],
+    }
+}
+
+/// The rules a shared chain ends with, after every service's: the node-port jumps
+/// go last in nat `KUBE-SERVICES`, as kube-proxy writes them; the other shared
+/// chains end with the services' rules. The typed and the text assembly both ask
+/// here.
+pub(crate) fn shared_tail(ctx: &Context, which: SharedChain) -> Vec<Rule> {
+    match which {
+        SharedChain::NatServices => nodeport_jumps(ctx),
+        _ => Vec::new(),
     }
 }
 
@@ -173,7 +182,7 @@ pub(crate) fn fixed_tables(ctx: &Context) -> (TableRules, TableRules) {
 
 /// The final `KUBE-SERVICES -> KUBE-NODEPORTS` rule(s): one on every local address,
 /// or one per node address allowed by `--nodeport-addresses`.
-pub(crate) fn nodeport_jumps(ctx: &Context) -> Vec<Rule> {
+fn nodeport_jumps(ctx: &Context) -> Vec<Rule> {
     let comment = fixed_comment(
         ctx.comments,
         "kubernetes service nodeports; NOTE: this must be the last rule in this chain",

@@ -15,14 +15,14 @@ use std::fmt;
 use std::io;
 
 use super::context::Context;
-use super::fixed::{fixed_tables, nodeport_jumps};
+use super::fixed::{fixed_tables, shared_tail};
 use super::service::{Capture, Dispatch, EndpointChain, PortFlows, Sink};
 use super::{SharedChain, compile_services};
 use crate::error::CompileError;
 use crate::error::Problem;
 use crate::model::{ClusterState, IpFamily, ProxyConfig, ServiceKey};
-use crate::render;
 use crate::render::IoAdapter;
+use crate::ruleset::restore::{self, RuleLine};
 use crate::ruleset::{ChainName, Match, RecentAction, Rule, Table};
 
 const SHARED: usize = SharedChain::ALL.len();
@@ -261,7 +261,11 @@ impl Sink for TextSink {
     #[inline]
     fn shared(&mut self, which: SharedChain, rule: Rule) {
         // Writing into a String cannot fail.
-        let _ = render::write_rule(&which.chain(), &rule, &mut self.shared[which as usize]);
+        let _ = restore::rule(
+            &mut self.shared[which as usize],
+            which.chain().as_str(),
+            &rule,
+        );
     }
 
     #[inline]
@@ -269,7 +273,7 @@ impl Sink for TextSink {
         match &mut self.chains {
             Chains::Listed(listed) => listed.push((name.clone(), self.own.len())),
             Chains::Declared { text, count } => {
-                let _ = render::write_chain_line(name, text);
+                let _ = restore::declare(text, name.as_str());
                 *count += 1;
             }
         }
@@ -279,7 +283,7 @@ impl Sink for TextSink {
     #[inline]
     fn rule(&mut self, rule: &Rule) {
         self.make_room();
-        let _ = render::write_rule(&self.current, rule, &mut self.own);
+        let _ = restore::rule(&mut self.own, self.current.as_str(), rule);
     }
 
     fn shared_capture(&mut self, which: SharedChain, capture: &Capture<'_>) {
@@ -297,69 +301,16 @@ impl Sink for TextSink {
     fn endpoint_chain(&mut self, ep: &EndpointChain<'_>) {
         self.chain(&ep.endpoint.chain, 2);
         self.make_room();
-        let out = &mut self.own;
-        let name = ep.endpoint.chain.as_str();
-        // `ip:port` as the DNAT target writes it; for IPv4 the hairpin match's
-        // address is the part before the port (an IPv6 one is written anew).
-        let socket = ep.endpoint.text.as_str();
-        for dnat in [false, true] {
-            out.push_str("-A ");
-            out.push_str(name);
-            if let Some(comment) = ep.comment {
-                out.push(' ');
-                let _ = comment.write_to(out);
-            }
-            if !dnat {
-                out.push_str(" -s ");
-                // `ip:port` less the colon and the port's digits.
-                let ip_len = socket
-                    .len()
-                    .saturating_sub(1 + digits(ep.endpoint.addr.port()));
-                match (ep.endpoint.addr, socket.get(..ip_len)) {
-                    (std::net::SocketAddr::V4(_), Some(ip)) => out.push_str(ip),
-                    (addr, _) => {
-                        let _ = crate::ruleset::text::ip(out, addr.ip());
-                    }
-                }
-                out.push_str(" -j KUBE-MARK-MASQ\n");
-                continue;
-            }
-            // The matches by their own writers; only the addresses, already
-            // written once as text, are not written anew.
-            if ep.affinity {
-                out.push(' ');
-                let recent = Match::Recent {
-                    name: ep.endpoint.chain.clone(),
-                    action: RecentAction::Set,
-                };
-                let _ = recent.write_to(out);
-            }
-            out.push(' ');
-            let _ = Match::Protocol(ep.protocol).write_to(out);
-            out.push_str(" -j DNAT --to-destination ");
-            out.push_str(socket);
-            out.push('\n');
-        }
+        // Writing into a String cannot fail.
+        let _ = endpoint_lines(ep, &mut self.own);
     }
 
     /// The same line as [`Dispatch::rule`] rendered (a unit test holds it to it),
     /// without building the rule.
     fn dispatch(&mut self, jump: &Dispatch<'_>) -> Result<(), Problem> {
         self.make_room();
-        let out = &mut self.own;
-        out.push_str("-A ");
-        out.push_str(self.current.as_str());
-        if let Some(comment) = &jump.comment {
-            out.push(' ');
-            let _ = comment.write_to(out);
-        }
-        if jump.remaining > 1 {
-            out.push_str(" -m statistic --mode random --probability ");
-            let _ = crate::ruleset::text::one_in(out, jump.remaining);
-        }
-        out.push_str(" -j ");
-        out.push_str(jump.endpoint.as_str());
-        out.push('\n');
+        // Writing into a String cannot fail.
+        let _ = dispatch_line(self.current.as_str(), jump, &mut self.own);
         Ok(())
     }
 
@@ -368,19 +319,67 @@ impl Sink for TextSink {
     }
 }
 
-/// [`Capture::rule`] rendered, as `render::write_rule` writes it, without building
-/// the rule: the same matches and target, written one after the other.
-fn write_capture(chain: &ChainName, capture: &Capture<'_>, out: &mut String) {
-    out.push_str("-A ");
-    out.push_str(chain.as_str());
-    // Writing into a String cannot fail.
-    for m in capture.matches().iter().flatten() {
-        out.push(' ');
-        let _ = m.write_to(out);
+/// [`EndpointChain::rules`] rendered: the hairpin masquerade and the DNAT, with
+/// the addresses written once as `ip:port` text and the rest by the typed matches.
+fn endpoint_lines(ep: &EndpointChain<'_>, out: &mut String) -> fmt::Result {
+    let name = ep.endpoint.chain.as_str();
+    let socket = ep.endpoint.text.as_str();
+    let mut hairpin = RuleLine::append(out, name)?;
+    if let Some(comment) = ep.comment {
+        hairpin.matching(comment)?;
     }
-    out.push(' ');
-    let _ = capture.target.write_to(out);
-    out.push('\n');
+    // For IPv4 the hairpin's address is the `ip:port` text less the colon and
+    // the port's digits; an IPv6 one is written anew.
+    let ip_len = socket
+        .len()
+        .saturating_sub(1 + digits(ep.endpoint.addr.port()));
+    match (ep.endpoint.addr, socket.get(..ip_len)) {
+        (std::net::SocketAddr::V4(_), Some(ip)) => hairpin.source_text(ip)?,
+        (addr, _) => hairpin.source_ip(addr.ip())?,
+    }
+    hairpin.jump(super::KUBE_MARK_MASQ.as_str())?;
+    hairpin.end()?;
+    let mut dnat = RuleLine::append(out, name)?;
+    if let Some(comment) = ep.comment {
+        dnat.matching(comment)?;
+    }
+    if ep.affinity {
+        dnat.matching(&Match::Recent {
+            name: ep.endpoint.chain.clone(),
+            action: RecentAction::Set,
+        })?;
+    }
+    dnat.matching(&Match::Protocol(ep.protocol))?;
+    dnat.dnat_text(socket)?;
+    dnat.end()
+}
+
+/// [`Dispatch::rule`] rendered: `[comment] [-m statistic …] -j KUBE-SEP-…`, the
+/// probability printed from its table.
+fn dispatch_line(chain: &str, jump: &Dispatch<'_>, out: &mut String) -> fmt::Result {
+    let mut line = RuleLine::append(out, chain)?;
+    if let Some(comment) = &jump.comment {
+        line.matching(comment)?;
+    }
+    if jump.remaining > 1 {
+        line.one_in(jump.remaining)?;
+    }
+    line.jump(jump.endpoint.as_str())?;
+    line.end()
+}
+
+/// [`Capture::rule`] rendered without building the rule: the same matches and
+/// target, written one after the other.
+fn write_capture(chain: &ChainName, capture: &Capture<'_>, out: &mut String) {
+    // Writing into a String cannot fail.
+    let _ = (|| {
+        let mut line = RuleLine::append(out, chain.as_str())?;
+        for m in capture.matches().iter().flatten() {
+            line.matching(m)?;
+        }
+        line.target(&capture.target)?;
+        line.end()
+    })();
 }
 
 /// The number of decimal digits of `n`.
@@ -453,7 +452,7 @@ impl<'a, I: Iterator<Item = &'a ServiceText> + Clone> Parts for Services<I> {
     fn decls<W: fmt::Write>(&self, out: &mut W) -> fmt::Result {
         for svc in self.0.clone() {
             for (name, _) in &svc.chains {
-                render::write_chain_line(name, out)?;
+                restore::declare(out, name.as_str())?;
             }
         }
         Ok(())
@@ -503,33 +502,29 @@ fn write_head<P: Parts, W: fmt::Write>(
 ) -> fmt::Result {
     let (filter, nat) = fixed_tables(ctx);
     for table in [filter, nat] {
-        out.write_str("*")?;
-        out.write_str(table.table.as_str())?;
-        out.write_str("\n")?;
+        restore::open_table(out, table.table)?;
         for chain in table.chains.values() {
-            render::write_declaration(chain, out)?;
+            restore::declaration(out, chain)?;
         }
         if table.table == Table::Nat {
             parts.decls(out)?;
             for name in stale {
-                render::write_chain_line(name, out)?;
+                restore::declare(out, name.as_str())?;
             }
         }
         for chain in table.chains.values() {
             match shared_chain(table.table, &chain.name) {
                 Some(which) => {
                     parts.shared(which, out)?;
-                    if which == SharedChain::NatServices {
-                        for rule in nodeport_jumps(ctx) {
-                            render::write_rule(&chain.name, &rule, out)?;
-                        }
+                    for rule in shared_tail(ctx, which) {
+                        restore::rule(out, chain.name.as_str(), &rule)?;
                     }
                 }
-                None => render::write_rules(chain, out)?,
+                None => restore::rules(out, chain)?,
             }
         }
         if table.table == Table::Filter {
-            out.write_str("COMMIT\n")?;
+            restore::commit(out)?;
         }
     }
     Ok(())
@@ -539,11 +534,9 @@ fn write_head<P: Parts, W: fmt::Write>(
 /// and the nat table's end.
 fn write_tail<W: fmt::Write>(stale: &[ChainName], out: &mut W) -> fmt::Result {
     for name in stale {
-        out.write_str("-X ")?;
-        out.write_str(name.as_str())?;
-        out.write_str("\n")?;
+        restore::delete(out, name.as_str())?;
     }
-    out.write_str("COMMIT\n")
+    restore::commit(out)
 }
 
 /// The `-A` lines of one shared chain: every service's rules for it, in service
@@ -559,10 +552,8 @@ pub(crate) fn shared_chain_text<'a>(
     for svc in services {
         out.push_str(svc.shared_text(which));
     }
-    if which == SharedChain::NatServices {
-        for rule in nodeport_jumps(ctx) {
-            let _ = render::write_rule(&chain, &rule, &mut out);
-        }
+    for rule in shared_tail(ctx, which) {
+        let _ = restore::rule(&mut out, chain.as_str(), &rule);
     }
     out
 }

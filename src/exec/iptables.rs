@@ -11,6 +11,7 @@ use crate::error::ParseValueError;
 use crate::flows::{FlowDestination, StaleFlow};
 use crate::model::{IpFamily, Protocol};
 use crate::parse::{builtin_chains, canonical_rule, module_order, parse_as};
+use crate::ruleset::restore::{self, RuleLine};
 use crate::ruleset::{Rule, Table};
 
 /// Which iptables variant to run.
@@ -363,11 +364,16 @@ impl Executor for IptablesRestore {
             if missing.is_empty() {
                 continue;
             }
-            inserts.push_str(&format!("*{table}\n"));
+            // Writing into a String cannot fail.
+            let _ = restore::open_table(&mut inserts, table);
             for jump in missing {
-                inserts.push_str(&format!("-I {} 1 {}\n", jump.chain, jump.rule));
+                let _ =
+                    RuleLine::insert(&mut inserts, jump.chain.as_str(), 1).and_then(|mut line| {
+                        line.rule(&jump.rule)?;
+                        line.end()
+                    });
             }
-            inserts.push_str("COMMIT\n");
+            let _ = restore::commit(&mut inserts);
         }
         if inserts.is_empty() {
             return Ok(());

@@ -9,6 +9,7 @@ use crate::compile::JumpRule;
 use crate::flows::StaleFlow;
 use crate::model::IpFamily;
 use crate::ruleset::Table;
+use crate::ruleset::restore::{self, RuleLine};
 
 /// Keeps every payload it is handed and applies nothing. `save` returns empty
 /// tables, so a sync through it deletes no stale chains.
@@ -341,21 +342,24 @@ impl Executor for Recorder {
 
     fn save(&mut self, family: IpFamily, table: Table) -> Result<String, ExecError> {
         self.calls.push(Call::Save { family, table });
-        let mut out = format!("*{table}\n");
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = restore::open_table(&mut out, table);
         if let Some(t) = self.tables.get(&(family, table)) {
             for (name, c) in t {
-                out.push_str(&format!(
-                    ":{name} {} [0:0]\n",
-                    c.policy.as_deref().unwrap_or("-")
-                ));
+                let policy = c.policy.as_deref().unwrap_or("-");
+                let _ = restore::declare_with_policy(&mut out, name, policy);
             }
             for (name, c) in t {
                 for r in &c.rules {
-                    out.push_str(&format!("-A {name} {r}\n"));
+                    let _ = RuleLine::append(&mut out, name).and_then(|mut line| {
+                        line.raw(r)?;
+                        line.end()
+                    });
                 }
             }
         }
-        out.push_str("COMMIT\n");
+        let _ = restore::commit(&mut out);
         Ok(out)
     }
 

@@ -14,7 +14,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
-use crate::error::ParseValueError;
+use thiserror::Error;
 
 pub use config::{LocalTrafficDetector, NodePortAddress, ProxyConfig};
 pub use endpoints::{Conditions, Endpoint, EndpointPort, EndpointSlice, Hints, SliceKey};
@@ -31,6 +31,35 @@ pub use service::{
     IpMode, LoadBalancerIngress, Protocol, Service, ServiceKey, ServicePort, ServiceType,
     SessionAffinity, TargetPort, TrafficPolicy,
 };
+
+/// Text that names none of the values a type has: what the crate's `FromStr`
+/// implementations return ([`Protocol`], [`IpFamily`], [`ServiceKey`],
+/// [`crate::ruleset::Table`], [`crate::exec::Backend`]).
+///
+/// ```
+/// use svcnat::model::Protocol;
+/// let err = "icmp".parse::<Protocol>().unwrap_err();
+/// assert_eq!(err.value, "icmp");
+/// assert_eq!(err.to_string(), r#""icmp" is not a protocol (tcp, udp or sctp)"#);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{value:?} is not {expected}")]
+#[non_exhaustive]
+pub struct ParseValueError {
+    /// The text given.
+    pub value: String,
+    /// What it should have been, e.g. "a protocol (tcp, udp or sctp)".
+    pub expected: &'static str,
+}
+
+impl ParseValueError {
+    pub(crate) fn new(value: &str, expected: &'static str) -> Self {
+        ParseValueError {
+            value: value.to_owned(),
+            expected,
+        }
+    }
+}
 
 /// An IP family: a ruleset is for one of them.
 #[derive(

@@ -7,7 +7,7 @@ use std::str::FromStr;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::error::ParseValueError;
+use super::ParseValueError;
 
 /// The namespace and name of a Service: kube-proxy's `NamespacedName`.
 ///

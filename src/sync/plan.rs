@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::compile::naming::is_service_chain;
 use crate::model::IpFamily;
-use crate::render;
+use crate::ruleset::restore;
 use crate::ruleset::{Chain, ChainName, Ruleset, Table};
 
 /// A restore payload for one family, applied with `--noflush`: its text, and the
@@ -84,26 +84,22 @@ impl PayloadBuilder {
         }
         // Writing into a String cannot fail.
         let out = &mut self.text;
-        out.push('*');
-        out.push_str(table.as_str());
-        out.push('\n');
+        let _ = restore::open_table(out, table);
         for (name, _) in written.clone() {
-            let _ = render::write_chain_line(name, out);
+            let _ = restore::declare(out, name.as_str());
             self.written.push((table, name.clone()));
         }
         for name in deleted {
-            let _ = render::write_chain_line(name, out);
+            let _ = restore::declare(out, name.as_str());
             self.deleted.push((table, name.clone()));
         }
         for (_, rules) in written {
             out.push_str(rules);
         }
         for name in deleted {
-            out.push_str("-X ");
-            out.push_str(name.as_str());
-            out.push('\n');
+            let _ = restore::delete(out, name.as_str());
         }
-        out.push_str("COMMIT\n");
+        let _ = restore::commit(out);
     }
 
     pub(super) fn finish(self, family: IpFamily, full: bool) -> Payload {
@@ -121,7 +117,7 @@ impl PayloadBuilder {
 fn rules_text(chain: &Chain) -> String {
     let mut s = String::new();
     // Writing into a String cannot fail.
-    let _ = render::write_rules(chain, &mut s);
+    let _ = restore::rules(&mut s, chain);
     s
 }
 
