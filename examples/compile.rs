@@ -54,9 +54,12 @@ fn main() {
     }
     let path = input.unwrap_or_else(|| EXAMPLE_CLUSTER.to_owned());
     let config = flags.config().unwrap_or_else(|e| bad_input("compile", &e));
-    let state = common::load_state(&path).unwrap_or_else(|e| bad_input("compile", &e));
-    let ruleset = common::compile(&path, &state, &config, flags.lenient)
+    let mut warnings = Vec::new();
+    let state =
+        common::load_state(&path, &mut warnings).unwrap_or_else(|e| bad_input("compile", &e));
+    let ruleset = common::compile(&path, &state, &config, flags.lenient, &mut warnings)
         .unwrap_or_else(|e| bad_input("compile", &e));
+    common::print_warnings(&warnings);
     let stdout = std::io::stdout().lock();
     let mut out = std::io::BufWriter::new(stdout);
     if let Err(e) = svcnat::render::write_io(&ruleset, &mut out).and_then(|()| out.flush()) {

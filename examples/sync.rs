@@ -47,7 +47,10 @@ fn main() {
                     .unwrap_or_else(|e| bad_input("sync", &e));
                 // auto and system are accepted too (`Backend`'s names).
                 backend = v.parse::<Backend>().unwrap_or_else(|_| {
-                    bad_input("sync", &format!("--backend: {v:?} is not nft or legacy"))
+                    bad_input(
+                        "sync",
+                        &format!("--backend: {v:?} is not nft, legacy, auto or system"),
+                    )
                 });
             }
             _ if arg.starts_with('-') && arg != "-" => {
@@ -60,17 +63,21 @@ fn main() {
         bad_input("sync", &format!("no STATE.json given; {USAGE}"));
     }
     let config = flags.config().unwrap_or_else(|e| bad_input("sync", &e));
-    // Every state is read and checked before anything is applied.
+    // Every state is read and checked before anything is applied, and the
+    // warnings are printed only when all of them pass.
+    let mut warnings = Vec::new();
     let states: Vec<_> = files
         .iter()
         .map(|f| {
-            let state = common::load_state(f).unwrap_or_else(|e| bad_input("sync", &e));
-            if let Err(e) = common::compile(f, &state, &config, flags.lenient) {
+            let state =
+                common::load_state(f, &mut warnings).unwrap_or_else(|e| bad_input("sync", &e));
+            if let Err(e) = common::compile(f, &state, &config, flags.lenient, &mut warnings) {
                 bad_input("sync", &e);
             }
             state
         })
         .collect();
+    common::print_warnings(&warnings);
     if apply {
         run(IptablesRestore::new(backend), config, states, false);
     } else {

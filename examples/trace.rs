@@ -120,11 +120,13 @@ fn main() {
     let config = flags.config().unwrap_or_else(|e| fail(&e));
     let ruleset = match (&a.cluster, &a.save) {
         (Some(path), None) => {
-            let state = common::load_state(path).unwrap_or_else(|e| fail(&e));
-            let compiled =
-                common::compile(path, &state, &config, flags.lenient).unwrap_or_else(|e| fail(&e));
+            let mut warnings = Vec::new();
+            let state = common::load_state(path, &mut warnings).unwrap_or_else(|e| fail(&e));
+            let compiled = common::compile(path, &state, &config, flags.lenient, &mut warnings)
+                .unwrap_or_else(|e| fail(&e));
             let jumps =
                 svcnat::compile::jump_rules(&config).unwrap_or_else(|e| fail(&e.to_string()));
+            common::print_warnings(&warnings);
             svcnat::trace::traceable(&compiled, &jumps)
         }
         (None, Some(path)) => {

@@ -239,10 +239,10 @@ fn bool_flag(flag: &str, inline: Option<&str>) -> Result<bool, String> {
 }
 
 /// Reads a cluster dump (see [`svcnat::k8s::read`]) from a path, or stdin for `-`.
-/// v1 Endpoints in it are named in a `warning:` line on stderr (the rules would lack
-/// their endpoints); the rest of what the reader leaves out (headless services,
-/// other kinds) is left out silently, as kube-proxy does.
-pub fn load_state(path: &str) -> Result<ClusterState, String> {
+/// v1 Endpoints in it give a `warning: FILE: ...` line, pushed to `warnings` (the
+/// rules would lack their endpoints); the rest of what the reader leaves out
+/// (headless services, other kinds) is left out silently, as kube-proxy does.
+pub fn load_state(path: &str, warnings: &mut Vec<String>) -> Result<ClusterState, String> {
     let loaded = if path == "-" {
         svcnat::k8s::read(std::io::stdin().lock())
     } else {
@@ -251,40 +251,51 @@ pub fn load_state(path: &str) -> Result<ClusterState, String> {
     }
     .map_err(|e| format!("{path}: {e}"))?;
     if let Some(line) = loaded.report.endpoints_warning() {
-        eprintln!("warning: {path}: {line}");
+        warnings.push(format!("warning: {path}: {line}"));
     }
     Ok(loaded.state)
 }
 
-/// Compiles `state` (read from `path`) as the examples do. Each warning goes to
-/// stderr as one `warning: FILE: ...` line: the parts of EndpointSlices kube-proxy
-/// ignores and, with `--lenient`, the invalid services left out. An error is the
-/// bad-input line.
+/// Compiles `state` (read from `path`) as the examples do. Each warning becomes
+/// one `warning: FILE: ...` line in `warnings`: the parts of EndpointSlices
+/// kube-proxy ignores and, with `--lenient`, the invalid services left out. An
+/// error is the bad-input line.
 pub fn compile(
     path: &str,
     state: &ClusterState,
     config: &ProxyConfig,
     lenient: bool,
+    warnings: &mut Vec<String>,
 ) -> Result<Ruleset, String> {
     let bad = |e: CompileError| format!("{path}: {e}");
-    let (ruleset, warnings) = if lenient {
+    let (ruleset, found) = if lenient {
         let out = svcnat::compile::compile_lenient(state, config).map_err(bad)?;
-        let mut warnings: Vec<String> = out
+        let mut found: Vec<String> = out
             .rejected
             .iter()
             .map(|e| format!("{e} (the service is left out)"))
             .collect();
-        warnings.extend(out.warnings.iter().map(ToString::to_string));
-        (out.ruleset, warnings)
+        found.extend(out.warnings.iter().map(ToString::to_string));
+        (out.ruleset, found)
     } else {
         let out = svcnat::compile::compile_with_warnings(state, config).map_err(bad)?;
-        let warnings = out.warnings.iter().map(ToString::to_string).collect();
-        (out.ruleset, warnings)
+        let found = out.warnings.iter().map(ToString::to_string).collect();
+        (out.ruleset, found)
     };
-    for w in warnings {
-        eprintln!("warning: {path}: {}", w.replace('\n', " "));
-    }
+    warnings.extend(
+        found
+            .into_iter()
+            .map(|w| format!("warning: {path}: {}", w.replace('\n', " "))),
+    );
     Ok(ruleset)
+}
+
+/// Prints the warnings, once every input has been read and compiled: a run that
+/// fails prints its one error line and nothing else.
+pub fn print_warnings(warnings: &[String]) {
+    for w in warnings {
+        eprintln!("{w}");
+    }
 }
 
 /// Prints a one-line error and exits with [`EXIT_BAD_INPUT`].

@@ -66,6 +66,8 @@ pub struct Loaded {
 #[non_exhaustive]
 pub struct ReadReport {
     /// Items of kinds svcnat does not read (Pods, ConfigMaps, ...), counted per kind.
+    /// A kind of another API group than svcnat reads is named with its
+    /// `apiVersion`: `Service (serving.knative.dev/v1)`.
     pub other_kinds: BTreeMap<String, usize>,
     /// Objects of the kinds svcnat reads that it left out, in input order.
     pub skipped: Vec<Skipped>,
@@ -607,6 +609,26 @@ impl<'de> Reader<'de> {
             name: name_of(&fields).unwrap_or_default(),
             reason,
         };
+        // A kind names an object only with its API group: a Knative `Service`
+        // (serving.knative.dev) is another kind.
+        let api_version = field(&fields, "apiVersion")
+            .and_then(|raw| serde_json::from_str::<Cow<'_, str>>(raw.get()).ok());
+        let core = match (kind.as_ref(), api_version.as_deref()) {
+            (_, None) => true,
+            ("Service" | "Endpoints", Some(v)) => v == "v1",
+            ("EndpointSlice", Some(v)) => v == "discovery.k8s.io/v1",
+            _ => true,
+        };
+        if !core {
+            if index.is_none() {
+                return Err(ReadError::UnknownKind {
+                    kind: format!("{kind} ({})", api_version.unwrap_or_default()),
+                });
+            }
+            let other = format!("{kind} ({})", api_version.unwrap_or_default());
+            *self.report.other_kinds.entry(other).or_default() += 1;
+            return Ok(());
+        }
         match kind.as_ref() {
             "Service" => {
                 let svc: core::Service = decode(&fields).map_err(|p| fail(Some("Service"), p))?;

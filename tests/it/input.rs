@@ -220,7 +220,44 @@ fn every_row_of_the_input_table() {
         );
     }
 
+    // A kind of another API group: a Knative Service beside a v1 one, as
+    // `kubectl get all -o json` lists them.
+    let out = accepted(
+        "a Knative Service",
+        "compile",
+        &["-"],
+        r#"{"kind":"List","items":[
+            {"apiVersion":"v1","kind":"Service","metadata":{"namespace":"ns1","name":"web"},
+             "spec":{"clusterIP":"172.30.0.41","ports":[{"name":"http","port":80}]}},
+            {"apiVersion":"serving.knative.dev/v1","kind":"Service",
+             "metadata":{"namespace":"ns1","name":"hello"},
+             "spec":{"template":{"spec":{"containers":[{"image":"hello"}]}}}}]}"#,
+        &mut all,
+    );
+    assert!(out.contains("ns1/web:http has no endpoints"), "{out}");
+
+    // A warning and then an error: only the error, on its one line.
+    refused(
+        "v1 Endpoints and a loopback cluster IP",
+        "compile",
+        &["-"],
+        r#"{"kind":"List","items":[
+            {"apiVersion":"v1","kind":"Endpoints","metadata":{"namespace":"ns1","name":"web"}},
+            {"apiVersion":"v1","kind":"Service","metadata":{"namespace":"ns1","name":"web"},
+             "spec":{"clusterIP":"127.0.0.1","ports":[{"name":"http","port":80}]}}]}"#,
+        &mut all,
+    );
+
     insta::assert_snapshot!(all);
+}
+
+/// The shipped example cluster, which has a headless service with its slice, reads
+/// and compiles without a word on stderr.
+#[test]
+fn the_example_cluster_compiles_without_warnings() {
+    let (code, stdout, stderr) = run_example("compile", &[], "");
+    assert_eq!((code, stderr.as_str()), (0, ""));
+    assert!(stdout.starts_with("*filter\n"));
 }
 
 #[test]
