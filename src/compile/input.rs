@@ -520,6 +520,15 @@ pub(crate) fn check_service(
 ) -> Result<(), CompileError> {
     validate_service(svc, config)?;
     let svc_ports = ServicePortKeys::new(svc);
+    // A headless service (no cluster IP at all) gets no rules, so kube-proxy
+    // never reads its slices: what it would ignore in them is not worth a word.
+    // What the API server refuses is refused all the same.
+    let mut unread = Vec::new();
+    let warnings = if svc.cluster_ips.is_empty() {
+        &mut unread
+    } else {
+        warnings
+    };
     let before = warnings.len();
     for slice in slices {
         if let Err(e) = check_slice(slice, &svc_ports, warnings) {

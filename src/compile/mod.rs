@@ -27,21 +27,25 @@
 //! assert!(text.contains("-A KUBE-SVC-XPGD46QRK7WJZT7O -m comment --comment \"ns1/svc1:p80 -> 10.180.0.1:80\" -j KUBE-SEP-SXIVWICOYRO3J4NJ"));
 //! ```
 
+mod assembly;
+mod compiled;
 pub(crate) mod context;
 mod endpoints;
 pub(crate) mod fixed;
 mod input;
 pub mod naming;
 mod service;
-mod text;
+mod sink;
 
 use serde::{Deserialize, Serialize};
 
+pub(crate) use assembly::{shared_chain_text, write_full};
+pub(crate) use compiled::Counter;
+pub use compiled::{CompiledText, compile_text, compile_text_reusing};
 pub use context::check_config;
 pub use fixed::{JumpRule, jump_rules};
 pub use service::{PortFlows, ServiceRules};
-pub use text::{CompiledText, compile_text, compile_text_reusing};
-pub(crate) use text::{Counter, ServiceText, TextSink, shared_chain_text, write_full};
+pub(crate) use sink::{ServiceText, TextSink};
 
 use crate::error::CompileError;
 use crate::model::{ClusterState, EndpointSlice, ProxyConfig, Service, ServiceKey};

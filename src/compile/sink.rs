@@ -1,31 +1,24 @@
-//! Each service's rules rendered as they are built, and the full restore text put
-//! together from them: the fast path for a full sync and what the [`Syncer`] keeps
-//! between syncs.
-//!
-//! No service's rules are ever held typed here: the compiler hands each rule to a
-//! [`TextSink`] that writes it on the spot. A one-off compile ([`compile_text`])
-//! writes every service into the same few buffers, one per part of the output; the
-//! `Syncer` keeps each service's text apart ([`ServiceText`]) to replace it alone.
-//! The bytes are exactly those of [`render`](crate::render) over
-//! [`compile`](super::compile)'s ruleset (a property test checks it).
-//!
-//! [`Syncer`]: crate::sync::Syncer
+//! The compiler's text sink: each service's rules rendered as they are built,
+//! into a few large buffers for a whole cluster ([`compile_text`](super::compile_text))
+//! or one service at a time for the [`Syncer`](crate::sync::Syncer), which keeps
+//! each service's text apart ([`ServiceText`]) to replace it alone. No service's
+//! rules are ever held typed here. The bytes are exactly those of
+//! [`render`](crate::render) over [`compile`](super::compile)'s ruleset (a
+//! property test checks it).
 
 use std::fmt;
-use std::io;
 
+use super::SharedChain;
+use super::compiled::{CompiledText, Counter};
 use super::context::Context;
-use super::fixed::{fixed_tables, shared_tail};
 use super::service::{Capture, Dispatch, EndpointChain, PortFlows, Sink};
-use super::{SharedChain, compile_services};
 use crate::error::CompileError;
 use crate::error::Problem;
-use crate::model::{ClusterState, IpFamily, ProxyConfig, ServiceKey};
-use crate::render::IoAdapter;
+use crate::model::ServiceKey;
 use crate::ruleset::restore::{self, RuleLine};
-use crate::ruleset::{ChainName, Match, RecentAction, Rule, Table};
+use crate::ruleset::{ChainName, Match, RecentAction, Rule};
 
-const SHARED: usize = SharedChain::ALL.len();
+pub(super) const SHARED: usize = SharedChain::ALL.len();
 
 /// How a [`TextSink`] keeps the services' own chains.
 #[derive(Debug)]
@@ -98,7 +91,7 @@ impl TextSink {
 
     /// A sink for a whole cluster, read with [`TextSink::into_compiled`], with room
     /// for the declarations of about `chains` chains (more only grows the buffer).
-    fn whole(chains: usize) -> Self {
+    pub(super) fn whole(chains: usize) -> Self {
         TextSink::new(
             Chains::Declared {
                 text: String::with_capacity(chains * DECLARATION),
@@ -110,7 +103,7 @@ impl TextSink {
     }
 
     /// A sink for a whole cluster that writes into `old`'s buffers.
-    fn whole_reusing(old: CompiledText) -> Self {
+    pub(super) fn whole_reusing(old: CompiledText) -> Self {
         let CompiledText {
             mut decls,
             mut shared,
@@ -191,7 +184,11 @@ impl TextSink {
         }
     }
 
-    fn into_compiled(mut self, ctx: Context, warnings: Vec<CompileError>) -> CompiledText {
+    pub(super) fn into_compiled(
+        mut self,
+        ctx: Context,
+        warnings: Vec<CompileError>,
+    ) -> CompiledText {
         let mut own = std::mem::take(&mut self.done);
         own.push(self.own);
         let (decls, count) = match self.chains {
@@ -420,7 +417,7 @@ impl ServiceText {
     }
 
     /// The `-A …` lines of all the own chains.
-    fn own_text(&self) -> &str {
+    pub(super) fn own_text(&self) -> &str {
         &self.text[..self.chains.last().map_or(0, |(_, end)| *end)]
     }
 
@@ -433,368 +430,6 @@ impl ServiceText {
         };
         &self.text[start..self.shared_ends[i]]
     }
-}
-
-/// The services' parts of a full text, however they are stored.
-trait Parts {
-    /// The `:NAME - [0:0]` lines of the own chains.
-    fn decls<W: fmt::Write>(&self, out: &mut W) -> fmt::Result;
-    /// The `-A …` lines of one shared chain.
-    fn shared<W: fmt::Write>(&self, which: SharedChain, out: &mut W) -> fmt::Result;
-    /// The `-A …` lines of the own chains.
-    fn own<W: fmt::Write>(&self, out: &mut W) -> fmt::Result;
-}
-
-/// Services kept apart, in order.
-struct Services<I>(I);
-
-impl<'a, I: Iterator<Item = &'a ServiceText> + Clone> Parts for Services<I> {
-    fn decls<W: fmt::Write>(&self, out: &mut W) -> fmt::Result {
-        for svc in self.0.clone() {
-            for (name, _) in &svc.chains {
-                restore::declare(out, name.as_str())?;
-            }
-        }
-        Ok(())
-    }
-
-    fn shared<W: fmt::Write>(&self, which: SharedChain, out: &mut W) -> fmt::Result {
-        for svc in self.0.clone() {
-            out.write_str(svc.shared_text(which))?;
-        }
-        Ok(())
-    }
-
-    fn own<W: fmt::Write>(&self, out: &mut W) -> fmt::Result {
-        for svc in self.0.clone() {
-            out.write_str(svc.own_text())?;
-        }
-        Ok(())
-    }
-}
-
-/// Writes the full restore text (filter, then nat) of `services`, in order, as
-/// `render::write_fmt` over `fixed::assemble_owned(ctx, …)` would, with `stale` nat chains
-/// flushed and deleted (`-X`) as [`plan`](crate::sync::plan) writes deletions.
-pub(crate) fn write_full<'a, W, I>(
-    ctx: &Context,
-    services: I,
-    stale: &[ChainName],
-    out: &mut W,
-) -> fmt::Result
-where
-    W: fmt::Write,
-    I: Iterator<Item = &'a ServiceText> + Clone,
-{
-    let parts = Services(services);
-    write_head(ctx, &parts, stale, out)?;
-    parts.own(out)?;
-    write_tail(stale, out)
-}
-
-/// Everything before the services' own `-A …` lines: the filter table, then the
-/// nat table's declarations and its top-level chains' rules.
-fn write_head<P: Parts, W: fmt::Write>(
-    ctx: &Context,
-    parts: &P,
-    stale: &[ChainName],
-    out: &mut W,
-) -> fmt::Result {
-    let (filter, nat) = fixed_tables(ctx);
-    for table in [filter, nat] {
-        restore::open_table(out, table.table)?;
-        for chain in table.chains.values() {
-            restore::declaration(out, chain)?;
-        }
-        if table.table == Table::Nat {
-            parts.decls(out)?;
-            for name in stale {
-                restore::declare(out, name.as_str())?;
-            }
-        }
-        for chain in table.chains.values() {
-            match shared_chain(table.table, &chain.name) {
-                Some(which) => {
-                    parts.shared(which, out)?;
-                    for rule in shared_tail(ctx, which) {
-                        restore::rule(out, chain.name.as_str(), &rule)?;
-                    }
-                }
-                None => restore::rules(out, chain)?,
-            }
-        }
-        if table.table == Table::Filter {
-            restore::commit(out)?;
-        }
-    }
-    Ok(())
-}
-
-/// Everything after the services' own `-A …` lines: the stale chains' deletions
-/// and the nat table's end.
-fn write_tail<W: fmt::Write>(stale: &[ChainName], out: &mut W) -> fmt::Result {
-    for name in stale {
-        restore::delete(out, name.as_str())?;
-    }
-    restore::commit(out)
-}
-
-/// The `-A` lines of one shared chain: every service's rules for it, in service
-/// order, then the chain's fixed tail (the node-port jumps of nat `KUBE-SERVICES`).
-pub(crate) fn shared_chain_text<'a>(
-    ctx: &Context,
-    which: SharedChain,
-    services: impl Iterator<Item = &'a ServiceText>,
-) -> String {
-    let chain = which.chain();
-    let mut out = String::new();
-    // Writing into a String cannot fail.
-    for svc in services {
-        out.push_str(svc.shared_text(which));
-    }
-    for rule in shared_tail(ctx, which) {
-        let _ = restore::rule(&mut out, chain.as_str(), &rule);
-    }
-    out
-}
-
-/// Which shared chain `name` is in `table`, if any.
-pub(crate) fn shared_chain(table: Table, name: &ChainName) -> Option<SharedChain> {
-    SharedChain::ALL
-        .into_iter()
-        .find(|w| w.table() == table && w.chain() == *name)
-}
-
-/// A cluster's full `iptables-restore` text, compiled and rendered service by
-/// service (see [`compile_text`]): kept as a few large parts, put together when
-/// written.
-#[derive(Debug, Clone)]
-pub struct CompiledText {
-    ctx: Context,
-    /// Every service's `:NAME - [0:0]` lines.
-    decls: String,
-    /// Every service's lines in each shared chain.
-    shared: [String; SHARED],
-    /// Every service's own chains' `-A …` lines, in chunks: most of the text.
-    own: Vec<String>,
-    /// The number of service chains.
-    chains: usize,
-    len: usize,
-    /// What was ignored as kube-proxy ignores it.
-    warnings: Vec<CompileError>,
-}
-
-/// The parts of a [`CompiledText`] other than its own chains' lines.
-struct Whole<'a> {
-    decls: &'a str,
-    shared: &'a [String; SHARED],
-    own: &'a [String],
-}
-
-impl Parts for Whole<'_> {
-    fn decls<W: fmt::Write>(&self, out: &mut W) -> fmt::Result {
-        out.write_str(self.decls)
-    }
-
-    fn shared<W: fmt::Write>(&self, which: SharedChain, out: &mut W) -> fmt::Result {
-        out.write_str(&self.shared[which as usize])
-    }
-
-    fn own<W: fmt::Write>(&self, out: &mut W) -> fmt::Result {
-        for chunk in self.own {
-            out.write_str(chunk)?;
-        }
-        Ok(())
-    }
-}
-
-impl CompiledText {
-    /// The family.
-    pub fn family(&self) -> IpFamily {
-        self.ctx.family
-    }
-
-    /// The text's exact length in bytes.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Always false: every ruleset has its tables' headers.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    fn parts(&self) -> Whole<'_> {
-        Whole {
-            decls: &self.decls,
-            shared: &self.shared,
-            own: &self.own,
-        }
-    }
-
-    /// Writes the text into a `fmt::Write`.
-    ///
-    /// # Errors
-    /// Only those of the writer.
-    pub fn write_fmt<W: fmt::Write>(&self, out: &mut W) -> fmt::Result {
-        let parts = self.parts();
-        write_head(&self.ctx, &parts, &[], out)?;
-        parts.own(out)?;
-        write_tail(&[], out)
-    }
-
-    /// Writes the text into an `io::Write`, streaming.
-    ///
-    /// # Errors
-    /// Those of the writer.
-    pub fn write_io<W: io::Write>(&self, out: W) -> io::Result<()> {
-        let mut adapter = IoAdapter::new(out);
-        let result = self.write_fmt(&mut adapter);
-        adapter.finish(result)
-    }
-
-    /// The text as bytes, in a new buffer of exactly its size.
-    ///
-    /// A new buffer of tens of megabytes is fresh memory, which the kernel faults
-    /// in page by page (with glibc, always so above 32 MiB): a daemon that compiles
-    /// again and again does better to keep one buffer ([`CompiledText::write_to_vec`])
-    /// or to stream the text where it goes ([`CompiledText::write_io`]).
-    pub fn to_bytes(&self) -> Vec<u8> {
-        self.to_text().into_bytes()
-    }
-
-    /// The text, in a new buffer of exactly its size.
-    pub fn to_text(&self) -> String {
-        let mut out = String::with_capacity(self.len);
-        // Writing into a String cannot fail.
-        let _ = self.write_fmt(&mut out);
-        out
-    }
-
-    /// Writes the text into `out`, replacing what it held and reusing its
-    /// capacity: a caller that keeps one buffer between compiles writes into
-    /// memory it already has.
-    pub fn write_to_vec(&self, out: &mut Vec<u8>) {
-        out.clear();
-        out.reserve_exact(self.len);
-        // Writing into a Vec cannot fail.
-        let _ = self.write_fmt(&mut VecWriter(out));
-    }
-
-    /// The parts of the state left out as kube-proxy leaves them out, as in
-    /// [`Warned::warnings`](super::Warned::warnings), in the same order.
-    pub fn warnings(&self) -> &[CompileError] {
-        &self.warnings
-    }
-
-    /// The number of chains the text declares.
-    pub fn chain_count(&self) -> usize {
-        let (filter, nat) = fixed_tables(&self.ctx);
-        filter.chains.len() + nat.chains.len() + self.chains
-    }
-}
-
-impl fmt::Display for CompiledText {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.write_fmt(f)
-    }
-}
-
-/// `fmt::Write` into a byte buffer.
-struct VecWriter<'a>(&'a mut Vec<u8>);
-
-impl fmt::Write for VecWriter<'_> {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        self.0.extend_from_slice(s.as_bytes());
-        Ok(())
-    }
-}
-
-/// Counts the bytes written.
-#[derive(Default)]
-pub(crate) struct Counter(pub usize);
-
-impl fmt::Write for Counter {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        self.0 += s.len();
-        Ok(())
-    }
-}
-
-/// Compiles a cluster state straight to its `iptables-restore` text, the same bytes
-/// as [`render`](crate::render) over [`compile`](super::compile)'s ruleset, in
-/// about a quarter of the time and half the memory: each rule is written as soon
-/// as it is built, and no service's typed rules are kept.
-///
-/// ```
-/// use svcnat::model::*;
-/// let mut state = ClusterState::new();
-/// state.upsert_service(
-///     Service::cluster_ip("ns1", "svc1", "172.30.0.41".parse().unwrap())
-///         .with_port(ServicePort::tcp("p80", 80)),
-/// );
-/// let config = ProxyConfig::default();
-/// let text = svcnat::compile::compile_text(&state, &config).unwrap();
-/// let ruleset = svcnat::compile::compile(&state, &config).unwrap();
-/// assert_eq!(text.to_bytes(), svcnat::render::to_string(&ruleset).into_bytes());
-/// ```
-///
-/// What was ignored on the way, as [`compile_with_warnings`](super::compile_with_warnings)
-/// reports it, is in [`CompiledText::warnings`].
-///
-/// # Errors
-/// As [`compile`](super::compile): the first invalid service, slice or config
-/// field, and no text at all.
-pub fn compile_text(
-    state: &ClusterState,
-    config: &ProxyConfig,
-) -> Result<CompiledText, CompileError> {
-    // Room for a chain per endpoint and two per service: a bound for most clusters,
-    // so the declarations are not copied as they grow.
-    let chains = state.endpoint_bound(config.ip_family) + 2 * state.service_count();
-    compile_text_into(state, config, TextSink::whole(chains))
-}
-
-/// [`compile_text`], writing into the buffers of an earlier text, which it
-/// replaces: a daemon that compiles again and again reuses the same memory instead
-/// of asking the allocator for (and faulting in) tens of megabytes each time.
-///
-/// ```
-/// use svcnat::model::*;
-/// let mut state = ClusterState::new();
-/// state.upsert_service(
-///     Service::cluster_ip("ns1", "svc1", "172.30.0.41".parse().unwrap())
-///         .with_port(ServicePort::tcp("p80", 80)),
-/// );
-/// let config = ProxyConfig::default();
-/// let first = svcnat::compile::compile_text(&state, &config).unwrap();
-/// state.upsert_service(
-///     Service::cluster_ip("ns1", "svc2", "172.30.0.42".parse().unwrap())
-///         .with_port(ServicePort::tcp("p80", 80)),
-/// );
-/// let mut out = Vec::new();
-/// let second = svcnat::compile::compile_text_reusing(&state, &config, first).unwrap();
-/// second.write_to_vec(&mut out);
-/// assert_eq!(out, svcnat::compile::compile_text(&state, &config).unwrap().to_bytes());
-/// ```
-///
-/// # Errors
-/// As [`compile_text`]; `old` is dropped.
-pub fn compile_text_reusing(
-    state: &ClusterState,
-    config: &ProxyConfig,
-    old: CompiledText,
-) -> Result<CompiledText, CompileError> {
-    compile_text_into(state, config, TextSink::whole_reusing(old))
-}
-
-fn compile_text_into(
-    state: &ClusterState,
-    config: &ProxyConfig,
-    mut sink: TextSink,
-) -> Result<CompiledText, CompileError> {
-    let (ctx, _, _, warnings) = compile_services(state, config, true, &mut sink, |_, _, _| ())?;
-    Ok(sink.into_compiled(ctx, warnings))
 }
 
 #[cfg(test)]
