@@ -19,6 +19,7 @@ use crate::error::ParseValueError;
 use crate::model::{IpFamily, Protocol};
 
 mod extra;
+pub(crate) mod lex;
 pub(crate) mod text;
 pub use extra::{
     AddrKind, Direction, PhysdevOption, PortRange, PortsOf, ProtocolName, RawText, SetMatch, Word,

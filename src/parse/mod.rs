@@ -48,7 +48,6 @@
 //! ```
 
 mod canon;
-mod lex;
 mod rule;
 
 use std::fmt;
@@ -61,10 +60,10 @@ pub(crate) use canon::xmark as xmark_of;
 pub use canon::{canonical_rule, canonicalize};
 
 use crate::model::IpFamily;
+use crate::ruleset::lex::{Token, tokenize};
 use crate::ruleset::{
     ChainName, IrError, Policy, RawText, Rule, Ruleset, Table, TableRules, Target,
 };
-use lex::{Token, tokenize};
 use rule::{FamilyCheck, parse_rule};
 
 /// A line that could not be read, with where and why. It displays on one
@@ -314,11 +313,6 @@ pub fn parse_payload_as(text: &str, family: IpFamily) -> Result<Payload, ParseEr
     )
 }
 
-/// True if `text` splits into words without an unterminated double quote.
-pub(crate) fn quotes_balanced(text: &str) -> bool {
-    tokenize(text).is_ok()
-}
-
 fn error_at(line_no: usize, line: &str, offset: usize, kind: ErrorKind) -> ParseError {
     ParseError {
         line: line_no,
@@ -381,7 +375,7 @@ fn parse_with(text: &str, mut family: FamilyCheck) -> Result<Payload, ParseError
             return Err(fail(0, ErrorKind::OutsideTable));
         };
         let idx = *idx;
-        let toks = tokenize(line).map_err(|(at, kind)| fail(at, kind))?;
+        let toks = tokenize(line).map_err(|at| fail(at, ErrorKind::UnterminatedQuote))?;
         let parsed = parse_line(line, &toks, &mut family).map_err(|(at, kind)| fail(at, kind))?;
         if let Some((op, tag)) = parsed {
             tables[idx].ops.push(Operation { line: line_no, op });

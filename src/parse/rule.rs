@@ -5,8 +5,8 @@ use std::net::{IpAddr, SocketAddr};
 use ipnet::IpNet;
 
 use super::ErrorKind;
-use super::lex::Token;
 use crate::model::{IpFamily, Protocol};
+use crate::ruleset::lex::Token;
 use crate::ruleset::{
     AddrKind, AddrType, Address, ChainName, Comment, CtState, Direction, Interface, Mark, MarkOp,
     Match, NfacctCounter, Not, PhysdevOption, PortRange, PortsOf, Probability, ProtocolName,
