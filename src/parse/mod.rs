@@ -56,7 +56,6 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 pub(crate) use canon::module_order;
-pub(crate) use canon::xmark as xmark_of;
 pub use canon::{canonical_rule, canonicalize};
 
 use crate::model::IpFamily;
@@ -237,14 +236,10 @@ pub enum Op {
     },
 }
 
-/// The built-in chains of a table, in the order `iptables-save` lists them.
+/// The built-in chains of a table, in the order `iptables-save` lists them: the
+/// same as [`Table::builtin_chains`], which owns the list.
 pub fn builtin_chains(table: Table) -> &'static [&'static str] {
-    match table {
-        Table::Filter | Table::Security => &["INPUT", "FORWARD", "OUTPUT"],
-        Table::Nat => &["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"],
-        Table::Mangle => &["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"],
-        Table::Raw => &["PREROUTING", "OUTPUT"],
-    }
+    table.builtin_chains()
 }
 
 /// Parses a dump or restore payload into the ruleset it describes (operations
@@ -342,13 +337,9 @@ fn parse_with(text: &str, mut family: FamilyCheck) -> Result<Payload, ParseError
             if let Some((idx, _, _)) = &current {
                 return Err(fail(0, ErrorKind::NotCommitted(tables[*idx].table)));
             }
-            let table = match name.trim() {
-                "filter" => Table::Filter,
-                "nat" => Table::Nat,
-                "mangle" => Table::Mangle,
-                "raw" => Table::Raw,
-                "security" => Table::Security,
-                other => return Err(fail(1, ErrorKind::UnknownTable(other.to_owned()))),
+            let name = name.trim();
+            let Ok(table) = name.parse::<Table>() else {
+                return Err(fail(1, ErrorKind::UnknownTable(name.to_owned())));
             };
             let idx = match tables.iter().position(|t| t.table == table) {
                 Some(i) => i,
@@ -616,7 +607,7 @@ fn parse_line(
 /// model (`-j LOG`, `-j NOTRACK`): it becomes [`Target::Other`], which prints the
 /// same.
 fn resolve_jumps(table: &mut TablePayload) {
-    let builtin = builtin_chains(table.table);
+    let builtin = table.table.builtin_chains();
     // A set: a large cluster's dump has a hundred thousand chains and as many jumps.
     let declared: std::collections::HashSet<ChainName> = table
         .ops
@@ -698,7 +689,7 @@ fn existing<'t>(
     chain: &ChainName,
 ) -> Result<&'t mut crate::ruleset::Chain, ErrorKind> {
     if !rules.chains.contains_key(chain) {
-        if builtin_chains(rules.table).contains(&chain.as_str()) {
+        if rules.table.builtin_chains().contains(&chain.as_str()) {
             rules.chain_mut(chain);
         } else {
             return Err(ErrorKind::UndeclaredChain(chain.to_string()));
@@ -754,7 +745,7 @@ fn apply(rules: &mut TableRules, op: &Op) -> Result<(), ErrorKind> {
             }
         }
         Op::DeleteChain(None) => {
-            let builtin = builtin_chains(rules.table);
+            let builtin = rules.table.builtin_chains();
             rules
                 .chains
                 .retain(|name, _| builtin.contains(&name.as_str()));
