@@ -19,6 +19,7 @@ use crate::model::ParseValueError;
 use crate::model::{IpFamily, Protocol};
 
 mod extra;
+pub(crate) mod lex;
 pub(crate) mod restore;
 pub(crate) mod text;
 pub use extra::{
@@ -98,6 +99,21 @@ impl Table {
             Table::Mangle => "mangle",
             Table::Raw => "raw",
             Table::Security => "security",
+        }
+    }
+
+    /// The table's built-in chains, in the order `iptables-save` lists them.
+    ///
+    /// ```
+    /// use svcnat::ruleset::Table;
+    /// assert_eq!(Table::Raw.builtin_chains(), ["PREROUTING", "OUTPUT"]);
+    /// ```
+    pub fn builtin_chains(self) -> &'static [&'static str] {
+        match self {
+            Table::Filter | Table::Security => &["INPUT", "FORWARD", "OUTPUT"],
+            Table::Nat => &["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"],
+            Table::Mangle => &["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"],
+            Table::Raw => &["PREROUTING", "OUTPUT"],
         }
     }
 }
@@ -927,6 +943,36 @@ pub enum MarkOp {
     },
     /// `--set-mark V[/M]`.
     Set(Mark),
+}
+
+impl MarkOp {
+    /// `(value, mask)` of the `--set-xmark V/M` this operation is: the kernel
+    /// computes `(mark & !mask) ^ value` for every MARK target.
+    pub(crate) fn xmark(&self) -> (u32, u32) {
+        match *self {
+            MarkOp::Or(v) => (v, v),
+            MarkOp::Xor(v) => (v, 0),
+            MarkOp::And(v) => (0, !v),
+            MarkOp::SetXmark { value, mask } => (value, mask),
+            MarkOp::Set(Mark { value, mask }) => (value, value | mask.unwrap_or(u32::MAX)),
+        }
+    }
+
+    /// The one operation for what this one does to a mark: `--or-mark`,
+    /// `--xor-mark` or `--and-mark` when one of them says it, else `--set-xmark`.
+    /// Equal effects give equal values.
+    pub(crate) fn normalized(&self) -> MarkOp {
+        let (value, mask) = self.xmark();
+        if mask == value {
+            MarkOp::Or(value)
+        } else if mask == 0 {
+            MarkOp::Xor(value)
+        } else if value == 0 {
+            MarkOp::And(!mask)
+        } else {
+            MarkOp::SetXmark { value, mask }
+        }
+    }
 }
 
 /// What a rule does with a packet it matches.

@@ -407,7 +407,7 @@ pub fn traceable(ruleset: &Ruleset, jumps: &[JumpRule]) -> Ruleset {
         if !matches!(t.table, Table::Filter | Table::Nat) {
             continue;
         }
-        let builtins = crate::parse::builtin_chains(t.table);
+        let builtins = t.table.builtin_chains();
         let mut chains = indexmap::IndexMap::new();
         for name in builtins {
             let name = ChainName::fixed(name);
@@ -1009,7 +1009,7 @@ impl<'a> Walker<'a> {
                 Step::End(Flow::HookDone)
             }
             Some(Target::Mark(op)) => {
-                let (value, mask) = crate::parse::xmark_of(op);
+                let (value, mask) = op.xmark();
                 state.mark = (state.mark & !mask) ^ value;
                 Step::Next
             }

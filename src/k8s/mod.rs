@@ -28,6 +28,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use thiserror::Error;
 
 use crate::error::Problem;
@@ -222,166 +223,22 @@ pub fn service(svc: &core::Service) -> Result<Option<Service>, ConvertError> {
     let Some(spec) = &svc.spec else {
         return Ok(None);
     };
-    let service_type = match spec.type_.as_deref() {
-        None | Some("ClusterIP") => ServiceType::ClusterIp,
-        Some("NodePort") => ServiceType::NodePort,
-        Some("LoadBalancer") => ServiceType::LoadBalancer,
-        Some("ExternalName") => return Ok(None),
-        Some(other) => {
-            return Err(obj.err(
-                "spec.type",
-                Problem::Unsupported {
-                    value: other.to_owned(),
-                },
-            ));
-        }
-    };
-    let (ips_field, ip_texts): (&str, Vec<&str>) = match &spec.cluster_ips {
-        Some(ips) if !ips.is_empty() => {
-            ("spec.clusterIPs", ips.iter().map(String::as_str).collect())
-        }
-        _ => (
-            "spec.clusterIP",
-            spec.cluster_ip.as_deref().into_iter().collect(),
-        ),
-    };
-    if ip_texts.is_empty() || ip_texts.iter().any(|t| t.is_empty() || *t == "None") {
+    let Some(service_type) = service_type(&obj, spec)? else {
         return Ok(None);
-    }
-    let cluster_ips = ip_texts
-        .iter()
-        .enumerate()
-        .map(|(i, t)| {
-            let field = if ips_field == "spec.clusterIP" {
-                ips_field.to_owned()
-            } else {
-                format!("{ips_field}[{i}]")
-            };
-            ip(&obj, field, t)
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-
-    let mut ports = Vec::new();
-    for (i, p) in spec.ports.iter().flatten().enumerate() {
-        let node_port = match p.node_port {
-            None | Some(0) => None,
-            Some(n) => Some(port_number(&obj, format!("spec.ports[{i}].nodePort"), n)?),
-        };
-        let target_port = match &p.target_port {
-            None => None,
-            Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(n)) => {
-                Some(TargetPort::Number(port_number(
-                    &obj,
-                    format!("spec.ports[{i}].targetPort"),
-                    *n,
-                )?))
-            }
-            Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(s)) => {
-                Some(TargetPort::Name(s.clone()))
-            }
-        };
-        ports.push(ServicePort {
-            name: p.name.clone().unwrap_or_default(),
-            protocol: protocol(
-                &obj,
-                format!("spec.ports[{i}].protocol"),
-                p.protocol.as_deref(),
-            )?,
-            port: port_number(&obj, format!("spec.ports[{i}].port"), p.port)?,
-            target_port,
-            node_port,
-        });
-    }
-
-    let session_affinity = match spec.session_affinity.as_deref() {
-        None | Some("None") => SessionAffinity::None,
-        Some("ClientIP") => {
-            let field = "spec.sessionAffinityConfig.clientIP.timeoutSeconds";
-            let seconds = spec
-                .session_affinity_config
-                .as_ref()
-                .and_then(|c| c.client_ip.as_ref())
-                .and_then(|c| c.timeout_seconds);
-            let timeout_seconds = match seconds {
-                None => DEFAULT_AFFINITY_SECONDS,
-                Some(s) => u32::try_from(s).map_err(|_| {
-                    obj.err(
-                        field,
-                        Problem::OutOfRange {
-                            value: i64::from(s),
-                            range: "1-86400",
-                        },
-                    )
-                })?,
-            };
-            SessionAffinity::ClientIp { timeout_seconds }
-        }
-        Some(other) => {
-            return Err(obj.err(
-                "spec.sessionAffinity",
-                Problem::Unsupported {
-                    value: other.to_owned(),
-                },
-            ));
-        }
     };
-
-    let external_ips = spec
-        .external_ips
-        .iter()
-        .flatten()
-        .enumerate()
-        .map(|(i, t)| ip(&obj, format!("spec.externalIPs[{i}]"), t))
-        .collect::<Result<Vec<_>, _>>()?;
-    let load_balancer_source_ranges = spec
-        .load_balancer_source_ranges
-        .iter()
-        .flatten()
-        .enumerate()
-        .map(|(i, t)| {
-            parse_cidr_sloppy(t.trim()).ok_or_else(|| {
-                obj.err(
-                    format!("spec.loadBalancerSourceRanges[{i}]"),
-                    Problem::BadAddress {
-                        value: t.clone(),
-                        expected: "CIDR",
-                    },
-                )
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut load_balancer_ingress = Vec::new();
-    let ingress = svc
-        .status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.as_ref());
-    for (i, ing) in ingress.into_iter().flatten().enumerate() {
-        let Some(text) = ing.ip.as_deref().filter(|t| !t.is_empty()) else {
-            continue;
-        };
-        let ip_mode = match ing.ip_mode.as_deref() {
-            None | Some("VIP") => IpMode::Vip,
-            Some("Proxy") => IpMode::Proxy,
-            Some(other) => {
-                return Err(obj.err(
-                    format!("status.loadBalancer.ingress[{i}].ipMode"),
-                    Problem::Unsupported {
-                        value: other.to_owned(),
-                    },
-                ));
-            }
-        };
-        load_balancer_ingress.push(LoadBalancerIngress {
-            ip: ip(&obj, format!("status.loadBalancer.ingress[{i}].ip"), text)?,
-            ip_mode,
-        });
-    }
-    let health_check_node_port = match spec.health_check_node_port {
-        None | Some(0) => None,
-        Some(n) => Some(port_number(&obj, "spec.healthCheckNodePort".into(), n)?),
+    let Some(cluster_ips) = cluster_ips(&obj, spec)? else {
+        return Ok(None);
     };
-
+    let ports = service_ports(&obj, spec)?;
+    let session_affinity = session_affinity(&obj, spec)?;
+    let external_ips = external_ips(&obj, spec)?;
+    let load_balancer_source_ranges = source_ranges(&obj, spec)?;
+    let load_balancer_ingress = load_balancer_ingress(&obj, svc.status.as_ref())?;
+    let health_check_node_port = node_port(
+        &obj,
+        "spec.healthCheckNodePort".into(),
+        spec.health_check_node_port,
+    )?;
     Ok(Some(Service {
         namespace,
         name,
@@ -404,6 +261,195 @@ pub fn service(svc: &core::Service) -> Result<Option<Service>, ConvertError> {
         load_balancer_source_ranges,
         health_check_node_port,
     }))
+}
+
+/// `spec.type`; `None` for ExternalName, which kube-proxy skips.
+fn service_type(obj: &Obj, spec: &core::ServiceSpec) -> Result<Option<ServiceType>, ConvertError> {
+    match spec.type_.as_deref() {
+        None | Some("ClusterIP") => Ok(Some(ServiceType::ClusterIp)),
+        Some("NodePort") => Ok(Some(ServiceType::NodePort)),
+        Some("LoadBalancer") => Ok(Some(ServiceType::LoadBalancer)),
+        Some("ExternalName") => Ok(None),
+        Some(other) => Err(obj.err(
+            "spec.type",
+            Problem::Unsupported {
+                value: other.to_owned(),
+            },
+        )),
+    }
+}
+
+/// `spec.clusterIPs`, else `spec.clusterIP`; `None` for a headless service or
+/// one without a cluster IP.
+fn cluster_ips(obj: &Obj, spec: &core::ServiceSpec) -> Result<Option<Vec<IpAddr>>, ConvertError> {
+    let (ips_field, ip_texts): (&str, Vec<&str>) = match &spec.cluster_ips {
+        Some(ips) if !ips.is_empty() => {
+            ("spec.clusterIPs", ips.iter().map(String::as_str).collect())
+        }
+        _ => (
+            "spec.clusterIP",
+            spec.cluster_ip.as_deref().into_iter().collect(),
+        ),
+    };
+    if ip_texts.is_empty() || ip_texts.iter().any(|t| t.is_empty() || *t == "None") {
+        return Ok(None);
+    }
+    ip_texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let field = if ips_field == "spec.clusterIP" {
+                ips_field.to_owned()
+            } else {
+                format!("{ips_field}[{i}]")
+            };
+            ip(obj, field, t)
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
+/// `spec.ports`, in order.
+fn service_ports(obj: &Obj, spec: &core::ServiceSpec) -> Result<Vec<ServicePort>, ConvertError> {
+    spec.ports
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, p)| service_port(obj, i, p))
+        .collect()
+}
+
+/// `spec.ports[i]`.
+fn service_port(obj: &Obj, i: usize, p: &core::ServicePort) -> Result<ServicePort, ConvertError> {
+    let node_port = node_port(obj, format!("spec.ports[{i}].nodePort"), p.node_port)?;
+    let target_port = match &p.target_port {
+        None => None,
+        Some(IntOrString::Int(n)) => Some(TargetPort::Number(port_number(
+            obj,
+            format!("spec.ports[{i}].targetPort"),
+            *n,
+        )?)),
+        Some(IntOrString::String(s)) => Some(TargetPort::Name(s.clone())),
+    };
+    Ok(ServicePort {
+        name: p.name.clone().unwrap_or_default(),
+        protocol: protocol(
+            obj,
+            format!("spec.ports[{i}].protocol"),
+            p.protocol.as_deref(),
+        )?,
+        port: port_number(obj, format!("spec.ports[{i}].port"), p.port)?,
+        target_port,
+        node_port,
+    })
+}
+
+/// A node port field, where 0 (or nothing) means none.
+fn node_port(obj: &Obj, field: String, value: Option<i32>) -> Result<Option<u16>, ConvertError> {
+    match value {
+        None | Some(0) => Ok(None),
+        Some(n) => port_number(obj, field, n).map(Some),
+    }
+}
+
+/// `spec.sessionAffinity`, with the timeout of `spec.sessionAffinityConfig`
+/// (Kubernetes' default when it has none).
+fn session_affinity(obj: &Obj, spec: &core::ServiceSpec) -> Result<SessionAffinity, ConvertError> {
+    match spec.session_affinity.as_deref() {
+        None | Some("None") => Ok(SessionAffinity::None),
+        Some("ClientIP") => {
+            let field = "spec.sessionAffinityConfig.clientIP.timeoutSeconds";
+            let seconds = spec
+                .session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds);
+            let timeout_seconds = match seconds {
+                None => DEFAULT_AFFINITY_SECONDS,
+                Some(s) => u32::try_from(s).map_err(|_| {
+                    obj.err(
+                        field,
+                        Problem::OutOfRange {
+                            value: i64::from(s),
+                            range: "1-86400",
+                        },
+                    )
+                })?,
+            };
+            Ok(SessionAffinity::ClientIp { timeout_seconds })
+        }
+        Some(other) => Err(obj.err(
+            "spec.sessionAffinity",
+            Problem::Unsupported {
+                value: other.to_owned(),
+            },
+        )),
+    }
+}
+
+/// `spec.externalIPs`.
+fn external_ips(obj: &Obj, spec: &core::ServiceSpec) -> Result<Vec<IpAddr>, ConvertError> {
+    spec.external_ips
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, t)| ip(obj, format!("spec.externalIPs[{i}]"), t))
+        .collect()
+}
+
+/// `spec.loadBalancerSourceRanges`, read as kube-proxy reads them (surrounding
+/// whitespace allowed).
+fn source_ranges(obj: &Obj, spec: &core::ServiceSpec) -> Result<Vec<IpNet>, ConvertError> {
+    spec.load_balancer_source_ranges
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, t)| {
+            parse_cidr_sloppy(t.trim()).ok_or_else(|| {
+                obj.err(
+                    format!("spec.loadBalancerSourceRanges[{i}]"),
+                    Problem::BadAddress {
+                        value: t.clone(),
+                        expected: "CIDR",
+                    },
+                )
+            })
+        })
+        .collect()
+}
+
+/// `status.loadBalancer.ingress`: the entries with an IP (a hostname-only entry
+/// is skipped).
+fn load_balancer_ingress(
+    obj: &Obj,
+    status: Option<&core::ServiceStatus>,
+) -> Result<Vec<LoadBalancerIngress>, ConvertError> {
+    let mut out = Vec::new();
+    let ingress = status
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref());
+    for (i, ing) in ingress.into_iter().flatten().enumerate() {
+        let Some(text) = ing.ip.as_deref().filter(|t| !t.is_empty()) else {
+            continue;
+        };
+        let ip_mode = match ing.ip_mode.as_deref() {
+            None | Some("VIP") => IpMode::Vip,
+            Some("Proxy") => IpMode::Proxy,
+            Some(other) => {
+                return Err(obj.err(
+                    format!("status.loadBalancer.ingress[{i}].ipMode"),
+                    Problem::Unsupported {
+                        value: other.to_owned(),
+                    },
+                ));
+            }
+        };
+        out.push(LoadBalancerIngress {
+            ip: ip(obj, format!("status.loadBalancer.ingress[{i}].ip"), text)?,
+            ip_mode,
+        });
+    }
+    Ok(out)
 }
 
 /// `endpoints` is a list in some Kubernetes versions of k8s-openapi and an

@@ -352,7 +352,9 @@ fn object_label(kind: &Option<String>, name: &Option<String>) -> String {
     }
 }
 
-/// Reads a cluster dump (see the [module docs](self)) from `reader`.
+/// Reads a cluster dump from `reader`: the JSON of a `List` (what `kubectl get
+/// services,endpointslices -A -o json` prints), a `ServiceList`, an
+/// `EndpointSliceList`, or a single `Service` or `EndpointSlice`.
 ///
 /// The text is read into memory first (one buffer the size of the input), then
 /// decoded item by item from there; the buffer is freed before this returns.

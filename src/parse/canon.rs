@@ -3,8 +3,7 @@
 
 use crate::model::IpFamily;
 use crate::ruleset::{
-    Address, CtState, Mark, MarkOp, Match, Not, PortRange, Probability, ProtocolName, Rule,
-    Ruleset, Target,
+    Address, CtState, Match, Not, PortRange, Probability, ProtocolName, Rule, Ruleset, Target,
 };
 
 /// The ruleset in canonical form: every rule through [`canonical_rule`]; tables,
@@ -191,31 +190,9 @@ fn rank(m: &Match) -> u8 {
     }
 }
 
-/// `(value, mask)` of `--set-xmark`: the kernel computes `(mark & !mask) ^ value`.
-pub(crate) fn xmark(op: &MarkOp) -> (u32, u32) {
-    match *op {
-        MarkOp::Or(v) => (v, v),
-        MarkOp::Xor(v) => (v, 0),
-        MarkOp::And(v) => (0, !v),
-        MarkOp::SetXmark { value, mask } => (value, mask),
-        MarkOp::Set(Mark { value, mask }) => (value, value | mask.unwrap_or(u32::MAX)),
-    }
-}
-
 fn canonical_target(t: &Target, family: IpFamily) -> Target {
     match t {
-        Target::Mark(op) => {
-            let (value, mask) = xmark(op);
-            Target::Mark(if mask == value {
-                MarkOp::Or(value)
-            } else if mask == 0 {
-                MarkOp::Xor(value)
-            } else if value == 0 {
-                MarkOp::And(!mask)
-            } else {
-                MarkOp::SetXmark { value, mask }
-            })
-        }
+        Target::Mark(op) => Target::Mark(op.normalized()),
         Target::RejectWith(w) => {
             let default = match family {
                 IpFamily::Ipv4 => "icmp-port-unreachable",

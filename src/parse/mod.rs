@@ -48,7 +48,6 @@
 //! ```
 
 mod canon;
-mod lex;
 mod rule;
 
 use std::fmt;
@@ -57,14 +56,13 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 pub(crate) use canon::module_order;
-pub(crate) use canon::xmark as xmark_of;
 pub use canon::{canonical_rule, canonicalize};
 
 use crate::model::IpFamily;
+use crate::ruleset::lex::{Token, tokenize};
 use crate::ruleset::{
     ChainName, IrError, Policy, RawText, Rule, Ruleset, Table, TableRules, Target,
 };
-use lex::{Token, tokenize};
 use rule::{FamilyCheck, parse_rule};
 
 /// A line that could not be read, with where and why. It displays on one
@@ -238,14 +236,10 @@ pub enum Op {
     },
 }
 
-/// The built-in chains of a table, in the order `iptables-save` lists them.
+/// The built-in chains of a table, in the order `iptables-save` lists them: the
+/// same as [`Table::builtin_chains`], which owns the list.
 pub fn builtin_chains(table: Table) -> &'static [&'static str] {
-    match table {
-        Table::Filter | Table::Security => &["INPUT", "FORWARD", "OUTPUT"],
-        Table::Nat => &["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"],
-        Table::Mangle => &["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"],
-        Table::Raw => &["PREROUTING", "OUTPUT"],
-    }
+    table.builtin_chains()
 }
 
 /// Parses a dump or restore payload into the ruleset it describes (operations
@@ -314,11 +308,6 @@ pub fn parse_payload_as(text: &str, family: IpFamily) -> Result<Payload, ParseEr
     )
 }
 
-/// True if `text` splits into words without an unterminated double quote.
-pub(crate) fn quotes_balanced(text: &str) -> bool {
-    tokenize(text).is_ok()
-}
-
 fn error_at(line_no: usize, line: &str, offset: usize, kind: ErrorKind) -> ParseError {
     ParseError {
         line: line_no,
@@ -348,13 +337,9 @@ fn parse_with(text: &str, mut family: FamilyCheck) -> Result<Payload, ParseError
             if let Some((idx, _, _)) = &current {
                 return Err(fail(0, ErrorKind::NotCommitted(tables[*idx].table)));
             }
-            let table = match name.trim() {
-                "filter" => Table::Filter,
-                "nat" => Table::Nat,
-                "mangle" => Table::Mangle,
-                "raw" => Table::Raw,
-                "security" => Table::Security,
-                other => return Err(fail(1, ErrorKind::UnknownTable(other.to_owned()))),
+            let name = name.trim();
+            let Ok(table) = name.parse::<Table>() else {
+                return Err(fail(1, ErrorKind::UnknownTable(name.to_owned())));
             };
             let idx = match tables.iter().position(|t| t.table == table) {
                 Some(i) => i,
@@ -381,7 +366,7 @@ fn parse_with(text: &str, mut family: FamilyCheck) -> Result<Payload, ParseError
             return Err(fail(0, ErrorKind::OutsideTable));
         };
         let idx = *idx;
-        let toks = tokenize(line).map_err(|(at, kind)| fail(at, kind))?;
+        let toks = tokenize(line).map_err(|at| fail(at, ErrorKind::UnterminatedQuote))?;
         let parsed = parse_line(line, &toks, &mut family).map_err(|(at, kind)| fail(at, kind))?;
         if let Some((op, tag)) = parsed {
             tables[idx].ops.push(Operation { line: line_no, op });
@@ -457,15 +442,38 @@ fn parse_line(
     toks: &[Token],
     family: &mut FamilyCheck,
 ) -> Result<Option<(Op, Option<IpFamily>)>, rule::Fail> {
+    let (toks, before) = strip_prefixes(toks);
+    let Some(first) = toks.first() else {
+        return Err((0, ErrorKind::UnknownCommand(String::new())));
+    };
+    if let Some(name) = first.text.strip_prefix(':') {
+        return Ok(Some((declare(first, name, toks)?, None)));
+    }
+    let cmd = Command { line, toks, before };
+    let op = match first.text.as_str() {
+        "-A" | "--append" => return append(&cmd, family),
+        "-I" | "--insert" => return insert(&cmd, family),
+        "-D" | "--delete" => return delete(&cmd, family),
+        "-N" | "--new-chain" => new_chain(&cmd)?,
+        "-X" | "--delete-chain" => Op::DeleteChain(cmd.optional_chain()?),
+        "-F" | "--flush" => Op::Flush(cmd.optional_chain()?),
+        "-P" | "--policy" => set_policy(&cmd)?,
+        _ => return Err((first.start, ErrorKind::UnknownCommand(first.text.clone()))),
+    };
+    Ok(Some((op, None)))
+}
+
+/// The words of a line without what may come before its command: the rule's
+/// counters (`[12:345] -A CHAIN …`) and `-4`/`-6` flags (`-6 -A INPUT …`), with
+/// the family of the last such flag.
+fn strip_prefixes(toks: &[Token]) -> (&[Token], Option<IpFamily>) {
     let mut toks = toks;
-    // A rule may start with its counters: `[12:345] -A CHAIN …`.
     if let Some(first) = toks.first()
         && first.text.starts_with('[')
         && first.text.ends_with(']')
     {
         toks = &toks[1..];
     }
-    // `-4`/`-6` may also come before the command (`-6 -A INPUT …`).
     let mut before = None;
     while let Some(f) = toks
         .first()
@@ -474,50 +482,97 @@ fn parse_line(
         before = Some(f);
         toks = &toks[1..];
     }
-    let Some(first) = toks.first() else {
-        return Err((0, ErrorKind::UnknownCommand(String::new())));
+    (toks, before)
+}
+
+/// `:CHAIN POLICY [p:b]`, whose first word is `first` and chain `name`.
+fn declare(first: &Token, name: &str, toks: &[Token]) -> Result<Op, rule::Fail> {
+    let name_tok = Token {
+        text: name.to_owned(),
+        start: first.start + 1,
+        end: first.end,
+        quoted: first.quoted,
     };
-    if let Some(name) = first.text.strip_prefix(':') {
-        let name_tok = Token {
-            text: name.to_owned(),
-            start: first.start + 1,
-            end: first.end,
-            quoted: first.quoted,
-        };
-        let chain = chain_name(&name_tok)?;
-        let policy = match toks.get(1).map(|t| t.text.as_str()) {
-            None | Some("-") => None,
-            Some("ACCEPT") => Some(Policy::Accept),
-            Some("DROP") => Some(Policy::Drop),
-            Some(other) => {
-                return Err((
-                    toks[1].start,
-                    ErrorKind::BadValue {
-                        option: "policy".into(),
-                        value: other.to_owned(),
-                        reason: "not ACCEPT, DROP or -".into(),
-                    },
-                ));
-            }
-        };
-        if let Some(extra) = toks.get(3) {
-            return Err((extra.start, ErrorKind::UnexpectedToken(extra.text.clone())));
-        }
-        return Ok(Some((Op::Declare { chain, policy }, None)));
-    }
-    let command = first.text.as_str();
-    let chain_tok = toks.get(1);
-    let need_chain = || {
-        chain_tok.map(chain_name).unwrap_or_else(|| {
-            Err((
-                first.start,
-                ErrorKind::MissingArgument {
-                    option: command.to_owned(),
+    let chain = chain_name(&name_tok)?;
+    let policy = match toks.get(1).map(|t| t.text.as_str()) {
+        None | Some("-") => None,
+        Some("ACCEPT") => Some(Policy::Accept),
+        Some("DROP") => Some(Policy::Drop),
+        Some(other) => {
+            return Err((
+                toks[1].start,
+                ErrorKind::BadValue {
+                    option: "policy".into(),
+                    value: other.to_owned(),
+                    reason: "not ACCEPT, DROP or -".into(),
                 },
-            ))
-        })
+            ));
+        }
     };
-    let position = |tok: &Token| -> Result<usize, rule::Fail> {
+    if let Some(extra) = toks.get(3) {
+        return Err((extra.start, ErrorKind::UnexpectedToken(extra.text.clone())));
+    }
+    Ok(Op::Declare { chain, policy })
+}
+
+/// A command line (`-A`, `-I`, `-D`, `-N`, `-X`, `-F`, `-P`), after its prefixes.
+struct Command<'t> {
+    /// The whole line, for verbatim rule text.
+    line: &'t str,
+    /// The words from the command on; never empty.
+    toks: &'t [Token],
+    /// The family of a `-4`/`-6` flag before the command.
+    before: Option<IpFamily>,
+}
+
+impl Command<'_> {
+    /// The command word.
+    fn word(&self) -> &Token {
+        &self.toks[0]
+    }
+
+    /// The chain the command names; an error if it names none.
+    fn chain(&self) -> Result<ChainName, rule::Fail> {
+        match self.toks.get(1) {
+            Some(t) => chain_name(t),
+            None => Err((
+                self.word().start,
+                ErrorKind::MissingArgument {
+                    option: self.word().text.clone(),
+                },
+            )),
+        }
+    }
+
+    /// The chain of `-X`/`-F`, which may name none (then all chains); nothing
+    /// may follow it.
+    fn optional_chain(&self) -> Result<Option<ChainName>, rule::Fail> {
+        match self.toks.get(1) {
+            Some(t) => {
+                self.nothing_after(1)?;
+                chain_name(t).map(Some)
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// An error at the word after index `i`, if there is one.
+    fn nothing_after(&self, i: usize) -> Result<(), rule::Fail> {
+        match self.toks.get(i + 1) {
+            Some(extra) => Err((extra.start, ErrorKind::UnexpectedToken(extra.text.clone()))),
+            None => Ok(()),
+        }
+    }
+
+    /// True if the word at `i` is all digits (a rule position).
+    fn is_number(&self, i: usize) -> bool {
+        self.toks
+            .get(i)
+            .is_some_and(|t| t.text.bytes().all(|b| b.is_ascii_digit()))
+    }
+
+    /// The 1-based rule position at `tok`.
+    fn position(&self, tok: &Token) -> Result<usize, rule::Fail> {
         tok.text
             .parse::<usize>()
             .ok()
@@ -526,103 +581,105 @@ fn parse_line(
                 (
                     tok.start,
                     ErrorKind::BadValue {
-                        option: command.to_owned(),
+                        option: self.word().text.clone(),
                         value: tok.text.clone(),
                         reason: "not a rule position (1, 2, …)".into(),
                     },
                 )
             })
+    }
+
+    /// The rule in `rest`, as [`family_rule`] reads it.
+    fn rule(&self, rest: &[Token], family: &mut FamilyCheck) -> Result<FamilyRule, rule::Fail> {
+        family_rule(self.line, rest, self.before, family)
+    }
+}
+
+/// `-A CHAIN RULE`.
+fn append(
+    cmd: &Command<'_>,
+    family: &mut FamilyCheck,
+) -> Result<Option<(Op, Option<IpFamily>)>, rule::Fail> {
+    let chain = cmd.chain()?;
+    let Some((rule, tag)) = cmd.rule(&cmd.toks[2..], family)? else {
+        return Ok(None);
     };
-    let is_number =
-        |t: Option<&Token>| t.is_some_and(|t| t.text.bytes().all(|b| b.is_ascii_digit()));
-    let optional_chain = || match chain_tok {
-        Some(t) => {
-            if let Some(extra) = toks.get(2) {
-                return Err((extra.start, ErrorKind::UnexpectedToken(extra.text.clone())));
-            }
-            chain_name(t).map(Some)
-        }
-        None => Ok(None),
+    Ok(Some((Op::Append { chain, rule }, tag)))
+}
+
+/// `-I CHAIN [N] RULE`.
+fn insert(
+    cmd: &Command<'_>,
+    family: &mut FamilyCheck,
+) -> Result<Option<(Op, Option<IpFamily>)>, rule::Fail> {
+    let chain = cmd.chain()?;
+    let (position, rest) = if cmd.is_number(2) {
+        (cmd.position(&cmd.toks[2])?, &cmd.toks[3..])
+    } else {
+        (1, cmd.toks.get(2..).unwrap_or(&[]))
     };
-    let op = match command {
-        "-A" | "--append" => {
-            let chain = need_chain()?;
-            let Some((rule, tag)) = family_rule(line, &toks[2..], before, family)? else {
-                return Ok(None);
-            };
-            return Ok(Some((Op::Append { chain, rule }, tag)));
-        }
-        "-I" | "--insert" => {
-            let chain = need_chain()?;
-            let (position, rest) = if is_number(toks.get(2)) {
-                (position(&toks[2])?, &toks[3..])
-            } else {
-                (1, toks.get(2..).unwrap_or(&[]))
-            };
-            let Some((rule, tag)) = family_rule(line, rest, before, family)? else {
-                return Ok(None);
-            };
-            return Ok(Some((
-                Op::Insert {
-                    chain,
-                    position,
-                    rule,
+    let Some((rule, tag)) = cmd.rule(rest, family)? else {
+        return Ok(None);
+    };
+    Ok(Some((
+        Op::Insert {
+            chain,
+            position,
+            rule,
+        },
+        tag,
+    )))
+}
+
+/// `-D CHAIN N` or `-D CHAIN RULE`.
+fn delete(
+    cmd: &Command<'_>,
+    family: &mut FamilyCheck,
+) -> Result<Option<(Op, Option<IpFamily>)>, rule::Fail> {
+    let chain = cmd.chain()?;
+    if cmd.is_number(2) && cmd.toks.len() == 3 {
+        let position = cmd.position(&cmd.toks[2])?;
+        return Ok(Some((Op::DeleteAt { chain, position }, None)));
+    }
+    let rest = cmd.toks.get(2..).unwrap_or(&[]);
+    let Some((rule, tag)) = cmd.rule(rest, family)? else {
+        return Ok(None);
+    };
+    Ok(Some((Op::Delete { chain, rule }, tag)))
+}
+
+/// `-N CHAIN`.
+fn new_chain(cmd: &Command<'_>) -> Result<Op, rule::Fail> {
+    cmd.nothing_after(1)?;
+    Ok(Op::NewChain(cmd.chain()?))
+}
+
+/// `-P CHAIN ACCEPT|DROP`.
+fn set_policy(cmd: &Command<'_>) -> Result<Op, rule::Fail> {
+    let chain = cmd.chain()?;
+    let policy = match cmd.toks.get(2).map(|t| t.text.as_str()) {
+        Some("ACCEPT") => Policy::Accept,
+        Some("DROP") => Policy::Drop,
+        _ => {
+            let at = cmd.toks.get(2).unwrap_or(cmd.word());
+            return Err((
+                at.start,
+                ErrorKind::BadValue {
+                    option: "-P".into(),
+                    value: at.text.clone(),
+                    reason: "not ACCEPT or DROP".into(),
                 },
-                tag,
-            )));
+            ));
         }
-        "-D" | "--delete" => {
-            let chain = need_chain()?;
-            if is_number(toks.get(2)) && toks.len() == 3 {
-                Op::DeleteAt {
-                    chain,
-                    position: position(&toks[2])?,
-                }
-            } else {
-                let rest = toks.get(2..).unwrap_or(&[]);
-                let Some((rule, tag)) = family_rule(line, rest, before, family)? else {
-                    return Ok(None);
-                };
-                return Ok(Some((Op::Delete { chain, rule }, tag)));
-            }
-        }
-        "-N" | "--new-chain" => {
-            if let Some(extra) = toks.get(2) {
-                return Err((extra.start, ErrorKind::UnexpectedToken(extra.text.clone())));
-            }
-            Op::NewChain(need_chain()?)
-        }
-        "-X" | "--delete-chain" => Op::DeleteChain(optional_chain()?),
-        "-F" | "--flush" => Op::Flush(optional_chain()?),
-        "-P" | "--policy" => {
-            let chain = need_chain()?;
-            let policy = match toks.get(2).map(|t| t.text.as_str()) {
-                Some("ACCEPT") => Policy::Accept,
-                Some("DROP") => Policy::Drop,
-                _ => {
-                    let at = toks.get(2).unwrap_or(first);
-                    return Err((
-                        at.start,
-                        ErrorKind::BadValue {
-                            option: "-P".into(),
-                            value: at.text.clone(),
-                            reason: "not ACCEPT or DROP".into(),
-                        },
-                    ));
-                }
-            };
-            Op::SetPolicy { chain, policy }
-        }
-        _ => return Err((first.start, ErrorKind::UnknownCommand(first.text.clone()))),
     };
-    Ok(Some((op, None)))
+    Ok(Op::SetPolicy { chain, policy })
 }
 
 /// `-j NAME` to a chain the table never declares is a target svcnat does not
 /// model (`-j LOG`, `-j NOTRACK`): it becomes [`Target::Other`], which prints the
 /// same.
 fn resolve_jumps(table: &mut TablePayload) {
-    let builtin = builtin_chains(table.table);
+    let builtin = table.table.builtin_chains();
     // A set: a large cluster's dump has a hundred thousand chains and as many jumps.
     let declared: std::collections::HashSet<ChainName> = table
         .ops
@@ -704,7 +761,7 @@ fn existing<'t>(
     chain: &ChainName,
 ) -> Result<&'t mut crate::ruleset::Chain, ErrorKind> {
     if !rules.chains.contains_key(chain) {
-        if builtin_chains(rules.table).contains(&chain.as_str()) {
+        if rules.table.builtin_chains().contains(&chain.as_str()) {
             rules.chain_mut(chain);
         } else {
             return Err(ErrorKind::UndeclaredChain(chain.to_string()));
@@ -760,7 +817,7 @@ fn apply(rules: &mut TableRules, op: &Op) -> Result<(), ErrorKind> {
             }
         }
         Op::DeleteChain(None) => {
-            let builtin = builtin_chains(rules.table);
+            let builtin = rules.table.builtin_chains();
             rules
                 .chains
                 .retain(|name, _| builtin.contains(&name.as_str()));

@@ -4,13 +4,14 @@ use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
 
+mod modules;
+
 use super::ErrorKind;
-use super::lex::Token;
 use crate::model::{IpFamily, Protocol};
+use crate::ruleset::lex::Token;
 use crate::ruleset::{
-    AddrKind, AddrType, Address, ChainName, Comment, CtState, Direction, Interface, Mark, MarkOp,
-    Match, NfacctCounter, Not, PhysdevOption, PortRange, PortsOf, Probability, ProtocolName,
-    RawText, RecentAction, Rule, SetMatch, Target, Word,
+    Address, ChainName, Comment, Interface, Mark, MarkOp, Match, Not, PortRange, Probability,
+    ProtocolName, RawText, Rule, Target, Word,
 };
 
 /// A parse failure at a byte offset of the line.
@@ -394,7 +395,7 @@ impl<'a> Parser<'a> {
         let from = self.i;
         self.i = end;
         let parsed = match self.options(from, end) {
-            Some(opts) => self.known_module(&name.text, &opts)?,
+            Some(opts) => modules::known(&name.text, &opts)?,
             None => None,
         };
         match parsed {
@@ -436,247 +437,6 @@ impl<'a> Parser<'a> {
             }
         }
         Ok(true)
-    }
-
-    /// The matches of a module svcnat models; `Ok(None)` keeps it verbatim.
-    fn known_module(&mut self, module: &str, opts: &[Opt<'_>]) -> Result<Option<Vec<Match>>, Fail> {
-        let single =
-            |opts: &[Opt<'_>], name: &str| -> bool { opts.len() == 1 && opts[0].name.text == name };
-        let mut out = Vec::new();
-        match module {
-            "mark" => {
-                if !single(opts, "--mark") {
-                    return Ok(None);
-                }
-                let a = one_arg(&opts[0])?;
-                out.push(Match::Mark(Not {
-                    negated: opts[0].negated,
-                    value: mark(a, "--mark")?,
-                }));
-            }
-            "conntrack" | "state" => {
-                let flag = if module == "state" {
-                    "--state"
-                } else {
-                    "--ctstate"
-                };
-                if !single(opts, flag) {
-                    return Ok(None);
-                }
-                let a = one_arg(&opts[0])?;
-                let mut states = Vec::new();
-                for s in a.text.split(',') {
-                    states.push(match s {
-                        "NEW" => CtState::New,
-                        "INVALID" => CtState::Invalid,
-                        "RELATED" => CtState::Related,
-                        "ESTABLISHED" => CtState::Established,
-                        "DNAT" => CtState::Dnat,
-                        // UNTRACKED, SNAT: valid, not modelled.
-                        _ => return Ok(None),
-                    });
-                }
-                let states = Not {
-                    negated: opts[0].negated,
-                    value: states,
-                };
-                out.push(if module == "state" {
-                    Match::State(states)
-                } else {
-                    Match::Conntrack(states)
-                });
-            }
-            "addrtype" => {
-                for o in opts {
-                    let of = match o.name.text.as_str() {
-                        "--src-type" => Direction::Source,
-                        "--dst-type" => Direction::Destination,
-                        _ => return Ok(None),
-                    };
-                    let a = one_arg(o)?;
-                    let Some(kind) = AddrKind::from_name(&a.text) else {
-                        return Ok(None);
-                    };
-                    out.push(match (of, kind, o.negated) {
-                        (Direction::Source, AddrKind::Local, false) => {
-                            Match::SrcType(AddrType::Local)
-                        }
-                        (Direction::Destination, AddrKind::Local, false) => {
-                            Match::DstType(AddrType::Local)
-                        }
-                        _ => Match::AddressType {
-                            of,
-                            kind: Not {
-                                negated: o.negated,
-                                value: kind,
-                            },
-                        },
-                    });
-                }
-            }
-            "statistic" => {
-                let [mode, prob] = opts else {
-                    return Ok(None);
-                };
-                if mode.name.text != "--mode"
-                    || one_arg(mode)?.text != "random"
-                    || prob.name.text != "--probability"
-                    || prob.negated
-                    || mode.negated
-                {
-                    return Ok(None);
-                }
-                let a = one_arg(prob)?;
-                out.push(Match::Statistic(probability(a)?));
-            }
-            "recent" => return self.recent(opts),
-            "nfacct" => {
-                if !single(opts, "--nfacct-name") || opts[0].negated {
-                    return Ok(None);
-                }
-                let a = one_arg(&opts[0])?;
-                out.push(Match::Nfacct(match a.text.as_str() {
-                    "ct_state_invalid_dropped_pkts" => NfacctCounter::CtStateInvalidDropped,
-                    "localhost_nps_accepted_pkts" => NfacctCounter::LocalhostNodePortsAccepted,
-                    _ => return Ok(None),
-                }));
-            }
-            "multiport" => {
-                let [o] = opts else {
-                    return Ok(None);
-                };
-                let of = match o.name.text.as_str() {
-                    "--dports" | "--destination-ports" => PortsOf::Destination,
-                    "--sports" | "--source-ports" => PortsOf::Source,
-                    "--ports" => PortsOf::Either,
-                    _ => return Ok(None),
-                };
-                let a = one_arg(o)?;
-                let ports = a
-                    .text
-                    .split(',')
-                    .map(|p| port_range_text(a, p, &o.name.text))
-                    .collect::<Result<Vec<_>, _>>()?;
-                out.push(Match::Multiport {
-                    of,
-                    ports: Not {
-                        negated: o.negated,
-                        value: ports,
-                    },
-                });
-            }
-            "set" => {
-                let [o] = opts else {
-                    return Ok(None);
-                };
-                if o.name.text != "--match-set" {
-                    return Ok(None);
-                }
-                let [name, flags] = o.args.as_slice() else {
-                    return Err((
-                        o.name.start,
-                        ErrorKind::MissingArgument {
-                            option: o.name.text.clone(),
-                        },
-                    ));
-                };
-                let name = Word::new(name.text.clone()).map_err(|e| ir(name, e))?;
-                let mut dirs = Vec::new();
-                for f in flags.text.split(',') {
-                    dirs.push(match f {
-                        "src" => Direction::Source,
-                        "dst" => Direction::Destination,
-                        _ => return Err(bad(flags, "--match-set", "flags are src or dst")),
-                    });
-                }
-                out.push(Match::Set(Not {
-                    negated: o.negated,
-                    value: SetMatch { name, flags: dirs },
-                }));
-            }
-            "physdev" => {
-                let mut options = Vec::new();
-                for o in opts {
-                    let iface = |o: &Opt<'_>| -> Result<Not<Interface>, Fail> {
-                        let a = one_arg(o)?;
-                        let (name, prefix) = match a.text.strip_suffix('+') {
-                            Some(n) => (n, true),
-                            None => (a.text.as_str(), false),
-                        };
-                        Ok(Not {
-                            negated: o.negated,
-                            value: Interface::new(name, prefix).map_err(|e| ir(a, e))?,
-                        })
-                    };
-                    let flag =
-                        |o: &Opt<'_>| -> Option<bool> { o.args.is_empty().then_some(o.negated) };
-                    options.push(match o.name.text.as_str() {
-                        "--physdev-in" => PhysdevOption::In(iface(o)?),
-                        "--physdev-out" => PhysdevOption::Out(iface(o)?),
-                        "--physdev-is-in" => match flag(o) {
-                            Some(n) => PhysdevOption::IsIn(n),
-                            None => return Ok(None),
-                        },
-                        "--physdev-is-out" => match flag(o) {
-                            Some(n) => PhysdevOption::IsOut(n),
-                            None => return Ok(None),
-                        },
-                        "--physdev-is-bridged" => match flag(o) {
-                            Some(n) => PhysdevOption::IsBridged(n),
-                            None => return Ok(None),
-                        },
-                        _ => return Ok(None),
-                    });
-                }
-                if options.is_empty() {
-                    return Ok(None);
-                }
-                out.push(Match::Physdev(options));
-            }
-            _ => return Ok(None),
-        }
-        Ok(Some(out))
-    }
-
-    /// `recent` as the compiler writes it, in any option order, with the options
-    /// `iptables-save` adds that only restate defaults (`--mask` all ones,
-    /// `--rsource`) dropped. Anything else is kept verbatim.
-    fn recent(&mut self, opts: &[Opt<'_>]) -> Result<Option<Vec<Match>>, Fail> {
-        let (mut name, mut set, mut rcheck, mut seconds, mut reap) =
-            (None, false, false, None, false);
-        for o in opts {
-            if o.negated {
-                return Ok(None);
-            }
-            match (o.name.text.as_str(), o.args.as_slice()) {
-                ("--name", [n]) => name = Some(*n),
-                ("--set", []) => set = true,
-                ("--rcheck", []) => rcheck = true,
-                ("--reap", []) => reap = true,
-                ("--rsource", []) => {}
-                ("--seconds", [s]) => {
-                    seconds = Some(
-                        s.text
-                            .parse::<u32>()
-                            .map_err(|_| bad(s, "--seconds", "not a number of seconds"))?,
-                    )
-                }
-                ("--mask", [m])
-                    if m.text == "255.255.255.255"
-                        || m.text
-                            .eq_ignore_ascii_case("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff") => {}
-                _ => return Ok(None),
-            }
-        }
-        let Some(name) = name.and_then(|n| ChainName::new(n.text.clone()).ok()) else {
-            return Ok(None);
-        };
-        let action = match (set, rcheck, seconds, reap) {
-            (true, false, None, false) => RecentAction::Set,
-            (false, true, Some(seconds), true) => RecentAction::Check { seconds },
-            _ => return Ok(None),
-        };
-        Ok(Some(vec![Match::Recent { name, action }]))
     }
 
     /// `-j NAME …` starting at token `start`; `self.i` is just after NAME.

@@ -105,7 +105,7 @@ impl RawText {
             Some("empty")
         } else if text.chars().any(|c| c.is_control()) {
             Some("has a line break or another control character")
-        } else if !crate::parse::quotes_balanced(&text) {
+        } else if !super::lex::quotes_balanced(&text) {
             Some("has an unterminated quote")
         } else {
             None

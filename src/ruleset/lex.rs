@@ -3,8 +3,9 @@
 //! makes the next character literal (`\"`, `\\`, `\'` as `iptables-save`
 //! writes them). A single quote is an ordinary character, as in
 //! `iptables-restore`.
-
-use super::ErrorKind;
+//!
+//! The one lexer of rule text: [`crate::parse`] reads lines with it, and
+//! [`RawText`](super::RawText) uses it to refuse text whose quotes do not close.
 
 /// One word of a line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,8 +33,8 @@ impl Token {
 /// Splits a line into tokens.
 ///
 /// # Errors
-/// [`ErrorKind::UnterminatedQuote`] at the opening quote, with its byte offset.
-pub(crate) fn tokenize(line: &str) -> Result<Vec<Token>, (usize, ErrorKind)> {
+/// The byte offset of a double quote that is not closed on the line.
+pub(crate) fn tokenize(line: &str) -> Result<Vec<Token>, usize> {
     let mut out = Vec::new();
     let mut chars = line.char_indices().peekable();
     while let Some(&(start, c)) = chars.peek() {
@@ -72,7 +73,7 @@ pub(crate) fn tokenize(line: &str) -> Result<Vec<Token>, (usize, ErrorKind)> {
             end = i + c.len_utf8();
         }
         if let Some(at) = quote {
-            return Err((at, ErrorKind::UnterminatedQuote));
+            return Err(at);
         }
         out.push(Token {
             text,
@@ -82,6 +83,11 @@ pub(crate) fn tokenize(line: &str) -> Result<Vec<Token>, (usize, ErrorKind)> {
         });
     }
     Ok(out)
+}
+
+/// True if `text` splits into words without an unterminated double quote.
+pub(crate) fn quotes_balanced(text: &str) -> bool {
+    tokenize(text).is_ok()
 }
 
 #[cfg(test)]
@@ -121,10 +127,7 @@ mod tests {
         assert_eq!(words(r#""a\\b" "\x""#), ["a\\b", "x"]);
         // Outside quotes a backslash is an ordinary character.
         assert_eq!(words(r#"a\"b""#), ["a\\b"]);
-        assert_eq!(
-            tokenize(r#"--comment "abc\"#).unwrap_err(),
-            (10, ErrorKind::UnterminatedQuote)
-        );
+        assert_eq!(tokenize(r#"--comment "abc\"#).unwrap_err(), 10);
     }
 
     #[test]
@@ -136,9 +139,6 @@ mod tests {
 
     #[test]
     fn unterminated_quote_is_an_error() {
-        assert_eq!(
-            tokenize(r#"-A X --comment "abc"#).unwrap_err(),
-            (15, ErrorKind::UnterminatedQuote)
-        );
+        assert_eq!(tokenize(r#"-A X --comment "abc"#).unwrap_err(), 15);
     }
 }
