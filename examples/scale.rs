@@ -41,12 +41,12 @@ use svcnat::synthetic::{self, Spec};
 
 #[path = "common/flags.rs"]
 mod flags;
-use flags::{SpecFlags, split_flag};
+use flags::{Arg, CommandLine, SpecFlags};
 
 const USAGE: &str = "usage: scale --services S --endpoints E [--mix cluster-ip|load-balancer] [--seed N] [--runs N]";
 
 fn main() {
-    let args = Args::parse(std::env::args().skip(1)).unwrap_or_else(|e| {
+    let args = Args::parse(CommandLine::from_env()).unwrap_or_else(|e| {
         eprintln!("scale: {e}; {USAGE}");
         std::process::exit(2)
     });
@@ -61,16 +61,20 @@ struct Args {
 }
 
 impl Args {
-    fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
+    fn parse(mut line: CommandLine) -> Result<Args, String> {
         let mut flags = SpecFlags::default();
-        while let Some(arg) = it.next() {
-            let (flag, inline) = split_flag(&arg);
+        while let Some(arg) = line.next()? {
+            let flag = match arg {
+                Arg::Value(v) => return Err(format!("unexpected argument {v:?}")),
+                Arg::Flag(flag) => flag,
+            };
+            // A value joined to `--help` is ignored, as it always was.
             if flag == "-h" || flag == "--help" {
                 println!("{USAGE}");
                 std::process::exit(0);
             }
-            if !flags.take(flag, inline, &mut it)? {
-                return Err(format!("unexpected argument {arg:?}"));
+            if !flags.take(&flag, &mut line)? {
+                return Err(format!("unexpected argument {:?}", line.typed(&flag)));
             }
         }
         let services = flags.services.ok_or("--services is required")?;
