@@ -4,8 +4,8 @@
 //!
 //! ```text
 //! cargo bench --bench scale                          # the whole grid (about 17 min on 2 cores)
-//! cargo bench --bench scale -- 10000x10              # one S x E, both mixes
-//! cargo bench --bench scale -- scale/1000x1/cluster-ip/
+//! SVCNAT_BENCH_GRID=10000x10 cargo bench --bench scale           # one S x E, both mixes
+//! SVCNAT_BENCH_GRID=1000x1/cluster-ip cargo bench --bench scale -- full
 //! SVCNAT_BENCH_GRID=1000x50,3000x5/load-balancer cargo bench --bench scale
 //! cargo bench --bench scale -- --test                # each benchmark once, 1k points only
 //! ```
@@ -44,29 +44,31 @@
 //! The floor is what any implementation pays at least for this output: writing its
 //! bytes (a copy into memory already mapped; the allocator's and the kernel's share
 //! of fresh memory, which varies with the heap's history, is left out) and hashing
-//! its chain names (kube-proxy names chains by SHA-256). The times are medians over the per-iteration times of the samples
-//! criterion took *in this run* (recorded through `iter_custom`, the last
-//! [`SAMPLES`] calls of each routine, which are the measurement samples after
-//! criterion's warm-up); no `target/criterion` file is read, so no earlier run can
-//! leak in. A point where `full` or the floor was filtered out prints no ratio.
+//! its chain names (kube-proxy names chains by SHA-256); `common/floor.rs` holds it,
+//! for this bench and the `scale` example alike. The times are medians over the
+//! per-iteration times of the samples criterion took *in this run* (recorded
+//! through `iter_custom`, the last [`SAMPLES`] calls of each routine, which are the
+//! measurement samples after criterion's warm-up); no `target/criterion` file is
+//! read, so no earlier run can leak in. A point where `full` or the floor was filtered out prints no ratio.
 //!
 //! Each point's cluster is built once, used by all its benchmarks, and dropped before
 //! the next (30000x50 holds about 5 GB at its peak). The first `full` result is
-//! checked to be byte for byte what the typed path (`compile::compile` + `render::write_io`) gives. A point compiles its
-//! output up front only if one of the first eight benchmarks is selected, and loads a
-//! `Syncer` only if a partial one is. Building is skipped for points that would run
-//! nothing:
+//! checked to be byte for byte what the typed path (`compile::compile` + `render::write_io`) gives.
+//!
+//! The bench's own settings are environment variables; its command line is
+//! criterion's alone (`cargo bench --bench scale -- --help` lists it):
 //!
 //! * `SVCNAT_BENCH_GRID`, a comma-separated list of `<S>x<E>` (both mixes) or
-//!   `<S>x<E>/<mix>`, replaces the grid; any S and E will do (`3000x5`).
-//! * criterion's filter argument, when it is a plain word (letters, digits, `/`,
-//!   `-`, `_`): a point is built only if one of its benchmark ids contains it, which
-//!   is what criterion's regex does with such a word. A filter with any other
-//!   character (a real regex) builds every point and lets criterion pick.
-//! * `--test` (and `cargo test --benches`) runs only the 1k points unless
-//!   `SVCNAT_BENCH_GRID` says otherwise; `--list` builds nothing.
+//!   `<S>x<E>/<mix>`, replaces the grid; any S and E will do (`3000x5`). It says
+//!   which points are built. Criterion's filter (`-- full`, `-- 'floor-.*'`)
+//!   says which benchmarks run, but every point of the grid is built all the same,
+//!   so select points with `SVCNAT_BENCH_GRID`, not with the filter: a filter
+//!   alone would build the whole grid to run a part of it.
+//! * In criterion's test mode (`-- --test`, or `cargo test --benches`) the grid is
+//!   only its 1k points unless `SVCNAT_BENCH_GRID` says otherwise; with `--list`
+//!   nothing is built.
 //!
-//! Other knobs:
+//! Other settings, environment variables too:
 //!
 //! * `SVCNAT_BENCH_PARSE_MAX_CHAINS` (a number, or `all`, the default): `parse`
 //!   is benchmarked only where the output declares at most this many chains, and a
@@ -87,11 +89,13 @@ use std::time::{Duration, Instant};
 
 use criterion::measurement::WallTime;
 use criterion::{Bencher, BenchmarkGroup, Criterion, SamplingMode, Throughput};
-use sha2::{Digest, Sha256};
 use svcnat::exec::DryRun;
 use svcnat::model::{ClusterState, ProxyConfig};
 use svcnat::sync::Syncer;
 use svcnat::synthetic::{self, Mix, Spec};
+
+#[path = "common/floor.rs"]
+mod floor;
 
 /// The full restore text of `state` in a new buffer: `compile_text` (each service
 /// compiled and rendered in turn), then `to_bytes`. The bench checks that it gives
@@ -120,8 +124,7 @@ const FLAT_FROM_ENDPOINTS: usize = 100_000;
 /// search, 4.6 s at 1000x50; a set now, 0.26 s).
 const PARSE_MAX_CHAINS: usize = usize::MAX;
 
-/// The benchmark names of every point, in the order they run: the
-/// [`OUTPUT_BENCHES`] that need the full output, then the two that need a `Syncer`.
+/// The benchmark names of every point, in the order they run, for `--list`.
 const BENCHES: [&str; 10] = [
     "full",
     "full-fresh",
@@ -134,9 +137,6 @@ const BENCHES: [&str; 10] = [
     "partial-1",
     "partial-100",
 ];
-
-/// How many of [`BENCHES`], from the first, need the full output.
-const OUTPUT_BENCHES: usize = 8;
 
 fn mix_name(mix: Mix) -> &'static str {
     match mix {
@@ -162,19 +162,17 @@ fn group_name(spec: &Spec) -> String {
 }
 
 fn scale(c: &mut Criterion) {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let cli = Cli::parse(&args);
+    let mode = Mode::of(std::env::args().skip(1));
     let points = match std::env::var("SVCNAT_BENCH_GRID") {
         Ok(list) => parse_grid(&list).unwrap_or_else(|e| panic!("SVCNAT_BENCH_GRID: {e}")),
-        Err(_) => default_grid(cli.test),
+        Err(_) => default_grid(mode == Mode::Test),
     };
-    let points: Vec<Spec> = points.into_iter().filter(|p| cli.selects(p)).collect();
     let mut ratios = Vec::new();
     for spec in points {
-        if cli.list {
+        if mode == Mode::List {
             list_point(c, &spec);
         } else {
-            ratios.extend(bench_point(c, &cli, spec));
+            ratios.extend(bench_point(c, mode, spec));
         }
     }
     if ratios.len() > 1 {
@@ -230,82 +228,31 @@ fn parse_grid(list: &str) -> Result<Vec<Spec>, String> {
     Ok(points)
 }
 
-/// What this bench needs to know of criterion's command line (criterion keeps its
-/// parsed filter to itself).
-struct Cli {
-    /// The filter, when it is a plain word (so that a regex match is a substring
-    /// match), with `--exact`.
-    word: Option<(String, bool)>,
-    test: bool,
-    list: bool,
+/// Criterion's mode, which decides what to build: criterion keeps it to itself,
+/// so it is read here from the two flags that set it, as criterion reads them.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Measuring (`cargo bench`, which passes `--bench`).
+    Bench,
+    /// Each benchmark once: `--test`, or without `--bench` (`cargo test --benches`).
+    Test,
+    /// `--list`: names only, nothing built.
+    List,
 }
 
-impl Cli {
-    /// Criterion 0.8's options that take a value, long and short.
-    const VALUED: [&str; 20] = [
-        "--color",
-        "--colour",
-        "-c",
-        "--save-baseline",
-        "-s",
-        "--baseline",
-        "-b",
-        "--baseline-lenient",
-        "--format",
-        "--profile-time",
-        "--load-baseline",
-        "--sample-size",
-        "--warm-up-time",
-        "--measurement-time",
-        "--nresamples",
-        "--noise-threshold",
-        "--confidence-level",
-        "--significance-level",
-        "--plotting-backend",
-        "--output-format",
-    ];
-
-    fn parse(args: &[String]) -> Cli {
-        let has = |flag: &str| args.iter().any(|a| a == flag);
-        let mut filter = None;
-        let mut it = args.iter();
-        while let Some(arg) = it.next() {
-            if arg == "--" {
-                filter = filter.or_else(|| it.next().cloned());
-                break;
-            } else if Self::VALUED.contains(&arg.as_str()) {
-                it.next();
-            } else if !arg.starts_with('-') && filter.is_none() {
-                filter = Some(arg.clone());
-            }
-        }
-        let plain = |f: &String| {
-            f.chars()
-                .all(|ch| ch.is_ascii_alphanumeric() || "/-_".contains(ch))
-        };
-        Cli {
-            word: filter.filter(plain).map(|f| (f, has("--exact"))),
-            // As criterion decides: `cargo bench` passes `--bench`, `cargo test` does not.
-            test: has("--test") || !has("--bench"),
-            list: has("--list"),
-        }
-    }
-
-    /// Whether criterion's filter lets any benchmark of this point run.
-    fn selects(&self, spec: &Spec) -> bool {
-        BENCHES.iter().any(|b| self.selects_bench(spec, b))
-    }
-
-    /// Whether criterion's filter may let this benchmark of this point run.
-    fn selects_bench(&self, spec: &Spec, bench: &str) -> bool {
-        let Some((word, exact)) = &self.word else {
-            return true;
-        };
-        let id = format!("{}/{bench}", group_name(spec));
-        if *exact {
-            id == *word
+impl Mode {
+    /// No list of criterion's options is needed: these flags take no value, and
+    /// criterion's parser (clap) takes no value that starts with `--`, so an
+    /// argument that is exactly `--list` before any `--` is that flag.
+    fn of(args: impl Iterator<Item = String>) -> Mode {
+        let flags: Vec<String> = args.take_while(|a| a != "--").collect();
+        let has = |flag: &str| flags.iter().any(|a| a == flag);
+        if has("--list") {
+            Mode::List
+        } else if has("--test") || !has("--bench") {
+            Mode::Test
         } else {
-            id.contains(word)
+            Mode::Bench
         }
     }
 }
@@ -357,7 +304,7 @@ fn timed_then<O>(
 }
 
 /// Builds one point's cluster, runs its benchmarks, drops it; the ratio line.
-fn bench_point(c: &mut Criterion, cli: &Cli, spec: Spec) -> Option<String> {
+fn bench_point(c: &mut Criterion, mode: Mode, spec: Spec) -> Option<String> {
     let config = synthetic::config();
     let t0 = Instant::now();
     let state = spec.build();
@@ -370,15 +317,8 @@ fn bench_point(c: &mut Criterion, cli: &Cli, spec: Spec) -> Option<String> {
     if spec.services * spec.endpoints >= FLAT_FROM_ENDPOINTS {
         group.sampling_mode(SamplingMode::Flat);
     }
-    let wants = |bench: &str| cli.selects_bench(&spec, bench);
-    let medians = if BENCHES[..OUTPUT_BENCHES].iter().any(|b| wants(b)) {
-        bench_output(&mut group, cli, &spec, &state, &config)
-    } else {
-        Medians::default()
-    };
-    if BENCHES[OUTPUT_BENCHES..].iter().any(|b| wants(b)) {
-        bench_partial(&mut group, &spec, state, config);
-    }
+    let medians = bench_output(&mut group, &spec, &state, &config);
+    bench_partial(&mut group, &spec, state, config);
     group.finish();
 
     let (whole, copy, hash) = (medians.full?, medians.copy?, medians.hash?);
@@ -394,7 +334,7 @@ fn bench_point(c: &mut Criterion, cli: &Cli, spec: Spec) -> Option<String> {
         secs(hash),
         whole / floor
     );
-    if cli.test {
+    if mode == Mode::Test {
         line.push_str(" (test mode: one unwarmed run, not a measurement)");
     }
     println!("{line}");
@@ -414,7 +354,6 @@ struct Medians {
 /// only until the sizes are known).
 fn bench_output(
     group: &mut BenchmarkGroup<'_, WallTime>,
-    cli: &Cli,
     spec: &Spec,
     state: &ClusterState,
     config: &ProxyConfig,
@@ -426,13 +365,8 @@ fn bench_output(
     svcnat::render::write_io(&ruleset, &mut bytes).expect("a Vec takes every write");
     let once = t0.elapsed();
     let rules = ruleset.rule_count();
-    // The declared chains' names, read from the output itself so that they lie
-    // packed in memory, as the scale example's floor reads them.
-    let names: Vec<&[u8]> = bytes
-        .split(|&b| b == b'\n')
-        .filter_map(|line| line.strip_prefix(b":"))
-        .filter_map(|line| line.split(|&b| b == b' ').next())
-        .collect();
+    // The declared chains' names, for the floor's hash.
+    let names = floor::chain_names(&bytes);
     assert_eq!(
         names.len(),
         ruleset.tables.iter().map(|t| t.chains.len()).sum::<usize>(),
@@ -510,24 +444,16 @@ fn bench_output(
     });
     drop((text, out));
 
-    // The copy alone: into a buffer already in memory, so that neither the
-    // allocator nor page faults (which vary with the heap's history) enter it.
+    // The floor (`common/floor.rs`, which the scale example measures too).
     let mut copy = bytes.clone();
     group.bench_function("floor-copy", |b| {
-        timed(b, &mut t_copy, || {
-            copy.copy_from_slice(black_box(&bytes));
-            black_box(&copy).len()
-        })
+        timed(b, &mut t_copy, || floor::copy(&mut copy, &bytes))
     });
     drop(copy);
 
     group.throughput(Throughput::Elements(names.len() as u64));
     group.bench_function("floor-hash", |b| {
-        timed(b, &mut t_hash, || {
-            for name in black_box(&names) {
-                black_box(Sha256::digest(name));
-            }
-        })
+        timed(b, &mut t_hash, || floor::hash(&names))
     });
 
     let parse_max = parse_max_chains();
@@ -542,7 +468,7 @@ fn bench_output(
                 |parsed| assert_eq!(parsed.rule_count(), rules, "parse lost rules"),
             )
         });
-    } else if cli.selects_bench(spec, "parse") {
+    } else {
         println!(
             "parse skipped at {}: {} chains > SVCNAT_BENCH_PARSE_MAX_CHAINS={parse_max}",
             point_name(spec),

@@ -19,7 +19,7 @@ mod common;
 
 use std::io::Write;
 
-use common::{EXAMPLE_CLUSTER, ProxyFlags, bad_input};
+use common::{Arg, CommandLine, EXAMPLE_CLUSTER, ProxyFlags, bad_input};
 
 const USAGE: &str = "usage: compile [--hostname-override NAME] [--node-ip IP]... [--cluster-cidr CIDR]... \
 [--detect-local-mode MODE] [--pod-interface-name-prefix P] [--pod-bridge-interface B] \
@@ -30,27 +30,33 @@ const USAGE: &str = "usage: compile [--hostname-override NAME] [--node-ip IP]...
 fn main() {
     let mut flags = ProxyFlags::default();
     let mut input: Option<String> = None;
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match flags.take(&arg, &mut args) {
-            Ok(true) => continue,
-            Ok(false) => {}
-            Err(e) => bad_input("compile", &e),
+    let mut args = CommandLine::from_env();
+    while let Some(arg) = args.next().unwrap_or_else(|e| bad_input("compile", &e)) {
+        match arg {
+            Arg::Flag(flag) => match flags.take(&flag, &mut args) {
+                Ok(true) => {}
+                Err(e) => bad_input("compile", &e),
+                Ok(false) if (flag == "-h" || flag == "--help") && !args.has_joined() => {
+                    println!("{USAGE}");
+                    return;
+                }
+                Ok(false) => {
+                    let typed = args.typed(&flag);
+                    bad_input("compile", &format!("unknown flag {typed:?}; {USAGE}"))
+                }
+            },
+            Arg::Value(v) => {
+                if let Some(first) = &input {
+                    bad_input(
+                        "compile",
+                        &format!(
+                            "unexpected argument {v:?}: {first:?} is the input already; {USAGE}"
+                        ),
+                    );
+                }
+                input = Some(v);
+            }
         }
-        if arg == "-h" || arg == "--help" {
-            println!("{USAGE}");
-            return;
-        }
-        if arg.starts_with('-') && arg != "-" {
-            bad_input("compile", &format!("unknown flag {arg:?}; {USAGE}"));
-        }
-        if let Some(first) = &input {
-            bad_input(
-                "compile",
-                &format!("unexpected argument {arg:?}: {first:?} is the input already; {USAGE}"),
-            );
-        }
-        input = Some(arg);
     }
     let path = input.unwrap_or_else(|| EXAMPLE_CLUSTER.to_owned());
     let config = flags.config().unwrap_or_else(|e| bad_input("compile", &e));

@@ -83,12 +83,12 @@ use svcnat::synthetic::{self, Spec};
 
 #[path = "common/flags.rs"]
 mod flags;
-use flags::{SpecFlags, split_flag, value};
+use flags::{Arg, CommandLine, SpecFlags};
 
 const USAGE: &str = "usage: kernel_cost [--services S] [--endpoints E] [--mix cluster-ip|load-balancer] [--seed N] [--backend nft|legacy|both] [--runs N] [--no-resync]";
 
 fn main() {
-    let args = Args::parse(std::env::args().skip(1)).unwrap_or_else(|e| {
+    let args = Args::parse(CommandLine::from_env()).unwrap_or_else(|e| {
         eprintln!("kernel_cost: {e}; {USAGE}");
         std::process::exit(2)
     });
@@ -115,33 +115,37 @@ struct Args {
 }
 
 impl Args {
-    fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
+    fn parse(mut line: CommandLine) -> Result<Args, String> {
         let mut flags = SpecFlags::default();
         let mut backends = vec![Backend::Nft, Backend::Legacy];
         let mut resync = true;
-        while let Some(arg) = it.next() {
-            let (flag, inline) = split_flag(&arg);
+        while let Some(arg) = line.next()? {
+            let flag = match arg {
+                Arg::Value(v) => return Err(format!("unexpected argument {v:?}")),
+                Arg::Flag(flag) => flag,
+            };
+            // A value joined to `--help` is ignored, as it always was.
             if flag == "-h" || flag == "--help" {
                 println!("{USAGE}");
                 std::process::exit(0);
             }
-            if flag == "--no-resync" && inline.is_none() {
+            if flag == "--no-resync" && !line.has_joined() {
                 resync = false;
                 continue;
             }
-            if flags.take(flag, inline, &mut it)? {
+            if flags.take(&flag, &mut line)? {
                 continue;
             }
-            match flag {
+            match flag.as_str() {
                 "--backend" => {
-                    backends = match value(flag, inline, &mut it)?.as_str() {
+                    backends = match line.value(&flag)?.as_str() {
                         "nft" => vec![Backend::Nft],
                         "legacy" => vec![Backend::Legacy],
                         "both" => vec![Backend::Nft, Backend::Legacy],
                         other => return Err(format!("--backend: unknown backend {other:?}")),
                     }
                 }
-                _ => return Err(format!("unexpected argument {arg:?}")),
+                _ => return Err(format!("unexpected argument {:?}", line.typed(&flag))),
             }
         }
         let services = flags.services.unwrap_or(10_000);

@@ -28,12 +28,10 @@
 //! line on stderr for bad flags.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
 use std::time::Instant;
 
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use svcnat::exec::DryRun;
 use svcnat::model::ClusterState;
 use svcnat::sync::Syncer;
@@ -41,12 +39,14 @@ use svcnat::synthetic::{self, Spec};
 
 #[path = "common/flags.rs"]
 mod flags;
-use flags::{SpecFlags, split_flag};
+#[path = "../benches/common/floor.rs"]
+mod floor;
+use flags::{Arg, CommandLine, SpecFlags};
 
 const USAGE: &str = "usage: scale --services S --endpoints E [--mix cluster-ip|load-balancer] [--seed N] [--runs N]";
 
 fn main() {
-    let args = Args::parse(std::env::args().skip(1)).unwrap_or_else(|e| {
+    let args = Args::parse(CommandLine::from_env()).unwrap_or_else(|e| {
         eprintln!("scale: {e}; {USAGE}");
         std::process::exit(2)
     });
@@ -61,16 +61,20 @@ struct Args {
 }
 
 impl Args {
-    fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
+    fn parse(mut line: CommandLine) -> Result<Args, String> {
         let mut flags = SpecFlags::default();
-        while let Some(arg) = it.next() {
-            let (flag, inline) = split_flag(&arg);
+        while let Some(arg) = line.next()? {
+            let flag = match arg {
+                Arg::Value(v) => return Err(format!("unexpected argument {v:?}")),
+                Arg::Flag(flag) => flag,
+            };
+            // A value joined to `--help` is ignored, as it always was.
             if flag == "-h" || flag == "--help" {
                 println!("{USAGE}");
                 std::process::exit(0);
             }
-            if !flags.take(flag, inline, &mut it)? {
-                return Err(format!("unexpected argument {arg:?}"));
+            if !flags.take(&flag, &mut line)? {
+                return Err(format!("unexpected argument {:?}", line.typed(&flag)));
             }
         }
         let services = flags.services.ok_or("--services is required")?;
@@ -169,28 +173,17 @@ fn measure(args: &Args) -> serde_json::Value {
         drop((ruleset, typed));
     }
 
-    // Every chain the output declares, by name: read from the output itself, so
-    // the names lie packed in memory, as a hashing floor should have them.
-    let names: Vec<&[u8]> = bytes
-        .split(|&b| b == b'\n')
-        .filter_map(|line| line.strip_prefix(b":"))
-        .filter_map(|line| line.split(|&b| b == b' ').next())
-        .collect();
+    // The floor, as the bench measures it (`benches/common/floor.rs`).
+    let names = floor::chain_names(&bytes);
     assert_eq!(names.len(), chains, "every declared chain is named once");
     let mut copy_ns = Vec::new();
     let mut hash_ns = Vec::new();
-    // The copy alone: into a buffer already in memory, so that neither the
-    // allocator nor the kernel's page faults (which vary with the heap's history)
-    // enter the floor.
     let mut copy = bytes.clone();
     for _ in 0..args.runs {
         let t0 = Instant::now();
-        copy.copy_from_slice(black_box(&bytes));
-        black_box(&copy);
+        floor::copy(&mut copy, &bytes);
         let t1 = Instant::now();
-        for name in black_box(&names) {
-            black_box(Sha256::digest(name));
-        }
+        floor::hash(&names);
         let t2 = Instant::now();
         copy_ns.push(nanos(t1 - t0));
         hash_ns.push(nanos(t2 - t1));

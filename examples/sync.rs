@@ -16,7 +16,7 @@
 
 mod common;
 
-use common::{ProxyFlags, bad_input};
+use common::{Arg, CommandLine, ProxyFlags, bad_input};
 use svcnat::exec::{Backend, DryRun, Executor, IptablesRestore};
 use svcnat::sync::{SyncReport, Syncer};
 
@@ -28,23 +28,33 @@ fn main() {
     let mut apply = false;
     let mut backend = Backend::Auto;
     let mut files = Vec::new();
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match flags.take(&arg, &mut args) {
+    let mut args = CommandLine::from_env();
+    while let Some(arg) = args.next().unwrap_or_else(|e| bad_input("sync", &e)) {
+        let flag = match arg {
+            Arg::Value(file) => {
+                files.push(file);
+                continue;
+            }
+            Arg::Flag(flag) => flag,
+        };
+        match flags.take(&flag, &mut args) {
             Ok(true) => continue,
             Ok(false) => {}
             Err(e) => bad_input("sync", &e),
         }
-        let (flag, inline) = common::split_flag(&arg);
-        match flag {
+        match flag.as_str() {
+            // A value joined to these is ignored, as it always was: `--apply=false`
+            // applies.
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return;
             }
-            "--apply" => apply = true,
+            "--apply" => {
+                let _ = args.joined(&flag);
+                apply = true;
+            }
             "--backend" => {
-                let v = common::value(flag, inline, &mut args)
-                    .unwrap_or_else(|e| bad_input("sync", &e));
+                let v = args.value(&flag).unwrap_or_else(|e| bad_input("sync", &e));
                 // auto and system are accepted too (`Backend`'s names).
                 backend = v.parse::<Backend>().unwrap_or_else(|_| {
                     bad_input(
@@ -53,10 +63,10 @@ fn main() {
                     )
                 });
             }
-            _ if arg.starts_with('-') && arg != "-" => {
-                bad_input("sync", &format!("unknown flag {arg:?}; {USAGE}"))
+            _ => {
+                let typed = args.typed(&flag);
+                bad_input("sync", &format!("unknown flag {typed:?}; {USAGE}"))
             }
-            _ => files.push(arg),
         }
     }
     if files.is_empty() {

@@ -30,7 +30,7 @@ mod common;
 
 use std::net::{IpAddr, SocketAddr};
 
-use common::{ProxyFlags, bad_input};
+use common::{Arg, CommandLine, ProxyFlags, bad_input};
 use svcnat::model::Protocol;
 use svcnat::trace::{Node, Packet, Trace};
 
@@ -71,16 +71,21 @@ fn parsed<T: std::str::FromStr>(flag: &str, v: &str, what: &str) -> T {
 fn main() {
     let mut flags = ProxyFlags::default();
     let mut a = Args::default();
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match flags.take(&arg, &mut args) {
+    let mut args = CommandLine::from_env();
+    while let Some(arg) = args.next().unwrap_or_else(|e| fail(&e)) {
+        let flag = match arg {
+            Arg::Value(v) => fail(&format!("unexpected argument {v:?}; {USAGE}")),
+            Arg::Flag(flag) => flag,
+        };
+        match flags.take(&flag, &mut args) {
             Ok(true) => continue,
             Ok(false) => {}
             Err(e) => fail(&e),
         }
-        let (flag, inline) = common::split_flag(&arg);
-        let mut value = || common::value(flag, inline, &mut args).unwrap_or_else(|e| fail(&e));
+        let flag = flag.as_str();
+        let mut value = || args.value(flag).unwrap_or_else(|e| fail(&e));
         match flag {
+            // A value joined to these is ignored, as it always was.
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return;
@@ -103,8 +108,14 @@ fn main() {
             }
             "--from" => a.from = Some(value()),
             "--out" => a.out = Some(value()),
-            "--json" => a.json = true,
-            _ => fail(&format!("unexpected argument {arg:?}; {USAGE}")),
+            "--json" => {
+                let _ = args.joined(flag);
+                a.json = true;
+            }
+            _ => {
+                let typed = args.typed(flag);
+                fail(&format!("unexpected argument {typed:?}; {USAGE}"))
+            }
         }
     }
     let need = |what: &str| -> ! { fail(&format!("missing {what}; {USAGE}")) };

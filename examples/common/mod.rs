@@ -24,7 +24,7 @@
 
 mod flags;
 
-pub use flags::{split_flag, value};
+pub use flags::{Arg, CommandLine};
 
 use std::net::IpAddr;
 
@@ -66,27 +66,23 @@ fn parse<T: std::str::FromStr>(flag: &str, v: &str, what: &str) -> Result<T, Str
 }
 
 impl ProxyFlags {
-    /// Takes `arg` if it is a proxy flag; `Ok(false)` if it is not one.
-    pub fn take(
-        &mut self,
-        arg: &str,
-        rest: &mut impl Iterator<Item = String>,
-    ) -> Result<bool, String> {
-        let (flag, inline) = split_flag(arg);
+    /// Takes `flag` if it is a proxy flag, with its value; `Ok(false)` if it is
+    /// not one.
+    pub fn take(&mut self, flag: &str, args: &mut CommandLine) -> Result<bool, String> {
         match flag {
-            "--hostname-override" => self.hostname = Some(value(flag, inline, rest)?),
+            "--hostname-override" => self.hostname = Some(args.value(flag)?),
             "--node-ip" => {
-                let v = value(flag, inline, rest)?;
+                let v = args.value(flag)?;
                 self.node_ips.push(parse(flag, &v, "an IP address")?);
             }
             "--cluster-cidr" => {
-                let v = value(flag, inline, rest)?;
+                let v = args.value(flag)?;
                 for part in v.split(',').filter(|p| !p.is_empty()) {
                     self.cluster_cidrs.push(parse(flag, part.trim(), "a CIDR")?);
                 }
             }
             "--detect-local-mode" => {
-                let v = value(flag, inline, rest)?;
+                let v = args.value(flag)?;
                 match v.as_str() {
                     "ClusterCIDR"
                     | "NodeCIDR"
@@ -100,17 +96,15 @@ impl ProxyFlags {
                     }
                 }
             }
-            "--pod-interface-name-prefix" => {
-                self.interface_prefix = Some(value(flag, inline, rest)?)
-            }
-            "--pod-bridge-interface" => self.bridge_interface = Some(value(flag, inline, rest)?),
-            "--masquerade-all" => self.masquerade_all = bool_flag(flag, inline)?,
-            "--masquerade-random-fully" => self.random_fully = bool_flag(flag, inline)?,
-            "--conntrack-tcp-be-liberal" => self.tcp_liberal = bool_flag(flag, inline)?,
-            "--nfacct-counters" => self.nfacct = bool_flag(flag, inline)?,
-            "--lenient" => self.lenient = bool_flag(flag, inline)?,
+            "--pod-interface-name-prefix" => self.interface_prefix = Some(args.value(flag)?),
+            "--pod-bridge-interface" => self.bridge_interface = Some(args.value(flag)?),
+            "--masquerade-all" => self.masquerade_all = args.switch(flag)?,
+            "--masquerade-random-fully" => self.random_fully = args.switch(flag)?,
+            "--conntrack-tcp-be-liberal" => self.tcp_liberal = args.switch(flag)?,
+            "--nfacct-counters" => self.nfacct = args.switch(flag)?,
+            "--lenient" => self.lenient = args.switch(flag)?,
             "--iptables-masquerade-bit" => {
-                let v = value(flag, inline, rest)?;
+                let v = args.value(flag)?;
                 let bit: u8 = parse(flag, &v, "a bit number (0-31)")?;
                 if bit > 31 {
                     return Err(format!("{flag}: {bit} is not a bit number (0-31)"));
@@ -118,7 +112,7 @@ impl ProxyFlags {
                 self.masquerade_bit = Some(bit);
             }
             "--nodeport-addresses" => {
-                let v = value(flag, inline, rest)?;
+                let v = args.value(flag)?;
                 for part in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
                     self.nodeport_addresses.push(if part == "primary" {
                         NodePortAddress::Primary
@@ -128,11 +122,11 @@ impl ProxyFlags {
                 }
             }
             "--iptables-localhost-nodeports" => {
-                let v = value(flag, inline, rest)?;
+                let v = args.value(flag)?;
                 self.localhost_nodeports = Some(parse(flag, &v, "true or false")?);
             }
             "--ip-family" => {
-                let v = value(flag, inline, rest)?;
+                let v = args.value(flag)?;
                 self.family = v
                     .to_ascii_lowercase()
                     .parse()
@@ -228,13 +222,6 @@ impl ProxyFlags {
             _ => return e.to_string(),
         };
         format!("{flag}: {problem}")
-    }
-}
-
-fn bool_flag(flag: &str, inline: Option<&str>) -> Result<bool, String> {
-    match inline {
-        None => Ok(true),
-        Some(v) => parse(flag, v, "true or false"),
     }
 }
 

@@ -760,6 +760,68 @@ pub(crate) mod example_cli {
         assert_eq!(code, 2);
     }
 
+    /// The command line's forms, where a getopt-style reader would differ: `--`
+    /// is an unknown flag (not the end of the flags), short flags are not bundled,
+    /// a boolean flag's value is only ever joined with `=`, and an argument that
+    /// is not UTF-8 is bad input like any other.
+    #[test]
+    fn flag_forms_keep_their_meaning() {
+        let good = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/input/good.json");
+        let refused = |args: &[&str], line: &str| {
+            let (code, stdout, stderr) = run(args, "");
+            assert_eq!((code, stdout.as_str()), (2, ""), "{args:?}: {stderr}");
+            assert!(stderr.starts_with(line), "{args:?}: {stderr}");
+            assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        };
+        refused(&["--", good], "compile: unknown flag \"--\"; usage: ");
+        refused(&["-hx", good], "compile: unknown flag \"-hx\"; usage: ");
+        refused(&["-x=3", good], "compile: unknown flag \"-x=3\"; usage: ");
+        refused(&["--help=1"], "compile: unknown flag \"--help=1\"; usage: ");
+        refused(
+            &["--no-such-flag=3"],
+            "compile: unknown flag \"--no-such-flag=3\"; usage: ",
+        );
+        refused(&["--node-ip"], "compile: --node-ip: missing value\n");
+        refused(
+            &["--masquerade-all=yes"],
+            "compile: --masquerade-all: \"yes\" is not true or false\n",
+        );
+        // `false` after a boolean flag is the input, not the flag's value.
+        refused(
+            &["--masquerade-all", "false"],
+            "compile: false: No such file or directory",
+        );
+        let (code, on, e) = run(&["--masquerade-all", good], "");
+        assert_eq!(code, 0, "{e}");
+        let (code, off, e) = run(&["--masquerade-all=false", good], "");
+        assert_eq!(code, 0, "{e}");
+        assert_ne!(on, off);
+        let (_, on_again, _) = run(&["--masquerade-all=true", good], "");
+        assert_eq!(on, on_again);
+        let (_, plain, _) = run(&[good], "");
+        assert_eq!(off, plain);
+        // A value is taken even when it looks like a flag; `-` is stdin.
+        let (code, out, e) = run(
+            &["--hostname-override", "--masquerade-all", "-"],
+            &std::fs::read_to_string(good).unwrap(),
+        );
+        assert_eq!((code, out.as_str()), (0, plain.as_str()), "{e}");
+
+        #[cfg(unix)]
+        {
+            use std::os::unix::ffi::OsStrExt;
+            let out = std::process::Command::new(example("compile"))
+                .arg(std::ffi::OsStr::from_bytes(b"--hostname-override=\xff"))
+                .output()
+                .unwrap();
+            assert_eq!(out.status.code(), Some(2));
+            assert_eq!(
+                String::from_utf8_lossy(&out.stderr),
+                "compile: --hostname-override: \"\\xFF\" is not UTF-8\n"
+            );
+        }
+    }
+
     #[test]
     fn invalid_object_names_field_in_compile_error() {
         let list = r#"{"kind":"List","items":[
