@@ -127,8 +127,7 @@ fn example_output_is_accepted_by_iptables_restore() {
                 .with_masquerade_random_fully(extra)
                 .with_nfacct_counters(false)
                 .with_masquerade_all(extra);
-            let rules =
-                svcnat::render::to_string(&svcnat::compile::compile(&state, &config).unwrap());
+            let rules = crate::fixtures::render(&state, &config);
             assert!(
                 rules.contains("-j DNAT"),
                 "the example must produce DNAT rules"
@@ -1113,9 +1112,7 @@ mod every_feature {
                     services.iter().rev().cloned().for_each(|s| {
                         backward.upsert_service(s);
                     });
-                    let text = svcnat::render::to_string(
-                        &svcnat::compile::compile(&forward, &config).unwrap(),
-                    );
+                    let text = crate::fixtures::render(&forward, &config);
                     let again = svcnat::render::to_string(
                         &svcnat::compile::compile(&backward, &config).unwrap(),
                     );

@@ -56,6 +56,8 @@ fn show(t: &Trace) -> String {
 
 fn rich(family: IpFamily) -> (Ruleset, Node) {
     let config = family_config(family);
+    // The traced rules are the fixture's text, whichever way it is written.
+    crate::fixtures::render(&rich_state(family), &config);
     let ruleset = traceable(
         &compile(&rich_state(family), &config).unwrap(),
         &jump_rules(&config).unwrap(),
