@@ -77,7 +77,7 @@ pub fn one(s: Service, endpoints: Vec<Endpoint>) -> ClusterState {
 pub fn try_render(
     state: &ClusterState,
     config: &ProxyConfig,
-) -> Result<String, svcnat::error::CompileError> {
+) -> Result<String, Box<svcnat::error::CompileError>> {
     let typed = svcnat::compile::compile(state, config).map(|r| svcnat::render::to_string(&r));
     let fast = svcnat::compile::compile_text(state, config).map(|t| t.to_bytes());
     match (typed, fast) {
@@ -87,7 +87,7 @@ pub fn try_render(
         }
         (Err(typed), Err(fast)) => {
             assert_eq!(fast, typed, "compile_text and compile refuse differently");
-            Err(typed)
+            Err(Box::new(typed))
         }
         (typed, fast) => panic!(
             "compile and compile_text disagree: compile gives {:?}, compile_text {:?}",
