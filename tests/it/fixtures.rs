@@ -127,6 +127,20 @@ pub fn assert_same_text(fast: &[u8], typed: &str) {
     );
 }
 
+/// A filter table whose INPUT policy is DROP, with `rules` (`-A …` lines) in it.
+pub fn filter_input(rules: &str) -> String {
+    format!(
+        "*filter\n:INPUT DROP [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n{rules}COMMIT\n"
+    )
+}
+
+/// The one verdict of tracing `p` through `r` on a node at 192.168.0.2.
+pub fn verdict(r: &svcnat::ruleset::Ruleset, p: &svcnat::trace::Packet) -> svcnat::trace::Verdict {
+    let t = svcnat::trace::trace(r, p, &svcnat::trace::Node::new([ip("192.168.0.2")])).unwrap();
+    assert_eq!(t.outcomes.len(), 1, "{t:?}");
+    t.outcomes[0].verdict
+}
+
 /// Runs `cmd` with `stdin`; returns its output (status, stdout, stderr).
 pub fn run_with_stdin(cmd: &mut std::process::Command, stdin: &str) -> std::process::Output {
     use std::io::Write;
