@@ -329,56 +329,6 @@ fn every_service_of_the_example_cluster_traces_as_the_model_says() {
 
 // ---- Kernel cross-check -------------------------------------------------------
 
-const ECHO_ENV: &str = "SVCNAT_TEST_ECHO_LISTEN";
-const CONNECT_ENV: &str = "SVCNAT_TEST_CONNECT";
-
-/// Not a test: when run by `kernel_traffic_agrees_with_the_trace` inside a pod
-/// namespace, a TCP server that answers each connection with the peer address it
-/// saw, for at most 20 seconds.
-#[test]
-fn helper_echo_server() {
-    use std::io::Write;
-    let Ok(addr) = std::env::var(ECHO_ENV) else {
-        return;
-    };
-    let listener = std::net::TcpListener::bind(&addr).unwrap();
-    listener.set_nonblocking(true).unwrap();
-    println!("LISTENING");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while std::time::Instant::now() < deadline {
-        match listener.accept() {
-            Ok((mut s, peer)) => {
-                let _ = writeln!(s, "{}", peer.ip());
-            }
-            Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
-        }
-    }
-}
-
-/// Not a test: when run inside a client namespace, connects to the address in
-/// the environment (2 s timeout) and prints `RESULT peer=IP`, `RESULT refused` or
-/// `RESULT timeout`.
-#[test]
-fn helper_connect() {
-    use std::io::Read;
-    let Ok(addr) = std::env::var(CONNECT_ENV) else {
-        return;
-    };
-    let addr: SocketAddr = addr.parse().unwrap();
-    let timeout = std::time::Duration::from_secs(2);
-    match std::net::TcpStream::connect_timeout(&addr, timeout) {
-        Ok(mut s) => {
-            s.set_read_timeout(Some(timeout)).unwrap();
-            let mut text = String::new();
-            let _ = s.read_to_string(&mut text);
-            println!("RESULT peer={}", text.trim());
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => println!("RESULT refused"),
-        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => println!("RESULT timeout"),
-        Err(e) => println!("RESULT error {e}"),
-    }
-}
-
 /// A child process killed (by its own pid) when dropped.
 struct Child(std::process::Child);
 
@@ -401,25 +351,19 @@ fn sh(args: &[&str]) {
     );
 }
 
-fn helper(ns: &Netns, test: &str, env: (&str, &str)) -> std::process::Command {
-    let exe = std::env::current_exe().unwrap();
-    let mut c = std::process::Command::new("ip");
-    c.args(["netns", "exec", &ns.name])
-        .arg(exe)
-        .args(["--exact", test, "--nocapture", "--test-threads", "1"])
-        .env(env.0, env.1);
-    c
-}
-
+/// What a client in `ns` sees connecting to `to` (2 s timeout), in the trace's
+/// terms: `peer=IP` (the source address the pod saw), `refused` or `timeout`.
 fn connect(ns: &Netns, to: SocketAddr) -> String {
-    let out = helper(ns, "trace::helper_connect", (CONNECT_ENV, &to.to_string()))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .find_map(|l| l.split_once("RESULT ").map(|(_, r)| r))
-        .unwrap_or("no result")
-        .to_owned()
+    let answer =
+        crate::kernel::connect_from(ns, "tcp", &to.ip().to_string(), to.port(), 1).remove(0);
+    match answer.as_str() {
+        "REFUSED" => "refused".to_owned(),
+        "TIMEOUT" => "timeout".to_owned(),
+        _ => match answer.split_once(' ') {
+            Some(("pod", peer)) => format!("peer={peer}"),
+            _ => answer,
+        },
+    }
 }
 
 #[test]
@@ -548,22 +492,16 @@ fn traffic_agrees_with_the_trace(backend: &str) {
     assert!(ok, "restore: {out}");
     let facts = Node::new(["192.168.50.1", "10.244.0.1", "10.244.1.1", "192.168.60.1"].map(ip));
 
-    let mut server = helper(
-        &pod,
-        "trace::helper_echo_server",
-        (ECHO_ENV, "10.244.0.2:8080"),
-    );
-    server.stdout(std::process::Stdio::piped());
-    let mut server = Child(server.spawn().unwrap());
-    {
-        use std::io::BufRead;
-        let stdout = server.0.stdout.take().unwrap();
-        let ready = std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .any(|l| l.contains("LISTENING"));
-        assert!(ready, "echo server did not start");
-    }
+    let server = Child(crate::kernel::spawn_echo_server(&pod, "pod", 8080, false));
+    let ready = (0..50).any(|_| {
+        let answer = crate::kernel::connect_from(&node, "tcp", "10.244.0.2", 8080, 1);
+        if answer[0].starts_with("pod ") {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        false
+    });
+    assert!(ready, "echo server did not start");
 
     let cases: [(&str, &Netns, Packet); 6] = [
         (
