@@ -70,8 +70,75 @@ pub fn one(s: Service, endpoints: Vec<Endpoint>) -> ClusterState {
     )
 }
 
+/// The rules of `state` as `iptables-restore` text, after checking that both ways
+/// of writing them agree byte for byte: the typed ruleset rendered
+/// (`render(compile(..))`) and the fast path (`compile_text(..)`); or the error both
+/// give.
+pub fn try_render(
+    state: &ClusterState,
+    config: &ProxyConfig,
+) -> Result<String, Box<svcnat::error::CompileError>> {
+    let typed = svcnat::compile::compile(state, config).map(|r| svcnat::render::to_string(&r));
+    let fast = svcnat::compile::compile_text(state, config).map(|t| t.to_bytes());
+    match (typed, fast) {
+        (Ok(typed), Ok(fast)) => {
+            assert_same_text(&fast, &typed);
+            Ok(typed)
+        }
+        (Err(typed), Err(fast)) => {
+            assert_eq!(fast, typed, "compile_text and compile refuse differently");
+            Err(Box::new(typed))
+        }
+        (typed, fast) => panic!(
+            "compile and compile_text disagree: compile gives {:?}, compile_text {:?}",
+            typed.map(|_| "text"),
+            fast.map(|_| "text")
+        ),
+    }
+}
+
+/// [`try_render`] for a state that compiles.
 pub fn render(state: &ClusterState, config: &ProxyConfig) -> String {
-    svcnat::render::to_string(&svcnat::compile::compile(state, config).unwrap())
+    try_render(state, config).unwrap()
+}
+
+/// Fails, showing the first line that differs, unless `fast` (from `compile_text`)
+/// is `typed` (from `render(compile(..))`) byte for byte.
+pub fn assert_same_text(fast: &[u8], typed: &str) {
+    if fast == typed.as_bytes() {
+        return;
+    }
+    let fast = String::from_utf8_lossy(fast);
+    let lines = fast.lines().count().max(typed.lines().count());
+    let (n, (f, t)) = fast
+        .lines()
+        .chain(std::iter::repeat("<end>"))
+        .zip(typed.lines().chain(std::iter::repeat("<end>")))
+        .take(lines)
+        .enumerate()
+        .find(|(_, (f, t))| f != t)
+        .unwrap_or((lines, ("<same lines, other bytes>", "")));
+    panic!(
+        "compile_text differs from render(compile) at line {}:\n  compile_text:    {f}\n  render(compile): {t}\n\
+         ({} bytes vs {} bytes)",
+        n + 1,
+        fast.len(),
+        typed.len()
+    );
+}
+
+/// A filter table whose INPUT policy is DROP, with `rules` (`-A …` lines) in it.
+pub fn filter_input(rules: &str) -> String {
+    format!(
+        "*filter\n:INPUT DROP [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n{rules}COMMIT\n"
+    )
+}
+
+/// The one verdict of tracing `p` through `r` on a node at 192.168.0.2.
+pub fn verdict(r: &svcnat::ruleset::Ruleset, p: &svcnat::trace::Packet) -> svcnat::trace::Verdict {
+    let t = svcnat::trace::trace(r, p, &svcnat::trace::Node::new([ip("192.168.0.2")])).unwrap();
+    assert_eq!(t.outcomes.len(), 1, "{t:?}");
+    t.outcomes[0].verdict
 }
 
 /// Runs `cmd` with `stdin`; returns its output (status, stdout, stderr).

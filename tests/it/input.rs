@@ -9,8 +9,8 @@
 //! Rows covered elsewhere, with their exact messages: the 74 MB dump's memory
 //! (`tests/read_memory.rs`, and `benches/read.rs` for its time), `trace --save` of
 //! a file that is not a dump and of a non-UTF-8 dump
-//! (`parse_trace_regressions::trace_example`), the shared-chain graph
-//! (`trace::deep_shared_chain_graphs_*`), the 65,535-port service
+//! (`trace::example`), the shared-chain graph
+//! (`trace::a_deep_*shared_chain_graph_*`), the 65,535-port service
 //! (`errors::a_service_with_every_port_number_compiles`).
 
 use std::fmt::Write;

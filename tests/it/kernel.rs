@@ -127,8 +127,7 @@ fn example_output_is_accepted_by_iptables_restore() {
                 .with_masquerade_random_fully(extra)
                 .with_nfacct_counters(false)
                 .with_masquerade_all(extra);
-            let rules =
-                svcnat::render::to_string(&svcnat::compile::compile(&state, &config).unwrap());
+            let rules = crate::fixtures::render(&state, &config);
             assert!(
                 rules.contains("-j DNAT"),
                 "the example must produce DNAT rules"
@@ -204,6 +203,50 @@ for i in range(n):
     except OSError as e:
         print("ERROR %s" % e)
 "#;
+
+/// Starts [`ECHO_SERVER`] in `ns` on `port` (IPv6 if `six`), answering as `name`.
+/// The child is `python3` itself (`ip netns exec` execs it): kill it by its pid.
+pub(crate) fn spawn_echo_server(
+    ns: &Netns,
+    name: &str,
+    port: u16,
+    six: bool,
+) -> std::process::Child {
+    let fam = if six { "6" } else { "4" };
+    Command::new("ip")
+        .args(["netns", "exec", &ns.name, "python3", "-c", ECHO_SERVER])
+        .args([name, &port.to_string(), fam])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3 runs the echo servers")
+}
+
+/// `n` connections (or datagrams) from `from` to `host:port` by [`CLIENT`]; one
+/// answer line each: the server's "NAME PEER-IP", REFUSED, TIMEOUT or ERROR ….
+pub(crate) fn connect_from(
+    from: &Netns,
+    proto: &str,
+    host: &str,
+    port: u16,
+    n: usize,
+) -> Vec<String> {
+    let (_, out) = from.run(
+        &[
+            "python3",
+            "-c",
+            CLIENT,
+            proto,
+            host,
+            &port.to_string(),
+            &n.to_string(),
+        ],
+        "",
+    );
+    let lines: Vec<String> = out.lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), n, "client output: {out}");
+    lines
+}
 
 /// A node namespace with three pod namespaces and an outside client, on veth pairs,
 /// with an echo server on port 8080 in every pod. IPv4: pod N at 10.244.N.2 (node
@@ -316,19 +359,10 @@ impl Lab {
             let (ok, out) = node.run(&["sysctl", "-w", sysctl], "");
             assert!(ok, "{out}");
         }
-        let fam = if plan.six { "6" } else { "4" };
         let servers = pods
             .iter()
             .enumerate()
-            .map(|(i, pod)| {
-                Command::new("ip")
-                    .args(["netns", "exec", &pod.name, "python3", "-c", ECHO_SERVER])
-                    .args([format!("pod{}", i + 1), "8080".into(), fam.into()])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .expect("python3 runs the echo servers")
-            })
+            .map(|(i, pod)| spawn_echo_server(pod, &format!("pod{}", i + 1), 8080, plan.six))
             .collect();
         let lab = Lab {
             servers,
@@ -354,21 +388,7 @@ impl Lab {
 
     /// `n` connections from `from` to `host:port`; one answer line each.
     fn connect(&self, from: &Netns, proto: &str, host: &str, port: u16, n: usize) -> Vec<String> {
-        let (_, out) = from.run(
-            &[
-                "python3",
-                "-c",
-                CLIENT,
-                proto,
-                host,
-                &port.to_string(),
-                &n.to_string(),
-            ],
-            "",
-        );
-        let lines: Vec<String> = out.lines().map(str::to_owned).collect();
-        assert_eq!(lines.len(), n, "client output: {out}");
-        lines
+        connect_from(from, proto, host, port, n)
     }
 }
 
@@ -1113,9 +1133,7 @@ mod every_feature {
                     services.iter().rev().cloned().for_each(|s| {
                         backward.upsert_service(s);
                     });
-                    let text = svcnat::render::to_string(
-                        &svcnat::compile::compile(&forward, &config).unwrap(),
-                    );
+                    let text = crate::fixtures::render(&forward, &config);
                     let again = svcnat::render::to_string(
                         &svcnat::compile::compile(&backward, &config).unwrap(),
                     );

@@ -192,7 +192,8 @@ pub fn run_case(dir: &Path) -> Result<(), String> {
     // The case goes through a full sync, as in kube-proxy's tests: the payload is the
     // compiled ruleset plus the deletion of stale chains the kernel holds.
     let config = case.proxy_config();
-    let ruleset = svcnat::compile::compile(&state, &config).map_err(|e| e.to_string())?;
+    // Also checks that compile_text writes the same bytes as render(compile).
+    let rendered = crate::fixtures::try_render(&state, &config).map_err(|e| e.to_string())?;
     let mut kernel = Recorder::new();
     if !case.stale_chains.is_empty() {
         let lines: String = case
@@ -219,8 +220,7 @@ pub fn run_case(dir: &Path) -> Result<(), String> {
     let payload = report.payload.to_text();
     if case.stale_chains.is_empty() {
         assert_eq!(
-            payload,
-            svcnat::render::to_string(&ruleset),
+            payload, rendered,
             "a first full sync writes the compiled ruleset"
         );
     }

@@ -11,7 +11,6 @@ mod kernel;
 #[cfg(feature = "k8s")]
 mod kube_proxy;
 mod parse;
-mod parse_trace_regressions;
 mod properties;
 #[cfg(feature = "k8s")]
 mod reader;

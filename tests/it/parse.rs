@@ -11,8 +11,9 @@ use svcnat::model::*;
 use svcnat::parse::{ErrorKind, Op, canonicalize, parse, parse_as, parse_payload};
 use svcnat::render::to_string;
 use svcnat::ruleset::{Match, Ruleset, Table, Target};
+use svcnat::trace::{Node, Packet, Verdict, trace};
 
-use crate::fixtures::{config, ip};
+use crate::fixtures::{config, filter_input, ip, verdict};
 use crate::kernel::{Netns, kernel_available};
 
 const DUMPS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/dumps");
@@ -149,6 +150,8 @@ fn compiled_text_round_trips_exactly() {
         for config in variants(family) {
             let ruleset = compile(&rich_state(family), &config).unwrap();
             assert_round_trip(&ruleset);
+            // The fast path writes the same bytes as rendering the ruleset.
+            crate::fixtures::render(&rich_state(family), &config);
             // With the built-in chains and jump rules too.
             let traceable = svcnat::trace::traceable(&ruleset, &jump_rules(&config).unwrap());
             assert_round_trip(&traceable);
@@ -614,4 +617,304 @@ fn a_dump_with_non_utf8_bytes_in_a_comment_reads() {
         svcnat::parse::parse_bytes(text.as_bytes()).unwrap(),
         svcnat::parse::parse(text).unwrap()
     );
+}
+
+// ---- Restore input as iptables reads it: quoting, flags, odd values. ----
+
+// `-f` is a core option (iptables-save prints it for fragment rules, common in
+// hardening scripts); `-4`/`-6` are valid in restore input.
+#[test]
+fn fragment_and_family_flags_parse() {
+    for rule in [
+        "-f -j DROP",
+        "! -f -j ACCEPT",
+        "-4 -s 10.0.0.1/32 -j ACCEPT",
+        "-6 -j ACCEPT",
+    ] {
+        let text = format!("*filter\n:INPUT ACCEPT [0:0]\n-A INPUT {rule}\nCOMMIT\n");
+        assert!(parse(&text).is_ok(), "{rule}: {:?}", parse(&text));
+    }
+}
+
+// iptables accepts `--probability 0` and iptables-save prints it back as
+// `0.00000000000`; the whole dump must still load.
+#[test]
+fn a_zero_probability_parses() {
+    let text = "*nat\n:PREROUTING ACCEPT [0:0]\n\
+        -A PREROUTING -m statistic --mode random --probability 0.00000000000 -j ACCEPT\nCOMMIT\n";
+    assert!(parse(text).is_ok(), "{:?}", parse(text));
+}
+
+// A comment that starts with '-' is printed unquoted by iptables-save
+// (all its characters are in iptables' no-quote set) and by svcnat's Comment.
+#[test]
+fn a_comment_starting_with_a_dash_round_trips() {
+    let text = "*filter\n:INPUT ACCEPT [0:0]\n\
+        -A INPUT -m comment --comment \"-x\" -j ACCEPT\nCOMMIT\n";
+    let r = parse(text).unwrap();
+    let again = parse(&svcnat::render::to_string(&r)).unwrap();
+    assert_eq!(again, r);
+}
+
+// iptables-restore does not group with single quotes: `it's` is one word.
+#[test]
+fn a_single_quote_is_an_ordinary_character() {
+    let text =
+        filter_input("-A INPUT -p tcp -m tcp --dport 22 -m comment --comment it's -j ACCEPT\n");
+    let r = parse(&text).unwrap();
+    let rule = &r.chain(Table::Filter, "INPUT").unwrap().rules[0];
+    assert!(
+        rule.matches.iter().any(
+            |m| matches!(m, Match::OtherComment(raw) if raw.as_str() == "-m comment --comment it's")
+        ),
+        "{rule:?}"
+    );
+    let p = Packet::tcp(ip("10.1.2.3"), ip("192.168.0.2"), 22);
+    assert_eq!(verdict(&r, &p), Verdict::Accept);
+}
+
+// A comment Comment refuses is kept as written, escapes included, and prints back
+// the same.
+#[test]
+fn escaped_comments_render_back_verbatim() {
+    let line =
+        "-A INPUT -p tcp -m tcp --dport 22 -m comment --comment \"\\'dapp_OpenSSH\\'\" -j ACCEPT";
+    let r = parse(&filter_input(&format!("{line}\n"))).unwrap();
+    let text = svcnat::render::to_string(&r);
+    assert!(text.contains(line), "{text}");
+    assert_eq!(parse(&text).unwrap(), r);
+}
+
+// A quoted word is a value even when it looks like an option or `!`; an
+// unquoted one after `--comment` is the comment too, as getopt takes it.
+#[test]
+fn comments_that_look_like_options_are_comments() {
+    for comment in ["\"-j\"", "\"!\"", "\"-x y\"", "-x", "--dport"] {
+        let text = filter_input(&format!(
+            "-A INPUT -p tcp -m comment --comment {comment} -m tcp --dport 22 -j ACCEPT\n"
+        ));
+        let r = parse(&text).unwrap_or_else(|e| panic!("{comment}: {e}"));
+        let rule = &r.chain(Table::Filter, "INPUT").unwrap().rules[0];
+        assert!(
+            rule.matches
+                .iter()
+                .any(|m| matches!(m, Match::OtherComment(raw) if raw.as_str().ends_with(comment))),
+            "{comment}: {rule:?}"
+        );
+        assert_eq!(rule.target, Some(Target::Accept), "{comment}");
+        let again = parse(&svcnat::render::to_string(&r)).unwrap();
+        assert_eq!(again, r, "{comment}");
+        let p = Packet::tcp(ip("10.1.2.3"), ip("192.168.0.2"), 22);
+        assert_eq!(verdict(&r, &p), Verdict::Accept, "{comment}");
+    }
+    let e = parse(&filter_input("-A INPUT -m comment --comment\n")).unwrap_err();
+    assert!(
+        matches!(e.kind, svcnat::parse::ErrorKind::MissingArgument { .. }),
+        "{e}"
+    );
+    // The IR refuses what would print as an option or a negation.
+    assert!(svcnat::ruleset::Comment::new("-x").is_err());
+    assert!(svcnat::ruleset::Comment::new("!x").is_err());
+    assert!(svcnat::ruleset::Comment::new("ns1/svc1:p80").is_ok());
+}
+
+// A comment joined from parts is validated as a whole, inline or on the heap, and
+// equals the same text made in one piece.
+#[test]
+fn comments_from_parts_are_checked_whole() {
+    use svcnat::ruleset::Comment;
+    let short = Comment::from_parts(&["ns1/svc1:p80", " -> ", "10.0.0.1:80"]).unwrap();
+    assert_eq!(short, Comment::new("ns1/svc1:p80 -> 10.0.0.1:80").unwrap());
+    let long_text = format!("{} -> 10.0.0.1:80", "a".repeat(100));
+    let long = Comment::from_parts(&[&"a".repeat(100), " -> 10.0.0.1:80"]).unwrap();
+    assert_eq!(long.as_str(), long_text);
+    assert_eq!(long, Comment::new(long_text).unwrap());
+    assert!(Comment::from_parts(&["x", "\" -j ACCEPT"]).is_err());
+    assert!(Comment::from_parts(&["-", "x"]).is_err());
+    assert!(Comment::from_parts(&[&"a".repeat(200), &"b".repeat(56)]).is_err());
+    assert!(Comment::from_parts(&["", ""]).is_err());
+    // Serde and Debug see the text, however it is stored.
+    assert_eq!(
+        format!("{short:?}"),
+        "Comment(\"ns1/svc1:p80 -> 10.0.0.1:80\")"
+    );
+    let json = serde_json::to_string(&long).unwrap();
+    assert_eq!(serde_json::from_str::<Comment>(&json).unwrap(), long);
+}
+
+// Unterminated quotes in verbatim text would swallow the rest of the line.
+#[test]
+fn raw_text_refuses_an_open_quote() {
+    use svcnat::ruleset::RawText;
+    assert!(RawText::new("-j LOG --log-prefix \"open").is_err());
+    assert!(RawText::new("-j LOG --log-prefix \"a \\\" b\"").is_ok());
+    assert!(RawText::new("-m comment --comment it's").is_ok());
+}
+
+// MASQUERADE with options keeps them when printed.
+#[test]
+fn masquerade_options_are_kept_when_printed() {
+    let text = "*nat\n:POSTROUTING ACCEPT [0:0]\n-A POSTROUTING -s 10.244.0.0/16 -j MASQUERADE --to-ports 1024-65535\nCOMMIT\n";
+    let r = parse(text).unwrap();
+    assert_eq!(
+        svcnat::render::to_string(&r)
+            .matches("-j MASQUERADE --to-ports 1024-65535")
+            .count(),
+        1
+    );
+    let p = Packet::tcp(ip("10.244.1.5"), ip("8.8.8.8"), 53).arriving_on("cni0");
+    let t = trace(&r, &p, &Node::new([ip("192.168.0.2")])).unwrap();
+    assert!(t.outcomes[0].masquerade && !t.outcomes[0].nat_unevaluated);
+    assert!(t.unevaluated.is_empty(), "{t:?}");
+}
+
+// `-4`/`-6` restrict a rule to a family, and a rule of the other family is
+// skipped as iptables-restore skips it.
+#[test]
+fn a_rule_of_the_other_family_is_skipped_as_iptables_restore_skips_it() {
+    let both = filter_input(
+        "-A INPUT -4 -s 10.0.0.1/32 -j ACCEPT\n-A INPUT -6 -s fd00::1/128 -j ACCEPT\n-A INPUT --ipv6 -j DROP\n-A INPUT -s 10.0.0.2/32 -j ACCEPT\n",
+    );
+    let v4 = parse(&both).unwrap();
+    assert_eq!(v4.family, IpFamily::Ipv4);
+    let rules: Vec<String> = v4
+        .chain(Table::Filter, "INPUT")
+        .unwrap()
+        .rules
+        .iter()
+        .map(|r| r.to_string())
+        .collect();
+    assert_eq!(
+        rules,
+        ["-s 10.0.0.1/32 -j ACCEPT", "-s 10.0.0.2/32 -j ACCEPT"]
+    );
+    let v4_only = filter_input("-A INPUT -4 -j ACCEPT\n-A INPUT -6 -s fd00::1/128 -j ACCEPT\n");
+    let v6 = parse_as(&v4_only, IpFamily::Ipv6).unwrap();
+    let rules: Vec<String> = v6
+        .chain(Table::Filter, "INPUT")
+        .unwrap()
+        .rules
+        .iter()
+        .map(|r| r.to_string())
+        .collect();
+    assert_eq!(rules, ["-s fd00::1/128 -j ACCEPT"]);
+    // Without other addresses, the first flagged rule decides the family.
+    let v4 = parse(&v4_only).unwrap();
+    assert_eq!(v4.family, IpFamily::Ipv4);
+    assert_eq!(v4.chain(Table::Filter, "INPUT").unwrap().rules.len(), 1);
+    let v6 = parse(&filter_input(
+        "-6 -A INPUT -s fd00::1 -j ACCEPT
+-A INPUT -4 -j DROP
+",
+    ))
+    .unwrap();
+    assert_eq!(v6.family, IpFamily::Ipv6);
+    let rules: Vec<String> = v6
+        .chain(Table::Filter, "INPUT")
+        .unwrap()
+        .rules
+        .iter()
+        .map(|r| r.to_string())
+        .collect();
+    assert_eq!(rules, ["-s fd00::1 -j ACCEPT"]);
+}
+
+// The kernel keeps networks without host bits; canonical forms agree.
+#[test]
+fn canonical_networks_have_no_host_bits() {
+    let a = parse(&filter_input("-A INPUT -s 10.1.2.3/8 -j ACCEPT\n")).unwrap();
+    let b = parse(&filter_input("-A INPUT -s 10.0.0.0/8 -j ACCEPT\n")).unwrap();
+    assert_ne!(a, b);
+    assert_eq!(
+        svcnat::parse::canonicalize(&a),
+        svcnat::parse::canonicalize(&b)
+    );
+}
+
+/// Hand-written restore input with every shape once refused or mis-read;
+/// iptables-restore 1.8.9 accepts all of it.
+const QUIRKY_RULES: &str = "*filter\n:INPUT ACCEPT [0:0]\n\
+    -A INPUT -p tcp -m tcp --dport 22 -m comment --comment \"\\'dapp_OpenSSH\\'\" -j ACCEPT\n\
+    -A INPUT -m comment --comment \"a \\\"b\\\" c\" -j ACCEPT\n\
+    -A INPUT -m comment --comment it's -j ACCEPT\n\
+    -A INPUT -m comment --comment -x -j ACCEPT\n\
+    -A INPUT -m comment --comment \"-j\" -j ACCEPT\n\
+    -A INPUT -m comment --comment \"!\" -j ACCEPT\n\
+    -A INPUT -f -j DROP\n\
+    -A INPUT ! -f -j ACCEPT\n\
+    -4 -A INPUT -s 10.0.0.1 -j ACCEPT\n\
+    -6 -A INPUT -s fd00::1 -j ACCEPT\n\
+    -A INPUT -6 -j DROP\n\
+    -A INPUT -m state --state NEW -j ACCEPT\n\
+    -A INPUT -m statistic --mode random --probability 0 -j ACCEPT\n\
+    COMMIT\n";
+
+/// What iptables-save 1.8.9 (nft) prints back for [`QUIRKY_RULES`].
+const QUIRKY_RULES_SAVED: &str = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n\
+    -A INPUT -p tcp -m tcp --dport 22 -m comment --comment \"\\'dapp_OpenSSH\\'\" -j ACCEPT\n\
+    -A INPUT -m comment --comment \"a \\\"b\\\" c\" -j ACCEPT\n\
+    -A INPUT -m comment --comment \"it\\'s\" -j ACCEPT\n\
+    -A INPUT -m comment --comment -x -j ACCEPT\n\
+    -A INPUT -m comment --comment -j -j ACCEPT\n\
+    -A INPUT -m comment --comment \"!\" -j ACCEPT\n\
+    -A INPUT -f -j DROP\n\
+    -A INPUT ! -f -j ACCEPT\n\
+    -A INPUT -s 10.0.0.1/32 -j ACCEPT\n\
+    -A INPUT -m state --state NEW -j ACCEPT\n\
+    -A INPUT -m statistic --mode random --probability 0.00000000000 -j ACCEPT\n\
+    COMMIT\n";
+
+#[test]
+fn quirky_restore_input_loads_as_iptables_loads_it() {
+    for text in [QUIRKY_RULES, QUIRKY_RULES_SAVED] {
+        let r = parse(text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.family, IpFamily::Ipv4);
+        let rules = &r.chain(Table::Filter, "INPUT").unwrap().rules;
+        assert_eq!(rules.len(), 11, "{rules:#?}");
+        assert_eq!(
+            rules[8].to_string().replace("/32", ""),
+            "-s 10.0.0.1 -j ACCEPT"
+        );
+        assert_eq!(parse(&svcnat::render::to_string(&r)).unwrap(), r);
+        // Every rule but the fragment and zero-chance ones accepts at its own
+        // place: the first is the one taken.
+        let p = Packet::tcp(ip("10.1.2.3"), ip("192.168.0.2"), 22);
+        let t = trace(&r, &p, &Node::new([ip("192.168.0.2")])).unwrap();
+        assert_eq!(t.outcomes.len(), 1);
+        assert_eq!(t.outcomes[0].path[0].short(), "INPUT:1");
+        assert!(t.unevaluated.is_empty(), "{t:?}");
+    }
+}
+
+// What svcnat renders from a dump iptables-restore accepts, and iptables-save
+// prints it back unchanged (both backends).
+#[test]
+fn quirky_restore_input_round_trips_through_the_kernel() {
+    if !crate::kernel::kernel_available("quirky_restore_input_round_trips_through_the_kernel") {
+        return;
+    }
+    let body = |saved: &str| -> String {
+        saved
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    };
+    for backend in ["nft", "legacy"] {
+        let ns = crate::kernel::Netns::new(&format!("quirky-{backend}"));
+        let restore = format!("iptables-{backend}-restore");
+        let save = format!("iptables-{backend}-save");
+        let (ok, out) = ns.run(&[&restore], QUIRKY_RULES);
+        assert!(ok, "{backend}: {out}");
+        let (ok, first) = ns.run(&[&save, "-t", "filter"], "");
+        assert!(ok, "{backend}: {first}");
+        let parsed = parse(&first).unwrap_or_else(|e| panic!("{backend}: {e}\n{first}"));
+        let rendered = svcnat::render::to_string(&parsed);
+        let (ok, out) = ns.run(&[&restore], &rendered);
+        assert!(ok, "{backend}: {out}\n{rendered}");
+        let (ok, second) = ns.run(&[&save, "-t", "filter"], "");
+        assert!(ok, "{backend}: {second}");
+        assert_eq!(body(&second), body(&first), "{backend}");
+        assert_eq!(parse(&second).unwrap(), parsed, "{backend}");
+    }
 }

@@ -1,7 +1,7 @@
 //! Invariants over random clusters.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use proptest::prelude::*;
 use svcnat::compile::naming::{PortChains, service_port_name};
@@ -285,26 +285,296 @@ proptest! {
     }
 }
 
+/// An endpoint of `family`, maybe on this node or another, maybe in a zone, with
+/// topology hints when `hinted`.
+fn rich_endpoint(family: IpFamily, hinted: bool) -> impl Strategy<Value = Endpoint> {
+    // Hints count only when every endpoint has them: zone hints always, node
+    // hints mostly.
+    let zones = || prop::sample::subsequence(vec!["zone-a", "zone-b"], 1..=2);
+    let nodes = || prop::sample::subsequence(vec!["test-node", "other"], 0..=2);
+    (
+        0u8..3,
+        1u8..20,
+        conditions(),
+        prop::option::of(prop_oneof![Just("test-node"), Just("other")]),
+        prop::option::of(prop_oneof![Just("zone-a"), Just("zone-b")]),
+        zones(),
+        nodes(),
+    )
+        .prop_map(
+            move |(net, host, conditions, node, zone, for_zones, for_nodes)| {
+                let address = match family {
+                    IpFamily::Ipv4 => IpAddr::V4(Ipv4Addr::new(10, 180, net, host)),
+                    IpFamily::Ipv6 => IpAddr::V6(Ipv6Addr::new(
+                        0xfd00,
+                        0x10,
+                        0x180,
+                        0,
+                        0,
+                        0,
+                        u16::from(net),
+                        u16::from(host),
+                    )),
+                };
+                let hints = if hinted {
+                    Hints {
+                        for_zones: for_zones.into_iter().map(str::to_owned).collect(),
+                        for_nodes: for_nodes.into_iter().map(str::to_owned).collect(),
+                    }
+                } else {
+                    Hints::default()
+                };
+                Endpoint {
+                    address,
+                    conditions,
+                    node_name: node.map(str::to_owned),
+                    zone: zone.map(str::to_owned),
+                    hints,
+                }
+            },
+        )
+}
+
+/// Addresses of both families outside the cluster's, for external IPs and load
+/// balancer ingress.
+fn outside_ip() -> impl Strategy<Value = IpAddr> {
+    prop_oneof![
+        (1u8..4).prop_map(|h| IpAddr::V4(Ipv4Addr::new(192, 168, 99, h))),
+        (1u8..4).prop_map(|h| IpAddr::V4(Ipv4Addr::new(1, 2, 3, h))),
+        (1u16..4).prop_map(|h| IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0x99, 0, 0, 0, 0, h))),
+    ]
+}
+
+/// Source ranges of both families, some of which hold the node's own IPs.
+fn source_range() -> impl Strategy<Value = ipnet::IpNet> {
+    prop::sample::select(vec![
+        "203.0.113.0/25",
+        "192.168.0.0/24",
+        "10.0.0.0/8",
+        "2001:db8::/64",
+        "2001:db8:1::/48",
+    ])
+    .prop_map(|n| n.parse().unwrap())
+}
+
+/// Which families a service has cluster IPs of.
+#[derive(Debug, Clone, Copy)]
+enum Stack {
+    V4,
+    V6,
+    Dual,
+}
+
+/// A valid service of any type and family, with every feature that changes the
+/// rules (load balancers, external IPs, affinity, Local policies, topology
+/// hints), and its slices of each of its families.
+fn rich_service(index: usize) -> impl Strategy<Value = (Service, Vec<EndpointSlice>)> {
+    let stack = prop_oneof![2 => Just(Stack::V4), 1 => Just(Stack::V6), 2 => Just(Stack::Dual)];
+    let kind = prop_oneof![
+        1 => Just(ServiceType::ClusterIp),
+        1 => Just(ServiceType::NodePort),
+        2 => Just(ServiceType::LoadBalancer),
+    ];
+    let policy = || prop_oneof![2 => Just(TrafficPolicy::Cluster), 1 => Just(TrafficPolicy::Local)];
+    let ingress = prop::collection::vec(
+        (
+            outside_ip(),
+            prop_oneof![3 => Just(IpMode::Vip), 1 => Just(IpMode::Proxy)],
+        )
+            .prop_map(|(ip, ip_mode)| LoadBalancerIngress { ip, ip_mode }),
+        1..4,
+    );
+    (
+        (
+            prop::sample::select(vec!["ns1", "ns2"]),
+            stack,
+            kind,
+            1usize..3,
+            prop::sample::select(vec![Protocol::Tcp, Protocol::Udp, Protocol::Sctp]),
+            1u16..2000,
+        ),
+        (
+            prop::collection::vec(outside_ip(), 0..3),
+            ingress,
+            prop::collection::vec(source_range(), 0..3),
+            prop::option::of(30900u16..30910),
+            prop::option::of(1u32..=86400),
+            policy(),
+            policy(),
+        ),
+        // Per family: whether its endpoints carry hints, and its slices.
+        (any::<bool>(), any::<bool>()).prop_flat_map(|(h4, h6)| {
+            (
+                prop::collection::vec(
+                    prop::collection::vec(rich_endpoint(IpFamily::Ipv4, h4), 0..4),
+                    0..3,
+                ),
+                prop::collection::vec(
+                    prop::collection::vec(rich_endpoint(IpFamily::Ipv6, h6), 0..4),
+                    0..3,
+                ),
+            )
+        }),
+    )
+        .prop_map(
+            move |(
+                (ns, stack, service_type, nports, proto, base),
+                (external_ips, ingress, ranges, health, affinity, etp, itp),
+                (v4_slices, v6_slices),
+            )| {
+                let name = format!("svc{index}");
+                let i = index as u8 + 1;
+                let ports: Vec<ServicePort> = (0..nports)
+                    .map(|p| ServicePort {
+                        name: if nports == 1 {
+                            String::new()
+                        } else {
+                            format!("p{p}")
+                        },
+                        protocol: proto,
+                        port: base + p as u16,
+                        target_port: None,
+                        node_port: (service_type != ServiceType::ClusterIp)
+                            .then_some(30000 + index as u16 * 10 + p as u16),
+                    })
+                    .collect();
+                let v4 = IpAddr::V4(Ipv4Addr::new(172, 30, 0, i));
+                let v6 = IpAddr::V6(Ipv6Addr::new(0xfd00, 0x172, 0x30, 0, 0, 0, 0, u16::from(i)));
+                let cluster_ips = match stack {
+                    Stack::V4 => vec![v4],
+                    Stack::V6 => vec![v6],
+                    Stack::Dual if index.is_multiple_of(2) => vec![v4, v6],
+                    Stack::Dual => vec![v6, v4],
+                };
+                let lb = service_type == ServiceType::LoadBalancer;
+                let svc = Service {
+                    namespace: ns.to_owned(),
+                    name: name.clone(),
+                    service_type,
+                    cluster_ips,
+                    ports: ports.clone(),
+                    session_affinity: match affinity {
+                        Some(timeout_seconds) => SessionAffinity::ClientIp { timeout_seconds },
+                        None => SessionAffinity::None,
+                    },
+                    external_traffic_policy: etp,
+                    internal_traffic_policy: itp,
+                    external_ips,
+                    load_balancer_ingress: if lb { ingress } else { Vec::new() },
+                    load_balancer_source_ranges: if lb { ranges } else { Vec::new() },
+                    health_check_node_port: if lb && etp == TrafficPolicy::Local {
+                        health
+                    } else {
+                        None
+                    },
+                };
+                let families = [
+                    (IpFamily::Ipv4, v4_slices, "v4"),
+                    (IpFamily::Ipv6, v6_slices, "v6"),
+                ];
+                let slices = families
+                    .into_iter()
+                    .flat_map(|(family, slices, tag)| {
+                        let ports = &ports;
+                        let name = &name;
+                        slices
+                            .into_iter()
+                            .enumerate()
+                            .map(move |(i, endpoints)| EndpointSlice {
+                                namespace: ns.to_owned(),
+                                service_name: name.clone(),
+                                name: format!("{name}-{tag}-{i}"),
+                                address_type: family,
+                                ports: ports
+                                    .iter()
+                                    .map(|p| EndpointPort {
+                                        name: p.name.clone(),
+                                        protocol: p.protocol,
+                                        port: p.port + 8000,
+                                    })
+                                    .collect(),
+                                endpoints,
+                            })
+                    })
+                    .collect();
+                (svc, slices)
+            },
+        )
+}
+
+/// Clusters of [`rich_service`]s.
+fn rich_cluster() -> impl Strategy<Value = Vec<(Service, Vec<EndpointSlice>)>> {
+    (1usize..6).prop_flat_map(|n| (0..n).map(rich_service).collect::<Vec<_>>())
+}
+
+/// A proxy config of either family, in a zone or not, with the options that
+/// change the rules' text.
+fn rich_config() -> impl Strategy<Value = ProxyConfig> {
+    (
+        any::<bool>(),
+        prop::option::of(prop_oneof![Just("zone-a"), Just("zone-b")]),
+        any::<bool>(),
+        (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>()),
+        0u8..3,
+    )
+        .prop_map(
+            |(v6, zone, same_node, (large, primary, masquerade_all, comments), local)| {
+                let mut config = config();
+                if v6 {
+                    config = config
+                        .with_ip_family(IpFamily::Ipv6)
+                        .with_node_ips([
+                            "2001:db8::1".parse().unwrap(),
+                            "192.168.0.2".parse().unwrap(),
+                            "::1".parse().unwrap(),
+                        ])
+                        .with_cluster_cidrs([
+                            "10.0.0.0/8".parse().unwrap(),
+                            "fd00:10::/32".parse().unwrap(),
+                        ]);
+                }
+                if let Some(zone) = zone {
+                    config = config.with_node_zone(zone);
+                }
+                if large {
+                    config.large_cluster_endpoints = Some(1);
+                }
+                if primary {
+                    config = config.with_nodeport_addresses([NodePortAddress::Primary]);
+                }
+                config = match local {
+                    0 => config,
+                    1 => config.with_local_traffic(LocalTrafficDetector::None),
+                    _ => config.with_local_traffic(LocalTrafficDetector::InterfaceNamePrefix(
+                        "veth".into(),
+                    )),
+                };
+                config
+                    .with_prefer_same_node_hints(same_node)
+                    .with_masquerade_all(masquerade_all)
+                    .with_comments(comments)
+            },
+        )
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(96))]
+    // About a second in a debug build.
+    #![proptest_config(ProptestConfig::with_cases(256))]
 
     /// The service-by-service fast path writes exactly the bytes of rendering the
-    /// typed ruleset, with per-endpoint comments on or off (large-cluster mode).
+    /// typed ruleset, for clusters with every service feature (load balancers,
+    /// external IPs, affinity, Local policies, terminating endpoints, topology
+    /// hints), in either family, with dual-stack services.
     #[test]
-    fn compile_text_is_render_of_compile(parts in cluster(), large in any::<bool>(), nodeports in any::<bool>()) {
+    fn compile_text_is_render_of_compile(parts in rich_cluster(), config in rich_config()) {
         let state = state_of(&parts);
-        let mut config = config();
-        if large {
-            config.large_cluster_endpoints = Some(1);
-        }
-        if nodeports {
-            config = config.with_nodeport_addresses([svcnat::model::NodePortAddress::Primary]);
-        }
         let text = svcnat::compile::compile_text(&state, &config).unwrap();
-        let typed = svcnat::render::to_string(&compile(&state, &config).unwrap());
+        let ruleset = compile(&state, &config).unwrap();
+        let typed = svcnat::render::to_string(&ruleset);
         prop_assert_eq!(text.len(), typed.len());
-        prop_assert_eq!(text.chain_count(), compile(&state, &config).unwrap().tables.iter().map(|t| t.chains.len()).sum::<usize>());
+        prop_assert_eq!(text.chain_count(), ruleset.tables.iter().map(|t| t.chains.len()).sum::<usize>());
+        // The first differing line, then the other ways out of a CompiledText.
+        crate::fixtures::assert_same_text(&text.to_bytes(), &typed);
         prop_assert_eq!(&text.to_string(), &typed);
-        prop_assert_eq!(String::from_utf8(text.to_bytes()).unwrap(), typed);
     }
 }

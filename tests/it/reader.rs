@@ -46,11 +46,10 @@ fn items_of(state: &ClusterState) -> Vec<Value> {
     }
 }
 
-/// The rendered ruleset of `state`.
+/// The rendered ruleset of `state` (the same bytes both ways, see
+/// [`try_render`](crate::fixtures::try_render)).
 fn ruleset(state: &ClusterState) -> String {
-    let ruleset = svcnat::compile::compile(state, &synthetic::config())
-        .expect("a generated cluster compiles");
-    svcnat::render::to_string(&ruleset)
+    crate::fixtures::try_render(state, &synthetic::config()).expect("a generated cluster compiles")
 }
 
 /// The kinds of object a dump may hold that svcnat does not read.

@@ -53,10 +53,7 @@ fn first_sync_is_full_then_partial_and_noop_is_empty() {
     syncer.upsert_slice(eps("svc1", &["10.180.0.1"]));
     let first = syncer.sync().unwrap();
     assert!(first.full);
-    assert_eq!(
-        first.payload.to_text(),
-        svcnat::render::to_string(&svcnat::compile::compile(syncer.state(), &config()).unwrap())
-    );
+    assert_eq!(first.payload.to_text(), render(syncer.state(), &config()));
     // Jump rules were ensured after the restore.
     let jumps = syncer
         .executor()

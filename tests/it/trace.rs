@@ -9,10 +9,11 @@ use insta::assert_snapshot;
 use proptest::prelude::*;
 use svcnat::compile::{compile, jump_rules};
 use svcnat::model::*;
-use svcnat::ruleset::{ChainName, Rule, Ruleset, Table, TableRules, Target};
+use svcnat::parse::parse;
+use svcnat::ruleset::{ChainName, Match, Rule, Ruleset, Table, TableRules, Target};
 use svcnat::trace::{Node, Packet, Trace, TraceError, Verdict, trace, traceable};
 
-use crate::fixtures::{config, ip};
+use crate::fixtures::{config, filter_input, ip, verdict};
 use crate::kernel::{Netns, kernel_available};
 use crate::parse::{family_config, rich_state};
 
@@ -56,6 +57,8 @@ fn show(t: &Trace) -> String {
 
 fn rich(family: IpFamily) -> (Ruleset, Node) {
     let config = family_config(family);
+    // The traced rules are the fixture's text, whichever way it is written.
+    crate::fixtures::render(&rich_state(family), &config);
     let ruleset = traceable(
         &compile(&rich_state(family), &config).unwrap(),
         &jump_rules(&config).unwrap(),
@@ -326,56 +329,6 @@ fn every_service_of_the_example_cluster_traces_as_the_model_says() {
 
 // ---- Kernel cross-check -------------------------------------------------------
 
-const ECHO_ENV: &str = "SVCNAT_TEST_ECHO_LISTEN";
-const CONNECT_ENV: &str = "SVCNAT_TEST_CONNECT";
-
-/// Not a test: when run by `kernel_traffic_agrees_with_the_trace` inside a pod
-/// namespace, a TCP server that answers each connection with the peer address it
-/// saw, for at most 20 seconds.
-#[test]
-fn helper_echo_server() {
-    use std::io::Write;
-    let Ok(addr) = std::env::var(ECHO_ENV) else {
-        return;
-    };
-    let listener = std::net::TcpListener::bind(&addr).unwrap();
-    listener.set_nonblocking(true).unwrap();
-    println!("LISTENING");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while std::time::Instant::now() < deadline {
-        match listener.accept() {
-            Ok((mut s, peer)) => {
-                let _ = writeln!(s, "{}", peer.ip());
-            }
-            Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
-        }
-    }
-}
-
-/// Not a test: when run inside a client namespace, connects to the address in
-/// the environment (2 s timeout) and prints `RESULT peer=IP`, `RESULT refused` or
-/// `RESULT timeout`.
-#[test]
-fn helper_connect() {
-    use std::io::Read;
-    let Ok(addr) = std::env::var(CONNECT_ENV) else {
-        return;
-    };
-    let addr: SocketAddr = addr.parse().unwrap();
-    let timeout = std::time::Duration::from_secs(2);
-    match std::net::TcpStream::connect_timeout(&addr, timeout) {
-        Ok(mut s) => {
-            s.set_read_timeout(Some(timeout)).unwrap();
-            let mut text = String::new();
-            let _ = s.read_to_string(&mut text);
-            println!("RESULT peer={}", text.trim());
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => println!("RESULT refused"),
-        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => println!("RESULT timeout"),
-        Err(e) => println!("RESULT error {e}"),
-    }
-}
-
 /// A child process killed (by its own pid) when dropped.
 struct Child(std::process::Child);
 
@@ -398,25 +351,19 @@ fn sh(args: &[&str]) {
     );
 }
 
-fn helper(ns: &Netns, test: &str, env: (&str, &str)) -> std::process::Command {
-    let exe = std::env::current_exe().unwrap();
-    let mut c = std::process::Command::new("ip");
-    c.args(["netns", "exec", &ns.name])
-        .arg(exe)
-        .args(["--exact", test, "--nocapture", "--test-threads", "1"])
-        .env(env.0, env.1);
-    c
-}
-
+/// What a client in `ns` sees connecting to `to` (2 s timeout), in the trace's
+/// terms: `peer=IP` (the source address the pod saw), `refused` or `timeout`.
 fn connect(ns: &Netns, to: SocketAddr) -> String {
-    let out = helper(ns, "trace::helper_connect", (CONNECT_ENV, &to.to_string()))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .find_map(|l| l.split_once("RESULT ").map(|(_, r)| r))
-        .unwrap_or("no result")
-        .to_owned()
+    let answer =
+        crate::kernel::connect_from(ns, "tcp", &to.ip().to_string(), to.port(), 1).remove(0);
+    match answer.as_str() {
+        "REFUSED" => "refused".to_owned(),
+        "TIMEOUT" => "timeout".to_owned(),
+        _ => match answer.split_once(' ') {
+            Some(("pod", peer)) => format!("peer={peer}"),
+            _ => answer,
+        },
+    }
 }
 
 #[test]
@@ -545,22 +492,16 @@ fn traffic_agrees_with_the_trace(backend: &str) {
     assert!(ok, "restore: {out}");
     let facts = Node::new(["192.168.50.1", "10.244.0.1", "10.244.1.1", "192.168.60.1"].map(ip));
 
-    let mut server = helper(
-        &pod,
-        "trace::helper_echo_server",
-        (ECHO_ENV, "10.244.0.2:8080"),
-    );
-    server.stdout(std::process::Stdio::piped());
-    let mut server = Child(server.spawn().unwrap());
-    {
-        use std::io::BufRead;
-        let stdout = server.0.stdout.take().unwrap();
-        let ready = std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .any(|l| l.contains("LISTENING"));
-        assert!(ready, "echo server did not start");
-    }
+    let server = Child(crate::kernel::spawn_echo_server(&pod, "pod", 8080, false));
+    let ready = (0..50).any(|_| {
+        let answer = crate::kernel::connect_from(&node, "tcp", "10.244.0.2", 8080, 1);
+        if answer[0].starts_with("pod ") {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        false
+    });
+    assert!(ready, "echo server did not start");
 
     let cases: [(&str, &Netns, Packet); 6] = [
         (
@@ -760,4 +701,459 @@ fn ways_that_end_the_same_are_one_outcome() {
     assert_eq!((o.probability, o.ways, o.path_len), (1.0, 2, 2));
     let path: Vec<String> = o.path.iter().map(|r| r.short()).collect();
     assert_eq!(path, ["PREROUTING:1", "SEP:1"]);
+}
+
+// ---- Dumps a real node holds: comments, DNAT forms, loopback, long chains. ----
+
+// iptables-save escapes `'` (and `"`, `\`) inside a quoted comment; ufw writes
+// comments like 'dapp_OpenSSH'. A comment never affects matching.
+#[test]
+fn a_rule_with_an_escaped_quote_in_its_comment_still_matches() {
+    let text = "*filter\n:INPUT DROP [0:0]\n\
+        -A INPUT -p tcp -m tcp --dport 22 -m comment --comment \"\\'dapp_OpenSSH\\'\" -j ACCEPT\n\
+        -A INPUT -p tcp -m tcp --dport 80 -m comment --comment \"a \\\"b\\\" c\" -j ACCEPT\n\
+        COMMIT\n";
+    let r = parse(text).unwrap();
+    let node = Node::new([ip("192.168.0.2")]);
+    for port in [22, 80] {
+        let p = Packet::tcp(ip("10.1.2.3"), ip("192.168.0.2"), port);
+        let t = trace(&r, &p, &node).unwrap();
+        assert_eq!(t.outcomes.len(), 1);
+        assert_eq!(t.outcomes[0].verdict, Verdict::Accept, "port {port}: {t:?}");
+    }
+}
+
+// `--to-destination IP` without a port is what iptables-save prints for a DNAT
+// that keeps the port (Docker, CNI portmap, hand-written rules).
+#[test]
+fn a_dnat_without_a_port_keeps_the_packets_port() {
+    let text = "*nat\n:PREROUTING ACCEPT [0:0]\n\
+        -A PREROUTING -d 192.168.0.2/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 10.0.0.9\n\
+        -A PREROUTING -d 192.168.0.2/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 10.0.0.7:8080\n\
+        COMMIT\n";
+    let r = parse(text).unwrap();
+    let rule = &r.chain(Table::Nat, "PREROUTING").unwrap().rules[0];
+    assert!(!matches!(rule.target, Some(Target::Other(_))), "{rule:?}");
+    let p = Packet::tcp(ip("10.1.2.3"), ip("192.168.0.2"), 80);
+    let t = trace(&r, &p, &Node::new([ip("192.168.0.2")])).unwrap();
+    assert_eq!(t.outcomes.len(), 1);
+    assert_eq!(
+        t.outcomes[0].destination,
+        "10.0.0.9:80".parse().unwrap(),
+        "{t:?}"
+    );
+}
+
+// A packet a local process sends to the node itself comes back in on `lo`;
+// `-A INPUT -i lo -j ACCEPT` is the first rule of nearly every host firewall.
+#[test]
+fn local_traffic_to_the_node_enters_filter_input_on_lo() {
+    let text = "*filter\n:INPUT DROP [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n\
+        -A INPUT -i lo -j ACCEPT\nCOMMIT\n";
+    let r = parse(text).unwrap();
+    let node = Node::new([ip("192.168.0.2")]);
+    for dst in ["127.0.0.1", "192.168.0.2"] {
+        let p = Packet::tcp(ip("127.0.0.1"), ip(dst), 8080).from_local();
+        let t = trace(&r, &p, &node).unwrap();
+        assert_eq!(t.outcomes.len(), 1);
+        assert_eq!(t.outcomes[0].verdict, Verdict::Accept, "{dst}: {t:?}");
+    }
+}
+
+// `-o lo` holds for local traffic to the node on its way out.
+#[test]
+fn local_traffic_to_the_node_leaves_by_lo() {
+    let text = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT DROP [0:0]\n\
+        -A OUTPUT -o lo -j ACCEPT\nCOMMIT\n";
+    let r = parse(text).unwrap();
+    let local = Packet::tcp(ip("127.0.0.1"), ip("192.168.0.2"), 8080).from_local();
+    assert_eq!(verdict(&r, &local), Verdict::Accept);
+    // To another host the output interface is unknown: not evaluated, no match.
+    let away = Packet::tcp(ip("192.168.0.2"), ip("8.8.8.8"), 53).from_local();
+    let t = trace(&r, &away, &Node::new([ip("192.168.0.2")])).unwrap();
+    assert_eq!(t.outcomes[0].verdict, Verdict::Drop);
+    assert_eq!(t.unevaluated.len(), 1, "{t:?}");
+    // Given, the output interface is used.
+    let t = trace(&r, &away.leaving_by("lo"), &Node::new([ip("192.168.0.2")])).unwrap();
+    assert_eq!(t.outcomes[0].verdict, Verdict::Accept);
+    // Packets arriving from outside do not come in on lo.
+    let text = filter_input("-A INPUT -i lo -j ACCEPT\n");
+    let r = parse(&text).unwrap();
+    let outside = Packet::tcp(ip("10.1.2.3"), ip("192.168.0.2"), 22);
+    assert_eq!(verdict(&r, &outside), Verdict::Drop);
+}
+
+// MASQUERADE with an option other than --random-fully is still a MASQUERADE.
+#[test]
+fn masquerade_with_options_still_masquerades() {
+    for opts in ["--random", "--to-ports 1024-65535"] {
+        let text = format!(
+            "*nat\n:POSTROUTING ACCEPT [0:0]\n-A POSTROUTING -s 10.244.0.0/16 -j MASQUERADE {opts}\n\
+             -A POSTROUTING -s 10.244.0.0/16 -j ACCEPT\nCOMMIT\n"
+        );
+        let r = parse(&text).unwrap();
+        let p = Packet::tcp(ip("10.244.1.5"), ip("8.8.8.8"), 53).arriving_on("cni0");
+        let t = trace(&r, &p, &Node::new([ip("192.168.0.2")])).unwrap();
+        assert!(t.outcomes[0].masquerade, "{opts}: {t:?}");
+    }
+}
+
+// Many matching rules that let the packet go on: the walk must not overflow the
+// stack (today: one stack frame pair per matched rule).
+#[test]
+fn a_long_chain_of_matching_rules_does_not_overflow_the_stack() {
+    let mut text = String::from("*filter\n:INPUT ACCEPT [0:0]\n");
+    for _ in 0..50_000 {
+        text.push_str("-A INPUT -j MARK --or-mark 0x1\n");
+    }
+    text.push_str("COMMIT\n");
+    let r = parse(&text).unwrap();
+    let p = Packet::tcp(ip("10.1.2.3"), ip("192.168.0.2"), 80);
+    // Run on an 8 MiB stack, like a program's main thread.
+    let t = std::thread::Builder::new()
+        .stack_size(8 << 20)
+        .spawn(move || trace(&r, &p, &Node::new([ip("192.168.0.2")])).unwrap())
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(t.outcomes.len(), 1);
+}
+
+// DNAT/SNAT/REDIRECT that the IR does not model end the nat hook, flagged.
+#[test]
+fn nat_targets_not_understood_end_the_hook_unevaluated() {
+    for target in [
+        "DNAT --to-destination 10.0.0.9-10.0.0.10",
+        "DNAT --to-destination 10.0.0.9:80-90",
+        "DNAT --to-destination 10.0.0.9:80 --random",
+        "DNAT --to-destination 10.0.0.9:80 --persistent",
+        "REDIRECT --to-ports 8080",
+    ] {
+        let text = format!(
+            "*nat\n:PREROUTING ACCEPT [0:0]\n\
+             -A PREROUTING -p tcp -m tcp --dport 80 -j {target}\n\
+             -A PREROUTING -p tcp -m tcp --dport 80 -j DNAT --to-destination 10.0.0.1:8080\nCOMMIT\n"
+        );
+        let r = parse(&text).unwrap();
+        let rule = &r.chain(Table::Nat, "PREROUTING").unwrap().rules[0];
+        assert!(matches!(rule.target, Some(Target::Other(_))), "{target}");
+        assert_eq!(
+            rule.to_string(),
+            format!("-p tcp -m tcp --dport 80 -j {target}")
+        );
+        let p = Packet::tcp(ip("10.1.2.3"), ip("10.9.9.9"), 80);
+        let t = trace(&r, &p, &Node::new([ip("192.168.0.2")])).unwrap();
+        assert_eq!(t.outcomes.len(), 1, "{target}");
+        let o = &t.outcomes[0];
+        assert!(o.nat_unevaluated, "{target}: {t:?}");
+        assert!(
+            o.note
+                .as_deref()
+                .is_some_and(|n| n.contains("PREROUTING:1")),
+            "{o:?}"
+        );
+        // The later DNAT is not applied.
+        assert_eq!(o.destination, "10.9.9.9:80".parse().unwrap(), "{target}");
+        assert_eq!(o.path.len(), 1, "{target}: {o:?}");
+        assert_eq!(t.unevaluated.len(), 1, "{target}");
+        assert!(t.unevaluated[0].taken_as.contains("nat hook ends"), "{t:?}");
+    }
+    // IPv6 without a port, bracketed or not.
+    for to in ["fd00::9", "[fd00::9]"] {
+        let text = format!(
+            "*nat\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -d fd00::1/128 -j DNAT --to-destination {to}\nCOMMIT\n"
+        );
+        let r = parse(&text).unwrap();
+        let rule = &r.chain(Table::Nat, "PREROUTING").unwrap().rules[0];
+        assert_eq!(rule.target, Some(Target::DnatAddress(ip("fd00::9"))));
+        assert_eq!(parse(&svcnat::render::to_string(&r)).unwrap(), r);
+    }
+}
+
+// A zero probability loads, prints back, and its branch is never taken.
+#[test]
+fn a_zero_probability_branch_is_never_taken() {
+    let text = "*nat\n:PREROUTING ACCEPT [0:0]\n\
+        -A PREROUTING -m statistic --mode random --probability 0.00000000000 -j DNAT --to-destination 10.0.0.9:80\n\
+        -A PREROUTING -j DNAT --to-destination 10.0.0.7:80\nCOMMIT\n";
+    let r = parse(text).unwrap();
+    assert_eq!(parse(&svcnat::render::to_string(&r)).unwrap(), r);
+    assert!(svcnat::render::to_string(&r).contains("--probability 0.0000000000 "));
+    let p = Packet::tcp(ip("10.1.2.3"), ip("10.9.9.9"), 80);
+    let t = trace(&r, &p, &Node::new([ip("192.168.0.2")])).unwrap();
+    assert_eq!(t.outcomes.len(), 1);
+    assert_eq!(t.outcomes[0].destination, "10.0.0.7:80".parse().unwrap());
+    assert!(svcnat::ruleset::Probability::new(-0.1).is_err());
+    assert!(svcnat::ruleset::Probability::new(f64::NAN).is_err());
+    assert!(svcnat::ruleset::Probability::one_in(0).is_err());
+}
+
+// Session affinity is listed as not evaluated, not only as an assumption.
+#[test]
+fn session_affinity_checks_are_listed_as_not_evaluated() {
+    let text = "*nat\n:PREROUTING ACCEPT [0:0]\n:KUBE-SEP-A - [0:0]\n\
+        -A PREROUTING -m recent --name KUBE-SEP-A --rcheck --seconds 10800 --reap -j KUBE-SEP-A\n\
+        -A KUBE-SEP-A -j DNAT --to-destination 10.0.0.7:80\nCOMMIT\n";
+    let r = parse(text).unwrap();
+    let p = Packet::tcp(ip("10.1.2.3"), ip("10.9.9.9"), 80);
+    let t = trace(&r, &p, &Node::default()).unwrap();
+    assert_eq!(t.affinity.len(), 1, "{t:?}");
+    assert!(t.affinity[0].taken_as.contains("no affinity"), "{t:?}");
+    assert_eq!(
+        t.assumptions
+            .iter()
+            .filter(|a| a.contains("--rcheck"))
+            .count(),
+        1
+    );
+    assert_eq!(t.outcomes[0].destination, "10.9.9.9:80".parse().unwrap());
+}
+
+// A match the tracer cannot decide is reported only if no other match of the
+// rule already rules it out.
+#[test]
+fn unknown_matches_are_reported_only_when_they_decide() {
+    let text = filter_input(
+        "-A INPUT -m set --match-set allowed src -p udp -j ACCEPT\n\
+         -A INPUT -m limit --limit 1/s -p tcp -j ACCEPT\n",
+    );
+    let r = parse(&text).unwrap();
+    let p = Packet::tcp(ip("10.1.2.3"), ip("192.168.0.2"), 22);
+    let t = trace(&r, &p, &Node::new([ip("192.168.0.2")])).unwrap();
+    let at: Vec<String> = t.unevaluated.iter().map(|u| u.at.short()).collect();
+    assert_eq!(at, ["INPUT:2"], "{t:?}");
+}
+
+// `-m state --state` is conntrack's ctstate under its older name.
+#[test]
+fn the_state_match_is_evaluated_as_ctstate() {
+    let text = filter_input(
+        "-A INPUT -m state --state RELATED,ESTABLISHED -j ACCEPT\n\
+         -A INPUT -p tcp -m state --state NEW -m tcp --dport 22 -j ACCEPT\n",
+    );
+    let r = parse(&text).unwrap();
+    let rules = &r.chain(Table::Filter, "INPUT").unwrap().rules;
+    assert!(
+        matches!(rules[0].matches[0], Match::State(_)),
+        "{:?}",
+        rules[0]
+    );
+    assert_eq!(parse(&svcnat::render::to_string(&r)).unwrap(), r);
+    let p = Packet::tcp(ip("10.1.2.3"), ip("192.168.0.2"), 22);
+    let t = trace(&r, &p, &Node::new([ip("192.168.0.2")])).unwrap();
+    assert_eq!(t.outcomes[0].verdict, Verdict::Accept);
+    assert_eq!(t.outcomes[0].path[0].short(), "INPUT:2");
+    assert!(t.unevaluated.is_empty(), "{t:?}");
+    assert_eq!(
+        verdict(&r, &Packet::tcp(ip("10.1.2.3"), ip("192.168.0.2"), 23)),
+        Verdict::Drop
+    );
+}
+
+// Gotos and returns still unwind correctly with the iterative walk.
+#[test]
+fn a_return_after_a_goto_goes_back_to_the_callers_caller() {
+    let text = "*filter\n:INPUT DROP [0:0]\n:A - [0:0]\n:B - [0:0]\n:C - [0:0]\n\
+        -A INPUT -j A\n-A INPUT -j ACCEPT\n\
+        -A A -g B\n-A A -j DROP\n\
+        -A B -j C\n-A B -j RETURN\n-A B -j DROP\n\
+        -A C -m mark --mark 0x0 -j RETURN\n-A C -j DROP\nCOMMIT\n";
+    let r = parse(text).unwrap();
+    let p = Packet::tcp(ip("10.1.2.3"), ip("192.168.0.2"), 22);
+    let t = trace(&r, &p, &Node::new([ip("192.168.0.2")])).unwrap();
+    assert_eq!(t.outcomes.len(), 1);
+    let path: Vec<String> = t.outcomes[0].path.iter().map(|r| r.short()).collect();
+    assert_eq!(path, ["INPUT:1", "A:1", "B:1", "C:1", "B:2", "INPUT:2"]);
+    assert_eq!(t.outcomes[0].verdict, Verdict::Accept);
+}
+
+// A new connection's first packet is not a later fragment.
+#[test]
+fn a_first_packet_is_never_a_later_fragment() {
+    let r = parse(&filter_input(
+        "-A INPUT -f -j ACCEPT\n-A INPUT ! -f -p tcp -j REJECT\n",
+    ))
+    .unwrap();
+    let rules = &r.chain(Table::Filter, "INPUT").unwrap().rules;
+    assert_eq!(rules[0].matches[..], [Match::Fragment { negated: false }]);
+    assert_eq!(rules[1].to_string(), "! -f -p tcp -j REJECT");
+    assert_eq!(parse(&svcnat::render::to_string(&r)).unwrap(), r);
+    let p = Packet::tcp(ip("10.1.2.3"), ip("192.168.0.2"), 22);
+    assert_eq!(verdict(&r, &p), Verdict::Reject);
+}
+
+/// The trace example on dumps with the shapes above (the examples need `k8s`).
+#[cfg(feature = "k8s")]
+mod example {
+    use crate::errors::example_cli::run_example;
+
+    fn run(dump: &str, extra: &[&str]) -> (i32, String, String) {
+        let mut args = vec![
+            "--node-ip",
+            "192.168.0.2",
+            "--save",
+            "-",
+            "--src",
+            "10.1.2.3",
+            "--dst",
+            "192.168.0.2",
+            "--proto",
+            "tcp",
+        ];
+        args.extend(extra);
+        run_example("trace", &args, dump)
+    }
+
+    // The debug-built example used to abort on this dump (stack overflow).
+    #[test]
+    fn a_dump_with_many_comment_rules_traces() {
+        let mut dump = String::from("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n");
+        for n in 0..1500 {
+            dump.push_str(&format!("-A INPUT -m comment --comment \"count {n}\"\n"));
+        }
+        dump.push_str("COMMIT\n");
+        let (code, out, err) = run(&dump, &["--dport", "22", "--json"]);
+        assert_eq!(code, 0, "{err}");
+        let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(doc["outcomes"][0]["verdict"], "accept");
+        assert_eq!(doc["outcomes"][0]["path"].as_array().unwrap().len(), 1500);
+    }
+
+    #[test]
+    fn port_zero_is_refused_and_out_is_used() {
+        let dump = "*filter\n:OUTPUT DROP [0:0]\n-A OUTPUT -o eth1 -j ACCEPT\nCOMMIT\n";
+        let (code, out, err) = run(dump, &["--dport", "0"]);
+        assert_eq!(
+            (code, out.as_str(), err.lines().count()),
+            (2, "", 1),
+            "{err}"
+        );
+        let args = ["--dport", "22", "--from", "local", "--json"];
+        let (code, out, _) = run(dump, &args);
+        assert_eq!(code, 0);
+        assert!(out.contains("\"verdict\":\"drop\""), "{out}");
+        let (code, out, _) = run(dump, &[&args[..], &["--out", "eth1"]].concat());
+        assert_eq!(code, 0);
+        assert!(out.contains("\"verdict\":\"accept\""), "{out}");
+    }
+
+    /// `contents` in a file of its own, for `--save FILE`.
+    fn save_file(name: &str, contents: &[u8]) -> std::path::PathBuf {
+        let path = std::env::temp_dir().join(format!("svcnat-trace-{}-{name}", std::process::id()));
+        std::fs::write(&path, contents).unwrap();
+        path
+    }
+
+    fn run_file(path: &std::path::Path, extra: &[&str]) -> (i32, String, String) {
+        let mut args = vec![
+            "--node-ip",
+            "192.168.0.2",
+            "--save",
+            path.to_str().unwrap(),
+            "--src",
+            "10.1.2.3",
+            "--dst",
+            "192.168.0.2",
+            "--proto",
+            "tcp",
+            "--dport",
+            "22",
+        ];
+        args.extend(extra);
+        run_example("trace", &args, "")
+    }
+
+    // A file with no table is not a dump: one line naming the file, exit 2.
+    #[test]
+    fn a_save_file_without_a_table_is_refused() {
+        for (name, contents) in [("empty", ""), ("comments", "# iptables-save\n\n")] {
+            let path = save_file(name, contents.as_bytes());
+            let (code, out, err) = run_file(&path, &["--json"]);
+            let expected = format!(
+                "trace: {}: no table (no *filter, *nat, … line): not an iptables-save dump\n",
+                path.display()
+            );
+            assert_eq!(
+                (code, out.as_str(), err.as_str()),
+                (2, "", expected.as_str())
+            );
+            std::fs::remove_file(path).unwrap();
+        }
+        // Text that is not a dump fails to parse, on one line too.
+        let path = save_file("text", b"hello world\n-A INPUT -j ACCEPT\n");
+        let (code, out, err) = run_file(&path, &[]);
+        let expected = format!(
+            "trace: {}: line 1, column 1: not inside a table (missing *filter, *nat, …), \
+             in \"hello world\"\n",
+            path.display()
+        );
+        assert_eq!(
+            (code, out.as_str(), err.as_str()),
+            (2, "", expected.as_str())
+        );
+        std::fs::remove_file(path).unwrap();
+    }
+
+    // A comment that is not UTF-8 (iptables stores it as given) used to refuse
+    // the whole dump (exit 2).
+    #[test]
+    fn a_dump_with_non_utf8_bytes_traces() {
+        let mut dump =
+            b"*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -m comment --comment \"caf".to_vec();
+        dump.extend([0xe9, b'"']);
+        dump.extend(b" -j DROP\nCOMMIT\n");
+        let path = save_file("latin1", &dump);
+        let (code, out, err) = run_file(&path, &["--json"]);
+        assert_eq!(code, 0, "{err}");
+        let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(doc["outcomes"][0]["verdict"], "drop");
+        assert_eq!(doc["outcomes"][0]["path"][0], "INPUT:1");
+        std::fs::remove_file(path).unwrap();
+    }
+
+    // `--json` lists the assumptions, as the table's `assumed:` lines, after
+    // the keys it had.
+    #[test]
+    fn json_lists_what_was_assumed() {
+        let dump = "*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n";
+        let (code, out, err) = run(dump, &["--dport", "22", "--json"]);
+        assert_eq!(code, 0, "{err}");
+        let assumed = [
+            "nat INPUT is not in the ruleset: taken as empty, policy ACCEPT",
+            "nat PREROUTING is not in the ruleset: taken as empty, policy ACCEPT",
+        ];
+        let tail = format!(
+            "],\"unevaluated\":[],\"assumed\":{}}}\n",
+            serde_json::to_string(&assumed).unwrap()
+        );
+        assert!(out.ends_with(&tail), "{out}");
+        let (code, table, _) = run(dump, &["--dport", "22"]);
+        assert_eq!(code, 0);
+        let lines: Vec<&str> = table
+            .lines()
+            .filter_map(|l| l.strip_prefix("assumed: "))
+            .collect();
+        assert_eq!(lines, assumed);
+    }
+
+    // `--json` prints the session-affinity checks under `unevaluated`.
+    #[test]
+    fn affinity_is_printed_as_unevaluated() {
+        let dump = "*nat\n:PREROUTING ACCEPT [0:0]\n:KUBE-SEP-A - [0:0]\n\
+            -A PREROUTING -m recent --name KUBE-SEP-A --rcheck --seconds 10800 --reap -j KUBE-SEP-A\n\
+            -A KUBE-SEP-A -j DNAT --to-destination 10.0.0.7:80\nCOMMIT\n";
+        let (code, out, err) = run(dump, &["--dport", "80", "--json"]);
+        assert_eq!(code, 0, "{err}");
+        let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let unevaluated = doc["unevaluated"].as_array().unwrap();
+        assert_eq!(unevaluated.len(), 1, "{out}");
+        assert!(
+            unevaluated[0].as_str().unwrap().contains("--rcheck"),
+            "{out}"
+        );
+        assert!(
+            unevaluated[0].as_str().unwrap().contains("no affinity"),
+            "{out}"
+        );
+    }
 }
