@@ -544,6 +544,14 @@ struct Call<'a> {
     next: usize,
     live: Merged,
     results: Merged,
+    /// What rule `next` does for the first `callees.len()` live branches,
+    /// kept while a chain it enters is walked, so that the rule resumes at
+    /// the branch that needed it rather than looking at every branch again.
+    callees: Vec<Callee>,
+    /// The branch after those enters a chain whose results were not known:
+    /// the rule's chance for it, that chain's key (its results are memoised
+    /// once it is walked) and whether it is a goto.
+    pending: Option<(f64, Key, bool)>,
 }
 
 /// What a jumping rule leads to for one branch.
@@ -840,9 +848,11 @@ impl<'a> Walker<'a> {
     /// cores agree, so a chain costs its rules times its distinct cores. A
     /// jump to a chain whose results for the branch's core are not known yet
     /// walks that chain first (its results are memoised) and then comes back
-    /// to the rule. A statistic rule forks a branch; the matching side comes
-    /// first. `Flow::Continue` means the packet fell off (or returned from)
-    /// the chain.
+    /// to the rule at that branch: what the rule does for the branches before
+    /// it is kept in the [`Call`], so each branch meets each rule once, however
+    /// many of them enter chains not walked yet. A statistic rule forks a
+    /// branch; the matching side comes first. `Flow::Continue` means the
+    /// packet fell off (or returned from) the chain.
     fn walk(
         &mut self,
         t: &'a TableRules,
@@ -880,10 +890,20 @@ impl<'a> Walker<'a> {
                 index: top.next + 1,
             };
             // First what the rule does for each branch; a chain it enters
-            // whose results are not known yet is walked first.
-            let mut callees = Vec::with_capacity(top.live.len());
+            // whose results are not known yet is walked first, and the rule
+            // resumes after the branches already looked at.
+            let mut callees = std::mem::take(&mut top.callees);
+            if let Some((p, key, goto)) = top.pending.take() {
+                // The chain just walked: its results are memoised under `key`
+                // (the stack is as it was, so `below` and the key agree; were
+                // they not, the branch would simply be looked at again).
+                if let Some(results) = self.memo.get(&key) {
+                    callees.push(Callee::Enter(p, results.clone(), goto));
+                }
+            }
+            callees.reserve(top.live.len().saturating_sub(callees.len()));
             let mut unknown = None;
-            for (b, _) in &top.live.items {
+            for (b, _) in top.live.items.iter().skip(callees.len()) {
                 self.evaluations += 1;
                 if self.evaluations > MAX_EVALUATIONS {
                     return Err(TraceError::TooManyEvaluations);
@@ -916,12 +936,14 @@ impl<'a> Walker<'a> {
                 match self.memo.get(&key) {
                     Some(results) => callees.push(Callee::Enter(p, results.clone(), goto)),
                     None => {
-                        unknown = Some((key, to_index, b.core.clone()));
+                        unknown = Some((p, key, goto, to_index, b.core.clone()));
                         break;
                     }
                 }
             }
-            if let Some((key, to_index, core)) = unknown {
+            if let Some((p, key, goto, to_index, core)) = unknown {
+                top.callees = callees;
+                top.pending = Some((p, key.clone(), goto));
                 stack.push(Call::new(key, &t.chains[to_index], to_index, &core));
                 continue;
             }
@@ -1203,6 +1225,8 @@ impl<'a> Call<'a> {
             next: 0,
             live,
             results: Merged::default(),
+            callees: Vec::new(),
+            pending: None,
         }
     }
 }

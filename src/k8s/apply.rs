@@ -4,7 +4,7 @@
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
 
-use super::{ConvertError, endpoint_slice, service, service_key, slice_key};
+use super::{ConvertError, endpoint_slice, headless_service, service, service_key, slice_key};
 use crate::exec::Executor;
 use crate::sync::Syncer;
 
@@ -60,9 +60,10 @@ impl<'a> Event<'a> {
 pub enum Action {
     /// The object was added or replaced.
     Upserted,
-    /// The object was removed: it was deleted, or an update took it out of what
-    /// kube-proxy models (a Service became headless or ExternalName, a slice lost
-    /// its `kubernetes.io/service-name` label or became FQDN).
+    /// The object's rules were removed: it was deleted, or an update took it out
+    /// of what kube-proxy serves (a Service became ExternalName, or headless, which
+    /// stays in the state without rules so its slices keep their service; a slice
+    /// lost its `kubernetes.io/service-name` label or became FQDN).
     Removed,
     /// Nothing changed: the object is one kube-proxy ignores and the state did not
     /// hold it.
@@ -76,8 +77,9 @@ impl<E: Executor> Syncer<E> {
     ///
     /// An update that [`k8s::service`](crate::k8s::service) or
     /// [`k8s::endpoint_slice`](crate::k8s::endpoint_slice) skips removes what the state held
-    /// under the object's key: a Service that became headless or ExternalName loses
-    /// its rules, a slice that lost its service label or became FQDN leaves its
+    /// under the object's key: a Service that became headless (kept, without
+    /// cluster IPs, see [`headless_service`](super::headless_service)) or
+    /// ExternalName loses its rules, a slice that lost its service label or became FQDN leaves its
     /// service. A slice whose service label changed moves to its new service.
     /// Slices are known by namespace and name, as in Kubernetes.
     ///
@@ -96,11 +98,14 @@ impl<E: Executor> Syncer<E> {
     /// assert_eq!(syncer.apply_k8s(Event::applied(&svc))?, Action::Upserted);
     /// syncer.sync()?;
     ///
-    /// // The Service becomes headless: the update removes it.
+    /// // The Service becomes headless: the update removes its rules; it stays in
+    /// // the state without cluster IPs, so its slices keep their service.
     /// svc.spec.as_mut().unwrap().cluster_ip = Some("None".into());
     /// assert_eq!(syncer.apply_k8s(Event::applied(&svc))?, Action::Removed);
-    /// assert_eq!(syncer.state().service_count(), 0);
-    /// syncer.sync()?;
+    /// let kept = syncer.state().services().next().unwrap();
+    /// assert!(kept.cluster_ips.is_empty());
+    /// let report = syncer.sync()?;
+    /// assert!(!report.payload.text().contains("172.30.0.41"));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     ///
@@ -122,7 +127,18 @@ impl<E: Executor> Syncer<E> {
                     self.upsert_service(s);
                     Action::Upserted
                 }
-                None => removed(self.remove_service_returning(&service_key(svc)?)),
+                // Kept without rules, so its slices still have their service.
+                None => match headless_service(svc) {
+                    Some(headless) => {
+                        let had_rules = self
+                            .state()
+                            .service(&headless.key())
+                            .is_some_and(|old| !old.cluster_ips.is_empty());
+                        self.upsert_service(headless);
+                        removed(had_rules)
+                    }
+                    None => removed(self.remove_service_returning(&service_key(svc)?)),
+                },
             },
             Event::Deleted(Object::Service(svc)) => {
                 removed(self.remove_service_returning(&service_key(svc)?))

@@ -213,7 +213,10 @@ pub fn slice_key(slice: &discovery::EndpointSlice) -> Result<SliceKey, ConvertEr
 }
 
 /// Converts a Service. `Ok(None)` for a service kube-proxy skips: ExternalName,
-/// headless (`clusterIP: None`) or without a cluster IP.
+/// headless (`clusterIP: None`) or without a cluster IP. [`read`] and
+/// [`Syncer::apply_k8s`](crate::sync::Syncer::apply_k8s) keep a headless service
+/// in the state all the same, as a service without cluster IPs (see
+/// [`headless_service`]), so its slices belong to a service.
 ///
 /// # Errors
 /// A missing name or namespace, an unknown type, protocol or policy, a port out of
@@ -276,6 +279,31 @@ fn service_type(obj: &Obj, spec: &core::ServiceSpec) -> Result<Option<ServiceTyp
                 value: other.to_owned(),
             },
         )),
+    }
+}
+
+/// A headless Service (or one without a cluster IP) as the model keeps it: its
+/// namespace and name, no cluster IP, no ports. It gets no rules, and nothing in
+/// it or its slices is checked, as kube-proxy reads none of it; but its slices
+/// have a service, so they are not taken for the slices of a missing one. `None`
+/// for any other Service, ExternalName ones included.
+pub fn headless_service(svc: &core::Service) -> Option<Service> {
+    let meta = &svc.metadata;
+    let spec = svc.spec.as_ref()?;
+    if spec.type_.as_deref() == Some("ExternalName") {
+        return None;
+    }
+    let obj = Obj {
+        kind: "Service",
+        name: String::new(),
+    };
+    match cluster_ips(&obj, spec) {
+        Ok(None) => Some(Service {
+            namespace: meta.namespace.clone()?,
+            name: meta.name.clone()?,
+            ..Service::default()
+        }),
+        _ => None,
     }
 }
 

@@ -17,7 +17,9 @@
 //! What it leaves out is reported in [`Loaded::report`], not refused: items of other
 //! kinds (counted per kind), v1 `Endpoints` (svcnat reads EndpointSlices), and the
 //! objects kube-proxy skips (headless and ExternalName services, FQDN slices, slices
-//! without the `kubernetes.io/service-name` label). Anything else that is not a
+//! without the `kubernetes.io/service-name` label). A headless service is kept in
+//! the state as a service without cluster IPs, which gets no rules, so that its
+//! slices are not taken for a missing service's. Anything else that is not a
 //! cluster dump is a [`ReadError`] naming the item (`items[3]`) and the field.
 //!
 //! ```
@@ -28,7 +30,9 @@
 //!    "spec": {"clusterIP": "None", "ports": [{"port": 5432}]}}
 //! ]}"#;
 //! let loaded = svcnat::k8s::read(json.as_bytes())?;
-//! assert_eq!(loaded.state.service_count(), 1);
+//! // The headless service is kept without cluster IPs (its slices are its own)
+//! // and gets no rules; the report says so.
+//! assert_eq!(loaded.state.service_count(), 2);
 //! assert_eq!(loaded.report.to_string(), "skipped headless service ns1/db");
 //! # Ok::<(), svcnat::k8s::ReadError>(())
 //! ```
@@ -45,7 +49,9 @@ use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use thiserror::Error;
 
-use super::{ConvertError, SERVICE_NAME_LABEL, endpoint_slice, kind_words, service};
+use super::{
+    ConvertError, SERVICE_NAME_LABEL, endpoint_slice, headless_service, kind_words, service,
+};
 use crate::model::ClusterState;
 
 /// The kinds a top level may have, for messages.
@@ -638,17 +644,14 @@ impl<'de> Reader<'de> {
                     Ok(Some(s)) => {
                         self.state.upsert_service(s);
                     }
-                    Ok(None) => {
-                        let external = svc
-                            .spec
-                            .as_ref()
-                            .is_some_and(|s| s.type_.as_deref() == Some("ExternalName"));
-                        self.report.skipped.push(skip(if external {
-                            SkipReason::ExternalName
-                        } else {
-                            SkipReason::Headless
-                        }));
-                    }
+                    Ok(None) => match headless_service(&svc) {
+                        // Kept, without rules, so its slices have their service.
+                        Some(headless) => {
+                            self.state.upsert_service(headless);
+                            self.report.skipped.push(skip(SkipReason::Headless));
+                        }
+                        None => self.report.skipped.push(skip(SkipReason::ExternalName)),
+                    },
                     Err(e) => return Err(fail(Some("Service"), ItemProblem::Convert(e))),
                 }
             }

@@ -1157,3 +1157,49 @@ mod example {
         );
     }
 }
+
+// A chain that forks n times at random, setting a mark bit on each matching
+// side, then jumps to a chain that drops UDP: 2^n distinct packet states reach
+// the jump, each entering the callee with its own mark. The tracer used to
+// walk the callee for one state, then look at every state before the jump
+// again: (2^n)^2 / 2 evaluations (n = 14: more than `MAX_EVALUATIONS`, where
+// the kernel accepts the dump and the walk is 3 * 2^n).
+#[test]
+fn many_states_entering_a_chain_are_walked_in_linear_work() {
+    for n in [10u32, 14, 16] {
+        let mut dump = String::from("*filter\n:INPUT ACCEPT [0:0]\n:A - [0:0]\n:B - [0:0]\n");
+        dump.push_str("-A INPUT -j A\n");
+        for i in 0..n {
+            let bit = 1u32 << i;
+            dump.push_str(&format!(
+                "-A A -m statistic --mode random --probability 0.50000000000 \
+                 -j MARK --set-xmark {bit:#x}/{bit:#x}\n"
+            ));
+        }
+        dump.push_str("-A A -j B\n-A B -p udp -j DROP\nCOMMIT\n");
+        let r = svcnat::parse::parse(&dump).unwrap();
+        let p = Packet::new(Protocol::Udp, ip("10.1.2.3"), ip("192.168.0.2"), 53);
+        let t = trace(&r, &p, &Node::new([ip("192.168.0.2")])).unwrap();
+        let states = 1u64 << n;
+        assert_eq!(t.outcomes.len() as u64, states, "{n}");
+        let mut marks: Vec<u32> = t.outcomes.iter().map(|o| o.mark).collect();
+        marks.sort_unstable();
+        assert!(marks.iter().copied().eq(0..1 << n), "{n}");
+        for o in &t.outcomes {
+            assert_eq!(o.verdict, Verdict::Drop, "{n}");
+            assert_eq!(o.probability, 1.0 / states as f64, "{n}");
+            assert_eq!(o.ways, 1, "{n}");
+            // INPUT:1, A's jump, B:1, and the MARK rules that matched.
+            assert_eq!(o.path_len, 3 + u64::from(o.mark.count_ones()), "{n}");
+        }
+        let total: f64 = t.outcomes.iter().map(|o| o.probability).sum();
+        assert!((total - 1.0).abs() < 1e-9, "{n}: {total}");
+        // Rule i of A is looked at for its 2^i states, A's jump and B's rule
+        // for 2^n each: 3 * 2^n, within rules times states (n + 3 rules).
+        assert!(
+            t.rules_evaluated <= 4 * states,
+            "{n}: {}",
+            t.rules_evaluated
+        );
+    }
+}
