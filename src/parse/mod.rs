@@ -48,7 +48,10 @@
 //! ```
 
 mod canon;
+mod declared;
 mod rule;
+
+pub use declared::declared_chains;
 
 use std::fmt;
 

@@ -64,8 +64,8 @@ use crate::ruleset::{ChainName, Ruleset, Table};
 mod plan;
 
 pub use crate::flows::{FlowDestination, StaleFlow};
-use plan::PayloadBuilder;
 pub use plan::{Payload, plan};
+use plan::{PayloadBuilder, diff_chains};
 
 /// What one sync did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -471,12 +471,50 @@ impl<E: Executor> Syncer<E> {
         )
     }
 
+    /// A full sync, in three steps: compile (only what changed, when the config
+    /// did not), read the kernel's nat table, plan the payload without IO, apply.
     fn full_sync(&mut self, now: Instant) -> Result<SyncReport, SyncError> {
         let family = self.family();
+        let round = self.compile_for_full()?;
+        let applied = self.applied.as_ref().expect("compiled above");
+        // Read: the chains the kernel's nat table declares. A failed read only
+        // means chains an earlier run left stay (unreferenced, so harmless).
+        let saved = self.executor.save(family, Table::Nat).ok();
+        // Plan, without IO: every chain written, the left-over ones deleted.
+        let stale = stale_chains(applied, saved.as_deref());
+        let payload = full_payload(&applied.ctx, &applied.services, &stale);
+        let jumps = jump_rules(&self.config)?;
+        // Apply.
+        self.trusted = false;
+        let applied_ok = self
+            .executor
+            .restore(family, payload.text(), RestoreOptions::default())
+            .and_then(|()| self.executor.ensure_jumps(family, &jumps));
+        if let Err(e) = applied_ok {
+            // The rules are not known to be applied, but the flows they make stale
+            // are: keep them for the next successful sync.
+            self.pending_flows.extend(round.stale_flows);
+            return Err(e.into());
+        }
+        self.trusted = true;
+        self.last_full = Some(now);
+        Ok(SyncReport {
+            full: true,
+            bytes: payload.text().len(),
+            payload,
+            stale_flows: self.take_flows(round.stale_flows),
+            rejected: round.rejected,
+            warnings: round.warnings,
+            recompiled: round.recompiled,
+        })
+    }
+
+    /// The compile of a full sync: unchanged services keep their text and only the
+    /// dirty ones are recompiled, unless the config or the cluster-size rule
+    /// changes every service.
+    fn compile_for_full(&mut self) -> Result<Round, SyncError> {
         let mut rejected = Vec::new();
         let mut warnings = Vec::new();
-        // Unchanged services keep their text: only the dirty ones are recompiled,
-        // unless the config or the cluster-size rule changes every service.
         let reused = if self
             .applied
             .as_ref()
@@ -486,80 +524,27 @@ impl<E: Executor> Syncer<E> {
         } else {
             None
         };
-        let (stale_flows, rejected, warnings, recompiled) = match reused {
+        Ok(match reused {
             Some(changes) => {
                 let applied = self.applied.as_ref().expect("recompiled into it");
-                (
-                    flows_of(&changes, &applied.services),
-                    applied.rejected(),
-                    applied.warnings(),
-                    changes.len(),
-                )
-            }
-            None => {
-                let (flows, rejected, warnings) = self.compile_all()?;
-                (flows, rejected, warnings, self.state.service_count())
-            }
-        };
-        let applied = self.applied.as_ref().expect("compiled above");
-        // Service chains left in the kernel by an earlier run: flush and delete. A
-        // failed read only means they stay (they are not referenced, so harmless).
-        let mut stale = Vec::new();
-        if let Ok(saved) = self.executor.save(family, Table::Nat) {
-            let mut wanted: Option<HashSet<&str>> = None;
-            let mut seen = BTreeSet::new();
-            for line in saved.lines() {
-                if let Some(name) = line
-                    .strip_prefix(':')
-                    .and_then(|l| l.split_whitespace().next())
-                    && is_service_chain(name)
-                {
-                    let wanted = wanted.get_or_insert_with(|| {
-                        applied
-                            .services
-                            .values()
-                            .flat_map(|s| s.chains().map(|(n, _)| n.as_str()))
-                            .collect()
-                    });
-                    if !wanted.contains(name) {
-                        seen.insert(name);
-                    }
+                Round {
+                    stale_flows: flows_of(&changes, &applied.services),
+                    rejected: applied.rejected(),
+                    warnings: applied.warnings(),
+                    recompiled: changes.len(),
                 }
             }
-            stale = seen
-                .into_iter()
-                .filter_map(|n| ChainName::new(n).ok())
-                .collect();
-        }
-        let payload = full_payload(&applied.ctx, &applied.services, &stale);
-        let jumps = jump_rules(&self.config)?;
-        self.trusted = false;
-        let applied_ok = self
-            .executor
-            .restore(family, payload.text(), RestoreOptions::default())
-            .and_then(|()| self.executor.ensure_jumps(family, &jumps));
-        if let Err(e) = applied_ok {
-            // The rules are not known to be applied, but the flows they make stale
-            // are: keep them for the next successful sync.
-            self.pending_flows.extend(stale_flows);
-            return Err(e.into());
-        }
-        self.trusted = true;
-        self.last_full = Some(now);
-        Ok(SyncReport {
-            full: true,
-            bytes: payload.text().len(),
-            payload,
-            stale_flows: self.take_flows(stale_flows),
-            rejected,
-            warnings,
-            recompiled,
+            None => {
+                let mut round = self.compile_all()?;
+                round.recompiled = self.state.service_count();
+                round
+            }
         })
     }
 
     /// Compiles every service afresh into a new applied state; returns the stale
     /// flows against the old one, the rejected services and the warnings.
-    fn compile_all(&mut self) -> Result<CompiledAll, SyncError> {
+    fn compile_all(&mut self) -> Result<Round, SyncError> {
         let (ctx, services, rejected, warnings) = compile_services(
             &self.state,
             &self.config,
@@ -594,7 +579,12 @@ impl<E: Executor> Syncer<E> {
             warnings: by_service(warnings.clone()),
         });
         self.dirty.clear();
-        Ok((stale_flows, rejected, warnings))
+        Ok(Round {
+            stale_flows,
+            rejected,
+            warnings,
+            recompiled: 0,
+        })
     }
 
     /// `Ok(None)` when a full sync is needed instead.
@@ -612,23 +602,14 @@ impl<E: Executor> Syncer<E> {
         for change in &changes {
             let old = change.old.as_ref();
             let new = applied.services.get(&change.key);
-            let old_chains: HashMap<&ChainName, &str> =
-                old.iter().flat_map(|s| s.chains()).collect();
-            let new_chains: HashSet<&ChainName> = new
-                .iter()
-                .flat_map(|s| s.chains())
-                .map(|(n, _)| n)
-                .collect();
-            for (name, text) in new.iter().flat_map(|s| s.chains()) {
-                if old_chains.get(name) != Some(&text) {
-                    written.push((name, text));
-                }
-            }
-            for (name, _) in old.iter().flat_map(|s| s.chains()) {
-                if !new_chains.contains(name) {
-                    deleted.push(name.clone());
-                }
-            }
+            // Each changed service's own chains, diffed as `plan` diffs chains.
+            let diff = diff_chains(
+                old.iter().flat_map(|s| s.chains()),
+                new.iter().flat_map(|s| s.chains()),
+            );
+            let new_text: HashMap<&ChainName, &str> = new.iter().flat_map(|s| s.chains()).collect();
+            written.extend(diff.written.into_iter().map(|name| (name, new_text[name])));
+            deleted.extend(diff.deleted);
             for which in SharedChain::ALL {
                 let before = old.map_or("", |s| s.shared_text(which));
                 if before != new.map_or("", |s| s.shared_text(which)) {
@@ -682,8 +663,42 @@ impl<E: Executor> Syncer<E> {
     }
 }
 
-/// What [`Syncer::compile_all`] returns: stale flows, rejected services, warnings.
-type CompiledAll = (Vec<StaleFlow>, Vec<CompileError>, Vec<CompileError>);
+/// What one sync's compile gives its report: the flows it makes stale, the
+/// services left out, the slice parts ignored, and how many services were compiled.
+struct Round {
+    stale_flows: Vec<StaleFlow>,
+    rejected: Vec<CompileError>,
+    warnings: Vec<CompileError>,
+    recompiled: usize,
+}
+
+/// The service chains a nat table dump (`saved`, from the kernel) declares that
+/// the applied state does not have: left by an earlier run, to be flushed and
+/// deleted. Only chains svcnat names (`KUBE-SVC-`, `KUBE-SEP-`, …) are ever
+/// touched; in name order.
+fn stale_chains(applied: &Applied, saved: Option<&str>) -> Vec<ChainName> {
+    let Some(saved) = saved else {
+        return Vec::new();
+    };
+    let mut wanted: Option<HashSet<&ChainName>> = None;
+    let mut stale: BTreeSet<ChainName> = BTreeSet::new();
+    for (table, name) in crate::parse::declared_chains(saved) {
+        if table != Table::Nat || !is_service_chain(name.as_str()) {
+            continue;
+        }
+        let wanted = wanted.get_or_insert_with(|| {
+            applied
+                .services
+                .values()
+                .flat_map(|s| s.chains().map(|(n, _)| n))
+                .collect()
+        });
+        if !wanted.contains(&name) {
+            stale.insert(name);
+        }
+    }
+    stale.into_iter().collect()
+}
 
 /// The full payload: every chain of the applied state, and `stale` nat chains
 /// deleted.

@@ -2,6 +2,7 @@
 //! does it, built in one place for the [`plan`] function and the
 //! [`Syncer`](super::Syncer).
 
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -121,33 +122,83 @@ fn rules_text(chain: &Chain) -> String {
     s
 }
 
+/// Which chains to write and which to delete when one table's chains go from
+/// `old` to `new`, each given as its rendered text: a chain is written when it is
+/// new or its text changed, and one that is gone is deleted if svcnat owns it
+/// (`KUBE-SVC-`, `KUBE-SEP-`, …). The one diff both [`plan`] and the
+/// [`Syncer`](super::Syncer) make; written in `new`'s order, deleted in `old`'s.
+pub(super) fn diff_chains<'a>(
+    old: impl IntoIterator<Item = (&'a ChainName, &'a str)>,
+    new: impl IntoIterator<Item = (&'a ChainName, &'a str)>,
+) -> ChainDiff<'a> {
+    let old: Vec<(&ChainName, &str)> = old.into_iter().collect();
+    let before: HashMap<&ChainName, &str> = old.iter().copied().collect();
+    let mut after: HashSet<&ChainName> = HashSet::new();
+    let mut written = Vec::new();
+    for (name, text) in new {
+        after.insert(name);
+        if before.get(name) != Some(&text) {
+            written.push(name);
+        }
+    }
+    let deleted = old
+        .iter()
+        .filter(|(name, _)| is_service_chain(name.as_str()) && !after.contains(name))
+        .map(|(name, _)| (*name).clone())
+        .collect();
+    ChainDiff { written, deleted }
+}
+
+/// What [`diff_chains`] found.
+pub(super) struct ChainDiff<'a> {
+    /// The chains to write whole.
+    pub written: Vec<&'a ChainName>,
+    /// The chains to flush and delete.
+    pub deleted: Vec<ChainName>,
+}
+
+/// A chain's text for [`diff_chains`]: its declaration (with a built-in chain's
+/// policy) and its rule lines.
+fn chain_text(chain: &Chain) -> String {
+    let mut s = String::new();
+    // Writing into a String cannot fail.
+    let _ = restore::declaration(&mut s, chain);
+    let _ = restore::rules(&mut s, chain);
+    s
+}
+
 /// The payload that turns `previous` (what the kernel holds, `None` if unknown)
-/// into `next`. Without a previous ruleset every chain is written (a full sync).
+/// into `next`: each table's chains rendered and diffed as the [`Syncer`](super::Syncer)
+/// diffs them ([`diff_chains`]). Without a previous ruleset every chain is
+/// written (a full sync).
 pub fn plan(previous: Option<&Ruleset>, next: &Ruleset) -> Payload {
     let mut out = PayloadBuilder::default();
     for t in &next.tables {
         let before = previous.and_then(|p| p.table(t.table));
-        let written: Vec<(&ChainName, String)> = t
+        let old: Vec<(&ChainName, String)> = before
+            .iter()
+            .flat_map(|b| b.chains.values())
+            .map(|c| (&c.name, chain_text(c)))
+            .collect();
+        let new: Vec<(&ChainName, String)> = t
             .chains
             .values()
-            .filter(|c| before.and_then(|b| b.chains.get(c.name.as_str())) != Some(*c))
+            .map(|c| (&c.name, chain_text(c)))
+            .collect();
+        let diff = diff_chains(
+            old.iter().map(|(n, s)| (*n, s.as_str())),
+            new.iter().map(|(n, s)| (*n, s.as_str())),
+        );
+        let written: Vec<(&ChainName, String)> = diff
+            .written
+            .iter()
+            .filter_map(|name| t.chains.get(name.as_str()))
             .map(|c| (&c.name, rules_text(c)))
             .collect();
-        let deleted: Vec<ChainName> = before
-            .map(|b| {
-                b.chains
-                    .keys()
-                    .filter(|name| {
-                        is_service_chain(name.as_str()) && !t.chains.contains_key(name.as_str())
-                    })
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default();
         out.table(
             t.table,
             written.iter().map(|(n, r)| (*n, r.as_str())),
-            &deleted,
+            &diff.deleted,
         );
     }
     out.finish(next.family, previous.is_none())
