@@ -169,8 +169,9 @@ fn chain_text(chain: &Chain) -> String {
 
 /// The payload that turns `previous` (what the kernel holds, `None` if unknown)
 /// into `next`: each table's chains rendered and diffed as the [`Syncer`](super::Syncer)
-/// diffs them ([`diff_chains`]). Without a previous ruleset every chain is
-/// written (a full sync).
+/// diffs them (a chain is written when new or changed, deleted when gone and
+/// svcnat owns it). Without a previous ruleset every chain is written (a full
+/// sync).
 pub fn plan(previous: Option<&Ruleset>, next: &Ruleset) -> Payload {
     let mut out = PayloadBuilder::default();
     for t in &next.tables {
