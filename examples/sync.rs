@@ -43,16 +43,15 @@ fn main() {
             Err(e) => bad_input("sync", &e),
         }
         match flag.as_str() {
-            // A value joined to these is ignored, as it always was: `--apply=false`
-            // applies.
+            // A value joined to `--help` is ignored, as it always was.
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return;
             }
-            "--apply" => {
-                let _ = args.joined(&flag);
-                apply = true;
-            }
+            // `--apply=false` is a dry run and `--apply=true` applies, as every
+            // other boolean flag reads its value (the value used to be ignored, so
+            // `--apply=false` applied: a surprise no one should meet in a kernel).
+            "--apply" => apply = args.switch(&flag).unwrap_or_else(|e| bad_input("sync", &e)),
             "--backend" => {
                 let v = args.value(&flag).unwrap_or_else(|e| bad_input("sync", &e));
                 // auto and system are accepted too (`Backend`'s names).

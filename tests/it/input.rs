@@ -291,3 +291,21 @@ fn lenient_leaves_an_invalid_service_out_with_a_warning() {
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("reject"), "{stdout}");
 }
+
+/// `sync --apply=false` is a dry run (it printed its payloads, and applied them
+/// too, when the value was ignored); a value that is not a boolean is refused.
+#[test]
+fn sync_apply_reads_its_value() {
+    let (code, stdout, stderr) =
+        run_example("sync", &["--apply=false", "tests/data/input/good.json"], "");
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.starts_with("step 1: full, "), "{stdout}");
+    assert!(
+        stdout.contains("\n*nat\n"),
+        "a dry run prints its payload: {stdout}"
+    );
+    let (code, stdout, stderr) =
+        run_example("sync", &["--apply=maybe", "tests/data/input/good.json"], "");
+    assert_eq!((code, stdout.as_str()), (2, ""));
+    assert_eq!(stderr, "sync: --apply: \"maybe\" is not true or false\n");
+}
