@@ -366,13 +366,14 @@ fn inputs_of<'a>(
 #[cfg(test)]
 mod tests {
     use super::SharedChain;
-    use crate::synthetic::{self, Mix, Spec};
 
     /// The state's endpoint bound is at least the total a compile counts, so the
     /// context chosen from it is right the first time unless the bound counts
     /// endpoints the compile does not (duplicates, other family, no service).
     #[test]
+    #[cfg(feature = "synthetic")]
     fn the_endpoint_bound_bounds_the_count() {
+        use crate::synthetic::{self, Mix, Spec};
         for mix in [Mix::ClusterIp, Mix::LoadBalancer] {
             for (services, endpoints) in [(1, 1), (40, 3), (300, 1)] {
                 let state = Spec::new(services, endpoints).with_mix(mix).build();
