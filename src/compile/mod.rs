@@ -37,14 +37,12 @@ pub mod naming;
 mod service;
 mod sink;
 
-use serde::{Deserialize, Serialize};
-
 pub(crate) use assembly::{shared_chain_text, write_full};
 pub(crate) use compiled::Counter;
 pub use compiled::{CompiledText, compile_text, compile_text_reusing};
 pub use context::check_config;
 pub use fixed::{JumpRule, jump_rules};
-pub use service::{PortFlows, ServiceRules};
+pub(crate) use service::{PortFlows, ServiceRules};
 pub(crate) use sink::{ServiceText, TextSink};
 
 use crate::error::CompileError;
@@ -64,8 +62,8 @@ pub(crate) const KUBE_PROXY_FIREWALL: ChainName = ChainName::fixed("KUBE-PROXY-F
 pub(crate) const KUBE_FIREWALL: ChainName = ChainName::fixed("KUBE-FIREWALL");
 
 /// A top-level chain that every service appends its capture, reject and drop rules to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum SharedChain {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum SharedChain {
     /// nat `KUBE-SERVICES`: cluster, external and load-balancer IP captures.
     NatServices,
     /// nat `KUBE-NODEPORTS`: node-port captures.

@@ -3,7 +3,6 @@
 
 use std::net::IpAddr;
 
-use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
 use super::context::Context;
@@ -18,8 +17,8 @@ use crate::ruleset::{
 };
 
 /// Everything one service contributes to a family's ruleset.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ServiceRules {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ServiceRules {
     /// The service.
     pub key: ServiceKey,
     /// Rules appended to the shared top-level chains, in order.
@@ -34,8 +33,8 @@ pub struct ServiceRules {
 }
 
 /// Where one service port's traffic arrives and which endpoints it may reach.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PortFlows {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PortFlows {
     /// The port's protocol.
     pub protocol: Protocol,
     /// Cluster IP, external IPs and load-balancer IPs, with the service port.

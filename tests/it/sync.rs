@@ -57,7 +57,7 @@ fn first_sync_is_full_then_partial_and_noop_is_empty() {
     // Jump rules were ensured after the restore.
     let jumps = syncer
         .executor()
-        .calls
+        .calls()
         .iter()
         .filter(|c| matches!(c, Call::EnsureJump { .. }))
         .count();
