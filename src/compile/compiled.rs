@@ -241,6 +241,6 @@ fn compile_text_into(
     config: &ProxyConfig,
     mut sink: TextSink,
 ) -> Result<CompiledText, CompileError> {
-    let (ctx, _, _, warnings) = compile_services(state, config, true, &mut sink, |_, _, _| ())?;
-    Ok(sink.into_compiled(ctx, warnings))
+    let compiled = compile_services(state, config, true, &mut sink, |_, _, _| ())?;
+    Ok(sink.into_compiled(compiled.ctx, compiled.warnings))
 }

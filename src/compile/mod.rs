@@ -180,7 +180,12 @@ pub fn compile_with_warnings(
     state: &ClusterState,
     config: &ProxyConfig,
 ) -> Result<Warned, CompileError> {
-    let (ctx, services, _, warnings) = compile_typed(state, config, true)?;
+    let Compiled {
+        ctx,
+        services,
+        warnings,
+        ..
+    } = compile_typed(state, config, true)?;
     Ok(Warned {
         ruleset: fixed::assemble_owned(&ctx, services.into_iter()),
         warnings,
@@ -198,7 +203,12 @@ pub fn compile_lenient(
     state: &ClusterState,
     config: &ProxyConfig,
 ) -> Result<Lenient, CompileError> {
-    let (ctx, services, rejected, warnings) = compile_typed(state, config, false)?;
+    let Compiled {
+        ctx,
+        services,
+        rejected,
+        warnings,
+    } = compile_typed(state, config, false)?;
     Ok(Lenient {
         ruleset: fixed::assemble_owned(&ctx, services.into_iter()),
         rejected,
@@ -253,9 +263,18 @@ fn compile_typed(
     })
 }
 
-/// What [`compile_services`] returns: the context used, each valid service's rules
-/// (as `each` made them), the rejected services and the ignored slice parts.
-pub(crate) type Compiled<T> = (Context, Vec<T>, Vec<CompileError>, Vec<CompileError>);
+/// What [`compile_services`] returns.
+#[derive(Debug)]
+pub(crate) struct Compiled<T> {
+    /// The context the services were compiled with (the cluster-size rule applied).
+    pub ctx: Context,
+    /// Each valid service's rules, as `each` made them, in service order.
+    pub services: Vec<T>,
+    /// One error per service left out, in service order (none when strict).
+    pub rejected: Vec<CompileError>,
+    /// The parts of the state ignored as kube-proxy ignores them, in service order.
+    pub warnings: Vec<CompileError>,
+}
 
 /// Compiles every service with the cluster-size rule applied into `sink`, one
 /// service after the other, calling `each` with the sink, the service's key and
@@ -285,7 +304,7 @@ pub(crate) fn compile_services<S: Sink, T>(
         .for_endpoint_total(state.endpoint_bound(config.ip_family));
     let (compiled, total) = compile_pass(state, config, strict, guess, sink, &mut each)?;
     let exact = base.for_endpoint_total(total);
-    if exact.endpoint_comments == compiled.0.endpoint_comments {
+    if exact.endpoint_comments == compiled.ctx.endpoint_comments {
         return Ok(compiled);
     }
     // Not both passes' services alive at once.
@@ -347,7 +366,13 @@ fn compile_pass<S: Sink, T>(
         }
     }
     rejected.sort_by(|a, b| a.service().cmp(&b.service()));
-    Ok(((ctx, services, rejected, warnings), total))
+    let compiled = Compiled {
+        ctx,
+        services,
+        rejected,
+        warnings,
+    };
+    Ok((compiled, total))
 }
 
 fn inputs_of<'a>(

@@ -63,9 +63,23 @@ pub(crate) struct TextSink {
     marks: Marks,
 }
 
-/// The lengths of a [`TextSink`]'s parts: chunks and own text, shared parts,
-/// declarations, chains, flows.
-type Marks = ((usize, usize), [usize; SHARED], usize, usize, usize);
+/// How far a [`TextSink`]'s parts reached when the current service began: cutting
+/// each back to its mark abandons the service.
+#[derive(Debug, Clone, Copy, Default)]
+struct Marks {
+    /// The number of full chunks.
+    chunks: usize,
+    /// The length of the chunk being filled.
+    chunk_len: usize,
+    /// The length of each shared chain's lines.
+    shared: [usize; SHARED],
+    /// The length of the declarations' text (a whole cluster).
+    decls: usize,
+    /// The number of own chains.
+    chains: usize,
+    /// The number of ports' flows kept.
+    flows: usize,
+}
 
 impl TextSink {
     fn new(chains: Chains, flows: bool, chunk: usize) -> Self {
@@ -78,7 +92,7 @@ impl TextSink {
             chains,
             current: super::KUBE_SERVICES,
             flows: flows.then(Vec::new),
-            marks: ((0, 0), [0; SHARED], 0, 0, 0),
+            marks: Marks::default(),
         }
     }
 
@@ -128,7 +142,7 @@ impl TextSink {
             },
             current: super::KUBE_SERVICES,
             flows: None,
-            marks: ((0, 0), [0; SHARED], 0, 0, 0),
+            marks: Marks::default(),
         }
     }
 
@@ -219,39 +233,40 @@ impl Sink for TextSink {
             Chains::Declared { text, count } => (text.len(), *count),
         };
         let flows = self.flows.as_ref().map_or(0, Vec::len);
-        self.marks = (
-            (self.done.len(), self.own.len()),
-            self.shared.each_ref().map(String::len),
+        self.marks = Marks {
+            chunks: self.done.len(),
+            chunk_len: self.own.len(),
+            shared: self.shared.each_ref().map(String::len),
             decls,
-            count,
+            chains: count,
             flows,
-        );
+        };
     }
 
     fn abandon(&mut self) {
-        let ((done, own), shared, decls, count, flows) = self.marks;
-        if self.done.len() > done {
-            let mut later = self.done.split_off(done);
+        let marks = self.marks;
+        if self.done.len() > marks.chunks {
+            let mut later = self.done.split_off(marks.chunks);
             self.own = later.swap_remove(0);
         }
-        self.own.truncate(own);
-        for (part, len) in self.shared.iter_mut().zip(shared) {
+        self.own.truncate(marks.chunk_len);
+        for (part, len) in self.shared.iter_mut().zip(marks.shared) {
             part.truncate(len);
         }
         match &mut self.chains {
-            Chains::Listed(listed) => listed.truncate(count),
-            Chains::Declared { text, count: n } => {
-                text.truncate(decls);
-                *n = count;
+            Chains::Listed(listed) => listed.truncate(marks.chains),
+            Chains::Declared { text, count } => {
+                text.truncate(marks.decls);
+                *count = marks.chains;
             }
         }
         if let Some(kept) = &mut self.flows {
-            kept.truncate(flows);
+            kept.truncate(marks.flows);
         }
     }
 
     fn reset(&mut self) {
-        self.marks = ((0, 0), [0; SHARED], 0, 0, 0);
+        self.marks = Marks::default();
         self.abandon();
     }
 
