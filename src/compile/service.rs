@@ -46,7 +46,7 @@ pub(crate) struct PortFlows {
 }
 
 /// Where a service's rules go as they are built, in order: typed
-/// ([`ServiceRules`]) or rendered on the spot (`text::TextSink`), so a full text
+/// ([`ServiceRules`]) or rendered on the spot (`sink::TextSink`), so a full text
 /// compile never holds a service's typed rules.
 pub(crate) trait Sink {
     /// A new service starts: whatever an abandoned one left is dropped.
