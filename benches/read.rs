@@ -2,7 +2,7 @@
 //! ClusterIP services with 10 endpoints each and realistic metadata (74 MB), from
 //! a reader and from bytes in memory (criterion).
 //!
-//! `cargo bench --features k8s --bench read`; `SVCNAT_READ_SERVICES=2000` for a
+//! `cargo bench --features k8s,synthetic --bench read`; `SVCNAT_READ_SERVICES=2000` for a
 //! smaller dump. The memory bound is pinned in `tests/read_memory.rs`.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};

@@ -3,11 +3,11 @@
 //! ([`Mix::ClusterIp`], [`Mix::LoadBalancer`]), seen from `synthetic::config()`.
 //!
 //! ```text
-//! cargo bench --bench scale                          # the whole grid (about 17 min on 2 cores)
-//! SVCNAT_BENCH_GRID=10000x10 cargo bench --bench scale           # one S x E, both mixes
-//! SVCNAT_BENCH_GRID=1000x1/cluster-ip cargo bench --bench scale -- full
-//! SVCNAT_BENCH_GRID=1000x50,3000x5/load-balancer cargo bench --bench scale
-//! cargo bench --bench scale -- --test                # each benchmark once, 1k points only
+//! cargo bench --features synthetic --bench scale    # the whole grid (about 17 min on 2 cores)
+//! SVCNAT_BENCH_GRID=10000x10 cargo bench --features synthetic --bench scale     # one S x E, both mixes
+//! SVCNAT_BENCH_GRID=1000x1/cluster-ip cargo bench --features synthetic --bench scale -- full
+//! SVCNAT_BENCH_GRID=1000x50,3000x5/load-balancer cargo bench --features synthetic --bench scale
+//! cargo bench --features synthetic --bench scale -- --test   # each benchmark once, 1k points only
 //! ```
 //!
 //! Every grid point is a criterion group `scale/<S>x<E>/<mix>` (mix `cluster-ip` or
@@ -56,7 +56,8 @@
 //! checked to be byte for byte what the typed path (`compile::compile` + `render::write_io`) gives.
 //!
 //! The bench's own settings are environment variables; its command line is
-//! criterion's alone (`cargo bench --bench scale -- --help` lists it):
+//! criterion's alone (`cargo bench --features synthetic --bench scale -- --help` lists
+//! it):
 //!
 //! * `SVCNAT_BENCH_GRID`, a comma-separated list of `<S>x<E>` (both mixes) or
 //!   `<S>x<E>/<mix>`, replaces the grid; any S and E will do (`3000x5`). It says
@@ -64,9 +65,9 @@
 //!   says which benchmarks run, but every point of the grid is built all the same,
 //!   so select points with `SVCNAT_BENCH_GRID`, not with the filter: a filter
 //!   alone would build the whole grid to run a part of it.
-//! * In criterion's test mode (`-- --test`, or `cargo test --benches`) the grid is
-//!   only its 1k points unless `SVCNAT_BENCH_GRID` says otherwise; with `--list`
-//!   nothing is built.
+//! * In criterion's test mode (`-- --test`, or `cargo test --features synthetic
+//!   --benches`) the grid is only its 1k points unless `SVCNAT_BENCH_GRID` says
+//!   otherwise; with `--list` nothing is built.
 //!
 //! Other settings, environment variables too:
 //!

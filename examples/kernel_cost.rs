@@ -5,7 +5,7 @@
 //! on stderr.
 //!
 //! ```text
-//! sudo cargo run --release --example kernel_cost -- [--services S (10000)] \
+//! sudo cargo run --release --features synthetic --example kernel_cost -- [--services S (10000)] \
 //!     [--endpoints E (10)] [--mix cluster-ip|load-balancer] [--seed N (1)] \
 //!     [--backend nft|legacy|both (both)] [--runs N (3)] [--no-resync]
 //! ```

@@ -1,7 +1,7 @@
 //! Measures svcnat on a generated cluster and prints one JSON object.
 //!
 //! ```text
-//! cargo run --release --example scale -- --services S --endpoints E \
+//! cargo run --release --features synthetic --example scale -- --services S --endpoints E \
 //!     [--mix cluster-ip|load-balancer] [--seed N] [--runs N]
 //! ```
 //!

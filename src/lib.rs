@@ -154,9 +154,10 @@
 //! | feature | what it adds |
 //! |---|---|
 //! | `k8s` | [`k8s`]: the List reader (`k8s::read`: a kubectl `List`, a `ServiceList`, an `EndpointSliceList`, or one object, with a report of what it left out), conversion from k8s-openapi `Service` and `EndpointSlice`, and [`Syncer::apply_k8s`](sync::Syncer::apply_k8s) for watch events (the embedder selects the Kubernetes version feature of k8s-openapi) |
+//! | `synthetic` | `synthetic`: generated clusters of any size for benchmarks and load tests (the `scale` and `kernel_cost` examples and the benches need it); with `k8s` too, `synthetic::write_kubectl_list` writes one as a kubectl `List` |
 //!
-//! The documentation with the `k8s` feature, as docs.rs builds it:
-//! `cargo doc --no-deps --features k8s,k8s-openapi/latest --open`.
+//! The documentation with every feature, as docs.rs builds it:
+//! `cargo doc --no-deps --features k8s,synthetic,k8s-openapi/latest --open`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 // Errors carry the object, port and field by value so they stand alone in a log
@@ -174,6 +175,7 @@ pub mod parse;
 pub mod render;
 pub mod ruleset;
 pub mod sync;
+#[cfg(feature = "synthetic")]
 pub mod synthetic;
 pub mod trace;
 

@@ -57,8 +57,11 @@ pub enum Mix {
     LoadBalancer,
 }
 
-/// The shape of a generated cluster.
+/// The shape of a generated cluster: made with [`Spec::new`] and the `with_`
+/// setters, so that later shapes (another family, more service types) can add
+/// fields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Spec {
     /// The number of services.
     pub services: usize,

@@ -1,5 +1,6 @@
 //! Reading flags, shared by the examples; nothing here needs the `k8s` feature, so
-//! `scale` and `kernel_cost` include this file alone.
+//! `scale` and `kernel_cost` include this file alone. [`SpecFlags`], theirs, needs
+//! the `synthetic` feature they require.
 //!
 //! [`lexopt`] splits the command line (`--flag value` and `--flag=value`, a value
 //! taken even when it starts with `-`); this file keeps the examples' contract on
@@ -12,6 +13,7 @@
 
 use std::ffi::OsString;
 
+#[cfg(feature = "synthetic")]
 use svcnat::synthetic::Mix;
 
 /// One argument of the command line.
@@ -135,6 +137,7 @@ pub fn number(flag: &str, v: &str) -> Result<u64, String> {
 
 /// The flags that shape a generated cluster and a measurement: `--services`,
 /// `--endpoints`, `--mix cluster-ip|load-balancer`, `--seed`, `--runs`.
+#[cfg(feature = "synthetic")]
 #[derive(Debug, Default)]
 pub struct SpecFlags {
     pub services: Option<usize>,
@@ -144,6 +147,7 @@ pub struct SpecFlags {
     pub runs: Option<usize>,
 }
 
+#[cfg(feature = "synthetic")]
 impl SpecFlags {
     /// Takes `flag` if it is one of these, with its value: `Ok(true)` when taken.
     pub fn take(&mut self, flag: &str, args: &mut CommandLine) -> Result<bool, String> {

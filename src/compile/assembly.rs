@@ -12,8 +12,10 @@ use super::sink::ServiceText;
 use crate::ruleset::restore::{self};
 use crate::ruleset::{ChainName, Table};
 
-/// The services' parts of a full text, however they are stored.
-pub(super) trait Parts {
+/// The services' lines of a full text, however they are stored: kept apart per
+/// service ([`Services`]) or merged into a few large buffers (a
+/// [`CompiledText`](super::CompiledText)'s).
+pub(super) trait ServiceLines {
     /// The `:NAME - [0:0]` lines of the own chains.
     fn decls<W: fmt::Write>(&self, out: &mut W) -> fmt::Result;
     /// The `-A …` lines of one shared chain.
@@ -25,7 +27,7 @@ pub(super) trait Parts {
 /// Services kept apart, in order.
 struct Services<I>(I);
 
-impl<'a, I: Iterator<Item = &'a ServiceText> + Clone> Parts for Services<I> {
+impl<'a, I: Iterator<Item = &'a ServiceText> + Clone> ServiceLines for Services<I> {
     fn decls<W: fmt::Write>(&self, out: &mut W) -> fmt::Result {
         for svc in self.0.clone() {
             for (name, _) in svc.chains() {
@@ -63,17 +65,17 @@ where
     W: fmt::Write,
     I: Iterator<Item = &'a ServiceText> + Clone,
 {
-    let parts = Services(services);
-    write_head(ctx, &parts, stale, out)?;
-    parts.own(out)?;
+    let services = Services(services);
+    write_head(ctx, &services, stale, out)?;
+    services.own(out)?;
     write_tail(stale, out)
 }
 
 /// Everything before the services' own `-A …` lines: the filter table, then the
 /// nat table's declarations and its top-level chains' rules.
-pub(super) fn write_head<P: Parts, W: fmt::Write>(
+pub(super) fn write_head<S: ServiceLines, W: fmt::Write>(
     ctx: &Context,
-    parts: &P,
+    services: &S,
     stale: &[ChainName],
     out: &mut W,
 ) -> fmt::Result {
@@ -84,7 +86,7 @@ pub(super) fn write_head<P: Parts, W: fmt::Write>(
             restore::declaration(out, chain)?;
         }
         if table.table == Table::Nat {
-            parts.decls(out)?;
+            services.decls(out)?;
             for name in stale {
                 restore::declare(out, name.as_str())?;
             }
@@ -92,7 +94,7 @@ pub(super) fn write_head<P: Parts, W: fmt::Write>(
         for chain in table.chains.values() {
             match shared_chain(table.table, &chain.name) {
                 Some(which) => {
-                    parts.shared(which, out)?;
+                    services.shared(which, out)?;
                     for rule in shared_tail(ctx, which) {
                         restore::rule(out, chain.name.as_str(), &rule)?;
                     }

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::io;
 
-use super::assembly::{Parts, write_head, write_tail};
+use super::assembly::{ServiceLines, write_head, write_tail};
 use super::context::Context;
 use super::fixed::fixed_tables;
 use super::sink::{SHARED, TextSink};
@@ -32,14 +32,15 @@ pub struct CompiledText {
     pub(super) warnings: Vec<CompileError>,
 }
 
-/// The parts of a [`CompiledText`] other than its own chains' lines.
-struct Whole<'a> {
+/// A [`CompiledText`]'s service lines, every service's merged into one buffer
+/// per part (the own chains' lines in chunks).
+struct MergedServices<'a> {
     decls: &'a str,
     shared: &'a [String; SHARED],
     own: &'a [String],
 }
 
-impl Parts for Whole<'_> {
+impl ServiceLines for MergedServices<'_> {
     fn decls<W: fmt::Write>(&self, out: &mut W) -> fmt::Result {
         out.write_str(self.decls)
     }
@@ -72,8 +73,8 @@ impl CompiledText {
         self.len == 0
     }
 
-    fn parts(&self) -> Whole<'_> {
-        Whole {
+    fn services(&self) -> MergedServices<'_> {
+        MergedServices {
             decls: &self.decls,
             shared: &self.shared,
             own: &self.own,
@@ -85,9 +86,9 @@ impl CompiledText {
     /// # Errors
     /// Only those of the writer.
     pub fn write_fmt<W: fmt::Write>(&self, out: &mut W) -> fmt::Result {
-        let parts = self.parts();
-        write_head(&self.ctx, &parts, &[], out)?;
-        parts.own(out)?;
+        let services = self.services();
+        write_head(&self.ctx, &services, &[], out)?;
+        services.own(out)?;
         write_tail(&[], out)
     }
 
@@ -241,6 +242,6 @@ fn compile_text_into(
     config: &ProxyConfig,
     mut sink: TextSink,
 ) -> Result<CompiledText, CompileError> {
-    let (ctx, _, _, warnings) = compile_services(state, config, true, &mut sink, |_, _, _| ())?;
-    Ok(sink.into_compiled(ctx, warnings))
+    let compiled = compile_services(state, config, true, &mut sink, |_, _, _| ())?;
+    Ok(sink.into_compiled(compiled.ctx, compiled.warnings))
 }

@@ -37,14 +37,12 @@ pub mod naming;
 mod service;
 mod sink;
 
-use serde::{Deserialize, Serialize};
-
 pub(crate) use assembly::{shared_chain_text, write_full};
 pub(crate) use compiled::Counter;
 pub use compiled::{CompiledText, compile_text, compile_text_reusing};
 pub use context::check_config;
 pub use fixed::{JumpRule, jump_rules};
-pub use service::{PortFlows, ServiceRules};
+pub(crate) use service::{PortFlows, ServiceRules};
 pub(crate) use sink::{ServiceText, TextSink};
 
 use crate::error::CompileError;
@@ -64,8 +62,8 @@ pub(crate) const KUBE_PROXY_FIREWALL: ChainName = ChainName::fixed("KUBE-PROXY-F
 pub(crate) const KUBE_FIREWALL: ChainName = ChainName::fixed("KUBE-FIREWALL");
 
 /// A top-level chain that every service appends its capture, reject and drop rules to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum SharedChain {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum SharedChain {
     /// nat `KUBE-SERVICES`: cluster, external and load-balancer IP captures.
     NatServices,
     /// nat `KUBE-NODEPORTS`: node-port captures.
@@ -182,7 +180,12 @@ pub fn compile_with_warnings(
     state: &ClusterState,
     config: &ProxyConfig,
 ) -> Result<Warned, CompileError> {
-    let (ctx, services, _, warnings) = compile_typed(state, config, true)?;
+    let Compiled {
+        ctx,
+        services,
+        warnings,
+        ..
+    } = compile_typed(state, config, true)?;
     Ok(Warned {
         ruleset: fixed::assemble_owned(&ctx, services.into_iter()),
         warnings,
@@ -200,7 +203,12 @@ pub fn compile_lenient(
     state: &ClusterState,
     config: &ProxyConfig,
 ) -> Result<Lenient, CompileError> {
-    let (ctx, services, rejected, warnings) = compile_typed(state, config, false)?;
+    let Compiled {
+        ctx,
+        services,
+        rejected,
+        warnings,
+    } = compile_typed(state, config, false)?;
     Ok(Lenient {
         ruleset: fixed::assemble_owned(&ctx, services.into_iter()),
         rejected,
@@ -255,9 +263,18 @@ fn compile_typed(
     })
 }
 
-/// What [`compile_services`] returns: the context used, each valid service's rules
-/// (as `each` made them), the rejected services and the ignored slice parts.
-pub(crate) type Compiled<T> = (Context, Vec<T>, Vec<CompileError>, Vec<CompileError>);
+/// What [`compile_services`] returns.
+#[derive(Debug)]
+pub(crate) struct Compiled<T> {
+    /// The context the services were compiled with (the cluster-size rule applied).
+    pub ctx: Context,
+    /// Each valid service's rules, as `each` made them, in service order.
+    pub services: Vec<T>,
+    /// One error per service left out, in service order (none when strict).
+    pub rejected: Vec<CompileError>,
+    /// The parts of the state ignored as kube-proxy ignores them, in service order.
+    pub warnings: Vec<CompileError>,
+}
 
 /// Compiles every service with the cluster-size rule applied into `sink`, one
 /// service after the other, calling `each` with the sink, the service's key and
@@ -287,7 +304,7 @@ pub(crate) fn compile_services<S: Sink, T>(
         .for_endpoint_total(state.endpoint_bound(config.ip_family));
     let (compiled, total) = compile_pass(state, config, strict, guess, sink, &mut each)?;
     let exact = base.for_endpoint_total(total);
-    if exact.endpoint_comments == compiled.0.endpoint_comments {
+    if exact.endpoint_comments == compiled.ctx.endpoint_comments {
         return Ok(compiled);
     }
     // Not both passes' services alive at once.
@@ -349,7 +366,13 @@ fn compile_pass<S: Sink, T>(
         }
     }
     rejected.sort_by(|a, b| a.service().cmp(&b.service()));
-    Ok(((ctx, services, rejected, warnings), total))
+    let compiled = Compiled {
+        ctx,
+        services,
+        rejected,
+        warnings,
+    };
+    Ok((compiled, total))
 }
 
 fn inputs_of<'a>(
@@ -366,13 +389,14 @@ fn inputs_of<'a>(
 #[cfg(test)]
 mod tests {
     use super::SharedChain;
-    use crate::synthetic::{self, Mix, Spec};
 
     /// The state's endpoint bound is at least the total a compile counts, so the
     /// context chosen from it is right the first time unless the bound counts
     /// endpoints the compile does not (duplicates, other family, no service).
     #[test]
+    #[cfg(feature = "synthetic")]
     fn the_endpoint_bound_bounds_the_count() {
+        use crate::synthetic::{self, Mix, Spec};
         for mix in [Mix::ClusterIp, Mix::LoadBalancer] {
             for (services, endpoints) in [(1, 1), (40, 3), (300, 1)] {
                 let state = Spec::new(services, endpoints).with_mix(mix).build();

@@ -3,7 +3,6 @@
 
 use std::net::IpAddr;
 
-use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
 use super::context::Context;
@@ -18,8 +17,8 @@ use crate::ruleset::{
 };
 
 /// Everything one service contributes to a family's ruleset.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ServiceRules {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ServiceRules {
     /// The service.
     pub key: ServiceKey,
     /// Rules appended to the shared top-level chains, in order.
@@ -34,8 +33,8 @@ pub struct ServiceRules {
 }
 
 /// Where one service port's traffic arrives and which endpoints it may reach.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PortFlows {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PortFlows {
     /// The port's protocol.
     pub protocol: Protocol,
     /// Cluster IP, external IPs and load-balancer IPs, with the service port.
@@ -47,7 +46,7 @@ pub struct PortFlows {
 }
 
 /// Where a service's rules go as they are built, in order: typed
-/// ([`ServiceRules`]) or rendered on the spot (`text::TextSink`), so a full text
+/// ([`ServiceRules`]) or rendered on the spot (`sink::TextSink`), so a full text
 /// compile never holds a service's typed rules.
 pub(crate) trait Sink {
     /// A new service starts: whatever an abandoned one left is dropped.

@@ -44,14 +44,15 @@ const LINE_ROOM: usize = 2048;
 /// A [`Sink`] that renders each rule as it comes.
 #[derive(Debug)]
 pub(crate) struct TextSink {
-    /// The own chains' `-A …` lines (the last chunk of them, for a whole cluster).
-    own: String,
-    /// The full chunks before `own`, for a whole cluster.
-    done: Vec<String>,
+    /// The own chains' `-A …` lines being written: the last chunk of them, for a
+    /// whole cluster, or all of them, for one service.
+    open_chunk: String,
+    /// The chunks filled before `open_chunk`, for a whole cluster.
+    full_chunks: Vec<String>,
     /// Empty chunks to fill before allocating new ones.
-    spare: Vec<String>,
-    /// The capacity of each chunk; 0 writes everything into `own`.
-    chunk: usize,
+    free_chunks: Vec<String>,
+    /// The capacity of each chunk; 0 writes everything into `open_chunk`.
+    chunk_capacity: usize,
     /// Each shared chain's `-A …` lines, in [`SharedChain::ALL`] order.
     shared: [String; SHARED],
     chains: Chains,
@@ -63,22 +64,36 @@ pub(crate) struct TextSink {
     marks: Marks,
 }
 
-/// The lengths of a [`TextSink`]'s parts: chunks and own text, shared parts,
-/// declarations, chains, flows.
-type Marks = ((usize, usize), [usize; SHARED], usize, usize, usize);
+/// How far a [`TextSink`]'s parts reached when the current service began: cutting
+/// each back to its mark abandons the service.
+#[derive(Debug, Clone, Copy, Default)]
+struct Marks {
+    /// The number of full chunks.
+    full_chunks: usize,
+    /// The length of the open chunk.
+    open_chunk: usize,
+    /// The length of each shared chain's lines.
+    shared: [usize; SHARED],
+    /// The length of the declarations' text (a whole cluster).
+    decls: usize,
+    /// The number of own chains.
+    chains: usize,
+    /// The number of ports' flows kept.
+    flows: usize,
+}
 
 impl TextSink {
-    fn new(chains: Chains, flows: bool, chunk: usize) -> Self {
+    fn new(chains: Chains, flows: bool, chunk_capacity: usize) -> Self {
         TextSink {
-            own: String::with_capacity(chunk),
-            done: Vec::new(),
-            spare: Vec::new(),
-            chunk,
+            open_chunk: String::with_capacity(chunk_capacity),
+            full_chunks: Vec::new(),
+            free_chunks: Vec::new(),
+            chunk_capacity,
             shared: Default::default(),
             chains,
             current: super::KUBE_SERVICES,
             flows: flows.then(Vec::new),
-            marks: ((0, 0), [0; SHARED], 0, 0, 0),
+            marks: Marks::default(),
         }
     }
 
@@ -107,20 +122,20 @@ impl TextSink {
         let CompiledText {
             mut decls,
             mut shared,
-            mut own,
+            own: mut chunks,
             ..
         } = old;
         decls.clear();
         shared.iter_mut().for_each(String::clear);
-        own.iter_mut().for_each(String::clear);
+        chunks.iter_mut().for_each(String::clear);
         // The first chunk is filled first.
-        own.reverse();
-        let first = own.pop().unwrap_or_else(|| String::with_capacity(CHUNK));
+        chunks.reverse();
+        let first = chunks.pop().unwrap_or_else(|| String::with_capacity(CHUNK));
         TextSink {
-            own: first,
-            done: Vec::new(),
-            spare: own,
-            chunk: CHUNK,
+            open_chunk: first,
+            full_chunks: Vec::new(),
+            free_chunks: chunks,
+            chunk_capacity: CHUNK,
             shared,
             chains: Chains::Declared {
                 text: decls,
@@ -128,19 +143,22 @@ impl TextSink {
             },
             current: super::KUBE_SERVICES,
             flows: None,
-            marks: ((0, 0), [0; SHARED], 0, 0, 0),
+            marks: Marks::default(),
         }
     }
 
     /// Starts a new chunk when the current one has no room for another line.
     #[inline]
     fn make_room(&mut self) {
-        if self.chunk != 0 && self.own.capacity() - self.own.len() < LINE_ROOM {
+        if self.chunk_capacity != 0
+            && self.open_chunk.capacity() - self.open_chunk.len() < LINE_ROOM
+        {
             let next = self
-                .spare
+                .free_chunks
                 .pop()
-                .unwrap_or_else(|| String::with_capacity(self.chunk));
-            self.done.push(std::mem::replace(&mut self.own, next));
+                .unwrap_or_else(|| String::with_capacity(self.chunk_capacity));
+            self.full_chunks
+                .push(std::mem::replace(&mut self.open_chunk, next));
         }
     }
 
@@ -148,8 +166,8 @@ impl TextSink {
     /// left empty for the next one.
     pub fn take_service(&mut self, key: ServiceKey, endpoint_count: usize) -> ServiceText {
         let shared_len: usize = self.shared.iter().map(String::len).sum();
-        let mut text = String::with_capacity(self.own.len() + shared_len);
-        text.push_str(&self.own);
+        let mut text = String::with_capacity(self.open_chunk.len() + shared_len);
+        text.push_str(&self.open_chunk);
         let mut shared_ends = [0; SHARED];
         for (part, end) in self.shared.iter_mut().zip(&mut shared_ends) {
             text.push_str(part);
@@ -162,7 +180,7 @@ impl TextSink {
                     .iter()
                     .skip(1)
                     .map(|(_, start)| *start)
-                    .chain([self.own.len()]);
+                    .chain([self.open_chunk.len()]);
                 let chains = listed
                     .iter()
                     .map(|(name, _)| name.clone())
@@ -173,7 +191,7 @@ impl TextSink {
             }
             Chains::Declared { .. } => Vec::new(),
         };
-        self.own.clear();
+        self.open_chunk.clear();
         ServiceText {
             key,
             text,
@@ -189,8 +207,8 @@ impl TextSink {
         ctx: Context,
         warnings: Vec<CompileError>,
     ) -> CompiledText {
-        let mut own = std::mem::take(&mut self.done);
-        own.push(self.own);
+        let mut chunks = std::mem::take(&mut self.full_chunks);
+        chunks.push(self.open_chunk);
         let (decls, count) = match self.chains {
             Chains::Declared { text, count } => (text, count),
             Chains::Listed(listed) => (String::new(), listed.len()),
@@ -199,7 +217,7 @@ impl TextSink {
             ctx,
             decls,
             shared: self.shared,
-            own,
+            own: chunks,
             chains: count,
             len: 0,
             warnings,
@@ -219,39 +237,40 @@ impl Sink for TextSink {
             Chains::Declared { text, count } => (text.len(), *count),
         };
         let flows = self.flows.as_ref().map_or(0, Vec::len);
-        self.marks = (
-            (self.done.len(), self.own.len()),
-            self.shared.each_ref().map(String::len),
+        self.marks = Marks {
+            full_chunks: self.full_chunks.len(),
+            open_chunk: self.open_chunk.len(),
+            shared: self.shared.each_ref().map(String::len),
             decls,
-            count,
+            chains: count,
             flows,
-        );
+        };
     }
 
     fn abandon(&mut self) {
-        let ((done, own), shared, decls, count, flows) = self.marks;
-        if self.done.len() > done {
-            let mut later = self.done.split_off(done);
-            self.own = later.swap_remove(0);
+        let marks = self.marks;
+        if self.full_chunks.len() > marks.full_chunks {
+            let mut later = self.full_chunks.split_off(marks.full_chunks);
+            self.open_chunk = later.swap_remove(0);
         }
-        self.own.truncate(own);
-        for (part, len) in self.shared.iter_mut().zip(shared) {
+        self.open_chunk.truncate(marks.open_chunk);
+        for (part, len) in self.shared.iter_mut().zip(marks.shared) {
             part.truncate(len);
         }
         match &mut self.chains {
-            Chains::Listed(listed) => listed.truncate(count),
-            Chains::Declared { text, count: n } => {
-                text.truncate(decls);
-                *n = count;
+            Chains::Listed(listed) => listed.truncate(marks.chains),
+            Chains::Declared { text, count } => {
+                text.truncate(marks.decls);
+                *count = marks.chains;
             }
         }
         if let Some(kept) = &mut self.flows {
-            kept.truncate(flows);
+            kept.truncate(marks.flows);
         }
     }
 
     fn reset(&mut self) {
-        self.marks = ((0, 0), [0; SHARED], 0, 0, 0);
+        self.marks = Marks::default();
         self.abandon();
     }
 
@@ -268,7 +287,7 @@ impl Sink for TextSink {
     #[inline]
     fn chain(&mut self, name: &ChainName, _rules: usize) {
         match &mut self.chains {
-            Chains::Listed(listed) => listed.push((name.clone(), self.own.len())),
+            Chains::Listed(listed) => listed.push((name.clone(), self.open_chunk.len())),
             Chains::Declared { text, count } => {
                 let _ = restore::declare(text, name.as_str());
                 *count += 1;
@@ -280,7 +299,7 @@ impl Sink for TextSink {
     #[inline]
     fn rule(&mut self, rule: &Rule) {
         self.make_room();
-        let _ = restore::rule(&mut self.own, self.current.as_str(), rule);
+        let _ = restore::rule(&mut self.open_chunk, self.current.as_str(), rule);
     }
 
     fn shared_capture(&mut self, which: SharedChain, capture: &Capture<'_>) {
@@ -289,7 +308,7 @@ impl Sink for TextSink {
 
     fn capture(&mut self, capture: &Capture<'_>) {
         self.make_room();
-        write_capture(&self.current, capture, &mut self.own);
+        write_capture(&self.current, capture, &mut self.open_chunk);
     }
 
     /// The same lines as [`EndpointChain::rules`] rendered (a unit test holds them
@@ -299,7 +318,7 @@ impl Sink for TextSink {
         self.chain(&ep.endpoint.chain, 2);
         self.make_room();
         // Writing into a String cannot fail.
-        let _ = endpoint_lines(ep, &mut self.own);
+        let _ = endpoint_lines(ep, &mut self.open_chunk);
     }
 
     /// The same line as [`Dispatch::rule`] rendered (a unit test holds it to it),
@@ -307,7 +326,7 @@ impl Sink for TextSink {
     fn dispatch(&mut self, jump: &Dispatch<'_>) -> Result<(), Problem> {
         self.make_room();
         // Writing into a String cannot fail.
-        let _ = dispatch_line(self.current.as_str(), jump, &mut self.own);
+        let _ = dispatch_line(self.current.as_str(), jump, &mut self.open_chunk);
         Ok(())
     }
 
@@ -451,7 +470,8 @@ mod tests {
     #[test]
     fn an_abandoned_service_leaves_nothing() {
         for mut sink in [TextSink::whole(0), TextSink::per_service(true)] {
-            let written = |s: &TextSink| format!("{:?}", (&s.own, &s.shared, &s.chains, &s.flows));
+            let written =
+                |s: &TextSink| format!("{:?}", (&s.open_chunk, &s.shared, &s.chains, &s.flows));
             write_service(&mut sink, "KUBE-SVC-A");
             let kept = written(&sink);
             write_service(&mut sink, "KUBE-SVC-B");
@@ -620,6 +640,6 @@ mod tests {
             "-A KUBE-SERVICES -j KUBE-SVC-A\n"
         );
         assert_eq!(text.shared_text(SharedChain::FilterServices), "");
-        assert_eq!(format!("{:?}", sink.own), "\"\"");
+        assert_eq!(format!("{:?}", sink.open_chunk), "\"\"");
     }
 }

@@ -171,7 +171,7 @@ pub(crate) fn ensure_each<E: Executor + ?Sized>(
 
 /// A rule as the argument list of an `iptables` command: the rendered rule split on
 /// spaces, a quoted comment kept as one argument without its quotes.
-pub fn rule_args(rule: &crate::ruleset::Rule) -> Vec<String> {
+pub(crate) fn rule_args(rule: &crate::ruleset::Rule) -> Vec<String> {
     let text = rule.to_string();
     let mut args = Vec::new();
     let mut current = String::new();

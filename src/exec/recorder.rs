@@ -175,7 +175,7 @@ fn jump_of(rule: &str) -> Option<&str> {
 #[derive(Debug, Default, Clone)]
 pub struct Recorder {
     /// Every call, in order.
-    pub calls: Vec<Call>,
+    calls: Vec<Call>,
     tables: BTreeMap<(IpFamily, Table), ModelTable>,
     fail_restores: usize,
 }
@@ -189,6 +189,11 @@ impl Recorder {
     /// Makes the next `n` restore calls fail (and change nothing).
     pub fn fail_next_restores(&mut self, n: usize) {
         self.fail_restores = n;
+    }
+
+    /// Every call received, in order.
+    pub fn calls(&self) -> &[Call] {
+        &self.calls
     }
 
     /// The restore payloads received, in order.

@@ -545,7 +545,12 @@ impl<E: Executor> Syncer<E> {
     /// Compiles every service afresh into a new applied state; returns the stale
     /// flows against the old one, the rejected services and the warnings.
     fn compile_all(&mut self) -> Result<Round, SyncError> {
-        let (ctx, services, rejected, warnings) = compile_services(
+        let crate::compile::Compiled {
+            ctx,
+            services,
+            rejected,
+            warnings,
+        } = compile_services(
             &self.state,
             &self.config,
             false,

@@ -156,7 +156,9 @@ pub fn run_with_stdin(cmd: &mut std::process::Command, stdin: &str) -> std::proc
     child.wait_with_output().unwrap()
 }
 
-/// The path of an example binary built for this test run.
+/// The path of an example binary built for this test run (every example needs a
+/// feature).
+#[cfg(any(feature = "k8s", feature = "synthetic"))]
 pub(crate) fn example(name: &str) -> std::path::PathBuf {
     // target/debug/deps/it-… -> target/debug/examples/NAME
     let exe = std::env::current_exe().unwrap();
@@ -169,6 +171,7 @@ pub(crate) fn example(name: &str) -> std::path::PathBuf {
 }
 
 /// Runs an example: exit code, stdout, stderr.
+#[cfg(any(feature = "k8s", feature = "synthetic"))]
 pub(crate) fn run_example(name: &str, args: &[&str], stdin: &str) -> (i32, String, String) {
     let out = run_with_stdin(std::process::Command::new(example(name)).args(args), stdin);
     (

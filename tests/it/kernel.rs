@@ -653,7 +653,6 @@ mod traffic {
         assert_jumps_in_place(&lab.node, save);
         // With the top jump of nat PREROUTING and of filter FORWARD deleted, a full
         // sync puts back exactly those two, on top, and adds nothing else.
-        let iptables = save.trim_end_matches("-save");
         let jumps = svcnat::compile::jump_rules(&config()).unwrap();
         for chain in ["PREROUTING", "FORWARD"] {
             let top = jumps
@@ -661,12 +660,13 @@ mod traffic {
                 .rev()
                 .find(|j| j.chain.as_str() == chain)
                 .unwrap();
-            let mut args = vec![iptables.to_owned(), "-t".into(), top.table.as_str().into()];
-            args.extend(["-D".to_owned(), chain.to_owned()]);
-            args.extend(svcnat::exec::rule_args(&top.rule));
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            let (ok, out) = lab.node.run(&args, "");
-            assert!(ok, "{args:?}: {out}");
+            // `-D` in a `--noflush` restore deletes the rule as written.
+            let payload = format!("*{}\n-D {chain} {}\nCOMMIT\n", top.table, top.rule);
+            let (ok, out) = lab.node.run(
+                &[save.replace("-save", "-restore").as_str(), "--noflush"],
+                &payload,
+            );
+            assert!(ok, "{payload}: {out}");
         }
         syncer.request_full_sync();
         assert!(syncer.sync().unwrap().full);

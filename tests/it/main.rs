@@ -12,8 +12,9 @@ mod kernel;
 mod kube_proxy;
 mod parse;
 mod properties;
-#[cfg(feature = "k8s")]
+#[cfg(all(feature = "k8s", feature = "synthetic"))]
 mod reader;
+#[cfg(feature = "synthetic")]
 mod scale;
 mod snapshots;
 mod sync;

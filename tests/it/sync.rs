@@ -57,7 +57,7 @@ fn first_sync_is_full_then_partial_and_noop_is_empty() {
     // Jump rules were ensured after the restore.
     let jumps = syncer
         .executor()
-        .calls
+        .calls()
         .iter()
         .filter(|c| matches!(c, Call::EnsureJump { .. }))
         .count();
@@ -566,6 +566,7 @@ fn a_missing_binary_is_a_spawn_error_naming_it() {
 }
 
 #[test]
+#[cfg(feature = "synthetic")]
 fn full_resyncs_reuse_unchanged_services_and_write_the_same_bytes() {
     let state = svcnat::synthetic::Spec::new(50, 3).build();
     let config = svcnat::synthetic::config();
@@ -616,6 +617,7 @@ fn full_resyncs_reuse_unchanged_services_and_write_the_same_bytes() {
 }
 
 /// [`full_sync_tables`] with another config.
+#[cfg(feature = "synthetic")]
 fn full_sync_tables_with(
     state: &ClusterState,
     config: &ProxyConfig,
