@@ -20,12 +20,13 @@ pub(crate) mod text;
 
 pub use foreign::{AddrKind, Direction, PhysdevOption, PortsOf, ProtocolName, SetMatch};
 pub use matches::{
-    AddrType, Address, CtState, Mark, Match, NfacctCounter, Not, PortRange, RecentAction,
+    AddrType, Address, CtState, Mark, Match, NfacctCounter, Not, PortRange, ProtocolMatch,
+    RecentAction,
 };
 pub use names::{ChainName, Comment, Interface, IrError, Probability, RawText, Word};
 pub(crate) use tables::Matches;
 pub use tables::{Chain, Policy, Rule, Ruleset, Table, TableRules};
-pub use targets::{MarkOp, Target};
+pub use targets::{DnatTo, MarkOp, Target};
 
 /// The flags that both the typed rules and [`restore::RuleLine`]'s pieces write,
 /// each spelt here once.

@@ -10,8 +10,8 @@ use super::ErrorKind;
 use crate::model::{IpFamily, Protocol};
 use crate::ruleset::lex::Token;
 use crate::ruleset::{
-    Address, ChainName, Comment, Interface, Mark, MarkOp, Match, Not, PortRange, Probability,
-    ProtocolName, RawText, Rule, Target, Word,
+    Address, ChainName, Comment, DnatTo, Interface, Mark, MarkOp, Match, Not, PortRange,
+    Probability, ProtocolMatch, ProtocolName, RawText, Rule, Target, Word,
 };
 
 /// A parse failure at a byte offset of the line.
@@ -278,12 +278,14 @@ impl<'a> Parser<'a> {
                     let v = self.value(opt)?;
                     let name = ProtocolName::new(&v.text).map_err(|e| ir(v, e))?;
                     let merged = match (&name, self.rule.matches.last()) {
-                        (ProtocolName::Known(p), Some(Match::ProtocolModule(m)))
-                            if !negated
-                                && p == m
-                                && start >= 2
-                                && self.toks[start - 2].text == "-m"
-                                && self.toks[start - 1].text == p.as_str() =>
+                        (
+                            ProtocolName::Known(p),
+                            Some(Match::Protocol(ProtocolMatch::ModuleOnly(m))),
+                        ) if !negated
+                            && p == m
+                            && start >= 2
+                            && self.toks[start - 2].text == "-m"
+                            && self.toks[start - 1].text == p.as_str() =>
                         {
                             Some(*p)
                         }
@@ -291,9 +293,12 @@ impl<'a> Parser<'a> {
                     };
                     if let Some(p) = merged {
                         self.rule.matches.pop();
-                        self.push(Match::Protocol(p));
+                        self.push(Match::protocol(p));
                     } else {
-                        self.push(Match::PlainProtocol(neg(negated, name.clone())));
+                        self.push(Match::Protocol(ProtocolMatch::Plain(neg(
+                            negated,
+                            name.clone(),
+                        ))));
                     }
                     if let ProtocolName::Known(p) = name
                         && !negated
@@ -327,11 +332,7 @@ impl<'a> Parser<'a> {
                     let v = self.value(opt)?;
                     let range = port_range(v, name)?;
                     let m = if name == "--dport" || name == "--destination-port" {
-                        if !negated && range.first == range.last {
-                            Match::DestinationPort(range.first)
-                        } else {
-                            Match::DestinationPorts(neg(negated, range))
-                        }
+                        Match::DestinationPort(neg(negated, range))
                     } else {
                         Match::SourcePort(neg(negated, range))
                     };
@@ -370,7 +371,7 @@ impl<'a> Parser<'a> {
         if let Ok(ProtocolName::Known(p)) = ProtocolName::new(&name.text)
             && name.text == p.as_str()
         {
-            self.push(Match::ProtocolModule(p));
+            self.push(Match::Protocol(ProtocolMatch::ModuleOnly(p)));
             self.proto = Some(p);
             return Ok(());
         }
@@ -483,15 +484,11 @@ impl<'a> Parser<'a> {
             },
             "DNAT" => match only("--to-destination") {
                 Some(to) => match dnat_to(&to.text) {
-                    Some(t @ Target::Dnat(sa)) => {
-                        self.family.check(&sa.ip(), to.start)?;
-                        Some(t)
+                    Some(dnat) => {
+                        self.family.check(&dnat.addr, to.start)?;
+                        Some(Target::Dnat(dnat))
                     }
-                    Some(t @ Target::DnatAddress(ip)) => {
-                        self.family.check(&ip, to.start)?;
-                        Some(t)
-                    }
-                    _ => None,
+                    None => None,
                 },
                 None => None,
             },
@@ -653,17 +650,17 @@ pub(crate) fn snap_one_in(p: Probability) -> Probability {
     p
 }
 
-/// `ADDR:PORT` ([`Target::Dnat`]) or `ADDR` ([`Target::DnatAddress`], also
-/// `[V6]`); a range or anything else is `None` (kept verbatim).
-fn dnat_to(text: &str) -> Option<Target> {
+/// `ADDR:PORT` or `ADDR` (also `[V6]`); a range or anything else is `None`
+/// (kept verbatim: the kernel picks from a range, which a trace cannot follow).
+fn dnat_to(text: &str) -> Option<DnatTo> {
     if let Ok(sa) = text.parse::<SocketAddr>() {
-        return Some(Target::Dnat(sa));
+        return Some(sa.into());
     }
     let bare = text
         .strip_prefix('[')
         .and_then(|t| t.strip_suffix(']'))
         .unwrap_or(text);
-    bare.parse::<IpAddr>().ok().map(Target::DnatAddress)
+    bare.parse::<IpAddr>().ok().map(DnatTo::address)
 }
 
 /// `ADDR`, `ADDR:PORT`, `ADDR:P-Q`, `[V6]:P-Q`.

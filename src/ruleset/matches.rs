@@ -160,14 +160,16 @@ pub enum RecentAction {
 pub enum Match {
     /// `-m comment --comment TEXT`.
     Comment(Comment),
-    /// `-m P -p P`.
-    Protocol(Protocol),
+    /// The packet's protocol, spelt `-m P -p P` (what the compiler writes),
+    /// `[!] -p NAME` or `-m P` (see [`ProtocolMatch`]).
+    Protocol(ProtocolMatch),
     /// `[!] -s ADDR`.
     Source(Not<Address>),
     /// `[!] -d ADDR`.
     Destination(Not<Address>),
-    /// `--dport N` (after a [`Match::Protocol`]).
-    DestinationPort(u16),
+    /// `[!] --dport N[:M]` (after a [`Match::Protocol`]); the compiler writes one
+    /// port ([`Match::destination_port`]).
+    DestinationPort(Not<PortRange>),
     /// `[!] -i IFACE`.
     InInterface(Not<Interface>),
     /// `-m addrtype --src-type T`.
@@ -191,16 +193,8 @@ pub enum Match {
     Nfacct(NfacctCounter),
     /// `[!] -o IFACE`.
     OutInterface(Not<Interface>),
-    /// `[!] -p NAME` on its own, as `iptables-save` writes it (`-p tcp … -m tcp --dport 80`);
-    /// the compiler's `-m tcp -p tcp` is [`Match::Protocol`].
-    PlainProtocol(Not<ProtocolName>),
-    /// `-m P` on its own (`tcp`, `udp`, `sctp`), loading the module whose port
-    /// options follow.
-    ProtocolModule(Protocol),
     /// `[!] --sport N[:M]`.
     SourcePort(Not<PortRange>),
-    /// `[!] --dport N[:M]` when negated or a range; a plain port is [`Match::DestinationPort`].
-    DestinationPorts(Not<PortRange>),
     /// `-m multiport [!] --dports|--sports|--ports P,P:Q`.
     Multiport {
         /// Which ports are looked at.
@@ -256,6 +250,60 @@ impl fmt::Display for NfacctCounter {
     }
 }
 
+/// How a rule matches the packet's protocol. One meaning, three spellings that
+/// iptables accepts and prints back as they were written.
+///
+/// `Debug` shows the compiler's spelling as the protocol alone (`Tcp`), the
+/// others as their variant (`Plain(..)`, `ModuleOnly(Tcp)`).
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ProtocolMatch {
+    /// `-m P -p P`, as the compiler writes it ([`Match::protocol`]): loads the
+    /// protocol's module, whose port options may follow, and matches the protocol.
+    WithModule(Protocol),
+    /// `[!] -p NAME` on its own, as `iptables-save` writes it
+    /// (`-p tcp … -m tcp --dport 80`), with any protocol name or number.
+    Plain(Not<ProtocolName>),
+    /// `-m P` on its own (`tcp`, `udp`, `sctp`), loading the module whose port
+    /// options follow; the protocol itself is matched by a [`ProtocolMatch::Plain`]
+    /// elsewhere in the rule.
+    ModuleOnly(Protocol),
+}
+
+impl ProtocolMatch {
+    fn write_to<W: fmt::Write>(&self, f: &mut W) -> fmt::Result {
+        match self {
+            ProtocolMatch::WithModule(p) => {
+                f.write_str("-m ")?;
+                f.write_str(p.as_str())?;
+                f.write_str(" -p ")?;
+                f.write_str(p.as_str())
+            }
+            ProtocolMatch::Plain(p) => write!(f, "{}-p {}", p.bang(), p.value),
+            ProtocolMatch::ModuleOnly(p) => {
+                f.write_str("-m ")?;
+                f.write_str(p.as_str())
+            }
+        }
+    }
+}
+
+impl fmt::Debug for ProtocolMatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProtocolMatch::WithModule(p) => fmt::Debug::fmt(p, f),
+            ProtocolMatch::Plain(p) => f.debug_tuple("Plain").field(p).finish(),
+            ProtocolMatch::ModuleOnly(p) => f.debug_tuple("ModuleOnly").field(p).finish(),
+        }
+    }
+}
+
+impl From<Protocol> for ProtocolMatch {
+    /// The compiler's `-m P -p P`.
+    fn from(protocol: Protocol) -> Self {
+        ProtocolMatch::WithModule(protocol)
+    }
+}
+
 impl fmt::Display for Match {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.write_to(f)
@@ -263,6 +311,17 @@ impl fmt::Display for Match {
 }
 
 impl Match {
+    /// `-m P -p P`: the protocol match the compiler writes, which loads the
+    /// protocol's module for the port matches that follow it.
+    pub fn protocol(protocol: Protocol) -> Self {
+        Match::Protocol(ProtocolMatch::WithModule(protocol))
+    }
+
+    /// `--dport N`: one destination port, as the compiler writes it.
+    pub fn destination_port(port: u16) -> Self {
+        Match::DestinationPort(Not::is(PortRange::one(port)))
+    }
+
     /// Writes the match's flags; the common ones without `core::fmt` machinery.
     pub(crate) fn write_to<W: fmt::Write>(&self, f: &mut W) -> fmt::Result {
         match self {
@@ -270,12 +329,7 @@ impl Match {
                 f.write_str("-m comment --comment ")?;
                 c.write_to(f)
             }
-            Match::Protocol(p) => {
-                f.write_str("-m ")?;
-                f.write_str(p.as_str())?;
-                f.write_str(" -p ")?;
-                f.write_str(p.as_str())
-            }
+            Match::Protocol(p) => p.write_to(f),
             Match::Source(a) => {
                 f.write_str(a.bang())?;
                 f.write_str(flag::SOURCE)?;
@@ -287,8 +341,9 @@ impl Match {
                 a.value.write_to(f)
             }
             Match::DestinationPort(p) => {
+                f.write_str(p.bang())?;
                 f.write_str("--dport ")?;
-                text::dec(f, u32::from(*p))
+                p.value.write_to(f)
             }
             Match::InInterface(i) => write!(f, "{}-i {}", i.bang(), i.value),
             Match::SrcType(t) => write!(f, "-m addrtype --src-type {t}"),
@@ -321,10 +376,11 @@ impl Match {
             },
             Match::Nfacct(name) => write!(f, "-m nfacct --nfacct-name {name}"),
             Match::OutInterface(i) => write!(f, "{}-o {}", i.bang(), i.value),
-            Match::PlainProtocol(p) => write!(f, "{}-p {}", p.bang(), p.value),
-            Match::ProtocolModule(p) => write!(f, "-m {p}"),
-            Match::SourcePort(p) => write!(f, "{}--sport {}", p.bang(), p.value),
-            Match::DestinationPorts(p) => write!(f, "{}--dport {}", p.bang(), p.value),
+            Match::SourcePort(p) => {
+                f.write_str(p.bang())?;
+                f.write_str("--sport ")?;
+                p.value.write_to(f)
+            }
             Match::Multiport { of, ports } => {
                 let flag = match of {
                     PortsOf::Source => "--sports",
@@ -390,13 +446,21 @@ impl PortRange {
     }
 }
 
-impl fmt::Display for PortRange {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.first)?;
+impl PortRange {
+    /// Writes `N` or `N:M`, without `core::fmt` machinery.
+    fn write_to<W: fmt::Write>(&self, f: &mut W) -> fmt::Result {
+        text::dec(f, u32::from(self.first))?;
         if self.last != self.first {
-            write!(f, ":{}", self.last)?;
+            f.write_str(":")?;
+            text::dec(f, u32::from(self.last))?;
         }
         Ok(())
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.write_to(f)
     }
 }
 
@@ -406,7 +470,7 @@ fn write_ports<W: fmt::Write>(f: &mut W, ports: &[PortRange]) -> fmt::Result {
         if i > 0 {
             f.write_str(",")?;
         }
-        write!(f, "{p}")?;
+        p.write_to(f)?;
     }
     Ok(())
 }

@@ -58,6 +58,62 @@ impl MarkOp {
     }
 }
 
+/// Where DNAT sends a packet: a new address, and a new port unless the packet
+/// keeps its own (what Docker, CNI portmap and hand-written rules do).
+///
+/// `Debug` and `Display` print it as `--to-destination` takes it: `10.0.0.1:80`,
+/// `[fd00::1]:80`, `10.0.0.1`. (Ranges, where the kernel picks the address or
+/// port, are kept verbatim as [`Target::Other`]: a trace could not follow them.)
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct DnatTo {
+    /// The new destination address.
+    pub addr: IpAddr,
+    /// The new destination port; `None` keeps the packet's port.
+    pub port: Option<u16>,
+}
+
+impl DnatTo {
+    /// To an address, keeping the packet's port.
+    pub fn address(addr: IpAddr) -> Self {
+        DnatTo { addr, port: None }
+    }
+
+    /// The address and port this sends to, if it names a port.
+    pub fn socket_addr(&self) -> Option<SocketAddr> {
+        self.port.map(|port| SocketAddr::new(self.addr, port))
+    }
+
+    /// Writes the destination without `core::fmt` machinery.
+    fn write_to<W: fmt::Write>(&self, f: &mut W) -> fmt::Result {
+        match self.socket_addr() {
+            Some(to) => text::socket(f, to),
+            None => text::ip(f, self.addr),
+        }
+    }
+}
+
+impl From<SocketAddr> for DnatTo {
+    /// To one address and port, as the compiler writes it.
+    fn from(to: SocketAddr) -> Self {
+        DnatTo {
+            addr: to.ip(),
+            port: Some(to.port()),
+        }
+    }
+}
+
+impl fmt::Display for DnatTo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.write_to(f)
+    }
+}
+
+impl fmt::Debug for DnatTo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.write_to(f)
+    }
+}
+
 /// What a rule does with a packet it matches.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -74,11 +130,9 @@ pub enum Target {
     Return,
     /// `-j REJECT`.
     Reject,
-    /// `-j DNAT --to-destination ADDR:PORT` (IPv6 bracketed).
-    Dnat(SocketAddr),
-    /// `-j DNAT --to-destination ADDR` without a port: the packet keeps its
-    /// destination port (what Docker, CNI portmap and hand-written rules use).
-    DnatAddress(IpAddr),
+    /// `-j DNAT --to-destination ADDR[:PORT]` (IPv6 bracketed when a port
+    /// follows); the compiler writes `ADDR:PORT` (`DnatTo::from(SocketAddr)`).
+    Dnat(DnatTo),
     /// `-j MASQUERADE [--random-fully]`.
     Masquerade {
         /// Adds `--random-fully`.
@@ -122,11 +176,7 @@ impl Target {
             Target::Reject => f.write_str("-j REJECT"),
             Target::Dnat(to) => {
                 f.write_str(flag::DNAT)?;
-                text::socket(f, *to)
-            }
-            Target::DnatAddress(to) => {
-                f.write_str(flag::DNAT)?;
-                write!(f, "{to}")
+                to.write_to(f)
             }
             Target::Masquerade { random_fully } => {
                 f.write_str("-j MASQUERADE")?;

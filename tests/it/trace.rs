@@ -10,7 +10,7 @@ use proptest::prelude::*;
 use svcnat::compile::{compile, jump_rules};
 use svcnat::model::*;
 use svcnat::parse::parse;
-use svcnat::ruleset::{ChainName, Match, Rule, Ruleset, Table, TableRules, Target};
+use svcnat::ruleset::{ChainName, DnatTo, Match, Rule, Ruleset, Table, TableRules, Target};
 use svcnat::trace::{Node, Packet, Trace, TraceError, Verdict, trace, traceable};
 
 use crate::fixtures::{config, filter_input, ip, verdict};
@@ -865,7 +865,10 @@ fn nat_targets_not_understood_end_the_hook_unevaluated() {
         );
         let r = parse(&text).unwrap();
         let rule = &r.chain(Table::Nat, "PREROUTING").unwrap().rules[0];
-        assert_eq!(rule.target, Some(Target::DnatAddress(ip("fd00::9"))));
+        assert_eq!(
+            rule.target,
+            Some(Target::Dnat(DnatTo::address(ip("fd00::9"))))
+        );
         assert_eq!(parse(&svcnat::render::to_string(&r)).unwrap(), r);
     }
 }
