@@ -88,15 +88,17 @@ impl FromStr for Table {
 
 /// A rule's matches: a vector that keeps up to three inline, as most of the
 /// rules a large cluster has (endpoint jumps, DNAT, hairpin masquerade) need no
-/// heap allocation for their matches.
-pub type Matches = SmallVec<[Match; 3]>;
+/// heap allocation for their matches. Kept inside the crate: [`Rule::matches`]
+/// shows them as a slice.
+pub(crate) type Matches = SmallVec<[Match; 3]>;
 
 /// One rule: matches in order, then an optional target (a rule without a target
 /// only counts packets, like kube-proxy's "will be dropped" marker rule).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 pub struct Rule {
-    /// The matches, printed in this order (up to three stored inline).
-    pub matches: Matches,
+    /// The matches, printed in this order (up to three stored inline); read
+    /// with [`Rule::matches`], added with [`Rule::with`] and [`Rule::push`].
+    pub(crate) matches: Matches,
     /// The target.
     pub target: Option<Target>,
 }
@@ -111,6 +113,16 @@ impl Rule {
     pub fn with(mut self, m: Match) -> Self {
         self.matches.push(m);
         self
+    }
+
+    /// The matches, in the order they are printed.
+    pub fn matches(&self) -> &[Match] {
+        &self.matches
+    }
+
+    /// Adds a match in place.
+    pub fn push(&mut self, m: Match) {
+        self.matches.push(m);
     }
 
     /// Adds a match if it is `Some`.

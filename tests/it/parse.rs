@@ -271,14 +271,14 @@ fn a_mixed_node_keeps_what_svcnat_does_not_model_verbatim() {
     assert!(
         fwd.rules
             .iter()
-            .any(|r| r.matches.iter().any(|m| matches!(m, Match::Mark(_))))
+            .any(|r| r.matches().iter().any(|m| matches!(m, Match::Mark(_))))
     );
     let others: Vec<String> = ruleset
         .tables
         .iter()
         .flat_map(|t| t.chains.values())
         .flat_map(|c| &c.rules)
-        .flat_map(|r| &r.matches)
+        .flat_map(|r| r.matches())
         .filter_map(|m| match m {
             Match::Other(raw) => Some(raw.to_string()),
             _ => None,
@@ -664,7 +664,7 @@ fn a_single_quote_is_an_ordinary_character() {
     let r = parse(&text).unwrap();
     let rule = &r.chain(Table::Filter, "INPUT").unwrap().rules[0];
     assert!(
-        rule.matches.iter().any(
+        rule.matches().iter().any(
             |m| matches!(m, Match::OtherComment(raw) if raw.as_str() == "-m comment --comment it's")
         ),
         "{rule:?}"
@@ -696,7 +696,7 @@ fn comments_that_look_like_options_are_comments() {
         let r = parse(&text).unwrap_or_else(|e| panic!("{comment}: {e}"));
         let rule = &r.chain(Table::Filter, "INPUT").unwrap().rules[0];
         assert!(
-            rule.matches
+            rule.matches()
                 .iter()
                 .any(|m| matches!(m, Match::OtherComment(raw) if raw.as_str().ends_with(comment))),
             "{comment}: {rule:?}"

@@ -937,7 +937,7 @@ fn the_state_match_is_evaluated_as_ctstate() {
     let r = parse(&text).unwrap();
     let rules = &r.chain(Table::Filter, "INPUT").unwrap().rules;
     assert!(
-        matches!(rules[0].matches[0], Match::State(_)),
+        matches!(rules[0].matches()[0], Match::State(_)),
         "{:?}",
         rules[0]
     );
@@ -978,7 +978,7 @@ fn a_first_packet_is_never_a_later_fragment() {
     ))
     .unwrap();
     let rules = &r.chain(Table::Filter, "INPUT").unwrap().rules;
-    assert_eq!(rules[0].matches[..], [Match::Fragment { negated: false }]);
+    assert_eq!(rules[0].matches(), [Match::Fragment { negated: false }]);
     assert_eq!(rules[1].to_string(), "! -f -p tcp -j REJECT");
     assert_eq!(parse(&svcnat::render::to_string(&r)).unwrap(), r);
     let p = Packet::tcp(ip("10.1.2.3"), ip("192.168.0.2"), 22);
