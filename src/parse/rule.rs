@@ -14,8 +14,20 @@ use crate::ruleset::{
     Probability, ProtocolMatch, ProtocolName, RawText, Rule, Target, Word,
 };
 
-/// A parse failure at a byte offset of the line.
-pub(crate) type Fail = (usize, ErrorKind);
+/// A parse failure at a byte offset of the line, before the line is known.
+#[derive(Debug)]
+pub(crate) struct Fail {
+    /// The byte offset in the line.
+    pub at: usize,
+    /// What is wrong.
+    pub kind: ErrorKind,
+}
+
+impl Fail {
+    pub(crate) fn new(at: usize, kind: ErrorKind) -> Self {
+        Fail { at, kind }
+    }
+}
 
 /// The family of the addresses seen so far: fixed by the caller, or set by the
 /// first address.
@@ -33,7 +45,7 @@ impl FamilyCheck {
                 Ok(())
             }
             Some(expected) if expected == found => Ok(()),
-            Some(expected) => Err((at, ErrorKind::FamilyMismatch { expected, found })),
+            Some(expected) => Err(Fail::new(at, ErrorKind::FamilyMismatch { expected, found })),
         }
     }
 }
@@ -115,7 +127,7 @@ pub(crate) fn parse_rule(
 }
 
 fn bad(tok: &Token, option: &str, reason: impl Into<String>) -> Fail {
-    (
+    Fail::new(
         tok.start,
         ErrorKind::BadValue {
             option: option.to_owned(),
@@ -130,7 +142,7 @@ fn neg<T>(negated: bool, value: T) -> Not<T> {
 }
 
 fn ir(tok: &Token, e: crate::ruleset::IrError) -> Fail {
-    (tok.start, ErrorKind::Invalid(e))
+    Fail::new(tok.start, ErrorKind::Invalid(e))
 }
 
 impl<'a> Parser<'a> {
@@ -193,7 +205,7 @@ impl<'a> Parser<'a> {
                 self.i += 1;
                 Ok(t)
             }
-            _ => Err((
+            _ => Err(Fail::new(
                 option.start,
                 ErrorKind::MissingArgument {
                     option: option.text.clone(),
@@ -241,10 +253,13 @@ impl<'a> Parser<'a> {
             let negated = is_bang(tok);
             let opt = if negated {
                 let Some(next) = self.toks.get(self.i) else {
-                    return Err((tok.start, ErrorKind::UnexpectedToken(tok.text.clone())));
+                    return Err(Fail::new(
+                        tok.start,
+                        ErrorKind::UnexpectedToken(tok.text.clone()),
+                    ));
                 };
                 if is_bang(next) {
-                    return Err((next.start, ErrorKind::DoubleNegation));
+                    return Err(Fail::new(next.start, ErrorKind::DoubleNegation));
                 }
                 self.i += 1;
                 next
@@ -350,9 +365,17 @@ impl<'a> Parser<'a> {
                     self.push(Match::Other(raw));
                 }
                 _ if opt.is_option() => {
-                    return Err((opt.start, ErrorKind::UnknownOption(opt.text.clone())));
+                    return Err(Fail::new(
+                        opt.start,
+                        ErrorKind::UnknownOption(opt.text.clone()),
+                    ));
                 }
-                _ => return Err((opt.start, ErrorKind::UnexpectedToken(opt.text.clone()))),
+                _ => {
+                    return Err(Fail::new(
+                        opt.start,
+                        ErrorKind::UnexpectedToken(opt.text.clone()),
+                    ));
+                }
             }
         }
         Ok(())
@@ -360,7 +383,10 @@ impl<'a> Parser<'a> {
 
     fn set_target(&mut self, at: &Token, target: Target) -> Result<(), Fail> {
         if self.rule.target.is_some() {
-            return Err((at.start, ErrorKind::UnexpectedToken(at.text.clone())));
+            return Err(Fail::new(
+                at.start,
+                ErrorKind::UnexpectedToken(at.text.clone()),
+            ));
         }
         self.rule.target = Some(target);
         Ok(())
@@ -422,7 +448,7 @@ impl<'a> Parser<'a> {
             return Ok(false);
         };
         let Some(value) = toks.get(self.i + 1) else {
-            return Err((
+            return Err(Fail::new(
                 flag.start,
                 ErrorKind::MissingArgument {
                     option: flag.text.clone(),
@@ -554,13 +580,16 @@ impl<'a> Parser<'a> {
 fn one_arg<'t>(o: &Opt<'t>) -> Result<&'t Token, Fail> {
     match o.args.as_slice() {
         [a] => Ok(a),
-        [] => Err((
+        [] => Err(Fail::new(
             o.name.start,
             ErrorKind::MissingArgument {
                 option: o.name.text.clone(),
             },
         )),
-        [_, extra, ..] => Err((extra.start, ErrorKind::UnexpectedToken(extra.text.clone()))),
+        [_, extra, ..] => Err(Fail::new(
+            extra.start,
+            ErrorKind::UnexpectedToken(extra.text.clone()),
+        )),
     }
 }
 
