@@ -8,10 +8,10 @@
 //!   (`parse(render(r)) == r`). [`parse_bytes`] / [`parse_bytes_as`] read a
 //!   dump that is not all UTF-8 (a comment holds the bytes it was given),
 //!   replacing each invalid sequence by U+FFFD.
-//! * [`parse_payload`]: the same text as the sequence of restore operations it
+//! * [`parse_restore`]: the same text as the sequence of restore operations it
 //!   holds (`:CHAIN`, `-A`, `-I`, `-D`, `-N`, `-X`, `-F`, `-P`), for callers that
 //!   need to see what a payload *does* (a `-X` of a stale chain, say);
-//!   [`Payload::to_ruleset`] applies them to empty tables.
+//!   [`Restore::to_ruleset`] applies them to empty tables.
 //! * [`canonicalize`]: a semantic normal form, so that a dump read back from the
 //!   kernel with `iptables-save` compares equal to the ruleset that was loaded.
 //!
@@ -152,18 +152,19 @@ pub enum ErrorKind {
     Invalid(IrError),
 }
 
-/// A parsed restore text: what each table's section does, in order.
+/// Restore text read as what it does: each table's operations, in order (not
+/// yet applied; [`Restore::to_ruleset`] applies them).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Payload {
-    /// The family, from the addresses in the text (or as given to [`parse_payload_as`]).
+pub struct Restore {
+    /// The family, from the addresses in the text (or as given to [`parse_restore_as`]).
     pub family: IpFamily,
     /// The tables, in the order they appear (a table appearing twice is merged).
-    pub tables: Vec<TablePayload>,
+    pub tables: Vec<RestoreTable>,
 }
 
 /// One table's operations.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TablePayload {
+pub struct RestoreTable {
     /// The table.
     pub table: Table,
     /// The operations, in order.
@@ -243,14 +244,14 @@ pub fn builtin_chains(table: Table) -> &'static [&'static str] {
 }
 
 /// Parses a dump or restore payload into the ruleset it describes (operations
-/// applied to empty tables, see [`Payload::to_ruleset`]). The family is that of the
+/// applied to empty tables, see [`Restore::to_ruleset`]). The family is that of the
 /// addresses in the text, else that of the first `-4`/`-6` rule (IPv4 when it has
 /// neither); rules flagged for the other family are skipped.
 ///
 /// # Errors
 /// A [`ParseError`] naming the line, column and problem.
 pub fn parse(text: &str) -> Result<Ruleset, ParseError> {
-    parse_payload(text)?.to_ruleset()
+    parse_restore(text)?.to_ruleset()
 }
 
 /// Like [`parse`] for a known family; an address of the other family is an error.
@@ -258,7 +259,7 @@ pub fn parse(text: &str) -> Result<Ruleset, ParseError> {
 /// # Errors
 /// A [`ParseError`] naming the line, column and problem.
 pub fn parse_as(text: &str, family: IpFamily) -> Result<Ruleset, ParseError> {
-    parse_payload_as(text, family)?.to_ruleset()
+    parse_restore_as(text, family)?.to_ruleset()
 }
 
 /// Like [`parse`], for a dump read as bytes: what `iptables-save` prints is not
@@ -291,7 +292,7 @@ pub fn parse_bytes_as(bytes: &[u8], family: IpFamily) -> Result<Ruleset, ParseEr
 ///
 /// # Errors
 /// A [`ParseError`] naming the line, column and problem.
-pub fn parse_payload(text: &str) -> Result<Payload, ParseError> {
+pub fn parse_restore(text: &str) -> Result<Restore, ParseError> {
     parse_with(text, FamilyCheck { family: None })
 }
 
@@ -299,7 +300,7 @@ pub fn parse_payload(text: &str) -> Result<Payload, ParseError> {
 ///
 /// # Errors
 /// A [`ParseError`] naming the line, column and problem.
-pub fn parse_payload_as(text: &str, family: IpFamily) -> Result<Payload, ParseError> {
+pub fn parse_restore_as(text: &str, family: IpFamily) -> Result<Restore, ParseError> {
     parse_with(
         text,
         FamilyCheck {
@@ -317,8 +318,8 @@ fn error_at(line_no: usize, line: &str, offset: usize, kind: ErrorKind) -> Parse
     }
 }
 
-fn parse_with(text: &str, mut family: FamilyCheck) -> Result<Payload, ParseError> {
-    let mut tables: Vec<TablePayload> = Vec::new();
+fn parse_with(text: &str, mut family: FamilyCheck) -> Result<Restore, ParseError> {
+    let mut tables: Vec<RestoreTable> = Vec::new();
     // The table being read (index into `tables`) and the line of its header.
     let mut current: Option<(usize, usize, String)> = None;
     let mut last_line = (0, String::new());
@@ -344,7 +345,7 @@ fn parse_with(text: &str, mut family: FamilyCheck) -> Result<Payload, ParseError
             let idx = match tables.iter().position(|t| t.table == table) {
                 Some(i) => i,
                 None => {
-                    tables.push(TablePayload {
+                    tables.push(RestoreTable {
                         table,
                         ops: Vec::new(),
                     });
@@ -395,7 +396,7 @@ fn parse_with(text: &str, mut family: FamilyCheck) -> Result<Payload, ParseError
         t.ops
             .retain(|_| tags.next().flatten().is_none_or(|f| f == family));
     }
-    Ok(Payload { family, tables })
+    Ok(Restore { family, tables })
 }
 
 fn chain_name(tok: &Token) -> Result<ChainName, Fail> {
@@ -708,7 +709,7 @@ fn set_policy(cmd: &Command<'_>) -> Result<Op, Fail> {
 /// `-j NAME` to a chain the table never declares is a target svcnat does not
 /// model (`-j LOG`, `-j NOTRACK`): it becomes [`Target::Other`], which prints the
 /// same.
-fn resolve_jumps(table: &mut TablePayload) {
+fn resolve_jumps(table: &mut RestoreTable) {
     let builtin = table.table.builtin_chains();
     // A set: a large cluster's dump has a hundred thousand chains and as many jumps.
     let declared: std::collections::HashSet<ChainName> = table
@@ -734,7 +735,7 @@ fn resolve_jumps(table: &mut TablePayload) {
     }
 }
 
-impl Payload {
+impl Restore {
     /// The ruleset left by applying the operations to empty tables, in order:
     /// `:CHAIN` creates (or flushes) a chain, `-A`/`-I`/`-D` edit it, `-N`
     /// creates, `-X` deletes, `-F` flushes, `-P` sets a policy. A built-in chain

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use proptest::prelude::*;
 use svcnat::compile::{compile, jump_rules};
 use svcnat::model::*;
-use svcnat::parse::{ErrorKind, Op, canonicalize, parse, parse_as, parse_payload};
+use svcnat::parse::{ErrorKind, Op, canonicalize, parse, parse_as, parse_restore};
 use svcnat::render::to_string;
 use svcnat::ruleset::{Match, Ruleset, Table, Target};
 use svcnat::trace::{Node, Packet, Verdict, trace};
@@ -551,7 +551,7 @@ fn restore_payload_operations_are_kept_and_applied() {
         -D KUBE-SERVICES -j ACCEPT\n\
         [5:300] -A KUBE-SVC-A -j KUBE-NEW\n\
         COMMIT\n";
-    let payload = parse_payload(text).unwrap();
+    let payload = parse_restore(text).unwrap();
     let ops: Vec<&Op> = payload.tables[0].ops.iter().map(|o| &o.op).collect();
     assert!(matches!(ops[4], Op::DeleteChain(Some(c)) if c.as_str() == "KUBE-SEP-STALE"));
     assert_eq!(payload.tables[0].ops[4].line, 6);
