@@ -78,7 +78,7 @@ impl<E: Executor> Syncer<E> {
     /// An update that [`k8s::service`](crate::k8s::service) or
     /// [`k8s::endpoint_slice`](crate::k8s::endpoint_slice) skips removes what the state held
     /// under the object's key: a Service that became headless (kept, without
-    /// cluster IPs, see [`headless_service`](super::headless_service)) or
+    /// cluster IPs, see [`headless_service`]) or
     /// ExternalName loses its rules, a slice that lost its service label or became FQDN leaves its
     /// service. A slice whose service label changed moves to its new service.
     /// Slices are known by namespace and name, as in Kubernetes.

@@ -154,7 +154,7 @@ pub enum RecentAction {
 }
 
 /// One match of a rule. Each prints as the flags kube-proxy writes for it, in the
-/// order they appear in [`Rule::matches`].
+/// order they appear in [`Rule::matches`](super::Rule::matches).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum Match {

@@ -201,7 +201,7 @@ impl fmt::Display for ChainName {
 /// without quotes or backslashes, not starting with `-` or `!`. It prints quoted
 /// when it contains a space, as kube-proxy writes it; this is the one place where
 /// rule text is quoted. (A comment read from a dump that does not fit is kept
-/// verbatim as [`Match::OtherComment`].)
+/// verbatim as [`Match::OtherComment`](super::Match::OtherComment).)
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Comment(CommentText);
