@@ -92,7 +92,8 @@ use crate::compile::JumpRule;
 use crate::model::{IpFamily, Protocol};
 use crate::ruleset::{
     AddrKind, AddrType, Address, Chain, ChainName, CtState, Direction, Interface, Match, Not,
-    Policy, PortsOf, ProtocolName, RecentAction, Rule, Ruleset, Table, TableRules, Target,
+    Policy, PortsOf, ProtocolMatch, ProtocolName, RecentAction, Rule, Ruleset, Table, TableRules,
+    Target,
 };
 
 /// Where a packet enters the node.
@@ -1013,12 +1014,7 @@ impl<'a> Walker<'a> {
             }
             Some(Target::Return) => Step::Return,
             Some(Target::Dnat(to)) => {
-                state.dst = *to;
-                state.dnat = true;
-                Step::End(Flow::HookDone)
-            }
-            Some(Target::DnatAddress(to)) => {
-                state.dst = SocketAddr::new(*to, state.dst.port());
+                state.dst = SocketAddr::new(to.addr, to.port.unwrap_or(state.dst.port()));
                 state.dnat = true;
                 Step::End(Flow::HookDone)
             }
@@ -1155,8 +1151,10 @@ impl<'a> Walker<'a> {
             Match::Comment(_) | Match::OtherComment(_) | Match::Nfacct(_) => Eval::Yes,
             // A new connection's first packet is never a second fragment.
             Match::Fragment { negated } => not(*negated, false),
-            Match::Protocol(p) | Match::ProtocolModule(p) => yes(*p == proto),
-            Match::PlainProtocol(Not { negated, value }) => match value {
+            Match::Protocol(ProtocolMatch::WithModule(p) | ProtocolMatch::ModuleOnly(p)) => {
+                yes(*p == proto)
+            }
+            Match::Protocol(ProtocolMatch::Plain(Not { negated, value })) => match value {
                 ProtocolName::Known(p) => not(*negated, *p == proto),
                 ProtocolName::Other(w) if w.as_str() == "all" || w.as_str() == "0" => {
                     not(*negated, true)
@@ -1166,8 +1164,7 @@ impl<'a> Walker<'a> {
             },
             Match::Source(a) => not(a.negated, addr_contains(&a.value, &s.src.ip())),
             Match::Destination(a) => not(a.negated, addr_contains(&a.value, &s.dst.ip())),
-            Match::DestinationPort(p) => yes(s.dst.port() == *p),
-            Match::DestinationPorts(r) => not(r.negated, r.value.contains(s.dst.port())),
+            Match::DestinationPort(r) => not(r.negated, r.value.contains(s.dst.port())),
             Match::SourcePort(r) => not(r.negated, r.value.contains(s.src.port())),
             Match::Multiport { of, ports } => {
                 let hit = |port: u16| ports.value.iter().any(|r| r.contains(port));

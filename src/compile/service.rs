@@ -120,8 +120,8 @@ impl EndpointChain<'_> {
                 action: RecentAction::Set,
             });
         }
-        dnat.matches.push(Match::Protocol(self.protocol));
-        dnat.target = Some(Target::Dnat(self.endpoint.addr));
+        dnat.matches.push(Match::protocol(self.protocol));
+        dnat.target = Some(Target::Dnat(self.endpoint.addr.into()));
         [hairpin, dnat]
     }
 }
@@ -144,9 +144,9 @@ impl Capture<'_> {
     pub fn matches(&self) -> [Option<Match>; 5] {
         [
             self.comment.clone(),
-            Some(Match::Protocol(self.protocol)),
+            Some(Match::protocol(self.protocol)),
             Some(addr(self.ip)),
-            Some(Match::DestinationPort(self.port)),
+            Some(Match::destination_port(self.port)),
             self.extra.cloned(),
         ]
     }
@@ -530,19 +530,19 @@ impl<'s, 'p, 'a, S: Sink> PortBuilder<'s, 'p, 'a, S> {
             if self.ctx.localhost_nodeports && self.ctx.nfacct {
                 let rule = Rule::new()
                     .with_opt(self.comment(&[self.spn()])?)
-                    .with(Match::Protocol(proto))
+                    .with(Match::protocol(proto))
                     .with(Match::Destination(Not::is(Address::Net(
                         "127.0.0.0/8".parse().expect("valid CIDR"),
                     ))))
-                    .with(Match::DestinationPort(node_port))
+                    .with(Match::destination_port(node_port))
                     .with(Match::Nfacct(NfacctCounter::LocalhostNodePortsAccepted))
                     .to(jump(ext));
                 self.shared(SharedChain::NatNodePorts, rule);
             }
             let rule = Rule::new()
                 .with_opt(self.comment(&[self.spn()])?)
-                .with(Match::Protocol(proto))
-                .with(Match::DestinationPort(node_port))
+                .with(Match::protocol(proto))
+                .with(Match::destination_port(node_port))
                 .to(jump(ext));
             self.shared(SharedChain::NatNodePorts, rule);
         }
@@ -550,8 +550,8 @@ impl<'s, 'p, 'a, S: Sink> PortBuilder<'s, 'p, 'a, S> {
             let rule = Rule::new()
                 .with_opt(self.filter_comment(filter)?)
                 .with(Match::DstType(AddrType::Local))
-                .with(Match::Protocol(proto))
-                .with(Match::DestinationPort(node_port))
+                .with(Match::protocol(proto))
+                .with(Match::destination_port(node_port))
                 .to(filter.target.clone());
             self.shared(SharedChain::FilterExternalServices, rule);
         }
@@ -562,8 +562,8 @@ impl<'s, 'p, 'a, S: Sink> PortBuilder<'s, 'p, 'a, S> {
         if let Some(hc) = self.svc.health_check_node_port {
             let rule = Rule::new()
                 .with_opt(self.comment(&[self.spn(), " health check node port"])?)
-                .with(Match::Protocol(Protocol::Tcp))
-                .with(Match::DestinationPort(hc))
+                .with(Match::protocol(Protocol::Tcp))
+                .with(Match::destination_port(hc))
                 .to(Target::Accept);
             self.shared(SharedChain::FilterNodePorts, rule);
         }

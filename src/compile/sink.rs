@@ -365,7 +365,7 @@ fn endpoint_lines(ep: &EndpointChain<'_>, out: &mut String) -> fmt::Result {
             action: RecentAction::Set,
         })?;
     }
-    dnat.matching(&Match::Protocol(ep.protocol))?;
+    dnat.matching(&Match::protocol(ep.protocol))?;
     dnat.dnat_text(socket)?;
     dnat.end()
 }

@@ -3,7 +3,7 @@
 
 use crate::model::IpFamily;
 use crate::ruleset::{
-    Address, CtState, Match, Not, PortRange, Probability, ProtocolName, Rule, Ruleset, Target,
+    Address, CtState, Match, Not, Probability, ProtocolMatch, ProtocolName, Rule, Ruleset, Target,
 };
 
 /// The ruleset in canonical form: every rule through [`canonical_rule`]; tables,
@@ -44,7 +44,7 @@ pub fn canonicalize(ruleset: &Ruleset) -> Ruleset {
 /// One rule in canonical form:
 ///
 /// 1. `-p P` together with `-m P` (tcp, udp, sctp) becomes the compiler's
-///    [`Match::Protocol`]; a plain one-port `--dport` becomes [`Match::DestinationPort`].
+///    `-m P -p P` ([`Match::protocol`]).
 /// 2. A `/32` (IPv4) or `/128` (IPv6) network becomes a single address; other
 ///    networks lose their host bits, as the kernel stores them.
 /// 3. A statistic probability becomes the value the kernel stores for its
@@ -133,36 +133,24 @@ fn canonical_match(m: &Match) -> Match {
         Match::Statistic(p) => Match::Statistic(kernel_probability(*p)),
         Match::Conntrack(s) => Match::Conntrack(ct_order(s)),
         Match::State(s) => Match::State(ct_order(s)),
-        Match::DestinationPorts(Not {
-            negated: false,
-            value: PortRange { first, last },
-        }) if first == last => Match::DestinationPort(*first),
         other => other.clone(),
     }
 }
 
 fn merge_protocol(matches: &mut crate::ruleset::Matches) {
-    let plain = matches.iter().position(|m| {
-        matches!(
-            m,
-            Match::PlainProtocol(Not {
-                negated: false,
-                value: ProtocolName::Known(_)
-            })
-        )
+    let plain = matches.iter().enumerate().find_map(|(i, m)| match m {
+        Match::Protocol(ProtocolMatch::Plain(Not {
+            negated: false,
+            value: ProtocolName::Known(p),
+        })) => Some((i, *p)),
+        _ => None,
     });
-    let Some(i) = plain else {
+    let Some((i, p)) = plain else {
         return;
     };
-    let Match::PlainProtocol(Not {
-        value: ProtocolName::Known(p),
-        ..
-    }) = matches[i]
-    else {
-        return;
-    };
-    if let Some(j) = matches.iter().position(|m| *m == Match::ProtocolModule(p)) {
-        matches[i] = Match::Protocol(p);
+    let module = Match::Protocol(ProtocolMatch::ModuleOnly(p));
+    if let Some(j) = matches.iter().position(|m| *m == module) {
+        matches[i] = Match::protocol(p);
         matches.remove(j);
     }
 }
@@ -173,12 +161,9 @@ fn rank(m: &Match) -> u8 {
         Match::SrcType(_) | Match::DstType(_) | Match::AddressType { .. } => 1,
         Match::Recent { .. } => 2,
         Match::Statistic(_) => 3,
-        Match::Protocol(_) | Match::PlainProtocol(_) | Match::ProtocolModule(_) => 4,
+        Match::Protocol(_) => 4,
         Match::Destination(_) => 5,
-        Match::DestinationPort(_)
-        | Match::DestinationPorts(_)
-        | Match::SourcePort(_)
-        | Match::Multiport { .. } => 6,
+        Match::DestinationPort(_) | Match::SourcePort(_) | Match::Multiport { .. } => 6,
         Match::Source(_)
         | Match::InInterface(_)
         | Match::OutInterface(_)

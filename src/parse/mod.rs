@@ -8,10 +8,10 @@
 //!   (`parse(render(r)) == r`). [`parse_bytes`] / [`parse_bytes_as`] read a
 //!   dump that is not all UTF-8 (a comment holds the bytes it was given),
 //!   replacing each invalid sequence by U+FFFD.
-//! * [`parse_payload`]: the same text as the sequence of restore operations it
+//! * [`parse_restore`]: the same text as the sequence of restore operations it
 //!   holds (`:CHAIN`, `-A`, `-I`, `-D`, `-N`, `-X`, `-F`, `-P`), for callers that
 //!   need to see what a payload *does* (a `-X` of a stale chain, say);
-//!   [`Payload::to_ruleset`] applies them to empty tables.
+//!   [`Restore::to_ruleset`] applies them to empty tables.
 //! * [`canonicalize`]: a semantic normal form, so that a dump read back from the
 //!   kernel with `iptables-save` compares equal to the ruleset that was loaded.
 //!
@@ -66,7 +66,7 @@ use crate::ruleset::lex::{Token, tokenize};
 use crate::ruleset::{
     ChainName, IrError, Policy, RawText, Rule, Ruleset, Table, TableRules, Target,
 };
-use rule::{FamilyCheck, parse_rule};
+use rule::{Fail, FamilyCheck, parse_rule};
 
 /// A line that could not be read, with where and why. It displays on one
 /// line: `line 3, column 33: … , in "-A …"`, the offending line quoted and
@@ -155,18 +155,19 @@ pub enum ErrorKind {
     Invalid(IrError),
 }
 
-/// A parsed restore text: what each table's section does, in order.
+/// Restore text read as what it does: each table's operations, in order (not
+/// yet applied; [`Restore::to_ruleset`] applies them).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Payload {
-    /// The family, from the addresses in the text (or as given to [`parse_payload_as`]).
+pub struct Restore {
+    /// The family, from the addresses in the text (or as given to [`parse_restore_as`]).
     pub family: IpFamily,
     /// The tables, in the order they appear (a table appearing twice is merged).
-    pub tables: Vec<TablePayload>,
+    pub tables: Vec<RestoreTable>,
 }
 
 /// One table's operations.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TablePayload {
+pub struct RestoreTable {
     /// The table.
     pub table: Table,
     /// The operations, in order.
@@ -246,14 +247,14 @@ pub fn builtin_chains(table: Table) -> &'static [&'static str] {
 }
 
 /// Parses a dump or restore payload into the ruleset it describes (operations
-/// applied to empty tables, see [`Payload::to_ruleset`]). The family is that of the
+/// applied to empty tables, see [`Restore::to_ruleset`]). The family is that of the
 /// addresses in the text, else that of the first `-4`/`-6` rule (IPv4 when it has
 /// neither); rules flagged for the other family are skipped.
 ///
 /// # Errors
 /// A [`ParseError`] naming the line, column and problem.
 pub fn parse(text: &str) -> Result<Ruleset, ParseError> {
-    parse_payload(text)?.to_ruleset()
+    parse_restore(text)?.to_ruleset()
 }
 
 /// Like [`parse`] for a known family; an address of the other family is an error.
@@ -261,7 +262,7 @@ pub fn parse(text: &str) -> Result<Ruleset, ParseError> {
 /// # Errors
 /// A [`ParseError`] naming the line, column and problem.
 pub fn parse_as(text: &str, family: IpFamily) -> Result<Ruleset, ParseError> {
-    parse_payload_as(text, family)?.to_ruleset()
+    parse_restore_as(text, family)?.to_ruleset()
 }
 
 /// Like [`parse`], for a dump read as bytes: what `iptables-save` prints is not
@@ -294,7 +295,7 @@ pub fn parse_bytes_as(bytes: &[u8], family: IpFamily) -> Result<Ruleset, ParseEr
 ///
 /// # Errors
 /// A [`ParseError`] naming the line, column and problem.
-pub fn parse_payload(text: &str) -> Result<Payload, ParseError> {
+pub fn parse_restore(text: &str) -> Result<Restore, ParseError> {
     parse_with(text, FamilyCheck { family: None })
 }
 
@@ -302,7 +303,7 @@ pub fn parse_payload(text: &str) -> Result<Payload, ParseError> {
 ///
 /// # Errors
 /// A [`ParseError`] naming the line, column and problem.
-pub fn parse_payload_as(text: &str, family: IpFamily) -> Result<Payload, ParseError> {
+pub fn parse_restore_as(text: &str, family: IpFamily) -> Result<Restore, ParseError> {
     parse_with(
         text,
         FamilyCheck {
@@ -320,8 +321,8 @@ fn error_at(line_no: usize, line: &str, offset: usize, kind: ErrorKind) -> Parse
     }
 }
 
-fn parse_with(text: &str, mut family: FamilyCheck) -> Result<Payload, ParseError> {
-    let mut tables: Vec<TablePayload> = Vec::new();
+fn parse_with(text: &str, mut family: FamilyCheck) -> Result<Restore, ParseError> {
+    let mut tables: Vec<RestoreTable> = Vec::new();
     // The table being read (index into `tables`) and the line of its header.
     let mut current: Option<(usize, usize, String)> = None;
     let mut last_line = (0, String::new());
@@ -347,7 +348,7 @@ fn parse_with(text: &str, mut family: FamilyCheck) -> Result<Payload, ParseError
             let idx = match tables.iter().position(|t| t.table == table) {
                 Some(i) => i,
                 None => {
-                    tables.push(TablePayload {
+                    tables.push(RestoreTable {
                         table,
                         ops: Vec::new(),
                     });
@@ -370,8 +371,12 @@ fn parse_with(text: &str, mut family: FamilyCheck) -> Result<Payload, ParseError
         };
         let idx = *idx;
         let toks = tokenize(line).map_err(|at| fail(at, ErrorKind::UnterminatedQuote))?;
-        let parsed = parse_line(line, &toks, &mut family).map_err(|(at, kind)| fail(at, kind))?;
-        if let Some((op, tag)) = parsed {
+        let parsed = parse_line(line, &toks, &mut family).map_err(|f| fail(f.at, f.kind))?;
+        if let Some(FamilyTagged {
+            value: op,
+            family: tag,
+        }) = parsed
+        {
             tables[idx].ops.push(Operation { line: line_no, op });
             tags[idx].push(tag);
         }
@@ -394,11 +399,11 @@ fn parse_with(text: &str, mut family: FamilyCheck) -> Result<Payload, ParseError
         t.ops
             .retain(|_| tags.next().flatten().is_none_or(|f| f == family));
     }
-    Ok(Payload { family, tables })
+    Ok(Restore { family, tables })
 }
 
-fn chain_name(tok: &Token) -> Result<ChainName, rule::Fail> {
-    ChainName::new(tok.text.clone()).map_err(|e| (tok.start, ErrorKind::Invalid(e)))
+fn chain_name(tok: &Token) -> Result<ChainName, Fail> {
+    ChainName::new(tok.text.clone()).map_err(|e| Fail::new(tok.start, ErrorKind::Invalid(e)))
 }
 
 /// The family a rule is restricted to by `-4`/`--ipv4` or `-6`/`--ipv6`.
@@ -416,41 +421,68 @@ fn rule_family(toks: &[Token]) -> Option<IpFamily> {
     })
 }
 
-/// A rule's words as a [`Rule`], with the family of its `-4`/`-6` flag when the
-/// ruleset's family is not known yet; `None` for a rule of the other family,
-/// which `iptables-restore` skips (`-6` in IPv4 input, `-4` in IPv6 input).
-type FamilyRule = Option<(Rule, Option<IpFamily>)>;
+/// A line's rule or operation, with the family of its rule's `-4`/`-6` flag when
+/// the ruleset's family is not known yet (decided once the whole text is read).
+struct FamilyTagged<T> {
+    /// The rule or operation.
+    value: T,
+    /// The family its `-4`/`-6` flag restricts it to, while still undecided.
+    family: Option<IpFamily>,
+}
 
+impl<T> FamilyTagged<T> {
+    /// A value no family flag restricts (or whose family is already checked).
+    fn any(value: T) -> Self {
+        FamilyTagged {
+            value,
+            family: None,
+        }
+    }
+
+    fn map<U>(self, f: impl FnOnce(T) -> U) -> FamilyTagged<U> {
+        FamilyTagged {
+            value: f(self.value),
+            family: self.family,
+        }
+    }
+}
+
+/// A rule's words as a [`Rule`], tagged with the family of its `-4`/`-6` flag
+/// when the ruleset's family is not known yet; `None` for a rule of the other
+/// family, which `iptables-restore` skips (`-6` in IPv4 input, `-4` in IPv6 input).
 fn family_rule(
     line: &str,
     toks: &[Token],
     before: Option<IpFamily>,
     family: &mut FamilyCheck,
-) -> Result<FamilyRule, rule::Fail> {
+) -> Result<Option<FamilyTagged<Rule>>, Fail> {
     match (before.or_else(|| rule_family(toks)), family.family) {
-        (None, _) => Ok(Some((parse_rule(line, toks, family)?, None))),
+        (None, _) => Ok(Some(FamilyTagged::any(parse_rule(line, toks, family)?))),
         (Some(f), Some(known)) if f != known => Ok(None),
-        (Some(_), Some(_)) => Ok(Some((parse_rule(line, toks, family)?, None))),
+        (Some(_), Some(_)) => Ok(Some(FamilyTagged::any(parse_rule(line, toks, family)?))),
         (Some(f), None) => {
             let mut own = FamilyCheck { family: Some(f) };
-            Ok(Some((parse_rule(line, toks, &mut own)?, Some(f))))
+            Ok(Some(FamilyTagged {
+                value: parse_rule(line, toks, &mut own)?,
+                family: Some(f),
+            }))
         }
     }
 }
 
-/// One line as an operation, with the family its rule is restricted to (see
-/// [`family_rule`]); `None` for a rule skipped as of the other family.
+/// One line as an operation, tagged with the family its rule is restricted to
+/// (see [`family_rule`]); `None` for a rule skipped as of the other family.
 fn parse_line(
     line: &str,
     toks: &[Token],
     family: &mut FamilyCheck,
-) -> Result<Option<(Op, Option<IpFamily>)>, rule::Fail> {
+) -> Result<Option<FamilyTagged<Op>>, Fail> {
     let (toks, before) = strip_prefixes(toks);
     let Some(first) = toks.first() else {
-        return Err((0, ErrorKind::UnknownCommand(String::new())));
+        return Err(Fail::new(0, ErrorKind::UnknownCommand(String::new())));
     };
     if let Some(name) = first.text.strip_prefix(':') {
-        return Ok(Some((declare(first, name, toks)?, None)));
+        return Ok(Some(FamilyTagged::any(declare(first, name, toks)?)));
     }
     let cmd = Command { line, toks, before };
     let op = match first.text.as_str() {
@@ -461,9 +493,14 @@ fn parse_line(
         "-X" | "--delete-chain" => Op::DeleteChain(cmd.optional_chain()?),
         "-F" | "--flush" => Op::Flush(cmd.optional_chain()?),
         "-P" | "--policy" => set_policy(&cmd)?,
-        _ => return Err((first.start, ErrorKind::UnknownCommand(first.text.clone()))),
+        _ => {
+            return Err(Fail::new(
+                first.start,
+                ErrorKind::UnknownCommand(first.text.clone()),
+            ));
+        }
     };
-    Ok(Some((op, None)))
+    Ok(Some(FamilyTagged::any(op)))
 }
 
 /// The words of a line without what may come before its command: the rule's
@@ -489,7 +526,7 @@ fn strip_prefixes(toks: &[Token]) -> (&[Token], Option<IpFamily>) {
 }
 
 /// `:CHAIN POLICY [p:b]`, whose first word is `first` and chain `name`.
-fn declare(first: &Token, name: &str, toks: &[Token]) -> Result<Op, rule::Fail> {
+fn declare(first: &Token, name: &str, toks: &[Token]) -> Result<Op, Fail> {
     let name_tok = Token {
         text: name.to_owned(),
         start: first.start + 1,
@@ -502,7 +539,7 @@ fn declare(first: &Token, name: &str, toks: &[Token]) -> Result<Op, rule::Fail> 
         Some("ACCEPT") => Some(Policy::Accept),
         Some("DROP") => Some(Policy::Drop),
         Some(other) => {
-            return Err((
+            return Err(Fail::new(
                 toks[1].start,
                 ErrorKind::BadValue {
                     option: "policy".into(),
@@ -513,7 +550,10 @@ fn declare(first: &Token, name: &str, toks: &[Token]) -> Result<Op, rule::Fail> 
         }
     };
     if let Some(extra) = toks.get(3) {
-        return Err((extra.start, ErrorKind::UnexpectedToken(extra.text.clone())));
+        return Err(Fail::new(
+            extra.start,
+            ErrorKind::UnexpectedToken(extra.text.clone()),
+        ));
     }
     Ok(Op::Declare { chain, policy })
 }
@@ -535,10 +575,10 @@ impl Command<'_> {
     }
 
     /// The chain the command names; an error if it names none.
-    fn chain(&self) -> Result<ChainName, rule::Fail> {
+    fn chain(&self) -> Result<ChainName, Fail> {
         match self.toks.get(1) {
             Some(t) => chain_name(t),
-            None => Err((
+            None => Err(Fail::new(
                 self.word().start,
                 ErrorKind::MissingArgument {
                     option: self.word().text.clone(),
@@ -549,7 +589,7 @@ impl Command<'_> {
 
     /// The chain of `-X`/`-F`, which may name none (then all chains); nothing
     /// may follow it.
-    fn optional_chain(&self) -> Result<Option<ChainName>, rule::Fail> {
+    fn optional_chain(&self) -> Result<Option<ChainName>, Fail> {
         match self.toks.get(1) {
             Some(t) => {
                 self.nothing_after(1)?;
@@ -560,9 +600,12 @@ impl Command<'_> {
     }
 
     /// An error at the word after index `i`, if there is one.
-    fn nothing_after(&self, i: usize) -> Result<(), rule::Fail> {
+    fn nothing_after(&self, i: usize) -> Result<(), Fail> {
         match self.toks.get(i + 1) {
-            Some(extra) => Err((extra.start, ErrorKind::UnexpectedToken(extra.text.clone()))),
+            Some(extra) => Err(Fail::new(
+                extra.start,
+                ErrorKind::UnexpectedToken(extra.text.clone()),
+            )),
             None => Ok(()),
         }
     }
@@ -575,13 +618,13 @@ impl Command<'_> {
     }
 
     /// The 1-based rule position at `tok`.
-    fn position(&self, tok: &Token) -> Result<usize, rule::Fail> {
+    fn position(&self, tok: &Token) -> Result<usize, Fail> {
         tok.text
             .parse::<usize>()
             .ok()
             .filter(|&n| n >= 1)
             .ok_or_else(|| {
-                (
+                Fail::new(
                     tok.start,
                     ErrorKind::BadValue {
                         option: self.word().text.clone(),
@@ -593,79 +636,67 @@ impl Command<'_> {
     }
 
     /// The rule in `rest`, as [`family_rule`] reads it.
-    fn rule(&self, rest: &[Token], family: &mut FamilyCheck) -> Result<FamilyRule, rule::Fail> {
+    fn rule(
+        &self,
+        rest: &[Token],
+        family: &mut FamilyCheck,
+    ) -> Result<Option<FamilyTagged<Rule>>, Fail> {
         family_rule(self.line, rest, self.before, family)
     }
 }
 
 /// `-A CHAIN RULE`.
-fn append(
-    cmd: &Command<'_>,
-    family: &mut FamilyCheck,
-) -> Result<Option<(Op, Option<IpFamily>)>, rule::Fail> {
+fn append(cmd: &Command<'_>, family: &mut FamilyCheck) -> Result<Option<FamilyTagged<Op>>, Fail> {
     let chain = cmd.chain()?;
-    let Some((rule, tag)) = cmd.rule(&cmd.toks[2..], family)? else {
-        return Ok(None);
-    };
-    Ok(Some((Op::Append { chain, rule }, tag)))
+    let rule = cmd.rule(&cmd.toks[2..], family)?;
+    Ok(rule.map(|r| r.map(|rule| Op::Append { chain, rule })))
 }
 
 /// `-I CHAIN [N] RULE`.
-fn insert(
-    cmd: &Command<'_>,
-    family: &mut FamilyCheck,
-) -> Result<Option<(Op, Option<IpFamily>)>, rule::Fail> {
+fn insert(cmd: &Command<'_>, family: &mut FamilyCheck) -> Result<Option<FamilyTagged<Op>>, Fail> {
     let chain = cmd.chain()?;
     let (position, rest) = if cmd.is_number(2) {
         (cmd.position(&cmd.toks[2])?, &cmd.toks[3..])
     } else {
         (1, cmd.toks.get(2..).unwrap_or(&[]))
     };
-    let Some((rule, tag)) = cmd.rule(rest, family)? else {
-        return Ok(None);
-    };
-    Ok(Some((
-        Op::Insert {
+    let rule = cmd.rule(rest, family)?;
+    Ok(rule.map(|r| {
+        r.map(|rule| Op::Insert {
             chain,
             position,
             rule,
-        },
-        tag,
-    )))
+        })
+    }))
 }
 
 /// `-D CHAIN N` or `-D CHAIN RULE`.
-fn delete(
-    cmd: &Command<'_>,
-    family: &mut FamilyCheck,
-) -> Result<Option<(Op, Option<IpFamily>)>, rule::Fail> {
+fn delete(cmd: &Command<'_>, family: &mut FamilyCheck) -> Result<Option<FamilyTagged<Op>>, Fail> {
     let chain = cmd.chain()?;
     if cmd.is_number(2) && cmd.toks.len() == 3 {
         let position = cmd.position(&cmd.toks[2])?;
-        return Ok(Some((Op::DeleteAt { chain, position }, None)));
+        return Ok(Some(FamilyTagged::any(Op::DeleteAt { chain, position })));
     }
     let rest = cmd.toks.get(2..).unwrap_or(&[]);
-    let Some((rule, tag)) = cmd.rule(rest, family)? else {
-        return Ok(None);
-    };
-    Ok(Some((Op::Delete { chain, rule }, tag)))
+    let rule = cmd.rule(rest, family)?;
+    Ok(rule.map(|r| r.map(|rule| Op::Delete { chain, rule })))
 }
 
 /// `-N CHAIN`.
-fn new_chain(cmd: &Command<'_>) -> Result<Op, rule::Fail> {
+fn new_chain(cmd: &Command<'_>) -> Result<Op, Fail> {
     cmd.nothing_after(1)?;
     Ok(Op::NewChain(cmd.chain()?))
 }
 
 /// `-P CHAIN ACCEPT|DROP`.
-fn set_policy(cmd: &Command<'_>) -> Result<Op, rule::Fail> {
+fn set_policy(cmd: &Command<'_>) -> Result<Op, Fail> {
     let chain = cmd.chain()?;
     let policy = match cmd.toks.get(2).map(|t| t.text.as_str()) {
         Some("ACCEPT") => Policy::Accept,
         Some("DROP") => Policy::Drop,
         _ => {
             let at = cmd.toks.get(2).unwrap_or(cmd.word());
-            return Err((
+            return Err(Fail::new(
                 at.start,
                 ErrorKind::BadValue {
                     option: "-P".into(),
@@ -681,7 +712,7 @@ fn set_policy(cmd: &Command<'_>) -> Result<Op, rule::Fail> {
 /// `-j NAME` to a chain the table never declares is a target svcnat does not
 /// model (`-j LOG`, `-j NOTRACK`): it becomes [`Target::Other`], which prints the
 /// same.
-fn resolve_jumps(table: &mut TablePayload) {
+fn resolve_jumps(table: &mut RestoreTable) {
     let builtin = table.table.builtin_chains();
     // A set: a large cluster's dump has a hundred thousand chains and as many jumps.
     let declared: std::collections::HashSet<ChainName> = table
@@ -707,7 +738,7 @@ fn resolve_jumps(table: &mut TablePayload) {
     }
 }
 
-impl Payload {
+impl Restore {
     /// The ruleset left by applying the operations to empty tables, in order:
     /// `:CHAIN` creates (or flushes) a chain, `-A`/`-I`/`-D` edit it, `-N`
     /// creates, `-X` deletes, `-F` flushes, `-P` sets a policy. A built-in chain

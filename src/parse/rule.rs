@@ -10,12 +10,24 @@ use super::ErrorKind;
 use crate::model::{IpFamily, Protocol};
 use crate::ruleset::lex::Token;
 use crate::ruleset::{
-    Address, ChainName, Comment, Interface, Mark, MarkOp, Match, Not, PortRange, Probability,
-    ProtocolName, RawText, Rule, Target, Word,
+    Address, ChainName, Comment, DnatTo, Interface, Mark, MarkOp, Match, Not, PortRange,
+    Probability, ProtocolMatch, ProtocolName, RawText, Rule, Target, Word,
 };
 
-/// A parse failure at a byte offset of the line.
-pub(crate) type Fail = (usize, ErrorKind);
+/// A parse failure at a byte offset of the line, before the line is known.
+#[derive(Debug)]
+pub(crate) struct Fail {
+    /// The byte offset in the line.
+    pub at: usize,
+    /// What is wrong.
+    pub kind: ErrorKind,
+}
+
+impl Fail {
+    pub(crate) fn new(at: usize, kind: ErrorKind) -> Self {
+        Fail { at, kind }
+    }
+}
 
 /// The family of the addresses seen so far: fixed by the caller, or set by the
 /// first address.
@@ -33,7 +45,7 @@ impl FamilyCheck {
                 Ok(())
             }
             Some(expected) if expected == found => Ok(()),
-            Some(expected) => Err((at, ErrorKind::FamilyMismatch { expected, found })),
+            Some(expected) => Err(Fail::new(at, ErrorKind::FamilyMismatch { expected, found })),
         }
     }
 }
@@ -115,7 +127,7 @@ pub(crate) fn parse_rule(
 }
 
 fn bad(tok: &Token, option: &str, reason: impl Into<String>) -> Fail {
-    (
+    Fail::new(
         tok.start,
         ErrorKind::BadValue {
             option: option.to_owned(),
@@ -130,7 +142,7 @@ fn neg<T>(negated: bool, value: T) -> Not<T> {
 }
 
 fn ir(tok: &Token, e: crate::ruleset::IrError) -> Fail {
-    (tok.start, ErrorKind::Invalid(e))
+    Fail::new(tok.start, ErrorKind::Invalid(e))
 }
 
 impl<'a> Parser<'a> {
@@ -193,7 +205,7 @@ impl<'a> Parser<'a> {
                 self.i += 1;
                 Ok(t)
             }
-            _ => Err((
+            _ => Err(Fail::new(
                 option.start,
                 ErrorKind::MissingArgument {
                     option: option.text.clone(),
@@ -241,10 +253,13 @@ impl<'a> Parser<'a> {
             let negated = is_bang(tok);
             let opt = if negated {
                 let Some(next) = self.toks.get(self.i) else {
-                    return Err((tok.start, ErrorKind::UnexpectedToken(tok.text.clone())));
+                    return Err(Fail::new(
+                        tok.start,
+                        ErrorKind::UnexpectedToken(tok.text.clone()),
+                    ));
                 };
                 if is_bang(next) {
-                    return Err((next.start, ErrorKind::DoubleNegation));
+                    return Err(Fail::new(next.start, ErrorKind::DoubleNegation));
                 }
                 self.i += 1;
                 next
@@ -278,12 +293,14 @@ impl<'a> Parser<'a> {
                     let v = self.value(opt)?;
                     let name = ProtocolName::new(&v.text).map_err(|e| ir(v, e))?;
                     let merged = match (&name, self.rule.matches.last()) {
-                        (ProtocolName::Known(p), Some(Match::ProtocolModule(m)))
-                            if !negated
-                                && p == m
-                                && start >= 2
-                                && self.toks[start - 2].text == "-m"
-                                && self.toks[start - 1].text == p.as_str() =>
+                        (
+                            ProtocolName::Known(p),
+                            Some(Match::Protocol(ProtocolMatch::ModuleOnly(m))),
+                        ) if !negated
+                            && p == m
+                            && start >= 2
+                            && self.toks[start - 2].text == "-m"
+                            && self.toks[start - 1].text == p.as_str() =>
                         {
                             Some(*p)
                         }
@@ -291,9 +308,12 @@ impl<'a> Parser<'a> {
                     };
                     if let Some(p) = merged {
                         self.rule.matches.pop();
-                        self.push(Match::Protocol(p));
+                        self.push(Match::protocol(p));
                     } else {
-                        self.push(Match::PlainProtocol(neg(negated, name.clone())));
+                        self.push(Match::Protocol(ProtocolMatch::Plain(neg(
+                            negated,
+                            name.clone(),
+                        ))));
                     }
                     if let ProtocolName::Known(p) = name
                         && !negated
@@ -327,11 +347,7 @@ impl<'a> Parser<'a> {
                     let v = self.value(opt)?;
                     let range = port_range(v, name)?;
                     let m = if name == "--dport" || name == "--destination-port" {
-                        if !negated && range.first == range.last {
-                            Match::DestinationPort(range.first)
-                        } else {
-                            Match::DestinationPorts(neg(negated, range))
-                        }
+                        Match::DestinationPort(neg(negated, range))
                     } else {
                         Match::SourcePort(neg(negated, range))
                     };
@@ -349,9 +365,17 @@ impl<'a> Parser<'a> {
                     self.push(Match::Other(raw));
                 }
                 _ if opt.is_option() => {
-                    return Err((opt.start, ErrorKind::UnknownOption(opt.text.clone())));
+                    return Err(Fail::new(
+                        opt.start,
+                        ErrorKind::UnknownOption(opt.text.clone()),
+                    ));
                 }
-                _ => return Err((opt.start, ErrorKind::UnexpectedToken(opt.text.clone()))),
+                _ => {
+                    return Err(Fail::new(
+                        opt.start,
+                        ErrorKind::UnexpectedToken(opt.text.clone()),
+                    ));
+                }
             }
         }
         Ok(())
@@ -359,7 +383,10 @@ impl<'a> Parser<'a> {
 
     fn set_target(&mut self, at: &Token, target: Target) -> Result<(), Fail> {
         if self.rule.target.is_some() {
-            return Err((at.start, ErrorKind::UnexpectedToken(at.text.clone())));
+            return Err(Fail::new(
+                at.start,
+                ErrorKind::UnexpectedToken(at.text.clone()),
+            ));
         }
         self.rule.target = Some(target);
         Ok(())
@@ -370,7 +397,7 @@ impl<'a> Parser<'a> {
         if let Ok(ProtocolName::Known(p)) = ProtocolName::new(&name.text)
             && name.text == p.as_str()
         {
-            self.push(Match::ProtocolModule(p));
+            self.push(Match::Protocol(ProtocolMatch::ModuleOnly(p)));
             self.proto = Some(p);
             return Ok(());
         }
@@ -421,7 +448,7 @@ impl<'a> Parser<'a> {
             return Ok(false);
         };
         let Some(value) = toks.get(self.i + 1) else {
-            return Err((
+            return Err(Fail::new(
                 flag.start,
                 ErrorKind::MissingArgument {
                     option: flag.text.clone(),
@@ -483,15 +510,11 @@ impl<'a> Parser<'a> {
             },
             "DNAT" => match only("--to-destination") {
                 Some(to) => match dnat_to(&to.text) {
-                    Some(t @ Target::Dnat(sa)) => {
-                        self.family.check(&sa.ip(), to.start)?;
-                        Some(t)
+                    Some(dnat) => {
+                        self.family.check(&dnat.addr, to.start)?;
+                        Some(Target::Dnat(dnat))
                     }
-                    Some(t @ Target::DnatAddress(ip)) => {
-                        self.family.check(&ip, to.start)?;
-                        Some(t)
-                    }
-                    _ => None,
+                    None => None,
                 },
                 None => None,
             },
@@ -557,13 +580,16 @@ impl<'a> Parser<'a> {
 fn one_arg<'t>(o: &Opt<'t>) -> Result<&'t Token, Fail> {
     match o.args.as_slice() {
         [a] => Ok(a),
-        [] => Err((
+        [] => Err(Fail::new(
             o.name.start,
             ErrorKind::MissingArgument {
                 option: o.name.text.clone(),
             },
         )),
-        [_, extra, ..] => Err((extra.start, ErrorKind::UnexpectedToken(extra.text.clone()))),
+        [_, extra, ..] => Err(Fail::new(
+            extra.start,
+            ErrorKind::UnexpectedToken(extra.text.clone()),
+        )),
     }
 }
 
@@ -653,17 +679,17 @@ pub(crate) fn snap_one_in(p: Probability) -> Probability {
     p
 }
 
-/// `ADDR:PORT` ([`Target::Dnat`]) or `ADDR` ([`Target::DnatAddress`], also
-/// `[V6]`); a range or anything else is `None` (kept verbatim).
-fn dnat_to(text: &str) -> Option<Target> {
+/// `ADDR:PORT` or `ADDR` (also `[V6]`); a range or anything else is `None`
+/// (kept verbatim: the kernel picks from a range, which a trace cannot follow).
+fn dnat_to(text: &str) -> Option<DnatTo> {
     if let Ok(sa) = text.parse::<SocketAddr>() {
-        return Some(Target::Dnat(sa));
+        return Some(sa.into());
     }
     let bare = text
         .strip_prefix('[')
         .and_then(|t| t.strip_suffix(']'))
         .unwrap_or(text);
-    bare.parse::<IpAddr>().ok().map(Target::DnatAddress)
+    bare.parse::<IpAddr>().ok().map(DnatTo::address)
 }
 
 /// `ADDR`, `ADDR:PORT`, `ADDR:P-Q`, `[V6]:P-Q`.

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use proptest::prelude::*;
 use svcnat::compile::{compile, jump_rules};
 use svcnat::model::*;
-use svcnat::parse::{ErrorKind, Op, canonicalize, parse, parse_as, parse_payload};
+use svcnat::parse::{ErrorKind, Op, canonicalize, parse, parse_as, parse_restore};
 use svcnat::render::to_string;
 use svcnat::ruleset::{Match, Ruleset, Table, Target};
 use svcnat::trace::{Node, Packet, Verdict, trace};
@@ -271,14 +271,14 @@ fn a_mixed_node_keeps_what_svcnat_does_not_model_verbatim() {
     assert!(
         fwd.rules
             .iter()
-            .any(|r| r.matches.iter().any(|m| matches!(m, Match::Mark(_))))
+            .any(|r| r.matches().iter().any(|m| matches!(m, Match::Mark(_))))
     );
     let others: Vec<String> = ruleset
         .tables
         .iter()
         .flat_map(|t| t.chains.values())
         .flat_map(|c| &c.rules)
-        .flat_map(|r| &r.matches)
+        .flat_map(|r| r.matches())
         .filter_map(|m| match m {
             Match::Other(raw) => Some(raw.to_string()),
             _ => None,
@@ -551,7 +551,7 @@ fn restore_payload_operations_are_kept_and_applied() {
         -D KUBE-SERVICES -j ACCEPT\n\
         [5:300] -A KUBE-SVC-A -j KUBE-NEW\n\
         COMMIT\n";
-    let payload = parse_payload(text).unwrap();
+    let payload = parse_restore(text).unwrap();
     let ops: Vec<&Op> = payload.tables[0].ops.iter().map(|o| &o.op).collect();
     assert!(matches!(ops[4], Op::DeleteChain(Some(c)) if c.as_str() == "KUBE-SEP-STALE"));
     assert_eq!(payload.tables[0].ops[4].line, 6);
@@ -664,7 +664,7 @@ fn a_single_quote_is_an_ordinary_character() {
     let r = parse(&text).unwrap();
     let rule = &r.chain(Table::Filter, "INPUT").unwrap().rules[0];
     assert!(
-        rule.matches.iter().any(
+        rule.matches().iter().any(
             |m| matches!(m, Match::OtherComment(raw) if raw.as_str() == "-m comment --comment it's")
         ),
         "{rule:?}"
@@ -696,7 +696,7 @@ fn comments_that_look_like_options_are_comments() {
         let r = parse(&text).unwrap_or_else(|e| panic!("{comment}: {e}"));
         let rule = &r.chain(Table::Filter, "INPUT").unwrap().rules[0];
         assert!(
-            rule.matches
+            rule.matches()
                 .iter()
                 .any(|m| matches!(m, Match::OtherComment(raw) if raw.as_str().ends_with(comment))),
             "{comment}: {rule:?}"

@@ -126,7 +126,7 @@ fn dnat_targets(ruleset: &Ruleset, chain: &str) -> Vec<SocketAddr> {
                 .rules
                 .iter()
                 .filter_map(|r| match &r.target {
-                    Some(Target::Dnat(to)) => Some(*to),
+                    Some(Target::Dnat(to)) => to.socket_addr(),
                     _ => None,
                 })
         })

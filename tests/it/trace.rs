@@ -10,7 +10,7 @@ use proptest::prelude::*;
 use svcnat::compile::{compile, jump_rules};
 use svcnat::model::*;
 use svcnat::parse::parse;
-use svcnat::ruleset::{ChainName, Match, Rule, Ruleset, Table, TableRules, Target};
+use svcnat::ruleset::{ChainName, DnatTo, Match, Rule, Ruleset, Table, TableRules, Target};
 use svcnat::trace::{Node, Packet, Trace, TraceError, Verdict, trace, traceable};
 
 use crate::fixtures::{config, filter_input, ip, verdict};
@@ -865,7 +865,10 @@ fn nat_targets_not_understood_end_the_hook_unevaluated() {
         );
         let r = parse(&text).unwrap();
         let rule = &r.chain(Table::Nat, "PREROUTING").unwrap().rules[0];
-        assert_eq!(rule.target, Some(Target::DnatAddress(ip("fd00::9"))));
+        assert_eq!(
+            rule.target,
+            Some(Target::Dnat(DnatTo::address(ip("fd00::9"))))
+        );
         assert_eq!(parse(&svcnat::render::to_string(&r)).unwrap(), r);
     }
 }
@@ -934,7 +937,7 @@ fn the_state_match_is_evaluated_as_ctstate() {
     let r = parse(&text).unwrap();
     let rules = &r.chain(Table::Filter, "INPUT").unwrap().rules;
     assert!(
-        matches!(rules[0].matches[0], Match::State(_)),
+        matches!(rules[0].matches()[0], Match::State(_)),
         "{:?}",
         rules[0]
     );
@@ -975,7 +978,7 @@ fn a_first_packet_is_never_a_later_fragment() {
     ))
     .unwrap();
     let rules = &r.chain(Table::Filter, "INPUT").unwrap().rules;
-    assert_eq!(rules[0].matches[..], [Match::Fragment { negated: false }]);
+    assert_eq!(rules[0].matches(), [Match::Fragment { negated: false }]);
     assert_eq!(rules[1].to_string(), "! -f -p tcp -j REJECT");
     assert_eq!(parse(&svcnat::render::to_string(&r)).unwrap(), r);
     let p = Packet::tcp(ip("10.1.2.3"), ip("192.168.0.2"), 22);

@@ -210,7 +210,7 @@ fn set(opts: &[Opt<'_>]) -> Result<Option<Match>, Fail> {
         return Ok(None);
     }
     let [name, flags] = o.args.as_slice() else {
-        return Err((
+        return Err(Fail::new(
             o.name.start,
             ErrorKind::MissingArgument {
                 option: o.name.text.clone(),
