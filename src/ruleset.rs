@@ -31,12 +31,38 @@ pub use targets::{DnatTo, MarkOp, Target};
 /// The flags that both the typed rules and [`restore::RuleLine`]'s pieces write,
 /// each spelt here once.
 pub(crate) mod flag {
+    /// Each flag's one spelling, as a literal so a writer can join it to the space
+    /// before it at compile time (`concat!(" ", spelling!(source))`).
+    macro_rules! spelling {
+        (source) => {
+            "-s "
+        };
+        (statistic) => {
+            "-m statistic --mode random --probability "
+        };
+        (jump) => {
+            "-j "
+        };
+        (dnat) => {
+            "-j DNAT --to-destination "
+        };
+    }
+
     /// A source address.
-    pub const SOURCE: &str = "-s ";
+    pub const SOURCE: &str = spelling!(source);
     /// A random pick.
-    pub const STATISTIC: &str = "-m statistic --mode random --probability ";
+    pub const STATISTIC: &str = spelling!(statistic);
     /// A jump.
-    pub const JUMP: &str = "-j ";
+    pub const JUMP: &str = spelling!(jump);
     /// Destination NAT.
-    pub const DNAT: &str = "-j DNAT --to-destination ";
+    pub const DNAT: &str = spelling!(dnat);
+    /// The same, each after the space that separates it from what comes before:
+    /// one write instead of two on the compiler's most written lines.
+    pub const SPACED_SOURCE: &str = concat!(" ", spelling!(source));
+    /// See [`SPACED_SOURCE`].
+    pub const SPACED_STATISTIC: &str = concat!(" ", spelling!(statistic));
+    /// See [`SPACED_SOURCE`].
+    pub const SPACED_JUMP: &str = concat!(" ", spelling!(jump));
+    /// See [`SPACED_SOURCE`].
+    pub const SPACED_DNAT: &str = concat!(" ", spelling!(dnat));
 }

@@ -116,37 +116,32 @@ impl<'w, W: fmt::Write> RuleLine<'w, W> {
 
     /// `-s ADDRESS`, the address already written as text (as [`Match::Source`]).
     pub fn source_text(&mut self, address: &str) -> fmt::Result {
-        self.out.write_str(" ")?;
-        self.out.write_str(flag::SOURCE)?;
+        self.out.write_str(flag::SPACED_SOURCE)?;
         self.out.write_str(address)
     }
 
     /// `-s IP` (as [`Match::Source`] with a single address).
     pub fn source_ip(&mut self, ip: std::net::IpAddr) -> fmt::Result {
-        self.out.write_str(" ")?;
-        self.out.write_str(flag::SOURCE)?;
+        self.out.write_str(flag::SPACED_SOURCE)?;
         text::ip(self.out, ip)
     }
 
     /// The probability `1/n` of a random pick (as [`Match::Statistic`]).
     pub fn one_in(&mut self, n: usize) -> fmt::Result {
-        self.out.write_str(" ")?;
-        self.out.write_str(flag::STATISTIC)?;
+        self.out.write_str(flag::SPACED_STATISTIC)?;
         text::one_in(self.out, n)
     }
 
     /// `-j CHAIN` (as [`Target::Jump`]).
     pub fn jump(&mut self, chain: &str) -> fmt::Result {
-        self.out.write_str(" ")?;
-        self.out.write_str(flag::JUMP)?;
+        self.out.write_str(flag::SPACED_JUMP)?;
         self.out.write_str(chain)
     }
 
     /// `-j DNAT --to-destination IP:PORT`, the destination already written as
     /// text (as [`Target::Dnat`]).
     pub fn dnat_text(&mut self, to: &str) -> fmt::Result {
-        self.out.write_str(" ")?;
-        self.out.write_str(flag::DNAT)?;
+        self.out.write_str(flag::SPACED_DNAT)?;
         self.out.write_str(to)
     }
 
