@@ -4,12 +4,13 @@ use std::collections::BTreeMap;
 
 use indexmap::IndexMap;
 
-use super::{ExecError, Executor, RestoreOptions, rule_args};
+use super::{ExecError, Executor, RestoreOptions};
 use crate::compile::JumpRule;
 use crate::flows::StaleFlow;
 use crate::model::IpFamily;
-use crate::ruleset::Table;
+use crate::parse::{Op, Operation, parse_restore_as};
 use crate::ruleset::restore::{self, RuleLine};
+use crate::ruleset::{ChainName, Policy, Rule, Table, Target};
 
 /// Keeps every payload it is handed and applies nothing. `save` returns empty
 /// tables, so a sync through it deletes no stale chains.
@@ -80,10 +81,12 @@ pub enum Call {
     },
 }
 
+/// A chain of the model: its policy (`None` for a user chain) and its rules, typed
+/// as [`parse`](crate::parse) reads them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct ModelChain {
-    policy: Option<String>,
-    rules: Vec<String>,
+    policy: Option<Policy>,
+    rules: Vec<Rule>,
 }
 
 type ModelTable = IndexMap<String, ModelChain>;
@@ -109,36 +112,15 @@ const TARGETS: &[&str] = &[
     "TCPMSS",
 ];
 
-fn builtin_chains(table: Table) -> &'static [&'static str] {
-    match table {
-        Table::Filter => &["INPUT", "FORWARD", "OUTPUT"],
-        Table::Nat => &["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"],
-        Table::Mangle => &["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"],
-        Table::Raw => &["PREROUTING", "OUTPUT"],
-        Table::Security => &["INPUT", "FORWARD", "OUTPUT"],
-    }
-}
-
-fn table_named(name: &str) -> Option<Table> {
-    [
-        Table::Filter,
-        Table::Nat,
-        Table::Mangle,
-        Table::Raw,
-        Table::Security,
-    ]
-    .into_iter()
-    .find(|t| t.as_str() == name)
-}
-
 fn new_table(table: Table) -> ModelTable {
-    builtin_chains(table)
+    table
+        .builtin_chains()
         .iter()
         .map(|c| {
             (
                 (*c).to_owned(),
                 ModelChain {
-                    policy: Some("ACCEPT".into()),
+                    policy: Some(Policy::Accept),
                     rules: Vec::new(),
                 },
             )
@@ -146,18 +128,31 @@ fn new_table(table: Table) -> ModelTable {
         .collect()
 }
 
-fn jump_of(rule: &str) -> Option<&str> {
-    let mut words = rule.split_whitespace();
-    while let Some(w) = words.next() {
-        if w == "-j" || w == "-g" {
-            return words.next();
+/// The chain a rule jumps or goes to, if it names a chain rather than a target.
+/// The parser reads `-j NAME` as a jump only where it knows NAME to be a chain
+/// (declared in the same text); elsewhere, as a partial payload's jumps to chains
+/// the kernel already holds, the target is kept as written, and is read here.
+fn jump_of(rule: &Rule) -> Option<&str> {
+    let name = match &rule.target {
+        Some(Target::Jump(c) | Target::Goto(c)) => c.as_str(),
+        Some(Target::Other(raw)) => {
+            let text = raw.as_str();
+            let name = text
+                .strip_prefix("-j ")
+                .or_else(|| text.strip_prefix("-g "))?;
+            if name.contains(' ') {
+                return None;
+            }
+            name
         }
-    }
-    None
+        _ => return None,
+    };
+    (!TARGETS.contains(&name)).then_some(name)
 }
 
 /// Records every call and keeps a model of the kernel's tables that applies
-/// restore payloads with `--noflush` semantics: a chain line creates or flushes a
+/// restore payloads, read by [`parse`](crate::parse) into typed operations, with
+/// `--noflush` semantics: a chain line creates or flushes a
 /// chain, `-A` appends, `-X` deletes, and `COMMIT` refuses a table in which a rule
 /// jumps to a missing chain or a deleted chain is still referenced (the whole table
 /// is then left as it was, as `iptables-restore` does). Failures can be scripted.
@@ -170,6 +165,10 @@ fn jump_of(rule: &str) -> Option<&str> {
 /// rec.restore(IpFamily::Ipv4, "*nat\n:A - [0:0]\n-A A -j RETURN\nCOMMIT\n", RestoreOptions::default())?;
 /// assert!(rec.save(IpFamily::Ipv4, Table::Nat)?.contains("-A A -j RETURN"));
 /// assert!(rec.restore(IpFamily::Ipv4, "*nat\n-A B -j A\nCOMMIT\n", RestoreOptions::default()).is_err());
+/// // A jump to a chain that does not exist refuses the whole table.
+/// let missing = "*nat\n:B - [0:0]\n-A B -j KUBE-SVC-MISSING\nCOMMIT\n";
+/// assert!(rec.restore(IpFamily::Ipv4, missing, RestoreOptions::default()).is_err());
+/// assert!(rec.chains(IpFamily::Ipv4, Table::Nat).iter().all(|c| c != "B"));
 /// # Ok::<(), svcnat::exec::ExecError>(())
 /// ```
 #[derive(Debug, Default, Clone)]
@@ -212,21 +211,71 @@ impl Recorder {
             .unwrap_or_default()
     }
 
-    /// The rules of one chain (the text after `-A CHAIN `), if the chain exists.
+    /// The rules of one chain (the text after `-A CHAIN `, as svcnat renders the
+    /// rule it read), if the chain exists.
     pub fn rules(&self, family: IpFamily, table: Table, chain: &str) -> Option<Vec<String>> {
         self.tables
             .get(&(family, table))?
             .get(chain)
-            .map(|c| c.rules.clone())
+            .map(|c| c.rules.iter().map(ToString::to_string).collect())
     }
 
-    /// Adds a rule outside svcnat, as another program on the node would.
-    pub fn append_foreign(&mut self, family: IpFamily, table: Table, chain: &str, rule: &str) {
+    /// Adds a rule outside svcnat, as another program on the node would (`rule` is
+    /// the text after `-A CHAIN `, read by [`parse`](crate::parse)).
+    ///
+    /// ```
+    /// use svcnat::exec::{Executor, Recorder, RestoreOptions};
+    /// use svcnat::model::IpFamily;
+    /// use svcnat::ruleset::Table;
+    /// let (v4, nat) = (IpFamily::Ipv4, Table::Nat);
+    /// let mut rec = Recorder::new();
+    /// rec.restore(v4, "*nat\n:KUBE-SVC-X - [0:0]\nCOMMIT\n", RestoreOptions::default())?;
+    /// rec.append_foreign(v4, nat, "PREROUTING", "-p tcp -m tcp --dport 80 -j KUBE-SVC-X")
+    ///     .unwrap();
+    /// assert_eq!(
+    ///     rec.rules(v4, nat, "PREROUTING").unwrap(),
+    ///     ["-p tcp -m tcp --dport 80 -j KUBE-SVC-X"]
+    /// );
+    /// // The chain is still referenced: deleting it is refused, as the kernel refuses it.
+    /// let gone = rec.restore(v4, "*nat\n:KUBE-SVC-X - [0:0]\n-X KUBE-SVC-X\nCOMMIT\n", RestoreOptions::default());
+    /// assert!(gone.unwrap_err().to_string().contains("still referenced"));
+    /// # Ok::<(), svcnat::exec::ExecError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// The rule's [`ParseError`](crate::parse::ParseError), as text.
+    pub fn append_foreign(
+        &mut self,
+        family: IpFamily,
+        table: Table,
+        chain: &str,
+        rule: &str,
+    ) -> Result<(), String> {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = restore::open_table(&mut text, table);
+        let _ = restore::declare(&mut text, chain);
+        let _ = RuleLine::append(&mut text, chain).and_then(|mut line| {
+            line.raw(rule)?;
+            line.end()
+        });
+        let _ = restore::commit(&mut text);
+        let parsed = parse_restore_as(&text, family).map_err(|e| e.to_string())?;
+        let rule = parsed
+            .tables
+            .into_iter()
+            .flat_map(|t| t.ops)
+            .find_map(|op| match op.op {
+                Op::Append { rule, .. } => Some(rule),
+                _ => None,
+            })
+            .ok_or_else(|| format!("{rule:?} is not a rule"))?;
         self.table_mut(family, table)
             .entry(chain.to_owned())
             .or_default()
             .rules
-            .push(rule.to_owned());
+            .push(rule);
+        Ok(())
     }
 
     fn table_mut(&mut self, family: IpFamily, table: Table) -> &mut ModelTable {
@@ -235,95 +284,69 @@ impl Recorder {
             .or_insert_with(|| new_table(table))
     }
 
+    /// Applies a restore payload to the model, read by [`parse`](crate::parse)
+    /// into its operations: each table's section is checked at its end as
+    /// `COMMIT` checks it and replaces the table only then.
     fn apply(&mut self, family: IpFamily, payload: &str) -> Result<(), String> {
-        let mut current: Option<(Table, ModelTable, Vec<String>)> = None;
-        for (i, raw) in payload.lines().enumerate() {
-            let line = raw.trim();
-            let n = i + 1;
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            if let Some(name) = line.strip_prefix('*') {
-                if current.is_some() {
-                    return Err(format!("line {n}: table {name} opened before COMMIT"));
-                }
-                let table =
-                    table_named(name).ok_or_else(|| format!("line {n}: unknown table {name}"))?;
-                let copy = self.table_mut(family, table).clone();
-                current = Some((table, copy, Vec::new()));
-                continue;
-            }
-            let Some((table, work, deleted)) = current.as_mut() else {
-                return Err(format!("line {n}: {line:?} outside a table"));
-            };
-            if line == "COMMIT" {
-                for (chain, c) in work.iter() {
-                    for rule in &c.rules {
-                        if let Some(target) = jump_of(rule)
-                            && !TARGETS.contains(&target)
-                            && !work.contains_key(target)
-                        {
-                            return Err(format!(
-                                "line {n}: rule in {chain} jumps to missing chain {target}"
-                            ));
+        let parsed = parse_restore_as(payload, family).map_err(|e| e.to_string())?;
+        for section in parsed.tables {
+            let table = section.table;
+            let mut work = self.table_mut(family, table).clone();
+            let mut deleted: Vec<ChainName> = Vec::new();
+            for Operation { line: n, op } in section.ops {
+                match op {
+                    Op::Declare { chain, policy } => {
+                        let c = work.entry(chain.to_string()).or_default();
+                        c.rules.clear();
+                        if policy.is_some() {
+                            c.policy = policy;
                         }
                     }
+                    Op::Append { chain, rule } => {
+                        if deleted.contains(&chain) {
+                            return Err(format!("line {n}: rule added to deleted chain {chain}"));
+                        }
+                        work.get_mut(chain.as_str())
+                            .ok_or_else(|| format!("line {n}: no chain {chain} in table {table}"))?
+                            .rules
+                            .push(rule);
+                    }
+                    Op::DeleteChain(Some(chain)) => {
+                        let c = work
+                            .get(chain.as_str())
+                            .ok_or_else(|| format!("line {n}: -X of missing chain {chain}"))?;
+                        if c.policy.is_some() || !c.rules.is_empty() {
+                            return Err(format!(
+                                "line {n}: -X of built-in or non-empty chain {chain}"
+                            ));
+                        }
+                        if work
+                            .values()
+                            .flat_map(|c| &c.rules)
+                            .any(|r| jump_of(r) == Some(chain.as_str()))
+                        {
+                            return Err(format!("line {n}: -X of chain {chain}, still referenced"));
+                        }
+                        work.shift_remove(chain.as_str());
+                        deleted.push(chain);
+                    }
+                    other => return Err(format!("line {n}: unsupported operation {other:?}")),
                 }
-                let (table, work, _) = current.take().expect("checked above");
-                self.tables.insert((family, table), work);
-                continue;
             }
-            if let Some(decl) = line.strip_prefix(':') {
-                let mut parts = decl.split_whitespace();
-                let name = parts
-                    .next()
-                    .ok_or_else(|| format!("line {n}: empty chain line"))?;
-                let policy = parts.next().filter(|p| *p != "-").map(str::to_owned);
-                let chain = work.entry(name.to_owned()).or_default();
-                chain.rules.clear();
-                if policy.is_some() {
-                    chain.policy = policy;
+            for (chain, c) in &work {
+                for rule in &c.rules {
+                    if let Some(target) = jump_of(rule)
+                        && !work.contains_key(target)
+                    {
+                        return Err(format!(
+                            "table {table}: rule in {chain} jumps to missing chain {target}"
+                        ));
+                    }
                 }
-                continue;
             }
-            if let Some(rest) = line.strip_prefix("-A ") {
-                let (chain, rule) = rest.split_once(' ').unwrap_or((rest, ""));
-                if deleted.iter().any(|d| d == chain) {
-                    return Err(format!("line {n}: rule added to deleted chain {chain}"));
-                }
-                work.get_mut(chain)
-                    .ok_or_else(|| format!("line {n}: no chain {chain} in table {table}"))?
-                    .rules
-                    .push(rule.to_owned());
-                continue;
-            }
-            if let Some(chain) = line.strip_prefix("-X ") {
-                let chain = chain.trim();
-                let c = work
-                    .get(chain)
-                    .ok_or_else(|| format!("line {n}: -X of missing chain {chain}"))?;
-                if c.policy.is_some() || !c.rules.is_empty() {
-                    return Err(format!(
-                        "line {n}: -X of built-in or non-empty chain {chain}"
-                    ));
-                }
-                if work
-                    .values()
-                    .flat_map(|c| &c.rules)
-                    .any(|r| jump_of(r) == Some(chain))
-                {
-                    return Err(format!("line {n}: -X of chain {chain}, still referenced"));
-                }
-                work.shift_remove(chain);
-                deleted.push(chain.to_owned());
-                continue;
-            }
-            return Err(format!("line {n}: unsupported line {line:?}"));
+            self.tables.insert((family, table), work);
         }
-        match current {
-            Some((table, _, _)) => Err(format!("table {table} has no COMMIT")),
-            None => Ok(()),
-        }
+        Ok(())
     }
 }
 
@@ -352,15 +375,16 @@ impl Executor for Recorder {
         let _ = restore::open_table(&mut out, table);
         if let Some(t) = self.tables.get(&(family, table)) {
             for (name, c) in t {
-                let policy = c.policy.as_deref().unwrap_or("-");
+                let policy = match c.policy {
+                    Some(Policy::Accept) => "ACCEPT",
+                    Some(Policy::Drop) => "DROP",
+                    None => "-",
+                };
                 let _ = restore::declare_with_policy(&mut out, name, policy);
             }
             for (name, c) in t {
                 for r in &c.rules {
-                    let _ = RuleLine::append(&mut out, name).and_then(|mut line| {
-                        line.raw(r)?;
-                        line.end()
-                    });
+                    let _ = restore::rule(&mut out, name, r);
                 }
             }
         }
@@ -373,17 +397,7 @@ impl Executor for Recorder {
             family,
             jump: Box::new(jump.clone()),
         });
-        let rule = rule_args(&jump.rule)
-            .iter()
-            .map(|a| {
-                if a.contains(' ') {
-                    format!("\"{a}\"")
-                } else {
-                    a.clone()
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(" ");
+        let rule = jump.rule.clone();
         let target = jump.rule.jump_target().map(|t| t.to_string());
         let table = self.table_mut(family, jump.table);
         if let Some(t) = &target
@@ -394,7 +408,7 @@ impl Executor for Recorder {
         let chain = table
             .entry(jump.chain.to_string())
             .or_insert_with(|| ModelChain {
-                policy: Some("ACCEPT".into()),
+                policy: Some(Policy::Accept),
                 rules: Vec::new(),
             });
         if !chain.rules.contains(&rule) {
