@@ -32,18 +32,19 @@ mod compiled;
 pub(crate) mod context;
 mod endpoints;
 pub(crate) mod fixed;
+pub(crate) mod incremental;
 mod input;
 pub mod naming;
 mod service;
 mod sink;
 
-pub(crate) use assembly::{shared_chain_text, write_full};
-pub(crate) use compiled::Counter;
+use assembly::{shared_chain_text, write_full};
+use compiled::Counter;
 pub use compiled::{CompiledText, compile_text, compile_text_reusing};
 pub use context::check_config;
 pub use fixed::{JumpRule, jump_rules};
 pub(crate) use service::{PortFlows, ServiceRules};
-pub(crate) use sink::{ServiceText, TextSink};
+use sink::TextSink;
 
 use crate::error::CompileError;
 use crate::model::{ClusterState, EndpointSlice, ProxyConfig, Service, ServiceKey};
@@ -220,7 +221,7 @@ pub fn compile_lenient(
 /// here, abandoned on an error): `Ok(None)` when the service is absent or skipped
 /// (headless, other family), else its endpoint count. The service's warnings (or,
 /// when it is absent, its slices') are pushed to `warnings`, none on an error.
-pub(crate) fn compile_one<S: Sink>(
+fn compile_one<S: Sink>(
     state: &ClusterState,
     key: &ServiceKey,
     config: &ProxyConfig,

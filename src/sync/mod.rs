@@ -48,12 +48,10 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-use crate::compile::context::Context;
-use crate::compile::naming::is_service_chain;
-use crate::compile::{
-    Counter, PortFlows, ServiceText, SharedChain, TextSink, compile_one, compile_services, fixed,
-    jump_rules, shared_chain_text, write_full,
+use crate::compile::incremental::{
+    self, All, Incremental, PortFlows, Rules, ServiceText, Shared as SharedChain, is_service_chain,
 };
+use crate::compile::jump_rules;
 use crate::error::CompileError;
 use crate::exec::{ExecError, Executor, RestoreOptions};
 use crate::model::{
@@ -161,8 +159,9 @@ struct Applied {
     /// The config it was compiled with: a full sync reuses the services' text only
     /// under the same config (any field may change which services are valid).
     config: ProxyConfig,
-    /// The config's context, adjusted to the cluster's size.
-    ctx: Context,
+    /// What the services were compiled under: the config, adjusted to the
+    /// cluster's size.
+    rules: Rules,
     services: BTreeMap<ServiceKey, ServiceText>,
     endpoint_total: usize,
     /// Why each left-out service was left out.
@@ -213,8 +212,8 @@ pub struct Syncer<E: Executor> {
     last_full: Option<Instant>,
     /// Stale flows of syncs that failed, reported with the next successful one.
     pending_flows: Vec<StaleFlow>,
-    /// Buffers reused to render each recompiled service.
-    sink: TextSink,
+    /// The compiler, with its buffers reused to render each recompiled service.
+    compiler: Incremental,
 }
 
 impl<E: Executor> Syncer<E> {
@@ -223,7 +222,7 @@ impl<E: Executor> Syncer<E> {
     /// # Errors
     /// An invalid config.
     pub fn new(executor: E, config: ProxyConfig) -> Result<Self, CompileError> {
-        Context::new(&config)?;
+        Incremental::check(&config)?;
         Ok(Syncer {
             executor,
             config,
@@ -234,7 +233,7 @@ impl<E: Executor> Syncer<E> {
             full_resync_period: None,
             last_full: None,
             pending_flows: Vec::new(),
-            sink: TextSink::per_service(true),
+            compiler: Incremental::new(),
         })
     }
 
@@ -266,7 +265,7 @@ impl<E: Executor> Syncer<E> {
     /// # Errors
     /// An invalid config; the old one stays.
     pub fn set_config(&mut self, config: ProxyConfig) -> Result<(), CompileError> {
-        Context::new(&config)?;
+        Incremental::check(&config)?;
         self.config = config;
         self.trusted = false;
         Ok(())
@@ -353,9 +352,8 @@ impl<E: Executor> Syncer<E> {
     /// sync (read back from the rendered text on demand, for checks).
     pub fn applied_ruleset(&self) -> Option<Ruleset> {
         let a = self.applied.as_ref()?;
-        let mut text = String::new();
-        write_full(&a.ctx, a.services.values(), &[], &mut text).ok()?;
-        crate::parse::parse_as(&text, a.ctx.family).ok()
+        let (text, _) = incremental::full_text(&a.rules, a.services.values(), &[]);
+        crate::parse::parse_as(&text, a.rules.family()).ok()
     }
 
     /// Brings the kernel in step with the state now.
@@ -415,15 +413,14 @@ impl<E: Executor> Syncer<E> {
         let mut round_warnings = Vec::new();
         for key in &self.dirty {
             let mut service_warnings = Vec::new();
-            let new = match compile_one(
+            let new = match self.compiler.one(
                 &self.state,
                 key,
                 &self.config,
-                &applied.ctx,
-                &mut self.sink,
+                &applied.rules,
                 &mut service_warnings,
             ) {
-                Ok(count) => count.map(|count| self.sink.take_service(key.clone(), count)),
+                Ok(text) => text,
                 Err(e) => {
                     round_rejected.push(e);
                     None
@@ -434,13 +431,7 @@ impl<E: Executor> Syncer<E> {
             total = total - old_count + new.as_ref().map_or(0, |s| s.endpoint_count);
             compiled.push((key.clone(), new));
         }
-        if applied
-            .ctx
-            .clone()
-            .for_endpoint_total(total)
-            .endpoint_comments
-            != applied.ctx.endpoint_comments
-        {
+        if applied.rules.changes_at(total) {
             return None;
         }
         applied.endpoint_total = total;
@@ -482,7 +473,7 @@ impl<E: Executor> Syncer<E> {
         let saved = self.executor.save(family, Table::Nat).ok();
         // Plan, without IO: every chain written, the left-over ones deleted.
         let stale = stale_chains(applied, saved.as_deref());
-        let payload = full_payload(&applied.ctx, &applied.services, &stale);
+        let payload = full_payload(&applied.rules, &applied.services, &stale);
         let jumps = jump_rules(&self.config)?;
         // Apply.
         self.trusted = false;
@@ -545,18 +536,12 @@ impl<E: Executor> Syncer<E> {
     /// Compiles every service afresh into a new applied state; returns the stale
     /// flows against the old one, the rejected services and the warnings.
     fn compile_all(&mut self) -> Result<Round, SyncError> {
-        let crate::compile::Compiled {
-            ctx,
+        let All {
+            rules,
             services,
             rejected,
             warnings,
-        } = compile_services(
-            &self.state,
-            &self.config,
-            false,
-            &mut self.sink,
-            |sink, key, count| sink.take_service(key.clone(), count),
-        )?;
+        } = self.compiler.all(&self.state, &self.config)?;
         let services: BTreeMap<ServiceKey, ServiceText> =
             services.into_iter().map(|s| (s.key.clone(), s)).collect();
         let mut stale_flows = Vec::new();
@@ -574,7 +559,7 @@ impl<E: Executor> Syncer<E> {
         let endpoint_total = services.values().map(|s| s.endpoint_count).sum();
         self.applied = Some(Applied {
             config: self.config.clone(),
-            ctx,
+            rules,
             services,
             endpoint_total,
             rejected: by_service(rejected.clone())
@@ -626,7 +611,8 @@ impl<E: Executor> Syncer<E> {
         let shared: Vec<(Table, ChainName, String)> = dirty_shared
             .into_iter()
             .map(|which| {
-                let text = shared_chain_text(&applied.ctx, which, applied.services.values());
+                let text =
+                    incremental::shared_text(&applied.rules, which, applied.services.values());
                 (which.table(), which.chain(), text)
             })
             .collect();
@@ -708,31 +694,13 @@ fn stale_chains(applied: &Applied, saved: Option<&str>) -> Vec<ChainName> {
 /// The full payload: every chain of the applied state, and `stale` nat chains
 /// deleted.
 fn full_payload(
-    ctx: &Context,
+    rules: &Rules,
     services: &BTreeMap<ServiceKey, ServiceText>,
     stale: &[ChainName],
 ) -> Payload {
-    let mut counter = Counter::default();
-    // Counting cannot fail; sizing the text first keeps its buffer exact.
-    let _ = write_full(ctx, services.values(), stale, &mut counter);
-    let mut text = String::with_capacity(counter.0);
-    // Writing into a String cannot fail.
-    let _ = write_full(ctx, services.values(), stale, &mut text);
-    let (filter, nat) = fixed::fixed_tables(ctx);
-    let mut written: Vec<(Table, ChainName)> = filter
-        .chains
-        .keys()
-        .map(|n| (Table::Filter, n.clone()))
-        .chain(nat.chains.keys().map(|n| (Table::Nat, n.clone())))
-        .collect();
-    written.extend(
-        services
-            .values()
-            .flat_map(|s| s.chains())
-            .map(|(n, _)| (Table::Nat, n.clone())),
-    );
+    let (text, written) = incremental::full_text(rules, services.values(), stale);
     Payload {
-        family: ctx.family,
+        family: rules.family(),
         full: true,
         written,
         deleted: stale.iter().map(|n| (Table::Nat, n.clone())).collect(),

@@ -7,7 +7,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::compile::naming::is_service_chain;
+use crate::compile::incremental::is_service_chain;
 use crate::model::IpFamily;
 use crate::ruleset::restore;
 use crate::ruleset::{Chain, ChainName, Ruleset, Table};
