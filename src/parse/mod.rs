@@ -63,6 +63,7 @@ pub use canon::{canonical_rule, canonicalize};
 
 use crate::model::IpFamily;
 use crate::ruleset::lex::{Token, tokenize};
+use crate::ruleset::restore::{self, RuleLine};
 use crate::ruleset::{
     ChainName, IrError, Policy, RawText, Rule, Ruleset, Table, TableRules, Target,
 };
@@ -731,7 +732,7 @@ fn resolve_jumps(table: &mut RestoreTable) {
         if let Some(Target::Jump(to)) = &rule.target
             && !declared.contains(to)
             && !builtin.contains(&to.as_str())
-            && let Ok(raw) = RawText::new(format!("-j {to}"))
+            && let Ok(raw) = RawText::new(format!("{}{to}", crate::ruleset::flag::JUMP))
         {
             rule.target = Some(Target::Other(raw));
         }
@@ -769,25 +770,58 @@ impl Restore {
     }
 }
 
+/// An operation as its restore line (without the newline), for messages: the
+/// lines the restore writer also writes are written by it.
 fn render_op(op: &Op) -> String {
-    match op {
+    let mut line = String::new();
+    // Writing into a String cannot fail.
+    let _ = match op {
         Op::Declare { chain, policy } => match policy {
-            Some(p) => format!(":{chain} {p} [0:0]"),
-            None => format!(":{chain} - [0:0]"),
+            Some(p) => restore::declare_with_policy(&mut line, chain.as_str(), &p.to_string()),
+            None => restore::declare(&mut line, chain.as_str()),
         },
-        Op::Append { chain, rule } => format!("-A {chain} {rule}"),
+        Op::Append { chain, rule } => restore::rule(&mut line, chain.as_str(), rule),
         Op::Insert {
             chain,
             position,
             rule,
-        } => format!("-I {chain} {position} {rule}"),
-        Op::Delete { chain, rule } => format!("-D {chain} {rule}"),
-        Op::DeleteAt { chain, position } => format!("-D {chain} {position}"),
-        Op::NewChain(c) => format!("-N {c}"),
-        Op::DeleteChain(c) => c.as_ref().map_or("-X".into(), |c| format!("-X {c}")),
-        Op::Flush(c) => c.as_ref().map_or("-F".into(), |c| format!("-F {c}")),
-        Op::SetPolicy { chain, policy } => format!("-P {chain} {policy}"),
-    }
+        } => RuleLine::insert(
+            &mut line,
+            chain.as_str(),
+            u32::try_from(*position).unwrap_or(u32::MAX),
+        )
+        .and_then(|mut l| {
+            l.rule(rule)?;
+            l.end()
+        }),
+        Op::DeleteChain(Some(c)) => restore::delete(&mut line, c.as_str()),
+        Op::Delete { chain, rule } => {
+            line = format!("-D {chain} {rule}");
+            Ok(())
+        }
+        Op::DeleteAt { chain, position } => {
+            line = format!("-D {chain} {position}");
+            Ok(())
+        }
+        Op::NewChain(c) => {
+            line = format!("-N {c}");
+            Ok(())
+        }
+        Op::DeleteChain(None) => {
+            line = "-X".into();
+            Ok(())
+        }
+        Op::Flush(c) => {
+            line = c.as_ref().map_or("-F".into(), |c| format!("-F {c}"));
+            Ok(())
+        }
+        Op::SetPolicy { chain, policy } => {
+            line = format!("-P {chain} {policy}");
+            Ok(())
+        }
+    };
+    line.truncate(line.trim_end_matches('\n').len());
+    line
 }
 
 fn existing<'t>(
