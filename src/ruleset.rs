@@ -25,7 +25,7 @@ pub use matches::{
 };
 pub use names::{ChainName, Comment, Interface, IrError, Probability, RawText, Word};
 pub(crate) use tables::Matches;
-pub use tables::{Chain, Policy, Rule, Ruleset, Table, TableRules};
+pub use tables::{Chain, JumpRule, Policy, Rule, Ruleset, Table, TableRules};
 pub use targets::{DnatTo, MarkOp, Target};
 
 /// The flags that both the typed rules and [`restore::RuleLine`]'s pieces write,

@@ -88,8 +88,8 @@ use std::rc::Rc;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::compile::JumpRule;
 use crate::model::{IpFamily, Protocol};
+use crate::ruleset::JumpRule;
 use crate::ruleset::{
     AddrKind, AddrType, Address, Chain, ChainName, CtState, Direction, Interface, Match, Not,
     Policy, PortsOf, ProtocolMatch, ProtocolName, RecentAction, Rule, Ruleset, Table, TableRules,

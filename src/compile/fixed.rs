@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use serde::{Deserialize, Serialize};
+use crate::ruleset::JumpRule;
 
 use super::context::Context;
 use super::service::ServiceRules;
@@ -211,19 +211,6 @@ fn nodeport_jumps(ctx: &Context) -> Vec<Rule> {
             })
             .collect()
     }
-}
-
-/// A rule in a built-in chain that sends packets into svcnat's chains. kube-proxy
-/// keeps these out of its restore payload and inserts each one at the top of its
-/// chain (`-I`) if missing, on full syncs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JumpRule {
-    /// The table.
-    pub table: Table,
-    /// The built-in chain (`PREROUTING`, `INPUT`, …).
-    pub chain: ChainName,
-    /// The rule; its target jumps to a chain of the ruleset.
-    pub rule: Rule,
 }
 
 /// The jump rules from the built-in chains for `config`, in kube-proxy's order.

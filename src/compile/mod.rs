@@ -38,11 +38,12 @@ pub mod naming;
 mod service;
 mod sink;
 
+pub use crate::ruleset::JumpRule;
 use assembly::{shared_chain_text, write_full};
 use compiled::Counter;
 pub use compiled::{CompiledText, compile_text, compile_text_reusing};
 pub use context::check_config;
-pub use fixed::{JumpRule, jump_rules};
+pub use fixed::jump_rules;
 pub(crate) use service::{PortFlows, ServiceRules};
 use sink::TextSink;
 

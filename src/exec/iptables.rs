@@ -6,11 +6,11 @@ use std::process::{Command, Stdio};
 use std::str::FromStr;
 
 use super::{ExecError, Executor, RestoreOptions, rule_args};
-use crate::compile::JumpRule;
 use crate::error::ParseValueError;
 use crate::flows::{FlowDestination, StaleFlow};
 use crate::model::{IpFamily, Protocol};
 use crate::parse::{builtin_chains, canonical_rule, module_order, parse_as};
+use crate::ruleset::JumpRule;
 use crate::ruleset::restore::{self, RuleLine};
 use crate::ruleset::{Rule, Table};
 

@@ -15,9 +15,9 @@ use thiserror::Error;
 pub use iptables::{Backend, IptablesRestore};
 pub use recorder::{Call, DryRun, Recorder};
 
-use crate::compile::JumpRule;
 use crate::flows::StaleFlow;
 use crate::model::IpFamily;
+use crate::ruleset::JumpRule;
 use crate::ruleset::Table;
 
 /// Why an executor call failed.

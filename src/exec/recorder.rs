@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 use indexmap::IndexMap;
 
 use super::{ExecError, Executor, RestoreOptions};
-use crate::compile::JumpRule;
 use crate::flows::StaleFlow;
 use crate::model::IpFamily;
 use crate::parse::{Op, Operation, parse_restore_as};
+use crate::ruleset::JumpRule;
 use crate::ruleset::restore::{self, RuleLine};
 use crate::ruleset::{ChainName, Policy, Rule, Table, Target};
 

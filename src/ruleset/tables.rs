@@ -319,3 +319,16 @@ impl fmt::Display for Ruleset {
         restore::ruleset(f, self)
     }
 }
+
+/// A rule in a built-in chain that sends packets into svcnat's chains. kube-proxy
+/// keeps these out of its restore payload and inserts each one at the top of its
+/// chain (`-I`) if missing, on full syncs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JumpRule {
+    /// The table.
+    pub table: Table,
+    /// The built-in chain (`PREROUTING`, `INPUT`, …).
+    pub chain: ChainName,
+    /// The rule; its target jumps to a chain of the ruleset.
+    pub rule: Rule,
+}
