@@ -8,7 +8,8 @@
 //! deleted. Unlike kube-proxy, which rewrites its top-level chains on every sync,
 //! svcnat leaves a chain out unless its content changed.
 //!
-//! [`Syncer`] owns the last applied state, kept per service, and an [`Executor`].
+//! [`Syncer`] owns the last applied state, kept per service, and an
+//! [`Executor`](crate::exec::Executor).
 //! Changes (a Service or EndpointSlice upserted or deleted, or a whole new state,
 //! diffed per service) mark services dirty; a sync recompiles only those, so the
 //! cost of a one-service change does not grow with the size of the cluster. The
