@@ -128,6 +128,32 @@ fn new_table(table: Table) -> ModelTable {
         .collect()
 }
 
+/// A payload's `*table … COMMIT` sections, each with the number of its first
+/// line. Blank and comment lines between sections are skipped; anything else
+/// outside a section, or a section without its `COMMIT`, is refused.
+fn sections(payload: &str) -> Result<Vec<(usize, String)>, String> {
+    let mut out = Vec::new();
+    let mut current: Option<(usize, String)> = None;
+    for (i, raw) in payload.lines().enumerate() {
+        let line = raw.trim();
+        let (_, text) = match &mut current {
+            Some(section) => section,
+            None if line.is_empty() || line.starts_with('#') => continue,
+            None if line.starts_with('*') => current.insert((i + 1, String::new())),
+            None => return Err(format!("line {}: {line:?} outside a table", i + 1)),
+        };
+        text.push_str(raw);
+        text.push('\n');
+        if line == restore::COMMIT {
+            out.extend(current.take());
+        }
+    }
+    match current {
+        Some((first, _)) => Err(format!("line {first}: the table has no COMMIT")),
+        None => Ok(out),
+    }
+}
+
 /// The chain a rule jumps or goes to, if it names a chain rather than a target.
 /// The parser reads `-j NAME` as a jump only where it knows NAME to be a chain
 /// (declared in the same text); elsewhere, as a partial payload's jumps to chains
@@ -288,12 +314,29 @@ impl Recorder {
     /// into its operations: each table's section is checked at its end as
     /// `COMMIT` checks it and replaces the table only then.
     fn apply(&mut self, family: IpFamily, payload: &str) -> Result<(), String> {
-        let parsed = parse_restore_as(payload, family).map_err(|e| e.to_string())?;
+        // Each `*table … COMMIT` section commits on its own, as in
+        // iptables-restore: parsed, checked and applied before the next is read.
+        for (first, text) in sections(payload)? {
+            let parsed = parse_restore_as(&text, family)
+                .map_err(|e| format!("the section from line {first}: {e}"))?;
+            self.apply_section(family, parsed, first)?;
+        }
+        Ok(())
+    }
+
+    /// Applies one parsed section; `first` is its first line in the payload.
+    fn apply_section(
+        &mut self,
+        family: IpFamily,
+        parsed: crate::parse::Restore,
+        first: usize,
+    ) -> Result<(), String> {
         for section in parsed.tables {
             let table = section.table;
             let mut work = self.table_mut(family, table).clone();
             let mut deleted: Vec<ChainName> = Vec::new();
-            for Operation { line: n, op } in section.ops {
+            for Operation { line, op } in section.ops {
+                let n = first + line - 1;
                 match op {
                     Op::Declare { chain, policy } => {
                         let c = work.entry(chain.to_string()).or_default();
@@ -411,7 +454,10 @@ impl Executor for Recorder {
                 policy: Some(Policy::Accept),
                 rules: Vec::new(),
             });
-        if !chain.rules.contains(&rule) {
+        // Compared as text, as `iptables -C` compares: a rule read from text
+        // may hold its jump as written (see `jump_of`) where this one is typed.
+        let text = rule.to_string();
+        if !chain.rules.iter().any(|r| r.to_string() == text) {
             chain.rules.insert(0, rule);
         }
         Ok(())

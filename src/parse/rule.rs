@@ -681,8 +681,15 @@ pub(crate) fn snap_one_in(p: Probability) -> Probability {
 
 /// `ADDR:PORT` or `ADDR` (also `[V6]`); a range or anything else is `None`
 /// (kept verbatim: the kernel picks from a range, which a trace cannot follow).
+/// So is a scoped IPv6 address (`[fe80::1%2]:80`): `DnatTo` has no scope, and the
+/// text must print back as it was.
 fn dnat_to(text: &str) -> Option<DnatTo> {
     if let Ok(sa) = text.parse::<SocketAddr>() {
+        if let SocketAddr::V6(v6) = sa
+            && v6.scope_id() != 0
+        {
+            return None;
+        }
         return Some(sa.into());
     }
     let bare = text

@@ -918,3 +918,12 @@ fn quirky_restore_input_round_trips_through_the_kernel() {
         assert_eq!(parse(&second).unwrap(), parsed, "{backend}");
     }
 }
+
+/// A scoped IPv6 DNAT destination has no typed form: kept as written, it prints
+/// back unchanged.
+#[test]
+fn a_scoped_ipv6_dnat_destination_prints_back_as_it_was() {
+    let text = "*nat\n:X - [0:0]\n-A X -p tcp -j DNAT --to-destination [fe80::1%2]:80\nCOMMIT\n";
+    let ruleset = svcnat::parse::parse(text).unwrap();
+    assert!(svcnat::render::to_string(&ruleset).contains("--to-destination [fe80::1%2]:80"));
+}

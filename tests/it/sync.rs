@@ -711,3 +711,56 @@ fn a_relabelled_slice_moves_between_services() {
     let expected = state(vec![svc(1, &[("p80", 80)]), svc(2, &[("p80", 80)])], vec![]);
     assert_eq!(tables(syncer.executor()), full_sync_tables(&expected));
 }
+
+/// The Recorder commits each `*table … COMMIT` section on its own, as
+/// iptables-restore does, though its parser merges sections of one table.
+#[test]
+fn the_recorder_commits_each_section_alone() {
+    use svcnat::exec::{Executor, Recorder, RestoreOptions};
+    let v4 = IpFamily::Ipv4;
+    let opts = RestoreOptions::default;
+    // The first section jumps to a chain only the second declares: refused there.
+    let mut rec = Recorder::new();
+    let split = "*nat\n:B - [0:0]\n-A B -j C\nCOMMIT\n*nat\n:C - [0:0]\nCOMMIT\n";
+    assert!(rec.restore(v4, split, opts()).is_err());
+    assert!(rec.rules(v4, Table::Nat, "B").is_none());
+    // A chain deleted in one section can be declared again in a later one.
+    let mut rec = Recorder::new();
+    let again =
+        "*nat\n:A - [0:0]\nCOMMIT\n*nat\n-X A\nCOMMIT\n*nat\n:A - [0:0]\n-A A -j RETURN\nCOMMIT\n";
+    rec.restore(v4, again, opts()).unwrap();
+    assert_eq!(rec.rules(v4, Table::Nat, "A").unwrap(), ["-j RETURN"]);
+    // A section that fails leaves the ones before it applied.
+    let mut rec = Recorder::new();
+    let later_bad = "*nat\n:D - [0:0]\nCOMMIT\n*nat\n-A D -j MISSING-CHAIN\nCOMMIT\n";
+    assert!(rec.restore(v4, later_bad, opts()).is_err());
+    assert_eq!(
+        rec.rules(v4, Table::Nat, "D").unwrap(),
+        Vec::<String>::new()
+    );
+}
+
+/// A jump rule already in place, read from text, is not added again.
+#[test]
+fn the_recorder_keeps_one_copy_of_a_jump_rule_added_from_text() {
+    use svcnat::exec::{Executor, Recorder, RestoreOptions};
+    let v4 = IpFamily::Ipv4;
+    let config = svcnat::model::ProxyConfig::default();
+    let jumps = svcnat::compile::jump_rules(&config).unwrap();
+    let jump = jumps
+        .iter()
+        .find(|j| j.table == Table::Nat && j.chain.as_str() == "OUTPUT")
+        .unwrap();
+    let mut rec = Recorder::new();
+    let target = jump.rule.jump_target().unwrap();
+    rec.restore(
+        v4,
+        &format!("*nat\n:{target} - [0:0]\nCOMMIT\n"),
+        RestoreOptions::default(),
+    )
+    .unwrap();
+    rec.append_foreign(v4, Table::Nat, "OUTPUT", &jump.rule.to_string())
+        .unwrap();
+    rec.ensure_jump(v4, jump).unwrap();
+    assert_eq!(rec.rules(v4, Table::Nat, "OUTPUT").unwrap().len(), 1);
+}
