@@ -180,3 +180,18 @@ pub(crate) fn run_example(name: &str, args: &[&str], stdin: &str) -> (i32, Strin
         String::from_utf8(out.stderr).unwrap(),
     )
 }
+
+/// Every chain of filter and nat in a Recorder's IPv4 model, with its rules.
+pub fn recorder_tables(
+    rec: &svcnat::exec::Recorder,
+) -> std::collections::BTreeMap<(svcnat::ruleset::Table, String), Vec<String>> {
+    use svcnat::ruleset::Table;
+    let mut out = std::collections::BTreeMap::new();
+    for table in [Table::Filter, Table::Nat] {
+        for chain in rec.chains(IpFamily::Ipv4, table) {
+            let rules = rec.rules(IpFamily::Ipv4, table, &chain).unwrap();
+            out.insert((table, chain), rules);
+        }
+    }
+    out
+}

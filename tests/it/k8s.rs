@@ -143,30 +143,18 @@ fn ignored_slices_and_slice_errors() {
 /// Watch events through `Syncer::apply_k8s`: updates that take an object out of
 /// what kube-proxy models become removals, and a relabelled slice moves.
 mod apply {
-    use std::collections::BTreeMap;
 
     use k8s_openapi::api::core::v1::Service;
     use k8s_openapi::api::discovery::v1::EndpointSlice;
     use svcnat::error::Problem;
     use svcnat::exec::Recorder;
     use svcnat::k8s::{Action, Event, service_key, slice_key};
-    use svcnat::model::{IpFamily, ServiceKey, SliceKey};
-    use svcnat::ruleset::Table;
+    use svcnat::model::{ServiceKey, SliceKey};
     use svcnat::sync::Syncer;
 
     use crate::fixtures::config;
 
-    /// Every chain of filter and nat in the model, with its rules.
-    fn tables(rec: &Recorder) -> BTreeMap<(Table, String), Vec<String>> {
-        let mut out = BTreeMap::new();
-        for table in [Table::Filter, Table::Nat] {
-            for chain in rec.chains(IpFamily::Ipv4, table) {
-                let rules = rec.rules(IpFamily::Ipv4, table, &chain).unwrap();
-                out.insert((table, chain), rules);
-            }
-        }
-        out
-    }
+    use crate::fixtures::recorder_tables as tables;
 
     fn all_rules(rec: &Recorder) -> String {
         tables(rec)

@@ -12,17 +12,7 @@ use svcnat::sync::{FlowDestination, StaleFlow, SyncError, Syncer, plan};
 
 use crate::fixtures::*;
 
-/// Every chain of filter and nat in the model, with its rules.
-fn tables(rec: &Recorder) -> BTreeMap<(Table, String), Vec<String>> {
-    let mut out = BTreeMap::new();
-    for table in [Table::Filter, Table::Nat] {
-        for chain in rec.chains(IpFamily::Ipv4, table) {
-            let rules = rec.rules(IpFamily::Ipv4, table, &chain).unwrap();
-            out.insert((table, chain), rules);
-        }
-    }
-    out
-}
+use crate::fixtures::recorder_tables as tables;
 
 /// The tables a single full sync of `state` leaves in a fresh model.
 fn full_sync_tables(state: &ClusterState) -> BTreeMap<(Table, String), Vec<String>> {
