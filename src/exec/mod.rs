@@ -8,11 +8,13 @@
 //! (netlink, a remote agent).
 
 mod iptables;
+mod pieces;
 mod recorder;
 
 use thiserror::Error;
 
 pub use iptables::{Backend, IptablesRestore};
+pub use pieces::pieces;
 pub use recorder::{Call, DryRun, Recorder};
 
 use crate::flows::StaleFlow;

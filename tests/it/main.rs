@@ -11,6 +11,7 @@ mod kernel;
 #[cfg(feature = "k8s")]
 mod kube_proxy;
 mod parse;
+mod pieces;
 mod properties;
 #[cfg(all(feature = "k8s", feature = "synthetic"))]
 mod reader;

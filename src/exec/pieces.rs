@@ -1,0 +1,247 @@
+//! A large restore payload cut into pieces in dependency order, for backends that
+//! take one large `--noflush` payload slowly (iptables-nft-restore 1.8.9 keeps the
+//! chain names a payload mentions in a sorted list, walked per line: quadratic).
+//!
+//! Pure: [`pieces`] reads the payload with [`parse`](crate::parse) and returns the
+//! payloads to send one after the other; an executor only runs them. Within each
+//! table, a chain is written (declared, which flushes it, and filled) only once
+//! every chain its rules jump to has been written, so the capture chains
+//! (`KUBE-SERVICES`, `KUBE-NODEPORTS`) come after the service chains they reach,
+//! and those after their endpoint chains. Each chain is written whole within one
+//! piece, so no packet meets a half-written chain. Chains the payload deletes
+//! (declared, to flush them, then `-X`) are flushed and deleted in a last piece of
+//! their table, after every rule that jumped to them has been rewritten. Sending
+//! the pieces in order leaves exactly the tables the whole payload leaves.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use crate::model::IpFamily;
+use crate::parse::{Op, ParseError, parse_restore_as};
+use crate::ruleset::restore;
+use crate::ruleset::{ChainName, Table};
+
+/// What one table's section of the payload holds, in the payload's words.
+struct Section<'p> {
+    table: Table,
+    /// Chains declared, in order, with their declaration line.
+    declared: Vec<(ChainName, &'p str)>,
+    /// Each chain's rule lines, in order.
+    rules: HashMap<ChainName, Vec<&'p str>>,
+    /// Each chain's targets that are chains of this section.
+    jumps: HashMap<ChainName, Vec<ChainName>>,
+    /// The `-X` lines, with their chain.
+    deleted: Vec<(ChainName, &'p str)>,
+}
+
+/// The payload as pieces of at most `max_chains` chains each, to be restored in
+/// order; the payload whole (one piece) when it is small enough, or when it holds
+/// anything but declarations, appended rules and chain deletions (a payload this
+/// crate does not write), or a jump cycle.
+///
+/// # Errors
+/// The payload does not parse.
+pub fn pieces(
+    payload: &str,
+    family: IpFamily,
+    max_chains: usize,
+) -> Result<Vec<String>, ParseError> {
+    let parsed = parse_restore_as(payload, family)?;
+    let lines: Vec<&str> = payload.lines().collect();
+    let whole = || vec![payload.to_owned()];
+    let max_chains = max_chains.max(1);
+    let mut sections = Vec::new();
+    let mut total = 0;
+    for table in &parsed.tables {
+        let mut s = Section {
+            table: table.table,
+            declared: Vec::new(),
+            rules: HashMap::new(),
+            jumps: HashMap::new(),
+            deleted: Vec::new(),
+        };
+        for op in &table.ops {
+            let Some(line) = op.line.checked_sub(1).and_then(|i| lines.get(i)) else {
+                return Ok(whole());
+            };
+            match &op.op {
+                Op::Declare { chain, .. } => s.declared.push((chain.clone(), line)),
+                Op::Append { chain, rule } => {
+                    s.rules.entry(chain.clone()).or_default().push(line);
+                    if let Some(to) = jump_target(rule) {
+                        s.jumps.entry(chain.clone()).or_default().push(to);
+                    }
+                }
+                Op::DeleteChain(Some(chain)) => s.deleted.push((chain.clone(), line)),
+                _ => return Ok(whole()),
+            }
+        }
+        total += s.declared.len();
+        sections.push(s);
+    }
+    if total <= max_chains {
+        return Ok(whole());
+    }
+    let mut out = Vec::new();
+    for s in &sections {
+        let Some(order) = dependency_order(s) else {
+            return Ok(whole());
+        };
+        let deleted: HashSet<&ChainName> = s.deleted.iter().map(|(c, _)| c).collect();
+        let declaration: HashMap<&ChainName, &str> =
+            s.declared.iter().map(|(c, l)| (c, *l)).collect();
+        for chunk in order.chunks(max_chains) {
+            let mut text = String::new();
+            // Writing into a String cannot fail.
+            let _ = restore::open_table(&mut text, s.table);
+            for chain in chunk {
+                push_line(&mut text, declaration[chain]);
+            }
+            for chain in chunk {
+                for line in s.rules.get(*chain).into_iter().flatten() {
+                    push_line(&mut text, line);
+                }
+            }
+            let _ = restore::commit(&mut text);
+            out.push(text);
+        }
+        if !deleted.is_empty() {
+            let mut text = String::new();
+            let _ = restore::open_table(&mut text, s.table);
+            for (chain, line) in &s.declared {
+                if deleted.contains(chain) {
+                    push_line(&mut text, line);
+                }
+            }
+            for (_, line) in &s.deleted {
+                push_line(&mut text, line);
+            }
+            let _ = restore::commit(&mut text);
+            out.push(text);
+        }
+    }
+    Ok(out)
+}
+
+fn push_line(text: &mut String, line: &str) {
+    text.push_str(line);
+    text.push('\n');
+}
+
+/// The chain a rule jumps or goes to, as the parser read it: typed where the
+/// payload declares the chain.
+fn jump_target(rule: &crate::ruleset::Rule) -> Option<ChainName> {
+    rule.jump_target().cloned()
+}
+
+/// The section's written chains (declared and not deleted) in an order where each
+/// comes after every chain of the section it jumps to; among chains free to go,
+/// the payload's order. `None` on a cycle.
+fn dependency_order<'s>(s: &'s Section<'_>) -> Option<Vec<&'s ChainName>> {
+    let deleted: HashSet<&ChainName> = s.deleted.iter().map(|(c, _)| c).collect();
+    let written: Vec<&ChainName> = s
+        .declared
+        .iter()
+        .map(|(c, _)| c)
+        .filter(|c| !deleted.contains(c))
+        .collect();
+    let index: HashMap<&ChainName, usize> =
+        written.iter().enumerate().map(|(i, c)| (*c, i)).collect();
+    // Depth-first, each chain after its dependencies; `state`: 1 on the path, 2 done.
+    let mut state: BTreeMap<usize, u8> = BTreeMap::new();
+    let mut order = Vec::with_capacity(written.len());
+    for start in 0..written.len() {
+        if state.contains_key(&start) {
+            continue;
+        }
+        // An explicit stack of (chain, next dependency to look at).
+        let mut stack = vec![(start, 0usize)];
+        state.insert(start, 1);
+        while let Some((at, next)) = stack.last_mut() {
+            let chain = written[*at];
+            let deps = s.jumps.get(chain).map(Vec::as_slice).unwrap_or_default();
+            match deps.get(*next) {
+                Some(dep) => {
+                    *next += 1;
+                    let Some(&d) = index.get(dep) else { continue };
+                    match state.get(&d) {
+                        Some(1) => return None,
+                        Some(_) => {}
+                        None => {
+                            state.insert(d, 1);
+                            stack.push((d, 0));
+                        }
+                    }
+                }
+                None => {
+                    state.insert(*at, 2);
+                    order.push(chain);
+                    stack.pop();
+                }
+            }
+        }
+    }
+    Some(order)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PAYLOAD: &str = "*nat\n\
+        :KUBE-SERVICES - [0:0]\n\
+        :KUBE-MARK-MASQ - [0:0]\n\
+        :KUBE-SVC-A - [0:0]\n\
+        :KUBE-SEP-A - [0:0]\n\
+        :KUBE-SVC-OLD - [0:0]\n\
+        -A KUBE-SERVICES -d 10.0.0.1/32 -p tcp -m tcp --dport 80 -j KUBE-SVC-A\n\
+        -A KUBE-MARK-MASQ -j MARK --or-mark 0x4000\n\
+        -A KUBE-SVC-A -j KUBE-SEP-A\n\
+        -A KUBE-SEP-A -s 10.1.0.1 -j KUBE-MARK-MASQ\n\
+        -A KUBE-SEP-A -p tcp -m tcp -j DNAT --to-destination 10.1.0.1:80\n\
+        -X KUBE-SVC-OLD\n\
+        COMMIT\n";
+
+    #[test]
+    fn small_payloads_stay_whole() {
+        assert_eq!(pieces(PAYLOAD, IpFamily::Ipv4, 100).unwrap(), [PAYLOAD]);
+    }
+
+    #[test]
+    fn chains_come_after_what_they_jump_to_and_deletions_last() {
+        let got = pieces(PAYLOAD, IpFamily::Ipv4, 1).unwrap();
+        let chain_of = |p: &str| p.lines().nth(1).unwrap().to_owned();
+        let order: Vec<String> = got.iter().map(|p| chain_of(p)).collect();
+        assert_eq!(
+            order,
+            [
+                ":KUBE-MARK-MASQ - [0:0]",
+                ":KUBE-SEP-A - [0:0]",
+                ":KUBE-SVC-A - [0:0]",
+                ":KUBE-SERVICES - [0:0]",
+                ":KUBE-SVC-OLD - [0:0]",
+            ]
+        );
+        assert!(got[4].ends_with(":KUBE-SVC-OLD - [0:0]\n-X KUBE-SVC-OLD\nCOMMIT\n"));
+        // Every line of the payload is in exactly one piece.
+        let mut sent: Vec<&str> = got
+            .iter()
+            .flat_map(|p| p.lines())
+            .filter(|l| !l.starts_with('*') && *l != "COMMIT")
+            .collect();
+        let mut whole: Vec<&str> = PAYLOAD
+            .lines()
+            .filter(|l| !l.starts_with('*') && *l != "COMMIT")
+            .collect();
+        sent.sort_unstable();
+        whole.sort_unstable();
+        assert_eq!(sent, whole);
+    }
+
+    #[test]
+    fn what_it_cannot_order_it_sends_whole() {
+        let cycle = "*nat\n:A - [0:0]\n:B - [0:0]\n-A A -j B\n-A B -j A\nCOMMIT\n";
+        assert_eq!(pieces(cycle, IpFamily::Ipv4, 1).unwrap(), [cycle]);
+        let insert = "*nat\n:A - [0:0]\n:B - [0:0]\n-I A 1 -j B\nCOMMIT\n";
+        assert_eq!(pieces(insert, IpFamily::Ipv4, 1).unwrap(), [insert]);
+    }
+}
