@@ -7,7 +7,8 @@
 //! ```text
 //! sudo cargo run --release --features synthetic --example kernel_cost -- [--services S (10000)] \
 //!     [--endpoints E (10)] [--mix cluster-ip|load-balancer] [--seed N (1)] \
-//!     [--backend nft|legacy|both (both)] [--runs N (3)] [--no-resync]
+//!     [--backend nft|legacy|both (both)] [--runs N (3)] [--no-resync] \
+//!     [--restore-pieces N (the executor's default; 0: one restore)]
 //! ```
 //!
 //! Needs root, `ip` (iproute2) and the chosen backends' `iptables-*-restore`,
@@ -85,7 +86,7 @@ use svcnat::synthetic::{self, Spec};
 mod flags;
 use flags::{Arg, CommandLine, SpecFlags};
 
-const USAGE: &str = "usage: kernel_cost [--services S] [--endpoints E] [--mix cluster-ip|load-balancer] [--seed N] [--backend nft|legacy|both] [--runs N] [--no-resync]";
+const USAGE: &str = "usage: kernel_cost [--services S] [--endpoints E] [--mix cluster-ip|load-balancer] [--seed N] [--backend nft|legacy|both] [--runs N] [--no-resync] [--restore-pieces N]";
 
 fn main() {
     let args = Args::parse(CommandLine::from_env()).unwrap_or_else(|e| {
@@ -112,6 +113,8 @@ struct Args {
     backends: Vec<Backend>,
     runs: usize,
     resync: bool,
+    /// `--restore-pieces N` (0: one restore); the executor's default when absent.
+    pieces: Option<Option<usize>>,
 }
 
 impl Args {
@@ -119,6 +122,7 @@ impl Args {
         let mut flags = SpecFlags::default();
         let mut backends = vec![Backend::Nft, Backend::Legacy];
         let mut resync = true;
+        let mut pieces = None;
         while let Some(arg) = line.next()? {
             let flag = match arg {
                 Arg::Value(v) => return Err(format!("unexpected argument {v:?}")),
@@ -145,6 +149,13 @@ impl Args {
                         other => return Err(format!("--backend: unknown backend {other:?}")),
                     }
                 }
+                "--restore-pieces" => {
+                    let v = line.value(&flag)?;
+                    let n: usize = v
+                        .parse()
+                        .map_err(|_| format!("{flag}: {v:?} is not a number"))?;
+                    pieces = Some((n > 0).then_some(n));
+                }
                 _ => return Err(format!("unexpected argument {:?}", line.typed(&flag))),
             }
         }
@@ -164,6 +175,7 @@ impl Args {
             backends,
             runs,
             resync,
+            pieces,
         })
     }
 }
@@ -392,7 +404,10 @@ fn one_run(
     run: usize,
 ) -> Result<Run, String> {
     let bin = |tool: &str| format!("iptables-{}{tool}", name(backend));
-    let exec = IptablesRestore::new(backend).with_command_prefix(ns.prefix());
+    let mut exec = IptablesRestore::new(backend).with_command_prefix(ns.prefix());
+    if let Some(pieces) = args.pieces {
+        exec = exec.with_restore_pieces(pieces);
+    }
     let config = synthetic::config();
     let mut syncer: Cost =
         Syncer::new(Timed::new(exec), config.clone()).map_err(|e| e.to_string())?;

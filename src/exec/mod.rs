@@ -13,7 +13,7 @@ mod recorder;
 
 use thiserror::Error;
 
-pub use iptables::{Backend, IptablesRestore};
+pub use iptables::{Backend, IptablesRestore, NFT_CHAINS_PER_RESTORE};
 pub use pieces::pieces;
 pub use recorder::{Call, DryRun, Recorder};
 

@@ -641,8 +641,12 @@ mod traffic {
         let user_before = user_rules(&lab);
         assert_eq!(user_before.len(), 5, "{user_before:?}");
 
-        let exec =
-            IptablesRestore::new(backend).with_command_prefix(["ip", "netns", "exec", n.as_str()]);
+        // Payloads cut into pieces of three chains (exec::pieces), so the real
+        // kernel takes each sync piece by piece: the rules and the traffic below
+        // are those of the whole payload.
+        let exec = IptablesRestore::new(backend)
+            .with_command_prefix(["ip", "netns", "exec", n.as_str()])
+            .with_restore_pieces(Some(3));
         let mut syncer = Syncer::new(exec, config()).unwrap();
         syncer.replace_state(cluster());
         assert!(syncer.sync().unwrap().full);
