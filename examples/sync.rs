@@ -13,6 +13,12 @@
 //! `step N: full|partial, B bytes, W chains written, D chains deleted`.
 //! Bad input (checked for every file before anything is applied): one line on stderr,
 //! exit 2. An executor failure: the binary, exit status and stderr on stderr, exit 1.
+//!
+//! `--cleanup` (no STATE.json needed) instead removes what svcnat wrote in the
+//! current network namespace, as kube-proxy's `--cleanup` does: the jump rules from
+//! the built-in chains and svcnat's chains, in filter and nat of `--ip-family`,
+//! leaving every other rule. One line on stdout,
+//! `cleanup: J jump rules removed, C chains removed, K chains kept`, exit 0.
 
 mod common;
 
@@ -20,12 +26,12 @@ use common::{Arg, CommandLine, ProxyFlags, bad_input};
 use svcnat::exec::{Backend, DryRun, Executor, IptablesRestore};
 use svcnat::sync::{SyncReport, Syncer};
 
-const USAGE: &str =
-    "usage: sync [COMPILE FLAGS] [--apply] [--backend nft|legacy] STATE.json [STATE.json ...]";
+const USAGE: &str = "usage: sync [COMPILE FLAGS] [--apply] [--backend nft|legacy] STATE.json [STATE.json ...] | sync [--backend nft|legacy] [--ip-family ipv4|ipv6] --cleanup";
 
 fn main() {
     let mut flags = ProxyFlags::default();
     let mut apply = false;
+    let mut clean = false;
     let mut backend = Backend::Auto;
     let mut files = Vec::new();
     let mut args = CommandLine::from_env();
@@ -52,6 +58,7 @@ fn main() {
             // other boolean flag reads its value (the value used to be ignored, so
             // `--apply=false` applied: a surprise no one should meet in a kernel).
             "--apply" => apply = args.switch(&flag).unwrap_or_else(|e| bad_input("sync", &e)),
+            "--cleanup" => clean = args.switch(&flag).unwrap_or_else(|e| bad_input("sync", &e)),
             "--backend" => {
                 let v = args.value(&flag).unwrap_or_else(|e| bad_input("sync", &e));
                 // auto and system are accepted too (`Backend`'s names).
@@ -67,6 +74,10 @@ fn main() {
                 bad_input("sync", &format!("unknown flag {typed:?}; {USAGE}"))
             }
         }
+    }
+    if clean {
+        cleanup(backend, flags.family);
+        return;
     }
     if files.is_empty() {
         bad_input("sync", &format!("no STATE.json given; {USAGE}"));
@@ -128,6 +139,25 @@ fn run<E: Executor>(
                 .clear_conntrack(family, &report.stale_flows)
         {
             eprintln!("sync: step {}: conntrack cleanup: {e}", i + 1);
+        }
+    }
+}
+
+/// `--cleanup`: removes svcnat's jump rules and chains from the filter and nat
+/// tables of the family, reading the kernel (no state files), and says what it did
+/// on one line; exit 0, or 1 with the failure.
+fn cleanup(backend: Backend, family: svcnat::model::IpFamily) {
+    let mut exec = IptablesRestore::new(backend);
+    match svcnat::exec::cleanup(&mut exec, family) {
+        Ok(done) => println!(
+            "cleanup: {} jump rules removed, {} chains removed, {} chains kept",
+            done.jumps_removed.len(),
+            done.chains_removed.len(),
+            done.chains_kept.len()
+        ),
+        Err(e) => {
+            eprintln!("sync: cleanup: {}", e.to_string().replace('\n', " "));
+            std::process::exit(1);
         }
     }
 }

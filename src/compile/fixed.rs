@@ -66,6 +66,25 @@ pub(crate) fn assemble_owned(
     }
 }
 
+/// True for a chain svcnat writes: a top-level chain of the fixed tables or a
+/// per-service chain. Cleanup removes these (and the jumps to them) and nothing
+/// else.
+pub(crate) fn is_owned_chain(name: &str) -> bool {
+    [
+        KUBE_SERVICES,
+        KUBE_EXTERNAL_SERVICES,
+        KUBE_NODEPORTS,
+        KUBE_POSTROUTING,
+        KUBE_MARK_MASQ,
+        KUBE_FORWARD,
+        KUBE_PROXY_FIREWALL,
+        KUBE_FIREWALL,
+    ]
+    .iter()
+    .any(|c| c.as_str() == name)
+        || super::naming::is_service_chain(name)
+}
+
 /// The rules a shared chain ends with, after every service's: the node-port jumps
 /// go last in nat `KUBE-SERVICES`, as kube-proxy writes them; the other shared
 /// chains end with the services' rules. The typed and the text assembly both ask

@@ -43,6 +43,7 @@ use assembly::{shared_chain_text, write_full};
 use compiled::Counter;
 pub use compiled::{CompiledText, compile_text, compile_text_reusing};
 pub use context::check_config;
+pub(crate) use fixed::is_owned_chain;
 pub use fixed::jump_rules;
 pub(crate) use service::{PortFlows, ServiceRules};
 use sink::TextSink;

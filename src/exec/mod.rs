@@ -7,12 +7,14 @@
 //! leaves without root. Embedders implement [`Executor`] for their own transport
 //! (netlink, a remote agent).
 
+mod cleanup;
 mod iptables;
 mod pieces;
 mod recorder;
 
 use thiserror::Error;
 
+pub use cleanup::{Cleanup, cleanup, cleanup_payload};
 pub use iptables::{Backend, IptablesRestore, NFT_CHAINS_PER_RESTORE};
 pub use pieces::pieces;
 pub use recorder::{Call, DryRun, Recorder};

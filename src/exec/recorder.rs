@@ -373,6 +373,20 @@ impl Recorder {
                         work.shift_remove(chain.as_str());
                         deleted.push(chain);
                     }
+                    Op::Delete { chain, rule } => {
+                        // The first rule equal to the one given, compared as written
+                        // (a jump may be typed on one side and kept as text on the other).
+                        let text = rule.to_string();
+                        let c = work.get_mut(chain.as_str()).ok_or_else(|| {
+                            format!("line {n}: no chain {chain} in table {table}")
+                        })?;
+                        let at = c
+                            .rules
+                            .iter()
+                            .position(|r| r.to_string() == text)
+                            .ok_or_else(|| format!("line {n}: no such rule in {chain}: {text}"))?;
+                        c.rules.remove(at);
+                    }
                     other => return Err(format!("line {n}: unsupported operation {other:?}")),
                 }
             }

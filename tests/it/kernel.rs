@@ -1154,3 +1154,96 @@ mod every_feature {
             .unwrap();
     }
 }
+
+/// Cleanup from a fresh executor, after a sync on top of another program's rules,
+/// leaves the tables exactly as they were before the sync (by `iptables-save`,
+/// counters and comments aside), and a second cleanup changes nothing.
+fn cleanup_keeps_foreign_rules(backend: svcnat::exec::Backend, tag: &str) {
+    use svcnat::exec::{IptablesRestore, cleanup};
+    use svcnat::model::IpFamily;
+    use svcnat::sync::Syncer;
+    let ns = Netns::new(tag);
+    let name = match backend {
+        svcnat::exec::Backend::Legacy => "legacy",
+        _ => "nft",
+    };
+    let (save, restore) = (
+        format!("iptables-{name}-save"),
+        format!("iptables-{name}-restore"),
+    );
+    let foreign = "*nat\n:PREROUTING ACCEPT [0:0]\n:DOCKER - [0:0]\n\
+        -A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER\n\
+        -A PREROUTING -s 10.9.0.0/16 -p udp -m udp --dport 53 -j RETURN\n\
+        -A DOCKER -p tcp -m tcp --dport 8080 -j DNAT --to-destination 172.17.0.2:80\n\
+        COMMIT\n*filter\n:FORWARD ACCEPT [0:0]\n:CNI-FORWARD - [0:0]\n\
+        -A FORWARD -j CNI-FORWARD\n-A CNI-FORWARD -s 10.88.0.0/16 -j ACCEPT\nCOMMIT\n";
+    let (ok, out) = ns.run(&[restore.as_str(), "--noflush"], foreign);
+    assert!(ok, "{out}");
+    let tables = |ns: &Netns| -> String {
+        let mut all = String::new();
+        for table in ["nat", "filter"] {
+            let (ok, out) = ns.run(&[save.as_str(), "-t", table], "");
+            assert!(ok, "{out}");
+            for line in out.lines().filter(|l| !l.starts_with('#')) {
+                // Counters differ between the two reads.
+                let line = match line.split_once(" [") {
+                    Some((head, _)) if line.starts_with(':') => head,
+                    _ => line,
+                };
+                all.push_str(line);
+                all.push('\n');
+            }
+        }
+        all
+    };
+    let before = tables(&ns);
+    let exec = || {
+        IptablesRestore::new(backend).with_command_prefix(["ip", "netns", "exec", ns.name.as_str()])
+    };
+    let mut syncer = Syncer::new(exec(), crate::fixtures::config()).unwrap();
+    syncer.replace_state(crate::parse::rich_state(IpFamily::Ipv4));
+    assert!(syncer.sync().unwrap().full);
+    assert_ne!(tables(&ns), before);
+    drop(syncer);
+
+    let done = cleanup(&mut exec(), IpFamily::Ipv4).unwrap();
+    assert!(!done.chains_removed.is_empty(), "{done:?}");
+    assert!(done.chains_kept.is_empty(), "{done:?}");
+    assert_eq!(tables(&ns), before);
+    let again = cleanup(&mut exec(), IpFamily::Ipv4).unwrap();
+    assert_eq!(again, Default::default());
+    assert_eq!(tables(&ns), before);
+
+    // The same through the sync example's --cleanup, from a fresh process.
+    #[cfg(feature = "k8s")]
+    {
+        let mut syncer = Syncer::new(exec(), crate::fixtures::config()).unwrap();
+        syncer.replace_state(crate::parse::rich_state(IpFamily::Ipv4));
+        assert!(syncer.sync().unwrap().full);
+        let sync = crate::fixtures::example("sync");
+        let (ok, out) = ns.run(
+            &[sync.to_str().unwrap(), "--backend", name, "--cleanup"],
+            "",
+        );
+        assert!(ok, "{out}");
+        assert!(
+            out.starts_with("cleanup: ") && out.contains(" chains removed, 0 chains kept"),
+            "{out}"
+        );
+        assert_eq!(tables(&ns), before);
+    }
+}
+
+#[test]
+fn cleanup_keeps_foreign_rules_nft() {
+    if kernel_available("cleanup_keeps_foreign_rules_nft") {
+        cleanup_keeps_foreign_rules(svcnat::exec::Backend::Nft, "clean-nft");
+    }
+}
+
+#[test]
+fn cleanup_keeps_foreign_rules_legacy() {
+    if kernel_available("cleanup_keeps_foreign_rules_legacy") {
+        cleanup_keeps_foreign_rules(svcnat::exec::Backend::Legacy, "clean-leg");
+    }
+}

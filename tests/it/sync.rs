@@ -754,3 +754,48 @@ fn the_recorder_keeps_one_copy_of_a_jump_rule_added_from_text() {
     rec.ensure_jump(v4, jump).unwrap();
     assert_eq!(rec.rules(v4, Table::Nat, "OUTPUT").unwrap().len(), 1);
 }
+
+/// Cleanup removes what a sync wrote, from the kernel's tables alone, and leaves
+/// every other rule and chain; a second run finds nothing to do.
+#[test]
+fn cleanup_leaves_only_what_others_wrote() {
+    use svcnat::exec::{Executor, Recorder, RestoreOptions, cleanup};
+    let v4 = IpFamily::Ipv4;
+    let foreign = |rec: &mut Recorder| {
+        rec.restore(
+            v4,
+            "*nat\n:DOCKER - [0:0]\n-A DOCKER -p tcp -m tcp --dport 8080 -j RETURN\nCOMMIT\n\
+             *filter\n:CNI-FORWARD - [0:0]\n-A CNI-FORWARD -j ACCEPT\nCOMMIT\n",
+            RestoreOptions::default(),
+        )
+        .unwrap();
+        rec.append_foreign(
+            v4,
+            Table::Nat,
+            "PREROUTING",
+            "-m addrtype --dst-type LOCAL -j DOCKER",
+        )
+        .unwrap();
+        rec.append_foreign(v4, Table::Nat, "PREROUTING", "-s 10.9.0.0/16 -j RETURN")
+            .unwrap();
+        rec.append_foreign(v4, Table::Filter, "FORWARD", "-j CNI-FORWARD")
+            .unwrap();
+    };
+    let mut only_foreign = Recorder::new();
+    foreign(&mut only_foreign);
+
+    let mut rec = Recorder::new();
+    foreign(&mut rec);
+    let mut syncer = Syncer::new(&mut rec, config()).unwrap();
+    syncer.replace_state(crate::parse::rich_state(IpFamily::Ipv4));
+    syncer.sync().unwrap();
+    drop(syncer);
+    assert_ne!(tables(&rec), tables(&only_foreign));
+
+    let done = cleanup(&mut rec, v4).unwrap();
+    assert!(!done.jumps_removed.is_empty() && !done.chains_removed.is_empty());
+    assert!(done.chains_kept.is_empty(), "{:?}", done.chains_kept);
+    assert_eq!(tables(&rec), tables(&only_foreign));
+    let again = cleanup(&mut rec, v4).unwrap();
+    assert_eq!(again, Default::default());
+}
