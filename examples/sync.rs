@@ -16,7 +16,8 @@
 //!
 //! `--cleanup` (no STATE.json needed) instead removes what svcnat wrote in the
 //! current network namespace, as kube-proxy's `--cleanup` does: the jump rules from
-//! the built-in chains and svcnat's chains, in filter and nat of `--ip-family`,
+//! the built-in chains and svcnat's chains, in filter and nat of `--ip-family` (both
+//! families when it is not given),
 //! leaving every other rule. One line on stdout,
 //! `cleanup: J jump rules removed, C chains removed, K chains kept`, exit 0.
 
@@ -76,7 +77,13 @@ fn main() {
         }
     }
     if clean {
-        cleanup(backend, flags.family);
+        // Both families unless one is named: a dual-stack node wrote both.
+        let families = if flags.family_given {
+            vec![flags.family]
+        } else {
+            vec![svcnat::model::IpFamily::Ipv4, svcnat::model::IpFamily::Ipv6]
+        };
+        cleanup(backend, &families);
         return;
     }
     if files.is_empty() {
@@ -146,18 +153,26 @@ fn run<E: Executor>(
 /// `--cleanup`: removes svcnat's jump rules and chains from the filter and nat
 /// tables of the family, reading the kernel (no state files), and says what it did
 /// on one line; exit 0, or 1 with the failure.
-fn cleanup(backend: Backend, family: svcnat::model::IpFamily) {
+fn cleanup(backend: Backend, families: &[svcnat::model::IpFamily]) {
     let mut exec = IptablesRestore::new(backend);
-    match svcnat::exec::cleanup(&mut exec, family) {
-        Ok(done) => println!(
-            "cleanup: {} jump rules removed, {} chains removed, {} chains kept",
-            done.jumps_removed.len(),
-            done.chains_removed.len(),
-            done.chains_kept.len()
-        ),
-        Err(e) => {
-            eprintln!("sync: cleanup: {}", e.to_string().replace('\n', " "));
-            std::process::exit(1);
+    let mut all = svcnat::exec::Cleanup::default();
+    for &family in families {
+        match svcnat::exec::cleanup(&mut exec, family) {
+            Ok(done) => {
+                all.jumps_removed.extend(done.jumps_removed);
+                all.chains_removed.extend(done.chains_removed);
+                all.chains_kept.extend(done.chains_kept);
+            }
+            Err(e) => {
+                eprintln!("sync: cleanup: {}", e.to_string().replace('\n', " "));
+                std::process::exit(1);
+            }
         }
     }
+    println!(
+        "cleanup: {} jump rules removed, {} chains removed, {} chains kept",
+        all.jumps_removed.len(),
+        all.chains_removed.len(),
+        all.chains_kept.len()
+    );
 }

@@ -58,6 +58,8 @@ pub struct ProxyFlags {
     pub family: IpFamily,
     /// `--lenient`: invalid services are left out with a warning, not refused.
     pub lenient: bool,
+    /// Whether `--ip-family` was given.
+    pub family_given: bool,
 }
 
 fn parse<T: std::str::FromStr>(flag: &str, v: &str, what: &str) -> Result<T, String> {
@@ -131,6 +133,7 @@ impl ProxyFlags {
                     .to_ascii_lowercase()
                     .parse()
                     .map_err(|_| format!("{flag}: {v:?} is not ipv4 or ipv6"))?;
+                self.family_given = true;
             }
             _ => return Ok(false),
         }

@@ -5,15 +5,19 @@
 //!
 //! [`cleanup_payload`] is the pure half: from one table's `iptables-save` output,
 //! the restore payload that removes svcnat's part of it and leaves every other rule
-//! and chain as it was. A chain named like svcnat's that a rule svcnat did not
-//! write still jumps to (another program's `KUBE-SEP-MINE`, an old kube-proxy's
-//! leftovers) is kept, with every chain it reaches, and reported.
+//! and chain as it was. Only the jump rules svcnat writes (as `compile::jump_rules`
+//! writes them, under any config) are removed from the built-in chains. A chain
+//! named like svcnat's that a rule svcnat did not write still jumps to (another
+//! program's `KUBE-SEP-MINE`, a user's `-j KUBE-SERVICES`) is kept, with every
+//! chain it reaches, and reported. As kube-proxy's cleanup does, `KUBE-MARK-MASQ`
+//! and `KUBE-FIREWALL`, which kubelet writes too, are left in place.
 
 use std::collections::{BTreeSet, HashSet};
 
 use super::{ExecError, Executor, RestoreOptions};
-use crate::compile::is_owned_chain;
+use crate::compile::{is_owned_chain, jump_rules};
 use crate::model::IpFamily;
+use crate::model::ProxyConfig;
 use crate::parse::{ParseError, parse_as};
 use crate::ruleset::restore::{self, RuleLine};
 use crate::ruleset::{ChainName, Rule, Table, Target};
@@ -33,6 +37,36 @@ pub struct Cleanup {
 
 /// The tables svcnat writes.
 const TABLES: [Table; 2] = [Table::Filter, Table::Nat];
+
+/// Chains svcnat writes that other programs write too and kube-proxy's cleanup
+/// leaves: `KUBE-MARK-MASQ` (kubelet's, in older releases) and `KUBE-FIREWALL`
+/// (kubelet's localnet guard).
+const SHARED: [&str; 2] = ["KUBE-MARK-MASQ", "KUBE-FIREWALL"];
+
+/// True for a chain cleanup removes.
+fn removable(name: &str) -> bool {
+    is_owned_chain(name) && !SHARED.contains(&name)
+}
+
+/// Every jump rule svcnat may have put in `table`'s built-in chains, as text, under
+/// any config (comments on or off, localhost node ports on or off).
+fn svcnat_jumps(family: IpFamily, table: Table) -> HashSet<(String, String)> {
+    let mut out = HashSet::new();
+    for comments in [true, false] {
+        for localhost in [true, false] {
+            let config = ProxyConfig::default()
+                .with_ip_family(family)
+                .with_comments(comments)
+                .with_localhost_nodeports(localhost);
+            for jump in jump_rules(&config).into_iter().flatten() {
+                if jump.table == table {
+                    out.insert((jump.chain.to_string(), jump.rule.to_string()));
+                }
+            }
+        }
+    }
+    out
+}
 
 /// The chain a rule jumps or goes to, as the parser read it (typed where the dump
 /// declares the chain, as `iptables-save` output does).
@@ -68,17 +102,27 @@ pub fn cleanup_payload(
     let owned: Vec<&ChainName> = rules
         .chains
         .values()
-        .filter(|c| c.policy.is_none() && is_owned_chain(c.name.as_str()))
+        .filter(|c| c.policy.is_none() && removable(c.name.as_str()))
         .map(|c| &c.name)
         .collect();
+    // svcnat's own jump rules in the built-in chains, as it writes them; any other
+    // rule there, or in a chain svcnat does not own, is another program's.
+    let ours = svcnat_jumps(family, table);
+    let is_ours =
+        |chain: &ChainName, rule: &Rule| ours.contains(&(chain.to_string(), rule.to_string()));
     // What rules svcnat did not write reach: kept, with all they reach in turn.
     let mut kept: BTreeSet<&str> = BTreeSet::new();
     let mut todo: Vec<&str> = rules
         .chains
         .values()
-        .filter(|c| c.policy.is_none() && !is_owned_chain(c.name.as_str()))
-        .flat_map(|c| c.rules.iter().filter_map(target))
-        .filter(|t| is_owned_chain(t))
+        .filter(|c| !removable(c.name.as_str()))
+        .flat_map(|c| {
+            c.rules
+                .iter()
+                .filter(|r| c.policy.is_none() || !is_ours(&c.name, r))
+                .filter_map(target)
+        })
+        .filter(|t| removable(t))
         .collect();
     while let Some(name) = todo.pop() {
         if kept.insert(name)
@@ -89,7 +133,7 @@ pub fn cleanup_payload(
                     .rules
                     .iter()
                     .filter_map(target)
-                    .filter(|t| is_owned_chain(t)),
+                    .filter(|t| removable(t)),
             );
         }
     }
@@ -98,13 +142,12 @@ pub fn cleanup_payload(
         .copied()
         .filter(|c| !kept.contains(c.as_str()))
         .collect();
-    let removed_names: HashSet<&str> = removed.iter().map(|c| c.as_str()).collect();
     let mut text = String::new();
     // Writing into a String cannot fail.
     let _ = restore::open_table(&mut text, table);
     for chain in rules.chains.values().filter(|c| c.policy.is_some()) {
         for rule in &chain.rules {
-            if target(rule).is_some_and(|t| removed_names.contains(t)) {
+            if is_ours(&chain.name, rule) {
                 let _ = RuleLine::delete(&mut text, chain.name.as_str()).and_then(|mut l| {
                     l.rule(rule)?;
                     l.end()
@@ -195,9 +238,28 @@ mod tests {
              -X KUBE-SERVICES\n-X KUBE-SVC-A\n-X KUBE-SEP-A\nCOMMIT\n"
         );
         let kept: Vec<&str> = report.chains_kept.iter().map(|(_, c)| c.as_str()).collect();
-        assert_eq!(kept, ["KUBE-MARK-MASQ", "KUBE-SEP-MINE"]);
+        // KUBE-MARK-MASQ is shared with kubelet and stays, as with kube-proxy.
+        assert_eq!(kept, ["KUBE-SEP-MINE"]);
         assert_eq!(report.jumps_removed.len(), 2);
         assert_eq!(report.chains_removed.len(), 3);
+    }
+
+    #[test]
+    fn a_users_jump_to_an_svcnat_chain_keeps_it() {
+        let saved = SAVED.replace(
+            "-A PREROUTING -p tcp",
+            "-A PREROUTING -i eth1 -j KUBE-SERVICES\n-A PREROUTING -p tcp",
+        );
+        let (payload, report) = cleanup_payload(&saved, IpFamily::Ipv4, Table::Nat).unwrap();
+        // svcnat's own two jumps go; the user's stays, and so do the chains it reaches.
+        assert_eq!(report.jumps_removed.len(), 2);
+        assert!(!payload.contains("-i eth1"), "{payload}");
+        let kept: Vec<&str> = report.chains_kept.iter().map(|(_, c)| c.as_str()).collect();
+        assert_eq!(
+            kept,
+            ["KUBE-SERVICES", "KUBE-SVC-A", "KUBE-SEP-A", "KUBE-SEP-MINE"]
+        );
+        assert!(report.chains_removed.is_empty());
     }
 
     #[test]

@@ -143,8 +143,10 @@ impl IptablesRestore {
     /// one large `--noflush` payload in time quadratic in its chains) and legacy
     /// never does (each legacy restore rewrites the whole table, so pieces would
     /// cost more).
+    /// `Some(0)` is taken as `None`. Only `--noflush` restores are cut: without it
+    /// each restore would empty the table first.
     pub fn with_restore_pieces(mut self, chains: Option<usize>) -> Self {
-        self.pieces = Some(chains);
+        self.pieces = Some(chains.filter(|n| *n > 0));
         self
     }
 
@@ -318,8 +320,8 @@ impl Executor for IptablesRestore {
         let payload = sorted.as_deref().unwrap_or(payload);
         // A payload the parser cannot read is sent whole, for the binary to judge.
         let pieces = match self.chains_per_restore() {
-            Some(n) => super::pieces(payload, family, n).ok(),
-            None => None,
+            Some(n) if options.noflush => super::pieces(payload, family, n).ok(),
+            _ => None,
         };
         // Each piece is a restore of its own: a failure leaves the pieces before it
         // applied, every one of them a safe state, and the Syncer syncs in full next.

@@ -15,6 +15,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use crate::compile::incremental::is_service_chain;
 use crate::model::IpFamily;
 use crate::parse::{Op, ParseError, parse_restore_as};
 use crate::ruleset::restore;
@@ -64,14 +65,37 @@ pub fn pieces(
                 return Ok(whole());
             };
             match &op.op {
-                Op::Declare { chain, .. } => s.declared.push((chain.clone(), line)),
+                Op::Declare { chain, .. } => {
+                    // Declared twice, or again after its rules or its deletion: the
+                    // order of those lines matters, and only the whole payload keeps it.
+                    if s.declared.iter().any(|(c, _)| c == chain)
+                        || s.deleted.iter().any(|(c, _)| c == chain)
+                    {
+                        return Ok(whole());
+                    }
+                    s.declared.push((chain.clone(), line));
+                }
                 Op::Append { chain, rule } => {
+                    // A rule for a chain the payload does not declare (a built-in chain,
+                    // or one it leaves as it is), or for one it deletes: sent whole.
+                    if !s.declared.iter().any(|(c, _)| c == chain)
+                        || s.deleted.iter().any(|(c, _)| c == chain)
+                    {
+                        return Ok(whole());
+                    }
                     s.rules.entry(chain.clone()).or_default().push(line);
                     if let Some(to) = jump_target(rule) {
                         s.jumps.entry(chain.clone()).or_default().push(to);
                     }
                 }
-                Op::DeleteChain(Some(chain)) => s.deleted.push((chain.clone(), line)),
+                Op::DeleteChain(Some(chain)) => {
+                    // A chain deleted with rules of its own would fail whole; pieces
+                    // would not say so.
+                    if s.rules.contains_key(chain) {
+                        return Ok(whole());
+                    }
+                    s.deleted.push((chain.clone(), line));
+                }
                 _ => return Ok(whole()),
             }
         }
@@ -89,7 +113,16 @@ pub fn pieces(
         let deleted: HashSet<&ChainName> = s.deleted.iter().map(|(c, _)| c).collect();
         let declaration: HashMap<&ChainName, &str> =
             s.declared.iter().map(|(c, l)| (c, *l)).collect();
-        for chunk in order.chunks(max_chains) {
+        // The chains that jump nowhere in the payload and are not per-service (the
+        // fixed ones: KUBE-MARK-MASQ sets the mark KUBE-POSTROUTING tests) go first,
+        // together, so no piece has one at a new setting and the other at an old one.
+        let (fixed, rest): (Vec<&ChainName>, Vec<&ChainName>) = order.iter().partition(|c| {
+            !is_service_chain(c.as_str()) && s.jumps.get(**c).is_none_or(Vec::is_empty)
+        });
+        let chunks = std::iter::once(fixed.as_slice())
+            .filter(|f| !f.is_empty())
+            .chain(rest.chunks(max_chains));
+        for chunk in chunks {
             let mut text = String::new();
             // Writing into a String cannot fail.
             let _ = restore::open_table(&mut text, s.table);
@@ -104,19 +137,24 @@ pub fn pieces(
             let _ = restore::commit(&mut text);
             out.push(text);
         }
-        if !deleted.is_empty() {
-            let mut text = String::new();
-            let _ = restore::open_table(&mut text, s.table);
-            for (chain, line) in &s.declared {
-                if deleted.contains(chain) {
+        // Every rule that jumped to a deleted chain is rewritten by now: the deleted
+        // chains are flushed, then removed, both in pieces of `max_chains`.
+        let doomed: Vec<&str> = s
+            .declared
+            .iter()
+            .filter(|(c, _)| deleted.contains(c))
+            .map(|(_, line)| *line)
+            .collect();
+        for lines in [doomed, s.deleted.iter().map(|(_, l)| *l).collect()] {
+            for chunk in lines.chunks(max_chains) {
+                let mut text = String::new();
+                let _ = restore::open_table(&mut text, s.table);
+                for line in chunk {
                     push_line(&mut text, line);
                 }
+                let _ = restore::commit(&mut text);
+                out.push(text);
             }
-            for (_, line) in &s.deleted {
-                push_line(&mut text, line);
-            }
-            let _ = restore::commit(&mut text);
-            out.push(text);
         }
     }
     Ok(out)
@@ -219,9 +257,9 @@ mod tests {
                 ":KUBE-SVC-A - [0:0]",
                 ":KUBE-SERVICES - [0:0]",
                 ":KUBE-SVC-OLD - [0:0]",
+                "-X KUBE-SVC-OLD",
             ]
         );
-        assert!(got[4].ends_with(":KUBE-SVC-OLD - [0:0]\n-X KUBE-SVC-OLD\nCOMMIT\n"));
         // Every line of the payload is in exactly one piece.
         let mut sent: Vec<&str> = got
             .iter()
@@ -238,10 +276,31 @@ mod tests {
     }
 
     #[test]
+    fn the_fixed_chains_go_first_together() {
+        let payload = "*nat\n:KUBE-POSTROUTING - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n:KUBE-SEP-A - [0:0]\n\
+            -A KUBE-POSTROUTING -m mark ! --mark 0x8/0x8 -j RETURN\n\
+            -A KUBE-MARK-MASQ -j MARK --or-mark 0x8\n\
+            -A KUBE-SEP-A -s 10.1.0.1/32 -j KUBE-MARK-MASQ\nCOMMIT\n";
+        let got = pieces(payload, IpFamily::Ipv4, 1).unwrap();
+        assert_eq!(got.len(), 2);
+        assert!(got[0].contains(":KUBE-POSTROUTING") && got[0].contains(":KUBE-MARK-MASQ"));
+        assert!(got[1].contains(":KUBE-SEP-A"));
+    }
+
+    #[test]
     fn what_it_cannot_order_it_sends_whole() {
         let cycle = "*nat\n:A - [0:0]\n:B - [0:0]\n-A A -j B\n-A B -j A\nCOMMIT\n";
         assert_eq!(pieces(cycle, IpFamily::Ipv4, 1).unwrap(), [cycle]);
         let insert = "*nat\n:A - [0:0]\n:B - [0:0]\n-I A 1 -j B\nCOMMIT\n";
         assert_eq!(pieces(insert, IpFamily::Ipv4, 1).unwrap(), [insert]);
+        // A rule for a chain the payload does not declare, a chain declared twice,
+        // a chain deleted with rules: only the whole payload keeps their meaning.
+        for odd in [
+            "*nat\n:A - [0:0]\n:B - [0:0]\n-A PREROUTING -j A\nCOMMIT\n",
+            "*nat\n:A - [0:0]\n-A A -j RETURN\n:A - [0:0]\n:B - [0:0]\nCOMMIT\n",
+            "*nat\n:A - [0:0]\n:B - [0:0]\n-A A -j RETURN\n-X A\nCOMMIT\n",
+        ] {
+            assert_eq!(pieces(odd, IpFamily::Ipv4, 1).unwrap(), [odd]);
+        }
     }
 }

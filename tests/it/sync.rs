@@ -795,7 +795,17 @@ fn cleanup_leaves_only_what_others_wrote() {
     let done = cleanup(&mut rec, v4).unwrap();
     assert!(!done.jumps_removed.is_empty() && !done.chains_removed.is_empty());
     assert!(done.chains_kept.is_empty(), "{:?}", done.chains_kept);
-    assert_eq!(tables(&rec), tables(&only_foreign));
+    // KUBE-MARK-MASQ and KUBE-FIREWALL, which kubelet writes too, stay, as with
+    // kube-proxy's cleanup; everything else is as before the sync.
+    let shared = |t: BTreeMap<(Table, String), Vec<String>>| {
+        let is_shared = |s: &str| s.contains("KUBE-MARK-MASQ") || s.contains("KUBE-FIREWALL");
+        t.into_iter()
+            .filter(|((_, c), _)| !is_shared(c))
+            .map(|(k, rules)| (k, rules.into_iter().filter(|r| !is_shared(r)).collect()))
+            .collect::<BTreeMap<_, Vec<String>>>()
+    };
+    assert!(tables(&rec).keys().any(|(_, c)| c == "KUBE-MARK-MASQ"));
+    assert_eq!(shared(tables(&rec)), shared(tables(&only_foreign)));
     let again = cleanup(&mut rec, v4).unwrap();
     assert_eq!(again, Default::default());
 }
