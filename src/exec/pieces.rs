@@ -60,6 +60,9 @@ pub fn pieces(
             jumps: HashMap::new(),
             deleted: Vec::new(),
         };
+        // Looked up per line: sets, as a full payload has 100k chains and more.
+        let mut declared: HashSet<&ChainName> = HashSet::new();
+        let mut deleted: HashSet<&ChainName> = HashSet::new();
         for op in &table.ops {
             let Some(line) = op.line.checked_sub(1).and_then(|i| lines.get(i)) else {
                 return Ok(whole());
@@ -68,9 +71,7 @@ pub fn pieces(
                 Op::Declare { chain, .. } => {
                     // Declared twice, or again after its rules or its deletion: the
                     // order of those lines matters, and only the whole payload keeps it.
-                    if s.declared.iter().any(|(c, _)| c == chain)
-                        || s.deleted.iter().any(|(c, _)| c == chain)
-                    {
+                    if deleted.contains(chain) || !declared.insert(chain) {
                         return Ok(whole());
                     }
                     s.declared.push((chain.clone(), line));
@@ -78,9 +79,7 @@ pub fn pieces(
                 Op::Append { chain, rule } => {
                     // A rule for a chain the payload does not declare (a built-in chain,
                     // or one it leaves as it is), or for one it deletes: sent whole.
-                    if !s.declared.iter().any(|(c, _)| c == chain)
-                        || s.deleted.iter().any(|(c, _)| c == chain)
-                    {
+                    if !declared.contains(chain) || deleted.contains(chain) {
                         return Ok(whole());
                     }
                     s.rules.entry(chain.clone()).or_default().push(line);
@@ -94,6 +93,7 @@ pub fn pieces(
                     if s.rules.contains_key(chain) {
                         return Ok(whole());
                     }
+                    deleted.insert(chain);
                     s.deleted.push((chain.clone(), line));
                 }
                 _ => return Ok(whole()),
