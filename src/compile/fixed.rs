@@ -70,19 +70,7 @@ pub(crate) fn assemble_owned(
 /// per-service chain. Cleanup removes these (and the jumps to them) and nothing
 /// else.
 pub(crate) fn is_owned_chain(name: &str) -> bool {
-    [
-        KUBE_SERVICES,
-        KUBE_EXTERNAL_SERVICES,
-        KUBE_NODEPORTS,
-        KUBE_POSTROUTING,
-        KUBE_MARK_MASQ,
-        KUBE_FORWARD,
-        KUBE_PROXY_FIREWALL,
-        KUBE_FIREWALL,
-    ]
-    .iter()
-    .any(|c| c.as_str() == name)
-        || super::naming::is_service_chain(name)
+    super::FIXED_CHAINS.iter().any(|c| c.as_str() == name) || super::naming::is_service_chain(name)
 }
 
 /// The rules a shared chain ends with, after every service's: the node-port jumps
@@ -318,16 +306,7 @@ mod tests {
 
     #[test]
     fn fixed_names_are_valid() {
-        for name in [
-            KUBE_SERVICES,
-            KUBE_EXTERNAL_SERVICES,
-            KUBE_NODEPORTS,
-            KUBE_POSTROUTING,
-            KUBE_MARK_MASQ,
-            KUBE_FORWARD,
-            KUBE_PROXY_FIREWALL,
-            KUBE_FIREWALL,
-        ] {
+        for name in super::super::FIXED_CHAINS {
             assert!(ChainName::new(name.as_str()).is_ok(), "{name}");
         }
     }

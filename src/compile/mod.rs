@@ -64,6 +64,18 @@ pub(crate) const KUBE_FORWARD: ChainName = ChainName::fixed("KUBE-FORWARD");
 pub(crate) const KUBE_PROXY_FIREWALL: ChainName = ChainName::fixed("KUBE-PROXY-FIREWALL");
 pub(crate) const KUBE_FIREWALL: ChainName = ChainName::fixed("KUBE-FIREWALL");
 
+/// Every top-level chain svcnat writes.
+pub(crate) const FIXED_CHAINS: [ChainName; 8] = [
+    KUBE_SERVICES,
+    KUBE_EXTERNAL_SERVICES,
+    KUBE_NODEPORTS,
+    KUBE_POSTROUTING,
+    KUBE_MARK_MASQ,
+    KUBE_FORWARD,
+    KUBE_PROXY_FIREWALL,
+    KUBE_FIREWALL,
+];
+
 /// A top-level chain that every service appends its capture, reject and drop rules to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) enum SharedChain {

@@ -20,7 +20,7 @@ use crate::model::IpFamily;
 use crate::model::ProxyConfig;
 use crate::parse::{ParseError, parse_as};
 use crate::ruleset::restore::{self, RuleLine};
-use crate::ruleset::{ChainName, Rule, Table, Target};
+use crate::ruleset::{ChainName, Rule, Table};
 
 /// What a cleanup removed, and what it left.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -68,21 +68,6 @@ fn svcnat_jumps(family: IpFamily, table: Table) -> HashSet<(String, String)> {
     out
 }
 
-/// The chain a rule jumps or goes to, as the parser read it (typed where the dump
-/// declares the chain, as `iptables-save` output does).
-fn target(rule: &Rule) -> Option<&str> {
-    match &rule.target {
-        Some(Target::Jump(c) | Target::Goto(c)) => Some(c.as_str()),
-        Some(Target::Other(raw)) => {
-            let t = raw.as_str();
-            t.strip_prefix("-j ")
-                .or_else(|| t.strip_prefix("-g "))
-                .filter(|n| !n.contains(' '))
-        }
-        _ => None,
-    }
-}
-
 /// The restore payload that removes svcnat's rules and chains from `table`, whose
 /// `iptables-save -t TABLE` output is `saved`, and what it removes and keeps. The
 /// payload is empty when there is nothing to remove.
@@ -120,7 +105,7 @@ pub fn cleanup_payload(
             c.rules
                 .iter()
                 .filter(|r| c.policy.is_none() || !is_ours(&c.name, r))
-                .filter_map(target)
+                .filter_map(Rule::target_name)
         })
         .filter(|t| removable(t))
         .collect();
@@ -132,7 +117,7 @@ pub fn cleanup_payload(
                 chain
                     .rules
                     .iter()
-                    .filter_map(target)
+                    .filter_map(Rule::target_name)
                     .filter(|t| removable(t)),
             );
         }

@@ -83,8 +83,10 @@ pub fn pieces(
                         return Ok(whole());
                     }
                     s.rules.entry(chain.clone()).or_default().push(line);
-                    if let Some(to) = jump_target(rule) {
-                        s.jumps.entry(chain.clone()).or_default().push(to);
+                    // Typed only where the payload declares the chain: the others
+                    // exist already and are no dependency.
+                    if let Some(to) = rule.jump_target() {
+                        s.jumps.entry(chain.clone()).or_default().push(to.clone());
                     }
                 }
                 Op::DeleteChain(Some(chain)) => {
@@ -163,12 +165,6 @@ pub fn pieces(
 fn push_line(text: &mut String, line: &str) {
     text.push_str(line);
     text.push('\n');
-}
-
-/// The chain a rule jumps or goes to, as the parser read it: typed where the
-/// payload declares the chain.
-fn jump_target(rule: &crate::ruleset::Rule) -> Option<ChainName> {
-    rule.jump_target().cloned()
 }
 
 /// The section's written chains (declared and not deleted) in an order where each

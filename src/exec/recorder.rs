@@ -10,7 +10,7 @@ use crate::model::IpFamily;
 use crate::parse::{Op, Operation, parse_restore_as};
 use crate::ruleset::JumpRule;
 use crate::ruleset::restore::{self, RuleLine};
-use crate::ruleset::{ChainName, Policy, Rule, Table, Target};
+use crate::ruleset::{ChainName, Policy, Rule, Table};
 
 /// Keeps every payload it is handed and applies nothing. `save` returns empty
 /// tables, so a sync through it deletes no stale chains.
@@ -159,21 +159,7 @@ fn sections(payload: &str) -> Result<Vec<(usize, String)>, String> {
 /// (declared in the same text); elsewhere, as a partial payload's jumps to chains
 /// the kernel already holds, the target is kept as written, and is read here.
 fn jump_of(rule: &Rule) -> Option<&str> {
-    let name = match &rule.target {
-        Some(Target::Jump(c) | Target::Goto(c)) => c.as_str(),
-        Some(Target::Other(raw)) => {
-            let text = raw.as_str();
-            let name = text
-                .strip_prefix("-j ")
-                .or_else(|| text.strip_prefix("-g "))?;
-            if name.contains(' ') {
-                return None;
-            }
-            name
-        }
-        _ => return None,
-    };
-    (!TARGETS.contains(&name)).then_some(name)
+    rule.target_name().filter(|name| !TARGETS.contains(name))
 }
 
 /// Records every call and keeps a model of the kernel's tables that applies

@@ -152,6 +152,22 @@ impl Rule {
         }
     }
 
+    /// The name this rule jumps or goes to, typed or as written: the parser keeps
+    /// `-j NAME` as text where it cannot know NAME to be a chain (a restore that
+    /// does not declare it). A target with options (`-j DNAT …`) names none.
+    pub(crate) fn target_name(&self) -> Option<&str> {
+        match &self.target {
+            Some(Target::Jump(c) | Target::Goto(c)) => Some(c.as_str()),
+            Some(Target::Other(raw)) => {
+                let text = raw.as_str();
+                text.strip_prefix(super::flag::JUMP)
+                    .or_else(|| text.strip_prefix("-g "))
+                    .filter(|name| !name.contains(' '))
+            }
+            _ => None,
+        }
+    }
+
     /// The rule's comment, if it has one.
     pub fn comment(&self) -> Option<&Comment> {
         self.matches.iter().find_map(|m| match m {
