@@ -10,7 +10,7 @@ use super::context::Context;
 use super::fixed::{fixed_tables, shared_tail};
 use super::sink::ServiceText;
 use crate::ruleset::restore::{self};
-use crate::ruleset::{ChainName, Table};
+use crate::ruleset::{ChainName, Table, TableRules};
 
 /// The services' lines of a full text, however they are stored: kept apart per
 /// service ([`Services`]) or merged into a few large buffers (a
@@ -52,13 +52,30 @@ impl<'a, I: Iterator<Item = &'a ServiceText> + Clone> ServiceLines for Services<
     }
 }
 
-/// Writes the full restore text (filter, then nat) of `services`, in order, as
-/// `render::write_fmt` over `fixed::assemble_owned(ctx, …)` would, with `stale` nat chains
-/// flushed and deleted (`-X`) as [`plan`](crate::sync::plan) writes deletions.
+/// What a [`Syncer`](crate::sync::Syncer)'s full text holds besides the compiled
+/// chains.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Extras<'a> {
+    /// Chains written after the compiled ones of their table, with their rule
+    /// lines (the drift canaries).
+    pub chains: &'a [(Table, ChainName, String)],
+    /// Stale nat chains flushed and kept: a rule svcnat did not write still jumps
+    /// to them, so `-X` would fail.
+    pub flushed: &'a [ChainName],
+    /// Stale nat chains flushed and deleted (`-X`), as [`plan`](crate::sync::plan)
+    /// writes deletions.
+    pub deleted: &'a [ChainName],
+}
+
+/// Writes a [`Syncer`](crate::sync::Syncer)'s full restore text of `services`:
+/// nat first, then filter (each `COMMIT` is applied on its own, and a failure
+/// must not leave filter ahead of nat), with the `extras` in their tables.
+/// Without extras each table's section is what `render::write_fmt` over
+/// `fixed::assemble_owned(ctx, …)` writes for it.
 pub(crate) fn write_full<'a, W, I>(
     ctx: &Context,
     services: I,
-    stale: &[ChainName],
+    extras: Extras<'_>,
     out: &mut W,
 ) -> fmt::Result
 where
@@ -66,42 +83,50 @@ where
     I: Iterator<Item = &'a ServiceText> + Clone,
 {
     let services = Services(services);
-    write_head(ctx, &services, stale, out)?;
-    services.own(out)?;
-    write_tail(stale, out)
+    let (filter, nat) = fixed_tables(ctx);
+    let extra = |table: Table| extras.chains.iter().filter(move |(t, _, _)| *t == table);
+    for table in [&nat, &filter] {
+        let t = table.table;
+        restore::open_table(out, t)?;
+        write_declarations(table, &services, out)?;
+        for (_, name, _) in extra(t) {
+            restore::declare(out, name.as_str())?;
+        }
+        if t == Table::Nat {
+            for name in extras.flushed.iter().chain(extras.deleted) {
+                restore::declare(out, name.as_str())?;
+            }
+        }
+        write_rules(ctx, table, &services, out)?;
+        if t == Table::Nat {
+            services.own(out)?;
+        }
+        for (_, _, rules) in extra(t) {
+            out.write_str(rules)?;
+        }
+        if t == Table::Nat {
+            for name in extras.deleted {
+                restore::delete(out, name.as_str())?;
+            }
+        }
+        restore::commit(out)?;
+    }
+    Ok(())
 }
 
-/// Everything before the services' own `-A …` lines: the filter table, then the
-/// nat table's declarations and its top-level chains' rules.
+/// Everything before the services' own `-A …` lines, as `render` writes a
+/// compiled ruleset: the filter table, then the nat table's declarations and its
+/// top-level chains' rules.
 pub(super) fn write_head<S: ServiceLines, W: fmt::Write>(
     ctx: &Context,
     services: &S,
-    stale: &[ChainName],
     out: &mut W,
 ) -> fmt::Result {
     let (filter, nat) = fixed_tables(ctx);
     for table in [filter, nat] {
         restore::open_table(out, table.table)?;
-        for chain in table.chains.values() {
-            restore::declaration(out, chain)?;
-        }
-        if table.table == Table::Nat {
-            services.decls(out)?;
-            for name in stale {
-                restore::declare(out, name.as_str())?;
-            }
-        }
-        for chain in table.chains.values() {
-            match shared_chain(table.table, &chain.name) {
-                Some(which) => {
-                    services.shared(which, out)?;
-                    for rule in shared_tail(ctx, which) {
-                        restore::rule(out, chain.name.as_str(), &rule)?;
-                    }
-                }
-                None => restore::rules(out, chain)?,
-            }
-        }
+        write_declarations(&table, services, out)?;
+        write_rules(ctx, &table, services, out)?;
         if table.table == Table::Filter {
             restore::commit(out)?;
         }
@@ -109,12 +134,45 @@ pub(super) fn write_head<S: ServiceLines, W: fmt::Write>(
     Ok(())
 }
 
-/// Everything after the services' own `-A …` lines: the stale chains' deletions
-/// and the nat table's end.
-pub(super) fn write_tail<W: fmt::Write>(stale: &[ChainName], out: &mut W) -> fmt::Result {
-    for name in stale {
-        restore::delete(out, name.as_str())?;
+/// A table's fixed chains' declarations, and in nat the services' own chains'.
+fn write_declarations<S: ServiceLines, W: fmt::Write>(
+    table: &TableRules,
+    services: &S,
+    out: &mut W,
+) -> fmt::Result {
+    for chain in table.chains.values() {
+        restore::declaration(out, chain)?;
     }
+    if table.table == Table::Nat {
+        services.decls(out)?;
+    }
+    Ok(())
+}
+
+/// A table's fixed chains' rules, the services' parts of the shared chains in
+/// their places.
+fn write_rules<S: ServiceLines, W: fmt::Write>(
+    ctx: &Context,
+    table: &TableRules,
+    services: &S,
+    out: &mut W,
+) -> fmt::Result {
+    for chain in table.chains.values() {
+        match shared_chain(table.table, &chain.name) {
+            Some(which) => {
+                services.shared(which, out)?;
+                for rule in shared_tail(ctx, which) {
+                    restore::rule(out, chain.name.as_str(), &rule)?;
+                }
+            }
+            None => restore::rules(out, chain)?,
+        }
+    }
+    Ok(())
+}
+
+/// Everything after the services' own `-A …` lines: the nat table's end.
+pub(super) fn write_tail<W: fmt::Write>(out: &mut W) -> fmt::Result {
     restore::commit(out)
 }
 

@@ -87,9 +87,9 @@ impl CompiledText {
     /// Only those of the writer.
     pub fn write_fmt<W: fmt::Write>(&self, out: &mut W) -> fmt::Result {
         let services = self.services();
-        write_head(&self.ctx, &services, &[], out)?;
+        write_head(&self.ctx, &services, out)?;
         services.own(out)?;
-        write_tail(&[], out)
+        write_tail(out)
     }
 
     /// Writes the text into an `io::Write`, streaming.

@@ -220,6 +220,32 @@ fn nodeport_jumps(ctx: &Context) -> Vec<Rule> {
     }
 }
 
+/// The canary chain's name, in nat and in filter: kube-proxy's.
+pub const CANARY_CHAIN: &str = "KUBE-PROXY-CANARY";
+
+/// The canary rule's comment.
+const CANARY_COMMENT: &str = "svcnat drift canary";
+
+/// The canaries every full sync writes: a [`CANARY_CHAIN`] in nat and in filter,
+/// each with one rule (`-m comment --comment "svcnat drift canary" -j RETURN`).
+/// Unlike kube-proxy's empty canary, the rule also shows a flush (`-F`), which
+/// leaves chains in place.
+pub fn canaries() -> Vec<JumpRule> {
+    let rule = Rule::new()
+        .with(Match::Comment(
+            crate::ruleset::Comment::new(CANARY_COMMENT).expect("a valid comment"),
+        ))
+        .to(Target::Return);
+    [Table::Nat, Table::Filter]
+        .into_iter()
+        .map(|table| JumpRule {
+            table,
+            chain: ChainName::fixed(CANARY_CHAIN),
+            rule: rule.clone(),
+        })
+        .collect()
+}
+
 /// The jump rules from the built-in chains for `config`, in kube-proxy's order.
 /// Each is inserted at the top of its chain, so the last one for a chain ends up
 /// first.

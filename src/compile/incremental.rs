@@ -5,6 +5,7 @@
 //! the compiler (sinks, passes, the fixed chains, the text assembly) stays behind
 //! this door.
 
+pub(crate) use super::assembly::Extras;
 use super::context::Context;
 use super::fixed::fixed_tables;
 use super::naming;
@@ -105,32 +106,38 @@ impl Incremental {
     }
 }
 
-/// The full restore text of `services` under `rules`, with `stale` nat chains
-/// flushed and deleted, in a buffer of its exact size; and every chain it writes,
-/// filter before nat.
+/// The full restore text of `services` under `rules`, nat first, with the
+/// `extras` (canaries, stale chains flushed or deleted), in a buffer of its exact
+/// size; and every chain it writes, nat before filter.
 pub(crate) fn full_text<'a>(
     rules: &Rules,
     services: impl Iterator<Item = &'a ServiceText> + Clone,
-    stale: &[ChainName],
+    extras: Extras<'_>,
 ) -> (String, Vec<(Table, ChainName)>) {
     let mut counter = Counter::default();
     // Counting cannot fail; sizing the text first keeps its buffer exact.
-    let _ = write_full(&rules.ctx, services.clone(), stale, &mut counter);
+    let _ = write_full(&rules.ctx, services.clone(), extras, &mut counter);
     let mut text = String::with_capacity(counter.0);
     // Writing into a String cannot fail.
-    let _ = write_full(&rules.ctx, services.clone(), stale, &mut text);
+    let _ = write_full(&rules.ctx, services.clone(), extras, &mut text);
     let (filter, nat) = fixed_tables(&rules.ctx);
-    let mut written: Vec<(Table, ChainName)> = filter
-        .chains
-        .keys()
-        .map(|n| (Table::Filter, n.clone()))
-        .chain(nat.chains.keys().map(|n| (Table::Nat, n.clone())))
-        .collect();
+    let extra = |table: Table| {
+        extras
+            .chains
+            .iter()
+            .filter(move |(t, _, _)| *t == table)
+            .map(|(t, n, _)| (*t, n.clone()))
+    };
+    let mut written: Vec<(Table, ChainName)> =
+        nat.chains.keys().map(|n| (Table::Nat, n.clone())).collect();
     written.extend(
         services
             .flat_map(|s| s.chains())
             .map(|(n, _)| (Table::Nat, n.clone())),
     );
+    written.extend(extra(Table::Nat));
+    written.extend(filter.chains.keys().map(|n| (Table::Filter, n.clone())));
+    written.extend(extra(Table::Filter));
     (text, written)
 }
 
@@ -142,6 +149,18 @@ pub(crate) fn shared_text<'a>(
     services: impl Iterator<Item = &'a ServiceText>,
 ) -> String {
     shared_chain_text(&rules.ctx, which, services)
+}
+
+/// True for a chain svcnat owns per service (`KUBE-SVC-`, `KUBE-SEP-`, …) and a
+/// hash, named exactly as svcnat (and kube-proxy) name them: the only chains a
+/// full sync deletes when it finds them in the kernel.
+pub(crate) fn is_hashed_chain(name: &str) -> bool {
+    naming::is_hashed_chain(name)
+}
+
+/// True for a chain svcnat writes: a fixed one or a service's.
+pub(crate) fn is_owned_chain(name: &str) -> bool {
+    super::fixed::is_owned_chain(name)
 }
 
 /// True for a chain svcnat owns per service (`KUBE-SVC-`, `KUBE-SEP-`, …): the

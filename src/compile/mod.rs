@@ -44,7 +44,7 @@ use compiled::Counter;
 pub use compiled::{CompiledText, compile_text, compile_text_reusing};
 pub use context::check_config;
 pub(crate) use fixed::is_owned_chain;
-pub use fixed::jump_rules;
+pub use fixed::{CANARY_CHAIN, canaries, jump_rules};
 pub(crate) use service::{PortFlows, ServiceRules};
 use sink::TextSink;
 

@@ -237,18 +237,33 @@ impl<'a> EndpointNamer<'a> {
     }
 }
 
+/// True for a per-service chain's name with the 16-character base32 hash svcnat
+/// (and kube-proxy) put after the prefix: the names a full sync deletes when it
+/// finds them in the kernel and no longer wants them.
+pub fn is_hashed_chain(name: &str) -> bool {
+    SERVICE_PREFIXES.iter().any(|p| {
+        name.strip_prefix(p).is_some_and(|hash| {
+            hash.len() == 16
+                && hash
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b))
+        })
+    })
+}
+
+/// The prefixes of the chains svcnat writes per service.
+const SERVICE_PREFIXES: [&str; 5] = [
+    "KUBE-SVC-",
+    "KUBE-SVL-",
+    "KUBE-EXT-",
+    "KUBE-FW-",
+    "KUBE-SEP-",
+];
+
 /// True for the names of chains svcnat creates per service port or endpoint, the
 /// only chains a sync ever deletes.
 pub fn is_service_chain(name: &str) -> bool {
-    [
-        "KUBE-SVC-",
-        "KUBE-SVL-",
-        "KUBE-EXT-",
-        "KUBE-FW-",
-        "KUBE-SEP-",
-    ]
-    .iter()
-    .any(|p| name.starts_with(p))
+    SERVICE_PREFIXES.iter().any(|p| name.starts_with(p))
 }
 
 #[cfg(test)]

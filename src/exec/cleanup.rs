@@ -45,7 +45,7 @@ const SHARED: [&str; 2] = ["KUBE-MARK-MASQ", "KUBE-FIREWALL"];
 
 /// True for a chain cleanup removes.
 fn removable(name: &str) -> bool {
-    is_owned_chain(name) && !SHARED.contains(&name)
+    (is_owned_chain(name) && !SHARED.contains(&name)) || name == crate::compile::CANARY_CHAIN
 }
 
 /// Every jump rule svcnat may have put in `table`'s built-in chains, as text, under

@@ -9,7 +9,7 @@ use super::{ExecError, Executor, RestoreOptions, rule_args};
 use crate::error::ParseValueError;
 use crate::flows::{FlowDestination, StaleFlow};
 use crate::model::{IpFamily, Protocol};
-use crate::parse::{builtin_chains, canonical_rule, module_order, parse_as};
+use crate::parse::{builtin_chains, parse_as};
 use crate::ruleset::JumpRule;
 use crate::ruleset::restore::{self, RuleLine};
 use crate::ruleset::{Rule, Table};
@@ -151,7 +151,7 @@ impl IptablesRestore {
     }
 
     /// The chains per restore in effect for the backend in use.
-    fn chains_per_restore(&mut self) -> Option<usize> {
+    fn restore_limit(&mut self) -> Option<usize> {
         if let Some(set) = self.pieces {
             return set;
         }
@@ -319,7 +319,7 @@ impl Executor for IptablesRestore {
         };
         let payload = sorted.as_deref().unwrap_or(payload);
         // A payload the parser cannot read is sent whole, for the binary to judge.
-        let pieces = match self.chains_per_restore() {
+        let pieces = match self.restore_limit() {
             Some(n) if options.noflush => super::pieces(payload, family, n).ok(),
             _ => None,
         };
@@ -338,6 +338,58 @@ impl Executor for IptablesRestore {
             }
         }
         Ok(())
+    }
+
+    /// What [`IptablesRestore::with_restore_pieces`] sets, or the backend's
+    /// default; `None` unless payloads are restored with `--noflush` (the
+    /// `Syncer` always does).
+    fn chains_per_restore(&mut self, _: IpFamily) -> Option<usize> {
+        self.restore_limit()
+    }
+
+    /// One `iptables-restore --noflush` of `-C` lines, one per rule, each table's
+    /// in a section of its own; the first line that fails names the missing rule.
+    /// With legacy it runs with `--test`, which checks without writing the table
+    /// back (a legacy restore otherwise rewrites every table it names); with nft
+    /// and the system's binary it runs without, as iptables-nft-restore 1.8.9
+    /// `--test` does not run `-C` and always succeeds (an empty nft commit
+    /// changes nothing).
+    fn first_missing_rule(
+        &mut self,
+        family: IpFamily,
+        rules: &[JumpRule],
+    ) -> Result<Option<usize>, ExecError> {
+        if rules.is_empty() {
+            return Ok(None);
+        }
+        let (text, line_of) = check_payload(rules);
+        let binary = self.binary(family, "-restore");
+        let mut args = self.wait_args();
+        args.push("--noflush".into());
+        if self.backend() == Backend::Legacy {
+            args.push("--test".into());
+        }
+        match self.run(&binary, &args, Some(&text))? {
+            (Some(0), _, _) => Ok(None),
+            (status, _, stderr) => {
+                let error = Self::failed(&binary, args, status, stderr, Some(&text));
+                // Exit 1 (a rule not there) or 2 (a chain or jump target not
+                // there) at a line of the check: a rule is missing. nft reports a
+                // missing jump target at the section's COMMIT, so the rule taken is
+                // the last `-C` line at or before the line named.
+                let missing = error.failed_line().and_then(|n| {
+                    line_of
+                        .range(..=n)
+                        .next_back()
+                        .filter(|(line, _)| n - **line <= 1)
+                        .map(|(_, index)| *index)
+                });
+                match (status, missing) {
+                    (Some(1 | 2), Some(index)) => Ok(Some(index)),
+                    _ => Err(error),
+                }
+            }
+        }
     }
 
     fn save(&mut self, family: IpFamily, table: Table) -> Result<String, ExecError> {
@@ -451,6 +503,36 @@ impl Executor for IptablesRestore {
     }
 }
 
+/// The `-C` payload that checks `rules`, a section per table in the order the
+/// tables first appear, and which rule each of its lines checks (1-based).
+fn check_payload(rules: &[JumpRule]) -> (String, std::collections::BTreeMap<usize, usize>) {
+    let mut tables: Vec<Table> = Vec::new();
+    for rule in rules {
+        if !tables.contains(&rule.table) {
+            tables.push(rule.table);
+        }
+    }
+    let mut text = String::new();
+    let mut line_of = std::collections::BTreeMap::new();
+    let mut line = 0;
+    for table in tables {
+        // Writing into a String cannot fail.
+        let _ = restore::open_table(&mut text, table);
+        line += 1;
+        for (i, rule) in rules.iter().enumerate().filter(|(_, r)| r.table == table) {
+            let _ = RuleLine::check(&mut text, rule.chain.as_str()).and_then(|mut l| {
+                l.rule(&rule.rule)?;
+                l.end()
+            });
+            line += 1;
+            line_of.insert(line, i);
+        }
+        let _ = restore::commit(&mut text);
+        line += 1;
+    }
+    (text, line_of)
+}
+
 /// The payload with each run of user-chain declarations (`:NAME - [0:0]` lines in a
 /// row) in descending name order, or `None` if every run is in that order already.
 ///
@@ -515,9 +597,7 @@ fn missing_jumps<'j>(
     }
     let present = builtin_rules(saved, family, table)?;
     // What `-C` compares: the canonical rule, and the order of its modules.
-    let same = |a: &Rule, b: &Rule| {
-        canonical_rule(a, family) == canonical_rule(b, family) && module_order(a) == module_order(b)
-    };
+    let same = |a: &Rule, b: &Rule| super::same_rule(a, b, family);
     let mut missing: Vec<&JumpRule> = Vec::new();
     for jump in wanted {
         let there = present

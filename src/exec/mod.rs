@@ -59,6 +59,32 @@ pub enum ExecError {
     Unsupported(&'static str),
 }
 
+impl ExecError {
+    /// The line of the payload a restore failed at, when the binary (or
+    /// [`Recorder`]) said so (`line 3 failed`, `line 3: CHAIN_DEL failed …`,
+    /// `Error occurred at line: 3`).
+    ///
+    /// ```
+    /// use svcnat::exec::ExecError;
+    /// let e = ExecError::Refused("line 3: -X of chain KUBE-SEP-A, still referenced".into());
+    /// assert_eq!(e.failed_line(), Some(3));
+    /// ```
+    pub fn failed_line(&self) -> Option<usize> {
+        let text = match self {
+            ExecError::Failed { stderr, .. } => stderr.as_str(),
+            ExecError::Refused(message) => message.as_str(),
+            _ => return None,
+        };
+        text.match_indices("line").find_map(|(at, word)| {
+            let rest = text[at + word.len()..].trim_start_matches([':', ' ']);
+            let end = rest
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(rest.len());
+            rest[..end].parse().ok()
+        })
+    }
+}
+
 fn status_text(status: Option<i32>) -> String {
     match status {
         Some(code) => format!("exit status {code}"),
@@ -127,6 +153,36 @@ pub trait Executor {
         ensure_each(self, family, jumps)
     }
 
+    /// The most chains one restore should write, if this executor wants large
+    /// payloads cut into dependency-ordered pieces (see [`pieces`]); `None`
+    /// (the default) takes every payload whole. The
+    /// [`Syncer`](crate::sync::Syncer) asks before each sync and calls
+    /// [`Self::restore`] once per piece, so an executor that wraps another should
+    /// forward this method.
+    fn chains_per_restore(&mut self, family: IpFamily) -> Option<usize> {
+        let _ = family;
+        None
+    }
+
+    /// The index of a rule of `rules` that is not in place (its chain missing, or
+    /// the chain without it), or `None` when every one is: the
+    /// [`Syncer`](crate::sync::Syncer)'s drift check, over its canaries and jump
+    /// rules. Each rule is looked for in its table and chain, compared as
+    /// `iptables -C` compares.
+    ///
+    /// The default reads each table once with [`Self::save`]; [`IptablesRestore`]
+    /// checks them all with one `iptables-restore` of `-C` lines.
+    ///
+    /// # Errors
+    /// The transport failed, or a table read back does not parse.
+    fn first_missing_rule(
+        &mut self,
+        family: IpFamily,
+        rules: &[JumpRule],
+    ) -> Result<Option<usize>, ExecError> {
+        first_missing_by_save(self, family, rules)
+    }
+
     /// Deletes the conntrack entries of stale UDP/SCTP flows. Optional: the default
     /// returns [`ExecError::Unsupported`].
     ///
@@ -156,9 +212,61 @@ impl<E: Executor + ?Sized> Executor for &mut E {
     fn ensure_jumps(&mut self, family: IpFamily, jumps: &[JumpRule]) -> Result<(), ExecError> {
         (**self).ensure_jumps(family, jumps)
     }
+    fn chains_per_restore(&mut self, family: IpFamily) -> Option<usize> {
+        (**self).chains_per_restore(family)
+    }
+    fn first_missing_rule(
+        &mut self,
+        family: IpFamily,
+        rules: &[JumpRule],
+    ) -> Result<Option<usize>, ExecError> {
+        (**self).first_missing_rule(family, rules)
+    }
     fn clear_conntrack(&mut self, family: IpFamily, flows: &[StaleFlow]) -> Result<(), ExecError> {
         (**self).clear_conntrack(family, flows)
     }
+}
+
+/// [`Executor::first_missing_rule`] by reading each table the rules are in once.
+pub(crate) fn first_missing_by_save<E: Executor + ?Sized>(
+    exec: &mut E,
+    family: IpFamily,
+    rules: &[JumpRule],
+) -> Result<Option<usize>, ExecError> {
+    let mut tables: Vec<Table> = Vec::new();
+    for rule in rules {
+        if !tables.contains(&rule.table) {
+            tables.push(rule.table);
+        }
+    }
+    for table in tables {
+        let saved = exec.save(family, table)?;
+        let ruleset = crate::parse::parse_as(&saved, family).map_err(|e| {
+            ExecError::Refused(format!("the {table} table read back does not parse: {e}"))
+        })?;
+        let chains = ruleset.table(table);
+        for (i, wanted) in rules.iter().enumerate().filter(|(_, r)| r.table == table) {
+            let present = chains
+                .and_then(|t| t.chain(wanted.chain.as_str()))
+                .is_some_and(|c| c.rules.iter().any(|r| same_rule(r, &wanted.rule, family)));
+            if !present {
+                return Ok(Some(i));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// True when `iptables -C` takes the two rules for the same: equal after
+/// [`canonical_rule`](crate::parse::canonical_rule), with their modules in the
+/// same order.
+pub(crate) fn same_rule(
+    a: &crate::ruleset::Rule,
+    b: &crate::ruleset::Rule,
+    family: IpFamily,
+) -> bool {
+    use crate::parse::{canonical_rule, module_order};
+    canonical_rule(a, family) == canonical_rule(b, family) && module_order(a) == module_order(b)
 }
 
 /// [`Executor::ensure_jump`] for each rule, in order: what

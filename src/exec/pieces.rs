@@ -39,17 +39,23 @@ struct Section<'p> {
 /// anything but declarations, appended rules and chain deletions (a payload this
 /// crate does not write), or a jump cycle.
 ///
+/// A payload that declares at most `max_chains` chains is returned whole without
+/// being parsed, so cutting a piece again costs one pass over its lines.
+///
 /// # Errors
-/// The payload does not parse.
+/// The payload is too large to send whole and does not parse.
 pub fn pieces(
     payload: &str,
     family: IpFamily,
     max_chains: usize,
 ) -> Result<Vec<String>, ParseError> {
+    let max_chains = max_chains.max(1);
+    if payload.lines().filter(|l| l.starts_with(':')).count() <= max_chains {
+        return Ok(vec![payload.to_owned()]);
+    }
     let parsed = parse_restore_as(payload, family)?;
     let lines: Vec<&str> = payload.lines().collect();
     let whole = || vec![payload.to_owned()];
-    let max_chains = max_chains.max(1);
     let mut sections = Vec::new();
     let mut total = 0;
     for table in &parsed.tables {

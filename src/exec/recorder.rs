@@ -373,6 +373,40 @@ impl Recorder {
                             .ok_or_else(|| format!("line {n}: no such rule in {chain}: {text}"))?;
                         c.rules.remove(at);
                     }
+                    Op::DeleteChain(None) => {
+                        // Every user chain, as `iptables -X` deletes them: each must
+                        // be empty, and no rule left may jump to one.
+                        let users: Vec<String> = work
+                            .iter()
+                            .filter(|(_, c)| c.policy.is_none())
+                            .map(|(name, _)| name.clone())
+                            .collect();
+                        for name in &users {
+                            if !work[name].rules.is_empty() {
+                                return Err(format!("line {n}: -X of non-empty chain {name}"));
+                            }
+                            if work
+                                .values()
+                                .flat_map(|c| &c.rules)
+                                .any(|r| jump_of(r) == Some(name.as_str()))
+                            {
+                                return Err(format!(
+                                    "line {n}: -X of chain {name}, still referenced"
+                                ));
+                            }
+                        }
+                        for name in users {
+                            work.shift_remove(&name);
+                        }
+                    }
+                    Op::Flush(chain) => match chain {
+                        None => work.values_mut().for_each(|c| c.rules.clear()),
+                        Some(chain) => work
+                            .get_mut(chain.as_str())
+                            .ok_or_else(|| format!("line {n}: no chain {chain} in table {table}"))?
+                            .rules
+                            .clear(),
+                    },
                     other => return Err(format!("line {n}: unsupported operation {other:?}")),
                 }
             }

@@ -91,6 +91,13 @@ impl<'w, W: fmt::Write> RuleLine<'w, W> {
         Ok(RuleLine { out })
     }
 
+    /// `-C CHAIN`: checks that a rule equal to the one that follows exists.
+    pub fn check(out: &'w mut W, chain: &str) -> Result<Self, fmt::Error> {
+        out.write_str("-C ")?;
+        out.write_str(chain)?;
+        Ok(RuleLine { out })
+    }
+
     /// `-D CHAIN`: deletes the first rule equal to the one that follows.
     pub fn delete(out: &'w mut W, chain: &str) -> Result<Self, fmt::Error> {
         out.write_str("-D ")?;

@@ -45,6 +45,10 @@
 mod plan;
 mod syncer;
 
+pub use crate::compile::{CANARY_CHAIN, canaries};
 pub use crate::flows::{FlowDestination, StaleFlow};
 pub use plan::{Payload, plan};
-pub use syncer::{SyncError, SyncReport, Syncer};
+pub use syncer::{
+    DEFAULT_DRIFT_CHECK, DELETE_RETRY, FullReason, KeptChain, RETRY_AFTER, SyncError, SyncReport,
+    Syncer, drift_rules,
+};

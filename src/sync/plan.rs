@@ -21,7 +21,7 @@ pub struct Payload {
     /// True for a full sync (every chain written).
     pub full: bool,
     /// The chains written whole (declared, which flushes them, then their rules),
-    /// filter before nat.
+    /// nat before filter in a [`Syncer`](super::Syncer)'s payload.
     pub written: Vec<(Table, ChainName)>,
     /// The chains flushed and deleted.
     pub deleted: Vec<(Table, ChainName)>,
@@ -112,6 +112,32 @@ impl PayloadBuilder {
             text: self.text,
         }
     }
+}
+
+/// `step` (a restore payload) without its line `line` (1-based), when that line
+/// is a chain's deletion (`-X CHAIN`): the table and chain it deleted, and the
+/// rest of the text. The chain's declaration, which flushes it, stays.
+pub(super) fn without_delete_at(step: &str, line: usize) -> Option<(Table, ChainName, String)> {
+    let index = line.checked_sub(1)?;
+    let mut table = None;
+    let mut found = None;
+    for (i, text) in step.lines().enumerate().take(index + 1) {
+        if let Some(name) = text.strip_prefix('*') {
+            table = name.parse::<Table>().ok();
+        }
+        if i == index {
+            let chain = text.strip_prefix("-X ")?;
+            found = Some((table?, ChainName::new(chain).ok()?));
+        }
+    }
+    let (table, chain) = found?;
+    let mut rest = String::with_capacity(step.len());
+    for (i, text) in step.split_inclusive('\n').enumerate() {
+        if i != index {
+            rest.push_str(text);
+        }
+    }
+    Some((table, chain, rest))
 }
 
 /// The rule lines of a chain.

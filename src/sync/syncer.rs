@@ -1,6 +1,7 @@
 //! The [`Syncer`]: the desired state, the rules last applied (per service, as
 //! text), the executor, and the syncs that turn changes into payloads.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -9,18 +10,101 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 use crate::compile::incremental::{
-    self, All, Incremental, PortFlows, Rules, ServiceText, Shared as SharedChain, is_service_chain,
+    self, All, Extras, Incremental, PortFlows, Rules, ServiceText, Shared as SharedChain,
+    is_hashed_chain, is_owned_chain, is_service_chain,
 };
-use crate::compile::jump_rules;
+use crate::compile::{CANARY_CHAIN, canaries, jump_rules};
 use crate::error::CompileError;
-use crate::exec::{ExecError, Executor, RestoreOptions};
+use crate::exec::{ExecError, Executor, RestoreOptions, pieces};
 use crate::model::{
     ClusterState, EndpointSlice, IpFamily, Protocol, ProxyConfig, Service, ServiceKey, SliceKey,
 };
-use crate::ruleset::{ChainName, Ruleset, Table};
+use crate::ruleset::restore;
+use crate::ruleset::{ChainName, JumpRule, Ruleset, Table};
 
-use super::plan::{Payload, PayloadBuilder, diff_chains};
+use super::plan::{Payload, PayloadBuilder, diff_chains, without_delete_at};
 use crate::flows::{FlowDestination, StaleFlow};
+
+/// The drift check's default period. The check costs one `iptables-restore` of
+/// `-C` lines, which on legacy reads each table whole: about 0.55 s at 10,000
+/// services (iptables 1.8.9, PERFORMANCE.md), a cost a check every 30 seconds
+/// keeps under 2% of the node's time; on nft it costs milliseconds. kube-proxy
+/// checks its canary once per sync period, 30 seconds by default.
+pub const DEFAULT_DRIFT_CHECK: Duration = Duration::from_secs(30);
+
+/// How long a partial sync waits before it tries again to delete a stale chain
+/// whose `-X` failed (each failed try costs one more restore).
+pub const DELETE_RETRY: Duration = Duration::from_secs(60);
+
+/// What the drift check looks for ([`Syncer::with_drift_check`]): the
+/// [`canaries`], then the jump rules from the built-in chains.
+///
+/// # Errors
+/// An invalid config.
+pub fn drift_rules(config: &ProxyConfig) -> Result<Vec<JumpRule>, CompileError> {
+    let mut rules = canaries();
+    rules.extend(jump_rules(config)?);
+    Ok(rules)
+}
+
+/// Why a sync was a full one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FullReason {
+    /// The syncer's first sync.
+    FirstSync,
+    /// A sync before this one failed, so what the kernel holds is not known.
+    AfterFailure,
+    /// The periodic full resync was due ([`Syncer::with_full_resync_period`]).
+    ResyncPeriod,
+    /// The drift check ([`Syncer::with_drift_check`]) found a canary or a jump
+    /// rule gone: something else flushed, replaced or edited the tables.
+    Drift,
+    /// The caller asked for it ([`Syncer::request_full_sync`]).
+    Requested,
+    /// The config changed ([`Syncer::set_config`]).
+    ConfigChanged,
+    /// The endpoint total crossed the large-cluster threshold, which changes
+    /// every service's rules.
+    ClusterSize,
+}
+
+impl FullReason {
+    /// `first sync`, `after a failure`, `resync period`, `drift`, `requested`,
+    /// `config changed` or `cluster size`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FullReason::FirstSync => "first sync",
+            FullReason::AfterFailure => "after a failure",
+            FullReason::ResyncPeriod => "resync period",
+            FullReason::Drift => "drift",
+            FullReason::Requested => "requested",
+            FullReason::ConfigChanged => "config changed",
+            FullReason::ClusterSize => "cluster size",
+        }
+    }
+}
+
+impl fmt::Display for FullReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A stale chain svcnat flushed but did not delete, because a rule it did not
+/// write still jumps to it (another program's, or an older proxy's): `-X` would
+/// fail, and must not hold up the sync. A later full sync, which reads the
+/// kernel's chains, deletes it once nothing jumps to it any more.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct KeptChain {
+    /// The table.
+    pub table: Table,
+    /// The chain.
+    pub chain: ChainName,
+    /// Why it was kept: the rule found jumping to it, or the executor's error.
+    pub reason: String,
+}
 
 /// What one sync did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +112,13 @@ use crate::flows::{FlowDestination, StaleFlow};
 pub struct SyncReport {
     /// True for a full sync.
     pub full: bool,
+    /// Why the sync was full (`None` for a partial one).
+    pub full_reason: Option<FullReason>,
+    /// For a full sync caused by drift: the rule the check found missing (a
+    /// canary, see [`drift_rules`], or a jump rule from a built-in chain).
+    pub drifted: Option<JumpRule>,
+    /// Stale chains flushed but not deleted (see [`KeptChain`]).
+    pub kept_chains: Vec<KeptChain>,
     /// The payload applied (empty if nothing changed; then nothing was applied).
     pub payload: Payload,
     /// The payload's size in bytes.
@@ -51,9 +142,9 @@ pub struct SyncReport {
 }
 
 impl fmt::Display for SyncReport {
-    /// One line for a log: `full|partial, B bytes, W chains written, D chains
-    /// deleted`, then the services recompiled, and the stale flows, rejected
-    /// services and warnings when there are any.
+    /// One line for a log: `full (REASON)|partial, B bytes, W chains written, D
+    /// chains deleted`, then the services recompiled, and the stale flows,
+    /// rejected services, warnings and chains kept when there are any.
     ///
     /// ```
     /// use svcnat::exec::Recorder;
@@ -75,10 +166,14 @@ impl fmt::Display for SyncReport {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.full, self.full_reason) {
+            (true, Some(reason)) => write!(f, "full ({reason})")?,
+            (true, None) => f.write_str("full")?,
+            (false, _) => f.write_str("partial")?,
+        }
         write!(
             f,
-            "{}, {} bytes, {} chains written, {} chains deleted, {} services recompiled",
-            if self.full { "full" } else { "partial" },
+            ", {} bytes, {} chains written, {} chains deleted, {} services recompiled",
             self.bytes,
             self.payload.chains_written(),
             self.payload.chains_deleted(),
@@ -88,6 +183,7 @@ impl fmt::Display for SyncReport {
             (self.stale_flows.len(), "stale flows"),
             (self.rejected.len(), "services rejected"),
             (self.warnings.len(), "warnings"),
+            (self.kept_chains.len(), "stale chains kept"),
         ] {
             if count > 0 {
                 write!(f, ", {count} {what}")?;
@@ -97,7 +193,8 @@ impl fmt::Display for SyncReport {
     }
 }
 
-/// Why a sync failed. The [`Syncer`] is left ready: its next sync is a full one.
+/// Why a sync failed. The [`Syncer`] is left ready: its next sync is a full one,
+/// which repairs whatever the failed one left half done (see [`Syncer::sync`]).
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum SyncError {
@@ -107,6 +204,25 @@ pub enum SyncError {
     /// The config is invalid.
     #[error(transparent)]
     Config(#[from] CompileError),
+}
+
+/// How long to wait before calling [`Syncer::sync`] again after an executor
+/// failure: what kube-proxy waits before it retries a failed restore is its sync
+/// period; a second is enough for a held lock or a busy kernel to clear, and
+/// short enough that traffic is not left on half-written rules for long.
+pub const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+impl SyncError {
+    /// When to call [`Syncer::sync`] again: after [`RETRY_AFTER`] for an
+    /// executor failure (the next sync is full and repairs what this one left);
+    /// `None` for an invalid config, which no retry mends (fix it with
+    /// [`Syncer::set_config`] first).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            SyncError::Exec(_) => Some(RETRY_AFTER),
+            SyncError::Config(_) => None,
+        }
+    }
 }
 
 /// What svcnat compiled for the state, per service, rendered; the kernel holds it
@@ -164,9 +280,18 @@ pub struct Syncer<E: Executor> {
     state: ClusterState,
     dirty: BTreeSet<ServiceKey>,
     applied: Option<Applied>,
-    trusted: bool,
+    /// Why the next sync must be full; `None` while the kernel is known to hold
+    /// what `applied` says.
+    pending_full: Option<FullReason>,
     full_resync_period: Option<Duration>,
     last_full: Option<Instant>,
+    drift_check: Option<Duration>,
+    last_drift_check: Option<Instant>,
+    /// Stale nat chains flushed but not deleted, tried again by a partial sync
+    /// [`DELETE_RETRY`] after the last try (a full sync reads the kernel and
+    /// tries every stale chain anyway).
+    undeleted: BTreeSet<ChainName>,
+    last_delete_try: Option<Instant>,
     /// Stale flows of syncs that failed, reported with the next successful one.
     pending_flows: Vec<StaleFlow>,
     /// The compiler, with its buffers reused to render each recompiled service.
@@ -186,9 +311,13 @@ impl<E: Executor> Syncer<E> {
             state: ClusterState::new(),
             dirty: BTreeSet::new(),
             applied: None,
-            trusted: false,
+            pending_full: Some(FullReason::FirstSync),
             full_resync_period: None,
             last_full: None,
+            drift_check: Some(DEFAULT_DRIFT_CHECK),
+            last_drift_check: None,
+            undeleted: BTreeSet::new(),
+            last_delete_try: None,
             pending_flows: Vec::new(),
             compiler: Incremental::new(),
         })
@@ -198,6 +327,24 @@ impl<E: Executor> Syncer<E> {
     /// (kube-proxy uses one hour).
     pub fn with_full_resync_period(mut self, period: Option<Duration>) -> Self {
         self.full_resync_period = period;
+        self
+    }
+
+    /// How often [`Self::sync`] checks that the tables still hold svcnat's rules:
+    /// `Some(period)` checks in the first sync at least `period` after the last
+    /// check or full sync (`Duration::ZERO`: in every sync), `None` never. The
+    /// default is [`DEFAULT_DRIFT_CHECK`].
+    ///
+    /// The check looks for the canaries (a `KUBE-PROXY-CANARY` chain with one
+    /// rule, in nat and in filter, written by every full sync) and the jump rules
+    /// from the built-in chains ([`drift_rules`]), with
+    /// [`Executor::first_missing_rule`]. A table replaced by a firewall reload or
+    /// a saved file loses its canary; a flush (`iptables -t nat -F`) keeps the
+    /// chain but empties it; a deleted jump rule is missed itself. Any of them
+    /// makes that sync a full one ([`FullReason::Drift`]) even if nothing in the
+    /// cluster changed.
+    pub fn with_drift_check(mut self, period: Option<Duration>) -> Self {
+        self.drift_check = period;
         self
     }
 
@@ -224,7 +371,7 @@ impl<E: Executor> Syncer<E> {
     pub fn set_config(&mut self, config: ProxyConfig) -> Result<(), CompileError> {
         Incremental::check(&config)?;
         self.config = config;
-        self.trusted = false;
+        self.require_full(FullReason::ConfigChanged);
         Ok(())
     }
 
@@ -235,7 +382,13 @@ impl<E: Executor> Syncer<E> {
 
     /// Makes the next sync a full one.
     pub fn request_full_sync(&mut self) {
-        self.trusted = false;
+        self.require_full(FullReason::Requested);
+    }
+
+    /// Makes the next sync full for `reason`, unless it is full for another
+    /// reason already (the first one is reported).
+    fn require_full(&mut self, reason: FullReason) {
+        self.pending_full.get_or_insert(reason);
     }
 
     /// Adds or replaces a Service.
@@ -309,8 +462,11 @@ impl<E: Executor> Syncer<E> {
     /// sync (read back from the rendered text on demand, for checks).
     pub fn applied_ruleset(&self) -> Option<Ruleset> {
         let a = self.applied.as_ref()?;
-        let (text, _) = incremental::full_text(&a.rules, a.services.values(), &[]);
-        crate::parse::parse_as(&text, a.rules.family()).ok()
+        let (text, _) = incremental::full_text(&a.rules, a.services.values(), Extras::default());
+        let mut ruleset = crate::parse::parse_as(&text, a.rules.family()).ok()?;
+        // As `compile` orders them: filter, then nat.
+        ruleset.tables.sort_by_key(|t| t.table != Table::Filter);
+        Some(ruleset)
     }
 
     /// Brings the kernel in step with the state now.
@@ -322,22 +478,66 @@ impl<E: Executor> Syncer<E> {
     }
 
     /// Brings the kernel in step with the state; `now` decides whether the periodic
-    /// full resync is due.
+    /// full resync and the drift check are due.
+    ///
+    /// A sync writes nat before filter, each table's rules in dependency order
+    /// (in pieces when the executor asks for them, see
+    /// [`Executor::chains_per_restore`]), so a failure part way leaves filter no
+    /// further on than nat. A stale chain whose `-X` fails (a rule svcnat did not
+    /// write still jumps to it) is left flushed and reported in
+    /// [`SyncReport::kept_chains`]; the rest of the sync goes on.
     ///
     /// # Errors
-    /// An executor failure; the next sync is then a full one.
+    /// An executor failure (or, from [`Syncer::set_config`]'s checks on, never a
+    /// config error in practice). The kernel may then hold part of this sync's
+    /// rules, each part a state that routes traffic as the state before or after
+    /// it does; the next sync is a full one and brings it in step. Call `sync()`
+    /// again after [`SyncError::retry_after`].
     pub fn sync_at(&mut self, now: Instant) -> Result<SyncReport, SyncError> {
+        if self.applied.is_none() {
+            self.require_full(FullReason::FirstSync);
+        }
         let period_due = match (self.full_resync_period, self.last_full) {
             (Some(period), Some(last)) => now.saturating_duration_since(last) >= period,
             _ => false,
         };
-        if !self.trusted || self.applied.is_none() || period_due {
-            return self.full_sync(now);
+        if period_due {
+            self.require_full(FullReason::ResyncPeriod);
         }
-        match self.partial_sync()? {
+        if let Some(reason) = self.pending_full {
+            return self.full_sync(now, reason, None);
+        }
+        if let Some(missing) = self.check_drift(now)? {
+            return self.full_sync(now, FullReason::Drift, Some(missing));
+        }
+        match self.partial_sync(now)? {
             Some(report) => Ok(report),
             // The cluster crossed the large-cluster threshold: every comment changes.
-            None => self.full_sync(now),
+            None => self.full_sync(now, FullReason::ClusterSize, None),
+        }
+    }
+
+    /// The drift check, when due: the first canary or jump rule found missing.
+    fn check_drift(&mut self, now: Instant) -> Result<Option<JumpRule>, SyncError> {
+        let due = match (self.drift_check, self.last_drift_check) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(period), Some(last)) => now.saturating_duration_since(last) >= period,
+        };
+        if !due {
+            return Ok(None);
+        }
+        let rules = drift_rules(&self.config)?;
+        match self.executor.first_missing_rule(self.family(), &rules) {
+            Ok(missing) => {
+                self.last_drift_check = Some(now);
+                Ok(missing.and_then(|i| rules.into_iter().nth(i)))
+            }
+            Err(e) => {
+                // Whether the tables drifted is not known: the next sync is full.
+                self.require_full(FullReason::AfterFailure);
+                Err(e.into())
+            }
         }
     }
 
@@ -421,33 +621,48 @@ impl<E: Executor> Syncer<E> {
 
     /// A full sync, in three steps: compile (only what changed, when the config
     /// did not), read the kernel's nat table, plan the payload without IO, apply.
-    fn full_sync(&mut self, now: Instant) -> Result<SyncReport, SyncError> {
+    fn full_sync(
+        &mut self,
+        now: Instant,
+        reason: FullReason,
+        drifted: Option<JumpRule>,
+    ) -> Result<SyncReport, SyncError> {
         let family = self.family();
         let round = self.compile_for_full()?;
         let applied = self.applied.as_ref().expect("compiled above");
         // Read: the chains the kernel's nat table declares. A failed read only
         // means chains an earlier run left stay (unreferenced, so harmless).
         let saved = self.executor.save(family, Table::Nat).ok();
-        // Plan, without IO: every chain written, the left-over ones deleted.
+        // Plan, without IO: every chain written, the left-over ones deleted (or
+        // flushed and kept, when something else still jumps to them).
         let stale = stale_chains(applied, saved.as_deref());
         let payload = full_payload(&applied.rules, &applied.services, &stale);
         let jumps = jump_rules(&self.config)?;
         // Apply.
-        self.trusted = false;
-        let applied_ok = self
-            .executor
-            .restore(family, payload.text(), RestoreOptions::default())
-            .and_then(|()| self.executor.ensure_jumps(family, &jumps));
-        if let Err(e) = applied_ok {
-            // The rules are not known to be applied, but the flows they make stale
-            // are: keep them for the next successful sync.
-            self.pending_flows.extend(round.stale_flows);
-            return Err(e.into());
-        }
-        self.trusted = true;
+        self.pending_full = Some(FullReason::AfterFailure);
+        let applied_ok = apply(&mut self.executor, &payload)
+            .and_then(|kept| self.executor.ensure_jumps(family, &jumps).map(|()| kept));
+        let kept = match applied_ok {
+            Ok(kept) => kept,
+            Err(e) => {
+                // The rules are not known to be applied, but the flows they make
+                // stale are: keep them for the next successful sync.
+                self.pending_flows.extend(round.stale_flows);
+                return Err(e.into());
+            }
+        };
+        self.pending_full = None;
         self.last_full = Some(now);
+        self.last_drift_check = Some(now);
+        let mut kept_chains = stale.kept;
+        kept_chains.extend(kept);
+        self.undeleted = kept_chains.iter().map(|k| k.chain.clone()).collect();
+        self.last_delete_try = Some(now);
         Ok(SyncReport {
             full: true,
+            full_reason: Some(reason),
+            drifted,
+            kept_chains,
             bytes: payload.text().len(),
             payload,
             stale_flows: self.take_flows(round.stale_flows),
@@ -535,7 +750,7 @@ impl<E: Executor> Syncer<E> {
     }
 
     /// `Ok(None)` when a full sync is needed instead.
-    fn partial_sync(&mut self) -> Result<Option<SyncReport>, SyncError> {
+    fn partial_sync(&mut self, now: Instant) -> Result<Option<SyncReport>, SyncError> {
         let family = self.family();
         let mut rejected = Vec::new();
         let mut warnings = Vec::new();
@@ -564,6 +779,22 @@ impl<E: Executor> Syncer<E> {
                 }
             }
         }
+        // Chains a delete failed for before: written again if a service wants
+        // them back, else tried again once in a while.
+        let written_names: HashSet<&ChainName> = written.iter().map(|(n, _)| *n).collect();
+        self.undeleted.retain(|c| !written_names.contains(c));
+        let retry = !self.undeleted.is_empty()
+            && self
+                .last_delete_try
+                .is_none_or(|last| now.saturating_duration_since(last) >= DELETE_RETRY);
+        if retry {
+            self.last_delete_try = Some(now);
+            for chain in &self.undeleted {
+                if !deleted.contains(chain) {
+                    deleted.push(chain.clone());
+                }
+            }
+        }
         // A shared chain whose part of some service changed is written whole.
         let shared: Vec<(Table, ChainName, String)> = dirty_shared
             .into_iter()
@@ -579,28 +810,46 @@ impl<E: Executor> Syncer<E> {
                 .filter(move |(t, _, _)| *t == table)
                 .map(|(_, name, text)| (name, text.as_str()))
         };
+        // Nat first: each table commits on its own, and a failure must not leave
+        // filter ahead of nat.
         let mut builder = PayloadBuilder::default();
-        builder.table(Table::Filter, shared_of(Table::Filter), &[]);
         builder.table(
             Table::Nat,
             shared_of(Table::Nat).chain(written.iter().copied()),
             &deleted,
         );
+        builder.table(Table::Filter, shared_of(Table::Filter), &[]);
         let payload = builder.finish(family, false);
         let stale_flows = flows_of(&changes, &applied.services);
-        if !payload.is_empty()
-            && let Err(e) = self
-                .executor
-                .restore(family, payload.text(), RestoreOptions::default())
-        {
-            // The rules are not known to be applied, but the flows they make stale
-            // are: keep them for the next successful sync.
-            self.pending_flows.extend(stale_flows);
-            self.trusted = false;
-            return Err(e.into());
+        let kept = if payload.is_empty() {
+            Vec::new()
+        } else {
+            match apply(&mut self.executor, &payload) {
+                Ok(kept) => kept,
+                Err(e) => {
+                    // The rules are not known to be applied, but the flows they
+                    // make stale are: keep them for the next successful sync.
+                    self.pending_flows.extend(stale_flows);
+                    self.require_full(FullReason::AfterFailure);
+                    return Err(e.into());
+                }
+            }
+        };
+        let kept_names: HashSet<&ChainName> = kept.iter().map(|k| &k.chain).collect();
+        for (_, chain) in &payload.deleted {
+            if !kept_names.contains(chain) {
+                self.undeleted.remove(chain);
+            }
+        }
+        if !kept.is_empty() {
+            self.undeleted.extend(kept.iter().map(|k| k.chain.clone()));
+            self.last_delete_try = Some(now);
         }
         Ok(Some(SyncReport {
             full: false,
+            full_reason: None,
+            drifted: None,
+            kept_chains: kept,
             bytes: payload.text().len(),
             payload,
             stale_flows: self.take_flows(stale_flows),
@@ -609,6 +858,41 @@ impl<E: Executor> Syncer<E> {
             recompiled: changes.len(),
         }))
     }
+}
+
+/// Applies a payload as [`Syncer::sync_at`] says: in the executor's pieces, one
+/// restore each, in order. A restore that fails at a `-X` line is sent again
+/// without it (the chain stays, flushed) and the chain is returned as kept; any
+/// other failure ends the apply.
+fn apply<E: Executor>(exec: &mut E, payload: &Payload) -> Result<Vec<KeptChain>, ExecError> {
+    let family = payload.family;
+    let steps: Vec<Cow<'_, str>> = match exec.chains_per_restore(family) {
+        Some(n) => match pieces(payload.text(), family, n) {
+            Ok(pieces) => pieces.into_iter().map(Cow::Owned).collect(),
+            // Only a payload svcnat did not write fails to parse: sent whole,
+            // for the binary to judge.
+            Err(_) => vec![Cow::Borrowed(payload.text())],
+        },
+        None => vec![Cow::Borrowed(payload.text())],
+    };
+    let mut kept = Vec::new();
+    for mut step in steps {
+        while let Err(e) = exec.restore(family, &step, RestoreOptions::default()) {
+            let Some((table, chain, rest)) = e
+                .failed_line()
+                .and_then(|line| without_delete_at(&step, line))
+            else {
+                return Err(e);
+            };
+            kept.push(KeptChain {
+                table,
+                chain,
+                reason: e.to_string().replace('\n', " "),
+            });
+            step = Cow::Owned(rest);
+        }
+    }
+    Ok(kept)
 }
 
 /// What one sync's compile gives its report: the flows it makes stale, the
@@ -620,18 +904,31 @@ struct Round {
     recompiled: usize,
 }
 
+/// What a full sync does with the chains the kernel holds and svcnat no longer
+/// wants.
+#[derive(Default)]
+struct Stale {
+    /// Flushed and deleted.
+    deleted: Vec<ChainName>,
+    /// Flushed and kept: a rule svcnat does not write still jumps to them.
+    kept: Vec<KeptChain>,
+}
+
 /// The service chains a nat table dump (`saved`, from the kernel) declares that
 /// the applied state does not have: left by an earlier run, to be flushed and
-/// deleted. Only chains svcnat names (`KUBE-SVC-`, `KUBE-SEP-`, …) are ever
-/// touched; in name order.
-fn stale_chains(applied: &Applied, saved: Option<&str>) -> Vec<ChainName> {
+/// deleted. Only chains named exactly as svcnat names them (`KUBE-SVC-`,
+/// `KUBE-SEP-`, … and a 16-character hash) are ever touched, so another
+/// program's `KUBE-SEP-MINE` is left alone; one that a rule in a chain this sync
+/// does not rewrite jumps to (an old kube-proxy's `KUBE-XLB-…`) is flushed but
+/// kept, as its `-X` would fail. In name order.
+fn stale_chains(applied: &Applied, saved: Option<&str>) -> Stale {
     let Some(saved) = saved else {
-        return Vec::new();
+        return Stale::default();
     };
     let mut wanted: Option<HashSet<&ChainName>> = None;
     let mut stale: BTreeSet<ChainName> = BTreeSet::new();
     for (table, name) in crate::parse::declared_chains(saved) {
-        if table != Table::Nat || !is_service_chain(name.as_str()) {
+        if table != Table::Nat || !is_hashed_chain(name.as_str()) {
             continue;
         }
         let wanted = wanted.get_or_insert_with(|| {
@@ -645,22 +942,94 @@ fn stale_chains(applied: &Applied, saved: Option<&str>) -> Vec<ChainName> {
             stale.insert(name);
         }
     }
-    stale.into_iter().collect()
+    if stale.is_empty() {
+        return Stale::default();
+    }
+    let wanted: HashSet<&str> = wanted
+        .unwrap_or_default()
+        .into_iter()
+        .map(ChainName::as_str)
+        .collect();
+    // Chains this sync rewrites (so their rules' jumps go away first): the
+    // wanted service chains, the fixed ones, the stale ones themselves.
+    let rewritten = |chain: &str| {
+        (is_owned_chain(chain) && !is_service_chain(chain))
+            || chain == CANARY_CHAIN
+            || stale.contains(chain)
+            || wanted.contains(chain)
+    };
+    let mut referenced: BTreeMap<ChainName, String> = BTreeMap::new();
+    for (chain, target) in jumps_in_dump(saved) {
+        if let Some(to) = stale.get(target)
+            && !referenced.contains_key(to)
+            && !rewritten(chain)
+        {
+            referenced.insert(to.clone(), chain.to_owned());
+        }
+    }
+    let mut out = Stale::default();
+    for name in stale {
+        match referenced.remove(&name) {
+            Some(from) => out.kept.push(KeptChain {
+                table: Table::Nat,
+                reason: format!("a rule svcnat did not write, in {from}, jumps to it"),
+                chain: name,
+            }),
+            None => out.deleted.push(name),
+        }
+    }
+    out
 }
 
-/// The full payload: every chain of the applied state, and `stale` nat chains
-/// deleted.
+/// Every `(chain, target)` of the `-A CHAIN … -j|-g TARGET` lines of a dump,
+/// read as text: a target spelt inside a comment counts too, which can only keep
+/// a chain that could have gone.
+fn jumps_in_dump(saved: &str) -> impl Iterator<Item = (&str, &str)> {
+    saved.lines().filter_map(|line| {
+        let rest = line.strip_prefix("-A ")?;
+        let (chain, rule) = rest.split_once(' ')?;
+        let mut words = rule.split(' ');
+        while let Some(word) = words.next() {
+            if word == "-j" || word == "-g" {
+                return words.next().map(|target| (chain, target));
+            }
+        }
+        None
+    })
+}
+
+/// The full payload: every chain of the applied state, the canaries, and the
+/// `stale` nat chains flushed and deleted (or kept).
 fn full_payload(
     rules: &Rules,
     services: &BTreeMap<ServiceKey, ServiceText>,
-    stale: &[ChainName],
+    stale: &Stale,
 ) -> Payload {
-    let (text, written) = incremental::full_text(rules, services.values(), stale);
+    let canaries: Vec<(Table, ChainName, String)> = canaries()
+        .into_iter()
+        .map(|c| {
+            let mut text = String::new();
+            // Writing into a String cannot fail.
+            let _ = restore::rule(&mut text, c.chain.as_str(), &c.rule);
+            (c.table, c.chain, text)
+        })
+        .collect();
+    let flushed: Vec<ChainName> = stale.kept.iter().map(|k| k.chain.clone()).collect();
+    let extras = Extras {
+        chains: &canaries,
+        flushed: &flushed,
+        deleted: &stale.deleted,
+    };
+    let (text, written) = incremental::full_text(rules, services.values(), extras);
     Payload {
         family: rules.family(),
         full: true,
         written,
-        deleted: stale.iter().map(|n| (Table::Nat, n.clone())).collect(),
+        deleted: stale
+            .deleted
+            .iter()
+            .map(|n| (Table::Nat, n.clone()))
+            .collect(),
         text,
     }
 }

@@ -195,3 +195,23 @@ pub fn recorder_tables(
     }
     out
 }
+
+/// A `Syncer`'s full payload as `compile_text` writes the same state: without the
+/// drift canaries (`KUBE-PROXY-CANARY`, which only the `Syncer` writes), filter's
+/// section first (the `Syncer` writes nat first).
+pub fn as_compiled(payload: &str) -> String {
+    let mut sections: Vec<String> = Vec::new();
+    for line in payload.lines() {
+        if line.starts_with('*') {
+            sections.push(String::new());
+        }
+        if line.contains(svcnat::sync::CANARY_CHAIN) {
+            continue;
+        }
+        let current = sections.last_mut().expect("a payload opens with a table");
+        current.push_str(line);
+        current.push('\n');
+    }
+    sections.sort_by_key(|s| !s.starts_with("*filter\n"));
+    sections.concat()
+}

@@ -15,6 +15,7 @@ mod pieces;
 mod properties;
 #[cfg(all(feature = "k8s", feature = "synthetic"))]
 mod reader;
+mod resilience;
 #[cfg(feature = "synthetic")]
 mod scale;
 mod snapshots;

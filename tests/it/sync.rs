@@ -43,7 +43,23 @@ fn first_sync_is_full_then_partial_and_noop_is_empty() {
     syncer.upsert_slice(eps("svc1", &["10.180.0.1"]));
     let first = syncer.sync().unwrap();
     assert!(first.full);
-    assert_eq!(first.payload.to_text(), render(syncer.state(), &config()));
+    assert_eq!(
+        as_compiled(first.payload.text()),
+        render(syncer.state(), &config())
+    );
+    // Nat first, and the canaries in both tables.
+    assert!(first.payload.text().starts_with("*nat\n"));
+    assert_eq!(
+        first
+            .payload
+            .text()
+            .matches(
+                "-A KUBE-PROXY-CANARY -m comment --comment \"svcnat drift canary\" -j RETURN\n"
+            )
+            .count(),
+        2
+    );
+    assert_eq!(first.full_reason, Some(svcnat::sync::FullReason::FirstSync));
     // Jump rules were ensured after the restore.
     let jumps = syncer
         .executor()
@@ -194,7 +210,7 @@ fn failure_of_the_real_binary_reports_binary_status_stderr_and_payload() {
             assert!(args.contains(&"--noflush".to_owned()), "{args:?}");
             assert_eq!(status, Some(4));
             assert_eq!(stderr, "iptables-restore: line 3 failed");
-            assert!(payload.unwrap().starts_with("*filter\n"));
+            assert!(payload.unwrap().starts_with("*nat\n"));
         }
         other => panic!("{other}"),
     }
@@ -568,14 +584,14 @@ fn full_resyncs_reuse_unchanged_services_and_write_the_same_bytes() {
     let whole = svcnat::compile::compile_text(&state, &config)
         .unwrap()
         .to_text();
-    assert_eq!(first.payload.text(), whole);
+    assert_eq!(as_compiled(first.payload.text()), whole);
 
     // A full resync of an unchanged state compiles nothing and writes the same.
     syncer.request_full_sync();
     let again = syncer.sync().unwrap();
     assert!(again.full);
     assert_eq!(again.recompiled, 0);
-    assert_eq!(again.payload.text(), whole);
+    assert_eq!(as_compiled(again.payload.text()), whole);
 
     // One changed service: only it is compiled; the kernel ends as after a fresh
     // full sync, the replaced endpoint's chain (read back from the kernel) deleted.

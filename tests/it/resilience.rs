@@ -1,0 +1,408 @@
+//! What a sync does when the tables are not what it left, without root: through
+//! the Recorder's table model. Drift (flushed, replaced, a jump rule gone), nat
+//! before filter, stale chains something else still jumps to, and a sync cut into
+//! pieces failing part way. The kernel twins of these tests are in
+//! `kernel_resilience`.
+
+use std::time::{Duration, Instant};
+
+use svcnat::exec::{ExecError, Executor, Recorder, RestoreOptions};
+use svcnat::model::*;
+use svcnat::ruleset::{JumpRule, Table};
+use svcnat::sync::{FullReason, SyncError, Syncer};
+
+use crate::fixtures::recorder_tables as tables;
+use crate::fixtures::*;
+
+fn svc(i: u8) -> Service {
+    service(
+        "ns1",
+        &format!("svc{i}"),
+        &format!("172.30.0.{i}"),
+        &[("p80", 80)],
+    )
+}
+
+fn eps(i: u8, ips: &[&str]) -> EndpointSlice {
+    slice(
+        "ns1",
+        &format!("svc{i}"),
+        &[("p80", 80)],
+        ips.iter().map(|a| ready(a)).collect(),
+    )
+}
+
+/// Three services, the second without endpoints (a filter REJECT rule).
+fn cluster() -> ClusterState {
+    state(
+        vec![svc(1), svc(2), svc(3)],
+        vec![
+            eps(1, &["10.180.0.1", "10.180.0.2"]),
+            eps(3, &["10.180.0.3"]),
+        ],
+    )
+}
+
+/// The tables one fresh full sync of `state` leaves in a Recorder.
+fn full_sync_tables(
+    state: &ClusterState,
+) -> std::collections::BTreeMap<(Table, String), Vec<String>> {
+    let mut s = Syncer::new(Recorder::new(), config()).unwrap();
+    s.replace_state(state.clone());
+    assert!(s.sync().unwrap().full);
+    tables(s.executor())
+}
+
+fn tamper(syncer: &mut Syncer<Recorder>, payload: &str) {
+    syncer
+        .executor_mut()
+        .restore(IpFamily::Ipv4, payload, RestoreOptions::default())
+        .unwrap();
+}
+
+fn synced(check: Option<Duration>) -> Syncer<Recorder> {
+    let mut syncer = Syncer::new(Recorder::new(), config())
+        .unwrap()
+        .with_drift_check(check);
+    syncer.replace_state(cluster());
+    let first = syncer.sync().unwrap();
+    assert_eq!(first.full_reason, Some(FullReason::FirstSync));
+    syncer
+}
+
+/// A table flushed (chains kept, rules gone), a table replaced by one without
+/// svcnat's chains, one jump rule deleted: each is found by the next check, whose
+/// sync is full, says why, and leaves exactly the full-sync state.
+#[test]
+fn drift_is_found_and_repaired() {
+    let portals =
+        "-D PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES";
+    let cases: [(&str, String); 4] = [
+        ("nat flushed", "*nat\n-F\nCOMMIT\n".into()),
+        ("filter flushed", "*filter\n-F\nCOMMIT\n".into()),
+        (
+            "nat replaced",
+            "*nat\n-F\n-X\n:OTHER - [0:0]\nCOMMIT\n".into(),
+        ),
+        ("jump rule deleted", format!("*nat\n{portals}\nCOMMIT\n")),
+    ];
+    let want = full_sync_tables(&cluster());
+    for (what, payload) in cases {
+        let mut syncer = synced(Some(Duration::ZERO));
+        tamper(&mut syncer, &payload);
+        assert_ne!(
+            tables(syncer.executor()),
+            want,
+            "{what}: the tamper did nothing"
+        );
+        let report = syncer.sync().unwrap();
+        assert!(report.full, "{what}");
+        assert_eq!(report.full_reason, Some(FullReason::Drift), "{what}");
+        assert!(report.drifted.is_some(), "{what}");
+        assert!(
+            report.to_string().starts_with("full (drift), "),
+            "{what}: {report}"
+        );
+        let mut got = tables(syncer.executor());
+        // A replaced table keeps what replaced it: the chain OTHER stays.
+        got.remove(&(Table::Nat, "OTHER".to_owned()));
+        assert_eq!(got, want, "{what}");
+        // Repaired: the next check finds nothing.
+        let next = syncer.sync().unwrap();
+        assert!(!next.full && next.payload.is_empty(), "{what}: {next}");
+    }
+}
+
+/// The jump rule named in the report is the one that went missing.
+#[test]
+fn the_report_names_the_rule_that_drifted() {
+    let mut syncer = synced(Some(Duration::ZERO));
+    tamper(
+        &mut syncer,
+        "*nat\n-D POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING\nCOMMIT\n",
+    );
+    let report = syncer.sync().unwrap();
+    let JumpRule { table, chain, rule } = report.drifted.unwrap();
+    assert_eq!(
+        (table, chain.as_str(), rule.to_string().as_str()),
+        (
+            Table::Nat,
+            "POSTROUTING",
+            "-m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING"
+        )
+    );
+}
+
+/// Without a check nothing notices; with a period the check runs only once the
+/// period has passed since the last check or full sync.
+#[test]
+fn the_drift_check_runs_when_due() {
+    let mut off = synced(None);
+    tamper(&mut off, "*nat\n-F\nCOMMIT\n");
+    let report = off.sync().unwrap();
+    assert!(!report.full && report.payload.is_empty());
+
+    let start = Instant::now();
+    let mut syncer = Syncer::new(Recorder::new(), config())
+        .unwrap()
+        .with_drift_check(Some(Duration::from_secs(30)));
+    syncer.replace_state(cluster());
+    assert!(syncer.sync_at(start).unwrap().full);
+    tamper(&mut syncer, "*nat\n-F\nCOMMIT\n");
+    let early = syncer.sync_at(start + Duration::from_secs(29)).unwrap();
+    assert!(!early.full, "checked before the period passed");
+    let due = syncer.sync_at(start + Duration::from_secs(30)).unwrap();
+    assert_eq!(due.full_reason, Some(FullReason::Drift));
+    // Nothing drifted: the check runs, finds nothing, and waits a period again.
+    let calls = syncer.executor().calls().len();
+    let quiet = syncer.sync_at(start + Duration::from_secs(61)).unwrap();
+    assert!(!quiet.full);
+    assert!(syncer.executor().calls().len() > calls, "no check was made");
+    let calls = syncer.executor().calls().len();
+    syncer.sync_at(start + Duration::from_secs(62)).unwrap();
+    assert_eq!(
+        syncer.executor().calls().len(),
+        calls,
+        "checked again too soon"
+    );
+}
+
+/// Every reason a sync is full is reported as it happened.
+#[test]
+fn full_syncs_say_why() {
+    let start = Instant::now();
+    let mut syncer = Syncer::new(Recorder::new(), config())
+        .unwrap()
+        .with_drift_check(None)
+        .with_full_resync_period(Some(Duration::from_secs(3600)));
+    syncer.replace_state(cluster());
+    let reason = |r: svcnat::sync::SyncReport| r.full_reason;
+    assert_eq!(
+        reason(syncer.sync_at(start).unwrap()),
+        Some(FullReason::FirstSync)
+    );
+    syncer.request_full_sync();
+    assert_eq!(
+        reason(syncer.sync_at(start).unwrap()),
+        Some(FullReason::Requested)
+    );
+    syncer.set_config(config().with_comments(false)).unwrap();
+    assert_eq!(
+        reason(syncer.sync_at(start).unwrap()),
+        Some(FullReason::ConfigChanged)
+    );
+    syncer.executor_mut().fail_next_restores(1);
+    syncer.upsert_slice(eps(2, &["10.180.0.9"]));
+    assert!(syncer.sync_at(start).is_err());
+    assert_eq!(
+        reason(syncer.sync_at(start).unwrap()),
+        Some(FullReason::AfterFailure)
+    );
+    assert_eq!(
+        reason(syncer.sync_at(start + Duration::from_secs(7200)).unwrap()),
+        Some(FullReason::ResyncPeriod)
+    );
+    assert_eq!(reason(syncer.sync_at(start).unwrap()), None);
+}
+
+/// The nat table replaced by a file without svcnat's chains, then a change that
+/// touches both tables: the sync fails in nat, which is written first, so filter
+/// is left as it was, not ahead of nat; the next sync is full and repairs both.
+#[test]
+fn a_failure_in_nat_leaves_filter_as_it_was() {
+    let mut syncer = synced(None);
+    tamper(&mut syncer, "*nat\n-F\n-X\nCOMMIT\n");
+    let filter_before: Vec<_> = tables(syncer.executor())
+        .into_iter()
+        .filter(|((t, _), _)| *t == Table::Filter)
+        .collect();
+    // svc2 gains an endpoint: its REJECT leaves filter, its chains enter nat.
+    syncer.upsert_slice(eps(2, &["10.180.0.9"]));
+    let err = syncer.sync().unwrap_err();
+    assert_eq!(err.retry_after(), Some(svcnat::sync::RETRY_AFTER));
+    let filter_after: Vec<_> = tables(syncer.executor())
+        .into_iter()
+        .filter(|((t, _), _)| *t == Table::Filter)
+        .collect();
+    assert_eq!(filter_after, filter_before, "filter went ahead of nat");
+    let repair = syncer.sync().unwrap();
+    assert_eq!(repair.full_reason, Some(FullReason::AfterFailure));
+    let mut want_state = cluster();
+    want_state.upsert_slice(eps(2, &["10.180.0.9"]));
+    assert_eq!(tables(syncer.executor()), full_sync_tables(&want_state));
+}
+
+/// The service chains of the one endpoint of svc3.
+fn sep_of_svc3(syncer: &Syncer<Recorder>) -> String {
+    tables(syncer.executor())
+        .into_iter()
+        .find(|((t, name), rules)| {
+            *t == Table::Nat
+                && name.starts_with("KUBE-SEP-")
+                && rules.iter().any(|r| r.contains("10.180.0.3:80"))
+        })
+        .map(|((_, name), _)| name)
+        .expect("svc3 has an endpoint chain")
+}
+
+/// A rule svcnat did not write jumps to one of its chains: when the chain goes
+/// stale, a partial sync still applies everything else, flushes the chain, keeps
+/// it and says so; a full sync keeps it too (it reads the reference from the
+/// kernel first); once the foreign rule is gone, the next full sync deletes it.
+#[test]
+fn a_stale_chain_that_something_jumps_to_never_blocks_a_sync() {
+    let mut syncer = synced(None);
+    let sep = sep_of_svc3(&syncer);
+    tamper(
+        &mut syncer,
+        &format!("*nat\n:FOREIGN - [0:0]\n-A FOREIGN -j {sep}\nCOMMIT\n"),
+    );
+    // svc3 loses its endpoint, and svc1 changes too.
+    syncer.remove_slice(&ServiceKey::new("ns1", "svc3"), "svc3-slice");
+    syncer.upsert_slice(eps(1, &["10.180.0.1"]));
+    let partial = syncer.sync().unwrap();
+    assert!(!partial.full);
+    assert_eq!(partial.kept_chains.len(), 1, "{:?}", partial.kept_chains);
+    assert_eq!(partial.kept_chains[0].chain.as_str(), sep);
+    assert!(
+        partial.kept_chains[0].reason.contains("still referenced"),
+        "{}",
+        partial.kept_chains[0].reason
+    );
+    assert!(
+        partial.to_string().ends_with(", 1 stale chains kept"),
+        "{partial}"
+    );
+    let mut want_state = cluster();
+    want_state.remove_slice(&ServiceKey::new("ns1", "svc3"), "svc3-slice");
+    want_state.upsert_slice(eps(1, &["10.180.0.1"]));
+    let mut want = full_sync_tables(&want_state);
+    want.insert((Table::Nat, "FOREIGN".into()), vec![format!("-j {sep}")]);
+    want.insert((Table::Nat, sep.clone()), vec![]);
+    assert_eq!(tables(syncer.executor()), want);
+
+    syncer.request_full_sync();
+    let full = syncer.sync().unwrap();
+    assert_eq!(full.kept_chains.len(), 1);
+    assert!(full.kept_chains[0].reason.contains("in FOREIGN"));
+    assert_eq!(tables(syncer.executor()), want);
+
+    tamper(&mut syncer, "*nat\n-F FOREIGN\nCOMMIT\n");
+    syncer.request_full_sync();
+    let clean = syncer.sync().unwrap();
+    assert!(clean.kept_chains.is_empty());
+    assert!(
+        clean.payload.deleted.iter().any(|(_, c)| c.as_str() == sep),
+        "{:?}",
+        clean.payload.deleted
+    );
+    want.remove(&(Table::Nat, sep));
+    want.insert((Table::Nat, "FOREIGN".into()), vec![]);
+    assert_eq!(tables(syncer.executor()), want);
+}
+
+/// Chains named like svcnat's but not with its hash (another program's
+/// `KUBE-SEP-MYOWNCHAIN`) are never flushed or deleted, even when nothing
+/// jumps to them.
+#[test]
+fn chains_svcnat_did_not_name_are_left_alone() {
+    let mut syncer = Syncer::new(Recorder::new(), config()).unwrap();
+    syncer.replace_state(cluster());
+    tamper(
+        &mut syncer,
+        "*nat\n:KUBE-SEP-MYOWNCHAIN - [0:0]\n:KUBE-SVC-LOWERcase1234567 - [0:0]\n-A KUBE-SEP-MYOWNCHAIN -j RETURN\nCOMMIT\n",
+    );
+    let first = syncer.sync().unwrap();
+    assert!(
+        first.payload.deleted.is_empty(),
+        "{:?}",
+        first.payload.deleted
+    );
+    let t = tables(syncer.executor());
+    assert_eq!(
+        t[&(Table::Nat, "KUBE-SEP-MYOWNCHAIN".to_owned())],
+        ["-j RETURN"]
+    );
+    assert!(t.contains_key(&(Table::Nat, "KUBE-SVC-LOWERcase1234567".to_owned())));
+}
+
+/// An executor that asks for pieces of three chains and can be told to fail its
+/// k-th restore, the way an executor that wraps another does.
+struct Pieces {
+    inner: Recorder,
+    fail_at: Option<usize>,
+    restores: usize,
+}
+
+impl Executor for Pieces {
+    fn restore(
+        &mut self,
+        family: IpFamily,
+        payload: &str,
+        options: RestoreOptions,
+    ) -> Result<(), ExecError> {
+        self.restores += 1;
+        if self.fail_at == Some(self.restores) {
+            return Err(ExecError::Refused("the k-th piece fails".into()));
+        }
+        self.inner.restore(family, payload, options)
+    }
+    fn save(&mut self, family: IpFamily, table: Table) -> Result<String, ExecError> {
+        self.inner.save(family, table)
+    }
+    fn ensure_jump(&mut self, family: IpFamily, jump: &JumpRule) -> Result<(), ExecError> {
+        self.inner.ensure_jump(family, jump)
+    }
+    fn chains_per_restore(&mut self, _: IpFamily) -> Option<usize> {
+        Some(3)
+    }
+}
+
+/// A sync cut into pieces that fails at any piece leaves a state the next sync
+/// (a full one) turns into exactly the full-sync state, with no chain left over.
+#[test]
+fn a_failure_between_pieces_is_repaired_by_the_next_sync() {
+    let before = cluster();
+    let mut after = state(
+        vec![svc(1), svc(3), svc(4), svc(5)],
+        vec![
+            eps(1, &["10.180.0.5"]),
+            eps(3, &["10.180.0.3", "10.180.0.6"]),
+            eps(4, &["10.180.0.7", "10.180.0.8"]),
+            eps(5, &["10.180.0.1"]),
+        ],
+    );
+    after.upsert_service(svc(5));
+    let want = full_sync_tables(&after);
+    let mut k = 1;
+    loop {
+        let mut syncer = Syncer::new(
+            Pieces {
+                inner: Recorder::new(),
+                fail_at: None,
+                restores: 0,
+            },
+            config(),
+        )
+        .unwrap();
+        syncer.replace_state(before.clone());
+        syncer.sync().unwrap();
+        let pieces_before = syncer.executor().restores;
+        assert!(pieces_before > 2, "the first sync was not cut");
+        syncer.executor_mut().fail_at = Some(pieces_before + k);
+        syncer.replace_state(after.clone());
+        match syncer.sync() {
+            Err(SyncError::Exec(_)) => {}
+            // Past the last piece: nothing failed, and the test has seen them all.
+            Ok(_) => {
+                assert!(k > 1);
+                break;
+            }
+            Err(other) => panic!("{other}"),
+        }
+        let repair = syncer.sync().unwrap();
+        assert_eq!(repair.full_reason, Some(FullReason::AfterFailure));
+        assert_eq!(tables(&syncer.executor().inner), want, "piece {k} failed");
+        k += 1;
+    }
+}
