@@ -87,8 +87,9 @@
 //!     assert_eq!(syncer.apply_k8s(event)?, Action::Upserted);
 //! }
 //! let report = syncer.sync()?;
-//! // A log line: "full, B bytes, W chains written, 0 chains deleted, 1 services recompiled".
-//! assert!(report.to_string().starts_with("full, "));
+//! // A log line: "full (first sync), B bytes, W chains written, 0 chains deleted,
+//! // 1 services recompiled".
+//! assert!(report.to_string().starts_with("full (first sync), "));
 //!
 //! // The Service becomes headless: the same call removes its rules.
 //! svc.spec.as_mut().unwrap().cluster_ip = Some("None".into());
