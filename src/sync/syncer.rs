@@ -17,7 +17,7 @@ use crate::exec::{ExecError, Executor, RestoreOptions};
 use crate::model::{
     ClusterState, EndpointSlice, IpFamily, Protocol, ProxyConfig, Service, ServiceKey, SliceKey,
 };
-use crate::ruleset::{ChainName, Ruleset, Table};
+use crate::ruleset::{ChainName, NfacctCounter, Ruleset, Table};
 
 use super::plan::{Payload, PayloadBuilder, diff_chains};
 use crate::flows::{FlowDestination, StaleFlow};
@@ -345,6 +345,19 @@ impl<E: Executor> Syncer<E> {
         self.config.ip_family
     }
 
+    /// Makes sure the nfacct counters `payload` names exist, before it is applied
+    /// (with `nfacct_counters` off it names none: nothing is looked for).
+    fn ensure_counters(&mut self, payload: &Payload) -> Result<(), ExecError> {
+        if !self.config.nfacct_counters {
+            return Ok(());
+        }
+        let counters = NfacctCounter::named_in(payload.text());
+        if counters.is_empty() {
+            return Ok(());
+        }
+        self.executor.ensure_nfacct(&counters)
+    }
+
     /// This sync's stale flows plus those of failed syncs before it.
     fn take_flows(&mut self, flows: Vec<StaleFlow>) -> Vec<StaleFlow> {
         let mut all = std::mem::take(&mut self.pending_flows);
@@ -435,8 +448,11 @@ impl<E: Executor> Syncer<E> {
         // Apply.
         self.trusted = false;
         let applied_ok = self
-            .executor
-            .restore(family, payload.text(), RestoreOptions::default())
+            .ensure_counters(&payload)
+            .and_then(|()| {
+                self.executor
+                    .restore(family, payload.text(), RestoreOptions::default())
+            })
             .and_then(|()| self.executor.ensure_jumps(family, &jumps));
         if let Err(e) = applied_ok {
             // The rules are not known to be applied, but the flows they make stale
@@ -589,9 +605,10 @@ impl<E: Executor> Syncer<E> {
         let payload = builder.finish(family, false);
         let stale_flows = flows_of(&changes, &applied.services);
         if !payload.is_empty()
-            && let Err(e) = self
-                .executor
-                .restore(family, payload.text(), RestoreOptions::default())
+            && let Err(e) = self.ensure_counters(&payload).and_then(|()| {
+                self.executor
+                    .restore(family, payload.text(), RestoreOptions::default())
+            })
         {
             // The rules are not known to be applied, but the flows they make stale
             // are: keep them for the next successful sync.
