@@ -78,7 +78,7 @@ use serde_json::{Value, json};
 use svcnat::compile::JumpRule;
 use svcnat::exec::{Backend, ExecError, Executor, IptablesRestore, RestoreOptions};
 use svcnat::model::IpFamily;
-use svcnat::ruleset::Table;
+use svcnat::ruleset::{NfacctCounter, Table};
 use svcnat::sync::{StaleFlow, Syncer};
 use svcnat::synthetic::{self, Spec};
 
@@ -339,6 +339,10 @@ impl<E: Executor> Executor for Timed<E> {
     fn ensure_jumps(&mut self, family: IpFamily, jumps: &[JumpRule]) -> Result<(), ExecError> {
         let inner = &mut self.inner;
         timed(&mut self.jumps, || inner.ensure_jumps(family, jumps))
+    }
+
+    fn ensure_nfacct(&mut self, counters: &[NfacctCounter]) -> Result<(), ExecError> {
+        self.inner.ensure_nfacct(counters)
     }
 
     fn clear_conntrack(&mut self, family: IpFamily, flows: &[StaleFlow]) -> Result<(), ExecError> {

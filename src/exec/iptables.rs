@@ -1,4 +1,5 @@
-//! The real binaries: `iptables-restore`, `iptables-save`, `iptables`, `conntrack`.
+//! The real binaries: `iptables-restore`, `iptables-save`, `iptables`, `conntrack`,
+//! `nfacct`.
 
 use std::fmt;
 use std::io::Write;
@@ -12,7 +13,7 @@ use crate::model::{IpFamily, Protocol};
 use crate::parse::{builtin_chains, parse_as};
 use crate::ruleset::JumpRule;
 use crate::ruleset::restore::{self, RuleLine};
-use crate::ruleset::{Rule, Table};
+use crate::ruleset::{NfacctCounter, Rule, Table};
 
 /// Which iptables variant to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -97,6 +98,13 @@ impl FromStr for Backend {
 /// descending name order, which iptables-legacy-restore takes in faster (the
 /// payload does the same either way).
 ///
+/// nfacct counters ([`Executor::ensure_nfacct`]) are created with the `nfacct`
+/// tool (Debian's and Ubuntu's package `nfacct`), run behind the same prefix:
+/// nfacct counters belong to the network namespace (checked on Linux 6.18: a
+/// counter added inside one namespace is listed neither in another nor on the
+/// host; Linux 3.x kept one list for the whole host), so with `ip netns exec NS`
+/// the counters are made in `NS`, next to its rules.
+///
 /// ```no_run
 /// use svcnat::exec::{Backend, Executor, IptablesRestore, RestoreOptions};
 /// use svcnat::model::IpFamily;
@@ -114,6 +122,9 @@ pub struct IptablesRestore {
     /// `None`: the backend's default; `Some(None)`: one restore whatever the size;
     /// `Some(Some(n))`: pieces of at most `n` chains.
     pieces: Option<Option<usize>>,
+    /// The nfacct counters seen listed or created, not to run `nfacct` again for
+    /// them; forgotten when a restore fails (a counter may have been deleted).
+    nfacct_known: Vec<NfacctCounter>,
 }
 
 /// The chains per restore on the nft backend, when a payload is cut into pieces
@@ -133,6 +144,7 @@ impl IptablesRestore {
             wait_seconds: Some(5),
             prefix: Vec::new(),
             pieces: None,
+            nfacct_known: Vec::new(),
         }
     }
 
@@ -170,6 +182,8 @@ impl IptablesRestore {
         prefix: impl IntoIterator<Item = S>,
     ) -> Self {
         self.prefix = prefix.into_iter().map(Into::into).collect();
+        // Another namespace, perhaps: its counters are not known.
+        self.nfacct_known.clear();
         self
     }
 
@@ -291,6 +305,51 @@ impl IptablesRestore {
             payload: payload.map(str::to_owned),
         }
     }
+
+    /// The names `nfacct list` prints, one counter a line:
+    /// `{ pkts = N, bytes = N } = NAME;` (with `, quota = N` for a quota object).
+    fn nfacct_list(&self) -> Result<Vec<String>, ExecError> {
+        let args = vec!["list".to_owned()];
+        match self.run(NFACCT, &args, None)? {
+            (Some(0), stdout, _) => Ok(nfacct_names(&stdout)),
+            (status, _, stderr) => Err(Self::failed(NFACCT, args, status, stderr, None)),
+        }
+    }
+
+    /// `nfacct add NAME`. If it fails but the counter is listed afterwards
+    /// (another program created it in between: the kernel refuses to add a name
+    /// twice), that is success.
+    fn nfacct_add(&self, counter: NfacctCounter) -> Result<(), ExecError> {
+        let args = vec!["add".to_owned(), counter.as_str().to_owned()];
+        match self.run(NFACCT, &args, None)? {
+            (Some(0), _, _) => Ok(()),
+            (status, _, stderr) => {
+                let there = self
+                    .nfacct_list()
+                    .is_ok_and(|names| names.iter().any(|n| n == counter.as_str()));
+                if there {
+                    Ok(())
+                } else {
+                    Err(Self::failed(NFACCT, args, status, stderr, None))
+                }
+            }
+        }
+    }
+}
+
+/// The tool that lists and creates nfacct counters.
+const NFACCT: &str = "nfacct";
+
+/// The counter names in `nfacct list` output (`{ pkts = …, bytes = … } = NAME;`
+/// per line); lines of another shape are skipped.
+fn nfacct_names(listed: &str) -> Vec<String> {
+    listed
+        .lines()
+        .filter_map(|line| {
+            let (_, name) = line.trim_end().strip_suffix(';')?.rsplit_once("} = ")?;
+            Some(name.to_owned())
+        })
+        .collect()
 }
 
 impl Executor for IptablesRestore {
@@ -333,6 +392,8 @@ impl Executor for IptablesRestore {
             match self.run(&binary, &args, Some(piece))? {
                 (Some(0), _, _) => {}
                 (status, _, stderr) => {
+                    // Perhaps a counter the rules name was deleted: look again next time.
+                    self.nfacct_known.clear();
                     return Err(Self::failed(&binary, args, status, stderr, Some(piece)));
                 }
             }
@@ -485,6 +546,44 @@ impl Executor for IptablesRestore {
             counters: false,
         };
         self.restore(family, &inserts, options)
+    }
+
+    /// Runs `nfacct list` once, then `nfacct add NAME` for each counter not
+    /// listed, behind the command prefix (so in the namespace of the rules). The
+    /// counters listed or created are remembered and not looked for again until a
+    /// restore fails: a counter that rules name cannot be deleted (the kernel
+    /// refuses with "Device or resource busy"), so after a successful restore it
+    /// is still there.
+    ///
+    /// # Errors
+    /// [`ExecError::Nfacct`] naming the counter, with the failure of `nfacct`
+    /// (it cannot be started, say: `nfacct: cannot run: No such file or
+    /// directory`; behind a prefix, the prefix's report that `nfacct` was not
+    /// found; or the kernel's refusal, as without the `nfnetlink_acct` module).
+    fn ensure_nfacct(&mut self, counters: &[NfacctCounter]) -> Result<(), ExecError> {
+        let wanted: Vec<NfacctCounter> = counters
+            .iter()
+            .copied()
+            .filter(|c| !self.nfacct_known.contains(c))
+            .collect();
+        let Some(&first) = wanted.first() else {
+            return Ok(());
+        };
+        let nfacct_error = |counter, e| ExecError::Nfacct {
+            counter,
+            source: Box::new(e),
+        };
+        let listed = self.nfacct_list().map_err(|e| nfacct_error(first, e))?;
+        for counter in wanted {
+            if !listed.iter().any(|n| n == counter.as_str()) {
+                self.nfacct_add(counter)
+                    .map_err(|e| nfacct_error(counter, e))?;
+            }
+            if !self.nfacct_known.contains(&counter) {
+                self.nfacct_known.push(counter);
+            }
+        }
+        Ok(())
     }
 
     fn clear_conntrack(&mut self, family: IpFamily, flows: &[StaleFlow]) -> Result<(), ExecError> {
@@ -678,6 +777,48 @@ pub(crate) fn conntrack_args(family: IpFamily, flow: &StaleFlow) -> Vec<String> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nfacct_list_output_is_read_by_name() {
+        let listed = "{ pkts = 00000000000000000000, bytes = 00000000000000000000 } = foo;\n\
+            { pkts = 00000000000000000012, bytes = 00000000000000003456 } = localhost_nps_accepted_pkts;\n\
+            { pkts = 00000000000000000000, bytes = 00000000000000000000, quota = 10 } = with = sign;\n\
+            not a counter line\n";
+        assert_eq!(
+            nfacct_names(listed),
+            ["foo", "localhost_nps_accepted_pkts", "with = sign"]
+        );
+        assert!(nfacct_names("").is_empty());
+    }
+
+    /// Without the tool, the error names the counter and says why; nothing is
+    /// remembered, so the next call tries again.
+    #[test]
+    fn ensure_nfacct_without_the_tool_names_the_counter() {
+        let mut exec = IptablesRestore::new(Backend::Nft)
+            .with_command_prefix(["/nonexistent/svcnat-no-such-prefix"]);
+        let err = exec
+            .ensure_nfacct(&[NfacctCounter::LocalhostNodePortsAccepted])
+            .unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                ExecError::Nfacct { counter: NfacctCounter::LocalhostNodePortsAccepted, source }
+                    if matches!(**source, ExecError::Spawn { .. })
+            ),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().starts_with(
+                "nfacct counter localhost_nps_accepted_pkts is needed by the rules and cannot be \
+                 created: /nonexistent/svcnat-no-such-prefix: cannot run: "
+            ),
+            "{err}"
+        );
+        assert!(exec.nfacct_known.is_empty());
+        // Nothing asked for: nothing run.
+        assert!(exec.ensure_nfacct(&[]).is_ok());
+    }
 
     #[test]
     fn declarations_are_sent_in_descending_order() {

@@ -22,6 +22,7 @@ pub use recorder::{Call, DryRun, Recorder};
 use crate::flows::StaleFlow;
 use crate::model::IpFamily;
 use crate::ruleset::JumpRule;
+use crate::ruleset::NfacctCounter;
 use crate::ruleset::Table;
 
 /// Why an executor call failed.
@@ -57,6 +58,15 @@ pub enum ExecError {
     /// The executor does not support this operation.
     #[error("{0}: not supported by this executor")]
     Unsupported(&'static str),
+    /// An nfacct counter the rules count packets in could not be made to exist
+    /// ([`Executor::ensure_nfacct`]): the kernel would refuse the rules.
+    #[error("nfacct counter {counter} is needed by the rules and cannot be created: {source}")]
+    Nfacct {
+        /// The counter (the first one that could not be made sure of).
+        counter: NfacctCounter,
+        /// Why: the tool could not run or failed, or the executor cannot create counters.
+        source: Box<ExecError>,
+    },
 }
 
 impl ExecError {
@@ -183,6 +193,35 @@ pub trait Executor {
         first_missing_by_save(self, family, rules)
     }
 
+    /// Makes sure the nfacct counters exist that rules about to be applied count
+    /// packets in (`-m nfacct --nfacct-name NAME`, written with
+    /// [`ProxyConfig::nfacct_counters`](crate::model::ProxyConfig::nfacct_counters)):
+    /// the kernel refuses a rule that names a missing counter, so the `Syncer`
+    /// calls this before the restore of any payload that names one, and writes
+    /// nothing if it fails. Counters that exist already are left as they are (their
+    /// counts too). nfacct counters belong to the network namespace, not to an IP
+    /// family: one call serves both families' rules.
+    ///
+    /// [`IptablesRestore`] runs the `nfacct` tool; [`DryRun`] and [`Recorder`]
+    /// record the call and succeed. The default fails, naming the first counter,
+    /// so that an executor that cannot create counters says so before any rule is
+    /// written rather than through the kernel's refusal of the restore; an executor
+    /// whose counters are created some other way (by the embedder at start-up, say)
+    /// overrides it to return `Ok(())`. An executor that wraps another should
+    /// forward it. Empty `counters` succeed at once.
+    ///
+    /// # Errors
+    /// [`ExecError::Nfacct`], naming the counter that could not be created and why.
+    fn ensure_nfacct(&mut self, counters: &[NfacctCounter]) -> Result<(), ExecError> {
+        match counters.first() {
+            None => Ok(()),
+            Some(&counter) => Err(ExecError::Nfacct {
+                counter,
+                source: Box::new(ExecError::Unsupported("ensure_nfacct")),
+            }),
+        }
+    }
+
     /// Deletes the conntrack entries of stale UDP/SCTP flows. Optional: the default
     /// returns [`ExecError::Unsupported`].
     ///
@@ -221,6 +260,9 @@ impl<E: Executor + ?Sized> Executor for &mut E {
         rules: &[JumpRule],
     ) -> Result<Option<usize>, ExecError> {
         (**self).first_missing_rule(family, rules)
+    }
+    fn ensure_nfacct(&mut self, counters: &[NfacctCounter]) -> Result<(), ExecError> {
+        (**self).ensure_nfacct(counters)
     }
     fn clear_conntrack(&mut self, family: IpFamily, flows: &[StaleFlow]) -> Result<(), ExecError> {
         (**self).clear_conntrack(family, flows)

@@ -8,9 +8,8 @@ use super::{ExecError, Executor, RestoreOptions};
 use crate::flows::StaleFlow;
 use crate::model::IpFamily;
 use crate::parse::{Op, Operation, parse_restore_as};
-use crate::ruleset::JumpRule;
 use crate::ruleset::restore::{self, RuleLine};
-use crate::ruleset::{ChainName, Policy, Rule, Table};
+use crate::ruleset::{ChainName, JumpRule, NfacctCounter, Policy, Rule, Table};
 
 /// Keeps every payload it is handed and applies nothing. `save` returns empty
 /// tables, so a sync through it deletes no stale chains.
@@ -20,6 +19,9 @@ pub struct DryRun {
     pub payloads: Vec<(IpFamily, String)>,
     /// The jump rules it was asked to ensure.
     pub jumps: Vec<(IpFamily, JumpRule)>,
+    /// The nfacct counters it was asked to ensure, each once, in the order first
+    /// asked for: the counters the kernel would need.
+    pub counters: Vec<NfacctCounter>,
 }
 
 impl Executor for DryRun {
@@ -39,6 +41,15 @@ impl Executor for DryRun {
 
     fn ensure_jump(&mut self, family: IpFamily, jump: &JumpRule) -> Result<(), ExecError> {
         self.jumps.push((family, jump.clone()));
+        Ok(())
+    }
+
+    fn ensure_nfacct(&mut self, counters: &[NfacctCounter]) -> Result<(), ExecError> {
+        for c in counters {
+            if !self.counters.contains(c) {
+                self.counters.push(*c);
+            }
+        }
         Ok(())
     }
 
@@ -71,6 +82,11 @@ pub enum Call {
         family: IpFamily,
         /// The rule (boxed: a rule is large next to the other calls).
         jump: Box<JumpRule>,
+    },
+    /// [`Executor::ensure_nfacct`].
+    EnsureNfacct {
+        /// The counters, as asked for.
+        counters: Vec<NfacctCounter>,
     },
     /// [`Executor::clear_conntrack`].
     ClearConntrack {
@@ -494,6 +510,15 @@ impl Executor for Recorder {
         if !chain.rules.iter().any(|r| r.to_string() == text) {
             chain.rules.insert(0, rule);
         }
+        Ok(())
+    }
+
+    /// Records the call and succeeds: the model holds no counters, and its
+    /// restores do not check the rules' counter names.
+    fn ensure_nfacct(&mut self, counters: &[NfacctCounter]) -> Result<(), ExecError> {
+        self.calls.push(Call::EnsureNfacct {
+            counters: counters.to_vec(),
+        });
         Ok(())
     }
 

@@ -79,10 +79,19 @@ pub struct ProxyConfig {
     pub large_cluster_endpoints: Option<usize>,
     /// If set, node ports outside this range are rejected (`--service-node-port-range`).
     pub node_port_range: Option<RangeInclusive<u16>>,
-    /// Add kube-proxy's nfacct counter matches. The counters
-    /// (`ct_state_invalid_dropped_pkts`, `localhost_nps_accepted_pkts`) must exist
-    /// before the rules are applied (kube-proxy creates them over netlink;
-    /// `nfacct add NAME` does the same), or the kernel refuses the rules.
+    /// Add kube-proxy's nfacct counter matches
+    /// ([`NfacctCounter`](crate::ruleset::NfacctCounter):
+    /// `ct_state_invalid_dropped_pkts` on the INVALID drop,
+    /// `localhost_nps_accepted_pkts` on node ports reached on 127.0.0.0/8). The
+    /// kernel refuses a rule whose counter does not exist, so the
+    /// [`Syncer`](crate::sync::Syncer) has the executor create the counters a
+    /// payload names before applying it
+    /// ([`Executor::ensure_nfacct`](crate::exec::Executor::ensure_nfacct):
+    /// [`IptablesRestore`](crate::exec::IptablesRestore) runs the `nfacct` tool
+    /// inside the rules' namespace), and fails the sync, writing nothing, if it
+    /// cannot. kube-proxy instead leaves out the matches of a counter it could not
+    /// create. Whoever applies compiled rules some other way creates the counters
+    /// first (`nfacct add NAME`).
     pub nfacct_counters: bool,
     /// `nf_conntrack_tcp_be_liberal` is set, so the INVALID-drop rule is left out.
     pub conntrack_tcp_be_liberal: bool,

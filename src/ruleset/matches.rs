@@ -241,12 +241,60 @@ pub enum NfacctCounter {
     LocalhostNodePortsAccepted,
 }
 
-impl fmt::Display for NfacctCounter {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl NfacctCounter {
+    /// Every counter, in declaration order.
+    pub const ALL: [NfacctCounter; 2] = [
+        NfacctCounter::CtStateInvalidDropped,
+        NfacctCounter::LocalhostNodePortsAccepted,
+    ];
+
+    /// The counter's name in the kernel (what `--nfacct-name` takes).
+    pub fn as_str(self) -> &'static str {
+        match self {
             NfacctCounter::CtStateInvalidDropped => "ct_state_invalid_dropped_pkts",
             NfacctCounter::LocalhostNodePortsAccepted => "localhost_nps_accepted_pkts",
-        })
+        }
+    }
+
+    /// The counters `text` (restore payload or rule text) names in a
+    /// `--nfacct-name NAME` match, each once, in [`Self::ALL`]'s order; names
+    /// kube-proxy does not use are not counters of this type and are skipped. One
+    /// pass over the text.
+    ///
+    /// ```
+    /// use svcnat::ruleset::NfacctCounter;
+    /// let payload = "*filter\n-A KUBE-FORWARD -m conntrack --ctstate INVALID \
+    ///     -m nfacct --nfacct-name ct_state_invalid_dropped_pkts -j DROP\nCOMMIT\n";
+    /// assert_eq!(NfacctCounter::named_in(payload), [NfacctCounter::CtStateInvalidDropped]);
+    /// assert!(NfacctCounter::named_in("*nat\nCOMMIT\n").is_empty());
+    /// ```
+    pub fn named_in(text: &str) -> Vec<NfacctCounter> {
+        const FLAG: &str = "--nfacct-name ";
+        let mut seen = [false; Self::ALL.len()];
+        for (at, _) in text.match_indices(FLAG) {
+            let rest = &text[at + FLAG.len()..];
+            let name = rest
+                .split(|c: char| c.is_ascii_whitespace())
+                .next()
+                .unwrap_or_default();
+            if let Some(i) = Self::ALL.iter().position(|c| c.as_str() == name) {
+                seen[i] = true;
+                if seen.iter().all(|s| *s) {
+                    break;
+                }
+            }
+        }
+        Self::ALL
+            .into_iter()
+            .zip(seen)
+            .filter_map(|(c, s)| s.then_some(c))
+            .collect()
+    }
+}
+
+impl fmt::Display for NfacctCounter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -473,4 +521,35 @@ fn write_ports<W: fmt::Write>(f: &mut W, ports: &[PortRange]) -> fmt::Result {
         p.write_to(f)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_named_in_text() {
+        use NfacctCounter::*;
+        let both = "-A KUBE-NODEPORTS -m nfacct --nfacct-name localhost_nps_accepted_pkts -j X\n\
+            -A KUBE-FORWARD -m nfacct --nfacct-name ct_state_invalid_dropped_pkts -j DROP\n\
+            -A KUBE-NODEPORTS -m nfacct --nfacct-name localhost_nps_accepted_pkts -j Y\n";
+        assert_eq!(
+            NfacctCounter::named_in(both),
+            [CtStateInvalidDropped, LocalhostNodePortsAccepted]
+        );
+        // At the very end of the text.
+        assert_eq!(
+            NfacctCounter::named_in("--nfacct-name localhost_nps_accepted_pkts"),
+            [LocalhostNodePortsAccepted]
+        );
+        // Another counter, or a longer name that starts like one: not ours.
+        assert!(NfacctCounter::named_in("--nfacct-name other -j DROP").is_empty());
+        assert!(NfacctCounter::named_in("--nfacct-name ct_state_invalid_dropped_pkts2").is_empty());
+        assert!(NfacctCounter::named_in("--nfacct-name ").is_empty());
+        for c in NfacctCounter::ALL {
+            assert_eq!(c.to_string(), c.as_str());
+            let rule = Match::Nfacct(c).to_string();
+            assert_eq!(NfacctCounter::named_in(&rule), [c]);
+        }
+    }
 }

@@ -20,7 +20,7 @@ use crate::model::{
     ClusterState, EndpointSlice, IpFamily, Protocol, ProxyConfig, Service, ServiceKey, SliceKey,
 };
 use crate::ruleset::restore;
-use crate::ruleset::{ChainName, JumpRule, Ruleset, Table};
+use crate::ruleset::{ChainName, JumpRule, NfacctCounter, Ruleset, Table};
 
 use super::plan::{Payload, PayloadBuilder, diff_chains, without_delete_at};
 use crate::flows::{FlowDestination, StaleFlow};
@@ -545,6 +545,19 @@ impl<E: Executor> Syncer<E> {
         self.config.ip_family
     }
 
+    /// Makes sure the nfacct counters `payload` names exist, before it is applied
+    /// (with `nfacct_counters` off it names none: nothing is looked for).
+    fn ensure_counters(&mut self, payload: &Payload) -> Result<(), ExecError> {
+        if !self.config.nfacct_counters {
+            return Ok(());
+        }
+        let counters = NfacctCounter::named_in(payload.text());
+        if counters.is_empty() {
+            return Ok(());
+        }
+        self.executor.ensure_nfacct(&counters)
+    }
+
     /// This sync's stale flows plus those of failed syncs before it.
     fn take_flows(&mut self, flows: Vec<StaleFlow>) -> Vec<StaleFlow> {
         let mut all = std::mem::take(&mut self.pending_flows);
@@ -640,7 +653,9 @@ impl<E: Executor> Syncer<E> {
         let jumps = jump_rules(&self.config)?;
         // Apply.
         self.pending_full = Some(FullReason::AfterFailure);
-        let applied_ok = apply(&mut self.executor, &payload)
+        let applied_ok = self
+            .ensure_counters(&payload)
+            .and_then(|()| apply(&mut self.executor, &payload))
             .and_then(|kept| self.executor.ensure_jumps(family, &jumps).map(|()| kept));
         let kept = match applied_ok {
             Ok(kept) => kept,
@@ -824,7 +839,10 @@ impl<E: Executor> Syncer<E> {
         let kept = if payload.is_empty() {
             Vec::new()
         } else {
-            match apply(&mut self.executor, &payload) {
+            match self
+                .ensure_counters(&payload)
+                .and_then(|()| apply(&mut self.executor, &payload))
+            {
                 Ok(kept) => kept,
                 Err(e) => {
                     // The rules are not known to be applied, but the flows they

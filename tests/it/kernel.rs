@@ -467,13 +467,16 @@ fn sync_example_applies_and_reports_executor_failures() {
             "{saved}"
         );
     }
-    // The nfacct counters do not exist in a fresh namespace: the kernel refuses the
-    // rules, and the example says which binary failed, how, and exits 1.
+    // The nfacct counters do not exist in a fresh namespace, and with no binary on
+    // the PATH the executor cannot create them: the example says which counter,
+    // which binary failed and how, and exits 1.
     let out = Command::new("ip")
         .args([
             "netns",
             "exec",
             &ns.name,
+            "env",
+            "PATH=/nonexistent-svcnat",
             sync,
             "--nfacct-counters",
             "--apply",
@@ -486,7 +489,8 @@ fn sync_example_applies_and_reports_executor_failures() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains("iptables-nft-restore") && stderr.contains("exit status"),
+        stderr.contains("nfacct counter ct_state_invalid_dropped_pkts")
+            && stderr.contains("nfacct: cannot run"),
         "{stderr}"
     );
     assert_eq!(stderr.lines().count(), 1, "{stderr}");

@@ -8,8 +8,10 @@ mod input;
 #[cfg(feature = "k8s")]
 mod k8s;
 mod kernel;
+mod kernel_nfacct;
 #[cfg(feature = "k8s")]
 mod kube_proxy;
+mod nfacct;
 mod parse;
 mod pieces;
 mod properties;
