@@ -4,13 +4,23 @@
 //!
 //! ```text
 //! cargo run --example sync --features k8s -- [COMPILE FLAGS] [--apply] [--backend nft|legacy] \
-//!     STATE.json [STATE.json ...]
+//!     [--drift-check SECONDS] [--step-on-stdin] STATE.json [STATE.json ...]
 //! ```
 //!
 //! Each STATE.json is a Kubernetes `List` as for the compile example, whose flags it
 //! takes too. Without `--apply` nothing touches the system: each payload is printed
 //! after its step line. For each step one line goes to stdout:
-//! `step N: full|partial, B bytes, W chains written, D chains deleted`.
+//! `step N: full|partial, B bytes, W chains written, D chains deleted`; a full step
+//! caused by drift (see below) ends its line with ` (drift)`.
+//!
+//! `--drift-check SECONDS` (a decimal, `0` for every step) sets how often a sync
+//! checks that the tables still hold svcnat's canaries and jump rules
+//! ([`Syncer::with_drift_check`]; the library's default without the flag); a step
+//! that finds them gone is a full sync even if the state did not change.
+//! `--step-on-stdin` reads one line from stdin before each state after the first,
+//! so another program can act between steps (stdout is flushed after every step
+//! line); end of input ends the run, exit 0.
+//!
 //! Bad input (checked for every file before anything is applied): one line on stderr,
 //! exit 2. An executor failure: the binary, exit status and stderr on stderr, exit 1.
 //!
@@ -24,15 +34,28 @@
 mod common;
 
 use common::{Arg, CommandLine, ProxyFlags, bad_input};
-use svcnat::exec::{Backend, DryRun, Executor, IptablesRestore};
-use svcnat::sync::{SyncReport, Syncer};
+use std::io::{BufRead, Write};
+use std::time::Duration;
 
-const USAGE: &str = "usage: sync [COMPILE FLAGS] [--apply] [--backend nft|legacy] STATE.json [STATE.json ...] | sync [--backend nft|legacy] [--ip-family ipv4|ipv6] --cleanup";
+use svcnat::exec::{Backend, DryRun, Executor, IptablesRestore};
+use svcnat::sync::{FullReason, SyncReport, Syncer};
+
+const USAGE: &str = "usage: sync [COMPILE FLAGS] [--apply] [--backend nft|legacy] [--drift-check SECONDS] [--step-on-stdin] STATE.json [STATE.json ...] | sync [--backend nft|legacy] [--ip-family ipv4|ipv6] --cleanup";
+
+/// How the steps are run.
+#[derive(Debug, Default, Clone, Copy)]
+struct Steps {
+    /// `--drift-check`: `None` keeps the library's default.
+    drift_check: Option<Duration>,
+    /// `--step-on-stdin`.
+    on_stdin: bool,
+}
 
 fn main() {
     let mut flags = ProxyFlags::default();
     let mut apply = false;
     let mut clean = false;
+    let mut steps = Steps::default();
     let mut backend = Backend::Auto;
     let mut files = Vec::new();
     let mut args = CommandLine::from_env();
@@ -60,6 +83,23 @@ fn main() {
             // `--apply=false` applied: a surprise no one should meet in a kernel).
             "--apply" => apply = args.switch(&flag).unwrap_or_else(|e| bad_input("sync", &e)),
             "--cleanup" => clean = args.switch(&flag).unwrap_or_else(|e| bad_input("sync", &e)),
+            "--step-on-stdin" => {
+                steps.on_stdin = args.switch(&flag).unwrap_or_else(|e| bad_input("sync", &e));
+            }
+            "--drift-check" => {
+                let v = args.value(&flag).unwrap_or_else(|e| bad_input("sync", &e));
+                let seconds = v
+                    .parse::<f64>()
+                    .ok()
+                    .and_then(|s| Duration::try_from_secs_f64(s).ok())
+                    .unwrap_or_else(|| {
+                        bad_input(
+                            "sync",
+                            &format!("--drift-check: {v:?} is not a number of seconds"),
+                        )
+                    });
+                steps.drift_check = Some(seconds);
+            }
             "--backend" => {
                 let v = args.value(&flag).unwrap_or_else(|e| bad_input("sync", &e));
                 // auto and system are accepted too (`Backend`'s names).
@@ -106,9 +146,9 @@ fn main() {
         .collect();
     common::print_warnings(&warnings);
     if apply {
-        run(IptablesRestore::new(backend), config, states, false);
+        run(IptablesRestore::new(backend), config, states, steps, false);
     } else {
-        run(DryRun::default(), config, states, true);
+        run(DryRun::default(), config, states, steps, true);
     }
 }
 
@@ -116,12 +156,28 @@ fn run<E: Executor>(
     executor: E,
     config: svcnat::model::ProxyConfig,
     states: Vec<svcnat::model::ClusterState>,
+    steps: Steps,
     print: bool,
 ) {
     let family = config.ip_family;
     let mut syncer =
         Syncer::new(executor, config).unwrap_or_else(|e| bad_input("sync", &e.to_string()));
+    if let Some(period) = steps.drift_check {
+        syncer = syncer.with_drift_check(Some(period));
+    }
+    let mut stdin = std::io::stdin().lock();
     for (i, state) in states.into_iter().enumerate() {
+        if steps.on_stdin && i > 0 {
+            let mut line = String::new();
+            match stdin.read_line(&mut line) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e) => {
+                    eprintln!("sync: step {}: reading stdin: {e}", i + 1);
+                    std::process::exit(1);
+                }
+            }
+        }
         syncer.replace_state(state);
         let report: SyncReport = match syncer.sync() {
             Ok(r) => r,
@@ -131,12 +187,17 @@ fn run<E: Executor>(
             }
         };
         println!(
-            "step {}: {}, {} bytes, {} chains written, {} chains deleted",
+            "step {}: {}, {} bytes, {} chains written, {} chains deleted{}",
             i + 1,
             if report.full { "full" } else { "partial" },
             report.bytes,
             report.payload.chains_written(),
-            report.payload.chains_deleted()
+            report.payload.chains_deleted(),
+            if report.full_reason == Some(FullReason::Drift) {
+                " (drift)"
+            } else {
+                ""
+            }
         );
         if print {
             print!("{}", report.payload.to_text());
@@ -147,6 +208,8 @@ fn run<E: Executor>(
         {
             eprintln!("sync: step {}: conntrack cleanup: {e}", i + 1);
         }
+        // Whoever waits on this line (with `--step-on-stdin`) sees it now.
+        let _ = std::io::stdout().flush();
     }
 }
 

@@ -12,7 +12,8 @@ use crate::ruleset::restore::{self, RuleLine};
 use crate::ruleset::{ChainName, JumpRule, NfacctCounter, Policy, Rule, Table};
 
 /// Keeps every payload it is handed and applies nothing. `save` returns empty
-/// tables, so a sync through it deletes no stale chains.
+/// tables, so a sync through it deletes no stale chains, and the drift check
+/// finds every rule in place.
 #[derive(Debug, Default, Clone)]
 pub struct DryRun {
     /// The restore payloads, in order.
@@ -37,6 +38,15 @@ impl Executor for DryRun {
 
     fn save(&mut self, _: IpFamily, _: Table) -> Result<String, ExecError> {
         Ok(String::new())
+    }
+
+    /// Nothing: a dry run has no tables to drift from.
+    fn first_missing_rule(
+        &mut self,
+        _: IpFamily,
+        _: &[JumpRule],
+    ) -> Result<Option<usize>, ExecError> {
+        Ok(None)
     }
 
     fn ensure_jump(&mut self, family: IpFamily, jump: &JumpRule) -> Result<(), ExecError> {

@@ -8,6 +8,8 @@ mod input;
 #[cfg(feature = "k8s")]
 mod k8s;
 mod kernel;
+#[cfg(feature = "k8s")]
+mod kernel_example;
 mod kernel_nfacct;
 #[cfg(feature = "k8s")]
 mod kube_proxy;
