@@ -194,7 +194,7 @@ impl fmt::Display for SyncReport {
 }
 
 /// Why a sync failed. The [`Syncer`] is left ready: its next sync is a full one,
-/// which repairs whatever the failed one left half done (see [`Syncer::sync`]).
+/// which repairs whatever the failed one left half done (see [`Syncer::sync_at`]).
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum SyncError {
@@ -488,11 +488,11 @@ impl<E: Executor> Syncer<E> {
     /// [`SyncReport::kept_chains`]; the rest of the sync goes on.
     ///
     /// # Errors
-    /// An executor failure (or, from [`Syncer::set_config`]'s checks on, never a
-    /// config error in practice). The kernel may then hold part of this sync's
-    /// rules, each part a state that routes traffic as the state before or after
-    /// it does; the next sync is a full one and brings it in step. Call `sync()`
-    /// again after [`SyncError::retry_after`].
+    /// An executor failure. The kernel may then hold part of this sync's rules:
+    /// whole pieces, nat no further behind than filter, each piece a state that
+    /// routes traffic as the state before or after it does. The next sync is a
+    /// full one and brings the kernel in step: call `sync()` again after
+    /// [`SyncError::retry_after`], whether or not the cluster changed.
     pub fn sync_at(&mut self, now: Instant) -> Result<SyncReport, SyncError> {
         if self.applied.is_none() {
             self.require_full(FullReason::FirstSync);
