@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use indexmap::IndexMap;
 
-use super::{ExecError, Executor, RestoreOptions};
+use super::{ExecError, Executor, RestoreOptions, SyncLock};
 use crate::flows::StaleFlow;
 use crate::model::IpFamily;
 use crate::parse::{Op, Operation, parse_restore_as};
@@ -51,6 +51,8 @@ impl Executor for DryRun {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Call {
+    /// [`Executor::lock`] (the [`Recorder`]'s guard holds nothing).
+    Lock,
     /// [`Executor::restore`].
     Restore {
         /// The family.
@@ -394,6 +396,11 @@ impl Recorder {
 }
 
 impl Executor for Recorder {
+    fn lock(&mut self) -> Result<SyncLock, ExecError> {
+        self.calls.push(Call::Lock);
+        Ok(SyncLock::none())
+    }
+
     fn restore(
         &mut self,
         family: IpFamily,

@@ -313,7 +313,9 @@ impl<E: Executor> Syncer<E> {
         crate::parse::parse_as(&text, a.rules.family()).ok()
     }
 
-    /// Brings the kernel in step with the state now.
+    /// Brings the kernel in step with the state now. Holds the executor's lock
+    /// ([`Executor::lock`]) for the whole sync, so another svcnat process syncing
+    /// the same tables waits for it (or this one for the other).
     ///
     /// # Errors
     /// See [`Syncer::sync_at`].
@@ -322,11 +324,15 @@ impl<E: Executor> Syncer<E> {
     }
 
     /// Brings the kernel in step with the state; `now` decides whether the periodic
-    /// full resync is due.
+    /// full resync is due. Holds the executor's lock ([`Executor::lock`]) for the
+    /// whole sync: every executor call of the sync is made under it.
     ///
     /// # Errors
-    /// An executor failure; the next sync is then a full one.
+    /// An executor failure, or the executor's lock not taken (another process may
+    /// have changed the tables meanwhile); the next sync is then a full one.
     pub fn sync_at(&mut self, now: Instant) -> Result<SyncReport, SyncError> {
+        // Another process may have synced the tables while this one could not.
+        let _lock = self.executor.lock().inspect_err(|_| self.trusted = false)?;
         let period_due = match (self.full_resync_period, self.last_full) {
             (Some(period), Some(last)) => now.saturating_duration_since(last) >= period,
             _ => false,

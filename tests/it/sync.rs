@@ -809,3 +809,98 @@ fn cleanup_leaves_only_what_others_wrote() {
     let again = cleanup(&mut rec, v4).unwrap();
     assert_eq!(again, Default::default());
 }
+
+/// A Recorder whose lock is refused `refusals` times, as when another process
+/// holds it too long.
+struct LockRefused {
+    rec: Recorder,
+    refusals: usize,
+}
+
+impl Executor for LockRefused {
+    fn lock(&mut self) -> Result<svcnat::exec::SyncLock, ExecError> {
+        let guard = self.rec.lock()?;
+        if self.refusals == 0 {
+            return Ok(guard);
+        }
+        self.refusals -= 1;
+        Err(ExecError::LockTimeout {
+            path: "/run/svcnat/netns-1.lock".into(),
+            waited: Duration::from_secs(60),
+            holder: Some(42),
+        })
+    }
+    fn restore(
+        &mut self,
+        family: IpFamily,
+        payload: &str,
+        options: svcnat::exec::RestoreOptions,
+    ) -> Result<(), ExecError> {
+        self.rec.restore(family, payload, options)
+    }
+    fn save(&mut self, family: IpFamily, table: Table) -> Result<String, ExecError> {
+        self.rec.save(family, table)
+    }
+    fn ensure_jump(
+        &mut self,
+        family: IpFamily,
+        jump: &svcnat::ruleset::JumpRule,
+    ) -> Result<(), ExecError> {
+        self.rec.ensure_jump(family, jump)
+    }
+}
+
+/// Every sync and every cleanup takes the executor's lock once, before any other
+/// call; a sync that cannot take it calls nothing else, fails with the lock's
+/// error, and the next sync is a full one (another process may have written the
+/// tables meanwhile).
+#[test]
+fn syncs_and_cleanups_take_the_lock_first() {
+    let locks_then = |calls: &[Call]| {
+        assert_eq!(calls.first(), Some(&Call::Lock), "{calls:?}");
+        calls.iter().filter(|c| **c == Call::Lock).count()
+    };
+    let mut exec = LockRefused {
+        rec: Recorder::new(),
+        refusals: 0,
+    };
+    let mut syncer = Syncer::new(&mut exec, config()).unwrap();
+    syncer.upsert_service(svc(1, &[("p80", 80)]));
+    assert!(syncer.sync().unwrap().full);
+    syncer.upsert_slice(eps("svc1", &["10.180.0.1"]));
+    assert!(!syncer.sync().unwrap().full);
+    assert_eq!(locks_then(syncer.executor().rec.calls()), 2);
+
+    // Refused: nothing else is called, the error names the lock file.
+    syncer.executor_mut().refusals = 1;
+    let before = syncer.executor().rec.calls().len();
+    syncer.upsert_slice(eps("svc1", &["10.180.0.2"]));
+    let err = syncer.sync().unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            SyncError::Exec(ExecError::LockTimeout {
+                holder: Some(42),
+                ..
+            })
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("/run/svcnat/netns-1.lock"),
+        "{err}"
+    );
+    assert_eq!(&syncer.executor().rec.calls()[before..], [Call::Lock]);
+    let next = syncer.sync().unwrap();
+    assert!(next.full);
+    assert_eq!(
+        tables(&syncer.executor().rec),
+        full_sync_tables(syncer.state())
+    );
+    drop(syncer);
+
+    let mut rec = exec.rec;
+    let before = rec.calls().len();
+    svcnat::exec::cleanup(&mut rec, IpFamily::Ipv4).unwrap();
+    assert_eq!(locks_then(&rec.calls()[before..]), 1);
+}
