@@ -155,7 +155,10 @@ pub trait Executor {
     fn save(&mut self, family: IpFamily, table: Table) -> Result<String, ExecError>;
 
     /// Makes sure a jump rule exists at the top of its built-in chain: checks for it
-    /// and inserts it (`-I`) if missing. The chain it jumps to exists already.
+    /// and inserts it (`-I`) if missing. The chain it jumps to exists already. A
+    /// rule found more than once in its chain (two processes that both found it
+    /// missing, before [`Self::lock`]) has its extra copies deleted where the
+    /// executor can count them ([`IptablesRestore`] and [`Recorder`] do).
     ///
     /// # Errors
     /// The transport failed or the kernel refused the rule.

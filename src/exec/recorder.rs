@@ -464,8 +464,15 @@ impl Executor for Recorder {
         // Compared as text, as `iptables -C` compares: a rule read from text
         // may hold its jump as written (see `jump_of`) where this one is typed.
         let text = rule.to_string();
-        if !chain.rules.iter().any(|r| r.to_string() == text) {
+        let copies = chain.rules.iter().filter(|r| r.to_string() == text).count();
+        if copies == 0 {
             chain.rules.insert(0, rule);
+        }
+        // Copies beyond one are deleted first to last, as `-D` deletes them.
+        for _ in 1..copies {
+            if let Some(at) = chain.rules.iter().position(|r| r.to_string() == text) {
+                chain.rules.remove(at);
+            }
         }
         Ok(())
     }

@@ -904,3 +904,35 @@ fn syncs_and_cleanups_take_the_lock_first() {
     svcnat::exec::cleanup(&mut rec, IpFamily::Ipv4).unwrap();
     assert_eq!(locks_then(&rec.calls()[before..]), 1);
 }
+
+/// A jump rule left twice in its chain (by two syncers racing before the lock, or
+/// an older version) is there once after the next full sync.
+#[test]
+fn a_full_sync_deletes_extra_copies_of_a_jump_rule() {
+    let mut rec = Recorder::new();
+    let mut syncer = Syncer::new(&mut rec, config()).unwrap();
+    syncer.upsert_service(svc(1, &[("p80", 80)]));
+    syncer.sync().unwrap();
+    drop(syncer);
+    let (v4, nat) = (IpFamily::Ipv4, Table::Nat);
+    let before = rec.rules(v4, nat, "PREROUTING").unwrap();
+    let portals = before
+        .iter()
+        .find(|r| r.ends_with("-j KUBE-SERVICES"))
+        .unwrap()
+        .clone();
+    for _ in 0..2 {
+        rec.append_foreign(v4, nat, "PREROUTING", &portals).unwrap();
+    }
+    rec.append_foreign(v4, nat, "PREROUTING", "-j RETURN")
+        .unwrap();
+    let mut syncer = Syncer::new(&mut rec, config()).unwrap();
+    syncer.upsert_service(svc(1, &[("p80", 80)]));
+    assert!(syncer.sync().unwrap().full);
+    drop(syncer);
+    // The first copies go and the last stays, so the chain is as before, with the
+    // foreign rule after it.
+    let mut want = before.clone();
+    want.push("-j RETURN".to_owned());
+    assert_eq!(rec.rules(v4, nat, "PREROUTING").unwrap(), want);
+}
