@@ -9,6 +9,8 @@ mod input;
 mod k8s;
 mod kernel;
 #[cfg(feature = "k8s")]
+mod kernel_concurrency;
+#[cfg(feature = "k8s")]
 mod kube_proxy;
 mod parse;
 mod pieces;
