@@ -174,12 +174,15 @@ fn executor_failure_is_typed_and_the_next_sync_is_full() {
 #[test]
 fn failure_of_the_real_binary_reports_binary_status_stderr_and_payload() {
     // The prefix stands in for the binary: it ignores it and fails like iptables-restore.
-    let exec = IptablesRestore::new(svcnat::exec::Backend::Nft).with_command_prefix([
-        "sh",
-        "-c",
-        "cat >/dev/null; echo 'iptables-restore: line 3 failed' >&2; exit 4",
-        "sh",
-    ]);
+    // It would fail the lock's `readlink` of the namespace too: the lock is off.
+    let exec = IptablesRestore::new(svcnat::exec::Backend::Nft)
+        .with_command_prefix([
+            "sh",
+            "-c",
+            "cat >/dev/null; echo 'iptables-restore: line 3 failed' >&2; exit 4",
+            "sh",
+        ])
+        .with_lock_dir(None);
     let mut syncer = Syncer::new(exec, config()).unwrap();
     syncer.upsert_service(svc(1, &[("p80", 80)]));
     match syncer.sync().unwrap_err() {
