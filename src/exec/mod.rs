@@ -128,7 +128,9 @@ pub trait Executor {
     ///
     /// The default holds nothing: for a transport that excludes other writers
     /// itself, or that only one process uses. [`IptablesRestore`] locks a file
-    /// named after the network namespace its commands run in.
+    /// named after the network namespace its commands run in. An executor that
+    /// wraps another (to time or log its calls) must forward this method, or it
+    /// gets the default and the inner executor's lock is never taken.
     ///
     /// # Errors
     /// The lock could not be taken ([`ExecError::Lock`]), or another process held
