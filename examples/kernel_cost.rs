@@ -313,6 +313,12 @@ fn timed<T>(total: &mut Duration, f: impl FnOnce() -> T) -> T {
 }
 
 impl<E: Executor> Executor for Timed<E> {
+    // Forwarded, so that each sync takes the inner executor's lock, as it would
+    // unwrapped (its time counts in the sync's, not in restore, save or jumps).
+    fn lock(&mut self) -> Result<svcnat::exec::SyncLock, ExecError> {
+        self.inner.lock()
+    }
+
     fn restore(
         &mut self,
         family: IpFamily,

@@ -164,15 +164,18 @@ pub fn cleanup_payload(
 
 /// Removes svcnat's jump rules and chains from the filter and nat tables of
 /// `family`, reading them first: kube-proxy's `--cleanup`. Every other rule and
-/// chain is left as it was; running it again finds nothing to do.
+/// chain is left as it was; running it again finds nothing to do. Holds the
+/// executor's lock ([`Executor::lock`]) throughout, so no svcnat sync runs
+/// between its reads and its writes.
 ///
 /// # Errors
-/// A save or restore fails, or a table's dump does not parse (then nothing more
-/// is changed in that table).
+/// The lock cannot be taken, a save or restore fails, or a table's dump does not
+/// parse (then nothing more is changed in that table).
 pub fn cleanup<E: Executor + ?Sized>(
     executor: &mut E,
     family: IpFamily,
 ) -> Result<Cleanup, ExecError> {
+    let _lock = executor.lock()?;
     let mut all = Cleanup::default();
     for table in TABLES {
         let saved = executor.save(family, table)?;

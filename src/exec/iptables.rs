@@ -3,10 +3,13 @@
 
 use std::fmt;
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::str::FromStr;
+use std::time::Duration;
 
-use super::{ExecError, Executor, RestoreOptions, rule_args};
+use super::lock::{lock_file, lock_path, netns_inode, own_netns};
+use super::{ExecError, Executor, RestoreOptions, SyncLock, rule_args};
 use crate::error::ParseValueError;
 use crate::flows::{FlowDestination, StaleFlow};
 use crate::model::{IpFamily, Protocol};
@@ -105,12 +108,42 @@ impl FromStr for Backend {
 /// host; Linux 3.x kept one list for the whole host), so with `ip netns exec NS`
 /// the counters are made in `NS`, next to its rules.
 ///
+/// A jump rule svcnat writes that is in its chain more than once (two processes
+/// that checked for it at the same time, or an older version) is deleted until one
+/// copy is left (`-D`, which deletes the first copy, so the last stays): on legacy
+/// from the same `iptables-save` the check reads, on nft from one
+/// `iptables -S CHAIN` per built-in chain after the `-C` checks (which costs a few
+/// milliseconds even at 10,000 services, where a `-C` costs 70 ms and more).
+///
+/// # Exclusion
+///
+/// Two svcnat processes syncing one network namespace at once would both insert
+/// the jump rules they both found missing, and could leave one table from one
+/// process and the other table from the other. [`Executor::lock`] prevents it: an
+/// exclusive `flock` on `/run/svcnat/netns-INODE.lock` ([`DEFAULT_LOCK_DIR`]), where
+/// INODE identifies the network namespace the executor's commands run in (read
+/// from `/proc/thread-self/ns/net` without a prefix, and by running
+/// `readlink /proc/self/ns/net` behind the prefix once, at the first lock), so two
+/// processes that reach one namespace by different means (`ip netns exec NS`,
+/// `nsenter`, running inside it) take the same lock. The `Syncer` holds it for a
+/// whole sync, [`cleanup`](super::cleanup) for a whole cleanup. A process that
+/// does not get it within [`DEFAULT_LOCK_WAIT`] fails with
+/// [`ExecError::LockTimeout`] (see [`IptablesRestore::with_lock_wait`]). The
+/// processes must see the same lock directory: a containerised svcnat mounts the
+/// host's (see [`IptablesRestore::with_lock_dir`]). The lock is svcnat's own:
+/// iptables' `/run/xtables.lock` is the host's file even behind `ip netns exec`,
+/// iptables-nft ignores it, and it is held for one command, not for a sync.
+/// Lock files stay in place (removing one another process may be opening would
+/// break the exclusion); the kernel reuses namespace inodes, so they stay few.
+///
 /// ```no_run
 /// use svcnat::exec::{Backend, Executor, IptablesRestore, RestoreOptions};
 /// use svcnat::model::IpFamily;
 /// let mut exec = IptablesRestore::new(Backend::Nft)
 ///     .with_command_prefix(["ip", "netns", "exec", "test-node"]);
+/// let guard = exec.lock()?;
 /// exec.restore(IpFamily::Ipv4, "*nat\n:MY-CHAIN - [0:0]\nCOMMIT\n", RestoreOptions::default())?;
+/// drop(guard);
 /// # Ok::<(), svcnat::exec::ExecError>(())
 /// ```
 #[derive(Debug, Clone)]
@@ -125,7 +158,24 @@ pub struct IptablesRestore {
     /// The nfacct counters seen listed or created, not to run `nfacct` again for
     /// them; forgotten when a restore fails (a counter may have been deleted).
     nfacct_known: Vec<NfacctCounter>,
+    /// Where the sync lock files are; `None`: no lock.
+    lock_dir: Option<PathBuf>,
+    lock_wait: Duration,
+    /// The inode of the network namespace behind the prefix, read at the first lock.
+    prefix_netns: Option<u64>,
 }
+
+/// Where [`IptablesRestore`] keeps its sync lock files unless
+/// [`IptablesRestore::with_lock_dir`] says otherwise: `/run/svcnat`.
+pub const DEFAULT_LOCK_DIR: &str = "/run/svcnat";
+
+/// How long [`IptablesRestore::lock`](Executor::lock) waits for another process's
+/// sync to end unless [`IptablesRestore::with_lock_wait`] says otherwise: 60 s.
+/// The longest sync measured is a first sync of 10,000 services on nft, about
+/// 13 s (PERFORMANCE.md), so a minute covers it several times over on a slower or
+/// busier node, while a process that hangs holding the lock (a dying process
+/// releases it) still turns into an error within a minute rather than never.
+pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(60);
 
 /// The chains per restore on the nft backend, when a payload is cut into pieces
 /// (see [`IptablesRestore::with_restore_pieces`]). Chosen by measurement with
@@ -145,7 +195,27 @@ impl IptablesRestore {
             prefix: Vec::new(),
             pieces: None,
             nfacct_known: Vec::new(),
+            lock_dir: Some(PathBuf::from(DEFAULT_LOCK_DIR)),
+            lock_wait: DEFAULT_LOCK_WAIT,
+            prefix_netns: None,
         }
+    }
+
+    /// Where the sync lock files are ([`DEFAULT_LOCK_DIR`] unless set; made, mode
+    /// 0755, if missing); `None` turns the lock off, for a process that knows it is
+    /// the only one writing the namespace's tables. Every svcnat process that may
+    /// sync the same namespace must use the same directory.
+    pub fn with_lock_dir(mut self, dir: Option<PathBuf>) -> Self {
+        self.lock_dir = dir;
+        self
+    }
+
+    /// How long [`lock`](Executor::lock) waits for another process to release the
+    /// lock before it fails with [`ExecError::LockTimeout`] ([`DEFAULT_LOCK_WAIT`]
+    /// unless set; zero tries once).
+    pub fn with_lock_wait(mut self, wait: Duration) -> Self {
+        self.lock_wait = wait;
+        self
     }
 
     /// How large payloads are restored: `Some(n)` cuts a payload of more than `n`
@@ -184,7 +254,44 @@ impl IptablesRestore {
         self.prefix = prefix.into_iter().map(Into::into).collect();
         // Another namespace, perhaps: its counters are not known.
         self.nfacct_known.clear();
+        self.prefix_netns = None;
         self
+    }
+
+    /// The inode of the network namespace the executor's commands run in.
+    fn netns(&mut self) -> Result<u64, ExecError> {
+        if self.prefix.is_empty() {
+            // A thread may move between namespaces: read every time (no process).
+            return own_netns();
+        }
+        if let Some(inode) = self.prefix_netns {
+            return Ok(inode);
+        }
+        let args = ["/proc/self/ns/net".to_owned()];
+        let inode = match self.run("readlink", &args, None)? {
+            (Some(0), stdout, _) => netns_inode(&stdout).ok_or_else(|| ExecError::Lock {
+                path: PathBuf::from(&args[0]),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "readlink behind `{}` printed {:?}, not net:[INODE]",
+                        self.prefix.join(" "),
+                        stdout.trim()
+                    ),
+                ),
+            })?,
+            (status, _, stderr) => {
+                return Err(Self::failed(
+                    "readlink",
+                    args.to_vec(),
+                    status,
+                    stderr,
+                    None,
+                ));
+            }
+        };
+        self.prefix_netns = Some(inode);
+        Ok(inode)
     }
 
     /// The backend in use, detecting it on first use for [`Backend::Auto`].
@@ -290,6 +397,94 @@ impl IptablesRestore {
         ))
     }
 
+    /// `iptables -C` for one jump rule, and `-I` (at the top of its chain) if it
+    /// is missing.
+    fn check_insert(&mut self, family: IpFamily, jump: &JumpRule) -> Result<(), ExecError> {
+        match self.jump_command(family, jump, "-C")? {
+            (Some(0), _, _) => return Ok(()),
+            // 1: the rule does not exist (or a lookup failed); insert tells which.
+            (Some(1), _, _) => {}
+            (status, _, stderr) => return Err(self.jump_failed(family, jump, "-C", status, stderr)),
+        }
+        match self.jump_command(family, jump, "-I")? {
+            (Some(0), _, _) => Ok(()),
+            (status, _, stderr) => Err(self.jump_failed(family, jump, "-I", status, stderr)),
+        }
+    }
+
+    /// The arguments of `iptables -t TABLE OP CHAIN RULE` for a jump rule.
+    fn jump_args(&self, jump: &JumpRule, op: &str) -> Vec<String> {
+        let mut args = self.wait_args();
+        args.extend([
+            "-t".into(),
+            jump.table.as_str().into(),
+            op.into(),
+            jump.chain.to_string(),
+        ]);
+        args.extend(rule_args(&jump.rule));
+        args
+    }
+
+    /// Runs `iptables -t TABLE OP CHAIN RULE` for a jump rule.
+    fn jump_command(
+        &mut self,
+        family: IpFamily,
+        jump: &JumpRule,
+        op: &str,
+    ) -> Result<(Option<i32>, String, String), ExecError> {
+        let binary = self.binary(family, "");
+        self.run(&binary, &self.jump_args(jump, op), None)
+    }
+
+    fn jump_failed(
+        &mut self,
+        family: IpFamily,
+        jump: &JumpRule,
+        op: &str,
+        status: Option<i32>,
+        stderr: String,
+    ) -> ExecError {
+        let binary = self.binary(family, "");
+        Self::failed(&binary, self.jump_args(jump, op), status, stderr, None)
+    }
+
+    /// Lists `chain` (`iptables -t TABLE -S CHAIN`) and deletes (`-D`) the copies
+    /// of each of `jumps` (all for that chain) beyond one. Nothing is deleted when
+    /// the listing does not parse.
+    fn remove_extra_copies(
+        &mut self,
+        family: IpFamily,
+        table: Table,
+        chain: &str,
+        jumps: &[&JumpRule],
+    ) -> Result<(), ExecError> {
+        let binary = self.binary(family, "");
+        let mut args = self.wait_args();
+        args.extend([
+            "-t".into(),
+            table.as_str().into(),
+            "-S".into(),
+            chain.into(),
+        ]);
+        let listing = match self.run(&binary, &args, None)? {
+            (Some(0), stdout, _) => stdout,
+            (status, _, stderr) => return Err(Self::failed(&binary, args, status, stderr, None)),
+        };
+        let dump = listing_as_dump(&listing, table, chain, jumps);
+        let Some(edits) = jump_edits(&dump, family, table, jumps) else {
+            return Ok(());
+        };
+        for jump in edits.extra {
+            match self.jump_command(family, jump, "-D")? {
+                (Some(0), _, _) => {}
+                (status, _, stderr) => {
+                    return Err(self.jump_failed(family, jump, "-D", status, stderr));
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn failed(
         binary: &str,
         args: Vec<String>,
@@ -353,6 +548,17 @@ fn nfacct_names(listed: &str) -> Vec<String> {
 }
 
 impl Executor for IptablesRestore {
+    /// An exclusive `flock` on the lock file of the network namespace the commands
+    /// run in (see [Exclusion](IptablesRestore#exclusion)); a guard that holds
+    /// nothing when [`IptablesRestore::with_lock_dir`] turned the lock off.
+    fn lock(&mut self) -> Result<SyncLock, ExecError> {
+        let Some(dir) = self.lock_dir.clone() else {
+            return Ok(SyncLock::none());
+        };
+        let path = lock_path(&dir, self.netns()?);
+        lock_file(&path, self.lock_wait)
+    }
+
     fn restore(
         &mut self,
         family: IpFamily,
@@ -462,51 +668,50 @@ impl Executor for IptablesRestore {
         }
     }
 
+    /// Checks with `-C` and inserts with `-I` if missing; then deletes the copies
+    /// beyond the first of the rule in its chain, read with `iptables -S CHAIN`.
     fn ensure_jump(&mut self, family: IpFamily, jump: &JumpRule) -> Result<(), ExecError> {
-        let binary = self.binary(family, "");
-        let rule = rule_args(&jump.rule);
-        let with = |op: &str, wait: Vec<String>| {
-            let mut args = wait;
-            args.extend([
-                "-t".into(),
-                jump.table.as_str().into(),
-                op.into(),
-                jump.chain.to_string(),
-            ]);
-            args.extend(rule.iter().cloned());
-            args
-        };
-        let check = with("-C", self.wait_args());
-        match self.run(&binary, &check, None)? {
-            (Some(0), _, _) => return Ok(()),
-            // 1: the rule does not exist (or a lookup failed); insert tells which.
-            (Some(1), _, _) => {}
-            (status, _, stderr) => return Err(Self::failed(&binary, check, status, stderr, None)),
-        }
-        let insert = with("-I", self.wait_args());
-        match self.run(&binary, &insert, None)? {
-            (Some(0), _, _) => Ok(()),
-            (status, _, stderr) => Err(Self::failed(&binary, insert, status, stderr, None)),
-        }
+        self.check_insert(family, jump)?;
+        self.remove_extra_copies(family, jump.table, jump.chain.as_str(), &[jump])
     }
 
     /// With the legacy backend, reads each table the rules are for once
     /// (`iptables-save -t TABLE`) instead of running `iptables -C` per rule, then
-    /// inserts all missing rules with one `iptables-restore --noflush`. Legacy's
+    /// inserts all missing rules, and deletes the extra copies of rules that are
+    /// there more than once, with one `iptables-restore --noflush`. Legacy's
     /// every `-C` and `-I` reads (and `-I` writes) the whole table: at 10,000
     /// services each costs about half a second, and one save about as much as one
     /// check. With nft a check reads only what it needs (milliseconds) while a save
     /// of a large table takes seconds, so the rules are checked one by one, as with
-    /// [`Backend::System`], whose variant is not known.
+    /// [`Backend::System`], whose variant is not known; then each built-in chain
+    /// they are for is listed once (`iptables -S CHAIN`, as cheap as a check) and
+    /// the extra copies are deleted with `-D`.
     ///
     /// A rule counts as present when a rule of its chain in the dump is the same
-    /// after [`canonical_rule`], with its modules in the same order (as `-C` tells
+    /// after [`canonical_rule`](crate::parse::canonical_rule), with its modules in the same order (as `-C` tells
     /// them apart); a rule given twice is inserted once. If a dump does not parse,
     /// or a rule is for a chain that is not built in, that table's rules are checked
     /// one by one, as [`Executor::ensure_jump`] checks them.
     fn ensure_jumps(&mut self, family: IpFamily, jumps: &[JumpRule]) -> Result<(), ExecError> {
         if self.backend() != Backend::Legacy {
-            return super::ensure_each(self, family, jumps);
+            for jump in jumps {
+                self.check_insert(family, jump)?;
+            }
+            let mut chains: Vec<(Table, &str)> = Vec::new();
+            for jump in jumps {
+                let at = (jump.table, jump.chain.as_str());
+                if !chains.contains(&at) {
+                    chains.push(at);
+                }
+            }
+            for (table, chain) in chains {
+                let there: Vec<&JumpRule> = jumps
+                    .iter()
+                    .filter(|j| j.table == table && j.chain.as_str() == chain)
+                    .collect();
+                self.remove_extra_copies(family, table, chain, &there)?;
+            }
+            return Ok(());
         }
         let mut tables: Vec<Table> = Vec::new();
         for jump in jumps {
@@ -514,38 +719,45 @@ impl Executor for IptablesRestore {
                 tables.push(jump.table);
             }
         }
-        let mut inserts = String::new();
+        let mut edits = String::new();
         for table in tables {
             let wanted: Vec<&JumpRule> = jumps.iter().filter(|j| j.table == table).collect();
             let saved = self.save(family, table)?;
-            let Some(missing) = missing_jumps(&saved, family, table, &wanted) else {
+            let Some(JumpEdits { missing, extra }) = jump_edits(&saved, family, table, &wanted)
+            else {
                 for jump in wanted {
                     self.ensure_jump(family, jump)?;
                 }
                 continue;
             };
-            if missing.is_empty() {
+            if missing.is_empty() && extra.is_empty() {
                 continue;
             }
             // Writing into a String cannot fail.
-            let _ = restore::open_table(&mut inserts, table);
+            let _ = restore::open_table(&mut edits, table);
+            for jump in extra {
+                let _ = RuleLine::delete(&mut edits, jump.chain.as_str()).and_then(|mut line| {
+                    line.rule(&jump.rule)?;
+                    line.end()
+                });
+            }
             for jump in missing {
                 let _ =
-                    RuleLine::insert(&mut inserts, jump.chain.as_str(), 1).and_then(|mut line| {
+                    RuleLine::insert(&mut edits, jump.chain.as_str(), 1).and_then(|mut line| {
                         line.rule(&jump.rule)?;
                         line.end()
                     });
             }
-            let _ = restore::commit(&mut inserts);
+            let _ = restore::commit(&mut edits);
         }
-        if inserts.is_empty() {
+        if edits.is_empty() {
             return Ok(());
         }
         let options = RestoreOptions {
             noflush: true,
             counters: false,
         };
-        self.restore(family, &inserts, options)
+        self.restore(family, &edits, options)
     }
 
     /// Runs `nfacct list` once, then `nfacct add NAME` for each counter not
@@ -680,16 +892,27 @@ fn declarations_descending(payload: &str) -> Option<String> {
     out
 }
 
-/// Which of `wanted` (all for `table`) `ensure_jump` would insert, one after the
-/// other, into the table `saved` shows: those not in their chain yet, each once.
-/// `None` when that cannot be told from the dump (it does not parse, or a rule is for
-/// a chain that is not built in), and the rules must be checked one by one.
-fn missing_jumps<'j>(
+/// What [`Executor::ensure_jumps`] changes in one table.
+#[derive(Debug, Default, PartialEq)]
+struct JumpEdits<'j> {
+    /// The rules to insert: those not in their chain yet, each once.
+    missing: Vec<&'j JumpRule>,
+    /// The rules to delete once per entry: each copy beyond the first of a rule
+    /// that is in its chain more than once.
+    extra: Vec<&'j JumpRule>,
+}
+
+/// What `ensure_jump` one rule after the other would change in the table `saved`
+/// shows, for `wanted` (all for `table`): the rules not in their chain yet, each
+/// once, and the copies beyond one of those there more than once. `None` when that
+/// cannot be told from the dump (it does not parse, or a rule is for a chain that
+/// is not built in), and the rules must be checked one by one.
+fn jump_edits<'j>(
     saved: &str,
     family: IpFamily,
     table: Table,
     wanted: &[&'j JumpRule],
-) -> Option<Vec<&'j JumpRule>> {
+) -> Option<JumpEdits<'j>> {
     let builtin = builtin_chains(table);
     if wanted.iter().any(|j| !builtin.contains(&j.chain.as_str())) {
         return None;
@@ -697,19 +920,63 @@ fn missing_jumps<'j>(
     let present = builtin_rules(saved, family, table)?;
     // What `-C` compares: the canonical rule, and the order of its modules.
     let same = |a: &Rule, b: &Rule| super::same_rule(a, b, family);
-    let mut missing: Vec<&JumpRule> = Vec::new();
+    let mut edits = JumpEdits::default();
+    let mut seen: Vec<&JumpRule> = Vec::new();
     for jump in wanted {
-        let there = present
+        if seen
             .iter()
-            .any(|(chain, rule)| chain == jump.chain.as_str() && same(rule, &jump.rule));
-        let queued = missing
+            .any(|m| m.chain == jump.chain && same(&m.rule, &jump.rule))
+        {
+            continue;
+        }
+        seen.push(jump);
+        let copies = present
             .iter()
-            .any(|m| m.chain == jump.chain && same(&m.rule, &jump.rule));
-        if !there && !queued {
-            missing.push(jump);
+            .filter(|(chain, rule)| chain == jump.chain.as_str() && same(rule, &jump.rule))
+            .count();
+        match copies {
+            0 => edits.missing.push(jump),
+            n => edits.extra.extend(std::iter::repeat_n(*jump, n - 1)),
         }
     }
-    Some(missing)
+    Some(edits)
+}
+
+/// An `iptables -S CHAIN` listing of a built-in chain as an `iptables-save` dump
+/// of `table` that [`jump_edits`] reads: the chain with its policy, the chains
+/// `jumps` go to declared (so their jumps read as jumps), and the listed rules.
+fn listing_as_dump(listing: &str, table: Table, chain: &str, jumps: &[&JumpRule]) -> String {
+    let mut policy = "ACCEPT";
+    let mut rules = String::new();
+    for line in listing.lines() {
+        if let Some(rest) = line.strip_prefix("-P ") {
+            if let Some((name, p)) = rest.split_once(' ')
+                && name == chain
+            {
+                policy = p.trim();
+            }
+        } else if line.starts_with("-A ") {
+            rules.push_str(line);
+            rules.push('\n');
+        }
+    }
+    let mut text = String::with_capacity(rules.len() + 200);
+    // Writing into a String cannot fail.
+    let _ = restore::open_table(&mut text, table);
+    let _ = restore::declare_with_policy(&mut text, chain, policy);
+    let mut targets: Vec<&str> = Vec::new();
+    for jump in jumps {
+        if let Some(target) = jump.rule.target_name()
+            && target != chain
+            && !targets.contains(&target)
+        {
+            targets.push(target);
+            let _ = restore::declare(&mut text, target);
+        }
+    }
+    text.push_str(&rules);
+    let _ = restore::commit(&mut text);
+    text
 }
 
 /// The rules of `table`'s built-in chains in an `iptables-save -t TABLE` dump, as
@@ -777,6 +1044,108 @@ pub(crate) fn conntrack_args(family: IpFamily, flow: &StaleFlow) -> Vec<String> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A directory of its own under the temp dir, removed when dropped.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(tag: &str) -> TempDir {
+            let dir = std::env::temp_dir().join(format!(
+                "svcnat-{}-{tag}-{:?}",
+                std::process::id(),
+                std::time::SystemTime::now()
+            ));
+            TempDir(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// Two executors for the same namespace (here: the test's own, no prefix) take
+    /// one lock: the second waits, fails with the typed error naming the file and
+    /// the holder, and gets the lock once the first guard is dropped. The
+    /// directory is made, mode 0755, and the file is 0600.
+    #[test]
+    fn a_second_executor_waits_for_the_lock_then_gets_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = TempDir::new("lock");
+        let dir = tmp.0.join("run").join("svcnat");
+        let exec = || {
+            IptablesRestore::new(Backend::Nft)
+                .with_lock_dir(Some(dir.clone()))
+                .with_lock_wait(Duration::from_millis(100))
+        };
+        let (mut first, mut second) = (exec(), exec());
+        let guard = first.lock().unwrap();
+        assert!(guard.is_held());
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o755);
+        let started = std::time::Instant::now();
+        let err = second.lock().unwrap_err();
+        assert!(started.elapsed() >= Duration::from_millis(100));
+        let ExecError::LockTimeout {
+            path,
+            waited,
+            holder,
+        } = &err
+        else {
+            panic!("{err:?}");
+        };
+        assert_eq!(path.parent(), Some(dir.as_path()));
+        let name = path.file_name().unwrap().to_str().unwrap();
+        assert!(
+            name.starts_with("netns-") && name.ends_with(".lock"),
+            "{name}"
+        );
+        assert_eq!(mode(path), 0o600);
+        assert!(*waited >= Duration::from_millis(100), "{waited:?}");
+        assert_eq!(*holder, Some(std::process::id()));
+        let pid = std::process::id();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "sync lock {}: held by another process (pid {pid}) for more than {} ms",
+                path.display(),
+                waited.as_millis()
+            )
+        );
+        // Not reentrant either: the first executor waits for its own guard too.
+        assert!(matches!(
+            first.clone().with_lock_wait(Duration::ZERO).lock(),
+            Err(ExecError::LockTimeout { .. })
+        ));
+        drop(guard);
+        let again = second.lock().unwrap();
+        assert!(again.is_held());
+        // With the lock turned off, nothing is held and nothing waits.
+        let mut off = exec().with_lock_dir(None);
+        assert!(!off.lock().unwrap().is_held());
+        drop(again);
+        assert!(first.lock().unwrap().is_held());
+    }
+
+    /// A lock file that cannot be made is an error that names it.
+    #[test]
+    fn an_unusable_lock_dir_is_a_typed_error() {
+        let tmp = TempDir::new("lockfile");
+        std::fs::create_dir_all(&tmp.0).unwrap();
+        // A file where the directory should be.
+        let file = tmp.0.join("not-a-dir");
+        std::fs::write(&file, "").unwrap();
+        let err = IptablesRestore::new(Backend::Nft)
+            .with_lock_dir(Some(file.clone()))
+            .lock()
+            .unwrap_err();
+        let ExecError::Lock { path, .. } = &err else {
+            panic!("{err:?}");
+        };
+        assert!(path.starts_with(&file), "{err}");
+        assert!(err.to_string().starts_with("sync lock "), "{err}");
+    }
 
     #[test]
     fn nfacct_list_output_is_read_by_name() {
@@ -870,6 +1239,17 @@ mod tests {
     /// their chain, each once, telling modules in another order apart as `-C` does.
     #[test]
     fn missing_jumps_are_what_checking_one_by_one_would_insert() {
+        fn missing_jumps<'j>(
+            saved: &str,
+            table: Table,
+            wanted: &[&'j JumpRule],
+        ) -> Option<Vec<&'j JumpRule>> {
+            jump_edits(saved, IpFamily::Ipv4, table, wanted).map(|e| {
+                // Each rule here is in its chain at most once.
+                assert!(e.extra.is_empty(), "{e:?}");
+                e.missing
+            })
+        }
         let saved = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n\
             :KUBE-A - [0:0]\n:KUBE-B - [0:0]\n\
             -A INPUT -m conntrack --ctstate NEW -m comment --comment \"portals a\" -j KUBE-A\n\
@@ -879,24 +1259,89 @@ mod tests {
         let reordered = jump(Table::Filter, "FORWARD", true, "portals b", "KUBE-B");
         let elsewhere = jump(Table::Filter, "OUTPUT", true, "portals a", "KUBE-A");
         let wanted = [&present, &reordered, &elsewhere, &elsewhere];
-        let missing = missing_jumps(saved, IpFamily::Ipv4, Table::Filter, &wanted).unwrap();
+        let missing = missing_jumps(saved, Table::Filter, &wanted).unwrap();
         assert_eq!(missing, [&reordered, &elsewhere]);
         // The same rules in the order the dump has them are all there.
         let as_saved = jump(Table::Filter, "FORWARD", false, "portals b", "KUBE-B");
         let wanted = [&present, &as_saved];
-        let missing = missing_jumps(saved, IpFamily::Ipv4, Table::Filter, &wanted).unwrap();
+        let missing = missing_jumps(saved, Table::Filter, &wanted).unwrap();
         assert!(missing.is_empty(), "{missing:?}");
         // A rule for a chain that is not built in, or a dump that does not parse:
         // checked one by one instead.
         let user = jump(Table::Filter, "KUBE-B", true, "portals a", "KUBE-A");
-        assert_eq!(
-            missing_jumps(saved, IpFamily::Ipv4, Table::Filter, &[&user]),
-            None
-        );
+        assert_eq!(missing_jumps(saved, Table::Filter, &[&user]), None);
         let broken = "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -j\nCOMMIT\n";
+        assert_eq!(missing_jumps(broken, Table::Filter, &[&present]), None);
+    }
+
+    /// A rule in its chain more than once (two processes that inserted it at
+    /// once) has its copies beyond one deleted: one entry per copy, whatever else
+    /// is in the chain, and however many times it is wanted.
+    #[test]
+    fn extra_copies_of_a_jump_are_deleted_down_to_one() {
+        let a = jump(Table::Filter, "INPUT", true, "portals a", "KUBE-A");
+        let b = jump(Table::Filter, "INPUT", true, "portals b", "KUBE-B");
+        let c = jump(Table::Filter, "OUTPUT", true, "portals a", "KUBE-A");
+        let line = |j: &JumpRule| format!("-A {} {}\n", j.chain, j.rule);
+        let saved = format!(
+            "*filter\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:KUBE-A - [0:0]\n\
+             :KUBE-B - [0:0]\n{}{}{}-A INPUT -j DROP\n{}{}{}COMMIT\n",
+            line(&b),
+            line(&b),
+            line(&a),
+            line(&a),
+            line(&b),
+            line(&c),
+        );
+        let edits = jump_edits(&saved, IpFamily::Ipv4, Table::Filter, &[&a, &b, &c, &b]).unwrap();
         assert_eq!(
-            missing_jumps(broken, IpFamily::Ipv4, Table::Filter, &[&present]),
-            None
+            edits,
+            JumpEdits {
+                missing: vec![],
+                extra: vec![&a, &b, &b],
+            }
+        );
+        // Modules in another order are another rule to `-C`: not a copy.
+        let reordered = jump(Table::Filter, "OUTPUT", false, "portals a", "KUBE-A");
+        let saved = saved.replace("COMMIT", &line(&reordered)) + "COMMIT\n";
+        let edits = jump_edits(&saved, IpFamily::Ipv4, Table::Filter, &[&c]).unwrap();
+        assert_eq!(edits, JumpEdits::default());
+    }
+
+    /// `iptables -S CHAIN` (as iptables-nft 1.8.9 prints it) reads as a dump in
+    /// which the jumps are typed, so copies are counted as in a save.
+    #[test]
+    fn a_chain_listing_counts_copies_as_a_save_does() {
+        let portals = jump(Table::Nat, "PREROUTING", true, "portals", "KUBE-SERVICES");
+        let mut portals_plain = portals.clone();
+        portals_plain.rule = Rule::new()
+            .with(crate::ruleset::Match::Comment(
+                crate::ruleset::Comment::new("kubernetes service portals").unwrap(),
+            ))
+            .to(crate::ruleset::Target::Jump(
+                crate::ruleset::ChainName::new("KUBE-SERVICES").unwrap(),
+            ));
+        let listing = "-P PREROUTING DROP\n\
+            -A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
+            -A PREROUTING -j DOCKER\n\
+            -A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n";
+        let wanted = [&portals_plain, &portals];
+        let dump = listing_as_dump(listing, Table::Nat, "PREROUTING", &wanted);
+        assert_eq!(
+            dump,
+            "*nat\n:PREROUTING DROP [0:0]\n:KUBE-SERVICES - [0:0]\n\
+             -A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
+             -A PREROUTING -j DOCKER\n\
+             -A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
+             COMMIT\n"
+        );
+        let edits = jump_edits(&dump, IpFamily::Ipv4, Table::Nat, &wanted).unwrap();
+        assert_eq!(
+            edits,
+            JumpEdits {
+                missing: vec![&portals],
+                extra: vec![&portals_plain],
+            }
         );
     }
 

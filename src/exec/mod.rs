@@ -9,13 +9,20 @@
 
 mod cleanup;
 mod iptables;
+mod lock;
 mod pieces;
 mod recorder;
+
+use std::path::PathBuf;
+use std::time::Duration;
 
 use thiserror::Error;
 
 pub use cleanup::{Cleanup, cleanup, cleanup_payload};
-pub use iptables::{Backend, IptablesRestore, NFT_CHAINS_PER_RESTORE};
+pub use iptables::{
+    Backend, DEFAULT_LOCK_DIR, DEFAULT_LOCK_WAIT, IptablesRestore, NFT_CHAINS_PER_RESTORE,
+};
+pub use lock::SyncLock;
 pub use pieces::pieces;
 pub use recorder::{Call, DryRun, Recorder};
 
@@ -66,6 +73,32 @@ pub enum ExecError {
         counter: NfacctCounter,
         /// Why: the tool could not run or failed, or the executor cannot create counters.
         source: Box<ExecError>,
+    },
+    /// The sync lock ([`Executor::lock`]) could not be taken: its directory or file
+    /// could not be made or opened, or the network namespace it is named after
+    /// could not be read (then `path` is the namespace's `/proc` link).
+    #[error("sync lock {}: {source}", path.display())]
+    Lock {
+        /// The lock file, or the link naming the namespace.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Another process held the sync lock ([`Executor::lock`]) for as long as the
+    /// executor waits for it (see [`IptablesRestore::with_lock_wait`]).
+    #[error(
+        "sync lock {}: held by another process{} for more than {} ms",
+        path.display(),
+        holder.map(|pid| format!(" (pid {pid})")).unwrap_or_default(),
+        waited.as_millis()
+    )]
+    LockTimeout {
+        /// The lock file.
+        path: PathBuf,
+        /// How long this process waited.
+        waited: Duration,
+        /// The process id the holder wrote into the file, if it did.
+        holder: Option<u32>,
     },
 }
 
@@ -123,6 +156,25 @@ impl Default for RestoreOptions {
 
 /// Applies rules and reads them back. Implementations decide the transport.
 pub trait Executor {
+    /// Takes the lock that keeps other svcnat processes from syncing the same
+    /// tables at the same time; it is held until the returned guard is dropped.
+    /// The [`Syncer`](crate::sync::Syncer) holds it for the whole of each sync,
+    /// and [`cleanup`] for the whole cleanup. It is not reentrant: a second `lock`
+    /// while a guard lives waits for that guard, even in the same process.
+    ///
+    /// The default holds nothing: for a transport that excludes other writers
+    /// itself, or that only one process uses. [`IptablesRestore`] locks a file
+    /// named after the network namespace its commands run in. An executor that
+    /// wraps another (to time or log its calls) must forward this method, or it
+    /// gets the default and the inner executor's lock is never taken.
+    ///
+    /// # Errors
+    /// The lock could not be taken ([`ExecError::Lock`]), or another process held
+    /// it too long ([`ExecError::LockTimeout`]).
+    fn lock(&mut self) -> Result<SyncLock, ExecError> {
+        Ok(SyncLock::none())
+    }
+
     /// Applies an `iptables-restore` payload for `family`.
     ///
     /// # Errors
@@ -141,7 +193,10 @@ pub trait Executor {
     fn save(&mut self, family: IpFamily, table: Table) -> Result<String, ExecError>;
 
     /// Makes sure a jump rule exists at the top of its built-in chain: checks for it
-    /// and inserts it (`-I`) if missing. The chain it jumps to exists already.
+    /// and inserts it (`-I`) if missing. The chain it jumps to exists already. A
+    /// rule found more than once in its chain (two processes that both found it
+    /// missing, before [`Self::lock`]) has its extra copies deleted where the
+    /// executor can count them ([`IptablesRestore`] and [`Recorder`] do).
     ///
     /// # Errors
     /// The transport failed or the kernel refused the rule.
@@ -234,6 +289,9 @@ pub trait Executor {
 }
 
 impl<E: Executor + ?Sized> Executor for &mut E {
+    fn lock(&mut self) -> Result<SyncLock, ExecError> {
+        (**self).lock()
+    }
     fn restore(
         &mut self,
         family: IpFamily,

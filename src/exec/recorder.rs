@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use indexmap::IndexMap;
 
-use super::{ExecError, Executor, RestoreOptions};
+use super::{ExecError, Executor, RestoreOptions, SyncLock};
 use crate::flows::StaleFlow;
 use crate::model::IpFamily;
 use crate::parse::{Op, Operation, parse_restore_as};
@@ -72,6 +72,8 @@ impl Executor for DryRun {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Call {
+    /// [`Executor::lock`] (the [`Recorder`]'s guard holds nothing).
+    Lock,
     /// [`Executor::restore`].
     Restore {
         /// The family.
@@ -454,6 +456,11 @@ impl Recorder {
 }
 
 impl Executor for Recorder {
+    fn lock(&mut self) -> Result<SyncLock, ExecError> {
+        self.calls.push(Call::Lock);
+        Ok(SyncLock::none())
+    }
+
     fn restore(
         &mut self,
         family: IpFamily,
@@ -517,8 +524,15 @@ impl Executor for Recorder {
         // Compared as text, as `iptables -C` compares: a rule read from text
         // may hold its jump as written (see `jump_of`) where this one is typed.
         let text = rule.to_string();
-        if !chain.rules.iter().any(|r| r.to_string() == text) {
+        let copies = chain.rules.iter().filter(|r| r.to_string() == text).count();
+        if copies == 0 {
             chain.rules.insert(0, rule);
+        }
+        // Copies beyond one are deleted first to last, as `-D` deletes them.
+        for _ in 1..copies {
+            if let Some(at) = chain.rules.iter().position(|r| r.to_string() == text) {
+                chain.rules.remove(at);
+            }
         }
         Ok(())
     }

@@ -469,7 +469,9 @@ impl<E: Executor> Syncer<E> {
         Some(ruleset)
     }
 
-    /// Brings the kernel in step with the state now.
+    /// Brings the kernel in step with the state now. Holds the executor's lock
+    /// ([`Executor::lock`]) for the whole sync, so another svcnat process syncing
+    /// the same tables waits for it (or this one for the other).
     ///
     /// # Errors
     /// See [`Syncer::sync_at`].
@@ -478,7 +480,9 @@ impl<E: Executor> Syncer<E> {
     }
 
     /// Brings the kernel in step with the state; `now` decides whether the periodic
-    /// full resync and the drift check are due.
+    /// full resync and the drift check are due. Holds the executor's lock
+    /// ([`Executor::lock`]) for the whole sync: every executor call of the sync,
+    /// the drift check included, is made under it.
     ///
     /// A sync writes nat before filter, each table's rules in dependency order
     /// (in pieces when the executor asks for them, see
@@ -488,12 +492,18 @@ impl<E: Executor> Syncer<E> {
     /// [`SyncReport::kept_chains`]; the rest of the sync goes on.
     ///
     /// # Errors
-    /// An executor failure. The kernel may then hold part of this sync's rules:
+    /// An executor failure, or the executor's lock not taken (another process may
+    /// have changed the tables meanwhile). The kernel may then hold part of this sync's rules:
     /// whole pieces, nat no further behind than filter, each piece a state that
     /// routes traffic as the state before or after it does. The next sync is a
     /// full one and brings the kernel in step: call `sync()` again after
     /// [`SyncError::retry_after`], whether or not the cluster changed.
     pub fn sync_at(&mut self, now: Instant) -> Result<SyncReport, SyncError> {
+        // Another process may have synced the tables while this one could not.
+        let _lock = self
+            .executor
+            .lock()
+            .inspect_err(|_| self.require_full(FullReason::AfterFailure))?;
         if self.applied.is_none() {
             self.require_full(FullReason::FirstSync);
         }

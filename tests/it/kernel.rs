@@ -402,7 +402,7 @@ impl Drop for Lab {
 }
 
 /// The svcnat-owned chains of a table as `iptables-save` prints them: chain -> rules.
-fn owned_chains(
+pub(crate) fn owned_chains(
     ns: &Netns,
     save: &str,
     table: &str,

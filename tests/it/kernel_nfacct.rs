@@ -155,6 +155,8 @@ fn a_missing_tool_fails_the_sync_before_any_rule(backend: Backend, tag: &str) {
         &["ip", "netns", "exec", &ns.name, "env", empty.as_str()],
         backend,
     );
+    // The lock reads the namespace with `readlink`, which this PATH hides too.
+    *syncer.executor_mut() = syncer.executor().clone().with_lock_dir(None);
     let err = syncer.sync().unwrap_err();
     let SyncError::Exec(ExecError::Nfacct { counter, source }) = &err else {
         panic!("{backend}: {err:?}");

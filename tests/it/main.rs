@@ -9,6 +9,8 @@ mod input;
 mod k8s;
 mod kernel;
 #[cfg(feature = "k8s")]
+mod kernel_concurrency;
+#[cfg(feature = "k8s")]
 mod kernel_example;
 mod kernel_nfacct;
 #[cfg(feature = "k8s")]

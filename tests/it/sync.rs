@@ -190,12 +190,15 @@ fn executor_failure_is_typed_and_the_next_sync_is_full() {
 #[test]
 fn failure_of_the_real_binary_reports_binary_status_stderr_and_payload() {
     // The prefix stands in for the binary: it ignores it and fails like iptables-restore.
-    let exec = IptablesRestore::new(svcnat::exec::Backend::Nft).with_command_prefix([
-        "sh",
-        "-c",
-        "cat >/dev/null; echo 'iptables-restore: line 3 failed' >&2; exit 4",
-        "sh",
-    ]);
+    // It would fail the lock's `readlink` of the namespace too: the lock is off.
+    let exec = IptablesRestore::new(svcnat::exec::Backend::Nft)
+        .with_command_prefix([
+            "sh",
+            "-c",
+            "cat >/dev/null; echo 'iptables-restore: line 3 failed' >&2; exit 4",
+            "sh",
+        ])
+        .with_lock_dir(None);
     let mut syncer = Syncer::new(exec, config()).unwrap();
     syncer.upsert_service(svc(1, &[("p80", 80)]));
     match syncer.sync().unwrap_err() {
@@ -824,4 +827,131 @@ fn cleanup_leaves_only_what_others_wrote() {
     assert_eq!(shared(tables(&rec)), shared(tables(&only_foreign)));
     let again = cleanup(&mut rec, v4).unwrap();
     assert_eq!(again, Default::default());
+}
+
+/// A Recorder whose lock is refused `refusals` times, as when another process
+/// holds it too long.
+struct LockRefused {
+    rec: Recorder,
+    refusals: usize,
+}
+
+impl Executor for LockRefused {
+    fn lock(&mut self) -> Result<svcnat::exec::SyncLock, ExecError> {
+        let guard = self.rec.lock()?;
+        if self.refusals == 0 {
+            return Ok(guard);
+        }
+        self.refusals -= 1;
+        Err(ExecError::LockTimeout {
+            path: "/run/svcnat/netns-1.lock".into(),
+            waited: Duration::from_secs(60),
+            holder: Some(42),
+        })
+    }
+    fn restore(
+        &mut self,
+        family: IpFamily,
+        payload: &str,
+        options: svcnat::exec::RestoreOptions,
+    ) -> Result<(), ExecError> {
+        self.rec.restore(family, payload, options)
+    }
+    fn save(&mut self, family: IpFamily, table: Table) -> Result<String, ExecError> {
+        self.rec.save(family, table)
+    }
+    fn ensure_jump(
+        &mut self,
+        family: IpFamily,
+        jump: &svcnat::ruleset::JumpRule,
+    ) -> Result<(), ExecError> {
+        self.rec.ensure_jump(family, jump)
+    }
+}
+
+/// Every sync and every cleanup takes the executor's lock once, before any other
+/// call; a sync that cannot take it calls nothing else, fails with the lock's
+/// error, and the next sync is a full one (another process may have written the
+/// tables meanwhile).
+#[test]
+fn syncs_and_cleanups_take_the_lock_first() {
+    let locks_then = |calls: &[Call]| {
+        assert_eq!(calls.first(), Some(&Call::Lock), "{calls:?}");
+        calls.iter().filter(|c| **c == Call::Lock).count()
+    };
+    let mut exec = LockRefused {
+        rec: Recorder::new(),
+        refusals: 0,
+    };
+    let mut syncer = Syncer::new(&mut exec, config()).unwrap();
+    syncer.upsert_service(svc(1, &[("p80", 80)]));
+    assert!(syncer.sync().unwrap().full);
+    syncer.upsert_slice(eps("svc1", &["10.180.0.1"]));
+    assert!(!syncer.sync().unwrap().full);
+    assert_eq!(locks_then(syncer.executor().rec.calls()), 2);
+
+    // Refused: nothing else is called, the error names the lock file.
+    syncer.executor_mut().refusals = 1;
+    let before = syncer.executor().rec.calls().len();
+    syncer.upsert_slice(eps("svc1", &["10.180.0.2"]));
+    let err = syncer.sync().unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            SyncError::Exec(ExecError::LockTimeout {
+                holder: Some(42),
+                ..
+            })
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("/run/svcnat/netns-1.lock"),
+        "{err}"
+    );
+    assert_eq!(&syncer.executor().rec.calls()[before..], [Call::Lock]);
+    let next = syncer.sync().unwrap();
+    assert!(next.full);
+    assert_eq!(
+        tables(&syncer.executor().rec),
+        full_sync_tables(syncer.state())
+    );
+    drop(syncer);
+
+    let mut rec = exec.rec;
+    let before = rec.calls().len();
+    svcnat::exec::cleanup(&mut rec, IpFamily::Ipv4).unwrap();
+    assert_eq!(locks_then(&rec.calls()[before..]), 1);
+}
+
+/// A jump rule left twice in its chain (by two syncers racing before the lock, or
+/// an older version) is there once after the next full sync.
+#[test]
+fn a_full_sync_deletes_extra_copies_of_a_jump_rule() {
+    let mut rec = Recorder::new();
+    let mut syncer = Syncer::new(&mut rec, config()).unwrap();
+    syncer.upsert_service(svc(1, &[("p80", 80)]));
+    syncer.sync().unwrap();
+    drop(syncer);
+    let (v4, nat) = (IpFamily::Ipv4, Table::Nat);
+    let before = rec.rules(v4, nat, "PREROUTING").unwrap();
+    let portals = before
+        .iter()
+        .find(|r| r.ends_with("-j KUBE-SERVICES"))
+        .unwrap()
+        .clone();
+    for _ in 0..2 {
+        rec.append_foreign(v4, nat, "PREROUTING", &portals).unwrap();
+    }
+    rec.append_foreign(v4, nat, "PREROUTING", "-j RETURN")
+        .unwrap();
+    let mut syncer = Syncer::new(&mut rec, config()).unwrap();
+    syncer.upsert_service(svc(1, &[("p80", 80)]));
+    assert!(syncer.sync().unwrap().full);
+    drop(syncer);
+    // The first copies go and the last stays, so the chain is as before, with the
+    // foreign rule after it.
+    let mut want = before.clone();
+    want.push("-j RETURN".to_owned());
+    assert_eq!(rec.rules(v4, nat, "PREROUTING").unwrap(), want);
 }
