@@ -1,13 +1,13 @@
 //! What syncing a large cluster costs in the kernel: a first full sync of a generated
 //! cluster into an empty network namespace with the real `iptables-restore`, a full
 //! resync on top of those rules, and a one-endpoint partial sync, for the nft and the
-//! legacy backend. Prints one JSON object on stdout, and one progress line per sync
-//! on stderr.
+//! legacy backend, then removing it all again (`svcnat::exec::cleanup`). Prints one
+//! JSON object on stdout, and one progress line per sync on stderr.
 //!
 //! ```text
 //! sudo cargo run --release --features synthetic --example kernel_cost -- [--services S (10000)] \
 //!     [--endpoints E (10)] [--mix cluster-ip|load-balancer] [--seed N (1)] \
-//!     [--backend nft|legacy|both (both)] [--runs N (3)] [--no-resync] \
+//!     [--backend nft|legacy|both (both)] [--runs N (3)] [--no-resync] [--no-cleanup] \
 //!     [--restore-pieces N (the executor's default; 0: one restore)]
 //! ```
 //!
@@ -35,6 +35,14 @@
 //! 4. `resync` (unless `--no-resync`): `request_full_sync()` then `sync()`, every
 //!    chain rewritten on top of the rules already there (as after a failure, or
 //!    kube-proxy's periodic resync).
+//! 5. `cleanup` (unless `--no-cleanup`): [`svcnat::exec::cleanup`] on the loaded
+//!    namespace, through the same executor, as kube-proxy's `--cleanup` would run on
+//!    the node. Afterwards `iptables-*-save` of the nat and the filter table must
+//!    show no chain svcnat wrote (any of the last sync's chains, or any `KUBE-`
+//!    chain) but the two that cleanup keeps by design, `KUBE-MARK-MASQ` and
+//!    `KUBE-FIREWALL`, and no rule in a built-in chain may jump to one of them;
+//!    cleanup must keep no chain as reached by someone else's rule (nothing else
+//!    writes to the namespace), or the run fails.
 //!
 //! Every figure is the median over the runs, in nanoseconds or bytes, per backend:
 //!
@@ -47,8 +55,17 @@
 //! | `*_bytes` | the restore payload |
 //! | `rules_compiled`, `rules_in_kernel` | nat `-A` rules: compiled (chains plus jumps) and read back after the full sync |
 //! | `chains_in_kernel` | nat chains read back, built-in ones included |
+//! | `cleanup_ns` | wall time of `exec::cleanup` on the loaded namespace (nat and filter: a save of each table, a restore for each that holds svcnat's rules) |
+//! | `cleanup_save_ns`, `cleanup_restore_ns` | of that, inside `save` and inside `restore` |
+//! | `cleanup_bytes` | the restore payloads cleanup sent, added up |
+//! | `cleanup_chains_removed`, `cleanup_jumps_removed` | what cleanup reports it removed: chains (both tables) and jump rules from the built-in chains |
 //!
-//! `partial_*` are null for a cluster without endpoints, `resync_*` with `--no-resync`.
+//! `partial_*` are null for a cluster without endpoints, `resync_*` with `--no-resync`,
+//! `cleanup_*` with `--no-cleanup`.
+//!
+//! The top-level `machine` object says where the figures come from: CPU model,
+//! cores, memory, OS, kernel (`uname -r`), the iptables versions; `date` says when
+//! (UTC, when the measurement started).
 //!
 //! Caveats:
 //!
@@ -62,21 +79,25 @@
 //!   `--noflush` (which svcnat always passes) iptables-nft-restore 1.8.9 first puts the
 //!   name of every chain the payload mentions into a sorted linked list, walked once
 //!   per line, so a payload that writes every chain costs time in proportion to lines
-//!   times chains: quadratic in the size of the cluster. At 10,000 services with 10
-//!   endpoints each (110,000 chains) that makes the nft first sync take most of an
-//!   hour, and a full resync as long again: use `--runs 1 --no-resync` there.
+//!   times chains: quadratic in the size of the cluster. [`IptablesRestore`] therefore
+//!   cuts a large nft payload into pieces (`--restore-pieces`); sent whole
+//!   (`--restore-pieces 0`), the nft first sync at 10,000 services with 10 endpoints
+//!   each (110,000 chains) takes most of an hour, and a full resync as long again:
+//!   use `--runs 1 --no-resync --no-cleanup` there. A payload that also deletes rules
+//!   from built-in chains, as cleanup's does, is never cut.
 //! - Kernel cleanup of a deleted namespace's rules is asynchronous and may overlap the
 //!   next run; other load on the machine shows in every figure.
 //! - A process killed by a signal cannot delete its namespaces: remove leftovers with
 //!   `ip netns del svcnat-cost-<pid>-…`.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use svcnat::compile::JumpRule;
-use svcnat::exec::{Backend, ExecError, Executor, IptablesRestore, RestoreOptions};
+use svcnat::exec::{self, Backend, ExecError, Executor, IptablesRestore, RestoreOptions};
 use svcnat::model::IpFamily;
 use svcnat::ruleset::Table;
 use svcnat::sync::{StaleFlow, Syncer};
@@ -86,7 +107,7 @@ use svcnat::synthetic::{self, Spec};
 mod flags;
 use flags::{Arg, CommandLine, SpecFlags};
 
-const USAGE: &str = "usage: kernel_cost [--services S] [--endpoints E] [--mix cluster-ip|load-balancer] [--seed N] [--backend nft|legacy|both] [--runs N] [--no-resync] [--restore-pieces N]";
+const USAGE: &str = "usage: kernel_cost [--services S] [--endpoints E] [--mix cluster-ip|load-balancer] [--seed N] [--backend nft|legacy|both] [--runs N] [--no-resync] [--no-cleanup] [--restore-pieces N]";
 
 fn main() {
     let args = Args::parse(CommandLine::from_env()).unwrap_or_else(|e| {
@@ -113,6 +134,8 @@ struct Args {
     backends: Vec<Backend>,
     runs: usize,
     resync: bool,
+    /// False with `--no-cleanup`.
+    cleanup: bool,
     /// `--restore-pieces N` (0: one restore); the executor's default when absent.
     pieces: Option<Option<usize>>,
 }
@@ -122,6 +145,7 @@ impl Args {
         let mut flags = SpecFlags::default();
         let mut backends = vec![Backend::Nft, Backend::Legacy];
         let mut resync = true;
+        let mut cleanup = true;
         let mut pieces = None;
         while let Some(arg) = line.next()? {
             let flag = match arg {
@@ -135,6 +159,10 @@ impl Args {
             }
             if flag == "--no-resync" && !line.has_joined() {
                 resync = false;
+                continue;
+            }
+            if flag == "--no-cleanup" && !line.has_joined() {
+                cleanup = false;
                 continue;
             }
             if flags.take(&flag, &mut line)? {
@@ -175,6 +203,7 @@ impl Args {
             backends,
             runs,
             resync,
+            cleanup,
             pieces,
         })
     }
@@ -285,6 +314,8 @@ struct Timed<E> {
     restore: Duration,
     save: Duration,
     jumps: Duration,
+    /// The restore payloads' bytes.
+    restored: usize,
 }
 
 impl<E> Timed<E> {
@@ -294,7 +325,13 @@ impl<E> Timed<E> {
             restore: Duration::ZERO,
             save: Duration::ZERO,
             jumps: Duration::ZERO,
+            restored: 0,
         }
+    }
+
+    /// The restore payloads' bytes so far, reset to zero.
+    fn take_bytes(&mut self) -> usize {
+        std::mem::take(&mut self.restored)
     }
 
     /// The times so far, reset to zero.
@@ -320,6 +357,7 @@ impl<E: Executor> Executor for Timed<E> {
         options: RestoreOptions,
     ) -> Result<(), ExecError> {
         let inner = &mut self.inner;
+        self.restored += payload.len();
         timed(&mut self.restore, || {
             inner.restore(family, payload, options)
         })
@@ -356,6 +394,17 @@ struct Sample {
     bytes: usize,
 }
 
+/// One cleanup's figures.
+#[derive(Debug, Clone, Copy, Default)]
+struct CleanupSample {
+    total: Duration,
+    restore: Duration,
+    save: Duration,
+    bytes: usize,
+    chains_removed: usize,
+    jumps_removed: usize,
+}
+
 /// One run's figures (`partial` is `None` without endpoints).
 #[derive(Debug)]
 struct Run {
@@ -363,6 +412,7 @@ struct Run {
     full: Sample,
     resync: Option<Sample>,
     partial: Option<Sample>,
+    cleanup: Option<CleanupSample>,
     rules_compiled: usize,
     rules_in_kernel: usize,
     chains_in_kernel: usize,
@@ -379,6 +429,7 @@ fn measure(args: &Args) -> Result<Value, String> {
         "seed": args.spec.seed,
         "runs": args.runs,
         "full_sync": "first sync into a new, empty namespace, one per run",
+        "date": date(),
         "machine": machine(),
     });
     for &backend in &args.backends {
@@ -493,11 +544,27 @@ fn one_run(
         None
     };
 
+    let cleanup = if args.cleanup {
+        let sample = timed_cleanup(ns, &mut syncer, backend)?;
+        eprintln!(
+            "kernel_cost: {}: cleanup: {:.3} s, restore {:.3} s, save {:.3} s, {} chains removed",
+            ns.name,
+            sample.total.as_secs_f64(),
+            sample.restore.as_secs_f64(),
+            sample.save.as_secs_f64(),
+            sample.chains_removed
+        );
+        Some(sample)
+    } else {
+        None
+    };
+
     Ok(Run {
         empty_restore,
         full,
         resync,
         partial,
+        cleanup,
         rules_compiled,
         rules_in_kernel,
         chains_in_kernel,
@@ -521,13 +588,120 @@ fn timed_sync(syncer: &mut Cost) -> Result<(Sample, bool), String> {
     Ok((sample, report.full))
 }
 
+/// The chains cleanup leaves in place by design (kubelet writes them too).
+const KEPT_BY_CLEANUP: [&str; 2] = ["KUBE-MARK-MASQ", "KUBE-FIREWALL"];
+
+/// Runs `exec::cleanup` on the namespace the syncer loaded, then checks with
+/// `iptables-*-save` that svcnat's chains and jump rules are gone.
+fn timed_cleanup(ns: &Netns, syncer: &mut Cost, backend: Backend) -> Result<CleanupSample, String> {
+    // What svcnat wrote, by name: every chain of the last sync, both tables.
+    let applied = syncer
+        .applied_ruleset()
+        .ok_or("no applied ruleset after a successful sync")?;
+    let ours: HashSet<String> = [Table::Nat, Table::Filter]
+        .into_iter()
+        .filter_map(|t| applied.table(t))
+        .flat_map(|t| t.chains.keys().map(|c| c.to_string()))
+        .collect();
+    drop(applied);
+    let is_ours = |chain: &str| ours.contains(chain) || chain.starts_with("KUBE-");
+
+    let executor = syncer.executor_mut();
+    executor.take();
+    executor.take_bytes();
+    let t0 = Instant::now();
+    let report = exec::cleanup(executor, IpFamily::Ipv4).map_err(|e| format!("cleanup: {e}"))?;
+    let total = t0.elapsed();
+    let (restore, save, _) = executor.take();
+    let bytes = executor.take_bytes();
+    if let Some((table, chain)) = report.chains_kept.first() {
+        return Err(format!(
+            "cleanup kept {} chains as reached by rules svcnat did not write, {table} {chain} first; nothing else writes to this namespace",
+            report.chains_kept.len()
+        ));
+    }
+
+    let bin = format!("iptables-{}-save", name(backend));
+    for table in [Table::Nat, Table::Filter] {
+        let saved = ns.run(&[&bin, "-t", table.as_str()])?;
+        let (builtin, left) = chains_of(&saved);
+        let left: Vec<&str> = left
+            .into_iter()
+            .filter(|c| is_ours(c) && !KEPT_BY_CLEANUP.contains(c))
+            .collect();
+        if let Some(first) = left.first() {
+            return Err(format!(
+                "after cleanup {bin} -t {table} still shows {} of svcnat's chains, {first} first",
+                left.len()
+            ));
+        }
+        let jumps: Vec<&str> = saved
+            .lines()
+            .filter(|l| {
+                let mut words = l.split_whitespace();
+                words.next() == Some("-A")
+                    && words.next().is_some_and(|c| builtin.contains(&c))
+                    && jump_target(l).is_some_and(is_ours)
+            })
+            .collect();
+        if let Some(first) = jumps.first() {
+            return Err(format!(
+                "after cleanup {bin} -t {table} still shows {} jump rules to svcnat's chains in built-in chains, {first:?} first",
+                jumps.len()
+            ));
+        }
+    }
+    Ok(CleanupSample {
+        total,
+        restore,
+        save,
+        bytes,
+        chains_removed: report.chains_removed.len(),
+        jumps_removed: report.jumps_removed.len(),
+    })
+}
+
+/// The built-in chains (declared with a policy) and the user chains (policy `-`)
+/// an `iptables-save` dump of one table declares.
+fn chains_of(saved: &str) -> (Vec<&str>, Vec<&str>) {
+    let mut builtin = Vec::new();
+    let mut user = Vec::new();
+    for line in saved.lines() {
+        let Some(rest) = line.strip_prefix(':') else {
+            continue;
+        };
+        let mut words = rest.split_whitespace();
+        if let (Some(chain), Some(policy)) = (words.next(), words.next()) {
+            if policy == "-" {
+                user.push(chain);
+            } else {
+                builtin.push(chain);
+            }
+        }
+    }
+    (builtin, user)
+}
+
+/// The chain or target an `-A` line jumps or goes to.
+fn jump_target(line: &str) -> Option<&str> {
+    let mut words = line.split_whitespace();
+    while let Some(word) = words.next() {
+        if matches!(word, "-j" | "--jump" | "-g" | "--goto") {
+            return words.next();
+        }
+    }
+    None
+}
+
 /// One line on stderr per sync, so that a long measurement shows where it is.
 fn progress(ns: &Netns, what: &str, s: &Sample) {
     eprintln!(
-        "kernel_cost: {}: {what}: {:.3} s, restore {:.3} s, {} bytes",
+        "kernel_cost: {}: {what}: {:.3} s, restore {:.3} s, save {:.3} s, jumps {:.3} s, {} bytes",
         ns.name,
         s.sync.as_secs_f64(),
         s.restore.as_secs_f64(),
+        s.save.as_secs_f64(),
+        s.jumps.as_secs_f64(),
         s.bytes
     );
 }
@@ -549,6 +723,14 @@ fn summary(runs: &[Run]) -> Value {
     };
     let partial = |f: &dyn Fn(&Sample) -> u64| opt(|r| r.partial.as_ref(), f);
     let resync = |f: &dyn Fn(&Sample) -> u64| opt(|r| r.resync.as_ref(), f);
+    let cleanup = |f: &dyn Fn(&CleanupSample) -> u64| {
+        let v: Vec<u64> = runs
+            .iter()
+            .filter_map(|r| r.cleanup.as_ref())
+            .map(f)
+            .collect();
+        (!v.is_empty()).then(|| median(v))
+    };
     json!({
         "empty_restore_ns": ns(&|r| r.empty_restore),
         "full_sync_ns": ns(&|r| r.full.sync),
@@ -567,6 +749,12 @@ fn summary(runs: &[Run]) -> Value {
         "resync_save_ns": resync(&|s| nanos(s.save)),
         "resync_jumps_ns": resync(&|s| nanos(s.jumps)),
         "resync_bytes": resync(&|s| s.bytes as u64),
+        "cleanup_ns": cleanup(&|c| nanos(c.total)),
+        "cleanup_save_ns": cleanup(&|c| nanos(c.save)),
+        "cleanup_restore_ns": cleanup(&|c| nanos(c.restore)),
+        "cleanup_bytes": cleanup(&|c| c.bytes as u64),
+        "cleanup_chains_removed": cleanup(&|c| c.chains_removed as u64),
+        "cleanup_jumps_removed": cleanup(&|c| c.jumps_removed as u64),
     })
 }
 
@@ -606,6 +794,19 @@ fn machine() -> Value {
         "iptables_nft": version("iptables-nft"),
         "iptables_legacy": version("iptables-legacy"),
     })
+}
+
+/// Now, in UTC, as `date -u +%Y-%m-%dT%H:%M:%SZ` prints it; null if `date` fails.
+fn date() -> Option<String> {
+    let out = Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%dT%H:%M:%SZ")
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 /// The first line of an error, with a note if there was more (an `ExecError` carries
