@@ -83,8 +83,8 @@
 //!   cuts a large nft payload into pieces (`--restore-pieces`); sent whole
 //!   (`--restore-pieces 0`), the nft first sync at 10,000 services with 10 endpoints
 //!   each (110,000 chains) takes most of an hour, and a full resync as long again:
-//!   use `--runs 1 --no-resync --no-cleanup` there. A payload that also deletes rules
-//!   from built-in chains, as cleanup's does, is never cut.
+//!   use `--runs 1 --no-resync --no-cleanup` there. Cleanup sends its rule deletions
+//!   apart from its chains, so that the chains' payload can be cut too.
 //! - Kernel cleanup of a deleted namespace's rules is asynchronous and may overlap the
 //!   next run; other load on the machine shows in every figure.
 //! - A process killed by a signal cannot delete its namespaces: remove leftovers with
