@@ -38,7 +38,7 @@
 //! 5. `cleanup` (unless `--no-cleanup`): [`svcnat::exec::cleanup`] on the loaded
 //!    namespace, through the same executor, as kube-proxy's `--cleanup` would run on
 //!    the node. Afterwards `iptables-*-save` of the nat and the filter table must
-//!    show no chain svcnat wrote (any of the last sync's chains, or any `KUBE-`
+//!    show no chain svcnat wrote (any of the first sync's chains, or any `KUBE-`
 //!    chain) but the two that cleanup keeps by design, `KUBE-MARK-MASQ` and
 //!    `KUBE-FIREWALL`, and no rule in a built-in chain may jump to one of them;
 //!    cleanup must keep no chain as reached by someone else's rule (nothing else
@@ -487,6 +487,14 @@ fn one_run(
     let rules_compiled = applied.table(Table::Nat).map_or(0, |t| {
         t.chains.values().map(|c| c.rules.len()).sum::<usize>()
     }) + jumps.iter().filter(|j| j.table == Table::Nat).count();
+    // What svcnat wrote, by name, for the check after cleanup; the typed ruleset
+    // is large (seconds to build at 30,000 services), so it is built once.
+    let written: HashSet<String> = [Table::Nat, Table::Filter]
+        .into_iter()
+        .filter_map(|t| applied.table(t))
+        .flat_map(|t| t.chains.keys().map(|c| c.to_string()))
+        .collect();
+    drop(applied);
     let saved = ns.run(&[&bin("-save"), "-t", "nat"])?;
     let (rules_in_kernel, chains_in_kernel) = count(&saved);
     if rules_in_kernel != rules_compiled {
@@ -545,7 +553,7 @@ fn one_run(
     };
 
     let cleanup = if args.cleanup {
-        let sample = timed_cleanup(ns, &mut syncer, backend)?;
+        let sample = timed_cleanup(ns, &mut syncer, backend, &written)?;
         eprintln!(
             "kernel_cost: {}: cleanup: {:.3} s, restore {:.3} s, save {:.3} s, {} chains removed",
             ns.name,
@@ -593,18 +601,16 @@ const KEPT_BY_CLEANUP: [&str; 2] = ["KUBE-MARK-MASQ", "KUBE-FIREWALL"];
 
 /// Runs `exec::cleanup` on the namespace the syncer loaded, then checks with
 /// `iptables-*-save` that svcnat's chains and jump rules are gone.
-fn timed_cleanup(ns: &Netns, syncer: &mut Cost, backend: Backend) -> Result<CleanupSample, String> {
-    // What svcnat wrote, by name: every chain of the last sync, both tables.
-    let applied = syncer
-        .applied_ruleset()
-        .ok_or("no applied ruleset after a successful sync")?;
-    let ours: HashSet<String> = [Table::Nat, Table::Filter]
-        .into_iter()
-        .filter_map(|t| applied.table(t))
-        .flat_map(|t| t.chains.keys().map(|c| c.to_string()))
-        .collect();
-    drop(applied);
-    let is_ours = |chain: &str| ours.contains(chain) || chain.starts_with("KUBE-");
+/// `written`: the chains of the first sync, nat and filter.
+fn timed_cleanup(
+    ns: &Netns,
+    syncer: &mut Cost,
+    backend: Backend,
+    written: &HashSet<String>,
+) -> Result<CleanupSample, String> {
+    // A later sync's new chains are named `KUBE-…` like every chain svcnat writes
+    // with the default config.
+    let is_ours = |chain: &str| written.contains(chain) || chain.starts_with("KUBE-");
 
     let executor = syncer.executor_mut();
     executor.take();
