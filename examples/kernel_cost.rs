@@ -1,13 +1,13 @@
 //! What syncing a large cluster costs in the kernel: a first full sync of a generated
 //! cluster into an empty network namespace with the real `iptables-restore`, a full
 //! resync on top of those rules, and a one-endpoint partial sync, for the nft and the
-//! legacy backend. Prints one JSON object on stdout, and one progress line per sync
-//! on stderr.
+//! legacy backend, then removing it all again (`svcnat::exec::cleanup`). Prints one
+//! JSON object on stdout, and one progress line per sync on stderr.
 //!
 //! ```text
 //! sudo cargo run --release --features synthetic --example kernel_cost -- [--services S (10000)] \
 //!     [--endpoints E (10)] [--mix cluster-ip|load-balancer] [--seed N (1)] \
-//!     [--backend nft|legacy|both (both)] [--runs N (3)] [--no-resync] \
+//!     [--backend nft|legacy|both (both)] [--runs N (3)] [--no-resync] [--no-cleanup] \
 //!     [--restore-pieces N (the executor's default; 0: one restore)]
 //! ```
 //!
@@ -35,6 +35,14 @@
 //! 4. `resync` (unless `--no-resync`): `request_full_sync()` then `sync()`, every
 //!    chain rewritten on top of the rules already there (as after a failure, or
 //!    kube-proxy's periodic resync).
+//! 5. `cleanup` (unless `--no-cleanup`): [`svcnat::exec::cleanup`] on the loaded
+//!    namespace, through the same executor, as kube-proxy's `--cleanup` would run on
+//!    the node. Afterwards `iptables-*-save` of the nat and the filter table must
+//!    show no chain svcnat wrote (any of the first sync's chains, or any `KUBE-`
+//!    chain) but the two that cleanup keeps by design, `KUBE-MARK-MASQ` and
+//!    `KUBE-FIREWALL`, and no rule in a built-in chain may jump to one of them;
+//!    cleanup must keep no chain as reached by someone else's rule (nothing else
+//!    writes to the namespace), or the run fails.
 //!
 //! Every figure is the median over the runs, in nanoseconds or bytes, per backend:
 //!
@@ -45,10 +53,20 @@
 //! | `*_save_ns` | of that, inside `save` (a full sync reads the nat table first, to find stale chains) |
 //! | `*_jumps_ns` | of that, inside `ensure_jumps` (a full sync makes sure the jump rules are in place: one `iptables-save` per table, and one `iptables-restore` inserting those missing) |
 //! | `*_bytes` | the restore payload |
-//! | `rules_compiled`, `rules_in_kernel` | nat `-A` rules: compiled (chains plus jumps) and read back after the full sync |
+//! | `rules_compiled`, `rules_in_kernel` | nat `-A` rules: compiled (chains, jumps and the drift canary) and read back after the full sync |
 //! | `chains_in_kernel` | nat chains read back, built-in ones included |
+//! | `drift_check_ns` | one drift check after the syncs ([`Executor::first_missing_rule`](svcnat::exec::Executor::first_missing_rule) over `sync::drift_rules`: the canaries and jump rules, which must all be found), as `Syncer::with_drift_check` makes it |
+//! | `cleanup_ns` | wall time of `exec::cleanup` on the loaded namespace (nat and filter: a save of each table, a restore for each that holds svcnat's rules) |
+//! | `cleanup_save_ns`, `cleanup_restore_ns` | of that, inside `save` and inside `restore` |
+//! | `cleanup_bytes` | the restore payloads cleanup sent, added up |
+//! | `cleanup_chains_removed`, `cleanup_jumps_removed` | what cleanup reports it removed: chains (both tables) and jump rules from the built-in chains |
 //!
-//! `partial_*` are null for a cluster without endpoints, `resync_*` with `--no-resync`.
+//! `partial_*` are null for a cluster without endpoints, `resync_*` with `--no-resync`,
+//! `cleanup_*` with `--no-cleanup`.
+//!
+//! The top-level `machine` object says where the figures come from: CPU model,
+//! cores, memory, OS, kernel (`uname -r`), the iptables versions; `date` says when
+//! (UTC, when the measurement started).
 //!
 //! Caveats:
 //!
@@ -62,21 +80,25 @@
 //!   `--noflush` (which svcnat always passes) iptables-nft-restore 1.8.9 first puts the
 //!   name of every chain the payload mentions into a sorted linked list, walked once
 //!   per line, so a payload that writes every chain costs time in proportion to lines
-//!   times chains: quadratic in the size of the cluster. At 10,000 services with 10
-//!   endpoints each (110,000 chains) that makes the nft first sync take most of an
-//!   hour, and a full resync as long again: use `--runs 1 --no-resync` there.
+//!   times chains: quadratic in the size of the cluster. [`IptablesRestore`] therefore
+//!   cuts a large nft payload into pieces (`--restore-pieces`); sent whole
+//!   (`--restore-pieces 0`), the nft first sync at 10,000 services with 10 endpoints
+//!   each (110,000 chains) takes most of an hour, and a full resync as long again:
+//!   use `--runs 1 --no-resync --no-cleanup` there. Cleanup sends its rule deletions
+//!   apart from its chains, so that the chains' payload can be cut too.
 //! - Kernel cleanup of a deleted namespace's rules is asynchronous and may overlap the
 //!   next run; other load on the machine shows in every figure.
 //! - A process killed by a signal cannot delete its namespaces: remove leftovers with
 //!   `ip netns del svcnat-cost-<pid>-…`.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use svcnat::compile::JumpRule;
-use svcnat::exec::{Backend, ExecError, Executor, IptablesRestore, RestoreOptions};
+use svcnat::exec::{self, Backend, ExecError, Executor, IptablesRestore, RestoreOptions};
 use svcnat::model::IpFamily;
 use svcnat::ruleset::{NfacctCounter, Table};
 use svcnat::sync::{StaleFlow, Syncer};
@@ -86,7 +108,7 @@ use svcnat::synthetic::{self, Spec};
 mod flags;
 use flags::{Arg, CommandLine, SpecFlags};
 
-const USAGE: &str = "usage: kernel_cost [--services S] [--endpoints E] [--mix cluster-ip|load-balancer] [--seed N] [--backend nft|legacy|both] [--runs N] [--no-resync] [--restore-pieces N]";
+const USAGE: &str = "usage: kernel_cost [--services S] [--endpoints E] [--mix cluster-ip|load-balancer] [--seed N] [--backend nft|legacy|both] [--runs N] [--no-resync] [--no-cleanup] [--restore-pieces N]";
 
 fn main() {
     let args = Args::parse(CommandLine::from_env()).unwrap_or_else(|e| {
@@ -113,6 +135,8 @@ struct Args {
     backends: Vec<Backend>,
     runs: usize,
     resync: bool,
+    /// False with `--no-cleanup`.
+    cleanup: bool,
     /// `--restore-pieces N` (0: one restore); the executor's default when absent.
     pieces: Option<Option<usize>>,
 }
@@ -122,6 +146,7 @@ impl Args {
         let mut flags = SpecFlags::default();
         let mut backends = vec![Backend::Nft, Backend::Legacy];
         let mut resync = true;
+        let mut cleanup = true;
         let mut pieces = None;
         while let Some(arg) = line.next()? {
             let flag = match arg {
@@ -135,6 +160,10 @@ impl Args {
             }
             if flag == "--no-resync" && !line.has_joined() {
                 resync = false;
+                continue;
+            }
+            if flag == "--no-cleanup" && !line.has_joined() {
+                cleanup = false;
                 continue;
             }
             if flags.take(&flag, &mut line)? {
@@ -175,6 +204,7 @@ impl Args {
             backends,
             runs,
             resync,
+            cleanup,
             pieces,
         })
     }
@@ -285,6 +315,8 @@ struct Timed<E> {
     restore: Duration,
     save: Duration,
     jumps: Duration,
+    /// The restore payloads' bytes.
+    restored: usize,
 }
 
 impl<E> Timed<E> {
@@ -294,7 +326,13 @@ impl<E> Timed<E> {
             restore: Duration::ZERO,
             save: Duration::ZERO,
             jumps: Duration::ZERO,
+            restored: 0,
         }
+    }
+
+    /// The restore payloads' bytes so far, reset to zero.
+    fn take_bytes(&mut self) -> usize {
+        std::mem::take(&mut self.restored)
     }
 
     /// The times so far, reset to zero.
@@ -326,6 +364,7 @@ impl<E: Executor> Executor for Timed<E> {
         options: RestoreOptions,
     ) -> Result<(), ExecError> {
         let inner = &mut self.inner;
+        self.restored += payload.len();
         timed(&mut self.restore, || {
             inner.restore(family, payload, options)
         })
@@ -351,6 +390,20 @@ impl<E: Executor> Executor for Timed<E> {
         self.inner.ensure_nfacct(counters)
     }
 
+    // Forwarded, so that the Syncer cuts payloads as it would unwrapped.
+    fn chains_per_restore(&mut self, family: IpFamily) -> Option<usize> {
+        self.inner.chains_per_restore(family)
+    }
+
+    // Forwarded, so that the inner executor's one-restore check is the one measured.
+    fn first_missing_rule(
+        &mut self,
+        family: IpFamily,
+        rules: &[JumpRule],
+    ) -> Result<Option<usize>, ExecError> {
+        self.inner.first_missing_rule(family, rules)
+    }
+
     fn clear_conntrack(&mut self, family: IpFamily, flows: &[StaleFlow]) -> Result<(), ExecError> {
         self.inner.clear_conntrack(family, flows)
     }
@@ -366,6 +419,17 @@ struct Sample {
     bytes: usize,
 }
 
+/// One cleanup's figures.
+#[derive(Debug, Clone, Copy, Default)]
+struct CleanupSample {
+    total: Duration,
+    restore: Duration,
+    save: Duration,
+    bytes: usize,
+    chains_removed: usize,
+    jumps_removed: usize,
+}
+
 /// One run's figures (`partial` is `None` without endpoints).
 #[derive(Debug)]
 struct Run {
@@ -373,6 +437,8 @@ struct Run {
     full: Sample,
     resync: Option<Sample>,
     partial: Option<Sample>,
+    drift_check: Duration,
+    cleanup: Option<CleanupSample>,
     rules_compiled: usize,
     rules_in_kernel: usize,
     chains_in_kernel: usize,
@@ -389,6 +455,7 @@ fn measure(args: &Args) -> Result<Value, String> {
         "seed": args.spec.seed,
         "runs": args.runs,
         "full_sync": "first sync into a new, empty namespace, one per run",
+        "date": date(),
         "machine": machine(),
     });
     for &backend in &args.backends {
@@ -443,9 +510,24 @@ fn one_run(
         .applied_ruleset()
         .ok_or("no applied ruleset after a successful sync")?;
     let jumps = svcnat::compile::jump_rules(&config).map_err(|e| e.to_string())?;
+    // The chains' rules, the jump rules and the drift canary's rule.
+    let canaries = svcnat::sync::canaries();
     let rules_compiled = applied.table(Table::Nat).map_or(0, |t| {
         t.chains.values().map(|c| c.rules.len()).sum::<usize>()
-    }) + jumps.iter().filter(|j| j.table == Table::Nat).count();
+    }) + jumps
+        .iter()
+        .chain(&canaries)
+        .filter(|j| j.table == Table::Nat)
+        .count();
+    // What svcnat wrote, by name, for the check after cleanup; the typed ruleset
+    // is large (seconds to build at 30,000 services), so it is built once.
+    let written: HashSet<String> = [Table::Nat, Table::Filter]
+        .into_iter()
+        .filter_map(|t| applied.table(t))
+        .flat_map(|t| t.chains.keys().map(|c| c.to_string()))
+        .chain(canaries.iter().map(|c| c.chain.to_string()))
+        .collect();
+    drop(applied);
     let saved = ns.run(&[&bin("-save"), "-t", "nat"])?;
     let (rules_in_kernel, chains_in_kernel) = count(&saved);
     if rules_in_kernel != rules_compiled {
@@ -491,6 +573,27 @@ fn one_run(
         Some(sample)
     };
 
+    // The drift check a sync makes (`Syncer::with_drift_check`): one restore of
+    // `-C` lines for the canaries and jump rules, all of which must be found.
+    let rules = svcnat::sync::drift_rules(syncer.config()).map_err(|e| e.to_string())?;
+    let t0 = Instant::now();
+    let missing = syncer
+        .executor_mut()
+        .first_missing_rule(IpFamily::Ipv4, &rules)
+        .map_err(|e| e.to_string())?;
+    let drift_check = t0.elapsed();
+    if let Some(i) = missing {
+        return Err(format!(
+            "the drift check finds {} {} missing after a sync",
+            rules[i].chain, rules[i].rule
+        ));
+    }
+    eprintln!(
+        "kernel_cost: {}: drift check: {:.3} s",
+        ns.name,
+        drift_check.as_secs_f64()
+    );
+
     let resync = if args.resync {
         syncer.request_full_sync();
         let (resync, was_full) = timed_sync(&mut syncer)?;
@@ -503,11 +606,28 @@ fn one_run(
         None
     };
 
+    let cleanup = if args.cleanup {
+        let sample = timed_cleanup(ns, &mut syncer, backend, &written)?;
+        eprintln!(
+            "kernel_cost: {}: cleanup: {:.3} s, restore {:.3} s, save {:.3} s, {} chains removed",
+            ns.name,
+            sample.total.as_secs_f64(),
+            sample.restore.as_secs_f64(),
+            sample.save.as_secs_f64(),
+            sample.chains_removed
+        );
+        Some(sample)
+    } else {
+        None
+    };
+
     Ok(Run {
         empty_restore,
         full,
         resync,
         partial,
+        drift_check,
+        cleanup,
         rules_compiled,
         rules_in_kernel,
         chains_in_kernel,
@@ -531,13 +651,118 @@ fn timed_sync(syncer: &mut Cost) -> Result<(Sample, bool), String> {
     Ok((sample, report.full))
 }
 
+/// The chains cleanup leaves in place by design (kubelet writes them too).
+const KEPT_BY_CLEANUP: [&str; 2] = ["KUBE-MARK-MASQ", "KUBE-FIREWALL"];
+
+/// Runs `exec::cleanup` on the namespace the syncer loaded, then checks with
+/// `iptables-*-save` that svcnat's chains and jump rules are gone.
+/// `written`: the chains of the first sync, nat and filter.
+fn timed_cleanup(
+    ns: &Netns,
+    syncer: &mut Cost,
+    backend: Backend,
+    written: &HashSet<String>,
+) -> Result<CleanupSample, String> {
+    // A later sync's new chains are named `KUBE-…` like every chain svcnat writes
+    // with the default config.
+    let is_ours = |chain: &str| written.contains(chain) || chain.starts_with("KUBE-");
+
+    let executor = syncer.executor_mut();
+    executor.take();
+    executor.take_bytes();
+    let t0 = Instant::now();
+    let report = exec::cleanup(executor, IpFamily::Ipv4).map_err(|e| format!("cleanup: {e}"))?;
+    let total = t0.elapsed();
+    let (restore, save, _) = executor.take();
+    let bytes = executor.take_bytes();
+    if let Some((table, chain)) = report.chains_kept.first() {
+        return Err(format!(
+            "cleanup kept {} chains as reached by rules svcnat did not write, {table} {chain} first; nothing else writes to this namespace",
+            report.chains_kept.len()
+        ));
+    }
+
+    let bin = format!("iptables-{}-save", name(backend));
+    for table in [Table::Nat, Table::Filter] {
+        let saved = ns.run(&[&bin, "-t", table.as_str()])?;
+        let (builtin, left) = chains_of(&saved);
+        let left: Vec<&str> = left
+            .into_iter()
+            .filter(|c| is_ours(c) && !KEPT_BY_CLEANUP.contains(c))
+            .collect();
+        if let Some(first) = left.first() {
+            return Err(format!(
+                "after cleanup {bin} -t {table} still shows {} of svcnat's chains, {first} first",
+                left.len()
+            ));
+        }
+        let jumps: Vec<&str> = saved
+            .lines()
+            .filter(|l| {
+                let mut words = l.split_whitespace();
+                words.next() == Some("-A")
+                    && words.next().is_some_and(|c| builtin.contains(&c))
+                    && jump_target(l).is_some_and(is_ours)
+            })
+            .collect();
+        if let Some(first) = jumps.first() {
+            return Err(format!(
+                "after cleanup {bin} -t {table} still shows {} jump rules to svcnat's chains in built-in chains, {first:?} first",
+                jumps.len()
+            ));
+        }
+    }
+    Ok(CleanupSample {
+        total,
+        restore,
+        save,
+        bytes,
+        chains_removed: report.chains_removed.len(),
+        jumps_removed: report.jumps_removed.len(),
+    })
+}
+
+/// The built-in chains (declared with a policy) and the user chains (policy `-`)
+/// an `iptables-save` dump of one table declares.
+fn chains_of(saved: &str) -> (Vec<&str>, Vec<&str>) {
+    let mut builtin = Vec::new();
+    let mut user = Vec::new();
+    for line in saved.lines() {
+        let Some(rest) = line.strip_prefix(':') else {
+            continue;
+        };
+        let mut words = rest.split_whitespace();
+        if let (Some(chain), Some(policy)) = (words.next(), words.next()) {
+            if policy == "-" {
+                user.push(chain);
+            } else {
+                builtin.push(chain);
+            }
+        }
+    }
+    (builtin, user)
+}
+
+/// The chain or target an `-A` line jumps or goes to.
+fn jump_target(line: &str) -> Option<&str> {
+    let mut words = line.split_whitespace();
+    while let Some(word) = words.next() {
+        if matches!(word, "-j" | "--jump" | "-g" | "--goto") {
+            return words.next();
+        }
+    }
+    None
+}
+
 /// One line on stderr per sync, so that a long measurement shows where it is.
 fn progress(ns: &Netns, what: &str, s: &Sample) {
     eprintln!(
-        "kernel_cost: {}: {what}: {:.3} s, restore {:.3} s, {} bytes",
+        "kernel_cost: {}: {what}: {:.3} s, restore {:.3} s, save {:.3} s, jumps {:.3} s, {} bytes",
         ns.name,
         s.sync.as_secs_f64(),
         s.restore.as_secs_f64(),
+        s.save.as_secs_f64(),
+        s.jumps.as_secs_f64(),
         s.bytes
     );
 }
@@ -559,6 +784,14 @@ fn summary(runs: &[Run]) -> Value {
     };
     let partial = |f: &dyn Fn(&Sample) -> u64| opt(|r| r.partial.as_ref(), f);
     let resync = |f: &dyn Fn(&Sample) -> u64| opt(|r| r.resync.as_ref(), f);
+    let cleanup = |f: &dyn Fn(&CleanupSample) -> u64| {
+        let v: Vec<u64> = runs
+            .iter()
+            .filter_map(|r| r.cleanup.as_ref())
+            .map(f)
+            .collect();
+        (!v.is_empty()).then(|| median(v))
+    };
     json!({
         "empty_restore_ns": ns(&|r| r.empty_restore),
         "full_sync_ns": ns(&|r| r.full.sync),
@@ -572,11 +805,18 @@ fn summary(runs: &[Run]) -> Value {
         "partial_sync_ns": partial(&|s| nanos(s.sync)),
         "partial_restore_ns": partial(&|s| nanos(s.restore)),
         "partial_bytes": partial(&|s| s.bytes as u64),
+        "drift_check_ns": ns(&|r| r.drift_check),
         "resync_sync_ns": resync(&|s| nanos(s.sync)),
         "resync_restore_ns": resync(&|s| nanos(s.restore)),
         "resync_save_ns": resync(&|s| nanos(s.save)),
         "resync_jumps_ns": resync(&|s| nanos(s.jumps)),
         "resync_bytes": resync(&|s| s.bytes as u64),
+        "cleanup_ns": cleanup(&|c| nanos(c.total)),
+        "cleanup_save_ns": cleanup(&|c| nanos(c.save)),
+        "cleanup_restore_ns": cleanup(&|c| nanos(c.restore)),
+        "cleanup_bytes": cleanup(&|c| c.bytes as u64),
+        "cleanup_chains_removed": cleanup(&|c| c.chains_removed as u64),
+        "cleanup_jumps_removed": cleanup(&|c| c.jumps_removed as u64),
     })
 }
 
@@ -616,6 +856,19 @@ fn machine() -> Value {
         "iptables_nft": version("iptables-nft"),
         "iptables_legacy": version("iptables-legacy"),
     })
+}
+
+/// Now, in UTC, as `date -u +%Y-%m-%dT%H:%M:%SZ` prints it; null if `date` fails.
+fn date() -> Option<String> {
+    let out = Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%dT%H:%M:%SZ")
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 /// The first line of an error, with a note if there was more (an `ExecError` carries

@@ -79,10 +79,33 @@ pub fn cleanup_payload(
     family: IpFamily,
     table: Table,
 ) -> Result<(String, Cleanup), ParseError> {
+    let (parts, report) = cleanup_parts(saved, family, table)?;
+    Ok((payload(table, &parts.concat()), report))
+}
+
+/// `body` as a restore payload of `table`; empty when `body` is.
+fn payload(table: Table, body: &str) -> String {
+    let mut text = String::new();
+    if !body.is_empty() {
+        // Writing into a String cannot fail.
+        let _ = restore::open_table(&mut text, table);
+        text.push_str(body);
+        let _ = restore::commit(&mut text);
+    }
+    text
+}
+
+/// [`cleanup_payload`]'s lines in two parts: the jump rules deleted from the
+/// built-in chains, then the chains flushed and deleted.
+fn cleanup_parts(
+    saved: &str,
+    family: IpFamily,
+    table: Table,
+) -> Result<([String; 2], Cleanup), ParseError> {
     let ruleset = parse_as(saved, family)?;
     let mut report = Cleanup::default();
     let Some(rules) = ruleset.table(table) else {
-        return Ok((String::new(), report));
+        return Ok((Default::default(), report));
     };
     let owned: Vec<&ChainName> = rules
         .chains
@@ -127,13 +150,12 @@ pub fn cleanup_payload(
         .copied()
         .filter(|c| !kept.contains(c.as_str()))
         .collect();
-    let mut text = String::new();
+    let mut jumps = String::new();
     // Writing into a String cannot fail.
-    let _ = restore::open_table(&mut text, table);
     for chain in rules.chains.values().filter(|c| c.policy.is_some()) {
         for rule in &chain.rules {
             if is_ours(&chain.name, rule) {
-                let _ = RuleLine::delete(&mut text, chain.name.as_str()).and_then(|mut l| {
+                let _ = RuleLine::delete(&mut jumps, chain.name.as_str()).and_then(|mut l| {
                     l.rule(rule)?;
                     l.end()
                 });
@@ -143,23 +165,20 @@ pub fn cleanup_payload(
             }
         }
     }
+    let mut chains = String::new();
     for chain in &removed {
-        let _ = restore::declare(&mut text, chain.as_str());
+        let _ = restore::declare(&mut chains, chain.as_str());
     }
     for chain in &removed {
-        let _ = restore::delete(&mut text, chain.as_str());
+        let _ = restore::delete(&mut chains, chain.as_str());
         report.chains_removed.push((table, (*chain).clone()));
     }
-    let _ = restore::commit(&mut text);
     report.chains_kept = owned
         .iter()
         .filter(|c| kept.contains(c.as_str()))
         .map(|c| (table, (*c).clone()))
         .collect();
-    if report.jumps_removed.is_empty() && report.chains_removed.is_empty() {
-        text.clear();
-    }
-    Ok((text, report))
+    Ok(([jumps, chains], report))
 }
 
 /// Removes svcnat's jump rules and chains from the filter and nat tables of
@@ -167,6 +186,14 @@ pub fn cleanup_payload(
 /// chain is left as it was; running it again finds nothing to do. Holds the
 /// executor's lock ([`Executor::lock`]) throughout, so no svcnat sync runs
 /// between its reads and its writes.
+///
+/// Each table takes up to two restores: the jump rules out of the built-in
+/// chains, then svcnat's chains flushed and deleted. Apart, the second payload
+/// holds nothing but chain declarations and deletions, which an executor may cut
+/// into pieces ([`IptablesRestore`](super::IptablesRestore) does on nft, where one
+/// `--noflush` restore naming 100,000 chains takes minutes); together, rule
+/// deletions would make it one restore. A failure between the two leaves the
+/// chains unreferenced, and the next cleanup removes them.
 ///
 /// # Errors
 /// The lock cannot be taken, a save or restore fails, or a table's dump does not
@@ -179,10 +206,13 @@ pub fn cleanup<E: Executor + ?Sized>(
     let mut all = Cleanup::default();
     for table in TABLES {
         let saved = executor.save(family, table)?;
-        let (payload, report) = cleanup_payload(&saved, family, table)
+        let (parts, report) = cleanup_parts(&saved, family, table)
             .map_err(|e| ExecError::Refused(format!("{table} table: {e}")))?;
-        if !payload.is_empty() {
-            executor.restore(family, &payload, RestoreOptions::default())?;
+        for part in parts {
+            let payload = payload(table, &part);
+            if !payload.is_empty() {
+                executor.restore(family, &payload, RestoreOptions::default())?;
+            }
         }
         all.jumps_removed.extend(report.jumps_removed);
         all.chains_removed.extend(report.chains_removed);
@@ -248,6 +278,41 @@ mod tests {
             ["KUBE-SERVICES", "KUBE-SVC-A", "KUBE-SEP-A", "KUBE-SEP-MINE"]
         );
         assert!(report.chains_removed.is_empty());
+    }
+
+    #[test]
+    fn jump_rules_go_first_and_the_chains_alone_can_be_cut() {
+        use crate::exec::{Call, Recorder, pieces};
+        let v4 = IpFamily::Ipv4;
+        let mut rec = Recorder::new();
+        rec.restore(v4, SAVED, RestoreOptions::default()).unwrap();
+        let before = rec.calls().len();
+        let done = cleanup(&mut rec, v4).unwrap();
+        let restores: Vec<&str> = rec.calls()[before..]
+            .iter()
+            .filter_map(|c| match c {
+                Call::Restore { payload, .. } => Some(payload.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            restores,
+            [
+                "*nat\n\
+                 -D PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
+                 -D OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
+                 COMMIT\n",
+                "*nat\n\
+                 :KUBE-SERVICES - [0:0]\n:KUBE-SVC-A - [0:0]\n:KUBE-SEP-A - [0:0]\n\
+                 -X KUBE-SERVICES\n-X KUBE-SVC-A\n-X KUBE-SEP-A\nCOMMIT\n",
+            ]
+        );
+        // The chains' payload holds no rule deletion, so an executor can cut it.
+        assert_eq!(pieces(restores[1], v4, 1).unwrap().len(), 6);
+        assert_eq!(done.chains_removed.len(), 3);
+        assert!(rec.rules(v4, Table::Nat, "KUBE-SVC-A").is_none());
+        let again = cleanup(&mut rec, v4).unwrap();
+        assert!(again.jumps_removed.is_empty() && again.chains_removed.is_empty());
     }
 
     #[test]
