@@ -8,6 +8,7 @@ mod input;
 #[cfg(feature = "k8s")]
 mod k8s;
 mod kernel;
+mod kernel_resilience;
 #[cfg(feature = "k8s")]
 mod kernel_example;
 mod kernel_nfacct;
