@@ -14,7 +14,7 @@ use std::time::Duration;
 use svcnat::exec::{Backend, ExecError, Executor, IptablesRestore, RestoreOptions};
 use svcnat::model::*;
 use svcnat::parse::{canonicalize, parse_as};
-use svcnat::ruleset::{JumpRule, Table};
+use svcnat::ruleset::{JumpRule, NfacctCounter, Table};
 use svcnat::sync::{
     CANARY_CHAIN, FullReason, RETRY_AFTER, StaleFlow, SyncError, Syncer, drift_rules,
 };
@@ -599,6 +599,9 @@ impl Executor for FailingRestore {
         rules: &[JumpRule],
     ) -> Result<Option<usize>, ExecError> {
         self.inner.first_missing_rule(family, rules)
+    }
+    fn ensure_nfacct(&mut self, counters: &[NfacctCounter]) -> Result<(), ExecError> {
+        self.inner.ensure_nfacct(counters)
     }
     fn clear_conntrack(&mut self, family: IpFamily, flows: &[StaleFlow]) -> Result<(), ExecError> {
         self.inner.clear_conntrack(family, flows)

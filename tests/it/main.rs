@@ -8,10 +8,10 @@ mod input;
 #[cfg(feature = "k8s")]
 mod k8s;
 mod kernel;
-mod kernel_resilience;
 #[cfg(feature = "k8s")]
 mod kernel_example;
 mod kernel_nfacct;
+mod kernel_resilience;
 #[cfg(feature = "k8s")]
 mod kube_proxy;
 mod nfacct;
