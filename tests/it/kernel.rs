@@ -253,10 +253,10 @@ pub(crate) fn connect_from(
 /// side 10.244.N.1), client 192.168.50.2 (node 192.168.50.1). IPv6: pod N at
 /// fd00:244:N::2 (node side fd00:244:N::1), client fd00:50::2 (node fd00:50::1).
 /// Everything is removed on drop.
-struct Lab {
+pub(crate) struct Lab {
     servers: Vec<std::process::Child>,
-    node: Netns,
-    client: Netns,
+    pub(crate) node: Netns,
+    pub(crate) client: Netns,
     // Kept for their Drop.
     _pods: Vec<Netns>,
 }
@@ -301,7 +301,7 @@ impl Plan {
 }
 
 impl Lab {
-    fn new(tag: &str, family: svcnat::model::IpFamily) -> Lab {
+    pub(crate) fn new(tag: &str, family: svcnat::model::IpFamily) -> Lab {
         let plan = Plan {
             six: family == svcnat::model::IpFamily::Ipv6,
         };
@@ -387,7 +387,14 @@ impl Lab {
     }
 
     /// `n` connections from `from` to `host:port`; one answer line each.
-    fn connect(&self, from: &Netns, proto: &str, host: &str, port: u16, n: usize) -> Vec<String> {
+    pub(crate) fn connect(
+        &self,
+        from: &Netns,
+        proto: &str,
+        host: &str,
+        port: u16,
+        n: usize,
+    ) -> Vec<String> {
         connect_from(from, proto, host, port, n)
     }
 }
