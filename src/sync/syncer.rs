@@ -22,7 +22,7 @@ use crate::model::{
 use crate::ruleset::restore;
 use crate::ruleset::{ChainName, JumpRule, NfacctCounter, Ruleset, Table};
 
-use super::plan::{Payload, PayloadBuilder, diff_chains, without_delete_at};
+use super::plan::{Payload, PayloadBuilder, diff_chains, without_delete_at, without_unchanged};
 use crate::flows::{FlowDestination, StaleFlow};
 
 /// The drift check's default period. The check costs one `iptables-restore` of
@@ -659,7 +659,15 @@ impl<E: Executor> Syncer<E> {
         // Plan, without IO: every chain written, the left-over ones deleted (or
         // flushed and kept, when something else still jumps to them).
         let stale = stale_chains(applied, saved.as_deref());
-        let payload = full_payload(&applied.rules, &applied.services, &stale);
+        let mut payload = full_payload(&applied.rules, &applied.services, &stale);
+        // Restored in pieces, each one costly (nft): leave out what the kernel
+        // already holds as it should be.
+        if self.executor.chains_per_restore(family).is_some()
+            && let Some(saved) = saved.as_deref()
+            && let Some(smaller) = without_unchanged(&payload, saved)
+        {
+            payload = smaller;
+        }
         let jumps = jump_rules(&self.config)?;
         // Apply.
         self.pending_full = Some(FullReason::AfterFailure);

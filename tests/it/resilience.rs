@@ -410,3 +410,72 @@ fn a_failure_between_pieces_is_repaired_by_the_next_sync() {
         k += 1;
     }
 }
+
+/// Restored in pieces, a full sync writes only the nat chains the kernel does not
+/// already hold as they should be: a resync of an untouched table writes none of
+/// them, and one chain changed behind svcnat's back is the one written again.
+#[test]
+fn a_full_sync_in_pieces_writes_only_what_differs() {
+    let mut syncer = Syncer::new(
+        Pieces {
+            inner: Recorder::new(),
+            fail_at: None,
+            restores: 0,
+        },
+        config(),
+    )
+    .unwrap()
+    .with_drift_check(None);
+    syncer.replace_state(cluster());
+    let first = syncer.sync().unwrap();
+    let want = tables(&syncer.executor().inner);
+    let nat_written = |r: &svcnat::sync::SyncReport| {
+        r.payload
+            .written
+            .iter()
+            .filter(|(t, _)| *t == Table::Nat)
+            .count()
+    };
+    assert!(nat_written(&first) > 5);
+
+    syncer.request_full_sync();
+    let resync = syncer.sync().unwrap();
+    assert!(resync.full);
+    assert_eq!(nat_written(&resync), 0, "{:?}", resync.payload.written);
+    assert_eq!(tables(&syncer.executor().inner), want);
+
+    // One endpoint chain flushed by someone else: the next full sync writes it.
+    let sep = sep_of_svc3_in(&syncer.executor().inner);
+    syncer
+        .executor_mut()
+        .inner
+        .restore(
+            IpFamily::Ipv4,
+            &format!("*nat\n-F {sep}\nCOMMIT\n"),
+            RestoreOptions::default(),
+        )
+        .unwrap();
+    syncer.request_full_sync();
+    let repair = syncer.sync().unwrap();
+    let written: Vec<String> = repair
+        .payload
+        .written
+        .iter()
+        .filter(|(t, _)| *t == Table::Nat)
+        .map(|(_, c)| c.to_string())
+        .collect();
+    assert_eq!(written, [sep]);
+    assert_eq!(tables(&syncer.executor().inner), want);
+}
+
+fn sep_of_svc3_in(rec: &Recorder) -> String {
+    tables(rec)
+        .into_iter()
+        .find(|((t, name), rules)| {
+            *t == Table::Nat
+                && name.starts_with("KUBE-SEP-")
+                && rules.iter().any(|r| r.contains("10.180.0.3:80"))
+        })
+        .map(|((_, name), _)| name)
+        .expect("svc3 has an endpoint chain")
+}
