@@ -17,6 +17,23 @@
 //! every chain is written, stale service chains found in the kernel are deleted, and
 //! the jump rules from the built-in chains are ensured.
 //!
+//! ## Failures, drift and other writers
+//!
+//! - **A sync that fails** returns [`SyncError`]; the kernel then holds whole
+//!   pieces of it, nat no further behind than filter. Call `sync()` again after
+//!   [`SyncError::retry_after`]: the next sync is a full one and brings the kernel
+//!   in step whether or not the cluster changed ([`FullReason::AfterFailure`]).
+//! - **Drift**: every full sync writes a canary chain (`KUBE-PROXY-CANARY`, one
+//!   rule) in nat and filter; a sync at least [`Syncer::with_drift_check`]'s period
+//!   after the last check looks for the canaries and the jump rules, and syncs in
+//!   full if a firewall reload, a restored table or an admin's flush took them
+//!   ([`FullReason::Drift`], [`SyncReport::drifted`]).
+//! - **Stale chains something else jumps to** are flushed and kept, never allowed
+//!   to fail a sync ([`SyncReport::kept_chains`]), and deleted by a later sync once
+//!   nothing jumps to them.
+//! - **Two processes** syncing one network namespace take turns: each sync holds
+//!   the executor's lock ([`Executor::lock`](crate::exec::Executor::lock)).
+//!
 //! ```
 //! use svcnat::exec::Recorder;
 //! use svcnat::model::*;
