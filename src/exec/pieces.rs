@@ -7,7 +7,10 @@
 //! table, a chain is written (declared, which flushes it, and filled) only once
 //! every chain its rules jump to has been written, so the capture chains
 //! (`KUBE-SERVICES`, `KUBE-NODEPORTS`) come after the service chains they reach,
-//! and those after their endpoint chains. Each chain is written whole within one
+//! and those after their endpoint chains. A chain that jumps to one of a service
+//! port's chains (`KUBE-FW-`, `KUBE-EXT-`, `KUBE-SVC-`, `KUBE-SVL-` and one hash)
+//! also comes after every other of them the payload writes, as it may reach them
+//! through one the payload leaves as it is. Each chain is written whole within one
 //! piece, so no packet meets a half-written chain. Chains the payload deletes
 //! (declared, to flush them, then `-X`) are flushed and deleted in a last piece of
 //! their table, after every rule that jumped to them has been rewritten. Sending
@@ -30,6 +33,9 @@ struct Section<'p> {
     rules: HashMap<ChainName, Vec<&'p str>>,
     /// Each chain's targets that are chains of this section.
     jumps: HashMap<ChainName, Vec<ChainName>>,
+    /// The hashes of the service ports whose chains each chain jumps to,
+    /// written in this section or not (see [`port_chain`]).
+    into_ports: HashMap<ChainName, Vec<String>>,
     /// The `-X` lines, with their chain.
     deleted: Vec<(ChainName, &'p str)>,
 }
@@ -64,6 +70,7 @@ pub fn pieces(
             declared: Vec::new(),
             rules: HashMap::new(),
             jumps: HashMap::new(),
+            into_ports: HashMap::new(),
             deleted: Vec::new(),
         };
         // Looked up per line: sets, as a full payload has 100k chains and more.
@@ -93,6 +100,10 @@ pub fn pieces(
                     // exist already and are no dependency.
                     if let Some(to) = rule.jump_target() {
                         s.jumps.entry(chain.clone()).or_default().push(to.clone());
+                    }
+                    if let Some((hash, _)) = rule.target_name().and_then(port_chain) {
+                        let into = s.into_ports.entry(chain.clone()).or_default();
+                        into.push(hash.to_owned());
                     }
                 }
                 Op::DeleteChain(Some(chain)) => {
@@ -125,7 +136,9 @@ pub fn pieces(
         // fixed ones: KUBE-MARK-MASQ sets the mark KUBE-POSTROUTING tests) go first,
         // together, so no piece has one at a new setting and the other at an old one.
         let (fixed, rest): (Vec<&ChainName>, Vec<&ChainName>) = order.iter().partition(|c| {
-            !is_service_chain(c.as_str()) && s.jumps.get(**c).is_none_or(Vec::is_empty)
+            !is_service_chain(c.as_str())
+                && s.jumps.get(**c).is_none_or(Vec::is_empty)
+                && !s.into_ports.contains_key(**c)
         });
         let chunks = std::iter::once(fixed.as_slice())
             .filter(|f| !f.is_empty())
@@ -186,6 +199,38 @@ fn dependency_order<'s>(s: &'s Section<'_>) -> Option<Vec<&'s ChainName>> {
         .collect();
     let index: HashMap<&ChainName, usize> =
         written.iter().enumerate().map(|(i, c)| (*c, i)).collect();
+    // A service port's chain the payload leaves as it is may jump to one it
+    // writes (an unchanged KUBE-EXT- to a rewritten KUBE-SVC-), out of sight of
+    // the payload's jumps: a chain that jumps into a service port's chains comes
+    // after all of them the payload writes, and each of them after those below it.
+    let mut ports: HashMap<&str, Vec<(u8, &ChainName)>> = HashMap::new();
+    for c in &written {
+        if let Some((hash, rank)) = port_chain(c.as_str()) {
+            ports.entry(hash).or_default().push((rank, c));
+        }
+    }
+    let mut below: HashMap<&ChainName, Vec<&ChainName>> = HashMap::new();
+    for &chain in &written {
+        let own = port_chain(chain.as_str());
+        let into = s
+            .into_ports
+            .get(chain)
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
+            .filter(|hash| own.is_none_or(|(own, _)| own != *hash))
+            .map(|hash| (hash, u8::MAX));
+        for (hash, rank) in own.into_iter().chain(into) {
+            let port = ports.get(hash).map(Vec::as_slice).unwrap_or_default();
+            let lower = port.iter().filter(|(r, _)| *r < rank).map(|(_, c)| *c);
+            below.entry(chain).or_default().extend(lower);
+        }
+    }
+    let deps = |chain: &ChainName, i: usize| {
+        let jumps = s.jumps.get(chain).map(Vec::as_slice).unwrap_or_default();
+        let below = below.get(chain).map(Vec::as_slice).unwrap_or_default();
+        jumps.get(i).or_else(|| below.get(i - jumps.len()).copied())
+    };
     // Depth-first, each chain after its dependencies; `state`: 1 on the path, 2 done.
     let mut state: BTreeMap<usize, u8> = BTreeMap::new();
     let mut order = Vec::with_capacity(written.len());
@@ -198,8 +243,7 @@ fn dependency_order<'s>(s: &'s Section<'_>) -> Option<Vec<&'s ChainName>> {
         state.insert(start, 1);
         while let Some((at, next)) = stack.last_mut() {
             let chain = written[*at];
-            let deps = s.jumps.get(chain).map(Vec::as_slice).unwrap_or_default();
-            match deps.get(*next) {
+            match deps(chain, *next) {
                 Some(dep) => {
                     *next += 1;
                     let Some(&d) = index.get(dep) else { continue };
@@ -221,6 +265,20 @@ fn dependency_order<'s>(s: &'s Section<'_>) -> Option<Vec<&'s ChainName>> {
         }
     }
     Some(order)
+}
+
+/// A service port's chain (`KUBE-SVC-`, `KUBE-SVL-`, `KUBE-EXT-` or `KUBE-FW-`
+/// and the port's hash): the hash, and its rank among the port's chains, each
+/// jumping only to lower ones (FW to EXT, EXT to SVC and SVL).
+fn port_chain(name: &str) -> Option<(&str, u8)> {
+    [
+        ("KUBE-SVC-", 0),
+        ("KUBE-SVL-", 0),
+        ("KUBE-EXT-", 1),
+        ("KUBE-FW-", 2),
+    ]
+    .into_iter()
+    .find_map(|(prefix, rank)| name.strip_prefix(prefix).map(|hash| (hash, rank)))
 }
 
 #[cfg(test)]
@@ -287,6 +345,35 @@ mod tests {
         assert_eq!(got.len(), 2);
         assert!(got[0].contains(":KUBE-POSTROUTING") && got[0].contains(":KUBE-MARK-MASQ"));
         assert!(got[1].contains(":KUBE-SEP-A"));
+    }
+
+    #[test]
+    fn a_chain_that_jumps_into_a_service_port_comes_after_all_its_chains() {
+        // KUBE-FW-H and KUBE-EXT-H are left as they are; through them the new
+        // KUBE-SERVICES reaches the rewritten KUBE-SVC-H, which must be in place
+        // first.
+        let payload = "*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-SVC-H - [0:0]\n:KUBE-SEP-A - [0:0]\n\
+            -A KUBE-SERVICES -d 1.2.3.4/32 -j KUBE-FW-H\n\
+            -A KUBE-SVC-H -j KUBE-SEP-A\n\
+            -A KUBE-SEP-A -p tcp -j DNAT --to-destination 10.1.0.1:80\nCOMMIT\n";
+        let got = pieces(payload, IpFamily::Ipv4, 1).unwrap();
+        let chain_of = |p: &str| p.lines().nth(1).unwrap().to_owned();
+        let order: Vec<String> = got.iter().map(|p| chain_of(p)).collect();
+        assert_eq!(
+            order,
+            [
+                ":KUBE-SEP-A - [0:0]",
+                ":KUBE-SVC-H - [0:0]",
+                ":KUBE-SERVICES - [0:0]",
+            ]
+        );
+        // Within a port, each chain after those below it: FW, then EXT, then SVC.
+        let payload = "*nat\n:KUBE-FW-H - [0:0]\n:KUBE-SVC-H - [0:0]\n\
+            -A KUBE-FW-H -s 203.0.113.0/25 -j KUBE-EXT-H\n\
+            -A KUBE-SVC-H -j RETURN\nCOMMIT\n";
+        let got = pieces(payload, IpFamily::Ipv4, 1).unwrap();
+        let order: Vec<String> = got.iter().map(|p| chain_of(p)).collect();
+        assert_eq!(order, [":KUBE-SVC-H - [0:0]", ":KUBE-FW-H - [0:0]"]);
     }
 
     #[test]

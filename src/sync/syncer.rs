@@ -670,7 +670,11 @@ impl<E: Executor> Syncer<E> {
         {
             payload = smaller;
         }
-        let jumps = jump_rules(&self.config)?;
+        let mut jumps = jump_rules(&self.config)?;
+        // Missing jumps (a first sync) go in nat first, POSTROUTING's first: no
+        // packet is DNATed without its masquerade, or dropped by filter before
+        // nat could DNAT it. Stable: each chain's jumps keep their order.
+        jumps.sort_by_key(|j| (j.table != Table::Nat, j.chain.as_str() != "POSTROUTING"));
         // Apply.
         self.pending_full = Some(FullReason::AfterFailure);
         let applied_ok = self

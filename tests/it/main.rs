@@ -3,6 +3,7 @@
 mod errors;
 mod features;
 mod fixtures;
+mod in_between;
 #[cfg(feature = "k8s")]
 mod input;
 #[cfg(feature = "k8s")]

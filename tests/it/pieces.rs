@@ -3,7 +3,8 @@
 //! is accepted (no rule jumps to a missing chain), every service that has a
 //! destination before and after has one in between, and only to an endpoint of
 //! the old state or of the new one; the last piece leaves exactly what the whole
-//! payload leaves.
+//! payload leaves. `in_between` drives the `Syncer` itself, over every service
+//! feature, partial syncs and config changes.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};

@@ -342,9 +342,9 @@ fn plan_writes_changed_chains_and_deletes_gone_service_chains() {
     );
 }
 
-/// One change an informer could deliver.
+/// One change an informer could deliver (also driven by `pieces`).
 #[derive(Debug, Clone)]
-enum Change {
+pub(crate) enum Change {
     Upsert(u8, Vec<(u8, Conditions, bool)>),
     DropSlice(u8),
     DropService(u8),
@@ -352,7 +352,7 @@ enum Change {
     Features(u8, u8),
 }
 
-fn change() -> impl Strategy<Value = Change> {
+pub(crate) fn change() -> impl Strategy<Value = Change> {
     let conds = prop_oneof![
         Just(Conditions::READY),
         Just(Conditions::SERVING_TERMINATING),
@@ -368,8 +368,9 @@ fn change() -> impl Strategy<Value = Change> {
 
 /// Service `i` with feature bits: 1 node port, 2 load balancer with an ingress IP,
 /// 4 externalTrafficPolicy Local (with a health-check node port), 8 session
-/// affinity, 16 a source range, 32 internalTrafficPolicy Local, 64 a second (UDP) port.
-fn service_for(i: u8, features: u8) -> Service {
+/// affinity, 16 a source range, 32 internalTrafficPolicy Local, 64 a second (UDP)
+/// port, 128 an external IP.
+pub(crate) fn service_for(i: u8, features: u8) -> Service {
     let mut s = service(
         "ns1",
         &format!("svc{i}"),
@@ -417,7 +418,52 @@ fn service_for(i: u8, features: u8) -> Service {
     if bit(32) {
         s.internal_traffic_policy = TrafficPolicy::Local;
     }
+    if bit(128) {
+        s.external_ips = vec![ip(&format!("192.168.99.{}", i + 1))];
+    }
     s
+}
+
+/// Hands `c` to the syncer as an informer would: an endpoint upsert creates its
+/// service (no features) if it is missing; the slice `svc{s}-slice` always lists
+/// the UDP port `dns` too, which is ignored with a warning while the service has
+/// no such port.
+pub(crate) fn apply_change<E: Executor>(syncer: &mut Syncer<E>, c: Change) {
+    match c {
+        Change::Upsert(s, endpoints) => {
+            if syncer
+                .state()
+                .service(&ServiceKey::new("ns1", format!("svc{s}")))
+                .is_none()
+            {
+                syncer.upsert_service(service_for(s, 0));
+            }
+            let eps = endpoints
+                .into_iter()
+                .map(|(h, c, local)| {
+                    let e = ready(&format!("10.180.{s}.{h}")).with_conditions(c);
+                    if local {
+                        e.on_node(NODE)
+                    } else {
+                        e.on_node("other-node")
+                    }
+                })
+                .collect();
+            let mut sl = slice("ns1", &format!("svc{s}"), &[("p80", 80)], eps);
+            sl.ports.push(EndpointPort {
+                name: "dns".into(),
+                protocol: Protocol::Udp,
+                port: 5353,
+            });
+            syncer.upsert_slice(sl);
+        }
+        Change::DropSlice(s) => syncer.remove_slice(
+            &ServiceKey::new("ns1", format!("svc{s}")),
+            &format!("svc{s}-slice"),
+        ),
+        Change::DropService(s) => syncer.remove_service(&ServiceKey::new("ns1", format!("svc{s}"))),
+        Change::Features(s, features) => syncer.upsert_service(service_for(s, features)),
+    }
 }
 
 proptest! {
@@ -430,28 +476,7 @@ proptest! {
         let mut syncer = Syncer::new(Recorder::new(), config()).unwrap();
         syncer.sync().unwrap();
         for c in changes {
-            match c {
-                Change::Upsert(s, endpoints) => {
-                    if syncer.state().service(&ServiceKey::new("ns1", format!("svc{s}"))).is_none() {
-                        syncer.upsert_service(service_for(s, 0));
-                    }
-                    let eps = endpoints
-                        .into_iter()
-                        .map(|(h, c, local)| {
-                            let e = ready(&format!("10.180.{s}.{h}")).with_conditions(c);
-                            if local { e.on_node(NODE) } else { e.on_node("other-node") }
-                        })
-                        .collect();
-                    // The slice always lists the UDP port too; while the service has no
-                    // such port, that part of the slice is ignored with a warning.
-                    let mut sl = slice("ns1", &format!("svc{s}"), &[("p80", 80)], eps);
-                    sl.ports.push(EndpointPort { name: "dns".into(), protocol: Protocol::Udp, port: 5353 });
-                    syncer.upsert_slice(sl);
-                }
-                Change::DropSlice(s) => syncer.remove_slice(&ServiceKey::new("ns1", format!("svc{s}")), &format!("svc{s}-slice")),
-                Change::DropService(s) => syncer.remove_service(&ServiceKey::new("ns1", format!("svc{s}"))),
-                Change::Features(s, features) => syncer.upsert_service(service_for(s, features)),
-            }
+            apply_change(&mut syncer, c);
             let report = syncer.sync().unwrap();
             prop_assert!(!report.full);
             prop_assert_eq!(tables(syncer.executor()), full_sync_tables(syncer.state()));

@@ -1,0 +1,845 @@
+//! Issue 15, "every state in between is safe", over random clusters and random
+//! changes, without root.
+//!
+//! The real `Syncer` drives [`Snapshots`]: the `Recorder`, asking for pieces of
+//! one to seven chains (`Executor::chains_per_restore`), committing each table
+//! of a restore on its own as iptables-restore commits at each `COMMIT` (so "nat
+//! written, filter not yet" is a state), and keeping the tables after every
+//! commit and every jump rule it inserts. Clusters are built and changed by
+//! `sync::change`s: ClusterIP, NodePort and LoadBalancer services, source ranges,
+//! external IPs, both traffic policies `Local`, session affinity, a second (UDP)
+//! port, services without endpoints, endpoints ready, terminating or not ready,
+//! on this node or another. A sync is partial, full on request, full after a
+//! config change (masquerade-all, cluster CIDR, local-traffic detection,
+//! localhost node ports, node port addresses, masquerade bit, the large-cluster
+//! threshold, which a partial sync can also cross), or the first of a restarted
+//! proxy over the tables the last one left; the very first is on empty tables.
+//!
+//! For each sync, packets to every service port of the cluster before and after
+//! it (its cluster IP, external IPs, load-balancer IPs, and node port on the
+//! node's address and on 127.0.0.1; from a pod, from an endpoint of the service,
+//! from outside inside and outside the source ranges, from the node) are traced
+//! with `svcnat::trace` through the tables before the sync (*old*), after it
+//! (*new*) and every state in between. A way a packet ends is its verdict,
+//! destination, masquerade and mark, for a new connection of a client without
+//! session affinity yet (the tracer takes `recent --rcheck` as not matching).
+//! What holds, at every state in between:
+//!
+//! 1. Every restore was accepted and no chain was kept: no rule jumped to a
+//!    missing chain, no `-X` met a chain still jumped to; the tracer meets no
+//!    jump to a missing chain either.
+//! 2. A packet that old and new both DNAT to an endpoint, every way, is DNATed
+//!    to an endpoint every way.
+//! 3. A packet DNATed goes to an endpoint of its own service port: one that old
+//!    or new DNATs some packet to that port to.
+//! 4. A packet that old and new both DNAT and masquerade, every way, is
+//!    masqueraded, unless the sync changes its service's traffic policies.
+//! 5. A way that DNATs or masquerades the packet is a way old or new has for it,
+//!    unless the sync changes its service's traffic policies, takes one of its
+//!    addresses or node ports away, or changes the config; on empty tables (a
+//!    node's first sync), with no exception.
+//!
+//! After each sync the tables are the ones one full sync of the same state
+//! writes into empty tables (less jump rules and fixed chains an earlier config
+//! wanted, which nothing removes).
+//!
+//! What does **not** hold is the issue's sentence taken per packet ("nothing
+//! captured in between goes anywhere the new state would not send it, except to
+//! where the old state sent it"), for two reasons, each with a minimal case
+//! below, ignored as it fails today:
+//!
+//! * Nat commits before filter. Between the two, a service port that lost its
+//!   last endpoint (or last local one, or gained source ranges) is no longer
+//!   DNATed in nat and not yet rejected in filter: its packets pass untouched.
+//!   And an old filter rule meant for the packets nat used to leave alone (a
+//!   source-range or "no local endpoints" DROP) drops packets the new nat no
+//!   longer DNATs, which new rejects or leaves alone
+//!   ([`nat_before_filter_drops_what_neither_state_drops`]). Refused or
+//!   untouched only, as 2 to 5 allow.
+//! * Chains are rewritten in place, each whole, after those it reaches: an old
+//!   chain can still jump into a rewritten one. When the sync changes what that
+//!   chain is for, a packet goes the old way into the new chain. A traffic
+//!   policy turned `Local` leaves `KUBE-SVC-` for external traffic only, with
+//!   every endpoint and without the cluster IP's masquerade rule, while the old
+//!   `KUBE-SERVICES` still sends the cluster IP there: to an endpoint neither
+//!   state sends the packet to, and without the masquerade both give it
+//!   ([`a_policy_turned_local_mixes_old_dispatch_and_new_chains`]). An external
+//!   IP or a node port taken away: the old `KUBE-SERVICES` sends it through the
+//!   old `KUBE-EXT-` (deleted last) into the rewritten `KUBE-SVC-`. Node port
+//!   addresses narrowed: the old `KUBE-SERVICES` sends 127.0.0.1 into the new
+//!   `KUBE-NODEPORTS`, DNATing a packet both states leave alone
+//!   ([`narrowed_node_port_addresses_capture_what_neither_state_captures`]).
+//!   Always to an endpoint of the packet's own service port, as 3 says.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use svcnat::exec::{ExecError, Executor, Recorder, RestoreOptions};
+use svcnat::model::*;
+use svcnat::ruleset::{JumpRule, Ruleset, Table};
+use svcnat::sync::{FullReason, Syncer};
+use svcnat::trace::{Node, Packet, TraceError, Verdict, trace, traceable};
+
+use crate::fixtures::{config, ip, recorder_tables};
+use crate::sync::{Change, apply_change, change};
+
+const V4: IpFamily = IpFamily::Ipv4;
+
+/// A state of the tables, and the restore section or jump rule that made it.
+struct Snapshot {
+    text: String,
+    ruleset: Ruleset,
+    made_by: String,
+}
+
+/// A Recorder that asks for pieces of `max_chains` chains, commits each table
+/// section of a restore on its own (as iptables-restore commits each `COMMIT`),
+/// and keeps the tables after each section and each jump rule inserted.
+#[derive(Default)]
+struct Snapshots {
+    rec: Recorder,
+    max_chains: usize,
+    states: Vec<Snapshot>,
+}
+
+impl Snapshots {
+    fn snapshot(&mut self, made_by: String) {
+        let text = tables_text(&mut self.rec);
+        if self.states.last().is_some_and(|s| s.text == text) {
+            return;
+        }
+        let ruleset = traceable(&svcnat::parse::parse_as(&text, V4).unwrap(), &[]);
+        self.states.push(Snapshot {
+            text,
+            ruleset,
+            made_by,
+        });
+    }
+}
+
+fn tables_text(rec: &mut Recorder) -> String {
+    let mut text = rec.save(V4, Table::Nat).unwrap();
+    text.push_str(&rec.save(V4, Table::Filter).unwrap());
+    text
+}
+
+/// A restore payload's `*table … COMMIT` sections.
+fn sections(payload: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for line in payload.lines() {
+        if line.starts_with('*') {
+            out.push(String::new());
+        }
+        if let Some(section) = out.last_mut() {
+            section.push_str(line);
+            section.push('\n');
+        }
+    }
+    out
+}
+
+impl Executor for Snapshots {
+    fn restore(
+        &mut self,
+        family: IpFamily,
+        payload: &str,
+        options: RestoreOptions,
+    ) -> Result<(), ExecError> {
+        for section in sections(payload) {
+            self.rec.restore(family, &section, options)?;
+            self.snapshot(section);
+        }
+        Ok(())
+    }
+    fn save(&mut self, family: IpFamily, table: Table) -> Result<String, ExecError> {
+        self.rec.save(family, table)
+    }
+    fn ensure_jump(&mut self, family: IpFamily, jump: &JumpRule) -> Result<(), ExecError> {
+        self.rec.ensure_jump(family, jump)?;
+        self.snapshot(format!(
+            "ensure_jump {} {} {}",
+            jump.table, jump.chain, jump.rule
+        ));
+        Ok(())
+    }
+    fn chains_per_restore(&mut self, _: IpFamily) -> Option<usize> {
+        Some(self.max_chains)
+    }
+}
+
+/// The configs a round may switch to (each switch makes a full sync).
+fn configs() -> Vec<ProxyConfig> {
+    vec![
+        config(),
+        config().with_masquerade_all(true),
+        // The client pod 10.180.250.1 is off-cluster here; the endpoints are not.
+        config().with_cluster_cidrs(["10.180.0.0/17".parse().unwrap()]),
+        config().with_local_traffic(LocalTrafficDetector::InterfaceNamePrefix("veth".into())),
+        config().with_local_traffic(LocalTrafficDetector::None),
+        config().with_localhost_nodeports(false),
+        config().with_nodeport_addresses([NodePortAddress::Primary]),
+        config().with_masquerade_bit(13),
+        // A few endpoints cross it: the cluster-size rule makes a sync full.
+        config().with_large_cluster_endpoints(Some(4)),
+    ]
+}
+
+/// How a round's sync comes about.
+#[derive(Debug, Clone)]
+enum How {
+    /// Just the changes: a partial sync (or a full one on the cluster-size rule).
+    Changes,
+    /// `request_full_sync`.
+    Requested,
+    /// `set_config` to `configs()[i]`.
+    Config(usize),
+    /// The proxy restarts: a new Syncer, over the same tables, whose first sync
+    /// is full and deletes the chains the old one left that it does not want.
+    Restart,
+}
+
+/// One sync: the changes before it, how it comes about, the pieces' size.
+#[derive(Debug, Clone)]
+struct Round {
+    changes: Vec<Change>,
+    how: How,
+    max_chains: usize,
+}
+
+fn round() -> impl Strategy<Value = Round> {
+    (
+        prop::collection::vec(change(), 0..4),
+        prop_oneof![
+            5 => Just(How::Changes),
+            1 => Just(How::Requested),
+            2 => (0..configs().len()).prop_map(How::Config),
+            1 => Just(How::Restart),
+        ],
+        1usize..8,
+    )
+        .prop_map(|(changes, how, max_chains)| Round {
+            changes,
+            how,
+            max_chains,
+        })
+}
+
+/// The first round builds a random cluster (its sync is the Syncer's first, on
+/// empty tables); the others change it.
+fn rounds() -> impl Strategy<Value = Vec<Round>> {
+    (
+        prop::collection::vec(change(), 1..10),
+        1usize..8,
+        prop::collection::vec(round(), 1..5),
+    )
+        .prop_map(|(changes, max_chains, rest)| {
+            std::iter::once(Round {
+                changes,
+                how: How::Changes,
+                max_chains,
+            })
+            .chain(rest)
+            .collect()
+        })
+}
+
+/// The node's address (`fixtures::config`).
+fn node() -> Node {
+    Node::new([ip("192.168.0.2")])
+}
+
+/// A packet to trace, and what the sync does to its service port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Probe {
+    /// The service port it is addressed to, `ns/name:port`.
+    port: String,
+    /// The sync changes the service's traffic policies.
+    policy_changed: bool,
+    /// The sync changes the service's traffic policies, or takes one of its
+    /// addresses or node ports away (a type change, an external IP removed…).
+    role_changed: bool,
+    packet: Packet,
+}
+
+/// The packets to trace for a sync: to each service port's cluster IP,
+/// external IPs, load-balancer IPs and node port (on the node's address, and on
+/// 127.0.0.1 from the node itself); from a pod, from an endpoint of the service
+/// (hairpin), from outside inside the source ranges and outside them, and from
+/// the node; for the services before the sync and after it.
+fn probes(before: &ClusterState, after: &ClusterState) -> Vec<Probe> {
+    let pod = |p: Packet| p.arriving_on("veth9");
+    let mut out: Vec<Probe> = Vec::new();
+    for state in [before, after] {
+        for svc in state.services() {
+            let key = svc.key();
+            let policies = |s: &ClusterState| {
+                s.service(&key)
+                    .map(|s| (s.internal_traffic_policy, s.external_traffic_policy))
+            };
+            let policy_changed = policies(before) != policies(after);
+            let exposed = |s: &ClusterState| -> BTreeSet<(IpAddr, u16)> {
+                let Some(s) = s.service(&key) else {
+                    return BTreeSet::new();
+                };
+                let ips = || {
+                    let lb = s.load_balancer_ingress.iter().map(|i| i.ip);
+                    s.cluster_ips
+                        .iter()
+                        .chain(&s.external_ips)
+                        .copied()
+                        .chain(lb)
+                };
+                s.ports
+                    .iter()
+                    .flat_map(|p| {
+                        let np = p.node_port.map(|np| (ip("192.168.0.2"), np));
+                        ips().map(|a| (a, p.port)).chain(np)
+                    })
+                    .collect()
+            };
+            let role_changed = policy_changed || !exposed(after).is_superset(&exposed(before));
+            let hairpin = state
+                .slices_of(&key)
+                .flat_map(|s| &s.endpoints)
+                .map(|e| e.address)
+                .next();
+            for port in &svc.ports {
+                let mut push = |packet: Packet| {
+                    if !out.iter().any(|p| p.packet == packet) {
+                        out.push(Probe {
+                            port: format!("{}/{}:{}", key.namespace, key.name, port.name),
+                            policy_changed,
+                            role_changed,
+                            packet,
+                        });
+                    }
+                };
+                let to =
+                    |src: &str, dst: IpAddr, p: u16| Packet::new(port.protocol, ip(src), dst, p);
+                for &vip in &svc.cluster_ips {
+                    push(pod(to("10.180.250.1", vip, port.port)));
+                    push(to("203.0.113.9", vip, port.port));
+                    push(to("192.168.0.2", vip, port.port).from_local());
+                    if let Some(h) = hairpin {
+                        push(pod(Packet::new(port.protocol, h, vip, port.port)));
+                    }
+                }
+                for &a in &svc.external_ips {
+                    push(pod(to("10.180.250.1", a, port.port)));
+                    push(to("198.51.100.9", a, port.port));
+                    push(to("192.168.0.2", a, port.port).from_local());
+                }
+                for a in svc.load_balancer_ingress.iter().map(|i| i.ip) {
+                    push(pod(to("10.180.250.1", a, port.port)));
+                    // Inside the source ranges and outside them.
+                    push(to("203.0.113.9", a, port.port));
+                    push(to("198.51.100.9", a, port.port));
+                    push(to("192.168.0.2", a, port.port).from_local());
+                }
+                if let Some(np) = port.node_port {
+                    push(pod(to("10.180.250.1", ip("192.168.0.2"), np)));
+                    push(to("203.0.113.9", ip("192.168.0.2"), np));
+                    push(to("192.168.0.2", ip("192.168.0.2"), np).from_local());
+                    push(to("127.0.0.1", ip("127.0.0.1"), np).from_local());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// One way a packet can end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Way {
+    verdict: Verdict,
+    destination: SocketAddr,
+    masquerade: bool,
+    mark: u32,
+}
+
+impl Way {
+    /// Accepted, DNATed away from where it was sent.
+    fn dnat(&self, p: &Packet) -> bool {
+        self.verdict == Verdict::Accept
+            && self.destination != SocketAddr::new(p.destination, p.destination_port)
+    }
+
+    /// The rules did nothing to it: accepted, unchanged.
+    fn untouched(&self, p: &Packet) -> bool {
+        self.verdict == Verdict::Accept && !self.dnat(p) && !self.masquerade && self.mark == p.mark
+    }
+}
+
+/// Every way `p` can end in `r` (with a chance above 0).
+fn ways(r: &Ruleset, p: &Packet) -> Result<BTreeSet<Way>, TraceError> {
+    Ok(trace(r, p, &node())?
+        .outcomes
+        .iter()
+        .filter(|o| o.probability > 0.0)
+        .map(|o| Way {
+            verdict: o.verdict,
+            destination: o.destination,
+            masquerade: o.masquerade,
+            mark: o.mark,
+        })
+        .collect())
+}
+
+/// One sync, as the test saw it.
+struct Sync {
+    /// Which round, how it came about, why it was full: for messages.
+    what: String,
+    /// Why the sync was full, if it was.
+    reason: Option<FullReason>,
+    /// The tables before the sync (as saved, and parsed) and the cluster before
+    /// and after it.
+    old_text: String,
+    old: Ruleset,
+    old_state: ClusterState,
+    new_state: ClusterState,
+    /// The config changed in this sync.
+    config_changed: bool,
+    /// Every state of the tables the sync went through; the last one is the
+    /// state after it (none if it wrote nothing).
+    states: Vec<Snapshot>,
+}
+
+impl Sync {
+    fn new_tables(&self) -> &Ruleset {
+        self.states.last().map_or(&self.old, |s| &s.ruleset)
+    }
+
+    /// The states in between (all but the last).
+    fn between(&self) -> &[Snapshot] {
+        &self.states[..self.states.len().saturating_sub(1)]
+    }
+}
+
+fn full_sync_tables(
+    state: &ClusterState,
+    config: &ProxyConfig,
+) -> BTreeMap<(Table, String), Vec<String>> {
+    let mut s = Syncer::new(Recorder::new(), config.clone()).unwrap();
+    s.replace_state(state.clone());
+    s.sync().unwrap();
+    recorder_tables(s.executor())
+}
+
+/// A chain named as svcnat names a service's chains.
+fn is_hashed(chain: &str) -> bool {
+    [
+        "KUBE-SVC-",
+        "KUBE-SVL-",
+        "KUBE-EXT-",
+        "KUBE-FW-",
+        "KUBE-SEP-",
+    ]
+    .iter()
+    .any(|p| chain.starts_with(p))
+}
+
+/// Drives the rounds through a Syncer over [`Snapshots`] and hands each sync
+/// to `each`. Checks on the way that every sync succeeds without keeping a
+/// chain (no restore refused, no `-X` of a chain still jumped to) and leaves
+/// the tables one full sync of the same state leaves.
+fn drive(
+    rounds: Vec<Round>,
+    mut each: impl FnMut(&Sync) -> Result<(), TestCaseError>,
+) -> Result<(), TestCaseError> {
+    let mut syncer = Syncer::new(Snapshots::default(), config())
+        .unwrap()
+        .with_drift_check(None);
+    let mut old_text = tables_text(&mut Recorder::new());
+    let mut old = traceable(&svcnat::parse::parse_as(&old_text, V4).unwrap(), &[]);
+    let mut config_changed_ever = false;
+    for (r, round) in rounds.into_iter().enumerate() {
+        let old_state = syncer.state().clone();
+        let mut config_changed = false;
+        match round.how {
+            How::Changes => {}
+            How::Requested => syncer.request_full_sync(),
+            How::Config(i) => {
+                config_changed = syncer.config() != &configs()[i];
+                syncer.set_config(configs()[i].clone()).unwrap();
+            }
+            How::Restart => {
+                let exec = std::mem::take(syncer.executor_mut());
+                let config = syncer.config().clone();
+                syncer = Syncer::new(exec, config).unwrap().with_drift_check(None);
+                syncer.replace_state(old_state.clone());
+            }
+        }
+        config_changed_ever |= config_changed;
+        for c in round.changes {
+            apply_change(&mut syncer, c);
+        }
+        syncer.executor_mut().max_chains = round.max_chains;
+        let report = syncer
+            .sync()
+            .map_err(|e| TestCaseError::fail(format!("round {r}: sync failed: {e}")))?;
+        prop_assert!(
+            report.kept_chains.is_empty(),
+            "round {}: chains kept: {:?}",
+            r,
+            report.kept_chains
+        );
+        let sync = Sync {
+            what: format!(
+                "round {r} ({:?}, {}, pieces of {})",
+                round.how,
+                report
+                    .full_reason
+                    .map_or_else(|| "partial".to_owned(), |f| format!("full: {f}")),
+                round.max_chains
+            ),
+            reason: report.full_reason,
+            old_text,
+            old,
+            old_state,
+            new_state: syncer.state().clone(),
+            config_changed,
+            states: std::mem::take(&mut syncer.executor_mut().states),
+        };
+        each(&sync)?;
+        let mut got = recorder_tables(&syncer.executor().rec);
+        let want = full_sync_tables(syncer.state(), syncer.config());
+        if config_changed_ever {
+            // A config change leaves the jump rules and fixed chains the old
+            // config wanted and the new one does not (KUBE-FIREWALL, with
+            // localhost node ports turned off): nothing removes them.
+            got.retain(
+                |(table, chain), rules| match want.get(&(*table, chain.clone())) {
+                    None => !chain.starts_with("KUBE-") || is_hashed(chain),
+                    Some(wanted) => {
+                        if table.builtin_chains().contains(&chain.as_str()) {
+                            rules.retain(|rule| wanted.contains(rule));
+                        }
+                        true
+                    }
+                },
+            );
+        }
+        prop_assert_eq!(got, want, "round {}: not the tables of a full sync", r);
+        old = sync.new_tables().clone();
+        old_text = match sync.states.last() {
+            Some(last) => last.text.clone(),
+            None => sync.old_text,
+        };
+    }
+    Ok(())
+}
+
+/// A way in between that breaks a rule of the module docs (`proven`), or the
+/// issue's sentence taken per packet where the docs say it does not hold.
+struct Violation {
+    proven: bool,
+    message: String,
+}
+
+/// What the runs covered, so that the property is known not to hold vacuously.
+#[derive(Debug, Default)]
+struct Seen {
+    /// Full syncs, by reason, and partial ones.
+    full: BTreeSet<String>,
+    partial: usize,
+    /// States in between traced, and those where some packet went neither as
+    /// before nor as after the sync.
+    between: usize,
+    differing: usize,
+    /// Packets that the states before and after both DNAT, traced in between.
+    both_dnat: usize,
+}
+
+/// Every way in between of every packet of `sync`, against the module docs.
+///
+/// # Errors
+/// A trace that fails (a jump to a missing chain).
+fn violations(sync: &Sync, seen: &mut Seen) -> Result<Vec<Violation>, TestCaseError> {
+    let mut out = Vec::new();
+    let probes = probes(&sync.old_state, &sync.new_state);
+    let trace_in = |r: &Ruleset, p: &Packet, at: &dyn Fn() -> String| {
+        ways(r, p).map_err(|e| TestCaseError::fail(format!("{}\n  {p:?}: {e}", at())))
+    };
+    let before_after: Vec<(BTreeSet<Way>, BTreeSet<Way>)> = probes
+        .iter()
+        .map(|p| {
+            let before = trace_in(&sync.old, &p.packet, &|| format!("{} before", sync.what))?;
+            let after = trace_in(sync.new_tables(), &p.packet, &|| {
+                format!("{} after", sync.what)
+            })?;
+            Ok((before, after))
+        })
+        .collect::<Result<_, TestCaseError>>()?;
+    // Per service port, every endpoint old or new DNATs some packet to it to.
+    let mut endpoints: BTreeMap<&str, BTreeSet<SocketAddr>> = BTreeMap::new();
+    for (probe, (before, after)) in probes.iter().zip(&before_after) {
+        let dnat = before.iter().chain(after).filter(|w| w.dnat(&probe.packet));
+        endpoints
+            .entry(&probe.port)
+            .or_default()
+            .extend(dnat.map(|w| w.destination));
+    }
+    // No old chain to mix with on empty tables.
+    let fresh = !sync.old_text.contains(":KUBE-SERVICES ");
+    let new_text = sync.states.last().map(|s| s.text.as_str());
+    for (k, state) in sync.between().iter().enumerate() {
+        // A piece that rewrote chains as they were (most of a full sync's)
+        // leaves the tables of before or after the sync: nothing to trace.
+        if state.text == sync.old_text || Some(state.text.as_str()) == new_text {
+            continue;
+        }
+        seen.between += 1;
+        let at = || {
+            format!(
+                "{}, state {} of {} (after {})",
+                sync.what,
+                k + 1,
+                sync.states.len(),
+                state.made_by.trim_end()
+            )
+        };
+        let mut differing = false;
+        for (probe, (before, after)) in probes.iter().zip(&before_after) {
+            let p = &probe.packet;
+            let now = trace_in(&state.ruleset, p, &at)?;
+            differing |= now != *before && now != *after;
+            let both_dnat = before.iter().chain(after).all(|w| w.dnat(p));
+            let both_masq = both_dnat && before.iter().chain(after).all(|w| w.masquerade);
+            seen.both_dnat += usize::from(both_dnat);
+            for w in &now {
+                let mut broken = |proven: bool, why: &str| {
+                    out.push(Violation {
+                        proven,
+                        message: format!(
+                            "{}:\n  {p:?}\n  before {before:?}\n  after  {after:?}\n  in between {w:?}: {why}\n{}",
+                            at(),
+                            state.text
+                        ),
+                    });
+                };
+                if both_dnat && !w.dnat(p) {
+                    broken(true, "no destination, where before and after have one (2)");
+                }
+                if w.dnat(p) && !endpoints[probe.port.as_str()].contains(&w.destination) {
+                    broken(true, "not an endpoint of its service port (3)");
+                }
+                if both_masq && !w.masquerade {
+                    broken(
+                        !probe.policy_changed,
+                        "not masqueraded, where before and after masquerade it (4)",
+                    );
+                }
+                if !w.untouched(p) && !before.contains(w) && !after.contains(w) {
+                    if w.verdict != Verdict::Accept {
+                        broken(false, "refused, as neither before nor after refuses it");
+                    } else {
+                        let exempt = !fresh && (probe.role_changed || sync.config_changed);
+                        broken(!exempt, "neither before nor after goes this way (5)");
+                    }
+                }
+            }
+        }
+        seen.differing += usize::from(differing);
+    }
+    Ok(out)
+}
+
+/// See the module docs. About 4 seconds in a debug build.
+#[test]
+fn every_state_in_between_is_safe() {
+    let mut runner = TestRunner::new(Config {
+        failure_persistence: None,
+        ..Config::with_cases(32)
+    });
+    let seen = std::cell::RefCell::new(Seen::default());
+    let result = runner.run(&rounds(), |rounds| {
+        let mut seen = seen.borrow_mut();
+        drive(rounds, |sync| {
+            match sync.reason {
+                None => seen.partial += 1,
+                Some(reason) => {
+                    seen.full.insert(reason.to_string());
+                }
+            }
+            let broken = violations(sync, &mut seen)?;
+            match broken.into_iter().find(|v| v.proven) {
+                Some(v) => Err(TestCaseError::fail(v.message)),
+                None => Ok(()),
+            }
+        })
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    // Not vacuous: syncs of every kind, states in between that route some
+    // packet as neither end does, packets both ends DNAT.
+    let seen = seen.into_inner();
+    for reason in [
+        FullReason::FirstSync,
+        FullReason::Requested,
+        FullReason::ConfigChanged,
+    ] {
+        assert!(seen.full.contains(reason.as_str()), "{seen:?}");
+    }
+    assert!(seen.partial > 0 && seen.between > 0, "{seen:?}");
+    assert!(seen.differing > 0 && seen.both_dnat > 0, "{seen:?}");
+}
+
+/// The rounds' syncs against the issue's sentence per packet: every way
+/// breaking it, proven by the module docs or not.
+fn per_packet(rounds: Vec<Round>) -> Vec<String> {
+    let mut out = Vec::new();
+    drive(rounds, |sync| {
+        let broken = violations(sync, &mut Seen::default())?;
+        out.extend(broken.into_iter().map(|v| v.message));
+        Ok(())
+    })
+    .unwrap();
+    out
+}
+
+fn endpoint(host: u8, local: bool) -> (u8, Conditions, bool) {
+    (host, Conditions::READY, local)
+}
+
+/// One round of `changes`, in pieces of one chain.
+fn changes(changes: Vec<Change>) -> Round {
+    Round {
+        changes,
+        how: How::Changes,
+        max_chains: 1,
+    }
+}
+
+/// A node's first sync inserts the jump rules from the built-in chains one by
+/// one: nat's first, POSTROUTING's before the ones that capture, so no packet
+/// is DNATed without the masquerade it needs, or dropped by filter's
+/// source-range firewall before nat can DNAT it.
+#[test]
+fn a_first_sync_hooks_nat_before_filter_and_masquerade_before_capture() {
+    // svc0: a load balancer with source ranges, one endpoint on another node.
+    let first = changes(vec![
+        Change::Features(0, 2 | 16),
+        Change::Upsert(0, vec![endpoint(1, false)]),
+    ]);
+    let broken = per_packet(vec![first]);
+    assert!(broken.is_empty(), "{}", broken.join("\n\n"));
+}
+
+/// A chain the sync leaves as it is can lead from a rewritten chain to another
+/// rewritten one: svc0, a load balancer with externalTrafficPolicy Local and no
+/// endpoint here, loses its source ranges and its endpoint 10.180.0.1 for
+/// 10.180.0.2. KUBE-SERVICES now sends the load-balancer IP to KUBE-EXT-
+/// (unchanged), which sends a pod's connection on to KUBE-SVC- (rewritten): the
+/// new KUBE-SERVICES goes in only after KUBE-SVC-, or for a moment the pod's
+/// connection, dropped before and sent to 10.180.0.2 after, goes to 10.180.0.1.
+#[test]
+fn a_chain_reaches_a_rewritten_one_through_one_left_as_it_is_only_once_it_is_written() {
+    let broken = per_packet(vec![
+        changes(vec![
+            Change::Features(0, 2 | 4 | 16 | 32),
+            Change::Upsert(0, vec![endpoint(1, false)]),
+        ]),
+        changes(vec![
+            Change::Features(0, 2 | 4 | 32),
+            Change::Upsert(0, vec![endpoint(2, false)]),
+        ]),
+    ]);
+    let wrong: Vec<&String> = broken
+        .iter()
+        .filter(|m| m.contains("10.180.0.1:80") && m.contains("neither before nor after"))
+        .collect();
+    assert!(wrong.is_empty(), "{}", broken.join("\n\n"));
+}
+
+/// Every config change, there and back, in pieces of one chain: the fixed
+/// chains go in together (KUBE-MARK-MASQ sets the bit KUBE-POSTROUTING tests, so
+/// a new masquerade bit in one and the old in the other would masquerade
+/// nothing), and the rules proven hold.
+#[test]
+fn every_config_change_in_pieces_of_one_chain() {
+    for i in 1..configs().len() {
+        let cluster = changes(vec![
+            Change::Features(0, 1 | 2 | 16 | 128),
+            Change::Upsert(0, vec![endpoint(1, true), endpoint(2, false)]),
+            Change::Upsert(1, vec![endpoint(1, false)]),
+            Change::Features(2, 1),
+        ]);
+        let switch = |config| Round {
+            how: How::Config(config),
+            ..changes(vec![])
+        };
+        drive(
+            vec![cluster, switch(i), switch(0)],
+            |sync| match violations(sync, &mut Seen::default())?
+                .into_iter()
+                .find(|v| v.proven)
+            {
+                Some(v) => Err(TestCaseError::fail(v.message)),
+                None => Ok(()),
+            },
+        )
+        .unwrap_or_else(|e| panic!("config {i}: {e}"));
+    }
+}
+
+/// Gap: nat commits before filter. svc0, a load balancer whose source ranges
+/// hold the node, loses its only endpoint: between the commits the node's own
+/// connection to the load-balancer IP is no longer DNATed, and the old
+/// source-range firewall in filter, meant for the sources nat left alone,
+/// drops it; before, it was DNATed; after, it is left alone.
+#[test]
+#[ignore = "issue 15: nat commits before filter (see the module docs)"]
+fn nat_before_filter_drops_what_neither_state_drops() {
+    let broken = per_packet(vec![
+        changes(vec![
+            Change::Features(0, 2 | 16),
+            Change::Upsert(0, vec![endpoint(1, false)]),
+        ]),
+        changes(vec![Change::DropSlice(0)]),
+    ]);
+    assert!(broken.is_empty(), "{}", broken.join("\n\n"));
+}
+
+/// Gap: chains rewritten in place. svc0 (a node port, endpoint 10.180.0.1 on
+/// another node) gets internalTrafficPolicy Local and endpoints 10.180.0.2
+/// here and 10.180.0.3 elsewhere. Once the new KUBE-SVC- chain (now for
+/// external traffic only: every endpoint, no cluster-IP masquerade rule) is in
+/// and the old KUBE-SERVICES still sends the cluster IP to it, a pod's
+/// connection goes to 10.180.0.3 (before: 10.180.0.1; after: 10.180.0.2, via
+/// KUBE-SVL-) and the node's own is not masqueraded (before and after, it is).
+#[test]
+#[ignore = "issue 15: chains rewritten in place (see the module docs)"]
+fn a_policy_turned_local_mixes_old_dispatch_and_new_chains() {
+    let broken = per_packet(vec![
+        changes(vec![
+            Change::Features(0, 1),
+            Change::Upsert(0, vec![endpoint(1, false)]),
+        ]),
+        changes(vec![
+            Change::Features(0, 1 | 32),
+            Change::Upsert(0, vec![endpoint(2, true), endpoint(3, false)]),
+        ]),
+    ]);
+    assert!(broken.is_empty(), "{}", broken.join("\n\n"));
+}
+
+/// Gap: chains rewritten in place. svc0 becomes a node port as the node port
+/// addresses narrow to the primary address: once the new KUBE-NODEPORTS is in
+/// and the old KUBE-SERVICES still sends every local address to it, the node's
+/// connection to 127.0.0.1:30000 is DNATed; before (no node port) and after
+/// (not on 127.0.0.1) it is left alone.
+#[test]
+#[ignore = "issue 15: chains rewritten in place (see the module docs)"]
+fn narrowed_node_port_addresses_capture_what_neither_state_captures() {
+    let broken = per_packet(vec![
+        changes(vec![Change::Upsert(0, vec![endpoint(1, false)])]),
+        Round {
+            how: How::Config(6),
+            ..changes(vec![Change::Features(0, 1)])
+        },
+    ]);
+    assert!(broken.is_empty(), "{}", broken.join("\n\n"));
+}
