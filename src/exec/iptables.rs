@@ -642,14 +642,35 @@ impl Executor for IptablesRestore {
                 let error = Self::failed(&binary, args, status, stderr, Some(&text));
                 // Exit 1 (a rule not there) or 2 (a chain or jump target not
                 // there) at a line of the check: a rule is missing. nft reports a
-                // missing jump target at the section's COMMIT, so the rule taken is
-                // the last `-C` line at or before the line named.
+                // missing jump target at the section's COMMIT, naming the chain
+                // (`Chain 'X' does not exist`): the first rule jumping to it (or in
+                // it) is the one taken, else the section's last.
                 let missing = error.failed_line().and_then(|n| {
-                    line_of
+                    if let Some(index) = line_of.get(&n) {
+                        return Some(*index);
+                    }
+                    let (_, last) = line_of
                         .range(..=n)
                         .next_back()
-                        .filter(|(line, _)| n - **line <= 1)
-                        .map(|(_, index)| *index)
+                        .filter(|(line, _)| n - **line <= 1)?;
+                    let named = match &error {
+                        ExecError::Failed { stderr, .. } => stderr
+                            .split_once("Chain '")
+                            .and_then(|(_, rest)| rest.split_once('\''))
+                            .map(|(chain, _)| chain),
+                        _ => None,
+                    };
+                    let section = rules[*last].table;
+                    named
+                        .and_then(|chain| {
+                            let in_section =
+                                || rules.iter().enumerate().filter(|(_, r)| r.table == section);
+                            in_section()
+                                .find(|(_, r)| r.rule.target_name() == Some(chain))
+                                .or_else(|| in_section().find(|(_, r)| r.chain.as_str() == chain))
+                                .map(|(i, _)| i)
+                        })
+                        .or(Some(*last))
                 });
                 match (status, missing) {
                     (Some(1 | 2), Some(index)) => Ok(Some(index)),

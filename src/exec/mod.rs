@@ -113,18 +113,35 @@ impl ExecError {
     /// assert_eq!(e.failed_line(), Some(3));
     /// ```
     pub fn failed_line(&self) -> Option<usize> {
+        self.failed_lines().first().copied()
+    }
+
+    /// Every line of the payload the error names, in the order named: nft names
+    /// each `-X` that failed in one transaction.
+    ///
+    /// ```
+    /// use svcnat::exec::ExecError;
+    /// let e = ExecError::Refused(
+    ///     "line 4: CHAIN_DEL failed (Device or resource busy): chain A\n\
+    ///      line 5: CHAIN_DEL failed (Device or resource busy): chain B".into(),
+    /// );
+    /// assert_eq!(e.failed_lines(), [4, 5]);
+    /// ```
+    pub fn failed_lines(&self) -> Vec<usize> {
         let text = match self {
             ExecError::Failed { stderr, .. } => stderr.as_str(),
             ExecError::Refused(message) => message.as_str(),
-            _ => return None,
+            _ => return Vec::new(),
         };
-        text.match_indices("line").find_map(|(at, word)| {
-            let rest = text[at + word.len()..].trim_start_matches([':', ' ']);
-            let end = rest
-                .find(|c: char| !c.is_ascii_digit())
-                .unwrap_or(rest.len());
-            rest[..end].parse().ok()
-        })
+        text.match_indices("line")
+            .filter_map(|(at, word)| {
+                let rest = text[at + word.len()..].trim_start_matches([':', ' ']);
+                let end = rest
+                    .find(|c: char| !c.is_ascii_digit())
+                    .unwrap_or(rest.len());
+                rest[..end].parse().ok()
+            })
+            .collect()
     }
 }
 

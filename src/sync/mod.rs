@@ -28,9 +28,11 @@
 //!   after the last check looks for the canaries and the jump rules, and syncs in
 //!   full if a firewall reload, a restored table or an admin's flush took them
 //!   ([`FullReason::Drift`], [`SyncReport::drifted`]).
-//! - **Stale chains something else jumps to** are flushed and kept, never allowed
-//!   to fail a sync ([`SyncReport::kept_chains`]), and deleted by a later sync once
-//!   nothing jumps to them.
+//! - **Stale chains something else jumps to** are flushed and kept rather than
+//!   failing the sync ([`SyncReport::kept_chains`]; a full sync sees the reference
+//!   in the table it reads, a partial one sends its restore again without the
+//!   `-X` the executor names as failed), and deleted by a later sync once nothing
+//!   jumps to them.
 //! - **Two processes** syncing one network namespace take turns: each sync holds
 //!   the executor's lock ([`Executor::lock`](crate::exec::Executor::lock)).
 //!
@@ -66,6 +68,6 @@ pub use crate::compile::{CANARY_CHAIN, canaries};
 pub use crate::flows::{FlowDestination, StaleFlow};
 pub use plan::{Payload, plan};
 pub use syncer::{
-    DEFAULT_DRIFT_CHECK, DELETE_RETRY, FullReason, KeptChain, RETRY_AFTER, SyncError, SyncReport,
-    Syncer, drift_rules,
+    DEFAULT_DRIFT_CHECK, DELETE_RETRY, FullReason, KeptChain, MAX_DELETE_RETRY, RETRY_AFTER,
+    SyncError, SyncReport, Syncer, drift_rules,
 };

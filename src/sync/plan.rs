@@ -114,30 +114,32 @@ impl PayloadBuilder {
     }
 }
 
-/// `step` (a restore payload) without its line `line` (1-based), when that line
-/// is a chain's deletion (`-X CHAIN`): the table and chain it deleted, and the
-/// rest of the text. The chain's declaration, which flushes it, stays.
-pub(super) fn without_delete_at(step: &str, line: usize) -> Option<(Table, ChainName, String)> {
-    let index = line.checked_sub(1)?;
+/// `step` (a restore payload) without those of its lines `lines` (1-based) names
+/// that delete a chain (`-X CHAIN`): the tables and chains they deleted, and the
+/// rest of the text; `None` if no line named is a deletion. The chains'
+/// declarations, which flush them, stay.
+pub(super) fn without_deletes_at(
+    step: &str,
+    lines: &[usize],
+) -> Option<(Vec<(Table, ChainName)>, String)> {
     let mut table = None;
-    let mut found = None;
-    for (i, text) in step.lines().enumerate().take(index + 1) {
-        if let Some(name) = text.strip_prefix('*') {
-            table = name.parse::<Table>().ok();
-        }
-        if i == index {
-            let chain = text.strip_prefix("-X ")?;
-            found = Some((table?, ChainName::new(chain).ok()?));
-        }
-    }
-    let (table, chain) = found?;
+    let mut removed = Vec::new();
     let mut rest = String::with_capacity(step.len());
     for (i, text) in step.split_inclusive('\n').enumerate() {
-        if i != index {
-            rest.push_str(text);
+        if let Some(name) = text.strip_prefix('*') {
+            table = name.trim_end().parse::<Table>().ok();
+        }
+        let deletion = lines
+            .contains(&(i + 1))
+            .then(|| text.trim_end().strip_prefix("-X "))
+            .flatten()
+            .and_then(|chain| Some((table?, ChainName::new(chain).ok()?)));
+        match deletion {
+            Some(deleted) => removed.push(deleted),
+            None => rest.push_str(text),
         }
     }
-    Some((table, chain, rest))
+    (!removed.is_empty()).then_some((removed, rest))
 }
 
 /// `payload` (a full sync's) without the nat chains the kernel already holds as
@@ -145,17 +147,42 @@ pub(super) fn without_delete_at(step: &str, line: usize) -> Option<(Table, Chain
 /// nat`), and a chain is left out when it is there with the same rules, in the
 /// same order, after [`canonicalize`](crate::parse::canonicalize) on both sides.
 /// Chains the payload deletes, and the filter table, stay as they are. `None`
-/// when either side does not parse (then every chain is written).
+/// when there is nothing to leave out, or either side does not parse (then every
+/// chain is written).
 ///
 /// For an executor that restores in pieces: on nft each restore that adds a jump
 /// makes the kernel check every chain reachable from the built-in ones, so
 /// rewriting 110,000 unchanged chains in 110 pieces costs most of a minute, while
 /// this comparison costs about as much as one parse of the table.
 pub(super) fn without_unchanged(payload: &Payload, saved: &str) -> Option<Payload> {
-    use crate::parse::{canonicalize, parse_as};
+    use crate::parse::{canonical_rule, declared_chains, parse_as};
     let family = payload.family;
-    let ours = canonicalize(&parse_as(&payload.text, family).ok()?);
-    let kernel = canonicalize(&parse_as(saved, family).ok()?);
+    // The kernel holds none of the payload's nat chains (a first sync, a table
+    // replaced): nothing can be left out, and neither side is parsed.
+    let there: HashSet<ChainName> = declared_chains(saved)
+        .filter(|(t, _)| *t == Table::Nat)
+        .map(|(_, c)| c)
+        .collect();
+    if !payload
+        .written
+        .iter()
+        .any(|(t, c)| *t == Table::Nat && there.contains(c))
+    {
+        return None;
+    }
+    // `canonicalize`, in place.
+    let canonical = |mut ruleset: crate::ruleset::Ruleset| {
+        for table in &mut ruleset.tables {
+            for chain in table.chains.values_mut() {
+                for rule in &mut chain.rules {
+                    *rule = canonical_rule(rule, family);
+                }
+            }
+        }
+        ruleset
+    };
+    let ours = canonical(parse_as(&payload.text, family).ok()?);
+    let kernel = canonical(parse_as(saved, family).ok()?);
     let (ours, kernel) = (ours.table(Table::Nat)?, kernel.table(Table::Nat));
     let deleted: HashSet<&ChainName> = payload
         .deleted
@@ -175,7 +202,7 @@ pub(super) fn without_unchanged(payload: &Payload, saved: &str) -> Option<Payloa
         .map(|c| c.name.as_str())
         .collect();
     if unchanged.is_empty() {
-        return Some(payload.clone());
+        return None;
     }
     // The chain a nat line declares or appends to, if any.
     fn chain_of(line: &str) -> Option<&str> {

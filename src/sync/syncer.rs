@@ -22,21 +22,26 @@ use crate::model::{
 use crate::ruleset::restore;
 use crate::ruleset::{ChainName, JumpRule, NfacctCounter, Ruleset, Table};
 
-use super::plan::{Payload, PayloadBuilder, diff_chains, without_delete_at, without_unchanged};
+use super::plan::{Payload, PayloadBuilder, diff_chains, without_deletes_at, without_unchanged};
 use crate::flows::{FlowDestination, StaleFlow};
 
 /// The drift check's default period. The check costs one `iptables-restore` of
 /// `-C` lines, which on legacy reads each table whole: 0.63 s at 10,000 services
 /// on legacy and 0.10 s on nft (iptables 1.8.9, `kernel_cost`'s `drift_check_ns`,
 /// PERFORMANCE.md), so a check every 30 seconds costs a legacy node about 2% of
-/// one core at that size, and finds a flushed table within 30 seconds, as
-/// kube-proxy, which checks its canary once per sync period (30 seconds by
-/// default), does.
+/// one core at that size. kube-proxy checks its canary once per sync period, 30
+/// seconds by default. The `Syncer` has no timer: the check is made by the first
+/// `sync()` after the period, so a daemon that wants drift found within it calls
+/// `sync()` at least that often, changes or not (as kube-proxy's sync loop does).
 pub const DEFAULT_DRIFT_CHECK: Duration = Duration::from_secs(30);
 
-/// How long a partial sync waits before it tries again to delete a stale chain
-/// whose `-X` failed (each failed try costs one more restore).
+/// How long a partial sync waits before it first tries again to delete a stale
+/// chain whose `-X` failed, in a restore of its own; the wait doubles with each
+/// try that fails, up to [`MAX_DELETE_RETRY`].
 pub const DELETE_RETRY: Duration = Duration::from_secs(60);
+
+/// The longest wait between two tries to delete a chain that stays referenced.
+pub const MAX_DELETE_RETRY: Duration = Duration::from_secs(3600);
 
 /// What the drift check looks for ([`Syncer::with_drift_check`]): the
 /// [`canaries`], then the jump rules from the built-in chains.
@@ -121,6 +126,9 @@ pub struct SyncReport {
     pub drifted: Option<JumpRule>,
     /// Stale chains flushed but not deleted (see [`KeptChain`]).
     pub kept_chains: Vec<KeptChain>,
+    /// A drift check that was due but could not be made (the executor failed):
+    /// the sync went on without it, and the next one checks again.
+    pub drift_check_error: Option<String>,
     /// The payload applied (empty if nothing changed; then nothing was applied).
     pub payload: Payload,
     /// The payload's size in bytes.
@@ -294,6 +302,7 @@ pub struct Syncer<E: Executor> {
     /// tries every stale chain anyway).
     undeleted: BTreeSet<ChainName>,
     last_delete_try: Option<Instant>,
+    delete_backoff: Duration,
     /// Stale flows of syncs that failed, reported with the next successful one.
     pending_flows: Vec<StaleFlow>,
     /// The compiler, with its buffers reused to render each recompiled service.
@@ -320,6 +329,7 @@ impl<E: Executor> Syncer<E> {
             last_drift_check: None,
             undeleted: BTreeSet::new(),
             last_delete_try: None,
+            delete_backoff: DELETE_RETRY,
             pending_flows: Vec::new(),
             compiler: Incremental::new(),
         })
@@ -340,11 +350,18 @@ impl<E: Executor> Syncer<E> {
     /// The check looks for the canaries (a `KUBE-PROXY-CANARY` chain with one
     /// rule, in nat and in filter, written by every full sync) and the jump rules
     /// from the built-in chains ([`drift_rules`]), with
-    /// [`Executor::first_missing_rule`]. A table replaced by a firewall reload or
-    /// a saved file loses its canary; a flush (`iptables -t nat -F`) keeps the
-    /// chain but empties it; a deleted jump rule is missed itself. Any of them
-    /// makes that sync a full one ([`FullReason::Drift`]) even if nothing in the
-    /// cluster changed.
+    /// [`Executor::first_missing_rule`]. A table replaced by a firewall reload, or
+    /// by a file saved before svcnat wrote it, loses its canary; a flush
+    /// (`iptables -t nat -F`) keeps the chain but empties it; a deleted jump rule
+    /// is missed itself. Any of them makes that sync a full one
+    /// ([`FullReason::Drift`]) even if nothing in the cluster changed. (A file
+    /// saved after a sync holds the canary and the jump rules: restoring it is
+    /// not seen, and needs no repair unless the cluster changed since.) A check
+    /// the executor cannot make does not fail the sync: it is reported in
+    /// [`SyncReport::drift_check_error`] and made again in the next sync; an
+    /// executor that does not support it ([`ExecError::Unsupported`]) is not
+    /// asked again. The check runs only inside `sync()`: see
+    /// [`DEFAULT_DRIFT_CHECK`].
     pub fn with_drift_check(mut self, period: Option<Duration>) -> Self {
         self.drift_check = period;
         self
@@ -501,6 +518,18 @@ impl<E: Executor> Syncer<E> {
     /// full one and brings the kernel in step: call `sync()` again after
     /// [`SyncError::retry_after`], whether or not the cluster changed.
     pub fn sync_at(&mut self, now: Instant) -> Result<SyncReport, SyncError> {
+        let started = Instant::now();
+        let report = self.sync_inner(now)?;
+        if report.full {
+            self.last_full = Some(now);
+            // The drift check's period counts from the end of the full sync, which
+            // wrote the canaries: at 30k services one can take longer than that.
+            self.last_drift_check = Some(now + started.elapsed());
+        }
+        Ok(report)
+    }
+
+    fn sync_inner(&mut self, now: Instant) -> Result<SyncReport, SyncError> {
         // Another process may have synced the tables while this one could not.
         let _lock = self
             .executor
@@ -519,36 +548,100 @@ impl<E: Executor> Syncer<E> {
         if let Some(reason) = self.pending_full {
             return self.full_sync(now, reason, None);
         }
-        if let Some(missing) = self.check_drift(now)? {
-            return self.full_sync(now, FullReason::Drift, Some(missing));
-        }
-        match self.partial_sync(now)? {
-            Some(report) => Ok(report),
+        let drift_check_error = match self.check_drift(now)? {
+            DriftCheck::Drifted(missing) => {
+                return self.full_sync(now, FullReason::Drift, Some(*missing));
+            }
+            DriftCheck::Failed(error) => Some(error),
+            DriftCheck::NotDue | DriftCheck::InPlace => None,
+        };
+        let mut report = match self.partial_sync(now)? {
+            Some(report) => report,
             // The cluster crossed the large-cluster threshold: every comment changes.
-            None => self.full_sync(now, FullReason::ClusterSize, None),
-        }
+            None => self.full_sync(now, FullReason::ClusterSize, None)?,
+        };
+        report.drift_check_error = drift_check_error;
+        Ok(report)
     }
 
     /// The drift check, when due: the first canary or jump rule found missing.
-    fn check_drift(&mut self, now: Instant) -> Result<Option<JumpRule>, SyncError> {
+    /// A check that cannot be made does not fail the sync: an executor that does
+    /// not support it (an embedder's write-only transport) is not asked again,
+    /// and any other failure (a lock held elsewhere, say) is returned to be
+    /// reported with this sync, and the check is tried again in the next one.
+    fn check_drift(&mut self, now: Instant) -> Result<DriftCheck, SyncError> {
         let due = match (self.drift_check, self.last_drift_check) {
             (None, _) => false,
             (Some(_), None) => true,
             (Some(period), Some(last)) => now.saturating_duration_since(last) >= period,
         };
         if !due {
-            return Ok(None);
+            return Ok(DriftCheck::NotDue);
         }
         let rules = drift_rules(&self.config)?;
         match self.executor.first_missing_rule(self.family(), &rules) {
             Ok(missing) => {
                 self.last_drift_check = Some(now);
-                Ok(missing.and_then(|i| rules.into_iter().nth(i)))
+                Ok(match missing.and_then(|i| rules.into_iter().nth(i)) {
+                    Some(rule) => DriftCheck::Drifted(Box::new(rule)),
+                    None => DriftCheck::InPlace,
+                })
             }
-            Err(e) => {
-                // Whether the tables drifted is not known: the next sync is full.
-                self.require_full(FullReason::AfterFailure);
-                Err(e.into())
+            Err(ExecError::Unsupported(_)) => {
+                self.drift_check = None;
+                Ok(DriftCheck::NotDue)
+            }
+            Err(e) => Ok(DriftCheck::Failed(e.to_string().replace('\n', " "))),
+        }
+    }
+
+    /// Tries again to delete the stale chains whose `-X` failed before, in a
+    /// restore of their own, once the back-off since the last try has passed (it
+    /// doubles with every try that fails, from [`DELETE_RETRY`] up to an hour, so
+    /// a chain that stays referenced costs a restore less and less often). The
+    /// chains still kept; a failure of the restore itself only waits for the
+    /// next try.
+    fn retry_deletes(&mut self, now: Instant) -> Vec<KeptChain> {
+        let due = !self.undeleted.is_empty()
+            && self
+                .last_delete_try
+                .is_none_or(|last| now.saturating_duration_since(last) >= self.delete_backoff);
+        if !due {
+            return Vec::new();
+        }
+        self.last_delete_try = Some(now);
+        // Only the `-X` lines: the chains were flushed when they were kept.
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = restore::open_table(&mut text, Table::Nat);
+        for chain in &self.undeleted {
+            let _ = restore::delete(&mut text, chain.as_str());
+        }
+        let _ = restore::commit(&mut text);
+        let payload = Payload {
+            family: self.family(),
+            full: false,
+            written: Vec::new(),
+            deleted: self
+                .undeleted
+                .iter()
+                .map(|c| (Table::Nat, c.clone()))
+                .collect(),
+            text,
+        };
+        match apply(&mut self.executor, &payload) {
+            Ok(kept) => {
+                self.undeleted = kept.iter().map(|k| k.chain.clone()).collect();
+                self.delete_backoff = if kept.is_empty() {
+                    DELETE_RETRY
+                } else {
+                    (self.delete_backoff * 2).min(MAX_DELETE_RETRY)
+                };
+                kept
+            }
+            Err(_) => {
+                self.delete_backoff = (self.delete_backoff * 2).min(MAX_DELETE_RETRY);
+                Vec::new()
             }
         }
     }
@@ -691,8 +784,8 @@ impl<E: Executor> Syncer<E> {
             }
         };
         self.pending_full = None;
-        self.last_full = Some(now);
-        self.last_drift_check = Some(now);
+        let kept_names: HashSet<&ChainName> = kept.iter().map(|k| &k.chain).collect();
+        payload.deleted.retain(|(_, c)| !kept_names.contains(c));
         let mut kept_chains = stale.kept;
         kept_chains.extend(kept);
         self.undeleted = kept_chains.iter().map(|k| k.chain.clone()).collect();
@@ -702,6 +795,7 @@ impl<E: Executor> Syncer<E> {
             full_reason: Some(reason),
             drifted,
             kept_chains,
+            drift_check_error: None,
             bytes: payload.text().len(),
             payload,
             stale_flows: self.take_flows(round.stale_flows),
@@ -818,22 +912,10 @@ impl<E: Executor> Syncer<E> {
                 }
             }
         }
-        // Chains a delete failed for before: written again if a service wants
-        // them back, else tried again once in a while.
+        // Chains a delete failed for before, that a service wants back: written
+        // again, no longer stale.
         let written_names: HashSet<&ChainName> = written.iter().map(|(n, _)| *n).collect();
         self.undeleted.retain(|c| !written_names.contains(c));
-        let retry = !self.undeleted.is_empty()
-            && self
-                .last_delete_try
-                .is_none_or(|last| now.saturating_duration_since(last) >= DELETE_RETRY);
-        if retry {
-            self.last_delete_try = Some(now);
-            for chain in &self.undeleted {
-                if !deleted.contains(chain) {
-                    deleted.push(chain.clone());
-                }
-            }
-        }
         // A shared chain whose part of some service changed is written whole.
         let shared: Vec<(Table, ChainName, String)> = dirty_shared
             .into_iter()
@@ -877,21 +959,21 @@ impl<E: Executor> Syncer<E> {
                 }
             }
         };
-        let kept_names: HashSet<&ChainName> = kept.iter().map(|k| &k.chain).collect();
-        for (_, chain) in &payload.deleted {
-            if !kept_names.contains(chain) {
-                self.undeleted.remove(chain);
-            }
-        }
+        let mut payload = payload;
+        let mut kept = kept;
         if !kept.is_empty() {
+            let kept_names: HashSet<&ChainName> = kept.iter().map(|k| &k.chain).collect();
+            payload.deleted.retain(|(_, c)| !kept_names.contains(c));
             self.undeleted.extend(kept.iter().map(|k| k.chain.clone()));
             self.last_delete_try = Some(now);
         }
+        kept.extend(self.retry_deletes(now));
         Ok(Some(SyncReport {
             full: false,
             full_reason: None,
             drifted: None,
             kept_chains: kept,
+            drift_check_error: None,
             bytes: payload.text().len(),
             payload,
             stale_flows: self.take_flows(stale_flows),
@@ -920,21 +1002,39 @@ fn apply<E: Executor>(exec: &mut E, payload: &Payload) -> Result<Vec<KeptChain>,
     let mut kept = Vec::new();
     for mut step in steps {
         while let Err(e) = exec.restore(family, &step, RestoreOptions::default()) {
-            let Some((table, chain, rest)) = e
-                .failed_line()
-                .and_then(|line| without_delete_at(&step, line))
-            else {
+            // Each pass takes out at least one line: it ends.
+            let Some((removed, rest)) = without_deletes_at(&step, &e.failed_lines()) else {
                 return Err(e);
             };
-            kept.push(KeptChain {
+            let reason = e.to_string().replace('\n', " ");
+            kept.extend(removed.into_iter().map(|(table, chain)| KeptChain {
                 table,
                 chain,
-                reason: e.to_string().replace('\n', " "),
-            });
+                reason: reason.clone(),
+            }));
+            // Nothing left to send but the frame: done.
+            if rest
+                .lines()
+                .all(|l| l.starts_with('*') || l == "COMMIT" || l.is_empty())
+            {
+                break;
+            }
             step = Cow::Owned(rest);
         }
     }
     Ok(kept)
+}
+
+/// What a drift check found.
+enum DriftCheck {
+    /// Not due (or not supported).
+    NotDue,
+    /// Every canary and jump rule in place.
+    InPlace,
+    /// This one gone (boxed: a rule is large next to the other variants).
+    Drifted(Box<JumpRule>),
+    /// The check could not be made; why.
+    Failed(String),
 }
 
 /// What one sync's compile gives its report: the flows it makes stale, the
@@ -1023,14 +1123,22 @@ fn stale_chains(applied: &Applied, saved: Option<&str>) -> Stale {
     out
 }
 
-/// Every `(chain, target)` of the `-A CHAIN … -j|-g TARGET` lines of a dump,
-/// read as text: a target spelt inside a comment counts too, which can only keep
-/// a chain that could have gone.
+/// Every `(chain, target)` of the `-A CHAIN … -j|-g TARGET` lines of a dump, read
+/// as `iptables-restore` splits words: a `-j` inside a quoted comment is part of
+/// the comment, not the rule's target.
 fn jumps_in_dump(saved: &str) -> impl Iterator<Item = (&str, &str)> {
     saved.lines().filter_map(|line| {
         let rest = line.strip_prefix("-A ")?;
         let (chain, rule) = rest.split_once(' ')?;
-        let mut words = rule.split(' ');
+        let mut quoted = false;
+        let mut words = rule
+            .split(|c: char| {
+                if c == '"' {
+                    quoted = !quoted;
+                }
+                c == ' ' && !quoted
+            })
+            .filter(|w| !w.is_empty());
         while let Some(word) = words.next() {
             if word == "-j" || word == "-g" {
                 return words.next().map(|target| (chain, target));

@@ -695,3 +695,88 @@ fn a_failure_between_pieces_is_repaired_legacy() {
         a_failure_between_pieces_is_repaired(Backend::Legacy, "kpiece-leg");
     }
 }
+
+// Found by a review of this changes.
+
+fn review_cluster() -> svcnat::model::ClusterState {
+    use crate::fixtures::{ready, service, slice, state};
+    let svc = |i: u8| {
+        service(
+            "ns1",
+            &format!("svc{i}"),
+            &format!("172.30.0.{i}"),
+            &[("p80", 80)],
+        )
+    };
+    state(
+        vec![svc(1), svc(2)],
+        vec![slice(
+            "ns1",
+            "svc1",
+            &[("p80", 80)],
+            vec![ready("10.180.0.1")],
+        )],
+    )
+}
+
+/// nft reports a `-C` whose jump target is missing at the section's COMMIT,
+/// naming the chain: `SyncReport::drifted` names a rule that is really gone (it
+/// used to name the section's last rule, which was in place).
+fn drifted_names_the_rule_that_is_missing(backend: svcnat::exec::Backend, tag: &str) {
+    use crate::kernel::{Netns, kernel_available};
+    use svcnat::exec::IptablesRestore;
+    if !kernel_available(tag) {
+        return;
+    }
+    let ns = Netns::new(tag);
+    let exec = IptablesRestore::new(backend)
+        .with_command_prefix(["ip", "netns", "exec", ns.name.as_str()])
+        .with_lock_dir(None);
+    let mut syncer = svcnat::sync::Syncer::new(exec, crate::fixtures::config())
+        .unwrap()
+        .with_drift_check(Some(std::time::Duration::ZERO));
+    syncer.replace_state(review_cluster());
+    syncer.sync().unwrap();
+    let ipt = format!("iptables-{backend}");
+    let portals = [
+        "-m",
+        "comment",
+        "--comment",
+        "kubernetes service portals",
+        "-j",
+        "KUBE-SERVICES",
+    ];
+    for chain in ["PREROUTING", "OUTPUT"] {
+        let mut args = vec![ipt.as_str(), "-w", "5", "-t", "nat", "-D", chain];
+        args.extend(portals);
+        let (ok, out) = ns.run(&args, "");
+        assert!(ok, "{out}");
+    }
+    for op in ["-F", "-X"] {
+        let (ok, out) = ns.run(
+            &[ipt.as_str(), "-w", "5", "-t", "nat", op, "KUBE-SERVICES"],
+            "",
+        );
+        assert!(ok, "{out}");
+    }
+    let report = syncer.sync().unwrap();
+    let drifted = report.drifted.expect("drift found");
+    // OUTPUT's and PREROUTING's jumps are the ones gone (OUTPUT's is checked first).
+    assert_eq!(
+        (drifted.chain.as_str(), drifted.rule.to_string()),
+        (
+            "OUTPUT",
+            "-m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES".to_owned()
+        ),
+    );
+}
+
+#[test]
+fn drifted_names_the_rule_that_is_missing_nft() {
+    drifted_names_the_rule_that_is_missing(svcnat::exec::Backend::Nft, "rv-drift-nft");
+}
+
+#[test]
+fn drifted_names_the_rule_that_is_missing_legacy() {
+    drifted_names_the_rule_that_is_missing(svcnat::exec::Backend::Legacy, "rv-drift-leg");
+}

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use svcnat::exec::{ExecError, Executor, Recorder, RestoreOptions};
+use svcnat::exec::{Call, ExecError, Executor, Recorder, RestoreOptions};
 use svcnat::model::*;
 use svcnat::ruleset::{JumpRule, Table};
 use svcnat::sync::{FullReason, SyncError, Syncer};
@@ -53,7 +53,7 @@ fn full_sync_tables(
     tables(s.executor())
 }
 
-fn tamper(syncer: &mut Syncer<Recorder>, payload: &str) {
+fn tamper<E: Executor>(syncer: &mut Syncer<E>, payload: &str) {
     syncer
         .executor_mut()
         .restore(IpFamily::Ipv4, payload, RestoreOptions::default())
@@ -151,7 +151,8 @@ fn the_drift_check_runs_when_due() {
     tamper(&mut syncer, "*nat\n-F\nCOMMIT\n");
     let early = syncer.sync_at(start + Duration::from_secs(29)).unwrap();
     assert!(!early.full, "checked before the period passed");
-    let due = syncer.sync_at(start + Duration::from_secs(30)).unwrap();
+    // The period counts from the end of the full sync (a few milliseconds in).
+    let due = syncer.sync_at(start + Duration::from_secs(31)).unwrap();
     assert_eq!(due.full_reason, Some(FullReason::Drift));
     // Nothing drifted: the check runs, finds nothing, and waits a period again.
     // (The Recorder's check reads each table with `save`.)
@@ -163,11 +164,11 @@ fn the_drift_check_runs_when_due() {
             .count()
     };
     let before = saves(&syncer);
-    let quiet = syncer.sync_at(start + Duration::from_secs(61)).unwrap();
+    let quiet = syncer.sync_at(start + Duration::from_secs(62)).unwrap();
     assert!(!quiet.full);
     assert!(saves(&syncer) > before, "no check was made");
     let before = saves(&syncer);
-    syncer.sync_at(start + Duration::from_secs(62)).unwrap();
+    syncer.sync_at(start + Duration::from_secs(63)).unwrap();
     assert_eq!(saves(&syncer), before, "checked again too soon");
 }
 
@@ -478,4 +479,278 @@ fn sep_of_svc3_in(rec: &Recorder) -> String {
         })
         .map(|((_, name), _)| name)
         .expect("svc3 has an endpoint chain")
+}
+
+// Found by a review of this issue's changes.
+
+fn restores(rec: &Recorder) -> usize {
+    rec.calls()
+        .iter()
+        .filter(|c| matches!(c, Call::Restore { .. }))
+        .count()
+}
+
+const STALE: &str = "KUBE-SEP-AAAAAAAAAAAAAAAA";
+
+/// A `-j` inside a quoted comment is part of the comment: the foreign rule's real
+/// target is read from the dump, and its stale chain kept from the plan on, in
+/// one restore (it used to be planned for deletion, fail, and cost the whole
+/// payload a second time).
+#[test]
+fn a_dash_j_inside_a_comment_hides_the_real_target() {
+    let mut syncer = Syncer::new(Recorder::new(), config())
+        .unwrap()
+        .with_drift_check(None);
+    syncer.replace_state(cluster());
+    syncer.sync().unwrap();
+    tamper(
+        &mut syncer,
+        &format!(
+            "*nat\n:{STALE} - [0:0]\n:FOREIGN - [0:0]\n\
+             -A FOREIGN -m comment --comment \"see -j docs\" -j {STALE}\nCOMMIT\n"
+        ),
+    );
+    let before = restores(syncer.executor());
+    syncer.request_full_sync();
+    let full = syncer.sync().unwrap();
+    assert_eq!(full.kept_chains.len(), 1, "{:?}", full.kept_chains);
+    // What a correct reading of the dump gives: kept from the plan, one restore.
+    assert!(
+        full.kept_chains[0].reason.contains("in FOREIGN"),
+        "kept only after a failed restore: {}",
+        full.kept_chains[0].reason
+    );
+    assert_eq!(restores(syncer.executor()) - before, 1);
+}
+
+/// A chain kept because a foreign rule jumps to it is tried again in a restore of
+/// its own, never in the sync's own restore, and less and less often: after
+/// DELETE_RETRY, then twice as long after each try that fails.
+#[test]
+fn a_kept_chain_costs_a_failed_restore_every_minute_forever() {
+    let start = Instant::now();
+    let mut syncer = Syncer::new(Recorder::new(), config())
+        .unwrap()
+        .with_drift_check(None);
+    syncer.replace_state(cluster());
+    syncer.sync_at(start).unwrap();
+    tamper(
+        &mut syncer,
+        &format!("*nat\n:{STALE} - [0:0]\n:FOREIGN - [0:0]\n-A FOREIGN -j {STALE}\nCOMMIT\n"),
+    );
+    syncer.request_full_sync();
+    let full = syncer.sync_at(start).unwrap();
+    assert_eq!(full.kept_chains.len(), 1);
+    let mut per_sync = Vec::new();
+    for k in 1..=5u64 {
+        let before = restores(syncer.executor());
+        // A real change every time (an endpoint of svc1 moves).
+        syncer.upsert_slice(eps(1, &["10.180.0.1", &format!("10.180.1.{k}")]));
+        syncer.sync_at(start + Duration::from_secs(61 * k)).unwrap();
+        per_sync.push(restores(syncer.executor()) - before);
+    }
+    // Tries at 61 s (then wait 120 s) and 183 s (then wait 240 s).
+    assert_eq!(per_sync, [2, 1, 2, 1, 1]);
+}
+
+/// A Recorder that takes `delay` per restore: a full sync that takes longer than
+/// the drift-check period.
+struct Slow {
+    inner: Recorder,
+    delay: Duration,
+    checks: usize,
+}
+
+impl Executor for Slow {
+    fn restore(&mut self, f: IpFamily, p: &str, o: RestoreOptions) -> Result<(), ExecError> {
+        std::thread::sleep(self.delay);
+        self.inner.restore(f, p, o)
+    }
+    fn save(&mut self, f: IpFamily, t: Table) -> Result<String, ExecError> {
+        self.inner.save(f, t)
+    }
+    fn ensure_jump(&mut self, f: IpFamily, j: &JumpRule) -> Result<(), ExecError> {
+        self.inner.ensure_jump(f, j)
+    }
+    fn first_missing_rule(
+        &mut self,
+        f: IpFamily,
+        r: &[JumpRule],
+    ) -> Result<Option<usize>, ExecError> {
+        self.checks += 1;
+        self.inner.first_missing_rule(f, r)
+    }
+}
+
+/// The drift check's period counts from the end of a full sync: one longer than
+/// the period (30k services: 65 s nft, 74 s legacy, against 30 s) is not followed
+/// at once by a check of the canaries it has just written (2.0 s on legacy).
+#[test]
+fn a_long_full_sync_is_followed_at_once_by_a_drift_check() {
+    let mut syncer = Syncer::new(
+        Slow {
+            inner: Recorder::new(),
+            delay: Duration::from_millis(300),
+            checks: 0,
+        },
+        config(),
+    )
+    .unwrap()
+    .with_drift_check(Some(Duration::from_millis(200)));
+    syncer.replace_state(cluster());
+    assert!(syncer.sync().unwrap().full);
+    let report = syncer.sync().unwrap();
+    assert!(!report.full);
+    assert_eq!(
+        syncer.executor().checks,
+        0,
+        "checked right after the full sync"
+    );
+}
+
+/// An executor that cannot read tables back (a write-only transport) syncs as it
+/// always did: the drift check, on by default, needs `save` through the default
+/// `first_missing_rule`; unsupported, it is not made, and no sync fails for it.
+struct WriteOnly(Recorder);
+
+impl Executor for WriteOnly {
+    fn restore(&mut self, f: IpFamily, p: &str, o: RestoreOptions) -> Result<(), ExecError> {
+        self.0.restore(f, p, o)
+    }
+    fn save(&mut self, _: IpFamily, _: Table) -> Result<String, ExecError> {
+        Err(ExecError::Unsupported("save"))
+    }
+    fn ensure_jump(&mut self, f: IpFamily, j: &JumpRule) -> Result<(), ExecError> {
+        self.0.ensure_jump(f, j)
+    }
+}
+
+#[test]
+fn an_executor_without_save_syncs_without_a_drift_check() {
+    let start = Instant::now();
+    let mut syncer = Syncer::new(WriteOnly(Recorder::new()), config()).unwrap();
+    syncer.replace_state(cluster());
+    assert!(syncer.sync_at(start).unwrap().full);
+    syncer.upsert_slice(eps(1, &["10.180.0.9"]));
+    let later = syncer.sync_at(start + Duration::from_secs(31));
+    let later = later.unwrap_or_else(|e| panic!("{e}"));
+    assert!(!later.full && later.drift_check_error.is_none(), "{later}");
+}
+
+/// An executor whose drift check fails (a lock held elsewhere, say): the sync
+/// goes on, says why there was no check, and the next sync checks again.
+struct CheckFails(Recorder, usize);
+
+impl Executor for CheckFails {
+    fn restore(&mut self, f: IpFamily, p: &str, o: RestoreOptions) -> Result<(), ExecError> {
+        self.0.restore(f, p, o)
+    }
+    fn save(&mut self, f: IpFamily, t: Table) -> Result<String, ExecError> {
+        self.0.save(f, t)
+    }
+    fn ensure_jump(&mut self, f: IpFamily, j: &JumpRule) -> Result<(), ExecError> {
+        self.0.ensure_jump(f, j)
+    }
+    fn first_missing_rule(
+        &mut self,
+        _: IpFamily,
+        _: &[JumpRule],
+    ) -> Result<Option<usize>, ExecError> {
+        self.1 += 1;
+        Err(ExecError::Refused("the xtables lock is held".into()))
+    }
+}
+
+#[test]
+fn a_drift_check_that_fails_does_not_fail_the_sync() {
+    let mut syncer = Syncer::new(CheckFails(Recorder::new(), 0), config())
+        .unwrap()
+        .with_drift_check(Some(Duration::ZERO));
+    syncer.replace_state(cluster());
+    assert!(syncer.sync().unwrap().full);
+    syncer.upsert_slice(eps(1, &["10.180.0.9"]));
+    let report = syncer.sync().unwrap();
+    assert!(!report.full && !report.payload.is_empty());
+    assert_eq!(
+        report.drift_check_error.as_deref(),
+        Some("the xtables lock is held")
+    );
+    let again = syncer.sync().unwrap();
+    assert!(!again.full);
+    assert_eq!(syncer.executor().1, 2, "the check was not tried again");
+}
+
+struct PiecesOf2(Recorder);
+
+impl Executor for PiecesOf2 {
+    fn restore(&mut self, f: IpFamily, p: &str, o: RestoreOptions) -> Result<(), ExecError> {
+        self.0.restore(f, p, o)
+    }
+    fn save(&mut self, f: IpFamily, t: Table) -> Result<String, ExecError> {
+        self.0.save(f, t)
+    }
+    fn ensure_jump(&mut self, f: IpFamily, j: &JumpRule) -> Result<(), ExecError> {
+        self.0.ensure_jump(f, j)
+    }
+    fn chains_per_restore(&mut self, _: IpFamily) -> Option<usize> {
+        Some(2)
+    }
+}
+
+/// Sanity: tampers of every kind, then a full sync in pieces (with
+/// `without_unchanged`): the tables end as a fresh full sync leaves them.
+#[test]
+fn tampered_tables_are_repaired_by_a_full_sync_in_pieces() {
+    let fresh = {
+        let mut s = Syncer::new(Recorder::new(), config()).unwrap();
+        s.replace_state(cluster());
+        s.sync().unwrap();
+        tables(s.executor())
+    };
+    let svc_of_1 = fresh
+        .iter()
+        .find(|((t, n), r)| *t == Table::Nat && n.starts_with("KUBE-SVC-") && r.len() == 2)
+        .map(|((_, n), r)| (n.clone(), r.clone()))
+        .unwrap();
+    let (svc1, rules) = svc_of_1;
+    let reversed: String = rules
+        .iter()
+        .rev()
+        .map(|r| format!("-A {svc1} {r}\n"))
+        .collect();
+    let tampers = [
+        format!("*nat\n:{svc1} - [0:0]\n{reversed}COMMIT\n"),
+        {
+            let svcs = &fresh[&(Table::Nat, "KUBE-SERVICES".to_owned())];
+            let rest: String = svcs[1..].iter().map(|r| format!("-A KUBE-SERVICES {r}\n")).collect();
+            format!("*nat\n:KUBE-SERVICES - [0:0]\n{rest}COMMIT\n")
+        },
+        "*nat\n:KUBE-SVC-BBBBBBBBBBBBBBBB - [0:0]\n-A KUBE-SVC-BBBBBBBBBBBBBBBB -j RETURN\nCOMMIT\n".to_owned(),
+        "*nat\n:KUBE-SEP-CCCCCCCCCCCCCCCC - [0:0]\n:KUBE-SVC-DDDDDDDDDDDDDDDD - [0:0]\n:FOREIGN - [0:0]\n\
+         -A KUBE-SVC-DDDDDDDDDDDDDDDD -j KUBE-SEP-CCCCCCCCCCCCCCCC\n\
+         -A FOREIGN -j KUBE-SVC-DDDDDDDDDDDDDDDD\nCOMMIT\n".to_owned(),
+        "*nat\n-F KUBE-MARK-MASQ\nCOMMIT\n".to_owned(),
+        "*nat\n-A KUBE-POSTROUTING -j RETURN\nCOMMIT\n".to_owned(),
+        "*nat\n-F KUBE-PROXY-CANARY\nCOMMIT\n".to_owned(),
+    ];
+    for tamper_text in tampers {
+        let mut syncer = Syncer::new(PiecesOf2(Recorder::new()), config())
+            .unwrap()
+            .with_drift_check(None);
+        syncer.replace_state(cluster());
+        syncer.sync().unwrap();
+        tamper(&mut syncer, &tamper_text);
+        syncer.request_full_sync();
+        let report = syncer.sync().unwrap();
+        let mut got = tables(&syncer.executor().0);
+        got.retain(|(_, n), _| !n.starts_with("FOREIGN"));
+        if tamper_text.contains("FOREIGN") {
+            assert_eq!(
+                got.remove(&(Table::Nat, "KUBE-SVC-DDDDDDDDDDDDDDDD".into())),
+                Some(vec![])
+            );
+            assert_eq!(report.kept_chains.len(), 1, "{:?}", report.kept_chains);
+        }
+        assert_eq!(got, fresh, "{tamper_text}");
+    }
 }
