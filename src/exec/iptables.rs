@@ -734,12 +734,7 @@ impl Executor for IptablesRestore {
             }
             return Ok(());
         }
-        let mut tables: Vec<Table> = Vec::new();
-        for jump in jumps {
-            if !tables.contains(&jump.table) {
-                tables.push(jump.table);
-            }
-        }
+        let tables = super::tables_of(jumps);
         let mut edits = String::new();
         for table in tables {
             let wanted: Vec<&JumpRule> = jumps.iter().filter(|j| j.table == table).collect();
@@ -838,12 +833,7 @@ impl Executor for IptablesRestore {
 /// The `-C` payload that checks `rules`, a section per table in the order the
 /// tables first appear, and which rule each of its lines checks (1-based).
 fn check_payload(rules: &[JumpRule]) -> (String, std::collections::BTreeMap<usize, usize>) {
-    let mut tables: Vec<Table> = Vec::new();
-    for rule in rules {
-        if !tables.contains(&rule.table) {
-            tables.push(rule.table);
-        }
-    }
+    let tables = super::tables_of(rules);
     let mut text = String::new();
     let mut line_of = std::collections::BTreeMap::new();
     let mut line = 0;

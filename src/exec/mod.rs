@@ -350,13 +350,7 @@ pub(crate) fn first_missing_by_save<E: Executor + ?Sized>(
     family: IpFamily,
     rules: &[JumpRule],
 ) -> Result<Option<usize>, ExecError> {
-    let mut tables: Vec<Table> = Vec::new();
-    for rule in rules {
-        if !tables.contains(&rule.table) {
-            tables.push(rule.table);
-        }
-    }
-    for table in tables {
+    for table in tables_of(rules) {
         let saved = exec.save(family, table)?;
         let ruleset = crate::parse::parse_as(&saved, family).map_err(|e| {
             ExecError::Refused(format!("the {table} table read back does not parse: {e}"))
@@ -372,6 +366,17 @@ pub(crate) fn first_missing_by_save<E: Executor + ?Sized>(
         }
     }
     Ok(None)
+}
+
+/// The tables `rules` are for, each once, in the order they first appear.
+pub(crate) fn tables_of(rules: &[JumpRule]) -> Vec<Table> {
+    let mut tables: Vec<Table> = Vec::new();
+    for rule in rules {
+        if !tables.contains(&rule.table) {
+            tables.push(rule.table);
+        }
+    }
+    tables
 }
 
 /// True when `iptables -C` takes the two rules for the same: equal after

@@ -31,14 +31,20 @@ use crate::ruleset::{
 /// ```
 pub fn canonicalize(ruleset: &Ruleset) -> Ruleset {
     let mut out = ruleset.clone();
-    for table in &mut out.tables {
+    canonicalize_in_place(&mut out);
+    out
+}
+
+/// [`canonicalize`] without the copy, for a ruleset the caller owns.
+pub(crate) fn canonicalize_in_place(ruleset: &mut Ruleset) {
+    let family = ruleset.family;
+    for table in &mut ruleset.tables {
         for chain in table.chains.values_mut() {
             for rule in &mut chain.rules {
-                *rule = canonical_rule(rule, ruleset.family);
+                *rule = canonical_rule(rule, family);
             }
         }
     }
-    out
 }
 
 /// One rule in canonical form:

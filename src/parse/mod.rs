@@ -58,6 +58,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+pub(crate) use canon::canonicalize_in_place;
 pub(crate) use canon::module_order;
 pub use canon::{canonical_rule, canonicalize};
 

@@ -155,7 +155,7 @@ pub(super) fn without_deletes_at(
 /// rewriting 110,000 unchanged chains in 110 pieces costs most of a minute, while
 /// this comparison costs about as much as one parse of the table.
 pub(super) fn without_unchanged(payload: &Payload, saved: &str) -> Option<Payload> {
-    use crate::parse::{canonical_rule, declared_chains, parse_as};
+    use crate::parse::{canonicalize_in_place, declared_chains, parse_as};
     let family = payload.family;
     // The kernel holds none of the payload's nat chains (a first sync, a table
     // replaced): nothing can be left out, and neither side is parsed.
@@ -170,15 +170,8 @@ pub(super) fn without_unchanged(payload: &Payload, saved: &str) -> Option<Payloa
     {
         return None;
     }
-    // `canonicalize`, in place.
     let canonical = |mut ruleset: crate::ruleset::Ruleset| {
-        for table in &mut ruleset.tables {
-            for chain in table.chains.values_mut() {
-                for rule in &mut chain.rules {
-                    *rule = canonical_rule(rule, family);
-                }
-            }
-        }
+        canonicalize_in_place(&mut ruleset);
         ruleset
     };
     let ours = canonical(parse_as(&payload.text, family).ok()?);

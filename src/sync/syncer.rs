@@ -19,6 +19,7 @@ use crate::exec::{ExecError, Executor, RestoreOptions, pieces};
 use crate::model::{
     ClusterState, EndpointSlice, IpFamily, Protocol, ProxyConfig, Service, ServiceKey, SliceKey,
 };
+use crate::ruleset::lex::tokenize;
 use crate::ruleset::restore;
 use crate::ruleset::{ChainName, JumpRule, NfacctCounter, Ruleset, Table};
 
@@ -1101,10 +1102,9 @@ fn stale_chains(applied: &Applied, saved: Option<&str>) -> Stale {
             || wanted.contains(chain)
     };
     let mut referenced: BTreeMap<ChainName, String> = BTreeMap::new();
-    for (chain, target) in jumps_in_dump(saved) {
-        if let Some(to) = stale.get(target)
+    for (chain, target) in jumps_in_dump(saved, |chain| !rewritten(chain)) {
+        if let Some(to) = stale.get(target.as_str())
             && !referenced.contains_key(to)
-            && !rewritten(chain)
         {
             referenced.insert(to.clone(), chain.to_owned());
         }
@@ -1123,28 +1123,22 @@ fn stale_chains(applied: &Applied, saved: Option<&str>) -> Stale {
     out
 }
 
-/// Every `(chain, target)` of the `-A CHAIN … -j|-g TARGET` lines of a dump, read
-/// as `iptables-restore` splits words: a `-j` inside a quoted comment is part of
-/// the comment, not the rule's target.
-fn jumps_in_dump(saved: &str) -> impl Iterator<Item = (&str, &str)> {
-    saved.lines().filter_map(|line| {
-        let rest = line.strip_prefix("-A ")?;
-        let (chain, rule) = rest.split_once(' ')?;
-        let mut quoted = false;
-        let mut words = rule
-            .split(|c: char| {
-                if c == '"' {
-                    quoted = !quoted;
-                }
-                c == ' ' && !quoted
-            })
-            .filter(|w| !w.is_empty());
-        while let Some(word) = words.next() {
-            if word == "-j" || word == "-g" {
-                return words.next().map(|target| (chain, target));
-            }
+/// Every `(chain, target)` of the `-A CHAIN … -j|-g TARGET` lines of a dump
+/// whose chain `from` takes, words split as `iptables-restore` splits them (the
+/// crate's lexer): a `-j` inside a quoted comment is part of the comment, not the
+/// rule's target. Only the lines `from` takes are split into words.
+fn jumps_in_dump<'a>(
+    saved: &'a str,
+    from: impl Fn(&str) -> bool + 'a,
+) -> impl Iterator<Item = (&'a str, String)> + 'a {
+    saved.lines().filter_map(move |line| {
+        let (chain, _) = line.strip_prefix("-A ")?.split_once(' ')?;
+        if !from(chain) {
+            return None;
         }
-        None
+        let mut words = tokenize(line).ok()?.into_iter();
+        words.find(|w| !w.quoted && (w.text == "-j" || w.text == "-g"))?;
+        words.next().map(|target| (chain, target.text))
     })
 }
 
