@@ -172,6 +172,7 @@ pub mod flows;
 #[cfg(feature = "k8s")]
 pub mod k8s;
 pub mod model;
+pub mod nft;
 pub mod parse;
 pub mod render;
 pub mod ruleset;
