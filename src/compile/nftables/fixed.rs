@@ -209,6 +209,15 @@ fn comment(text: &'static str) -> Option<NftComment> {
     NftComment::new(text).ok()
 }
 
+/// `ip daddr VALUE` / `ip daddr != VALUE`.
+fn daddr(op: Op, value: AddrValue) -> Stmt {
+    Stmt::Addr {
+        dir: Dir::Daddr,
+        op,
+        value,
+    }
+}
+
 fn vmap(key: Vec<KeyField>, map: MapId) -> Stmt {
     Stmt::Vmap {
         key,
@@ -318,11 +327,7 @@ pub(crate) fn table(ctx: &NftContext) -> Ruleset {
     rule(
         CLUSTER_IPS_CHECK,
         vec![
-            Stmt::Addr {
-                dir: Dir::Daddr,
-                op: Op::Eq,
-                value: AddrValue::Set(Name::fixed(CLUSTER_IPS)),
-            },
+            daddr(Op::Eq, AddrValue::Set(Name::fixed(CLUSTER_IPS))),
             Stmt::Verdict(Verdict::Reject),
         ],
         comment("Reject traffic to invalid ports of ClusterIPs"),
@@ -331,11 +336,7 @@ pub(crate) fn table(ctx: &NftContext) -> Ruleset {
         rule(
             CLUSTER_IPS_CHECK,
             vec![
-                Stmt::Addr {
-                    dir: Dir::Daddr,
-                    op: Op::Eq,
-                    value: AddrValue::Cidrs(ctx.service_cidrs.clone()),
-                },
+                daddr(Op::Eq, AddrValue::Cidrs(ctx.service_cidrs.clone())),
                 Stmt::Verdict(Verdict::Drop),
             ],
             comment("Drop traffic to unallocated ClusterIPs"),
@@ -344,22 +345,17 @@ pub(crate) fn table(ctx: &NftContext) -> Ruleset {
     // Node ports: to the listed node addresses, or to any local address but
     // loopback.
     let node_port_daddr = match &ctx.nodeport_ips {
-        Some(_) => vec![Stmt::Addr {
-            dir: Dir::Daddr,
-            op: Op::Eq,
-            value: AddrValue::Set(Name::fixed(NODEPORT_IPS)),
-        }],
-        None => vec![Stmt::Addr {
-            dir: Dir::Daddr,
-            op: Op::Ne,
-            value: match family {
+        Some(_) => vec![daddr(Op::Eq, AddrValue::Set(Name::fixed(NODEPORT_IPS)))],
+        None => vec![daddr(
+            Op::Ne,
+            match family {
                 Family::Ip => AddrValue::Net(IpNet::V4(Ipv4Net::new_assert(
                     Ipv4Addr::new(127, 0, 0, 0),
                     8,
                 ))),
                 Family::Ip6 => AddrValue::Ip(IpAddr::V6(Ipv6Addr::LOCALHOST)),
             },
-        }],
+        )],
     };
     rule(
         SERVICE_ENDPOINTS_CHECK,

@@ -88,8 +88,14 @@ struct EndpointNames {
     affinity: Name,
 }
 
+/// `goto CHAIN`, as a verdict.
+fn goto_v(chain: &Name) -> Verdict {
+    Verdict::Goto(chain.clone())
+}
+
+/// `goto CHAIN`, as a statement.
 fn goto(chain: &Name) -> Stmt {
-    Stmt::Verdict(Verdict::Goto(chain.clone()))
+    Stmt::Verdict(goto_v(chain))
 }
 
 fn rule(stmts: Vec<Stmt>) -> Rule {
@@ -117,15 +123,7 @@ impl<'p, 'a> PortBuilder<'_, 'p, 'a> {
         self.port.port.protocol
     }
 
-    /// `ADDR . PROTO . PORT`.
-    fn destination(&self, ip: IpAddr) -> Vec<KeyValue> {
-        vec![
-            KeyValue::Addr(ip),
-            KeyValue::Proto(self.proto()),
-            KeyValue::Port(self.port.port.port),
-        ]
-    }
-
+    /// `KEY : VERDICT` in `map`.
     fn element(
         &mut self,
         map: MapId,
@@ -141,6 +139,16 @@ impl<'p, 'a> PortBuilder<'_, 'p, 'a> {
                 comment: comment.cloned(),
             },
         ));
+    }
+
+    /// `IP . PROTO . PORT : VERDICT` in `map`, for the port's destination `ip`.
+    fn to(&mut self, map: MapId, ip: IpAddr, verdict: Verdict, comment: Option<&NftComment>) {
+        let key = vec![
+            KeyValue::Addr(ip),
+            KeyValue::Proto(self.proto()),
+            KeyValue::Port(self.port.port.port),
+        ];
+        self.element(map, key, verdict, comment);
     }
 
     fn names(&self) -> Result<PortNames, NftError> {
@@ -193,36 +201,24 @@ impl<'p, 'a> PortBuilder<'_, 'p, 'a> {
 
         // The elements, destination by destination.
         self.out.cluster_ips.push(svc.cluster_ip);
-        let cluster = self.destination(svc.cluster_ip);
         match plan.has_internal {
-            true => self.element(
-                MapId::ServiceIps,
-                cluster,
-                Verdict::Goto(internal.clone()),
-                None,
-            ),
-            false => self.element(
+            true => self.to(MapId::ServiceIps, svc.cluster_ip, goto_v(internal), None),
+            false => self.to(
                 MapId::NoEndpointServices,
-                cluster,
+                svc.cluster_ip,
                 filter.clone(),
                 Some(&comment),
             ),
         }
-        let to_external = Verdict::Goto(names.external.clone());
+        let to_external = goto_v(&names.external);
         for &ip in &svc.external_ips {
             if plan.eps.has_any {
-                self.element(
-                    MapId::ServiceIps,
-                    self.destination(ip),
-                    to_external.clone(),
-                    None,
-                );
+                self.to(MapId::ServiceIps, ip, to_external.clone(), None);
             }
             if !plan.has_external {
-                let key = self.destination(ip);
-                self.element(
+                self.to(
                     MapId::NoEndpointServices,
-                    key,
+                    ip,
                     filter.clone(),
                     Some(&comment),
                 );
@@ -230,24 +226,17 @@ impl<'p, 'a> PortBuilder<'_, 'p, 'a> {
         }
         for &ip in &svc.lb_vips {
             if plan.eps.has_any {
-                self.element(
-                    MapId::ServiceIps,
-                    self.destination(ip),
-                    to_external.clone(),
-                    None,
-                );
+                self.to(MapId::ServiceIps, ip, to_external.clone(), None);
             }
             if uses_fw {
-                let to_firewall = Verdict::Goto(names.firewall.clone());
-                self.element(MapId::FirewallIps, self.destination(ip), to_firewall, None);
+                self.to(MapId::FirewallIps, ip, goto_v(&names.firewall), None);
             }
         }
         if !plan.has_external {
             for &ip in &svc.lb_vips {
-                let key = self.destination(ip);
-                self.element(
+                self.to(
                     MapId::NoEndpointServices,
-                    key,
+                    ip,
                     filter.clone(),
                     Some(&comment),
                 );
