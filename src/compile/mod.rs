@@ -1,4 +1,6 @@
-//! Model + config -> typed [`Ruleset`], as kube-proxy's iptables mode writes it.
+//! Model + config -> typed [`Ruleset`], as kube-proxy's iptables mode writes it;
+//! or, with [`nftables`], the [`nft::Ruleset`](crate::nft::Ruleset) its nftables
+//! mode writes, from the same validated input.
 //!
 //! Pure and deterministic: services are visited in [`ServiceKey`] order, ports in
 //! their declared order, endpoints sorted by their `ip:port` string, so the same
@@ -6,7 +8,9 @@
 //!
 //! The layout follows the pipeline: [`naming`] derives chain names, `input`
 //! validates a service and its slices, `endpoints` picks the endpoints a port
-//! uses, `service` writes one service's rules, `fixed` the top-level chains.
+//! uses (and what kube-proxy derives from them in either mode), `service` writes
+//! one service's rules, `fixed` the top-level chains; `nftables` is the other
+//! backend, with its own `fixed`, `service` and `naming`.
 //!
 //! ```
 //! use svcnat::compile::compile;

@@ -277,9 +277,9 @@ fn a_destination_claimed_twice_goes_to_the_first_service() {
     assert_eq!(lines("add element ip kube-proxy cluster-ips ").len(), 1);
 }
 
-/// A dual-stack load balancer in the IPv6 table.
-#[test]
-fn ipv6_table() {
+/// A dual-stack load balancer with source ranges and affinity, endpoints of both
+/// families.
+fn dual_stack_state() -> ClusterState {
     let mut s = local_lb();
     s.cluster_ips = vec![ip("172.30.0.41"), ip("fd00:172:30::41")];
     s.external_ips = vec![ip("192.168.99.11"), ip("2001:db8:99::11")];
@@ -300,13 +300,19 @@ fn ipv6_table() {
         ready("fd00:10:180::1").on_node(NODE),
         ready("fd00:10:180::2:1"),
     ];
-    let state = state(
+    state(
         vec![s],
         vec![
             slice("ns1", "svc1", &[("p80", 8080)], vec![ready("10.180.0.1")]),
             v6,
         ],
-    );
+    )
+}
+
+/// That load balancer in the IPv6 table.
+#[test]
+fn ipv6_table() {
+    let state = dual_stack_state();
     let out = dump(&state, &fake_config(IpFamily::Ipv6));
     assert!(!out.contains("10.180.0.1"), "no IPv4 endpoint: {out}");
     assert_snapshot!(out);
@@ -515,4 +521,69 @@ proptest! {
         // Every line is one command kube-proxy's sort can place.
         prop_assert_eq!(sort_transaction(&a.to_dump()).len(), a.to_dump().lines().count());
     }
+}
+
+/// nft itself accepts what the compiler writes (`nft --check -f`, in a network
+/// namespace of the test's own): kube-proxy's overall test, the dual-stack load
+/// balancer in each family, each detector, no node-port filter, masquerade-all,
+/// and the shipped example cluster.
+#[test]
+fn nft_accepts_the_compiled_tables() {
+    let test = "nft_accepts_the_compiled_tables";
+    if !crate::kernel::kernel_available(test) || !nft_available(test) {
+        return;
+    }
+    let v4 = fake_config(IpFamily::Ipv4);
+    let v6 = fake_config(IpFamily::Ipv6);
+    let mut cases = vec![
+        (crate::nft_kube_proxy::overall_state(), v4.clone()),
+        (dual_stack_state(), v4.clone()),
+        (dual_stack_state(), v6.clone()),
+        (
+            dual_stack_state(),
+            v6.clone()
+                .with_nodeport_addresses([])
+                .with_masquerade_all(true),
+        ),
+    ];
+    for detector in [
+        LocalTrafficDetector::BridgeInterface("cbr0".into()),
+        LocalTrafficDetector::InterfaceNamePrefix("veth".into()),
+        LocalTrafficDetector::None,
+    ] {
+        cases.push((dual_stack_state(), v4.clone().with_local_traffic(detector)));
+    }
+    #[cfg(feature = "k8s")]
+    cases.push((
+        crate::kube_proxy::example_cluster(),
+        v4.with_nodeport_addresses([]),
+    ));
+    let ns = crate::kernel::Netns::new("nftcheck");
+    for (state, config) in &cases {
+        let text = dump(state, config);
+        let (ok, out) = ns.run(&["nft", "--check", "-f", "-"], &text);
+        assert!(
+            ok,
+            "{:?}: nft refused the table: {out}\n{text}",
+            config.ip_family
+        );
+    }
+}
+
+/// Whether `nft` is installed; without it the test skips, or fails with
+/// `SVCNAT_REQUIRE_KERNEL=1`.
+fn nft_available(test: &str) -> bool {
+    let found = std::process::Command::new("sh")
+        .args(["-c", "command -v nft"])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            std::env::var("SVCNAT_REQUIRE_KERNEL").as_deref() != Ok("1"),
+            "{test}: kernel test required (SVCNAT_REQUIRE_KERNEL=1) but nft not found (apt-get install nftables)"
+        );
+        eprintln!("{test}: skipped: nft not found (apt-get install nftables)");
+    }
+    found
 }

@@ -211,9 +211,8 @@ add element ip kube-proxy nodeport-ips { 192.168.0.2 }
 add rule ip kube-proxy service-endpoints-check ip daddr . meta l4proto . th dport vmap @no-endpoint-services
 "#;
 
-/// `TestOverallNFTablesRules`: a variety of services in one sync.
-#[test]
-fn overall_nftables_rules() {
+/// The services and slices of `TestOverallNFTablesRules`.
+pub fn overall_state() -> ClusterState {
     let mut svc2 =
         service("ns2", "svc2", "172.30.0.42", &[("p80", 80)]).with_type(ServiceType::LoadBalancer);
     svc2.external_traffic_policy = TrafficPolicy::Local;
@@ -242,7 +241,7 @@ fn overall_nftables_rules() {
     svc5.session_affinity = SessionAffinity::ClientIp {
         timeout_seconds: 10800,
     };
-    let state = state(
+    state(
         vec![
             service("ns1", "svc1", "172.30.0.41", &[("p80", 80)]),
             svc2,
@@ -267,7 +266,12 @@ fn overall_nftables_rules() {
             ),
             slice("ns5", "svc5", &[("p80", 80)], vec![ready("10.180.0.3")]),
         ],
-    );
+    )
+}
+
+/// `TestOverallNFTablesRules`: a variety of services in one sync.
+#[test]
+fn overall_nftables_rules() {
     let expected = BASE_RULES.to_owned()
         + r#"
 # svc1
@@ -365,7 +369,11 @@ add element ip kube-proxy firewall-ips { 5.6.7.8 . tcp . 80 : goto firewall-HVFW
 add element ip kube-proxy cluster-ips { 172.30.0.46 }
 add element ip kube-proxy no-endpoint-services { 172.30.0.46 . tcp . 80 comment "ns6/svc6:p80" : goto reject-chain }
 "#;
-    assert_same("TestOverallNFTablesRules", &expected, &dump(&state));
+    assert_same(
+        "TestOverallNFTablesRules",
+        &expected,
+        &dump(&overall_state()),
+    );
 }
 
 /// The chains and rules of `svc1` in `TestSyncProxyRulesRepeated` and
