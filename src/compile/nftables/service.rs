@@ -89,13 +89,13 @@ struct EndpointNames {
 }
 
 /// `goto CHAIN`, as a verdict.
-fn goto_v(chain: &Name) -> Verdict {
+fn to_chain(chain: &Name) -> Verdict {
     Verdict::Goto(chain.clone())
 }
 
 /// `goto CHAIN`, as a statement.
 fn goto(chain: &Name) -> Stmt {
-    Stmt::Verdict(goto_v(chain))
+    Stmt::Verdict(to_chain(chain))
 }
 
 fn rule(stmts: Vec<Stmt>) -> Rule {
@@ -172,88 +172,92 @@ impl<'p, 'a> PortBuilder<'_, 'p, 'a> {
     }
 
     fn build(mut self) -> Result<(), NftError> {
-        let svc = self.svc;
-        let plan = PortPlan::new(svc, self.port, &self.ctx.base);
+        let plan = PortPlan::new(self.svc, self.port, &self.ctx.base);
         let names = self.names()?;
         // Written only on a no-endpoints element, but checked for every port, so a
         // service is refused or not whatever its endpoints.
         let comment = NftComment::new(self.port.spn.as_str())?;
-        let reachable = plan.eps.reachable();
-        let eps: Vec<EndpointNames> = reachable
+        let eps: Vec<EndpointNames> = plan
+            .eps
+            .reachable()
             .iter()
             .map(|ep| self.endpoint_names(ep))
             .collect::<Result<_, _>>()?;
+        self.elements(&plan, &names, &comment);
+        self.chains(&plan, &names, &eps)
+    }
+
+    /// A load balancer with source ranges goes through the firewall chain, with
+    /// endpoints or without.
+    fn uses_firewall(&self) -> bool {
+        !self.svc.lb_vips.is_empty() && !self.svc.source_ranges.is_empty()
+    }
+
+    /// The port's elements of the shared set and maps, destination by
+    /// destination: cluster IP, external IPs, load-balancer IPs, node port.
+    fn elements(&mut self, plan: &PortPlan<'_, '_>, names: &PortNames, comment: &NftComment) {
+        let svc = self.svc;
         let internal = match plan.internal_local {
             true => &names.local,
             false => &names.service,
         };
-        let external_policy = match plan.external_local {
-            true => &names.local,
-            false => &names.service,
-        };
-        let uses_fw = !svc.lb_vips.is_empty() && !svc.source_ranges.is_empty();
         // What happens to traffic with nowhere to go: rejected without any
         // endpoint, dropped without a local one.
         let filter = match plan.eps.has_any {
             false => Verdict::Goto(Name::fixed(REJECT_CHAIN)),
             true => Verdict::Drop,
         };
-
-        // The elements, destination by destination.
+        let no_endpoints = |b: &mut Self, ip| {
+            b.to(MapId::NoEndpointServices, ip, filter.clone(), Some(comment));
+        };
         self.out.cluster_ips.push(svc.cluster_ip);
         match plan.has_internal {
-            true => self.to(MapId::ServiceIps, svc.cluster_ip, goto_v(internal), None),
-            false => self.to(
-                MapId::NoEndpointServices,
-                svc.cluster_ip,
-                filter.clone(),
-                Some(&comment),
-            ),
+            true => self.to(MapId::ServiceIps, svc.cluster_ip, to_chain(internal), None),
+            false => no_endpoints(self, svc.cluster_ip),
         }
-        let to_external = goto_v(&names.external);
+        let to_external = to_chain(&names.external);
         for &ip in &svc.external_ips {
             if plan.eps.has_any {
                 self.to(MapId::ServiceIps, ip, to_external.clone(), None);
             }
             if !plan.has_external {
-                self.to(
-                    MapId::NoEndpointServices,
-                    ip,
-                    filter.clone(),
-                    Some(&comment),
-                );
+                no_endpoints(self, ip);
             }
         }
         for &ip in &svc.lb_vips {
             if plan.eps.has_any {
                 self.to(MapId::ServiceIps, ip, to_external.clone(), None);
             }
-            if uses_fw {
-                self.to(MapId::FirewallIps, ip, goto_v(&names.firewall), None);
+            if self.uses_firewall() {
+                self.to(MapId::FirewallIps, ip, to_chain(&names.firewall), None);
             }
         }
         if !plan.has_external {
             for &ip in &svc.lb_vips {
-                self.to(
-                    MapId::NoEndpointServices,
-                    ip,
-                    filter.clone(),
-                    Some(&comment),
-                );
+                no_endpoints(self, ip);
             }
         }
         if let Some(node_port) = self.port.port.node_port {
             let proto = self.proto();
             let key = || vec![KeyValue::Proto(proto), KeyValue::Port(node_port)];
             if plan.eps.has_any {
-                self.element(MapId::ServiceNodePorts, key(), to_external.clone(), None);
+                self.element(MapId::ServiceNodePorts, key(), to_external, None);
             }
             if !plan.has_external {
-                self.element(MapId::NoEndpointNodePorts, key(), filter, Some(&comment));
+                let comment = Some(comment);
+                self.element(MapId::NoEndpointNodePorts, key(), filter, comment);
             }
         }
+    }
 
-        // The chains.
+    /// The port's chains and affinity sets; `eps` names the reachable endpoints,
+    /// in their order.
+    fn chains(
+        &mut self,
+        plan: &PortPlan<'_, '_>,
+        names: &PortNames,
+        eps: &[EndpointNames],
+    ) -> Result<(), NftError> {
         let mut service_rules = Vec::new();
         let mut local_rules = Vec::new();
         if plan.has_internal
@@ -265,21 +269,27 @@ impl<'p, 'a> PortBuilder<'_, 'p, 'a> {
             }
         }
         if plan.uses_ext_chain {
-            let rules = self.external_rules(&names, plan.has_external, external_policy);
+            let policy = match plan.external_local {
+                true => &names.local,
+                false => &names.service,
+            };
+            let rules = self.external_rules(names, plan.has_external, policy);
             self.out.chains.push((names.external.clone(), chain(rules)));
         }
-        if uses_fw {
+        if self.uses_firewall() {
             let rules = vec![self.firewall_rule()];
             self.out.chains.push((names.firewall.clone(), chain(rules)));
         }
-        if let Some(seconds) = svc.affinity_seconds {
-            for ep in &eps {
+        if let Some(seconds) = self.svc.affinity_seconds {
+            for ep in eps {
                 let mut set = Set::new(vec![self.ctx.family.addr_type()], None);
                 set.flags = vec![SetFlag::Dynamic, SetFlag::Timeout];
                 set.timeout = Some(seconds);
                 self.out.sets.push((ep.affinity.clone(), set));
             }
         }
+        let reachable = plan.eps.reachable();
+        // The names of a policy chain's endpoints, which are all reachable.
         let pick = |list: &[&PortEndpoint<'_>]| -> Result<Vec<&EndpointNames>, NftError> {
             list.iter()
                 .map(|ep| {
@@ -292,17 +302,15 @@ impl<'p, 'a> PortBuilder<'_, 'p, 'a> {
         };
         if plan.uses_cluster_chain {
             service_rules.extend(self.dispatch(&pick(&plan.eps.cluster)?)?);
-            self.out
-                .chains
-                .push((names.service.clone(), chain(service_rules)));
+            let rules = chain(service_rules);
+            self.out.chains.push((names.service.clone(), rules));
         }
         if plan.uses_local_chain {
             local_rules.extend(self.dispatch(&pick(&plan.eps.local)?)?);
-            self.out
-                .chains
-                .push((names.local.clone(), chain(local_rules)));
+            let rules = chain(local_rules);
+            self.out.chains.push((names.local.clone(), rules));
         }
-        for (ep, names) in reachable.iter().zip(&eps) {
+        for (ep, names) in reachable.iter().zip(eps) {
             let rules = self.endpoint_rules(ep, names);
             self.out.chains.push((names.chain.clone(), chain(rules)));
         }
