@@ -14,6 +14,7 @@ mod kernel_concurrency;
 #[cfg(feature = "k8s")]
 mod kernel_example;
 mod kernel_nfacct;
+mod kernel_nft;
 mod kernel_resilience;
 #[cfg(feature = "k8s")]
 mod kube_proxy;
