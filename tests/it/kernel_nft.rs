@@ -31,10 +31,18 @@ impl Fam {
         }
     }
     fn node(&self) -> &'static str {
-        if self.six { "fd00:50::1" } else { "192.168.50.1" }
+        if self.six {
+            "fd00:50::1"
+        } else {
+            "192.168.50.1"
+        }
     }
     fn client(&self) -> &'static str {
-        if self.six { "fd00:50::2" } else { "192.168.50.2" }
+        if self.six {
+            "fd00:50::2"
+        } else {
+            "192.168.50.2"
+        }
     }
     /// Service address number `n` (1 to 99).
     fn vip(&self, n: u8) -> String {
@@ -45,12 +53,16 @@ impl Fam {
         }
     }
     fn family(&self) -> IpFamily {
-        if self.six { IpFamily::Ipv6 } else { IpFamily::Ipv4 }
+        if self.six {
+            IpFamily::Ipv6
+        } else {
+            IpFamily::Ipv4
+        }
     }
 
     fn config(&self) -> ProxyConfig {
         let (pods, services) = if self.six {
-            ("fd00:244::/48", "fd00:30::/112")
+            ("fd00:244::/32", "fd00:30::/112")
         } else {
             ("10.244.0.0/16", "172.30.0.0/16")
         };
@@ -112,9 +124,10 @@ impl Fam {
         local.external_traffic_policy = TrafficPolicy::Local;
         local.ports[0].node_port = Some(30081);
         state.upsert_service(local);
-        state.upsert_slice(
-            self.slice("local", &[self.endpoint(1, "node"), self.endpoint(2, "other-node")]),
-        );
+        state.upsert_slice(self.slice(
+            "local",
+            &[self.endpoint(1, "node"), self.endpoint(2, "other-node")],
+        ));
         state
     }
 }
@@ -140,6 +153,16 @@ fn traffic(six: bool, tag: &str) {
     let dump = ruleset.to_dump();
     let (ok, out) = lab.node.run(&["nft", "-f", "-"], &dump);
     assert!(ok, "nft -f refused the compiled ruleset: {out}\n{dump}");
+    // The client's packets to a cluster IP come back out of the interface they
+    // came in on (the node's default route is the client): without this the node
+    // sends an ICMP redirect, and the client ignores the REJECT's port unreachable.
+    for sysctl in [
+        "net.ipv4.conf.all.send_redirects=0",
+        "net.ipv4.conf.vcli.send_redirects=0",
+    ] {
+        let (ok, out) = lab.node.run(&["sysctl", "-w", sysctl], "");
+        assert!(ok, "{out}");
+    }
 
     // ClusterIP from a process on the node: every endpoint answers, TCP and UDP,
     // masqueraded (the pod sees the node's address on its own link).
@@ -149,7 +172,11 @@ fn traffic(six: bool, tag: &str) {
     for a in &tcp {
         let (name, src) = a.split_once(' ').unwrap();
         let i: u8 = name[3..].parse().unwrap();
-        assert_eq!(src, fam.pod_gw(i), "node traffic to a cluster IP is masqueraded: {a}");
+        assert_eq!(
+            src,
+            fam.pod_gw(i),
+            "node traffic to a cluster IP is masqueraded: {a}"
+        );
     }
     let udp = lab.connect(&lab.node, "udp", &vip, 80, 30);
     assert_eq!(names(&udp), all_pods(), "{udp:?}");
@@ -178,12 +205,21 @@ fn traffic(six: bool, tag: &str) {
     }
 
     // No endpoints: rejected at once, from the node and from outside.
-    assert_eq!(lab.connect(&lab.node, "tcp", &fam.vip(20), 80, 1), ["REFUSED"]);
-    assert_eq!(lab.connect(&lab.client, "tcp", &fam.vip(20), 80, 1), ["REFUSED"]);
+    assert_eq!(
+        lab.connect(&lab.node, "tcp", &fam.vip(20), 80, 1),
+        ["REFUSED"]
+    );
+    assert_eq!(
+        lab.connect(&lab.client, "tcp", &fam.vip(20), 80, 1),
+        ["REFUSED"]
+    );
     // A port the cluster IP does not serve: rejected (cluster-ips-check).
     assert_eq!(lab.connect(&lab.node, "tcp", &vip, 81, 1), ["REFUSED"]);
     // An address of the service range that no service has: dropped.
-    assert_eq!(lab.connect(&lab.node, "tcp", &fam.vip(99), 80, 1), ["TIMEOUT"]);
+    assert_eq!(
+        lab.connect(&lab.node, "tcp", &fam.vip(99), 80, 1),
+        ["TIMEOUT"]
+    );
 
     // Session affinity: one endpoint for one client.
     let sticky = lab.connect(&lab.node, "tcp", &fam.vip(30), 80, 15);
