@@ -19,6 +19,7 @@ mod kernel_resilience;
 #[cfg(feature = "k8s")]
 mod kube_proxy;
 mod nfacct;
+mod nft_check;
 mod nft_kube_proxy;
 mod parse;
 mod pieces;

@@ -503,13 +503,13 @@ fn rich_service(index: usize) -> impl Strategy<Value = (Service, Vec<EndpointSli
 }
 
 /// Clusters of [`rich_service`]s.
-fn rich_cluster() -> impl Strategy<Value = Vec<(Service, Vec<EndpointSlice>)>> {
+pub(crate) fn rich_cluster() -> impl Strategy<Value = Vec<(Service, Vec<EndpointSlice>)>> {
     (1usize..6).prop_flat_map(|n| (0..n).map(rich_service).collect::<Vec<_>>())
 }
 
 /// A proxy config of either family, in a zone or not, with the options that
 /// change the rules' text.
-fn rich_config() -> impl Strategy<Value = ProxyConfig> {
+pub(crate) fn rich_config() -> impl Strategy<Value = ProxyConfig> {
     (
         any::<bool>(),
         prop::option::of(prop_oneof![Just("zone-a"), Just("zone-b")]),
