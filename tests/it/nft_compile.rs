@@ -38,7 +38,9 @@ fn local_lb() -> Service {
 }
 
 fn dump(state: &ClusterState, config: &ProxyConfig) -> String {
-    nftables(state, config).unwrap().to_dump()
+    let text = nftables(state, config).unwrap().to_dump();
+    crate::nft_check::nft_check("nft_compile", &text);
+    text
 }
 
 /// The rules of one chain, as written after `add rule FAMILY kube-proxy CHAIN `.
@@ -524,15 +526,11 @@ proptest! {
 }
 
 /// nft itself accepts what the compiler writes (`nft --check -f`, in a network
-/// namespace of the test's own): kube-proxy's overall test, the dual-stack load
+/// namespace of its own, see [`crate::nft_check`]): kube-proxy's overall test, the dual-stack load
 /// balancer in each family, each detector, no node-port filter, masquerade-all,
 /// and the shipped example cluster.
 #[test]
 fn nft_accepts_the_compiled_tables() {
-    let test = "nft_accepts_the_compiled_tables";
-    if !crate::kernel::kernel_available(test) || !nft_available(test) {
-        return;
-    }
     let v4 = fake_config(IpFamily::Ipv4);
     let v6 = fake_config(IpFamily::Ipv6);
     let mut cases = vec![
@@ -558,32 +556,8 @@ fn nft_accepts_the_compiled_tables() {
         crate::kube_proxy::example_cluster(),
         v4.with_nodeport_addresses([]),
     ));
-    let ns = crate::kernel::Netns::new("nftcheck");
     for (state, config) in &cases {
-        let text = dump(state, config);
-        let (ok, out) = ns.run(&["nft", "--check", "-f", "-"], &text);
-        assert!(
-            ok,
-            "{:?}: nft refused the table: {out}\n{text}",
-            config.ip_family
-        );
+        let what = format!("{:?} {:?}", config.ip_family, config.local_traffic);
+        crate::nft_check::nft_check(&what, &dump(state, config));
     }
-}
-
-/// Whether `nft` is installed; without it the test skips, or fails with
-/// `SVCNAT_REQUIRE_KERNEL=1`.
-fn nft_available(test: &str) -> bool {
-    let found = std::process::Command::new("sh")
-        .args(["-c", "command -v nft"])
-        .stdout(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var("SVCNAT_REQUIRE_KERNEL").as_deref() != Ok("1"),
-            "{test}: kernel test required (SVCNAT_REQUIRE_KERNEL=1) but nft not found (apt-get install nftables)"
-        );
-        eprintln!("{test}: skipped: nft not found (apt-get install nftables)");
-    }
-    found
 }

@@ -148,10 +148,14 @@ fn the_sort_keeps_rule_order_only() {
     assert_ne!(sort_transaction(a), sort_transaction(&swapped));
 }
 
+/// The compiled table's dump, which the kernel must accept too
+/// ([`crate::nft_check`]).
 fn dump(state: &ClusterState) -> String {
-    svcnat::compile::nftables(state, &fake_config(IpFamily::Ipv4))
+    let text = svcnat::compile::nftables(state, &fake_config(IpFamily::Ipv4))
         .unwrap()
-        .to_dump()
+        .to_dump();
+    crate::nft_check::nft_check("kube-proxy conformance", &text);
+    text
 }
 
 /// proxier_test.go's `baseRules`: what every IPv4 sync of `NewFakeProxier` writes.
