@@ -68,8 +68,9 @@ pub(crate) struct Extras<'a> {
 }
 
 /// Writes a [`Syncer`](crate::sync::Syncer)'s full restore text of `services`:
-/// nat first, then filter (each `COMMIT` is applied on its own, and a failure
-/// must not leave filter ahead of nat), with the `extras` in their tables.
+/// nat first, then filter (each `COMMIT` is applied on its own: the `Syncer`
+/// puts the filter rules to hold while nat changes before both), with the
+/// `extras` in their tables.
 /// Without extras each table's section is what `render::write_fmt` over
 /// `fixed::assemble_owned(ctx, …)` writes for it.
 pub(crate) fn write_full<'a, W, I>(
@@ -176,18 +177,19 @@ pub(super) fn write_tail<W: fmt::Write>(out: &mut W) -> fmt::Result {
     restore::commit(out)
 }
 
-/// The `-A` lines of one shared chain: every service's rules for it, in service
-/// order, then the chain's fixed tail (the node-port jumps of nat `KUBE-SERVICES`).
+/// The `-A` lines of one shared chain: each service's part of it (its
+/// [`ServiceText::shared_text`]), in service order, then the chain's fixed tail
+/// (the node-port jumps of nat `KUBE-SERVICES`).
 pub(crate) fn shared_chain_text<'a>(
     ctx: &Context,
     which: SharedChain,
-    services: impl Iterator<Item = &'a ServiceText>,
+    parts: impl Iterator<Item = &'a str>,
 ) -> String {
     let chain = which.chain();
     let mut out = String::new();
     // Writing into a String cannot fail.
-    for svc in services {
-        out.push_str(svc.shared_text(which));
+    for part in parts {
+        out.push_str(part);
     }
     for rule in shared_tail(ctx, which) {
         let _ = restore::rule(&mut out, chain.as_str(), &rule);

@@ -141,14 +141,15 @@ pub(crate) fn full_text<'a>(
     (text, written)
 }
 
-/// The `-A` lines of one shared chain, every service's part in order and the
-/// chain's fixed tail.
+/// The `-A` lines of one shared chain: each service's part of it, in service
+/// order (its [`ServiceText::shared_text`], or the part a sync holds in between,
+/// see [`Syncer`](crate::sync::Syncer)), and the chain's fixed tail.
 pub(crate) fn shared_text<'a>(
     rules: &Rules,
     which: SharedChain,
-    services: impl Iterator<Item = &'a ServiceText>,
+    parts: impl Iterator<Item = &'a str>,
 ) -> String {
-    shared_chain_text(&rules.ctx, which, services)
+    shared_chain_text(&rules.ctx, which, parts)
 }
 
 /// True for a chain svcnat owns per service (`KUBE-SVC-`, `KUBE-SEP-`, …) and a

@@ -226,7 +226,10 @@ impl IptablesRestore {
     /// never does (each legacy restore rewrites the whole table, so pieces would
     /// cost more).
     /// `Some(0)` is taken as `None`. Only `--noflush` restores are cut: without it
-    /// each restore would empty the table first.
+    /// each restore would empty the table first. A restore with
+    /// [`RestoreOptions::cut`] off is not: the [`Syncer`](crate::sync::Syncer)
+    /// cuts its payloads itself, knowing the tables before them (see
+    /// [`pieces_over`](crate::exec::pieces_over)).
     pub fn with_restore_pieces(mut self, chains: Option<usize>) -> Self {
         self.pieces = Some(chains.filter(|n| *n > 0));
         self
@@ -585,7 +588,7 @@ impl Executor for IptablesRestore {
         let payload = sorted.as_deref().unwrap_or(payload);
         // A payload the parser cannot read is sent whole, for the binary to judge.
         let pieces = match self.restore_limit() {
-            Some(n) if options.noflush => super::pieces(payload, family, n).ok(),
+            Some(n) if options.noflush && options.cut => super::pieces(payload, family, n).ok(),
             _ => None,
         };
         // Each piece is a restore of its own: a failure leaves the pieces before it
@@ -770,8 +773,8 @@ impl Executor for IptablesRestore {
             return Ok(());
         }
         let options = RestoreOptions {
-            noflush: true,
             counters: false,
+            ..RestoreOptions::default()
         };
         self.restore(family, &edits, options)
     }

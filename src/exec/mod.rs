@@ -23,7 +23,7 @@ pub use iptables::{
     Backend, DEFAULT_LOCK_DIR, DEFAULT_LOCK_WAIT, IptablesRestore, NFT_CHAINS_PER_RESTORE,
 };
 pub use lock::SyncLock;
-pub use pieces::pieces;
+pub use pieces::{pieces, pieces_over};
 pub use recorder::{Call, DryRun, Recorder};
 
 use crate::flows::StaleFlow;
@@ -160,6 +160,12 @@ pub struct RestoreOptions {
     pub noflush: bool,
     /// `--counters`: keep packet counters of rewritten chains.
     pub counters: bool,
+    /// The executor may cut a large payload into the pieces its
+    /// [`Executor::chains_per_restore`] asks for (the default). The
+    /// [`Syncer`](crate::sync::Syncer) plans its pieces itself, some of them
+    /// larger on purpose (see [`pieces_over`]), and sends each with `false`:
+    /// one restore, one `COMMIT` per table.
+    pub cut: bool,
 }
 
 impl Default for RestoreOptions {
@@ -167,7 +173,15 @@ impl Default for RestoreOptions {
         RestoreOptions {
             noflush: true,
             counters: true,
+            cut: true,
         }
+    }
+}
+
+impl RestoreOptions {
+    /// The options with [`RestoreOptions::cut`] set to `cut`.
+    pub fn with_cut(self, cut: bool) -> Self {
+        RestoreOptions { cut, ..self }
     }
 }
 

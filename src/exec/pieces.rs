@@ -2,35 +2,42 @@
 //! take one large `--noflush` payload slowly (iptables-nft-restore 1.8.9 keeps the
 //! chain names a payload mentions in a sorted list, walked per line: quadratic).
 //!
-//! Pure: [`pieces`] reads the payload with [`parse`](crate::parse) and returns the
-//! payloads to send one after the other; an executor only runs them. Within each
-//! table, a chain is written (declared, which flushes it, and filled) only once
-//! every chain its rules jump to has been written, so the capture chains
-//! (`KUBE-SERVICES`, `KUBE-NODEPORTS`) come after the service chains they reach,
-//! and those after their endpoint chains. A chain that jumps to one of a service
-//! port's chains (`KUBE-FW-`, `KUBE-EXT-`, `KUBE-SVC-`, `KUBE-SVL-` and one hash)
-//! also comes after every other of them the payload writes, as it may reach them
-//! through one the payload leaves as it is. Each chain is written whole within one
-//! piece, so no packet meets a half-written chain. Chains the payload deletes
-//! (declared, to flush them, then `-X`) are flushed and deleted in a last piece of
-//! their table, after every rule that jumped to them has been rewritten. Sending
-//! the pieces in order leaves exactly the tables the whole payload leaves.
+//! Pure: [`pieces`] and [`pieces_over`] read the payload with
+//! [`parse`](crate::parse) and return the payloads to send one after the other; an
+//! executor only runs them. Each `*table … COMMIT` section of the payload is cut on
+//! its own, in the payload's order (a table may appear twice: the
+//! [`Syncer`](crate::sync::Syncer) writes some filter rules before nat and the
+//! rest after it). Within a section, a chain is written (declared, which flushes
+//! it, and filled) only once every chain its rules jump to has been written, so the
+//! capture chains (`KUBE-SERVICES`, `KUBE-NODEPORTS`) come after the service
+//! chains they reach, and those after their endpoint chains. A chain that jumps to
+//! one of a service port's chains (`KUBE-FW-`, `KUBE-EXT-`, `KUBE-SVC-`,
+//! `KUBE-SVL-` and one hash) also comes after every other of them the payload
+//! writes, as it may reach them through one the payload leaves as it is. Each
+//! chain is written whole within one piece, so no packet meets a half-written
+//! chain. Chains the payload deletes (declared, to flush them, then `-X`) are
+//! flushed and deleted in a last piece of their table, after every rule that
+//! jumped to them has been rewritten. Sending the pieces in order leaves exactly
+//! the tables the whole payload leaves.
+//!
+//! A chain rewritten in place for another role is written in one piece with its
+//! callers whose rules into it change: see [`pieces_over`].
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 use crate::compile::incremental::is_service_chain;
 use crate::model::IpFamily;
-use crate::parse::{Op, ParseError, parse_restore_as};
+use crate::parse::{Op, ParseError, canonical_rule, parse_restore_as};
 use crate::ruleset::restore;
-use crate::ruleset::{ChainName, Table};
+use crate::ruleset::{ChainName, Rule, Table};
 
 /// What one table's section of the payload holds, in the payload's words.
 struct Section<'p> {
     table: Table,
     /// Chains declared, in order, with their declaration line.
     declared: Vec<(ChainName, &'p str)>,
-    /// Each chain's rule lines, in order.
-    rules: HashMap<ChainName, Vec<&'p str>>,
+    /// Each chain's rules, in order: the line, and the rule as parsed.
+    rules: HashMap<ChainName, Vec<(&'p str, Rule)>>,
     /// Each chain's targets that are chains of this section.
     jumps: HashMap<ChainName, Vec<ChainName>>,
     /// The hashes of the service ports whose chains each chain jumps to,
@@ -41,12 +48,8 @@ struct Section<'p> {
 }
 
 /// The payload as pieces of at most `max_chains` chains each, to be restored in
-/// order; the payload whole (one piece) when it is small enough, or when it holds
-/// anything but declarations, appended rules and chain deletions (a payload this
-/// crate does not write), or a jump cycle.
-///
-/// A payload that declares at most `max_chains` chains is returned whole without
-/// being parsed, so cutting a piece again costs one pass over its lines.
+/// order, taking every chain it writes as new: [`pieces_over`] with nothing
+/// known of the tables before it, so no chain is grouped with its callers.
 ///
 /// # Errors
 /// The payload is too large to send whole and does not parse.
@@ -55,130 +58,273 @@ pub fn pieces(
     family: IpFamily,
     max_chains: usize,
 ) -> Result<Vec<String>, ParseError> {
+    pieces_over(payload, "", family, max_chains)
+}
+
+/// The payload as pieces of at most `max_chains` chains each (more only to keep
+/// a group whole, see below), to be restored in order onto tables that hold
+/// `before`; the payload whole (one piece) when it is small enough, or when it
+/// holds anything but declarations, appended rules and chain deletions (a
+/// payload this crate does not write), or a jump cycle. Each `*table … COMMIT`
+/// section is cut on its own, in dependency order: each chain written whole
+/// after the chains it jumps to (the capture chains last), the fixed chains
+/// first and together, the chains the payload deletes flushed and removed at
+/// the end of their table. And one more rule:
+///
+/// A chain rewritten in place keeps its old callers until they are rewritten too.
+/// When its callers stay as they were (a service's endpoints change: `KUBE-SVC-`
+/// is rewritten, the rule of `KUBE-SERVICES` that jumps to it is not), a packet
+/// that reaches it reaches it in the new state too, and the new chain sends it
+/// where the new state does. When they change (a traffic policy turned `Local`
+/// moves the cluster IP from `KUBE-SVC-` to `KUBE-SVL-`, which leaves `KUBE-SVC-`
+/// to external traffic; an external IP or node port taken away; narrower node
+/// port addresses), an old caller would send packets into the new chain that the
+/// new state sends elsewhere. Told what the tables held before, this function
+/// writes such a chain in the same piece as every chain whose old
+/// rules reach it and whose new rules do not the same way: one `COMMIT` is
+/// atomic, so no packet sees one without the other. It finds them walking back
+/// from each chain the payload rewrites over the old rules that jump to it: a
+/// caller the payload writes with the same rule (compared after
+/// [`canonical_rule`](crate::parse::canonical_rule)) is followed further back, as
+/// is one it leaves as it is or deletes; a caller it writes without that rule is
+/// grouped with the chain. Endpoint chains (`KUBE-SEP-`, named after their
+/// endpoint) and the fixed chains that jump nowhere (`KUBE-MARK-MASQ`,
+/// `KUBE-POSTROUTING`) do the same for every caller and are not walked from.
+///
+/// A group is kept whole, with every chain that must be written between two of
+/// its members, so a piece may hold more than the chains asked for: at most
+/// `KUBE-SERVICES`, `KUBE-NODEPORTS`, and, for every service port whose chains'
+/// callers change in this payload, its `KUBE-SVC-`, `KUBE-SVL-`, `KUBE-EXT-` and
+/// `KUBE-FW-` (the endpoint chains they reach go in earlier pieces). An ordinary
+/// sync (endpoints change, services come and go) changes no chain's callers and
+/// groups nothing.
+///
+/// `before` is `iptables-save` or restore text of the tables as they are before
+/// the payload, or of the part of them that matters: every chain the payload
+/// writes that exists already (declared; its rules are not needed), and every
+/// rule that jumps to one of them or to a chain on the way to one of them. A
+/// chain the payload writes that `before` does not declare is taken as new (no
+/// old rule jumps to it); a rule `before` leaves out is taken as one the payload
+/// does not change. An `iptables-save` dump of the table serves; so does empty
+/// text, which groups nothing.
+///
+/// A payload that declares at most `max_chains` chains is returned whole without
+/// being parsed, so cutting a piece again costs one pass over its lines.
+///
+/// # Errors
+/// The payload is too large to send whole and does not parse.
+pub fn pieces_over(
+    payload: &str,
+    before: &str,
+    family: IpFamily,
+    max_chains: usize,
+) -> Result<Vec<String>, ParseError> {
     let max_chains = max_chains.max(1);
     if payload.lines().filter(|l| l.starts_with(':')).count() <= max_chains {
         return Ok(vec![payload.to_owned()]);
     }
-    let parsed = parse_restore_as(payload, family)?;
-    let lines: Vec<&str> = payload.lines().collect();
     let whole = || vec![payload.to_owned()];
+    let Some(texts) = table_sections(payload) else {
+        // Not a sequence of `*table … COMMIT` sections: the parser says why.
+        parse_restore_as(payload, family)?;
+        return Ok(whole());
+    };
+    let mut parsed = Vec::with_capacity(texts.len());
+    for (first_line, text) in &texts {
+        let restore = parse_restore_as(text, family).map_err(|mut e| {
+            e.line += first_line;
+            e
+        })?;
+        parsed.push((*text, restore));
+    }
     let mut sections = Vec::new();
     let mut total = 0;
-    for table in &parsed.tables {
-        let mut s = Section {
-            table: table.table,
-            declared: Vec::new(),
-            rules: HashMap::new(),
-            jumps: HashMap::new(),
-            into_ports: HashMap::new(),
-            deleted: Vec::new(),
+    for (text, restore) in parsed {
+        let Some(s) = restore
+            .tables
+            .into_iter()
+            .next()
+            .and_then(|t| section(text, t))
+        else {
+            return Ok(whole());
         };
-        // Looked up per line: sets, as a full payload has 100k chains and more.
-        let mut declared: HashSet<&ChainName> = HashSet::new();
-        let mut deleted: HashSet<&ChainName> = HashSet::new();
-        for op in &table.ops {
-            let Some(line) = op.line.checked_sub(1).and_then(|i| lines.get(i)) else {
-                return Ok(whole());
-            };
-            match &op.op {
-                Op::Declare { chain, .. } => {
-                    // Declared twice, or again after its rules or its deletion: the
-                    // order of those lines matters, and only the whole payload keeps it.
-                    if deleted.contains(chain) || !declared.insert(chain) {
-                        return Ok(whole());
-                    }
-                    s.declared.push((chain.clone(), line));
-                }
-                Op::Append { chain, rule } => {
-                    // A rule for a chain the payload does not declare (a built-in chain,
-                    // or one it leaves as it is), or for one it deletes: sent whole.
-                    if !declared.contains(chain) || deleted.contains(chain) {
-                        return Ok(whole());
-                    }
-                    s.rules.entry(chain.clone()).or_default().push(line);
-                    // Typed only where the payload declares the chain: the others
-                    // exist already and are no dependency.
-                    if let Some(to) = rule.jump_target() {
-                        s.jumps.entry(chain.clone()).or_default().push(to.clone());
-                    }
-                    if let Some((hash, _)) = rule.target_name().and_then(port_chain) {
-                        let into = s.into_ports.entry(chain.clone()).or_default();
-                        into.push(hash.to_owned());
-                    }
-                }
-                Op::DeleteChain(Some(chain)) => {
-                    // A chain deleted with rules of its own would fail whole; pieces
-                    // would not say so.
-                    if s.rules.contains_key(chain) {
-                        return Ok(whole());
-                    }
-                    deleted.insert(chain);
-                    s.deleted.push((chain.clone(), line));
-                }
-                _ => return Ok(whole()),
-            }
-        }
         total += s.declared.len();
         sections.push(s);
     }
     if total <= max_chains {
         return Ok(whole());
     }
+    let before = Before::new(before);
     let mut out = Vec::new();
     for s in &sections {
-        let Some(order) = dependency_order(s) else {
+        let Some(units) = units(s, &before, family) else {
             return Ok(whole());
         };
-        let deleted: HashSet<&ChainName> = s.deleted.iter().map(|(c, _)| c).collect();
-        let declaration: HashMap<&ChainName, &str> =
-            s.declared.iter().map(|(c, l)| (c, *l)).collect();
-        // The chains that jump nowhere in the payload and are not per-service (the
-        // fixed ones: KUBE-MARK-MASQ sets the mark KUBE-POSTROUTING tests) go first,
-        // together, so no piece has one at a new setting and the other at an old one.
-        let (fixed, rest): (Vec<&ChainName>, Vec<&ChainName>) = order.iter().partition(|c| {
-            !is_service_chain(c.as_str())
-                && s.jumps.get(**c).is_none_or(Vec::is_empty)
-                && !s.into_ports.contains_key(**c)
-        });
-        let chunks = std::iter::once(fixed.as_slice())
-            .filter(|f| !f.is_empty())
-            .chain(rest.chunks(max_chains));
-        for chunk in chunks {
-            let mut text = String::new();
-            // Writing into a String cannot fail.
-            let _ = restore::open_table(&mut text, s.table);
-            for chain in chunk {
-                push_line(&mut text, declaration[chain]);
+        write_section(s, &units, max_chains, &mut out);
+    }
+    Ok(out)
+}
+
+/// The `*table … COMMIT` sections of `payload`, each with the number of lines
+/// before it; `None` if anything but blank lines and comments is outside them.
+fn table_sections(payload: &str) -> Option<Vec<(usize, &str)>> {
+    let mut out = Vec::new();
+    // The byte offset and line number where the open section starts.
+    let mut open: Option<(usize, usize)> = None;
+    let mut offset = 0;
+    for (n, line) in payload.split_inclusive('\n').enumerate() {
+        let trimmed = line.trim();
+        match open {
+            None if trimmed.is_empty() || trimmed.starts_with('#') => {}
+            None if trimmed.starts_with('*') => open = Some((offset, n)),
+            None => return None,
+            Some((start, first)) if trimmed == restore::COMMIT => {
+                out.push((first, &payload[start..offset + line.len()]));
+                open = None;
             }
-            for chain in chunk {
-                for line in s.rules.get(*chain).into_iter().flatten() {
-                    push_line(&mut text, line);
+            Some(_) => {}
+        }
+        offset += line.len();
+    }
+    open.is_none().then_some(out)
+}
+
+/// One section's chains, rules and deletions; `None` when it holds anything the
+/// pieces could not keep the meaning of.
+fn section(text: &str, table: crate::parse::RestoreTable) -> Option<Section<'_>> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut s = Section {
+        table: table.table,
+        declared: Vec::new(),
+        rules: HashMap::new(),
+        jumps: HashMap::new(),
+        into_ports: HashMap::new(),
+        deleted: Vec::new(),
+    };
+    // Looked up per line: sets, as a full payload has 100k chains and more.
+    let mut declared: HashSet<ChainName> = HashSet::new();
+    let mut deleted: HashSet<ChainName> = HashSet::new();
+    for op in table.ops {
+        let line = op.line.checked_sub(1).and_then(|i| lines.get(i))?;
+        match op.op {
+            Op::Declare { chain, .. } => {
+                // Declared twice, or again after its rules or its deletion: the
+                // order of those lines matters, and only the whole payload keeps it.
+                if deleted.contains(&chain) || !declared.insert(chain.clone()) {
+                    return None;
                 }
+                s.declared.push((chain, line));
+            }
+            Op::Append { chain, rule } => {
+                // A rule for a chain the payload does not declare (a built-in chain,
+                // or one it leaves as it is), or for one it deletes: sent whole.
+                if !declared.contains(&chain) || deleted.contains(&chain) {
+                    return None;
+                }
+                // Typed only where the payload declares the chain: the others
+                // exist already and are no dependency.
+                if let Some(to) = rule.jump_target() {
+                    s.jumps.entry(chain.clone()).or_default().push(to.clone());
+                }
+                if let Some((hash, _)) = rule.target_name().and_then(port_chain) {
+                    let into = s.into_ports.entry(chain.clone()).or_default();
+                    into.push(hash.to_owned());
+                }
+                s.rules.entry(chain).or_default().push((line, rule));
+            }
+            Op::DeleteChain(Some(chain)) => {
+                // A chain deleted with rules of its own would fail whole; pieces
+                // would not say so.
+                if s.rules.contains_key(&chain) {
+                    return None;
+                }
+                deleted.insert(chain.clone());
+                s.deleted.push((chain, line));
+            }
+            _ => return None,
+        }
+    }
+    Some(s)
+}
+
+/// Writes a section's pieces: the fixed chains first, together; then the units
+/// in order, packed into pieces of `max_chains` chains without cutting a unit;
+/// then the deleted chains flushed, then removed.
+fn write_section(
+    s: &Section<'_>,
+    units: &[Vec<&ChainName>],
+    max_chains: usize,
+    out: &mut Vec<String>,
+) {
+    let declaration: HashMap<&ChainName, &str> = s.declared.iter().map(|(c, l)| (c, *l)).collect();
+    // The chains that jump nowhere in the payload and are not per-service (the
+    // fixed ones: KUBE-MARK-MASQ sets the mark KUBE-POSTROUTING tests) go first,
+    // together, so no piece has one at a new setting and the other at an old one.
+    let (fixed, rest): (Vec<&Vec<&ChainName>>, Vec<&Vec<&ChainName>>) = units
+        .iter()
+        .partition(|u| matches!(u.as_slice(), [c] if is_fixed(s, c)));
+    let fixed: Vec<&ChainName> = fixed.into_iter().flatten().copied().collect();
+    let mut chunks: Vec<Vec<&ChainName>> = Vec::new();
+    if !fixed.is_empty() {
+        chunks.push(fixed);
+    }
+    let mut current: Vec<&ChainName> = Vec::new();
+    for unit in rest {
+        if !current.is_empty() && current.len() + unit.len() > max_chains {
+            chunks.push(std::mem::take(&mut current));
+        }
+        current.extend(unit.iter().copied());
+        if current.len() >= max_chains {
+            chunks.push(std::mem::take(&mut current));
+        }
+    }
+    if !current.is_empty() {
+        chunks.push(current);
+    }
+    for chunk in &chunks {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = restore::open_table(&mut text, s.table);
+        for chain in chunk {
+            push_line(&mut text, declaration[chain]);
+        }
+        for chain in chunk {
+            for (line, _) in s.rules.get(*chain).into_iter().flatten() {
+                push_line(&mut text, line);
+            }
+        }
+        let _ = restore::commit(&mut text);
+        out.push(text);
+    }
+    // Every rule that jumped to a deleted chain is rewritten by now: the deleted
+    // chains are flushed, then removed, both in pieces of `max_chains`.
+    let deleted: HashSet<&ChainName> = s.deleted.iter().map(|(c, _)| c).collect();
+    let doomed: Vec<&str> = s
+        .declared
+        .iter()
+        .filter(|(c, _)| deleted.contains(c))
+        .map(|(_, line)| *line)
+        .collect();
+    for lines in [doomed, s.deleted.iter().map(|(_, l)| *l).collect()] {
+        for chunk in lines.chunks(max_chains) {
+            let mut text = String::new();
+            let _ = restore::open_table(&mut text, s.table);
+            for line in chunk {
+                push_line(&mut text, line);
             }
             let _ = restore::commit(&mut text);
             out.push(text);
         }
-        // Every rule that jumped to a deleted chain is rewritten by now: the deleted
-        // chains are flushed, then removed, both in pieces of `max_chains`.
-        let doomed: Vec<&str> = s
-            .declared
-            .iter()
-            .filter(|(c, _)| deleted.contains(c))
-            .map(|(_, line)| *line)
-            .collect();
-        for lines in [doomed, s.deleted.iter().map(|(_, l)| *l).collect()] {
-            for chunk in lines.chunks(max_chains) {
-                let mut text = String::new();
-                let _ = restore::open_table(&mut text, s.table);
-                for line in chunk {
-                    push_line(&mut text, line);
-                }
-                let _ = restore::commit(&mut text);
-                out.push(text);
-            }
-        }
     }
-    Ok(out)
+}
+
+/// A chain that jumps nowhere in the payload and is not per-service: one of the
+/// fixed chains (`KUBE-MARK-MASQ`, `KUBE-POSTROUTING`, the canary, every filter
+/// chain).
+fn is_fixed(s: &Section<'_>, chain: &ChainName) -> bool {
+    !is_service_chain(chain.as_str())
+        && s.jumps.get(chain).is_none_or(Vec::is_empty)
+        && !s.into_ports.contains_key(chain)
 }
 
 fn push_line(text: &mut String, line: &str) {
@@ -186,10 +332,16 @@ fn push_line(text: &mut String, line: &str) {
     text.push('\n');
 }
 
-/// The section's written chains (declared and not deleted) in an order where each
-/// comes after every chain of the section it jumps to; among chains free to go,
-/// the payload's order. `None` on a cycle.
-fn dependency_order<'s>(s: &'s Section<'_>) -> Option<Vec<&'s ChainName>> {
+/// The section's written chains (declared and not deleted) as units to write
+/// whole, in an order where each comes after every unit it jumps to; among
+/// units free to go, the payload's order. A unit is one chain, or a chain
+/// grouped with the callers it must be written with (see the module docs) and
+/// every chain written between them. `None` on a jump cycle.
+fn units<'s>(
+    s: &'s Section<'_>,
+    before: &Before<'_>,
+    family: IpFamily,
+) -> Option<Vec<Vec<&'s ChainName>>> {
     let deleted: HashSet<&ChainName> = s.deleted.iter().map(|(c, _)| c).collect();
     let written: Vec<&ChainName> = s
         .declared
@@ -197,74 +349,314 @@ fn dependency_order<'s>(s: &'s Section<'_>) -> Option<Vec<&'s ChainName>> {
         .map(|(c, _)| c)
         .filter(|c| !deleted.contains(c))
         .collect();
-    let index: HashMap<&ChainName, usize> =
-        written.iter().enumerate().map(|(i, c)| (*c, i)).collect();
-    // A service port's chain the payload leaves as it is may jump to one it
-    // writes (an unchanged KUBE-EXT- to a rewritten KUBE-SVC-), out of sight of
-    // the payload's jumps: a chain that jumps into a service port's chains comes
-    // after all of them the payload writes, and each of them after those below it.
-    let mut ports: HashMap<&str, Vec<(u8, &ChainName)>> = HashMap::new();
-    for c in &written {
-        if let Some((hash, rank)) = port_chain(c.as_str()) {
-            ports.entry(hash).or_default().push((rank, c));
-        }
-    }
-    let mut below: HashMap<&ChainName, Vec<&ChainName>> = HashMap::new();
-    for &chain in &written {
-        let own = port_chain(chain.as_str());
-        let into = s
-            .into_ports
-            .get(chain)
-            .into_iter()
-            .flatten()
-            .map(String::as_str)
-            .filter(|hash| own.is_none_or(|(own, _)| own != *hash))
-            .map(|hash| (hash, u8::MAX));
-        for (hash, rank) in own.into_iter().chain(into) {
-            let port = ports.get(hash).map(Vec::as_slice).unwrap_or_default();
-            let lower = port.iter().filter(|(r, _)| *r < rank).map(|(_, c)| *c);
-            below.entry(chain).or_default().extend(lower);
-        }
-    }
-    let deps = |chain: &ChainName, i: usize| {
-        let jumps = s.jumps.get(chain).map(Vec::as_slice).unwrap_or_default();
-        let below = below.get(chain).map(Vec::as_slice).unwrap_or_default();
-        jumps.get(i).or_else(|| below.get(i - jumps.len()).copied())
+    let index: HashMap<&str, usize> = written
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.as_str(), i))
+        .collect();
+    let mut edges = dependencies(s, &written, &index);
+    // A jump cycle: no order writes each chain after what it jumps to.
+    let cyclic = |components: &[Vec<usize>], edges: &[Vec<usize>]| {
+        components
+            .iter()
+            .any(|c| c.len() > 1 || edges[c[0]].contains(&c[0]))
     };
-    // Depth-first, each chain after its dependencies; `state`: 1 on the path, 2 done.
-    let mut state: BTreeMap<usize, u8> = BTreeMap::new();
-    let mut order = Vec::with_capacity(written.len());
-    for start in 0..written.len() {
-        if state.contains_key(&start) {
+    let plain = components(&edges);
+    if cyclic(&plain, &edges) {
+        return None;
+    }
+    let groups = match before.table(s.table) {
+        Some(old) => grouped(s, &written, &index, old, family),
+        None => Vec::new(),
+    };
+    let components = if groups.is_empty() {
+        plain
+    } else {
+        // Each group as a ring of edges: one strongly connected component, with
+        // whatever lies on a path between two of its members.
+        for group in &groups {
+            for (k, &from) in group.iter().enumerate() {
+                edges[from].push(group[(k + 1) % group.len()]);
+            }
+        }
+        components(&edges)
+    };
+    Some(
+        components
+            .into_iter()
+            .map(|mut c| {
+                c.sort_unstable();
+                c.into_iter().map(|i| written[i]).collect()
+            })
+            .collect(),
+    )
+}
+
+/// Each written chain's dependencies among the written ones, by index: the
+/// chains it jumps to, then, for a chain that jumps into a service port's
+/// chains, every chain of that port the section writes (a port's chain the
+/// payload leaves as it is may jump to one it writes, an unchanged `KUBE-EXT-`
+/// to a rewritten `KUBE-SVC-`, out of sight of the payload's jumps), and for a
+/// port's chain, its port's chains below it (FW, then EXT, then SVC and SVL).
+fn dependencies(
+    s: &Section<'_>,
+    written: &[&ChainName],
+    index: &HashMap<&str, usize>,
+) -> Vec<Vec<usize>> {
+    let mut ports: HashMap<&str, Vec<(u8, usize)>> = HashMap::new();
+    for (i, c) in written.iter().enumerate() {
+        if let Some((hash, rank)) = port_chain(c.as_str()) {
+            ports.entry(hash).or_default().push((rank, i));
+        }
+    }
+    written
+        .iter()
+        .map(|&chain| {
+            let jumps = s.jumps.get(chain).into_iter().flatten();
+            let mut deps: Vec<usize> = jumps
+                .filter_map(|c| index.get(c.as_str()).copied())
+                .collect();
+            let own = port_chain(chain.as_str());
+            let into = s
+                .into_ports
+                .get(chain)
+                .into_iter()
+                .flatten()
+                .map(String::as_str)
+                .filter(|hash| own.is_none_or(|(own, _)| own != *hash))
+                .map(|hash| (hash, u8::MAX));
+            for (hash, rank) in own.into_iter().chain(into) {
+                let port = ports.get(hash).map(Vec::as_slice).unwrap_or_default();
+                deps.extend(port.iter().filter(|(r, _)| *r < rank).map(|(_, i)| *i));
+            }
+            deps
+        })
+        .collect()
+}
+
+/// The strongly connected components of the graph on `0..edges.len()`, each
+/// after every component it has an edge to. Depth-first from each node in turn,
+/// edges in order (Tarjan's algorithm, with an explicit stack): without cycles,
+/// each node after its dependencies, the nodes free to go in index order.
+fn components(edges: &[Vec<usize>]) -> Vec<Vec<usize>> {
+    let n = edges.len();
+    let mut t = Tarjan {
+        order: vec![None; n],
+        low: vec![0; n],
+        on_stack: vec![false; n],
+        stack: Vec::new(),
+        counter: 0,
+    };
+    let mut out = Vec::new();
+    for root in 0..n {
+        if t.order[root].is_some() {
             continue;
         }
-        // An explicit stack of (chain, next dependency to look at).
-        let mut stack = vec![(start, 0usize)];
-        state.insert(start, 1);
-        while let Some((at, next)) = stack.last_mut() {
-            let chain = written[*at];
-            match deps(chain, *next) {
-                Some(dep) => {
-                    *next += 1;
-                    let Some(&d) = index.get(dep) else { continue };
-                    match state.get(&d) {
-                        Some(1) => return None,
-                        Some(_) => {}
-                        None => {
-                            state.insert(d, 1);
-                            stack.push((d, 0));
-                        }
+        t.visit(root);
+        // (node, next edge to look at)
+        let mut path = vec![(root, 0usize)];
+        while let Some((v, next)) = path.last_mut() {
+            let v = *v;
+            if let Some(&w) = edges[v].get(*next) {
+                *next += 1;
+                match t.order[w] {
+                    None => {
+                        t.visit(w);
+                        path.push((w, 0));
+                    }
+                    Some(o) if t.on_stack[w] => t.low[v] = t.low[v].min(o),
+                    Some(_) => {}
+                }
+                continue;
+            }
+            path.pop();
+            if let Some(&(u, _)) = path.last() {
+                t.low[u] = t.low[u].min(t.low[v]);
+            }
+            if Some(t.low[v]) == t.order[v] {
+                let mut component = Vec::new();
+                while let Some(w) = t.stack.pop() {
+                    t.on_stack[w] = false;
+                    component.push(w);
+                    if w == v {
+                        break;
                     }
                 }
-                None => {
-                    state.insert(*at, 2);
-                    order.push(chain);
-                    stack.pop();
+                out.push(component);
+            }
+        }
+    }
+    out
+}
+
+/// [`components`]' bookkeeping: each node's visit number and lowest reachable
+/// one, and the nodes of the components not closed yet.
+struct Tarjan {
+    order: Vec<Option<usize>>,
+    low: Vec<usize>,
+    on_stack: Vec<bool>,
+    stack: Vec<usize>,
+    counter: usize,
+}
+
+impl Tarjan {
+    fn visit(&mut self, v: usize) {
+        self.order[v] = Some(self.counter);
+        self.low[v] = self.counter;
+        self.counter += 1;
+        self.stack.push(v);
+        self.on_stack[v] = true;
+    }
+}
+
+/// The groups of written chains (by index) that must be written in one piece:
+/// each chain the payload rewrites, walked from as the module docs say, with
+/// the callers it must go with. Only groups of two or more.
+fn grouped(
+    s: &Section<'_>,
+    written: &[&ChainName],
+    index: &HashMap<&str, usize>,
+    old: &TableBefore<'_>,
+    family: IpFamily,
+) -> Vec<Vec<usize>> {
+    // Union-find over the written chains.
+    let mut parent: Vec<usize> = (0..written.len()).collect();
+    fn root(parent: &mut [usize], mut i: usize) -> usize {
+        while parent[i] != i {
+            parent[i] = parent[parent[i]];
+            i = parent[i];
+        }
+        i
+    }
+    // Canonical text of old rule lines, and of each written chain's new rules.
+    let canonical = |rule: &Rule| canonical_rule(rule, family).to_string();
+    let mut old_rules: HashMap<&str, Option<String>> = HashMap::new();
+    let mut new_rules: HashMap<usize, HashSet<String>> = HashMap::new();
+    for (y, chain) in written.iter().enumerate() {
+        let name = chain.as_str();
+        if !old.declared.contains(name) || name.starts_with("KUBE-SEP-") || is_fixed(s, chain) {
+            continue;
+        }
+        let mut seen: HashSet<&str> = HashSet::from([name]);
+        let mut queue = vec![name];
+        while let Some(z) = queue.pop() {
+            for &(caller, line) in old.into.get(z).into_iter().flatten() {
+                let Some(&x) = index.get(caller) else {
+                    // Left as it is, deleted, or built in: its callers in turn.
+                    if seen.insert(caller) {
+                        queue.push(caller);
+                    }
+                    continue;
+                };
+                let rule = old_rules
+                    .entry(line)
+                    .or_insert_with(|| old_rule(line, s.table, family).map(|r| canonical(&r)));
+                let kept = rule.as_ref().is_some_and(|rule| {
+                    new_rules
+                        .entry(x)
+                        .or_insert_with(|| {
+                            let rules = s.rules.get(written[x]).into_iter().flatten();
+                            rules.map(|(_, r)| canonical(r)).collect()
+                        })
+                        .contains(rule)
+                });
+                if kept {
+                    if seen.insert(caller) {
+                        queue.push(caller);
+                    }
+                } else {
+                    let (a, b) = (root(&mut parent, y), root(&mut parent, x));
+                    parent[a] = b;
                 }
             }
         }
     }
-    Some(order)
+    let mut groups: HashMap<usize, Vec<usize>> = HashMap::new();
+    for i in 0..written.len() {
+        let r = root(&mut parent, i);
+        groups.entry(r).or_default().push(i);
+    }
+    let mut out: Vec<Vec<usize>> = groups.into_values().filter(|g| g.len() > 1).collect();
+    out.sort_unstable();
+    out
+}
+
+/// One old `-A` line read as a rule (`None` if it does not parse: then no new
+/// rule is taken as the same).
+fn old_rule(line: &str, table: Table, family: IpFamily) -> Option<Rule> {
+    let mut text = String::new();
+    // Writing into a String cannot fail.
+    let _ = restore::open_table(&mut text, table);
+    push_line(&mut text, line);
+    let _ = restore::commit(&mut text);
+    let parsed = parse_restore_as(&text, family).ok()?;
+    parsed
+        .tables
+        .into_iter()
+        .next()?
+        .ops
+        .into_iter()
+        .find_map(|o| match o.op {
+            Op::Append { rule, .. } => Some(rule),
+            _ => None,
+        })
+}
+
+/// What the tables held before a payload, as [`pieces_over`] reads it.
+struct Before<'b> {
+    tables: Vec<(Table, TableBefore<'b>)>,
+}
+
+/// One table of [`Before`]: the chains declared, and the `-A` lines that jump to
+/// a chain, by that chain (a jump to a chain ends its line: `-j NAME`).
+#[derive(Default)]
+struct TableBefore<'b> {
+    declared: HashSet<&'b str>,
+    into: HashMap<&'b str, Vec<(&'b str, &'b str)>>,
+}
+
+impl<'b> Before<'b> {
+    /// Reads `text` line by line, without parsing a rule: the lines that matter
+    /// are parsed when a walk reaches them.
+    fn new(text: &'b str) -> Self {
+        let mut tables: Vec<(Table, TableBefore<'b>)> = Vec::new();
+        let mut current: Option<usize> = None;
+        for line in text.lines() {
+            if let Some(name) = line.strip_prefix('*') {
+                current = name.trim().parse::<Table>().ok().map(|table| {
+                    match tables.iter().position(|(t, _)| *t == table) {
+                        Some(i) => i,
+                        None => {
+                            tables.push((table, TableBefore::default()));
+                            tables.len() - 1
+                        }
+                    }
+                });
+                continue;
+            }
+            let Some(i) = current else { continue };
+            let old = &mut tables[i].1;
+            if let Some(declared) = line.strip_prefix(':') {
+                if let Some(name) = declared.split(' ').next() {
+                    old.declared.insert(name);
+                }
+            } else if let Some(rest) = line.strip_prefix("-A ")
+                && let Some((chain, _)) = rest.split_once(' ')
+                && let Some((head, target)) = rest.trim_end().rsplit_once(' ')
+                && (head.ends_with(" -j") || head.ends_with(" -g"))
+            {
+                old.into.entry(target).or_default().push((chain, line));
+            }
+        }
+        Before { tables }
+    }
+
+    fn table(&self, table: Table) -> Option<&TableBefore<'b>> {
+        self.tables
+            .iter()
+            .find(|(t, _)| *t == table)
+            .map(|(_, b)| b)
+    }
 }
 
 /// A service port's chain (`KUBE-SVC-`, `KUBE-SVL-`, `KUBE-EXT-` or `KUBE-FW-`
@@ -374,6 +766,122 @@ mod tests {
         let got = pieces(payload, IpFamily::Ipv4, 1).unwrap();
         let order: Vec<String> = got.iter().map(|p| chain_of(p)).collect();
         assert_eq!(order, [":KUBE-SVC-H - [0:0]", ":KUBE-FW-H - [0:0]"]);
+    }
+
+    /// The chains each piece declares.
+    fn declared(pieces: &[String]) -> Vec<Vec<&str>> {
+        pieces
+            .iter()
+            .map(|p| {
+                p.lines()
+                    .filter_map(|l| l.strip_prefix(':')?.split(' ').next())
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// What the kernel held: KUBE-SERVICES sends the cluster IP to KUBE-SVC-H
+    /// (in `iptables-save`'s words), which sends it to KUBE-SEP-A.
+    const BEFORE: &str = "*nat\n:PREROUTING ACCEPT [0:0]\n:KUBE-SERVICES - [0:0]\n\
+        :KUBE-SVC-H - [0:0]\n:KUBE-SEP-A - [0:0]\n\
+        -A PREROUTING -j KUBE-SERVICES\n\
+        -A KUBE-SERVICES -d 172.30.0.1/32 -p tcp -m tcp --dport 80 -j KUBE-SVC-H\n\
+        -A KUBE-SVC-H -j KUBE-SEP-A\n\
+        -A KUBE-SEP-A -p tcp -m tcp -j DNAT --to-destination 10.1.0.1:80\nCOMMIT\n";
+
+    #[test]
+    fn a_chain_whose_callers_change_goes_in_with_them() {
+        // The cluster IP moves to KUBE-SVL-H; KUBE-SVC-H is rewritten for
+        // other traffic. Its old caller must not send the cluster IP into it.
+        let payload = "*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-SVC-H - [0:0]\n:KUBE-SVL-H - [0:0]\n:KUBE-SEP-B - [0:0]\n\
+            -A KUBE-SERVICES -m tcp -p tcp -d 172.30.0.1 --dport 80 -j KUBE-SVL-H\n\
+            -A KUBE-SERVICES -m tcp -p tcp -d 1.2.3.4 --dport 80 -j KUBE-SVC-H\n\
+            -A KUBE-SVC-H -j KUBE-SEP-B\n\
+            -A KUBE-SVL-H -j KUBE-SEP-A\n\
+            -A KUBE-SEP-B -m tcp -p tcp -j DNAT --to-destination 10.1.0.2:80\nCOMMIT\n";
+        let got = pieces_over(payload, BEFORE, IpFamily::Ipv4, 1).unwrap();
+        assert_eq!(
+            declared(&got),
+            [
+                vec!["KUBE-SVL-H"],
+                vec!["KUBE-SEP-B"],
+                vec!["KUBE-SERVICES", "KUBE-SVC-H"],
+            ]
+        );
+        // Knowing nothing of the tables before, nothing is grouped.
+        assert_eq!(
+            declared(&pieces(payload, IpFamily::Ipv4, 1).unwrap()).len(),
+            4
+        );
+    }
+
+    #[test]
+    fn a_chain_whose_callers_stay_goes_alone() {
+        // KUBE-SVC-H gets another endpoint; KUBE-SERVICES is rewritten for
+        // another service but sends the cluster IP to KUBE-SVC-H as before
+        // (in svcnat's words rather than iptables-save's: the same rule).
+        let payload = "*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-SVC-H - [0:0]\n:KUBE-SEP-B - [0:0]\n\
+            -A KUBE-SERVICES -m tcp -p tcp -d 172.30.0.1 --dport 80 -j KUBE-SVC-H\n\
+            -A KUBE-SERVICES -m tcp -p tcp -d 172.30.0.2 --dport 80 -j RETURN\n\
+            -A KUBE-SVC-H -m statistic --mode random --probability 0.5000000000 -j KUBE-SEP-A\n\
+            -A KUBE-SVC-H -j KUBE-SEP-B\n\
+            -A KUBE-SEP-B -m tcp -p tcp -j DNAT --to-destination 10.1.0.2:80\nCOMMIT\n";
+        let got = pieces_over(payload, BEFORE, IpFamily::Ipv4, 1).unwrap();
+        assert_eq!(
+            declared(&got),
+            [
+                vec!["KUBE-SEP-B"],
+                vec!["KUBE-SVC-H"],
+                vec!["KUBE-SERVICES"]
+            ]
+        );
+    }
+
+    #[test]
+    fn callers_are_found_through_chains_left_as_they_are_and_deleted_ones() {
+        // Before: KUBE-SERVICES -> KUBE-FW-H -> KUBE-EXT-H -> KUBE-SVC-H. The
+        // source ranges go (KUBE-FW-H deleted), KUBE-EXT-H stays as it is,
+        // KUBE-SVC-H changes: its old callers reach it through KUBE-EXT-H and
+        // KUBE-FW-H from a rule of KUBE-SERVICES the new one does not have.
+        let before = "*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-FW-H - [0:0]\n:KUBE-EXT-H - [0:0]\n:KUBE-SVC-H - [0:0]\n\
+            -A KUBE-SERVICES -d 1.2.3.4/32 -p tcp -m tcp --dport 80 -j KUBE-FW-H\n\
+            -A KUBE-FW-H -s 203.0.113.0/25 -j KUBE-EXT-H\n\
+            -A KUBE-EXT-H -j KUBE-SVC-H\n\
+            -A KUBE-SVC-H -j KUBE-SEP-A\nCOMMIT\n";
+        let payload = "*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-SVC-H - [0:0]\n:KUBE-SEP-B - [0:0]\n:KUBE-FW-H - [0:0]\n\
+            -A KUBE-SERVICES -m tcp -p tcp -d 1.2.3.4 --dport 80 -j KUBE-EXT-H\n\
+            -A KUBE-SVC-H -j KUBE-SEP-B\n\
+            -A KUBE-SEP-B -m tcp -p tcp -j DNAT --to-destination 10.1.0.2:80\n\
+            -X KUBE-FW-H\nCOMMIT\n";
+        let got = pieces_over(payload, before, IpFamily::Ipv4, 1).unwrap();
+        assert_eq!(
+            declared(&got),
+            [
+                vec!["KUBE-SEP-B"],
+                vec!["KUBE-SERVICES", "KUBE-SVC-H"],
+                vec!["KUBE-FW-H"],
+                vec![],
+            ]
+        );
+    }
+
+    #[test]
+    fn a_table_written_twice_is_cut_section_by_section() {
+        let payload = "*filter\n:KUBE-SERVICES - [0:0]\n-A KUBE-SERVICES -d 10.0.0.1/32 -j DROP\nCOMMIT\n\
+            *nat\n:KUBE-SEP-A - [0:0]\n:KUBE-SVC-A - [0:0]\n\
+            -A KUBE-SVC-A -j KUBE-SEP-A\n-A KUBE-SEP-A -j DNAT --to-destination 10.1.0.1:80\nCOMMIT\n\
+            *filter\n:KUBE-SERVICES - [0:0]\nCOMMIT\n";
+        let got = pieces(payload, IpFamily::Ipv4, 1).unwrap();
+        assert_eq!(
+            declared(&got),
+            [
+                vec!["KUBE-SERVICES"],
+                vec!["KUBE-SEP-A"],
+                vec!["KUBE-SVC-A"],
+                vec!["KUBE-SERVICES"],
+            ]
+        );
+        assert!(got[0].starts_with("*filter\n") && got[3].starts_with("*filter\n"));
     }
 
     #[test]

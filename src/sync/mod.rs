@@ -20,7 +20,9 @@
 //! ## Failures, drift and other writers
 //!
 //! - **A sync that fails** returns [`SyncError`]; the kernel then holds whole
-//!   pieces of it, nat no further behind than filter. Call `sync()` again after
+//!   pieces of it, one of the states in between that [`Syncer::sync_at`]
+//!   describes, each treating every packet as the state before or after the
+//!   sync does. Call `sync()` again after
 //!   [`SyncError::retry_after`]: the next sync is a full one and brings the kernel
 //!   in step whether or not the cluster changed ([`FullReason::AfterFailure`]).
 //! - **Drift**: every full sync writes a canary chain (`KUBE-PROXY-CANARY`, one
@@ -61,6 +63,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod interim;
 mod plan;
 mod syncer;
 

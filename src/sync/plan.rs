@@ -21,7 +21,10 @@ pub struct Payload {
     /// True for a full sync (every chain written).
     pub full: bool,
     /// The chains written whole (declared, which flushes them, then their rules),
-    /// nat before filter in a [`Syncer`](super::Syncer)'s payload.
+    /// nat before filter in a [`Syncer`](super::Syncer)'s payload. Its text may
+    /// open with a filter section that is not listed here: the filter rules the
+    /// sync holds while nat changes, written again by the filter section at its
+    /// end.
     pub written: Vec<(Table, ChainName)>,
     /// The chains flushed and deleted.
     pub deleted: Vec<(Table, ChainName)>,
@@ -60,6 +63,14 @@ impl Payload {
     /// The `iptables-restore` text, copied.
     pub fn to_text(&self) -> String {
         self.text.clone()
+    }
+
+    /// Puts `section` (a table's section, or nothing) before the text: the
+    /// filter rules a [`Syncer`](super::Syncer) holds while nat changes.
+    pub(super) fn put_first(&mut self, section: &str) {
+        if !section.is_empty() {
+            self.text.insert_str(0, section);
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use crate::compile::incremental::{
 };
 use crate::compile::{CANARY_CHAIN, canaries, jump_rules};
 use crate::error::CompileError;
-use crate::exec::{ExecError, Executor, RestoreOptions, pieces};
+use crate::exec::{ExecError, Executor, RestoreOptions, pieces_over};
 use crate::model::{
     ClusterState, EndpointSlice, IpFamily, Protocol, ProxyConfig, Service, ServiceKey, SliceKey,
 };
@@ -23,6 +23,7 @@ use crate::ruleset::lex::tokenize;
 use crate::ruleset::restore;
 use crate::ruleset::{ChainName, JumpRule, NfacctCounter, Ruleset, Table};
 
+use super::interim;
 use super::plan::{Payload, PayloadBuilder, diff_chains, without_deletes_at, without_unchanged};
 use crate::flows::{FlowDestination, StaleFlow};
 
@@ -504,20 +505,29 @@ impl<E: Executor> Syncer<E> {
     /// ([`Executor::lock`]) for the whole sync: every executor call of the sync,
     /// the drift check included, is made under it.
     ///
-    /// A sync writes nat before filter, each table's rules in dependency order
-    /// (in pieces when the executor asks for them, see
-    /// [`Executor::chains_per_restore`]), so a failure part way leaves filter no
-    /// further on than nat. A stale chain whose `-X` fails (a rule svcnat did not
-    /// write still jumps to it) is left flushed and reported in
-    /// [`SyncReport::kept_chains`]; the rest of the sync goes on.
+    /// Every state a sync goes through treats each packet as the state before
+    /// it or the state after it does (tests/it/in_between.rs states this
+    /// exactly): a sync writes filter's rules to hold while nat changes (per
+    /// destination, the new ones where the new filter REJECTs, the old ones where
+    /// the old one did, both states' DROPs where both have some, none where one
+    /// has none: a full sync reads the kernel's filter table for the old ones),
+    /// then nat, then filter's new rules; each table's chains in dependency
+    /// order, in pieces when the executor asks for them (see
+    /// [`Executor::chains_per_restore`] and
+    /// [`pieces_over`](crate::exec::pieces_over), which keeps a chain rewritten
+    /// for another role in one piece with the callers whose rules into it
+    /// change). A stale chain whose `-X` fails (a rule svcnat did not write still
+    /// jumps to it) is left flushed and reported in [`SyncReport::kept_chains`];
+    /// the rest of the sync goes on.
     ///
     /// # Errors
     /// An executor failure, or the executor's lock not taken (another process may
-    /// have changed the tables meanwhile). The kernel may then hold part of this sync's rules:
-    /// whole pieces, nat no further behind than filter, each piece a state that
-    /// routes traffic as the state before or after it does. The next sync is a
-    /// full one and brings the kernel in step: call `sync()` again after
-    /// [`SyncError::retry_after`], whether or not the cluster changed.
+    /// have changed the tables meanwhile). The kernel may then hold part of this
+    /// sync's rules: whole pieces, each leaving one of the states in between
+    /// (filter's rules held while nat changes, never its new rules before nat's).
+    /// The next sync is a full one and brings the kernel in step: call `sync()`
+    /// again after [`SyncError::retry_after`], whether or not the cluster
+    /// changed.
     pub fn sync_at(&mut self, now: Instant) -> Result<SyncReport, SyncError> {
         let started = Instant::now();
         let report = self.sync_inner(now)?;
@@ -630,7 +640,7 @@ impl<E: Executor> Syncer<E> {
                 .collect(),
             text,
         };
-        match apply(&mut self.executor, &payload) {
+        match apply(&mut self.executor, &payload, "") {
             Ok(kept) => {
                 self.undeleted = kept.iter().map(|k| k.chain.clone()).collect();
                 self.delete_backoff = if kept.is_empty() {
@@ -764,6 +774,11 @@ impl<E: Executor> Syncer<E> {
         {
             payload = smaller;
         }
+        // The filter rules to hold while nat changes, from the kernel's filter
+        // table (see `interim`); none if it cannot be read.
+        if let Ok(filter) = self.executor.save(family, Table::Filter) {
+            payload.put_first(&interim::full_section(&filter, payload.text(), family));
+        }
         let mut jumps = jump_rules(&self.config)?;
         // Missing jumps (a first sync) go in nat first, POSTROUTING's first: no
         // packet is DNATed without its masquerade, or dropped by filter before
@@ -773,7 +788,7 @@ impl<E: Executor> Syncer<E> {
         self.pending_full = Some(FullReason::AfterFailure);
         let applied_ok = self
             .ensure_counters(&payload)
-            .and_then(|()| apply(&mut self.executor, &payload))
+            .and_then(|()| apply(&mut self.executor, &payload, saved.as_deref().unwrap_or("")))
             .and_then(|kept| self.executor.ensure_jumps(family, &jumps).map(|()| kept));
         let kept = match applied_ok {
             Ok(kept) => kept,
@@ -917,12 +932,16 @@ impl<E: Executor> Syncer<E> {
         // again, no longer stale.
         let written_names: HashSet<&ChainName> = written.iter().map(|(n, _)| *n).collect();
         self.undeleted.retain(|c| !written_names.contains(c));
+        let filter_changed = dirty_shared.iter().any(|w| w.table() == Table::Filter);
         // A shared chain whose part of some service changed is written whole.
         let shared: Vec<(Table, ChainName, String)> = dirty_shared
             .into_iter()
             .map(|which| {
-                let text =
-                    incremental::shared_text(&applied.rules, which, applied.services.values());
+                let text = incremental::shared_text(
+                    &applied.rules,
+                    which,
+                    applied.services.values().map(|s| s.shared_text(which)),
+                );
                 (which.table(), which.chain(), text)
             })
             .collect();
@@ -932,8 +951,8 @@ impl<E: Executor> Syncer<E> {
                 .filter(move |(t, _, _)| *t == table)
                 .map(|(_, name, text)| (name, text.as_str()))
         };
-        // Nat first: each table commits on its own, and a failure must not leave
-        // filter ahead of nat.
+        // Nat, then filter, with the filter rules to hold while nat changes put
+        // first (see `interim`): each table commits on its own.
         let mut builder = PayloadBuilder::default();
         builder.table(
             Table::Nat,
@@ -941,14 +960,22 @@ impl<E: Executor> Syncer<E> {
             &deleted,
         );
         builder.table(Table::Filter, shared_of(Table::Filter), &[]);
-        let payload = builder.finish(family, false);
+        let mut payload = builder.finish(family, false);
+        if filter_changed {
+            payload.put_first(&interim_filter(applied, &changes, family));
+        }
+        // What pieces are planned over: the changed services' old nat rules.
+        let before = match self.executor.chains_per_restore(family) {
+            Some(_) => nat_before(&changes),
+            None => String::new(),
+        };
         let stale_flows = flows_of(&changes, &applied.services);
         let kept = if payload.is_empty() {
             Vec::new()
         } else {
             match self
                 .ensure_counters(&payload)
-                .and_then(|()| apply(&mut self.executor, &payload))
+                .and_then(|()| apply(&mut self.executor, &payload, &before))
             {
                 Ok(kept) => kept,
                 Err(e) => {
@@ -960,7 +987,6 @@ impl<E: Executor> Syncer<E> {
                 }
             }
         };
-        let mut payload = payload;
         let mut kept = kept;
         if !kept.is_empty() {
             let kept_names: HashSet<&ChainName> = kept.iter().map(|k| &k.chain).collect();
@@ -986,13 +1012,21 @@ impl<E: Executor> Syncer<E> {
 }
 
 /// Applies a payload as [`Syncer::sync_at`] says: in the executor's pieces, one
-/// restore each, in order. A restore that fails at a `-X` line is sent again
-/// without it (the chain stays, flushed) and the chain is returned as kept; any
-/// other failure ends the apply.
-fn apply<E: Executor>(exec: &mut E, payload: &Payload) -> Result<Vec<KeptChain>, ExecError> {
+/// restore each, in order, planned over `before` (what the kernel's tables held,
+/// as [`pieces_over`] takes it). A restore that fails at a `-X` line is sent
+/// again without it (the chain stays, flushed) and the chain is returned as
+/// kept; any other failure ends the apply.
+fn apply<E: Executor>(
+    exec: &mut E,
+    payload: &Payload,
+    before: &str,
+) -> Result<Vec<KeptChain>, ExecError> {
     let family = payload.family;
+    // Pieces planned here are sent as they are: the executor must not cut a
+    // group of chains that has to commit at once.
+    let options = RestoreOptions::default().with_cut(false);
     let steps: Vec<Cow<'_, str>> = match exec.chains_per_restore(family) {
-        Some(n) => match pieces(payload.text(), family, n) {
+        Some(n) => match pieces_over(payload.text(), before, family, n) {
             Ok(pieces) => pieces.into_iter().map(Cow::Owned).collect(),
             // Only a payload svcnat did not write fails to parse: sent whole,
             // for the binary to judge.
@@ -1002,7 +1036,7 @@ fn apply<E: Executor>(exec: &mut E, payload: &Payload) -> Result<Vec<KeptChain>,
     };
     let mut kept = Vec::new();
     for mut step in steps {
-        while let Err(e) = exec.restore(family, &step, RestoreOptions::default()) {
+        while let Err(e) = exec.restore(family, &step, options) {
             // Each pass takes out at least one line: it ends.
             let Some((removed, rest)) = without_deletes_at(&step, &e.failed_lines()) else {
                 return Err(e);
@@ -1024,6 +1058,101 @@ fn apply<E: Executor>(exec: &mut E, payload: &Payload) -> Result<Vec<KeptChain>,
         }
     }
     Ok(kept)
+}
+
+/// The filter section a partial sync writes before nat (see
+/// [`interim`](super::interim)): each shared filter chain in which a changed
+/// service holds other rules while nat changes than it held before, with every
+/// service's part of it, the changed services' parts as they are held in
+/// between and the others' as they are. Empty when there is none.
+fn interim_filter(applied: &Applied, changes: &[Change], family: IpFamily) -> String {
+    let chains: Vec<SharedChain> = SharedChain::ALL
+        .into_iter()
+        .filter(|w| w.table() == Table::Filter)
+        .collect();
+    let mut held: BTreeMap<&ServiceKey, Vec<String>> = BTreeMap::new();
+    let mut differs = vec![false; chains.len()];
+    for change in changes {
+        let old = change.old.as_ref();
+        let new = applied.services.get(&change.key);
+        let parts: Vec<(ChainName, &str, &str)> = chains
+            .iter()
+            .map(|w| {
+                let (before, after) = (
+                    old.map_or("", |s| s.shared_text(*w)),
+                    new.map_or("", |s| s.shared_text(*w)),
+                );
+                (w.chain(), before, after)
+            })
+            .collect();
+        if parts.iter().all(|(_, o, n)| o == n) {
+            continue;
+        }
+        let Some(between) = interim::service_parts(&parts, family) else {
+            // Its old parts, held until after nat.
+            held.insert(&change.key, parts.iter().map(|p| p.1.to_owned()).collect());
+            continue;
+        };
+        for (k, (part, now)) in parts.iter().zip(&between).enumerate() {
+            differs[k] |= part.1 != now;
+        }
+        held.insert(&change.key, between);
+    }
+    let mut text = String::new();
+    if !differs.contains(&true) {
+        return text;
+    }
+    let keys: BTreeSet<&ServiceKey> = applied
+        .services
+        .keys()
+        .chain(held.keys().copied())
+        .collect();
+    // Writing into a String cannot fail.
+    let _ = restore::open_table(&mut text, Table::Filter);
+    for (k, which) in chains.iter().enumerate().filter(|(k, _)| differs[*k]) {
+        let _ = restore::declare(&mut text, which.chain().as_str());
+        let parts = keys.iter().map(|key| match held.get(key) {
+            Some(between) => between[k].as_str(),
+            None => applied
+                .services
+                .get(*key)
+                .map_or("", |s| s.shared_text(*which)),
+        });
+        text.push_str(&incremental::shared_text(&applied.rules, *which, parts));
+    }
+    let _ = restore::commit(&mut text);
+    text
+}
+
+/// What the nat table held of the changed services before a partial sync, as
+/// [`pieces_over`] takes it: the shared nat chains and the services' old own
+/// chains declared, and their old rules (the rules of other services jump to
+/// none of these services' chains).
+fn nat_before(changes: &[Change]) -> String {
+    let nat: Vec<SharedChain> = SharedChain::ALL
+        .into_iter()
+        .filter(|w| w.table() == Table::Nat)
+        .collect();
+    let old = || changes.iter().filter_map(|c| c.old.as_ref());
+    let mut text = String::new();
+    // Writing into a String cannot fail.
+    let _ = restore::open_table(&mut text, Table::Nat);
+    for which in &nat {
+        let _ = restore::declare(&mut text, which.chain().as_str());
+    }
+    for (name, _) in old().flat_map(ServiceText::chains) {
+        let _ = restore::declare(&mut text, name.as_str());
+    }
+    for service in old() {
+        for (_, rules) in service.chains() {
+            text.push_str(rules);
+        }
+        for which in &nat {
+            text.push_str(service.shared_text(*which));
+        }
+    }
+    let _ = restore::commit(&mut text);
+    text
 }
 
 /// What a drift check found.

@@ -1,7 +1,8 @@
 //! The kernel twins of `resilience`: what a sync does when the real tables are
 //! not what it left, on both backends, in namespaces the tests create. Drift (the
 //! nat table replaced or flushed, a jump rule deleted) repaired by the next sync;
-//! a sync that fails in nat leaving filter as it was; stale chains that something
+//! a sync that fails in nat leaving filter as it was; filter's rules held while
+//! nat changes, in the same restores; stale chains that something
 //! else jumps to never wedging a sync; a sync cut into pieces failing at any
 //! piece. Each compares the tables (`iptables-save` of nat and filter, parsed and
 //! canonicalized) with those of a fresh namespace after one full sync of the same
@@ -392,6 +393,59 @@ fn a_failure_in_nat_leaves_filter_as_it_was_nft() {
 fn a_failure_in_nat_leaves_filter_as_it_was_legacy() {
     if kernel_available("a_failure_in_nat_leaves_filter_as_it_was_legacy") {
         a_failure_in_nat_leaves_filter_as_it_was(Backend::Legacy, "khalf-leg");
+    }
+}
+
+/// The filter rules a sync holds while nat changes reach the kernel in the
+/// same restores as the rest: a payload that names filter twice (before nat and
+/// after it). `web` loses its endpoints and `empty` gains one in a partial
+/// sync: web's REJECT goes in before nat (empty's stays until after). Then a
+/// restarted proxy, in pieces of one chain, turns them back in its first full
+/// sync, planned over the kernel's own dump of both tables. Each time the
+/// tables are those of one full sync of the state, and traffic follows.
+fn filter_held_while_nat_changes(backend: Backend, tag: &str) {
+    let lab = Lab::new(tag, IpFamily::Ipv4);
+    let mut syncer = Syncer::new(exec(backend, &lab.node), config())
+        .unwrap()
+        .with_drift_check(None);
+    syncer.replace_state(web_and_empty());
+    assert!(syncer.sync().unwrap().full);
+
+    let swapped = cluster(&[("web", WEB, &[]), ("empty", EMPTY, &[2])]);
+    syncer.replace_state(swapped.clone());
+    let report = syncer.sync().unwrap();
+    assert!(!report.full);
+    let text = report.payload.text();
+    assert!(text.starts_with("*filter\n"), "{text}");
+    assert_eq!(text.matches("*filter\n").count(), 2, "{text}");
+    let want = reference(backend, None, &swapped);
+    assert_tables(&lab.node, backend, &want, "the partial sync");
+    assert_eq!(lab.connect(&lab.node, "tcp", WEB, 80, 1), ["REFUSED"]);
+    assert_serves(&lab, &lab.client, EMPTY, &[2], "the partial sync");
+
+    let exec = exec(backend, &lab.node).with_restore_pieces(Some(1));
+    let mut restarted = Syncer::new(exec, config()).unwrap().with_drift_check(None);
+    restarted.replace_state(web_and_empty());
+    let report = restarted.sync().unwrap();
+    assert_eq!(report.full_reason, Some(FullReason::FirstSync));
+    assert!(report.payload.text().starts_with("*filter\n"));
+    let want = reference(backend, None, &web_and_empty());
+    assert_tables(&lab.node, backend, &want, "the restart");
+    assert_eq!(lab.connect(&lab.node, "tcp", EMPTY, 80, 1), ["REFUSED"]);
+    assert_serves(&lab, &lab.client, WEB, &[1, 2, 3], "the restart");
+}
+
+#[test]
+fn filter_held_while_nat_changes_nft() {
+    if kernel_available("filter_held_while_nat_changes_nft") {
+        filter_held_while_nat_changes(Backend::Nft, "khold-nft");
+    }
+}
+
+#[test]
+fn filter_held_while_nat_changes_legacy() {
+    if kernel_available("filter_held_while_nat_changes_legacy") {
+        filter_held_while_nat_changes(Backend::Legacy, "khold-leg");
     }
 }
 

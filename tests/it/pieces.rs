@@ -1,4 +1,5 @@
-//! A payload cut into pieces (`exec::pieces`) is safe at every step: driven
+//! A payload cut into pieces (`exec::pieces_over`, over the tables it is
+//! applied to) is safe at every step: driven
 //! through the `Recorder` piece by piece from one state to the next, each piece
 //! is accepted (no rule jumps to a missing chain), every service that has a
 //! destination before and after has one in between, and only to an endpoint of
@@ -10,7 +11,7 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 
 use proptest::prelude::*;
-use svcnat::exec::{Executor, Recorder, RestoreOptions, pieces};
+use svcnat::exec::{Executor, Recorder, RestoreOptions, pieces_over};
 use svcnat::model::*;
 use svcnat::ruleset::Table;
 use svcnat::sync::Syncer;
@@ -90,7 +91,9 @@ fn check(before: &[Vec<u8>], after: &[Vec<u8>], max_chains: usize) -> Result<(),
         .unwrap();
     let will = destinations(&mut whole, services);
 
-    let parts = pieces(&payload, IpFamily::Ipv4, max_chains).unwrap();
+    // Planned over the tables as they are, as the Syncer plans them.
+    let before = rec.save(IpFamily::Ipv4, Table::Nat).unwrap();
+    let parts = pieces_over(&payload, &before, IpFamily::Ipv4, max_chains).unwrap();
     prop_assert!(parts.len() > 1 || payload.matches(" - [0:0]").count() <= max_chains);
     for (k, part) in parts.iter().enumerate() {
         rec.restore(IpFamily::Ipv4, part, RestoreOptions::default())
