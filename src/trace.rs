@@ -89,8 +89,9 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::model::{IpFamily, Protocol};
-use crate::nft;
 use crate::ruleset::JumpRule;
+
+pub mod nft;
 use crate::ruleset::{
     AddrKind, AddrType, Address, Chain, ChainName, CtState, Direction, Interface, Match, Not,
     Policy, PortsOf, ProtocolMatch, ProtocolName, RecentAction, Rule, Ruleset, Table, TableRules,
@@ -263,7 +264,7 @@ pub enum TableId {
     /// An iptables table (`nat`, `filter`, …).
     Iptables(Table),
     /// An nftables table: its family and name (`ip kube-proxy`).
-    Nft(nft::Family, nft::Name),
+    Nft(crate::nft::Family, crate::nft::Name),
 }
 
 impl From<Table> for TableId {
@@ -297,7 +298,7 @@ pub enum ChainId {
     /// An iptables chain.
     Iptables(ChainName),
     /// An nftables chain.
-    Nft(nft::Name),
+    Nft(crate::nft::Name),
 }
 
 impl ChainId {
@@ -337,7 +338,7 @@ impl<'de> Deserialize<'de> for RuleRef {
             TableId::Iptables(_) => ChainName::new(raw.chain)
                 .map(ChainId::Iptables)
                 .map_err(serde::de::Error::custom)?,
-            TableId::Nft(..) => nft::Name::new(raw.chain)
+            TableId::Nft(..) => crate::nft::Name::new(raw.chain)
                 .map(ChainId::Nft)
                 .map_err(serde::de::Error::custom)?,
         };
@@ -463,6 +464,28 @@ pub enum TraceError {
         chain: ChainName,
         /// The jumping rule.
         from: RuleRef,
+    },
+    /// An nftables rule names a chain, set or map its table does not have
+    /// (the kernel refuses to load such a table).
+    #[error("{from} names the {kind} {name}, which the table does not have")]
+    NftMissing {
+        /// `chain`, `set` or `map`.
+        kind: &'static str,
+        /// The missing object's name.
+        name: String,
+        /// The rule that names it (for a map element's chain, the rule that
+        /// looks the map up).
+        from: RuleRef,
+    },
+    /// An nftables table the kernel refuses to load because of its chain
+    /// graph: a chain that reaches itself through jumps, gotos and verdict
+    /// maps, or more than [`nft::MAX_DEPTH`] nested jumps below a base chain.
+    #[error("chain {chain}: {reason} (the kernel refuses such a table)")]
+    NftChains {
+        /// The chain where it was found.
+        chain: String,
+        /// What is wrong.
+        reason: &'static str,
     },
     /// More distinct outcomes (or branches alive in one chain) than
     /// [`MAX_OUTCOMES`].

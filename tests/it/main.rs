@@ -18,6 +18,7 @@ mod kernel_resilience;
 #[cfg(feature = "k8s")]
 mod kube_proxy;
 mod nfacct;
+mod nft_trace;
 mod parse;
 mod pieces;
 mod properties;
