@@ -84,8 +84,8 @@ use super::{
     unknown_interface,
 };
 use crate::nft::{
-    AddrItem, AddrValue, Dir, Hook, KeyField, KeyType, KeyValue, MarkOp, Name, Op, Rule, Ruleset,
-    SetFlag, Stmt, Verdict as NftVerdict,
+    AddrItem, AddrValue, ChainType, Dir, Hook, KeyField, KeyType, KeyValue, MarkOp, Name, Op, Rule,
+    Ruleset, SetFlag, Stmt, Verdict as NftVerdict,
 };
 
 /// The most jumps and gotos nested below a base chain (the kernel's jump
@@ -357,7 +357,7 @@ impl Walker<'_> {
     /// ones end in [`Flow::HookDone`].
     fn hook(&mut self, stage: Stage, core: &Core) -> Result<Vec<(Branch, Flow)>, TraceError> {
         self.stage = stage;
-        let mut chains: Vec<(i32, &Name, usize)> = self
+        let mut chains: Vec<(i32, &Name, usize, bool)> = self
             .ruleset
             .chains
             .iter()
@@ -365,15 +365,26 @@ impl Walker<'_> {
             .filter_map(|(i, (name, c))| {
                 c.base
                     .filter(|b| b.hook == stage.hook())
-                    .map(|b| (b.priority, name, i))
+                    .map(|b| (b.priority, name, i, b.kind == ChainType::Nat))
             })
             .collect();
         chains.sort();
         let mut out = Vec::new();
         let mut live = vec![Branch::start(core.clone())];
-        for (_, _, chain) in chains {
+        for (_, _, chain, nat) in chains {
             let mut next = Merged::default();
             for b in live {
+                // The kernel runs a hook's nat chains until one sets up the
+                // NAT of the hook's kind (destination before routing,
+                // source after): later ones do not see the packet.
+                let nat_done = match stage {
+                    Stage::Prerouting | Stage::Output => b.core.dnat,
+                    _ => b.core.masquerade,
+                };
+                if nat && nat_done {
+                    next.push(b, Flow::Continue);
+                    continue;
+                }
                 let results = self.walk(chain, &b.core, 0)?;
                 for (sub, flow) in results.iter() {
                     let s = b.then(sub);

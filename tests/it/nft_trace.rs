@@ -1467,3 +1467,267 @@ fn a_shared_chain_graph_is_walked_in_linear_work() {
     assert_eq!(t.outcomes[0].mark, 1);
     assert!(t.rules_evaluated < 100, "{} evaluations", t.rules_evaluated);
 }
+
+#[test]
+fn a_hooks_later_nat_chains_pass_over_a_packet_already_nated() {
+    let rs = table(
+        "add chain ip t first { type nat hook prerouting priority -100 ; }\n\
+         add chain ip t second { type nat hook prerouting priority -90 ; }\n\
+         add chain ip t after { type filter hook prerouting priority 0 ; }\n\
+         add rule ip t first ip daddr 2.2.2.2 dnat to 10.0.0.1:80\n\
+         add rule ip t second dnat to 10.0.0.2:80\n\
+         add rule ip t after mark set mark or 0x1\n",
+    );
+    let node = test_node();
+    let t = trace(&rs, &Packet::tcp(ip("1.1.1.1"), ip("2.2.2.2"), 80), &node).unwrap();
+    assert_eq!(outcomes(&t), ["accept 10.0.0.1:80 masq=false p=1.000"]);
+    assert_eq!(t.outcomes[0].mark, 1);
+    // A packet the first one leaves alone meets the second.
+    let t = trace(&rs, &Packet::tcp(ip("1.1.1.1"), ip("3.3.3.3"), 80), &node).unwrap();
+    assert_eq!(outcomes(&t), ["accept 10.0.0.2:80 masq=false p=1.000"]);
+}
+
+/// Random tables the kernel would load: chains `c0..cN` where a chain only
+/// enters chains after it (jumps, gotos, numgen, and the maps the first half
+/// looks up, whose verdicts name the second half), a static and a dynamic set.
+fn traceable_table() -> impl Strategy<Value = Ruleset> {
+    const N: usize = 8;
+    let n = |s: String| Name::new(s).unwrap();
+    let later = move |i: usize| {
+        (i + 1..N)
+            .prop_map(move |j| Name::new(format!("c{j}")).unwrap())
+            .boxed()
+    };
+    let verdict_after = move |i: usize| {
+        let mut arms: Vec<BoxedStrategy<Verdict>> = vec![
+            Just(Verdict::Accept).boxed(),
+            Just(Verdict::Drop).boxed(),
+            Just(Verdict::Reject).boxed(),
+            Just(Verdict::Return).boxed(),
+        ];
+        if i + 1 < N {
+            arms.push(later(i).prop_map(Verdict::Jump).boxed());
+            arms.push(later(i).prop_map(Verdict::Goto).boxed());
+        }
+        prop::strategy::Union::new(arms).boxed()
+    };
+    let addr = || {
+        prop::sample::select(vec!["10.0.0.1", "10.0.0.2", "192.168.0.2", "1.2.3.4"]).prop_map(ip)
+    };
+    let stmt = move |i: usize| {
+        let dir = prop_oneof![Just(Dir::Saddr), Just(Dir::Daddr)];
+        let op = prop_oneof![Just(Op::Eq), Just(Op::Ne)];
+        let mut arms: Vec<BoxedStrategy<Stmt>> = vec![
+            (dir.clone(), op.clone(), addr())
+                .prop_map(|(dir, op, a)| Stmt::Addr {
+                    dir,
+                    op,
+                    value: AddrValue::Ip(a),
+                })
+                .boxed(),
+            (
+                dir.clone(),
+                op.clone(),
+                prop::sample::select(vec!["static", "affinity"]),
+            )
+                .prop_map(|(dir, op, s)| Stmt::Addr {
+                    dir,
+                    op,
+                    value: AddrValue::Set(Name::new(s).unwrap()),
+                })
+                .boxed(),
+            (dir.clone(), op)
+                .prop_map(|(dir, op)| Stmt::Addr {
+                    dir,
+                    op,
+                    value: AddrValue::Anon(vec![
+                        AddrItem::Net("10.0.0.0/8".parse().unwrap()),
+                        AddrItem::Ip(ip("1.2.3.4")),
+                    ]),
+                })
+                .boxed(),
+            protocol().prop_map(Stmt::L4Proto).boxed(),
+            Just(Stmt::CtStateNew).boxed(),
+            dir.prop_map(Stmt::FibLocal).boxed(),
+            (
+                prop_oneof![Just(Op::Eq), Just(Op::Ne)],
+                "eth[01]|veth",
+                any::<bool>(),
+            )
+                .prop_map(|(op, name, prefix)| Stmt::Iifname {
+                    op,
+                    name: IfName::new(name, prefix).unwrap(),
+                })
+                .boxed(),
+            (0u32..4, 0u32..4)
+                .prop_map(|(bits, value)| Stmt::MarkAnd { bits, value })
+                .boxed(),
+            (prop_oneof![Just(MarkOp::Or), Just(MarkOp::Xor)], 0u32..4)
+                .prop_map(|(op, bits)| Stmt::MarkSet { op, bits })
+                .boxed(),
+            Just(Stmt::UpdateSaddr(Name::new("affinity").unwrap())).boxed(),
+            (addr(), prop::sample::select(vec![80u16, 8080]))
+                .prop_map(|(a, p)| Stmt::DnatTo(SocketAddr::new(a, p)))
+                .boxed(),
+            any::<bool>()
+                .prop_map(|fully_random| Stmt::Masquerade { fully_random })
+                .boxed(),
+            verdict_after(i).prop_map(Stmt::Verdict).boxed(),
+        ];
+        if i + 1 < N {
+            arms.push(
+                prop::collection::vec(verdict_after(i), 1..4)
+                    .prop_map(Stmt::Numgen)
+                    .boxed(),
+            );
+        }
+        if i < N / 2 {
+            arms.push(
+                Just(Stmt::Vmap {
+                    key: vec![KeyField::Daddr, KeyField::L4Proto, KeyField::ThDport],
+                    map: Name::new("m").unwrap(),
+                })
+                .boxed(),
+            );
+        }
+        prop::strategy::Union::new(arms).boxed()
+    };
+    let chain = move |i: usize| {
+        let rule = prop::collection::vec(stmt(i), 1..4).prop_map(Rule::new);
+        prop::collection::vec(rule, 0..4).boxed()
+    };
+    let chains: Vec<_> = (0..N).map(chain).collect();
+    let base = (
+        prop::sample::subsequence((0..N).collect::<Vec<_>>(), 1..4),
+        prop::collection::vec(
+            (
+                prop_oneof![Just(ChainType::Filter), Just(ChainType::Nat)],
+                prop_oneof![
+                    Just(Hook::Prerouting),
+                    Just(Hook::Input),
+                    Just(Hook::Forward),
+                    Just(Hook::Output),
+                    Just(Hook::Postrouting)
+                ],
+                -200i32..200,
+            ),
+            4,
+        ),
+    );
+    let elements = prop::collection::vec(
+        (
+            addr(),
+            protocol(),
+            prop::sample::select(vec![80u16, 8080]),
+            verdict_after(N / 2 - 1),
+        ),
+        0..6,
+    );
+    (chains, base, elements, prop::collection::vec(addr(), 0..3)).prop_map(
+        move |(rules, (bases, kinds), elements, members)| {
+            let mut rs = Ruleset::new(Family::Ip, n("t".into()), None);
+            for (i, rules) in rules.into_iter().enumerate() {
+                rs.chains.insert(
+                    n(format!("c{i}")),
+                    Chain {
+                        rules,
+                        ..Chain::default()
+                    },
+                );
+            }
+            for (k, i) in bases.into_iter().enumerate() {
+                let (kind, hook, priority) = kinds[k];
+                rs.chains[i].base = Some(BaseChain {
+                    kind,
+                    hook,
+                    priority,
+                });
+            }
+            let mut stat = Set::new(vec![KeyType::Ipv4Addr], None);
+            for a in members {
+                let e = Element {
+                    key: vec![KeyValue::Addr(a)],
+                    comment: None,
+                };
+                if !stat.elements.contains(&e) {
+                    stat.elements.push(e);
+                }
+            }
+            rs.sets.insert(n("static".into()), stat);
+            let mut affinity = Set::new(vec![KeyType::Ipv4Addr], None);
+            affinity.flags = vec![SetFlag::Dynamic, SetFlag::Timeout];
+            rs.sets.insert(n("affinity".into()), affinity);
+            let mut m = Map::new(
+                vec![KeyType::Ipv4Addr, KeyType::InetProto, KeyType::InetService],
+                None,
+            );
+            for (a, p, port, verdict) in elements {
+                let key = vec![KeyValue::Addr(a), KeyValue::Proto(p), KeyValue::Port(port)];
+                if !m.elements.iter().any(|e| e.key == key) {
+                    m.elements.push(MapElement {
+                        key,
+                        verdict,
+                        comment: None,
+                    });
+                }
+            }
+            rs.maps.insert(n("m".into()), m);
+            rs
+        },
+    )
+}
+
+fn packet() -> impl Strategy<Value = Packet> {
+    let addr = prop::sample::select(vec![
+        "10.0.0.1",
+        "10.0.0.2",
+        "192.168.0.2",
+        "1.2.3.4",
+        "8.8.8.8",
+    ]);
+    (
+        addr.clone(),
+        addr,
+        protocol(),
+        prop::sample::select(vec![80u16, 8080]),
+        0u8..3,
+    )
+        .prop_map(|(src, dst, proto, port, entry)| {
+            let p = Packet::new(proto, ip(src), ip(dst), port);
+            match entry {
+                0 => p.from_local(),
+                1 => p.arriving_on("eth0"),
+                _ => p.arriving_on("veth7"),
+            }
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Any table the kernel would load traces: the outcomes' probabilities sum
+    /// to 1, every rule on a path exists, and neither the order of the table's
+    /// chains, sets and maps nor a trip through the dump form changes the
+    /// trace.
+    #[test]
+    fn traces_are_whole_and_do_not_depend_on_declaration_order(rs in traceable_table(), p in packet()) {
+        let node = Node::new([ip("192.168.0.2")]);
+        let t = trace(&rs, &p, &node).map_err(|e| TestCaseError::fail(format!("{e}\n{}", rs.to_dump())))?;
+        let total: f64 = t.outcomes.iter().map(|o| o.probability).sum();
+        prop_assert!((total - 1.0).abs() < 1e-9, "{total}");
+        for o in &t.outcomes {
+            prop_assert!(o.probability > 0.0 && o.probability <= 1.0 + 1e-12);
+            for r in &o.path {
+                let chain = &rs.chains[r.chain.as_str()];
+                prop_assert!(r.index >= 1 && r.index <= chain.rules.len(), "{r}");
+            }
+        }
+        let mut reversed = rs.clone();
+        reversed.chains.reverse();
+        reversed.sets.reverse();
+        reversed.maps.reverse();
+        prop_assert_eq!(&trace(&reversed, &p, &node).unwrap(), &t);
+        let reread = parse_dump(&rs.to_dump()).unwrap();
+        prop_assert_eq!(&trace(&reread, &p, &node).unwrap(), &t);
+    }
+}
