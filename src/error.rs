@@ -5,6 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use thiserror::Error;
 
 use crate::model::{IpFamily, Protocol, ServiceKey};
+use crate::nft::NftError;
 use crate::ruleset::IrError;
 
 /// What is wrong with one field.
@@ -140,6 +141,10 @@ pub enum Problem {
     /// A name or comment the rule IR refuses (too long, unsafe characters).
     #[error(transparent)]
     Ir(#[from] IrError),
+    /// A name, comment or interface the nftables IR refuses (too long, unsafe
+    /// characters).
+    #[error(transparent)]
+    Nft(#[from] NftError),
 }
 
 pub use crate::model::ParseValueError;

@@ -11,7 +11,10 @@
 //!
 //! 1. [`model`]: services, endpoint slices and the proxy's config as plain data.
 //! 2. [`compile`]: model -> typed [`ruleset::Ruleset`] (tables, chains, rules made of
-//!    typed matches and targets), with kube-proxy's chain names and rule layout.
+//!    typed matches and targets), with kube-proxy's chain names and rule layout; or,
+//!    with [`compile::nftables`], model -> the typed [`nft::Ruleset`] of kube-proxy's
+//!    nftables mode (its table, chains, sets, verdict maps and elements), which its
+//!    one writer prints as `nft -f` input ([`nft::Ruleset::to_dump`]).
 //! 3. [`render`]: ruleset -> `iptables-restore` text, streaming into any writer.
 //! 4. [`sync`]: the smallest payload from one state to the next ([`sync::plan`]), and a
 //!    [`sync::Syncer`] that keeps a node in step with a changing cluster.
@@ -123,9 +126,9 @@
 //!
 //! | entry point | on a warning | on an error |
 //! |---|---|---|
-//! | [`compile::compile`], [`compile::compile_text`], [`compile::compile_text_reusing`] | compiles; the warnings are dropped ([`compile::CompiledText::warnings`] keeps them for the text path) | `Err`, the first error, nothing compiled |
-//! | [`compile::compile_with_warnings`] | compiles; [`compile::Warned::warnings`] | as `compile` |
-//! | [`compile::compile_lenient`] | compiles; [`compile::Lenient::warnings`] | the service is left out (no rules at all) and its error is in [`compile::Lenient::rejected`]; its warnings are not reported |
+//! | [`compile::compile`], [`compile::compile_text`], [`compile::compile_text_reusing`], [`compile::nftables`] | compiles; the warnings are dropped ([`compile::CompiledText::warnings`] keeps them for the text path) | `Err`, the first error, nothing compiled |
+//! | [`compile::compile_with_warnings`], [`compile::nftables_with_warnings`] | compiles; [`compile::Warned::warnings`] | as `compile` |
+//! | [`compile::compile_lenient`], [`compile::nftables_lenient`] | compiles; [`compile::Lenient::warnings`] | the service is left out (no rules at all) and its error is in [`compile::Lenient::rejected`]; its warnings are not reported |
 //! | [`sync::Syncer`] | [`sync::SyncReport::warnings`] | as `compile_lenient`, in [`sync::SyncReport::rejected`] |
 //!
 //! Warnings come in service (`namespace/name`) order, then in field order within a
@@ -148,6 +151,7 @@
 //! | a session affinity timeout outside 1-86400 | error | `spec.sessionAffinityConfig.clientIP.timeoutSeconds` | |
 //! | a slice port name and protocol repeated in one slice | error | `ports[i].name` | |
 //! | a name or comment the rule IR refuses | error | the field it came from | |
+//! | in nftables mode only: a port whose `ns/name:port` is longer than an nftables comment (128 bytes), an interface name nft cannot take | error | `metadata.name` of the port, the config field | |
 //! | an invalid [`model::ProxyConfig`] field | error, in every mode ([`CompileError::Config`]) | the config field | nothing is compiled |
 //!
 //! ## Crate features

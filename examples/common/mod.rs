@@ -18,6 +18,8 @@
 //! | `--conntrack-tcp-be-liberal` | leave out the INVALID-drop rule |
 //! | `--nfacct-counters` | emit kube-proxy's nfacct matches |
 //! | `--ip-family ipv4\|ipv6` | the family to write rules for (default ipv4) |
+//! | `--proxy-mode iptables\|nftables` | which ruleset to write (default iptables) |
+//! | `--service-cluster-ip-range CIDR[,CIDR]` | the service CIDRs (nftables mode drops traffic to their unallocated addresses) |
 //! | `--lenient` | leave invalid services out with a warning (as kube-proxy does) instead of refusing the input |
 
 #![allow(dead_code)]
@@ -30,6 +32,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use svcnat::CompileError;
+use svcnat::compile::{Lenient, Warned};
 use svcnat::model::{ClusterState, IpFamily, LocalTrafficDetector, NodePortAddress, ProxyConfig};
 use svcnat::ruleset::Ruleset;
 
@@ -38,6 +41,16 @@ pub const EXAMPLE_CLUSTER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples
 
 /// Exit code for bad input or bad flags.
 pub const EXIT_BAD_INPUT: i32 = 2;
+
+/// kube-proxy's `--proxy-mode`: which ruleset to write.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ProxyMode {
+    /// `iptables-restore` text (`svcnat::compile::compile`).
+    #[default]
+    Iptables,
+    /// The nftables table (`svcnat::compile::nftables`).
+    Nftables,
+}
 
 /// The proxy flags, as given.
 #[derive(Debug, Default)]
@@ -56,6 +69,13 @@ pub struct ProxyFlags {
     pub tcp_liberal: bool,
     pub nfacct: bool,
     pub family: IpFamily,
+    /// `--proxy-mode`.
+    pub proxy_mode: ProxyMode,
+    /// Whether the example takes `--proxy-mode nftables` (see
+    /// [`ProxyFlags::with_nftables`]).
+    pub nftables_ok: bool,
+    /// `--service-cluster-ip-range`.
+    pub service_cidrs: Vec<IpNet>,
     /// `--lenient`: invalid services are left out with a warning, not refused.
     pub lenient: bool,
     /// Whether `--ip-family` was given.
@@ -68,6 +88,15 @@ fn parse<T: std::str::FromStr>(flag: &str, v: &str, what: &str) -> Result<T, Str
 }
 
 impl ProxyFlags {
+    /// The flags of an example that writes or reads nftables rules too: it takes
+    /// `--proxy-mode nftables`, which the others refuse.
+    pub fn with_nftables() -> Self {
+        ProxyFlags {
+            nftables_ok: true,
+            ..ProxyFlags::default()
+        }
+    }
+
     /// Takes `flag` if it is a proxy flag, with its value; `Ok(false)` if it is
     /// not one.
     pub fn take(&mut self, flag: &str, args: &mut CommandLine) -> Result<bool, String> {
@@ -127,6 +156,23 @@ impl ProxyFlags {
                 let v = args.value(flag)?;
                 self.localhost_nodeports = Some(parse(flag, &v, "true or false")?);
             }
+            "--proxy-mode" => {
+                let v = args.value(flag)?;
+                self.proxy_mode = match v.as_str() {
+                    "iptables" => ProxyMode::Iptables,
+                    "nftables" if self.nftables_ok => ProxyMode::Nftables,
+                    "nftables" => {
+                        return Err(format!("{flag}: nftables is not supported by this example"));
+                    }
+                    _ => return Err(format!("{flag}: {v:?} is not iptables or nftables")),
+                };
+            }
+            "--service-cluster-ip-range" => {
+                let v = args.value(flag)?;
+                for part in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                    self.service_cidrs.push(parse(flag, part, "a CIDR")?);
+                }
+            }
             "--ip-family" => {
                 let v = args.value(flag)?;
                 self.family = v
@@ -180,6 +226,7 @@ impl ProxyFlags {
             .with_masquerade_random_fully(self.random_fully)
             .with_local_traffic(local_traffic)
             .with_nodeport_addresses(self.nodeport_addresses.clone())
+            .with_service_cidrs(self.service_cidrs.clone())
             .with_conntrack_tcp_be_liberal(self.tcp_liberal)
             .with_nfacct_counters(self.nfacct);
         if let Some(name) = &self.hostname {
@@ -191,7 +238,11 @@ impl ProxyFlags {
         if let Some(on) = self.localhost_nodeports {
             config = config.with_localhost_nodeports(on);
         }
-        svcnat::compile::check_config(&config).map_err(|e| self.flag_error(e))?;
+        match self.proxy_mode {
+            ProxyMode::Iptables => svcnat::compile::check_config(&config),
+            ProxyMode::Nftables => svcnat::compile::check_nftables_config(&config),
+        }
+        .map_err(|e| self.flag_error(e))?;
         Ok(config)
     }
 
@@ -257,21 +308,53 @@ pub fn compile(
     lenient: bool,
     warnings: &mut Vec<String>,
 ) -> Result<Ruleset, String> {
-    let bad = |e: CompileError| format!("{path}: {e}");
-    let (ruleset, found) = if lenient {
-        let out = svcnat::compile::compile_lenient(state, config).map_err(bad)?;
-        let mut found: Vec<String> = out
-            .rejected
-            .iter()
-            .map(|e| format!("{e} (the service is left out)"))
-            .collect();
-        found.extend(out.warnings.iter().map(ToString::to_string));
-        (out.ruleset, found)
-    } else {
-        let out = svcnat::compile::compile_with_warnings(state, config).map_err(bad)?;
-        let found = out.warnings.iter().map(ToString::to_string).collect();
-        (out.ruleset, found)
+    let found = match lenient {
+        true => svcnat::compile::compile_lenient(state, config).map(found_leniently),
+        false => svcnat::compile::compile_with_warnings(state, config).map(found_strictly),
     };
+    finish(path, found, warnings)
+}
+
+/// [`compile`] in nftables mode: kube-proxy's nftables table.
+pub fn compile_nftables(
+    path: &str,
+    state: &ClusterState,
+    config: &ProxyConfig,
+    lenient: bool,
+    warnings: &mut Vec<String>,
+) -> Result<svcnat::nft::Ruleset, String> {
+    let found = match lenient {
+        true => svcnat::compile::nftables_lenient(state, config).map(found_leniently),
+        false => svcnat::compile::nftables_with_warnings(state, config).map(found_strictly),
+    };
+    finish(path, found, warnings)
+}
+
+/// A lenient compile's ruleset, and its rejected services and warnings as text.
+fn found_leniently<R>(out: Lenient<R>) -> (R, Vec<String>) {
+    let mut found: Vec<String> = out
+        .rejected
+        .iter()
+        .map(|e| format!("{e} (the service is left out)"))
+        .collect();
+    found.extend(out.warnings.iter().map(ToString::to_string));
+    (out.ruleset, found)
+}
+
+/// A strict compile's ruleset and its warnings as text.
+fn found_strictly<R>(out: Warned<R>) -> (R, Vec<String>) {
+    let found = out.warnings.iter().map(ToString::to_string).collect();
+    (out.ruleset, found)
+}
+
+/// The ruleset, each warning as a `warning: FILE: ...` line in `warnings`, or the
+/// error as the bad-input line.
+fn finish<R>(
+    path: &str,
+    found: Result<(R, Vec<String>), CompileError>,
+    warnings: &mut Vec<String>,
+) -> Result<R, String> {
+    let (ruleset, found) = found.map_err(|e| format!("{path}: {e}"))?;
     warnings.extend(
         found
             .into_iter()

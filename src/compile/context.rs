@@ -18,6 +18,9 @@ pub(crate) struct Context {
     pub primary_ip: Option<IpAddr>,
     pub masquerade_all: bool,
     pub random_fully: bool,
+    /// How pod traffic is recognised, for either backend; `None` when no detector
+    /// is configured (or none of the proxy's family).
+    pub pod: Option<PodTraffic>,
     /// Matches pod traffic; `None` when no detector is configured.
     pub if_local: Option<Match>,
     /// Matches traffic that is not from a pod.
@@ -38,7 +41,7 @@ pub(crate) struct Context {
     pub prefer_same_node: bool,
 }
 
-fn config_err(field: &'static str, problem: impl Into<Problem>) -> CompileError {
+pub(crate) fn config_err(field: &'static str, problem: impl Into<Problem>) -> CompileError {
     CompileError::Config {
         field,
         problem: problem.into(),
@@ -89,7 +92,14 @@ impl Context {
             .iter()
             .copied()
             .find(|ip| family.contains(ip));
-        let (if_local, if_not_local) = detector(&config.local_traffic, family)?;
+        let pod = detector(&config.local_traffic, family)?;
+        let (if_local, if_not_local) = match &pod {
+            None => (None, None),
+            Some(pod) => {
+                let (is, is_not) = pod.iptables()?;
+                (Some(is), Some(is_not))
+            }
+        };
 
         // kube-proxy's NodePortAddresses: entries of this family ("primary" is the
         // primary node IP); none left, or a zero CIDR, means every address.
@@ -135,6 +145,7 @@ impl Context {
             mark: config.masquerade_mark(),
             node_name: config.node_name.clone(),
             primary_ip,
+            pod,
             masquerade_all: config.masquerade_all,
             random_fully: config.masquerade_random_fully,
             if_local,
@@ -179,46 +190,70 @@ impl Context {
     }
 }
 
-/// The IfLocal / IfNotLocal matches of kube-proxy's local-traffic detectors.
+/// What marks pod traffic, as kube-proxy's local-traffic detectors see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum PodTraffic {
+    /// Pod traffic comes from this CIDR (host bits cleared).
+    Source(IpNet),
+    /// Pod traffic enters through this interface, or (`prefix`) any interface
+    /// whose name starts with it.
+    Interface { name: String, prefix: bool },
+}
+
+impl PodTraffic {
+    /// The iptables IfLocal and IfNotLocal matches.
+    fn iptables(&self) -> Result<(Match, Match), CompileError> {
+        Ok(match self {
+            PodTraffic::Source(net) => {
+                let addr = Address::Net(*net);
+                (
+                    Match::Source(Not::is(addr)),
+                    Match::Source(Not::is_not(addr)),
+                )
+            }
+            PodTraffic::Interface { name, prefix } => {
+                let iface = Interface::new(name.clone(), *prefix)
+                    .map_err(|e| config_err(LOCAL_TRAFFIC, e))?;
+                (
+                    Match::InInterface(Not::is(iface.clone())),
+                    Match::InInterface(Not::is_not(iface)),
+                )
+            }
+        })
+    }
+}
+
+/// The config field of the local-traffic detector, for its errors.
+pub(crate) const LOCAL_TRAFFIC: &str = "local_traffic";
+
+/// The detector of kube-proxy's `--detect-local-mode` for `family`: `None` when
+/// there is none, or no CIDR of the family.
 fn detector(
     detector: &LocalTrafficDetector,
     family: IpFamily,
-) -> Result<(Option<Match>, Option<Match>), CompileError> {
-    let field = "local_traffic";
+) -> Result<Option<PodTraffic>, CompileError> {
     Ok(match detector {
-        LocalTrafficDetector::None => (None, None),
+        LocalTrafficDetector::None => None,
         LocalTrafficDetector::Cidrs(cidrs) => {
             let mine: Vec<&IpNet> = cidrs
                 .iter()
                 .filter(|c| family.contains(&c.addr()))
                 .collect();
             if mine.len() > 1 {
-                return Err(config_err(field, Problem::DuplicateFamily { family }));
+                return Err(config_err(
+                    LOCAL_TRAFFIC,
+                    Problem::DuplicateFamily { family },
+                ));
             }
-            match mine.first() {
-                None => (None, None),
-                Some(net) => {
-                    let addr = Address::Net(net.trunc());
-                    (
-                        Some(Match::Source(Not::is(addr))),
-                        Some(Match::Source(Not::is_not(addr))),
-                    )
-                }
-            }
+            mine.first().map(|net| PodTraffic::Source(net.trunc()))
         }
-        LocalTrafficDetector::BridgeInterface(name) => {
-            let iface = Interface::new(name.clone(), false).map_err(|e| config_err(field, e))?;
-            (
-                Some(Match::InInterface(Not::is(iface.clone()))),
-                Some(Match::InInterface(Not::is_not(iface))),
-            )
-        }
-        LocalTrafficDetector::InterfaceNamePrefix(prefix) => {
-            let iface = Interface::new(prefix.clone(), true).map_err(|e| config_err(field, e))?;
-            (
-                Some(Match::InInterface(Not::is(iface.clone()))),
-                Some(Match::InInterface(Not::is_not(iface))),
-            )
-        }
+        LocalTrafficDetector::BridgeInterface(name) => Some(PodTraffic::Interface {
+            name: name.clone(),
+            prefix: false,
+        }),
+        LocalTrafficDetector::InterfaceNamePrefix(prefix) => Some(PodTraffic::Interface {
+            name: prefix.clone(),
+            prefix: true,
+        }),
     })
 }

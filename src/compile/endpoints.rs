@@ -1,6 +1,7 @@
 //! Which endpoints a service port uses, as kube-proxy's `CategorizeEndpoints` decides.
 
-use super::input::PortEndpoint;
+use super::context::Context;
+use super::input::{PortEndpoint, PortInput, ServiceInput};
 
 /// The endpoint sets of one service port. All lists stay sorted by `ip:port`.
 #[derive(Debug, Default)]
@@ -176,4 +177,64 @@ pub(crate) fn categorize<'p, 'a>(
         out.reachable = Reachable::Both(all);
     }
     out
+}
+
+/// What kube-proxy decides for one service port before it writes any rule, in
+/// either mode: its endpoints, and which of its chains and destinations are used.
+#[derive(Debug)]
+pub(crate) struct PortPlan<'p, 'a> {
+    /// The port's endpoints, categorized.
+    pub eps: Categorized<'p, 'a>,
+    /// Internal traffic (to the cluster IP) goes to the local chain, not the
+    /// cluster one (`internalTrafficPolicy: Local`).
+    pub internal_local: bool,
+    /// External traffic goes to the local chain, not the cluster one
+    /// (`externalTrafficPolicy: Local`).
+    pub external_local: bool,
+    /// The cluster IP has endpoints to go to (else its traffic is rejected or
+    /// dropped).
+    pub has_internal: bool,
+    /// External destinations have endpoints to go to.
+    pub has_external: bool,
+    /// The cluster-policy chain is written.
+    pub uses_cluster_chain: bool,
+    /// The local-policy chain is written.
+    pub uses_local_chain: bool,
+    /// The external-destinations chain is written.
+    pub uses_ext_chain: bool,
+}
+
+impl<'p, 'a> PortPlan<'p, 'a> {
+    /// The plan of `port` of `svc` on the node `ctx` describes.
+    pub fn new(svc: &ServiceInput<'a>, port: &'p PortInput<'a>, ctx: &Context) -> Self {
+        let external = svc.externally_accessible(port.port);
+        let sel = Selection {
+            uses_cluster: !svc.internal_policy_local || external,
+            uses_local: svc.uses_local(port.port),
+            node_name: ctx.node_name.as_deref(),
+            zone: ctx.zone.as_deref(),
+            prefer_same_node: ctx.prefer_same_node,
+        };
+        let eps = categorize(&port.endpoints, &sel);
+        let has_any = eps.has_any;
+        let has_local = has_any && !eps.local.is_empty();
+        PortPlan {
+            internal_local: svc.internal_policy_local,
+            external_local: svc.external_policy_local,
+            has_internal: if svc.internal_policy_local {
+                has_local
+            } else {
+                has_any
+            },
+            has_external: if svc.external_policy_local {
+                has_local
+            } else {
+                has_any
+            },
+            uses_cluster_chain: !eps.cluster.is_empty() && sel.uses_cluster,
+            uses_local_chain: !eps.local.is_empty() && sel.uses_local,
+            uses_ext_chain: has_any && external,
+            eps,
+        }
+    }
 }

@@ -1,4 +1,6 @@
-//! Model + config -> typed [`Ruleset`], as kube-proxy's iptables mode writes it.
+//! Model + config -> typed [`Ruleset`], as kube-proxy's iptables mode writes it;
+//! or, with [`nftables`], the [`nft::Ruleset`](crate::nft::Ruleset) its nftables
+//! mode writes, from the same validated input.
 //!
 //! Pure and deterministic: services are visited in [`ServiceKey`] order, ports in
 //! their declared order, endpoints sorted by their `ip:port` string, so the same
@@ -6,7 +8,9 @@
 //!
 //! The layout follows the pipeline: [`naming`] derives chain names, `input`
 //! validates a service and its slices, `endpoints` picks the endpoints a port
-//! uses, `service` writes one service's rules, `fixed` the top-level chains.
+//! uses (and what kube-proxy derives from them in either mode), `service` writes
+//! one service's rules, `fixed` the top-level chains; `nftables` is the other
+//! backend, with its own `fixed`, `service` and `naming`.
 //!
 //! ```
 //! use svcnat::compile::compile;
@@ -35,6 +39,7 @@ pub(crate) mod fixed;
 pub(crate) mod incremental;
 mod input;
 pub mod naming;
+mod nftables;
 mod service;
 mod sink;
 
@@ -45,6 +50,7 @@ pub use compiled::{CompiledText, compile_text, compile_text_reusing};
 pub use context::check_config;
 pub(crate) use fixed::is_owned_chain;
 pub use fixed::{CANARY_CHAIN, canaries, jump_rules};
+pub use nftables::{check_nftables_config, nftables, nftables_lenient, nftables_with_warnings};
 pub(crate) use service::{PortFlows, ServiceRules};
 use sink::TextSink;
 
@@ -123,12 +129,13 @@ impl SharedChain {
     }
 }
 
-/// The result of [`compile_lenient`]: the rules of every valid service, and the
-/// services left out with the reason.
+/// The result of [`compile_lenient`] (and, with an [`nft::Ruleset`](crate::nft::Ruleset),
+/// of [`nftables_lenient`]): the rules of every valid service, and the services
+/// left out with the reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Lenient {
+pub struct Lenient<R = Ruleset> {
     /// The rules of the services that compiled.
-    pub ruleset: Ruleset,
+    pub ruleset: R,
     /// One error per service left out, in service order.
     pub rejected: Vec<CompileError>,
     /// Parts of the state ignored without dropping a service, as kube-proxy ignores
@@ -139,12 +146,13 @@ pub struct Lenient {
     pub warnings: Vec<CompileError>,
 }
 
-/// The result of [`compile_with_warnings`]: the ruleset, and what was ignored on
-/// the way.
+/// The result of [`compile_with_warnings`] (and, with an
+/// [`nft::Ruleset`](crate::nft::Ruleset), of [`nftables_with_warnings`]): the
+/// ruleset, and what was ignored on the way.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Warned {
+pub struct Warned<R = Ruleset> {
     /// The rules of every service.
-    pub ruleset: Ruleset,
+    pub ruleset: R,
     /// The parts of the state ignored as kube-proxy ignores them (see the crate
     /// docs' table), in service order, then in the order they were found.
     pub warnings: Vec<CompileError>,
@@ -343,44 +351,25 @@ fn compile_pass<S: Sink, T>(
     let mut warnings = Vec::new();
     let mut services = Vec::with_capacity(state.service_count());
     let mut total = 0;
-    // Reused from one service to the next.
-    let mut slices = Vec::new();
-    for (key, svc, own) in state.services_with_slices() {
-        let Some(svc) = svc else {
-            warnings.extend(own.map(input::orphan_warning));
-            continue;
-        };
-        slices.clear();
-        slices.extend(own);
-        let before = warnings.len();
-        let checked = input::check_service(svc, &slices, config, &mut warnings);
-        let input = match checked {
-            Ok(()) => input::checked_service_input(svc, &slices, config, &mut warnings),
-            Err(e) if strict => return Err(e),
-            Err(e) => {
-                rejected.push(e);
-                continue;
-            }
-        };
-        let Some(input) = input else {
-            continue;
-        };
+    let visit = Visit {
+        state,
+        config,
+        strict,
+    };
+    visit.run(&mut warnings, &mut rejected, |key, input| {
         total += input.endpoint_count();
         sink.begin();
         match service::emit_service(key, input, &ctx, sink) {
-            Ok(count) => services.push(each(sink, key, count)),
+            Ok(count) => {
+                services.push(each(sink, key, count));
+                Ok(())
+            }
             Err(e) => {
                 sink.abandon();
-                if strict {
-                    return Err(e);
-                }
-                // A service left out has no warnings.
-                warnings.truncate(before);
-                rejected.push(e);
+                Err(e)
             }
         }
-    }
-    rejected.sort_by(|a, b| a.service().cmp(&b.service()));
+    })?;
     let compiled = Compiled {
         ctx,
         services,
@@ -388,6 +377,62 @@ fn compile_pass<S: Sink, T>(
         warnings,
     };
     Ok((compiled, total))
+}
+
+/// The services of a state, validated one after the other in key order: what
+/// every compile of either mode walks.
+pub(crate) struct Visit<'s> {
+    pub state: &'s ClusterState,
+    pub config: &'s ProxyConfig,
+    /// Stop at the first invalid service or slice; otherwise an invalid service is
+    /// left out, its error pushed to the rejected list (sorted by service at the
+    /// end) and its warnings dropped.
+    pub strict: bool,
+}
+
+impl<'s> Visit<'s> {
+    /// Calls `emit` with each valid service of the proxy's family and its input,
+    /// pushing what kube-proxy ignores to `warnings` (a slice of no service
+    /// included). An error of `emit` is the service's own, as a validation error
+    /// is: returned when strict, else the service is rejected.
+    ///
+    /// # Errors
+    /// When strict, the first invalid service's error, or `emit`'s.
+    pub fn run(
+        &self,
+        warnings: &mut Vec<CompileError>,
+        rejected: &mut Vec<CompileError>,
+        mut emit: impl FnMut(&ServiceKey, ServiceInput<'s>) -> Result<(), CompileError>,
+    ) -> Result<(), CompileError> {
+        // Reused from one service to the next.
+        let mut slices = Vec::new();
+        for (key, svc, own) in self.state.services_with_slices() {
+            let Some(svc) = svc else {
+                warnings.extend(own.map(input::orphan_warning));
+                continue;
+            };
+            slices.clear();
+            slices.extend(own);
+            let before = warnings.len();
+            let input = input::check_service(svc, &slices, self.config, warnings)
+                .map(|()| input::checked_service_input(svc, &slices, self.config, warnings));
+            let result = match input {
+                Ok(None) => continue,
+                Ok(Some(input)) => emit(key, input),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = result {
+                if self.strict {
+                    return Err(e);
+                }
+                // A service left out has no warnings.
+                warnings.truncate(before);
+                rejected.push(e);
+            }
+        }
+        rejected.sort_by(|a, b| a.service().cmp(&b.service()));
+        Ok(())
+    }
 }
 
 fn inputs_of<'a>(

@@ -1,4 +1,5 @@
-//! Chain names, derived exactly as kube-proxy derives them.
+//! Chain names, derived exactly as kube-proxy derives them: iptables mode's here,
+//! nftables mode's in [`nft_service_base`] and [`nft_endpoint_base`].
 //!
 //! A service port's chains share one hash: the first 16 characters of the RFC 4648
 //! base32 encoding of SHA-256 over the port's name string (`ns/svc:port`, or
@@ -13,6 +14,8 @@ use sha2::{Digest, Sha256};
 
 use crate::model::{Protocol, ServiceKey};
 use crate::ruleset::ChainName;
+
+pub use super::nftables::naming::{nft_endpoint_base, nft_service_base};
 
 /// kube-proxy's `ServicePortName.String()`: `ns/name:port`, or `ns/name` when unnamed.
 pub fn service_port_name(service: &ServiceKey, port_name: &str) -> String {
@@ -41,7 +44,7 @@ pub(crate) fn spn_of(namespace: &str, name: &str, port_name: &str) -> String {
 /// service can produce) is padded on the stack and compressed directly, without
 /// the streaming hasher's buffering; longer ones take [`Sha256`]. A unit test
 /// holds both ways to the same digest.
-fn hash16(parts: &[&str]) -> [u8; 16] {
+pub(crate) fn hash16(parts: &[&str]) -> [u8; 16] {
     let len: usize = parts.iter().map(|p| p.len()).sum();
     let state = if len + 9 <= 64 {
         // Most names: one block.

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use smallvec::SmallVec;
 
 use super::context::Context;
-use super::endpoints::{Categorized, Selection, categorize};
+use super::endpoints::PortPlan;
 use super::input::{PortEndpoint, PortInput, ServiceInput};
 use super::{KUBE_MARK_MASQ, SharedChain};
 use crate::error::{CompileError, Problem};
@@ -277,16 +277,13 @@ struct Filter {
     why: &'static str,
 }
 
-/// The state kube-proxy derives per service port before writing its rules.
+/// The state kube-proxy derives per service port before writing its rules, with
+/// the iptables chains it names.
 struct Plan<'p, 'a> {
-    eps: Categorized<'p, 'a>,
-    has_internal: bool,
-    has_external: bool,
+    /// What both modes derive.
+    port: PortPlan<'p, 'a>,
     internal_chain: ChainName,
     external_policy_chain: ChainName,
-    uses_cluster_chain: bool,
-    uses_local_chain: bool,
-    uses_ext_chain: bool,
     uses_fw_chain: bool,
 }
 
@@ -347,38 +344,18 @@ impl<'s, 'p, 'a, S: Sink> PortBuilder<'s, 'p, 'a, S> {
     fn plan(&self) -> Plan<'p, 'a> {
         let svc = self.svc;
         let chains = &self.port.chains;
-        let external = svc.externally_accessible(self.port.port);
-        let sel = Selection {
-            uses_cluster: !svc.internal_policy_local || external,
-            uses_local: svc.uses_local(self.port.port),
-            node_name: self.ctx.node_name.as_deref(),
-            zone: self.ctx.zone.as_deref(),
-            prefer_same_node: self.ctx.prefer_same_node,
-        };
-        let eps = categorize(&self.port.endpoints, &sel);
-        let has_any = eps.has_any;
-        let uses_cluster_chain = !eps.cluster.is_empty() && sel.uses_cluster;
-        let uses_local_chain = !eps.local.is_empty() && sel.uses_local;
-        let (internal_chain, has_internal) = if svc.internal_policy_local {
-            (chains.svl.clone(), has_any && !eps.local.is_empty())
-        } else {
-            (chains.svc.clone(), has_any)
-        };
-        let (external_policy_chain, has_external) = if svc.external_policy_local {
-            (chains.svl.clone(), has_any && !eps.local.is_empty())
-        } else {
-            (chains.svc.clone(), has_any)
+        let port = PortPlan::new(svc, self.port, self.ctx);
+        let pick = |local: bool| match local {
+            true => chains.svl.clone(),
+            false => chains.svc.clone(),
         };
         Plan {
-            has_internal,
-            has_external,
-            internal_chain,
-            external_policy_chain,
-            uses_cluster_chain,
-            uses_local_chain,
-            uses_ext_chain: has_any && external,
-            uses_fw_chain: has_any && !svc.lb_vips.is_empty() && !svc.source_ranges.is_empty(),
-            eps,
+            internal_chain: pick(port.internal_local),
+            external_policy_chain: pick(port.external_local),
+            uses_fw_chain: port.eps.has_any
+                && !svc.lb_vips.is_empty()
+                && !svc.source_ranges.is_empty(),
+            port,
         }
     }
 
@@ -386,7 +363,7 @@ impl<'s, 'p, 'a, S: Sink> PortBuilder<'s, 'p, 'a, S> {
         let plan = self.plan();
         // What the filter table does with traffic that has nowhere to go (the
         // comment is written only when a filter rule is).
-        let filter = if !plan.eps.has_any {
+        let filter = if !plan.port.eps.has_any {
             Filter {
                 target: Target::Reject,
                 why: "has no endpoints",
@@ -404,7 +381,7 @@ impl<'s, 'p, 'a, S: Sink> PortBuilder<'s, 'p, 'a, S> {
         self.node_port(&plan, &external_filter)?;
         self.health_check()?;
         // Chains in kube-proxy's order: EXT, FW, SVC, SVL, then the endpoints.
-        if plan.uses_ext_chain {
+        if plan.port.uses_ext_chain {
             self.ext_chain(&plan)?;
         }
         if plan.uses_fw_chain {
@@ -412,15 +389,23 @@ impl<'s, 'p, 'a, S: Sink> PortBuilder<'s, 'p, 'a, S> {
         }
         // The off-cluster masquerade rule opens the internal chain. has_internal
         // implies that chain has endpoints, so it is always written below.
-        let mut masquerade = if plan.has_internal {
+        let mut masquerade = if plan.port.has_internal {
             self.masquerade_rule()?
         } else {
             None
         };
         let chain_names = &self.port.chains;
         for (used, name, endpoints) in [
-            (plan.uses_cluster_chain, &chain_names.svc, &plan.eps.cluster),
-            (plan.uses_local_chain, &chain_names.svl, &plan.eps.local),
+            (
+                plan.port.uses_cluster_chain,
+                &chain_names.svc,
+                &plan.port.eps.cluster,
+            ),
+            (
+                plan.port.uses_local_chain,
+                &chain_names.svl,
+                &plan.port.eps.local,
+            ),
         ] {
             if used {
                 let affinity = usize::from(self.svc.affinity_seconds.is_some());
@@ -434,11 +419,11 @@ impl<'s, 'p, 'a, S: Sink> PortBuilder<'s, 'p, 'a, S> {
             }
         }
         // One comment for every endpoint chain of the port.
-        let comment = match plan.eps.reachable().is_empty() {
+        let comment = match plan.port.eps.reachable().is_empty() {
             true => None,
             false => self.ctx.endpoint_comment(&[self.spn()])?,
         };
-        for ep in plan.eps.reachable() {
+        for ep in plan.port.eps.reachable() {
             self.endpoint_chain(ep, comment.as_ref());
         }
         let (svc, port) = (self.svc, self.port);
@@ -452,7 +437,7 @@ impl<'s, 'p, 'a, S: Sink> PortBuilder<'s, 'p, 'a, S> {
                 protocol: port.port.protocol,
                 destinations,
                 node_port: port.port.node_port,
-                endpoints: plan.eps.reachable().iter().map(|e| e.addr).collect(),
+                endpoints: plan.port.eps.reachable().iter().map(|e| e.addr).collect(),
             });
         }
         Ok(())
@@ -460,7 +445,7 @@ impl<'s, 'p, 'a, S: Sink> PortBuilder<'s, 'p, 'a, S> {
 
     fn cluster_ip(&mut self, plan: &Plan<'_, '_>, filter: Filter) -> Result<(), Problem> {
         let (ip, port) = (self.svc.cluster_ip, self.port.port.port);
-        if plan.has_internal {
+        if plan.port.has_internal {
             let c = self.comment(&[self.spn(), " cluster IP"])?;
             let rule = self.capture(c, ip, port, jump(&plan.internal_chain));
             self.shared_capture(SharedChain::NatServices, rule);
@@ -475,12 +460,12 @@ impl<'s, 'p, 'a, S: Sink> PortBuilder<'s, 'p, 'a, S> {
     fn external_ips(&mut self, plan: &Plan<'_, '_>, filter: &Filter) -> Result<(), Problem> {
         let port = self.port.port.port;
         for &ip in &self.svc.external_ips {
-            if plan.eps.has_any {
+            if plan.port.eps.has_any {
                 let c = self.comment(&[self.spn(), " external IP"])?;
                 let rule = self.capture(c, ip, port, jump(&self.port.chains.ext));
                 self.shared_capture(SharedChain::NatServices, rule);
             }
-            if !plan.has_external {
+            if !plan.port.has_external {
                 let c = self.filter_comment(filter)?;
                 let rule = self.capture(c, ip, port, filter.target.clone());
                 self.shared_capture(SharedChain::FilterExternalServices, rule);
@@ -498,7 +483,7 @@ impl<'s, 'p, 'a, S: Sink> PortBuilder<'s, 'p, 'a, S> {
             &chains.ext
         };
         for &ip in &self.svc.lb_vips {
-            if plan.eps.has_any {
+            if plan.port.eps.has_any {
                 let c = self.comment(&[self.spn(), " loadbalancer IP"])?;
                 let rule = self.capture(c, ip, port, jump(target));
                 self.shared_capture(SharedChain::NatServices, rule);
@@ -510,7 +495,7 @@ impl<'s, 'p, 'a, S: Sink> PortBuilder<'s, 'p, 'a, S> {
                 self.shared_capture(SharedChain::FilterProxyFirewall, rule);
             }
         }
-        if !plan.has_external {
+        if !plan.port.has_external {
             for &ip in &self.svc.lb_vips {
                 let c = self.filter_comment(filter)?;
                 let rule = self.capture(c, ip, port, filter.target.clone());
@@ -526,7 +511,7 @@ impl<'s, 'p, 'a, S: Sink> PortBuilder<'s, 'p, 'a, S> {
         };
         let proto = self.proto();
         let ext = &self.port.chains.ext;
-        if plan.eps.has_any {
+        if plan.port.eps.has_any {
             if self.ctx.localhost_nodeports && self.ctx.nfacct {
                 let rule = Rule::new()
                     .with_opt(self.comment(&[self.spn()])?)
@@ -546,7 +531,7 @@ impl<'s, 'p, 'a, S: Sink> PortBuilder<'s, 'p, 'a, S> {
                 .to(jump(ext));
             self.shared(SharedChain::NatNodePorts, rule);
         }
-        if !plan.has_external {
+        if !plan.port.has_external {
             let rule = Rule::new()
                 .with_opt(self.filter_comment(filter)?)
                 .with(Match::DstType(AddrType::Local))
@@ -636,7 +621,7 @@ impl<'s, 'p, 'a, S: Sink> PortBuilder<'s, 'p, 'a, S> {
                     .to(jump(&chains.svc)),
             );
         }
-        if plan.has_external {
+        if plan.port.has_external {
             rules.push(Rule::new().to(jump(&plan.external_policy_chain)));
         }
         self.out.chain(&chains.ext, rules.len());

@@ -64,18 +64,29 @@ pub struct ProxyConfig {
     pub masquerade_bit: u8,
     /// Masquerade all traffic to cluster IPs (`--masquerade-all`).
     pub masquerade_all: bool,
-    /// Add `--random-fully` to the MASQUERADE rule.
+    /// Add `--random-fully` to the MASQUERADE rule (iptables mode; nftables mode
+    /// always writes `masquerade fully-random`, as kube-proxy does).
     pub masquerade_random_fully: bool,
     /// How pod traffic is recognised.
     pub local_traffic: LocalTrafficDetector,
     /// Which node addresses accept node ports (`--nodeport-addresses`); empty means all.
     pub nodeport_addresses: Vec<NodePortAddress>,
-    /// Accept node ports on 127.0.0.0/8 (`--iptables-localhost-nodeports`); IPv4 only.
+    /// Accept node ports on 127.0.0.0/8 (`--iptables-localhost-nodeports`); IPv4
+    /// only, iptables mode only (kube-proxy's nftables mode never accepts them).
     pub localhost_nodeports: bool,
-    /// Write `-m comment` matches.
+    /// The service CIDRs (kube-proxy's `--service-cluster-ip-range`, or the
+    /// cluster's ServiceCIDR objects), of either family. nftables mode only: its
+    /// `cluster-ips-check` chain drops traffic to an address in one of these CIDRs
+    /// (of the proxy's family) that no service has, and writes no such rule when
+    /// there is none. Empty by default.
+    #[serde(default)]
+    pub service_cidrs: Vec<IpNet>,
+    /// Write `-m comment` matches (iptables mode; nftables mode always writes
+    /// kube-proxy's few comments, none of them per endpoint).
     pub comments: bool,
     /// Above this many endpoints in all, drop the comments of per-endpoint rules, as
-    /// kube-proxy does (its threshold is 1000); `None` never drops them.
+    /// kube-proxy does (its threshold is 1000); `None` never drops them. iptables
+    /// mode only.
     pub large_cluster_endpoints: Option<usize>,
     /// If set, node ports outside this range are rejected (`--service-node-port-range`).
     pub node_port_range: Option<RangeInclusive<u16>>,
@@ -91,9 +102,10 @@ pub struct ProxyConfig {
     /// inside the rules' namespace), and fails the sync, writing nothing, if it
     /// cannot. kube-proxy instead leaves out the matches of a counter it could not
     /// create. Whoever applies compiled rules some other way creates the counters
-    /// first (`nfacct add NAME`).
+    /// first (`nfacct add NAME`). iptables mode only.
     pub nfacct_counters: bool,
-    /// `nf_conntrack_tcp_be_liberal` is set, so the INVALID-drop rule is left out.
+    /// `nf_conntrack_tcp_be_liberal` is set, so the INVALID-drop rule is left out
+    /// (iptables mode; nftables mode has no such rule).
     pub conntrack_tcp_be_liberal: bool,
     /// This node's `topology.kubernetes.io/zone`, for topology hints.
     pub node_zone: Option<String>,
@@ -113,6 +125,7 @@ impl Default for ProxyConfig {
             local_traffic: LocalTrafficDetector::None,
             nodeport_addresses: Vec::new(),
             localhost_nodeports: true,
+            service_cidrs: Vec::new(),
             comments: true,
             large_cluster_endpoints: Some(1000),
             node_port_range: None,
@@ -166,6 +179,12 @@ impl ProxyConfig {
         addresses: impl IntoIterator<Item = NodePortAddress>,
     ) -> Self {
         self.nodeport_addresses = addresses.into_iter().collect();
+        self
+    }
+
+    /// Sets the service CIDRs (`--service-cluster-ip-range`), of either family.
+    pub fn with_service_cidrs(mut self, cidrs: impl IntoIterator<Item = IpNet>) -> Self {
+        self.service_cidrs = cidrs.into_iter().collect();
         self
     }
 

@@ -64,6 +64,28 @@ const TRACE: [&str; 9] = [
     "--cluster",
 ];
 
+/// A `List` of one Service, `ns1/web` on `cluster_ip`, port `http` 22.
+fn web_on(cluster_ip: &str) -> String {
+    format!(
+        r#"{{"kind":"List","items":[{{"apiVersion":"v1","kind":"Service",
+        "metadata":{{"namespace":"ns1","name":"web"}},
+        "spec":{{"clusterIP":"{cluster_ip}","ports":[{{"name":"http","port":22}}]}}}}]}}"#
+    )
+}
+
+/// A `List` of the Service `ns1/web` (port `http` 80) and a slice with one
+/// endpoint, `address`.
+fn web_with_endpoint(address: &str) -> String {
+    format!(
+        r#"{{"kind":"List","items":[{{"apiVersion":"v1","kind":"Service",
+        "metadata":{{"namespace":"ns1","name":"web"}},
+        "spec":{{"clusterIP":"172.30.0.41","ports":[{{"name":"http","port":80}}]}}}},
+        {{"apiVersion":"discovery.k8s.io/v1","kind":"EndpointSlice","addressType":"IPv4",
+        "metadata":{{"namespace":"ns1","name":"web-x","labels":{{"kubernetes.io/service-name":"web"}}}},
+        "ports":[{{"name":"http","port":8080}}],"endpoints":[{{"addresses":["{address}"]}}]}}]}}"#
+    )
+}
+
 #[test]
 fn every_row_of_the_input_table() {
     let mut all = String::new();
@@ -188,34 +210,19 @@ fn every_row_of_the_input_table() {
     );
 
     // Addresses the API server refuses.
-    let with_cluster_ip = |ip: &str| {
-        format!(
-            r#"{{"kind":"List","items":[{{"apiVersion":"v1","kind":"Service",
-            "metadata":{{"namespace":"ns1","name":"web"}},
-            "spec":{{"clusterIP":"{ip}","ports":[{{"name":"http","port":22}}]}}}}]}}"#
-        )
-    };
     refused(
         "cluster IP 127.0.0.1",
         "compile",
         &["-"],
-        &with_cluster_ip("127.0.0.1"),
+        &web_on("127.0.0.1"),
         &mut all,
     );
     for ep in ["127.0.0.1", "169.254.169.254", "0.0.0.0"] {
-        let list = format!(
-            r#"{{"kind":"List","items":[{{"apiVersion":"v1","kind":"Service",
-            "metadata":{{"namespace":"ns1","name":"web"}},
-            "spec":{{"clusterIP":"172.30.0.41","ports":[{{"name":"http","port":80}}]}}}},
-            {{"apiVersion":"discovery.k8s.io/v1","kind":"EndpointSlice","addressType":"IPv4",
-            "metadata":{{"namespace":"ns1","name":"web-x","labels":{{"kubernetes.io/service-name":"web"}}}},
-            "ports":[{{"name":"http","port":8080}}],"endpoints":[{{"addresses":["{ep}"]}}]}}]}}"#
-        );
         refused(
             &format!("endpoint {ep}"),
             "compile",
             &["-"],
-            &list,
+            &web_with_endpoint(ep),
             &mut all,
         );
     }
@@ -308,4 +315,104 @@ fn sync_apply_reads_its_value() {
         run_example("sync", &["--apply=maybe", "tests/data/input/good.json"], "");
     assert_eq!((code, stdout.as_str()), (2, ""));
     assert_eq!(stderr, "sync: --apply: \"maybe\" is not true or false\n");
+}
+
+/// `compile --proxy-mode nftables` keeps the bad-input contract: what iptables
+/// mode refuses it refuses with the same line and exit code, what iptables mode
+/// warns about it warns about in the same words, and a mode it does not know is a
+/// bad flag like any other.
+#[test]
+fn nftables_mode_keeps_the_input_contract() {
+    let loopback = web_on("127.0.0.1");
+    let link_local = web_with_endpoint("169.254.169.254");
+    let refused: [(&[&str], &str); 9] = [
+        (&["-"], "[1,2,3]"),
+        (&["-"], "{}"),
+        (
+            &["-"],
+            r#"{"kind":"service","metadata":{"namespace":"ns1","name":"web"}}"#,
+        ),
+        (&["tests/data/input/cluster.yaml"], ""),
+        (&["-"], &loopback),
+        (&["-"], &link_local),
+        (&["-x", "tests/data/input/good.json"], ""),
+        (
+            &[
+                "--cluster-cidr",
+                "10.0.0.0/16",
+                "--cluster-cidr",
+                "10.1.0.0/16",
+                "tests/data/input/good.json",
+            ],
+            "",
+        ),
+        (&["--nodeport-addresses", "x", "-"], "{}"),
+    ];
+    for (args, stdin) in refused {
+        let iptables = run_example("compile", args, stdin);
+        let mut nft_args = vec!["--proxy-mode", "nftables"];
+        nft_args.extend(args);
+        let nftables = run_example("compile", &nft_args, stdin);
+        assert_eq!(iptables.0, 2, "{args:?}: {}", iptables.2);
+        assert_eq!(nftables, iptables, "{args:?}");
+    }
+    let accepted: [(&[&str], &str); 4] = [
+        (&["tests/data/input/endpoints-v1.json"], ""),
+        (&["tests/data/input/renamed-port.json"], ""),
+        (&["tests/data/input/good.json"], ""),
+        (&["--lenient", "-"], &loopback),
+    ];
+    for (args, stdin) in accepted {
+        let (code, _, stderr) = run_example("compile", args, stdin);
+        let mut nft_args = vec!["--proxy-mode", "nftables"];
+        nft_args.extend(args);
+        let (nft_code, stdout, nft_stderr) = run_example("compile", &nft_args, stdin);
+        assert_eq!((nft_code, nft_stderr), (code, stderr), "{args:?}");
+        assert!(
+            stdout.starts_with("add table ip kube-proxy { comment \"rules for kube-proxy\" ; }\n"),
+            "{stdout}"
+        );
+    }
+
+    let (code, stdout, stderr) = run_example(
+        "compile",
+        &["--proxy-mode", "ipvs", "tests/data/input/good.json"],
+        "",
+    );
+    assert_eq!((code, stdout.as_str()), (2, ""));
+    assert_eq!(
+        stderr,
+        "compile: --proxy-mode: \"ipvs\" is not iptables or nftables\n"
+    );
+    // An example that does not write nftables rules yet says so.
+    let (code, _, stderr) = run_example(
+        "sync",
+        &["--proxy-mode", "nftables", "tests/data/input/good.json"],
+        "",
+    );
+    assert_eq!(
+        (code, stderr.as_str()),
+        (
+            2,
+            "sync: --proxy-mode: nftables is not supported by this example\n"
+        )
+    );
+    // The service CIDRs reach the rules.
+    let (code, stdout, _) = run_example(
+        "compile",
+        &[
+            "--proxy-mode=nftables",
+            "--service-cluster-ip-range",
+            "172.30.0.0/16,fd00:10:96::/112",
+            "tests/data/input/good.json",
+        ],
+        "",
+    );
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains(
+            "add rule ip kube-proxy cluster-ips-check ip daddr { 172.30.0.0/16 } drop comment \"Drop traffic to unallocated ClusterIPs\"\n"
+        ),
+        "{stdout}"
+    );
 }

@@ -44,7 +44,25 @@ fn missing_capability() -> Option<String> {
 
 /// True if the test may go on; false (after saying why) if it must skip.
 pub fn kernel_available(test: &str) -> bool {
-    match missing_capability() {
+    available_or_skip(test, missing_capability())
+}
+
+/// [`kernel_available`], for a test that also needs `nft` (Debian's `nftables`).
+pub fn nft_available(test: &str) -> bool {
+    let missing = missing_capability().or_else(|| {
+        let found = Command::new("sh")
+            .args(["-c", "command -v nft"])
+            .stdout(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        (!found).then(|| "nft not found (apt-get install nftables)".to_owned())
+    });
+    available_or_skip(test, missing)
+}
+
+fn available_or_skip(test: &str, missing: Option<String>) -> bool {
+    match missing {
         None => true,
         Some(why) => {
             if std::env::var("SVCNAT_REQUIRE_KERNEL").as_deref() == Ok("1") {
@@ -259,6 +277,13 @@ pub(crate) struct Lab {
     pub(crate) client: Netns,
     // Kept for their Drop.
     _pods: Vec<Netns>,
+}
+
+impl Lab {
+    /// Pod `i` (1 to 3).
+    pub(crate) fn pod(&self, i: usize) -> &Netns {
+        &self._pods[i - 1]
+    }
 }
 
 /// The lab's addresses for one family.

@@ -20,6 +20,12 @@ pub fn state_from_list(text: &str) -> svcnat::model::ClusterState {
     svcnat::k8s::read_slice(text.as_bytes()).unwrap().state
 }
 
+/// The shipped example cluster, `examples/cluster.json`.
+pub fn example_cluster() -> svcnat::model::ClusterState {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/cluster.json");
+    state_from_list(&std::fs::read_to_string(path).unwrap())
+}
+
 /// The proxier settings of a case (kube-proxy's `NewFakeProxier` by default).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

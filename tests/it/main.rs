@@ -14,10 +14,14 @@ mod kernel_concurrency;
 #[cfg(feature = "k8s")]
 mod kernel_example;
 mod kernel_nfacct;
+mod kernel_nft;
 mod kernel_resilience;
 #[cfg(feature = "k8s")]
 mod kube_proxy;
 mod nfacct;
+mod nft_check;
+mod nft_compile;
+mod nft_kube_proxy;
 mod nft_trace;
 mod parse;
 mod pieces;

@@ -6,6 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use proptest::prelude::*;
 use svcnat::compile::naming::{PortChains, service_port_name};
 use svcnat::compile::{compile, compile_lenient};
+use svcnat::error::{CompileError, Problem};
 use svcnat::model::*;
 use svcnat::ruleset::{Ruleset, Table, Target};
 
@@ -99,6 +100,34 @@ pub(crate) fn cluster() -> impl Strategy<Value = Vec<(Service, Vec<EndpointSlice
     (1usize..8).prop_flat_map(|n| (0..n).map(service).collect::<Vec<_>>())
 }
 
+/// The same services and slices in another order, driven by `seed`: services
+/// shuffled, each service's slices and each slice's endpoints reversed.
+pub(crate) fn shuffled(
+    parts: &[(Service, Vec<EndpointSlice>)],
+    seed: u64,
+) -> Vec<(Service, Vec<EndpointSlice>)> {
+    let mut shuffled: Vec<_> = parts.to_vec();
+    // A deterministic shuffle driven by the seed.
+    let mut x = seed | 1;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for i in (1..shuffled.len()).rev() {
+        let j = (next() % (i as u64 + 1)) as usize;
+        shuffled.swap(i, j);
+    }
+    for (_, slices) in &mut shuffled {
+        slices.reverse();
+        for s in slices.iter_mut() {
+            s.endpoints.reverse();
+        }
+    }
+    shuffled
+}
+
 pub(crate) fn state_of(parts: &[(Service, Vec<EndpointSlice>)]) -> ClusterState {
     let mut state = ClusterState::new();
     for (svc, slices) in parts {
@@ -188,21 +217,7 @@ proptest! {
     #[test]
     fn deterministic_under_shuffling(parts in cluster(), seed in any::<u64>()) {
         let forward = state_of(&parts);
-        let mut shuffled: Vec<_> = parts.clone();
-        // A deterministic shuffle driven by the seed.
-        let mut x = seed | 1;
-        let mut next = || { x ^= x << 13; x ^= x >> 7; x ^= x << 17; x };
-        for i in (1..shuffled.len()).rev() {
-            let j = (next() % (i as u64 + 1)) as usize;
-            shuffled.swap(i, j);
-        }
-        for (_, slices) in &mut shuffled {
-            slices.reverse();
-            for s in slices.iter_mut() {
-                s.endpoints.reverse();
-            }
-        }
-        let backward = state_of(&shuffled);
+        let backward = state_of(&shuffled(&parts, seed));
         let a = svcnat::render::to_string(&compile(&forward, &config()).unwrap());
         let b = svcnat::render::to_string(&compile(&backward, &config()).unwrap());
         prop_assert_eq!(a, b);
@@ -281,6 +296,17 @@ proptest! {
                 }
             }
             prop_assert!(compile_lenient(&state, &config).is_ok());
+            // nftables mode refuses what iptables mode refuses, with the same
+            // error, and on top only what the nftables IR cannot hold.
+            match (compile(&state, &config), svcnat::compile::nftables(&state, &config)) {
+                (Err(theirs), ours) => prop_assert_eq!(ours.err(), Some(theirs)),
+                (Ok(_), Err(ours)) => prop_assert!(
+                    matches!(&ours, CompileError::Service { problem: Problem::Nft(_), .. }),
+                    "{:?}", ours
+                ),
+                (Ok(_), Ok(_)) => {}
+            }
+            prop_assert!(svcnat::compile::nftables_lenient(&state, &config).is_ok());
         }
     }
 }
@@ -503,13 +529,13 @@ fn rich_service(index: usize) -> impl Strategy<Value = (Service, Vec<EndpointSli
 }
 
 /// Clusters of [`rich_service`]s.
-fn rich_cluster() -> impl Strategy<Value = Vec<(Service, Vec<EndpointSlice>)>> {
+pub(crate) fn rich_cluster() -> impl Strategy<Value = Vec<(Service, Vec<EndpointSlice>)>> {
     (1usize..6).prop_flat_map(|n| (0..n).map(rich_service).collect::<Vec<_>>())
 }
 
 /// A proxy config of either family, in a zone or not, with the options that
 /// change the rules' text.
-fn rich_config() -> impl Strategy<Value = ProxyConfig> {
+pub(crate) fn rich_config() -> impl Strategy<Value = ProxyConfig> {
     (
         any::<bool>(),
         prop::option::of(prop_oneof![Just("zone-a"), Just("zone-b")]),

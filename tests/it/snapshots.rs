@@ -133,12 +133,7 @@ fn ready_endpoints_win_over_terminating() {
 #[cfg(feature = "k8s")]
 #[test]
 fn shipped_example_cluster() {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/examples/cluster.json"
-    ))
-    .unwrap();
-    let state = crate::kube_proxy::state_from_list(&text);
+    let state = crate::kube_proxy::example_cluster();
     assert_snapshot!(render(
         &state,
         &config()
