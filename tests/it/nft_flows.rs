@@ -32,6 +32,7 @@ use svcnat::trace::{Node, Packet, Trace, Verdict};
 
 use crate::fixtures::{ip, ready, service, slice, state};
 use crate::nft_kube_proxy::fake_config;
+use crate::nft_trace::test_node;
 
 const TEST_NODE: &str = "test-node";
 const EXTERNAL_CLIENT: &str = "203.0.113.2";
@@ -74,20 +75,6 @@ impl Flow {
         self.protocol = protocol;
         self
     }
-}
-
-/// kube-proxy's `testNodeIPs` (loopback counts as local anyway).
-fn test_node() -> Node {
-    Node::new(
-        [
-            "192.168.0.2",
-            "192.168.1.2",
-            "192.168.99.11",
-            "2001:db8::1",
-            "2001:db8:1::2",
-        ]
-        .map(ip),
-    )
 }
 
 /// kube-proxy's tracer's view of a trace: the outputs, sorted and joined, and
@@ -179,6 +166,7 @@ fn endpoint(addr: &str, node: &str, conditions: Conditions) -> Endpoint {
 }
 
 #[test]
+#[rustfmt::skip]
 fn no_endpoints_reject() {
     let mut svc =
         service("ns1", "svc1", "172.30.0.41", &[("p80", 80)]).with_type(ServiceType::LoadBalancer);
@@ -186,54 +174,12 @@ fn no_endpoints_reject() {
     svc.ports[0].node_port = Some(3001);
     svc.load_balancer_ingress = vec![lb("1.2.3.4")];
     let flows = [
-        flow(
-            "pod to cluster IP with no endpoints",
-            "10.0.0.2",
-            "172.30.0.41",
-            80,
-            "REJECT",
-            false,
-        ),
-        flow(
-            "external to external IP with no endpoints",
-            EXTERNAL_CLIENT,
-            "192.168.99.11",
-            80,
-            "REJECT",
-            false,
-        ),
-        flow(
-            "pod to NodePort with no endpoints",
-            "10.0.0.2",
-            NODE_IP,
-            3001,
-            "REJECT",
-            false,
-        ),
-        flow(
-            "external to NodePort with no endpoints",
-            EXTERNAL_CLIENT,
-            NODE_IP,
-            3001,
-            "REJECT",
-            false,
-        ),
-        flow(
-            "pod to LoadBalancer IP with no endpoints",
-            "10.0.0.2",
-            "1.2.3.4",
-            80,
-            "REJECT",
-            false,
-        ),
-        flow(
-            "external to LoadBalancer IP with no endpoints",
-            EXTERNAL_CLIENT,
-            "1.2.3.4",
-            80,
-            "REJECT",
-            false,
-        ),
+        flow("pod to cluster IP with no endpoints", "10.0.0.2", "172.30.0.41", 80, "REJECT", false),
+        flow("external to external IP with no endpoints", EXTERNAL_CLIENT, "192.168.99.11", 80, "REJECT", false),
+        flow("pod to NodePort with no endpoints", "10.0.0.2", NODE_IP, 3001, "REJECT", false),
+        flow("external to NodePort with no endpoints", EXTERNAL_CLIENT, NODE_IP, 3001, "REJECT", false),
+        flow("pod to LoadBalancer IP with no endpoints", "10.0.0.2", "1.2.3.4", 80, "REJECT", false),
+        flow("external to LoadBalancer IP with no endpoints", EXTERNAL_CLIENT, "1.2.3.4", 80, "REJECT", false),
     ];
     assert_flows(
         run(
@@ -248,6 +194,7 @@ fn no_endpoints_reject() {
 }
 
 #[test]
+#[rustfmt::skip]
 fn cluster_ip_general() {
     let svc1 = Service::cluster_ip("ns1", "svc1", ip("172.30.0.41"))
         .with_port(ServicePort::tcp("http", 80));
@@ -274,89 +221,16 @@ fn cluster_ip_general() {
         ready("10.180.2.1").on_node("node2"),
     ];
     let flows = [
-        flow(
-            "simple clusterIP",
-            "10.180.0.2",
-            "172.30.0.41",
-            80,
-            "10.180.0.1:80",
-            false,
-        ),
-        flow(
-            "hairpin to cluster IP",
-            "10.180.0.1",
-            "172.30.0.41",
-            80,
-            "10.180.0.1:80",
-            true,
-        ),
-        flow(
-            "clusterIP with multiple endpoints",
-            "10.180.0.2",
-            "172.30.0.42",
-            80,
-            "10.180.0.1:80, 10.180.2.1:80",
-            false,
-        ),
-        flow(
-            "clusterIP with TargetPort",
-            "10.180.0.2",
-            "172.30.0.42",
-            443,
-            "10.180.0.1:8443, 10.180.2.1:8443",
-            false,
-        ),
-        flow(
-            "clusterIP with TCP, UDP, and SCTP on same port (TCP)",
-            "10.180.0.2",
-            "172.30.0.42",
-            53,
-            "10.180.0.1:5353, 10.180.2.1:5353",
-            false,
-        ),
-        flow(
-            "clusterIP with TCP, UDP, and SCTP on same port (UDP)",
-            "10.180.0.2",
-            "172.30.0.42",
-            53,
-            "10.180.0.1:53, 10.180.2.1:53",
-            false,
-        )
-        .with_protocol(Protocol::Udp),
-        flow(
-            "clusterIP with TCP, UDP, and SCTP on same port (SCTP)",
-            "10.180.0.2",
-            "172.30.0.42",
-            53,
-            "10.180.0.1:53, 10.180.2.1:53",
-            false,
-        )
-        .with_protocol(Protocol::Sctp),
-        flow(
-            "TCP-only port does not match UDP traffic",
-            "10.180.0.2",
-            "172.30.0.42",
-            80,
-            "REJECT",
-            false,
-        )
-        .with_protocol(Protocol::Udp),
-        flow(
-            "svc1 does not accept svc2's ports",
-            "10.180.0.2",
-            "172.30.0.41",
-            443,
-            "REJECT",
-            false,
-        ),
-        flow(
-            "packet to unallocated cluster ip",
-            "10.180.0.2",
-            "172.30.0.50",
-            80,
-            "DROP",
-            false,
-        ),
+        flow("simple clusterIP", "10.180.0.2", "172.30.0.41", 80, "10.180.0.1:80", false),
+        flow("hairpin to cluster IP", "10.180.0.1", "172.30.0.41", 80, "10.180.0.1:80", true),
+        flow("clusterIP with multiple endpoints", "10.180.0.2", "172.30.0.42", 80, "10.180.0.1:80, 10.180.2.1:80", false),
+        flow("clusterIP with TargetPort", "10.180.0.2", "172.30.0.42", 443, "10.180.0.1:8443, 10.180.2.1:8443", false),
+        flow("clusterIP with TCP, UDP, and SCTP on same port (TCP)", "10.180.0.2", "172.30.0.42", 53, "10.180.0.1:5353, 10.180.2.1:5353", false),
+        flow("clusterIP with TCP, UDP, and SCTP on same port (UDP)", "10.180.0.2", "172.30.0.42", 53, "10.180.0.1:53, 10.180.2.1:53", false).with_protocol(Protocol::Udp),
+        flow("clusterIP with TCP, UDP, and SCTP on same port (SCTP)", "10.180.0.2", "172.30.0.42", 53, "10.180.0.1:53, 10.180.2.1:53", false).with_protocol(Protocol::Sctp),
+        flow("TCP-only port does not match UDP traffic", "10.180.0.2", "172.30.0.42", 80, "REJECT", false).with_protocol(Protocol::Udp),
+        flow("svc1 does not accept svc2's ports", "10.180.0.2", "172.30.0.41", 443, "REJECT", false),
+        flow("packet to unallocated cluster ip", "10.180.0.2", "172.30.0.50", 80, "DROP", false),
     ];
     let state = state(vec![svc1, svc2], vec![slice1, slice2]);
     assert_flows(
@@ -367,6 +241,7 @@ fn cluster_ip_general() {
 }
 
 #[test]
+#[rustfmt::skip]
 fn load_balancer() {
     let mut svc =
         service("ns1", "svc1", "172.30.0.41", &[("p80", 80)]).with_type(ServiceType::LoadBalancer);
@@ -378,110 +253,19 @@ fn load_balancer() {
     ];
     let ep = "10.180.0.1:80";
     let flows = [
-        flow(
-            "pod to cluster IP",
-            "10.0.0.2",
-            "172.30.0.41",
-            80,
-            ep,
-            false,
-        ),
-        flow(
-            "external to nodePort",
-            EXTERNAL_CLIENT,
-            NODE_IP,
-            3001,
-            ep,
-            true,
-        ),
-        flow(
-            "nodePort bypasses LoadBalancerSourceRanges",
-            EXTERNAL_CLIENT_BLOCKED,
-            NODE_IP,
-            3001,
-            ep,
-            true,
-        ),
-        flow(
-            "accepted external to LB1",
-            EXTERNAL_CLIENT,
-            "1.2.3.4",
-            80,
-            ep,
-            true,
-        ),
-        flow(
-            "accepted external to LB2",
-            EXTERNAL_CLIENT,
-            "5.6.7.8",
-            80,
-            ep,
-            true,
-        ),
-        flow(
-            "blocked external to LB1",
-            EXTERNAL_CLIENT_BLOCKED,
-            "1.2.3.4",
-            80,
-            "DROP",
-            false,
-        ),
-        flow(
-            "blocked external to LB2",
-            EXTERNAL_CLIENT_BLOCKED,
-            "5.6.7.8",
-            80,
-            "DROP",
-            false,
-        ),
-        flow(
-            "pod to LB1 (blocked by LoadBalancerSourceRanges)",
-            "10.0.0.2",
-            "1.2.3.4",
-            80,
-            "DROP",
-            false,
-        ),
-        flow(
-            "pod to LB2 (blocked by LoadBalancerSourceRanges)",
-            "10.0.0.2",
-            "5.6.7.8",
-            80,
-            "DROP",
-            false,
-        ),
-        flow(
-            "node to LB1 (allowed by LoadBalancerSourceRanges)",
-            NODE_IP,
-            "1.2.3.4",
-            80,
-            ep,
-            true,
-        ),
-        flow(
-            "node to LB2 (allowed by LoadBalancerSourceRanges)",
-            NODE_IP,
-            "5.6.7.8",
-            80,
-            ep,
-            true,
-        ),
-        flow(
-            "same node to LB1, SNATted to LB1 (implicitly allowed)",
-            "1.2.3.4",
-            "1.2.3.4",
-            80,
-            ep,
-            true,
-        ),
-        flow(
-            "same node to LB2, SNATted to LB2 (implicitly allowed)",
-            "5.6.7.8",
-            "5.6.7.8",
-            80,
-            ep,
-            true,
-        ),
+        flow("pod to cluster IP", "10.0.0.2", "172.30.0.41", 80, ep, false),
+        flow("external to nodePort", EXTERNAL_CLIENT, NODE_IP, 3001, ep, true),
+        flow("nodePort bypasses LoadBalancerSourceRanges", EXTERNAL_CLIENT_BLOCKED, NODE_IP, 3001, ep, true),
+        flow("accepted external to LB1", EXTERNAL_CLIENT, "1.2.3.4", 80, ep, true),
+        flow("accepted external to LB2", EXTERNAL_CLIENT, "5.6.7.8", 80, ep, true),
+        flow("blocked external to LB1", EXTERNAL_CLIENT_BLOCKED, "1.2.3.4", 80, "DROP", false),
+        flow("blocked external to LB2", EXTERNAL_CLIENT_BLOCKED, "5.6.7.8", 80, "DROP", false),
+        flow("pod to LB1 (blocked by LoadBalancerSourceRanges)", "10.0.0.2", "1.2.3.4", 80, "DROP", false),
+        flow("pod to LB2 (blocked by LoadBalancerSourceRanges)", "10.0.0.2", "5.6.7.8", 80, "DROP", false),
+        flow("node to LB1 (allowed by LoadBalancerSourceRanges)", NODE_IP, "1.2.3.4", 80, ep, true),
+        flow("node to LB2 (allowed by LoadBalancerSourceRanges)", NODE_IP, "5.6.7.8", 80, ep, true),
+        flow("same node to LB1, SNATted to LB1 (implicitly allowed)", "1.2.3.4", "1.2.3.4", 80, ep, true),
+        flow("same node to LB2, SNATted to LB2 (implicitly allowed)", "5.6.7.8", "5.6.7.8", 80, ep, true),
     ];
     let state = state(
         vec![svc],
@@ -500,6 +284,7 @@ fn load_balancer() {
 }
 
 #[test]
+#[rustfmt::skip]
 fn node_ports() {
     struct Case {
         name: &'static str,
@@ -578,34 +363,13 @@ fn node_ports() {
         let output = format!("{}, {}", join(ep1), join(ep2));
         let mut flows = vec![
             flow("pod to cluster IP", pod, svc_ip, 80, &output, false),
-            flow(
-                "external to nodePort",
-                external,
-                node_ip,
-                3001,
-                &output,
-                true,
-            ),
+            flow("external to nodePort", external, node_ip, 3001, &output, true),
             flow("node to nodePort", node_ip, node_ip, 3001, &output, true),
         ];
         if c.allow_alt_node_ip {
-            flows.push(flow(
-                "external to nodePort on secondary IP",
-                external,
-                alt,
-                3001,
-                &output,
-                true,
-            ));
+            flows.push(flow("external to nodePort on secondary IP", external, alt, 3001, &output, true));
         } else {
-            flows.push(flow(
-                "secondary nodeIP ignores NodePorts",
-                external,
-                alt,
-                3001,
-                "",
-                false,
-            ));
+            flows.push(flow("secondary nodeIP ignores NodePorts", external, alt, 3001, "", false));
         }
         total += flows.len();
         failures.extend(run(
@@ -641,66 +405,18 @@ fn external_policy_state(policy: TrafficPolicy) -> ClusterState {
 }
 
 #[test]
+#[rustfmt::skip]
 fn external_traffic_policy_local() {
     let both = "10.180.0.1:80, 10.180.2.1:80";
     let local = "10.180.2.1:80";
     let flows = [
-        flow(
-            "pod to cluster IP hits both endpoints, unmasqueraded",
-            "10.0.0.2",
-            "172.30.0.41",
-            80,
-            both,
-            false,
-        ),
-        flow(
-            "pod to external IP hits both endpoints, unmasqueraded",
-            "10.0.0.2",
-            "192.168.99.11",
-            80,
-            both,
-            false,
-        ),
-        flow(
-            "external to external IP hits only local endpoint, unmasqueraded",
-            EXTERNAL_CLIENT,
-            "192.168.99.11",
-            80,
-            local,
-            false,
-        ),
-        flow(
-            "pod to LB IP hits only both endpoints, unmasqueraded",
-            "10.0.0.2",
-            "1.2.3.4",
-            80,
-            both,
-            false,
-        ),
-        flow(
-            "external to LB IP hits only local endpoint, unmasqueraded",
-            EXTERNAL_CLIENT,
-            "1.2.3.4",
-            80,
-            local,
-            false,
-        ),
-        flow(
-            "pod to NodePort hits both endpoints, unmasqueraded",
-            "10.0.0.2",
-            NODE_IP,
-            3001,
-            both,
-            false,
-        ),
-        flow(
-            "external to NodePort hits only local endpoint, unmasqueraded",
-            EXTERNAL_CLIENT,
-            NODE_IP,
-            3001,
-            local,
-            false,
-        ),
+        flow("pod to cluster IP hits both endpoints, unmasqueraded", "10.0.0.2", "172.30.0.41", 80, both, false),
+        flow("pod to external IP hits both endpoints, unmasqueraded", "10.0.0.2", "192.168.99.11", 80, both, false),
+        flow("external to external IP hits only local endpoint, unmasqueraded", EXTERNAL_CLIENT, "192.168.99.11", 80, local, false),
+        flow("pod to LB IP hits only both endpoints, unmasqueraded", "10.0.0.2", "1.2.3.4", 80, both, false),
+        flow("external to LB IP hits only local endpoint, unmasqueraded", EXTERNAL_CLIENT, "1.2.3.4", 80, local, false),
+        flow("pod to NodePort hits both endpoints, unmasqueraded", "10.0.0.2", NODE_IP, 3001, both, false),
+        flow("external to NodePort hits only local endpoint, unmasqueraded", EXTERNAL_CLIENT, NODE_IP, 3001, local, false),
     ];
     let state = external_policy_state(TrafficPolicy::Local);
     assert_flows(
@@ -711,65 +427,17 @@ fn external_traffic_policy_local() {
 }
 
 #[test]
+#[rustfmt::skip]
 fn external_traffic_policy_cluster() {
     let both = "10.180.0.1:80, 10.180.2.1:80";
     let flows = [
-        flow(
-            "pod to cluster IP hits both endpoints, unmasqueraded",
-            "10.0.0.2",
-            "172.30.0.41",
-            80,
-            both,
-            false,
-        ),
-        flow(
-            "pod to external IP hits both endpoints, masqueraded",
-            "10.0.0.2",
-            "192.168.99.11",
-            80,
-            both,
-            true,
-        ),
-        flow(
-            "external to external IP hits both endpoints, masqueraded",
-            EXTERNAL_CLIENT,
-            "192.168.99.11",
-            80,
-            both,
-            true,
-        ),
-        flow(
-            "pod to LB IP hits both endpoints, masqueraded",
-            "10.0.0.2",
-            "1.2.3.4",
-            80,
-            both,
-            true,
-        ),
-        flow(
-            "external to LB IP hits both endpoints, masqueraded",
-            EXTERNAL_CLIENT,
-            "1.2.3.4",
-            80,
-            both,
-            true,
-        ),
-        flow(
-            "pod to NodePort hits both endpoints, masqueraded",
-            "10.0.0.2",
-            NODE_IP,
-            3001,
-            both,
-            true,
-        ),
-        flow(
-            "external to NodePort hits both endpoints, masqueraded",
-            EXTERNAL_CLIENT,
-            NODE_IP,
-            3001,
-            both,
-            true,
-        ),
+        flow("pod to cluster IP hits both endpoints, unmasqueraded", "10.0.0.2", "172.30.0.41", 80, both, false),
+        flow("pod to external IP hits both endpoints, masqueraded", "10.0.0.2", "192.168.99.11", 80, both, true),
+        flow("external to external IP hits both endpoints, masqueraded", EXTERNAL_CLIENT, "192.168.99.11", 80, both, true),
+        flow("pod to LB IP hits both endpoints, masqueraded", "10.0.0.2", "1.2.3.4", 80, both, true),
+        flow("external to LB IP hits both endpoints, masqueraded", EXTERNAL_CLIENT, "1.2.3.4", 80, both, true),
+        flow("pod to NodePort hits both endpoints, masqueraded", "10.0.0.2", NODE_IP, 3001, both, true),
+        flow("external to NodePort hits both endpoints, masqueraded", EXTERNAL_CLIENT, NODE_IP, 3001, both, true),
     ];
     let state = external_policy_state(TrafficPolicy::Cluster);
     assert_flows(
@@ -808,6 +476,7 @@ type PolicyCase = (
 );
 
 #[test]
+#[rustfmt::skip]
 fn internal_traffic_policy() {
     let cases: [PolicyCase; 4] = [
         (
@@ -858,27 +527,13 @@ fn internal_traffic_policy() {
             name,
             &with,
             &v4(),
-            &[flow(
-                "pod to ClusterIP",
-                "10.0.0.2",
-                "172.30.1.1",
-                80,
-                output,
-                false,
-            )],
+            &[flow("pod to ClusterIP", "10.0.0.2", "172.30.1.1", 80, output, false)],
         ));
         failures.extend(run(
             name,
             &without,
             &v4(),
-            &[flow(
-                "endpoints deleted",
-                "10.0.0.2",
-                "172.30.1.1",
-                80,
-                "REJECT",
-                false,
-            )],
+            &[flow("endpoints deleted", "10.0.0.2", "172.30.1.1", 80, "REJECT", false)],
         ));
     }
     assert_flows(failures, 8, 8);
@@ -946,6 +601,7 @@ fn terminating_cases(test: &str, etp: TrafficPolicy, cases: Vec<(&str, Vec<Endpo
 }
 
 #[test]
+#[rustfmt::skip]
 fn terminating_endpoints_traffic_policy_local() {
     let local = TrafficPolicy::Local;
     terminating_cases(
@@ -962,22 +618,8 @@ fn terminating_endpoints_traffic_policy_local() {
                     endpoint("10.0.1.5", "node-1", READY),
                 ],
                 [
-                    flow(
-                        "pod to clusterIP",
-                        "10.0.0.2",
-                        "172.30.1.1",
-                        80,
-                        "10.0.1.1:80, 10.0.1.2:80, 10.0.1.5:80",
-                        false,
-                    ),
-                    flow(
-                        "external to LB",
-                        EXTERNAL_CLIENT,
-                        "1.2.3.4",
-                        80,
-                        "10.0.1.1:80, 10.0.1.2:80",
-                        false,
-                    ),
+                    flow("pod to clusterIP", "10.0.0.2", "172.30.1.1", 80, "10.0.1.1:80, 10.0.1.2:80, 10.0.1.5:80", false),
+                    flow("external to LB", EXTERNAL_CLIENT, "1.2.3.4", 80, "10.0.1.1:80, 10.0.1.2:80", false),
                 ],
             ),
             (
@@ -989,44 +631,16 @@ fn terminating_endpoints_traffic_policy_local() {
                     endpoint("10.0.1.5", "node-1", READY),
                 ],
                 [
-                    flow(
-                        "pod to clusterIP",
-                        "10.0.0.2",
-                        "172.30.1.1",
-                        80,
-                        "10.0.1.5:80",
-                        false,
-                    ),
-                    flow(
-                        "external to LB",
-                        EXTERNAL_CLIENT,
-                        "1.2.3.4",
-                        80,
-                        "10.0.1.2:80, 10.0.1.3:80",
-                        false,
-                    ),
+                    flow("pod to clusterIP", "10.0.0.2", "172.30.1.1", 80, "10.0.1.5:80", false),
+                    flow("external to LB", EXTERNAL_CLIENT, "1.2.3.4", 80, "10.0.1.2:80, 10.0.1.3:80", false),
                 ],
             ),
             (
                 "terminating endpoints on remote node",
                 vec![endpoint("10.0.1.5", "node-1", SERVING_TERMINATING)],
                 [
-                    flow(
-                        "pod to clusterIP",
-                        "10.0.0.2",
-                        "172.30.1.1",
-                        80,
-                        "10.0.1.5:80",
-                        false,
-                    ),
-                    flow(
-                        "external to LB, no locally-usable endpoints",
-                        EXTERNAL_CLIENT,
-                        "1.2.3.4",
-                        80,
-                        "DROP",
-                        false,
-                    ),
+                    flow("pod to clusterIP", "10.0.0.2", "172.30.1.1", 80, "10.0.1.5:80", false),
+                    flow("external to LB, no locally-usable endpoints", EXTERNAL_CLIENT, "1.2.3.4", 80, "DROP", false),
                 ],
             ),
             (
@@ -1036,22 +650,8 @@ fn terminating_endpoints_traffic_policy_local() {
                     endpoint("10.0.1.5", "node-1", TERMINATING_NOT_SERVING),
                 ],
                 [
-                    flow(
-                        "pod to clusterIP, no usable endpoints",
-                        "10.0.0.2",
-                        "172.30.1.1",
-                        80,
-                        "REJECT",
-                        false,
-                    ),
-                    flow(
-                        "external to LB, no usable endpoints",
-                        EXTERNAL_CLIENT,
-                        "1.2.3.4",
-                        80,
-                        "REJECT",
-                        false,
-                    ),
+                    flow("pod to clusterIP, no usable endpoints", "10.0.0.2", "172.30.1.1", 80, "REJECT", false),
+                    flow("external to LB, no usable endpoints", EXTERNAL_CLIENT, "1.2.3.4", 80, "REJECT", false),
                 ],
             ),
         ],
@@ -1059,6 +659,7 @@ fn terminating_endpoints_traffic_policy_local() {
 }
 
 #[test]
+#[rustfmt::skip]
 fn terminating_endpoints_traffic_policy_cluster() {
     let cluster = TrafficPolicy::Cluster;
     terminating_cases(
@@ -1075,22 +676,8 @@ fn terminating_endpoints_traffic_policy_cluster() {
                     endpoint("10.0.1.5", "another-node", READY),
                 ],
                 [
-                    flow(
-                        "pod to clusterIP",
-                        "10.0.0.2",
-                        "172.30.1.1",
-                        80,
-                        "10.0.1.1:80, 10.0.1.2:80, 10.0.1.5:80",
-                        false,
-                    ),
-                    flow(
-                        "external to LB",
-                        EXTERNAL_CLIENT,
-                        "1.2.3.4",
-                        80,
-                        "10.0.1.1:80, 10.0.1.2:80, 10.0.1.5:80",
-                        true,
-                    ),
+                    flow("pod to clusterIP", "10.0.0.2", "172.30.1.1", 80, "10.0.1.1:80, 10.0.1.2:80, 10.0.1.5:80", false),
+                    flow("external to LB", EXTERNAL_CLIENT, "1.2.3.4", 80, "10.0.1.1:80, 10.0.1.2:80, 10.0.1.5:80", true),
                 ],
             ),
             (
@@ -1102,44 +689,16 @@ fn terminating_endpoints_traffic_policy_cluster() {
                     endpoint("10.0.1.5", "another-node", SERVING_TERMINATING),
                 ],
                 [
-                    flow(
-                        "pod to clusterIP",
-                        "10.0.0.2",
-                        "172.30.1.1",
-                        80,
-                        "10.0.1.2:80, 10.0.1.3:80, 10.0.1.5:80",
-                        false,
-                    ),
-                    flow(
-                        "external to LB",
-                        EXTERNAL_CLIENT,
-                        "1.2.3.4",
-                        80,
-                        "10.0.1.2:80, 10.0.1.3:80, 10.0.1.5:80",
-                        true,
-                    ),
+                    flow("pod to clusterIP", "10.0.0.2", "172.30.1.1", 80, "10.0.1.2:80, 10.0.1.3:80, 10.0.1.5:80", false),
+                    flow("external to LB", EXTERNAL_CLIENT, "1.2.3.4", 80, "10.0.1.2:80, 10.0.1.3:80, 10.0.1.5:80", true),
                 ],
             ),
             (
                 "terminating endpoints on remote node",
                 vec![endpoint("10.0.1.5", "node-1", SERVING_TERMINATING)],
                 [
-                    flow(
-                        "pod to clusterIP",
-                        "10.0.0.2",
-                        "172.30.1.1",
-                        80,
-                        "10.0.1.5:80",
-                        false,
-                    ),
-                    flow(
-                        "external to LB",
-                        EXTERNAL_CLIENT,
-                        "1.2.3.4",
-                        80,
-                        "10.0.1.5:80",
-                        true,
-                    ),
+                    flow("pod to clusterIP", "10.0.0.2", "172.30.1.1", 80, "10.0.1.5:80", false),
+                    flow("external to LB", EXTERNAL_CLIENT, "1.2.3.4", 80, "10.0.1.5:80", true),
                 ],
             ),
             (
@@ -1149,22 +708,8 @@ fn terminating_endpoints_traffic_policy_cluster() {
                     endpoint("10.0.1.5", "node-1", TERMINATING_NOT_SERVING),
                 ],
                 [
-                    flow(
-                        "pod to clusterIP",
-                        "10.0.0.2",
-                        "172.30.1.1",
-                        80,
-                        "REJECT",
-                        false,
-                    ),
-                    flow(
-                        "external to LB",
-                        EXTERNAL_CLIENT,
-                        "1.2.3.4",
-                        80,
-                        "REJECT",
-                        false,
-                    ),
+                    flow("pod to clusterIP", "10.0.0.2", "172.30.1.1", 80, "REJECT", false),
+                    flow("external to LB", EXTERNAL_CLIENT, "1.2.3.4", 80, "REJECT", false),
                 ],
             ),
         ],
@@ -1209,20 +754,14 @@ fn masquerade_state() -> ClusterState {
 }
 
 #[test]
+#[rustfmt::skip]
 fn internal_external_masquerade() {
     let ext = EXTERNAL_CLIENT;
     let one = "10.180.0.1:80, 10.180.1.1:80";
     let two = "10.180.0.2:80, 10.180.1.2:80";
     let three = "10.180.0.3:80, 10.180.1.3:80";
     let base = [
-        flow(
-            "pod to ClusterIP",
-            "10.0.0.2",
-            "172.30.0.41",
-            80,
-            one,
-            false,
-        ),
+        flow("pod to ClusterIP", "10.0.0.2", "172.30.0.41", 80, one, false),
         flow("pod to NodePort", "10.0.0.2", NODE_IP, 3001, one, true),
         flow("pod to LB", "10.0.0.2", "1.2.3.4", 80, one, true),
         flow("node to ClusterIP", NODE_IP, "172.30.0.41", 80, one, true),
@@ -1231,151 +770,25 @@ fn internal_external_masquerade() {
         flow("external to ClusterIP", ext, "172.30.0.41", 80, one, true),
         flow("external to NodePort", ext, NODE_IP, 3001, one, true),
         flow("external to LB", ext, "1.2.3.4", 80, one, true),
-        flow(
-            "pod to ClusterIP with eTP:Local",
-            "10.0.0.2",
-            "172.30.0.42",
-            80,
-            two,
-            false,
-        ),
-        flow(
-            "pod to NodePort with eTP:Local",
-            "10.0.0.2",
-            NODE_IP,
-            3002,
-            two,
-            false,
-        ),
-        flow(
-            "pod to LB with eTP:Local",
-            "10.0.0.2",
-            "5.6.7.8",
-            80,
-            two,
-            false,
-        ),
-        flow(
-            "node to ClusterIP with eTP:Local",
-            NODE_IP,
-            "172.30.0.42",
-            80,
-            two,
-            true,
-        ),
+        flow("pod to ClusterIP with eTP:Local", "10.0.0.2", "172.30.0.42", 80, two, false),
+        flow("pod to NodePort with eTP:Local", "10.0.0.2", NODE_IP, 3002, two, false),
+        flow("pod to LB with eTP:Local", "10.0.0.2", "5.6.7.8", 80, two, false),
+        flow("node to ClusterIP with eTP:Local", NODE_IP, "172.30.0.42", 80, two, true),
         // kube-proxy's case sends this one to svc1's node port.
-        flow(
-            "node to NodePort with eTP:Local",
-            NODE_IP,
-            NODE_IP,
-            3001,
-            one,
-            true,
-        ),
-        flow(
-            "node to LB with eTP:Local",
-            NODE_IP,
-            "5.6.7.8",
-            80,
-            two,
-            true,
-        ),
-        flow(
-            "external to ClusterIP with eTP:Local",
-            ext,
-            "172.30.0.42",
-            80,
-            two,
-            true,
-        ),
-        flow(
-            "external to NodePort with eTP:Local",
-            ext,
-            NODE_IP,
-            3002,
-            "10.180.0.2:80",
-            false,
-        ),
-        flow(
-            "external to LB with eTP:Local",
-            ext,
-            "5.6.7.8",
-            80,
-            "10.180.0.2:80",
-            false,
-        ),
-        flow(
-            "pod to ClusterIP with iTP:Local",
-            "10.0.0.2",
-            "172.30.0.43",
-            80,
-            "10.180.0.3:80",
-            false,
-        ),
-        flow(
-            "pod to NodePort with iTP:Local",
-            "10.0.0.2",
-            NODE_IP,
-            3003,
-            three,
-            true,
-        ),
-        flow(
-            "pod to LB with iTP:Local",
-            "10.0.0.2",
-            "9.10.11.12",
-            80,
-            three,
-            true,
-        ),
-        flow(
-            "node to ClusterIP with iTP:Local",
-            NODE_IP,
-            "172.30.0.43",
-            80,
-            "10.180.0.3:80",
-            true,
-        ),
-        flow(
-            "node to NodePort with iTP:Local",
-            NODE_IP,
-            NODE_IP,
-            3003,
-            three,
-            true,
-        ),
-        flow(
-            "node to LB with iTP:Local",
-            NODE_IP,
-            "9.10.11.12",
-            80,
-            three,
-            true,
-        ),
-        flow(
-            "external to ClusterIP with iTP:Local",
-            ext,
-            "172.30.0.43",
-            80,
-            "10.180.0.3:80",
-            true,
-        ),
-        flow(
-            "external to NodePort with iTP:Local",
-            ext,
-            NODE_IP,
-            3003,
-            three,
-            true,
-        ),
-        flow(
-            "external to LB with iTP:Local",
-            ext,
-            "9.10.11.12",
-            80,
-            three,
-            true,
-        ),
+        flow("node to NodePort with eTP:Local", NODE_IP, NODE_IP, 3001, one, true),
+        flow("node to LB with eTP:Local", NODE_IP, "5.6.7.8", 80, two, true),
+        flow("external to ClusterIP with eTP:Local", ext, "172.30.0.42", 80, two, true),
+        flow("external to NodePort with eTP:Local", ext, NODE_IP, 3002, "10.180.0.2:80", false),
+        flow("external to LB with eTP:Local", ext, "5.6.7.8", 80, "10.180.0.2:80", false),
+        flow("pod to ClusterIP with iTP:Local", "10.0.0.2", "172.30.0.43", 80, "10.180.0.3:80", false),
+        flow("pod to NodePort with iTP:Local", "10.0.0.2", NODE_IP, 3003, three, true),
+        flow("pod to LB with iTP:Local", "10.0.0.2", "9.10.11.12", 80, three, true),
+        flow("node to ClusterIP with iTP:Local", NODE_IP, "172.30.0.43", 80, "10.180.0.3:80", true),
+        flow("node to NodePort with iTP:Local", NODE_IP, NODE_IP, 3003, three, true),
+        flow("node to LB with iTP:Local", NODE_IP, "9.10.11.12", 80, three, true),
+        flow("external to ClusterIP with iTP:Local", ext, "172.30.0.43", 80, "10.180.0.3:80", true),
+        flow("external to NodePort with iTP:Local", ext, NODE_IP, 3003, three, true),
+        flow("external to LB with iTP:Local", ext, "9.10.11.12", 80, three, true),
     ];
     // (case, masquerade all, local detector, overrides: name -> (output, masq))
     type Overrides = &'static [(&'static str, Option<&'static str>, Option<bool>)];

@@ -472,8 +472,9 @@ fn map(family: Family) -> BoxedStrategy<Map> {
         .boxed()
 }
 
-fn chain(family: Family) -> BoxedStrategy<Chain> {
-    let base = (
+/// Base chains of either type, at any hook, with a priority in `priority`.
+fn base_chain(priority: std::ops::Range<i32>) -> impl Strategy<Value = BaseChain> {
+    (
         prop_oneof![Just(ChainType::Filter), Just(ChainType::Nat)],
         prop_oneof![
             Just(Hook::Prerouting),
@@ -482,13 +483,17 @@ fn chain(family: Family) -> BoxedStrategy<Chain> {
             Just(Hook::Output),
             Just(Hook::Postrouting)
         ],
-        -400i32..400,
+        priority,
     )
         .prop_map(|(kind, hook, priority)| BaseChain {
             kind,
             hook,
             priority,
-        });
+        })
+}
+
+fn chain(family: Family) -> BoxedStrategy<Chain> {
+    let base = base_chain(-400..400);
     let rule = (
         prop::collection::vec(stmt(family), 1..5),
         prop::option::of(comment()),
@@ -1014,7 +1019,7 @@ proptest! {
 // The tracer
 
 /// kube-proxy's test node: its addresses (`testNodeIPs`).
-fn test_node() -> Node {
+pub(crate) fn test_node() -> Node {
     Node::new(
         [
             "192.168.0.2",
@@ -1554,20 +1559,7 @@ fn traceable_table() -> impl Strategy<Value = Ruleset> {
     let chains: Vec<_> = (0..N).map(chain).collect();
     let base = (
         prop::sample::subsequence((0..N).collect::<Vec<_>>(), 1..4),
-        prop::collection::vec(
-            (
-                prop_oneof![Just(ChainType::Filter), Just(ChainType::Nat)],
-                prop_oneof![
-                    Just(Hook::Prerouting),
-                    Just(Hook::Input),
-                    Just(Hook::Forward),
-                    Just(Hook::Output),
-                    Just(Hook::Postrouting)
-                ],
-                -200i32..200,
-            ),
-            4,
-        ),
+        prop::collection::vec(base_chain(-200..200), 4),
     );
     let elements = prop::collection::vec(
         (
@@ -1590,13 +1582,8 @@ fn traceable_table() -> impl Strategy<Value = Ruleset> {
                     },
                 );
             }
-            for (k, i) in bases.into_iter().enumerate() {
-                let (kind, hook, priority) = kinds[k];
-                rs.chains[i].base = Some(BaseChain {
-                    kind,
-                    hook,
-                    priority,
-                });
+            for (base, i) in kinds.into_iter().zip(bases) {
+                rs.chains[i].base = Some(base);
             }
             let mut stat = Set::new(vec![KeyType::Ipv4Addr], None);
             for a in members {
