@@ -90,6 +90,8 @@ use thiserror::Error;
 
 use crate::model::{IpFamily, Protocol};
 use crate::ruleset::JumpRule;
+
+pub mod nft;
 use crate::ruleset::{
     AddrKind, AddrType, Address, Chain, ChainName, CtState, Direction, Interface, Match, Not,
     Policy, PortsOf, ProtocolMatch, ProtocolName, RecentAction, Rule, Ruleset, Table, TableRules,
@@ -242,14 +244,110 @@ impl fmt::Display for Verdict {
 }
 
 /// A rule of a ruleset: table, chain and 1-based index.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct RuleRef {
     /// The table.
-    pub table: Table,
+    pub table: TableId,
     /// The chain.
-    pub chain: ChainName,
+    pub chain: ChainId,
     /// The 1-based position of the rule in the chain.
     pub index: usize,
+}
+
+/// The table of a [`RuleRef`]: an iptables table, or an nftables table.
+/// Serialised as the iptables table alone (`"Nat"`), or as the nftables family
+/// and name (`["Ip", "kube-proxy"]`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(untagged)]
+#[non_exhaustive]
+pub enum TableId {
+    /// An iptables table (`nat`, `filter`, …).
+    Iptables(Table),
+    /// An nftables table: its family and name (`ip kube-proxy`).
+    Nft(crate::nft::Family, crate::nft::Name),
+}
+
+impl From<Table> for TableId {
+    fn from(t: Table) -> Self {
+        TableId::Iptables(t)
+    }
+}
+
+impl PartialEq<Table> for TableId {
+    fn eq(&self, other: &Table) -> bool {
+        *self == TableId::Iptables(*other)
+    }
+}
+
+impl fmt::Display for TableId {
+    /// The iptables table (`nat`), or the nftables table's name (`kube-proxy`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TableId::Iptables(t) => write!(f, "{t}"),
+            TableId::Nft(_, name) => write!(f, "{name}"),
+        }
+    }
+}
+
+/// The chain of a [`RuleRef`]: an iptables chain, or an nftables chain (whose
+/// names are longer and may hold `/`). Serialised as the name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(untagged)]
+#[non_exhaustive]
+pub enum ChainId {
+    /// An iptables chain.
+    Iptables(ChainName),
+    /// An nftables chain.
+    Nft(crate::nft::Name),
+}
+
+impl ChainId {
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        match self {
+            ChainId::Iptables(c) => c.as_str(),
+            ChainId::Nft(c) => c.as_str(),
+        }
+    }
+}
+
+impl From<ChainName> for ChainId {
+    fn from(c: ChainName) -> Self {
+        ChainId::Iptables(c)
+    }
+}
+
+impl fmt::Display for ChainId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for RuleRef {
+    /// The chain's kind follows the table's: an nftables table's chains are
+    /// nftables names.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Raw {
+            table: TableId,
+            chain: String,
+            index: usize,
+        }
+        let raw = Raw::deserialize(d)?;
+        let chain = match raw.table {
+            TableId::Iptables(_) => ChainName::new(raw.chain)
+                .map(ChainId::Iptables)
+                .map_err(serde::de::Error::custom)?,
+            TableId::Nft(..) => crate::nft::Name::new(raw.chain)
+                .map(ChainId::Nft)
+                .map_err(serde::de::Error::custom)?,
+        };
+        Ok(RuleRef {
+            table: raw.table,
+            chain,
+            index: raw.index,
+        })
+    }
 }
 
 impl RuleRef {
@@ -367,6 +465,28 @@ pub enum TraceError {
         /// The jumping rule.
         from: RuleRef,
     },
+    /// An nftables rule names a chain, set or map its table does not have
+    /// (the kernel refuses to load such a table).
+    #[error("{from} names the {kind} {name}, which the table does not have")]
+    NftMissing {
+        /// `chain`, `set` or `map`.
+        kind: &'static str,
+        /// The missing object's name.
+        name: String,
+        /// The rule that names it (for a map element's chain, the rule that
+        /// looks the map up).
+        from: RuleRef,
+    },
+    /// An nftables table the kernel refuses to load because of its chain
+    /// graph: a chain that reaches itself through jumps, gotos and verdict
+    /// maps, or more than [`nft::MAX_DEPTH`] nested jumps below a base chain.
+    #[error("chain {chain}: {reason} (the kernel refuses such a table)")]
+    NftChains {
+        /// The chain where it was found.
+        chain: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
     /// More distinct outcomes (or branches alive in one chain) than
     /// [`MAX_OUTCOMES`].
     #[error("more than {MAX_OUTCOMES} outcomes")]
@@ -445,6 +565,20 @@ struct Core {
     masquerade: bool,
     /// Set when a NAT target the tracer could not apply ended a nat hook.
     nat_unevaluated: Option<String>,
+}
+
+impl Core {
+    /// The packet as it enters the node.
+    fn of(packet: &Packet) -> Self {
+        Core {
+            dst: SocketAddr::new(packet.destination, packet.destination_port),
+            src: SocketAddr::new(packet.source, packet.source_port),
+            mark: packet.mark,
+            dnat: false,
+            masquerade: false,
+            nat_unevaluated: None,
+        }
+    }
 }
 
 /// One branch of the walk, or one result of a chain walked from probability 1
@@ -620,23 +754,47 @@ pub fn trace(ruleset: &Ruleset, packet: &Packet, node: &Node) -> Result<Trace, T
             .map(|t| (t.table, reaches_cycle(t)))
             .collect(),
     };
-    if let Entry::Interface(name) = &packet.entry
-        && !node.interfaces.is_empty()
-        && !node.interfaces.contains(name)
-    {
-        w.assumptions.insert(format!(
-            "interface {name} is not one of the node's interfaces"
-        ));
+    if let Some(note) = unknown_interface(packet, node) {
+        w.assumptions.insert(note);
     }
-    let start = Branch::start(Core {
-        dst: SocketAddr::new(packet.destination, packet.destination_port),
-        src: SocketAddr::new(packet.source, packet.source_port),
-        mark: packet.mark,
-        dnat: false,
-        masquerade: false,
-        nat_unevaluated: None,
-    });
-    let ends = w.run(start)?;
+    let ends = w.run(Branch::start(Core::of(packet)))?;
+    finish(
+        ends,
+        Reported {
+            unevaluated: w.unevaluated,
+            affinity: w.affinity,
+            assumptions: w.assumptions,
+            evaluations: w.evaluations,
+        },
+    )
+}
+
+/// The assumption noted when the packet enters by an interface the node does
+/// not list.
+fn unknown_interface(packet: &Packet, node: &Node) -> Option<String> {
+    match &packet.entry {
+        Entry::Interface(name)
+            if !node.interfaces.is_empty() && !node.interfaces.contains(name) =>
+        {
+            Some(format!(
+                "interface {name} is not one of the node's interfaces"
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// What a walk reports besides its outcomes.
+#[derive(Default)]
+struct Reported {
+    unevaluated: BTreeSet<Unevaluated>,
+    affinity: BTreeSet<Unevaluated>,
+    assumptions: BTreeSet<String>,
+    evaluations: u64,
+}
+
+/// The [`Trace`] of a walk's merged ends.
+fn finish(ends: Vec<End>, reported: Reported) -> Result<Trace, TraceError> {
     if ends.len() > MAX_OUTCOMES {
         return Err(TraceError::TooManyOutcomes);
     }
@@ -659,11 +817,42 @@ pub fn trace(ruleset: &Ruleset, packet: &Packet, node: &Node) -> Result<Trace, T
         .collect();
     Ok(Trace {
         outcomes,
-        unevaluated: w.unevaluated.into_iter().collect(),
-        affinity: w.affinity.into_iter().collect(),
-        assumptions: w.assumptions.into_iter().collect(),
-        rules_evaluated: w.evaluations,
+        unevaluated: reported.unevaluated.into_iter().collect(),
+        affinity: reported.affinity.into_iter().collect(),
+        assumptions: reported.assumptions.into_iter().collect(),
+        rules_evaluated: reported.evaluations,
     })
+}
+
+/// Finished branches, merged when they agree on everything an [`Outcome`]
+/// shows but the chance and path: their chances and ways add up, the first
+/// one's path is kept. First-seen order.
+#[derive(Default)]
+struct Ends {
+    ends: Vec<End>,
+    seen: HashMap<(Verdict, Option<String>, Core), usize>,
+}
+
+impl Ends {
+    /// Adds a finished branch; its note defaults to the NAT target it left
+    /// unevaluated.
+    fn push(&mut self, b: Branch, verdict: Verdict, note: Option<String>) {
+        let note = note.or_else(|| b.core.nat_unevaluated.clone());
+        let mut core = b.core.clone();
+        // Not shown in an outcome: ends that differ only here are one.
+        core.dnat = false;
+        match self.seen.entry((verdict, note.clone(), core)) {
+            std::collections::hash_map::Entry::Occupied(e) => {
+                let kept = &mut self.ends[*e.get()].0;
+                kept.probability += b.probability;
+                kept.ways = kept.ways.saturating_add(b.ways);
+            }
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(self.ends.len());
+                self.ends.push((b, verdict, note));
+            }
+        }
+    }
 }
 
 /// For each chain of `t` (by index), whether it can reach a jump cycle: the
@@ -724,25 +913,9 @@ impl<'a> Walker<'a> {
             Entry::Local => Hook::NatOutput,
             Entry::Interface(_) => Hook::NatPrerouting,
         };
-        let mut ends: Vec<End> = Vec::new();
-        let mut seen: HashMap<(Verdict, Option<String>, Core), usize> = HashMap::new();
-        let mut end = |b: Branch, verdict: Verdict, note: Option<String>| {
-            let note = note.or_else(|| b.core.nat_unevaluated.clone());
-            let mut core = b.core.clone();
-            // Not shown in an outcome: ends that differ only here are one.
-            core.dnat = false;
-            match seen.entry((verdict, note.clone(), core)) {
-                std::collections::hash_map::Entry::Occupied(e) => {
-                    let kept = &mut ends[*e.get()].0;
-                    kept.probability += b.probability;
-                    kept.ways = kept.ways.saturating_add(b.ways);
-                }
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    e.insert(ends.len());
-                    ends.push((b, verdict, note));
-                }
-            }
-        };
+        let mut ends = Ends::default();
+        let mut end =
+            |b: Branch, verdict: Verdict, note: Option<String>| ends.push(b, verdict, note);
         let mut work = vec![(start, first)];
         while let Some((state, hook)) = work.pop() {
             let (table, chain, next) = match hook {
@@ -789,7 +962,7 @@ impl<'a> Walker<'a> {
                 }
             }
         }
-        Ok(ends)
+        Ok(ends.ends)
     }
 
     /// Walks a built-in chain from `core`; falling off its end applies its
@@ -886,8 +1059,8 @@ impl<'a> Walker<'a> {
                 continue;
             };
             let at = RuleRef {
-                table: t.table,
-                chain: chain.name.clone(),
+                table: t.table.into(),
+                chain: chain.name.clone().into(),
                 index: top.next + 1,
             };
             // First what the rule does for each branch; a chain it enters
@@ -1355,8 +1528,8 @@ mod tests {
     #[test]
     fn a_long_path_is_cut_and_dropped_without_recursion() {
         let at = RuleRef {
-            table: Table::Filter,
-            chain: ChainName::fixed("INPUT"),
+            table: Table::Filter.into(),
+            chain: ChainName::fixed("INPUT").into(),
             index: 1,
         };
         let mut path = Path::default();

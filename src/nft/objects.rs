@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::names::{Name, NftComment};
 use super::stmt::{Stmt, Verdict};
-use crate::model::Protocol;
+use crate::model::{IpFamily, Protocol};
 
 /// The address family of a table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -35,6 +35,14 @@ impl Family {
         match self {
             Family::Ip => KeyType::Ipv4Addr,
             Family::Ip6 => KeyType::Ipv6Addr,
+        }
+    }
+
+    /// The address family of this table family's addresses.
+    pub fn ip_family(self) -> IpFamily {
+        match self {
+            Family::Ip => IpFamily::Ipv4,
+            Family::Ip6 => IpFamily::Ipv6,
         }
     }
 }

@@ -51,6 +51,8 @@ mod canon;
 mod declared;
 mod rule;
 
+pub mod nft;
+
 pub use declared::declared_chains;
 
 use std::fmt;
