@@ -1,0 +1,874 @@
+//! Issue 16 part 6: the iptables and the nftables rulesets of one cluster agree.
+//!
+//! For random clusters and configs (the generators of [`crate::properties`],
+//! plus service CIDRs, localhost node ports on or off, and the INVALID drop on
+//! or off), the same state is compiled both ways, `compile::compile` (traced
+//! with `trace::traceable` and `compile::jump_rules`) and `compile::nftables`
+//! (traced with `trace::nft`). For every service port of the proxy's family,
+//! new connections are traced in both: to its cluster IP, its external IPs,
+//! its load-balancer IPs and its node port on the node's address; from a pod
+//! (inside the cluster CIDR, arriving on `veth9`), from an endpoint of the
+//! service (hairpin), from the node itself, and from outside, inside each of
+//! the service's source ranges and outside them; with the port's protocol.
+//!
+//! Each flow must end the same way in both modes: the same set of
+//! [`End`]s (verdict, final destination, masquerade, and the mark of an
+//! accepted packet; a dropped or rejected packet's mark is never seen), each
+//! with the same probability within 1e-9. Both tracers take session affinity
+//! as "no affinity yet", and report that they did for the same flows; neither
+//! may leave a match or target unevaluated.
+//!
+//! ## Where kube-proxy's two modes differ
+//!
+//! The rulesets follow kube-proxy's `pkg/proxy/iptables/proxier.go` and
+//! `pkg/proxy/nftables/proxier.go` (kubernetes commit
+//! 531be81208e2274ef42e72525a26610a9622bcdf), and where those differ, so do the
+//! flows. Each difference is an [`Exception`] that says what **each** mode does
+//! with the flow, so that a change on either side fails the property:
+//!
+//! 1. **A cluster IP on a port it does not serve** (probed on port 65000):
+//!    nftables rejects it in `cluster-ips-check` (`setupNFTables`: "Reject
+//!    traffic to invalid ports of ClusterIPs", jumped to from `filter-forward`
+//!    and `filter-output` in `nftablesJumpChains`); iptables has no such rule and
+//!    lets it through untouched.
+//! 2. **An address of a service CIDR that no service has**: nftables drops it
+//!    in `cluster-ips-check` ("Drop traffic to unallocated ClusterIPs", written
+//!    only when `serviceCIDRs` is not empty); iptables lets it through. Without
+//!    a service CIDR of the family, both let it through.
+//! 3. **Node ports on loopback** (127.0.0.1, or `::1`, from the node itself):
+//!    nftables never touches them (`noLocalhost` in the `services` and
+//!    `nodeport-endpoints-check` rules; loopback is left out of `nodeport-ips`).
+//!    iptables captures them on IPv4 when localhost node ports are on and node
+//!    port addresses are not restricted (the last `KUBE-SERVICES` rule, with
+//!    `! -d 127.0.0.0/8` only when `localhostNodePorts` is off, `! -d ::1/128`
+//!    on IPv6), just as the node's own address; and, captured or not, its
+//!    no-endpoints rule for the node port (`-m addrtype --dst-type LOCAL` in
+//!    `KUBE-EXTERNAL-SERVICES`) rejects or drops them.
+//! 4. **Health-check node ports**: iptables accepts them with a rule of its
+//!    own (filter `KUBE-NODEPORTS`, "Capture healthCheckNodePorts", jumped to
+//!    from `INPUT`); nftables writes nothing for them. Both end the same way
+//!    (accepted, untouched), so this is asserted on the path: iptables' goes
+//!    through filter `KUBE-NODEPORTS`.
+//! 5. **The INVALID drop**: iptables drops `--ctstate INVALID` in
+//!    `KUBE-FORWARD` unless `nf_conntrack_tcp_be_liberal` is set; nftables has
+//!    no such rule. A traced flow is a new connection, so no flow meets it:
+//!    asserted on the ruleset (the rule is there, or not, as the config says)
+//!    and on every iptables path (never through it).
+//! 6. **An external IP or load-balancer IP of a port with no endpoints, from
+//!    the node itself**: nftables rejects it (`service-endpoints-check` is
+//!    jumped to from `filter-output` too), or drops it first when the
+//!    load-balancer source ranges do not allow the node (`firewall-check`);
+//!    iptables lets it through untouched, as `KUBE-EXTERNAL-SERVICES`, which
+//!    holds those reject rules, is jumped to from `INPUT` and `FORWARD` only
+//!    (`iptablesJumpChains`).
+//! 7. **A load-balancer IP with source ranges, of a port with no endpoints,
+//!    from a source the ranges do not allow**: nftables drops it
+//!    (`usesFWChain` does not depend on endpoints: `firewall-check` runs before
+//!    anything else); iptables rejects it, as it writes its firewall only for a
+//!    port with endpoints (`usesFWChain := hasEndpoints && …`).
+//!
+//! One more difference is kept out of the random clusters and shown in a
+//! fixed case instead, [`a_destination_claimed_twice_is_resolved_differently`]:
+//! when one `ip:port` is both an external IP (or another service's address)
+//! and a load-balancer IP with source ranges, iptables' firewall chain lets a
+//! packet it does not allow fall through to the next capture rule, while
+//! nftables' `firewall-check` drops it before any capture. The generator
+//! therefore gives each `ip`, protocol and port to one service and one kind
+//! of destination ([`unshared`]).
+//!
+//! The fixed cases at the end show the property on concrete clusters: a
+//! `Local` policy without local endpoints, source ranges holding the node's
+//! address, only terminating endpoints, session affinity, IPv6.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+
+use ipnet::IpNet;
+use proptest::prelude::*;
+use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};
+use svcnat::compile::{compile, jump_rules, nftables};
+use svcnat::model::*;
+use svcnat::ruleset::{CtState, Match, Table, Target};
+use svcnat::trace::{Node, Packet, Trace, Verdict, trace, traceable};
+
+use crate::fixtures::ip;
+use crate::properties::{rich_cluster, rich_config, state_of};
+
+/// Tolerance on probabilities.
+const EPSILON: f64 = 1e-9;
+
+/// A port no generated service serves.
+const UNSERVED_PORT: u16 = 65000;
+
+/// Exception 4's label: the modes agree on the end, not on the rules.
+const HEALTH_CHECK: &str =
+    "4. a health-check node port (both untouched, by a rule only iptables has)";
+
+/// How a flow can end, as both modes can tell it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct End {
+    verdict: Verdict,
+    /// Where the packet goes at the end (after DNAT).
+    destination: SocketAddr,
+    masquerade: bool,
+    /// The mark of an accepted packet; `None` for a dropped or rejected one.
+    mark: Option<u32>,
+}
+
+/// A flow's ends with their probabilities (merged by [`End`]).
+type Ends = BTreeMap<End, f64>;
+
+fn ends(t: &Trace) -> Ends {
+    let mut out = Ends::new();
+    for o in &t.outcomes {
+        let end = End {
+            verdict: o.verdict,
+            destination: o.destination,
+            masquerade: o.masquerade,
+            mark: (o.verdict == Verdict::Accept).then_some(o.mark),
+        };
+        *out.entry(end).or_insert(0.0) += o.probability;
+    }
+    out
+}
+
+/// True if `a` and `b` hold the same ends with probabilities within [`EPSILON`].
+fn same_ends(a: &Ends, b: &Ends) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|((ea, pa), (eb, pb))| ea == eb && (pa - pb).abs() < EPSILON)
+}
+
+/// Shows ends, one per line.
+fn show(e: &Ends) -> String {
+    e.iter()
+        .map(|(end, p)| {
+            format!(
+                "  p={p:.6} {} -> {} masquerade={} mark={}",
+                end.verdict,
+                end.destination,
+                end.masquerade,
+                end.mark
+                    .map_or_else(|| "-".to_owned(), |m| format!("{m:#x}"))
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// What one mode does with a flow where kube-proxy's modes differ.
+#[derive(Debug, Clone)]
+enum Expect {
+    /// Accepted, not DNATed, not masqueraded, mark unchanged.
+    Untouched,
+    /// Dropped or rejected, every way.
+    Only(Verdict),
+    /// What the same mode does with this other packet (loopback node ports
+    /// that iptables captures as it captures the node's address).
+    As(Packet),
+}
+
+/// A flow where kube-proxy's two modes really differ: what each does.
+#[derive(Debug, Clone)]
+struct Exception {
+    /// Which one of the module docs' list.
+    name: &'static str,
+    iptables: Expect,
+    nftables: Expect,
+}
+
+impl Expect {
+    fn short(&self) -> &'static str {
+        match self {
+            Expect::Untouched => "untouched",
+            Expect::Only(v) => v.as_str(),
+            Expect::As(_) => "as the node's address",
+        }
+    }
+}
+
+impl Exception {
+    /// The exception and what each mode does.
+    fn label(&self) -> String {
+        format!(
+            "{} (iptables: {}, nftables: {})",
+            self.name,
+            self.iptables.short(),
+            self.nftables.short()
+        )
+    }
+}
+
+/// The same state, compiled both ways, ready to trace.
+struct Modes {
+    iptables: svcnat::ruleset::Ruleset,
+    nftables: svcnat::nft::Ruleset,
+    node: Node,
+}
+
+impl Modes {
+    fn new(state: &ClusterState, config: &ProxyConfig) -> Self {
+        let iptables = traceable(
+            &compile(state, config).unwrap(),
+            &jump_rules(config).unwrap(),
+        );
+        Modes {
+            iptables,
+            nftables: nftables(state, config).unwrap(),
+            node: Node::new(config.node_ips.iter().copied()),
+        }
+    }
+
+    fn iptables(&self, p: &Packet) -> Trace {
+        trace(&self.iptables, p, &self.node).unwrap()
+    }
+
+    fn nftables(&self, p: &Packet) -> Trace {
+        svcnat::trace::nft::trace(&self.nftables, p, &self.node).unwrap()
+    }
+
+    /// The ends `expect` stands for, for packet `p`, in the mode `trace` runs.
+    fn expected(&self, p: &Packet, expect: &Expect, trace: impl Fn(&Packet) -> Trace) -> Ends {
+        let one = |end| Ends::from([(end, 1.0)]);
+        let to = SocketAddr::new(p.destination, p.destination_port);
+        match expect {
+            Expect::Untouched => one(End {
+                verdict: Verdict::Accept,
+                destination: to,
+                masquerade: false,
+                mark: Some(p.mark),
+            }),
+            Expect::Only(v) => one(End {
+                verdict: *v,
+                destination: to,
+                masquerade: false,
+                mark: None,
+            }),
+            Expect::As(other) => ends(&trace(other)),
+        }
+    }
+}
+
+/// Addresses the probes use, per family.
+struct Addresses {
+    /// The node's primary address.
+    node: IpAddr,
+    loopback: IpAddr,
+    /// A pod of this node, in the cluster CIDR.
+    pod: IpAddr,
+    /// A client outside every source range.
+    outside: IpAddr,
+    /// An address of the service CIDR that no service has.
+    unallocated: IpAddr,
+}
+
+fn addresses(family: IpFamily) -> Addresses {
+    match family {
+        IpFamily::Ipv4 => Addresses {
+            node: ip("192.168.0.2"),
+            loopback: ip("127.0.0.1"),
+            pod: ip("10.180.250.1"),
+            outside: ip("198.51.100.9"),
+            unallocated: ip("172.30.0.200"),
+        },
+        IpFamily::Ipv6 => Addresses {
+            node: ip("2001:db8::1"),
+            loopback: ip("::1"),
+            pod: ip("fd00:10:180:fa::1"),
+            outside: ip("2001:db8:ffff::9"),
+            unallocated: ip("fd00:172:30::c8"),
+        },
+    }
+}
+
+/// Where a probe comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum From {
+    /// A pod of this node.
+    Pod,
+    /// An endpoint of the service itself (hairpin).
+    Endpoint,
+    /// A process on the node.
+    Node,
+    /// A client outside the cluster (inside a source range or not).
+    Outside,
+}
+
+/// What a probe is addressed to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum To {
+    ClusterIp,
+    ExternalIp,
+    LoadBalancerIp,
+    /// A load-balancer ingress IP in `Proxy` mode, which neither mode captures.
+    ProxyModeIp,
+    /// The node port on the node's address.
+    NodePort,
+    /// The node port on loopback, from the node.
+    LoopbackNodePort,
+    /// The cluster IP on [`UNSERVED_PORT`].
+    UnservedPort,
+    /// An address of the service CIDR no service has.
+    Unallocated,
+    /// The health-check node port on the node's address.
+    HealthCheck,
+}
+
+/// What kube-proxy derives about a service port that decides where the modes
+/// differ: `CategorizeEndpoints`' `hasEndpoints`, and whether external
+/// traffic has endpoints to go to.
+#[derive(Debug, Clone, Default)]
+struct PortFacts {
+    has_any: bool,
+    has_external: bool,
+    /// The service's load-balancer source ranges of the family (its
+    /// load-balancer IPs go through a firewall when there are some).
+    source_ranges: Vec<IpNet>,
+}
+
+/// One flow to trace in both modes.
+#[derive(Debug, Clone)]
+struct Probe {
+    /// `ns/name:port`, or what the probe is for.
+    port: String,
+    from: From,
+    to: To,
+    packet: Packet,
+    facts: PortFacts,
+}
+
+/// A service port's endpoints (of the family), one copy of each address as
+/// the compiler (and kube-proxy) picks among copies: one on this node first,
+/// then the most usable one. Whether each is on this node, and its conditions.
+fn endpoints(
+    slices: &[&EndpointSlice],
+    port: &ServicePort,
+    config: &ProxyConfig,
+) -> Vec<(bool, Conditions)> {
+    let node = config.node_name.as_deref();
+    let mut best: BTreeMap<SocketAddr, (bool, bool, bool, bool)> = BTreeMap::new();
+    for s in slices {
+        if s.address_type != config.ip_family {
+            continue;
+        }
+        let Some(p) = s
+            .ports
+            .iter()
+            .find(|p| p.name == port.name && p.protocol == port.protocol && p.port != 0)
+        else {
+            continue;
+        };
+        for e in &s.endpoints {
+            let local = node.is_some() && e.node_name.as_deref() == node;
+            let c = e.conditions;
+            let rank = (local, c.ready, c.serving, !c.terminating);
+            let at = SocketAddr::new(e.address, p.port);
+            let kept = best.entry(at).or_insert(rank);
+            if rank > *kept {
+                *kept = rank;
+            }
+        }
+    }
+    best.values()
+        .map(|&(local, ready, serving, not_terminating)| {
+            (
+                local,
+                Conditions {
+                    ready,
+                    serving,
+                    terminating: !not_terminating,
+                },
+            )
+        })
+        .collect()
+}
+
+fn usable(c: &Conditions) -> bool {
+    c.ready || (c.serving && c.terminating)
+}
+
+/// The [`PortFacts`] of `port` of `svc` for `config`.
+fn port_facts(
+    svc: &Service,
+    slices: &[&EndpointSlice],
+    port: &ServicePort,
+    config: &ProxyConfig,
+) -> PortFacts {
+    let family = config.ip_family;
+    let externally_accessible = port.node_port.is_some()
+        || svc.external_ips.iter().any(|a| family.contains(a))
+        || svc
+            .load_balancer_ingress
+            .iter()
+            .any(|i| i.ip_mode == IpMode::Vip && family.contains(&i.ip));
+    let external_local = svc.external_traffic_policy == TrafficPolicy::Local
+        && (svc.service_type != ServiceType::ClusterIp || !svc.external_ips.is_empty())
+        && externally_accessible;
+    let copies = endpoints(slices, port, config);
+    let has_any = copies.iter().any(|(_, c)| usable(c));
+    let has_local = copies.iter().any(|(local, c)| *local && usable(c));
+    PortFacts {
+        has_any,
+        has_external: has_any && (!external_local || has_local),
+        source_ranges: svc
+            .load_balancer_source_ranges
+            .iter()
+            .filter(|n| family.contains(&n.addr()))
+            .copied()
+            .collect(),
+    }
+}
+
+/// A source inside `net`: its 9th address.
+fn inside(net: &IpNet) -> IpAddr {
+    net.hosts().nth(8).unwrap_or(net.addr())
+}
+
+/// Every flow to trace for `state` under `config`.
+fn probes(state: &ClusterState, config: &ProxyConfig) -> Vec<Probe> {
+    let family = config.ip_family;
+    let a = addresses(family);
+    let mut out = Vec::new();
+    let pod = |p: Packet| p.arriving_on("veth9");
+    for svc in state.services() {
+        let Some(&vip) = svc.cluster_ips.iter().find(|c| family.contains(c)) else {
+            continue;
+        };
+        let key = svc.key();
+        let slices: Vec<&EndpointSlice> = state.slices_of(&key).collect();
+        let hairpin = slices
+            .iter()
+            .filter(|s| s.address_type == family)
+            .flat_map(|s| &s.endpoints)
+            .map(|e| e.address)
+            .next();
+        let external: Vec<IpAddr> = svc
+            .external_ips
+            .iter()
+            .copied()
+            .filter(|x| family.contains(x))
+            .collect();
+        // Load-balancer IPs, once each: a `Proxy`-mode ingress IP is one
+        // only when no `Vip`-mode ingress has that IP too.
+        let ingress = |mode: IpMode| -> BTreeSet<IpAddr> {
+            let ips = svc.load_balancer_ingress.iter();
+            ips.filter(|i| i.ip_mode == mode && family.contains(&i.ip))
+                .map(|i| i.ip)
+                .collect()
+        };
+        let vips = ingress(IpMode::Vip);
+        let lb: Vec<(To, IpAddr)> = vips
+            .iter()
+            .map(|&x| (To::LoadBalancerIp, x))
+            .chain(
+                ingress(IpMode::Proxy)
+                    .difference(&vips)
+                    .map(|&x| (To::ProxyModeIp, x)),
+            )
+            .collect();
+        for port in &svc.ports {
+            let facts = port_facts(svc, &slices, port, config);
+            let name = format!("{}/{}:{}", key.namespace, key.name, port.name);
+            let mut push = |from, to, packet: Packet| {
+                out.push(Probe {
+                    port: name.clone(),
+                    from,
+                    to,
+                    packet,
+                    facts: facts.clone(),
+                });
+            };
+            let packet = |src: IpAddr, dst: IpAddr, p: u16| Packet::new(port.protocol, src, dst, p);
+            // Every source, to `dst:p`.
+            let sources = |dst: IpAddr, p: u16| {
+                let mut v = vec![
+                    (From::Pod, pod(packet(a.pod, dst, p))),
+                    (From::Node, packet(a.node, dst, p).from_local()),
+                    (From::Outside, packet(a.outside, dst, p)),
+                ];
+                v.extend(hairpin.map(|h| (From::Endpoint, pod(packet(h, dst, p)))));
+                v.extend(
+                    facts
+                        .source_ranges
+                        .iter()
+                        .map(|net| (From::Outside, packet(inside(net), dst, p))),
+                );
+                v
+            };
+            let mut destinations = vec![(To::ClusterIp, vip, port.port)];
+            destinations.extend(external.iter().map(|&x| (To::ExternalIp, x, port.port)));
+            destinations.extend(lb.iter().map(|&(to, x)| (to, x, port.port)));
+            destinations.extend(port.node_port.map(|np| (To::NodePort, a.node, np)));
+            for (to, dst, p) in destinations {
+                for (from, packet) in sources(dst, p) {
+                    push(from, to, packet);
+                }
+            }
+            if let Some(np) = port.node_port {
+                push(
+                    From::Node,
+                    To::LoopbackNodePort,
+                    packet(a.loopback, a.loopback, np).from_local(),
+                );
+            }
+        }
+        let name = format!("{}/{} (other ports)", key.namespace, key.name);
+        let facts = PortFacts::default();
+        for (from, p) in [
+            (From::Pod, pod(Packet::tcp(a.pod, vip, UNSERVED_PORT))),
+            (
+                From::Node,
+                Packet::tcp(a.node, vip, UNSERVED_PORT).from_local(),
+            ),
+            (From::Outside, Packet::tcp(a.outside, vip, UNSERVED_PORT)),
+        ] {
+            out.push(Probe {
+                port: name.clone(),
+                from,
+                to: To::UnservedPort,
+                packet: p,
+                facts: facts.clone(),
+            });
+        }
+        if let Some(hc) = svc.health_check_node_port {
+            out.push(Probe {
+                port: format!("{}/{} (health check)", key.namespace, key.name),
+                from: From::Outside,
+                to: To::HealthCheck,
+                packet: Packet::tcp(a.outside, a.node, hc),
+                facts: facts.clone(),
+            });
+        }
+    }
+    for (from, p) in [
+        (
+            From::Pod,
+            Packet::tcp(a.pod, a.unallocated, 80).arriving_on("veth9"),
+        ),
+        (
+            From::Node,
+            Packet::tcp(a.node, a.unallocated, 80).from_local(),
+        ),
+        (From::Outside, Packet::tcp(a.outside, a.unallocated, 80)),
+    ] {
+        out.push(Probe {
+            port: "an unallocated service address".into(),
+            from,
+            to: To::Unallocated,
+            packet: p,
+            facts: PortFacts::default(),
+        });
+    }
+    out
+}
+
+/// Where kube-proxy's two modes differ on `probe` (see the module docs), or
+/// `None` where they agree.
+fn exception(probe: &Probe, config: &ProxyConfig) -> Option<Exception> {
+    let facts = &probe.facts;
+    let family = config.ip_family;
+    let a = addresses(family);
+    let p = &probe.packet;
+    // The drop or reject of a port without (external) endpoints.
+    let no_endpoints = if facts.has_any {
+        Verdict::Drop
+    } else {
+        Verdict::Reject
+    };
+    match probe.to {
+        To::UnservedPort => Some(Exception {
+            name: "1. a cluster IP on a port it does not serve",
+            iptables: Expect::Untouched,
+            nftables: Expect::Only(Verdict::Reject),
+        }),
+        To::Unallocated => config
+            .service_cidrs
+            .iter()
+            .any(|n| n.contains(&p.destination))
+            .then_some(Exception {
+                name: "2. an address of a service CIDR no service has",
+                iptables: Expect::Untouched,
+                nftables: Expect::Only(Verdict::Drop),
+            }),
+        To::LoopbackNodePort => {
+            let captured = family == IpFamily::Ipv4
+                && config.localhost_nodeports
+                && config.nodeport_addresses.is_empty()
+                && facts.has_any;
+            let iptables = if captured {
+                Expect::As(Packet::new(p.protocol, a.node, a.node, p.destination_port).from_local())
+            } else if !facts.has_external {
+                Expect::Only(no_endpoints)
+            } else {
+                Expect::Untouched
+            };
+            Some(Exception {
+                name: "3. a node port on loopback",
+                iptables,
+                nftables: Expect::Untouched,
+            })
+        }
+        To::ExternalIp | To::LoadBalancerIp if !facts.has_any => {
+            let firewalled = probe.to == To::LoadBalancerIp && !facts.source_ranges.is_empty();
+            let allowed = facts.source_ranges.iter().any(|n| n.contains(&p.source));
+            let nft = if firewalled && !allowed {
+                Verdict::Drop
+            } else {
+                Verdict::Reject
+            };
+            if probe.from == From::Node {
+                Some(Exception {
+                    name: "6. an external destination without endpoints, from the node",
+                    iptables: Expect::Untouched,
+                    nftables: Expect::Only(nft),
+                })
+            } else if nft == Verdict::Drop {
+                Some(Exception {
+                    name: "7. a firewalled load-balancer IP without endpoints, from a source \
+                           the ranges do not allow",
+                    iptables: Expect::Only(Verdict::Reject),
+                    nftables: Expect::Only(Verdict::Drop),
+                })
+            } else {
+                None
+            }
+        }
+        _ => None,
+    }
+}
+
+/// Checks one flow: the same ends in both modes, or each mode's own where they
+/// differ. Returns the exception that applied, if any, as [`Exception::label`].
+fn check(modes: &Modes, probe: &Probe, config: &ProxyConfig) -> Result<Option<String>, String> {
+    let p = &probe.packet;
+    let (it, nt) = (modes.iptables(p), modes.nftables(p));
+    let what = || {
+        format!(
+            "{} from {:?} to {:?}: {:?} {} -> {}:{} ({:?})",
+            probe.port,
+            probe.from,
+            probe.to,
+            p.protocol,
+            p.source,
+            p.destination,
+            p.destination_port,
+            p.entry
+        )
+    };
+    for (mode, t) in [("iptables", &it), ("nftables", &nt)] {
+        if !t.unevaluated.is_empty() || t.outcomes.iter().any(|o| o.nat_unevaluated) {
+            return Err(format!(
+                "{}: {mode} left something unevaluated: {:?}",
+                what(),
+                t.unevaluated
+            ));
+        }
+        let total: f64 = t.outcomes.iter().map(|o| o.probability).sum();
+        if (total - 1.0).abs() > EPSILON {
+            return Err(format!("{}: {mode}'s probabilities sum to {total}", what()));
+        }
+    }
+    let (ie, ne) = (ends(&it), ends(&nt));
+    match exception(probe, config) {
+        None => {
+            if !same_ends(&ie, &ne) {
+                return Err(format!(
+                    "{}: the modes disagree\niptables:\n{}\nnftables:\n{}",
+                    what(),
+                    show(&ie),
+                    show(&ne)
+                ));
+            }
+            if it.affinity.is_empty() != nt.affinity.is_empty() {
+                return Err(format!(
+                    "{}: only one mode assumed session affinity\niptables: {:?}\nnftables: {:?}",
+                    what(),
+                    it.affinity,
+                    nt.affinity
+                ));
+            }
+            if probe.to == To::HealthCheck {
+                // Exception 4: the same end, by a rule only iptables has.
+                let by_rule = it.outcomes.iter().all(|o| {
+                    o.path
+                        .iter()
+                        .any(|r| r.table == Table::Filter && r.chain.as_str() == "KUBE-NODEPORTS")
+                });
+                if !by_rule
+                    || !same_ends(&ie, &modes.expected(p, &Expect::Untouched, |_| it.clone()))
+                {
+                    return Err(format!(
+                        "{}: {HEALTH_CHECK}: iptables should accept it in filter KUBE-NODEPORTS\n\
+                         iptables:\n{}",
+                        what(),
+                        show(&ie)
+                    ));
+                }
+                return Ok(Some(HEALTH_CHECK.into()));
+            }
+            Ok(None)
+        }
+        Some(e) => {
+            let want_i = modes.expected(p, &e.iptables, |q| modes.iptables(q));
+            let want_n = modes.expected(p, &e.nftables, |q| modes.nftables(q));
+            if !same_ends(&ie, &want_i) || !same_ends(&ne, &want_n) {
+                return Err(format!(
+                    "{}: exception {:?} does not hold\niptables (want {:?}):\n{}\nnftables (want {:?}):\n{}",
+                    what(),
+                    e.name,
+                    e.iptables,
+                    show(&ie),
+                    e.nftables,
+                    show(&ne)
+                ));
+            }
+            Ok(Some(e.label()))
+        }
+    }
+}
+
+/// Exception 5: iptables' INVALID drop is in `KUBE-FORWARD` unless the config
+/// says conntrack is liberal; no traced (new) flow goes through it.
+fn invalid_drop(modes: &Modes, config: &ProxyConfig) -> Result<(), String> {
+    let forward = modes
+        .iptables
+        .chain(Table::Filter, "KUBE-FORWARD")
+        .ok_or("no filter KUBE-FORWARD")?;
+    let is_invalid_drop = |r: &svcnat::ruleset::Rule| {
+        r.target == Some(Target::Drop)
+            && r.matches().iter().any(
+                |m| matches!(m, Match::Conntrack(s) if !s.negated && s.value == [CtState::Invalid]),
+            )
+    };
+    let has = forward.rules.iter().any(is_invalid_drop);
+    if has == config.conntrack_tcp_be_liberal {
+        return Err(format!(
+            "5. the INVALID drop: written {has}, nf_conntrack_tcp_be_liberal {}",
+            config.conntrack_tcp_be_liberal
+        ));
+    }
+    Ok(())
+}
+
+/// Checks every flow of `state`; returns how many flows met each exception
+/// (by [`Exception::label`]).
+fn agree(state: &ClusterState, config: &ProxyConfig) -> Result<BTreeMap<String, usize>, String> {
+    let modes = Modes::new(state, config);
+    invalid_drop(&modes, config)?;
+    let mut met = BTreeMap::new();
+    for probe in probes(state, config) {
+        if let Some(label) = check(&modes, &probe, config)? {
+            *met.entry(label).or_insert(0) += 1;
+        }
+    }
+    Ok(met)
+}
+
+/// The same cluster, each `ip`, protocol and port claimed by one service and
+/// one kind of destination: an external IP or load-balancer IP that an
+/// earlier service (in the order given), or the same service as an external
+/// IP, already claims on one of the port numbers is dropped. See
+/// [`a_destination_claimed_twice_is_resolved_differently`] for why.
+fn unshared(mut parts: Vec<(Service, Vec<EndpointSlice>)>) -> Vec<(Service, Vec<EndpointSlice>)> {
+    let mut claimed: BTreeSet<(IpAddr, Protocol, u16)> = BTreeSet::new();
+    for (svc, _) in &mut parts {
+        let keys: Vec<(Protocol, u16)> = svc.ports.iter().map(|p| (p.protocol, p.port)).collect();
+        let taken = |claimed: &BTreeSet<_>, ip: IpAddr| {
+            keys.iter()
+                .any(|&(proto, port)| claimed.contains(&(ip, proto, port)))
+        };
+        svc.external_ips.retain(|x| !taken(&claimed, *x));
+        let external = svc.external_ips.clone();
+        svc.load_balancer_ingress
+            .retain(|i| !taken(&claimed, i.ip) && !external.contains(&i.ip));
+        let ips = external
+            .iter()
+            .copied()
+            .chain(svc.load_balancer_ingress.iter().map(|i| i.ip));
+        for x in ips {
+            for &(proto, port) in &keys {
+                claimed.insert((x, proto, port));
+            }
+        }
+    }
+    parts
+}
+
+/// [`rich_config`] with service CIDRs (none, IPv4's, or both families'),
+/// localhost node ports on or off, and conntrack liberal or not.
+fn agree_config() -> impl Strategy<Value = ProxyConfig> {
+    (rich_config(), 0u8..3, any::<bool>(), any::<bool>()).prop_map(
+        |(config, cidrs, localhost, liberal)| {
+            let cidrs: Vec<IpNet> = match cidrs {
+                0 => vec![],
+                1 => vec!["172.30.0.0/16".parse().unwrap()],
+                _ => vec![
+                    "172.30.0.0/16".parse().unwrap(),
+                    "fd00:172:30::/112".parse().unwrap(),
+                ],
+            };
+            config
+                .with_service_cidrs(cidrs)
+                .with_localhost_nodeports(localhost)
+                .with_conntrack_tcp_be_liberal(liberal)
+        },
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    /// Every flow ends the same way in both modes, but where kube-proxy's two
+    /// modes differ (the module docs' list), where each does what its
+    /// kube-proxy does.
+    #[test]
+    fn both_modes_agree_on_random_clusters(parts in rich_cluster(), config in agree_config()) {
+        let state = state_of(&unshared(parts));
+        if let Err(e) = agree(&state, &config) {
+            prop_assert!(false, "{}", e);
+        }
+    }
+}
+
+/// On a fixed sample of random clusters, every exception is met, each way
+/// each mode can take it: the property does not pass by never meeting them.
+#[test]
+fn every_exception_is_met_on_random_clusters() {
+    let mut runner = TestRunner::new_with_rng(
+        Config::with_cases(64),
+        TestRng::deterministic_rng(RngAlgorithm::ChaCha),
+    );
+    let met = RefCell::new(BTreeMap::<String, usize>::new());
+    runner
+        .run(&(rich_cluster(), agree_config()), |(parts, config)| {
+            let state = state_of(&unshared(parts));
+            let seen = agree(&state, &config).map_err(TestCaseError::fail)?;
+            for (label, n) in seen {
+                *met.borrow_mut().entry(label).or_insert(0) += n;
+            }
+            Ok(())
+        })
+        .unwrap();
+    let met = met.into_inner();
+    let want = [
+        "1. a cluster IP on a port it does not serve (iptables: untouched, nftables: reject)",
+        "2. an address of a service CIDR no service has (iptables: untouched, nftables: drop)",
+        "3. a node port on loopback (iptables: as the node's address, nftables: untouched)",
+        "3. a node port on loopback (iptables: drop, nftables: untouched)",
+        "3. a node port on loopback (iptables: reject, nftables: untouched)",
+        "3. a node port on loopback (iptables: untouched, nftables: untouched)",
+        HEALTH_CHECK,
+        "6. an external destination without endpoints, from the node (iptables: untouched, nftables: drop)",
+        "6. an external destination without endpoints, from the node (iptables: untouched, nftables: reject)",
+        "7. a firewalled load-balancer IP without endpoints, from a source the ranges do not allow (iptables: reject, nftables: drop)",
+    ];
+    let missing: Vec<&str> = want
+        .iter()
+        .copied()
+        .filter(|w| !met.contains_key(*w))
+        .collect();
+    assert!(missing.is_empty(), "never met: {missing:#?}\nmet: {met:#?}");
+    assert_eq!(met.len(), want.len(), "met: {met:#?}");
+}
