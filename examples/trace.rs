@@ -7,10 +7,15 @@
 //!     [--out IFACE] [--json]
 //! ```
 //!
-//! FLAGS are the `compile` example's (see `examples/common/mod.rs`).
+//! FLAGS are the `compile` example's (see `examples/common/mod.rs`), `--proxy-mode
+//! iptables|nftables` among them (default iptables).
 //! `--cluster FILE` compiles a Kubernetes `List` (`-` reads stdin) with those flags
 //! and adds kube-proxy's jump rules from the built-in chains; `--save FILE` reads
-//! an `iptables-save` dump instead. `--from local` traces a packet sent by a
+//! an `iptables-save` dump instead. With `--proxy-mode nftables`, `--cluster`
+//! compiles kube-proxy's nftables table and `--save` reads one, as `nft list table`
+//! prints it or in the `add …` form the `compile` example writes (see
+//! `svcnat::parse::nft`); the packet goes through the table's base chains in
+//! netfilter's order (see `svcnat::trace::nft`). `--from local` traces a packet sent by a
 //! process on the node, `--from IFACE` one arriving on that interface (the
 //! default is arriving on `eth0`). `--out IFACE` names the interface the packet
 //! leaves by, for `-o` matches (without it, `-o` is evaluated only for local
@@ -23,19 +28,29 @@
 //! "assumed":["…",…]}`; `unevaluated` also lists the session-affinity checks
 //! taken as "no affinity", `assumed` what the table prints as `assumed:` lines.
 //! The `--save` file is read as bytes (a comment may hold any, see
-//! `svcnat::parse::parse_bytes`); one holding no table is refused.
+//! `svcnat::parse::parse_bytes`); one holding no table is refused. In nftables
+//! mode the paths name nftables chains (`services:1`) and `unevaluated` lists the
+//! dynamic-set (session affinity) lookups taken as "no affinity"; an nftables
+//! `--save` file must be UTF-8.
 //! Bad input: one line on stderr, nothing on stdout, exit code 2.
 
 mod common;
 
 use std::net::{IpAddr, SocketAddr};
 
-use common::{Arg, CommandLine, ProxyFlags, bad_input};
+use common::{Arg, CommandLine, ProxyFlags, ProxyMode, bad_input};
 use svcnat::model::Protocol;
 use svcnat::trace::{Node, Packet, Trace};
 
-const USAGE: &str = "usage: trace [compile's flags] (--cluster FILE | --save FILE) --src IP --dst IP \
---proto tcp|udp|sctp --dport N [--sport N] [--from local|IFACE] [--out IFACE] [--json]";
+const USAGE: &str = "usage: trace [compile's flags] [--proxy-mode iptables|nftables] \
+(--cluster FILE | --save FILE) --src IP --dst IP --proto tcp|udp|sctp --dport N [--sport N] \
+[--from local|IFACE] [--out IFACE] [--json]";
+
+/// A ruleset to trace through: iptables tables, or an nftables table.
+enum Rules {
+    Iptables(svcnat::ruleset::Ruleset),
+    Nftables(Box<svcnat::nft::Ruleset>),
+}
 
 #[derive(Default)]
 struct Args {
@@ -69,7 +84,7 @@ fn parsed<T: std::str::FromStr>(flag: &str, v: &str, what: &str) -> T {
 }
 
 fn main() {
-    let mut flags = ProxyFlags::default();
+    let mut flags = ProxyFlags::with_nftables();
     let mut a = Args::default();
     let mut args = CommandLine::from_env();
     while let Some(arg) = args.next().unwrap_or_else(|e| fail(&e)) {
@@ -129,16 +144,26 @@ fn main() {
         need("--dport")
     };
     let config = flags.config().unwrap_or_else(|e| fail(&e));
+    let nftables = flags.proxy_mode == ProxyMode::Nftables;
     let ruleset = match (&a.cluster, &a.save) {
         (Some(path), None) => {
             let mut warnings = Vec::new();
             let state = common::load_state(path, &mut warnings).unwrap_or_else(|e| fail(&e));
-            let compiled = common::compile(path, &state, &config, flags.lenient, &mut warnings)
-                .unwrap_or_else(|e| fail(&e));
-            let jumps =
-                svcnat::compile::jump_rules(&config).unwrap_or_else(|e| fail(&e.to_string()));
+            let lenient = flags.lenient;
+            let rules = if nftables {
+                Rules::Nftables(Box::new(
+                    common::compile_nftables(path, &state, &config, lenient, &mut warnings)
+                        .unwrap_or_else(|e| fail(&e)),
+                ))
+            } else {
+                let compiled = common::compile(path, &state, &config, lenient, &mut warnings)
+                    .unwrap_or_else(|e| fail(&e));
+                let jumps =
+                    svcnat::compile::jump_rules(&config).unwrap_or_else(|e| fail(&e.to_string()));
+                Rules::Iptables(svcnat::trace::traceable(&compiled, &jumps))
+            };
             common::print_warnings(&warnings);
-            svcnat::trace::traceable(&compiled, &jumps)
+            rules
         }
         (None, Some(path)) => {
             // Bytes, not text: a comment may hold any bytes (see parse_bytes).
@@ -150,14 +175,24 @@ fn main() {
             } else {
                 std::fs::read(path).unwrap_or_else(|e| fail(&format!("reading {path}: {e}")))
             };
-            let ruleset = svcnat::parse::parse_bytes_as(&bytes, svcnat::model::IpFamily::of(&dst))
-                .unwrap_or_else(|e| fail(&format!("{path}: {e}")));
-            if ruleset.tables.is_empty() {
-                fail(&format!(
-                    "{path}: no table (no *filter, *nat, … line): not an iptables-save dump"
-                ));
+            if nftables {
+                let text = String::from_utf8(bytes)
+                    .unwrap_or_else(|e| fail(&format!("{path}: not UTF-8: {e}")));
+                Rules::Nftables(Box::new(
+                    svcnat::parse::nft::parse(&text)
+                        .unwrap_or_else(|e| fail(&format!("{path}: {e}"))),
+                ))
+            } else {
+                let ruleset =
+                    svcnat::parse::parse_bytes_as(&bytes, svcnat::model::IpFamily::of(&dst))
+                        .unwrap_or_else(|e| fail(&format!("{path}: {e}")));
+                if ruleset.tables.is_empty() {
+                    fail(&format!(
+                        "{path}: no table (no *filter, *nat, … line): not an iptables-save dump"
+                    ));
+                }
+                Rules::Iptables(ruleset)
             }
-            ruleset
         }
         _ => need("exactly one of --cluster and --save"),
     };
@@ -174,8 +209,11 @@ fn main() {
         packet = packet.leaving_by(iface);
     }
     let node = Node::new(config.node_ips.iter().copied());
-    let trace =
-        svcnat::trace::trace(&ruleset, &packet, &node).unwrap_or_else(|e| fail(&e.to_string()));
+    let trace = match &ruleset {
+        Rules::Iptables(r) => svcnat::trace::trace(r, &packet, &node),
+        Rules::Nftables(r) => svcnat::trace::nft::trace(r, &packet, &node),
+    }
+    .unwrap_or_else(|e| fail(&e.to_string()));
     if a.json {
         println!("{}", to_json(&trace));
     } else {

@@ -24,9 +24,11 @@
 //!
 //! 6. [`parse`]: `iptables-save` / `iptables-restore` text -> the same typed ruleset
 //!    (`parse(render(r)) == r`), with a canonical form that makes a dump read back
-//!    from the kernel compare equal to what was compiled.
+//!    from the kernel compare equal to what was compiled; [`parse::nft`] does the
+//!    same for nftables text (the dump form and `nft list table` output).
 //! 7. [`trace`]: a ruleset and a packet -> every way the packet can go (DNAT
-//!    destination, masquerade, verdict, probability, the rules taken).
+//!    destination, masquerade, verdict, probability, the rules taken);
+//!    [`trace::nft`] through an nftables table.
 //!
 //! ```
 //! use svcnat::model::*;
@@ -208,6 +210,9 @@ pub enum Error {
     /// Rule text could not be parsed.
     #[error(transparent)]
     Parse(#[from] parse::ParseError),
+    /// nftables text could not be parsed.
+    #[error(transparent)]
+    NftParse(#[from] parse::nft::NftParseError),
     /// A packet could not be traced.
     #[error(transparent)]
     Trace(#[from] trace::TraceError),

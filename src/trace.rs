@@ -1523,6 +1523,37 @@ fn iface_matches(i: &Interface, name: &str) -> bool {
 mod tests {
     use super::*;
 
+    // An iptables rule serialises as it always did; an nftables one names its
+    // table's family and name, and reads back with an nftables chain.
+    #[test]
+    fn rule_refs_serialise_by_kind() {
+        let ipt = RuleRef {
+            table: Table::Nat.into(),
+            chain: ChainName::fixed("KUBE-SERVICES").into(),
+            index: 3,
+        };
+        let text = serde_json::to_string(&ipt).unwrap();
+        assert_eq!(text, r#"{"table":"Nat","chain":"KUBE-SERVICES","index":3}"#);
+        assert_eq!(serde_json::from_str::<RuleRef>(&text).unwrap(), ipt);
+        assert_eq!(ipt.to_string(), "nat/KUBE-SERVICES:3");
+        let name = |s: &str| crate::nft::Name::new(s).unwrap();
+        let nft = RuleRef {
+            table: TableId::Nft(crate::nft::Family::Ip6, name("kube-proxy")),
+            chain: ChainId::Nft(name("services")),
+            index: 1,
+        };
+        let text = serde_json::to_string(&nft).unwrap();
+        assert_eq!(
+            text,
+            r#"{"table":["Ip6","kube-proxy"],"chain":"services","index":1}"#
+        );
+        assert_eq!(serde_json::from_str::<RuleRef>(&text).unwrap(), nft);
+        assert_eq!(nft.to_string(), "kube-proxy/services:1");
+        // A name of the wrong kind for its table is refused.
+        let bad = r#"{"table":"Nat","chain":"service-X/ns1/svc1/tcp/p80","index":1}"#;
+        assert!(serde_json::from_str::<RuleRef>(bad).is_err());
+    }
+
     // A path of a million rules, each pushed on the last, is laid out and
     // dropped without recursion.
     #[test]

@@ -235,6 +235,17 @@ struct Container {
     map: bool,
 }
 
+/// The error for `value`, which is not `expected`.
+fn bad_value(spot: Spot, value: &str, expected: &'static str) -> (Spot, NftErrorKind) {
+    (
+        spot,
+        NftErrorKind::BadValue {
+            value: value.to_owned(),
+            expected,
+        },
+    )
+}
+
 fn redeclared<T>(spot: Spot, what: &'static str, name: &Name) -> R<T> {
     Err((
         spot,

@@ -22,6 +22,7 @@ mod modes_agree;
 mod nfacct;
 mod nft_check;
 mod nft_compile;
+mod nft_flows;
 mod nft_kube_proxy;
 mod nft_trace;
 mod parse;

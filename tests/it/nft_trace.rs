@@ -20,7 +20,8 @@ use svcnat::trace::nft::trace;
 use svcnat::trace::{Node, Packet, Trace, TraceError};
 
 use crate::fixtures::ip;
-use crate::kernel::Netns;
+use crate::kernel::{Netns, nft_available};
+use crate::nft_kube_proxy::sort_transaction;
 
 const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/nft");
 
@@ -31,43 +32,6 @@ fn data(name: &str) -> String {
 /// kube-proxy's `baseRules` followed by one of its test texts.
 fn kube_proxy(name: &str) -> String {
     data("kube-proxy/base.nft") + &data(&format!("kube-proxy/{name}"))
-}
-
-/// kube-proxy's `sortNFTablesTransaction`: blank and `#` lines dropped, lines
-/// stably sorted by object type (table, chain, rule, set, map, element), then
-/// by object name; rules keep their order, other lines of one object sort by
-/// their text.
-pub(crate) fn sort_transaction(text: &str) -> String {
-    let order = |kind: &str| match kind {
-        "table" => 10,
-        "chain" => 9,
-        "rule" => 8,
-        "set" => 7,
-        "map" => 6,
-        "element" => 5,
-        _ => 0,
-    };
-    let mut lines: Vec<&str> = text
-        .lines()
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .collect();
-    lines.sort_by(|a, b| {
-        let (wa, wb): (Vec<&str>, Vec<&str>) = (a.split(' ').collect(), b.split(' ').collect());
-        if wa.len() < 5 || wb.len() < 5 {
-            return std::cmp::Ordering::Equal;
-        }
-        order(wb[1])
-            .cmp(&order(wa[1]))
-            .then_with(|| wa[4].cmp(wb[4]))
-            .then_with(|| {
-                if wa[1] == "rule" {
-                    std::cmp::Ordering::Equal
-                } else {
-                    a.cmp(b)
-                }
-            })
-    });
-    lines.join("\n")
 }
 
 // ---------------------------------------------------------------------------
@@ -508,8 +472,9 @@ fn map(family: Family) -> BoxedStrategy<Map> {
         .boxed()
 }
 
-fn chain(family: Family) -> BoxedStrategy<Chain> {
-    let base = (
+/// Base chains of either type, at any hook, with a priority in `priority`.
+fn base_chain(priority: std::ops::Range<i32>) -> impl Strategy<Value = BaseChain> {
+    (
         prop_oneof![Just(ChainType::Filter), Just(ChainType::Nat)],
         prop_oneof![
             Just(Hook::Prerouting),
@@ -518,13 +483,17 @@ fn chain(family: Family) -> BoxedStrategy<Chain> {
             Just(Hook::Output),
             Just(Hook::Postrouting)
         ],
-        -400i32..400,
+        priority,
     )
         .prop_map(|(kind, hook, priority)| BaseChain {
             kind,
             hook,
             priority,
-        });
+        })
+}
+
+fn chain(family: Family) -> BoxedStrategy<Chain> {
+    let base = base_chain(-400..400);
     let rule = (
         prop::collection::vec(stmt(family), 1..5),
         prop::option::of(comment()),
@@ -687,45 +656,6 @@ fn the_listings_spellings() {
     let two = format!("{text}table ip t {{\n}}\n");
     let e = parse(&two).unwrap_err();
     assert!(matches!(e.kind, NftErrorKind::OtherTable(_)), "{e}");
-}
-
-/// Why nft cannot be run here, if it cannot.
-fn nft_missing() -> Option<String> {
-    let root = std::process::Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-    if !root {
-        return Some("not running as root".into());
-    }
-    for bin in ["ip", "nft"] {
-        let found = std::process::Command::new("sh")
-            .args(["-c", &format!("command -v {bin}")])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !found {
-            return Some(format!(
-                "{bin} not found (apt-get install nftables iproute2)"
-            ));
-        }
-    }
-    None
-}
-
-/// True if a kernel test may go on; false (after saying why) if it must skip,
-/// a failure when `SVCNAT_REQUIRE_KERNEL=1`.
-fn nft_available(test: &str) -> bool {
-    match nft_missing() {
-        None => true,
-        Some(why) => {
-            assert!(
-                std::env::var("SVCNAT_REQUIRE_KERNEL").as_deref() != Ok("1"),
-                "{test}: kernel test required (SVCNAT_REQUIRE_KERNEL=1) but {why}"
-            );
-            eprintln!("{test}: skipped: {why}");
-            false
-        }
-    }
 }
 
 /// A table with every statement kind, set and map shape the IR has, in one
@@ -1043,6 +973,12 @@ fn kernel_lists_back_what_was_loaded() {
     ] {
         tables.push((name, parse(&kube_proxy(name)).unwrap()));
     }
+    let compiled = svcnat::compile::nftables(
+        &crate::nft_kube_proxy::overall_state(),
+        &crate::nft_kube_proxy::fake_config(svcnat::model::IpFamily::Ipv4),
+    )
+    .unwrap();
+    tables.push(("compiled overall", compiled));
     for (i, (what, ruleset)) in tables.iter().enumerate() {
         let listing = load_and_list(&format!("nftrt{i}"), &ruleset.to_dump(), ruleset.family);
         let listed = parse(&listing).unwrap_or_else(|e| panic!("{what}: {e}\n{listing}"));
@@ -1055,11 +991,35 @@ fn kernel_lists_back_what_was_loaded() {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// Random compiled tables (both families, every feature and config
+    /// option), loaded into the kernel, listed back and read: equal to what
+    /// was compiled, up to the canonical form.
+    #[test]
+    fn compiled_tables_list_back(
+        parts in crate::properties::rich_cluster(),
+        config in crate::properties::rich_config(),
+    ) {
+        if !nft_available("compiled_tables_list_back") {
+            return Ok(());
+        }
+        let state = crate::properties::state_of(&parts);
+        let Ok(ruleset) = svcnat::compile::nftables(&state, &config) else {
+            return Ok(());
+        };
+        let listing = load_and_list("nftrtp", &ruleset.to_dump(), ruleset.family);
+        let listed = parse(&listing).map_err(|e| TestCaseError::fail(format!("{e}\n{listing}")))?;
+        prop_assert_eq!(canonicalize(&listed).to_dump(), canonicalize(&ruleset).to_dump());
+    }
+}
+
 // ---------------------------------------------------------------------------
 // The tracer
 
 /// kube-proxy's test node: its addresses (`testNodeIPs`).
-fn test_node() -> Node {
+pub(crate) fn test_node() -> Node {
     Node::new(
         [
             "192.168.0.2",
@@ -1599,20 +1559,7 @@ fn traceable_table() -> impl Strategy<Value = Ruleset> {
     let chains: Vec<_> = (0..N).map(chain).collect();
     let base = (
         prop::sample::subsequence((0..N).collect::<Vec<_>>(), 1..4),
-        prop::collection::vec(
-            (
-                prop_oneof![Just(ChainType::Filter), Just(ChainType::Nat)],
-                prop_oneof![
-                    Just(Hook::Prerouting),
-                    Just(Hook::Input),
-                    Just(Hook::Forward),
-                    Just(Hook::Output),
-                    Just(Hook::Postrouting)
-                ],
-                -200i32..200,
-            ),
-            4,
-        ),
+        prop::collection::vec(base_chain(-200..200), 4),
     );
     let elements = prop::collection::vec(
         (
@@ -1635,13 +1582,8 @@ fn traceable_table() -> impl Strategy<Value = Ruleset> {
                     },
                 );
             }
-            for (k, i) in bases.into_iter().enumerate() {
-                let (kind, hook, priority) = kinds[k];
-                rs.chains[i].base = Some(BaseChain {
-                    kind,
-                    hook,
-                    priority,
-                });
+            for (base, i) in kinds.into_iter().zip(bases) {
+                rs.chains[i].base = Some(base);
             }
             let mut stat = Set::new(vec![KeyType::Ipv4Addr], None);
             for a in members {
@@ -1729,5 +1671,260 @@ proptest! {
         prop_assert_eq!(&trace(&reversed, &p, &node).unwrap(), &t);
         let reread = parse_dump(&rs.to_dump()).unwrap();
         prop_assert_eq!(&trace(&reread, &p, &node).unwrap(), &t);
+    }
+}
+
+/// The `trace` example in nftables mode.
+#[cfg(feature = "k8s")]
+mod example {
+    use crate::fixtures::run_example;
+
+    const CLUSTER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/cluster.json");
+
+    fn json(out: &str) -> serde_json::Value {
+        serde_json::from_str(out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    }
+
+    fn overall_dump() -> String {
+        super::kube_proxy("overall.nft")
+    }
+
+    fn save(extra: &[&str], stdin: &str) -> (i32, String, String) {
+        let mut args = vec![
+            "--proxy-mode",
+            "nftables",
+            "--node-ip",
+            "192.168.0.2",
+            "--save",
+            "-",
+        ];
+        args.extend(extra);
+        run_example("trace", &args, stdin)
+    }
+
+    #[test]
+    fn a_saved_table_traces_with_the_same_json() {
+        let flow = [
+            "--src",
+            "10.0.0.2",
+            "--dst",
+            "172.30.0.44",
+            "--proto",
+            "tcp",
+            "--dport",
+            "80",
+            "--json",
+        ];
+        let (code, out, err) = save(&flow, &overall_dump());
+        assert_eq!(code, 0, "{err}");
+        let doc = json(&out);
+        let keys: Vec<&String> = doc.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["assumed", "outcomes", "unevaluated"]);
+        let outcomes = doc["outcomes"].as_array().unwrap();
+        assert_eq!(outcomes.len(), 2, "{out}");
+        for (o, to) in outcomes.iter().zip(["10.180.0.4:80", "10.180.0.5:80"]) {
+            assert_eq!(o["probability"], 0.5);
+            assert_eq!(o["verdict"], "accept");
+            assert_eq!(o["destination"], to);
+            assert_eq!(o["masquerade"], false);
+        }
+        let path: Vec<&str> = outcomes[0]["path"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap())
+            .collect();
+        assert_eq!(
+            path[..3],
+            [
+                "filter-prerouting-pre-dnat:1",
+                "nat-prerouting:1",
+                "services:1"
+            ]
+        );
+        assert!(
+            out.starts_with("{\"outcomes\":[{\"probability\":0.5,\"verdict\":\"accept\""),
+            "{out}"
+        );
+        // The table form too.
+        let (code, table, err) = save(&flow[..flow.len() - 1], &overall_dump());
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            table.lines().next().unwrap().contains("probability"),
+            "{table}"
+        );
+        assert!(table.contains("kube-proxy/services:1"), "{table}");
+    }
+
+    #[test]
+    fn a_listed_table_and_affinity() {
+        // nft's listing of the same rules, and a session-affinity service:
+        // the dynamic set's lookup is printed as unevaluated.
+        let listing = super::data("listing-v4.txt");
+        let flow = [
+            "--src",
+            "10.0.0.2",
+            "--dst",
+            "172.30.0.41",
+            "--proto",
+            "tcp",
+            "--dport",
+            "80",
+            "--json",
+        ];
+        let (code, out, err) = save(&flow, &listing);
+        assert_eq!(code, 0, "{err}");
+        let doc = json(&out);
+        let unevaluated = doc["unevaluated"].as_array().unwrap();
+        assert_eq!(unevaluated.len(), 1, "{out}");
+        let line = unevaluated[0].as_str().unwrap();
+        assert!(
+            line.contains("ip saddr @affinity-X") && line.contains("no affinity"),
+            "{line}"
+        );
+        let (code, out, err) = save(
+            &[
+                "--src",
+                "10.0.0.2",
+                "--dst",
+                "172.30.0.45",
+                "--proto",
+                "tcp",
+                "--dport",
+                "80",
+                "--json",
+            ],
+            &overall_dump(),
+        );
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(
+            json(&out)["unevaluated"].as_array().unwrap().len(),
+            1,
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn bad_tables_and_packets_are_one_line_and_exit_2() {
+        let flow = [
+            "--src",
+            "10.0.0.2",
+            "--dst",
+            "172.30.0.44",
+            "--proto",
+            "tcp",
+            "--dport",
+            "80",
+        ];
+        for (what, stdin) in [
+            ("garbage", "hello world\n".to_owned()),
+            ("empty", String::new()),
+            ("unsupported", "add table ip t\nadd chain ip t c\nadd rule ip t c counter\n".to_owned()),
+            ("a loop", "add table ip t\nadd chain ip t c { type nat hook prerouting priority -100 ; }\nadd rule ip t c jump c\n".to_owned()),
+        ] {
+            let (code, out, err) = save(&flow, &stdin);
+            assert_eq!((code, out.as_str(), err.lines().count()), (2, "", 1), "{what}: {err}");
+            assert!(err.starts_with("trace: "), "{what}: {err}");
+        }
+        // An IPv6 packet through an IPv4 table.
+        let v6 = [
+            "--src", "fd00::2", "--dst", "fd00::3", "--proto", "tcp", "--dport", "80",
+        ];
+        let (code, out, err) = save(&v6, &overall_dump());
+        assert_eq!(
+            (code, out.as_str(), err.lines().count()),
+            (2, "", 1),
+            "{err}"
+        );
+        // Not UTF-8.
+        let path =
+            std::env::temp_dir().join(format!("svcnat-nft-trace-{}-latin1", std::process::id()));
+        std::fs::write(&path, b"add table ip t { comment \"caf\xe9\" ; }\n").unwrap();
+        let mut args = vec!["--proxy-mode", "nftables", "--save", path.to_str().unwrap()];
+        args.extend(flow);
+        let (code, out, err) = run_example("trace", &args, "");
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(
+            (code, out.as_str(), err.lines().count()),
+            (2, "", 1),
+            "{err}"
+        );
+        assert!(err.contains("not UTF-8"), "{err}");
+        // An unknown mode is a usage error like any bad flag.
+        let (code, out, err) = run_example("trace", &["--proxy-mode", "ipvs", "--save", "-"], "");
+        assert_eq!(
+            (code, out.as_str(), err.lines().count()),
+            (2, "", 1),
+            "{err}"
+        );
+    }
+
+    /// The example cluster traced both ways: every served port of every
+    /// service, from a pod and (node ports) from outside, ends the same in
+    /// both modes, paths aside.
+    #[test]
+    fn both_modes_agree_on_the_example_cluster() {
+        let flows: &[(&str, &str, &str, &str)] = &[
+            ("10.244.0.99", "10.96.0.1", "tcp", "443"),
+            ("10.244.0.99", "10.96.0.10", "udp", "53"),
+            ("10.244.0.99", "10.96.0.10", "tcp", "53"),
+            ("10.244.0.99", "10.96.0.10", "tcp", "9153"),
+            ("10.244.0.99", "10.96.12.34", "tcp", "80"),
+            ("203.0.113.9", "192.168.0.2", "tcp", "30080"),
+            ("10.244.0.99", "10.96.7.21", "tcp", "50051"),
+            ("10.244.0.99", "10.96.7.40", "tcp", "8080"),
+            ("10.244.0.99", "10.96.7.55", "tcp", "80"),
+            ("203.0.113.9", "10.96.7.55", "tcp", "80"),
+            ("10.244.0.99", "10.96.33.3", "tcp", "9090"),
+            ("203.0.113.9", "192.168.0.2", "tcp", "30090"),
+            ("10.244.0.99", "10.96.50.50", "tcp", "80"),
+            ("10.244.0.99", "10.96.50.50", "tcp", "9100"),
+        ];
+        for (src, dst, proto, port) in flows {
+            let mut results = Vec::new();
+            for mode in ["iptables", "nftables"] {
+                let args = [
+                    "--proxy-mode",
+                    mode,
+                    "--hostname-override",
+                    "node-a",
+                    "--node-ip",
+                    "192.168.0.2",
+                    "--cluster-cidr",
+                    "10.244.0.0/16",
+                    "--cluster",
+                    CLUSTER,
+                    "--src",
+                    src,
+                    "--dst",
+                    dst,
+                    "--proto",
+                    proto,
+                    "--dport",
+                    port,
+                    "--json",
+                ];
+                let (code, out, err) = run_example("trace", &args, "");
+                assert_eq!(code, 0, "{mode} {dst}:{port}: {err}");
+                let doc = json(&out);
+                let mut outcomes: Vec<String> = doc["outcomes"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|o| {
+                        format!(
+                            "{} {} {} p={:.6}",
+                            o["verdict"],
+                            o["destination"],
+                            o["masquerade"],
+                            o["probability"].as_f64().unwrap()
+                        )
+                    })
+                    .collect();
+                outcomes.sort();
+                results.push(outcomes);
+            }
+            assert_eq!(results[0], results[1], "{src} -> {dst}:{port} ({proto})");
+        }
     }
 }

@@ -8,7 +8,7 @@ use std::str::FromStr;
 use ipnet::IpNet;
 
 use super::lex::{Tok, Token};
-use super::{NftErrorKind, R, Spot};
+use super::{NftErrorKind, R, Spot, bad_value};
 use crate::model::Protocol;
 use crate::nft::{Family, KeyType, KeyValue, Name, NftComment, Verdict};
 
@@ -48,6 +48,19 @@ impl<'a> Cursor<'a> {
     /// Whether white space comes before the next token.
     pub(super) fn spaced(&self) -> bool {
         self.tokens.get(self.pos).is_none_or(|t| t.spaced)
+    }
+
+    /// Takes the word `w` that starts a command; another word is an unknown
+    /// command.
+    pub(super) fn command(&mut self, w: &'static str) -> R<()> {
+        match self.peek() {
+            Tok::Word(found) if found == w => {
+                self.pos += 1;
+                Ok(())
+            }
+            Tok::Word(found) => self.fail(NftErrorKind::UnknownCommand(found.to_owned())),
+            _ => self.expected(w),
+        }
     }
 
     /// Where the next token is (the last line's end at the end of the text).
@@ -198,15 +211,7 @@ impl<'a> Cursor<'a> {
     ) -> R<T> {
         let spot = self.spot();
         let w = self.word(expected)?;
-        parse(w).ok_or_else(|| {
-            (
-                spot,
-                NftErrorKind::BadValue {
-                    value: w.to_owned(),
-                    expected,
-                },
-            )
-        })
+        parse(w).ok_or_else(|| bad_value(spot, w, expected))
     }
 
     /// `ip` or `ip6`.
@@ -249,13 +254,7 @@ impl<'a> Cursor<'a> {
                 ));
             }
             other => {
-                return Err((
-                    spot,
-                    NftErrorKind::BadValue {
-                        value: other.to_owned(),
-                        expected: "a verdict",
-                    },
-                ));
+                return Err(bad_value(spot, other, "a verdict"));
             }
         })
     }
@@ -329,12 +328,10 @@ impl<'a> Cursor<'a> {
             ));
         }
         u32::try_from(ms / 1000).map_err(|_| {
-            (
+            bad_value(
                 spot,
-                NftErrorKind::BadValue {
-                    value: format!("{ms}ms"),
-                    expected: "a timeout of at most 2^32-1 seconds",
-                },
+                &format!("{ms}ms"),
+                "a timeout of at most 2^32-1 seconds",
             )
         })
     }
@@ -352,15 +349,7 @@ impl<'a> Cursor<'a> {
             "security" => 50,
             "srcnat" => 100,
             _ => {
-                return w.parse().map_err(|_| {
-                    (
-                        spot,
-                        NftErrorKind::BadValue {
-                            value: w.to_owned(),
-                            expected: "a priority",
-                        },
-                    )
-                });
+                return w.parse().map_err(|_| bad_value(spot, w, "a priority"));
             }
         };
         let sign = match self.peek() {
@@ -374,13 +363,7 @@ impl<'a> Cursor<'a> {
         i32::try_from(n)
             .ok()
             .and_then(|n| base.checked_add(sign * n))
-            .ok_or((
-                spot,
-                NftErrorKind::BadValue {
-                    value: n.to_string(),
-                    expected: "a priority offset",
-                },
-            ))
+            .ok_or(bad_value(spot, &n.to_string(), "a priority offset"))
     }
 }
 

@@ -3,7 +3,6 @@
 //! writes it.
 
 use super::cursor::Cursor;
-use super::lex::Tok;
 use super::{
     Decl, NftErrorKind, R, add_elements, base_chain, container, decl_clause, declare,
     declare_chain, elements, policy, stmt, table_again,
@@ -18,13 +17,7 @@ pub(super) fn parse(mut c: Cursor<'_>) -> R<Ruleset> {
             break;
         }
         let spot = c.spot();
-        match c.peek() {
-            Tok::Word("add") => {
-                c.bump();
-            }
-            Tok::Word(w) => return Err((spot, NftErrorKind::UnknownCommand(w.to_owned()))),
-            _ => return c.expected("a command"),
-        }
+        c.command("add")?;
         let what = c.word("table, chain, set, map, rule or element")?;
         if !matches!(what, "table" | "chain" | "set" | "map" | "rule" | "element") {
             return Err((spot, NftErrorKind::UnknownCommand(format!("add {what}"))));

@@ -15,14 +15,7 @@ pub(super) fn parse(mut c: Cursor<'_>) -> R<Ruleset> {
     if c.done() {
         return Err((c.spot(), NftErrorKind::NoTable));
     }
-    let spot = c.spot();
-    match c.peek() {
-        Tok::Word("table") => {
-            c.bump();
-        }
-        Tok::Word(w) => return Err((spot, NftErrorKind::UnknownCommand(w.to_owned()))),
-        _ => return c.expected("table"),
-    }
+    c.command("table")?;
     let family = c.family()?;
     let name = c.name("a table name")?;
     c.expect_punct('{', "{")?;

@@ -9,7 +9,7 @@ use ipnet::IpNet;
 
 use super::cursor::{Cursor, addr_or_net, check_family};
 use super::lex::Tok;
-use super::{NftErrorKind, R, Spot};
+use super::{NftErrorKind, R, Spot, bad_value};
 use crate::nft::{
     AddrItem, AddrValue, Dir, Family, IfName, KeyField, MarkOp, Op, Rule, Stmt, Verdict,
 };
@@ -144,13 +144,7 @@ fn stmt(c: &mut Cursor<'_>, family: Family) -> R<Stmt> {
             let spot = c.spot();
             let n = c.number("a modulus")?;
             if n == 0 {
-                return Err((
-                    spot,
-                    NftErrorKind::BadValue {
-                        value: "0".into(),
-                        expected: "a modulus of at least 1",
-                    },
-                ));
+                return Err(bad_value(spot, "0", "a modulus of at least 1"));
             }
             c.expect("vmap")?;
             c.expect_punct('{', "{")?;
@@ -200,13 +194,7 @@ fn stmt(c: &mut Cursor<'_>, family: Family) -> R<Stmt> {
             let Ok(to) = SocketAddr::from_str(w) else {
                 return match addr_or_net(w) {
                     Some(Ok(_)) => unsupported(spot, "dnat without a port"),
-                    _ => Err((
-                        spot,
-                        NftErrorKind::BadValue {
-                            value: w.to_owned(),
-                            expected: "an address and port",
-                        },
-                    )),
+                    _ => Err(bad_value(spot, w, "an address and port")),
                 };
             };
             check_family(spot, family, &to.ip())?;
@@ -337,15 +325,7 @@ enum Item {
 fn item(c: &mut Cursor<'_>, family: Family) -> R<Item> {
     let spot = c.spot();
     let w = c.word("an address, prefix or range")?;
-    let bad = || {
-        (
-            spot,
-            NftErrorKind::BadValue {
-                value: w.to_owned(),
-                expected: "an address, prefix or range",
-            },
-        )
-    };
+    let bad = || bad_value(spot, w, "an address, prefix or range");
     let item = match addr_or_net(w) {
         Some(Ok(ip)) => Item::One(AddrItem::Ip(ip)),
         Some(Err(net)) => Item::One(AddrItem::Net(net)),
@@ -442,15 +422,7 @@ fn meta_mark(c: &mut Cursor<'_>) -> R<Stmt> {
         return Ok(Stmt::MarkAnd { bits, value });
     }
     let w = c.word("set, & or a mark value")?;
-    let bad = || {
-        (
-            spot,
-            NftErrorKind::BadValue {
-                value: w.to_owned(),
-                expected: "a mark value",
-            },
-        )
-    };
+    let bad = || bad_value(spot, w, "a mark value");
     let (value, bits) = match w.split_once('/') {
         Some((v, len)) => {
             let len: u32 = len.parse().ok().filter(|l| *l <= 32).ok_or_else(bad)?;
