@@ -1,10 +1,11 @@
 //! Issue 16 part 6: the iptables and the nftables rulesets of one cluster agree.
 //!
 //! For random clusters and configs (the generators of [`crate::properties`],
-//! plus service CIDRs, localhost node ports on or off, and the INVALID drop on
-//! or off), the same state is compiled both ways, `compile::compile` (traced
-//! with `trace::traceable` and `compile::jump_rules`) and `compile::nftables`
-//! (traced with `trace::nft`). For every service port of the proxy's family,
+//! plus service CIDRs, localhost node ports on or off, the INVALID drop on or
+//! off, node port addresses, and the bridge detector of pods), the same state
+//! is compiled both ways, `compile::compile` (traced with `trace::traceable`
+//! and `compile::jump_rules`) and `compile::nftables` (traced with
+//! `trace::nft`). For every service port of the proxy's family,
 //! new connections are traced in both: to its cluster IP, its external IPs,
 //! its load-balancer IPs and its node port on the node's address; from a pod
 //! (inside the cluster CIDR, arriving on `veth9`), from an endpoint of the
@@ -35,15 +36,19 @@
 //!    in `cluster-ips-check` ("Drop traffic to unallocated ClusterIPs", written
 //!    only when `serviceCIDRs` is not empty); iptables lets it through. Without
 //!    a service CIDR of the family, both let it through.
-//! 3. **Node ports on loopback** (127.0.0.1, or `::1`, from the node itself):
-//!    nftables never touches them (`noLocalhost` in the `services` and
-//!    `nodeport-endpoints-check` rules; loopback is left out of `nodeport-ips`).
-//!    iptables captures them on IPv4 when localhost node ports are on and node
-//!    port addresses are not restricted (the last `KUBE-SERVICES` rule, with
-//!    `! -d 127.0.0.0/8` only when `localhostNodePorts` is off, `! -d ::1/128`
-//!    on IPv6), just as the node's own address; and, captured or not, its
-//!    no-endpoints rule for the node port (`-m addrtype --dst-type LOCAL` in
-//!    `KUBE-EXTERNAL-SERVICES`) rejects or drops them.
+//! 3. **A node port on an address nftables does not serve node ports on**
+//!    (loopback, 127.0.0.1 or `::1` from the node itself; or the node's
+//!    address when `--nodeport-addresses` leaves it out): nftables never
+//!    touches it (`noLocalhost` in the `services` and
+//!    `nodeport-endpoints-check` rules, loopback left out of `nodeport-ips`,
+//!    and both rules limited to `@nodeport-ips` when the addresses are
+//!    restricted). iptables captures loopback on IPv4 when localhost node
+//!    ports are on and loopback is among the node port addresses
+//!    (`NewProxier`; the last `KUBE-SERVICES` rule, `! -d 127.0.0.0/8` when
+//!    `localhostNodePorts` is off, `! -d ::1/128` on IPv6), just as the node's
+//!    own address; and, captured or not, its no-endpoints rule for the node
+//!    port (`-m addrtype --dst-type LOCAL` in `KUBE-EXTERNAL-SERVICES`, whatever
+//!    the node port addresses) rejects or drops it on every local address.
 //! 4. **Health-check node ports**: iptables accepts them with a rule of its
 //!    own (filter `KUBE-NODEPORTS`, "Capture healthCheckNodePorts", jumped to
 //!    from `INPUT`); nftables writes nothing for them. Both end the same way
@@ -564,6 +569,41 @@ fn probes(state: &ClusterState, config: &ProxyConfig) -> Vec<Probe> {
     out
 }
 
+/// kube-proxy's node port addresses (`NodePortAddresses`) of the family:
+/// `None` when every local address accepts node ports (no entry of the
+/// family, or a `/0`), else the CIDRs (`primary` as the primary address).
+fn node_port_cidrs(config: &ProxyConfig) -> Option<Vec<IpNet>> {
+    let family = config.ip_family;
+    let primary = config.node_ips.iter().copied().find(|a| family.contains(a));
+    let cidrs: Vec<IpNet> = config
+        .nodeport_addresses
+        .iter()
+        .filter_map(|entry| match entry {
+            NodePortAddress::Cidr(net) => family.contains(&net.addr()).then_some(*net),
+            NodePortAddress::Primary => primary.map(IpNet::from),
+        })
+        .collect();
+    (!cidrs.is_empty() && cidrs.iter().all(|c| c.prefix_len() > 0)).then_some(cidrs)
+}
+
+/// Whether `address` (of the node) accepts node ports in nftables mode:
+/// never loopback (`noLocalhost`, and loopback left out of `nodeport-ips`).
+fn nftables_node_port_address(config: &ProxyConfig, address: IpAddr) -> bool {
+    !address.is_loopback()
+        && node_port_cidrs(config).is_none_or(|c| c.iter().any(|n| n.contains(&address)))
+}
+
+/// Whether `address` (of the node) accepts node ports in iptables mode:
+/// loopback only on IPv4 with localhost node ports on and loopback among the
+/// node port addresses (`NewProxier`, and the last rule of `KUBE-SERVICES`).
+fn iptables_node_port_address(config: &ProxyConfig, address: IpAddr) -> bool {
+    let listed = node_port_cidrs(config).is_none_or(|c| c.iter().any(|n| n.contains(&address)));
+    match address.is_loopback() {
+        true => config.ip_family == IpFamily::Ipv4 && config.localhost_nodeports && listed,
+        false => listed,
+    }
+}
+
 /// Where kube-proxy's two modes differ on `probe` (see the module docs), or
 /// `None` where they agree.
 fn exception(probe: &Probe, config: &ProxyConfig) -> Option<Exception> {
@@ -592,12 +632,12 @@ fn exception(probe: &Probe, config: &ProxyConfig) -> Option<Exception> {
                 iptables: Expect::Untouched,
                 nftables: Expect::Only(Verdict::Drop),
             }),
-        To::LoopbackNodePort => {
-            let captured = family == IpFamily::Ipv4
-                && config.localhost_nodeports
-                && config.nodeport_addresses.is_empty()
-                && facts.has_any;
-            let iptables = if captured {
+        To::NodePort | To::LoopbackNodePort
+            if !nftables_node_port_address(config, p.destination) =>
+        {
+            let iptables = if iptables_node_port_address(config, p.destination) && facts.has_any {
+                // Only loopback gets here, listed in the node port addresses
+                // with the node's address (see `agree_config`).
                 Expect::As(Packet::new(p.protocol, a.node, a.node, p.destination_port).from_local())
             } else if !facts.has_external {
                 Expect::Only(no_endpoints)
@@ -605,7 +645,7 @@ fn exception(probe: &Probe, config: &ProxyConfig) -> Option<Exception> {
                 Expect::Untouched
             };
             Some(Exception {
-                name: "3. a node port on loopback",
+                name: "3. a node port on an address nftables does not serve it on",
                 iptables,
                 nftables: Expect::Untouched,
             })
@@ -670,6 +710,9 @@ fn check(modes: &Modes, probe: &Probe, config: &ProxyConfig) -> Result<Option<St
             return Err(format!("{}: {mode}'s probabilities sum to {total}", what()));
         }
     }
+    if through_invalid_drop(modes, &it) {
+        return Err(format!("{}: iptables took the INVALID drop", what()));
+    }
     let (ie, ne) = (ends(&it), ends(&nt));
     match exception(probe, config) {
         None => {
@@ -729,19 +772,21 @@ fn check(modes: &Modes, probe: &Probe, config: &ProxyConfig) -> Result<Option<St
     }
 }
 
+/// iptables' INVALID drop (`-m conntrack --ctstate INVALID -j DROP`).
+fn is_invalid_drop(r: &svcnat::ruleset::Rule) -> bool {
+    r.target == Some(Target::Drop)
+        && r.matches().iter().any(
+            |m| matches!(m, Match::Conntrack(s) if !s.negated && s.value == [CtState::Invalid]),
+        )
+}
+
 /// Exception 5: iptables' INVALID drop is in `KUBE-FORWARD` unless the config
-/// says conntrack is liberal; no traced (new) flow goes through it.
+/// says conntrack is liberal.
 fn invalid_drop(modes: &Modes, config: &ProxyConfig) -> Result<(), String> {
     let forward = modes
         .iptables
         .chain(Table::Filter, "KUBE-FORWARD")
         .ok_or("no filter KUBE-FORWARD")?;
-    let is_invalid_drop = |r: &svcnat::ruleset::Rule| {
-        r.target == Some(Target::Drop)
-            && r.matches().iter().any(
-                |m| matches!(m, Match::Conntrack(s) if !s.negated && s.value == [CtState::Invalid]),
-            )
-    };
     let has = forward.rules.iter().any(is_invalid_drop);
     if has == config.conntrack_tcp_be_liberal {
         return Err(format!(
@@ -750,6 +795,18 @@ fn invalid_drop(modes: &Modes, config: &ProxyConfig) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Exception 5: a new connection never goes through the INVALID drop.
+fn through_invalid_drop(modes: &Modes, t: &Trace) -> bool {
+    t.outcomes.iter().flat_map(|o| &o.path).any(|r| {
+        r.table == Table::Filter
+            && modes
+                .iptables
+                .chain(Table::Filter, r.chain.as_str())
+                .and_then(|c| c.rules.get(r.index - 1))
+                .is_some_and(is_invalid_drop)
+    })
 }
 
 /// Checks every flow of `state`; returns how many flows met each exception
@@ -797,10 +854,30 @@ fn unshared(mut parts: Vec<(Service, Vec<EndpointSlice>)>) -> Vec<(Service, Vec<
 }
 
 /// [`rich_config`] with service CIDRs (none, IPv4's, or both families'),
-/// localhost node ports on or off, and conntrack liberal or not.
+/// localhost node ports on or off, conntrack liberal or not, and sometimes
+/// other node port addresses (CIDRs that hold the node's address and
+/// loopback, or no address of the node) or pods detected by the bridge
+/// `veth9` they arrive on.
 fn agree_config() -> impl Strategy<Value = ProxyConfig> {
-    (rich_config(), 0u8..3, any::<bool>(), any::<bool>()).prop_map(
-        |(config, cidrs, localhost, liberal)| {
+    let cidr = |s: &str| NodePortAddress::Cidr(s.parse().unwrap());
+    let nodeport_addresses = prop_oneof![
+        4 => Just(None),
+        1 => Just(Some(vec![
+            cidr("192.168.0.0/16"),
+            cidr("127.0.0.0/8"),
+            cidr("2001:db8::/64"),
+            cidr("::1/128"),
+        ])),
+        1 => Just(Some(vec![cidr("10.99.0.0/16"), cidr("2001:db8:99::/64")])),
+    ];
+    (
+        rich_config(),
+        0u8..3,
+        (any::<bool>(), any::<bool>()),
+        nodeport_addresses,
+        prop::bool::weighted(0.2),
+    )
+        .prop_map(|(config, cidrs, (localhost, liberal), nodeports, bridge)| {
             let cidrs: Vec<IpNet> = match cidrs {
                 0 => vec![],
                 1 => vec!["172.30.0.0/16".parse().unwrap()],
@@ -809,12 +886,19 @@ fn agree_config() -> impl Strategy<Value = ProxyConfig> {
                     "fd00:172:30::/112".parse().unwrap(),
                 ],
             };
-            config
+            let mut config = config
                 .with_service_cidrs(cidrs)
                 .with_localhost_nodeports(localhost)
-                .with_conntrack_tcp_be_liberal(liberal)
-        },
-    )
+                .with_conntrack_tcp_be_liberal(liberal);
+            if let Some(addresses) = nodeports {
+                config = config.with_nodeport_addresses(addresses);
+            }
+            if bridge {
+                config = config
+                    .with_local_traffic(LocalTrafficDetector::BridgeInterface("veth9".into()));
+            }
+            config
+        })
 }
 
 proptest! {
@@ -855,10 +939,10 @@ fn every_exception_is_met_on_random_clusters() {
     let want = [
         "1. a cluster IP on a port it does not serve (iptables: untouched, nftables: reject)",
         "2. an address of a service CIDR no service has (iptables: untouched, nftables: drop)",
-        "3. a node port on loopback (iptables: as the node's address, nftables: untouched)",
-        "3. a node port on loopback (iptables: drop, nftables: untouched)",
-        "3. a node port on loopback (iptables: reject, nftables: untouched)",
-        "3. a node port on loopback (iptables: untouched, nftables: untouched)",
+        "3. a node port on an address nftables does not serve it on (iptables: as the node's address, nftables: untouched)",
+        "3. a node port on an address nftables does not serve it on (iptables: drop, nftables: untouched)",
+        "3. a node port on an address nftables does not serve it on (iptables: reject, nftables: untouched)",
+        "3. a node port on an address nftables does not serve it on (iptables: untouched, nftables: untouched)",
         HEALTH_CHECK,
         "6. an external destination without endpoints, from the node (iptables: untouched, nftables: drop)",
         "6. an external destination without endpoints, from the node (iptables: untouched, nftables: reject)",
@@ -1110,7 +1194,9 @@ fn ipv6() {
     // on IPv6 when the port has endpoints); nftables drops an unallocated
     // address of the service CIDR (exception 2).
     assert!(
-        met.contains("3. a node port on loopback (iptables: untouched, nftables: untouched)"),
+        met.contains(
+        "3. a node port on an address nftables does not serve it on (iptables: untouched, nftables: untouched)"
+    ),
         "{met:?}"
     );
     assert_eq!(
