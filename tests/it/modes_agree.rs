@@ -982,12 +982,15 @@ fn both(modes: &Modes, p: &Packet) -> Vec<String> {
     lines(&i)
 }
 
-/// The ends of `p` in each mode, (iptables, nftables), as [`lines`].
-fn each(modes: &Modes, p: &Packet) -> (Vec<String>, Vec<String>) {
-    (
-        lines(&ends(&modes.iptables(p))),
-        lines(&ends(&modes.nftables(p))),
-    )
+/// Asserts that `p` ends one way in each mode, `iptables` and `nftables`,
+/// as [`lines`] shows it.
+fn differs(modes: &Modes, p: &Packet, iptables: &str, nftables: &str) {
+    let (i, n) = (ends(&modes.iptables(p)), ends(&modes.nftables(p)));
+    assert_eq!(
+        (lines(&i), lines(&n)),
+        (vec![iptables.to_owned()], vec![nftables.to_owned()]),
+        "{p:?}"
+    );
 }
 
 /// The property on one cluster: every flow agrees (or meets an exception,
@@ -1199,12 +1202,11 @@ fn ipv6() {
     ),
         "{met:?}"
     );
-    assert_eq!(
-        each(&modes, &pod("fd00:10:180:fa::1", "fd00:172:30::c8", 80)),
-        (
-            vec!["accept [fd00:172:30::c8]:80 p=1.000".to_owned()],
-            vec!["drop [fd00:172:30::c8]:80 p=1.000".to_owned()]
-        )
+    differs(
+        &modes,
+        &pod("fd00:10:180:fa::1", "fd00:172:30::c8", 80),
+        "accept [fd00:172:30::c8]:80 p=1.000",
+        "drop [fd00:172:30::c8]:80 p=1.000",
     );
 }
 
@@ -1244,31 +1246,27 @@ fn the_exceptions_on_one_cluster() {
     );
     let config = config().with_service_cidrs(["172.30.0.0/16".parse().unwrap()]);
     let (modes, met) = agreeing(&state, &config);
-    let just = |s: &str| vec![s.to_owned()];
     // 1. A cluster IP on a port it does not serve.
-    assert_eq!(
-        each(&modes, &pod("10.180.250.1", "172.30.0.41", 81)),
-        (
-            just("accept 172.30.0.41:81 p=1.000"),
-            just("reject 172.30.0.41:81 p=1.000")
-        )
+    differs(
+        &modes,
+        &pod("10.180.250.1", "172.30.0.41", 81),
+        "accept 172.30.0.41:81 p=1.000",
+        "reject 172.30.0.41:81 p=1.000",
     );
     // 2. An address of the service CIDR no service has.
-    assert_eq!(
-        each(&modes, &pod("10.180.250.1", "172.30.0.99", 80)),
-        (
-            just("accept 172.30.0.99:80 p=1.000"),
-            just("drop 172.30.0.99:80 p=1.000")
-        )
+    differs(
+        &modes,
+        &pod("10.180.250.1", "172.30.0.99", 80),
+        "accept 172.30.0.99:80 p=1.000",
+        "drop 172.30.0.99:80 p=1.000",
     );
     // 3. A node port on 127.0.0.1: iptables serves it as on the node's address.
     let loopback = Packet::tcp(ip("127.0.0.1"), ip("127.0.0.1"), 30080).from_local();
-    assert_eq!(
-        each(&modes, &loopback),
-        (
-            just("accept 10.180.0.1:80 masquerade p=1.000"),
-            just("accept 127.0.0.1:30080 p=1.000")
-        )
+    differs(
+        &modes,
+        &loopback,
+        "accept 10.180.0.1:80 masquerade p=1.000",
+        "accept 127.0.0.1:30080 p=1.000",
     );
     // 4. The health-check node port: accepted by both, by a rule in iptables.
     assert_eq!(
@@ -1276,21 +1274,19 @@ fn the_exceptions_on_one_cluster() {
         ["accept 192.168.0.2:30900 p=1.000"]
     );
     // 6. svc2's external IP from the node.
-    assert_eq!(
-        each(&modes, &from_node("5.6.7.8", 80)),
-        (
-            just("accept 5.6.7.8:80 p=1.000"),
-            just("reject 5.6.7.8:80 p=1.000")
-        )
+    differs(
+        &modes,
+        &from_node("5.6.7.8", 80),
+        "accept 5.6.7.8:80 p=1.000",
+        "reject 5.6.7.8:80 p=1.000",
     );
     // 7. svc2's load-balancer IP from outside its ranges; inside them, both
     // reject.
-    assert_eq!(
-        each(&modes, &outside("198.51.100.9", "1.2.3.5", 80)),
-        (
-            just("reject 1.2.3.5:80 p=1.000"),
-            just("drop 1.2.3.5:80 p=1.000")
-        )
+    differs(
+        &modes,
+        &outside("198.51.100.9", "1.2.3.5", 80),
+        "reject 1.2.3.5:80 p=1.000",
+        "drop 1.2.3.5:80 p=1.000",
     );
     assert_eq!(
         both(&modes, &outside("203.0.113.9", "1.2.3.5", 80)),
@@ -1313,7 +1309,6 @@ fn a_destination_claimed_twice_is_resolved_differently() {
         load_balancer_source_ranges: vec!["203.0.113.0/25".parse().unwrap()],
         ..load_balancer()
     };
-    let just = |s: &str| vec![s.to_owned()];
     let served = "accept 10.180.0.1:80 masquerade p=1.000";
     let ep = || vec![ready("10.180.0.1")];
     // One service: 1.2.3.4 is its external IP too.
@@ -1325,9 +1320,11 @@ fn a_destination_claimed_twice_is_resolved_differently() {
         ep(),
     );
     let modes = Modes::new(&state, &config());
-    assert_eq!(
-        each(&modes, &outside("198.51.100.9", "1.2.3.4", 80)),
-        (just(served), just("drop 1.2.3.4:80 p=1.000"))
+    differs(
+        &modes,
+        &outside("198.51.100.9", "1.2.3.4", 80),
+        served,
+        "drop 1.2.3.4:80 p=1.000",
     );
     assert_eq!(
         both(&modes, &outside("203.0.113.9", "1.2.3.4", 80)),
@@ -1354,12 +1351,11 @@ fn a_destination_claimed_twice_is_resolved_differently() {
         ],
     );
     let modes = Modes::new(&state, &config());
-    assert_eq!(
-        each(&modes, &outside("198.51.100.9", "1.2.3.4", 80)),
-        (
-            just("accept 10.180.0.2:80 masquerade p=1.000"),
-            just("drop 1.2.3.4:80 p=1.000")
-        )
+    differs(
+        &modes,
+        &outside("198.51.100.9", "1.2.3.4", 80),
+        "accept 10.180.0.2:80 masquerade p=1.000",
+        "drop 1.2.3.4:80 p=1.000",
     );
     assert_eq!(
         both(&modes, &outside("203.0.113.9", "1.2.3.4", 80)),
