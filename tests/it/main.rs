@@ -18,6 +18,7 @@ mod kernel_nft;
 mod kernel_resilience;
 #[cfg(feature = "k8s")]
 mod kube_proxy;
+mod modes_agree;
 mod nfacct;
 mod nft_check;
 mod nft_compile;
