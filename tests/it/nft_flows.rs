@@ -24,11 +24,9 @@
 //! mark. Outputs are compared as sets (kube-proxy's order is its endpoint
 //! order).
 
-use std::net::IpAddr;
-
 use svcnat::model::*;
 use svcnat::trace::nft::trace;
-use svcnat::trace::{Node, Packet, Trace, Verdict};
+use svcnat::trace::{Packet, Trace, Verdict};
 
 use crate::fixtures::{ip, ready, service, slice, state};
 use crate::nft_kube_proxy::fake_config;
@@ -873,135 +871,4 @@ fn internal_external_masquerade() {
         ));
     }
     assert_flows(failures, 108, total);
-}
-
-/// One outcome as both tracers can show it: verdict, destination, masquerade
-/// and probability (to 1e-6: iptables writes ten decimals).
-fn ends(t: &Trace) -> Vec<String> {
-    let mut out: Vec<String> = t
-        .outcomes
-        .iter()
-        .map(|o| {
-            format!(
-                "{} {} masq={} p={:.6}",
-                o.verdict, o.destination, o.masquerade, o.probability
-            )
-        })
-        .collect();
-    out.sort();
-    out
-}
-
-/// Where kube-proxy's two modes part by design, for a packet to `dst:port` of
-/// `svc`: why, if this is such a case (iptables' trace `a`, nftables' `b`).
-fn known_divergence(
-    svc: &Service,
-    p: &Packet,
-    dst: IpAddr,
-    port: u16,
-    a: &Trace,
-    b: &Trace,
-    node_ip: Option<IpAddr>,
-) -> Option<&'static str> {
-    let one = |t: &Trace, v: Verdict| {
-        t.outcomes.len() == 1
-            && t.outcomes[0].verdict == v
-            && t.outcomes[0].destination == std::net::SocketAddr::new(dst, port)
-    };
-    let outside_ip = !svc.cluster_ips.contains(&dst) && Some(dst) != node_ip;
-    let firewalled = svc.load_balancer_ingress.iter().any(|i| i.ip == dst)
-        && !svc.load_balancer_source_ranges.is_empty();
-    if p.entry == svcnat::trace::Entry::Local
-        && outside_ip
-        && one(a, Verdict::Accept)
-        && !one(b, Verdict::Accept)
-    {
-        // The node's own packets to an external or load-balancer IP without
-        // endpoints: iptables mode rejects those in INPUT and FORWARD only
-        // (KUBE-EXTERNAL-SERVICES), nftables mode in filter-output too.
-        return Some("no-endpoint external IPs from the node");
-    }
-    if firewalled && one(a, Verdict::Reject) && one(b, Verdict::Drop) {
-        // A load balancer with source ranges and no endpoints: nftables mode
-        // still firewalls it (its usesFWChain does not ask for endpoints), so a
-        // blocked source is dropped where iptables mode rejects it.
-        return Some("firewalled load balancer without endpoints");
-    }
-    None
-}
-
-proptest::proptest! {
-    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
-
-    /// Issue 16's "both modes agree": for random clusters and configs, a new
-    /// connection to every address and port of every service (cluster IPs,
-    /// external IPs, load-balancer IPs, node ports), from a pod, from outside
-    /// and from the node itself, ends the same way through the iptables rules
-    /// and through the nftables table: the same destinations with the same
-    /// probabilities, verdicts and masquerade.
-    #[test]
-    fn both_modes_agree(parts in crate::properties::rich_cluster(), config in crate::properties::rich_config()) {
-        use proptest::prelude::*;
-        let state = crate::properties::state_of(&parts);
-        let (Ok(ipt), Ok(nft)) = (svcnat::compile::compile(&state, &config), svcnat::compile::nftables(&state, &config)) else {
-            // Which inputs each mode refuses is `properties`' concern.
-            return Ok(());
-        };
-        let ipt = svcnat::trace::traceable(&ipt, &svcnat::compile::jump_rules(&config).unwrap());
-        let node = Node::new(config.node_ips.iter().copied());
-        let family = config.ip_family;
-        let v4 = family == IpFamily::Ipv4;
-        let node_ip = config.node_ips.iter().copied().find(|a| family.contains(a) && !a.is_loopback());
-        let pod: IpAddr = ip(if v4 { "10.1.2.3" } else { "fd00:10::3" });
-        let outside: IpAddr = ip(if v4 { "203.0.113.2" } else { "2600:5200::1" });
-        // An address with two roles (an external IP that is also a firewalled
-        // load-balancer IP, or two services') is where kube-proxy's two modes
-        // part by design: iptables takes the first rule that matches, nftables
-        // checks the firewall map first. Those are left out.
-        let mut roles: std::collections::BTreeMap<IpAddr, usize> = Default::default();
-        for (svc, _) in &parts {
-            let lb = svc.load_balancer_ingress.iter().map(|i| i.ip);
-            for a in svc.cluster_ips.iter().chain(&svc.external_ips).copied().chain(lb) {
-                *roles.entry(a).or_default() += 1;
-            }
-        }
-        for (svc, _) in &parts {
-            let ours = |a: &&IpAddr| family.contains(a) && roles[*a] == 1;
-            let mut targets: Vec<(IpAddr, u16, Protocol)> = Vec::new();
-            for port in &svc.ports {
-                let mut ips: Vec<IpAddr> = svc.cluster_ips.iter().filter(ours).copied().collect();
-                if ips.is_empty() {
-                    continue;
-                }
-                ips.extend(svc.external_ips.iter().filter(ours));
-                ips.extend(svc.load_balancer_ingress.iter().map(|i| i.ip).filter(|a| family.contains(a) && roles[a] == 1));
-                targets.extend(ips.into_iter().map(|a| (a, port.port, port.protocol)));
-                if let (Some(np), Some(n)) = (port.node_port, node_ip) {
-                    targets.push((n, np, port.protocol));
-                }
-            }
-            for (dst, port, proto) in targets {
-                let mut packets = vec![
-                    Packet::new(proto, pod, dst, port).arriving_on("veth3"),
-                    Packet::new(proto, outside, dst, port).arriving_on("eth0"),
-                ];
-                if let Some(n) = node_ip {
-                    packets.push(Packet::new(proto, n, dst, port).from_local());
-                }
-                for p in packets {
-                    let a = svcnat::trace::trace(&ipt, &p, &node).unwrap();
-                    let b = trace(&nft, &p, &node).unwrap();
-                    if let Some(why) = known_divergence(svc, &p, dst, port, &a, &b, node_ip) {
-                        prop_assert!(!why.is_empty());
-                        continue;
-                    }
-                    prop_assert_eq!(
-                        ends(&a), ends(&b),
-                        "{}/{}: {:?} {} -> {}:{} ({:?})\n{}",
-                        svc.namespace, svc.name, p.protocol, p.source, dst, port, p.entry, nft.to_dump()
-                    );
-                }
-            }
-        }
-    }
 }
