@@ -219,9 +219,11 @@ impl Modes {
             &compile(state, config).unwrap(),
             &jump_rules(config).unwrap(),
         );
+        let nftables = nftables(state, config).unwrap();
+        crate::nft_check::nft_check("modes_agree", &nftables.to_dump());
         Modes {
             iptables,
-            nftables: nftables(state, config).unwrap(),
+            nftables,
             node: Node::new(config.node_ips.iter().copied()),
         }
     }

@@ -103,6 +103,7 @@ fn run(case: &str, state: &ClusterState, config: &ProxyConfig, flows: &[Flow]) -
         Ok(r) => r,
         Err(e) => return vec![format!("{case}: does not compile: {e}")],
     };
+    crate::nft_check::nft_check(case, &ruleset.to_dump());
     let node = test_node();
     let mut failures = Vec::new();
     for f in flows {
