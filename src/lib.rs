@@ -153,7 +153,8 @@
 //! | a session affinity timeout outside 1-86400 | error | `spec.sessionAffinityConfig.clientIP.timeoutSeconds` | |
 //! | a slice port name and protocol repeated in one slice | error | `ports[i].name` | |
 //! | a name or comment the rule IR refuses | error | the field it came from | |
-//! | in nftables mode only: a port whose `ns/name:port` is longer than an nftables comment (128 bytes), an interface name nft cannot take | error | `metadata.name` of the port, the config field | |
+//! | in nftables mode only: an interface name nft cannot take | error | the config field | |
+//! | in nftables mode only: a port whose `ns/name:port` is longer than an nftables comment (128 bytes) | compiled, the comment cut to 128 bytes as kube-proxy cuts it | | |
 //! | an invalid [`model::ProxyConfig`] field | error, in every mode ([`CompileError::Config`]) | the config field | nothing is compiled |
 //!
 //! ## Crate features

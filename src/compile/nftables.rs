@@ -74,9 +74,10 @@ use service::ServiceObjects;
 ///
 /// # Errors
 /// The first invalid service, slice or config field, as a [`CompileError`]
-/// naming the object and field; also a name or comment the nftables IR refuses
-/// (a port's `ns/name:port` longer than the 128 bytes of an nftables comment, an
-/// interface name nft cannot take). Nothing is returned in that case.
+/// naming the object and field; also an interface name nft cannot take. Nothing
+/// is returned in that case. (A port's `ns/name:port` longer than the 128 bytes
+/// of an nftables comment is not an error: its comment is cut, as kube-proxy
+/// cuts it.)
 pub fn nftables(state: &ClusterState, config: &ProxyConfig) -> Result<nft::Ruleset, CompileError> {
     Ok(nftables_with_warnings(state, config)?.ruleset)
 }

@@ -172,6 +172,26 @@ impl NftComment {
         }
     }
 
+    /// [`NftComment::new`] for the first 128 bytes of `text` (cut on a character
+    /// boundary): for a comment that only describes, where a long name should not
+    /// make the whole object fail.
+    ///
+    /// ```
+    /// use svcnat::nft::NftComment;
+    /// let long = format!("{}/{}:http", "n".repeat(62), "s".repeat(63));
+    /// assert_eq!(NftComment::truncated(&long).unwrap().as_str().len(), 128);
+    /// ```
+    ///
+    /// # Errors
+    /// As [`NftComment::new`], for the kept part.
+    pub fn truncated(text: &str) -> Result<Self, NftError> {
+        let mut end = text.len().min(Self::MAX_LEN);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        Self::new(&text[..end])
+    }
+
     /// The text, unquoted.
     pub fn as_str(&self) -> &str {
         &self.0

@@ -174,9 +174,10 @@ impl<'p, 'a> PortBuilder<'_, 'p, 'a> {
     fn build(mut self) -> Result<(), NftError> {
         let plan = PortPlan::new(self.svc, self.port, &self.ctx.base);
         let names = self.names()?;
-        // Written only on a no-endpoints element, but checked for every port, so a
-        // service is refused or not whatever its endpoints.
-        let comment = NftComment::new(self.port.spn.as_str())?;
+        // Written only on a no-endpoints element. Kubernetes allows a
+        // `ns/name:port` of up to 143 bytes, nft 128: cut, as kube-proxy does since
+        // kubernetes#139516 (the comment only describes).
+        let comment = NftComment::truncated(self.port.spn.as_str())?;
         let eps: Vec<EndpointNames> = plan
             .eps
             .reachable()
