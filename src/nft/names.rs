@@ -224,7 +224,8 @@ impl From<NftComment> for String {
 }
 
 /// An interface name for `iifname`, or a prefix of one (written `veth*`): 1 to 15
-/// bytes of `[A-Za-z0-9_.-]`, starting with a letter or digit.
+/// bytes of `[A-Za-z0-9_.-]`, starting with a letter (written unquoted, as
+/// kube-proxy writes it, nft would read a leading digit as a number).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct IfName {
     name: Box<str>,
@@ -236,25 +237,22 @@ impl IfName {
     /// starts with it.
     ///
     /// # Errors
-    /// [`NftError::Interface`] if it is empty, longer than 15 bytes, or has a
-    /// character outside `[A-Za-z0-9_.-]` or a leading `-`, `_` or `.`.
+    /// [`NftError::Interface`] if it is empty, longer than 15 bytes, has a
+    /// character outside `[A-Za-z0-9_.-]`, or does not start with a letter.
     pub fn new(name: impl Into<String>, prefix: bool) -> Result<Self, NftError> {
         let name = name.into();
         let reason = if name.is_empty() {
             Some("empty")
         } else if name.len() > 15 {
             Some("longer than 15 bytes")
-        } else if !name
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_alphanumeric())
+        } else if !name.bytes().next().is_some_and(|b| b.is_ascii_alphabetic())
             || !name
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
         {
-            Some(
-                "has a character other than A-Z a-z 0-9 _ . - or does not start with a letter or digit",
-            )
+            // Written unquoted, as kube-proxy writes it, a name that starts with a
+            // digit reads as a number (`0x10` is interface "16").
+            Some("has a character other than A-Z a-z 0-9 _ . - or does not start with a letter")
         } else {
             None
         };
@@ -323,7 +321,7 @@ mod tests {
     fn interface_names() {
         assert_eq!(IfName::new("veth", true).unwrap().to_string(), "veth*");
         assert_eq!(IfName::new("cbr0", false).unwrap().to_string(), "cbr0");
-        for bad in ["", "a*", "-a", "a b", "abcdefghijklmnop"] {
+        for bad in ["", "a*", "-a", "a b", "abcdefghijklmnop", "0x10", "1ab"] {
             assert!(IfName::new(bad, false).is_err(), "{bad:?}");
         }
     }

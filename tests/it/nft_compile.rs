@@ -407,7 +407,9 @@ fn long_port_names_are_cut_and_odd_interfaces_refused() {
     assert!(full.len() > 128);
     let cut = &full[..128];
     assert!(
-        text.contains(&format!("172.30.0.41 . tcp . 80 comment \"{cut}\" : goto reject-chain")),
+        text.contains(&format!(
+            "172.30.0.41 . tcp . 80 comment \"{cut}\" : goto reject-chain"
+        )),
         "{text}"
     );
 

@@ -356,7 +356,7 @@ fn stmt(family: Family) -> BoxedStrategy<Stmt> {
         Just(KeyField::L4Proto),
         Just(KeyField::ThDport)
     ];
-    let iface = ("[a-z0-9][a-z0-9_.-]{0,13}", any::<bool>())
+    let iface = ("[a-z][a-z0-9_.-]{0,13}", any::<bool>())
         .prop_map(|(n, prefix)| IfName::new(n, prefix).unwrap());
     prop_oneof![
         (dir.clone(), op.clone(), addr_value(family)).prop_map(|(dir, op, value)| Stmt::Addr {
