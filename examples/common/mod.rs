@@ -13,7 +13,7 @@
 //! | `--masquerade-all` | masquerade all cluster-IP traffic |
 //! | `--masquerade-random-fully` | `--random-fully` on MASQUERADE |
 //! | `--iptables-masquerade-bit N` | the masquerade mark bit (default 14) |
-//! | `--nodeport-addresses CIDR[,CIDR…]` | node addresses that accept node ports (`primary` allowed) |
+//! | `--nodeport-addresses CIDR[,CIDR…]` | node addresses that accept node ports (`primary` allowed; default: all, or `primary` in nftables mode, as kube-proxy) |
 //! | `--iptables-localhost-nodeports true\|false` | node ports on 127.0.0.0/8 (default true) |
 //! | `--conntrack-tcp-be-liberal` | leave out the INVALID-drop rule |
 //! | `--nfacct-counters` | emit kube-proxy's nfacct matches |
@@ -237,6 +237,11 @@ impl ProxyFlags {
         }
         if let Some(on) = self.localhost_nodeports {
             config = config.with_localhost_nodeports(on);
+        }
+        // kube-proxy's nftables mode accepts node ports on the primary address
+        // only unless told otherwise (its `platformApplyDefaults`).
+        if self.proxy_mode == ProxyMode::Nftables && self.nodeport_addresses.is_empty() {
+            config = config.with_nodeport_addresses([NodePortAddress::Primary]);
         }
         match self.proxy_mode {
             ProxyMode::Iptables => svcnat::compile::check_config(&config),
