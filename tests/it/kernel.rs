@@ -287,33 +287,33 @@ impl Lab {
 }
 
 /// The lab's addresses for one family.
-struct Plan {
-    six: bool,
+pub(crate) struct Plan {
+    pub(crate) six: bool,
 }
 
 impl Plan {
-    fn pod(&self, i: usize) -> String {
+    pub(crate) fn pod(&self, i: usize) -> String {
         if self.six {
             format!("fd00:244:{i}::2")
         } else {
             format!("10.244.{i}.2")
         }
     }
-    fn pod_gw(&self, i: usize) -> String {
+    pub(crate) fn pod_gw(&self, i: usize) -> String {
         if self.six {
             format!("fd00:244:{i}::1")
         } else {
             format!("10.244.{i}.1")
         }
     }
-    fn client(&self) -> &'static str {
+    pub(crate) fn client(&self) -> &'static str {
         if self.six {
             "fd00:50::2"
         } else {
             "192.168.50.2"
         }
     }
-    fn node(&self) -> &'static str {
+    pub(crate) fn node(&self) -> &'static str {
         if self.six {
             "fd00:50::1"
         } else {

@@ -8,41 +8,29 @@ use std::collections::BTreeSet;
 use svcnat::model::*;
 
 use crate::fixtures::ip as addr;
-use crate::kernel::{Lab, nft_available};
+use crate::kernel::{Lab, Plan, nft_available};
 
-/// The lab's addresses for one family.
+/// The lab's addresses for one family ([`Plan`]), and the cluster and config
+/// the traffic runs against.
 struct Fam {
     six: bool,
 }
 
 impl Fam {
+    fn plan(&self) -> Plan {
+        Plan { six: self.six }
+    }
     fn pod(&self, i: u8) -> String {
-        if self.six {
-            format!("fd00:244:{i}::2")
-        } else {
-            format!("10.244.{i}.2")
-        }
+        self.plan().pod(usize::from(i))
     }
     fn pod_gw(&self, i: u8) -> String {
-        if self.six {
-            format!("fd00:244:{i}::1")
-        } else {
-            format!("10.244.{i}.1")
-        }
+        self.plan().pod_gw(usize::from(i))
     }
     fn node(&self) -> &'static str {
-        if self.six {
-            "fd00:50::1"
-        } else {
-            "192.168.50.1"
-        }
+        self.plan().node()
     }
     fn client(&self) -> &'static str {
-        if self.six {
-            "fd00:50::2"
-        } else {
-            "192.168.50.2"
-        }
+        self.plan().client()
     }
     /// Service address number `n` (1 to 99).
     fn vip(&self, n: u8) -> String {
