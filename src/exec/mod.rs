@@ -11,6 +11,7 @@ mod cleanup;
 mod iptables;
 mod lock;
 mod pieces;
+mod process;
 mod recorder;
 
 use std::path::PathBuf;
