@@ -10,6 +10,7 @@
 mod cleanup;
 mod iptables;
 mod lock;
+mod nft;
 mod pieces;
 mod process;
 mod recorder;
@@ -24,6 +25,7 @@ pub use iptables::{
     Backend, DEFAULT_LOCK_DIR, DEFAULT_LOCK_WAIT, IptablesRestore, NFT_CHAINS_PER_RESTORE,
 };
 pub use lock::SyncLock;
+pub use nft::{NftCommand, NftExecError, NftExecutor, NftFake, NftRefusal, RefusalKind};
 pub use pieces::pieces;
 pub use recorder::{Call, DryRun, Recorder};
 

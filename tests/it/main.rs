@@ -21,6 +21,7 @@ mod kube_proxy;
 mod nfacct;
 mod nft_check;
 mod nft_compile;
+mod nft_exec;
 mod nft_kube_proxy;
 mod parse;
 mod pieces;
