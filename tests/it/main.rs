@@ -23,6 +23,7 @@ mod nft_check;
 mod nft_compile;
 mod nft_exec;
 mod nft_kube_proxy;
+mod nft_plan;
 mod parse;
 mod pieces;
 mod properties;

@@ -660,3 +660,94 @@ fn loop_from_base(t: &Ruleset) -> Option<Name> {
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(s: &str) -> Name {
+        Name::new(s).unwrap()
+    }
+
+    fn chain(name: &str) -> Operation {
+        Operation::AddChain {
+            name: n(name),
+            base: None,
+            comment: None,
+        }
+    }
+
+    fn rule(chain: &str, stmt: Stmt) -> Operation {
+        Operation::AddRule {
+            chain: n(chain),
+            rule: Rule::new(vec![stmt]),
+        }
+    }
+
+    fn tx(ops: Vec<Operation>) -> Transaction {
+        let mut tx = Transaction::new(Family::Ip, n("t"));
+        tx.extend(ops);
+        tx
+    }
+
+    fn base() -> Operation {
+        Operation::AddChain {
+            name: n("b"),
+            base: Some(BaseChain {
+                kind: crate::nft::ChainType::Filter,
+                hook: crate::nft::Hook::Input,
+                priority: 0,
+            }),
+            comment: None,
+        }
+    }
+
+    #[test]
+    fn a_loop_through_numgen_is_refused_at_the_last_rule() {
+        let mut fake = NftFake::new();
+        let looped = tx(vec![
+            Operation::AddTable { comment: None },
+            base(),
+            chain("x"),
+            chain("y"),
+            rule("b", Stmt::Verdict(Verdict::Jump(n("x")))),
+            rule(
+                "x",
+                Stmt::numgen(vec![Verdict::Goto(n("y")), Verdict::Drop]).unwrap(),
+            ),
+            rule("y", Stmt::Verdict(Verdict::Jump(n("x")))),
+            chain("z"),
+        ]);
+        let e = fake.run(&looped).unwrap_err();
+        let r = e.refusal().unwrap();
+        assert_eq!((r.kind, r.index), (RefusalKind::Loop, Some(6)));
+        assert!(r.message.contains("loop"), "{e}");
+        // Refused transactions are kept too; checks are not.
+        assert_eq!(fake.transactions().len(), 1);
+        assert!(fake.check(&looped).is_err());
+        assert_eq!(fake.transactions().len(), 1);
+        assert_eq!(fake.dump(), "");
+    }
+
+    #[test]
+    fn tables_put_in_place_and_taken_away() {
+        let mut fake = NftFake::new();
+        let mut rs = Ruleset::new(Family::Ip6, n("kube-proxy"), None);
+        rs.chains.insert(n("c"), Chain::default());
+        fake.set_table(rs.clone());
+        assert_eq!(fake.table(Family::Ip6, &n("kube-proxy")), Some(&rs));
+        assert_eq!(fake.dump(), rs.to_dump());
+        assert_eq!(
+            fake.list_chains(Family::Ip6, &n("kube-proxy")).unwrap(),
+            [n("c")]
+        );
+        assert!(
+            fake.list_chains(Family::Ip, &n("kube-proxy"))
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(fake.remove_table(Family::Ip6, &n("kube-proxy")), Some(rs));
+        assert_eq!(fake.dump(), "");
+        assert!(fake.last_transaction().is_none());
+    }
+}

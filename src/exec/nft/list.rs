@@ -170,10 +170,7 @@ type Parsed<'a> = (Vec<KeyValue>, Option<NftComment>, Vec<&'a str>);
 /// An element's key (one value per field of `types`, joined by `.`) and
 /// comment; the words after them (`: VERDICT` for a map) are returned as they
 /// are. `timeout T` and `expires T` (the elements of a dynamic set) are skipped.
-fn element<'a>(
-    words: &'a [String],
-    types: &[KeyType],
-) -> Result<Parsed<'a>, String> {
+fn element<'a>(words: &'a [String], types: &[KeyType]) -> Result<Parsed<'a>, String> {
     let mut rest = words.iter().map(String::as_str);
     let mut key = Vec::with_capacity(types.len());
     for (i, t) in types.iter().enumerate() {
