@@ -376,7 +376,7 @@ impl IptablesRestore {
         stderr: String,
     ) -> ExecError {
         let binary = self.binary(family, "");
-        Self::failed(&binary, self.jump_args(jump, op), status, stderr, None)
+        failed(&binary, self.jump_args(jump, op), status, stderr, None)
     }
 
     /// Lists `chain` (`iptables -t TABLE -S CHAIN`) and deletes (`-D`) the copies
@@ -399,7 +399,7 @@ impl IptablesRestore {
         ]);
         let listing = match self.run(&binary, &args, None)? {
             (Some(0), stdout, _) => stdout,
-            (status, _, stderr) => return Err(Self::failed(&binary, args, status, stderr, None)),
+            (status, _, stderr) => return Err(failed(&binary, args, status, stderr, None)),
         };
         let dump = listing_as_dump(&listing, table, chain, jumps);
         let Some(edits) = jump_edits(&dump, family, table, jumps) else {
@@ -416,23 +416,13 @@ impl IptablesRestore {
         Ok(())
     }
 
-    fn failed(
-        binary: &str,
-        args: Vec<String>,
-        status: Option<i32>,
-        stderr: String,
-        payload: Option<&str>,
-    ) -> ExecError {
-        failed(binary, args, status, stderr, payload)
-    }
-
     /// The names `nfacct list` prints, one counter a line:
     /// `{ pkts = N, bytes = N } = NAME;` (with `, quota = N` for a quota object).
     fn nfacct_list(&self) -> Result<Vec<String>, ExecError> {
         let args = vec!["list".to_owned()];
         match self.run(NFACCT, &args, None)? {
             (Some(0), stdout, _) => Ok(nfacct_names(&stdout)),
-            (status, _, stderr) => Err(Self::failed(NFACCT, args, status, stderr, None)),
+            (status, _, stderr) => Err(failed(NFACCT, args, status, stderr, None)),
         }
     }
 
@@ -450,7 +440,7 @@ impl IptablesRestore {
                 if there {
                     Ok(())
                 } else {
-                    Err(Self::failed(NFACCT, args, status, stderr, None))
+                    Err(failed(NFACCT, args, status, stderr, None))
                 }
             }
         }
@@ -525,7 +515,7 @@ impl Executor for IptablesRestore {
                 (status, _, stderr) => {
                     // Perhaps a counter the rules name was deleted: look again next time.
                     self.nfacct_known.clear();
-                    return Err(Self::failed(&binary, args, status, stderr, Some(piece)));
+                    return Err(failed(&binary, args, status, stderr, Some(piece)));
                 }
             }
         }
@@ -564,7 +554,7 @@ impl Executor for IptablesRestore {
         match self.run(&binary, &args, Some(&text))? {
             (Some(0), _, _) => Ok(None),
             (status, _, stderr) => {
-                let error = Self::failed(&binary, args, status, stderr, Some(&text));
+                let error = failed(&binary, args, status, stderr, Some(&text));
                 // Exit 1 (a rule not there) or 2 (a chain or jump target not
                 // there) at a line of the check: a rule is missing. nft reports a
                 // missing jump target at the section's COMMIT, naming the chain
@@ -610,7 +600,7 @@ impl Executor for IptablesRestore {
         let args = vec!["-t".to_owned(), table.as_str().to_owned()];
         match self.run(&binary, &args, None)? {
             (Some(0), stdout, _) => Ok(stdout),
-            (status, _, stderr) => Err(Self::failed(&binary, args, status, stderr, None)),
+            (status, _, stderr) => Err(failed(&binary, args, status, stderr, None)),
         }
     }
 
@@ -747,7 +737,7 @@ impl Executor for IptablesRestore {
                 // conntrack exits 1 when nothing matched.
                 (Some(1), _, stderr) if stderr.contains("0 flow entries") => {}
                 (status, _, stderr) => {
-                    return Err(Self::failed("conntrack", args, status, stderr, None));
+                    return Err(failed("conntrack", args, status, stderr, None));
                 }
             }
         }

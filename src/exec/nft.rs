@@ -392,6 +392,19 @@ impl NftCommand {
             reason,
         })
     }
+
+    /// `nft list set|map FAMILY TABLE NAME`, read by `read`.
+    fn elements<T>(
+        &self,
+        kind: &str,
+        family: Family,
+        table: &Name,
+        name: &Name,
+        read: fn(&str) -> Result<Vec<T>, String>,
+    ) -> Result<Vec<T>, NftExecError> {
+        let args = ["list", kind, family.as_str(), table.as_str(), name.as_str()];
+        self.listing(&args, read)
+    }
 }
 
 /// The refusal nft's stderr describes: the first `/dev/stdin:LINE:COL: Error:
@@ -464,10 +477,7 @@ impl NftExecutor for NftCommand {
         table: &Name,
         set: &Name,
     ) -> Result<Vec<Element>, NftExecError> {
-        self.listing(
-            &["list", "set", family.as_str(), table.as_str(), set.as_str()],
-            list::set_elements,
-        )
+        self.elements("set", family, table, set, list::set_elements)
     }
 
     fn list_map_elements(
@@ -476,10 +486,7 @@ impl NftExecutor for NftCommand {
         table: &Name,
         map: &Name,
     ) -> Result<Vec<MapElement>, NftExecError> {
-        self.listing(
-            &["list", "map", family.as_str(), table.as_str(), map.as_str()],
-            list::map_elements,
-        )
+        self.elements("map", family, table, map, list::map_elements)
     }
 
     fn list_table(&mut self, family: Family, table: &Name) -> Result<String, NftExecError> {

@@ -626,24 +626,25 @@ fn outcome<E: NftExecutor>(e: &mut E, tx: &Transaction) -> Expect {
     }
 }
 
-/// Everything `e` lists of the test's tables, elements sorted (the kernel lists
-/// them in its own order).
-fn listing<E: NftExecutor>(e: &mut E) -> String {
+/// Everything `e` lists of `tables`, elements sorted (the kernel lists them in
+/// its own order).
+pub(crate) fn listing<E: NftExecutor>(e: &mut E, tables: &[(Family, Name)]) -> String {
     let mut out = String::new();
-    for (family, table) in [(Family::Ip, n("t")), (Family::Ip6, n("t6"))] {
-        let chains = e.list_chains(family, &table).unwrap();
-        out += &format!("{family:?} chains {chains:?}\n");
-        for set in e.list_sets(family, &table).unwrap() {
+    for (family, table) in tables {
+        let (family, table) = (*family, table);
+        let chains = e.list_chains(family, table).unwrap();
+        out += &format!("{family:?} {table} chains {chains:?}\n");
+        for set in e.list_sets(family, table).unwrap() {
             let elements: BTreeSet<Element> = e
-                .list_set_elements(family, &table, &set)
+                .list_set_elements(family, table, &set)
                 .unwrap()
                 .into_iter()
                 .collect();
             out += &format!("set {set}: {elements:?}\n");
         }
-        for map in e.list_maps(family, &table).unwrap() {
+        for map in e.list_maps(family, table).unwrap() {
             let elements: BTreeSet<MapElement> = e
-                .list_map_elements(family, &table, &map)
+                .list_map_elements(family, table, &map)
                 .unwrap()
                 .into_iter()
                 .collect();
@@ -651,6 +652,11 @@ fn listing<E: NftExecutor>(e: &mut E) -> String {
         }
     }
     out
+}
+
+/// The tables of the cases.
+fn tables() -> [(Family, Name); 2] {
+    [(Family::Ip, n("t")), (Family::Ip6, n("t6"))]
 }
 
 /// A fake holding [`setup`]'s tables.
@@ -751,15 +757,20 @@ fn in_kernel(nft: &mut NftCommand, tx: &Transaction) -> Expect {
     outcome(nft, tx)
 }
 
+/// `nft` in the namespace, without the sync lock.
+pub(crate) fn nft_in(ns: &Netns) -> NftCommand {
+    NftCommand::new()
+        .with_command_prefix(["ip", "netns", "exec", &ns.name])
+        .with_lock_dir(None)
+}
+
 #[test]
 fn the_kernel_agrees_with_the_fake() {
     if !nft_available("the_kernel_agrees_with_the_fake") {
         return;
     }
     let ns = Netns::new("nftx-agree");
-    let mut nft = NftCommand::new()
-        .with_command_prefix(["ip", "netns", "exec", &ns.name])
-        .with_lock_dir(None);
+    let mut nft = nft_in(&ns);
     let mut disagreements = Vec::new();
     for (name, tx, expect) in cases() {
         let kernel = in_kernel(&mut nft, &tx);
@@ -771,7 +782,7 @@ fn the_kernel_agrees_with_the_fake() {
             ));
             continue;
         }
-        let (theirs, ours) = (listing(&mut nft), listing(&mut fake));
+        let (theirs, ours) = (listing(&mut nft, &tables()), listing(&mut fake, &tables()));
         if theirs != ours {
             disagreements.push(format!(
                 "{name}: the kernel lists\n{theirs}the fake\n{ours}"
