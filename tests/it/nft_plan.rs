@@ -175,6 +175,16 @@ fn kube_proxy_s_repeated_syncs_in_the_kernel() {
     assert_eq!(deleted, DELETED);
 }
 
+/// `rs` with its chains, sets and maps in the reverse order (the elements of
+/// each set and map as they are).
+fn reversed(rs: &Ruleset) -> Ruleset {
+    let mut r = rs.clone();
+    r.chains.reverse();
+    r.sets.reverse();
+    r.maps.reverse();
+    r
+}
+
 /// The ruleset of `state` (the services that compile; `None` if the config
 /// does not).
 fn compiled(state: &ClusterState, config: &ProxyConfig) -> Option<Ruleset> {
@@ -221,6 +231,15 @@ proptest! {
             } else {
                 nft_plan(Some(&applied), &next, now)
             };
+            if !full {
+                // The chains', sets' and maps' order in either ruleset changes nothing.
+                let mut reordered = applied.clone();
+                reordered.ruleset = reversed(&reordered.ruleset);
+                for (old, new) in [(&reordered, next.clone()), (&applied, reversed(&next))] {
+                    let other = nft_plan(Some(old), &new, now);
+                    prop_assert_eq!(&other, &plan, "{}: reordered", what);
+                }
+            }
             run_plan(&mut fake, &plan, &what);
             assert_holds(&fake, &next, &plan.stale, &what);
             applied = plan.applied(next.clone());
