@@ -266,7 +266,9 @@ impl<E: NftExecutor + ?Sized> NftExecutor for &mut E {
 /// - [`run`](NftExecutor::run) is `nft -f -` with the transaction's text on
 ///   stdin, [`check`](NftExecutor::check) `nft --check -f -`; an empty
 ///   transaction starts no process. A refusal names the operation from nft's
-///   `/dev/stdin:LINE:COL: Error: ...`: each operation is one line.
+///   `/dev/stdin:LINE:COL: Error: ...` (each operation is one line); a few
+///   refusals come without a line (`netlink: Error: set is not a map`), and name
+///   the operation only when the transaction has one.
 /// - Listings read nft's text: `nft list chains FAMILY`, `nft -t list sets
 ///   FAMILY`, `nft -t list maps FAMILY` (names only, the table's part of them),
 ///   `nft list set|map FAMILY TABLE NAME` (one set's elements), `nft list table`.
@@ -408,8 +410,11 @@ impl NftCommand {
 }
 
 /// The refusal nft's stderr describes: the first `/dev/stdin:LINE:COL: Error:
-/// MESSAGE` of a transaction, or a listing's `Error: No such file or directory`.
+/// MESSAGE` of a transaction; or an `Error: MESSAGE` (`netlink: Error: set is
+/// not a map`, a listing's `Error: No such file or directory`) whose kind is
+/// known, naming the operation only if `stdin` has just one.
 fn refusal(stderr: &str, stdin: Option<&str>) -> Option<NftRefusal> {
+    let line_of = |index: usize| stdin.and_then(|s| s.lines().nth(index)).map(str::to_owned);
     for line in stderr.lines() {
         if let Some(rest) = line.strip_prefix("/dev/stdin:") {
             let (number, rest) = rest.split_once(':')?;
@@ -418,22 +423,25 @@ fn refusal(stderr: &str, stdin: Option<&str>) -> Option<NftRefusal> {
             return Some(NftRefusal {
                 kind: RefusalKind::of_message(&message),
                 index: Some(index),
-                command: stdin.and_then(|s| s.lines().nth(index)).map(str::to_owned),
+                command: line_of(index),
                 message,
             });
         }
-        if let Some(message) = line.strip_prefix("Error: ")
-            && RefusalKind::of_message(message) == RefusalKind::NotFound
-        {
-            return Some(NftRefusal {
-                kind: RefusalKind::NotFound,
-                index: None,
-                command: None,
-                message: message.trim().to_owned(),
-            });
-        }
     }
-    None
+    let message = stderr
+        .lines()
+        .find_map(|line| Some(line.split_once("Error: ")?.1.trim()))?;
+    let kind = RefusalKind::of_message(message);
+    if kind == RefusalKind::Other {
+        return None;
+    }
+    let index = stdin.filter(|s| s.lines().count() == 1).map(|_| 0);
+    Some(NftRefusal {
+        kind,
+        index,
+        command: index.and_then(line_of),
+        message: message.to_owned(),
+    })
 }
 
 impl NftExecutor for NftCommand {
@@ -516,7 +524,14 @@ mod tests {
         let listing = "Error: No such file or directory\nlist set ip6 t m\n               ^\n";
         let r = refusal(listing, None).unwrap();
         assert_eq!((r.kind, r.index), (RefusalKind::NotFound, None));
-        // Not a refusal: nothing names a line or a missing object.
+        // Without a line: the operation is named only if it is the one.
+        let one = "add element ip t s { 10.0.0.2 : drop }\n";
+        let r = refusal("netlink: Error: set is not a map\n", Some(one)).unwrap();
+        assert_eq!((r.kind, r.index), (RefusalKind::Invalid, Some(0)));
+        assert_eq!(r.command.as_deref(), Some(one.trim()));
+        let r = refusal("netlink: Error: set is not a map\n", Some(stdin)).unwrap();
+        assert_eq!((r.index, r.command), (None, None));
+        // Not a refusal: an error of another kind, without a line.
         assert!(
             refusal(
                 "Error: Could not process rule: Operation not permitted\n",

@@ -292,6 +292,18 @@ fn cases() -> Vec<(&'static str, Transaction, Expect)> {
             refused(Invalid, 0),
         ),
         (
+            "a map's element in a set",
+            tx(vec![Operation::AddMapElement {
+                map: n("s"),
+                element: MapElement {
+                    key: vec![KeyValue::Addr(ip("10.0.0.2"))],
+                    verdict: Verdict::Drop,
+                    comment: None,
+                },
+            }]),
+            refused(Invalid, 0),
+        ),
+        (
             "a key of the wrong length",
             tx(vec![Operation::AddMapElement {
                 map: n("np"),
