@@ -17,8 +17,11 @@
 //!    one writer prints as `nft -f` input ([`nft::Ruleset::to_dump`]).
 //! 3. [`render`]: ruleset -> `iptables-restore` text, streaming into any writer.
 //! 4. [`sync`]: the smallest payload from one state to the next ([`sync::plan`]), and a
-//!    [`sync::Syncer`] that keeps a node in step with a changing cluster.
-//! 5. [`exec`]: the [`exec::Executor`] trait, the only place that starts processes.
+//!    [`sync::Syncer`] that keeps a node in step with a changing cluster; in
+//!    nftables mode, the transactions from one table to the next
+//!    ([`sync::nft_plan`]).
+//! 5. [`exec`]: the [`exec::Executor`] trait and its nftables sibling
+//!    [`exec::NftExecutor`], the only place that starts processes.
 //!
 //! And back again, to check and explain what a node really has:
 //!
@@ -208,6 +211,9 @@ pub enum Error {
     /// An executor call failed.
     #[error(transparent)]
     Exec(#[from] exec::ExecError),
+    /// An nftables executor call failed.
+    #[error(transparent)]
+    NftExec(#[from] exec::NftExecError),
     /// Rule text could not be parsed.
     #[error(transparent)]
     Parse(#[from] parse::ParseError),

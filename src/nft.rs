@@ -7,6 +7,11 @@
 //! matches, maps and verdicts kube-proxy's rules use), not text, so the tracer can
 //! evaluate them and the writer is the only place that spells nftables syntax.
 //!
+//! A [`Transaction`] is an ordered list of [`Operation`]s on one table (`add`,
+//! `flush` and `delete` of chains, sets, maps and elements, `add rule`): what one
+//! `nft -f` applies, all or nothing. `Transaction::from(&ruleset)` is the whole
+//! table as `add` commands, the same text as [`Ruleset::to_dump`].
+//!
 //! Names ([`Name`]), comments ([`NftComment`]) and interface names ([`IfName`])
 //! are validated when built; the writer quotes every comment. No input can end a
 //! command or start a second one.
@@ -33,6 +38,7 @@ mod names;
 mod objects;
 mod stmt;
 pub(crate) mod text;
+mod transaction;
 
 pub use names::{IfName, Name, NftComment, NftError};
 pub use objects::{
@@ -40,3 +46,4 @@ pub use objects::{
     Ruleset, Set, SetFlag,
 };
 pub use stmt::{AddrItem, AddrValue, Dir, KeyField, MarkOp, Op, Stmt, Verdict};
+pub use transaction::{Operation, Transaction};

@@ -2,13 +2,13 @@
 //! `nfacct`.
 
 use std::fmt;
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::str::FromStr;
 use std::time::Duration;
 
-use super::lock::{lock_file, lock_path, netns_inode, own_netns};
+use super::lock::{lock_file, lock_path};
+use super::process::{Prefixed, failed};
 use super::{ExecError, Executor, RestoreOptions, SyncLock, rule_args};
 use crate::error::ParseValueError;
 use crate::flows::{FlowDestination, StaleFlow};
@@ -151,7 +151,7 @@ pub struct IptablesRestore {
     backend: Backend,
     resolved: Option<Backend>,
     wait_seconds: Option<u32>,
-    prefix: Vec<String>,
+    prefix: Prefixed,
     /// `None`: the backend's default; `Some(None)`: one restore whatever the size;
     /// `Some(Some(n))`: pieces of at most `n` chains.
     pieces: Option<Option<usize>>,
@@ -161,8 +161,6 @@ pub struct IptablesRestore {
     /// Where the sync lock files are; `None`: no lock.
     lock_dir: Option<PathBuf>,
     lock_wait: Duration,
-    /// The inode of the network namespace behind the prefix, read at the first lock.
-    prefix_netns: Option<u64>,
 }
 
 /// Where [`IptablesRestore`] keeps its sync lock files unless
@@ -192,12 +190,11 @@ impl IptablesRestore {
             backend,
             resolved: None,
             wait_seconds: Some(5),
-            prefix: Vec::new(),
+            prefix: Prefixed::default(),
             pieces: None,
             nfacct_known: Vec::new(),
             lock_dir: Some(PathBuf::from(DEFAULT_LOCK_DIR)),
             lock_wait: DEFAULT_LOCK_WAIT,
-            prefix_netns: None,
         }
     }
 
@@ -254,47 +251,15 @@ impl IptablesRestore {
         mut self,
         prefix: impl IntoIterator<Item = S>,
     ) -> Self {
-        self.prefix = prefix.into_iter().map(Into::into).collect();
+        self.prefix = Prefixed::new(prefix.into_iter().map(Into::into).collect());
         // Another namespace, perhaps: its counters are not known.
         self.nfacct_known.clear();
-        self.prefix_netns = None;
         self
     }
 
     /// The inode of the network namespace the executor's commands run in.
     fn netns(&mut self) -> Result<u64, ExecError> {
-        if self.prefix.is_empty() {
-            // A thread may move between namespaces: read every time (no process).
-            return own_netns();
-        }
-        if let Some(inode) = self.prefix_netns {
-            return Ok(inode);
-        }
-        let args = ["/proc/self/ns/net".to_owned()];
-        let inode = match self.run("readlink", &args, None)? {
-            (Some(0), stdout, _) => netns_inode(&stdout).ok_or_else(|| ExecError::Lock {
-                path: PathBuf::from(&args[0]),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!(
-                        "readlink behind `{}` printed {:?}, not net:[INODE]",
-                        self.prefix.join(" "),
-                        stdout.trim()
-                    ),
-                ),
-            })?,
-            (status, _, stderr) => {
-                return Err(Self::failed(
-                    "readlink",
-                    args.to_vec(),
-                    status,
-                    stderr,
-                    None,
-                ));
-            }
-        };
-        self.prefix_netns = Some(inode);
-        Ok(inode)
+        self.prefix.netns()
     }
 
     /// The backend in use, detecting it on first use for [`Backend::Auto`].
@@ -347,14 +312,7 @@ impl IptablesRestore {
     }
 
     fn command(&self, binary: &str) -> Command {
-        match self.prefix.split_first() {
-            None => Command::new(binary),
-            Some((first, rest)) => {
-                let mut c = Command::new(first);
-                c.args(rest).arg(binary);
-                c
-            }
-        }
+        self.prefix.command(binary)
     }
 
     fn wait_args(&self) -> Vec<String> {
@@ -370,34 +328,7 @@ impl IptablesRestore {
         args: &[String],
         stdin: Option<&str>,
     ) -> Result<(Option<i32>, String, String), ExecError> {
-        // With a prefix, the program that failed to start is the prefix's.
-        let program = self.prefix.first().map_or(binary, String::as_str);
-        let spawn_err = |source| ExecError::Spawn {
-            binary: program.to_owned(),
-            source,
-        };
-        let mut child = self
-            .command(binary)
-            .args(args)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(spawn_err)?;
-        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            // A binary that exits early closes the pipe; its status tells why.
-            let _ = pipe.write_all(text.as_bytes());
-        }
-        let out = child.wait_with_output().map_err(spawn_err)?;
-        Ok((
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        ))
+        self.prefix.run(binary, args, stdin)
     }
 
     /// `iptables -C` for one jump rule, and `-I` (at the top of its chain) if it
@@ -448,7 +379,7 @@ impl IptablesRestore {
         stderr: String,
     ) -> ExecError {
         let binary = self.binary(family, "");
-        Self::failed(&binary, self.jump_args(jump, op), status, stderr, None)
+        failed(&binary, self.jump_args(jump, op), status, stderr, None)
     }
 
     /// Lists `chain` (`iptables -t TABLE -S CHAIN`) and deletes (`-D`) the copies
@@ -471,7 +402,7 @@ impl IptablesRestore {
         ]);
         let listing = match self.run(&binary, &args, None)? {
             (Some(0), stdout, _) => stdout,
-            (status, _, stderr) => return Err(Self::failed(&binary, args, status, stderr, None)),
+            (status, _, stderr) => return Err(failed(&binary, args, status, stderr, None)),
         };
         let dump = listing_as_dump(&listing, table, chain, jumps);
         let Some(edits) = jump_edits(&dump, family, table, jumps) else {
@@ -488,29 +419,13 @@ impl IptablesRestore {
         Ok(())
     }
 
-    fn failed(
-        binary: &str,
-        args: Vec<String>,
-        status: Option<i32>,
-        stderr: String,
-        payload: Option<&str>,
-    ) -> ExecError {
-        ExecError::Failed {
-            binary: binary.to_owned(),
-            args,
-            status,
-            stderr: stderr.trim().to_owned(),
-            payload: payload.map(str::to_owned),
-        }
-    }
-
     /// The names `nfacct list` prints, one counter a line:
     /// `{ pkts = N, bytes = N } = NAME;` (with `, quota = N` for a quota object).
     fn nfacct_list(&self) -> Result<Vec<String>, ExecError> {
         let args = vec!["list".to_owned()];
         match self.run(NFACCT, &args, None)? {
             (Some(0), stdout, _) => Ok(nfacct_names(&stdout)),
-            (status, _, stderr) => Err(Self::failed(NFACCT, args, status, stderr, None)),
+            (status, _, stderr) => Err(failed(NFACCT, args, status, stderr, None)),
         }
     }
 
@@ -528,7 +443,7 @@ impl IptablesRestore {
                 if there {
                     Ok(())
                 } else {
-                    Err(Self::failed(NFACCT, args, status, stderr, None))
+                    Err(failed(NFACCT, args, status, stderr, None))
                 }
             }
         }
@@ -603,7 +518,7 @@ impl Executor for IptablesRestore {
                 (status, _, stderr) => {
                     // Perhaps a counter the rules name was deleted: look again next time.
                     self.nfacct_known.clear();
-                    return Err(Self::failed(&binary, args, status, stderr, Some(piece)));
+                    return Err(failed(&binary, args, status, stderr, Some(piece)));
                 }
             }
         }
@@ -642,7 +557,7 @@ impl Executor for IptablesRestore {
         match self.run(&binary, &args, Some(&text))? {
             (Some(0), _, _) => Ok(None),
             (status, _, stderr) => {
-                let error = Self::failed(&binary, args, status, stderr, Some(&text));
+                let error = failed(&binary, args, status, stderr, Some(&text));
                 // Exit 1 (a rule not there) or 2 (a chain or jump target not
                 // there) at a line of the check: a rule is missing. nft reports a
                 // missing jump target at the section's COMMIT, naming the chain
@@ -688,7 +603,7 @@ impl Executor for IptablesRestore {
         let args = vec!["-t".to_owned(), table.as_str().to_owned()];
         match self.run(&binary, &args, None)? {
             (Some(0), stdout, _) => Ok(stdout),
-            (status, _, stderr) => Err(Self::failed(&binary, args, status, stderr, None)),
+            (status, _, stderr) => Err(failed(&binary, args, status, stderr, None)),
         }
     }
 
@@ -825,7 +740,7 @@ impl Executor for IptablesRestore {
                 // conntrack exits 1 when nothing matched.
                 (Some(1), _, stderr) if stderr.contains("0 flow entries") => {}
                 (status, _, stderr) => {
-                    return Err(Self::failed("conntrack", args, status, stderr, None));
+                    return Err(failed("conntrack", args, status, stderr, None));
                 }
             }
         }

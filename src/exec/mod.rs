@@ -10,7 +10,9 @@
 mod cleanup;
 mod iptables;
 mod lock;
+mod nft;
 mod pieces;
+mod process;
 mod recorder;
 
 use std::path::PathBuf;
@@ -23,6 +25,7 @@ pub use iptables::{
     Backend, DEFAULT_LOCK_DIR, DEFAULT_LOCK_WAIT, IptablesRestore, NFT_CHAINS_PER_RESTORE,
 };
 pub use lock::SyncLock;
+pub use nft::{NftCommand, NftExecError, NftExecutor, NftFake, NftRefusal, RefusalKind};
 pub use pieces::{pieces, pieces_over};
 pub use recorder::{Call, DryRun, Recorder};
 

@@ -7,12 +7,13 @@ use std::fmt::{self, Write};
 
 use ipnet::IpNet;
 
-use super::names::Name;
+use super::names::{Name, NftComment};
 use super::objects::{
-    BaseChain, Chain, ChainType, Element, Family, Hook, KeyType, KeyValue, Map, MapElement, Rule,
-    Ruleset, Set, SetFlag,
+    BaseChain, ChainType, Element, Family, Hook, KeyType, KeyValue, MapElement, Rule, Ruleset,
+    SetFlag,
 };
 use super::stmt::{AddrItem, AddrValue, Dir, KeyField, MarkOp, Op, Stmt, Verdict};
+use super::transaction::{Item, Operation, Transaction, visit_dump};
 use crate::ruleset::text as num;
 
 impl Ruleset {
@@ -27,42 +28,24 @@ impl Ruleset {
             family: self.family,
             table: &self.table,
         };
-        write!(out, "add table {} {}", self.family.as_str(), self.table)?;
-        if let Some(c) = &self.comment {
-            write!(out, " {{ comment \"{c}\" ; }}")?;
-        }
-        out.write_str("\n")?;
-        let mut chains: Vec<(&Name, &Chain)> = self.chains.iter().collect();
-        chains.sort_by(|a, b| a.0.cmp(b.0));
-        let mut sets: Vec<(&Name, &Set)> = self.sets.iter().collect();
-        sets.sort_by(|a, b| a.0.cmp(b.0));
-        let mut maps: Vec<(&Name, &Map)> = self.maps.iter().collect();
-        maps.sort_by(|a, b| a.0.cmp(b.0));
-        for (name, chain) in &chains {
-            prefix.chain(out, name, chain)?;
-        }
-        for (name, set) in &sets {
-            prefix.set(out, name, set)?;
-        }
-        for (name, map) in &maps {
-            prefix.map(out, name, map)?;
-        }
-        for (name, chain) in &chains {
-            for rule in &chain.rules {
-                prefix.rule(out, name, rule)?;
+        visit_dump(self, |item| match item {
+            Item::Table(comment) => prefix.table(out, comment),
+            Item::Chain(name, chain) => {
+                prefix.chain(out, name, chain.base.as_ref(), chain.comment.as_ref())
             }
-        }
-        for (name, set) in &sets {
-            for element in &set.elements {
-                prefix.element(out, name, element)?;
-            }
-        }
-        for (name, map) in &maps {
-            for element in &map.elements {
-                prefix.map_element(out, name, element)?;
-            }
-        }
-        Ok(())
+            Item::Set(name, set) => prefix.set(
+                out,
+                name,
+                &set.key,
+                &set.flags,
+                set.timeout,
+                set.comment.as_ref(),
+            ),
+            Item::Map(name, map) => prefix.map(out, name, &map.key, map.comment.as_ref()),
+            Item::Rule(chain, rule) => prefix.rule(out, chain, rule),
+            Item::Element(set, element) => prefix.element(out, set, element),
+            Item::MapElement(map, element) => prefix.map_element(out, map, element),
+        })
     }
 
     /// [`Ruleset::write_dump`] into a `String`.
@@ -71,6 +54,38 @@ impl Ruleset {
         // Writing into a String cannot fail.
         let _ = self.write_dump(&mut out);
         out
+    }
+}
+
+impl Transaction {
+    /// Writes the transaction as `nft -f` input, one line per operation.
+    ///
+    /// # Errors
+    /// Only the writer's.
+    pub fn write_text<W: Write + ?Sized>(&self, out: &mut W) -> fmt::Result {
+        let prefix = Prefix {
+            family: self.family(),
+            table: self.table(),
+        };
+        for op in self.operations() {
+            prefix.operation(out, op)?;
+        }
+        Ok(())
+    }
+
+    /// [`Transaction::write_text`] into a `String`.
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = self.write_text(&mut out);
+        out
+    }
+}
+
+/// The `nft -f` text ([`Transaction::write_text`]).
+impl fmt::Display for Transaction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.write_text(f)
     }
 }
 
@@ -84,12 +99,36 @@ pub(crate) struct Prefix<'a> {
 }
 
 impl Prefix<'_> {
+    /// `add table FAMILY TABLE [{ comment "C" ; }]`.
+    pub(crate) fn table<W: Write + ?Sized>(
+        &self,
+        out: &mut W,
+        comment: Option<&NftComment>,
+    ) -> fmt::Result {
+        write!(out, "add table {} {}", self.family.as_str(), self.table)?;
+        if let Some(c) = comment {
+            write!(out, " {{ comment \"{c}\" ; }}")?;
+        }
+        out.write_str("\n")
+    }
+
+    /// `VERB KIND FAMILY TABLE NAME`: `flush chain ...`, `delete set ...`.
+    fn named<W: Write + ?Sized>(&self, out: &mut W, verb_kind: &str, name: &Name) -> fmt::Result {
+        writeln!(
+            out,
+            "{verb_kind} {} {} {name}",
+            self.family.as_str(),
+            self.table
+        )
+    }
+
     /// `add chain FAMILY TABLE NAME [{ type T hook H priority P ; comment "C" ; }]`.
     pub(crate) fn chain<W: Write + ?Sized>(
         &self,
         out: &mut W,
         name: &Name,
-        chain: &Chain,
+        base: Option<&BaseChain>,
+        comment: Option<&NftComment>,
     ) -> fmt::Result {
         write!(
             out,
@@ -97,12 +136,12 @@ impl Prefix<'_> {
             self.family.as_str(),
             self.table
         )?;
-        if chain.base.is_some() || chain.comment.is_some() {
+        if base.is_some() || comment.is_some() {
             out.write_str(" {")?;
-            if let Some(base) = &chain.base {
+            if let Some(base) = base {
                 write_base(out, base)?;
             }
-            if let Some(c) = &chain.comment {
+            if let Some(c) = comment {
                 write!(out, " comment \"{c}\" ;")?;
             }
             out.write_str(" }")?;
@@ -115,7 +154,10 @@ impl Prefix<'_> {
         &self,
         out: &mut W,
         name: &Name,
-        set: &Set,
+        key: &[KeyType],
+        flags: &[SetFlag],
+        timeout: Option<u32>,
+        comment: Option<&NftComment>,
     ) -> fmt::Result {
         write!(
             out,
@@ -123,11 +165,11 @@ impl Prefix<'_> {
             self.family.as_str(),
             self.table
         )?;
-        write_key_type(out, &set.key)?;
+        write_key_type(out, key)?;
         out.write_str(" ;")?;
-        if !set.flags.is_empty() {
+        if !flags.is_empty() {
             out.write_str(" flags ")?;
-            for (i, flag) in set.flags.iter().enumerate() {
+            for (i, flag) in flags.iter().enumerate() {
                 if i > 0 {
                     out.write_str(",")?;
                 }
@@ -138,10 +180,10 @@ impl Prefix<'_> {
             }
             out.write_str(" ;")?;
         }
-        if let Some(t) = set.timeout {
+        if let Some(t) = timeout {
             write!(out, " timeout {t}s ;")?;
         }
-        if let Some(c) = &set.comment {
+        if let Some(c) = comment {
             write!(out, " comment \"{c}\" ;")?;
         }
         out.write_str(" }\n")
@@ -152,7 +194,8 @@ impl Prefix<'_> {
         &self,
         out: &mut W,
         name: &Name,
-        map: &Map,
+        key: &[KeyType],
+        comment: Option<&NftComment>,
     ) -> fmt::Result {
         write!(
             out,
@@ -160,9 +203,9 @@ impl Prefix<'_> {
             self.family.as_str(),
             self.table
         )?;
-        write_key_type(out, &map.key)?;
+        write_key_type(out, key)?;
         out.write_str(" : verdict ;")?;
-        if let Some(c) = &map.comment {
+        if let Some(c) = comment {
             write!(out, " comment \"{c}\" ;")?;
         }
         out.write_str(" }\n")
@@ -225,6 +268,47 @@ impl Prefix<'_> {
         out.write_str(" : ")?;
         write_verdict(out, &element.verdict)?;
         out.write_str(" }\n")
+    }
+    /// One operation of a transaction, as one line.
+    fn operation<W: Write + ?Sized>(&self, out: &mut W, op: &Operation) -> fmt::Result {
+        match op {
+            Operation::AddTable { comment } => self.table(out, comment.as_ref()),
+            Operation::DeleteTable => {
+                writeln!(out, "delete table {} {}", self.family.as_str(), self.table)
+            }
+            Operation::AddChain {
+                name,
+                base,
+                comment,
+            } => self.chain(out, name, base.as_ref(), comment.as_ref()),
+            Operation::FlushChain(name) => self.named(out, "flush chain", name),
+            Operation::DeleteChain(name) => self.named(out, "delete chain", name),
+            Operation::AddRule { chain, rule } => self.rule(out, chain, rule),
+            Operation::AddSet {
+                name,
+                key,
+                flags,
+                timeout,
+                comment,
+            } => self.set(out, name, key, flags, *timeout, comment.as_ref()),
+            Operation::FlushSet(name) => self.named(out, "flush set", name),
+            Operation::DeleteSet(name) => self.named(out, "delete set", name),
+            Operation::AddMap { name, key, comment } => self.map(out, name, key, comment.as_ref()),
+            Operation::FlushMap(name) => self.named(out, "flush map", name),
+            Operation::DeleteMap(name) => self.named(out, "delete map", name),
+            Operation::AddElement { set, element } => self.element(out, set, element),
+            Operation::AddMapElement { map, element } => self.map_element(out, map, element),
+            Operation::DeleteElement { set, key } => {
+                write!(
+                    out,
+                    "delete element {} {} {set} {{ ",
+                    self.family.as_str(),
+                    self.table
+                )?;
+                write_key(out, key)?;
+                out.write_str(" }\n")
+            }
+        }
     }
 }
 

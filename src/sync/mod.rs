@@ -8,6 +8,14 @@
 //! deleted. Unlike kube-proxy, which rewrites its top-level chains on every sync,
 //! svcnat leaves a chain out unless its content changed.
 //!
+//! [`nft_plan`] is its sibling for the nftables mode: from what the last sync
+//! applied ([`NftApplied`]: the ruleset and the chains flushed, not yet deleted)
+//! and the next [`nft::Ruleset`](crate::nft::Ruleset), the
+//! [`Transaction`](crate::nft::Transaction)s that take the table from one to the
+//! other, as kube-proxy's nftables proxier does: element diffs, only changed
+//! chains rewritten, stale chains flushed now and deleted a second later;
+//! [`nft_full_plan`] writes the whole table over what a listing found.
+//!
 //! [`Syncer`] owns the last applied state, kept per service, and an
 //! [`Executor`](crate::exec::Executor).
 //! Changes (a Service or EndpointSlice upserted or deleted, or a whole new state,
@@ -64,11 +72,15 @@
 //! ```
 
 mod interim;
+mod nft_plan;
 mod plan;
 mod syncer;
 
 pub use crate::compile::{CANARY_CHAIN, canaries};
 pub use crate::flows::{FlowDestination, StaleFlow};
+pub use nft_plan::{
+    NftApplied, NftListed, NftPlan, STALE_CHAIN_AGE, StaleChains, nft_full_plan, nft_plan,
+};
 pub use plan::{Payload, plan};
 pub use syncer::{
     DEFAULT_DRIFT_CHECK, DELETE_RETRY, FullReason, KeptChain, MAX_DELETE_RETRY, RETRY_AFTER,

@@ -436,8 +436,7 @@ add rule ip kube-proxy endpoint-WAHRBT2B-ns4/svc4/tcp/p80__10.0.4.1/80 meta l4pr
 
 /// kube-proxy's expected dump with the flushed, not yet deleted, chains named in
 /// `stale` taken out: kube-proxy deletes them a second later, in a transaction
-/// of their own; a full compile never has them. The Syncer of issue 17 will hold
-/// them (and the test's `NumOperations` counts, issue 17's too).
+/// of their own; a full compile never has them.
 fn without_stale(expected: &str, stale: &[&str]) -> String {
     let mut removed = 0;
     let kept: Vec<&str> = expected
@@ -458,14 +457,48 @@ fn without_stale(expected: &str, stale: &[&str]) -> String {
     kept.join("\n")
 }
 
-/// `TestSyncProxyRulesRepeated`: the state after each of its syncs, compiled in
-/// full, against the dump kube-proxy's fake holds after that (incremental) sync.
-#[test]
-fn sync_proxy_rules_repeated() {
-    let svc2_chains = [
+/// One sync of `TestSyncProxyRulesRepeated`.
+pub(crate) struct RepeatedStep {
+    /// What changed before the sync.
+    pub name: &'static str,
+    /// The cluster after the change.
+    pub state: ClusterState,
+    /// kube-proxy's fake table after the sync, as the test expects it: with the
+    /// chains flushed and not yet deleted (`stale`).
+    pub expected: String,
+    /// The chains of `expected` flushed and not yet deleted.
+    pub stale: Vec<&'static str>,
+    /// Whether the test ages the stale chains (`ageStaleChains()`, two seconds)
+    /// before the sync.
+    pub aged: bool,
+    /// The operations the test expects in the sync's last transaction
+    /// (`NumOperations()`), where it says.
+    pub operations: Option<usize>,
+}
+
+/// `TestSyncProxyRulesRepeated`'s syncs, in order.
+pub(crate) fn repeated_steps() -> Vec<RepeatedStep> {
+    let svc2_chains = vec![
         "service-MHHHYRWA-ns2/svc2/tcp/p8080",
         "endpoint-7RVP4LUQ-ns2/svc2/tcp/p8080__10.0.2.1/8080",
     ];
+    let svc3_chains = vec![
+        "service-4AT6LBPK-ns3/svc3/tcp/p80",
+        "endpoint-SWWHDC7X-ns3/svc3/tcp/p80__10.0.3.2/80",
+        "endpoint-TQ2QKHCZ-ns3/svc3/tcp/p80__10.0.3.3/80",
+    ];
+    let mut steps = Vec::new();
+    let mut step = |name, state: &ClusterState, expected: String, stale, aged, operations| {
+        steps.push(RepeatedStep {
+            name,
+            state: state.clone(),
+            expected,
+            stale,
+            aged,
+            operations,
+        });
+    };
+
     let mut state = state(
         vec![
             service("ns1", "svc1", "172.30.0.41", &[("p80", 80)]),
@@ -484,7 +517,7 @@ add element ip kube-proxy service-ips { 172.30.0.41 . tcp . 80 : goto service-UL
 add element ip kube-proxy service-ips { 172.30.0.42 . tcp . 8080 : goto service-MHHHYRWA-ns2/svc2/tcp/p8080 }
 "# + SVC1
         + SVC2;
-    assert_same("initial sync", &expected, &dump(&state));
+    step("initial sync", &state, expected, vec![], false, None);
 
     // Add a new service and its endpoints.
     state.upsert_service(service("ns3", "svc3", "172.30.0.43", &[("p80", 80)]));
@@ -501,7 +534,7 @@ add element ip kube-proxy service-ips { 172.30.0.43 . tcp . 80 : goto service-4A
 "# + SVC1
         + SVC2
         + SVC3_FIRST;
-    assert_same("svc3 added", &expected, &dump(&state));
+    step("svc3 added", &state, expected, vec![], false, Some(10));
 
     // Delete a service (its slice stays, and gives no rules); kube-proxy flushes
     // its chains and deletes them a sync later.
@@ -519,15 +552,25 @@ add element ip kube-proxy service-ips { 172.30.0.43 . tcp . 80 : goto service-4A
 add chain ip kube-proxy service-MHHHYRWA-ns2/svc2/tcp/p8080
 add chain ip kube-proxy endpoint-7RVP4LUQ-ns2/svc2/tcp/p8080__10.0.2.1/8080
 "# + SVC3_FIRST;
-    let ours = dump(&state);
-    assert_same(
+    step(
         "svc2 deleted",
-        &without_stale(&expected, &svc2_chains),
-        &ours,
+        &state,
+        expected,
+        svc2_chains,
+        false,
+        Some(4),
     );
-    // A sync later (stale chains aged), kube-proxy's own dump has them no more.
+    // A sync later (stale chains aged), kube-proxy's own dump has them no more:
+    // they went in a transaction of their own.
     let expected = BASE_RULES.to_owned() + elements + SVC1 + SVC3_FIRST;
-    assert_same("stale chains deleted", &expected, &ours);
+    step(
+        "stale chains deleted",
+        &state,
+        expected,
+        vec![],
+        true,
+        Some(0),
+    );
 
     // Add a service, sync, then add its endpoints.
     state.upsert_service(service("ns4", "svc4", "172.30.0.44", &[("p80", 80)]));
@@ -543,7 +586,14 @@ add element ip kube-proxy service-ips { 172.30.0.43 . tcp . 80 : goto service-4A
         + r#"
 add element ip kube-proxy no-endpoint-services { 172.30.0.44 . tcp . 80 comment "ns4/svc4:p80" : goto reject-chain }
 "#;
-    assert_same("svc4 added without endpoints", &expected, &dump(&state));
+    step(
+        "svc4 added without endpoints",
+        &state,
+        expected,
+        vec![],
+        false,
+        Some(2),
+    );
     state.upsert_slice(slice(
         "ns4",
         "svc4",
@@ -559,7 +609,14 @@ add element ip kube-proxy service-ips { 172.30.0.43 . tcp . 80 : goto service-4A
 add element ip kube-proxy service-ips { 172.30.0.44 . tcp . 80 : goto service-LAUZTJTB-ns4/svc4/tcp/p80 }
 "#;
     let expected = BASE_RULES.to_owned() + three + SVC1 + SVC3_FIRST + SVC4;
-    assert_same("svc4's endpoints added", &expected, &dump(&state));
+    step(
+        "svc4's endpoints added",
+        &state,
+        expected,
+        vec![],
+        false,
+        Some(10),
+    );
 
     // Change an endpoint of an existing service; the old endpoint chain is
     // flushed, deleted later.
@@ -578,31 +635,33 @@ add chain ip kube-proxy endpoint-SWWHDC7X-ns3/svc3/tcp/p80__10.0.3.2/80
 add rule ip kube-proxy endpoint-SWWHDC7X-ns3/svc3/tcp/p80__10.0.3.2/80 ip saddr 10.0.3.2 jump mark-for-masquerade
 add rule ip kube-proxy endpoint-SWWHDC7X-ns3/svc3/tcp/p80__10.0.3.2/80 meta l4proto tcp dnat to 10.0.3.2:80
 "# + SVC4;
-    assert_same(
+    step(
         "svc3's endpoint changed",
-        &without_stale(
-            &expected,
-            &["endpoint-2OCDJSZQ-ns3/svc3/tcp/p80__10.0.3.1/80"],
-        ),
-        &dump(&state),
+        &state,
+        expected,
+        vec!["endpoint-2OCDJSZQ-ns3/svc3/tcp/p80__10.0.3.1/80"],
+        false,
+        Some(9),
     );
 
-    // Add an endpoint to a service (the old chain is gone by now).
+    // Add an endpoint to a service (the old chain aged, deleted first).
     let mut eps3_update2 = eps3_update.clone();
     eps3_update2.endpoints.push(ready("10.0.3.3"));
     state.upsert_slice(eps3_update2.clone());
     let both = BASE_RULES.to_owned() + three + SVC1 + SVC3_TWO + SVC4;
-    assert_same("svc3's endpoint added", &both, &dump(&state));
+    step(
+        "svc3's endpoint added",
+        &state,
+        both.clone(),
+        vec![],
+        true,
+        Some(12),
+    );
 
     // Empty a service's endpoints; its chains are flushed, deleted later.
     let mut eps3_update3 = eps3_update2.clone();
     eps3_update3.endpoints.clear();
     state.upsert_slice(eps3_update3.clone());
-    let svc3_chains = [
-        "service-4AT6LBPK-ns3/svc3/tcp/p80",
-        "endpoint-SWWHDC7X-ns3/svc3/tcp/p80__10.0.3.2/80",
-        "endpoint-TQ2QKHCZ-ns3/svc3/tcp/p80__10.0.3.3/80",
-    ];
     let emptied = BASE_RULES.to_owned()
         + r#"
 add element ip kube-proxy cluster-ips { 172.30.0.41 }
@@ -617,22 +676,66 @@ add chain ip kube-proxy service-4AT6LBPK-ns3/svc3/tcp/p80
 add chain ip kube-proxy endpoint-SWWHDC7X-ns3/svc3/tcp/p80__10.0.3.2/80
 add chain ip kube-proxy endpoint-TQ2QKHCZ-ns3/svc3/tcp/p80__10.0.3.3/80
 "# + SVC4;
-    let emptied = without_stale(&emptied, &svc3_chains);
-    assert_same("svc3's endpoints emptied", &emptied, &dump(&state));
+    step(
+        "svc3's endpoints emptied",
+        &state,
+        emptied.clone(),
+        svc3_chains.clone(),
+        false,
+        Some(5),
+    );
 
     // Restore them at once: the same rules as before emptying.
     state.upsert_slice(eps3_update2.clone());
-    assert_same("svc3's endpoints restored", &both, &dump(&state));
+    step(
+        "svc3's endpoints restored",
+        &state,
+        both.clone(),
+        vec![],
+        false,
+        Some(14),
+    );
 
     // Empty and restore again, the stale chains aged in between (kube-proxy
     // asserts only the end, the same rules again); the emptied state is the one
     // above.
     state.upsert_slice(eps3_update3);
-    assert_same("svc3's endpoints emptied again", &emptied, &dump(&state));
+    step(
+        "svc3's endpoints emptied again",
+        &state,
+        emptied,
+        svc3_chains,
+        false,
+        None,
+    );
     state.upsert_slice(eps3_update2);
-    assert_same("svc3's endpoints restored again", &both, &dump(&state));
-    // kube-proxy's last step syncs with no change and counts 0 operations: for a
-    // full compile that is the step above again; the count is issue 17's.
+    step(
+        "svc3's endpoints restored again",
+        &state,
+        both.clone(),
+        vec![],
+        true,
+        None,
+    );
+    // A sync with no change: no operation.
+    step("no change", &state, both, vec![], false, Some(0));
+    steps
+}
+
+/// `TestSyncProxyRulesRepeated`: the state after each of its syncs, compiled in
+/// full, against the dump kube-proxy's fake holds after that (incremental) sync,
+/// without the chains it flushed and deletes a sync later (a full compile never
+/// has them; `nft_plan` checks the incremental syncs, with them, and their
+/// operation counts).
+#[test]
+fn sync_proxy_rules_repeated() {
+    for step in repeated_steps() {
+        assert_same(
+            step.name,
+            &without_stale(&step.expected, &step.stale),
+            &dump(&step.state),
+        );
+    }
 }
 
 /// `TestSyncProxyRulesStartup`: the first sync over a table that holds part of
