@@ -235,17 +235,30 @@ impl Prefix<'_> {
         set: &Name,
         element: &Element,
     ) -> fmt::Result {
+        self.element_head(out, set, &element.key, element.comment.as_ref())?;
+        out.write_str(" }\n")
+    }
+
+    /// `add element FAMILY TABLE NAME { KEY [comment "C"]`: an element's start,
+    /// the same for sets and maps.
+    fn element_head<W: Write + ?Sized>(
+        &self,
+        out: &mut W,
+        name: &Name,
+        key: &[KeyValue],
+        comment: Option<&NftComment>,
+    ) -> fmt::Result {
         write!(
             out,
-            "add element {} {} {set} {{ ",
+            "add element {} {} {name} {{ ",
             self.family.as_str(),
             self.table
         )?;
-        write_key(out, &element.key)?;
-        if let Some(c) = &element.comment {
+        write_key(out, key)?;
+        if let Some(c) = comment {
             write!(out, " comment \"{c}\"")?;
         }
-        out.write_str(" }\n")
+        Ok(())
     }
 
     /// `add element FAMILY TABLE MAP { KEY [comment "C"] : VERDICT }`.
@@ -255,20 +268,12 @@ impl Prefix<'_> {
         map: &Name,
         element: &MapElement,
     ) -> fmt::Result {
-        write!(
-            out,
-            "add element {} {} {map} {{ ",
-            self.family.as_str(),
-            self.table
-        )?;
-        write_key(out, &element.key)?;
-        if let Some(c) = &element.comment {
-            write!(out, " comment \"{c}\"")?;
-        }
+        self.element_head(out, map, &element.key, element.comment.as_ref())?;
         out.write_str(" : ")?;
         write_verdict(out, &element.verdict)?;
         out.write_str(" }\n")
     }
+
     /// One operation of a transaction, as one line.
     fn operation<W: Write + ?Sized>(&self, out: &mut W, op: &Operation) -> fmt::Result {
         match op {
