@@ -170,31 +170,16 @@ fn interim(old: &[Read<'_>], new: &[Read<'_>]) -> Vec<Pick> {
 /// A fixed chain's rule as it acts: its chain, matches and target, without its
 /// comment or counter (a rule that only gains or loses one acts the same).
 fn effect(r: &Read<'_>) -> String {
-    let mut bare = r.rule.clone();
-    bare.matches = r
+    let bare = r
         .rule
-        .matches
-        .iter()
-        .filter(|m| {
-            !matches!(
-                m,
-                Match::Comment(_) | Match::OtherComment(_) | Match::Nfacct(_)
-            )
-        })
-        .cloned()
-        .collect();
+        .without(|m| m.is_comment() || matches!(m, Match::Nfacct(_)));
     format!("{} {bare}", r.chain)
 }
 
 /// What a rule matches on, without its comment: the destination it is about.
 fn destination(rule: &Rule) -> String {
-    let mut bare = Rule::new();
-    bare.matches = rule
-        .matches
-        .iter()
-        .filter(|m| !matches!(m, Match::Comment(_) | Match::OtherComment(_)))
-        .cloned()
-        .collect();
+    let mut bare = rule.without(Match::is_comment);
+    bare.target = None;
     bare.to_string()
 }
 

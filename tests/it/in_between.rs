@@ -12,7 +12,7 @@
 //! on this node or another. A sync is partial, full on request, full after a
 //! config change (masquerade-all, cluster CIDR, local-traffic detection,
 //! localhost node ports, node port addresses, masquerade bit, the large-cluster
-//! threshold, which a partial sync can also cross), or the first of a restarted
+//! threshold, which a partial sync can also cross, comments), or the first of a restarted
 //! proxy over the tables the last one left; the very first is on empty tables.
 //! The host's filter `FORWARD` policy is ACCEPT or, in half the runs, DROP (as
 //! Docker and firewalld set it), where forwarded service traffic passes only by
@@ -191,6 +191,8 @@ fn configs() -> Vec<ProxyConfig> {
         config().with_masquerade_bit(13),
         // A few endpoints cross it: the cluster-size rule makes a sync full.
         config().with_large_cluster_endpoints(Some(4)),
+        // Every comment gone: no caller's rule changes but for its comment.
+        config().with_comments(false),
     ]
 }
 
@@ -503,11 +505,19 @@ fn drive(
         };
         each(&sync)?;
         let mut got = recorder_tables(&syncer.executor().rec);
-        let want = full_sync_tables(syncer.state(), syncer.config());
+        let mut want = full_sync_tables(syncer.state(), syncer.config());
         if config_changed_ever {
             // A config change leaves the jump rules and fixed chains the old
             // config wanted and the new one does not (KUBE-FIREWALL, with
-            // localhost node ports turned off): nothing removes them.
+            // localhost node ports turned off): nothing removes them. A jump
+            // both configs want stays where it was, below the ones the new
+            // config inserted (KUBE-FIREWALL's, which has no comment, once
+            // comments are off): built-in chains are compared unordered.
+            for ((table, chain), rules) in got.iter_mut().chain(want.iter_mut()) {
+                if table.builtin_chains().contains(&chain.as_str()) {
+                    rules.sort();
+                }
+            }
             got.retain(
                 |(table, chain), rules| match want.get(&(*table, chain.clone())) {
                     None => !chain.starts_with("KUBE-") || is_hashed(chain),
