@@ -243,7 +243,8 @@ pub(super) fn service_parts(
 }
 
 /// The filter section a full sync writes before nat: `saved` is the kernel's
-/// filter table (`iptables-save -t filter`), `payload` the full sync's text,
+/// filter table (`iptables-save -t filter`, or the restore text the syncer
+/// remembers applying to it), `payload` the full sync's text,
 /// whose filter section it ends with. Each chain the payload writes that the
 /// kernel holds, with the rules [`interim`] picks, where they differ from the
 /// kernel's (chains the kernel does not hold have no callers yet and wait for
