@@ -172,15 +172,22 @@ fn the_drift_check_runs_when_due() {
     assert_eq!(saves(&syncer), before, "checked again too soon");
 }
 
-/// Every reason a sync is full is reported as it happened.
-#[test]
-fn full_syncs_say_why() {
-    let start = Instant::now();
+/// A syncer of `cluster()` with a full resync every hour and no drift check,
+/// not synced yet.
+fn hourly() -> Syncer<Recorder> {
     let mut syncer = Syncer::new(Recorder::new(), config())
         .unwrap()
         .with_drift_check(None)
         .with_full_resync_period(Some(Duration::from_secs(3600)));
     syncer.replace_state(cluster());
+    syncer
+}
+
+/// Every reason a sync is full is reported as it happened.
+#[test]
+fn full_syncs_say_why() {
+    let start = Instant::now();
+    let mut syncer = hourly();
     let reason = |r: svcnat::sync::SyncReport| r.full_reason;
     assert_eq!(
         reason(syncer.sync_at(start).unwrap()),
@@ -788,11 +795,7 @@ fn filter_saves_of(syncer: &mut Syncer<Recorder>, now: Instant) -> (Option<FullR
 #[test]
 fn a_full_sync_reads_the_filter_table_only_when_it_does_not_know_it() {
     let start = Instant::now();
-    let mut syncer = Syncer::new(Recorder::new(), config())
-        .unwrap()
-        .with_drift_check(None)
-        .with_full_resync_period(Some(Duration::from_secs(3600)));
-    syncer.replace_state(cluster());
+    let mut syncer = hourly();
     let first = filter_saves_of(&mut syncer, start);
     assert_eq!(first, (Some(FullReason::FirstSync), 1));
     syncer.request_full_sync();
