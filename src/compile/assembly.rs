@@ -83,10 +83,28 @@ where
     W: fmt::Write,
     I: Iterator<Item = &'a ServiceText> + Clone,
 {
+    write_sections(ctx, services, extras, &[Table::Nat, Table::Filter], out)
+}
+
+/// Writes the sections of `tables` (nat, filter) of [`write_full`]'s text.
+pub(crate) fn write_sections<'a, W, I>(
+    ctx: &Context,
+    services: I,
+    extras: Extras<'_>,
+    tables: &[Table],
+    out: &mut W,
+) -> fmt::Result
+where
+    W: fmt::Write,
+    I: Iterator<Item = &'a ServiceText> + Clone,
+{
     let services = Services(services);
     let (filter, nat) = fixed_tables(ctx);
     let extra = |table: Table| extras.chains.iter().filter(move |(t, _, _)| *t == table);
-    for table in [&nat, &filter] {
+    for table in [&nat, &filter]
+        .into_iter()
+        .filter(|t| tables.contains(&t.table))
+    {
         let t = table.table;
         restore::open_table(out, t)?;
         write_declarations(table, &services, out)?;

@@ -10,7 +10,7 @@ use super::context::Context;
 use super::fixed::fixed_tables;
 use super::naming;
 use super::{Compiled, SharedChain, TextSink};
-use super::{Counter, shared_chain_text, write_full};
+use super::{Counter, shared_chain_text, write_full, write_sections};
 use crate::error::CompileError;
 use crate::model::{ClusterState, IpFamily, ProxyConfig, ServiceKey};
 use crate::ruleset::{ChainName, Table};
@@ -139,6 +139,24 @@ pub(crate) fn full_text<'a>(
     written.extend(filter.chains.keys().map(|n| (Table::Filter, n.clone())));
     written.extend(extra(Table::Filter));
     (text, written)
+}
+
+/// The filter section of [`full_text`] without extras: what the kernel's filter
+/// table holds of svcnat's chains once `services` are applied under `rules`.
+pub(crate) fn filter_text<'a>(
+    rules: &Rules,
+    services: impl Iterator<Item = &'a ServiceText> + Clone,
+) -> String {
+    let mut text = String::new();
+    // Writing into a String cannot fail.
+    let _ = write_sections(
+        &rules.ctx,
+        services,
+        Extras::default(),
+        &[Table::Filter],
+        &mut text,
+    );
+    text
 }
 
 /// The `-A` lines of one shared chain: each service's part of it, in service

@@ -44,7 +44,7 @@ mod service;
 mod sink;
 
 pub use crate::ruleset::JumpRule;
-use assembly::{shared_chain_text, write_full};
+use assembly::{shared_chain_text, write_full, write_sections};
 use compiled::Counter;
 pub use compiled::{CompiledText, compile_text, compile_text_reusing};
 pub use context::check_config;

@@ -85,7 +85,8 @@ pub fn pieces(
 /// atomic, so no packet sees one without the other. It finds them walking back
 /// from each chain the payload rewrites over the old rules that jump to it: a
 /// caller the payload writes with the same rule (compared after
-/// [`canonical_rule`](crate::parse::canonical_rule)) is followed further back, as
+/// [`canonical_rule`](crate::parse::canonical_rule), without comments: a rule
+/// that only loses its comment sends packets as before) is followed further back, as
 /// is one it leaves as it is or deletes; a caller it writes without that rule is
 /// grouped with the chain. Endpoint chains (`KUBE-SEP-`, named after their
 /// endpoint) and the fixed chains that jump nowhere (`KUBE-MARK-MASQ`,
@@ -528,8 +529,14 @@ fn grouped(
         }
         i
     }
-    // Canonical text of old rule lines, and of each written chain's new rules.
-    let canonical = |rule: &Rule| canonical_rule(rule, family).to_string();
+    // Canonical text of old rule lines, and of each written chain's new rules,
+    // without comments: a caller whose rule into a chain only gains or loses
+    // its comment (a sync that turns comments off) sends packets as before.
+    let canonical = |rule: &Rule| {
+        canonical_rule(rule, family)
+            .without(crate::ruleset::Match::is_comment)
+            .to_string()
+    };
     let mut old_rules: HashMap<&str, Option<String>> = HashMap::new();
     let mut new_rules: HashMap<usize, HashSet<String>> = HashMap::new();
     for (y, chain) in written.iter().enumerate() {
@@ -899,5 +906,26 @@ mod tests {
         ] {
             assert_eq!(pieces(odd, IpFamily::Ipv4, 1).unwrap(), [odd]);
         }
+    }
+
+    /// Comments turned off over tables written with them: every caller's rule
+    /// into a `KUBE-SVC-` loses only its comment, which groups nothing, so the
+    /// 2,000 service chains are not sent in one restore with `KUBE-SERVICES`.
+    #[test]
+    fn callers_that_only_lose_their_comments_group_nothing() {
+        use crate::synthetic::{Spec, config};
+        let state = Spec::new(2000, 2).build();
+        let text = |comments: bool| {
+            let ruleset = crate::compile::compile(&state, &config().with_comments(comments));
+            crate::render::to_string(&ruleset.unwrap())
+        };
+        let (before, payload) = (text(true), text(false));
+        let got = pieces_over(&payload, &before, IpFamily::Ipv4, 100).unwrap();
+        let largest = declared(&got).iter().map(Vec::len).max().unwrap();
+        assert!(
+            got.len() > 40 && largest <= 100,
+            "{} pieces, largest {largest}",
+            got.len()
+        );
     }
 }

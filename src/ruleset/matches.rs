@@ -359,6 +359,11 @@ impl fmt::Display for Match {
 }
 
 impl Match {
+    /// A comment (`-m comment`, typed or as written): it matches every packet.
+    pub(crate) fn is_comment(&self) -> bool {
+        matches!(self, Match::Comment(_) | Match::OtherComment(_))
+    }
+
     /// `-m P -p P`: the protocol match the compiler writes, which loads the
     /// protocol's module for the port matches that follow it.
     pub fn protocol(protocol: Protocol) -> Self {

@@ -144,6 +144,15 @@ impl Rule {
         self
     }
 
+    /// The rule without the matches `drop` takes: its comments, say, to
+    /// compare what two rules do.
+    pub(crate) fn without(&self, drop: impl Fn(&Match) -> bool) -> Rule {
+        Rule {
+            matches: self.matches.iter().filter(|m| !drop(m)).cloned().collect(),
+            target: self.target.clone(),
+        }
+    }
+
     /// The chain this rule jumps or goes to, if any.
     pub fn jump_target(&self) -> Option<&ChainName> {
         match &self.target {

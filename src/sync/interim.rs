@@ -33,9 +33,25 @@
 //! A packet that both states refuse is refused at every step, and one that
 //! neither refuses is refused at none: with nat old or new, each packet is
 //! refused, DNATed or left alone as the old or the new state does it.
+//!
+//! The fixed filter chains (`KUBE-FORWARD`, `KUBE-FIREWALL`, the canary) hold
+//! no rule about one destination, and change only with the config. Their
+//! ACCEPTs (the masquerade mark's, RELATED and ESTABLISHED) let through what
+//! nat marked or DNATed; with the masquerade bit changed, the old nat marks
+//! one bit and the new nat the other, and on a host whose `FORWARD` policy is
+//! DROP either state's forwarded service traffic needs its own bit's ACCEPT.
+//! So while nat changes a fixed chain holds the ACCEPTs of both states (the
+//! new rules in order, then the old ACCEPTs the new chain lacks), and its
+//! other rules only where both states have them (compared without comments
+//! and counters, written as new): `KUBE-FORWARD`'s INVALID DROP sees packets
+//! nat never sees, and `KUBE-FIREWALL`'s guard drops what its state's nat
+//! does not DNAT to 127.0.0.0/8, so the state without it is the one held. A
+//! packet carrying the other state's mark bit before nat (set by another
+//! program) is accepted as the state with that bit accepts it.
 
 use std::collections::HashSet;
 
+use crate::compile::incremental::Shared;
 use crate::model::IpFamily;
 use crate::parse::{Op, canonical_rule, parse_restore_as};
 use crate::ruleset::restore;
@@ -77,18 +93,30 @@ enum Mode {
 
 /// The rules to hold while nat changes (see the module docs), as picks from
 /// `old` and `new`: every new rule kept, in order, then every old rule not in
-/// `new` that is kept, in order. Rules in both are kept once.
+/// `new` that is kept, in order. Rules in both are kept once. Rules of the
+/// shared chains are held per destination, those of the fixed chains as the
+/// module docs say.
 fn interim(old: &[Read<'_>], new: &[Read<'_>]) -> Vec<Pick> {
+    let per_service = |r: &&Read<'_>| {
+        Shared::ALL
+            .iter()
+            .any(|w| w.table() == Table::Filter && w.chain() == r.chain)
+    };
     let rejecting = |rules: &[Read<'_>]| -> HashSet<String> {
         rules
             .iter()
+            .filter(per_service)
             .filter(|r| matches!(r.rule.target, Some(Target::Reject | Target::RejectWith(_))))
             .map(|r| destination(&r.rule))
             .collect()
     };
     let (old_rejects, new_rejects) = (rejecting(old), rejecting(new));
     let at = |rules: &[Read<'_>]| -> HashSet<String> {
-        rules.iter().map(|r| destination(&r.rule)).collect()
+        rules
+            .iter()
+            .filter(per_service)
+            .map(|r| destination(&r.rule))
+            .collect()
     };
     let (old_at, new_at) = (at(old), at(new));
     let mode = |rule: &Rule| {
@@ -103,31 +131,55 @@ fn interim(old: &[Read<'_>], new: &[Read<'_>]) -> Vec<Pick> {
             Mode::Neither
         }
     };
+    let effects = |rules: &[Read<'_>]| -> HashSet<String> {
+        rules
+            .iter()
+            .filter(|r| !per_service(r))
+            .map(effect)
+            .collect()
+    };
+    let (old_effects, new_effects) = (effects(old), effects(new));
     let old_texts: HashSet<String> = old.iter().map(Read::text).collect();
     let new_texts: HashSet<String> = new.iter().map(Read::text).collect();
     let mut out: Vec<Pick> = Vec::new();
     for (i, r) in new.iter().enumerate() {
-        if matches!(mode(&r.rule), Mode::New | Mode::Both) || old_texts.contains(&r.text()) {
+        let held = if per_service(&r) {
+            matches!(mode(&r.rule), Mode::New | Mode::Both) || old_texts.contains(&r.text())
+        } else {
+            // Every ACCEPT; other rules where the old chain has them too.
+            r.rule.target == Some(Target::Accept) || old_effects.contains(&effect(r))
+        };
+        if held {
             out.push(Pick::New(i));
         }
     }
     for (i, r) in old.iter().enumerate() {
-        if matches!(mode(&r.rule), Mode::Old | Mode::Both) && !new_texts.contains(&r.text()) {
+        let held = if per_service(&r) {
+            matches!(mode(&r.rule), Mode::Old | Mode::Both) && !new_texts.contains(&r.text())
+        } else {
+            // The old ACCEPTs the new chain lacks; the rest it holds as new.
+            r.rule.target == Some(Target::Accept) && !new_effects.contains(&effect(r))
+        };
+        if held {
             out.push(Pick::Old(i));
         }
     }
     out
 }
 
+/// A fixed chain's rule as it acts: its chain, matches and target, without its
+/// comment or counter (a rule that only gains or loses one acts the same).
+fn effect(r: &Read<'_>) -> String {
+    let bare = r
+        .rule
+        .without(|m| m.is_comment() || matches!(m, Match::Nfacct(_)));
+    format!("{} {bare}", r.chain)
+}
+
 /// What a rule matches on, without its comment: the destination it is about.
 fn destination(rule: &Rule) -> String {
-    let mut bare = Rule::new();
-    bare.matches = rule
-        .matches
-        .iter()
-        .filter(|m| !matches!(m, Match::Comment(_) | Match::OtherComment(_)))
-        .cloned()
-        .collect();
+    let mut bare = rule.without(Match::is_comment);
+    bare.target = None;
     bare.to_string()
 }
 
@@ -191,7 +243,8 @@ pub(super) fn service_parts(
 }
 
 /// The filter section a full sync writes before nat: `saved` is the kernel's
-/// filter table (`iptables-save -t filter`), `payload` the full sync's text,
+/// filter table (`iptables-save -t filter`, or the restore text the syncer
+/// remembers applying to it), `payload` the full sync's text,
 /// whose filter section it ends with. Each chain the payload writes that the
 /// kernel holds, with the rules [`interim`] picks, where they differ from the
 /// kernel's (chains the kernel does not hold have no callers yet and wait for
@@ -333,5 +386,42 @@ mod tests {
         );
         // Nothing held first on empty tables.
         assert_eq!(full_section("", &payload, V4), "");
+    }
+
+    /// A new masquerade bit: `KUBE-FORWARD` holds both bits' ACCEPTs while nat
+    /// changes (the old nat marks the old bit, the new nat the new one), and
+    /// `KUBE-FIREWALL`'s guard, in both states but for its comment, stays.
+    #[test]
+    fn fixed_chains_hold_both_states_accepts() {
+        let saved = "*filter\n:KUBE-FORWARD - [0:0]\n:KUBE-FIREWALL - [0:0]\n\
+            -A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP\n\
+            -A KUBE-FORWARD -m comment --comment \"kubernetes forwarding rules\" -m mark --mark 0x4000/0x4000 -j ACCEPT\n\
+            -A KUBE-FORWARD -m comment --comment \"kubernetes forwarding conntrack rule\" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n\
+            -A KUBE-FIREWALL -d 127.0.0.0/8 ! -s 127.0.0.0/8 -m comment --comment \"block incoming localnet connections\" -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP\n\
+            COMMIT\n";
+        let new_forward = "-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP\n\
+            -A KUBE-FORWARD -m mark --mark 0x2000/0x2000 -j ACCEPT\n\
+            -A KUBE-FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n";
+        let guard = "-A KUBE-FIREWALL -d 127.0.0.0/8 ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP\n";
+        let payload = format!(
+            "*filter\n:KUBE-FORWARD - [0:0]\n:KUBE-FIREWALL - [0:0]\n{new_forward}{guard}COMMIT\n"
+        );
+        assert_eq!(
+            full_section(saved, &payload, V4),
+            format!(
+                "*filter\n:KUBE-FORWARD - [0:0]\n{new_forward}\
+                -A KUBE-FORWARD -m comment --comment \"kubernetes forwarding rules\" -m mark --mark 0x4000/0x4000 -j ACCEPT\n\
+                :KUBE-FIREWALL - [0:0]\n{guard}COMMIT\n"
+            )
+        );
+        // Without the guard in the new state, it goes before nat.
+        let payload = format!(
+            "*filter\n:KUBE-FORWARD - [0:0]\n:KUBE-FIREWALL - [0:0]\n{new_forward}COMMIT\n"
+        );
+        assert!(
+            full_section(saved, &payload, V4).contains(":KUBE-FIREWALL - [0:0]\nCOMMIT\n"),
+            "{}",
+            full_section(saved, &payload, V4)
+        );
     }
 }

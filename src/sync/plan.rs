@@ -208,11 +208,13 @@ pub(super) fn without_unchanged(payload: &Payload, saved: &str) -> Option<Payloa
     if unchanged.is_empty() {
         return None;
     }
-    // The chain a nat line declares or appends to, if any.
+    // The chain a nat line declares or appends to, if any (a rule with no
+    // match and no target, a load balancer's last `KUBE-FW-` rule with
+    // comments off, is `-A CHAIN` and its line end).
     fn chain_of(line: &str) -> Option<&str> {
         line.strip_prefix(':')
             .or_else(|| line.strip_prefix("-A "))
-            .and_then(|rest| rest.split(' ').next())
+            .and_then(|rest| rest.split_whitespace().next())
     }
     let mut text = String::with_capacity(payload.text.len());
     let mut in_nat = false;

@@ -12,8 +12,11 @@
 //! on this node or another. A sync is partial, full on request, full after a
 //! config change (masquerade-all, cluster CIDR, local-traffic detection,
 //! localhost node ports, node port addresses, masquerade bit, the large-cluster
-//! threshold, which a partial sync can also cross), or the first of a restarted
+//! threshold, which a partial sync can also cross, comments), or the first of a restarted
 //! proxy over the tables the last one left; the very first is on empty tables.
+//! The host's filter `FORWARD` policy is ACCEPT or, in half the runs, DROP (as
+//! Docker and firewalld set it), where forwarded service traffic passes only by
+//! `KUBE-FORWARD`'s ACCEPTs.
 //!
 //! For each sync, packets to every service port of the cluster before and after
 //! it (its cluster IP, external IPs, load-balancer IPs, and node port on the
@@ -38,7 +41,8 @@
 //! 5. The sentence, per packet: a way that captures the packet (DNATs,
 //!    masquerades or marks it) is a way old or new has for it.
 //! 6. A way that refuses the packet (DROP or REJECT) is a way old or new has
-//!    for it, and a packet that old and new both refuse, every way, is refused
+//!    for it (the same verdict: where nat sent a packet refused does not
+//!    matter), and a packet that old and new both refuse, every way, is refused
 //!    every way.
 //!
 //! What the rules leave open is a packet passing untouched where one end
@@ -50,13 +54,23 @@
 //! rules go in after nat and out before it (see below). And on a node's first
 //! sync the jump rules go in nat first (POSTROUTING's first), filter's last, so
 //! a packet the new state refuses passes untouched until filter's jumps are in,
-//! as it did on the empty tables.
+//! as it did on the empty tables; on a host whose `FORWARD` policy is DROP, a
+//! packet the new nat DNATs to another node is dropped until `KUBE-FORWARD`'s
+//! jump is in (the runs set that policy after the first sync, see `Forward`).
+//! A packet svcnat lets through and the host's `FORWARD` policy drops is not
+//! refused by svcnat, in rule 6's "both refuse": where one end's filter DROPs a
+//! node port (no local endpoint) and the other's nat DNATs it to a local pod
+//! that the policy drops, the DROP still goes out before nat, and the packet
+//! passes untouched for a moment, the open case above.
 //!
 //! How the Syncer makes them hold: nat and filter commit one after the other,
 //! so a sync writes three states of filter, the old one, one held while nat
 //! changes (`sync::interim`: per destination, the new rules where the new
 //! filter REJECTs, the old ones where the old filter did, both states' DROPs
-//! where both have rules, none where one has none), and the new one. And a
+//! where both have rules, none where one has none; in the fixed chains,
+//! both states' ACCEPTs, so a new masquerade bit's traffic passes `KUBE-FORWARD`
+//! on a host whose `FORWARD` policy is DROP, which half the runs trace), and
+//! the new one. And a
 //! chain rewritten in place goes in one piece with the chains whose old rules
 //! jump to it and whose new rules do not (`exec::pieces_over`, told what the
 //! tables held before), so no old caller sends a packet into a chain rewritten
@@ -182,6 +196,8 @@ fn configs() -> Vec<ProxyConfig> {
         config().with_masquerade_bit(13),
         // A few endpoints cross it: the cluster-size rule makes a sync full.
         config().with_large_cluster_endpoints(Some(4)),
+        // Every comment gone: no caller's rule changes but for its comment.
+        config().with_comments(false),
     ]
 }
 
@@ -323,6 +339,8 @@ struct Way {
     destination: SocketAddr,
     masquerade: bool,
     mark: u32,
+    /// Dropped by the host's `FORWARD` policy, not by a rule of svcnat's.
+    by_policy: bool,
 }
 
 impl Way {
@@ -335,6 +353,19 @@ impl Way {
     /// The rules did nothing to it: accepted, unchanged.
     fn untouched(&self, p: &Packet) -> bool {
         self.verdict == Verdict::Accept && !self.dnat(p) && !self.masquerade && self.mark == p.mark
+    }
+
+    /// The same way: for a packet let through, the same destination,
+    /// masquerade and mark; for one refused, the same verdict (a packet dropped
+    /// or rejected leaves nothing behind, neither a flow nor its mark, wherever
+    /// nat sent it first: the first sync of a host whose FORWARD policy is DROP
+    /// drops, after DNAT and before filter's jumps are in, what the empty
+    /// tables dropped before DNAT).
+    fn same(&self, other: &Way) -> bool {
+        match self.verdict {
+            Verdict::Accept => self == other,
+            _ => self.verdict == other.verdict,
+        }
     }
 }
 
@@ -349,6 +380,7 @@ fn ways(r: &Ruleset, p: &Packet) -> Result<BTreeSet<Way>, TraceError> {
             destination: o.destination,
             masquerade: o.masquerade,
             mark: o.mark,
+            by_policy: o.note.as_deref() == Some("filter FORWARD policy DROP"),
         })
         .collect())
 }
@@ -404,12 +436,26 @@ fn is_hashed(chain: &str) -> bool {
     .any(|p| chain.starts_with(p))
 }
 
-/// Drives the rounds through a Syncer over [`Snapshots`] and hands each sync
-/// to `each`. Checks on the way that every sync succeeds without keeping a
+/// The policy of the host's filter `FORWARD` chain: ACCEPT, or DROP as Docker
+/// and firewalld set it, where a forwarded packet passes only by an ACCEPT
+/// (`KUBE-FORWARD`'s masquerade mark, say). DROP is set after the node's first
+/// sync: during that one, nat's jumps go in before filter's, so a packet the
+/// new nat DNATs to another node is dropped by the policy until
+/// `KUBE-FORWARD`'s jump is in (the first sync's gap, which the module docs
+/// leave open).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Forward {
+    Accept,
+    Drop,
+}
+
+/// Drives the rounds through a Syncer over [`Snapshots`], on a host whose
+/// `FORWARD` policy is `forward`, and hands each sync to `each`. Checks on the way that every sync succeeds without keeping a
 /// chain (no restore refused, no `-X` of a chain still jumped to) and leaves
 /// the tables one full sync of the same state leaves.
 fn drive(
     rounds: Vec<Round>,
+    forward: Forward,
     mut each: impl FnMut(&Sync) -> Result<(), TestCaseError>,
 ) -> Result<(), TestCaseError> {
     let mut syncer = Syncer::new(Snapshots::default(), config())
@@ -467,11 +513,19 @@ fn drive(
         };
         each(&sync)?;
         let mut got = recorder_tables(&syncer.executor().rec);
-        let want = full_sync_tables(syncer.state(), syncer.config());
+        let mut want = full_sync_tables(syncer.state(), syncer.config());
         if config_changed_ever {
             // A config change leaves the jump rules and fixed chains the old
             // config wanted and the new one does not (KUBE-FIREWALL, with
-            // localhost node ports turned off): nothing removes them.
+            // localhost node ports turned off): nothing removes them. A jump
+            // both configs want stays where it was, below the ones the new
+            // config inserted (KUBE-FIREWALL's, which has no comment, once
+            // comments are off): built-in chains are compared unordered.
+            for ((table, chain), rules) in got.iter_mut().chain(want.iter_mut()) {
+                if table.builtin_chains().contains(&chain.as_str()) {
+                    rules.sort();
+                }
+            }
             got.retain(
                 |(table, chain), rules| match want.get(&(*table, chain.clone())) {
                     None => !chain.starts_with("KUBE-") || is_hashed(chain),
@@ -490,6 +544,19 @@ fn drive(
             Some(last) => last.text.clone(),
             None => sync.old_text,
         };
+        if r == 0 && forward == Forward::Drop {
+            // Only after the node's first sync: see [`Forward`].
+            // Declaring the chain flushes it: its rules go back in.
+            let rec = &mut syncer.executor_mut().rec;
+            let mut policy = "*filter\n:FORWARD DROP [0:0]\n".to_owned();
+            for rule in rec.rules(V4, Table::Filter, "FORWARD").unwrap_or_default() {
+                policy.push_str(&format!("-A FORWARD {rule}\n"));
+            }
+            policy.push_str("COMMIT\n");
+            rec.restore(V4, &policy, RestoreOptions::default()).unwrap();
+            old_text = tables_text(rec);
+            old = traceable(&svcnat::parse::parse_as(&old_text, V4).unwrap(), &[]);
+        }
     }
     Ok(())
 }
@@ -566,10 +633,12 @@ fn violations(sync: &Sync, seen: &mut Seen) -> Result<Vec<String>, TestCaseError
             as_after |= now == *after && now != *before;
             let both_dnat = before.iter().chain(after).all(|w| w.dnat(p));
             let both_masq = both_dnat && before.iter().chain(after).all(|w| w.masquerade);
+            // Refused by svcnat's rules: a packet one end DNATs to a pod and
+            // the host's FORWARD policy then drops is let through by svcnat.
             let both_refuse = before
                 .iter()
                 .chain(after)
-                .all(|w| w.verdict != Verdict::Accept);
+                .all(|w| w.verdict != Verdict::Accept && !w.by_policy);
             seen.both_dnat += usize::from(both_dnat);
             seen.both_refuse += usize::from(both_refuse);
             for w in &now {
@@ -589,7 +658,7 @@ fn violations(sync: &Sync, seen: &mut Seen) -> Result<Vec<String>, TestCaseError
                 if both_masq && !w.masquerade {
                     broken("not masqueraded, where before and after masquerade it (4)");
                 }
-                if !w.untouched(p) && !before.contains(w) && !after.contains(w) {
+                if !w.untouched(p) && !before.iter().chain(after).any(|b| b.same(w)) {
                     broken(match w.verdict {
                         Verdict::Accept => "neither before nor after goes this way (5)",
                         _ => "refused, where neither before nor after refuses it this way (6)",
@@ -618,9 +687,10 @@ fn every_state_in_between_is_safe() {
         ..Config::with_cases(cases)
     });
     let seen = std::cell::RefCell::new(Seen::default());
-    let result = runner.run(&rounds(), |rounds| {
+    let forward = prop_oneof![Just(Forward::Accept), Just(Forward::Drop)];
+    let result = runner.run(&(rounds(), forward), |(rounds, forward)| {
         let mut seen = seen.borrow_mut();
-        drive(rounds, |sync| {
+        drive(rounds, forward, |sync| {
             match sync.reason {
                 None => seen.partial += 1,
                 Some(reason) => {
@@ -654,9 +724,9 @@ fn every_state_in_between_is_safe() {
 
 /// The rounds' syncs against the module docs: every way in between that breaks
 /// a rule.
-fn per_packet(rounds: Vec<Round>) -> Vec<String> {
+fn per_packet(rounds: Vec<Round>, forward: Forward) -> Vec<String> {
     let mut out = Vec::new();
-    drive(rounds, |sync| {
+    drive(rounds, forward, |sync| {
         out.extend(violations(sync, &mut Seen::default())?);
         Ok(())
     })
@@ -688,7 +758,7 @@ fn a_first_sync_hooks_nat_before_filter_and_masquerade_before_capture() {
         Change::Features(0, 2 | 16),
         Change::Upsert(0, vec![endpoint(1, false)]),
     ]);
-    let broken = per_packet(vec![first]);
+    let broken = per_packet(vec![first], Forward::Accept);
     assert!(broken.is_empty(), "{}", broken.join("\n\n"));
 }
 
@@ -701,16 +771,19 @@ fn a_first_sync_hooks_nat_before_filter_and_masquerade_before_capture() {
 /// connection, dropped before and sent to 10.180.0.2 after, goes to 10.180.0.1.
 #[test]
 fn a_chain_reaches_a_rewritten_one_through_one_left_as_it_is_only_once_it_is_written() {
-    let broken = per_packet(vec![
-        changes(vec![
-            Change::Features(0, 2 | 4 | 16 | 32),
-            Change::Upsert(0, vec![endpoint(1, false)]),
-        ]),
-        changes(vec![
-            Change::Features(0, 2 | 4 | 32),
-            Change::Upsert(0, vec![endpoint(2, false)]),
-        ]),
-    ]);
+    let broken = per_packet(
+        vec![
+            changes(vec![
+                Change::Features(0, 2 | 4 | 16 | 32),
+                Change::Upsert(0, vec![endpoint(1, false)]),
+            ]),
+            changes(vec![
+                Change::Features(0, 2 | 4 | 32),
+                Change::Upsert(0, vec![endpoint(2, false)]),
+            ]),
+        ],
+        Forward::Accept,
+    );
     let wrong: Vec<&String> = broken
         .iter()
         .filter(|m| m.contains("10.180.0.1:80") && m.contains("neither before nor after"))
@@ -724,7 +797,9 @@ fn a_chain_reaches_a_rewritten_one_through_one_left_as_it_is_only_once_it_is_wri
 /// nothing), and the rules proven hold.
 #[test]
 fn every_config_change_in_pieces_of_one_chain() {
-    for i in 1..configs().len() {
+    for (i, forward) in
+        (1..configs().len()).flat_map(|i| [(i, Forward::Accept), (i, Forward::Drop)])
+    {
         let cluster = changes(vec![
             Change::Features(0, 1 | 2 | 16 | 128),
             Change::Upsert(0, vec![endpoint(1, true), endpoint(2, false)]),
@@ -737,12 +812,13 @@ fn every_config_change_in_pieces_of_one_chain() {
         };
         drive(
             vec![cluster, switch(i), switch(0)],
+            forward,
             |sync| match violations(sync, &mut Seen::default())?.into_iter().next() {
                 Some(message) => Err(TestCaseError::fail(message)),
                 None => Ok(()),
             },
         )
-        .unwrap_or_else(|e| panic!("config {i}: {e}"));
+        .unwrap_or_else(|e| panic!("config {i}, FORWARD {forward:?}: {e}"));
     }
 }
 
@@ -754,13 +830,16 @@ fn every_config_change_in_pieces_of_one_chain() {
 /// alone). The port's new REJECT goes in, and its DROP out, before nat.
 #[test]
 fn nat_before_filter_drops_what_neither_state_drops() {
-    let broken = per_packet(vec![
-        changes(vec![
-            Change::Features(0, 2 | 16),
-            Change::Upsert(0, vec![endpoint(1, false)]),
-        ]),
-        changes(vec![Change::DropSlice(0)]),
-    ]);
+    let broken = per_packet(
+        vec![
+            changes(vec![
+                Change::Features(0, 2 | 16),
+                Change::Upsert(0, vec![endpoint(1, false)]),
+            ]),
+            changes(vec![Change::DropSlice(0)]),
+        ],
+        Forward::Accept,
+    );
     assert!(broken.is_empty(), "{}", broken.join("\n\n"));
 }
 
@@ -775,16 +854,19 @@ fn nat_before_filter_drops_what_neither_state_drops() {
 /// KUBE-SERVICES, in one piece.
 #[test]
 fn a_policy_turned_local_mixes_old_dispatch_and_new_chains() {
-    let broken = per_packet(vec![
-        changes(vec![
-            Change::Features(0, 1),
-            Change::Upsert(0, vec![endpoint(1, false)]),
-        ]),
-        changes(vec![
-            Change::Features(0, 1 | 32),
-            Change::Upsert(0, vec![endpoint(2, true), endpoint(3, false)]),
-        ]),
-    ]);
+    let broken = per_packet(
+        vec![
+            changes(vec![
+                Change::Features(0, 1),
+                Change::Upsert(0, vec![endpoint(1, false)]),
+            ]),
+            changes(vec![
+                Change::Features(0, 1 | 32),
+                Change::Upsert(0, vec![endpoint(2, true), endpoint(3, false)]),
+            ]),
+        ],
+        Forward::Accept,
+    );
     assert!(broken.is_empty(), "{}", broken.join("\n\n"));
 }
 
@@ -796,12 +878,42 @@ fn a_policy_turned_local_mixes_old_dispatch_and_new_chains() {
 /// left alone. KUBE-NODEPORTS goes in with KUBE-SERVICES, in one piece.
 #[test]
 fn narrowed_node_port_addresses_capture_what_neither_state_captures() {
-    let broken = per_packet(vec![
-        changes(vec![Change::Upsert(0, vec![endpoint(1, false)])]),
-        Round {
-            how: How::Config(6),
-            ..changes(vec![Change::Features(0, 1)])
-        },
-    ]);
+    let broken = per_packet(
+        vec![
+            changes(vec![Change::Upsert(0, vec![endpoint(1, false)])]),
+            Round {
+                how: How::Config(6),
+                ..changes(vec![Change::Features(0, 1)])
+            },
+        ],
+        Forward::Accept,
+    );
     assert!(broken.is_empty(), "{}", broken.join("\n\n"));
+}
+
+/// With comments off a load balancer's last `KUBE-FW-` rule has no match and no
+/// target: `-A KUBE-FW-…` alone on its line. A full sync in pieces that left
+/// the unchanged chain out still sent that line, without the chain's
+/// declaration, so the chain gained a second empty rule.
+#[test]
+fn an_empty_rule_of_an_unchanged_chain_is_left_out_with_it() {
+    let rounds = vec![
+        changes(vec![Change::Upsert(4, vec![endpoint(1, false)])]),
+        changes(vec![Change::Features(4, 2 | 16 | 128)]),
+        Round {
+            how: How::Config(9),
+            ..changes(vec![])
+        },
+        Round {
+            how: How::Requested,
+            ..changes(vec![])
+        },
+    ];
+    drive(rounds, Forward::Accept, |sync| {
+        match violations(sync, &mut Seen::default())?.into_iter().next() {
+            Some(message) => Err(TestCaseError::fail(message)),
+            None => Ok(()),
+        }
+    })
+    .unwrap();
 }

@@ -172,15 +172,22 @@ fn the_drift_check_runs_when_due() {
     assert_eq!(saves(&syncer), before, "checked again too soon");
 }
 
-/// Every reason a sync is full is reported as it happened.
-#[test]
-fn full_syncs_say_why() {
-    let start = Instant::now();
+/// A syncer of `cluster()` with a full resync every hour and no drift check,
+/// not synced yet.
+fn hourly() -> Syncer<Recorder> {
     let mut syncer = Syncer::new(Recorder::new(), config())
         .unwrap()
         .with_drift_check(None)
         .with_full_resync_period(Some(Duration::from_secs(3600)));
     syncer.replace_state(cluster());
+    syncer
+}
+
+/// Every reason a sync is full is reported as it happened.
+#[test]
+fn full_syncs_say_why() {
+    let start = Instant::now();
+    let mut syncer = hourly();
     let reason = |r: svcnat::sync::SyncReport| r.full_reason;
     assert_eq!(
         reason(syncer.sync_at(start).unwrap()),
@@ -753,4 +760,101 @@ fn tampered_tables_are_repaired_by_a_full_sync_in_pieces() {
         }
         assert_eq!(got, fresh, "{tamper_text}");
     }
+}
+
+/// How many times the syncer has read the filter table.
+fn filter_saves(syncer: &Syncer<Recorder>) -> usize {
+    syncer
+        .executor()
+        .calls()
+        .iter()
+        .filter(|c| {
+            matches!(
+                c,
+                Call::Save {
+                    table: Table::Filter,
+                    ..
+                }
+            )
+        })
+        .count()
+}
+
+/// The filter reads one sync makes.
+fn filter_saves_of(syncer: &mut Syncer<Recorder>, now: Instant) -> (Option<FullReason>, usize) {
+    let before = filter_saves(syncer);
+    let reason = syncer.sync_at(now).unwrap().full_reason;
+    (reason, filter_saves(syncer) - before)
+}
+
+/// A full sync plans the filter rules it holds while nat changes over the
+/// kernel's filter table: read (an `iptables-save -t filter`, which on nft
+/// fetches every table) only when the syncer does not know it, on the first
+/// sync, after a failure and after drift; remembered on a requested or periodic
+/// resync and a config change after a successful sync.
+#[test]
+fn a_full_sync_reads_the_filter_table_only_when_it_does_not_know_it() {
+    let start = Instant::now();
+    let mut syncer = hourly();
+    let first = filter_saves_of(&mut syncer, start);
+    assert_eq!(first, (Some(FullReason::FirstSync), 1));
+    syncer.request_full_sync();
+    let requested = filter_saves_of(&mut syncer, start);
+    assert_eq!(requested, (Some(FullReason::Requested), 0));
+    let periodic = filter_saves_of(&mut syncer, start + Duration::from_secs(7200));
+    assert_eq!(periodic, (Some(FullReason::ResyncPeriod), 0));
+    syncer.set_config(config().with_masquerade_bit(13)).unwrap();
+    let changed = filter_saves_of(&mut syncer, start + Duration::from_secs(7200));
+    assert_eq!(changed, (Some(FullReason::ConfigChanged), 0));
+
+    // A partial sync that fails: the next sync reads.
+    syncer.executor_mut().fail_next_restores(1);
+    syncer.upsert_slice(eps(2, &["10.180.0.9"]));
+    assert!(syncer.sync_at(start + Duration::from_secs(7200)).is_err());
+    let after_failure = filter_saves_of(&mut syncer, start + Duration::from_secs(7200));
+    assert_eq!(after_failure, (Some(FullReason::AfterFailure), 1));
+    // A full sync that fails too.
+    syncer.request_full_sync();
+    syncer.executor_mut().fail_next_restores(1);
+    assert!(syncer.sync_at(start + Duration::from_secs(7200)).is_err());
+    let after_failure = filter_saves_of(&mut syncer, start + Duration::from_secs(7200));
+    assert_eq!(after_failure, (Some(FullReason::AfterFailure), 1));
+
+    // Drift: the check (which reads each table once, in the Recorder) finds
+    // the filter table flushed, and the full sync reads it again.
+    let mut syncer = syncer.with_drift_check(Some(Duration::ZERO));
+    let quiet = filter_saves_of(&mut syncer, start + Duration::from_secs(7200));
+    assert_eq!(quiet, (None, 1), "the check's read only");
+    tamper(&mut syncer, "*filter\n-F\nCOMMIT\n");
+    let drift = filter_saves_of(&mut syncer, start + Duration::from_secs(7200));
+    assert_eq!(
+        drift,
+        (Some(FullReason::Drift), 2),
+        "the check's read and the sync's"
+    );
+}
+
+/// What a full sync holds while nat changes is the same whether it read the
+/// kernel's filter table or remembered it: a syncer that changes its
+/// masquerade bit writes the payload a restarted one, reading the tables,
+/// writes for the same change.
+#[test]
+fn a_remembered_filter_table_plans_what_a_read_one_does() {
+    let mut syncer = synced(None);
+    let tables_before = syncer.executor().clone();
+    let new_config = config().with_masquerade_bit(13);
+    syncer.set_config(new_config.clone()).unwrap();
+    let remembered = syncer.sync().unwrap();
+    let mut restarted = Syncer::new(tables_before, new_config)
+        .unwrap()
+        .with_drift_check(None);
+    restarted.replace_state(cluster());
+    let read = restarted.sync().unwrap();
+    assert_eq!(read.full_reason, Some(FullReason::FirstSync));
+    // Both hold both bits' ACCEPTs in KUBE-FORWARD before nat.
+    let first_section = |text: &str| text.split("COMMIT\n").next().unwrap().to_owned();
+    let held = first_section(remembered.payload.text());
+    assert!(held.contains("0x4000/0x4000 -j ACCEPT") && held.contains("0x2000/0x2000 -j ACCEPT"));
+    assert_eq!(held, first_section(read.payload.text()));
+    assert_eq!(remembered.payload.text(), read.payload.text());
 }
