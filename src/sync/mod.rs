@@ -73,6 +73,7 @@
 
 mod interim;
 mod nft_plan;
+mod nft_syncer;
 mod plan;
 mod syncer;
 
@@ -80,6 +81,9 @@ pub use crate::compile::{CANARY_CHAIN, canaries};
 pub use crate::flows::{FlowDestination, StaleFlow};
 pub use nft_plan::{
     NftApplied, NftListed, NftPlan, STALE_CHAIN_AGE, StaleChains, nft_full_plan, nft_plan,
+};
+pub use nft_syncer::{
+    NFT_TABLE, NftSyncError, NftSyncReport, NftSyncer, cleanup_transaction, nft_cleanup,
 };
 pub use plan::{Payload, plan};
 pub use syncer::{
