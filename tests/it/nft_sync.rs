@@ -63,17 +63,23 @@ fn age_out<E: NftExecutor>(syncer: &mut NftSyncer<E>, now: &mut Instant) {
     assert_eq!(stale, 0, "stale chains left after aging");
 }
 
-/// An [`NftFake`] whose `fail_at`-th run (1-based, counted over its life) is
-/// refused, as the kernel refuses one: nothing applied.
+/// An [`NftFake`] whose `fail_at`-th runs (1-based, counted over its life) are
+/// refused, as the kernel refuses one: nothing applied; with `no_lock`, its lock
+/// is never taken; with `no_check`, it cannot check.
 #[derive(Debug, Default)]
 struct Failing {
     fake: NftFake,
     runs: usize,
     fail_at: Vec<usize>,
+    no_lock: bool,
+    no_check: bool,
 }
 
 impl NftExecutor for Failing {
     fn lock(&mut self) -> Result<SyncLock, NftExecError> {
+        if self.no_lock {
+            return Err(ExecError::Unsupported("no lock here").into());
+        }
         self.fake.lock()
     }
     fn run(&mut self, tx: &Transaction) -> Result<(), NftExecError> {
@@ -89,6 +95,9 @@ impl NftExecutor for Failing {
         self.fake.run(tx)
     }
     fn check(&mut self, tx: &Transaction) -> Result<(), NftExecError> {
+        if self.no_check {
+            return Err(ExecError::Unsupported("no check").into());
+        }
         self.fake.check(tx)
     }
     fn list_chains(&mut self, family: Family, table: &Name) -> Result<Vec<Name>, NftExecError> {
@@ -118,49 +127,6 @@ impl NftExecutor for Failing {
     }
     fn list_table(&mut self, family: Family, table: &Name) -> Result<String, NftExecError> {
         self.fake.list_table(family, table)
-    }
-}
-
-/// An executor whose lock is never taken.
-struct Unlockable;
-
-impl NftExecutor for Unlockable {
-    fn lock(&mut self) -> Result<SyncLock, NftExecError> {
-        Err(ExecError::Unsupported("no lock here").into())
-    }
-    fn run(&mut self, _: &Transaction) -> Result<(), NftExecError> {
-        unreachable!("runs nothing without the lock")
-    }
-    fn check(&mut self, _: &Transaction) -> Result<(), NftExecError> {
-        unreachable!()
-    }
-    fn list_chains(&mut self, _: Family, _: &Name) -> Result<Vec<Name>, NftExecError> {
-        unreachable!()
-    }
-    fn list_sets(&mut self, _: Family, _: &Name) -> Result<Vec<Name>, NftExecError> {
-        unreachable!()
-    }
-    fn list_maps(&mut self, _: Family, _: &Name) -> Result<Vec<Name>, NftExecError> {
-        unreachable!()
-    }
-    fn list_set_elements(
-        &mut self,
-        _: Family,
-        _: &Name,
-        _: &Name,
-    ) -> Result<Vec<Element>, NftExecError> {
-        unreachable!()
-    }
-    fn list_map_elements(
-        &mut self,
-        _: Family,
-        _: &Name,
-        _: &Name,
-    ) -> Result<Vec<MapElement>, NftExecError> {
-        unreachable!()
-    }
-    fn list_table(&mut self, _: Family, _: &Name) -> Result<String, NftExecError> {
-        unreachable!()
     }
 }
 
@@ -341,7 +307,11 @@ fn a_refused_run_makes_the_next_sync_full_and_repairs() {
 #[test]
 fn a_lock_not_taken_fails_the_sync() {
     let (state, config) = small();
-    let mut syncer = NftSyncer::new(Unlockable, config).unwrap();
+    let no_lock = Failing {
+        no_lock: true,
+        ..Failing::default()
+    };
+    let mut syncer = NftSyncer::new(no_lock, config).unwrap();
     syncer.replace_state(state);
     let e = syncer.sync().unwrap_err();
     assert!(e.retry_after().is_some(), "{e}");
@@ -406,47 +376,16 @@ fn drift_is_repaired() {
 /// and the sync goes on incrementally.
 #[test]
 fn a_drift_check_that_fails_is_reported() {
-    struct NoCheck(NftFake);
-    impl NftExecutor for NoCheck {
-        fn run(&mut self, tx: &Transaction) -> Result<(), NftExecError> {
-            self.0.run(tx)
-        }
-        fn check(&mut self, _: &Transaction) -> Result<(), NftExecError> {
-            Err(ExecError::Unsupported("no check").into())
-        }
-        fn list_chains(&mut self, f: Family, t: &Name) -> Result<Vec<Name>, NftExecError> {
-            self.0.list_chains(f, t)
-        }
-        fn list_sets(&mut self, f: Family, t: &Name) -> Result<Vec<Name>, NftExecError> {
-            self.0.list_sets(f, t)
-        }
-        fn list_maps(&mut self, f: Family, t: &Name) -> Result<Vec<Name>, NftExecError> {
-            self.0.list_maps(f, t)
-        }
-        fn list_set_elements(
-            &mut self,
-            f: Family,
-            t: &Name,
-            s: &Name,
-        ) -> Result<Vec<Element>, NftExecError> {
-            self.0.list_set_elements(f, t, s)
-        }
-        fn list_map_elements(
-            &mut self,
-            f: Family,
-            t: &Name,
-            m: &Name,
-        ) -> Result<Vec<MapElement>, NftExecError> {
-            self.0.list_map_elements(f, t, m)
-        }
-        fn list_table(&mut self, f: Family, t: &Name) -> Result<String, NftExecError> {
-            self.0.list_table(f, t)
-        }
-    }
     let (state, config) = small();
-    let mut syncer = NftSyncer::new(NoCheck(NftFake::new()), config)
-        .unwrap()
-        .with_drift_check(Some(Duration::ZERO));
+    let mut syncer = NftSyncer::new(
+        Failing {
+            no_check: true,
+            ..Failing::default()
+        },
+        config,
+    )
+    .unwrap()
+    .with_drift_check(Some(Duration::ZERO));
     syncer.replace_state(state);
     let now = Instant::now();
     syncer.sync_at(now).unwrap();
@@ -501,7 +440,10 @@ fn churn_in_the_kernel_leaves_the_fresh_table() {
     };
     let foreign_before = list(&ns, "foreign");
 
-    let mut syncer = NftSyncer::new(nft_in(&ns), config.clone()).unwrap();
+    // The drift check in every sync: the kernel must find the table in place.
+    let mut syncer = NftSyncer::new(nft_in(&ns), config.clone())
+        .unwrap()
+        .with_drift_check(Some(Duration::ZERO));
     syncer.replace_state(state.clone());
     let mut now = Instant::now();
     let script: [&[u8]; 5] = [&[1, 2], &[2, 3], &[], &[4, 5], &[1]];
@@ -525,6 +467,20 @@ fn churn_in_the_kernel_leaves_the_fresh_table() {
     let canonical = |text: String| {
         svcnat::parse::nft::canonicalize(&svcnat::parse::nft::parse(&text).unwrap()).to_dump()
     };
+    assert_eq!(
+        canonical(list(&ns, "kube-proxy")),
+        canonical(list(&reference, "kube-proxy"))
+    );
+    assert_eq!(list(&ns, "foreign"), foreign_before);
+
+    // A flushed table is drift, repaired.
+    let (ok, out) = ns.run(&["nft", "flush", "table", "ip", "kube-proxy"], "");
+    assert!(ok, "{out}");
+    now += Duration::from_secs(1);
+    let report = syncer.sync_at(now).unwrap();
+    assert_eq!(report.full_reason, Some(FullReason::Drift), "{report}");
+    std::thread::sleep(svcnat::sync::STALE_CHAIN_AGE);
+    age_out(&mut syncer, &mut now);
     assert_eq!(
         canonical(list(&ns, "kube-proxy")),
         canonical(list(&reference, "kube-proxy"))
