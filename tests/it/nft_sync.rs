@@ -492,3 +492,77 @@ fn churn_in_the_kernel_leaves_the_fresh_table() {
     assert!(!ok, "the table is gone");
     assert_eq!(list(&ns, "foreign"), foreign_before);
 }
+
+/// A chain no longer wanted is reported flushed, kept while younger than
+/// `STALE_CHAIN_AGE`, then reported deleted; the report's line says so.
+#[test]
+fn stale_chains_are_flushed_then_deleted() {
+    let (state, config) = small();
+    let mut syncer = NftSyncer::new(NftFake::new(), config).unwrap();
+    syncer.replace_state(state);
+    endpoints(&mut syncer, 0, &[1, 2]);
+    let start = Instant::now();
+    syncer.sync_at(start).unwrap();
+    endpoints(&mut syncer, 0, &[1]);
+    let report = syncer.sync_at(start).unwrap();
+    // The endpoint's chain for each of the service's two ports.
+    let gone = report.stale_chains_flushed.clone();
+    assert_eq!(gone.len(), 2, "{report}");
+    assert!(
+        gone.iter().all(|c| c.as_str().contains("10.180.0.2")),
+        "{gone:?}"
+    );
+    assert!(report.stale_chains_deleted.is_empty());
+    assert!(
+        report
+            .to_string()
+            .contains("2 stale chains flushed, 0 stale chains deleted")
+    );
+    let early = syncer.sync_at(start + Duration::from_millis(900)).unwrap();
+    assert!(early.delete_stale.is_none() && early.stale_chains_deleted.is_empty());
+    let later = syncer
+        .sync_at(start + svcnat::sync::STALE_CHAIN_AGE)
+        .unwrap();
+    assert_eq!(later.stale_chains_deleted, gone);
+    assert_eq!(later.operations, 2);
+    let table = syncer
+        .executor()
+        .table(Family::Ip, &Name::new("kube-proxy").unwrap())
+        .unwrap();
+    assert!(gone.iter().all(|c| !table.chains.contains_key(c)));
+}
+
+/// A new config, a request and the resync period each make the next sync
+/// full, with their reason; the first reason is the one reported.
+#[test]
+fn full_syncs_say_why() {
+    let (state, config) = small();
+    let mut syncer = NftSyncer::new(NftFake::new(), config.clone())
+        .unwrap()
+        .with_full_resync_period(Some(Duration::from_secs(3600)));
+    syncer.replace_state(state);
+    let start = Instant::now();
+    syncer.sync_at(start).unwrap();
+    syncer.set_config(config.with_masquerade_all(true)).unwrap();
+    syncer.request_full_sync();
+    let report = syncer.sync_at(start).unwrap();
+    assert_eq!(report.full_reason, Some(FullReason::ConfigChanged));
+    assert!(
+        report.to_string().starts_with("full (config changed), "),
+        "{report}"
+    );
+    syncer.request_full_sync();
+    let report = syncer.sync_at(start).unwrap();
+    assert_eq!(report.full_reason, Some(FullReason::Requested));
+    assert!(!syncer.sync_at(start).unwrap().full);
+    let report = syncer.sync_at(start + Duration::from_secs(3600)).unwrap();
+    assert_eq!(report.full_reason, Some(FullReason::ResyncPeriod));
+    let bad = ProxyConfig::default().with_masquerade_bit(40);
+    assert!(syncer.set_config(bad).is_err());
+    assert!(
+        !syncer
+            .sync_at(start + Duration::from_secs(3601))
+            .unwrap()
+            .full
+    );
+}
