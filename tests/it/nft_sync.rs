@@ -566,3 +566,36 @@ fn full_syncs_say_why() {
             .full
     );
 }
+
+/// Watch events reach the nftables syncer as they reach the iptables one.
+#[cfg(feature = "k8s")]
+#[test]
+fn watch_events_apply_to_the_nft_syncer() {
+    use k8s_openapi::api::core::v1::Service as K8sService;
+    use svcnat::k8s::{Action, Event};
+    let mut svc: K8sService = serde_json::from_str(
+        r#"{"metadata": {"namespace": "ns1", "name": "svc1"},
+            "spec": {"clusterIP": "172.30.0.41", "ports": [{"name": "p80", "port": 80}]}}"#,
+    )
+    .unwrap();
+    let (_, config) = small();
+    let mut syncer = NftSyncer::new(NftFake::new(), config).unwrap();
+    assert_eq!(
+        syncer.apply_k8s(Event::applied(&svc)).unwrap(),
+        Action::Upserted
+    );
+    syncer.sync().unwrap();
+    assert!(syncer.executor().dump().contains("172.30.0.41 . tcp . 80"));
+    svc.spec.as_mut().unwrap().cluster_ip = Some("None".into());
+    assert_eq!(
+        syncer.apply_k8s(Event::applied(&svc)).unwrap(),
+        Action::Removed
+    );
+    let report = syncer.sync().unwrap();
+    assert!(!report.full);
+    assert!(!syncer.executor().dump().contains("172.30.0.41"));
+    assert_eq!(
+        syncer.apply_k8s(Event::deleted(&svc)).unwrap(),
+        Action::Removed
+    );
+}
