@@ -571,8 +571,15 @@ fn list<E: NftExecutor>(exec: &mut E, family: Family, table: &Name) -> Option<Nf
 }
 
 /// The first base chain (by name) with a rule that jumps or goes to a regular
-/// chain, and that chain.
+/// chain that no element of a verdict map names, and that chain: once the
+/// table's rules are flushed nothing refers to it (map elements outlive a
+/// flush), so the kernel would let it be deleted.
 fn first_jump(ruleset: &Ruleset) -> Option<(&Name, &Name)> {
+    let in_maps: BTreeSet<&Name> = ruleset
+        .maps
+        .values()
+        .flat_map(|m| m.elements.iter().filter_map(|e| e.verdict.chain()))
+        .collect();
     let mut bases: Vec<_> = ruleset
         .chains
         .iter()
@@ -584,7 +591,9 @@ fn first_jump(ruleset: &Ruleset) -> Option<(&Name, &Name)> {
             .rules
             .iter()
             .flat_map(|r| r.stmts.iter().flat_map(|s| s.chains()))
-            .find(|t| ruleset.chains.get(*t).is_some_and(|c| c.base.is_none()))
+            .find(|t| {
+                !in_maps.contains(t) && ruleset.chains.get(*t).is_some_and(|c| c.base.is_none())
+            })
             .map(|t| (name, t))
     })
 }

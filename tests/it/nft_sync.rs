@@ -599,3 +599,39 @@ fn watch_events_apply_to_the_nft_syncer() {
         Action::Removed
     );
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Whatever the cluster and the config, the drift check finds the table in
+    /// place after a sync, and finds a flushed or deleted one.
+    #[test]
+    fn the_drift_check_sees_a_flush_in_any_table(
+        parts in crate::properties::rich_cluster(),
+        config in crate::properties::rich_config(),
+        delete in any::<bool>(),
+    ) {
+        let Ok(syncer) = NftSyncer::new(NftFake::new(), config.clone()) else {
+            return Ok(());
+        };
+        let mut syncer = syncer.with_drift_check(Some(Duration::ZERO));
+        syncer.replace_state(crate::properties::state_of(&parts));
+        let now = Instant::now();
+        syncer.sync_at(now).unwrap();
+        let in_place = syncer.sync_at(now).unwrap();
+        prop_assert!(!in_place.full, "{}", in_place);
+        let table = Name::new("kube-proxy").unwrap();
+        let fake = syncer.executor_mut();
+        if delete {
+            fake.remove_table(family(&config), &table).unwrap();
+        } else {
+            let mut t = fake.table(family(&config), &table).unwrap().clone();
+            for chain in t.chains.values_mut() {
+                chain.rules.clear();
+            }
+            fake.set_table(t);
+        }
+        let report = syncer.sync_at(now).unwrap();
+        prop_assert_eq!(report.full_reason, Some(FullReason::Drift));
+    }
+}
