@@ -15,6 +15,9 @@
 //! other, as kube-proxy's nftables proxier does: element diffs, only changed
 //! chains rewritten, stale chains flushed now and deleted a second later;
 //! [`nft_full_plan`] writes the whole table over what a listing found.
+//! [`NftSyncer`] drives it as [`Syncer`] drives [`plan`], with the same API and
+//! a report that says the same things ([`NftSyncReport`]); [`nft_cleanup`]
+//! removes its tables.
 //!
 //! [`Syncer`] owns the last applied state, kept per service, and an
 //! [`Executor`](crate::exec::Executor).
