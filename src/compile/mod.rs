@@ -50,6 +50,7 @@ pub use compiled::{CompiledText, compile_text, compile_text_reusing};
 pub use context::check_config;
 pub(crate) use fixed::is_owned_chain;
 pub use fixed::{CANARY_CHAIN, canaries, jump_rules};
+pub(crate) use nftables::TABLE as NFT_TABLE;
 pub use nftables::{check_nftables_config, nftables, nftables_lenient, nftables_with_warnings};
 pub(crate) use service::{PortFlows, ServiceRules};
 use sink::TextSink;

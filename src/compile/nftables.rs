@@ -62,6 +62,7 @@ use super::{Lenient, Visit, Warned};
 use crate::error::CompileError;
 use crate::model::{ClusterState, ProxyConfig};
 use crate::nft::{self, Element, KeyValue};
+pub(crate) use fixed::TABLE;
 use fixed::{CLUSTER_IPS, MapId, NftContext};
 use service::ServiceObjects;
 

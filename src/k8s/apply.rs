@@ -1,12 +1,13 @@
-//! Watch events applied to a [`Syncer`]: an upsert, or a removal when an update
-//! takes the object out of what kube-proxy models.
+//! Watch events applied to a [`Syncer`] or an [`NftSyncer`]: an upsert, or a
+//! removal when an update takes the object out of what kube-proxy models.
 
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
 
 use super::{ConvertError, endpoint_slice, headless_service, service, service_key, slice_key};
-use crate::exec::Executor;
-use crate::sync::Syncer;
+use crate::exec::{Executor, NftExecutor};
+use crate::model::{ClusterState, EndpointSlice, Service, ServiceKey, SliceKey};
+use crate::sync::{NftSyncer, Syncer};
 
 /// A Service or an EndpointSlice, as a watch delivers it.
 #[derive(Debug, Clone, Copy)]
@@ -114,52 +115,113 @@ impl<E: Executor> Syncer<E> {
     /// namespace, a malformed field); the state is left as it was, holding the
     /// object's last good version if it had one.
     pub fn apply_k8s(&mut self, event: Event<'_>) -> Result<Action, ConvertError> {
-        let removed = |gone: bool| {
-            if gone {
-                Action::Removed
-            } else {
-                Action::Ignored
-            }
-        };
-        Ok(match event {
-            Event::Applied(Object::Service(svc)) => match service(svc)? {
-                Some(s) => {
-                    self.upsert_service(s);
-                    Action::Upserted
-                }
-                // Kept without rules, so its slices still have their service.
-                None => match headless_service(svc) {
-                    Some(headless) => {
-                        let had_rules = self
-                            .state()
-                            .service(&headless.key())
-                            .is_some_and(|old| !old.cluster_ips.is_empty());
-                        self.upsert_service(headless);
-                        removed(had_rules)
-                    }
-                    None => removed(self.remove_service_returning(&service_key(svc)?)),
-                },
-            },
-            Event::Deleted(Object::Service(svc)) => {
-                removed(self.remove_service_returning(&service_key(svc)?))
-            }
-            Event::Applied(Object::EndpointSlice(slice)) => match endpoint_slice(slice)? {
-                Some(s) => {
-                    self.upsert_slice(s);
-                    Action::Upserted
-                }
-                None => removed(self.remove_slice_by_key(&slice_key(slice)?).is_some()),
-            },
-            Event::Deleted(Object::EndpointSlice(slice)) => {
-                removed(self.remove_slice_by_key(&slice_key(slice)?).is_some())
-            }
-        })
+        apply(self, event)
     }
+}
 
-    /// [`Syncer::remove_service`], saying whether there was one.
-    fn remove_service_returning(&mut self, key: &crate::model::ServiceKey) -> bool {
-        let had = self.state().service(key).is_some();
-        self.remove_service(key);
-        had
+impl<E: NftExecutor> NftSyncer<E> {
+    /// [`Syncer::apply_k8s`] for the nftables mode: the same event makes the
+    /// same change to the desired state and returns the same [`Action`].
+    ///
+    /// # Errors
+    /// As [`Syncer::apply_k8s`].
+    pub fn apply_k8s(&mut self, event: Event<'_>) -> Result<Action, ConvertError> {
+        apply(self, event)
     }
+}
+
+/// What applying an event needs of a syncer: its state and its changes.
+trait Target {
+    fn state(&self) -> &ClusterState;
+    fn upsert_service(&mut self, service: Service);
+    fn remove_service(&mut self, key: &ServiceKey);
+    fn upsert_slice(&mut self, slice: EndpointSlice);
+    fn remove_slice_by_key(&mut self, key: &SliceKey) -> Option<EndpointSlice>;
+}
+
+impl<E: Executor> Target for Syncer<E> {
+    fn state(&self) -> &ClusterState {
+        Syncer::state(self)
+    }
+    fn upsert_service(&mut self, service: Service) {
+        Syncer::upsert_service(self, service);
+    }
+    fn remove_service(&mut self, key: &ServiceKey) {
+        Syncer::remove_service(self, key);
+    }
+    fn upsert_slice(&mut self, slice: EndpointSlice) {
+        Syncer::upsert_slice(self, slice);
+    }
+    fn remove_slice_by_key(&mut self, key: &SliceKey) -> Option<EndpointSlice> {
+        Syncer::remove_slice_by_key(self, key)
+    }
+}
+
+impl<E: NftExecutor> Target for NftSyncer<E> {
+    fn state(&self) -> &ClusterState {
+        NftSyncer::state(self)
+    }
+    fn upsert_service(&mut self, service: Service) {
+        NftSyncer::upsert_service(self, service);
+    }
+    fn remove_service(&mut self, key: &ServiceKey) {
+        NftSyncer::remove_service(self, key);
+    }
+    fn upsert_slice(&mut self, slice: EndpointSlice) {
+        NftSyncer::upsert_slice(self, slice);
+    }
+    fn remove_slice_by_key(&mut self, key: &SliceKey) -> Option<EndpointSlice> {
+        NftSyncer::remove_slice_by_key(self, key)
+    }
+}
+
+/// `event` applied to `target`'s desired state (see [`Syncer::apply_k8s`]).
+fn apply<T: Target>(target: &mut T, event: Event<'_>) -> Result<Action, ConvertError> {
+    let removed = |gone: bool| {
+        if gone {
+            Action::Removed
+        } else {
+            Action::Ignored
+        }
+    };
+    Ok(match event {
+        Event::Applied(Object::Service(svc)) => match service(svc)? {
+            Some(s) => {
+                target.upsert_service(s);
+                Action::Upserted
+            }
+            // Kept without rules, so its slices still have their service.
+            None => match headless_service(svc) {
+                Some(headless) => {
+                    let had_rules = target
+                        .state()
+                        .service(&headless.key())
+                        .is_some_and(|old| !old.cluster_ips.is_empty());
+                    target.upsert_service(headless);
+                    removed(had_rules)
+                }
+                None => removed(remove_service_returning(target, &service_key(svc)?)),
+            },
+        },
+        Event::Deleted(Object::Service(svc)) => {
+            removed(remove_service_returning(target, &service_key(svc)?))
+        }
+        Event::Applied(Object::EndpointSlice(slice)) => match endpoint_slice(slice)? {
+            Some(s) => {
+                target.upsert_slice(s);
+                Action::Upserted
+            }
+            None => removed(target.remove_slice_by_key(&slice_key(slice)?).is_some()),
+        },
+        Event::Deleted(Object::EndpointSlice(slice)) => {
+            removed(target.remove_slice_by_key(&slice_key(slice)?).is_some())
+        }
+    })
+}
+
+/// [`Target::remove_service`], saying whether there was one.
+fn remove_service_returning<T: Target>(target: &mut T, key: &ServiceKey) -> bool {
+    let had = target.state().service(key).is_some();
+    target.remove_service(key);
+    had
 }

@@ -15,6 +15,9 @@
 //! other, as kube-proxy's nftables proxier does: element diffs, only changed
 //! chains rewritten, stale chains flushed now and deleted a second later;
 //! [`nft_full_plan`] writes the whole table over what a listing found.
+//! [`NftSyncer`] drives it as [`Syncer`] drives [`plan`], with the same API and
+//! a report that says the same things ([`NftSyncReport`]); [`nft_cleanup`]
+//! removes its tables.
 //!
 //! [`Syncer`] owns the last applied state, kept per service, and an
 //! [`Executor`](crate::exec::Executor).
@@ -73,6 +76,7 @@
 
 mod interim;
 mod nft_plan;
+mod nft_syncer;
 mod plan;
 mod syncer;
 
@@ -80,6 +84,9 @@ pub use crate::compile::{CANARY_CHAIN, canaries};
 pub use crate::flows::{FlowDestination, StaleFlow};
 pub use nft_plan::{
     NftApplied, NftListed, NftPlan, STALE_CHAIN_AGE, StaleChains, nft_full_plan, nft_plan,
+};
+pub use nft_syncer::{
+    NFT_TABLE, NftSyncError, NftSyncReport, NftSyncer, cleanup_transaction, nft_cleanup,
 };
 pub use plan::{Payload, plan};
 pub use syncer::{

@@ -26,6 +26,7 @@ mod nft_exec;
 mod nft_flows;
 mod nft_kube_proxy;
 mod nft_plan;
+mod nft_sync;
 mod nft_trace;
 mod parse;
 mod pieces;
