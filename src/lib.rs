@@ -19,7 +19,7 @@
 //! 4. [`sync`]: the smallest payload from one state to the next ([`sync::plan`]), and a
 //!    [`sync::Syncer`] that keeps a node in step with a changing cluster; in
 //!    nftables mode, the transactions from one table to the next
-//!    ([`sync::nft_plan`]).
+//!    ([`sync::nft_plan`]) and the [`sync::NftSyncer`] that runs them.
 //! 5. [`exec`]: the [`exec::Executor`] trait and its nftables sibling
 //!    [`exec::NftExecutor`], the only place that starts processes.
 //!
