@@ -911,6 +911,7 @@ mod tests {
     /// Comments turned off over tables written with them: every caller's rule
     /// into a `KUBE-SVC-` loses only its comment, which groups nothing, so the
     /// 2,000 service chains are not sent in one restore with `KUBE-SERVICES`.
+    #[cfg(feature = "synthetic")]
     #[test]
     fn callers_that_only_lose_their_comments_group_nothing() {
         use crate::synthetic::{Spec, config};
