@@ -67,14 +67,16 @@
 mod common;
 
 use common::{Arg, CommandLine, ProxyFlags, ProxyMode, bad_input};
+use std::collections::BTreeSet;
 use std::io::{BufRead, Write};
 use std::time::Duration;
 
 use svcnat::exec::{Backend, DryRun, Executor, IptablesRestore, NftCommand, NftExecutor, NftFake};
-use svcnat::model::{ClusterState, IpFamily, ProxyConfig};
+use svcnat::model::{ClusterState, IpFamily};
 use svcnat::nft::{Family, Name, Operation};
 use svcnat::sync::{
-    FullReason, NFT_TABLE, NftSyncReport, NftSyncer, SyncReport, Syncer, nft_cleanup,
+    DEFAULT_DRIFT_CHECK, FullReason, NFT_TABLE, NftSyncReport, NftSyncer, StaleFlow, SyncReport,
+    Syncer, nft_cleanup,
 };
 
 const USAGE: &str = "usage: sync [COMPILE FLAGS] [--apply] [--backend nft|legacy] [--drift-check SECONDS] [--step-on-stdin] STATE.json [STATE.json ...] | sync [--backend nft|legacy] [--ip-family ipv4|ipv6] --cleanup | sync --proxy-mode nftables [COMPILE FLAGS] [--apply] [--drift-check SECONDS] [--step-on-stdin] STATE.json [STATE.json ...] | sync --proxy-mode nftables [--ip-family ipv4|ipv6] --cleanup";
@@ -200,59 +202,164 @@ fn main() {
         })
         .collect();
     common::print_warnings(&warnings);
-    if nftables {
-        if apply {
-            run_nft(NftCommand::new(), config, states, steps, false);
-        } else {
-            run_nft(NftFake::new(), config, states, steps, true);
-        }
-    } else if apply {
-        run(IptablesRestore::new(backend), config, states, steps, false);
-    } else {
-        run(DryRun::default(), config, states, steps, true);
+    let error = |e: svcnat::CompileError| -> ! { bad_input("sync", &e.to_string()) };
+    // Without `--drift-check`, the library's default (the same in both modes).
+    let drift = Some(steps.drift_check.unwrap_or(DEFAULT_DRIFT_CHECK));
+    let family = config.ip_family;
+    let mut syncer: Box<dyn Stepper> = match (nftables, apply) {
+        (false, true) => Box::new(
+            Syncer::new(IptablesRestore::new(backend), config)
+                .unwrap_or_else(|e| error(e))
+                .with_drift_check(drift),
+        ),
+        (false, false) => Box::new(
+            Syncer::new(DryRun::default(), config)
+                .unwrap_or_else(|e| error(e))
+                .with_drift_check(drift),
+        ),
+        (true, true) => Box::new(
+            NftSyncer::new(NftCommand::new(), config)
+                .unwrap_or_else(|e| error(e))
+                .with_drift_check(drift),
+        ),
+        (true, false) => Box::new(
+            NftSyncer::new(NftFake::new(), config)
+                .unwrap_or_else(|e| error(e))
+                .with_drift_check(drift),
+        ),
+    };
+    run(syncer.as_mut(), family, states, steps, !apply);
+}
+
+/// One step's facts, in either mode.
+struct Step {
+    full: bool,
+    full_reason: Option<FullReason>,
+    bytes: usize,
+    /// `W chains written`.
+    written: usize,
+    /// `D chains deleted`.
+    deleted: usize,
+    /// What the step sent (printed by the dry run).
+    text: String,
+    stale_flows: Vec<StaleFlow>,
+    /// A failure the step went on after, for stderr.
+    note: Option<String>,
+}
+
+/// What the step loop needs of a syncer: a [`Syncer`] or an [`NftSyncer`].
+trait Stepper {
+    /// Replaces the state and syncs; the error as one line.
+    fn step(&mut self, state: ClusterState) -> Result<Step, String>;
+    /// Deletes stale conntrack flows.
+    fn clear_flows(&mut self, family: IpFamily, flows: &[StaleFlow]) -> Result<(), String>;
+}
+
+impl<E: Executor> Stepper for Syncer<E> {
+    fn step(&mut self, state: ClusterState) -> Result<Step, String> {
+        self.replace_state(state);
+        let report: SyncReport = self.sync().map_err(|e| e.to_string())?;
+        Ok(Step {
+            full: report.full,
+            full_reason: report.full_reason,
+            bytes: report.bytes,
+            written: report.payload.chains_written(),
+            deleted: report.payload.chains_deleted(),
+            text: report.payload.to_text(),
+            stale_flows: report.stale_flows,
+            note: None,
+        })
+    }
+
+    fn clear_flows(&mut self, family: IpFamily, flows: &[StaleFlow]) -> Result<(), String> {
+        self.executor_mut()
+            .clear_conntrack(family, flows)
+            .map_err(|e| e.to_string())
     }
 }
 
-fn run<E: Executor>(
-    executor: E,
-    config: ProxyConfig,
+/// The step line's facts from an [`NftSyncReport`]: chains written are the
+/// chains the main transaction adds (each is flushed and written whole; a stale
+/// chain is only flushed), chains deleted the stale chains deleted.
+impl<E: NftExecutor> Stepper for NftSyncer<E> {
+    fn step(&mut self, state: ClusterState) -> Result<Step, String> {
+        self.replace_state(state);
+        let report: NftSyncReport = self.sync().map_err(|e| e.to_string())?;
+        let added: BTreeSet<&Name> = report
+            .transaction
+            .operations()
+            .iter()
+            .filter_map(|op| match op {
+                Operation::AddChain { name, .. } => Some(name),
+                _ => None,
+            })
+            .collect();
+        let mut text = report
+            .delete_stale
+            .as_ref()
+            .map(|tx| tx.to_text())
+            .unwrap_or_default();
+        text.push_str(&report.transaction.to_text());
+        Ok(Step {
+            full: report.full,
+            full_reason: report.full_reason,
+            bytes: report.bytes,
+            written: added.len(),
+            deleted: report.stale_chains_deleted.len(),
+            text,
+            note: report
+                .delete_stale_error
+                .map(|e| format!("stale chains kept: {e}")),
+            stale_flows: report.stale_flows,
+        })
+    }
+
+    /// nftables has no conntrack of its own: the `conntrack` tool, as the
+    /// iptables executor runs it.
+    fn clear_flows(&mut self, family: IpFamily, flows: &[StaleFlow]) -> Result<(), String> {
+        IptablesRestore::new(Backend::Auto)
+            .clear_conntrack(family, flows)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// The steps; `print`: the dry run, which prints what each step sends.
+fn run(
+    syncer: &mut dyn Stepper,
+    family: IpFamily,
     states: Vec<ClusterState>,
     steps: Steps,
     print: bool,
 ) {
-    let family = config.ip_family;
-    let mut syncer =
-        Syncer::new(executor, config).unwrap_or_else(|e| bad_input("sync", &e.to_string()));
-    if let Some(period) = steps.drift_check {
-        syncer = syncer.with_drift_check(Some(period));
-    }
     let mut stdin = std::io::stdin().lock();
     for (i, state) in states.into_iter().enumerate() {
         if !steps.wait(&mut stdin, i) {
             return;
         }
-        syncer.replace_state(state);
-        let report: SyncReport = match syncer.sync() {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("sync: step {}: {}", i + 1, e.to_string().replace('\n', " "));
-                std::process::exit(1);
+        let step = syncer.step(state).unwrap_or_else(|e| {
+            eprintln!("sync: step {}: {}", i + 1, e.replace('\n', " "));
+            std::process::exit(1);
+        });
+        println!(
+            "step {}: {}, {} bytes, {} chains written, {} chains deleted{}",
+            i + 1,
+            if step.full { "full" } else { "partial" },
+            step.bytes,
+            step.written,
+            step.deleted,
+            if step.full_reason == Some(FullReason::Drift) {
+                " (drift)"
+            } else {
+                ""
             }
-        };
-        step_line(
-            i,
-            report.full,
-            report.bytes,
-            report.payload.chains_written(),
-            report.payload.chains_deleted(),
-            report.full_reason,
         );
+        if let Some(note) = &step.note {
+            eprintln!("sync: step {}: {}", i + 1, note.replace('\n', " "));
+        }
         if print {
-            print!("{}", report.payload.to_text());
-        } else if !report.stale_flows.is_empty()
-            && let Err(e) = syncer
-                .executor_mut()
-                .clear_conntrack(family, &report.stale_flows)
+            print!("{}", step.text);
+        } else if !step.stale_flows.is_empty()
+            && let Err(e) = syncer.clear_flows(family, &step.stale_flows)
         {
             eprintln!("sync: step {}: conntrack cleanup: {e}", i + 1);
         }
@@ -278,99 +385,6 @@ impl Steps {
             }
         }
     }
-}
-
-/// Prints step `i`'s (0-based) line.
-fn step_line(
-    i: usize,
-    full: bool,
-    bytes: usize,
-    written: usize,
-    deleted: usize,
-    reason: Option<FullReason>,
-) {
-    println!(
-        "step {}: {}, {} bytes, {} chains written, {} chains deleted{}",
-        i + 1,
-        if full { "full" } else { "partial" },
-        bytes,
-        written,
-        deleted,
-        if reason == Some(FullReason::Drift) {
-            " (drift)"
-        } else {
-            ""
-        }
-    );
-}
-
-/// The nftables mode's steps through an [`NftSyncer`]; `print`: the dry run,
-/// which prints each step's transactions.
-fn run_nft<E: NftExecutor>(
-    executor: E,
-    config: ProxyConfig,
-    states: Vec<ClusterState>,
-    steps: Steps,
-    print: bool,
-) {
-    let family = config.ip_family;
-    let mut syncer =
-        NftSyncer::new(executor, config).unwrap_or_else(|e| bad_input("sync", &e.to_string()));
-    if let Some(period) = steps.drift_check {
-        syncer = syncer.with_drift_check(Some(period));
-    }
-    let mut stdin = std::io::stdin().lock();
-    for (i, state) in states.into_iter().enumerate() {
-        if !steps.wait(&mut stdin, i) {
-            return;
-        }
-        syncer.replace_state(state);
-        let report: NftSyncReport = match syncer.sync() {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("sync: step {}: {}", i + 1, e.to_string().replace('\n', " "));
-                std::process::exit(1);
-            }
-        };
-        step_line(
-            i,
-            report.full,
-            report.bytes,
-            chains_written(&report),
-            report.stale_chains_deleted.len(),
-            report.full_reason,
-        );
-        if let Some(e) = &report.delete_stale_error {
-            eprintln!("sync: step {}: stale chains kept: {e}", i + 1);
-        }
-        if print {
-            if let Some(tx) = &report.delete_stale {
-                print!("{}", tx.to_text());
-            }
-            print!("{}", report.transaction.to_text());
-        } else if !report.stale_flows.is_empty()
-            && let Err(e) =
-                IptablesRestore::new(Backend::Auto).clear_conntrack(family, &report.stale_flows)
-        {
-            eprintln!("sync: step {}: conntrack cleanup: {e}", i + 1);
-        }
-        let _ = std::io::stdout().flush();
-    }
-}
-
-/// The chains an nftables step writes: those its main transaction adds (each
-/// one added is flushed and written whole; a stale chain is only flushed).
-fn chains_written(report: &NftSyncReport) -> usize {
-    let added: std::collections::BTreeSet<&Name> = report
-        .transaction
-        .operations()
-        .iter()
-        .filter_map(|op| match op {
-            Operation::AddChain { name, .. } => Some(name),
-            _ => None,
-        })
-        .collect();
-    added.len()
 }
 
 /// `--cleanup` in nftables mode: [`nft_cleanup`] of the families' `kube-proxy`
