@@ -192,7 +192,10 @@ fn apply_two_states_then_cleanup_in_a_netns() {
     ];
     let ns = Netns::new("sync-nft");
     // A table of another program, which neither the sync nor the cleanup touch.
-    let (ok, out) = ns.run(&["nft", "-f", "-"], "table ip foreign {\n\tchain c {\n\t}\n}\n");
+    let (ok, out) = ns.run(
+        &["nft", "-f", "-"],
+        "table ip foreign {\n\tchain c {\n\t}\n}\n",
+    );
     assert!(ok, "{out}");
 
     let mut args = vec![sync];
