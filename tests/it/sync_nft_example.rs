@@ -237,6 +237,30 @@ fn apply_two_states_then_cleanup_in_a_netns() {
     let (ok, out) = ns.run(&["nft", "list", "tables"], "");
     assert!(ok, "{out}");
     assert_eq!(out, "table ip foreign\n");
+    // An executor failure: exit 1, one line naming nft and why, nothing applied.
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.name,
+            "env",
+            "PATH=/nonexistent-svcnat",
+            sync,
+        ])
+        .args(flags)
+        .args(["--apply", CLUSTER])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(out.stdout.is_empty(), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("sync: step 1: ") && stderr.contains("nft"),
+        "{stderr}"
+    );
+    let (ok, _) = ns.run(&["nft", "list", "table", "ip", "kube-proxy"], "");
+    assert!(!ok);
     // A second cleanup finds nothing and says so.
     let (ok, out) = ns.run(&[sync, "--proxy-mode", "nftables", "--cleanup"], "");
     assert!(ok, "{out}");
