@@ -30,17 +30,56 @@
 //! families when it is not given),
 //! leaving every other rule. One line on stdout,
 //! `cleanup: J jump rules removed, C chains removed, K chains kept`, exit 0.
+//!
+//! ## `--proxy-mode nftables`
+//!
+//! ```text
+//! cargo run --example sync --features k8s -- --proxy-mode nftables [COMPILE FLAGS] [--apply] \
+//!     [--drift-check SECONDS] [--step-on-stdin] STATE.json [STATE.json ...]
+//! cargo run --example sync --features k8s -- --proxy-mode nftables [--ip-family ipv4|ipv6] --cleanup
+//! ```
+//!
+//! The same run through an [`NftSyncer`] over the `kube-proxy` table of
+//! `--ip-family` ([`NftCommand`] with `--apply`; without it an [`NftFake`], which
+//! keeps the table in memory so that later steps are partial, and each step's
+//! transaction text, the stale chains' deletion first, is printed after its step
+//! line). The step line has the same shape, from the [`NftSyncReport`]:
+//!
+//! - `B bytes`: the `nft -f` text of both transactions ([`NftSyncReport::bytes`]);
+//! - `W chains written`: the chains the main transaction adds (`add chain`, then
+//!   written whole); stale chains it only flushes are not counted;
+//! - `D chains deleted`: the stale chains deleted
+//!   ([`NftSyncReport::stale_chains_deleted`]). A chain no longer wanted is
+//!   flushed in its step and deleted by the first step at least
+//!   [`STALE_CHAIN_AGE`](svcnat::sync::STALE_CHAIN_AGE) later (kube-proxy's
+//!   wait for kernels before 6.2), so it is counted there, not where it went;
+//! - ` (drift)`: the drift check found the table gone or flushed
+//!   ([`NftSyncer::with_drift_check`]).
+//!
+//! `--backend` names an iptables binary and means nothing here: it is refused
+//! (exit 2). The stale UDP/SCTP flows are deleted with `conntrack` as in
+//! iptables mode. `--cleanup` runs [`nft_cleanup`] for `--ip-family` (both
+//! families when it is not given) and prints the same line with `0 jump rules
+//! removed` and `0 chains kept` (the table goes whole, and nftables needs no jump
+//! rules in foreign chains); `C` counts the chains the tables held, listed just
+//! before.
 
 mod common;
 
-use common::{Arg, CommandLine, ProxyFlags, bad_input};
+use common::{Arg, CommandLine, ProxyFlags, ProxyMode, bad_input};
+use std::collections::BTreeSet;
 use std::io::{BufRead, Write};
 use std::time::Duration;
 
-use svcnat::exec::{Backend, DryRun, Executor, IptablesRestore};
-use svcnat::sync::{FullReason, SyncReport, Syncer};
+use svcnat::exec::{Backend, DryRun, Executor, IptablesRestore, NftCommand, NftExecutor, NftFake};
+use svcnat::model::{ClusterState, IpFamily};
+use svcnat::nft::{Family, Name, Operation};
+use svcnat::sync::{
+    DEFAULT_DRIFT_CHECK, FullReason, NFT_TABLE, NftSyncReport, NftSyncer, StaleFlow, SyncReport,
+    Syncer, nft_cleanup,
+};
 
-const USAGE: &str = "usage: sync [COMPILE FLAGS] [--apply] [--backend nft|legacy] [--drift-check SECONDS] [--step-on-stdin] STATE.json [STATE.json ...] | sync [--backend nft|legacy] [--ip-family ipv4|ipv6] --cleanup";
+const USAGE: &str = "usage: sync [COMPILE FLAGS] [--apply] [--backend nft|legacy] [--drift-check SECONDS] [--step-on-stdin] STATE.json [STATE.json ...] | sync [--backend nft|legacy] [--ip-family ipv4|ipv6] --cleanup | sync --proxy-mode nftables [COMPILE FLAGS] [--apply] [--drift-check SECONDS] [--step-on-stdin] STATE.json [STATE.json ...] | sync --proxy-mode nftables [--ip-family ipv4|ipv6] --cleanup";
 
 /// How the steps are run.
 #[derive(Debug, Default, Clone, Copy)]
@@ -52,11 +91,12 @@ struct Steps {
 }
 
 fn main() {
-    let mut flags = ProxyFlags::default();
+    let mut flags = ProxyFlags::with_nftables();
     let mut apply = false;
     let mut clean = false;
     let mut steps = Steps::default();
     let mut backend = Backend::Auto;
+    let mut backend_given = false;
     let mut files = Vec::new();
     let mut args = CommandLine::from_env();
     while let Some(arg) = args.next().unwrap_or_else(|e| bad_input("sync", &e)) {
@@ -103,6 +143,7 @@ fn main() {
             "--backend" => {
                 let v = args.value(&flag).unwrap_or_else(|e| bad_input("sync", &e));
                 // auto and system are accepted too (`Backend`'s names).
+                backend_given = true;
                 backend = v.parse::<Backend>().unwrap_or_else(|_| {
                     bad_input(
                         "sync",
@@ -116,14 +157,25 @@ fn main() {
             }
         }
     }
+    let nftables = flags.proxy_mode == ProxyMode::Nftables;
+    if nftables && backend_given {
+        bad_input(
+            "sync",
+            "--backend: names an iptables binary, which --proxy-mode nftables does not use",
+        );
+    }
     if clean {
         // Both families unless one is named: a dual-stack node wrote both.
         let families = if flags.family_given {
             vec![flags.family]
         } else {
-            vec![svcnat::model::IpFamily::Ipv4, svcnat::model::IpFamily::Ipv6]
+            vec![IpFamily::Ipv4, IpFamily::Ipv6]
         };
-        cleanup(backend, &families);
+        if nftables {
+            cleanup_nft(&families);
+        } else {
+            cleanup(backend, &families);
+        }
         return;
     }
     if files.is_empty() {
@@ -138,73 +190,176 @@ fn main() {
         .map(|f| {
             let state =
                 common::load_state(f, &mut warnings).unwrap_or_else(|e| bad_input("sync", &e));
-            if let Err(e) = common::compile(f, &state, &config, flags.lenient, &mut warnings) {
+            let compiled = if nftables {
+                common::compile_nftables(f, &state, &config, flags.lenient, &mut warnings).map(drop)
+            } else {
+                common::compile(f, &state, &config, flags.lenient, &mut warnings).map(drop)
+            };
+            if let Err(e) = compiled {
                 bad_input("sync", &e);
             }
             state
         })
         .collect();
     common::print_warnings(&warnings);
-    if apply {
-        run(IptablesRestore::new(backend), config, states, steps, false);
-    } else {
-        run(DryRun::default(), config, states, steps, true);
+    let error = |e: svcnat::CompileError| -> ! { bad_input("sync", &e.to_string()) };
+    // Without `--drift-check`, the library's default (the same in both modes).
+    let drift = Some(steps.drift_check.unwrap_or(DEFAULT_DRIFT_CHECK));
+    let family = config.ip_family;
+    let mut syncer: Box<dyn Stepper> = match (nftables, apply) {
+        (false, true) => Box::new(
+            Syncer::new(IptablesRestore::new(backend), config)
+                .unwrap_or_else(|e| error(e))
+                .with_drift_check(drift),
+        ),
+        (false, false) => Box::new(
+            Syncer::new(DryRun::default(), config)
+                .unwrap_or_else(|e| error(e))
+                .with_drift_check(drift),
+        ),
+        (true, true) => Box::new(
+            NftSyncer::new(NftCommand::new(), config)
+                .unwrap_or_else(|e| error(e))
+                .with_drift_check(drift),
+        ),
+        (true, false) => Box::new(
+            NftSyncer::new(NftFake::new(), config)
+                .unwrap_or_else(|e| error(e))
+                .with_drift_check(drift),
+        ),
+    };
+    run(syncer.as_mut(), family, states, steps, !apply);
+}
+
+/// One step's facts, in either mode.
+struct Step {
+    full: bool,
+    full_reason: Option<FullReason>,
+    bytes: usize,
+    /// `W chains written`.
+    written: usize,
+    /// `D chains deleted`.
+    deleted: usize,
+    /// What the step sent (printed by the dry run).
+    text: String,
+    stale_flows: Vec<StaleFlow>,
+    /// A failure the step went on after, for stderr.
+    note: Option<String>,
+}
+
+/// What the step loop needs of a syncer: a [`Syncer`] or an [`NftSyncer`].
+trait Stepper {
+    /// Replaces the state and syncs; the error as one line.
+    fn step(&mut self, state: ClusterState) -> Result<Step, String>;
+    /// Deletes stale conntrack flows.
+    fn clear_flows(&mut self, family: IpFamily, flows: &[StaleFlow]) -> Result<(), String>;
+}
+
+impl<E: Executor> Stepper for Syncer<E> {
+    fn step(&mut self, state: ClusterState) -> Result<Step, String> {
+        self.replace_state(state);
+        let report: SyncReport = self.sync().map_err(|e| e.to_string())?;
+        Ok(Step {
+            full: report.full,
+            full_reason: report.full_reason,
+            bytes: report.bytes,
+            written: report.payload.chains_written(),
+            deleted: report.payload.chains_deleted(),
+            text: report.payload.to_text(),
+            stale_flows: report.stale_flows,
+            note: None,
+        })
+    }
+
+    fn clear_flows(&mut self, family: IpFamily, flows: &[StaleFlow]) -> Result<(), String> {
+        self.executor_mut()
+            .clear_conntrack(family, flows)
+            .map_err(|e| e.to_string())
     }
 }
 
-fn run<E: Executor>(
-    executor: E,
-    config: svcnat::model::ProxyConfig,
-    states: Vec<svcnat::model::ClusterState>,
+/// The step line's facts from an [`NftSyncReport`]: chains written are the
+/// chains the main transaction adds (each is flushed and written whole; a stale
+/// chain is only flushed), chains deleted the stale chains deleted.
+impl<E: NftExecutor> Stepper for NftSyncer<E> {
+    fn step(&mut self, state: ClusterState) -> Result<Step, String> {
+        self.replace_state(state);
+        let report: NftSyncReport = self.sync().map_err(|e| e.to_string())?;
+        let added: BTreeSet<&Name> = report
+            .transaction
+            .operations()
+            .iter()
+            .filter_map(|op| match op {
+                Operation::AddChain { name, .. } => Some(name),
+                _ => None,
+            })
+            .collect();
+        let mut text = report
+            .delete_stale
+            .as_ref()
+            .map(|tx| tx.to_text())
+            .unwrap_or_default();
+        text.push_str(&report.transaction.to_text());
+        Ok(Step {
+            full: report.full,
+            full_reason: report.full_reason,
+            bytes: report.bytes,
+            written: added.len(),
+            deleted: report.stale_chains_deleted.len(),
+            text,
+            note: report
+                .delete_stale_error
+                .map(|e| format!("stale chains kept: {e}")),
+            stale_flows: report.stale_flows,
+        })
+    }
+
+    /// nftables has no conntrack of its own: the `conntrack` tool, as the
+    /// iptables executor runs it.
+    fn clear_flows(&mut self, family: IpFamily, flows: &[StaleFlow]) -> Result<(), String> {
+        IptablesRestore::new(Backend::Auto)
+            .clear_conntrack(family, flows)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// The steps; `print`: the dry run, which prints what each step sends.
+fn run(
+    syncer: &mut dyn Stepper,
+    family: IpFamily,
+    states: Vec<ClusterState>,
     steps: Steps,
     print: bool,
 ) {
-    let family = config.ip_family;
-    let mut syncer =
-        Syncer::new(executor, config).unwrap_or_else(|e| bad_input("sync", &e.to_string()));
-    if let Some(period) = steps.drift_check {
-        syncer = syncer.with_drift_check(Some(period));
-    }
     let mut stdin = std::io::stdin().lock();
     for (i, state) in states.into_iter().enumerate() {
-        if steps.on_stdin && i > 0 {
-            let mut line = String::new();
-            match stdin.read_line(&mut line) {
-                Ok(0) => return,
-                Ok(_) => {}
-                Err(e) => {
-                    eprintln!("sync: step {}: reading stdin: {e}", i + 1);
-                    std::process::exit(1);
-                }
-            }
+        if !steps.wait(&mut stdin, i) {
+            return;
         }
-        syncer.replace_state(state);
-        let report: SyncReport = match syncer.sync() {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("sync: step {}: {}", i + 1, e.to_string().replace('\n', " "));
-                std::process::exit(1);
-            }
-        };
+        let step = syncer.step(state).unwrap_or_else(|e| {
+            eprintln!("sync: step {}: {}", i + 1, e.replace('\n', " "));
+            std::process::exit(1);
+        });
         println!(
             "step {}: {}, {} bytes, {} chains written, {} chains deleted{}",
             i + 1,
-            if report.full { "full" } else { "partial" },
-            report.bytes,
-            report.payload.chains_written(),
-            report.payload.chains_deleted(),
-            if report.full_reason == Some(FullReason::Drift) {
+            if step.full { "full" } else { "partial" },
+            step.bytes,
+            step.written,
+            step.deleted,
+            if step.full_reason == Some(FullReason::Drift) {
                 " (drift)"
             } else {
                 ""
             }
         );
+        if let Some(note) = &step.note {
+            eprintln!("sync: step {}: {}", i + 1, note.replace('\n', " "));
+        }
         if print {
-            print!("{}", report.payload.to_text());
-        } else if !report.stale_flows.is_empty()
-            && let Err(e) = syncer
-                .executor_mut()
-                .clear_conntrack(family, &report.stale_flows)
+            print!("{}", step.text);
+        } else if !step.stale_flows.is_empty()
+            && let Err(e) = syncer.clear_flows(family, &step.stale_flows)
         {
             eprintln!("sync: step {}: conntrack cleanup: {e}", i + 1);
         }
@@ -213,10 +368,56 @@ fn run<E: Executor>(
     }
 }
 
+impl Steps {
+    /// With `--step-on-stdin`, reads one line before step `i` (0-based) if it is
+    /// not the first; false at the end of input (the run ends, exit 0).
+    fn wait(&self, stdin: &mut impl BufRead, i: usize) -> bool {
+        if !self.on_stdin || i == 0 {
+            return true;
+        }
+        let mut line = String::new();
+        match stdin.read_line(&mut line) {
+            Ok(0) => false,
+            Ok(_) => true,
+            Err(e) => {
+                eprintln!("sync: step {}: reading stdin: {e}", i + 1);
+                std::process::exit(1);
+            }
+        }
+    }
+}
+
+/// `--cleanup` in nftables mode: [`nft_cleanup`] of the families' `kube-proxy`
+/// tables, after counting their chains; one line, exit 0, or 1 with the failure.
+fn cleanup_nft(families: &[IpFamily]) {
+    let mut nft = NftCommand::new();
+    let families: Vec<Family> = families
+        .iter()
+        .map(|f| match f {
+            IpFamily::Ipv4 => Family::Ip,
+            IpFamily::Ipv6 => Family::Ip6,
+        })
+        .collect();
+    let fail = |e: svcnat::exec::NftExecError| -> ! {
+        eprintln!("sync: cleanup: {}", e.to_string().replace('\n', " "));
+        std::process::exit(1)
+    };
+    let table = Name::new(NFT_TABLE).unwrap_or_else(|e| bad_input("sync", &e.to_string()));
+    let mut chains = 0;
+    for &family in &families {
+        chains += nft
+            .list_chains(family, &table)
+            .unwrap_or_else(|e| fail(e))
+            .len();
+    }
+    nft_cleanup(&mut nft, &families).unwrap_or_else(|e| fail(e));
+    println!("cleanup: 0 jump rules removed, {chains} chains removed, 0 chains kept");
+}
+
 /// `--cleanup`: removes svcnat's jump rules and chains from the filter and nat
 /// tables of the family, reading the kernel (no state files), and says what it did
 /// on one line; exit 0, or 1 with the failure.
-fn cleanup(backend: Backend, families: &[svcnat::model::IpFamily]) {
+fn cleanup(backend: Backend, families: &[IpFamily]) {
     let mut exec = IptablesRestore::new(backend);
     let mut all = svcnat::exec::Cleanup::default();
     for &family in families {

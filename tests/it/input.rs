@@ -348,13 +348,17 @@ fn nftables_mode_keeps_the_input_contract() {
         ),
         (&["--nodeport-addresses", "x", "-"], "{}"),
     ];
-    for (args, stdin) in refused {
-        let iptables = run_example("compile", args, stdin);
+    // compile and sync refuse the same inputs in both modes, with the same line.
+    for (example, (args, stdin)) in ["compile", "sync"]
+        .into_iter()
+        .flat_map(|e| refused.map(|r| (e, r)))
+    {
+        let iptables = run_example(example, args, stdin);
         let mut nft_args = vec!["--proxy-mode", "nftables"];
         nft_args.extend(args);
-        let nftables = run_example("compile", &nft_args, stdin);
-        assert_eq!(iptables.0, 2, "{args:?}: {}", iptables.2);
-        assert_eq!(nftables, iptables, "{args:?}");
+        let nftables = run_example(example, &nft_args, stdin);
+        assert_eq!(iptables.0, 2, "{example} {args:?}: {}", iptables.2);
+        assert_eq!(nftables, iptables, "{example} {args:?}");
     }
     let accepted: [(&[&str], &str); 4] = [
         (&["tests/data/input/endpoints-v1.json"], ""),
@@ -383,19 +387,6 @@ fn nftables_mode_keeps_the_input_contract() {
     assert_eq!(
         stderr,
         "compile: --proxy-mode: \"ipvs\" is not iptables or nftables\n"
-    );
-    // An example that does not write nftables rules yet says so.
-    let (code, _, stderr) = run_example(
-        "sync",
-        &["--proxy-mode", "nftables", "tests/data/input/good.json"],
-        "",
-    );
-    assert_eq!(
-        (code, stderr.as_str()),
-        (
-            2,
-            "sync: --proxy-mode: nftables is not supported by this example\n"
-        )
     );
     // The service CIDRs reach the rules.
     let (code, stdout, _) = run_example(

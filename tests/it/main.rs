@@ -38,4 +38,6 @@ mod resilience;
 mod scale;
 mod snapshots;
 mod sync;
+#[cfg(feature = "k8s")]
+mod sync_nft_example;
 mod trace;
