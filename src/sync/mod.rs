@@ -74,10 +74,12 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod desired;
 mod interim;
 mod nft_plan;
 mod nft_syncer;
 mod plan;
+mod stale;
 mod syncer;
 
 pub use crate::compile::{CANARY_CHAIN, canaries};

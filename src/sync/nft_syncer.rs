@@ -11,21 +11,20 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
+use super::desired::Desired;
 use super::nft_plan::{NftApplied, NftListed, NftPlan, nft_full_plan, nft_plan};
+use super::stale::{stale_flows_of, take_flows};
 use super::syncer::{DEFAULT_DRIFT_CHECK, FullReason, RETRY_AFTER};
 use crate::compile::incremental::{Incremental, PortFlows, Rules};
 use crate::compile::{check_nftables_config, nftables_lenient};
 use crate::error::CompileError;
 use crate::exec::{NftExecError, NftExecutor, RefusalKind};
-use crate::flows::{FlowDestination, StaleFlow};
-use crate::model::{
-    ClusterState, EndpointSlice, Protocol, ProxyConfig, Service, ServiceKey, SliceKey,
-};
+use crate::flows::StaleFlow;
+use crate::model::{ClusterState, EndpointSlice, ProxyConfig, Service, ServiceKey, SliceKey};
 use crate::nft::{Family, Name, Operation, Ruleset, Transaction};
 
 /// The name of the table svcnat's nftables mode writes, in each family (as
@@ -165,9 +164,7 @@ enum DriftCheck {
 pub struct NftSyncer<E: NftExecutor> {
     executor: E,
     config: ProxyConfig,
-    state: ClusterState,
-    /// Services changed since their flows were last computed.
-    dirty: BTreeSet<ServiceKey>,
+    desired: Desired,
     applied: Option<NftApplied>,
     pending_full: Option<FullReason>,
     full_resync_period: Option<Duration>,
@@ -194,8 +191,7 @@ impl<E: NftExecutor> NftSyncer<E> {
         Ok(NftSyncer {
             executor,
             config,
-            state: ClusterState::new(),
-            dirty: BTreeSet::new(),
+            desired: Desired::default(),
             applied: None,
             pending_full: Some(FullReason::FirstSync),
             full_resync_period: None,
@@ -239,7 +235,7 @@ impl<E: NftExecutor> NftSyncer<E> {
 
     /// The desired state.
     pub fn state(&self) -> &ClusterState {
-        &self.state
+        &self.desired.state
     }
 
     /// The executor.
@@ -269,8 +265,9 @@ impl<E: NftExecutor> NftSyncer<E> {
     pub fn set_config(&mut self, config: ProxyConfig) -> Result<(), CompileError> {
         self.rules = flow_rules(&mut self.compiler, &config)?;
         self.config = config;
-        self.dirty.extend(
-            self.state
+        self.desired.dirty.extend(
+            self.desired
+                .state
                 .services()
                 .map(Service::key)
                 .chain(self.flows.keys().cloned()),
@@ -290,69 +287,34 @@ impl<E: NftExecutor> NftSyncer<E> {
 
     /// Adds or replaces a Service.
     pub fn upsert_service(&mut self, service: Service) {
-        let key = service.key();
-        if self.state.service(&key) != Some(&service) {
-            self.state.upsert_service(service);
-            self.dirty.insert(key);
-        }
+        self.desired.upsert_service(service);
     }
 
     /// Deletes a Service.
     pub fn remove_service(&mut self, key: &ServiceKey) {
-        if self.state.remove_service(key).is_some() {
-            self.dirty.insert(key.clone());
-        }
+        self.desired.remove_service(key);
     }
 
     /// Adds or replaces an EndpointSlice. A slice whose service label changed
     /// moves: the service it left changes too.
     pub fn upsert_slice(&mut self, slice: EndpointSlice) {
-        let key = slice.service();
-        if self.state.slice(&slice.key()) == Some(&slice) {
-            return;
-        }
-        if let Some(old) = self.state.upsert_slice(slice) {
-            self.dirty.insert(old.service());
-        }
-        self.dirty.insert(key);
+        self.desired.upsert_slice(slice);
     }
 
     /// Deletes the EndpointSlice `name` of service `key`.
     pub fn remove_slice(&mut self, key: &ServiceKey, name: &str) {
-        if self.state.remove_slice(key, name).is_some() {
-            self.dirty.insert(key.clone());
-        }
+        self.desired.remove_slice(key, name);
     }
 
     /// Deletes the EndpointSlice with this namespace and name, whichever service
     /// it belonged to; returns it.
     pub fn remove_slice_by_key(&mut self, key: &SliceKey) -> Option<EndpointSlice> {
-        let removed = self.state.remove_slice_by_key(key)?;
-        self.dirty.insert(removed.service());
-        Some(removed)
+        self.desired.remove_slice_by_key(key)
     }
 
     /// Replaces the whole state; the services that differ are marked changed.
     pub fn replace_state(&mut self, state: ClusterState) {
-        let old = &self.state;
-        let keys: BTreeSet<ServiceKey> = old
-            .services()
-            .chain(state.services())
-            .map(Service::key)
-            .chain(
-                old.slices()
-                    .chain(state.slices())
-                    .map(EndpointSlice::service),
-            )
-            .collect();
-        for key in keys {
-            let same = old.service(&key) == state.service(&key)
-                && old.slices_of(&key).eq(state.slices_of(&key));
-            if !same {
-                self.dirty.insert(key);
-            }
-        }
-        self.state = state;
+        self.desired.replace_state(state);
     }
 
     /// Brings the table in step with the state now.
@@ -415,7 +377,7 @@ impl<E: NftExecutor> NftSyncer<E> {
             }
         }
 
-        let compiled = nftables_lenient(&self.state, &self.config)?;
+        let compiled = nftables_lenient(&self.desired.state, &self.config)?;
         let next = compiled.ruleset;
         let stale_flows = self.compute_flows();
 
@@ -526,15 +488,17 @@ impl<E: NftExecutor> NftSyncer<E> {
     fn compute_flows(&mut self) -> Vec<StaleFlow> {
         let mut out = Vec::new();
         let mut ignored = Vec::new();
-        for key in std::mem::take(&mut self.dirty) {
-            let new =
-                match self
-                    .compiler
-                    .one(&self.state, &key, &self.config, &self.rules, &mut ignored)
-                {
-                    Ok(Some(text)) => Some(text.ports),
-                    Ok(None) | Err(_) => None,
-                };
+        for key in std::mem::take(&mut self.desired.dirty) {
+            let new = match self.compiler.one(
+                &self.desired.state,
+                &key,
+                &self.config,
+                &self.rules,
+                &mut ignored,
+            ) {
+                Ok(Some(text)) => Some(text.ports),
+                Ok(None) | Err(_) => None,
+            };
             let old = self.flows.remove(&key);
             out.extend(stale_flows_of(old.as_deref(), new.as_deref()));
             if let Some(ports) = new {
@@ -546,11 +510,7 @@ impl<E: NftExecutor> NftSyncer<E> {
 
     /// This sync's stale flows plus those of failed syncs before it.
     fn take_flows(&mut self, flows: Vec<StaleFlow>) -> Vec<StaleFlow> {
-        let mut all = std::mem::take(&mut self.pending_flows);
-        all.extend(flows);
-        all.sort();
-        all.dedup();
-        all
+        take_flows(&mut self.pending_flows, flows)
     }
 }
 
@@ -656,57 +616,4 @@ pub fn cleanup_transaction(family: Family) -> Transaction {
     tx.push(Operation::AddTable { comment: None });
     tx.push(Operation::DeleteTable);
     tx
-}
-
-/// The conntrack entries a change of one service makes stale (UDP and SCTP
-/// only): flows to endpoints that are gone, and flows to ports that have just
-/// gained endpoints. The iptables [`Syncer`](super::Syncer)'s rule, over the
-/// same per-port facts.
-fn stale_flows_of(old: Option<&[PortFlows]>, new: Option<&[PortFlows]>) -> Vec<StaleFlow> {
-    let mut out = Vec::new();
-    let (old_ports, new_ports) = (old.unwrap_or_default(), new.unwrap_or_default());
-    let same_port = |a: &PortFlows, b: &PortFlows| {
-        a.protocol == b.protocol && a.destinations.first() == b.destinations.first()
-    };
-    let mut push = |port: &PortFlows, endpoint: Option<IpAddr>| {
-        let destinations = port
-            .destinations
-            .iter()
-            .map(|d| FlowDestination::Service(*d));
-        let node_port = port.node_port.map(FlowDestination::NodePort);
-        for destination in destinations.chain(node_port) {
-            out.push(StaleFlow {
-                protocol: port.protocol,
-                destination,
-                endpoint,
-            });
-        }
-    };
-    for port in old_ports.iter().filter(|p| p.protocol != Protocol::Tcp) {
-        let now: &[SocketAddr] = new_ports
-            .iter()
-            .find(|n| same_port(port, n))
-            .map_or(&[], |n| &n.endpoints);
-        let gone: BTreeSet<IpAddr> = port
-            .endpoints
-            .iter()
-            .filter(|e| !now.contains(e))
-            .map(SocketAddr::ip)
-            .collect();
-        for ip in gone {
-            push(port, Some(ip));
-        }
-    }
-    for port in new_ports.iter().filter(|p| p.protocol != Protocol::Tcp) {
-        let had = old_ports
-            .iter()
-            .find(|o| same_port(o, port))
-            .is_some_and(|o| !o.endpoints.is_empty());
-        if !had && !port.endpoints.is_empty() {
-            push(port, None);
-        }
-    }
-    out.sort();
-    out.dedup();
-    out
 }

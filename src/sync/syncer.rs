@@ -4,28 +4,29 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
 use crate::compile::incremental::{
-    self, All, Extras, Incremental, PortFlows, Rules, ServiceText, Shared as SharedChain,
-    is_hashed_chain, is_owned_chain, is_service_chain,
+    self, All, Extras, Incremental, Rules, ServiceText, Shared as SharedChain, is_hashed_chain,
+    is_owned_chain, is_service_chain,
 };
 use crate::compile::{CANARY_CHAIN, canaries, jump_rules};
 use crate::error::CompileError;
 use crate::exec::{ExecError, Executor, RestoreOptions, pieces_over};
 use crate::model::{
-    ClusterState, EndpointSlice, IpFamily, Protocol, ProxyConfig, Service, ServiceKey, SliceKey,
+    ClusterState, EndpointSlice, IpFamily, ProxyConfig, Service, ServiceKey, SliceKey,
 };
 use crate::ruleset::lex::tokenize;
 use crate::ruleset::restore;
 use crate::ruleset::{ChainName, JumpRule, NfacctCounter, Ruleset, Table};
 
+use super::desired::Desired;
 use super::interim;
 use super::plan::{Payload, PayloadBuilder, diff_chains, without_deletes_at, without_unchanged};
-use crate::flows::{FlowDestination, StaleFlow};
+use super::stale::{stale_flows_of, take_flows};
+use crate::flows::StaleFlow;
 
 /// The drift check's default period. The check costs one `iptables-restore` of
 /// `-C` lines, which on legacy reads each table whole: 0.63 s at 10,000 services
@@ -289,8 +290,7 @@ fn by_service(errors: Vec<CompileError>) -> BTreeMap<ServiceKey, Vec<CompileErro
 pub struct Syncer<E: Executor> {
     executor: E,
     config: ProxyConfig,
-    state: ClusterState,
-    dirty: BTreeSet<ServiceKey>,
+    desired: Desired,
     applied: Option<Applied>,
     /// Why the next sync must be full; `None` while the kernel is known to hold
     /// what `applied` says.
@@ -327,8 +327,7 @@ impl<E: Executor> Syncer<E> {
         Ok(Syncer {
             executor,
             config,
-            state: ClusterState::new(),
-            dirty: BTreeSet::new(),
+            desired: Desired::default(),
             applied: None,
             pending_full: Some(FullReason::FirstSync),
             filter_known: false,
@@ -378,7 +377,7 @@ impl<E: Executor> Syncer<E> {
 
     /// The desired state.
     pub fn state(&self) -> &ClusterState {
-        &self.state
+        &self.desired.state
     }
 
     /// The executor.
@@ -424,69 +423,34 @@ impl<E: Executor> Syncer<E> {
 
     /// Adds or replaces a Service.
     pub fn upsert_service(&mut self, service: Service) {
-        let key = service.key();
-        if self.state.service(&key) != Some(&service) {
-            self.state.upsert_service(service);
-            self.dirty.insert(key);
-        }
+        self.desired.upsert_service(service);
     }
 
     /// Deletes a Service.
     pub fn remove_service(&mut self, key: &ServiceKey) {
-        if self.state.remove_service(key).is_some() {
-            self.dirty.insert(key.clone());
-        }
+        self.desired.remove_service(key);
     }
 
     /// Adds or replaces an EndpointSlice. A slice whose service label changed
     /// moves: the service it left is recompiled too.
     pub fn upsert_slice(&mut self, slice: EndpointSlice) {
-        let key = slice.service();
-        if self.state.slice(&slice.key()) == Some(&slice) {
-            return;
-        }
-        if let Some(old) = self.state.upsert_slice(slice) {
-            self.dirty.insert(old.service());
-        }
-        self.dirty.insert(key);
+        self.desired.upsert_slice(slice);
     }
 
     /// Deletes the EndpointSlice `name` of service `key`.
     pub fn remove_slice(&mut self, key: &ServiceKey, name: &str) {
-        if self.state.remove_slice(key, name).is_some() {
-            self.dirty.insert(key.clone());
-        }
+        self.desired.remove_slice(key, name);
     }
 
     /// Deletes the EndpointSlice with this namespace and name, whichever service it
     /// belonged to (what a Kubernetes delete event names); returns it.
     pub fn remove_slice_by_key(&mut self, key: &SliceKey) -> Option<EndpointSlice> {
-        let removed = self.state.remove_slice_by_key(key)?;
-        self.dirty.insert(removed.service());
-        Some(removed)
+        self.desired.remove_slice_by_key(key)
     }
 
     /// Replaces the whole state; the services that differ are marked dirty.
     pub fn replace_state(&mut self, state: ClusterState) {
-        let old = &self.state;
-        let keys: BTreeSet<ServiceKey> = old
-            .services()
-            .chain(state.services())
-            .map(Service::key)
-            .chain(
-                old.slices()
-                    .chain(state.slices())
-                    .map(EndpointSlice::service),
-            )
-            .collect();
-        for key in keys {
-            let same = old.service(&key) == state.service(&key)
-                && old.slices_of(&key).eq(state.slices_of(&key));
-            if !same {
-                self.dirty.insert(key);
-            }
-        }
-        self.state = state;
+        self.desired.replace_state(state);
     }
 
     /// The ruleset svcnat last compiled, which the kernel holds after a successful
@@ -690,11 +654,7 @@ impl<E: Executor> Syncer<E> {
 
     /// This sync's stale flows plus those of failed syncs before it.
     fn take_flows(&mut self, flows: Vec<StaleFlow>) -> Vec<StaleFlow> {
-        let mut all = std::mem::take(&mut self.pending_flows);
-        all.extend(flows);
-        all.sort();
-        all.dedup();
-        all
+        take_flows(&mut self.pending_flows, flows)
     }
 
     /// Recompiles the dirty services into the applied state and returns what each
@@ -707,14 +667,14 @@ impl<E: Executor> Syncer<E> {
         warnings: &mut Vec<CompileError>,
     ) -> Option<Vec<Change>> {
         let applied = self.applied.as_mut()?;
-        let mut compiled = Vec::with_capacity(self.dirty.len());
+        let mut compiled = Vec::with_capacity(self.desired.dirty.len());
         let mut total = applied.endpoint_total;
         let mut round_rejected = Vec::new();
         let mut round_warnings = Vec::new();
-        for key in &self.dirty {
+        for key in &self.desired.dirty {
             let mut service_warnings = Vec::new();
             let new = match self.compiler.one(
-                &self.state,
+                &self.desired.state,
                 key,
                 &self.config,
                 &applied.rules,
@@ -747,7 +707,7 @@ impl<E: Executor> Syncer<E> {
         applied.warnings.extend(by_service(round_warnings.clone()));
         rejected.extend(round_rejected);
         warnings.extend(round_warnings);
-        self.dirty.clear();
+        self.desired.dirty.clear();
         Some(
             compiled
                 .into_iter()
@@ -876,7 +836,7 @@ impl<E: Executor> Syncer<E> {
             }
             None => {
                 let mut round = self.compile_all()?;
-                round.recompiled = self.state.service_count();
+                round.recompiled = self.desired.state.service_count();
                 round
             }
         })
@@ -890,7 +850,7 @@ impl<E: Executor> Syncer<E> {
             services,
             rejected,
             warnings,
-        } = self.compiler.all(&self.state, &self.config)?;
+        } = self.compiler.all(&self.desired.state, &self.config)?;
         let services: BTreeMap<ServiceKey, ServiceText> =
             services.into_iter().map(|s| (s.key.clone(), s)).collect();
         let mut stale_flows = Vec::new();
@@ -917,7 +877,7 @@ impl<E: Executor> Syncer<E> {
                 .collect(),
             warnings: by_service(warnings.clone()),
         });
-        self.dirty.clear();
+        self.desired.dirty.clear();
         Ok(Round {
             stale_flows,
             rejected,
@@ -1346,59 +1306,4 @@ fn flows_of(changes: &[Change], services: &BTreeMap<ServiceKey, ServiceText>) ->
             )
         })
         .collect()
-}
-
-/// The conntrack entries a change of one service makes stale (UDP and SCTP only):
-/// flows to endpoints that are gone, and flows to ports that have just gained
-/// endpoints.
-fn stale_flows_of(old: Option<&[PortFlows]>, new: Option<&[PortFlows]>) -> Vec<StaleFlow> {
-    let mut out = Vec::new();
-    let (old_ports, new_ports) = (old.unwrap_or_default(), new.unwrap_or_default());
-    let same_port = |a: &PortFlows, b: &PortFlows| {
-        a.protocol == b.protocol && a.destinations.first() == b.destinations.first()
-    };
-    let mut push = |port: &PortFlows, endpoint: Option<IpAddr>| {
-        for d in &port.destinations {
-            out.push(StaleFlow {
-                protocol: port.protocol,
-                destination: FlowDestination::Service(*d),
-                endpoint,
-            });
-        }
-        if let Some(np) = port.node_port {
-            out.push(StaleFlow {
-                protocol: port.protocol,
-                destination: FlowDestination::NodePort(np),
-                endpoint,
-            });
-        }
-    };
-    for port in old_ports.iter().filter(|p| p.protocol != Protocol::Tcp) {
-        let now: Vec<SocketAddr> = new_ports
-            .iter()
-            .find(|n| same_port(port, n))
-            .map(|n| n.endpoints.clone())
-            .unwrap_or_default();
-        let gone: BTreeSet<IpAddr> = port
-            .endpoints
-            .iter()
-            .filter(|e| !now.contains(e))
-            .map(SocketAddr::ip)
-            .collect();
-        for ip in gone {
-            push(port, Some(ip));
-        }
-    }
-    for port in new_ports.iter().filter(|p| p.protocol != Protocol::Tcp) {
-        let had = old_ports
-            .iter()
-            .find(|o| same_port(o, port))
-            .is_some_and(|o| !o.endpoints.is_empty());
-        if !had && !port.endpoints.is_empty() {
-            push(port, None);
-        }
-    }
-    out.sort();
-    out.dedup();
-    out
 }
