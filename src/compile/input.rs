@@ -8,7 +8,7 @@ use arrayvec::ArrayString;
 use ipnet::IpNet;
 use smallvec::SmallVec;
 
-use super::naming::{EndpointNamer, PortChains, endpoint_text, spn_of};
+use super::naming::{EndpointNamer, endpoint_text, spn_of};
 use crate::error::{CompileError, Problem};
 use crate::model::{
     Endpoint, EndpointSlice, IpFamily, IpMode, Protocol, ProxyConfig, Service, ServicePort,
@@ -37,7 +37,6 @@ pub(crate) struct PortInput<'a> {
     pub port: &'a ServicePort,
     /// `ns/name:port`.
     pub spn: String,
-    pub chains: PortChains,
     pub endpoints: Vec<PortEndpoint<'a>>,
 }
 
@@ -674,7 +673,6 @@ pub(crate) fn checked_service_input<'a>(
     let own = family_slices(slices, family);
     for port in &svc.ports {
         let spn = spn_of(&svc.namespace, &svc.name, &port.name);
-        let chains = PortChains::new(&spn, port.protocol);
         let local_to = node_name.filter(|_| input.uses_local(port));
         let endpoints = port_endpoints(
             &spn, port, slices, &own, family, node_name, local_to, warnings,
@@ -682,7 +680,6 @@ pub(crate) fn checked_service_input<'a>(
         input.ports.push(PortInput {
             port,
             spn,
-            chains,
             endpoints,
         });
     }

@@ -8,6 +8,7 @@ use smallvec::SmallVec;
 use super::context::Context;
 use super::endpoints::PortPlan;
 use super::input::{PortEndpoint, PortInput, ServiceInput};
+use super::naming::PortChains;
 use super::{KUBE_MARK_MASQ, SharedChain};
 use crate::error::{CompileError, Problem};
 use crate::model::{Protocol, ServiceKey};
@@ -245,9 +246,11 @@ pub(crate) fn emit_service<S: Sink>(
 ) -> Result<usize, CompileError> {
     let svc = &input;
     for port in &svc.ports {
+        let chains = PortChains::new(&port.spn, port.port.protocol);
         PortBuilder {
             svc,
             port,
+            chains: &chains,
             ctx,
             out: &mut *sink,
         }
@@ -290,6 +293,9 @@ struct Plan<'p, 'a> {
 struct PortBuilder<'s, 'p, 'a, S> {
     svc: &'s ServiceInput<'a>,
     port: &'p PortInput<'a>,
+    /// The port's hashed chain names (iptables mode only: the nftables compiler
+    /// shares the input but names its chains itself).
+    chains: &'p PortChains,
     ctx: &'s Context,
     out: &'s mut S,
 }
@@ -343,7 +349,7 @@ impl<'s, 'p, 'a, S: Sink> PortBuilder<'s, 'p, 'a, S> {
 
     fn plan(&self) -> Plan<'p, 'a> {
         let svc = self.svc;
-        let chains = &self.port.chains;
+        let chains = self.chains;
         let port = PortPlan::new(svc, self.port, self.ctx);
         let pick = |local: bool| match local {
             true => chains.svl.clone(),
@@ -394,7 +400,7 @@ impl<'s, 'p, 'a, S: Sink> PortBuilder<'s, 'p, 'a, S> {
         } else {
             None
         };
-        let chain_names = &self.port.chains;
+        let chain_names = self.chains;
         for (used, name, endpoints) in [
             (
                 plan.port.uses_cluster_chain,
@@ -462,7 +468,7 @@ impl<'s, 'p, 'a, S: Sink> PortBuilder<'s, 'p, 'a, S> {
         for &ip in &self.svc.external_ips {
             if plan.port.eps.has_any {
                 let c = self.comment(&[self.spn(), " external IP"])?;
-                let rule = self.capture(c, ip, port, jump(&self.port.chains.ext));
+                let rule = self.capture(c, ip, port, jump(&self.chains.ext));
                 self.shared_capture(SharedChain::NatServices, rule);
             }
             if !plan.port.has_external {
@@ -476,7 +482,7 @@ impl<'s, 'p, 'a, S: Sink> PortBuilder<'s, 'p, 'a, S> {
 
     fn load_balancer(&mut self, plan: &Plan<'_, '_>, filter: &Filter) -> Result<(), Problem> {
         let port = self.port.port.port;
-        let chains = &self.port.chains;
+        let chains = self.chains;
         let target = if plan.uses_fw_chain {
             &chains.fw
         } else {
@@ -510,7 +516,7 @@ impl<'s, 'p, 'a, S: Sink> PortBuilder<'s, 'p, 'a, S> {
             return Ok(());
         };
         let proto = self.proto();
-        let ext = &self.port.chains.ext;
+        let ext = &self.chains.ext;
         if plan.port.eps.has_any {
             if self.ctx.localhost_nodeports && self.ctx.nfacct {
                 let rule = Rule::new()
@@ -574,7 +580,7 @@ impl<'s, 'p, 'a, S: Sink> PortBuilder<'s, 'p, 'a, S> {
     }
 
     fn ext_chain(&mut self, plan: &Plan<'_, '_>) -> Result<(), Problem> {
-        let chains = &self.port.chains;
+        let chains = self.chains;
         let spn = self.spn();
         let mut rules: SmallVec<[Rule; 4]> = SmallVec::new();
         if !self.svc.external_policy_local {
@@ -632,7 +638,7 @@ impl<'s, 'p, 'a, S: Sink> PortBuilder<'s, 'p, 'a, S> {
     }
 
     fn fw_chain(&mut self) -> Result<(), Problem> {
-        let chains = &self.port.chains;
+        let chains = self.chains;
         let spn = self.spn();
         let comment = self.comment(&[spn, " loadbalancer IP"])?;
         let from = |source: Address| {
