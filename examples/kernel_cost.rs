@@ -92,8 +92,6 @@
 //!   `ip netns del svcnat-cost-<pid>-…`.
 
 use std::collections::HashSet;
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -107,6 +105,9 @@ use svcnat::synthetic::{self, Spec};
 #[path = "common/flags.rs"]
 mod flags;
 use flags::{Arg, CommandLine, SpecFlags};
+#[path = "common/measure.rs"]
+mod measure;
+use measure::{Netns, date, machine, one_line};
 
 const USAGE: &str = "usage: kernel_cost [--services S] [--endpoints E] [--mix cluster-ip|load-balancer] [--seed N] [--backend nft|legacy|both] [--runs N] [--no-resync] [--no-cleanup] [--restore-pieces N]";
 
@@ -219,13 +220,7 @@ fn name(backend: Backend) -> &'static str {
 
 /// Why this machine cannot run the measurement, if it cannot.
 fn missing_capability(backends: &[Backend]) -> Option<String> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    // "Uid: real effective saved fs"
-    let euid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(1));
-    if euid != Some("0") {
+    if !measure::is_root() {
         return Some("not running as root (network namespaces and iptables need it)".into());
     }
     let mut binaries = vec!["ip".to_owned()];
@@ -234,78 +229,8 @@ fn missing_capability(backends: &[Backend]) -> Option<String> {
             binaries.push(format!("iptables-{}{tool}", name(*b)));
         }
     }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    for bin in binaries {
-        if !std::env::split_paths(&path).any(|dir| dir.join(&bin).is_file()) {
-            return Some(format!(
-                "{bin} not found in PATH (apt-get install iptables iproute2)"
-            ));
-        }
-    }
-    None
-}
-
-/// A network namespace that is deleted when dropped, also on an error or a panic.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new(tag: &str) -> Result<Netns, String> {
-        let name = format!("svcnat-cost-{}-{tag}", std::process::id());
-        let out = Command::new("ip")
-            .args(["netns", "add", &name])
-            .output()
-            .map_err(|e| format!("ip netns add {name}: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "ip netns add {name}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        Ok(Netns { name })
-    }
-
-    /// `ip netns exec NAME`, the prefix of every command run inside.
-    fn prefix(&self) -> [&str; 4] {
-        ["ip", "netns", "exec", &self.name]
-    }
-
-    /// Runs `args` inside the namespace; its stdout, or why it failed.
-    fn run(&self, args: &[&str]) -> Result<String, String> {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.name])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("ip netns exec {} {}: {e}", self.name, args.join(" ")))?;
-        if !out.status.success() {
-            return Err(format!(
-                "ip netns exec {} {}: {}: {}",
-                self.name,
-                args.join(" "),
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let ok = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            eprintln!(
-                "kernel_cost: could not delete network namespace {}",
-                self.name
-            );
-        }
-    }
+    measure::missing_binary(binaries.iter().map(String::as_str))
+        .map(|bin| format!("{bin} not found in PATH (apt-get install iptables iproute2)"))
 }
 
 /// Forwards every call to `inner` and adds up the time spent in each kind.
@@ -461,7 +386,7 @@ fn measure(args: &Args) -> Result<Value, String> {
     for &backend in &args.backends {
         let mut runs = Vec::new();
         for run in 0..args.runs {
-            let ns = Netns::new(&format!("{}-{run}", name(backend)))?;
+            let ns = Netns::new("kernel_cost", "cost", &format!("{}-{run}", name(backend)))?;
             runs.push(
                 one_run(&ns, backend, &state, args, run)
                     .map_err(|e| format!("{} run {}: {e}", name(backend), run + 1))?,
@@ -818,70 +743,6 @@ fn summary(runs: &[Run]) -> Value {
         "cleanup_chains_removed": cleanup(&|c| c.chains_removed as u64),
         "cleanup_jumps_removed": cleanup(&|c| c.jumps_removed as u64),
     })
-}
-
-/// The machine the figures come from.
-fn machine() -> Value {
-    let read = |p: &str| std::fs::read_to_string(Path::new(p)).unwrap_or_default();
-    let cpuinfo = read("/proc/cpuinfo");
-    let cpu = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split_once(':'))
-        .map(|(_, v)| v.trim().to_owned());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let memory_kib = read("/proc/meminfo")
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
-    let os = read("/etc/os-release")
-        .lines()
-        .find_map(|l| l.strip_prefix("PRETTY_NAME="))
-        .map(|v| v.trim_matches('"').to_owned());
-    let version = |bin: &str| {
-        Command::new(bin)
-            .arg("--version")
-            .stdin(Stdio::null())
-            .output()
-            .ok()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-    };
-    json!({
-        "cpu": cpu,
-        "cores": cores,
-        "memory_kib": memory_kib,
-        "os": os,
-        "kernel": read("/proc/sys/kernel/osrelease").trim(),
-        "iptables": version("iptables"),
-        "iptables_nft": version("iptables-nft"),
-        "iptables_legacy": version("iptables-legacy"),
-    })
-}
-
-/// Now, in UTC, as `date -u +%Y-%m-%dT%H:%M:%SZ` prints it; null if `date` fails.
-fn date() -> Option<String> {
-    let out = Command::new("date")
-        .arg("-u")
-        .arg("+%Y-%m-%dT%H:%M:%SZ")
-        .stdin(Stdio::null())
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
-
-/// The first line of an error, with a note if there was more (an `ExecError` carries
-/// iptables' whole stderr, which at this size can be long).
-fn one_line(e: &str) -> String {
-    let mut lines = e.lines();
-    let first = lines.next().unwrap_or_default();
-    let rest = lines.count();
-    if rest == 0 {
-        first.to_owned()
-    } else {
-        format!("{first} (and {rest} more lines)")
-    }
 }
 
 fn nanos(d: Duration) -> u64 {
