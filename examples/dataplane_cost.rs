@@ -379,16 +379,18 @@ fn first_and_last(ruleset: &Ruleset) -> Result<(Probe, Probe), String> {
                 .find(|c| c.name.as_str() == "KUBE-SERVICES")
         })
         .ok_or("the compiled ruleset has no nat KUBE-SERVICES")?;
-    let mut probes = chain.rules.iter().filter_map(|rule| {
+    let mut jumps = chain.rules.iter().filter_map(|rule| {
         let mut text = String::new();
         svcnat::render::write_rule(&chain.name, rule, &mut text).ok()?;
-        text.contains(" -j KUBE-SVC-").then(|| probe(&text))?
+        text.contains(" -j KUBE-SVC-").then_some(text)
     });
-    let first = probes.next().ok_or("KUBE-SERVICES jumps to no service")?;
-    let last = probes
-        .last()
+    let first = jumps.next().ok_or("KUBE-SERVICES jumps to no service")?;
+    let last = jumps
+        .next_back()
         .ok_or("KUBE-SERVICES jumps to one service only")?;
-    Ok((first, last))
+    let read =
+        |line: String| probe(&line).ok_or_else(|| format!("cannot read the service of {line:?}"));
+    Ok((read(first)?, read(last)?))
 }
 
 /// The probe of one `-A KUBE-SERVICES … --comment "…" … -d IP --dport P -j KUBE-SVC-…` line.
@@ -730,16 +732,17 @@ fn plot(args: &Args, report: &Value) -> String {
         })
         .filter_map(|(m, s, p)| median(m, s, p))
         .fold(0.0f64, f64::max);
-    let y_top = nice_ceiling(highest);
+    let (y_top, y_step) = y_axis(highest);
     let (lo, hi) = (
         (*args.services.first().unwrap_or(&1) as f64).log10(),
         (*args.services.last().unwrap_or(&1) as f64).log10(),
     );
     let plot_w = W - LEFT - RIGHT;
     let plot_h = H - TOP - BOTTOM;
+    // The points stay off the axes by a twentieth of the width on each side.
     let x = |s: usize| {
         if hi > lo {
-            LEFT + ((s as f64).log10() - lo) / (hi - lo) * plot_w
+            LEFT + plot_w * (0.05 + 0.9 * ((s as f64).log10() - lo) / (hi - lo))
         } else {
             LEFT + plot_w / 2.0
         }
@@ -763,8 +766,9 @@ fn plot(args: &Args, report: &Value) -> String {
         TOP + plot_h,
         LEFT + plot_w
     );
-    for i in 0..=4 {
-        let v = y_top * f64::from(i) / 4.0;
+    let steps = (y_top / y_step).round() as u32;
+    for i in 0..=steps {
+        let v = y_step * f64::from(i);
         let _ = writeln!(
             svg,
             r##"<line x1="{LEFT}" y1="{0:.1}" x2="{1}" y2="{0:.1}" stroke="#ddd"/><text x="{2}" y="{3:.1}" text-anchor="end">{v}</text>"##,
@@ -839,15 +843,18 @@ fn plot(args: &Args, report: &Value) -> String {
     svg
 }
 
-/// The smallest 1, 2 or 5 times a power of ten at or above `v` (1 for nothing).
-fn nice_ceiling(v: f64) -> f64 {
-    if v <= 0.0 || !v.is_finite() {
-        return 1.0;
+/// The y axis for values up to `highest`: its top and the step between grid
+/// lines, a step of 1, 2, 2.5 or 5 times a power of ten, at most five steps.
+fn y_axis(highest: f64) -> (f64, f64) {
+    if highest <= 0.0 || !highest.is_finite() {
+        return (1.0, 0.25);
     }
-    let power = 10f64.powf(v.log10().floor());
-    [1.0, 2.0, 5.0, 10.0]
+    let rough = highest / 5.0;
+    let power = 10f64.powf(rough.log10().floor());
+    let step = [1.0, 2.0, 2.5, 5.0, 10.0]
         .into_iter()
         .map(|m| m * power)
-        .find(|&c| c >= v)
-        .unwrap_or(10.0 * power)
+        .find(|&c| c >= rough)
+        .unwrap_or(10.0 * power);
+    ((highest / step).ceil() * step, step)
 }

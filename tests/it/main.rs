@@ -1,5 +1,7 @@
 //! Integration tests, one binary, a module per stage.
 
+#[cfg(feature = "synthetic")]
+mod dataplane_example;
 mod errors;
 mod features;
 mod fixtures;
