@@ -27,11 +27,12 @@
 //! two services are measured in every mode (in nftables mode a service is found by
 //! a map lookup, wherever it is).
 //!
-//! Per mode and size, three new namespaces (`svcnat-dp-<pid>-<mode>-<size>-cli`,
-//! `-node`, `-pod`), joined by veth pairs: client `192.168.50.2` -- node
-//! (`192.168.50.1`, `10.200.0.1`, forwarding on) -- pod `10.200.0.2`. They are
-//! deleted afterwards, also on an error or a panic. The node's rules are loaded
-//! through the library, with every command behind `ip netns exec NODE`:
+//! Per mode and size (a point), three new namespaces
+//! (`svcnat-dp-<pid>-<mode>-<size>-cli`, `-node`, `-pod`), joined by veth pairs:
+//! client `192.168.50.2` -- node (`192.168.50.1`, `10.200.0.1`, forwarding on) --
+//! pod `10.200.0.2`. They are deleted at the end, also on an error or a panic. The
+//! node's rules are loaded through the library, with every command behind `ip netns
+//! exec NODE`:
 //!
 //! - `iptables-nft`, `iptables-legacy`: a [`Syncer`] over [`IptablesRestore`] with
 //!   that backend, one full sync; then the applied ruleset's `KUBE-SERVICES` must
@@ -39,14 +40,18 @@
 //! - `nftables`: an [`NftSyncer`] over [`NftCommand`] ([`svcnat::compile::nftables`]'s
 //!   ruleset), one full sync.
 //!
-//! Then the example runs itself inside the client namespace (`ip netns exec CLI
-//! dataplane_cost --connect FIRST --connect LAST --count N`, a sub-mode for this
-//! use only), which connects to the two ClusterIPs in turn, `N` times each plus a
-//! few warm-ups, and prints one line per connection: the target, the nanoseconds
-//! `connect()` took until the connection was established, and the source port. Each
-//! connection is closed before the next one (the close is not timed) and has its
-//! own source port, so each is a new conntrack entry in the node, whose first packet
-//! walks the NAT rules; a source port seen twice for one target fails the run. The
+//! Every point is loaded first; then they are measured in 5 rounds, each round
+//! visiting every point in turn with a fifth of the `--connections`, so that load
+//! on the machine that comes and goes falls on all points alike rather than on
+//! the one measured at the time. In a round, the example runs itself inside the
+//! point's client namespace (`ip netns exec CLI dataplane_cost --connect FIRST
+//! --connect LAST --count N`, a sub-mode for this use only), which connects to the
+//! two ClusterIPs in turn, `N` times each after 10 warm-ups each, and prints one
+//! line per connection: the target, the nanoseconds `connect()` took until the
+//! connection was established, and the source port. Each connection is closed
+//! before the next one (the close is not timed) and has its own source port, so
+//! each is a new conntrack entry in the node, whose first packet walks the NAT
+//! rules; a source port seen twice for one target in a point fails the run. The
 //! server is the example too (`--serve ADDR:PORT`, run in the pod namespace), which
 //! accepts and closes.
 //!
@@ -55,18 +60,18 @@
 //! per mode (`iptables-nft`, `iptables-legacy`, `nftables`) per size (the number of
 //! services, as a string) an object with `load_s` (the sync's wall time) and per
 //! position (`first`, `last`) `service` (`NAMESPACE/NAME:PORT`, from the comment of
-//! its `KUBE-SERVICES` rule),
-//! `address`, `median_us`, `p90_us` and `samples` (the warm-ups left out).
+//! its `KUBE-SERVICES` rule), `address`, `median_us`, `p90_us` and `samples` (the
+//! warm-ups left out).
 //!
 //! `--svg FILE` also writes a plot of the medians: x the number of services (log
 //! scale), y the median connect time, one line per mode and position (dashed:
 //! `first`, solid: `last`).
 //!
 //! Caveats: the times include two veth hops each way and the client's own
-//! `connect()`; the first and last positions alternate connection by connection,
-//! but modes and sizes run one after another, so load on the machine that changes
-//! between them shows in the comparison. A process killed by a signal cannot delete
-//! its namespaces: remove leftovers with `ip netns del svcnat-dp-<pid>-…`.
+//! `connect()`, about 30-45 µs on a busy 2-vCPU VM; only the first packet of a
+//! connection walks the NAT rules. All points stay loaded until the end (at 30,000
+//! services, three full tables at once). A process killed by a signal cannot
+//! delete its namespaces: remove leftovers with `ip netns del svcnat-dp-<pid>-…`.
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
@@ -84,7 +89,7 @@ use svcnat::synthetic::{self, Spec};
 
 #[path = "common/flags.rs"]
 mod flags;
-use flags::{Arg, CommandLine, number};
+use flags::{CommandLine, number};
 #[path = "common/measure.rs"]
 mod measure;
 use measure::{Netns, date, machine, one_line};
@@ -94,6 +99,8 @@ const USAGE: &str = "usage: dataplane_cost [--modes iptables-nft,iptables-legacy
 
 /// Connections per target made before the measured ones, and left out.
 const WARMUPS: usize = 10;
+/// Every point is measured in this many rounds, each round visiting every point.
+const ROUNDS: usize = 5;
 /// How long one `connect()` may take before the run fails.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 2);
@@ -167,15 +174,7 @@ impl Run {
         let mut count = None;
         let mut serve_at = None;
         let mut measuring = false;
-        while let Some(arg) = line.next()? {
-            let flag = match arg {
-                Arg::Value(v) => return Err(format!("unexpected argument {v:?}")),
-                Arg::Flag(flag) => flag,
-            };
-            if flag == "-h" || flag == "--help" {
-                println!("{USAGE}");
-                std::process::exit(0);
-            }
+        while let Some(flag) = line.next_flag(USAGE)? {
             let count_of = |flag: &str, v: &str, max: usize| {
                 let n = number(flag, v)? as usize;
                 if n == 0 || n > max {
@@ -450,6 +449,19 @@ fn cluster(services: usize, endpoints: usize) -> Result<(ClusterState, [Probe; 2
 /// The port of the synthetic endpoints, where the server listens.
 const SERVER_PORT: u16 = 8080;
 
+/// One mode at one size: its namespaces, what it connects to, what it measured.
+struct Point {
+    mode: Mode,
+    services: usize,
+    lab: Lab,
+    probes: [Probe; 2],
+    load_s: f64,
+    /// Per probe, the connect times so far (nanoseconds).
+    times: [Vec<u64>; 2],
+    /// Per probe, every source port used so far.
+    ports: [HashSet<u16>; 2],
+}
+
 /// The three namespaces of one measurement and the server, removed on drop.
 struct Lab {
     server: Child,
@@ -534,8 +546,15 @@ impl Lab {
     }
 
     /// `connections` new connections to each target in turn, from the client
-    /// namespace; per target, the connect times after the warm-ups.
-    fn connect(&self, targets: &[SocketAddr], connections: usize) -> Result<Vec<Vec<u64>>, String> {
+    /// namespace, after the warm-ups: their connect times are added to `times`, per
+    /// target, and every source port (warm-ups too) to `ports`, where it must be new.
+    fn connect(
+        &self,
+        targets: &[SocketAddr],
+        connections: usize,
+        times: &mut [Vec<u64>],
+        ports: &mut [HashSet<u16>],
+    ) -> Result<(), String> {
         let exe = std::env::current_exe().map_err(|e| format!("this program's path: {e}"))?;
         let exe = exe.to_string_lossy();
         let mut args = vec![exe.as_ref()];
@@ -546,8 +565,7 @@ impl Lab {
         let count = connections.to_string();
         args.extend(["--count", &count]);
         let out = self.client.run(&args)?;
-        let mut times = vec![Vec::new(); targets.len()];
-        let mut ports = vec![HashSet::new(); targets.len()];
+        let mut made = vec![0; targets.len()];
         for line in out.lines() {
             let parsed = (|| {
                 let mut w = line.split_whitespace();
@@ -565,20 +583,20 @@ impl Lab {
                     targets[t]
                 ));
             }
-            times[t].push(ns);
-        }
-        for (t, v) in times.iter_mut().enumerate() {
-            if v.len() != WARMUPS + connections {
-                return Err(format!(
-                    "the client made {} connections to {}, not {}",
-                    v.len(),
-                    targets[t],
-                    WARMUPS + connections
-                ));
+            made[t] += 1;
+            if made[t] > WARMUPS {
+                times[t].push(ns);
             }
-            v.drain(..WARMUPS);
         }
-        Ok(times)
+        if let Some(t) = made.iter().position(|&n| n != WARMUPS + connections) {
+            return Err(format!(
+                "the client made {} connections to {}, not {}",
+                made[t],
+                targets[t],
+                WARMUPS + connections
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -670,8 +688,11 @@ fn measure(args: &Args) -> Result<Value, String> {
         "endpoints": args.endpoints,
         "connections": args.connections,
         "warmups": WARMUPS,
+        "rounds": ROUNDS,
         "modes": args.modes.iter().map(|m| m.key()).collect::<Vec<_>>(),
     });
+    // Every point is loaded first, then measured in rounds.
+    let mut points = Vec::new();
     for &services in &args.services {
         let (state, probes) = cluster(services, args.endpoints)?;
         eprintln!(
@@ -679,29 +700,57 @@ fn measure(args: &Args) -> Result<Value, String> {
             probes[0].port, probes[0].address, probes[1].port, probes[1].address
         );
         for &mode in &args.modes {
-            let at = format!("{} at {services} services", mode.key());
             let lab = Lab::new(&format!("{}-{services}", mode.short()))?;
             let t0 = Instant::now();
-            load(mode, &lab.node, &state, &probes).map_err(|e| format!("{at}: {e}"))?;
+            load(mode, &lab.node, &state, &probes)
+                .map_err(|e| format!("{} at {services} services: {e}", mode.key()))?;
             let load_s = t0.elapsed().as_secs_f64();
-            let targets = [probes[0].address, probes[1].address];
-            let times = lab
-                .connect(&targets, args.connections)
-                .map_err(|e| format!("{at}: {e}"))?;
-            let mut point = json!({ "load_s": (load_s * 1000.0).round() / 1000.0 });
-            for ((position, probe), ns) in ["first", "last"].into_iter().zip(&probes).zip(times) {
-                let mut s = stats(ns);
-                s["service"] = json!(probe.port);
-                s["address"] = json!(probe.address.to_string());
-                point[position] = s;
-            }
             eprintln!(
-                "{PROGRAM}: {at}: loaded in {load_s:.1} s; median first {} us, last {} us",
-                point["first"]["median_us"], point["last"]["median_us"]
+                "{PROGRAM}: {} at {services} services: loaded in {load_s:.1} s",
+                mode.key()
             );
-            report[mode.key()][services.to_string()] = point;
-            // The namespaces are deleted here, before the next mode loads.
+            points.push(Point {
+                mode,
+                services,
+                lab,
+                probes: probes.clone(),
+                load_s,
+                times: [Vec::new(), Vec::new()],
+                ports: [HashSet::new(), HashSet::new()],
+            });
         }
+    }
+    for round in 0..ROUNDS {
+        // The connections spread over the rounds, the first rounds taking the rest.
+        let n = args.connections / ROUNDS + usize::from(round < args.connections % ROUNDS);
+        if n == 0 {
+            continue;
+        }
+        for p in &mut points {
+            let targets = [p.probes[0].address, p.probes[1].address];
+            p.lab
+                .connect(&targets, n, &mut p.times, &mut p.ports)
+                .map_err(|e| format!("{} at {} services: {e}", p.mode.key(), p.services))?;
+        }
+        eprintln!("{PROGRAM}: round {}/{ROUNDS} measured", round + 1);
+    }
+    for p in points {
+        let mut point = json!({ "load_s": (p.load_s * 1000.0).round() / 1000.0 });
+        for ((position, probe), ns) in ["first", "last"].into_iter().zip(&p.probes).zip(p.times) {
+            let mut s = stats(ns);
+            s["service"] = json!(probe.port);
+            s["address"] = json!(probe.address.to_string());
+            point[position] = s;
+        }
+        eprintln!(
+            "{PROGRAM}: {} at {} services: median first {} us, last {} us",
+            p.mode.key(),
+            p.services,
+            point["first"]["median_us"],
+            point["last"]["median_us"]
+        );
+        report[p.mode.key()][p.services.to_string()] = point;
+        // The point's namespaces are deleted here.
     }
     if let Some((path, file)) = &args.svg {
         let mut file = file;

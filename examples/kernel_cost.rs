@@ -104,7 +104,7 @@ use svcnat::synthetic::{self, Spec};
 
 #[path = "common/flags.rs"]
 mod flags;
-use flags::{Arg, CommandLine, SpecFlags};
+use flags::{CommandLine, SpecFlags};
 #[path = "common/measure.rs"]
 mod measure;
 use measure::{Netns, date, machine, one_line};
@@ -149,16 +149,7 @@ impl Args {
         let mut resync = true;
         let mut cleanup = true;
         let mut pieces = None;
-        while let Some(arg) = line.next()? {
-            let flag = match arg {
-                Arg::Value(v) => return Err(format!("unexpected argument {v:?}")),
-                Arg::Flag(flag) => flag,
-            };
-            // A value joined to `--help` is ignored, as it always was.
-            if flag == "-h" || flag == "--help" {
-                println!("{USAGE}");
-                std::process::exit(0);
-            }
+        while let Some(flag) = line.next_flag(USAGE)? {
             if flag == "--no-resync" && !line.has_joined() {
                 resync = false;
                 continue;

@@ -41,7 +41,7 @@ use svcnat::synthetic::{self, Spec};
 mod flags;
 #[path = "../benches/common/floor.rs"]
 mod floor;
-use flags::{Arg, CommandLine, SpecFlags};
+use flags::{CommandLine, SpecFlags};
 
 const USAGE: &str = "usage: scale --services S --endpoints E [--mix cluster-ip|load-balancer] [--seed N] [--runs N]";
 
@@ -63,16 +63,7 @@ struct Args {
 impl Args {
     fn parse(mut line: CommandLine) -> Result<Args, String> {
         let mut flags = SpecFlags::default();
-        while let Some(arg) = line.next()? {
-            let flag = match arg {
-                Arg::Value(v) => return Err(format!("unexpected argument {v:?}")),
-                Arg::Flag(flag) => flag,
-            };
-            // A value joined to `--help` is ignored, as it always was.
-            if flag == "-h" || flag == "--help" {
-                println!("{USAGE}");
-                std::process::exit(0);
-            }
+        while let Some(flag) = line.next_flag(USAGE)? {
             if !flags.take(&flag, &mut line)? {
                 return Err(format!("unexpected argument {:?}", line.typed(&flag)));
             }

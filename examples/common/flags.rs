@@ -70,6 +70,24 @@ impl CommandLine {
         }
     }
 
+    /// The next flag of an example that takes flags only: `None` at the end. `-h`
+    /// or `--help` prints `usage` and exits 0 (a value joined to it is ignored).
+    ///
+    /// # Errors
+    ///
+    /// An argument that is not a flag, and [`CommandLine::next`]'s.
+    pub fn next_flag(&mut self, usage: &str) -> Result<Option<String>, String> {
+        match self.next()? {
+            None => Ok(None),
+            Some(Arg::Value(v)) => Err(format!("unexpected argument {v:?}")),
+            Some(Arg::Flag(flag)) if flag == "-h" || flag == "--help" => {
+                println!("{usage}");
+                std::process::exit(0)
+            }
+            Some(Arg::Flag(flag)) => Ok(Some(flag)),
+        }
+    }
+
     /// The value of `flag`: joined with `=`, or the next argument.
     ///
     /// # Errors
