@@ -51,15 +51,22 @@ impl NftPlan {
     /// it holds every element change and every fixed chain.
     ///
     /// ```
-    /// # use svcnat::model::*;
-    /// # use svcnat::sync::nft_full_plan;
+    /// use svcnat::model::*;
+    /// use svcnat::sync::nft_full_plan;
+    ///
     /// let config = ProxyConfig::default().with_cluster_cidrs(["10.0.0.0/8".parse().unwrap()]);
     /// let mut state = ClusterState::new();
     /// for i in 0..20u8 {
     ///     let name = format!("svc{i}");
-    ///     state.upsert_service(Service::cluster_ip("ns", &name, [172, 30, 0, i].into()));
-    ///     state.upsert_slice(EndpointSlice::new("ns", &name, format!("{name}-1"))
-    ///         .with_endpoint(Endpoint::ready([10, 1, 0, i].into())));
+    ///     state.upsert_service(
+    ///         Service::cluster_ip("ns", &name, [172, 30, 0, i].into())
+    ///             .with_port(ServicePort::tcp("p80", 80)),
+    ///     );
+    ///     state.upsert_slice(
+    ///         EndpointSlice::new("ns", &name, format!("{name}-a"), IpFamily::Ipv4)
+    ///             .with_port(EndpointPort::tcp("p80", 80))
+    ///             .with_endpoint(Endpoint::ready([10, 1, 0, i].into())),
+    ///     );
     /// }
     /// let next = svcnat::compile::nftables(&state, &config)?;
     /// let plan = nft_full_plan(&next, None, std::time::Instant::now());
