@@ -17,7 +17,9 @@
 //!    whole in one piece, a chain after every service chain its rules jump or go
 //!    to (endpoints before their service, a service before its external chain),
 //!    so that a chain written is never reached while what it reaches is still
-//!    empty. Until step 3 only the old state's map elements reach them, each
+//!    empty; one service's chains after another's, so that the services'
+//!    anonymous verdict maps, whose cost in the kernel grows with the size of
+//!    the transaction, spread over the pieces. Until step 3 only the old state's map elements reach them, each
 //!    element a chain of its own service port, now old or new.
 //! 3. **The switch**, one piece however large: every element change (a map
 //!    flushed and filled again stays whole), the fixed chains (every chain that
@@ -194,9 +196,15 @@ fn leaves_first<'a>(
         }
         to.into_iter().collect()
     };
+    // Roots first (chains none of the others reaches: a service's chain, or
+    // its external one), so each service's chains come together and the
+    // services' costly rules (an anonymous verdict map each) spread evenly
+    // over the pieces instead of filling the last ones; then the rest.
+    let reached: HashSet<&Name> = order.iter().flat_map(|&c| targets(c)).collect();
+    let roots = order.iter().filter(|c| !reached.contains(**c));
     let mut done: HashSet<&Name> = HashSet::new();
     let mut out = Vec::with_capacity(order.len());
-    for &root in order {
+    for &root in roots.chain(order) {
         if done.contains(root) {
             continue;
         }
