@@ -13,6 +13,8 @@ use std::io::Read;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use proptest::prelude::Rng as _;
+use proptest::test_runner::{RngAlgorithm, TestRng};
 use svcnat::exec::{Backend, Executor, IptablesRestore, NftExecutor};
 use svcnat::flows::{FlowDestination, StaleFlow};
 use svcnat::model::*;
@@ -195,17 +197,18 @@ fn normalized_sorts_history_away_and_keeps_rules() {
     );
 }
 
-/// A small deterministic generator (splitmix64), so the churn is the same on
-/// every run.
-struct Rng(u64);
+/// Seeded choices (proptest's generator), so the churn is the same on every
+/// run.
+struct Rng(TestRng);
 
 impl Rng {
+    fn new(seed: u64) -> Rng {
+        let mut bytes = [0u8; 32];
+        bytes[..8].copy_from_slice(&seed.to_le_bytes());
+        Rng(TestRng::from_seed(RngAlgorithm::ChaCha, &bytes))
+    }
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n
@@ -245,7 +248,7 @@ impl Churn {
 
     fn new(seed: u64) -> Churn {
         Churn {
-            rng: Rng(seed),
+            rng: Rng::new(seed),
             slots: vec![Slot::default(); usize::from(Churn::SLOTS)],
         }
     }
