@@ -54,7 +54,7 @@ fn family(config: &ProxyConfig) -> Family {
 /// Syncs twice, [`svcnat::sync::STALE_CHAIN_AGE`] apart and more, with nothing
 /// changed: the stale chains of the syncs before are deleted (the first may be
 /// full, and flush some more).
-fn age_out<E: NftExecutor>(syncer: &mut NftSyncer<E>, now: &mut Instant) {
+pub(crate) fn age_out<E: NftExecutor>(syncer: &mut NftSyncer<E>, now: &mut Instant) {
     for _ in 0..2 {
         *now += Duration::from_secs(2);
         syncer.sync_at(*now).unwrap();
