@@ -446,7 +446,11 @@ fn churn_leaves_exactly_the_full_sync_state() {
     const STEPS: usize = 45;
     let started = Instant::now();
     let (ns, reference) = (Netns::new("nks-churn"), Netns::new("nks-fresh"));
-    let mut syncer = NftSyncer::new(nft_in(&ns), config()).unwrap();
+    // Small pieces, so that larger syncs run as several transactions; the
+    // reference's one full sync runs whole.
+    let mut syncer = NftSyncer::new(nft_in(&ns), config())
+        .unwrap()
+        .with_piece_operations(40);
     let mut churn = Churn::new(SEED);
     churn.start(&mut syncer);
     let mut now = Instant::now();
@@ -584,8 +588,9 @@ fn crowd(n: u16, base: u8) -> (Service, EndpointSlice) {
 
 /// 1,000 ClusterIP services, one of them (`traffic/s`, TCP and UDP port 80)
 /// served by pod 1. A client outside the node connects to it in a loop while a
-/// requested full resync rewrites everything: every crowd service's endpoints
-/// change, and the service's endpoint moves to pod 2. No exchange is refused or
+/// requested full resync rewrites everything, in transactions of 1,000
+/// operations: every crowd service's endpoints change, and the service's
+/// endpoint moves to pod 2. No exchange is refused or
 /// times out; before the sync every answer is pod 1's, after it (and after the
 /// stale UDP flows it reports are cleared) pod 2's.
 #[test]
@@ -596,7 +601,11 @@ fn traffic_flows_during_a_resync_of_1000_services() {
     let started = Instant::now();
     let fam = Fam { six: false };
     let lab = Lab::new("nks-flow", IpFamily::Ipv4);
-    let mut syncer = NftSyncer::new(nft_in(&lab.node), fam.config()).unwrap();
+    // Pieces of 1,000 operations: the resync (16,000) runs as a dozen
+    // transactions or more, and the traffic meets the states in between.
+    let mut syncer = NftSyncer::new(nft_in(&lab.node), fam.config())
+        .unwrap()
+        .with_piece_operations(1_000);
     syncer.upsert_service(fam.svc("s", 10));
     syncer.upsert_slice(fam.slice("s", &[fam.endpoint(1, "node")]));
     for n in 1..1000 {
@@ -640,6 +649,7 @@ fn traffic_flows_during_a_resync_of_1000_services() {
     let report = syncer.sync().unwrap();
     let (sync_end, resync_took) = (unix_now(), t.elapsed());
     assert_eq!(report.full_reason, Some(FullReason::Requested), "{report}");
+    assert!(report.pieces > 10, "{} pieces", report.pieces);
     // UDP flows to pod 1 stay until their conntrack entries go (a new socket
     // may reuse a source port): the caller deletes the flows the sync reports,
     // with the `conntrack` tool as the sync example does.
