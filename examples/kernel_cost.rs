@@ -569,11 +569,7 @@ fn one_run(
     let empty_restore = t0.elapsed();
 
     syncer.replace_state(state.clone());
-    let (full, was_full) = timed_sync(&mut syncer)?;
-    if !was_full {
-        return Err("the first sync was not a full one".into());
-    }
-    progress(ns, "full sync", &full);
+    let full = full_sync(ns, &mut syncer, "full sync")?;
 
     // The kernel must hold what the library compiled.
     let applied = syncer
@@ -618,7 +614,7 @@ fn one_run(
         } = moved_endpoint(syncer.state(), args, run)?;
         let t0 = Instant::now();
         syncer.upsert_slice(change);
-        let (mut sample, was_full) = timed_sync(&mut syncer)?;
+        let (mut sample, was_full) = syncer.timed_sync()?;
         sample.sync = t0.elapsed();
         if was_full {
             return Err("a one-endpoint change gave a full sync".into());
@@ -634,7 +630,7 @@ fn one_run(
                 synthetic::service_name(i)
             ));
         }
-        progress(ns, "partial sync", &sample);
+        Cost::progress(ns, "partial sync", &sample);
         Some(sample)
     };
 
@@ -659,17 +655,7 @@ fn one_run(
         drift_check.as_secs_f64()
     );
 
-    let resync = if args.resync {
-        syncer.request_full_sync();
-        let (resync, was_full) = timed_sync(&mut syncer)?;
-        if !was_full {
-            return Err("a requested full sync was partial".into());
-        }
-        progress(ns, "full resync", &resync);
-        Some(resync)
-    } else {
-        None
-    };
+    let resync = resync(ns, &mut syncer, args)?;
 
     let cleanup = if args.cleanup {
         let sample = timed_cleanup(ns, &mut syncer, backend, &written)?;
@@ -732,21 +718,69 @@ fn moved_endpoint(
     })
 }
 
-/// Runs one sync; its figures, and whether it was full.
-fn timed_sync(syncer: &mut Cost) -> Result<(Sample, bool), String> {
-    syncer.executor_mut().take();
-    let t0 = Instant::now();
-    let report = syncer.sync().map_err(|e| e.to_string())?;
-    let sync = t0.elapsed();
-    let (restore, save, jumps) = syncer.executor_mut().take();
-    let sample = Sample {
-        sync,
-        restore,
-        save,
-        jumps,
-        bytes: report.bytes,
-    };
-    Ok((sample, report.full))
+/// What the steps every backend makes need of its syncer.
+trait Measured {
+    /// Runs one sync; its figures, and whether it was full.
+    fn timed_sync(&mut self) -> Result<(Sample, bool), String>;
+
+    /// Makes the next sync a full one.
+    fn request_full_sync(&mut self);
+
+    /// One line on stderr per sync, so that a long measurement shows where it is.
+    fn progress(ns: &Netns, what: &str, s: &Sample);
+}
+
+impl Measured for Cost {
+    fn timed_sync(&mut self) -> Result<(Sample, bool), String> {
+        self.executor_mut().take();
+        let t0 = Instant::now();
+        let report = self.sync().map_err(|e| e.to_string())?;
+        let sync = t0.elapsed();
+        let (restore, save, jumps) = self.executor_mut().take();
+        let sample = Sample {
+            sync,
+            restore,
+            save,
+            jumps,
+            bytes: report.bytes,
+        };
+        Ok((sample, report.full))
+    }
+
+    fn request_full_sync(&mut self) {
+        Syncer::request_full_sync(self);
+    }
+
+    fn progress(ns: &Netns, what: &str, s: &Sample) {
+        eprintln!(
+            "kernel_cost: {}: {what}: {:.3} s, restore {:.3} s, save {:.3} s, jumps {:.3} s, {} bytes",
+            ns.name,
+            s.sync.as_secs_f64(),
+            s.restore.as_secs_f64(),
+            s.save.as_secs_f64(),
+            s.jumps.as_secs_f64(),
+            s.bytes
+        );
+    }
+}
+
+/// A sync that must be a full one (`what`: which, for the messages).
+fn full_sync<S: Measured>(ns: &Netns, syncer: &mut S, what: &str) -> Result<Sample, String> {
+    let (sample, was_full) = syncer.timed_sync()?;
+    if !was_full {
+        return Err(format!("the {what} was a partial one"));
+    }
+    S::progress(ns, what, &sample);
+    Ok(sample)
+}
+
+/// The `resync` step (unless `--no-resync`): `request_full_sync()`, then a sync.
+fn resync<S: Measured>(ns: &Netns, syncer: &mut S, args: &Args) -> Result<Option<Sample>, String> {
+    if !args.resync {
+        return Ok(None);
+    }
+    syncer.request_full_sync();
+    full_sync(ns, syncer, "full resync").map(Some)
 }
 
 /// The chains cleanup leaves in place by design (kubelet writes them too).
@@ -850,19 +884,6 @@ fn jump_target(line: &str) -> Option<&str> {
         }
     }
     None
-}
-
-/// One line on stderr per sync, so that a long measurement shows where it is.
-fn progress(ns: &Netns, what: &str, s: &Sample) {
-    eprintln!(
-        "kernel_cost: {}: {what}: {:.3} s, restore {:.3} s, save {:.3} s, jumps {:.3} s, {} bytes",
-        ns.name,
-        s.sync.as_secs_f64(),
-        s.restore.as_secs_f64(),
-        s.save.as_secs_f64(),
-        s.jumps.as_secs_f64(),
-        s.bytes
-    );
 }
 
 /// `-A` rules and chains in `iptables-save` output.

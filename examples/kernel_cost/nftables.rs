@@ -17,7 +17,8 @@ use svcnat::sync::{
 use svcnat::synthetic;
 
 use super::{
-    Args, CleanupSample, Moved, Netns, Run, Sample, median, moved_endpoint, nanos, summary,
+    Args, CleanupSample, Measured, Moved, Netns, Run, Sample, full_sync, median, moved_endpoint,
+    nanos, resync, summary, timed,
 };
 
 /// Forwards every call to `inner` and adds up the time spent in each kind.
@@ -59,13 +60,6 @@ impl<E> NftTimed<E> {
             (Duration::ZERO, Duration::ZERO, Duration::ZERO, 0);
         t
     }
-}
-
-fn timed<T>(total: &mut Duration, f: impl FnOnce() -> T) -> T {
-    let t0 = Instant::now();
-    let out = f();
-    *total += t0.elapsed();
-    out
 }
 
 impl<E: NftExecutor> NftExecutor for NftTimed<E> {
@@ -218,11 +212,7 @@ fn one_run(
     let empty_restore = t0.elapsed();
 
     syncer.replace_state(state.clone());
-    let (full, was_full) = timed_sync(&mut syncer)?;
-    if !was_full {
-        return Err("the first sync was not a full one".into());
-    }
-    progress(ns, "full sync", &full);
+    let full = full_sync(ns, &mut syncer, "full sync")?;
 
     // The kernel must hold what the library compiled.
     let t0 = Instant::now();
@@ -255,27 +245,17 @@ fn one_run(
         let old_chains = dnat_chains(&before.ruleset, moved.old);
         let t0 = Instant::now();
         syncer.upsert_slice(moved.change.clone());
-        let (mut sample, was_full) = timed_sync(&mut syncer)?;
+        let (mut sample, was_full) = syncer.timed_sync()?;
         sample.sync = t0.elapsed();
         if was_full {
             return Err("a one-endpoint change gave a full sync".into());
         }
         check_moved(ns, &syncer, &moved, &old_chains)?;
-        progress(ns, "partial sync", &sample);
+        NftCost::progress(ns, "partial sync", &sample);
         Some(sample)
     };
 
-    let resync = if args.resync {
-        syncer.request_full_sync();
-        let (resync, was_full) = timed_sync(&mut syncer)?;
-        if !was_full {
-            return Err("a requested full sync was partial".into());
-        }
-        progress(ns, "full resync", &resync);
-        Some(resync)
-    } else {
-        None
-    };
+    let resync = resync(ns, &mut syncer, args)?;
 
     let cleanup = if args.cleanup {
         let sample = timed_cleanup(ns, &mut syncer, compiled)?;
@@ -331,21 +311,37 @@ fn first_difference(held: &Ruleset, compiled: &Ruleset) -> Option<String> {
     (held != compiled).then(|| "the tables differ".into())
 }
 
-/// Runs one sync; its figures, and whether it was full.
-fn timed_sync(syncer: &mut NftCost) -> Result<(Sample, bool), String> {
-    syncer.executor_mut().take();
-    let t0 = Instant::now();
-    let report = syncer.sync().map_err(|e| e.to_string())?;
-    let sync = t0.elapsed();
-    let (run, list, _, _) = syncer.executor_mut().take();
-    let sample = Sample {
-        sync,
-        restore: run,
-        save: list,
-        jumps: Duration::ZERO,
-        bytes: report.bytes,
-    };
-    Ok((sample, report.full))
+impl Measured for NftCost {
+    fn timed_sync(&mut self) -> Result<(Sample, bool), String> {
+        self.executor_mut().take();
+        let t0 = Instant::now();
+        let report = self.sync().map_err(|e| e.to_string())?;
+        let sync = t0.elapsed();
+        let (run, list, _, _) = self.executor_mut().take();
+        let sample = Sample {
+            sync,
+            restore: run,
+            save: list,
+            jumps: Duration::ZERO,
+            bytes: report.bytes,
+        };
+        Ok((sample, report.full))
+    }
+
+    fn request_full_sync(&mut self) {
+        NftSyncer::request_full_sync(self);
+    }
+
+    fn progress(ns: &Netns, what: &str, s: &Sample) {
+        eprintln!(
+            "kernel_cost: {}: {what}: {:.3} s, nft -f {:.3} s, listing {:.3} s, {} bytes",
+            ns.name,
+            s.sync.as_secs_f64(),
+            s.restore.as_secs_f64(),
+            s.save.as_secs_f64(),
+            s.bytes
+        );
+    }
 }
 
 /// The drift check's time: the `NftSyncer` makes it inside a sync (the check
@@ -542,16 +538,4 @@ fn one_transaction(ns: &Netns, compiled: &Ruleset, chains: usize) -> Result<Dura
         tx.len()
     );
     Ok(took)
-}
-
-/// One line on stderr per sync, so that a long measurement shows where it is.
-fn progress(ns: &Netns, what: &str, s: &Sample) {
-    eprintln!(
-        "kernel_cost: {}: {what}: {:.3} s, nft -f {:.3} s, listing {:.3} s, {} bytes",
-        ns.name,
-        s.sync.as_secs_f64(),
-        s.restore.as_secs_f64(),
-        s.save.as_secs_f64(),
-        s.bytes
-    );
 }
