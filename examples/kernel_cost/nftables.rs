@@ -145,13 +145,14 @@ pub(super) fn measure(args: &Args, state: &ClusterState) -> Result<Value, String
     let config = synthetic::config();
     // What the kernel must hold after the first sync, and the baseline's text.
     let compiled = svcnat::compile::nftables(state, &config).map_err(|e| e.to_string())?;
+    let canonical = canonicalize(&compiled);
     let (chains_compiled, _) = size(&compiled);
     let mut runs = Vec::new();
     let mut extras = Vec::new();
     for run in 0..args.runs {
         let failed = |e: String| format!("nftables run {}: {e}", run + 1);
         let ns = Netns::new(&format!("nftables-{run}"))?;
-        let (one, extra) = one_run(&ns, state, &compiled, args, run).map_err(failed)?;
+        let (one, extra) = one_run(&ns, state, &compiled, &canonical, args, run).map_err(failed)?;
         // The run's namespace goes before the baseline's comes.
         drop(ns);
         let one_transaction = if args.baseline {
@@ -192,6 +193,7 @@ fn one_run(
     ns: &Netns,
     state: &ClusterState,
     compiled: &Ruleset,
+    canonical: &Ruleset,
     args: &Args,
     run: usize,
 ) -> Result<(Run, Extra), String> {
@@ -226,7 +228,7 @@ fn one_run(
     let held = parse_listing(&listing).map_err(|e| format!("nft list table: {e}"))?;
     let (chains_in_kernel, rules_in_kernel) = size(&held);
     let (chains_compiled, rules_compiled) = size(compiled);
-    if let Some(what) = first_difference(&canonicalize(&held), &canonicalize(compiled)) {
+    if let Some(what) = first_difference(&canonicalize(&held), canonical) {
         return Err(format!(
             "nft list table {} {table} shows {chains_in_kernel} chains and {rules_in_kernel} rules, \
              the library compiled {chains_compiled} and {rules_compiled}; {what}",
