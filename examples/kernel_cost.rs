@@ -10,7 +10,8 @@
 //! sudo cargo run --release --features synthetic --example kernel_cost -- [--services S (10000)] \
 //!     [--endpoints E (10)] [--mix cluster-ip|load-balancer] [--seed N (1)] \
 //!     [--backend nft|legacy|both|nftables|all (both)] [--runs N (3)] [--no-resync] \
-//!     [--no-cleanup] [--no-baseline] [--restore-pieces N (the executor's default; 0: one restore)]
+//!     [--no-cleanup] [--no-baseline] [--restore-pieces N (the executor's default; 0: one restore)] \
+//!     [--nft-piece-operations N (the nftables syncer's default; 0: one transaction)]
 //! ```
 //!
 //! `--backend`: `both` is nft then legacy (the iptables backends), `nftables` the
@@ -94,6 +95,7 @@
 //! | `cleanup_restore_ns`, `cleanup_save_ns` | of that, inside `run` and inside the listings (none: 0) |
 //! | `cleanup_chains_removed` | the chains the table held as the syncer last applied it, stale ones included (the table goes whole) |
 //! | `one_transaction_ns` | the baseline: the compiled table as ONE `nft -f` transaction (the text a full plan sends, [`nft_full_plan`](svcnat::sync::nft_full_plan) with nothing listed), into a fresh namespace of its own (`svcnat-cost-<pid>-nftables-<run>-one`) after each run's; afterwards `nft list chains` must show every chain. Null with `--no-baseline`: at 10,000 services x 10 endpoints it takes minutes |
+//! | `piece_operations` | the largest transaction the nftables syncer sends at once (`--nft-piece-operations`, else [`DEFAULT_PIECE_OPERATIONS`](svcnat::sync::DEFAULT_PIECE_OPERATIONS); 0: never cut): a first sync or a full resync larger than that runs in pieces ([`NftPlan::pieces`](svcnat::sync::NftPlan::pieces)) |
 //!
 //! After the partial sync, `nft list chain` of the chains that DNAT to the moved
 //! endpoint's new address, and of the chains that jump to them, must show what was
@@ -152,7 +154,7 @@ mod flags;
 mod nftables;
 use flags::{Arg, CommandLine, SpecFlags};
 
-const USAGE: &str = "usage: kernel_cost [--services S] [--endpoints E] [--mix cluster-ip|load-balancer] [--seed N] [--backend nft|legacy|both|nftables|all] [--runs N] [--no-resync] [--no-cleanup] [--no-baseline] [--restore-pieces N]";
+const USAGE: &str = "usage: kernel_cost [--services S] [--endpoints E] [--mix cluster-ip|load-balancer] [--seed N] [--backend nft|legacy|both|nftables|all] [--runs N] [--no-resync] [--no-cleanup] [--no-baseline] [--restore-pieces N] [--nft-piece-operations N]";
 
 fn main() {
     let args = Args::parse(CommandLine::from_env()).unwrap_or_else(|e| {
@@ -188,6 +190,9 @@ struct Args {
     baseline: bool,
     /// `--restore-pieces N` (0: one restore); the executor's default when absent.
     pieces: Option<Option<usize>>,
+    /// `--nft-piece-operations N`: the nftables syncer's largest transaction
+    /// (0: never cut); the library's default when absent.
+    nft_pieces: Option<usize>,
 }
 
 impl Args {
@@ -199,6 +204,7 @@ impl Args {
         let mut cleanup = true;
         let mut baseline = true;
         let mut pieces = None;
+        let mut nft_pieces = None;
         while let Some(arg) = line.next()? {
             let flag = match arg {
                 Arg::Value(v) => return Err(format!("unexpected argument {v:?}")),
@@ -242,6 +248,13 @@ impl Args {
                         .map_err(|_| format!("{flag}: {v:?} is not a number"))?;
                     pieces = Some((n > 0).then_some(n));
                 }
+                "--nft-piece-operations" => {
+                    let v = line.value(&flag)?;
+                    nft_pieces = Some(
+                        v.parse()
+                            .map_err(|_| format!("{flag}: {v:?} is not a number"))?,
+                    );
+                }
                 _ => return Err(format!("unexpected argument {:?}", line.typed(&flag))),
             }
         }
@@ -265,6 +278,7 @@ impl Args {
             cleanup,
             baseline,
             pieces,
+            nft_pieces,
         })
     }
 }

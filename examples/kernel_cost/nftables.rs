@@ -12,7 +12,8 @@ use svcnat::model::ClusterState;
 use svcnat::nft::{Chain, Element, Family, MapElement, Name, Ruleset, Stmt, Transaction};
 use svcnat::parse::nft::{canonicalize, parse_listing};
 use svcnat::sync::{
-    DEFAULT_DRIFT_CHECK, NftSyncer, cleanup_transaction, nft_cleanup, nft_full_plan,
+    DEFAULT_DRIFT_CHECK, DEFAULT_PIECE_OPERATIONS, NftSyncer, cleanup_transaction, nft_cleanup,
+    nft_full_plan,
 };
 use svcnat::synthetic;
 
@@ -173,6 +174,7 @@ pub(super) fn measure(args: &Args, state: &ClusterState) -> Result<Value, String
         report[key] = Value::Null;
     }
     report["chains_compiled"] = chains_compiled.into();
+    report["piece_operations"] = args.nft_pieces.unwrap_or(DEFAULT_PIECE_OPERATIONS).into();
     report["list_table_ns"] = median(extras.iter().map(|x| nanos(x.list_table)).collect()).into();
     let baseline: Vec<u64> = extras
         .iter()
@@ -202,7 +204,8 @@ fn one_run(
     let exec = NftCommand::new().with_command_prefix(ns.prefix());
     let mut syncer: NftCost = NftSyncer::new(NftTimed::new(exec), config)
         .map_err(|e| e.to_string())?
-        .with_drift_check(Some(DEFAULT_DRIFT_CHECK));
+        .with_drift_check(Some(DEFAULT_DRIFT_CHECK))
+        .with_piece_operations(args.nft_pieces.unwrap_or(DEFAULT_PIECE_OPERATIONS));
 
     // The floor: one `nft -f` in an empty namespace, which leaves it empty.
     let t0 = Instant::now();
