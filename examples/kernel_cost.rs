@@ -1,21 +1,28 @@
 //! What syncing a large cluster costs in the kernel: a first full sync of a generated
 //! cluster into an empty network namespace with the real `iptables-restore`, a full
 //! resync on top of those rules, and a one-endpoint partial sync, for the nft and the
-//! legacy backend, then removing it all again (`svcnat::exec::cleanup`). Prints one
-//! JSON object on stdout, and one progress line per sync on stderr.
+//! legacy backend, then removing it all again (`svcnat::exec::cleanup`); the same for
+//! the nftables mode with `--backend nftables|all` (see
+//! [below](#--backend-nftables)). Prints one JSON object on stdout, and one progress
+//! line per sync on stderr.
 //!
 //! ```text
 //! sudo cargo run --release --features synthetic --example kernel_cost -- [--services S (10000)] \
 //!     [--endpoints E (10)] [--mix cluster-ip|load-balancer] [--seed N (1)] \
-//!     [--backend nft|legacy|both (both)] [--runs N (3)] [--no-resync] [--no-cleanup] \
-//!     [--restore-pieces N (the executor's default; 0: one restore)]
+//!     [--backend nft|legacy|both|nftables|all (both)] [--runs N (3)] [--no-resync] \
+//!     [--no-cleanup] [--no-baseline] [--restore-pieces N (the executor's default; 0: one restore)] \
+//!     [--nft-piece-operations N (the nftables syncer's default; 0: one transaction)]
 //! ```
 //!
+//! `--backend`: `both` is nft then legacy (the iptables backends), `nftables` the
+//! nftables mode alone, `all` nft, legacy and nftables, in that order; each has its
+//! object in the JSON (`nft`, `legacy`, `nftables`).
+//!
 //! Needs root, `ip` (iproute2) and the chosen backends' `iptables-*-restore`,
-//! `iptables-*-save` and `iptables-*` binaries; without them it prints one line on
-//! stderr and exits 1 (this is a measurement: it never skips). Bad flags: one line on
-//! stderr, exit 2. Any failure of iptables, or a kernel that does not hold the rules
-//! the library compiled: one line on stderr, exit 1.
+//! `iptables-*-save` and `iptables-*` binaries (`nft` for nftables); without them it
+//! prints one line on stderr and exits 1 (this is a measurement: it never skips). Bad
+//! flags: one line on stderr, exit 2. Any failure of iptables or nft, or a kernel that
+//! does not hold the rules the library compiled: one line on stderr, exit 1.
 //!
 //! The cluster is [`svcnat::synthetic`]'s, seen from its node `node-0`, IPv4. Each of
 //! the `--runs` runs, per backend, creates its own network namespace
@@ -64,14 +71,46 @@
 //! `partial_*` are null for a cluster without endpoints, `resync_*` with `--no-resync`,
 //! `cleanup_*` with `--no-cleanup`.
 //!
+//! ## `--backend nftables`
+//!
+//! The same steps through an [`NftSyncer`](svcnat::sync::NftSyncer) over
+//! [`NftCommand`](svcnat::exec::NftCommand) (`nft -f -`, behind `ip netns exec`),
+//! in a namespace per run (`svcnat-cost-<pid>-nftables-<run>`), the table `ip
+//! kube-proxy` of [`svcnat::compile::nftables`]. The `nftables` object has the
+//! iptables backends' keys, each meaning the nearest thing, and a few of its own:
+//!
+//! | key | what |
+//! |---|---|
+//! | `empty_restore_ns` | one `nft -f` in the empty namespace ([`cleanup_transaction`](svcnat::sync::cleanup_transaction): `add table`, `delete table`, which leaves it empty) |
+//! | `*_sync_ns` | wall time of `NftSyncer::sync()` |
+//! | `*_restore_ns` | of that, inside the executor's `run`: every `nft -f` of the sync, added up |
+//! | `*_save_ns` | of that, inside the listings (`list_chains`, `list_sets`, `list_maps`, ...: a full sync lists the table's objects first, to find stale ones) |
+//! | `*_jumps_ns`, `cleanup_jumps_removed` | null: no jump rules in built-in chains |
+//! | `*_bytes` | the `nft -f` text the sync sent ([`NftSyncReport::bytes`](svcnat::sync::NftSyncReport::bytes)); for cleanup, counted by the executor |
+//! | `rules_compiled`, `chains_compiled` | rules and chains of the compiled table |
+//! | `rules_in_kernel`, `chains_in_kernel` | read back after the full sync with `nft list table ip kube-proxy`; the table listed, read ([`svcnat::parse::nft`]) and made canonical must equal the compiled one, or the run fails |
+//! | `list_table_ns` | that `nft list table` (a check, in no sync's figure) |
+//! | `drift_check_ns` | the drift check: `NftSyncer`'s is private and made inside a sync, so this is a sync with nothing changed and the check due (its clock [`DEFAULT_DRIFT_CHECK`](svcnat::sync::DEFAULT_DRIFT_CHECK) ahead), made right after the full sync (before the partial one, so that no chain is stale yet and the clock ahead deletes nothing); the figure is the time inside its one `check` (`nft --check -f -`), which must find the table in place with nothing to send |
+//! | `cleanup_ns` | wall time of [`nft_cleanup`](svcnat::sync::nft_cleanup) (one `nft -f` that deletes the table whole); afterwards `nft list tables` must not show it |
+//! | `cleanup_restore_ns`, `cleanup_save_ns` | of that, inside `run` and inside the listings (none: 0) |
+//! | `cleanup_chains_removed` | the chains the table held as the syncer last applied it, stale ones included (the table goes whole) |
+//! | `one_transaction_ns` | the baseline: the compiled table as ONE `nft -f` transaction (the text a full plan sends, [`nft_full_plan`](svcnat::sync::nft_full_plan) with nothing listed), into a fresh namespace of its own (`svcnat-cost-<pid>-nftables-<run>-one`) after each run's; afterwards `nft list chains` must show every chain. Null with `--no-baseline`: at 10,000 services x 10 endpoints it takes minutes |
+//! | `piece_operations` | the largest transaction the nftables syncer sends at once (`--nft-piece-operations`, else [`DEFAULT_PIECE_OPERATIONS`](svcnat::sync::DEFAULT_PIECE_OPERATIONS); 0: never cut): a first sync or a full resync larger than that runs in pieces ([`NftPlan::pieces`](svcnat::sync::NftPlan::pieces)) |
+//!
+//! After the partial sync, `nft list chain` of the chains that DNAT to the moved
+//! endpoint's new address, and of the chains that jump to them, must show what was
+//! applied (at least one DNAT to the new address), and none of them, nor the chains
+//! that DNATed to the old address (gone, or flushed as stale), may DNAT to the old
+//! one.
+//!
 //! The top-level `machine` object says where the figures come from: CPU model,
-//! cores, memory, OS, kernel (`uname -r`), the iptables versions; `date` says when
-//! (UTC, when the measurement started).
+//! cores, memory, OS, kernel (`uname -r`), the iptables and nft versions; `date` says
+//! when (UTC, when the measurement started).
 //!
 //! Caveats:
 //!
 //! - Every time includes starting the processes (`ip netns exec`, which enters the
-//!   namespace, then the iptables binary); `empty_restore_ns` shows that floor.
+//!   namespace, then the iptables binary or `nft`); `empty_restore_ns` shows that floor.
 //! - The two backends do different work for the same payload. Legacy's
 //!   `iptables-restore` reads the whole table from the kernel as one blob, edits it in
 //!   user space and writes the whole table back, so even a one-rule change costs time
@@ -86,12 +125,17 @@
 //!   each (110,000 chains) takes most of an hour, and a full resync as long again:
 //!   use `--runs 1 --no-resync --no-cleanup` there. Cleanup sends its rule deletions
 //!   apart from its chains, so that the chains' payload can be cut too.
+//! - nftables: any `nft -f` or `nft --check` in a large table first reads nft's cache
+//!   of the table back from the kernel (about 0.5 s at 10,000 services x 10
+//!   endpoints), and the check after the full sync lists the whole table (about
+//!   12 s there), outside every sync figure but not outside the run's wall time.
 //! - Kernel cleanup of a deleted namespace's rules is asynchronous and may overlap the
 //!   next run; other load on the machine shows in every figure.
 //! - A process killed by a signal cannot delete its namespaces: remove leftovers with
 //!   `ip netns del svcnat-cost-<pid>-…`.
 
 use std::collections::HashSet;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -104,19 +148,21 @@ use svcnat::synthetic::{self, Spec};
 
 #[path = "common/flags.rs"]
 mod flags;
+#[path = "kernel_cost/nftables.rs"]
+mod nftables;
 use flags::{CommandLine, SpecFlags};
 #[path = "common/measure.rs"]
 mod measure;
 use measure::{Netns, date, machine, one_line};
 
-const USAGE: &str = "usage: kernel_cost [--services S] [--endpoints E] [--mix cluster-ip|load-balancer] [--seed N] [--backend nft|legacy|both] [--runs N] [--no-resync] [--no-cleanup] [--restore-pieces N]";
+const USAGE: &str = "usage: kernel_cost [--services S] [--endpoints E] [--mix cluster-ip|load-balancer] [--seed N] [--backend nft|legacy|both|nftables|all] [--runs N] [--no-resync] [--no-cleanup] [--no-baseline] [--restore-pieces N] [--nft-piece-operations N]";
 
 fn main() {
     let args = Args::parse(CommandLine::from_env()).unwrap_or_else(|e| {
         eprintln!("kernel_cost: {e}; {USAGE}");
         std::process::exit(2)
     });
-    if let Some(why) = missing_capability(&args.backends) {
+    if let Some(why) = missing_capability(&args.backends, args.nftables) {
         eprintln!("kernel_cost: cannot measure: {why}");
         std::process::exit(1);
     }
@@ -133,22 +179,33 @@ fn main() {
 #[derive(Debug)]
 struct Args {
     spec: Spec,
+    /// The iptables backends, measured in this order.
     backends: Vec<Backend>,
+    /// True to measure the nftables mode too (after the iptables backends).
+    nftables: bool,
     runs: usize,
     resync: bool,
     /// False with `--no-cleanup`.
     cleanup: bool,
+    /// False with `--no-baseline`: no `one_transaction_ns` (nftables only).
+    baseline: bool,
     /// `--restore-pieces N` (0: one restore); the executor's default when absent.
     pieces: Option<Option<usize>>,
+    /// `--nft-piece-operations N`: the nftables syncer's largest transaction
+    /// (0: never cut); the library's default when absent.
+    nft_pieces: Option<usize>,
 }
 
 impl Args {
     fn parse(mut line: CommandLine) -> Result<Args, String> {
         let mut flags = SpecFlags::default();
         let mut backends = vec![Backend::Nft, Backend::Legacy];
+        let mut nftables = false;
         let mut resync = true;
         let mut cleanup = true;
+        let mut baseline = true;
         let mut pieces = None;
+        let mut nft_pieces = None;
         while let Some(flag) = line.next_flag(USAGE)? {
             if flag == "--no-resync" && !line.has_joined() {
                 resync = false;
@@ -158,15 +215,21 @@ impl Args {
                 cleanup = false;
                 continue;
             }
+            if flag == "--no-baseline" && !line.has_joined() {
+                baseline = false;
+                continue;
+            }
             if flags.take(&flag, &mut line)? {
                 continue;
             }
             match flag.as_str() {
                 "--backend" => {
-                    backends = match line.value(&flag)?.as_str() {
-                        "nft" => vec![Backend::Nft],
-                        "legacy" => vec![Backend::Legacy],
-                        "both" => vec![Backend::Nft, Backend::Legacy],
+                    (backends, nftables) = match line.value(&flag)?.as_str() {
+                        "nft" => (vec![Backend::Nft], false),
+                        "legacy" => (vec![Backend::Legacy], false),
+                        "both" => (vec![Backend::Nft, Backend::Legacy], false),
+                        "nftables" => (vec![], true),
+                        "all" => (vec![Backend::Nft, Backend::Legacy], true),
                         other => return Err(format!("--backend: unknown backend {other:?}")),
                     }
                 }
@@ -176,6 +239,13 @@ impl Args {
                         .parse()
                         .map_err(|_| format!("{flag}: {v:?} is not a number"))?;
                     pieces = Some((n > 0).then_some(n));
+                }
+                "--nft-piece-operations" => {
+                    let v = line.value(&flag)?;
+                    nft_pieces = Some(
+                        v.parse()
+                            .map_err(|_| format!("{flag}: {v:?} is not a number"))?,
+                    );
                 }
                 _ => return Err(format!("unexpected argument {:?}", line.typed(&flag))),
             }
@@ -194,10 +264,13 @@ impl Args {
                 .with_mix(flags.mix)
                 .with_seed(flags.seed.unwrap_or(1)),
             backends,
+            nftables,
             runs,
             resync,
             cleanup,
+            baseline,
             pieces,
+            nft_pieces,
         })
     }
 }
@@ -210,9 +283,9 @@ fn name(backend: Backend) -> &'static str {
 }
 
 /// Why this machine cannot run the measurement, if it cannot.
-fn missing_capability(backends: &[Backend]) -> Option<String> {
+fn missing_capability(backends: &[Backend], nftables: bool) -> Option<String> {
     if !measure::is_root() {
-        return Some("not running as root (network namespaces and iptables need it)".into());
+        return Some("not running as root (network namespaces, iptables and nft need it)".into());
     }
     let mut binaries = vec!["ip".to_owned()];
     for b in backends {
@@ -220,8 +293,17 @@ fn missing_capability(backends: &[Backend]) -> Option<String> {
             binaries.push(format!("iptables-{}{tool}", name(*b)));
         }
     }
-    measure::missing_binary(binaries.iter().map(String::as_str))
-        .map(|bin| format!("{bin} not found in PATH (apt-get install iptables iproute2)"))
+    if nftables {
+        binaries.push("nft".to_owned());
+    }
+    measure::missing_binary(binaries.iter().map(String::as_str)).map(|bin| {
+        let package = if bin == "nft" {
+            "nftables"
+        } else {
+            "iptables iproute2"
+        };
+        format!("{bin} not found in PATH (apt-get install {package})")
+    })
 }
 
 /// Forwards every call to `inner` and adds up the time spent in each kind.
@@ -386,6 +468,9 @@ fn measure(args: &Args) -> Result<Value, String> {
         }
         report[name(backend)] = summary(&runs);
     }
+    if args.nftables {
+        report["nftables"] = nftables::measure(args, &state)?;
+    }
     Ok(report)
 }
 
@@ -415,11 +500,7 @@ fn one_run(
     let empty_restore = t0.elapsed();
 
     syncer.replace_state(state.clone());
-    let (full, was_full) = timed_sync(&mut syncer)?;
-    if !was_full {
-        return Err("the first sync was not a full one".into());
-    }
-    progress(ns, "full sync", &full);
+    let full = full_sync(ns, &mut syncer, "full sync")?;
 
     // The kernel must hold what the library compiled.
     let applied = syncer
@@ -456,20 +537,15 @@ fn one_run(
     let partial = if args.spec.endpoints == 0 {
         None
     } else {
-        let i = (run * 7919 + 17) % args.spec.services;
-        let change = synthetic::endpoint_change(syncer.state(), i, run as u64 + 1)
-            .ok_or("a service without endpoints")?;
-        let old = syncer
-            .state()
-            .slices_of(&synthetic::service_key(i))
-            .next()
-            .and_then(|s| s.endpoints.first())
-            .ok_or("a service without endpoints")?
-            .address;
-        let new = change.endpoints[0].address;
+        let Moved {
+            i,
+            change,
+            old,
+            new,
+        } = moved_endpoint(syncer.state(), args, run)?;
         let t0 = Instant::now();
         syncer.upsert_slice(change);
-        let (mut sample, was_full) = timed_sync(&mut syncer)?;
+        let (mut sample, was_full) = syncer.timed_sync()?;
         sample.sync = t0.elapsed();
         if was_full {
             return Err("a one-endpoint change gave a full sync".into());
@@ -485,7 +561,7 @@ fn one_run(
                 synthetic::service_name(i)
             ));
         }
-        progress(ns, "partial sync", &sample);
+        Cost::progress(ns, "partial sync", &sample);
         Some(sample)
     };
 
@@ -510,17 +586,7 @@ fn one_run(
         drift_check.as_secs_f64()
     );
 
-    let resync = if args.resync {
-        syncer.request_full_sync();
-        let (resync, was_full) = timed_sync(&mut syncer)?;
-        if !was_full {
-            return Err("a requested full sync was partial".into());
-        }
-        progress(ns, "full resync", &resync);
-        Some(resync)
-    } else {
-        None
-    };
+    let resync = resync(ns, &mut syncer, args)?;
 
     let cleanup = if args.cleanup {
         let sample = timed_cleanup(ns, &mut syncer, backend, &written)?;
@@ -550,21 +616,102 @@ fn one_run(
     })
 }
 
-/// Runs one sync; its figures, and whether it was full.
-fn timed_sync(syncer: &mut Cost) -> Result<(Sample, bool), String> {
-    syncer.executor_mut().take();
-    let t0 = Instant::now();
-    let report = syncer.sync().map_err(|e| e.to_string())?;
-    let sync = t0.elapsed();
-    let (restore, save, jumps) = syncer.executor_mut().take();
-    let sample = Sample {
-        sync,
-        restore,
-        save,
-        jumps,
-        bytes: report.bytes,
-    };
-    Ok((sample, report.full))
+/// The `partial` step's change: service `i`'s first endpoint moved from `old`
+/// to `new` (`change` is its slice afterwards).
+struct Moved {
+    i: usize,
+    change: svcnat::model::EndpointSlice,
+    old: IpAddr,
+    new: IpAddr,
+}
+
+/// The endpoint run `run` moves: of a different service every run.
+fn moved_endpoint(
+    state: &svcnat::model::ClusterState,
+    args: &Args,
+    run: usize,
+) -> Result<Moved, String> {
+    let i = (run * 7919 + 17) % args.spec.services;
+    let change = synthetic::endpoint_change(state, i, run as u64 + 1)
+        .ok_or("a service without endpoints")?;
+    let old = state
+        .slices_of(&synthetic::service_key(i))
+        .next()
+        .and_then(|s| s.endpoints.first())
+        .ok_or("a service without endpoints")?
+        .address;
+    let new = change.endpoints[0].address;
+    Ok(Moved {
+        i,
+        change,
+        old,
+        new,
+    })
+}
+
+/// What the steps every backend makes need of its syncer.
+trait Measured {
+    /// Runs one sync; its figures, and whether it was full.
+    fn timed_sync(&mut self) -> Result<(Sample, bool), String>;
+
+    /// Makes the next sync a full one.
+    fn request_full_sync(&mut self);
+
+    /// One line on stderr per sync, so that a long measurement shows where it is.
+    fn progress(ns: &Netns, what: &str, s: &Sample);
+}
+
+impl Measured for Cost {
+    fn timed_sync(&mut self) -> Result<(Sample, bool), String> {
+        self.executor_mut().take();
+        let t0 = Instant::now();
+        let report = self.sync().map_err(|e| e.to_string())?;
+        let sync = t0.elapsed();
+        let (restore, save, jumps) = self.executor_mut().take();
+        let sample = Sample {
+            sync,
+            restore,
+            save,
+            jumps,
+            bytes: report.bytes,
+        };
+        Ok((sample, report.full))
+    }
+
+    fn request_full_sync(&mut self) {
+        Syncer::request_full_sync(self);
+    }
+
+    fn progress(ns: &Netns, what: &str, s: &Sample) {
+        eprintln!(
+            "kernel_cost: {}: {what}: {:.3} s, restore {:.3} s, save {:.3} s, jumps {:.3} s, {} bytes",
+            ns.name,
+            s.sync.as_secs_f64(),
+            s.restore.as_secs_f64(),
+            s.save.as_secs_f64(),
+            s.jumps.as_secs_f64(),
+            s.bytes
+        );
+    }
+}
+
+/// A sync that must be a full one (`what`: which, for the messages).
+fn full_sync<S: Measured>(ns: &Netns, syncer: &mut S, what: &str) -> Result<Sample, String> {
+    let (sample, was_full) = syncer.timed_sync()?;
+    if !was_full {
+        return Err(format!("the {what} was a partial one"));
+    }
+    S::progress(ns, what, &sample);
+    Ok(sample)
+}
+
+/// The `resync` step (unless `--no-resync`): `request_full_sync()`, then a sync.
+fn resync<S: Measured>(ns: &Netns, syncer: &mut S, args: &Args) -> Result<Option<Sample>, String> {
+    if !args.resync {
+        return Ok(None);
+    }
+    syncer.request_full_sync();
+    full_sync(ns, syncer, "full resync").map(Some)
 }
 
 /// The chains cleanup leaves in place by design (kubelet writes them too).
@@ -668,19 +815,6 @@ fn jump_target(line: &str) -> Option<&str> {
         }
     }
     None
-}
-
-/// One line on stderr per sync, so that a long measurement shows where it is.
-fn progress(ns: &Netns, what: &str, s: &Sample) {
-    eprintln!(
-        "kernel_cost: {}: {what}: {:.3} s, restore {:.3} s, save {:.3} s, jumps {:.3} s, {} bytes",
-        ns.name,
-        s.sync.as_secs_f64(),
-        s.restore.as_secs_f64(),
-        s.save.as_secs_f64(),
-        s.jumps.as_secs_f64(),
-        s.bytes
-    );
 }
 
 /// `-A` rules and chains in `iptables-save` output.

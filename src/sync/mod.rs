@@ -76,6 +76,7 @@
 
 mod desired;
 mod interim;
+mod nft_pieces;
 mod nft_plan;
 mod nft_syncer;
 mod plan;
@@ -84,6 +85,7 @@ mod syncer;
 
 pub use crate::compile::{CANARY_CHAIN, canaries};
 pub use crate::flows::{FlowDestination, StaleFlow};
+pub use nft_pieces::DEFAULT_PIECE_OPERATIONS;
 pub use nft_plan::{
     NftApplied, NftListed, NftPlan, STALE_CHAIN_AGE, StaleChains, nft_full_plan, nft_plan,
 };

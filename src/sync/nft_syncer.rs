@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 use super::desired::Desired;
+use super::nft_pieces::DEFAULT_PIECE_OPERATIONS;
 use super::nft_plan::{NftApplied, NftListed, NftPlan, nft_full_plan, nft_plan};
 use super::stale::{stale_flows_of, take_flows};
 use super::syncer::{DEFAULT_DRIFT_CHECK, FullReason, RETRY_AFTER};
@@ -52,6 +53,10 @@ pub struct NftSyncReport {
     pub delete_stale_error: Option<String>,
     /// The main transaction (empty if nothing changed; then nothing was run).
     pub transaction: Transaction,
+    /// How many transactions the main one was run as: it is cut into pieces
+    /// when larger than [`NftSyncer::with_piece_operations`] (see
+    /// [`NftPlan::pieces`]); 0 when it was empty.
+    pub pieces: usize,
     /// Operations sent: both transactions'.
     pub operations: usize,
     /// Bytes of `nft -f` text sent: both transactions'.
@@ -171,6 +176,7 @@ pub struct NftSyncer<E: NftExecutor> {
     last_full: Option<Instant>,
     drift_check: Option<Duration>,
     last_drift_check: Option<Instant>,
+    piece_operations: usize,
     /// Each service's ports as last compiled, for its stale flows.
     flows: BTreeMap<ServiceKey, Vec<PortFlows>>,
     /// Stale flows of syncs that failed, reported with the next successful one.
@@ -198,6 +204,7 @@ impl<E: NftExecutor> NftSyncer<E> {
             last_full: None,
             drift_check: Some(DEFAULT_DRIFT_CHECK),
             last_drift_check: None,
+            piece_operations: DEFAULT_PIECE_OPERATIONS,
             flows: BTreeMap::new(),
             pending_flows: Vec::new(),
             compiler,
@@ -230,6 +237,17 @@ impl<E: NftExecutor> NftSyncer<E> {
     /// transaction in that table.
     pub fn with_drift_check(mut self, period: Option<Duration>) -> Self {
         self.drift_check = period;
+        self
+    }
+
+    /// The largest transaction a sync sends at once, in operations (default
+    /// [`DEFAULT_PIECE_OPERATIONS`]; 0: never cut). A larger one, as a first
+    /// sync or a full resync of a large cluster is, runs as several
+    /// transactions in an order whose every state in between is safe
+    /// ([`NftPlan::pieces`]); if one of them fails, the kernel holds the pieces
+    /// before it and the next sync is a full one.
+    pub fn with_piece_operations(mut self, operations: usize) -> Self {
+        self.piece_operations = operations;
         self
     }
 
@@ -403,14 +421,18 @@ impl<E: NftExecutor> NftSyncer<E> {
                 }
             }
         }
+        let mut pieces = 0;
         if !plan.transaction.is_empty() {
             operations += plan.transaction.len();
             bytes += plan.transaction.to_text().len();
-            if let Err(e) = self.executor.run(&plan.transaction) {
-                self.applied = None;
-                self.pending_flows.extend(stale_flows);
-                self.require_full(FullReason::AfterFailure);
-                return Err(e.into());
+            for piece in plan.pieces(&next, self.piece_operations) {
+                if let Err(e) = self.executor.run(&piece) {
+                    self.applied = None;
+                    self.pending_flows.extend(stale_flows);
+                    self.require_full(FullReason::AfterFailure);
+                    return Err(e.into());
+                }
+                pieces += 1;
             }
         }
         let stale_chains_flushed = flushed_chains(&plan);
@@ -436,6 +458,7 @@ impl<E: NftExecutor> NftSyncer<E> {
             delete_stale,
             delete_stale_error,
             transaction,
+            pieces,
             operations,
             bytes,
             stale_chains_flushed,

@@ -1,6 +1,7 @@
 //! The `sync` example's drift flags: `--drift-check SECONDS` and
-//! `--step-on-stdin`, whose contract other tools rely on. Bad values are refused
-//! without root; the drift run needs the kernel.
+//! `--step-on-stdin`, whose contract other tools rely on, and `kernel_cost`'s
+//! three backends in one run (with `synthetic`). Bad values are refused without
+//! root; the drift run and the measurement need the kernel.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -124,4 +125,90 @@ fn a_flushed_table_makes_the_next_step_full_drift_legacy() {
     if kernel_available("a_flushed_table_makes_the_next_step_full_drift_legacy") {
         drift_run("legacy");
     }
+}
+
+#[cfg(feature = "synthetic")]
+#[test]
+fn kernel_cost_refuses_an_unknown_backend_with_exit_2() {
+    let (code, stdout, stderr) = run_example("kernel_cost", &["--backend", "iptables"], "");
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(
+        stderr.starts_with("kernel_cost: --backend: unknown backend \"iptables\"; usage: ")
+            && stderr.contains("[--backend nft|legacy|both|nftables|all]")
+            && stderr.contains("[--no-baseline]")
+            && stderr.lines().count() == 1,
+        "{stderr}"
+    );
+}
+
+/// `--backend all` at a tiny size: the three objects, the `nftables` one with
+/// every key of the iptables ones (null where nftables has no such thing) and
+/// its own, its kernel checks passed and its figures measured.
+#[cfg(feature = "synthetic")]
+#[test]
+fn kernel_cost_measures_all_three_backends_in_one_run() {
+    if !crate::kernel::nft_available("kernel_cost_measures_all_three_backends_in_one_run") {
+        return;
+    }
+    let args = [
+        "--backend",
+        "all",
+        "--services",
+        "20",
+        "--endpoints",
+        "2",
+        "--runs",
+        "1",
+    ];
+    let (code, stdout, stderr) = run_example("kernel_cost", &args, "");
+    assert_eq!(code, 0, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let nftables = report["nftables"].as_object().unwrap();
+    for backend in ["nft", "legacy"] {
+        let keys: Vec<&String> = report[backend].as_object().unwrap().keys().collect();
+        for key in keys {
+            assert!(
+                nftables.contains_key(key),
+                "nftables lacks {backend}'s {key}"
+            );
+        }
+    }
+    let null = ["full_jumps_ns", "resync_jumps_ns", "cleanup_jumps_removed"];
+    for (key, value) in nftables {
+        if null.contains(&key.as_str()) {
+            assert!(value.is_null(), "{key}: {value}");
+        } else if key == "cleanup_save_ns" {
+            // nft_cleanup lists nothing: one `nft -f`.
+            assert_eq!(value.as_u64(), Some(0), "{key}");
+        } else {
+            assert!(value.as_u64().is_some_and(|v| v > 0), "{key}: {value}");
+        }
+    }
+    for key in [
+        "one_transaction_ns",
+        "list_table_ns",
+        "chains_compiled",
+        "partial_sync_ns",
+        "resync_sync_ns",
+        "drift_check_ns",
+    ] {
+        assert!(nftables.contains_key(key), "nftables lacks {key}");
+    }
+    assert_eq!(nftables["rules_in_kernel"], nftables["rules_compiled"]);
+    assert_eq!(nftables["chains_in_kernel"], nftables["chains_compiled"]);
+    // The table goes whole, with any stale chain the partial sync left.
+    assert!(
+        nftables["cleanup_chains_removed"].as_u64() >= nftables["chains_compiled"].as_u64(),
+        "{nftables:?}"
+    );
+    assert!(
+        report["machine"]["nft"].is_string(),
+        "{}",
+        report["machine"]
+    );
+    assert!(
+        stderr.contains("-nftables-0-one: one transaction: "),
+        "{stderr}"
+    );
 }

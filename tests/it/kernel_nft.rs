@@ -12,15 +12,15 @@ use crate::kernel::{Lab, Plan, nft_available};
 
 /// The lab's addresses for one family ([`Plan`]), and the cluster and config
 /// the traffic runs against.
-struct Fam {
-    six: bool,
+pub(crate) struct Fam {
+    pub(crate) six: bool,
 }
 
 impl Fam {
     fn plan(&self) -> Plan {
         Plan { six: self.six }
     }
-    fn pod(&self, i: u8) -> String {
+    pub(crate) fn pod(&self, i: u8) -> String {
         self.plan().pod(usize::from(i))
     }
     fn pod_gw(&self, i: u8) -> String {
@@ -33,7 +33,7 @@ impl Fam {
         self.plan().client()
     }
     /// Service address number `n` (1 to 99).
-    fn vip(&self, n: u8) -> String {
+    pub(crate) fn vip(&self, n: u8) -> String {
         if self.six {
             format!("fd00:30::{n:x}")
         } else {
@@ -48,7 +48,7 @@ impl Fam {
         }
     }
 
-    fn config(&self) -> ProxyConfig {
+    pub(crate) fn config(&self) -> ProxyConfig {
         let (pods, services) = if self.six {
             ("fd00:244::/32", "fd00:30::/112")
         } else {
@@ -62,17 +62,17 @@ impl Fam {
             .with_service_cidrs([services.parse().unwrap()])
     }
 
-    fn endpoint(&self, i: u8, node: &str) -> Endpoint {
+    pub(crate) fn endpoint(&self, i: u8, node: &str) -> Endpoint {
         Endpoint::ready(addr(&self.pod(i))).on_node(node)
     }
 
-    fn svc(&self, name: &str, vip: u8) -> Service {
+    pub(crate) fn svc(&self, name: &str, vip: u8) -> Service {
         Service::cluster_ip("test", name, addr(&self.vip(vip)))
             .with_port(ServicePort::tcp("tcp", 80))
             .with_port(ServicePort::tcp("udp", 80).with_protocol(Protocol::Udp))
     }
 
-    fn slice(&self, svc: &str, pods: &[Endpoint]) -> EndpointSlice {
+    pub(crate) fn slice(&self, svc: &str, pods: &[Endpoint]) -> EndpointSlice {
         let mut s = EndpointSlice::new("test", svc, format!("{svc}-1"), self.family())
             .with_port(EndpointPort::tcp("tcp", 8080))
             .with_port(EndpointPort {

@@ -54,7 +54,7 @@ fn family(config: &ProxyConfig) -> Family {
 /// Syncs twice, [`svcnat::sync::STALE_CHAIN_AGE`] apart and more, with nothing
 /// changed: the stale chains of the syncs before are deleted (the first may be
 /// full, and flush some more).
-fn age_out<E: NftExecutor>(syncer: &mut NftSyncer<E>, now: &mut Instant) {
+pub(crate) fn age_out<E: NftExecutor>(syncer: &mut NftSyncer<E>, now: &mut Instant) {
     for _ in 0..2 {
         *now += Duration::from_secs(2);
         syncer.sync_at(*now).unwrap();
@@ -134,7 +134,7 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 
     /// Whatever the cluster, the config and the changes (some syncs asked to be
-    /// full, some runs refused), once the stale chains have aged the fake holds
+    /// full, some runs refused, transactions cut into pieces of any size), once the stale chains have aged the fake holds
     /// exactly what a fresh syncer's first sync of the same state writes; every
     /// sync after a refused one is full (`AfterFailure`) and the others are
     /// incremental unless asked; and the stale flows are the iptables mode's for
@@ -148,10 +148,14 @@ proptest! {
             1..10,
         ),
         fail_at in prop::collection::vec(1usize..14, 0..3),
+        piece_operations in prop_oneof![Just(0usize), 1usize..60],
     ) {
-        let Ok(mut syncer) = NftSyncer::new(Failing { fail_at, ..Failing::default() }, config.clone()) else {
+        let Ok(syncer) = NftSyncer::new(Failing { fail_at, ..Failing::default() }, config.clone()) else {
             return Ok(());
         };
+        // Small pieces: the fake refuses any piece that names a chain, set or
+        // map an earlier piece has not added, or deletes one still used.
+        let mut syncer = syncer.with_piece_operations(piece_operations);
         // The iptables syncer holds the state the changes apply to, and says
         // which flows they make stale.
         let Ok(mut holder) = Syncer::new(DryRun::default(), config.clone()) else {

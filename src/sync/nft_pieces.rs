@@ -1,0 +1,258 @@
+//! A plan's transaction cut into pieces ([`NftPlan::pieces`]), each its own
+//! `nft -f`, so that a first sync or a full resync of a large table is never one
+//! huge transaction (the kernel's cost of a transaction grows faster than its
+//! size: issue 17 measured the 10,000-service table at 148 s as one transaction
+//! and 20 s in pieces of 2,000 services), while every state in between stays
+//! safe: each packet is treated as the state before or the state after the sync
+//! treats it.
+//!
+//! The operations keep their relative order, and go in this order:
+//!
+//! 1. **Heads**: the table, sets and maps added, and every chain added (an `add
+//!    chain` of a chain that exists changes nothing; a new chain is empty and
+//!    nothing reaches it yet). These may be cut anywhere.
+//! 2. **Service chains** (the per-service-port chains of kube-proxy's layout,
+//!    whose names hold the service's `namespace/name/protocol/port`: `service-`,
+//!    `external-`, `endpoint-` and `firewall-` chains), each flushed and written
+//!    whole in one piece, a chain after every service chain its rules jump or go
+//!    to (endpoints before their service, a service before its external chain),
+//!    so that a chain written is never reached while what it reaches is still
+//!    empty; one service's chains after another's, so that the services'
+//!    anonymous verdict maps, whose cost in the kernel grows with the size of
+//!    the transaction, spread over the pieces. Until step 3 only the old state's map elements reach them, each
+//!    element a chain of its own service port, now old or new.
+//! 3. **The switch**, one piece however large: every element change (a map
+//!    flushed and filled again stays whole), the fixed chains (every chain that
+//!    is not a service's: base chains, `services`, `masquerading`,
+//!    `mark-for-masquerade`, the checks) written or deleted and added again.
+//!    Fixed chains depend on the config and on each other (the mark one sets and
+//!    another tests), so they change together, and together with the elements
+//!    that route to the new service chains.
+//! 4. **Stale objects**: chains no longer wanted flushed, sets and maps deleted.
+//!    Nothing reaches them once step 3 is in. These may be cut anywhere.
+//!
+//! A transaction no larger than the limit stays one piece, in its own order.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use super::nft_plan::NftPlan;
+use crate::nft::{Name, Operation, Ruleset, Transaction};
+
+/// The default largest piece, in operations, for [`NftPlan::pieces`]. Measured
+/// with nft 1.0.6 on kernel 6.18 (PERFORMANCE.md), a first sync of 10,000
+/// services x 10 endpoints (460,000 operations) took 19.8 s in pieces of 50,000
+/// and 24.5 s in pieces of 20,000 on the same busy machine, against about 150 s
+/// as one transaction: each `nft -f` first reads its cache of the table, which
+/// favours fewer pieces; each anonymous verdict map costs the kernel a walk of
+/// the transaction it is in, which favours smaller ones.
+pub const DEFAULT_PIECE_OPERATIONS: usize = 50_000;
+
+impl NftPlan {
+    /// The main transaction cut into transactions of at most `max_operations`
+    /// operations each where it can be cut, in an order whose every state in
+    /// between is safe (see the [module docs](self)); `next` is the ruleset the
+    /// plan was made for. Run [`NftPlan::delete_stale`] first, then each piece in
+    /// turn. A transaction of at most `max_operations` (or an empty one) is
+    /// returned whole; so is `max_operations == 0`. Only the switch is never cut:
+    /// it holds every element change and every fixed chain.
+    ///
+    /// ```
+    /// use svcnat::model::*;
+    /// use svcnat::sync::nft_full_plan;
+    ///
+    /// let config = ProxyConfig::default().with_cluster_cidrs(["10.0.0.0/8".parse().unwrap()]);
+    /// let mut state = ClusterState::new();
+    /// for i in 0..20u8 {
+    ///     let name = format!("svc{i}");
+    ///     state.upsert_service(
+    ///         Service::cluster_ip("ns", &name, [172, 30, 0, i].into())
+    ///             .with_port(ServicePort::tcp("p80", 80)),
+    ///     );
+    ///     state.upsert_slice(
+    ///         EndpointSlice::new("ns", &name, format!("{name}-a"), IpFamily::Ipv4)
+    ///             .with_port(EndpointPort::tcp("p80", 80))
+    ///             .with_endpoint(Endpoint::ready([10, 1, 0, i].into())),
+    ///     );
+    /// }
+    /// let next = svcnat::compile::nftables(&state, &config)?;
+    /// let plan = nft_full_plan(&next, None, std::time::Instant::now());
+    /// let pieces = plan.pieces(&next, 50);
+    /// assert!(pieces.len() > 1);
+    /// let all: usize = pieces.iter().map(|p| p.len()).sum();
+    /// assert_eq!(all, plan.transaction.len());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn pieces(&self, next: &Ruleset, max_operations: usize) -> Vec<Transaction> {
+        let tx = &self.transaction;
+        if max_operations == 0 || tx.len() <= max_operations {
+            return vec![tx.clone()];
+        }
+        let groups = groups(tx, next);
+        pack(tx, groups, max_operations)
+    }
+}
+
+/// Where an operation goes (a service chain's go with the chain).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Heads,
+    Switch,
+    Stale,
+}
+
+/// A service chain: its name holds the service port's `namespace/name/...`,
+/// which no fixed chain's does (see the module docs).
+fn is_service_chain(name: &Name) -> bool {
+    name.as_str().contains('/')
+}
+
+/// The operations in groups that go whole into one piece, in the order they
+/// are to run: heads one by one, service chains (each flushed with its rules)
+/// leaves first, the switch, then stale operations one by one.
+fn groups(tx: &Transaction, next: &Ruleset) -> Vec<Vec<usize>> {
+    let ops = tx.operations();
+    // Chains the transaction deletes and adds again (a base chain, or one
+    // that changes type): every operation on them belongs to the switch.
+    let recreated: HashSet<&Name> = ops
+        .iter()
+        .filter_map(|op| match op {
+            Operation::DeleteChain(name) => Some(name),
+            _ => None,
+        })
+        .collect();
+    let mut heads = Vec::new();
+    let mut switch = Vec::new();
+    let mut stale = Vec::new();
+    // Each service chain's operations (flush and rules), and the chains in
+    // the order their first operation comes.
+    let mut chains: HashMap<&Name, Vec<usize>> = HashMap::new();
+    let mut chain_order: Vec<&Name> = Vec::new();
+    for (i, op) in ops.iter().enumerate() {
+        let step = match op {
+            Operation::AddTable { .. } | Operation::AddSet { .. } | Operation::AddMap { .. } => {
+                Step::Heads
+            }
+            Operation::AddChain { name, base, .. } => {
+                if base.is_none() && !recreated.contains(name) {
+                    Step::Heads
+                } else {
+                    Step::Switch
+                }
+            }
+            Operation::FlushChain(name) | Operation::AddRule { chain: name, .. } => {
+                if !next.chains.contains_key(name) {
+                    Step::Stale
+                } else if is_service_chain(name) && !recreated.contains(name) {
+                    let group = chains.entry(name).or_insert_with(|| {
+                        chain_order.push(name);
+                        Vec::new()
+                    });
+                    group.push(i);
+                    continue;
+                } else {
+                    Step::Switch
+                }
+            }
+            Operation::DeleteChain(_) => Step::Switch,
+            Operation::DeleteSet(_) | Operation::DeleteMap(_) => Step::Stale,
+            Operation::FlushSet(_)
+            | Operation::FlushMap(_)
+            | Operation::AddElement { .. }
+            | Operation::AddMapElement { .. }
+            | Operation::DeleteElement { .. } => Step::Switch,
+            // Nothing else is planned; were it, it would wait for the switch.
+            _ => Step::Switch,
+        };
+        match step {
+            Step::Heads => heads.push(i),
+            Step::Switch => switch.push(i),
+            Step::Stale => stale.push(i),
+        }
+    }
+
+    let mut out: Vec<Vec<usize>> = heads.into_iter().map(|i| vec![i]).collect();
+    for name in leaves_first(&chain_order, &chains, tx) {
+        out.push(chains.remove(name).unwrap_or_default());
+    }
+    if !switch.is_empty() {
+        out.push(switch);
+    }
+    out.extend(stale.into_iter().map(|i| vec![i]));
+    out
+}
+
+/// The service chains written, each after those of them its rules jump or go
+/// to (depth first, in `order` otherwise, so the result is deterministic).
+fn leaves_first<'a>(
+    order: &[&'a Name],
+    chains: &HashMap<&'a Name, Vec<usize>>,
+    tx: &'a Transaction,
+) -> Vec<&'a Name> {
+    let ops = tx.operations();
+    let targets = |name: &Name| -> Vec<&'a Name> {
+        let mut to = BTreeSet::new();
+        for &i in chains.get(name).map_or(&[][..], |v| v.as_slice()) {
+            if let Operation::AddRule { rule, .. } = &ops[i] {
+                for stmt in &rule.stmts {
+                    to.extend(stmt.chains().filter(|c| chains.contains_key(*c)));
+                }
+            }
+        }
+        to.into_iter().collect()
+    };
+    // Roots first (chains none of the others reaches: a service's chain, or
+    // its external one), so each service's chains come together and the
+    // services' costly rules (an anonymous verdict map each) spread evenly
+    // over the pieces instead of filling the last ones; then the rest.
+    let reached: HashSet<&Name> = order.iter().flat_map(|&c| targets(c)).collect();
+    let roots = order.iter().filter(|c| !reached.contains(**c));
+    let mut done: HashSet<&Name> = HashSet::new();
+    let mut out = Vec::with_capacity(order.len());
+    for &root in roots.chain(order) {
+        if done.contains(root) {
+            continue;
+        }
+        // Depth first without recursion; a chain on the path is not entered
+        // again (the compiler makes no loops, and the kernel refuses one).
+        let mut path: Vec<(&Name, Vec<&Name>)> = vec![(root, targets(root))];
+        let mut on_path: HashSet<&Name> = HashSet::from([root]);
+        while let Some((_, next)) = path.last_mut() {
+            match next.pop() {
+                None => {
+                    let (finished, _) = path.pop().expect("not empty");
+                    on_path.remove(finished);
+                    if done.insert(finished) {
+                        out.push(finished);
+                    }
+                }
+                Some(to) if done.contains(to) || on_path.contains(to) => {}
+                Some(to) => {
+                    on_path.insert(to);
+                    path.push((to, targets(to)));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Consecutive groups packed into transactions of at most `max` operations (a
+/// larger group alone).
+fn pack(tx: &Transaction, groups: Vec<Vec<usize>>, max: usize) -> Vec<Transaction> {
+    let ops = tx.operations();
+    let mut pieces = Vec::new();
+    let mut piece = Transaction::new(tx.family(), tx.table().clone());
+    for group in groups {
+        if !piece.is_empty() && piece.len() + group.len() > max {
+            pieces.push(std::mem::replace(
+                &mut piece,
+                Transaction::new(tx.family(), tx.table().clone()),
+            ));
+        }
+        piece.extend(group.into_iter().map(|i| ops[i].clone()));
+    }
+    if !piece.is_empty() {
+        pieces.push(piece);
+    }
+    pieces
+}
