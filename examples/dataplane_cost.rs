@@ -11,7 +11,7 @@
 //!     [--connections N (300)] [--svg FILE]
 //! ```
 //!
-//! Needs root, `ip` (iproute2), `sysctl`, and each chosen mode's tools
+//! Needs root, `ip` (iproute2), `sysctl`, `taskset`, and each chosen mode's tools
 //! (`iptables-nft*`, `iptables-legacy*`, `nft`); without them it prints one line on
 //! stderr and exits 1 (this is a measurement: it never skips). Bad flags: one line
 //! on stderr, exit 2. A mode that cannot load its rules, a connection that fails, a
@@ -53,10 +53,14 @@
 //! each is a new conntrack entry in the node, whose first packet walks the NAT
 //! rules; a source port seen twice for one target in a point fails the run. The
 //! server is the example too (`--serve ADDR:PORT`, run in the pod namespace), which
-//! accepts and closes.
+//! accepts and closes. The client and the server run on one CPU (`taskset -c`, the
+//! first this process may use; `cpu` in the JSON): left to the scheduler, a
+//! point's base time was about 28 or about 42 µs on a 2-vCPU VM, by where its
+//! processes were placed, and stayed so for all its rounds: it measured placement,
+//! not rules. Pinned, every point's base was 39 µs there.
 //!
 //! The JSON: `date` (UTC, when the measurement started), `machine` (as
-//! `kernel_cost`'s), `load_average` (`/proc/loadavg` at the start), the flags, and
+//! `kernel_cost`'s), `load_average` (`/proc/loadavg` at the start), `cpu`, the flags, and
 //! per mode (`iptables-nft`, `iptables-legacy`, `nftables`) per size (the number of
 //! services, as a string) an object with `load_s` (the sync's wall time) and per
 //! position (`first`, `last`) `service` (`NAMESPACE/NAME:PORT`, from the comment of
@@ -319,7 +323,7 @@ fn missing_capability(modes: &[Mode]) -> Option<String> {
     if !measure::is_root() {
         return Some("not running as root (network namespaces and rules need it)".into());
     }
-    let binaries = ["ip", "sysctl"]
+    let binaries = ["ip", "sysctl", "taskset"]
         .into_iter()
         .chain(modes.iter().flat_map(|m| m.binaries().iter().copied()));
     measure::missing_binary(binaries).map(|bin| {
@@ -465,6 +469,8 @@ struct Point {
 /// The three namespaces of one measurement and the server, removed on drop.
 struct Lab {
     server: Child,
+    /// The CPU the server and the client run on (`taskset -c`).
+    cpu: String,
     client: Netns,
     node: Netns,
     // Kept for its Drop, after the server's.
@@ -472,7 +478,7 @@ struct Lab {
 }
 
 impl Lab {
-    fn new(tag: &str) -> Result<Lab, String> {
+    fn new(tag: &str, cpu: &str) -> Result<Lab, String> {
         let ns = |role: &str| Netns::new(PROGRAM, "dp", &format!("{tag}-{role}"));
         let (client, node, pod) = (ns("cli")?, ns("node")?, ns("pod")?);
         let (c, n, p) = (&client.name, &node.name, &pod.name);
@@ -536,9 +542,10 @@ impl Lab {
         ] {
             node.run(&["sysctl", "-q", "-w", sysctl])?;
         }
-        let server = spawn_server(&pod)?;
+        let server = spawn_server(&pod, cpu)?;
         Ok(Lab {
             server,
+            cpu: cpu.to_owned(),
             client,
             node,
             _pod: pod,
@@ -557,7 +564,7 @@ impl Lab {
     ) -> Result<(), String> {
         let exe = std::env::current_exe().map_err(|e| format!("this program's path: {e}"))?;
         let exe = exe.to_string_lossy();
-        let mut args = vec![exe.as_ref()];
+        let mut args = vec!["taskset", "-c", &self.cpu, exe.as_ref()];
         let addrs: Vec<String> = targets.iter().map(SocketAddr::to_string).collect();
         for a in &addrs {
             args.extend(["--connect", a]);
@@ -607,13 +614,14 @@ impl Drop for Lab {
     }
 }
 
-/// The example in `--serve` mode in `pod`, once it listens.
-fn spawn_server(pod: &Netns) -> Result<Child, String> {
+/// The example in `--serve` mode in `pod` on `cpu`, once it listens.
+fn spawn_server(pod: &Netns, cpu: &str) -> Result<Child, String> {
     let exe = std::env::current_exe().map_err(|e| format!("this program's path: {e}"))?;
     let addr = SocketAddr::V4(SocketAddrV4::new(POD, SERVER_PORT)).to_string();
     let [ip, prefix @ ..] = pod.prefix();
     let mut child = Command::new(ip)
         .args(prefix)
+        .args(["taskset", "-c", cpu])
         .arg(exe)
         .args(["--serve", &addr])
         .stdin(Stdio::null())
@@ -663,6 +671,21 @@ fn load(mode: Mode, node: &Netns, state: &ClusterState, probes: &[Probe; 2]) -> 
     Ok(())
 }
 
+/// The first CPU this process may run on (`Cpus_allowed_list`), where the
+/// client and the server are pinned; `0` if that cannot be read.
+fn first_cpu() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let list = s
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?;
+            let first = list.trim().split([',', '-']).next()?;
+            first.parse::<u32>().ok().map(|n| n.to_string())
+        })
+        .unwrap_or_else(|| "0".to_owned())
+}
+
 /// `median_us`, `p90_us` and `samples` of connect times in nanoseconds.
 fn stats(mut ns: Vec<u64>) -> Value {
     ns.sort_unstable();
@@ -691,6 +714,8 @@ fn measure(args: &Args) -> Result<Value, String> {
         "rounds": ROUNDS,
         "modes": args.modes.iter().map(|m| m.key()).collect::<Vec<_>>(),
     });
+    let cpu = first_cpu();
+    report["cpu"] = json!(cpu);
     // Every point is loaded first, then measured in rounds.
     let mut points = Vec::new();
     for &services in &args.services {
@@ -700,7 +725,7 @@ fn measure(args: &Args) -> Result<Value, String> {
             probes[0].port, probes[0].address, probes[1].port, probes[1].address
         );
         for &mode in &args.modes {
-            let lab = Lab::new(&format!("{}-{services}", mode.short()))?;
+            let lab = Lab::new(&format!("{}-{services}", mode.short()), &cpu)?;
             let t0 = Instant::now();
             load(mode, &lab.node, &state, &probes)
                 .map_err(|e| format!("{} at {services} services: {e}", mode.key()))?;

@@ -70,6 +70,13 @@ fn a_tiny_run_measures_first_and_last_in_every_mode() {
 
     assert_eq!(report["services"], serde_json::json!([50]));
     assert!(report["machine"]["kernel"].is_string(), "{report}");
+    // The CPU the client and the server were pinned to.
+    assert!(
+        report["cpu"]
+            .as_str()
+            .is_some_and(|c| c.parse::<u32>().is_ok()),
+        "{report}"
+    );
     for mode in ["iptables-nft", "iptables-legacy", "nftables"] {
         let point = &report[mode]["50"];
         // Services sort by name: svc-0, svc-1, svc-10, …, svc-9.
