@@ -186,6 +186,10 @@ impl Run {
                 }
                 Ok(n)
             };
+            let address = |flag: &str, v: &str| {
+                v.parse::<SocketAddr>()
+                    .map_err(|_| format!("{flag}: {v:?} is not ADDR:PORT"))
+            };
             measuring |= !matches!(flag.as_str(), "--connect" | "--count" | "--serve");
             match flag.as_str() {
                 "--modes" => {
@@ -212,21 +216,9 @@ impl Run {
                 "--endpoints" => endpoints = count_of(&flag, &line.value(&flag)?, 1_000)?,
                 "--connections" => connections = count_of(&flag, &line.value(&flag)?, 100_000)?,
                 "--svg" => svg = Some(line.value(&flag)?),
-                "--connect" => {
-                    let v = line.value(&flag)?;
-                    targets.push(
-                        v.parse()
-                            .map_err(|_| format!("{flag}: {v:?} is not ADDR:PORT"))?,
-                    );
-                }
+                "--connect" => targets.push(address(&flag, &line.value(&flag)?)?),
                 "--count" => count = Some(count_of(&flag, &line.value(&flag)?, 1_000_000)?),
-                "--serve" => {
-                    let v = line.value(&flag)?;
-                    serve_at = Some(
-                        v.parse()
-                            .map_err(|_| format!("{flag}: {v:?} is not ADDR:PORT"))?,
-                    );
-                }
+                "--serve" => serve_at = Some(address(&flag, &line.value(&flag)?)?),
                 _ => return Err(format!("unexpected argument {:?}", line.typed(&flag))),
             }
         }
