@@ -19,7 +19,12 @@
 //!    so that a chain written is never reached while what it reaches is still
 //!    empty; one service's chains after another's, so that the services'
 //!    anonymous verdict maps, whose cost in the kernel grows with the size of
-//!    the transaction, spread over the pieces. Until step 3 only the old state's map elements reach them, each
+//!    the transaction, spread over the pieces. A chain rewritten in place
+//!    for another role waits for the switch instead: one that the old table
+//!    reaches from an element or a chain the new one does not reach it from
+//!    (a `service-` chain whose cluster IP moves to a `local-` chain when its
+//!    internal traffic policy turns `Local`, an `external-` chain that loses an
+//!    address), with the chains that reach it. Until step 3 only the old state's map elements reach them, each
 //!    element a chain of its own service port, now old or new.
 //! 3. **The switch**, one piece however large: every element change (a map
 //!    flushed and filled again stays whole), the fixed chains (every chain that
@@ -32,6 +37,13 @@
 //!    Nothing reaches them once step 3 is in. These may be cut anywhere.
 //!
 //! A transaction no larger than the limit stays one piece, in its own order.
+//!
+//! Where the table the kernel holds is not known (a first sync over a table
+//! another process left, or a sync after a failure), a chain rewritten for
+//! another role cannot be told from one rewritten for the same role: until the
+//! switch, a packet of the old role may then take the new rules (DNATed to an
+//! endpoint of its own service port, without the masquerade or the drop its
+//! role had).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -51,7 +63,9 @@ impl NftPlan {
     /// The main transaction cut into transactions of at most `max_operations`
     /// operations each where it can be cut, in an order whose every state in
     /// between is safe (see the [module docs](self)); `next` is the ruleset the
-    /// plan was made for. Run [`NftPlan::delete_stale`] first, then each piece in
+    /// plan was made for, `old` the one the kernel holds, if known (what the
+    /// last sync applied): a service chain rewritten in place that an element
+    /// or chain of `old` reaches and none of `next` does waits for the switch. Run [`NftPlan::delete_stale`] first, then each piece in
     /// turn. A transaction of at most `max_operations` (or an empty one) is
     /// returned whole; so is `max_operations == 0`. Only the switch is never cut:
     /// it holds every element change and every fixed chain.
@@ -76,18 +90,23 @@ impl NftPlan {
     /// }
     /// let next = svcnat::compile::nftables(&state, &config)?;
     /// let plan = nft_full_plan(&next, None, std::time::Instant::now());
-    /// let pieces = plan.pieces(&next, 50);
+    /// let pieces = plan.pieces(None, &next, 50);
     /// assert!(pieces.len() > 1);
     /// let all: usize = pieces.iter().map(|p| p.len()).sum();
     /// assert_eq!(all, plan.transaction.len());
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn pieces(&self, next: &Ruleset, max_operations: usize) -> Vec<Transaction> {
+    pub fn pieces(
+        &self,
+        old: Option<&Ruleset>,
+        next: &Ruleset,
+        max_operations: usize,
+    ) -> Vec<Transaction> {
         let tx = &self.transaction;
         if max_operations == 0 || tx.len() <= max_operations {
             return vec![tx.clone()];
         }
-        let groups = groups(tx, next);
+        let groups = groups(tx, old, next);
         pack(tx, groups, max_operations)
     }
 }
@@ -109,7 +128,7 @@ fn is_service_chain(name: &Name) -> bool {
 /// The operations in groups that go whole into one piece, in the order they
 /// are to run: heads one by one, service chains (each flushed with its rules)
 /// leaves first, the switch, then stale operations one by one.
-fn groups(tx: &Transaction, next: &Ruleset) -> Vec<Vec<usize>> {
+fn groups(tx: &Transaction, old: Option<&Ruleset>, next: &Ruleset) -> Vec<Vec<usize>> {
     let ops = tx.operations();
     // Chains the transaction deletes and adds again (a base chain, or one
     // that changes type): every operation on them belongs to the switch.
@@ -170,6 +189,19 @@ fn groups(tx: &Transaction, next: &Ruleset) -> Vec<Vec<usize>> {
         }
     }
 
+    // Chains rewritten for another role go with the switch, and so do the
+    // chains written here that reach them.
+    if let Some(old) = old {
+        let late = rerouted(old, next, &chains);
+        for name in &late {
+            if let Some(group) = chains.remove(name) {
+                switch.extend(group);
+            }
+        }
+        chain_order.retain(|name| !late.contains(*name));
+        switch.sort_unstable();
+    }
+
     let mut out: Vec<Vec<usize>> = heads.into_iter().map(|i| vec![i]).collect();
     for name in leaves_first(&chain_order, &chains, tx) {
         out.push(chains.remove(name).unwrap_or_default());
@@ -178,6 +210,68 @@ fn groups(tx: &Transaction, next: &Ruleset) -> Vec<Vec<usize>> {
         out.push(switch);
     }
     out.extend(stale.into_iter().map(|i| vec![i]));
+    out
+}
+
+/// Where a chain is reached from: a map's element (the map and the key), or
+/// another chain's rule.
+#[derive(Debug, PartialEq, Eq, Hash)]
+enum Caller<'a> {
+    Element(&'a Name, &'a [crate::nft::KeyValue]),
+    Chain(&'a Name),
+}
+
+/// Who reaches each of `targets` in `rs`.
+fn callers<'a>(
+    rs: &'a Ruleset,
+    targets: &HashMap<&Name, Vec<usize>>,
+) -> HashMap<&'a Name, HashSet<Caller<'a>>> {
+    let mut out: HashMap<&Name, HashSet<Caller>> = HashMap::new();
+    for (map, m) in &rs.maps {
+        for e in &m.elements {
+            if let Some(to) = e.verdict.chain().filter(|c| targets.contains_key(*c)) {
+                out.entry(to)
+                    .or_default()
+                    .insert(Caller::Element(map, &e.key));
+            }
+        }
+    }
+    for (name, chain) in &rs.chains {
+        for stmt in chain.rules.iter().flat_map(|r| &r.stmts) {
+            for to in stmt.chains().filter(|c| targets.contains_key(*c)) {
+                out.entry(to).or_default().insert(Caller::Chain(name));
+            }
+        }
+    }
+    out
+}
+
+/// The service chains of `chains` (to be rewritten in place) that `old`
+/// reaches from an element or chain that `next` does not reach them from, and
+/// the chains of `chains` that reach those in `next`: until the switch, the old
+/// callers still send packets there, for a role the new rules no longer have.
+fn rerouted(old: &Ruleset, next: &Ruleset, chains: &HashMap<&Name, Vec<usize>>) -> BTreeSet<Name> {
+    let (before, after) = (callers(old, chains), callers(next, chains));
+    let none = HashSet::new();
+    let mut late: Vec<&Name> = before
+        .iter()
+        .filter(|(name, from)| !from.is_subset(after.get(*name).unwrap_or(&none)))
+        .map(|(name, _)| *name)
+        .collect();
+    let mut out: BTreeSet<Name> = BTreeSet::new();
+    while let Some(name) = late.pop() {
+        if !out.insert(name.clone()) {
+            continue;
+        }
+        for caller in after.get(name).into_iter().flatten() {
+            if let Caller::Chain(c) = caller
+                && chains.contains_key(*c)
+                && !out.contains(*c)
+            {
+                late.push(c);
+            }
+        }
+    }
     out
 }
 

@@ -425,7 +425,8 @@ impl<E: NftExecutor> NftSyncer<E> {
         if !plan.transaction.is_empty() {
             operations += plan.transaction.len();
             bytes += plan.transaction.to_text().len();
-            for piece in plan.pieces(&next, self.piece_operations) {
+            let old = self.applied.as_ref().map(|a| &a.ruleset);
+            for piece in plan.pieces(old, &next, self.piece_operations) {
                 if let Err(e) = self.executor.run(&piece) {
                     self.applied = None;
                     self.pending_flows.extend(stale_flows);
