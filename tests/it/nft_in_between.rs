@@ -86,7 +86,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};
 use svcnat::exec::{DryRun, NftExecError, NftExecutor, NftFake, SyncLock};
 use svcnat::model::*;
-use svcnat::nft::{Element, Family, MapElement, Name, Ruleset, Transaction};
+use svcnat::nft::{Family, Name, Ruleset, Transaction};
 use svcnat::sync::{FullReason, NftSyncer, Syncer};
 use svcnat::trace::{Node, Packet, TraceError, Verdict};
 
@@ -157,34 +157,7 @@ impl NftExecutor for Recording {
     fn check(&mut self, tx: &Transaction) -> Result<(), NftExecError> {
         self.fake.check(tx)
     }
-    fn list_chains(&mut self, family: Family, table: &Name) -> Result<Vec<Name>, NftExecError> {
-        self.fake.list_chains(family, table)
-    }
-    fn list_sets(&mut self, family: Family, table: &Name) -> Result<Vec<Name>, NftExecError> {
-        self.fake.list_sets(family, table)
-    }
-    fn list_maps(&mut self, family: Family, table: &Name) -> Result<Vec<Name>, NftExecError> {
-        self.fake.list_maps(family, table)
-    }
-    fn list_set_elements(
-        &mut self,
-        family: Family,
-        table: &Name,
-        set: &Name,
-    ) -> Result<Vec<Element>, NftExecError> {
-        self.fake.list_set_elements(family, table, set)
-    }
-    fn list_map_elements(
-        &mut self,
-        family: Family,
-        table: &Name,
-        map: &Name,
-    ) -> Result<Vec<MapElement>, NftExecError> {
-        self.fake.list_map_elements(family, table, map)
-    }
-    fn list_table(&mut self, family: Family, table: &Name) -> Result<String, NftExecError> {
-        self.fake.list_table(family, table)
-    }
+    crate::nft_sync::listing_of_the_fake!();
 }
 
 /// The configs a run starts with or switches to (each switch makes a full
@@ -794,31 +767,43 @@ fn every_state_in_between_is_safe() {
 #[test]
 #[ignore = "known gap: a service chain rewritten for another role before the switch (module docs)"]
 fn a_policy_turned_local_reroutes_the_cluster_ip_only_at_the_switch() {
-    let round = |changes, piece_operations| Round {
-        changes,
-        how: How::Changes,
-        piece_operations,
-        aged: false,
-    };
+    let ready = (1, Conditions::READY, false);
+    let (broken, _) = in_pieces_of_one(
+        vec![
+            vec![Change::Upsert(5, vec![ready])],
+            vec![Change::Features(5, 2 | 32)],
+        ],
+        true,
+    );
+    assert!(broken.is_empty(), "{}", broken.join("\n\n"));
+}
+
+/// The rounds' `changes` synced in pieces of one operation from an empty
+/// cluster, partially: every way in between that breaks a rule (`strict`: the
+/// module docs' gap too), and what was seen.
+fn in_pieces_of_one(changes: Vec<Vec<Change>>, strict: bool) -> (Vec<String>, Seen) {
     let run = Run {
         cluster: Vec::new(),
         config: 0,
         first_pieces: 1,
-        rounds: vec![
-            round(
-                vec![Change::Upsert(5, vec![(1, Conditions::READY, false)])],
-                1,
-            ),
-            round(vec![Change::Features(5, 2 | 32)], 1),
-        ],
+        rounds: changes
+            .into_iter()
+            .map(|changes| Round {
+                changes,
+                how: How::Changes,
+                piece_operations: 1,
+                aged: false,
+            })
+            .collect(),
     };
+    let mut seen = Seen::default();
     let mut broken = Vec::new();
     drive(run, |sync, _| {
-        broken.extend(violations(sync, &mut Seen::default(), true)?);
+        broken.extend(violations(sync, &mut seen, strict)?);
         Ok(())
     })
     .unwrap();
-    assert!(broken.is_empty(), "{}", broken.join("\n\n"));
+    (broken, seen)
 }
 
 /// Service chains go leaves first: svc0 gains an endpoint, in pieces of one
@@ -829,28 +814,13 @@ fn a_policy_turned_local_reroutes_the_cluster_ip_only_at_the_switch() {
 #[test]
 fn a_new_endpoint_chain_is_written_before_the_service_chain_that_reaches_it() {
     let ready = |h| (h, Conditions::READY, false);
-    let round = |changes| Round {
-        changes,
-        how: How::Changes,
-        piece_operations: 1,
-        aged: false,
-    };
-    let run = Run {
-        cluster: Vec::new(),
-        config: 0,
-        first_pieces: 1,
-        rounds: vec![
-            round(vec![Change::Upsert(0, vec![ready(1)])]),
-            round(vec![Change::Upsert(0, vec![ready(1), ready(2)])]),
+    let (broken, seen) = in_pieces_of_one(
+        vec![
+            vec![Change::Upsert(0, vec![ready(1)])],
+            vec![Change::Upsert(0, vec![ready(1), ready(2)])],
         ],
-    };
-    let mut seen = Seen::default();
-    let mut broken = Vec::new();
-    drive(run, |sync, _| {
-        broken.extend(violations(sync, &mut seen, false)?);
-        Ok(())
-    })
-    .unwrap();
+        false,
+    );
     assert!(broken.is_empty(), "{}", broken.join("\n\n"));
     assert!(seen.between > 0, "{seen:?}");
 }
