@@ -63,6 +63,58 @@ pub(crate) fn age_out<E: NftExecutor>(syncer: &mut NftSyncer<E>, now: &mut Insta
     assert_eq!(stale, 0, "stale chains left after aging");
 }
 
+/// The listing methods of an [`NftExecutor`] whose `fake` field, an
+/// [`NftFake`], answers them (for test executors that wrap the fake).
+macro_rules! listing_of_the_fake {
+    () => {
+        fn list_chains(
+            &mut self,
+            family: svcnat::nft::Family,
+            table: &svcnat::nft::Name,
+        ) -> Result<Vec<svcnat::nft::Name>, svcnat::exec::NftExecError> {
+            self.fake.list_chains(family, table)
+        }
+        fn list_sets(
+            &mut self,
+            family: svcnat::nft::Family,
+            table: &svcnat::nft::Name,
+        ) -> Result<Vec<svcnat::nft::Name>, svcnat::exec::NftExecError> {
+            self.fake.list_sets(family, table)
+        }
+        fn list_maps(
+            &mut self,
+            family: svcnat::nft::Family,
+            table: &svcnat::nft::Name,
+        ) -> Result<Vec<svcnat::nft::Name>, svcnat::exec::NftExecError> {
+            self.fake.list_maps(family, table)
+        }
+        fn list_set_elements(
+            &mut self,
+            family: svcnat::nft::Family,
+            table: &svcnat::nft::Name,
+            set: &svcnat::nft::Name,
+        ) -> Result<Vec<svcnat::nft::Element>, svcnat::exec::NftExecError> {
+            self.fake.list_set_elements(family, table, set)
+        }
+        fn list_map_elements(
+            &mut self,
+            family: svcnat::nft::Family,
+            table: &svcnat::nft::Name,
+            map: &svcnat::nft::Name,
+        ) -> Result<Vec<svcnat::nft::MapElement>, svcnat::exec::NftExecError> {
+            self.fake.list_map_elements(family, table, map)
+        }
+        fn list_table(
+            &mut self,
+            family: svcnat::nft::Family,
+            table: &svcnat::nft::Name,
+        ) -> Result<String, svcnat::exec::NftExecError> {
+            self.fake.list_table(family, table)
+        }
+    };
+}
+pub(crate) use listing_of_the_fake;
+
 /// An [`NftFake`] whose `fail_at`-th runs (1-based, counted over its life) are
 /// refused, as the kernel refuses one: nothing applied; with `no_lock`, its lock
 /// is never taken; with `no_check`, it cannot check.
@@ -100,34 +152,7 @@ impl NftExecutor for Failing {
         }
         self.fake.check(tx)
     }
-    fn list_chains(&mut self, family: Family, table: &Name) -> Result<Vec<Name>, NftExecError> {
-        self.fake.list_chains(family, table)
-    }
-    fn list_sets(&mut self, family: Family, table: &Name) -> Result<Vec<Name>, NftExecError> {
-        self.fake.list_sets(family, table)
-    }
-    fn list_maps(&mut self, family: Family, table: &Name) -> Result<Vec<Name>, NftExecError> {
-        self.fake.list_maps(family, table)
-    }
-    fn list_set_elements(
-        &mut self,
-        family: Family,
-        table: &Name,
-        set: &Name,
-    ) -> Result<Vec<Element>, NftExecError> {
-        self.fake.list_set_elements(family, table, set)
-    }
-    fn list_map_elements(
-        &mut self,
-        family: Family,
-        table: &Name,
-        map: &Name,
-    ) -> Result<Vec<MapElement>, NftExecError> {
-        self.fake.list_map_elements(family, table, map)
-    }
-    fn list_table(&mut self, family: Family, table: &Name) -> Result<String, NftExecError> {
-        self.fake.list_table(family, table)
-    }
+    crate::nft_sync::listing_of_the_fake!();
 }
 
 proptest! {
