@@ -19,13 +19,17 @@
 //!    so that a chain written is never reached while what it reaches is still
 //!    empty; one service's chains after another's, so that the services'
 //!    anonymous verdict maps, whose cost in the kernel grows with the size of
-//!    the transaction, spread over the pieces. A chain rewritten in place
-//!    for another role waits for the switch instead: one that the old table
-//!    reaches from an element or a chain the new one does not reach it from
-//!    (a `service-` chain whose cluster IP moves to a `local-` chain when its
-//!    internal traffic policy turns `Local`, an `external-` chain that loses an
-//!    address), with the chains that reach it. Until step 3 only the old state's map elements reach them, each
-//!    element a chain of its own service port, now old or new.
+//!    the transaction, spread over the pieces. Only chains the kernel does
+//!    not hold yet, or holds with the same rules, are written here: a chain
+//!    rewritten in place (its rules changed) waits for the switch, with the
+//!    chains that reach it. Until the switch the old table's elements and
+//!    chains still send packets there, for the role the old rules had, and the
+//!    new rules may not fit it (a `service-` chain whose cluster IP moves to a
+//!    `local-` chain when its internal traffic policy turns `Local`; an
+//!    `external-` chain that masquerades before the switch adds the firewall
+//!    element that drops). A full resync of an unchanged cluster cuts
+//!    everything but the switch; one after a config change that rewrites every
+//!    service's chains is one transaction.
 //! 3. **The switch**, one piece however large: every element change (a map
 //!    flushed and filled again stays whole), the fixed chains (every chain that
 //!    is not a service's: base chains, `services`, `masquerading`,
@@ -39,11 +43,11 @@
 //! A transaction no larger than the limit stays one piece, in its own order.
 //!
 //! Where the table the kernel holds is not known (a first sync over a table
-//! another process left, or a sync after a failure), a chain rewritten for
-//! another role cannot be told from one rewritten for the same role: until the
-//! switch, a packet of the old role may then take the new rules (DNATed to an
-//! endpoint of its own service port, without the masquerade or the drop its
-//! role had).
+//! another process left, or a sync after a failure), a chain rewritten in place
+//! cannot be told from a new one, and every service chain is written before the
+//! switch: until it, a packet the old table sends to such a chain may meet rules
+//! written for another role (DNATed to an endpoint of its own service port,
+//! without the masquerade or the drop its role had).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -64,8 +68,9 @@ impl NftPlan {
     /// operations each where it can be cut, in an order whose every state in
     /// between is safe (see the [module docs](self)); `next` is the ruleset the
     /// plan was made for, `old` the one the kernel holds, if known (what the
-    /// last sync applied): a service chain rewritten in place that an element
-    /// or chain of `old` reaches and none of `next` does waits for the switch. Run [`NftPlan::delete_stale`] first, then each piece in
+    /// last sync applied): a service chain `old` holds with other rules waits
+    /// for the switch. Without `old`, every service chain is written before
+    /// it (see the module docs for what that leaves open). Run [`NftPlan::delete_stale`] first, then each piece in
     /// turn. A transaction of at most `max_operations` (or an empty one) is
     /// returned whole; so is `max_operations == 0`. Only the switch is never cut:
     /// it holds every element change and every fixed chain.
@@ -189,10 +194,10 @@ fn groups(tx: &Transaction, old: Option<&Ruleset>, next: &Ruleset) -> Vec<Vec<us
         }
     }
 
-    // Chains rewritten for another role go with the switch, and so do the
-    // chains written here that reach them.
+    // Chains rewritten in place go with the switch, and so do the chains
+    // written here that reach them.
     if let Some(old) = old {
-        let late = rerouted(old, next, &chains);
+        let late = rewritten_in_place(old, next, &chains);
         for name in &late {
             if let Some(group) = chains.remove(name) {
                 switch.extend(group);
@@ -213,63 +218,40 @@ fn groups(tx: &Transaction, old: Option<&Ruleset>, next: &Ruleset) -> Vec<Vec<us
     out
 }
 
-/// Where a chain is reached from: a map's element (the map and the key), or
-/// another chain's rule.
-#[derive(Debug, PartialEq, Eq, Hash)]
-enum Caller<'a> {
-    Element(&'a Name, &'a [crate::nft::KeyValue]),
-    Chain(&'a Name),
-}
-
-/// Who reaches each of `targets` in `rs`.
-fn callers<'a>(
-    rs: &'a Ruleset,
-    targets: &HashMap<&Name, Vec<usize>>,
-) -> HashMap<&'a Name, HashSet<Caller<'a>>> {
-    let mut out: HashMap<&Name, HashSet<Caller>> = HashMap::new();
-    for (map, m) in &rs.maps {
-        for e in &m.elements {
-            if let Some(to) = e.verdict.chain().filter(|c| targets.contains_key(*c)) {
-                out.entry(to)
-                    .or_default()
-                    .insert(Caller::Element(map, &e.key));
-            }
-        }
-    }
-    for (name, chain) in &rs.chains {
-        for stmt in chain.rules.iter().flat_map(|r| &r.stmts) {
-            for to in stmt.chains().filter(|c| targets.contains_key(*c)) {
-                out.entry(to).or_default().insert(Caller::Chain(name));
-            }
-        }
-    }
-    out
-}
-
-/// The service chains of `chains` (to be rewritten in place) that `old`
-/// reaches from an element or chain that `next` does not reach them from, and
-/// the chains of `chains` that reach those in `next`: until the switch, the old
-/// callers still send packets there, for a role the new rules no longer have.
-fn rerouted(old: &Ruleset, next: &Ruleset, chains: &HashMap<&Name, Vec<usize>>) -> BTreeSet<Name> {
-    let (before, after) = (callers(old, chains), callers(next, chains));
-    let none = HashSet::new();
-    let mut late: Vec<&Name> = before
-        .iter()
-        .filter(|(name, from)| !from.is_subset(after.get(*name).unwrap_or(&none)))
-        .map(|(name, _)| *name)
+/// The service chains of `chains` (rewritten) that `old` holds with other
+/// rules than `next`'s, and the chains of `chains` that reach those in
+/// `next`. Until the switch, the old table's elements and chains still send
+/// packets to them, for the role the old rules had: a `service-` chain whose
+/// cluster IP moves to a `local-` chain, an `external-` chain that masquerades
+/// before the switch adds the firewall element that drops.
+fn rewritten_in_place(
+    old: &Ruleset,
+    next: &Ruleset,
+    chains: &HashMap<&Name, Vec<usize>>,
+) -> BTreeSet<Name> {
+    let mut late: Vec<&Name> = chains
+        .keys()
+        .copied()
+        .filter(|name| {
+            old.chains
+                .get(*name)
+                .is_some_and(|o| Some(o) != next.chains.get(*name))
+        })
         .collect();
+    late.sort();
+    // Who reaches each of them in `next`, among the chains written here.
+    let mut callers: HashMap<&Name, Vec<&Name>> = HashMap::new();
+    for name in chains.keys() {
+        for stmt in next.chains[*name].rules.iter().flat_map(|r| &r.stmts) {
+            for to in stmt.chains().filter(|c| chains.contains_key(*c)) {
+                callers.entry(to).or_default().push(name);
+            }
+        }
+    }
     let mut out: BTreeSet<Name> = BTreeSet::new();
     while let Some(name) = late.pop() {
-        if !out.insert(name.clone()) {
-            continue;
-        }
-        for caller in after.get(name).into_iter().flatten() {
-            if let Caller::Chain(c) = caller
-                && chains.contains_key(*c)
-                && !out.contains(*c)
-            {
-                late.push(c);
-            }
+        if out.insert(name.clone()) {
+            late.extend(callers.get(name).into_iter().flatten().copied());
         }
     }
     out
