@@ -57,7 +57,7 @@
 //! first this process may use; `cpu` in the JSON): left to the scheduler, a
 //! point's base time was about 28 or about 42 µs on a 2-vCPU VM, by where its
 //! processes were placed, and stayed so for all its rounds: it measured placement,
-//! not rules. Pinned, every point's base was 39 µs there.
+//! not rules. Pinned, every point's base was the same (39 to 50 µs over runs).
 //!
 //! The JSON: `date` (UTC, when the measurement started), `machine` (as
 //! `kernel_cost`'s), `load_average` (`/proc/loadavg` at the start), `cpu`, the flags, and

@@ -128,7 +128,7 @@
 //! - nftables: any `nft -f` or `nft --check` in a large table first reads nft's cache
 //!   of the table back from the kernel (about 0.5 s at 10,000 services x 10
 //!   endpoints), and the check after the full sync lists the whole table (about
-//!   12 s there), outside every sync figure but not outside the run's wall time.
+//!   12 to 20 s there), outside every sync figure but not outside the run's wall time.
 //! - Kernel cleanup of a deleted namespace's rules is asynchronous and may overlap the
 //!   next run; other load on the machine shows in every figure.
 //! - A process killed by a signal cannot delete its namespaces: remove leftovers with

@@ -1,19 +1,20 @@
 //! A plan's transaction cut into pieces ([`NftPlan::pieces`]), each its own
 //! `nft -f`, so that a first sync or a full resync of a large table is never one
 //! huge transaction (the kernel's cost of a transaction grows faster than its
-//! size: issue 17 measured the 10,000-service table at 148 s as one transaction
-//! and 20 s in pieces of 2,000 services), while every state in between stays
-//! safe: each packet is treated as the state before or the state after the sync
-//! treats it.
+//! size: the first sync of 10,000 services x 10 endpoints took 200 to 269 s as
+//! one transaction and 18 to 20 s in pieces of 50,000 operations, PERFORMANCE.md),
+//! while every state in between stays safe: each packet is treated as the state
+//! before or the state after the sync treats it.
 //!
-//! The operations keep their relative order, and go in this order:
+//! The operations go in this order (each chain's, and the switch's, in the
+//! order the plan wrote them):
 //!
 //! 1. **Heads**: the table, sets and maps added, and every chain added (an `add
 //!    chain` of a chain that exists changes nothing; a new chain is empty and
 //!    nothing reaches it yet). These may be cut anywhere.
 //! 2. **Service chains** (the per-service-port chains of kube-proxy's layout,
 //!    whose names hold the service's `namespace/name/protocol/port`: `service-`,
-//!    `external-`, `endpoint-` and `firewall-` chains), each flushed and written
+//!    `external-`, `local-`, `endpoint-` and `firewall-` chains), each flushed and written
 //!    whole in one piece, a chain after every service chain its rules jump or go
 //!    to (endpoints before their service, a service before its external chain),
 //!    so that a chain written is never reached while what it reaches is still
@@ -28,8 +29,8 @@
 //!    `local-` chain when its internal traffic policy turns `Local`; an
 //!    `external-` chain that masquerades before the switch adds the firewall
 //!    element that drops). A full resync of an unchanged cluster cuts
-//!    everything but the switch; one after a config change that rewrites every
-//!    service's chains is one transaction.
+//!    everything but the switch; after a config change that rewrites every
+//!    service's chains, all but the heads and the stale objects is the switch.
 //! 3. **The switch**, one piece however large: every element change (a map
 //!    flushed and filled again stays whole), the fixed chains (every chain that
 //!    is not a service's: base chains, `services`, `masquerading`,
@@ -66,7 +67,14 @@ pub const DEFAULT_PIECE_OPERATIONS: usize = 50_000;
 impl NftPlan {
     /// The main transaction cut into transactions of at most `max_operations`
     /// operations each where it can be cut, in an order whose every state in
-    /// between is safe (see the [module docs](self)); `next` is the ruleset the
+    /// between treats each packet as the state before or after the sync does:
+    /// the table, sets, maps and chains added first; then the service chains
+    /// (`service-`, `external-`, `local-`, `endpoint-`, `firewall-`) the kernel
+    /// does not hold yet or holds with the same rules, each flushed and written
+    /// whole, a chain after those it reaches; then one transaction, the switch,
+    /// with every element change, every other chain, and every service chain
+    /// the kernel holds with other rules (they are reached by the old elements
+    /// until then); stale chains, sets and maps last. `next` is the ruleset the
     /// plan was made for, `old` the one the kernel holds, if known (what the
     /// last sync applied): a service chain `old` holds with other rules waits
     /// for the switch. Without `old`, every service chain is written before
@@ -331,4 +339,86 @@ fn pack(tx: &Transaction, groups: Vec<Vec<usize>>, max: usize) -> Vec<Transactio
         pieces.push(piece);
     }
     pieces
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::model::*;
+    use crate::sync::{nft_full_plan, nft_plan};
+
+    /// `n` services with `eps` endpoints each.
+    fn ruleset(n: u8, eps: u8) -> Ruleset {
+        let config = ProxyConfig::default().with_cluster_cidrs(["10.0.0.0/8".parse().unwrap()]);
+        let mut state = ClusterState::new();
+        for i in 0..n {
+            let name = format!("svc{i}");
+            state.upsert_service(
+                Service::cluster_ip("ns", &name, [172, 30, 0, i].into())
+                    .with_port(ServicePort::tcp("p80", 80)),
+            );
+            let mut slice = EndpointSlice::new("ns", &name, format!("{name}-a"), IpFamily::Ipv4)
+                .with_port(EndpointPort::tcp("p80", 80));
+            for e in 0..eps {
+                slice = slice.with_endpoint(Endpoint::ready([10, 1, i, e].into()));
+            }
+            state.upsert_slice(slice);
+        }
+        crate::compile::nftables(&state, &config).unwrap()
+    }
+
+    fn lines(pieces: &[Transaction]) -> Vec<String> {
+        pieces
+            .iter()
+            .flat_map(|p| p.to_text().lines().map(str::to_owned).collect::<Vec<_>>())
+            .collect()
+    }
+
+    #[test]
+    fn every_operation_once_the_same_every_time() {
+        let next = ruleset(6, 3);
+        let plan = nft_full_plan(&next, None, Instant::now());
+        let whole = lines(std::slice::from_ref(&plan.transaction));
+        for max in [1, 7, 50] {
+            let pieces = plan.pieces(None, &next, max);
+            assert!(pieces.len() > 1);
+            let (mut a, mut b) = (lines(&pieces), whole.clone());
+            // Each call builds its hash maps with new keys: an order that
+            // leaked from one would show here.
+            assert_eq!(a, lines(&plan.pieces(None, &next, max)));
+            a.sort();
+            b.sort();
+            assert_eq!(a, b, "max {max}");
+        }
+    }
+
+    /// Two services gain an endpoint and a third comes. Without the old
+    /// table, the first's service chain is written before the switch, after
+    /// the new endpoint chain it reaches; with it, the rewritten service chain
+    /// goes with the switch (the new service's elements), whatever the size.
+    #[test]
+    fn leaves_first_and_rewritten_chains_with_the_switch() {
+        let (old, next) = (ruleset(2, 1), ruleset(3, 2));
+        let applied = nft_full_plan(&old, None, Instant::now()).applied(old.clone());
+        let plan = nft_plan(Some(&applied), &next, Instant::now());
+        let service = "flush chain ip kube-proxy service-L2M7ATPH-ns/svc0/tcp/p80";
+        let endpoint = "add rule ip kube-proxy endpoint-3X3OW6CK-ns/svc0/tcp/p80__10.1.0.1/80";
+        let element = "add element ip kube-proxy service-ips";
+        let piece_of = |pieces: &[Transaction], what: &str| {
+            pieces
+                .iter()
+                .position(|p| p.to_text().contains(what))
+                .unwrap_or_else(|| panic!("no {what:?} in {}", lines(pieces).join("\n")))
+        };
+
+        let unknown = plan.pieces(None, &next, 1);
+        assert!(piece_of(&unknown, endpoint) < piece_of(&unknown, service));
+        assert!(piece_of(&unknown, service) < piece_of(&unknown, element));
+
+        let known = plan.pieces(Some(&old), &next, 1);
+        assert!(piece_of(&known, endpoint) < piece_of(&known, service));
+        assert_eq!(piece_of(&known, service), piece_of(&known, element));
+    }
 }

@@ -351,14 +351,15 @@ impl<E: NftExecutor> NftSyncer<E> {
     ///
     /// A full sync lists the table's chains, sets and maps (a listing that fails
     /// is planned as an empty one: nothing the ruleset does not name is
-    /// touched), and writes the whole ruleset over it in one transaction. An
-    /// incremental one first runs the deletion of the stale chains old enough,
-    /// on its own (refused: the chains stay flushed, the sync goes on, and the
-    /// next sync is full), then the main transaction.
+    /// touched), and writes the whole ruleset over it. An incremental one first
+    /// runs the deletion of the stale chains old enough, on its own (refused:
+    /// the chains stay flushed, the sync goes on, and the next sync is full),
+    /// then the main transaction. A main transaction larger than
+    /// [`Self::with_piece_operations`] runs in pieces ([`NftPlan::pieces`]).
     ///
     /// # Errors
-    /// The lock not taken, or the main transaction refused (nothing of it was
-    /// applied); an invalid config. The next sync is a full one: call `sync()`
+    /// The lock not taken, or a piece of the main transaction refused (the
+    /// pieces before it applied, nothing of it); an invalid config. The next sync is a full one: call `sync()`
     /// again after [`NftSyncError::retry_after`].
     pub fn sync_at(&mut self, now: Instant) -> Result<NftSyncReport, NftSyncError> {
         let report = self.sync_inner(now)?;
@@ -425,7 +426,13 @@ impl<E: NftExecutor> NftSyncer<E> {
         if !plan.transaction.is_empty() {
             operations += plan.transaction.len();
             bytes += plan.transaction.to_text().len();
-            let old = self.applied.as_ref().map(|a| &a.ruleset);
+            // What the kernel holds, as far as the syncer knows: nothing
+            // after a failure (then `applied` is gone), nor for another table.
+            let old = self
+                .applied
+                .as_ref()
+                .map(|a| &a.ruleset)
+                .filter(|o| o.family == next.family && o.table == next.table);
             for piece in plan.pieces(old, &next, self.piece_operations) {
                 if let Err(e) = self.executor.run(&piece) {
                     self.applied = None;
