@@ -812,11 +812,13 @@ fn in_pieces_of_one(changes: Vec<Vec<Change>>, strict: bool) -> (Vec<String>, Se
     (broken, seen)
 }
 
-/// Service chains go leaves first: svc0 gains an endpoint, in pieces of one
-/// operation; its `service-` chain, rewritten in place, goes in only after the
-/// new `endpoint-` chain it reaches is written (written the other way round, a
-/// packet to the cluster IP would meet an empty chain and fall through to the
-/// reject of `cluster-ips-check`).
+/// svc0 gains an endpoint, in pieces of one operation: its `service-` chain,
+/// rewritten in place, goes in with the switch, after the new `endpoint-`
+/// chain it reaches is written (written the other way round, a packet to the
+/// cluster IP would meet an empty chain and fall through to the reject of
+/// `cluster-ips-check`). The order among service chains written before the
+/// switch, which matters where the old table is unknown, is pinned by the unit
+/// tests of `NftPlan::pieces`.
 #[test]
 fn a_new_endpoint_chain_is_written_before_the_service_chain_that_reaches_it() {
     let ready = |h| (h, Conditions::READY, false);
