@@ -202,10 +202,25 @@ fn groups(tx: &Transaction, old: Option<&Ruleset>, next: &Ruleset) -> Vec<Vec<us
         }
     }
 
+    // The service chains written here that each one's rules jump or go to.
+    let targets: HashMap<&Name, Vec<&Name>> = chains
+        .keys()
+        .map(|&name| {
+            let to: BTreeSet<&Name> = next.chains[name]
+                .rules
+                .iter()
+                .flat_map(|r| &r.stmts)
+                .flat_map(|stmt| stmt.chains())
+                .filter(|c| chains.contains_key(*c))
+                .collect();
+            (name, to.into_iter().collect())
+        })
+        .collect();
+
     // Chains rewritten in place go with the switch, and so do the chains
     // written here that reach them.
     if let Some(old) = old {
-        let late = rewritten_in_place(old, next, &chains);
+        let late = rewritten_in_place(old, next, &chains, &targets);
         for name in &late {
             if let Some(group) = chains.remove(name) {
                 switch.extend(group);
@@ -216,7 +231,7 @@ fn groups(tx: &Transaction, old: Option<&Ruleset>, next: &Ruleset) -> Vec<Vec<us
     }
 
     let mut out: Vec<Vec<usize>> = heads.into_iter().map(|i| vec![i]).collect();
-    for name in leaves_first(&chain_order, &chains, tx) {
+    for name in leaves_first(&chain_order, &targets) {
         out.push(chains.remove(name).unwrap_or_default());
     }
     if !switch.is_empty() {
@@ -236,6 +251,7 @@ fn rewritten_in_place(
     old: &Ruleset,
     next: &Ruleset,
     chains: &HashMap<&Name, Vec<usize>>,
+    targets: &HashMap<&Name, Vec<&Name>>,
 ) -> BTreeSet<Name> {
     let mut late: Vec<&Name> = chains
         .keys()
@@ -247,13 +263,11 @@ fn rewritten_in_place(
         })
         .collect();
     late.sort();
-    // Who reaches each of them in `next`, among the chains written here.
+    // Who reaches each of them, among the chains written here.
     let mut callers: HashMap<&Name, Vec<&Name>> = HashMap::new();
-    for name in chains.keys() {
-        for stmt in next.chains[*name].rules.iter().flat_map(|r| &r.stmts) {
-            for to in stmt.chains().filter(|c| chains.contains_key(*c)) {
-                callers.entry(to).or_default().push(name);
-            }
+    for (&name, to) in targets {
+        for &t in to {
+            callers.entry(t).or_default().push(name);
         }
     }
     let mut out: BTreeSet<Name> = BTreeSet::new();
@@ -269,21 +283,9 @@ fn rewritten_in_place(
 /// to (depth first, in `order` otherwise, so the result is deterministic).
 fn leaves_first<'a>(
     order: &[&'a Name],
-    chains: &HashMap<&'a Name, Vec<usize>>,
-    tx: &'a Transaction,
+    targets: &HashMap<&'a Name, Vec<&'a Name>>,
 ) -> Vec<&'a Name> {
-    let ops = tx.operations();
-    let targets = |name: &Name| -> Vec<&'a Name> {
-        let mut to = BTreeSet::new();
-        for &i in chains.get(name).map_or(&[][..], |v| v.as_slice()) {
-            if let Operation::AddRule { rule, .. } = &ops[i] {
-                for stmt in &rule.stmts {
-                    to.extend(stmt.chains().filter(|c| chains.contains_key(*c)));
-                }
-            }
-        }
-        to.into_iter().collect()
-    };
+    let targets = |name: &Name| -> Vec<&'a Name> { targets.get(name).cloned().unwrap_or_default() };
     // Roots first (chains none of the others reaches: a service's chain, or
     // its external one), so each service's chains come together and the
     // services' costly rules (an anonymous verdict map each) spread evenly
