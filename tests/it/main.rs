@@ -32,6 +32,7 @@ mod nft_kube_proxy;
 mod nft_plan;
 mod nft_sync;
 mod nft_trace;
+mod nft_wire;
 mod parse;
 mod pieces;
 mod properties;
