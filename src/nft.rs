@@ -39,6 +39,7 @@ mod objects;
 mod stmt;
 pub(crate) mod text;
 mod transaction;
+pub mod wire;
 
 pub use names::{IfName, Name, NftComment, NftError};
 pub use objects::{

@@ -25,6 +25,8 @@ pub use iptables::{
     Backend, DEFAULT_LOCK_DIR, DEFAULT_LOCK_WAIT, IptablesRestore, NFT_CHAINS_PER_RESTORE,
 };
 pub use lock::SyncLock;
+#[cfg(target_os = "linux")]
+pub use nft::NftNetlink;
 pub use nft::{NftCommand, NftExecError, NftExecutor, NftFake, NftRefusal, RefusalKind};
 pub use pieces::{pieces, pieces_over};
 pub use recorder::{Call, DryRun, Recorder};
@@ -60,6 +62,15 @@ pub enum ExecError {
         stderr: String,
         /// The restore payload it was given, if any.
         payload: Option<String>,
+    },
+    /// A netlink socket call failed ([`NftNetlink`]): opening the socket in its
+    /// namespace, sizing its buffers, sending a batch or reading the answer.
+    #[error("netlink {operation}: {source}")]
+    Netlink {
+        /// The call, and what it was doing.
+        operation: String,
+        /// The OS error.
+        source: std::io::Error,
     },
     /// The executor refused the call (a scripted failure, or an invalid payload in
     /// [`Recorder`]'s table model).

@@ -10,6 +10,8 @@
 
 mod fake;
 mod list;
+#[cfg(target_os = "linux")]
+mod netlink;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -23,6 +25,8 @@ use super::{DEFAULT_LOCK_DIR, DEFAULT_LOCK_WAIT, ExecError, SyncLock};
 use crate::nft::{Element, Family, MapElement, Name, Transaction};
 
 pub use fake::NftFake;
+#[cfg(target_os = "linux")]
+pub use netlink::NftNetlink;
 
 /// What kind of refusal an operation met: the kernel's error, or nft's own
 /// check before anything reached the kernel.

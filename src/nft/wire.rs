@@ -968,7 +968,7 @@ impl Ctx<'_> {
                 // one the next 128-bit register, the others NFT_REG32_nn.
                 let mut slot = 0u32;
                 for field in key {
-                    let reg = if slot % 4 == 0 {
+                    let reg = if slot.is_multiple_of(4) {
                         REG_1 + slot / 4
                     } else {
                         8 + slot

@@ -443,12 +443,26 @@ fn churn_leaves_exactly_the_full_sync_state() {
     if !nft_available("churn_leaves_exactly_the_full_sync_state") {
         return;
     }
+    churn_through("nks", nft_in, |_| {});
+}
+
+/// The churn through the executor `exec` makes for a namespace; the
+/// reference's one full sync goes through `nft`.
+/// `check` looks at the executor at the end.
+pub(crate) fn churn_through<E: NftExecutor>(
+    tag: &str,
+    exec: impl Fn(&Netns) -> E,
+    check: impl Fn(&E),
+) {
     const STEPS: usize = 45;
     let started = Instant::now();
-    let (ns, reference) = (Netns::new("nks-churn"), Netns::new("nks-fresh"));
+    let (ns, reference) = (
+        Netns::new(&format!("{tag}-churn")),
+        Netns::new(&format!("{tag}-fresh")),
+    );
     // Small pieces, so that larger syncs run as several transactions; the
     // reference's one full sync runs whole.
-    let mut syncer = NftSyncer::new(nft_in(&ns), config())
+    let mut syncer = NftSyncer::new(exec(&ns), config())
         .unwrap()
         .with_piece_operations(40);
     let mut churn = Churn::new(SEED);
@@ -494,13 +508,14 @@ fn churn_leaves_exactly_the_full_sync_state() {
     // The comparison sees a change: the table as it was one step before.
     assert_ne!(before_last, fresh, "the last step changed nothing visible");
     eprintln!(
-        "churn: {STEPS} steps, {} services at the end, {deleted} stale chains deleted \
+        "churn ({tag}): {STEPS} steps, {} services at the end, {deleted} stale chains deleted \
          during the churn, {refused_deletions} deletions refused, {} chains in the table, \
          {:.1?}",
         syncer.state().service_count(),
         fresh.matches("\tchain ").count(),
         started.elapsed(),
     );
+    check(syncer.executor());
 }
 
 /// Runs a client in a loop until its stdin closes: a TCP connection (1 s

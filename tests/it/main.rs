@@ -17,6 +17,7 @@ mod kernel_concurrency;
 mod kernel_example;
 mod kernel_nfacct;
 mod kernel_nft;
+mod kernel_nft_netlink;
 mod kernel_nft_sync;
 mod kernel_resilience;
 #[cfg(feature = "k8s")]

@@ -67,7 +67,7 @@ fn messages(mut b: &[u8]) -> Vec<Message> {
     while !b.is_empty() {
         let len = u32::from_ne_bytes(b[0..4].try_into().unwrap()) as usize;
         assert!(
-            len >= 20 && len <= b.len() && len % 4 == 0,
+            len >= 20 && len <= b.len() && len.is_multiple_of(4),
             "message length {len}"
         );
         out.push(Message {

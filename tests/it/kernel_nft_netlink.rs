@@ -1,0 +1,129 @@
+//! [`NftNetlink`] in the kernel, in namespaces the tests create: what it
+//! writes is what `nft -f` writes for the same transactions (`nft list table`
+//! prints the same text), through a whole churn of syncs too, and a refused
+//! batch applies nothing and names its operation.
+
+use svcnat::exec::{NftExecutor, NftNetlink, RefusalKind};
+use svcnat::nft::wire::AnonNames;
+use svcnat::nft::*;
+use svcnat::parse::nft::parse_dump;
+
+use crate::kernel::{Netns, nft_available};
+use crate::kernel_nft_sync::churn_through;
+use crate::nft_exec::nft_in;
+
+fn netlink_in(ns: &Netns) -> NftNetlink {
+    NftNetlink::in_netns(&ns.name).with_command(nft_in(ns))
+}
+
+fn list(ns: &Netns, family: &str) -> String {
+    let (ok, out) = ns.run(&["nft", "list", "table", family, "kube-proxy"], "");
+    assert!(ok, "nft list table {family} kube-proxy: {out}");
+    out
+}
+
+#[test]
+fn the_dumps_load_as_through_nft() {
+    if !nft_available("the_dumps_load_as_through_nft") {
+        return;
+    }
+    for (file, family) in [("dump-v4.nft", "ip"), ("dump-v6.nft", "ip6")] {
+        let path = format!("{}/tests/data/nft/{file}", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let tx = Transaction::from(&parse_dump(&text).unwrap());
+        let by_nft = Netns::new("nkn-nft");
+        let (ok, out) = by_nft.run(&["nft", "-f", "-"], &tx.to_text());
+        assert!(ok, "{file} through nft: {out}");
+        let expected = list(&by_nft, family);
+        for names in [AnonNames::Tagged { tag: 1, next: 0 }, AnonNames::Kernel] {
+            let ns = Netns::new("nkn-wire");
+            let mut exec = netlink_in(&ns).with_anon_names(names.clone());
+            exec.run(&tx)
+                .unwrap_or_else(|e| panic!("{file} ({names:?}): {e}"));
+            assert_eq!(exec.counts(), (1, 0), "one batch, nothing as text");
+            assert_eq!(list(&ns, family), expected, "{file} ({names:?})");
+        }
+    }
+}
+
+#[test]
+fn netlink_churn_leaves_exactly_what_nft_writes() {
+    if !nft_available("netlink_churn_leaves_exactly_what_nft_writes") {
+        return;
+    }
+    churn_through("nkn", netlink_in, |exec: &NftNetlink| {
+        let (batches, as_text) = exec.counts();
+        assert!(batches > 45, "{batches} batches");
+        assert_eq!(as_text, 0, "every transaction went as a batch");
+    });
+}
+
+#[test]
+fn a_refused_batch_applies_nothing_and_names_its_operation() {
+    if !nft_available("a_refused_batch_applies_nothing_and_names_its_operation") {
+        return;
+    }
+    let ns = Netns::new("nkn-refused");
+    let mut exec = netlink_in(&ns);
+    let table = Name::new("kube-proxy").unwrap();
+    let (a, b) = (Name::new("a").unwrap(), Name::new("b").unwrap());
+    let mut tx = Transaction::new(Family::Ip, table.clone());
+    tx.push(Operation::AddTable { comment: None });
+    tx.push(Operation::AddChain {
+        name: a.clone(),
+        base: None,
+        comment: None,
+    });
+    exec.run(&tx).unwrap();
+
+    let mut tx = Transaction::new(Family::Ip, table.clone());
+    tx.push(Operation::AddChain {
+        name: b.clone(),
+        base: None,
+        comment: None,
+    });
+    tx.push(Operation::AddRule {
+        chain: b.clone(),
+        rule: Rule::new(vec![Stmt::Numgen(vec![Verdict::Goto(a.clone())])]),
+    });
+    tx.push(Operation::AddRule {
+        chain: a.clone(),
+        rule: Rule::new(vec![Stmt::Verdict(Verdict::Jump(
+            Name::new("missing").unwrap(),
+        ))]),
+    });
+    let refusal = exec.run(&tx).unwrap_err();
+    let refusal = refusal.refusal().unwrap_or_else(|| panic!("{refusal}"));
+    assert_eq!(refusal.kind, RefusalKind::NotFound, "{refusal}");
+    assert_eq!(refusal.index, Some(2), "{refusal}");
+    assert_eq!(
+        refusal.command.as_deref(),
+        Some("add rule ip kube-proxy a jump missing")
+    );
+    assert_eq!(
+        exec.list_chains(Family::Ip, &table).unwrap(),
+        vec![a.clone()],
+        "nothing of it applied"
+    );
+
+    let mut tx = Transaction::new(Family::Ip, table.clone());
+    tx.push(Operation::AddChain {
+        name: b.clone(),
+        base: None,
+        comment: None,
+    });
+    tx.push(Operation::AddRule {
+        chain: b.clone(),
+        rule: Rule::new(vec![Stmt::Verdict(Verdict::Jump(a.clone()))]),
+    });
+    exec.run(&tx).unwrap();
+    let mut tx = Transaction::new(Family::Ip, table.clone());
+    tx.push(Operation::DeleteChain(a.clone()));
+    let refusal = exec.run(&tx).unwrap_err();
+    assert_eq!(
+        refusal.refusal().map(|r| r.kind),
+        Some(RefusalKind::Busy),
+        "{refusal}"
+    );
+    assert_eq!(exec.counts(), (4, 0));
+}
