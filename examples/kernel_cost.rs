@@ -11,7 +11,8 @@
 //!     [--endpoints E (10)] [--mix cluster-ip|load-balancer] [--seed N (1)] \
 //!     [--backend nft|legacy|both|nftables|all (both)] [--runs N (3)] [--no-resync] \
 //!     [--no-cleanup] [--no-baseline] [--restore-pieces N (the executor's default; 0: one restore)] \
-//!     [--nft-piece-operations N (the nftables syncer's default; 0: one transaction)]
+//!     [--nft-piece-operations N (the nftables syncer's default; 0: one transaction)] \
+//!     [--nft-transport netlink|nft (netlink)]
 //! ```
 //!
 //! `--backend`: `both` is nft then legacy (the iptables backends), `nftables` the
@@ -83,7 +84,7 @@
 //! |---|---|
 //! | `empty_restore_ns` | one `nft -f` in the empty namespace ([`cleanup_transaction`](svcnat::sync::cleanup_transaction): `add table`, `delete table`, which leaves it empty) |
 //! | `*_sync_ns` | wall time of `NftSyncer::sync()` |
-//! | `*_restore_ns` | of that, inside the executor's `run`: every `nft -f` of the sync, added up |
+//! | `*_restore_ns` | of that, inside the executor's `run`: every transaction of the sync (a netlink batch, or an `nft -f` with `--nft-transport nft`), added up |
 //! | `*_save_ns` | of that, inside the listings (`list_chains`, `list_sets`, `list_maps`, ...: a full sync lists the table's objects first, to find stale ones) |
 //! | `*_jumps_ns`, `cleanup_jumps_removed` | null: no jump rules in built-in chains |
 //! | `*_bytes` | the `nft -f` text the sync sent ([`NftSyncReport::bytes`](svcnat::sync::NftSyncReport::bytes)); for cleanup, counted by the executor |
@@ -95,6 +96,7 @@
 //! | `cleanup_restore_ns`, `cleanup_save_ns` | of that, inside `run` and inside the listings (none: 0) |
 //! | `cleanup_chains_removed` | the chains the table held as the syncer last applied it, stale ones included (the table goes whole) |
 //! | `one_transaction_ns` | the baseline: the compiled table as ONE `nft -f` transaction (the text a full plan sends, [`nft_full_plan`](svcnat::sync::nft_full_plan) with nothing listed), into a fresh namespace of its own (`svcnat-cost-<pid>-nftables-<run>-one`) after each run's; afterwards `nft list chains` must show every chain. Null with `--no-baseline`: at 10,000 services x 10 endpoints it takes minutes |
+//! | `transport` | how the syncer's transactions reached the kernel (`--nft-transport`): `netlink` ([`NftNetlink`](svcnat::exec::NftNetlink), netlink batches without `nft`'s cache; the default) or `nft` ([`NftCommand`](svcnat::exec::NftCommand), `nft -f`). Listings, the drift check's `nft --check` and the baseline use `nft` either way |
 //! | `piece_operations` | the largest transaction the nftables syncer sends at once (`--nft-piece-operations`, else [`DEFAULT_PIECE_OPERATIONS`](svcnat::sync::DEFAULT_PIECE_OPERATIONS); 0: never cut): a first sync or a full resync larger than that runs in pieces ([`NftPlan::pieces`](svcnat::sync::NftPlan::pieces)) |
 //!
 //! After the partial sync, `nft list chain` of the chains that DNAT to the moved
@@ -155,7 +157,7 @@ use flags::{CommandLine, SpecFlags};
 mod measure;
 use measure::{Netns, date, machine, one_line};
 
-const USAGE: &str = "usage: kernel_cost [--services S] [--endpoints E] [--mix cluster-ip|load-balancer] [--seed N] [--backend nft|legacy|both|nftables|all] [--runs N] [--no-resync] [--no-cleanup] [--no-baseline] [--restore-pieces N] [--nft-piece-operations N]";
+const USAGE: &str = "usage: kernel_cost [--services S] [--endpoints E] [--mix cluster-ip|load-balancer] [--seed N] [--backend nft|legacy|both|nftables|all] [--runs N] [--no-resync] [--no-cleanup] [--no-baseline] [--restore-pieces N] [--nft-piece-operations N] [--nft-transport netlink|nft]";
 
 fn main() {
     let args = Args::parse(CommandLine::from_env()).unwrap_or_else(|e| {
@@ -194,6 +196,27 @@ struct Args {
     /// `--nft-piece-operations N`: the nftables syncer's largest transaction
     /// (0: never cut); the library's default when absent.
     nft_pieces: Option<usize>,
+    /// `--nft-transport`: how the nftables syncer's transactions reach the
+    /// kernel.
+    nft_transport: NftTransport,
+}
+
+/// How the nftables mode's transactions reach the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NftTransport {
+    /// [`NftNetlink`](svcnat::exec::NftNetlink): netlink batches (the default).
+    Netlink,
+    /// [`NftCommand`](svcnat::exec::NftCommand): `nft -f`.
+    Nft,
+}
+
+impl NftTransport {
+    fn as_str(self) -> &'static str {
+        match self {
+            NftTransport::Netlink => "netlink",
+            NftTransport::Nft => "nft",
+        }
+    }
 }
 
 impl Args {
@@ -206,6 +229,7 @@ impl Args {
         let mut baseline = true;
         let mut pieces = None;
         let mut nft_pieces = None;
+        let mut nft_transport = NftTransport::Netlink;
         while let Some(flag) = line.next_flag(USAGE)? {
             if flag == "--no-resync" && !line.has_joined() {
                 resync = false;
@@ -247,6 +271,15 @@ impl Args {
                             .map_err(|_| format!("{flag}: {v:?} is not a number"))?,
                     );
                 }
+                "--nft-transport" => {
+                    nft_transport = match line.value(&flag)?.as_str() {
+                        "netlink" => NftTransport::Netlink,
+                        "nft" => NftTransport::Nft,
+                        other => {
+                            return Err(format!("--nft-transport: unknown transport {other:?}"));
+                        }
+                    }
+                }
                 _ => return Err(format!("unexpected argument {:?}", line.typed(&flag))),
             }
         }
@@ -271,6 +304,7 @@ impl Args {
             baseline,
             pieces,
             nft_pieces,
+            nft_transport,
         })
     }
 }

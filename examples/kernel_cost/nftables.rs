@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use svcnat::exec::{NftCommand, NftExecError, NftExecutor, SyncLock};
+use svcnat::exec::{NftCommand, NftExecError, NftExecutor, NftNetlink, SyncLock};
 use svcnat::model::ClusterState;
 use svcnat::nft::{Chain, Element, Family, MapElement, Name, Ruleset, Stmt, Transaction};
 use svcnat::parse::nft::{canonicalize, parse_listing};
@@ -18,8 +18,8 @@ use svcnat::sync::{
 use svcnat::synthetic;
 
 use super::{
-    Args, CleanupSample, Measured, Moved, Netns, Run, Sample, full_sync, median, moved_endpoint,
-    nanos, resync, summary, timed,
+    Args, CleanupSample, Measured, Moved, Netns, NftTransport, Run, Sample, full_sync, median,
+    moved_endpoint, nanos, resync, summary, timed,
 };
 
 /// Forwards every call to `inner` and adds up the time spent in each kind.
@@ -129,7 +129,7 @@ impl<E: NftExecutor> NftExecutor for NftTimed<E> {
     }
 }
 
-type NftCost = NftSyncer<NftTimed<NftCommand>>;
+type NftCost = NftSyncer<NftTimed<Box<dyn NftExecutor>>>;
 
 /// What a run measures besides the iptables backends' keys.
 #[derive(Debug)]
@@ -175,6 +175,7 @@ pub(super) fn measure(args: &Args, state: &ClusterState) -> Result<Value, String
     }
     report["chains_compiled"] = chains_compiled.into();
     report["piece_operations"] = args.nft_pieces.unwrap_or(DEFAULT_PIECE_OPERATIONS).into();
+    report["transport"] = args.nft_transport.as_str().into();
     report["list_table_ns"] = median(extras.iter().map(|x| nanos(x.list_table)).collect()).into();
     let baseline: Vec<u64> = extras
         .iter()
@@ -201,7 +202,11 @@ fn one_run(
 ) -> Result<(Run, Extra), String> {
     let config = synthetic::config();
     let (family, table) = (compiled.family, compiled.table.as_str());
-    let exec = NftCommand::new().with_command_prefix(ns.prefix());
+    let command = NftCommand::new().with_command_prefix(ns.prefix());
+    let exec: Box<dyn NftExecutor> = match args.nft_transport {
+        NftTransport::Nft => Box::new(command),
+        NftTransport::Netlink => Box::new(NftNetlink::in_netns(&ns.name).with_command(command)),
+    };
     let mut syncer: NftCost = NftSyncer::new(NftTimed::new(exec), config)
         .map_err(|e| e.to_string())?
         .with_drift_check(Some(DEFAULT_DRIFT_CHECK))
@@ -265,7 +270,7 @@ fn one_run(
     let cleanup = if args.cleanup {
         let sample = timed_cleanup(ns, &mut syncer, compiled)?;
         eprintln!(
-            "kernel_cost: {}: cleanup: {:.3} s, nft -f {:.3} s, {} chains removed",
+            "kernel_cost: {}: cleanup: {:.3} s, in run {:.3} s, {} chains removed",
             ns.name,
             sample.total.as_secs_f64(),
             sample.restore.as_secs_f64(),
@@ -339,7 +344,7 @@ impl Measured for NftCost {
 
     fn progress(ns: &Netns, what: &str, s: &Sample) {
         eprintln!(
-            "kernel_cost: {}: {what}: {:.3} s, nft -f {:.3} s, listing {:.3} s, {} bytes",
+            "kernel_cost: {}: {what}: {:.3} s, in run {:.3} s, listing {:.3} s, {} bytes",
             ns.name,
             s.sync.as_secs_f64(),
             s.restore.as_secs_f64(),

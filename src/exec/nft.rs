@@ -224,44 +224,57 @@ pub trait NftExecutor {
     fn list_table(&mut self, family: Family, table: &Name) -> Result<String, NftExecError>;
 }
 
+/// The trait's methods, each forwarded to `**self`.
+macro_rules! forward_to_deref {
+    () => {
+        fn lock(&mut self) -> Result<SyncLock, NftExecError> {
+            (**self).lock()
+        }
+        fn run(&mut self, tx: &Transaction) -> Result<(), NftExecError> {
+            (**self).run(tx)
+        }
+        fn check(&mut self, tx: &Transaction) -> Result<(), NftExecError> {
+            (**self).check(tx)
+        }
+        fn list_chains(&mut self, family: Family, table: &Name) -> Result<Vec<Name>, NftExecError> {
+            (**self).list_chains(family, table)
+        }
+        fn list_sets(&mut self, family: Family, table: &Name) -> Result<Vec<Name>, NftExecError> {
+            (**self).list_sets(family, table)
+        }
+        fn list_maps(&mut self, family: Family, table: &Name) -> Result<Vec<Name>, NftExecError> {
+            (**self).list_maps(family, table)
+        }
+        fn list_set_elements(
+            &mut self,
+            family: Family,
+            table: &Name,
+            set: &Name,
+        ) -> Result<Vec<Element>, NftExecError> {
+            (**self).list_set_elements(family, table, set)
+        }
+        fn list_map_elements(
+            &mut self,
+            family: Family,
+            table: &Name,
+            map: &Name,
+        ) -> Result<Vec<MapElement>, NftExecError> {
+            (**self).list_map_elements(family, table, map)
+        }
+        fn list_table(&mut self, family: Family, table: &Name) -> Result<String, NftExecError> {
+            (**self).list_table(family, table)
+        }
+    };
+}
+
 impl<E: NftExecutor + ?Sized> NftExecutor for &mut E {
-    fn lock(&mut self) -> Result<SyncLock, NftExecError> {
-        (**self).lock()
-    }
-    fn run(&mut self, tx: &Transaction) -> Result<(), NftExecError> {
-        (**self).run(tx)
-    }
-    fn check(&mut self, tx: &Transaction) -> Result<(), NftExecError> {
-        (**self).check(tx)
-    }
-    fn list_chains(&mut self, family: Family, table: &Name) -> Result<Vec<Name>, NftExecError> {
-        (**self).list_chains(family, table)
-    }
-    fn list_sets(&mut self, family: Family, table: &Name) -> Result<Vec<Name>, NftExecError> {
-        (**self).list_sets(family, table)
-    }
-    fn list_maps(&mut self, family: Family, table: &Name) -> Result<Vec<Name>, NftExecError> {
-        (**self).list_maps(family, table)
-    }
-    fn list_set_elements(
-        &mut self,
-        family: Family,
-        table: &Name,
-        set: &Name,
-    ) -> Result<Vec<Element>, NftExecError> {
-        (**self).list_set_elements(family, table, set)
-    }
-    fn list_map_elements(
-        &mut self,
-        family: Family,
-        table: &Name,
-        map: &Name,
-    ) -> Result<Vec<MapElement>, NftExecError> {
-        (**self).list_map_elements(family, table, map)
-    }
-    fn list_table(&mut self, family: Family, table: &Name) -> Result<String, NftExecError> {
-        (**self).list_table(family, table)
-    }
+    forward_to_deref!();
+}
+
+/// A boxed executor, so that the transport can be chosen at run time
+/// (`Box<dyn NftExecutor>`).
+impl<E: NftExecutor + ?Sized> NftExecutor for Box<E> {
+    forward_to_deref!();
 }
 
 /// Runs the `nft` binary (nft 1.0.1 or newer, as knftables requires), optionally
