@@ -1,7 +1,8 @@
 //! [`NftNetlink`] in the kernel, in namespaces the tests create: what it
 //! writes is what `nft -f` writes for the same transactions (`nft list table`
-//! prints the same text), through a whole churn of syncs too, and a refused
-//! batch applies nothing and names its operation.
+//! prints the same text), through a whole churn of syncs too; traffic keeps
+//! flowing while a resync of 1,000 services goes in pieces of netlink batches;
+//! and a refused batch applies nothing and names its operation.
 
 use svcnat::exec::{NftExecutor, NftNetlink, RefusalKind};
 use svcnat::nft::wire::AnonNames;
@@ -9,7 +10,7 @@ use svcnat::nft::*;
 use svcnat::parse::nft::parse_dump;
 
 use crate::kernel::{Netns, nft_available};
-use crate::kernel_nft_sync::churn_through;
+use crate::kernel_nft_sync::{churn_through, traffic_during_resync};
 use crate::nft_exec::nft_in;
 
 fn netlink_in(ns: &Netns) -> NftNetlink {
@@ -56,6 +57,14 @@ fn netlink_churn_leaves_exactly_what_nft_writes() {
         assert!(batches > 45, "{batches} batches");
         assert_eq!(as_text, 0, "every transaction went as a batch");
     });
+}
+
+#[test]
+fn traffic_flows_during_a_netlink_resync_of_1000_services() {
+    if !nft_available("traffic_flows_during_a_netlink_resync_of_1000_services") {
+        return;
+    }
+    traffic_during_resync("nkn-flow", netlink_in);
 }
 
 #[test]

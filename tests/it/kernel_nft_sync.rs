@@ -615,12 +615,17 @@ fn traffic_flows_during_a_resync_of_1000_services() {
     if !nft_available("traffic_flows_during_a_resync_of_1000_services") {
         return;
     }
+    traffic_during_resync("nks-flow", nft_in);
+}
+
+/// The traffic test through the executor `exec` makes for the node.
+pub(crate) fn traffic_during_resync<E: NftExecutor>(tag: &str, exec: impl Fn(&Netns) -> E) {
     let started = Instant::now();
     let fam = Fam { six: false };
-    let lab = Lab::new("nks-flow", IpFamily::Ipv4);
+    let lab = Lab::new(tag, IpFamily::Ipv4);
     // Pieces of 1,000 operations: the resync (16,000) runs as several
     // transactions or more, and the traffic meets the states in between.
-    let mut syncer = NftSyncer::new(nft_in(&lab.node), fam.config())
+    let mut syncer = NftSyncer::new(exec(&lab.node), fam.config())
         .unwrap()
         .with_piece_operations(1_000);
     syncer.upsert_service(fam.svc("s", 10));
