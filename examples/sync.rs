@@ -35,7 +35,7 @@
 //!
 //! ```text
 //! cargo run --example sync --features k8s -- --proxy-mode nftables [COMPILE FLAGS] [--apply] \
-//!     [--drift-check SECONDS] [--step-on-stdin] STATE.json [STATE.json ...]
+//!     [--nft-transport nft|netlink] [--drift-check SECONDS] [--step-on-stdin] STATE.json [STATE.json ...]
 //! cargo run --example sync --features k8s -- --proxy-mode nftables [--ip-family ipv4|ipv6] --cleanup
 //! ```
 //!
@@ -56,6 +56,12 @@
 //! - ` (drift)`: the drift check found the table gone or flushed
 //!   ([`NftSyncer::with_drift_check`]).
 //!
+//! With `--apply`, `--nft-transport netlink` sends each transaction as a netlink
+//! batch ([`NftNetlink`]: no `nft` process, no reading of the whole table
+//! first); the default, `nft`, runs `nft -f` ([`NftCommand`]). The step lines are
+//! the same either way. `--nft-transport` without `--proxy-mode nftables` is
+//! refused (exit 2).
+//!
 //! `--backend` names an iptables binary and means nothing here: it is refused
 //! (exit 2). The stale UDP/SCTP flows are deleted with `conntrack` as in
 //! iptables mode. `--cleanup` runs [`nft_cleanup`] for `--ip-family` (both
@@ -71,7 +77,9 @@ use std::collections::BTreeSet;
 use std::io::{BufRead, Write};
 use std::time::Duration;
 
-use svcnat::exec::{Backend, DryRun, Executor, IptablesRestore, NftCommand, NftExecutor, NftFake};
+use svcnat::exec::{
+    Backend, DryRun, Executor, IptablesRestore, NftCommand, NftExecutor, NftFake, NftNetlink,
+};
 use svcnat::model::{ClusterState, IpFamily};
 use svcnat::nft::{Family, Name, Operation};
 use svcnat::sync::{
@@ -79,7 +87,7 @@ use svcnat::sync::{
     Syncer, nft_cleanup,
 };
 
-const USAGE: &str = "usage: sync [COMPILE FLAGS] [--apply] [--backend nft|legacy] [--drift-check SECONDS] [--step-on-stdin] STATE.json [STATE.json ...] | sync [--backend nft|legacy] [--ip-family ipv4|ipv6] --cleanup | sync --proxy-mode nftables [COMPILE FLAGS] [--apply] [--drift-check SECONDS] [--step-on-stdin] STATE.json [STATE.json ...] | sync --proxy-mode nftables [--ip-family ipv4|ipv6] --cleanup";
+const USAGE: &str = "usage: sync [COMPILE FLAGS] [--apply] [--backend nft|legacy] [--drift-check SECONDS] [--step-on-stdin] STATE.json [STATE.json ...] | sync [--backend nft|legacy] [--ip-family ipv4|ipv6] --cleanup | sync --proxy-mode nftables [COMPILE FLAGS] [--apply] [--nft-transport nft|netlink] [--drift-check SECONDS] [--step-on-stdin] STATE.json [STATE.json ...] | sync --proxy-mode nftables [--ip-family ipv4|ipv6] --cleanup";
 
 /// How the steps are run.
 #[derive(Debug, Default, Clone, Copy)]
@@ -97,6 +105,7 @@ fn main() {
     let mut steps = Steps::default();
     let mut backend = Backend::Auto;
     let mut backend_given = false;
+    let (mut netlink, mut transport_given) = (false, false);
     let mut files = Vec::new();
     let mut args = CommandLine::from_env();
     while let Some(arg) = args.next().unwrap_or_else(|e| bad_input("sync", &e)) {
@@ -140,6 +149,18 @@ fn main() {
                     });
                 steps.drift_check = Some(seconds);
             }
+            "--nft-transport" => {
+                let v = args.value(&flag).unwrap_or_else(|e| bad_input("sync", &e));
+                netlink = match v.as_str() {
+                    "netlink" => true,
+                    "nft" => false,
+                    _ => bad_input(
+                        "sync",
+                        &format!("--nft-transport: {v:?} is not netlink or nft"),
+                    ),
+                };
+                transport_given = true;
+            }
             "--backend" => {
                 let v = args.value(&flag).unwrap_or_else(|e| bad_input("sync", &e));
                 // auto and system are accepted too (`Backend`'s names).
@@ -158,6 +179,12 @@ fn main() {
         }
     }
     let nftables = flags.proxy_mode == ProxyMode::Nftables;
+    if !nftables && transport_given {
+        bad_input(
+            "sync",
+            "--nft-transport: how nftables transactions reach the kernel, which needs --proxy-mode nftables",
+        );
+    }
     if nftables && backend_given {
         bad_input(
             "sync",
@@ -214,6 +241,11 @@ fn main() {
         ),
         (false, false) => Box::new(
             Syncer::new(DryRun::default(), config)
+                .unwrap_or_else(|e| error(e))
+                .with_drift_check(drift),
+        ),
+        (true, true) if netlink => Box::new(
+            NftSyncer::new(NftNetlink::new(), config)
                 .unwrap_or_else(|e| error(e))
                 .with_drift_check(drift),
         ),

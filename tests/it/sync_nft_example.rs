@@ -269,3 +269,43 @@ fn apply_two_states_then_cleanup_in_a_netns() {
         "cleanup: 0 jump rules removed, 0 chains removed, 0 chains kept\n"
     );
 }
+
+/// `--nft-transport netlink`: the same two steps as netlink batches give the
+/// same step lines and the same table; without `--proxy-mode nftables` the flag
+/// is refused.
+#[test]
+fn apply_through_netlink() {
+    let (code, out, err) = run_example("sync", &["--nft-transport", "netlink", CLUSTER], "");
+    assert_eq!((code, out.as_str()), (2, ""), "{err}");
+    assert!(err.contains("--nft-transport"), "{err}");
+    if !nft_available("apply_through_netlink") {
+        return;
+    }
+    let dir = TempDir::new("sync-nft-netlink");
+    let first = without_slices(&dir);
+    let sync = example("sync");
+    let sync = sync.to_str().unwrap();
+    let flags = [
+        "--proxy-mode",
+        "nftables",
+        "--cluster-cidr",
+        "10.244.0.0/16",
+    ];
+    let mut outputs = Vec::new();
+    let mut tables = Vec::new();
+    for transport in ["nft", "netlink"] {
+        let ns = Netns::new(&format!("sync-via-{transport}"));
+        let mut args = vec![sync];
+        args.extend(flags);
+        args.extend(["--apply", "--nft-transport", transport, &first, CLUSTER]);
+        let (ok, out) = ns.run(&args, "");
+        assert!(ok, "{transport}: {out}");
+        outputs.push(out);
+        let (ok, listed) = ns.run(&["nft", "list", "table", "ip", "kube-proxy"], "");
+        assert!(ok, "{listed}");
+        tables.push(listed);
+    }
+    assert!(outputs[0].starts_with("step 1: full, "), "{}", outputs[0]);
+    assert_eq!(outputs[1], outputs[0], "the same step lines");
+    assert_eq!(tables[1], tables[0], "the same table, as nft lists it");
+}
