@@ -46,13 +46,15 @@ pub enum AnonNames {
     /// `__set%d` and `__map%d`: the kernel picks the number, as for nft. It
     /// reads every set name of the table to find a free one, for each set.
     Kernel,
-    /// `__svcnat-TAG-N`, N counting up from `next`: names no other writer uses,
-    /// which the kernel takes without a scan. `tag` must differ between writers
-    /// of one table (a process's start time and id, for example) so that a
-    /// restarted writer never reuses a name still in the table.
+    /// `_N_TAG` (both in hex), N counting up from `next`: names no other
+    /// writer uses, which the kernel takes without a scan. `tag` must differ
+    /// between writers of one table (a process's start time and id, for
+    /// example) so that a restarted writer never reuses a name still in the
+    /// table. The names are short and differ from their second byte: the
+    /// kernel compares the name with every set of the table when it adds one.
     Tagged {
         /// What sets this writer's names apart.
-        tag: u64,
+        tag: u32,
         /// The number of the next set.
         next: u64,
     },
@@ -64,7 +66,7 @@ impl AnonNames {
             AnonNames::Kernel => if map { "__map%d" } else { "__set%d" }.to_owned(),
             AnonNames::Tagged { tag, next } => {
                 *next += 1;
-                format!("__svcnat-{tag:016x}-{}", *next - 1)
+                format!("_{:x}_{tag:x}", *next - 1)
             }
         }
     }

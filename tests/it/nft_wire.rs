@@ -270,10 +270,7 @@ fn tagged_names_are_the_writers_own_and_count_up() {
     );
     let text = String::from_utf8_lossy(&batch.bytes);
     for n in 7..12 {
-        assert!(
-            text.contains(&format!("__svcnat-0000000000000abc-{n}\0")),
-            "{n}"
-        );
+        assert!(text.contains(&format!("\0_{n:x}_abc\0")), "{n}");
     }
     assert!(!text.contains("%d"));
 }

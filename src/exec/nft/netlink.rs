@@ -78,9 +78,8 @@ impl NftNetlink {
     pub fn new() -> Self {
         let tag = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64)
-            .rotate_left(20)
-            ^ u64::from(std::process::id());
+            .map_or(0, |d| d.as_nanos() as u32)
+            ^ std::process::id().rotate_left(16);
         NftNetlink {
             command: NftCommand::new(),
             netns: None,
