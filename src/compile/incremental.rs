@@ -17,6 +17,7 @@ use crate::ruleset::{ChainName, Table};
 
 pub(crate) use super::PortFlows;
 pub(crate) use super::SharedChain as Shared;
+pub(crate) use super::nftables::incremental::{NftDelta, NftTable};
 pub(crate) use super::sink::ServiceText;
 
 /// The compiler as the `Syncer` uses it: its buffers, kept from one service to

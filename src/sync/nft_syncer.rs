@@ -17,11 +17,11 @@ use thiserror::Error;
 
 use super::desired::Desired;
 use super::nft_pieces::DEFAULT_PIECE_OPERATIONS;
-use super::nft_plan::{NftApplied, NftListed, NftPlan, nft_full_plan, nft_plan};
+use super::nft_plan::{NftApplied, NftListed, NftPlan, delta_chains, delta_plan, nft_full_plan};
 use super::stale::{stale_flows_of, take_flows};
 use super::syncer::{DEFAULT_DRIFT_CHECK, FullReason, RETRY_AFTER};
-use crate::compile::incremental::{Incremental, PortFlows, Rules};
-use crate::compile::{check_nftables_config, nftables_lenient};
+use crate::compile::check_nftables_config;
+use crate::compile::incremental::{Incremental, NftTable, PortFlows, Rules};
 use crate::error::CompileError;
 use crate::exec::{NftExecError, NftExecutor, RefusalKind};
 use crate::flows::StaleFlow;
@@ -171,6 +171,9 @@ pub struct NftSyncer<E: NftExecutor> {
     config: ProxyConfig,
     desired: Desired,
     applied: Option<NftApplied>,
+    /// The applied table service by service, for incremental syncs (`None`
+    /// when `applied` is).
+    table: Option<NftTable>,
     pending_full: Option<FullReason>,
     full_resync_period: Option<Duration>,
     last_full: Option<Instant>,
@@ -199,6 +202,7 @@ impl<E: NftExecutor> NftSyncer<E> {
             config,
             desired: Desired::default(),
             applied: None,
+            table: None,
             pending_full: Some(FullReason::FirstSync),
             full_resync_period: None,
             last_full: None,
@@ -396,19 +400,28 @@ impl<E: NftExecutor> NftSyncer<E> {
             }
         }
 
-        let compiled = nftables_lenient(&self.desired.state, &self.config)?;
-        let next = compiled.ruleset;
-        let stale_flows = self.compute_flows();
+        let dirty = std::mem::take(&mut self.desired.dirty);
+        let stale_flows = self.compute_flows(&dirty);
 
+        // A full sync compiles the whole table; an incremental one recompiles
+        // the changed services into the applied table, in place.
         let full_reason = self.pending_full;
-        let plan = match (full_reason, &self.applied) {
-            (None, Some(applied)) => nft_plan(Some(applied), &next, now),
+        let mut fresh = None;
+        let (plan, parts) = match (full_reason, self.applied.as_mut(), self.table.as_mut()) {
+            (None, Some(applied), Some(table)) => {
+                let state = &self.desired.state;
+                let delta = table.update(state, &self.config, &dirty, &mut applied.ruleset);
+                let plan = delta_plan(table, &delta, applied, now);
+                (plan, Some(delta_chains(&delta, &applied.ruleset)))
+            }
             _ => {
+                let (table, next) = NftTable::all(&self.desired.state, &self.config)?;
                 let listed = list(&mut self.executor, next.family, &next.table);
-                nft_full_plan(&next, listed.as_ref(), now)
+                let plan = nft_full_plan(&next, listed.as_ref(), now);
+                fresh = Some((table, next));
+                (plan, None)
             }
         };
-
         let (mut operations, mut bytes) = (0, 0);
         let mut delete_stale_error = None;
         let mut stale_chains_deleted = Vec::new();
@@ -426,16 +439,26 @@ impl<E: NftExecutor> NftSyncer<E> {
         if !plan.transaction.is_empty() {
             operations += plan.transaction.len();
             bytes += plan.transaction.to_text().len();
-            // What the kernel holds, as far as the syncer knows: nothing
-            // after a failure (then `applied` is gone), nor for another table.
-            let old = self
-                .applied
-                .as_ref()
-                .map(|a| &a.ruleset)
-                .filter(|o| o.family == next.family && o.table == next.table);
-            for piece in plan.pieces(old, &next, self.piece_operations) {
+            let cut = match (&fresh, &parts, &self.applied) {
+                (Some((_, next)), _, applied) => {
+                    // What the kernel holds, as far as the syncer knows:
+                    // nothing after a failure (then `applied` is gone), nor
+                    // for another table.
+                    let old = applied
+                        .as_ref()
+                        .map(|a| &a.ruleset)
+                        .filter(|o| o.family == next.family && o.table == next.table);
+                    plan.pieces(old, next, self.piece_operations)
+                }
+                (None, Some((before, after)), _) => {
+                    plan.pieces(Some(before), after, self.piece_operations)
+                }
+                (None, None, _) => vec![plan.transaction.clone()],
+            };
+            for piece in cut {
                 if let Err(e) = self.executor.run(&piece) {
                     self.applied = None;
+                    self.table = None;
                     self.pending_flows.extend(stale_flows);
                     self.require_full(FullReason::AfterFailure);
                     return Err(e.into());
@@ -454,10 +477,23 @@ impl<E: NftExecutor> NftSyncer<E> {
             full,
             ..
         } = plan;
-        self.applied = Some(NftApplied {
-            ruleset: next,
-            stale: plan.stale,
-        });
+        match (fresh, self.applied.as_mut()) {
+            (Some((table, next)), _) => {
+                self.table = Some(table);
+                self.applied = Some(NftApplied {
+                    ruleset: next,
+                    stale: plan.stale,
+                });
+            }
+            (None, Some(applied)) => applied.stale = plan.stale,
+            // An incremental plan needs what was applied.
+            (None, None) => {}
+        }
+        let (rejected, warnings) = self
+            .table
+            .as_ref()
+            .map(|t| (t.rejected(), t.warnings()))
+            .unwrap_or_default();
         Ok(NftSyncReport {
             full,
             full_reason: if full { full_reason } else { None },
@@ -472,8 +508,8 @@ impl<E: NftExecutor> NftSyncer<E> {
             stale_chains_flushed,
             stale_chains_deleted,
             stale_flows: self.take_flows(stale_flows),
-            rejected: compiled.rejected,
-            warnings: compiled.warnings,
+            rejected,
+            warnings,
         })
     }
 
@@ -516,13 +552,13 @@ impl<E: NftExecutor> NftSyncer<E> {
 
     /// The stale flows of the services changed since the last sync, whose
     /// ports are then recorded.
-    fn compute_flows(&mut self) -> Vec<StaleFlow> {
+    fn compute_flows(&mut self, dirty: &BTreeSet<ServiceKey>) -> Vec<StaleFlow> {
         let mut out = Vec::new();
         let mut ignored = Vec::new();
-        for key in std::mem::take(&mut self.desired.dirty) {
+        for key in dirty {
             let new = match self.compiler.one(
                 &self.desired.state,
-                &key,
+                key,
                 &self.config,
                 &self.rules,
                 &mut ignored,
@@ -530,10 +566,10 @@ impl<E: NftExecutor> NftSyncer<E> {
                 Ok(Some(text)) => Some(text.ports),
                 Ok(None) | Err(_) => None,
             };
-            let old = self.flows.remove(&key);
+            let old = self.flows.remove(key);
             out.extend(stale_flows_of(old.as_deref(), new.as_deref()));
             if let Some(ports) = new {
-                self.flows.insert(key, ports);
+                self.flows.insert(key.clone(), ports);
             }
         }
         out
