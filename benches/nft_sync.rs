@@ -12,8 +12,9 @@
 //! cargo bench --features synthetic --bench nft_sync -- --test             # once, at 1000x10
 //! ```
 //!
-//! Benchmark `nft-sync/<S>x<E>/partial-1`; its throughput is the operations of
-//! the transaction. The drift check is off (it is the transport's cost, and due
+//! Benchmarks in group `nft-sync/<S>x<E>`: `partial-1`, whose throughput is
+//! the operations of the transaction; `full`, a requested full sync of the
+//! same cluster (the whole compile and the full plan, the listing empty). The drift check is off (it is the transport's cost, and due
 //! once a minute). Each iteration prepares its slice outside the timed part and
 //! checks that the sync was partial and sent something.
 //!
@@ -100,6 +101,20 @@ fn nft_sync(c: &mut Criterion) {
             b.iter_custom(|iters| {
                 (0..iters)
                     .map(|_| partial(&mut syncer, services, &mut round).1)
+                    .sum()
+            })
+        });
+        group.bench_function("full", |b| {
+            b.iter_custom(|iters| {
+                (0..iters)
+                    .map(|_| {
+                        syncer.request_full_sync();
+                        let start = Instant::now();
+                        let report = syncer.sync().expect("nothing refuses");
+                        let elapsed = start.elapsed();
+                        assert!(report.full);
+                        elapsed
+                    })
                     .sum()
             })
         });

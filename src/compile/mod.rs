@@ -45,7 +45,6 @@ mod sink;
 
 pub use crate::ruleset::JumpRule;
 use assembly::{shared_chain_text, write_full, write_sections};
-use compiled::Counter;
 pub use compiled::{CompiledText, compile_text, compile_text_reusing};
 pub use context::check_config;
 pub(crate) use fixed::is_owned_chain;

@@ -4,10 +4,21 @@
 //! sync, and any sync after a failure, is full ([`nft_full_plan`] over what the
 //! executor lists); later ones send what changed.
 //!
-//! Each sync compiles the whole table ([`nftables_lenient`]); what is sent is
-//! the plan's diff against what was applied. The stale UDP/SCTP flows are the
-//! iptables mode's, computed from the model per changed service (they depend on
-//! the services and endpoints, not on the backend).
+//! A full sync compiles the whole table; an incremental one recompiles only the
+//! services changed since the last sync (added, changed, removed, or whose
+//! slices changed), as the iptables [`Syncer`](super::Syncer) does, and changes
+//! the applied table in place: it stays equal to what a whole compile
+//! ([`nftables_lenient`](crate::compile::nftables_lenient)) of the state gives,
+//! down to which service keeps a cluster IP or map key two services claim and
+//! the order of every set's and map's elements (its chains', sets' and maps'
+//! order, which no output depends on, may differ). The plan is made from the
+//! changed chains, sets and elements alone, and is the one [`nft_plan`] makes
+//! from the whole tables. So the CPU cost of an incremental sync grows with the
+//! change, not with the table (PERFORMANCE.md). The stale UDP/SCTP flows are
+//! the iptables mode's, computed from the model per changed service (they
+//! depend on the services and endpoints, not on the backend).
+//!
+//! [`nft_plan`]: super::nft_plan
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -21,7 +32,7 @@ use super::nft_plan::{NftApplied, NftListed, NftPlan, delta_chains, delta_plan, 
 use super::stale::{stale_flows_of, take_flows};
 use super::syncer::{DEFAULT_DRIFT_CHECK, FullReason, RETRY_AFTER};
 use crate::compile::check_nftables_config;
-use crate::compile::incremental::{Incremental, NftTable, PortFlows, Rules};
+use crate::compile::incremental::{Counter, Incremental, NftTable, PortFlows, Rules};
 use crate::error::CompileError;
 use crate::exec::{NftExecError, NftExecutor, RefusalKind};
 use crate::flows::StaleFlow;
@@ -68,8 +79,9 @@ pub struct NftSyncReport {
     pub stale_chains_deleted: Vec<Name>,
     /// Conntrack entries the caller should delete.
     pub stale_flows: Vec<StaleFlow>,
-    /// Services left out because they are invalid, with the reason (every
-    /// invalid service of the state: each sync compiles the whole table).
+    /// Services left out because they are invalid, with the reason: every
+    /// invalid service of the state, as a whole compile reports them, in every
+    /// sync (incremental or not) while it is in the state.
     pub rejected: Vec<CompileError>,
     /// Parts of the state ignored, as in [`SyncReport::warnings`](super::SyncReport::warnings)
     /// (all of the state's).
@@ -427,7 +439,7 @@ impl<E: NftExecutor> NftSyncer<E> {
         let mut stale_chains_deleted = Vec::new();
         if let Some(tx) = &plan.delete_stale {
             operations += tx.len();
-            bytes += tx.to_text().len();
+            bytes += text_len(tx);
             match self.executor.run(tx) {
                 Ok(()) => stale_chains_deleted = deleted_chains(tx),
                 Err(e) => {
@@ -438,7 +450,7 @@ impl<E: NftExecutor> NftSyncer<E> {
         let mut pieces = 0;
         if !plan.transaction.is_empty() {
             operations += plan.transaction.len();
-            bytes += plan.transaction.to_text().len();
+            bytes += text_len(&plan.transaction);
             let cut = match (&fresh, &parts, &self.applied) {
                 (Some((_, next)), _, applied) => {
                     // What the kernel holds, as far as the syncer knows:
@@ -623,6 +635,14 @@ fn first_jump(ruleset: &Ruleset) -> Option<(&Name, &Name)> {
             })
             .map(|t| (name, t))
     })
+}
+
+/// The bytes of a transaction's `nft -f` text, counted as it is written.
+fn text_len(tx: &Transaction) -> usize {
+    let mut count = Counter::default();
+    // Counting cannot fail.
+    let _ = tx.write_text(&mut count);
+    count.0
 }
 
 /// The chains a deletion transaction deletes.

@@ -75,7 +75,10 @@ const PORTS: [(&str, Protocol, u16); 3] = [
 
 /// Service `i`'s key: `a/svc{i}` or `b/svc{i}`.
 fn key(i: u8) -> ServiceKey {
-    ServiceKey::new(if i.is_multiple_of(2) { "a" } else { "b" }, format!("svc{i}"))
+    ServiceKey::new(
+        if i.is_multiple_of(2) { "a" } else { "b" },
+        format!("svc{i}"),
+    )
 }
 
 fn service(i: u8, s: &Shape) -> Service {
