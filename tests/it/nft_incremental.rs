@@ -4,7 +4,9 @@
 //! rejected services and the warnings are the whole compile's; the transactions
 //! are those [`nft_plan`] makes from the table before to the whole compile; and
 //! the [`NftFake`] they went to holds what a full sync into an empty fake
-//! writes (the stale chains, flushed, aside).
+//! writes (the stale chains, flushed, aside). Full syncs asked for, config
+//! changes and refused transactions come in between: the syncs after them are
+//! full, and those after that incremental again.
 //!
 //! The services share a few cluster IPs, external IPs, load-balancer IPs and
 //! node ports, so that which service keeps a key ("first in key order wins")
@@ -15,13 +17,12 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 use svcnat::compile::nftables_lenient;
-use svcnat::exec::NftFake;
 use svcnat::model::*;
-use svcnat::nft::Family;
+use svcnat::nft::{Family, Operation};
 use svcnat::sync::{FullReason, NftSyncer, nft_plan};
 
 use crate::fixtures::{NODE, config, ip};
-use crate::nft_sync::{fresh, normalized};
+use crate::nft_sync::{Failing, fresh, normalized};
 
 /// A service's shape: an index into each shared pool, or a flag.
 #[derive(Debug, Clone)]
@@ -149,7 +150,7 @@ fn change() -> impl Strategy<Value = Change> {
     ]
 }
 
-fn apply(syncer: &mut NftSyncer<NftFake>, change: Change) {
+fn apply(syncer: &mut NftSyncer<Failing>, change: Change) {
     match change {
         Change::Service(i, s) => syncer.upsert_service(service(i, &s)),
         Change::RemoveService(i) => syncer.remove_service(&key(i)),
@@ -189,7 +190,7 @@ fn apply(syncer: &mut NftSyncer<NftFake>, change: Change) {
 
 /// Checks what the last sync left against a whole compile of the state.
 fn check(
-    syncer: &NftSyncer<NftFake>,
+    syncer: &NftSyncer<Failing>,
     report: &svcnat::sync::NftSyncReport,
     what: &str,
 ) -> Result<(), TestCaseError> {
@@ -210,10 +211,22 @@ fn check(
     let family = applied.ruleset.family;
     let mut held = syncer
         .executor()
+        .fake
         .table(family, &applied.ruleset.table)
         .cloned()
         .unwrap();
-    for name in applied.stale.names() {
+    // A refused deletion of stale chains leaves them, flushed, for the next
+    // (full) sync to find.
+    let refused = report
+        .delete_stale
+        .iter()
+        .filter(|_| report.delete_stale_error.is_some())
+        .flat_map(|tx| tx.operations())
+        .filter_map(|op| match op {
+            Operation::DeleteChain(name) => Some(name),
+            _ => None,
+        });
+    for name in applied.stale.names().chain(refused) {
         let chain = held.chains.shift_remove(name);
         prop_assert!(
             chain.is_some_and(|c| c.rules.is_empty()),
@@ -226,31 +239,58 @@ fn check(
     Ok(())
 }
 
+/// What happens before a round's sync besides its changes.
+#[derive(Debug, Clone, Copy)]
+enum Event {
+    None,
+    /// `request_full_sync`.
+    Full,
+    /// `set_config` with the other of the two configs.
+    Config,
+    /// The sync's first run refused.
+    Refuse,
+}
+
+fn event() -> impl Strategy<Value = Event> {
+    prop_oneof![
+        6 => Just(Event::None),
+        1 => Just(Event::Full),
+        1 => Just(Event::Config),
+        1 => Just(Event::Refuse),
+    ]
+}
+
+/// [`config`], or one that changes every service's rules and node ports.
+fn config_of(other: bool) -> ProxyConfig {
+    if other {
+        config()
+            .with_masquerade_all(true)
+            .with_nodeport_addresses([NodePortAddress::Cidr("192.168.0.0/16".parse().unwrap())])
+    } else {
+        config()
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
     /// After every sync of random changes (batched, some syncs late enough to
     /// delete stale chains, transactions cut into pieces of any size), the
     /// applied table, the report and the fake are those of a whole compile of
-    /// the state, and the transactions are those the whole-table plan makes.
+    /// the state, and the transactions of an incremental sync are those the
+    /// whole-table plan makes. A sync is full exactly when it is the first, was
+    /// asked to be, follows a config change or a refused sync.
     #[test]
     fn incremental_syncs_equal_a_whole_compile(
         first in prop::collection::vec(change(), 0..12),
         rounds in prop::collection::vec(
-            (prop::collection::vec(change(), 1..4), any::<bool>()),
+            (prop::collection::vec(change(), 1..4), any::<bool>(), event()),
             1..10,
         ),
-        other_config in any::<bool>(),
+        mut other_config in any::<bool>(),
         piece_operations in prop_oneof![Just(0usize), 1usize..40],
     ) {
-        let config = if other_config {
-            config()
-                .with_masquerade_all(true)
-                .with_nodeport_addresses([NodePortAddress::Cidr("192.168.0.0/16".parse().unwrap())])
-        } else {
-            config()
-        };
-        let mut syncer = NftSyncer::new(NftFake::new(), config)
+        let mut syncer = NftSyncer::new(Failing::default(), config_of(other_config))
             .unwrap()
             .with_drift_check(None)
             .with_piece_operations(piece_operations);
@@ -261,22 +301,50 @@ proptest! {
         let report = syncer.sync_at(now).unwrap();
         prop_assert_eq!(report.full_reason, Some(FullReason::FirstSync));
         check(&syncer, &report, "first sync")?;
-        for (i, (changes, aged)) in rounds.into_iter().enumerate() {
-            let what = format!("round {i}: {changes:?}");
+        let mut failed = false;
+        for (i, (changes, aged, event)) in rounds.into_iter().enumerate() {
+            let what = format!("round {i}: {changes:?}, {event:?}");
             for c in changes {
                 apply(&mut syncer, c);
             }
+            match event {
+                Event::None => {}
+                Event::Full => syncer.request_full_sync(),
+                Event::Config => {
+                    other_config = !other_config;
+                    syncer.set_config(config_of(other_config)).unwrap();
+                }
+                Event::Refuse => {
+                    let next = syncer.executor().runs + 1;
+                    syncer.executor_mut().fail_at = vec![next];
+                }
+            }
             now += if aged { Duration::from_secs(2) } else { Duration::from_millis(10) };
-            let before = syncer.applied().unwrap().clone();
-            let report = syncer.sync_at(now).unwrap();
-            prop_assert!(!report.full, "{}", what);
+            let before = syncer.applied().cloned();
+            let result = syncer.sync_at(now);
+            syncer.executor_mut().fail_at.clear();
+            let report = match result {
+                Ok(report) => report,
+                Err(e) => {
+                    prop_assert!(matches!(event, Event::Refuse), "{}: {}", what, e);
+                    prop_assert!(syncer.applied().is_none(), "{}", what);
+                    failed = true;
+                    continue;
+                }
+            };
+            let full = failed || !matches!(event, Event::None | Event::Refuse);
+            prop_assert_eq!(report.full, full, "{}", what);
+            // A refused deletion of stale chains makes the next sync full.
+            failed = report.delete_stale_error.is_some();
             check(&syncer, &report, &what)?;
-            let whole = nftables_lenient(syncer.state(), syncer.config()).unwrap().ruleset;
-            let plan = nft_plan(Some(&before), &whole, now);
-            prop_assert_eq!(&report.transaction, &plan.transaction, "{}", what);
-            prop_assert_eq!(&report.delete_stale, &plan.delete_stale, "{}", what);
-            prop_assert_eq!(&syncer.applied().unwrap().stale, &plan.stale, "{}", what);
+            if !full {
+                let whole = nftables_lenient(syncer.state(), syncer.config()).unwrap().ruleset;
+                let plan = nft_plan(before.as_ref(), &whole, now);
+                prop_assert_eq!(&report.transaction, &plan.transaction, "{}", what);
+                prop_assert_eq!(&report.delete_stale, &plan.delete_stale, "{}", what);
+                prop_assert_eq!(&syncer.applied().unwrap().stale, &plan.stale, "{}", what);
+            }
         }
-        prop_assert!(syncer.applied().is_some_and(|a| a.ruleset.family == Family::Ip));
+        prop_assert!(syncer.applied().is_none_or(|a| a.ruleset.family == Family::Ip));
     }
 }

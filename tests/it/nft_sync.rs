@@ -119,10 +119,10 @@ pub(crate) use listing_of_the_fake;
 /// refused, as the kernel refuses one: nothing applied; with `no_lock`, its lock
 /// is never taken; with `no_check`, it cannot check.
 #[derive(Debug, Default)]
-struct Failing {
-    fake: NftFake,
-    runs: usize,
-    fail_at: Vec<usize>,
+pub(crate) struct Failing {
+    pub(crate) fake: NftFake,
+    pub(crate) runs: usize,
+    pub(crate) fail_at: Vec<usize>,
     no_lock: bool,
     no_check: bool,
 }

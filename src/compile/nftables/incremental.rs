@@ -304,7 +304,8 @@ impl NftTable {
     }
 
     /// The element of claim `order` (`fragment`: a service's part no longer in
-    /// `self.services`).
+    /// `self.services`). A claim's service always has its part, with the entry
+    /// the claim names; were it missing, the map would get a `drop` for the key.
     fn placed(
         &self,
         target: usize,
