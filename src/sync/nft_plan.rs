@@ -28,6 +28,10 @@
 //!   kernel (`update @set`) are never touched: only elements of the rulesets are
 //!   diffed.
 //!
+//! The [`NftSyncer`](super::NftSyncer) makes the same incremental plan from the
+//! chains, sets and elements its incremental compile changed, without walking
+//! either table (`delta_plan`; both go through one writer of the changes).
+//!
 //! A full plan ([`nft_full_plan`], or [`nft_plan`] with nothing applied) writes
 //! the whole table over whatever is there: `add table`, each base chain added,
 //! deleted and added again (so a changed hook or priority applies, as kube-proxy
