@@ -10,13 +10,15 @@ use super::context::Context;
 use super::fixed::fixed_tables;
 use super::naming;
 use super::{Compiled, SharedChain, TextSink};
-use super::{Counter, shared_chain_text, write_full, write_sections};
+use super::{shared_chain_text, write_full, write_sections};
 use crate::error::CompileError;
 use crate::model::{ClusterState, IpFamily, ProxyConfig, ServiceKey};
 use crate::ruleset::{ChainName, Table};
 
 pub(crate) use super::PortFlows;
 pub(crate) use super::SharedChain as Shared;
+pub(crate) use super::compiled::Counter;
+pub(crate) use super::nftables::incremental::{NftDelta, NftTable};
 pub(crate) use super::sink::ServiceText;
 
 /// The compiler as the `Syncer` uses it: its buffers, kept from one service to

@@ -45,7 +45,6 @@ mod sink;
 
 pub use crate::ruleset::JumpRule;
 use assembly::{shared_chain_text, write_full, write_sections};
-use compiled::Counter;
 pub use compiled::{CompiledText, compile_text, compile_text_reusing};
 pub use context::check_config;
 pub(crate) use fixed::is_owned_chain;
@@ -408,30 +407,62 @@ impl<'s> Visit<'s> {
         // Reused from one service to the next.
         let mut slices = Vec::new();
         for (key, svc, own) in self.state.services_with_slices() {
-            let Some(svc) = svc else {
-                warnings.extend(own.map(input::orphan_warning));
-                continue;
-            };
             slices.clear();
             slices.extend(own);
-            let before = warnings.len();
-            let input = input::check_service(svc, &slices, self.config, warnings)
-                .map(|()| input::checked_service_input(svc, &slices, self.config, warnings));
-            let result = match input {
-                Ok(None) => continue,
-                Ok(Some(input)) => emit(key, input),
-                Err(e) => Err(e),
-            };
-            if let Err(e) = result {
-                if self.strict {
-                    return Err(e);
-                }
-                // A service left out has no warnings.
-                warnings.truncate(before);
-                rejected.push(e);
-            }
+            self.entry(key, svc, &slices, warnings, rejected, &mut emit)?;
         }
         rejected.sort_by(|a, b| a.service().cmp(&b.service()));
+        Ok(())
+    }
+
+    /// What [`Visit::run`] does for the one service key `key` (a service, or
+    /// slices of no service), pushing to `warnings` and `rejected` what `run`
+    /// pushes for it.
+    ///
+    /// # Errors
+    /// As [`Visit::run`].
+    pub fn one(
+        &self,
+        key: &ServiceKey,
+        warnings: &mut Vec<CompileError>,
+        rejected: &mut Vec<CompileError>,
+        mut emit: impl FnMut(&ServiceKey, ServiceInput<'s>) -> Result<(), CompileError>,
+    ) -> Result<(), CompileError> {
+        let slices: Vec<&EndpointSlice> = self.state.slices_of(key).collect();
+        let svc = self.state.service(key);
+        self.entry(key, svc, &slices, warnings, rejected, &mut emit)
+    }
+
+    /// One entry of the state: its service, if any, and its slices.
+    fn entry(
+        &self,
+        key: &ServiceKey,
+        svc: Option<&'s Service>,
+        slices: &[&'s EndpointSlice],
+        warnings: &mut Vec<CompileError>,
+        rejected: &mut Vec<CompileError>,
+        emit: &mut impl FnMut(&ServiceKey, ServiceInput<'s>) -> Result<(), CompileError>,
+    ) -> Result<(), CompileError> {
+        let Some(svc) = svc else {
+            warnings.extend(slices.iter().map(|s| input::orphan_warning(s)));
+            return Ok(());
+        };
+        let before = warnings.len();
+        let input = input::check_service(svc, slices, self.config, warnings)
+            .map(|()| input::checked_service_input(svc, slices, self.config, warnings));
+        let result = match input {
+            Ok(None) => return Ok(()),
+            Ok(Some(input)) => emit(key, input),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            if self.strict {
+                return Err(e);
+            }
+            // A service left out has no warnings.
+            warnings.truncate(before);
+            rejected.push(e);
+        }
         Ok(())
     }
 }

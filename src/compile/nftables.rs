@@ -52,6 +52,7 @@
 //! ```
 
 mod fixed;
+pub(crate) mod incremental;
 pub(crate) mod naming;
 mod service;
 

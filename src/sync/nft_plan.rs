@@ -28,6 +28,10 @@
 //!   kernel (`update @set`) are never touched: only elements of the rulesets are
 //!   diffed.
 //!
+//! The [`NftSyncer`](super::NftSyncer) makes the same incremental plan from the
+//! chains, sets and elements its incremental compile changed, without walking
+//! either table (`delta_plan`; both go through one writer of the changes).
+//!
 //! A full plan ([`nft_full_plan`], or [`nft_plan`] with nothing applied) writes
 //! the whole table over whatever is there: `add table`, each base chain added,
 //! deleted and added again (so a changed hook or priority applies, as kube-proxy
@@ -45,7 +49,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use crate::nft::{Chain, Name, Operation, Ruleset, SetFlag, Transaction};
+use crate::compile::incremental::{NftDelta, NftTable};
+use crate::nft::{Chain, Map, Name, Operation, Ruleset, Set, SetFlag, Transaction};
 
 /// How long a flushed chain waits before a plan deletes it: kube-proxy's one
 /// second, for kernels before 6.2.
@@ -218,59 +223,37 @@ pub fn nft_full_plan(next: &Ruleset, listed: Option<&NftListed>, now: Instant) -
 }
 
 fn incremental(applied: &NftApplied, next: &Ruleset, now: Instant) -> NftPlan {
-    let (old, family, table) = (&applied.ruleset, next.family, &next.table);
-
-    // Stale chains old enough go first, in a transaction of their own; those
-    // wanted again are written again below instead.
-    let mut stale = StaleChains::new();
-    let mut delete = Transaction::new(family, table.clone());
-    for (chain, &at) in &applied.stale.flushed {
-        if next.chains.contains_key(chain) {
-            continue;
-        }
-        if now.saturating_duration_since(at) >= STALE_CHAIN_AGE {
-            delete.push(Operation::DeleteChain(chain.clone()));
-        } else {
-            stale.flushed.insert(chain.clone(), at);
+    let old = &applied.ruleset;
+    let mut changes = NftChanges::default();
+    for (name, set) in &next.sets {
+        if !old.sets.get(name).is_some_and(|o| same_set(o, set)) {
+            changes.sets.push((name, set));
         }
     }
-
-    let mut tx = Transaction::new(family, table.clone());
-    for (name, set) in by_name(&next.sets) {
-        let same = old.sets.get(name).is_some_and(|o| {
-            (&o.key, &o.flags, o.timeout, &o.comment)
-                == (&set.key, &set.flags, set.timeout, &set.comment)
-        });
-        if !same {
-            tx.push(Operation::add_set(name, set));
-        }
-    }
-    for (name, map) in by_name(&next.maps) {
+    for (name, map) in &next.maps {
         let same = old
             .maps
             .get(name)
             .is_some_and(|o| (&o.key, &o.comment) == (&map.key, &map.comment));
         if !same {
-            tx.push(Operation::add_map(name, map));
+            changes.maps.push((name, map));
         }
     }
-
-    let (mut changed, mut gone) = chain_changes(old, next);
-    changed.sort_by(|a, b| a.0.cmp(b.0));
-    gone.sort();
-    for (name, chain) in &changed {
-        // The kernel cannot change a base chain's type, hook or priority, nor
-        // make a chain a base chain or the reverse: delete it first.
-        if old.chains.get(*name).is_some_and(|o| o.base != chain.base) {
-            tx.push(Operation::DeleteChain((*name).clone()));
-        }
-    }
-    write_chains(&mut tx, &changed);
-
+    let (changed, gone) = chain_changes(old, next);
+    changes.chains = changed
+        .into_iter()
+        .map(|(name, chain)| {
+            // The kernel cannot change a base chain's type, hook or priority, nor
+            // make a chain a base chain or the reverse: delete it first.
+            let recreate = old.chains.get(name).is_some_and(|o| o.base != chain.base);
+            (name, chain, recreate)
+        })
+        .collect();
+    changes.gone_chains = gone;
     for (name, set) in by_name(&next.sets) {
         let before = old.sets.get(name).map_or(&[][..], |o| &o.elements);
         diff_elements(
-            &mut tx,
+            &mut changes.elements,
             name,
             before,
             &set.elements,
@@ -284,7 +267,7 @@ fn incremental(applied: &NftApplied, next: &Ruleset, now: Instant) -> NftPlan {
     for (name, map) in by_name(&next.maps) {
         let before = old.maps.get(name).map_or(&[][..], |o| &o.elements);
         diff_elements(
-            &mut tx,
+            &mut changes.elements,
             name,
             before,
             &map.elements,
@@ -295,27 +278,116 @@ fn incremental(applied: &NftApplied, next: &Ruleset, now: Instant) -> NftPlan {
             },
         );
     }
+    changes.gone_sets = old
+        .sets
+        .keys()
+        .filter(|n| !next.sets.contains_key(*n))
+        .collect();
+    changes.gone_maps = old
+        .maps
+        .keys()
+        .filter(|n| !next.maps.contains_key(*n))
+        .collect();
+    changes.plan(&applied.stale, next, now)
+}
 
-    for name in gone {
-        tx.push(Operation::FlushChain(name.clone()));
-        stale.flushed.insert(name.clone(), now);
-    }
-    for (name, _) in by_name(&old.sets) {
-        if !next.sets.contains_key(name) {
-            tx.push(Operation::DeleteSet(name.clone()));
-        }
-    }
-    for (name, _) in by_name(&old.maps) {
-        if !next.maps.contains_key(name) {
-            tx.push(Operation::DeleteMap(name.clone()));
-        }
-    }
+/// True if a set written as `next` leaves `old` as it is (its elements aside).
+pub(crate) fn same_set(old: &Set, next: &Set) -> bool {
+    (&old.key, &old.flags, old.timeout, &old.comment)
+        == (&next.key, &next.flags, next.timeout, &next.comment)
+}
 
-    NftPlan {
-        delete_stale: (!delete.is_empty()).then_some(delete),
-        transaction: tx,
-        stale,
-        full: false,
+/// What differs between the table the kernel holds and the next one, object by
+/// object: what an incremental plan writes. A sync that knows what changed
+/// fills it without walking either table ([`NftChanges::plan`] sorts what it
+/// needs to).
+#[derive(Debug, Default)]
+pub(crate) struct NftChanges<'a> {
+    /// Sets new, or whose type, flags, timeout or comment changed.
+    pub sets: Vec<(&'a Name, &'a Set)>,
+    /// Maps new, or whose type or comment changed.
+    pub maps: Vec<(&'a Name, &'a Map)>,
+    /// Chains new or with other rules, each with whether the kernel's must be
+    /// deleted first (its base changed).
+    pub chains: Vec<(&'a Name, &'a Chain, bool)>,
+    /// The element operations, in the order they are to run.
+    pub elements: Vec<Operation>,
+    /// Chains no longer wanted.
+    pub gone_chains: Vec<&'a Name>,
+    /// Sets no longer wanted.
+    pub gone_sets: Vec<&'a Name>,
+    /// Maps no longer wanted.
+    pub gone_maps: Vec<&'a Name>,
+}
+
+impl NftChanges<'_> {
+    /// The incremental plan of these changes, `stale` being the chains the
+    /// kernel holds flushed and `next` the table (only asked whether it has a
+    /// chain): see the module's docs.
+    pub(crate) fn plan(
+        mut self,
+        stale_before: &StaleChains,
+        next: &Ruleset,
+        now: Instant,
+    ) -> NftPlan {
+        let (family, table) = (next.family, &next.table);
+        // Stale chains old enough go first, in a transaction of their own; those
+        // wanted again are written again below instead.
+        let mut stale = StaleChains::new();
+        let mut delete = Transaction::new(family, table.clone());
+        for (chain, &at) in &stale_before.flushed {
+            if next.chains.contains_key(chain) {
+                continue;
+            }
+            if now.saturating_duration_since(at) >= STALE_CHAIN_AGE {
+                delete.push(Operation::DeleteChain(chain.clone()));
+            } else {
+                stale.flushed.insert(chain.clone(), at);
+            }
+        }
+
+        let mut tx = Transaction::new(family, table.clone());
+        self.sets.sort_by(|a, b| a.0.cmp(b.0));
+        for (name, set) in &self.sets {
+            tx.push(Operation::add_set(name, set));
+        }
+        self.maps.sort_by(|a, b| a.0.cmp(b.0));
+        for (name, map) in &self.maps {
+            tx.push(Operation::add_map(name, map));
+        }
+        self.chains.sort_by(|a, b| a.0.cmp(b.0));
+        for (name, _, recreate) in &self.chains {
+            if *recreate {
+                tx.push(Operation::DeleteChain((*name).clone()));
+            }
+        }
+        let chains: Vec<(&Name, &Chain)> = self.chains.iter().map(|(n, c, _)| (*n, *c)).collect();
+        write_chains(&mut tx, &chains);
+        tx.extend(self.elements);
+        self.gone_chains.sort();
+        for name in self.gone_chains {
+            tx.push(Operation::FlushChain(name.clone()));
+            stale.flushed.insert(name.clone(), now);
+        }
+        self.gone_sets.sort();
+        tx.extend(
+            self.gone_sets
+                .into_iter()
+                .map(|n| Operation::DeleteSet(n.clone())),
+        );
+        self.gone_maps.sort();
+        tx.extend(
+            self.gone_maps
+                .into_iter()
+                .map(|n| Operation::DeleteMap(n.clone())),
+        );
+
+        NftPlan {
+            delete_stale: (!delete.is_empty()).then_some(delete),
+            transaction: tx,
+            stale,
+            full: false,
+        }
     }
 }
 
@@ -383,7 +455,7 @@ fn write_chains(tx: &mut Transaction, chains: &[(&Name, &Chain)]) {
 /// another verdict or comment) deleted and added; then, in `before`'s order,
 /// each leftover deleted.
 fn diff_elements<E: PartialEq>(
-    tx: &mut Transaction,
+    tx: &mut Vec<Operation>,
     set: &Name,
     before: &[E],
     after: &[E],
@@ -446,4 +518,59 @@ fn sorted(names: &[Name]) -> Vec<&Name> {
     let mut all: Vec<&Name> = names.iter().collect();
     all.sort();
     all
+}
+
+/// The incremental plan of one [`NftTable::update`]: `applied` is what the kernel
+/// holds, its ruleset already changed in place by the update into the next one,
+/// `delta` what the update changed. The same plan as [`nft_plan`] from the
+/// ruleset before the update to the one after, made from the changed objects
+/// alone.
+pub(crate) fn delta_plan(
+    table: &NftTable,
+    delta: &NftDelta,
+    applied: &NftApplied,
+    now: Instant,
+) -> NftPlan {
+    let next = &applied.ruleset;
+    let mut changes = NftChanges::default();
+    for (name, before) in &delta.chains {
+        match next.chains.get_key_value(name) {
+            Some((name, chain)) if before.as_ref() != Some(chain) => {
+                let recreate = before.as_ref().is_some_and(|o| o.base != chain.base);
+                changes.chains.push((name, chain, recreate));
+            }
+            Some(_) => {}
+            None if before.is_some() => changes.gone_chains.push(name),
+            None => {}
+        }
+    }
+    for (name, before) in &delta.sets {
+        match next.sets.get_key_value(name) {
+            Some((name, set)) if !before.as_ref().is_some_and(|o| same_set(o, set)) => {
+                changes.sets.push((name, set));
+            }
+            Some(_) => {}
+            None if before.is_some() => changes.gone_sets.push(name),
+            None => {}
+        }
+    }
+    changes.elements = table.element_operations(delta, next);
+    changes.plan(&applied.stale, next, now)
+}
+
+/// The chains `delta` names, as the table held them before the update and as it
+/// holds them after (`next`): all [`NftPlan::pieces`] reads of the two tables
+/// for the plan of the change.
+pub(crate) fn delta_chains(delta: &NftDelta, next: &Ruleset) -> (Ruleset, Ruleset) {
+    let empty = || Ruleset::new(next.family, next.table.clone(), next.comment.clone());
+    let (mut before, mut after) = (empty(), empty());
+    for (name, old) in &delta.chains {
+        if let Some(old) = old {
+            before.chains.insert(name.clone(), old.clone());
+        }
+        if let Some(chain) = next.chains.get(name) {
+            after.chains.insert(name.clone(), chain.clone());
+        }
+    }
+    (before, after)
 }

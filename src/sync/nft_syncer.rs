@@ -4,10 +4,21 @@
 //! sync, and any sync after a failure, is full ([`nft_full_plan`] over what the
 //! executor lists); later ones send what changed.
 //!
-//! Each sync compiles the whole table ([`nftables_lenient`]); what is sent is
-//! the plan's diff against what was applied. The stale UDP/SCTP flows are the
-//! iptables mode's, computed from the model per changed service (they depend on
-//! the services and endpoints, not on the backend).
+//! A full sync compiles the whole table; an incremental one recompiles only the
+//! services changed since the last sync (added, changed, removed, or whose
+//! slices changed), as the iptables [`Syncer`](super::Syncer) does, and changes
+//! the applied table in place: it stays equal to what a whole compile
+//! ([`nftables_lenient`](crate::compile::nftables_lenient)) of the state gives,
+//! down to which service keeps a cluster IP or map key two services claim and
+//! the order of every set's and map's elements (its chains', sets' and maps'
+//! order, which no output depends on, may differ). The plan is made from the
+//! changed chains, sets and elements alone, and is the one [`nft_plan`] makes
+//! from the whole tables. So the CPU cost of an incremental sync grows with the
+//! change, not with the table (PERFORMANCE.md). The stale UDP/SCTP flows are
+//! the iptables mode's, computed from the model per changed service (they
+//! depend on the services and endpoints, not on the backend).
+//!
+//! [`nft_plan`]: super::nft_plan
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -17,11 +28,11 @@ use thiserror::Error;
 
 use super::desired::Desired;
 use super::nft_pieces::DEFAULT_PIECE_OPERATIONS;
-use super::nft_plan::{NftApplied, NftListed, NftPlan, nft_full_plan, nft_plan};
+use super::nft_plan::{NftApplied, NftListed, NftPlan, delta_chains, delta_plan, nft_full_plan};
 use super::stale::{stale_flows_of, take_flows};
 use super::syncer::{DEFAULT_DRIFT_CHECK, FullReason, RETRY_AFTER};
-use crate::compile::incremental::{Incremental, PortFlows, Rules};
-use crate::compile::{check_nftables_config, nftables_lenient};
+use crate::compile::check_nftables_config;
+use crate::compile::incremental::{Counter, Incremental, NftTable, PortFlows, Rules};
 use crate::error::CompileError;
 use crate::exec::{NftExecError, NftExecutor, RefusalKind};
 use crate::flows::StaleFlow;
@@ -68,8 +79,9 @@ pub struct NftSyncReport {
     pub stale_chains_deleted: Vec<Name>,
     /// Conntrack entries the caller should delete.
     pub stale_flows: Vec<StaleFlow>,
-    /// Services left out because they are invalid, with the reason (every
-    /// invalid service of the state: each sync compiles the whole table).
+    /// Services left out because they are invalid, with the reason: every
+    /// invalid service of the state, as a whole compile reports them, in every
+    /// sync (incremental or not) while it is in the state.
     pub rejected: Vec<CompileError>,
     /// Parts of the state ignored, as in [`SyncReport::warnings`](super::SyncReport::warnings)
     /// (all of the state's).
@@ -171,6 +183,9 @@ pub struct NftSyncer<E: NftExecutor> {
     config: ProxyConfig,
     desired: Desired,
     applied: Option<NftApplied>,
+    /// The applied table service by service, for incremental syncs (`None`
+    /// when `applied` is).
+    table: Option<NftTable>,
     pending_full: Option<FullReason>,
     full_resync_period: Option<Duration>,
     last_full: Option<Instant>,
@@ -199,6 +214,7 @@ impl<E: NftExecutor> NftSyncer<E> {
             config,
             desired: Desired::default(),
             applied: None,
+            table: None,
             pending_full: Some(FullReason::FirstSync),
             full_resync_period: None,
             last_full: None,
@@ -396,25 +412,34 @@ impl<E: NftExecutor> NftSyncer<E> {
             }
         }
 
-        let compiled = nftables_lenient(&self.desired.state, &self.config)?;
-        let next = compiled.ruleset;
-        let stale_flows = self.compute_flows();
+        let dirty = std::mem::take(&mut self.desired.dirty);
+        let stale_flows = self.compute_flows(&dirty);
 
+        // A full sync compiles the whole table; an incremental one recompiles
+        // the changed services into the applied table, in place.
         let full_reason = self.pending_full;
-        let plan = match (full_reason, &self.applied) {
-            (None, Some(applied)) => nft_plan(Some(applied), &next, now),
+        let mut fresh = None;
+        let (plan, parts) = match (full_reason, self.applied.as_mut(), self.table.as_mut()) {
+            (None, Some(applied), Some(table)) => {
+                let state = &self.desired.state;
+                let delta = table.update(state, &self.config, &dirty, &mut applied.ruleset);
+                let plan = delta_plan(table, &delta, applied, now);
+                (plan, Some(delta_chains(&delta, &applied.ruleset)))
+            }
             _ => {
+                let (table, next) = NftTable::all(&self.desired.state, &self.config)?;
                 let listed = list(&mut self.executor, next.family, &next.table);
-                nft_full_plan(&next, listed.as_ref(), now)
+                let plan = nft_full_plan(&next, listed.as_ref(), now);
+                fresh = Some((table, next));
+                (plan, None)
             }
         };
-
         let (mut operations, mut bytes) = (0, 0);
         let mut delete_stale_error = None;
         let mut stale_chains_deleted = Vec::new();
         if let Some(tx) = &plan.delete_stale {
             operations += tx.len();
-            bytes += tx.to_text().len();
+            bytes += text_len(tx);
             match self.executor.run(tx) {
                 Ok(()) => stale_chains_deleted = deleted_chains(tx),
                 Err(e) => {
@@ -425,17 +450,27 @@ impl<E: NftExecutor> NftSyncer<E> {
         let mut pieces = 0;
         if !plan.transaction.is_empty() {
             operations += plan.transaction.len();
-            bytes += plan.transaction.to_text().len();
-            // What the kernel holds, as far as the syncer knows: nothing
-            // after a failure (then `applied` is gone), nor for another table.
-            let old = self
-                .applied
-                .as_ref()
-                .map(|a| &a.ruleset)
-                .filter(|o| o.family == next.family && o.table == next.table);
-            for piece in plan.pieces(old, &next, self.piece_operations) {
+            bytes += text_len(&plan.transaction);
+            let cut = match (&fresh, &parts, &self.applied) {
+                (Some((_, next)), _, applied) => {
+                    // What the kernel holds, as far as the syncer knows:
+                    // nothing after a failure (then `applied` is gone), nor
+                    // for another table.
+                    let old = applied
+                        .as_ref()
+                        .map(|a| &a.ruleset)
+                        .filter(|o| o.family == next.family && o.table == next.table);
+                    plan.pieces(old, next, self.piece_operations)
+                }
+                (None, Some((before, after)), _) => {
+                    plan.pieces(Some(before), after, self.piece_operations)
+                }
+                (None, None, _) => vec![plan.transaction.clone()],
+            };
+            for piece in cut {
                 if let Err(e) = self.executor.run(&piece) {
                     self.applied = None;
+                    self.table = None;
                     self.pending_flows.extend(stale_flows);
                     self.require_full(FullReason::AfterFailure);
                     return Err(e.into());
@@ -454,10 +489,23 @@ impl<E: NftExecutor> NftSyncer<E> {
             full,
             ..
         } = plan;
-        self.applied = Some(NftApplied {
-            ruleset: next,
-            stale: plan.stale,
-        });
+        match (fresh, self.applied.as_mut()) {
+            (Some((table, next)), _) => {
+                self.table = Some(table);
+                self.applied = Some(NftApplied {
+                    ruleset: next,
+                    stale: plan.stale,
+                });
+            }
+            (None, Some(applied)) => applied.stale = plan.stale,
+            // An incremental plan needs what was applied.
+            (None, None) => {}
+        }
+        let (rejected, warnings) = self
+            .table
+            .as_ref()
+            .map(|t| (t.rejected(), t.warnings()))
+            .unwrap_or_default();
         Ok(NftSyncReport {
             full,
             full_reason: if full { full_reason } else { None },
@@ -472,8 +520,8 @@ impl<E: NftExecutor> NftSyncer<E> {
             stale_chains_flushed,
             stale_chains_deleted,
             stale_flows: self.take_flows(stale_flows),
-            rejected: compiled.rejected,
-            warnings: compiled.warnings,
+            rejected,
+            warnings,
         })
     }
 
@@ -516,13 +564,13 @@ impl<E: NftExecutor> NftSyncer<E> {
 
     /// The stale flows of the services changed since the last sync, whose
     /// ports are then recorded.
-    fn compute_flows(&mut self) -> Vec<StaleFlow> {
+    fn compute_flows(&mut self, dirty: &BTreeSet<ServiceKey>) -> Vec<StaleFlow> {
         let mut out = Vec::new();
         let mut ignored = Vec::new();
-        for key in std::mem::take(&mut self.desired.dirty) {
+        for key in dirty {
             let new = match self.compiler.one(
                 &self.desired.state,
-                &key,
+                key,
                 &self.config,
                 &self.rules,
                 &mut ignored,
@@ -530,10 +578,10 @@ impl<E: NftExecutor> NftSyncer<E> {
                 Ok(Some(text)) => Some(text.ports),
                 Ok(None) | Err(_) => None,
             };
-            let old = self.flows.remove(&key);
+            let old = self.flows.remove(key);
             out.extend(stale_flows_of(old.as_deref(), new.as_deref()));
             if let Some(ports) = new {
-                self.flows.insert(key, ports);
+                self.flows.insert(key.clone(), ports);
             }
         }
         out
@@ -587,6 +635,14 @@ fn first_jump(ruleset: &Ruleset) -> Option<(&Name, &Name)> {
             })
             .map(|t| (name, t))
     })
+}
+
+/// The bytes of a transaction's `nft -f` text, counted as it is written.
+fn text_len(tx: &Transaction) -> usize {
+    let mut count = Counter::default();
+    // Counting cannot fail.
+    let _ = tx.write_text(&mut count);
+    count.0
 }
 
 /// The chains a deletion transaction deletes.

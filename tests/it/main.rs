@@ -29,6 +29,7 @@ mod nft_compile;
 mod nft_exec;
 mod nft_flows;
 mod nft_in_between;
+mod nft_incremental;
 mod nft_kube_proxy;
 mod nft_plan;
 mod nft_sync;

@@ -18,7 +18,7 @@ use crate::nft_exec::nft_in;
 
 /// `rs` with every set's and map's elements sorted (the fake keeps them in the
 /// order they were added, which an incremental sync changes).
-fn normalized(mut rs: Ruleset) -> String {
+pub(crate) fn normalized(mut rs: Ruleset) -> String {
     for set in rs.sets.values_mut() {
         set.elements.sort();
     }
@@ -36,7 +36,7 @@ fn table_of(fake: &NftFake, family: Family) -> String {
 }
 
 /// What a fresh syncer's first sync of `state` writes into an empty fake.
-fn fresh(state: &ClusterState, config: &ProxyConfig) -> String {
+pub(crate) fn fresh(state: &ClusterState, config: &ProxyConfig) -> String {
     let mut syncer = NftSyncer::new(NftFake::new(), config.clone()).unwrap();
     syncer.replace_state(state.clone());
     let report = syncer.sync_at(Instant::now()).unwrap();
@@ -119,10 +119,10 @@ pub(crate) use listing_of_the_fake;
 /// refused, as the kernel refuses one: nothing applied; with `no_lock`, its lock
 /// is never taken; with `no_check`, it cannot check.
 #[derive(Debug, Default)]
-struct Failing {
-    fake: NftFake,
-    runs: usize,
-    fail_at: Vec<usize>,
+pub(crate) struct Failing {
+    pub(crate) fake: NftFake,
+    pub(crate) runs: usize,
+    pub(crate) fail_at: Vec<usize>,
     no_lock: bool,
     no_check: bool,
 }

@@ -78,7 +78,7 @@ impl MapId {
         }
     }
 
-    const ALL: [MapId; 5] = [
+    pub(crate) const ALL: [MapId; 5] = [
         MapId::ServiceIps,
         MapId::ServiceNodePorts,
         MapId::NoEndpointServices,
