@@ -11,7 +11,7 @@
 //!     [--endpoints E (10)] [--mix cluster-ip|load-balancer] [--seed N (1)] \
 //!     [--backend nft|legacy|both|nftables|all (both)] [--runs N (3)] [--no-resync] \
 //!     [--no-cleanup] [--no-baseline] [--restore-pieces N (the executor's default; 0: one restore)] \
-//!     [--nft-piece-operations N (the nftables syncer's default; 0: one transaction)] \
+//!     [--nft-piece-operations N (the transport's default; 0: one transaction)] \
 //!     [--nft-transport netlink|nft (netlink)]
 //! ```
 //!
@@ -97,7 +97,7 @@
 //! | `cleanup_chains_removed` | the chains the table held as the syncer last applied it, stale ones included (the table goes whole) |
 //! | `one_transaction_ns` | the baseline: the compiled table as ONE `nft -f` transaction (the text a full plan sends, [`nft_full_plan`](svcnat::sync::nft_full_plan) with nothing listed), into a fresh namespace of its own (`svcnat-cost-<pid>-nftables-<run>-one`) after each run's; afterwards `nft list chains` must show every chain. Null with `--no-baseline`: at 10,000 services x 10 endpoints it takes minutes |
 //! | `transport` | how the syncer's transactions reached the kernel (`--nft-transport`): `netlink` ([`NftNetlink`](svcnat::exec::NftNetlink), netlink batches without `nft`'s cache; the default) or `nft` ([`NftCommand`](svcnat::exec::NftCommand), `nft -f`). Listings, the drift check's `nft --check` and the baseline use `nft` either way |
-//! | `piece_operations` | the largest transaction the nftables syncer sends at once (`--nft-piece-operations`, else [`DEFAULT_PIECE_OPERATIONS`](svcnat::sync::DEFAULT_PIECE_OPERATIONS); 0: never cut): a first sync or a full resync larger than that runs in pieces ([`NftPlan::pieces`](svcnat::sync::NftPlan::pieces)) |
+//! | `piece_operations` | the largest transaction the nftables syncer sends at once (`--nft-piece-operations`, else the transport's: [`NftNetlink::PIECE_OPERATIONS`](svcnat::exec::NftNetlink::PIECE_OPERATIONS) or [`DEFAULT_PIECE_OPERATIONS`](svcnat::sync::DEFAULT_PIECE_OPERATIONS) for `nft`; 0: never cut): a first sync or a full resync larger than that runs in pieces ([`NftPlan::pieces`](svcnat::sync::NftPlan::pieces)) |
 //!
 //! After the partial sync, `nft list chain` of the chains that DNAT to the moved
 //! endpoint's new address, and of the chains that jump to them, must show what was

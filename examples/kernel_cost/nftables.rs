@@ -70,6 +70,10 @@ impl<E: NftExecutor> NftExecutor for NftTimed<E> {
         self.inner.lock()
     }
 
+    fn piece_operations(&self) -> Option<usize> {
+        self.inner.piece_operations()
+    }
+
     fn run(&mut self, tx: &Transaction) -> Result<(), NftExecError> {
         if self.count_bytes {
             self.bytes += tx.to_text().len();
@@ -174,7 +178,11 @@ pub(super) fn measure(args: &Args, state: &ClusterState) -> Result<Value, String
         report[key] = Value::Null;
     }
     report["chains_compiled"] = chains_compiled.into();
-    report["piece_operations"] = args.nft_pieces.unwrap_or(DEFAULT_PIECE_OPERATIONS).into();
+    let transport_default = match args.nft_transport {
+        NftTransport::Netlink => NftNetlink::PIECE_OPERATIONS,
+        NftTransport::Nft => DEFAULT_PIECE_OPERATIONS,
+    };
+    report["piece_operations"] = args.nft_pieces.unwrap_or(transport_default).into();
     report["transport"] = args.nft_transport.as_str().into();
     report["list_table_ns"] = median(extras.iter().map(|x| nanos(x.list_table)).collect()).into();
     let baseline: Vec<u64> = extras
@@ -209,8 +217,10 @@ fn one_run(
     };
     let mut syncer: NftCost = NftSyncer::new(NftTimed::new(exec), config)
         .map_err(|e| e.to_string())?
-        .with_drift_check(Some(DEFAULT_DRIFT_CHECK))
-        .with_piece_operations(args.nft_pieces.unwrap_or(DEFAULT_PIECE_OPERATIONS));
+        .with_drift_check(Some(DEFAULT_DRIFT_CHECK));
+    if let Some(n) = args.nft_pieces {
+        syncer = syncer.with_piece_operations(n);
+    }
 
     // The floor: one `nft -f` in an empty namespace, which leaves it empty.
     let t0 = Instant::now();

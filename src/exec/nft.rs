@@ -222,11 +222,24 @@ pub trait NftExecutor {
     /// [`RefusalKind::NotFound`] if there is no such table; as
     /// [`Self::list_chains`].
     fn list_table(&mut self, family: Family, table: &Name) -> Result<String, NftExecError>;
+
+    /// The largest transaction, in operations, this transport prefers a first
+    /// sync or a full resync to be cut into
+    /// ([`NftSyncer`](crate::sync::NftSyncer) uses it unless
+    /// [`with_piece_operations`](crate::sync::NftSyncer::with_piece_operations)
+    /// says otherwise); `None` (the default): the syncer's
+    /// [`DEFAULT_PIECE_OPERATIONS`](crate::sync::DEFAULT_PIECE_OPERATIONS).
+    fn piece_operations(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// The trait's methods, each forwarded to `**self`.
 macro_rules! forward_to_deref {
     () => {
+        fn piece_operations(&self) -> Option<usize> {
+            (**self).piece_operations()
+        }
         fn lock(&mut self) -> Result<SyncLock, NftExecError> {
             (**self).lock()
         }

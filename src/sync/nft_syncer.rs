@@ -191,7 +191,7 @@ pub struct NftSyncer<E: NftExecutor> {
     last_full: Option<Instant>,
     drift_check: Option<Duration>,
     last_drift_check: Option<Instant>,
-    piece_operations: usize,
+    piece_operations: Option<usize>,
     /// Each service's ports as last compiled, for its stale flows.
     flows: BTreeMap<ServiceKey, Vec<PortFlows>>,
     /// Stale flows of syncs that failed, reported with the next successful one.
@@ -220,7 +220,7 @@ impl<E: NftExecutor> NftSyncer<E> {
             last_full: None,
             drift_check: Some(DEFAULT_DRIFT_CHECK),
             last_drift_check: None,
-            piece_operations: DEFAULT_PIECE_OPERATIONS,
+            piece_operations: None,
             flows: BTreeMap::new(),
             pending_flows: Vec::new(),
             compiler,
@@ -256,14 +256,17 @@ impl<E: NftExecutor> NftSyncer<E> {
         self
     }
 
-    /// The largest transaction a sync sends at once, in operations (default
-    /// [`DEFAULT_PIECE_OPERATIONS`]; 0: never cut). A larger one, as a first
+    /// The largest transaction a sync sends at once, in operations (0: never
+    /// cut). By default the executor's choice
+    /// ([`NftExecutor::piece_operations`]: 20,000 for
+    /// [`NftNetlink`](crate::exec::NftNetlink)), else
+    /// [`DEFAULT_PIECE_OPERATIONS`] (measured for `nft -f`). A larger one, as a first
     /// sync or a full resync of a large cluster is, runs as several
     /// transactions in an order whose every state in between is safe
     /// ([`NftPlan::pieces`]); if one of them fails, the kernel holds the pieces
     /// before it and the next sync is a full one.
     pub fn with_piece_operations(mut self, operations: usize) -> Self {
-        self.piece_operations = operations;
+        self.piece_operations = Some(operations);
         self
     }
 
@@ -449,6 +452,10 @@ impl<E: NftExecutor> NftSyncer<E> {
         }
         let mut pieces = 0;
         if !plan.transaction.is_empty() {
+            let piece_operations = self
+                .piece_operations
+                .or_else(|| self.executor.piece_operations())
+                .unwrap_or(DEFAULT_PIECE_OPERATIONS);
             operations += plan.transaction.len();
             bytes += text_len(&plan.transaction);
             let cut = match (&fresh, &parts, &self.applied) {
@@ -460,10 +467,10 @@ impl<E: NftExecutor> NftSyncer<E> {
                         .as_ref()
                         .map(|a| &a.ruleset)
                         .filter(|o| o.family == next.family && o.table == next.table);
-                    plan.pieces(old, next, self.piece_operations)
+                    plan.pieces(old, next, piece_operations)
                 }
                 (None, Some((before, after)), _) => {
-                    plan.pieces(Some(before), after, self.piece_operations)
+                    plan.pieces(Some(before), after, piece_operations)
                 }
                 (None, None, _) => vec![plan.transaction.clone()],
             };

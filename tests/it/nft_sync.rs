@@ -125,9 +125,14 @@ pub(crate) struct Failing {
     pub(crate) fail_at: Vec<usize>,
     no_lock: bool,
     no_check: bool,
+    /// What it answers to `piece_operations`.
+    pub(crate) prefers: Option<usize>,
 }
 
 impl NftExecutor for Failing {
+    fn piece_operations(&self) -> Option<usize> {
+        self.prefers
+    }
     fn lock(&mut self) -> Result<SyncLock, NftExecError> {
         if self.no_lock {
             return Err(ExecError::Unsupported("no lock here").into());
@@ -663,4 +668,33 @@ proptest! {
         let report = syncer.sync_at(now).unwrap();
         prop_assert_eq!(report.full_reason, Some(FullReason::Drift));
     }
+}
+
+/// The executor's piece size is the syncer's default, and `with_piece_operations`
+/// overrides it.
+#[test]
+fn the_executor_chooses_the_piece_size_unless_told() {
+    let sync = |prefers: Option<usize>, told: Option<usize>| {
+        let exec = Failing {
+            prefers,
+            ..Failing::default()
+        };
+        let mut syncer = NftSyncer::new(exec, crate::fixtures::config()).unwrap();
+        if let Some(n) = told {
+            syncer = syncer.with_piece_operations(n);
+        }
+        for i in 0..3 {
+            syncer.upsert_service(crate::sync::service_for(i, 0));
+        }
+        let report = syncer.sync().unwrap();
+        assert!(report.full, "{report}");
+        (report.pieces, syncer.executor().runs)
+    };
+    let (whole, _) = sync(None, None);
+    assert_eq!(whole, 1, "a small first sync goes whole by default");
+    let (cut, runs) = sync(Some(5), None);
+    assert!(cut > 3, "{cut} pieces of at most 5 operations");
+    assert_eq!(runs, cut);
+    assert_eq!(sync(Some(5), Some(0)).0, 1, "told never to cut");
+    assert_eq!(sync(None, Some(5)).0, cut);
 }
