@@ -58,12 +58,14 @@ impl RefusalKind {
     /// The kind of nft's message (`Could not process rule: File exists`, `Error:
     /// No such file or directory`, `Expression is not a map`, ...).
     pub fn of_message(message: &str) -> RefusalKind {
-        const KINDS: [(&str, RefusalKind); 10] = [
+        const KINDS: [(&str, RefusalKind); 11] = [
             ("No such file or directory", RefusalKind::NotFound),
             ("File exists", RefusalKind::Exists),
             ("Device or resource busy", RefusalKind::Busy),
             ("Operation not supported", RefusalKind::Unsupported),
             ("Too many links", RefusalKind::Loop),
+            // The kernel's ELOOP for a jump loop, as netlink reports it.
+            ("Too many levels of symbolic links", RefusalKind::Loop),
             ("Invalid argument", RefusalKind::Invalid),
             ("is not a map", RefusalKind::Invalid),
             ("datatype mismatch", RefusalKind::Invalid),
@@ -227,8 +229,8 @@ pub trait NftExecutor {
     /// sync or a full resync to be cut into
     /// ([`NftSyncer`](crate::sync::NftSyncer) uses it unless
     /// [`with_piece_operations`](crate::sync::NftSyncer::with_piece_operations)
-    /// says otherwise); `None` (the default): the syncer's
-    /// [`DEFAULT_PIECE_OPERATIONS`](crate::sync::DEFAULT_PIECE_OPERATIONS).
+    /// says otherwise); `Some(0)`: never cut; `None` (the default): the
+    /// syncer's [`DEFAULT_PIECE_OPERATIONS`](crate::sync::DEFAULT_PIECE_OPERATIONS).
     fn piece_operations(&self) -> Option<usize> {
         None
     }

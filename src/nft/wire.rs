@@ -4,9 +4,12 @@
 //! [`NftNetlink`](crate::exec::NftNetlink)). Pure: a transaction in, bytes out.
 //!
 //! The batch is what nft 1.0.6 sends for the same `nft -f` text, message for
-//! message and attribute for attribute (the tests compare the two byte for byte,
-//! from nft's own batches recorded with `strace`), so the kernel holds the same
-//! objects and `nft list` prints them the same way:
+//! message and attribute for attribute: the tests compare the two, from nft's
+//! own batches recorded with `strace` for two tables that hold every statement
+//! form of the IR, with nft's numbering of sets set aside and the element
+//! messages it sends in another order sorted; the kernel tests compare `nft
+//! list` after both (deletions and flushes included). So the kernel holds the
+//! same objects and `nft list` prints them the same way:
 //!
 //! - a match on one address or prefix is a `payload` load and a `cmp` (a prefix
 //!   on whole bytes loads only those bytes, another one is masked by a
@@ -23,7 +26,12 @@
 //! of every set name of the table per set; [`AnonNames::Tagged`] names them
 //! itself, which the kernel takes as is.
 //!
-//! Ranges of an anonymous set that overlap or touch are merged, as nft does.
+//! Ranges of an anonymous set that overlap or touch are merged, as nft does,
+//! and the elements of a large anonymous set or map go in as many messages as
+//! their size needs (an attribute's length is 16 bits), as nft splits them.
+//! The kernel checks a key's length, not its type: a key of the wrong types
+//! but the right length, which nft refuses before sending, goes through here
+//! (the compiler writes none).
 //! What nft would write differently from the cases above (a prefix of length 0,
 //! a prefix with host bits, a `reject` verdict in a map) is not guessed at: [`encode`] refuses it with
 //! [`WireError::Unsupported`], and the caller sends that transaction as text.
@@ -102,9 +110,15 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// Whether `seq` is one of this batch's messages (the batch-begin and
+    /// batch-end ones included); sequence numbers wrap.
+    pub fn holds(&self, seq: u32) -> bool {
+        (seq.wrapping_sub(self.first_seq) as usize) <= self.operations.len() + 1
+    }
+
     /// The index of the operation whose message had sequence number `seq`.
     pub fn operation_of(&self, seq: u32) -> Option<usize> {
-        let n = seq.checked_sub(self.first_seq)?.checked_sub(1)?;
+        let n = seq.wrapping_sub(self.first_seq).checked_sub(1)?;
         self.operations.get(n as usize).copied()
     }
 }
@@ -126,6 +140,7 @@ pub fn encode(tx: &Transaction, first_seq: u32, names: &mut AnonNames) -> Result
         },
         operations: Vec::with_capacity(tx.len()),
         index: 0,
+        overflow: false,
     };
     let mut ctx = Ctx {
         family: tx.family(),
@@ -139,6 +154,12 @@ pub fn encode(tx: &Transaction, first_seq: u32, names: &mut AnonNames) -> Result
         w.index = index;
         ctx.operation(&mut w, op)
             .map_err(|what| WireError::Unsupported { index, what })?;
+        if w.overflow {
+            return Err(WireError::Unsupported {
+                index,
+                what: "an attribute longer than 65,535 bytes",
+            });
+        }
     }
     w.batch_marker(NFNL_MSG_BATCH_END);
     Ok(Batch {
@@ -229,7 +250,13 @@ struct Writer {
     family: u8,
     operations: Vec<usize>,
     index: usize,
+    /// Set when an attribute came out longer than its 16-bit length.
+    overflow: bool,
 }
+
+/// The longest list of elements one message carries before the rest go in
+/// another (an attribute's length is 16 bits; nft splits the same way).
+const ELEMENTS_PER_MESSAGE_BYTES: usize = 60_000;
 
 impl Writer {
     fn batch_marker(&mut self, kind: u16) {
@@ -266,8 +293,16 @@ impl Writer {
         self.buf[start..start + 4].copy_from_slice(&len.to_ne_bytes());
     }
 
+    /// A 16-bit attribute length, or 0 with `overflow` set.
+    fn len16(&mut self, len: usize) -> u16 {
+        u16::try_from(len).unwrap_or_else(|_| {
+            self.overflow = true;
+            0
+        })
+    }
+
     fn attr(&mut self, kind: u16, value: &[u8]) {
-        let len = (4 + value.len()) as u16;
+        let len = self.len16(4 + value.len());
         self.buf.extend_from_slice(&len.to_ne_bytes());
         self.buf.extend_from_slice(&kind.to_ne_bytes());
         self.buf.extend_from_slice(value);
@@ -285,7 +320,7 @@ impl Writer {
     }
 
     fn str(&mut self, kind: u16, value: &str) {
-        let len = (5 + value.len()) as u16;
+        let len = self.len16(5 + value.len());
         self.buf.extend_from_slice(&len.to_ne_bytes());
         self.buf.extend_from_slice(&kind.to_ne_bytes());
         self.buf.extend_from_slice(value.as_bytes());
@@ -302,7 +337,7 @@ impl Writer {
     }
 
     fn end(&mut self, start: usize) {
-        let len = (self.buf.len() - start) as u16;
+        let len = self.len16(self.buf.len() - start);
         self.buf[start..start + 2].copy_from_slice(&len.to_ne_bytes());
     }
 
@@ -567,7 +602,9 @@ impl Ctx<'_> {
         }
         if concat {
             // nft's description of a concatenation's key.
-            ud.extend_from_slice(&[udata::KEY_TYPEOF, 8, 0, 4, 13, 0, 0, 0, 1, 0]);
+            ud.extend_from_slice(&[udata::KEY_TYPEOF, 8, 0, 4]);
+            ud.extend_from_slice(&13u32.to_ne_bytes());
+            ud.extend_from_slice(&[1, 0]);
         }
         if map {
             put_u32(&mut ud, udata::DATA_INTERVAL, 0);
@@ -756,20 +793,17 @@ impl Ctx<'_> {
             (Family::Ip6, Dir::Saddr) => (13, 8),
             (Family::Ip6, Dir::Daddr) => (13, 9),
         };
-        ud.extend_from_slice(&[udata::KEY_TYPEOF, 20, 0, 4, 7, 0, 0, 0, 1, 12, 0, 4]);
+        ud.extend_from_slice(&[udata::KEY_TYPEOF, 20, 0, 4]);
+        ud.extend_from_slice(&7u32.to_ne_bytes());
+        ud.extend_from_slice(&[1, 12, 0, 4]);
         ud.extend_from_slice(&(proto as u32).to_ne_bytes());
         ud.extend_from_slice(&[1, 4]);
         ud.extend_from_slice(&(field as u32).to_ne_bytes());
         w.attr(13, &ud);
         w.finish(m);
 
-        let m = w.message(NFT_MSG_NEWSETELEM, NLM_F_REQUEST | NLM_F_CREATE);
-        w.str(1, self.table);
-        w.str(2, &name);
-        w.u32(4, id);
-        let list = w.nest(3);
-        for (i, (key, bound)) in elements.iter().enumerate() {
-            let e = w.nest(list_item(i));
+        self.anon_elements(w, &name, id, elements.len(), |w, i| {
+            let (key, bound) = &elements[i];
             if *bound == Bound::End {
                 // NFT_SET_ELEM_INTERVAL_END.
                 w.u32(3, 1);
@@ -777,13 +811,41 @@ impl Ctx<'_> {
             w.data(1, key);
             if *bound == Bound::Open {
                 // nft's user data of an element: an interval without an end.
-                w.attr(6, &[1, 4, 1, 0, 0, 0]);
+                let mut ud = vec![1, 4];
+                ud.extend_from_slice(&1u32.to_ne_bytes());
+                w.attr(6, &ud);
             }
-            w.end(e);
-        }
-        w.end(list);
-        w.finish(m);
+        });
         Ok(Some((name, id)))
+    }
+
+    /// The `count` elements of the anonymous set `name`, each written by
+    /// `element`, in as many `NEWSETELEM` messages as their size needs.
+    fn anon_elements(
+        &self,
+        w: &mut Writer,
+        name: &str,
+        id: u32,
+        count: usize,
+        mut element: impl FnMut(&mut Writer, usize),
+    ) {
+        let mut i = 0;
+        while i < count {
+            let m = w.message(NFT_MSG_NEWSETELEM, NLM_F_REQUEST | NLM_F_CREATE);
+            w.str(1, self.table);
+            w.str(2, name);
+            w.u32(4, id);
+            let list = w.nest(3);
+            let mut n = 0;
+            while i < count && w.buf.len() - list < ELEMENTS_PER_MESSAGE_BYTES {
+                let e = w.nest(list_item(n));
+                element(w, i);
+                w.end(e);
+                (i, n) = (i + 1, n + 1);
+            }
+            w.end(list);
+            w.finish(m);
+        }
     }
 
     /// The first and last address of an item, as numbers.
@@ -834,24 +896,18 @@ impl Ctx<'_> {
         let mut ud = Vec::new();
         put_u32(&mut ud, udata::KEYBYTEORDER, udata::BYTEORDER_HOST);
         put_u32(&mut ud, udata::DATABYTEORDER, 0);
-        ud.extend_from_slice(&[udata::DATA_TYPEOF, 8, 0, 4, 1, 0, 0, 0, 1, 0]);
+        ud.extend_from_slice(&[udata::DATA_TYPEOF, 8, 0, 4]);
+        ud.extend_from_slice(&1u32.to_ne_bytes());
+        ud.extend_from_slice(&[1, 0]);
         put_u32(&mut ud, udata::DATA_INTERVAL, 0);
         w.attr(13, &ud);
         w.finish(m);
 
-        let m = w.message(NFT_MSG_NEWSETELEM, NLM_F_REQUEST | NLM_F_CREATE);
-        w.str(1, self.table);
-        w.str(2, &name);
-        w.u32(4, id);
-        let list = w.nest(3);
-        for (i, (code, chain)) in codes.iter().enumerate() {
-            let e = w.nest(list_item(i));
+        self.anon_elements(w, &name, id, codes.len(), |w, i| {
+            let (code, chain) = codes[i];
             w.data(1, &(i as u32).to_ne_bytes());
-            w.verdict(2, *code, *chain);
-            w.end(e);
-        }
-        w.end(list);
-        w.finish(m);
+            w.verdict(2, code, chain);
+        });
         Ok((name, id))
     }
 

@@ -65,7 +65,8 @@ pub struct NftSyncReport {
     /// The main transaction (empty if nothing changed; then nothing was run).
     pub transaction: Transaction,
     /// How many transactions the main one was run as: it is cut into pieces
-    /// when larger than [`NftSyncer::with_piece_operations`] (see
+    /// when larger than the piece size ([`NftSyncer::with_piece_operations`],
+    /// else the executor's [`NftExecutor::piece_operations`]; see
     /// [`NftPlan::pieces`]); 0 when it was empty.
     pub pieces: usize,
     /// Operations sent: both transactions'.
@@ -373,8 +374,9 @@ impl<E: NftExecutor> NftSyncer<E> {
     /// touched), and writes the whole ruleset over it. An incremental one first
     /// runs the deletion of the stale chains old enough, on its own (refused:
     /// the chains stay flushed, the sync goes on, and the next sync is full),
-    /// then the main transaction. A main transaction larger than
-    /// [`Self::with_piece_operations`] runs in pieces ([`NftPlan::pieces`]).
+    /// then the main transaction. A main transaction larger than the piece
+    /// size ([`Self::with_piece_operations`]) runs in pieces
+    /// ([`NftPlan::pieces`]).
     ///
     /// # Errors
     /// The lock not taken, or a piece of the main transaction refused (the

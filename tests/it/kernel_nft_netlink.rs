@@ -136,3 +136,91 @@ fn a_refused_batch_applies_nothing_and_names_its_operation() {
     );
     assert_eq!(exec.counts(), (4, 0));
 }
+
+/// A service of 1,000 endpoints: its `numgen` map is larger than one
+/// attribute can hold and goes in several messages; the kernel holds what nft
+/// writes.
+#[test]
+fn a_map_of_1000_endpoints_loads_as_through_nft() {
+    if !nft_available("a_map_of_1000_endpoints_loads_as_through_nft") {
+        return;
+    }
+    let table = Name::new("kube-proxy").unwrap();
+    let mut tx = Transaction::new(Family::Ip, table);
+    tx.push(Operation::AddTable { comment: None });
+    let service = Name::new("service-ABCDEFGH-namespace/service/tcp/port").unwrap();
+    tx.push(Operation::AddChain {
+        name: service.clone(),
+        base: None,
+        comment: None,
+    });
+    let mut verdicts = Vec::new();
+    for i in 0..1000 {
+        let name = format!(
+            "endpoint-ABCDEFGH-namespace/service/tcp/port__10.180.{}.{}/8080",
+            i / 250,
+            1 + i % 250
+        );
+        let chain = Name::new(name).unwrap();
+        tx.push(Operation::AddChain {
+            name: chain.clone(),
+            base: None,
+            comment: None,
+        });
+        verdicts.push(Verdict::Goto(chain));
+    }
+    tx.push(Operation::AddRule {
+        chain: service,
+        rule: Rule::new(vec![Stmt::Numgen(verdicts)]),
+    });
+    let by_nft = Netns::new("nkn-big-nft");
+    let (ok, out) = by_nft.run(&["nft", "-f", "-"], &tx.to_text());
+    assert!(ok, "{out}");
+    let ns = Netns::new("nkn-big");
+    let mut exec = netlink_in(&ns);
+    exec.run(&tx).unwrap();
+    assert_eq!(exec.counts(), (1, 0), "one batch");
+    let listed = list(&ns, "ip");
+    assert!(
+        listed.matches(": goto endpoint-").count() == 1000,
+        "{}",
+        &listed[..200]
+    );
+    assert_eq!(listed, list(&by_nft, "ip"));
+}
+
+/// The namespace deleted and made again under the same name: the next
+/// transaction lands in the new one, not in the old one its socket was in.
+#[test]
+fn a_namespace_made_again_gets_the_next_transaction() {
+    if !nft_available("a_namespace_made_again_gets_the_next_transaction") {
+        return;
+    }
+    let ns = Netns::new("nkn-again");
+    let mut exec = netlink_in(&ns);
+    let mut tx = Transaction::new(Family::Ip, Name::new("kube-proxy").unwrap());
+    tx.push(Operation::AddTable { comment: None });
+    exec.run(&tx).unwrap();
+    assert!(
+        ns.run(&["nft", "list", "tables"], "")
+            .1
+            .contains("kube-proxy")
+    );
+    for args in [["netns", "del", &ns.name], ["netns", "add", &ns.name]] {
+        let status = std::process::Command::new("ip")
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(status.success(), "ip {args:?}");
+    }
+    assert_eq!(
+        ns.run(&["nft", "list", "tables"], "").1,
+        "",
+        "a new, empty namespace"
+    );
+    exec.run(&tx).unwrap();
+    assert_eq!(
+        ns.run(&["nft", "list", "tables"], "").1,
+        "table ip kube-proxy\n"
+    );
+}

@@ -355,3 +355,83 @@ fn ranges_that_touch_overlap_or_reach_an_end_are_merged_as_nft_does() {
         "{1={1={1=00000000}} 2={3=00000001 1={1=01000000}} 3={1={1=ff000000} 6=010401000000}}"
     );
 }
+
+/// A `numgen` map of many long-named endpoints: its elements go in as many
+/// messages as their size needs (an attribute's length is 16 bits), every
+/// message numbers its elements from 1, and all of them are there.
+#[test]
+fn large_anonymous_maps_are_split_over_messages() {
+    let chains: Vec<Name> = (0..2000)
+        .map(|i| {
+            Name::new(format!(
+                "endpoint-ABCDEFGH-namespace/service/tcp/port__10.180.{}.{}/8080",
+                i / 256,
+                i % 256
+            ))
+            .unwrap()
+        })
+        .collect();
+    let mut tx = Transaction::new(Family::Ip, Name::new("t").unwrap());
+    tx.push(Operation::AddRule {
+        chain: Name::new("c").unwrap(),
+        rule: Rule::new(vec![Stmt::Numgen(
+            chains.iter().cloned().map(Verdict::Goto).collect(),
+        )]),
+    });
+    let batch = encode(&tx, 0, &mut AnonNames::Kernel).unwrap();
+    let msgs = messages(&batch.bytes);
+    let elems: Vec<&Message> = msgs.iter().filter(|m| m.kind == 0x0a0c).collect();
+    assert!(elems.len() > 2, "{} element messages", elems.len());
+    let mut seen = 0;
+    for m in &elems {
+        let Some(Node::Nest(list)) = get(&m.attrs, 3) else {
+            panic!("no list")
+        };
+        let numbers: Vec<u16> = list.iter().map(|(k, _)| *k).collect();
+        assert_eq!(numbers, (1..=list.len() as u16).collect::<Vec<_>>());
+        for (_, e) in list {
+            let Node::Nest(e) = e else { panic!() };
+            let Some(Node::Nest(key)) = get(e, 1) else {
+                panic!()
+            };
+            let Some(Node::Bytes(k)) = get(key, 1) else {
+                panic!()
+            };
+            assert_eq!(u32::from_ne_bytes(k[..4].try_into().unwrap()), seen);
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, 2000);
+    // One operation: every message is its, and the batch holds their numbers.
+    assert!((1..msgs.len() as u32 - 1).all(|s| batch.operation_of(s) == Some(0)));
+    assert!(batch.holds(msgs.len() as u32 - 1) && !batch.holds(msgs.len() as u32));
+    // The set's description counts them all.
+    let set = msgs.iter().find(|m| m.kind == 0x0a09).unwrap();
+    let Some(Node::Nest(desc)) = get(&set.attrs, 9) else {
+        panic!()
+    };
+    assert_eq!(
+        get(desc, 1).map(|n| match n {
+            Node::Bytes(b) => b.clone(),
+            _ => vec![],
+        }),
+        Some(2000u32.to_be_bytes().to_vec())
+    );
+}
+
+#[test]
+fn an_attribute_too_long_for_its_length_is_refused() {
+    let mut tx = Transaction::new(Family::Ip, Name::new("t").unwrap());
+    tx.push(Operation::AddTable { comment: None });
+    let stmts = vec![Stmt::Verdict(Verdict::Accept); 6000];
+    tx.push(Operation::AddRule {
+        chain: Name::new("c").unwrap(),
+        rule: Rule::new(stmts),
+    });
+    match encode(&tx, 0, &mut AnonNames::Kernel) {
+        Err(WireError::Unsupported { index: 1, what }) => {
+            assert!(what.contains("65,535"), "{what}")
+        }
+        other => panic!("{other:?}"),
+    }
+}

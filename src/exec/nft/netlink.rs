@@ -2,7 +2,7 @@
 //! ([`crate::nft::wire`]), without the `nft` binary and its cache.
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -15,7 +15,7 @@ use nix::sys::socket::{
 
 use super::{NftCommand, NftExecError, NftExecutor, NftRefusal, RefusalKind};
 use crate::exec::{ExecError, SyncLock};
-use crate::nft::wire::{AnonNames, Batch, WireError, encode};
+use crate::nft::wire::{AnonNames, Batch, encode};
 use crate::nft::{Element, Family, MapElement, Name, Transaction};
 
 /// How many bytes of replies are read at a time.
@@ -41,8 +41,13 @@ const RECEIVE_QUEUE: usize = 8 << 20;
 /// the kernel takes without scanning every set name of the table; see
 /// [`NftNetlink::with_anon_names`].
 ///
-/// Needs `CAP_NET_ADMIN` (as `nft` does), in the network namespace it works
-/// on.
+/// Needs `CAP_NET_ADMIN` (as `nft` does) in the network namespace it works
+/// on. Outside the first user namespace (a rootless container) the socket's
+/// buffers cannot be raised past the system's limits; a batch larger than
+/// the send buffer then goes as text, as does any transaction the encoder does
+/// not write. The socket stays in the namespace it was opened in: if the
+/// namespace at the path is deleted and made again, the next transaction opens
+/// a new one there.
 ///
 /// ```no_run
 /// use svcnat::exec::{NftExecutor, NftNetlink};
@@ -59,7 +64,8 @@ const RECEIVE_QUEUE: usize = 8 << 20;
 pub struct NftNetlink {
     command: NftCommand,
     netns: Option<PathBuf>,
-    socket: Option<OwnedFd>,
+    /// The socket, and the device and inode of the namespace it was opened in.
+    socket: Option<(OwnedFd, Option<(u64, u64)>)>,
     names: AnonNames,
     seq: u32,
     batches: u64,
@@ -148,23 +154,42 @@ impl NftNetlink {
         (self.batches, self.as_text)
     }
 
-    fn socket(&mut self) -> Result<&OwnedFd, NftExecError> {
-        if self.socket.is_none() {
-            self.socket = Some(open(self.netns.clone()).map_err(|e| io_error("open", e))?);
+    /// The socket, opened (again) if there is none or the namespace at the
+    /// path is another one than it was opened in (deleted and made again).
+    fn socket(&mut self) -> Result<RawFd, NftExecError> {
+        let netns = match &self.netns {
+            Some(path) => Some(identity(path).map_err(|e| io_error("the namespace", e))?),
+            None => None,
+        };
+        if self.socket.as_ref().is_some_and(|(_, id)| *id != netns) {
+            self.socket = None;
         }
-        Ok(self.socket.as_ref().expect("opened above"))
+        if self.socket.is_none() {
+            let fd = open(self.netns.clone()).map_err(|e| io_error("opening the socket", e))?;
+            self.socket = Some((fd, netns));
+        }
+        Ok(self.socket.as_ref().map_or(-1, |(fd, _)| fd.as_raw_fd()))
     }
 
-    fn send(&mut self, tx: &Transaction, batch: &Batch) -> Result<(), NftExecError> {
+    /// Sends the batch and reads the kernel's answers: `Ok(false)` if the
+    /// batch is larger than the socket can send (then it goes as text).
+    fn send(&mut self, tx: &Transaction, batch: &Batch) -> Result<bool, NftExecError> {
+        let fd = self.socket()?;
         let size = batch.bytes.len() + 4096;
-        let sock = self.socket()?;
-        // A batch must fit the send buffer whole; root may raise it.
-        setsockopt(sock, sockopt::SndBufForce, &size).map_err(|e| io_error("SO_SNDBUFFORCE", e))?;
-        let fd = sock.as_raw_fd();
+        // A batch must fit the send buffer whole. Root in the first user
+        // namespace may raise the limit; elsewhere the ordinary option stops at
+        // the system's maximum, and a larger batch goes as text.
+        if let Some((sock, _)) = &self.socket
+            && setsockopt(sock, sockopt::SndBufForce, &size).is_err()
+        {
+            let _ = setsockopt(sock, sockopt::SndBuf, &size);
+        }
         let kernel = NetlinkAddr::new(0, 0);
         match sendto(fd, &batch.bytes, &kernel, MsgFlags::empty()) {
             Ok(n) if n == batch.bytes.len() => {}
+            Err(Errno::EMSGSIZE) => return Ok(false),
             Ok(n) => {
+                self.socket = None;
                 return Err(io_error("sendto", Errno::EMSGSIZE)
                     .with_context(format!("sent {n} of {} bytes", batch.bytes.len())));
             }
@@ -178,24 +203,31 @@ impl NftNetlink {
         // queued now. No answer is success; the first error is the refusal.
         let mut buf = vec![0u8; RECEIVE_BUFFER];
         let mut refusal = None;
+        let mut broken = None;
         loop {
-            let n = match recv(fd, &mut buf, MsgFlags::MSG_DONTWAIT) {
+            // MSG_TRUNC: the answer's real length, even if the buffer is
+            // shorter (an answer carries a copy of the refused message).
+            let n = match recv(fd, &mut buf, MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_TRUNC) {
                 Ok(0) => break,
+                Ok(n) if n > buf.len() => {
+                    broken = Some(format!("an answer of {n} bytes, more than {}", buf.len()));
+                    break;
+                }
                 Ok(n) => n,
                 Err(Errno::EAGAIN) => break,
                 Err(Errno::EINTR) => continue,
                 Err(e) => {
-                    self.socket = None;
-                    refusal.get_or_insert(NftRefusal {
-                        kind: RefusalKind::Other,
-                        index: None,
-                        command: None,
-                        message: format!("reading the kernel's answer: {}", e.desc()),
-                    });
+                    broken = Some(format!("reading the kernel's answer: {}", e.desc()));
                     break;
                 }
             };
-            for (seq, errno) in errors(&buf[..n]) {
+            let Some(answers) = errors(&buf[..n]) else {
+                broken = Some(format!("an answer of {n} bytes that does not parse"));
+                break;
+            };
+            // Only this batch's answers count (none of an earlier one should
+            // be left, but a sequence number says whose an answer is).
+            for (seq, errno) in answers.into_iter().filter(|(seq, _)| batch.holds(*seq)) {
                 if refusal.is_none() {
                     let index = batch.operation_of(seq);
                     let message =
@@ -209,11 +241,29 @@ impl NftNetlink {
                 }
             }
         }
+        if let Some(message) = broken {
+            // What is left on the socket cannot be read: start afresh, and
+            // count the batch as refused (the kernel may have refused it).
+            self.socket = None;
+            refusal.get_or_insert(NftRefusal {
+                kind: RefusalKind::Other,
+                index: None,
+                command: None,
+                message,
+            });
+        }
         match refusal {
             Some(r) => Err(NftExecError::Refused(r)),
-            None => Ok(()),
+            None => Ok(true),
         }
     }
+}
+
+/// The device and inode of the namespace file at `path`.
+fn identity(path: &std::path::Path) -> Result<(u64, u64), Errno> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(0)))?;
+    Ok((m.dev(), m.ino()))
 }
 
 /// An error of a socket call, as the executor's.
@@ -246,6 +296,7 @@ impl WithContext for NftExecError {
 /// of its own enters the namespace, opens the socket and ends; the socket
 /// stays in the namespace it was opened in).
 fn open(netns: Option<PathBuf>) -> Result<OwnedFd, Errno> {
+    let own = netns.is_none();
     let opener = move || -> Result<OwnedFd, Errno> {
         if let Some(path) = &netns {
             let ns =
@@ -259,27 +310,43 @@ fn open(netns: Option<PathBuf>) -> Result<OwnedFd, Errno> {
             SockProtocol::NetlinkNetFilter,
         )?;
         bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0))?;
-        setsockopt(&fd, sockopt::RcvBufForce, &RECEIVE_QUEUE)?;
+        if setsockopt(&fd, sockopt::RcvBufForce, &RECEIVE_QUEUE).is_err() {
+            setsockopt(&fd, sockopt::RcvBuf, &RECEIVE_QUEUE)?;
+        }
         Ok(fd)
     };
-    match std::thread::spawn(opener).join() {
-        Ok(result) => result,
-        Err(_) => Err(Errno::EIO),
+    if own {
+        return opener();
     }
+    // setns changes the calling thread's namespace: a thread of its own does
+    // it, so that this one stays where it is.
+    std::thread::Builder::new()
+        .name("svcnat-netns".into())
+        .spawn(opener)
+        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(Errno::EAGAIN as i32)))?
+        .join()
+        .unwrap_or(Err(Errno::EIO))
 }
 
 /// The errors among the kernel's answers: each `NLMSG_ERROR` with a non-zero
-/// code, as the sequence number of the message it answers and the errno.
-fn errors(mut b: &[u8]) -> Vec<(u32, i32)> {
+/// code, as the sequence number of the message it answers and the errno;
+/// `None` if the bytes are not whole messages.
+fn errors(mut b: &[u8]) -> Option<Vec<(u32, i32)>> {
     const NLMSG_ERROR: u16 = 2;
     let mut out = Vec::new();
-    while b.len() >= 16 {
+    while !b.is_empty() {
+        if b.len() < 16 {
+            return None;
+        }
         let len = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize;
         if len < 16 || len > b.len() {
-            break;
+            return None;
         }
         let kind = u16::from_ne_bytes([b[4], b[5]]);
-        if kind == NLMSG_ERROR && len >= 16 + 4 + 16 {
+        if kind == NLMSG_ERROR {
+            if len < 16 + 4 + 16 {
+                return None;
+            }
             let code = i32::from_ne_bytes([b[16], b[17], b[18], b[19]]);
             // The answered message's header follows the code; its sequence
             // number is 8 bytes in.
@@ -290,7 +357,7 @@ fn errors(mut b: &[u8]) -> Vec<(u32, i32)> {
         }
         b = &b[len.next_multiple_of(4).min(b.len())..];
     }
-    out
+    Some(out)
 }
 
 impl NftExecutor for NftNetlink {
@@ -306,17 +373,20 @@ impl NftExecutor for NftNetlink {
         if tx.is_empty() {
             return Ok(());
         }
-        match encode(tx, self.seq, &mut self.names) {
-            Ok(batch) => {
-                self.seq = self.seq.wrapping_add(batch.operations.len() as u32 + 2);
-                self.batches += 1;
-                self.send(tx, &batch)
-            }
-            Err(WireError::Unsupported { .. }) => {
-                self.as_text += 1;
-                self.command.run(tx)
+        if let Ok(batch) = encode(tx, self.seq, &mut self.names) {
+            self.seq = self.seq.wrapping_add(batch.operations.len() as u32 + 2);
+            match self.send(tx, &batch) {
+                Ok(false) => {}
+                sent => {
+                    self.batches += 1;
+                    return sent.map(drop);
+                }
             }
         }
+        // What the encoder does not write (WireError::Unsupported), or a
+        // batch larger than the socket may send: as text, through nft.
+        self.as_text += 1;
+        self.command.run(tx)
     }
 
     fn check(&mut self, tx: &Transaction) -> Result<(), NftExecError> {
@@ -379,7 +449,9 @@ mod tests {
         let mut b = answer(7, -2);
         b.extend(answer(8, 0));
         b.extend(answer(9, -16));
-        assert_eq!(errors(&b), vec![(7, 2), (9, 16)]);
-        assert_eq!(errors(&b[..20]), vec![], "a cut answer is not read");
+        assert_eq!(errors(&b), Some(vec![(7, 2), (9, 16)]));
+        assert_eq!(errors(&b[..20]), None, "a cut answer is no answer");
+        assert_eq!(errors(&b[..40]), None, "nor is one cut after a whole one");
+        assert_eq!(errors(&[]), Some(vec![]));
     }
 }
