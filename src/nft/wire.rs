@@ -107,6 +107,9 @@ pub struct Batch {
     /// operation it belongs to (an `add rule` with an anonymous set is three
     /// messages).
     pub operations: Vec<usize>,
+    /// The sequence number of the message [`encode_check`] adds, which the
+    /// kernel always refuses.
+    pub sentinel: Option<u32>,
 }
 
 impl Batch {
@@ -131,6 +134,30 @@ impl Batch {
 /// (see the module's documentation); nothing is returned then, and `names` may
 /// have advanced.
 pub fn encode(tx: &Transaction, first_seq: u32, names: &mut AnonNames) -> Result<Batch, WireError> {
+    encode_batch(tx, first_seq, names, false)
+}
+
+/// [`encode`], and one message more that the kernel always refuses: the
+/// kernel handles every message of a batch and answers each refusal before
+/// it drops the batch whole, so the answers say whether `tx` would apply
+/// (`nft --check`) and nothing is applied.
+///
+/// # Errors
+/// As [`encode`].
+pub fn encode_check(
+    tx: &Transaction,
+    first_seq: u32,
+    names: &mut AnonNames,
+) -> Result<Batch, WireError> {
+    encode_batch(tx, first_seq, names, true)
+}
+
+fn encode_batch(
+    tx: &Transaction,
+    first_seq: u32,
+    names: &mut AnonNames,
+    check: bool,
+) -> Result<Batch, WireError> {
     let mut w = Writer {
         buf: Vec::with_capacity(256 + tx.len() * 160),
         seq: first_seq,
@@ -161,11 +188,23 @@ pub fn encode(tx: &Transaction, first_seq: u32, names: &mut AnonNames) -> Result
             });
         }
     }
+    let sentinel = check.then(|| {
+        // A table's flags the kernel does not know: refused whether the
+        // table exists or not, so the batch never commits.
+        w.index = tx.len();
+        let seq = w.seq;
+        let m = w.message(NFT_MSG_NEWTABLE, NLM_F_REQUEST);
+        w.str(1, tx.table().as_str());
+        w.u32(2, u32::MAX);
+        w.finish(m);
+        seq
+    });
     w.batch_marker(NFNL_MSG_BATCH_END);
     Ok(Batch {
         bytes: w.buf,
         first_seq,
         operations: w.operations,
+        sentinel,
     })
 }
 

@@ -10,7 +10,7 @@ use svcnat::nft::*;
 use svcnat::parse::nft::parse_dump;
 
 use crate::kernel::{Netns, nft_available};
-use crate::kernel_nft_sync::{churn_through, traffic_during_resync};
+use crate::kernel_nft_sync::{churn_through, normalized, traffic_during_resync};
 use crate::nft_exec::nft_in;
 
 fn netlink_in(ns: &Netns) -> NftNetlink {
@@ -223,4 +223,120 @@ fn a_namespace_made_again_gets_the_next_transaction() {
         ns.run(&["nft", "list", "tables"], "").1,
         "table ip kube-proxy\n"
     );
+}
+
+/// `check` answers as `nft --check` does and applies nothing, whatever it is
+/// asked.
+#[test]
+fn check_says_what_would_apply_and_applies_nothing() {
+    if !nft_available("check_says_what_would_apply_and_applies_nothing") {
+        return;
+    }
+    let ns = Netns::new("nkn-check");
+    let mut exec = netlink_in(&ns);
+    let table = Name::new("kube-proxy").unwrap();
+    let (a, b) = (Name::new("a").unwrap(), Name::new("b").unwrap());
+    let tx = |ops: Vec<Operation>| {
+        let mut tx = Transaction::new(Family::Ip, table.clone());
+        ops.into_iter().for_each(|op| tx.push(op));
+        tx
+    };
+    let add = |name: &Name| Operation::AddChain {
+        name: name.clone(),
+        base: None,
+        comment: None,
+    };
+    let jump = |from: &Name, to: &Name| Operation::AddRule {
+        chain: from.clone(),
+        rule: Rule::new(vec![Stmt::Numgen(vec![Verdict::Jump(to.clone())])]),
+    };
+    // Into an empty namespace: it would apply, and nothing is there after.
+    let create = tx(vec![
+        Operation::AddTable { comment: None },
+        add(&a),
+        add(&b),
+        jump(&b, &a),
+    ]);
+    exec.check(&create).unwrap();
+    assert_eq!(
+        ns.run(&["nft", "list", "tables"], "").1,
+        "",
+        "nothing applied"
+    );
+    let missing = exec
+        .check(&tx(vec![Operation::DeleteChain(a.clone())]))
+        .unwrap_err();
+    assert_eq!(
+        missing.refusal().map(|r| r.kind),
+        Some(RefusalKind::NotFound),
+        "{missing}"
+    );
+    exec.run(&create).unwrap();
+    let before = list(&ns, "ip");
+    // A deletion the kernel refuses while b jumps to a: Busy, at its line.
+    let busy = exec
+        .check(&tx(vec![add(&b), Operation::DeleteChain(a.clone())]))
+        .unwrap_err();
+    let busy = busy.refusal().unwrap_or_else(|| panic!("{busy}"));
+    assert_eq!(
+        (busy.kind, busy.index),
+        (RefusalKind::Busy, Some(1)),
+        "{busy}"
+    );
+    // After a flush the same deletion would apply; the check applies nothing.
+    exec.check(&tx(vec![
+        Operation::FlushChain(b.clone()),
+        Operation::DeleteChain(a.clone()),
+    ]))
+    .unwrap();
+    assert_eq!(list(&ns, "ip"), before, "nothing applied");
+    assert_eq!(exec.counts(), (1, 0), "checks are not counted as runs");
+}
+
+/// The drift check through netlink finds a table flushed or deleted behind
+/// the syncer's back, and the full sync it causes repairs it.
+#[test]
+fn drift_is_found_and_repaired_through_netlink() {
+    if !nft_available("drift_is_found_and_repaired_through_netlink") {
+        return;
+    }
+    use std::time::{Duration, Instant};
+    use svcnat::sync::{FullReason, NftSyncer};
+    let (state, config) = crate::nft_sync::small();
+    for (how, tamper) in [
+        ("flushed", "flush table ip kube-proxy"),
+        ("deleted", "delete table ip kube-proxy"),
+    ] {
+        let ns = Netns::new("nkn-drift");
+        let mut syncer = NftSyncer::new(netlink_in(&ns), config.clone())
+            .unwrap()
+            .with_drift_check(Some(Duration::from_secs(30)));
+        syncer.replace_state(state.clone());
+        let mut now = Instant::now();
+        assert!(syncer.sync_at(now).unwrap().full);
+        let whole = normalized(&list(&ns, "ip"));
+        now += Duration::from_secs(31);
+        let report = syncer.sync_at(now).unwrap();
+        assert_eq!(
+            (report.full, report.drifted.as_deref()),
+            (false, None),
+            "{how}: {report}"
+        );
+        let (ok, out) = ns.run(&["nft", tamper], "");
+        assert!(ok, "{out}");
+        now += Duration::from_secs(31);
+        let report = syncer.sync_at(now).unwrap();
+        assert_eq!(
+            report.full_reason,
+            Some(FullReason::Drift),
+            "{how}: {report}"
+        );
+        // Base chains are made again: nft lists them in another order.
+        assert_eq!(normalized(&list(&ns, "ip")), whole, "{how}: repaired");
+        let (batches, as_text) = syncer.executor().counts();
+        assert!(
+            batches >= 2 && as_text == 0,
+            "{how}: {batches} batches, {as_text} as text"
+        );
+    }
 }

@@ -40,7 +40,7 @@ fn listing(ns: &Netns, family: &str, table: &str) -> Option<String> {
 /// blocks and of the elements in a set or map (nft lists blocks in creation
 /// order and elements in hash order). The order of the rules in a chain, which
 /// means something, is kept.
-fn normalized(listing: &str) -> String {
+pub(crate) fn normalized(listing: &str) -> String {
     let mut lines: Vec<String> = Vec::new();
     let mut open_elements: Option<String> = None;
     for raw in listing.lines() {

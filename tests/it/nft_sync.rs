@@ -251,7 +251,7 @@ proptest! {
 }
 
 /// A small cluster and the config the hand-written tests use.
-fn small() -> (ClusterState, ProxyConfig) {
+pub(crate) fn small() -> (ClusterState, ProxyConfig) {
     let mut state = ClusterState::new();
     for i in 0..3u8 {
         state.upsert_service(crate::sync::service_for(i, 1 | 8 | 64));

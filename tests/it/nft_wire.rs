@@ -435,3 +435,28 @@ fn an_attribute_too_long_for_its_length_is_refused() {
         other => panic!("{other:?}"),
     }
 }
+
+/// `encode_check` is `encode` and one message more, a table's unknown flags,
+/// which the kernel refuses whatever the table holds.
+#[test]
+fn a_check_batch_ends_with_a_message_the_kernel_refuses() {
+    let tx = transaction(&data("dump-v4.nft"));
+    let run = encode(&tx, 10, &mut AnonNames::Kernel).unwrap();
+    let check = svcnat::nft::wire::encode_check(&tx, 10, &mut AnonNames::Kernel).unwrap();
+    assert_eq!(run.sentinel, None);
+    let (a, b) = (messages(&run.bytes), messages(&check.bytes));
+    assert_eq!(b.len(), a.len() + 1);
+    let sentinel = &b[b.len() - 2];
+    assert_eq!(sentinel.kind, 0x0a00, "NEWTABLE");
+    let flags = get(&sentinel.attrs, 2).map(|n| match n {
+        Node::Bytes(b) => b.clone(),
+        Node::Nest(_) => vec![],
+    });
+    assert_eq!(flags, Some(vec![0xff; 4]));
+    assert_eq!(check.sentinel, Some(10 + a.len() as u32 - 1));
+    assert_eq!(check.operation_of(check.sentinel.unwrap()), Some(tx.len()));
+    assert_eq!(
+        lines(&check.bytes[..run.bytes.len() - 20]),
+        lines(&run.bytes[..run.bytes.len() - 20])
+    );
+}
