@@ -22,9 +22,11 @@
 //!   constant map written just before its rule.
 //!
 //! Anonymous sets are named by [`AnonNames`]: [`AnonNames::Kernel`] asks the
-//! kernel to number them (`__set%d`, as nft does), which costs the kernel a scan
-//! of every set name of the table per set; [`AnonNames::Tagged`] names them
-//! itself, which the kernel takes as is.
+//! kernel to number them (`__set%d`, as nft does), which costs the kernel a
+//! `sscanf` of every set name of the table per set; [`AnonNames::Tagged`] names
+//! them itself, short and different from their second byte, which the kernel
+//! takes as they are (it still compares each with every set's name, as for
+//! any set).
 //!
 //! Ranges of an anonymous set that overlap or touch are merged, as nft does,
 //! and the elements of a large anonymous set or map go in as many messages as
@@ -32,6 +34,7 @@
 //! The kernel checks a key's length, not its type: a key of the wrong types
 //! but the right length, which nft refuses before sending, goes through here
 //! (the compiler writes none).
+//!
 //! What nft would write differently from the cases above (a prefix of length 0,
 //! a prefix with host bits, a `reject` verdict in a map) is not guessed at: [`encode`] refuses it with
 //! [`WireError::Unsupported`], and the caller sends that transaction as text.
@@ -55,7 +58,7 @@ pub enum AnonNames {
     /// reads every set name of the table to find a free one, for each set.
     Kernel,
     /// `_N_TAG` (both in hex), N counting up from `next`: names no other
-    /// writer uses, which the kernel takes without a scan. `tag` must differ
+    /// writer uses, which the kernel takes without numbering them. `tag` must differ
     /// between writers of one table (a process's start time and id, for
     /// example) so that a restarted writer never reuses a name still in the
     /// table. The names are short and differ from their second byte: the

@@ -178,6 +178,9 @@ fn kernel_cost_measures_all_three_backends_in_one_run() {
     for (key, value) in nftables {
         if null.contains(&key.as_str()) {
             assert!(value.is_null(), "{key}: {value}");
+        } else if key == "transport" {
+            // The default: netlink batches (`NftNetlink`).
+            assert_eq!(value.as_str(), Some("netlink"), "{key}");
         } else if key == "cleanup_save_ns" {
             // nft_cleanup lists nothing: one `nft -f`.
             assert_eq!(value.as_u64(), Some(0), "{key}");
@@ -210,5 +213,43 @@ fn kernel_cost_measures_all_three_backends_in_one_run() {
     assert!(
         stderr.contains("-nftables-0-one: one transaction: "),
         "{stderr}"
+    );
+}
+
+/// `--nft-transport nft` measures the nftables mode over `nft -f` and says
+/// so; an unknown transport is bad input (exit 2, one line).
+#[test]
+fn kernel_cost_measures_either_nftables_transport() {
+    let (code, stdout, stderr) = run_example("kernel_cost", &["--nft-transport", "ipc"], "");
+    assert_eq!((code, stdout.as_str()), (2, ""), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("--nft-transport: unknown transport \"ipc\""),
+        "{stderr}"
+    );
+    if !crate::kernel::nft_available("kernel_cost_measures_either_nftables_transport") {
+        return;
+    }
+    let args = [
+        "--backend",
+        "nftables",
+        "--services",
+        "20",
+        "--endpoints",
+        "2",
+        "--runs",
+        "1",
+        "--no-baseline",
+        "--nft-transport",
+        "nft",
+    ];
+    let (code, stdout, stderr) = run_example("kernel_cost", &args, "");
+    assert_eq!(code, 0, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["nftables"]["transport"], "nft");
+    assert_eq!(report["nftables"]["piece_operations"], 50_000);
+    assert_eq!(
+        report["nftables"]["rules_in_kernel"],
+        report["nftables"]["rules_compiled"]
     );
 }

@@ -86,13 +86,15 @@ impl NftNetlink {
     /// The largest piece, in operations, this transport asks a first sync or
     /// a full resync to be cut into ([`NftExecutor::piece_operations`]).
     /// Measured on kernel 6.18 at 10,000 services x 10 endpoints
-    /// (PERFORMANCE.md): first syncs take about as long in pieces of 10,000
-    /// to 40,000; a full resync took 23 s in pieces of 10,000, 26 s of 20,000,
-    /// 31 s of 5,000 and 46 s of 50,000. Each commit that rewrites chains the
-    /// packets reach makes the kernel validate the whole table (fewer pieces
-    /// are better), and each anonymous map makes it walk the transaction it is
-    /// in (smaller pieces are better); at 30,000 services the first weighs
-    /// three times more, so the larger of the two good sizes.
+    /// (PERFORMANCE.md, "Netlink instead of `nft -f`"): first syncs take
+    /// about as long in pieces of 10,000 to 40,000 operations; a full resync
+    /// took 23 s in pieces of 10,000, 26 s of 20,000, 31 s of 5,000 and 46 s
+    /// of 50,000. Two kernel costs pull apart: each commit that rewrites
+    /// chains the packets reach validates the whole table (fewer pieces are
+    /// better), and each anonymous map walks the transaction it is in
+    /// (smaller pieces are better). At 30,000 services a validation costs
+    /// three times as much and there are three times as many commits, so the
+    /// larger of the two good sizes.
     pub const PIECE_OPERATIONS: usize = 20_000;
 
     /// In this process's network namespace, with `nft` from the `PATH` for
