@@ -1,6 +1,8 @@
 //! How nftables transactions reach the kernel: the [`NftExecutor`] trait (the
-//! nftables sibling of [`Executor`](super::Executor)), [`NftCommand`], which runs
-//! the `nft` binary, and [`NftFake`], an in-memory table for tests without root.
+//! nftables sibling of [`Executor`](super::Executor)), `NftNetlink` (Linux),
+//! which sends netlink batches on a socket of its own, [`NftCommand`], which
+//! runs the `nft` binary, and [`NftFake`], an in-memory table for tests without
+//! root.
 //!
 //! On the anchor of knftables' `Interface`: a [`Transaction`] is run whole
 //! (`nft -f -`) or checked (`nft --check -f -`), and what a table holds is listed

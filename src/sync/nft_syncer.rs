@@ -251,7 +251,9 @@ impl<E: NftExecutor> NftSyncer<E> {
     /// services x 2 endpoints (30,000 chains): the check takes 0.12 s, `nft
     /// list chains` 0.10 s (and would miss a flush: the chains stay), `nft list
     /// table` 3.8 s. The check is what nft's cache read costs, as for any
-    /// transaction in that table.
+    /// transaction in that table. Through [`NftNetlink`](crate::exec::NftNetlink),
+    /// whose check is a netlink batch the kernel drops whole, it took 5 to 8 ms
+    /// at 10,000 services x 10 endpoints (110,000 chains).
     pub fn with_drift_check(mut self, period: Option<Duration>) -> Self {
         self.drift_check = period;
         self
