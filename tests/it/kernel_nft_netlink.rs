@@ -340,3 +340,63 @@ fn drift_is_found_and_repaired_through_netlink() {
         );
     }
 }
+
+/// Chains, sets and maps listed by netlink dumps are `nft`'s listings, in a
+/// namespace with tables of both families and another name; a missing table
+/// lists nothing.
+#[test]
+fn listings_are_nfts() {
+    if !nft_available("listings_are_nfts") {
+        return;
+    }
+    let ns = Netns::new("nkn-list");
+    for file in ["dump-v4.nft", "dump-v6.nft"] {
+        let path = format!("{}/tests/data/nft/{file}", env!("CARGO_MANIFEST_DIR"));
+        let (ok, out) = ns.run(&["nft", "-f", &path], "");
+        assert!(ok, "{file}: {out}");
+    }
+    let (ok, out) = ns.run(
+        &["nft", "-f", "-"],
+        "table ip other {\n\tset s {\n\t\ttype ipv4_addr\n\t}\n\tchain c {\n\t}\n}\n",
+    );
+    assert!(ok, "{out}");
+    let mut exec = netlink_in(&ns);
+    let mut nft = nft_in(&ns);
+    let kube = Name::new("kube-proxy").unwrap();
+    let missing = Name::new("missing").unwrap();
+    for family in [Family::Ip, Family::Ip6] {
+        for table in [&kube, &missing, &Name::new("other").unwrap()] {
+            let chains = exec.list_chains(family, table).unwrap();
+            assert_eq!(
+                chains,
+                nft.list_chains(family, table).unwrap(),
+                "{family:?} {table}"
+            );
+            let sets = exec.list_sets(family, table).unwrap();
+            assert_eq!(
+                sets,
+                nft.list_sets(family, table).unwrap(),
+                "{family:?} {table}"
+            );
+            let maps = exec.list_maps(family, table).unwrap();
+            assert_eq!(
+                maps,
+                nft.list_maps(family, table).unwrap(),
+                "{family:?} {table}"
+            );
+            if *table == kube {
+                assert!(chains.len() > 10 && !sets.is_empty() && !maps.is_empty());
+            }
+            if *table == missing {
+                assert!(chains.is_empty() && sets.is_empty() && maps.is_empty());
+            }
+        }
+    }
+    // The anonymous sets of the dump's rules are not listed.
+    assert!(
+        exec.list_sets(Family::Ip, &kube)
+            .unwrap()
+            .iter()
+            .all(|s| !s.as_str().starts_with("__"))
+    );
+}
