@@ -161,17 +161,7 @@ fn encode_batch(
     names: &mut AnonNames,
     check: bool,
 ) -> Result<Batch, WireError> {
-    let mut w = Writer {
-        buf: Vec::with_capacity(256 + tx.len() * 160),
-        seq: first_seq,
-        family: match tx.family() {
-            Family::Ip => NFPROTO_IPV4,
-            Family::Ip6 => NFPROTO_IPV6,
-        },
-        operations: Vec::with_capacity(tx.len()),
-        index: 0,
-        overflow: false,
-    };
+    let mut w = Writer::new(tx.family(), first_seq, 256 + tx.len() * 160);
     let mut ctx = Ctx {
         family: tx.family(),
         table: tx.table().as_str(),
@@ -209,6 +199,34 @@ fn encode_batch(
         operations: w.operations,
         sentinel,
     })
+}
+
+/// What a dump request ([`encode_dump`]) asks the kernel for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DumpOf {
+    /// Every chain of the family (`NFT_MSG_GETCHAIN`).
+    Chains,
+    /// Every set and map of the family (`NFT_MSG_GETSET`).
+    Sets,
+}
+
+/// A request for a dump (`NLM_F_DUMP`) of `family`'s chains or sets, naming
+/// `table` (the kernel may or may not filter by it: read the table of each
+/// answer).
+pub(crate) fn encode_dump(what: DumpOf, family: Family, table: &Name, seq: u32) -> Vec<u8> {
+    const NFT_MSG_GETCHAIN: u16 = 4;
+    const NFT_MSG_GETSET: u16 = 10;
+    const NLM_F_DUMP: u16 = 0x300;
+    let mut w = Writer::new(family, seq, 0);
+    let msg = match what {
+        DumpOf::Chains => NFT_MSG_GETCHAIN,
+        DumpOf::Sets => NFT_MSG_GETSET,
+    };
+    let m = w.message(msg, NLM_F_REQUEST | NLM_F_DUMP);
+    // NFTA_CHAIN_TABLE / NFTA_SET_TABLE.
+    w.str(1, table.as_str());
+    w.finish(m);
+    w.buf
 }
 
 // Netlink and nf_tables numbers (linux/netlink.h, linux/netfilter/nfnetlink.h,
@@ -301,6 +319,20 @@ struct Writer {
 const ELEMENTS_PER_MESSAGE_BYTES: usize = 60_000;
 
 impl Writer {
+    fn new(family: Family, seq: u32, capacity: usize) -> Writer {
+        Writer {
+            buf: Vec::with_capacity(capacity),
+            seq,
+            family: match family {
+                Family::Ip => NFPROTO_IPV4,
+                Family::Ip6 => NFPROTO_IPV6,
+            },
+            operations: Vec::new(),
+            index: 0,
+            overflow: false,
+        }
+    }
+
     fn batch_marker(&mut self, kind: u16) {
         let start = self.header(kind, NLM_F_REQUEST, 0);
         self.buf

@@ -16,7 +16,7 @@ use nix::sys::time::TimeVal;
 
 use super::{NftCommand, NftExecError, NftExecutor, NftRefusal, RefusalKind};
 use crate::exec::{ExecError, SyncLock};
-use crate::nft::wire::{AnonNames, Batch, encode, encode_check};
+use crate::nft::wire::{AnonNames, Batch, DumpOf, encode, encode_check, encode_dump};
 use crate::nft::{Element, Family, MapElement, Name, Transaction};
 
 /// How many bytes of replies are read at a time.
@@ -277,6 +277,26 @@ impl NftNetlink {
     }
 }
 
+impl NftNetlink {
+    /// `tx` sent as a batch (`check`: as a check batch) and the kernel's
+    /// answer; `None` if it goes as text instead: the encoder does not write
+    /// it ([`WireError::Unsupported`](crate::nft::wire::WireError::Unsupported)),
+    /// or it is larger than the socket may send.
+    fn as_batch(&mut self, tx: &Transaction, check: bool) -> Option<Result<(), NftExecError>> {
+        let encoded = if check {
+            encode_check(tx, self.seq, &mut self.names)
+        } else {
+            encode(tx, self.seq, &mut self.names)
+        };
+        let batch = encoded.ok()?;
+        self.seq = self.seq.wrapping_add(batch.operations.len() as u32 + 2);
+        match self.send(tx, &batch) {
+            Ok(false) => None,
+            sent => Some(sent.map(drop)),
+        }
+    }
+}
+
 /// What a listing dumps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Dump {
@@ -294,39 +314,15 @@ impl NftNetlink {
         family: Family,
         table: &Name,
     ) -> Result<Vec<Name>, NftExecError> {
-        const NFT_MSG_GETCHAIN: u16 = 4;
-        const NFT_MSG_GETSET: u16 = 10;
-        const NLM_F_DUMP: u16 = 0x300;
         let fd = self.socket()?;
         let seq = self.seq;
         self.seq = self.seq.wrapping_add(1);
-        let msg = if what == Dump::Chains {
-            NFT_MSG_GETCHAIN
+        let of = if what == Dump::Chains {
+            DumpOf::Chains
         } else {
-            NFT_MSG_GETSET
+            DumpOf::Sets
         };
-        let mut request = Vec::with_capacity(32 + table.as_str().len());
-        request.extend_from_slice(&0u32.to_ne_bytes());
-        request.extend_from_slice(&(10u16 << 8 | msg).to_ne_bytes());
-        request.extend_from_slice(&(1 | NLM_F_DUMP).to_ne_bytes());
-        request.extend_from_slice(&seq.to_ne_bytes());
-        request.extend_from_slice(&0u32.to_ne_bytes());
-        request.push(match family {
-            Family::Ip => 2,
-            Family::Ip6 => 10,
-        });
-        request.extend_from_slice(&[0, 0, 0]);
-        // NFTA_CHAIN_TABLE / NFTA_SET_TABLE: the table whose objects to dump.
-        let name = table.as_str().as_bytes();
-        request.extend_from_slice(&((5 + name.len()) as u16).to_ne_bytes());
-        request.extend_from_slice(&1u16.to_ne_bytes());
-        request.extend_from_slice(name);
-        request.push(0);
-        while request.len() % 4 != 0 {
-            request.push(0);
-        }
-        let len = request.len() as u32;
-        request[..4].copy_from_slice(&len.to_ne_bytes());
+        let request = encode_dump(of, family, table, seq);
         if let Err(e) = sendto(fd, &request, &NetlinkAddr::new(0, 0), MsgFlags::empty()) {
             self.socket = None;
             return Err(io_error("sendto", e));
@@ -388,71 +384,63 @@ enum Part {
 /// The names of `table`'s objects in one read of the dump `seq` of `what`
 /// (messages of other sequence numbers are skipped); `None` if the bytes are
 /// not whole messages.
-fn dump_part(mut b: &[u8], seq: u32, what: Dump, table: &str) -> Option<Part> {
-    const NLMSG_ERROR: u16 = 2;
-    const NLMSG_DONE: u16 = 3;
+fn dump_part(b: &[u8], seq: u32, what: Dump, table: &str) -> Option<Part> {
     let mut names = Vec::new();
-    while !b.is_empty() {
-        if b.len() < 20 {
-            return None;
-        }
-        let len = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize;
-        if len < 16 || len > b.len() {
-            return None;
-        }
-        let kind = u16::from_ne_bytes([b[4], b[5]]);
-        let this = u32::from_ne_bytes([b[8], b[9], b[10], b[11]]) == seq;
-        if this && kind == NLMSG_DONE {
+    for r in replies(b)?.into_iter().filter(|r| r.seq == seq) {
+        match r.kind {
             // A dump that failed part way ends with its error in the DONE.
-            let code = b
-                .get(16..20)
-                .map_or(0, |c| i32::from_ne_bytes([c[0], c[1], c[2], c[3]]));
-            if code < 0 {
-                return Some(Part::Error(-code));
-            }
-            return Some(Part::Done(names));
-        }
-        if this && kind == NLMSG_ERROR {
-            let code = i32::from_ne_bytes([b[16], b[17], b[18], b[19]]);
-            if code != 0 {
-                return Some(Part::Error(-code));
-            }
-        }
-        if this && kind >> 8 == 10 {
-            let (mut table_of, mut name, mut flags) = (None, None, 0u32);
-            let mut a = &b[20..len];
-            while a.len() >= 4 {
-                let alen = usize::from(u16::from_ne_bytes([a[0], a[1]]));
-                if alen < 4 || alen > a.len() {
-                    return None;
+            NLMSG_DONE => match code(r.body) {
+                Some(code) if code < 0 => return Some(Part::Error(-code)),
+                _ => return Some(Part::Done(names)),
+            },
+            NLMSG_ERROR => match code(r.body)? {
+                0 => {}
+                code => return Some(Part::Error(-code)),
+            },
+            kind if kind >> 8 == 10 => {
+                if let Some(name) = dump_name(r.body, what, table)? {
+                    names.push(name);
                 }
-                let value = &a[4..alen];
-                let text = || std::str::from_utf8(value.strip_suffix(&[0]).unwrap_or(value)).ok();
-                match (u16::from_ne_bytes([a[2], a[3]]) & 0x3fff, what) {
-                    (1, _) => table_of = text(),
-                    (3, Dump::Chains) | (2, Dump::Sets | Dump::Maps) => name = text(),
-                    (3, Dump::Sets | Dump::Maps) if value.len() == 4 => {
-                        flags = u32::from_be_bytes([value[0], value[1], value[2], value[3]]);
-                    }
-                    _ => {}
-                }
-                a = &a[alen.next_multiple_of(4).min(a.len())..];
             }
-            // NFT_SET_ANONYMOUS, NFT_SET_MAP.
-            let wanted = match what {
-                Dump::Chains => true,
-                Dump::Sets => flags & 0x9 == 0,
-                Dump::Maps => flags & 0x1 == 0 && flags & 0x8 != 0,
-            };
-            if let (Some(t), Some(n), true) = (table_of, name, wanted)
-                && t == table
-            {
-                names.push(n.to_owned());
-            }
+            _ => {}
         }
-        b = &b[len.next_multiple_of(4).min(b.len())..];
     }
     Some(Part::More(names))
+}
+
+/// The name of the chain, set or map a dump message describes, if it is
+/// `table`'s and of the kind asked; `None` if its attributes do not parse.
+fn dump_name(body: &[u8], what: Dump, table: &str) -> Option<Option<String>> {
+    let (mut table_of, mut name, mut flags) = (None, None, 0u32);
+    // After nfgenmsg's four bytes, the attributes.
+    let mut a = body.get(4..)?;
+    while a.len() >= 4 {
+        let alen = usize::from(u16::from_ne_bytes([a[0], a[1]]));
+        if alen < 4 || alen > a.len() {
+            return None;
+        }
+        let value = &a[4..alen];
+        let text = || std::str::from_utf8(value.strip_suffix(&[0]).unwrap_or(value)).ok();
+        match (u16::from_ne_bytes([a[2], a[3]]) & 0x3fff, what) {
+            (1, _) => table_of = text(),
+            (3, Dump::Chains) | (2, Dump::Sets | Dump::Maps) => name = text(),
+            (3, Dump::Sets | Dump::Maps) if value.len() == 4 => {
+                flags = u32::from_be_bytes([value[0], value[1], value[2], value[3]]);
+            }
+            _ => {}
+        }
+        a = &a[alen.next_multiple_of(4).min(a.len())..];
+    }
+    // NFT_SET_ANONYMOUS, NFT_SET_MAP.
+    let wanted = match what {
+        Dump::Chains => true,
+        Dump::Sets => flags & 0x9 == 0,
+        Dump::Maps => flags & 0x1 == 0 && flags & 0x8 != 0,
+    };
+    Some(match (table_of, name) {
+        (Some(t), Some(n)) if wanted && t == table => Some(n.to_owned()),
+        _ => None,
+    })
 }
 
 /// The device and inode of the namespace file at `path`.
@@ -526,11 +514,20 @@ fn open(netns: Option<PathBuf>) -> Result<OwnedFd, Errno> {
         .unwrap_or(Err(Errno::EIO))
 }
 
-/// The errors among the kernel's answers: each `NLMSG_ERROR` with a non-zero
-/// code, as the sequence number of the message it answers and the errno;
-/// `None` if the bytes are not whole messages.
-fn errors(mut b: &[u8]) -> Option<Vec<(u32, i32)>> {
-    const NLMSG_ERROR: u16 = 2;
+/// One message of the kernel's: its type, sequence number and what follows
+/// its header.
+struct Reply<'a> {
+    kind: u16,
+    seq: u32,
+    body: &'a [u8],
+}
+
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+
+/// The kernel's messages in one read; `None` if the bytes are not whole
+/// messages.
+fn replies(mut b: &[u8]) -> Option<Vec<Reply<'_>>> {
     let mut out = Vec::new();
     while !b.is_empty() {
         if b.len() < 16 {
@@ -540,20 +537,39 @@ fn errors(mut b: &[u8]) -> Option<Vec<(u32, i32)>> {
         if len < 16 || len > b.len() {
             return None;
         }
-        let kind = u16::from_ne_bytes([b[4], b[5]]);
-        if kind == NLMSG_ERROR {
-            if len < 16 + 4 + 16 {
-                return None;
-            }
-            let code = i32::from_ne_bytes([b[16], b[17], b[18], b[19]]);
-            // The answered message's header follows the code; its sequence
-            // number is 8 bytes in.
-            let seq = u32::from_ne_bytes([b[28], b[29], b[30], b[31]]);
-            if code != 0 {
-                out.push((seq, -code));
-            }
-        }
+        out.push(Reply {
+            kind: u16::from_ne_bytes([b[4], b[5]]),
+            seq: u32::from_ne_bytes([b[8], b[9], b[10], b[11]]),
+            body: &b[16..len],
+        });
         b = &b[len.next_multiple_of(4).min(b.len())..];
+    }
+    Some(out)
+}
+
+/// The code an `NLMSG_ERROR` or `NLMSG_DONE` body starts with (negative:
+/// an errno), if it has one.
+fn code(body: &[u8]) -> Option<i32> {
+    body.get(..4)
+        .map(|c| i32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
+}
+
+/// The errors among the kernel's answers: each `NLMSG_ERROR` with a non-zero
+/// code, as the sequence number of the message it answers and the errno;
+/// `None` if the bytes are not whole messages.
+fn errors(b: &[u8]) -> Option<Vec<(u32, i32)>> {
+    let mut out = Vec::new();
+    for r in replies(b)? {
+        if r.kind != NLMSG_ERROR {
+            continue;
+        }
+        // The code, then the answered message's header: its sequence
+        // number is 8 bytes in.
+        let seq = r.body.get(12..16)?;
+        match code(r.body)? {
+            0 => {}
+            code => out.push((u32::from_ne_bytes([seq[0], seq[1], seq[2], seq[3]]), -code)),
+        }
     }
     Some(out)
 }
@@ -571,18 +587,10 @@ impl NftExecutor for NftNetlink {
         if tx.is_empty() {
             return Ok(());
         }
-        if let Ok(batch) = encode(tx, self.seq, &mut self.names) {
-            self.seq = self.seq.wrapping_add(batch.operations.len() as u32 + 2);
-            match self.send(tx, &batch) {
-                Ok(false) => {}
-                sent => {
-                    self.batches += 1;
-                    return sent.map(drop);
-                }
-            }
+        if let Some(sent) = self.as_batch(tx, false) {
+            self.batches += 1;
+            return sent;
         }
-        // What the encoder does not write (WireError::Unsupported), or a
-        // batch larger than the socket may send: as text, through nft.
         self.as_text += 1;
         self.command.run(tx)
     }
@@ -595,13 +603,10 @@ impl NftExecutor for NftNetlink {
         if tx.is_empty() {
             return Ok(());
         }
-        if let Ok(batch) = encode_check(tx, self.seq, &mut self.names) {
-            self.seq = self.seq.wrapping_add(batch.operations.len() as u32 + 2);
-            if self.send(tx, &batch)? {
-                return Ok(());
-            }
+        match self.as_batch(tx, true) {
+            Some(checked) => checked,
+            None => self.command.check(tx),
         }
-        self.command.check(tx)
     }
 
     /// A netlink dump of the family's chains (`nft list chains` reads the
