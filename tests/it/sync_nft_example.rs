@@ -278,6 +278,23 @@ fn apply_through_netlink() {
     let (code, out, err) = run_example("sync", &["--nft-transport", "netlink", CLUSTER], "");
     assert_eq!((code, out.as_str()), (2, ""), "{err}");
     assert!(err.contains("--nft-transport"), "{err}");
+    let args = [
+        "--proxy-mode",
+        "nftables",
+        "--nft-transport",
+        "ipc",
+        CLUSTER,
+    ];
+    let (code, out, err) = run_example("sync", &args, "");
+    assert_eq!(
+        (code, out.as_str(), err.lines().count()),
+        (2, "", 1),
+        "{err}"
+    );
+    assert!(
+        err.contains("--nft-transport: \"ipc\" is not netlink or nft"),
+        "{err}"
+    );
     if !nft_available("apply_through_netlink") {
         return;
     }
