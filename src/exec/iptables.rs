@@ -633,8 +633,30 @@ impl Executor for IptablesRestore {
     /// one by one, as [`Executor::ensure_jump`] checks them.
     fn ensure_jumps(&mut self, family: IpFamily, jumps: &[JumpRule]) -> Result<(), ExecError> {
         if self.backend() != Backend::Legacy {
+            let mut missing = Vec::new();
             for jump in jumps {
-                self.check_insert(family, jump)?;
+                match self.jump_command(family, jump, "-C")? {
+                    (Some(0), _, _) => {}
+                    // 1: the rule does not exist (or a lookup failed).
+                    (Some(1), _, _) => missing.push(jump),
+                    (status, _, stderr) => {
+                        return Err(self.jump_failed(family, jump, "-C", status, stderr));
+                    }
+                }
+            }
+            // The missing ones in one restore, a commit per table: each nft
+            // commit walks every chain of the namespace, and one with a jump
+            // checks every chain the built-in chains reach (a first sync's 14
+            // inserts took 2.9 s at 30,000 services one by one). A refusal is
+            // looked at rule by rule, to name the rule.
+            if !missing.is_empty()
+                && self
+                    .restore(family, &insertions(&missing), RestoreOptions::default())
+                    .is_err()
+            {
+                for jump in missing {
+                    self.check_insert(family, jump)?;
+                }
             }
             let mut chains: Vec<(Table, &str)> = Vec::new();
             for jump in jumps {
@@ -869,6 +891,31 @@ fn jump_edits<'j>(
         }
     }
     Some(edits)
+}
+
+/// A restore payload inserting `jumps` at the top of their chains, in order
+/// (as one `-I` each would: the last for a chain ends up first), a section per
+/// table in the order the tables first come.
+fn insertions(jumps: &[&JumpRule]) -> String {
+    let mut tables: Vec<Table> = Vec::new();
+    for jump in jumps {
+        if !tables.contains(&jump.table) {
+            tables.push(jump.table);
+        }
+    }
+    let mut text = String::new();
+    for table in tables {
+        // Writing into a String cannot fail.
+        let _ = restore::open_table(&mut text, table);
+        for jump in jumps.iter().filter(|j| j.table == table) {
+            let _ = RuleLine::insert(&mut text, jump.chain.as_str(), 1).and_then(|mut line| {
+                line.rule(&jump.rule)?;
+                line.end()
+            });
+        }
+        let _ = restore::commit(&mut text);
+    }
+    text
 }
 
 /// An `iptables -S CHAIN` listing of a built-in chain as an `iptables-save` dump
