@@ -426,6 +426,9 @@ impl<E: Executor> Executor for Timed<E> {
     fn chains_per_restore(&mut self, family: IpFamily) -> Option<usize> {
         self.inner.chains_per_restore(family)
     }
+    fn chains_per_restore_for(&mut self, family: IpFamily, chains: usize) -> Option<usize> {
+        self.inner.chains_per_restore_for(family, chains)
+    }
 
     // Forwarded, so that the inner executor's one-restore check is the one measured.
     fn first_missing_rule(

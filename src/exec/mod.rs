@@ -274,6 +274,16 @@ pub trait Executor {
         None
     }
 
+    /// The most chains one restore should write for a payload that declares
+    /// `chains` chains: what the [`Syncer`](crate::sync::Syncer) asks. By
+    /// default [`Self::chains_per_restore`]; an executor whose best piece size
+    /// grows with the table ([`IptablesRestore`] on nft) answers per payload. An
+    /// executor that wraps another should forward this method too.
+    fn chains_per_restore_for(&mut self, family: IpFamily, chains: usize) -> Option<usize> {
+        let _ = chains;
+        self.chains_per_restore(family)
+    }
+
     /// The index of a rule of `rules` that is not in place (its chain missing, or
     /// the chain without it), or `None` when every one is: the
     /// [`Syncer`](crate::sync::Syncer)'s drift check, over its canaries and jump
@@ -356,6 +366,9 @@ impl<E: Executor + ?Sized> Executor for &mut E {
     }
     fn chains_per_restore(&mut self, family: IpFamily) -> Option<usize> {
         (**self).chains_per_restore(family)
+    }
+    fn chains_per_restore_for(&mut self, family: IpFamily, chains: usize) -> Option<usize> {
+        (**self).chains_per_restore_for(family, chains)
     }
     fn first_missing_rule(
         &mut self,

@@ -114,8 +114,8 @@ pub fn pieces(
 /// text, which groups nothing.
 ///
 /// A chain that `before` shows to be new (it holds the chain's table, and not
-/// the chain) with more than four times `max_chains` rules is written in parts
-/// of that many rules, one piece each, the first with its declaration: no rule
+/// the chain) with more than four times `max_chains` rules (at most 4,000) is
+/// written in parts of that many rules, one piece each, the first with its declaration: no rule
 /// can jump to a chain that does not exist, so nothing reaches it before the
 /// chains written after it, in later pieces. iptables-nft-restore 1.8.9 takes
 /// one piece with the 30,000 rules of a 30,000-service `KUBE-SERVICES` in 18 s of
@@ -266,6 +266,9 @@ fn section(text: &str, table: crate::parse::RestoreTable) -> Option<Section<'_>>
 /// part's rules.
 const RULES_PER_PART: usize = 4;
 
+/// The most rules of one new chain a piece holds, whatever the piece size.
+const PART_RULES_MAX: usize = 4000;
+
 /// One chain in a piece: its rules `from..to`, with its declaration (which
 /// creates or flushes it) if `declare`.
 struct Part<'c> {
@@ -300,7 +303,9 @@ fn write_section(
         to: rules_of(chain),
         declare: true,
     };
-    let per_part = max_chains.saturating_mul(RULES_PER_PART);
+    let per_part = max_chains
+        .saturating_mul(RULES_PER_PART)
+        .min(PART_RULES_MAX);
     let split = |c: &ChainName| {
         rules_of(c) > per_part && old.is_some_and(|o| !o.declared.contains(c.as_str()))
     };

@@ -490,7 +490,7 @@ impl<E: Executor> Syncer<E> {
     /// sync, after a failure, after drift),
     /// then nat, then filter's new rules; each table's chains in dependency
     /// order, in pieces when the executor asks for them (see
-    /// [`Executor::chains_per_restore`] and
+    /// [`Executor::chains_per_restore_for`] and
     /// [`pieces_over`](crate::exec::pieces_over), which keeps a chain rewritten
     /// for another role in one piece with the callers whose rules into it
     /// change). A stale chain whose `-X` fails (a rule svcnat did not write still
@@ -1013,7 +1013,12 @@ fn apply<E: Executor>(
     // Pieces planned here are sent as they are: the executor must not cut a
     // group of chains that has to commit at once.
     let options = RestoreOptions::default().with_cut(false);
-    let steps: Vec<Cow<'_, str>> = match exec.chains_per_restore(family) {
+    let chains = payload
+        .text()
+        .lines()
+        .filter(|l| l.starts_with(':'))
+        .count();
+    let steps: Vec<Cow<'_, str>> = match exec.chains_per_restore_for(family, chains) {
         Some(n) => match pieces_over(payload.text(), before, family, n) {
             Ok(pieces) => pieces.into_iter().map(Cow::Owned).collect(),
             // Only a payload svcnat did not write fails to parse: sent whole,

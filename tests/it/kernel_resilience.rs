@@ -647,6 +647,9 @@ impl Executor for FailingRestore {
     fn chains_per_restore(&mut self, family: IpFamily) -> Option<usize> {
         self.inner.chains_per_restore(family)
     }
+    fn chains_per_restore_for(&mut self, family: IpFamily, chains: usize) -> Option<usize> {
+        self.inner.chains_per_restore_for(family, chains)
+    }
     fn first_missing_rule(
         &mut self,
         family: IpFamily,

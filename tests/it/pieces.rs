@@ -145,6 +145,63 @@ fn a_cluster_changing_under_small_pieces() {
     .unwrap();
 }
 
+/// An executor whose piece size depends on the payload, as `IptablesRestore`'s
+/// on nft does: the `Syncer` asks with the number of chains the payload declares.
+struct PerPayload {
+    inner: Recorder,
+    asked: Vec<usize>,
+}
+
+impl Executor for PerPayload {
+    fn restore(
+        &mut self,
+        family: IpFamily,
+        payload: &str,
+        options: RestoreOptions,
+    ) -> Result<(), svcnat::exec::ExecError> {
+        self.inner.restore(family, payload, options)
+    }
+    fn save(&mut self, family: IpFamily, table: Table) -> Result<String, svcnat::exec::ExecError> {
+        self.inner.save(family, table)
+    }
+    fn ensure_jump(
+        &mut self,
+        family: IpFamily,
+        jump: &svcnat::ruleset::JumpRule,
+    ) -> Result<(), svcnat::exec::ExecError> {
+        self.inner.ensure_jump(family, jump)
+    }
+    fn chains_per_restore(&mut self, _: IpFamily) -> Option<usize> {
+        Some(1000)
+    }
+    fn chains_per_restore_for(&mut self, _: IpFamily, chains: usize) -> Option<usize> {
+        self.asked.push(chains);
+        Some((chains / 4).max(1))
+    }
+}
+
+#[test]
+fn the_syncer_asks_for_a_piece_size_per_payload() {
+    let state = cluster(&[vec![1, 2], vec![1, 2, 3], vec![1], vec![4, 5]]);
+    let exec = PerPayload {
+        inner: Recorder::new(),
+        asked: Vec::new(),
+    };
+    let mut syncer = Syncer::new(exec, config()).unwrap();
+    syncer.replace_state(state);
+    let report = syncer.sync().unwrap();
+    let declared = report
+        .payload
+        .text()
+        .lines()
+        .filter(|l| l.starts_with(':'))
+        .count();
+    assert!(declared > 12, "{}", report.payload.text());
+    assert_eq!(syncer.executor().asked, [declared]);
+    // Cut at a quarter of its chains: more than four restores, every one taken.
+    assert!(syncer.executor().inner.payloads().count() > 4);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
     #[test]
