@@ -94,7 +94,8 @@ impl FromStr for Backend {
 /// Restores run as `iptables-restore -w 5 --noflush --counters` (the lock wait needs
 /// iptables 1.6.2 or newer; [`IptablesRestore::with_wait`]`(None)` leaves it out for
 /// older versions, which then fail rather than wait if another program holds the
-/// xtables lock). Jump rules are checked with `-C` and inserted with `-I`; with the
+/// xtables lock). Jump rules are checked with `-C` and inserted with `-I` (a
+/// full sync's missing ones with one restore); with the
 /// legacy backend, a full sync's jump rules are checked against one `iptables-save`
 /// per table and the missing ones inserted by one restore
 /// ([`Executor::ensure_jumps`]), and a payload's chain declarations are sent in
@@ -175,8 +176,9 @@ pub const DEFAULT_LOCK_DIR: &str = "/run/svcnat";
 /// releases it) still turns into an error within a minute rather than never.
 pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(60);
 
-/// The chains per restore on the nft backend, when a payload is cut into pieces
-/// (see [`IptablesRestore::with_restore_pieces`]). Chosen by measurement with
+/// The fewest chains per restore on the nft backend, when a payload is cut into
+/// pieces (see [`IptablesRestore::with_restore_pieces`]; larger payloads get
+/// larger pieces). Chosen by measurement with
 /// iptables-nft 1.8.9 (`kernel_cost --restore-pieces`, one run each, 2026-12-06,
 /// PERFORMANCE.md): a 10k-service first sync took 12.6 s in pieces of 1,000 chains
 /// and 14.6 s in pieces of 500 (36.6 min whole); at 2k services 500 and 1,000
@@ -646,9 +648,11 @@ impl Executor for IptablesRestore {
     /// services each costs about half a second, and one save about as much as one
     /// check. With nft a check reads only what it needs (milliseconds) while a save
     /// of a large table takes seconds, so the rules are checked one by one, as with
-    /// [`Backend::System`], whose variant is not known; then each built-in chain
-    /// they are for is listed once (`iptables -S CHAIN`, as cheap as a check) and
-    /// the extra copies are deleted with `-D`.
+    /// [`Backend::System`], whose variant is not known, and the missing ones
+    /// inserted with one restore, a commit per table (each nft commit walks every
+    /// chain of the namespace); then each built-in chain they are for is listed
+    /// once (`iptables -S CHAIN`, as cheap as a check) and the extra copies are
+    /// deleted with `-D`.
     ///
     /// A rule counts as present when a rule of its chain in the dump is the same
     /// after [`canonical_rule`](crate::parse::canonical_rule), with its modules in the same order (as `-C` tells
@@ -662,7 +666,8 @@ impl Executor for IptablesRestore {
                 match self.jump_command(family, jump, "-C")? {
                     (Some(0), _, _) => {}
                     // 1: the rule does not exist (or a lookup failed).
-                    (Some(1), _, _) => missing.push(jump),
+                    (Some(1), _, _) if !missing.contains(&jump) => missing.push(jump),
+                    (Some(1), _, _) => {}
                     (status, _, stderr) => {
                         return Err(self.jump_failed(family, jump, "-C", status, stderr));
                     }

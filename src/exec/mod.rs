@@ -175,7 +175,7 @@ pub struct RestoreOptions {
     /// `--counters`: keep packet counters of rewritten chains.
     pub counters: bool,
     /// The executor may cut a large payload into the pieces its
-    /// [`Executor::chains_per_restore`] asks for (the default). The
+    /// [`Executor::chains_per_restore_for`] asks for (the default). The
     /// [`Syncer`](crate::sync::Syncer) plans its pieces itself, some of them
     /// larger on purpose (see [`pieces_over`]), and sends each with `false`:
     /// one restore, one `COMMIT` per table.
@@ -265,10 +265,12 @@ pub trait Executor {
 
     /// The most chains one restore should write, if this executor wants large
     /// payloads cut into dependency-ordered pieces (see [`pieces`]); `None`
-    /// (the default) takes every payload whole. The
-    /// [`Syncer`](crate::sync::Syncer) asks before each sync and calls
-    /// [`Self::restore`] once per piece, so an executor that wraps another should
-    /// forward this method.
+    /// (the default) takes every payload whole. What
+    /// [`Self::chains_per_restore_for`] answers by default; the
+    /// [`Syncer`](crate::sync::Syncer) asks that one before each restore and
+    /// calls [`Self::restore`] once per piece, so an executor that wraps another
+    /// should forward both methods, and `Some` from one means `Some` from the
+    /// other.
     fn chains_per_restore(&mut self, family: IpFamily) -> Option<usize> {
         let _ = family;
         None
@@ -277,8 +279,8 @@ pub trait Executor {
     /// The most chains one restore should write for a payload that declares
     /// `chains` chains: what the [`Syncer`](crate::sync::Syncer) asks. By
     /// default [`Self::chains_per_restore`]; an executor whose best piece size
-    /// grows with the table ([`IptablesRestore`] on nft) answers per payload. An
-    /// executor that wraps another should forward this method too.
+    /// grows with the payload ([`IptablesRestore`] on nft) answers per payload.
+    /// An executor that wraps another should forward this method too.
     fn chains_per_restore_for(&mut self, family: IpFamily, chains: usize) -> Option<usize> {
         let _ = chains;
         self.chains_per_restore(family)

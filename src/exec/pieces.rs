@@ -17,10 +17,11 @@
 //! chain is written whole within one piece, so no packet meets a half-written
 //! chain, but for a large chain that is known to be new (`KUBE-SERVICES` of a
 //! first sync), which goes in parts before anything that jumps to it (see
-//! [`pieces_over`]). Within a piece each chain is declared just before its rules
-//! (iptables-nft-restore looks each line's chain up in a sorted list of the
-//! chains named so far). Chains the payload deletes (declared, to flush them, then `-X`) are
-//! flushed and deleted in a last piece of their table, after every rule that
+//! [`pieces_over`]). Within a piece each chain is declared just before its
+//! rules, but in a piece that holds a group (see below), whose declarations come
+//! first (iptables-nft-restore looks each line's chain up in a sorted list of
+//! the chains named so far). Chains the payload deletes (declared, to flush
+//! them, then `-X`) are flushed and deleted in a last piece of their table, after every rule that
 //! jumped to them has been rewritten. Sending the pieces in order leaves exactly
 //! the tables the whole payload leaves.
 //!
@@ -71,7 +72,8 @@ pub fn pieces(
 /// holds anything but declarations, appended rules and chain deletions (a
 /// payload this crate does not write), or a jump cycle. Each `*table … COMMIT`
 /// section is cut on its own, in dependency order: each chain written whole
-/// after the chains it jumps to (the capture chains last), the fixed chains
+/// (but a large new one, below) after the chains it jumps to (the capture
+/// chains last), the fixed chains
 /// first and together, the chains the payload deletes flushed and removed at
 /// the end of their table. And one more rule:
 ///
@@ -114,12 +116,13 @@ pub fn pieces(
 /// text, which groups nothing.
 ///
 /// A chain that `before` shows to be new (it holds the chain's table, and not
-/// the chain) with more than four times `max_chains` rules (at most 4,000) is
-/// written in parts of that many rules, one piece each, the first with its declaration: no rule
-/// can jump to a chain that does not exist, so nothing reaches it before the
-/// chains written after it, in later pieces. iptables-nft-restore 1.8.9 takes
-/// one piece with the 30,000 rules of a 30,000-service `KUBE-SERVICES` in 18 s of
-/// its time (the same sorted list); in parts, in about a second.
+/// the chain), and that no earlier section of the payload writes, with more
+/// than four times `max_chains` rules (at most 4,000) is written in parts of
+/// that many rules, one piece each, the first with its declaration: no rule can
+/// jump to a chain that does not exist, so nothing reaches it before the chains
+/// written after it, in later pieces. iptables-nft-restore 1.8.9 took one piece
+/// with the 30,000 rules of a 30,000-service `KUBE-SERVICES` in 18 s of its time
+/// (the same sorted list; PERFORMANCE.md).
 ///
 /// A payload that declares at most `max_chains` chains is returned whole without
 /// being parsed, so cutting a piece again costs one pass over its lines.
@@ -169,11 +172,20 @@ pub fn pieces_over(
     }
     let before = Before::new(before);
     let mut out = Vec::new();
+    // The chains an earlier section of the payload writes: they exist by the
+    // time a later section of their table writes them again.
+    let mut earlier: HashSet<(Table, &ChainName)> = HashSet::new();
     for s in &sections {
         let Some(units) = units(s, &before, family) else {
             return Ok(whole());
         };
-        write_section(s, &units, before.table(s.table), max_chains, &mut out);
+        let old = before.table(s.table);
+        let new = |c: &ChainName| {
+            !earlier.contains(&(s.table, c))
+                && old.is_some_and(|o| !o.declared.contains(c.as_str()))
+        };
+        write_section(s, &units, &new, max_chains, &mut out);
+        earlier.extend(s.declared.iter().map(|(c, _)| (s.table, c)));
     }
     Ok(out)
 }
@@ -282,16 +294,18 @@ struct Part<'c> {
 /// in order, packed into pieces of `max_chains` chains without cutting a unit;
 /// then the deleted chains flushed, then removed.
 ///
-/// A chain that `old` shows to be new (the table is there, the chain is not)
-/// and that has more than [`RULES_PER_PART`] `* max_chains` rules is written in
-/// parts, each a piece of its own, in order, the first with its declaration.
+/// A chain that is `new` (the tables before hold its table and not it, and no
+/// earlier section of the payload writes it) and that has more than
+/// [`RULES_PER_PART`] `* max_chains` rules (at most [`PART_RULES_MAX`]) is
+/// written in parts, each a piece of its own, in order, the first with its
+/// declaration.
 /// No packet meets one half-written: only chains written after it jump to it
 /// (no rule can jump to a chain that does not exist), and they come in later
 /// pieces.
 fn write_section(
     s: &Section<'_>,
     units: &[Vec<&ChainName>],
-    old: Option<&TableBefore<'_>>,
+    new: &dyn Fn(&ChainName) -> bool,
     max_chains: usize,
     out: &mut Vec<String>,
 ) {
@@ -306,9 +320,7 @@ fn write_section(
     let per_part = max_chains
         .saturating_mul(RULES_PER_PART)
         .min(PART_RULES_MAX);
-    let split = |c: &ChainName| {
-        rules_of(c) > per_part && old.is_some_and(|o| !o.declared.contains(c.as_str()))
-    };
+    let split = |c: &ChainName| rules_of(c) > per_part && new(c);
     // The chains that jump nowhere in the payload and are not per-service (the
     // fixed ones: KUBE-MARK-MASQ sets the mark KUBE-POSTROUTING tests) go first,
     // together, so no piece has one at a new setting and the other at an old one.
@@ -1029,6 +1041,27 @@ mod tests {
             assert_eq!(services.len(), 1, "{before}");
             assert_eq!(rules(services[0]), 10);
         }
+    }
+
+    #[test]
+    fn a_chain_an_earlier_section_wrote_is_not_new() {
+        // Written in a first nat section, then again in a second one: by then
+        // it exists, and its callers from the first section reach it.
+        let first = ten_services();
+        let payload = format!("{first}{first}");
+        let empty = "*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n";
+        let got = pieces_over(&payload, empty, IpFamily::Ipv4, 1).unwrap();
+        let declaring: Vec<usize> = got
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.contains(":KUBE-SERVICES"))
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(declaring.len(), 2);
+        let rules = |p: &str| p.matches("-A KUBE-SERVICES").count();
+        // The first time in parts, the second whole.
+        assert_eq!(rules(&got[declaring[0]]), 4);
+        assert_eq!(rules(&got[declaring[1]]), 10);
     }
 
     #[test]

@@ -750,7 +750,7 @@ impl<E: Executor> Syncer<E> {
         let mut payload = full_payload(&applied.rules, &applied.services, &stale);
         // Restored in pieces, each one costly (nft): leave out what the kernel
         // already holds as it should be.
-        if self.executor.chains_per_restore(family).is_some()
+        if self.executor.chains_per_restore_for(family, 0).is_some()
             && let Some(saved) = saved.as_deref()
             && let Some(smaller) = without_unchanged(&payload, saved)
         {
@@ -919,6 +919,12 @@ impl<E: Executor> Syncer<E> {
         // Chains a delete failed for before, that a service wants back: written
         // again, no longer stale.
         let written_names: HashSet<&ChainName> = written.iter().map(|(n, _)| *n).collect();
+        let revived: Vec<ChainName> = self
+            .undeleted
+            .iter()
+            .filter(|c| written_names.contains(c))
+            .cloned()
+            .collect();
         self.undeleted.retain(|c| !written_names.contains(c));
         let filter_changed = dirty_shared.iter().any(|w| w.table() == Table::Filter);
         // A shared chain whose part of some service changed is written whole.
@@ -953,8 +959,8 @@ impl<E: Executor> Syncer<E> {
             payload.put_first(&interim_filter(applied, &changes, family));
         }
         // What pieces are planned over: the changed services' old nat rules.
-        let before = match self.executor.chains_per_restore(family) {
-            Some(_) => nat_before(&changes),
+        let before = match self.executor.chains_per_restore_for(family, 0) {
+            Some(_) => nat_before(&changes, &revived),
             None => String::new(),
         };
         let stale_flows = flows_of(&changes, &applied.services);
@@ -1120,8 +1126,10 @@ fn interim_filter(applied: &Applied, changes: &[Change], family: IpFamily) -> St
 /// What the nat table held of the changed services before a partial sync, as
 /// [`pieces_over`] takes it: the shared nat chains and the services' old own
 /// chains declared, and their old rules (the rules of other services jump to
-/// none of these services' chains).
-fn nat_before(changes: &[Change]) -> String {
+/// none of these services' chains); and `revived` declared, the chains an
+/// earlier delete left in place (flushed, as something else jumps to them)
+/// that a service writes again: they exist, so they are not new.
+fn nat_before(changes: &[Change], revived: &[ChainName]) -> String {
     let nat: Vec<SharedChain> = SharedChain::ALL
         .into_iter()
         .filter(|w| w.table() == Table::Nat)
@@ -1134,6 +1142,9 @@ fn nat_before(changes: &[Change]) -> String {
         let _ = restore::declare(&mut text, which.chain().as_str());
     }
     for (name, _) in old().flat_map(ServiceText::chains) {
+        let _ = restore::declare(&mut text, name.as_str());
+    }
+    for name in revived {
         let _ = restore::declare(&mut text, name.as_str());
     }
     for service in old() {
@@ -1311,4 +1322,36 @@ fn flows_of(changes: &[Change], services: &BTreeMap<ServiceKey, ServiceText>) ->
             )
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A chain an earlier delete left in place (flushed: another program's rule
+    /// jumps to it) that a partial sync writes again exists: it is declared in
+    /// what the pieces are planned over, so it is not written in parts while
+    /// that rule still reaches it.
+    #[test]
+    fn a_revived_chain_is_not_taken_as_new() {
+        let kept = ChainName::new("KUBE-SVC-KEPT").unwrap();
+        let before = nat_before(&[], std::slice::from_ref(&kept));
+        assert!(before.contains("\n:KUBE-SVC-KEPT - [0:0]\n"), "{before}");
+        let mut payload = String::from("*nat\n:KUBE-SEP-A - [0:0]\n:KUBE-SVC-KEPT - [0:0]\n");
+        payload.push_str("-A KUBE-SEP-A -j DNAT --to-destination 10.1.0.1:80\n");
+        for _ in 0..10 {
+            payload.push_str("-A KUBE-SVC-KEPT -j KUBE-SEP-A\n");
+        }
+        payload.push_str("COMMIT\n");
+        let written_in = |before: &str| {
+            let pieces = pieces_over(&payload, before, IpFamily::Ipv4, 1).unwrap();
+            pieces
+                .iter()
+                .filter(|p| p.contains("-A KUBE-SVC-KEPT"))
+                .count()
+        };
+        assert_eq!(written_in(&before), 1);
+        // Not declared, it would be taken as new and written in parts.
+        assert_eq!(written_in(&nat_before(&[], &[])), 3);
+    }
 }
