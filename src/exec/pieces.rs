@@ -903,17 +903,20 @@ mod tests {
         -A KUBE-SVC-H -j KUBE-SEP-A\n\
         -A KUBE-SEP-A -p tcp -m tcp -j DNAT --to-destination 10.1.0.1:80\nCOMMIT\n";
 
+    /// Over [`BEFORE`]: the cluster IP moves to KUBE-SVL-H (a traffic policy
+    /// turned `Local`); KUBE-SVC-H is rewritten for other traffic.
+    const TURNED_LOCAL: &str = "*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-SVC-H - [0:0]\n:KUBE-SVL-H - [0:0]\n:KUBE-SEP-B - [0:0]\n\
+        -A KUBE-SERVICES -m tcp -p tcp -d 172.30.0.1 --dport 80 -j KUBE-SVL-H\n\
+        -A KUBE-SERVICES -m tcp -p tcp -d 1.2.3.4 --dport 80 -j KUBE-SVC-H\n\
+        -A KUBE-SVC-H -j KUBE-SEP-B\n\
+        -A KUBE-SVL-H -j KUBE-SEP-A\n\
+        -A KUBE-SEP-B -m tcp -p tcp -j DNAT --to-destination 10.1.0.2:80\nCOMMIT\n";
+
     #[test]
     fn a_chain_whose_callers_change_goes_in_with_them() {
         // The cluster IP moves to KUBE-SVL-H; KUBE-SVC-H is rewritten for
         // other traffic. Its old caller must not send the cluster IP into it.
-        let payload = "*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-SVC-H - [0:0]\n:KUBE-SVL-H - [0:0]\n:KUBE-SEP-B - [0:0]\n\
-            -A KUBE-SERVICES -m tcp -p tcp -d 172.30.0.1 --dport 80 -j KUBE-SVL-H\n\
-            -A KUBE-SERVICES -m tcp -p tcp -d 1.2.3.4 --dport 80 -j KUBE-SVC-H\n\
-            -A KUBE-SVC-H -j KUBE-SEP-B\n\
-            -A KUBE-SVL-H -j KUBE-SEP-A\n\
-            -A KUBE-SEP-B -m tcp -p tcp -j DNAT --to-destination 10.1.0.2:80\nCOMMIT\n";
-        let got = pieces_over(payload, BEFORE, IpFamily::Ipv4, 1).unwrap();
+        let got = pieces_over(TURNED_LOCAL, BEFORE, IpFamily::Ipv4, 1).unwrap();
         assert_eq!(
             declared(&got),
             [
@@ -924,7 +927,7 @@ mod tests {
         );
         // Knowing nothing of the tables before, nothing is grouped.
         assert_eq!(
-            declared(&pieces(payload, IpFamily::Ipv4, 1).unwrap()).len(),
+            declared(&pieces(TURNED_LOCAL, IpFamily::Ipv4, 1).unwrap()).len(),
             4
         );
     }
@@ -1080,13 +1083,7 @@ mod tests {
         }
         // A group (a chain rewritten in place with its callers) keeps its
         // declarations first: its members may jump to each other either way.
-        let payload = "*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-SVC-H - [0:0]\n:KUBE-SVL-H - [0:0]\n:KUBE-SEP-B - [0:0]\n\
-            -A KUBE-SERVICES -m tcp -p tcp -d 172.30.0.1 --dport 80 -j KUBE-SVL-H\n\
-            -A KUBE-SERVICES -m tcp -p tcp -d 1.2.3.4 --dport 80 -j KUBE-SVC-H\n\
-            -A KUBE-SVC-H -j KUBE-SEP-B\n\
-            -A KUBE-SVL-H -j KUBE-SEP-A\n\
-            -A KUBE-SEP-B -m tcp -p tcp -j DNAT --to-destination 10.1.0.2:80\nCOMMIT\n";
-        let got = pieces_over(payload, BEFORE, IpFamily::Ipv4, 1).unwrap();
+        let got = pieces_over(TURNED_LOCAL, BEFORE, IpFamily::Ipv4, 1).unwrap();
         assert!(got[2].starts_with("*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-SVC-H - [0:0]\n-A "));
     }
 
