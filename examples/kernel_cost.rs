@@ -142,7 +142,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use svcnat::compile::JumpRule;
-use svcnat::exec::{self, Backend, ExecError, Executor, IptablesRestore, RestoreOptions};
+use svcnat::exec::{
+    self, Backend, ExecError, Executor, IptablesRestore, RestoreFailed, RestoreOptions,
+};
 use svcnat::model::IpFamily;
 use svcnat::ruleset::{NfacctCounter, Table};
 use svcnat::sync::{StaleFlow, Syncer};
@@ -399,6 +401,21 @@ impl<E: Executor> Executor for Timed<E> {
         self.restored += payload.len();
         timed(&mut self.restore, || {
             inner.restore(family, payload, options)
+        })
+    }
+
+    // Forwarded, so that the inner executor commits pieces together as it would
+    // unwrapped.
+    fn restore_all(
+        &mut self,
+        family: IpFamily,
+        payloads: &[&str],
+        options: RestoreOptions,
+    ) -> Result<(), RestoreFailed> {
+        let inner = &mut self.inner;
+        self.restored += payloads.iter().map(|p| p.len()).sum::<usize>();
+        timed(&mut self.restore, || {
+            inner.restore_all(family, payloads, options)
         })
     }
 

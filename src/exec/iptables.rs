@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use super::lock::{lock_file, lock_path};
 use super::process::{Prefixed, failed};
-use super::{ExecError, Executor, RestoreOptions, SyncLock, rule_args};
+use super::xt::XtBatch;
+use super::xt_socket::{Sent, XtSocket, netns_file};
+use super::{ExecError, Executor, RestoreFailed, RestoreOptions, SyncLock, rule_args};
 use crate::error::ParseValueError;
 use crate::flows::{FlowDestination, StaleFlow};
 use crate::model::{IpFamily, Protocol};
@@ -116,6 +118,29 @@ impl FromStr for Backend {
 /// `iptables -S CHAIN` per built-in chain after the `-C` checks (which costs a few
 /// milliseconds even at 10,000 services, where a `-C` costs 70 ms and more).
 ///
+/// # Netlink
+///
+/// On the nft backend, a `--noflush` piece that only declares chains and
+/// appends rules of the forms svcnat writes (addresses, protocols, ports,
+/// interfaces, comments, `statistic`, `addrtype`, `mark`, jumps, verdicts,
+/// `DNAT`) is not given to `iptables-nft-restore`: it goes to the kernel as
+/// the netlink messages iptables-nft 1.8.9 would send for it (the tests
+/// compare them byte for byte with a recorded batch), so the kernel holds the
+/// same rules and `iptables-save`, `-C` and `-D` see them as iptables' own.
+/// A run of such pieces goes as one batch of up to 64 MiB, one commit:
+/// `iptables-nft-restore` costs the square of the chains one restore names
+/// and the kernel walks every chain of the table at each commit, so a first
+/// sync in restores grew as the 1.5th power of the cluster, and in batches
+/// it grows with the cluster (10,000 services: 12 s to 7 s on the machine
+/// of PERFORMANCE.md). Anything else (`MARK`, `MASQUERADE`, `REJECT`,
+/// `-m recent`, `-m conntrack`, deletions, insertions) goes as text, as does
+/// a batch the kernel refuses (it applied nothing: the error is then
+/// iptables' own). The socket is opened once, in the namespace the prefix's
+/// commands run in, found by its inode under `/run/netns` or in
+/// `/proc/PID/ns/net`; where there is none (or no `CAP_NET_ADMIN`),
+/// everything goes as text. [`IptablesRestore::with_netlink_rules`] turns it
+/// off.
+///
 /// # Exclusion
 ///
 /// Two svcnat processes syncing one network namespace at once would both insert
@@ -162,6 +187,10 @@ pub struct IptablesRestore {
     /// Where the sync lock files are; `None`: no lock.
     lock_dir: Option<PathBuf>,
     lock_wait: Duration,
+    /// The socket iptables-nft's rules are written on; `None`: always text.
+    xt: Option<XtSocket>,
+    /// Netlink batches applied, `iptables-restore` runs.
+    counts: (u64, u64),
 }
 
 /// Where [`IptablesRestore`] keeps its sync lock files unless
@@ -195,6 +224,11 @@ pub const NFT_CHAINS_PER_RESTORE: usize = 1000;
 /// pay. Measured on a 30,000-service first sync (330,000 chains, 2026-12-07,
 /// PERFORMANCE.md): 60.5 s in pieces of 1,000, 53.7 s in pieces of 2,000, 49.5
 /// s in pieces of 3,000; at 10,000 services 1,000 stays the best.
+/// The largest netlink batch [`IptablesRestore`] sends at once: a commit
+/// costs the kernel a walk over every chain of the table, so few large ones;
+/// the batch is built in memory and copied into the kernel whole.
+const XT_BATCH_BYTES: usize = 64 << 20;
+
 fn nft_chains_per_restore(chains: usize) -> usize {
     (chains / 110).clamp(NFT_CHAINS_PER_RESTORE, 4000)
 }
@@ -211,7 +245,25 @@ impl IptablesRestore {
             nfacct_known: Vec::new(),
             lock_dir: Some(PathBuf::from(DEFAULT_LOCK_DIR)),
             lock_wait: DEFAULT_LOCK_WAIT,
+            xt: Some(XtSocket::default()),
+            counts: (0, 0),
         }
+    }
+
+    /// How this executor's restores reached the kernel so far: the netlink
+    /// batches the kernel applied (see [Netlink](IptablesRestore#netlink)),
+    /// and the `iptables-restore` processes run.
+    pub fn restore_counts(&self) -> (u64, u64) {
+        self.counts
+    }
+
+    /// Whether, on the nft backend, pieces of declarations and appended rules
+    /// are written as netlink batches instead of `iptables-nft-restore` input
+    /// (on by default; see [Netlink](IptablesRestore#netlink)). Off, every
+    /// payload goes through `iptables-nft-restore`.
+    pub fn with_netlink_rules(mut self, on: bool) -> Self {
+        self.xt = on.then(XtSocket::default);
+        self
     }
 
     /// Where the sync lock files are ([`DEFAULT_LOCK_DIR`] unless set; made, mode
@@ -348,6 +400,123 @@ impl IptablesRestore {
         stdin: Option<&str>,
     ) -> Result<(Option<i32>, String, String), ExecError> {
         self.prefix.run(binary, args, stdin)
+    }
+
+    /// The arguments of `iptables-restore` for `options`.
+    fn restore_args(&self, options: RestoreOptions) -> Vec<String> {
+        let mut args = self.wait_args();
+        if options.noflush {
+            args.push("--noflush".into());
+        }
+        if options.counters {
+            args.push("--counters".into());
+        }
+        args
+    }
+
+    /// Applies `parts` in order: each run of parts the encoder writes
+    /// ([`xt`](super::xt)) as one netlink batch of at most [`XT_BATCH_BYTES`]
+    /// (a refused batch, which applied nothing, again as text), any other part
+    /// as one `iptables-restore` with `args`.
+    fn apply_parts(
+        &mut self,
+        family: IpFamily,
+        parts: &[&str],
+        options: RestoreOptions,
+        args: &[String],
+    ) -> Result<(), RestoreFailed> {
+        let netlink = options.noflush
+            && self.xt.as_ref().is_some_and(XtSocket::usable)
+            && self.backend() == Backend::Nft;
+        let mut next = 0;
+        while next < parts.len() {
+            let run = if netlink {
+                self.netlink_run(family, &parts[next..])
+            } else {
+                (0, false)
+            };
+            let texts = match run {
+                // Not written: this part as text.
+                (0, _) => next..next + 1,
+                (n, true) => {
+                    self.counts.0 += 1;
+                    next += n;
+                    continue;
+                }
+                // Refused, so nothing of it applied: as text, where the error
+                // is iptables' own.
+                (n, false) => next..next + n,
+            };
+            for applied in texts.clone() {
+                self.restore_text(family, parts[applied], args)
+                    .map_err(|error| RestoreFailed { applied, error })?;
+            }
+            next = texts.end;
+        }
+        Ok(())
+    }
+
+    /// Encodes the longest run of `parts` from the first that the encoder
+    /// writes, up to [`XT_BATCH_BYTES`], and sends it; how many parts it
+    /// holds (0: the first is not written, nothing was sent), and whether the
+    /// kernel applied it.
+    fn netlink_run(&mut self, family: IpFamily, parts: &[&str]) -> (usize, bool) {
+        let Some(xt) = &self.xt else {
+            return (0, false);
+        };
+        let first_seq = xt.next_seq();
+        let mut batch = XtBatch::new(family, first_seq);
+        for part in parts {
+            if batch.len() >= XT_BATCH_BYTES {
+                break;
+            }
+            let Ok(parsed) = crate::parse::parse_restore_as(part, family) else {
+                break;
+            };
+            if batch.push(&parsed).is_err() {
+                break;
+            }
+        }
+        let n = batch.payloads();
+        if n == 0 {
+            return (0, false);
+        }
+        let batch = batch.finish(first_seq);
+        let prefix = &mut self.prefix;
+        let netns = || match prefix.is_empty() {
+            true => Some(None),
+            false => prefix.netns().ok().and_then(netns_file).map(Some),
+        };
+        let sent = match &mut self.xt {
+            Some(xt) => xt.send(&batch, netns),
+            None => Sent::Broken(String::new()),
+        };
+        (n, sent == Sent::Applied)
+    }
+
+    /// One `iptables-restore` of `payload` with `args`.
+    fn restore_text(
+        &mut self,
+        family: IpFamily,
+        payload: &str,
+        args: &[String],
+    ) -> Result<(), ExecError> {
+        let binary = self.binary(family, "-restore");
+        self.counts.1 += 1;
+        match self.run(&binary, args, Some(payload))? {
+            (Some(0), _, _) => Ok(()),
+            (status, _, stderr) => {
+                // Perhaps a counter the rules name was deleted: look again next time.
+                self.nfacct_known.clear();
+                Err(failed(
+                    &binary,
+                    args.to_vec(),
+                    status,
+                    stderr,
+                    Some(payload),
+                ))
+            }
+        }
     }
 
     /// `iptables -C` for one jump rule, and `-I` (at the top of its chain) if it
@@ -502,14 +671,7 @@ impl Executor for IptablesRestore {
         payload: &str,
         options: RestoreOptions,
     ) -> Result<(), ExecError> {
-        let binary = self.binary(family, "-restore");
-        let mut args = self.wait_args();
-        if options.noflush {
-            args.push("--noflush".into());
-        }
-        if options.counters {
-            args.push("--counters".into());
-        }
+        let args = self.restore_args(options);
         // Legacy only: with nft the sorted declarations are taken in faster too
         // (2k services: 48 s to 11 s), but at 10k services they leave a table
         // that iptables-nft-save 1.8.9 crashes on, ascending or descending (a stack
@@ -532,17 +694,26 @@ impl Executor for IptablesRestore {
             Some(pieces) => pieces.iter().map(String::as_str).collect(),
             None => vec![payload],
         };
-        for piece in parts {
-            match self.run(&binary, &args, Some(piece))? {
-                (Some(0), _, _) => {}
-                (status, _, stderr) => {
-                    // Perhaps a counter the rules name was deleted: look again next time.
-                    self.nfacct_known.clear();
-                    return Err(failed(&binary, args, status, stderr, Some(piece)));
-                }
+        self.apply_parts(family, &parts, options, &args)
+            .map_err(|f| f.error)
+    }
+
+    fn restore_all(
+        &mut self,
+        family: IpFamily,
+        payloads: &[&str],
+        options: RestoreOptions,
+    ) -> Result<(), RestoreFailed> {
+        if options.cut || self.backend() == Backend::Legacy {
+            // Cut here, or declarations sorted: one at a time.
+            for (applied, payload) in payloads.iter().enumerate() {
+                self.restore(family, payload, options)
+                    .map_err(|error| RestoreFailed { applied, error })?;
             }
+            return Ok(());
         }
-        Ok(())
+        let args = self.restore_args(options);
+        self.apply_parts(family, payloads, options, &args)
     }
 
     /// What [`IptablesRestore::with_restore_pieces`] sets, or the backend's

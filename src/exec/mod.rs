@@ -14,6 +14,8 @@ mod nft;
 mod pieces;
 mod process;
 mod recorder;
+mod xt;
+mod xt_socket;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -199,6 +201,16 @@ impl RestoreOptions {
     }
 }
 
+/// Where [`Executor::restore_all`] stopped.
+#[derive(Debug)]
+pub struct RestoreFailed {
+    /// How many of the payloads were applied: the one that failed is
+    /// `payloads[applied]`, and none after it was sent.
+    pub applied: usize,
+    /// Why it failed.
+    pub error: ExecError,
+}
+
 /// Applies rules and reads them back. Implementations decide the transport.
 pub trait Executor {
     /// Takes the lock that keeps other svcnat processes from syncing the same
@@ -230,6 +242,33 @@ pub trait Executor {
         payload: &str,
         options: RestoreOptions,
     ) -> Result<(), ExecError>;
+
+    /// Applies several payloads for `family` in order, as many calls of
+    /// [`Self::restore`] would: the [`Syncer`](crate::sync::Syncer) hands it
+    /// the pieces of a sync at once, so that an executor may commit several
+    /// pieces together (each piece is a safe state, and so is any run of them
+    /// committed at once). [`IptablesRestore`] on nft writes runs of pieces it
+    /// can encode as one netlink batch (see its documentation).
+    ///
+    /// The default calls [`Self::restore`] for each payload. An executor that
+    /// wraps another should forward this method too, or it gets the default
+    /// and the inner executor sees one payload at a time.
+    ///
+    /// # Errors
+    /// The first payload that failed and why ([`RestoreFailed`]): the ones
+    /// before it are applied, it and the ones after it are not.
+    fn restore_all(
+        &mut self,
+        family: IpFamily,
+        payloads: &[&str],
+        options: RestoreOptions,
+    ) -> Result<(), RestoreFailed> {
+        for (applied, payload) in payloads.iter().enumerate() {
+            self.restore(family, payload, options)
+                .map_err(|error| RestoreFailed { applied, error })?;
+        }
+        Ok(())
+    }
 
     /// Reads one table back, as `iptables-save -t TABLE` prints it.
     ///
@@ -356,6 +395,14 @@ impl<E: Executor + ?Sized> Executor for &mut E {
         options: RestoreOptions,
     ) -> Result<(), ExecError> {
         (**self).restore(family, payload, options)
+    }
+    fn restore_all(
+        &mut self,
+        family: IpFamily,
+        payloads: &[&str],
+        options: RestoreOptions,
+    ) -> Result<(), RestoreFailed> {
+        (**self).restore_all(family, payloads, options)
     }
     fn save(&mut self, family: IpFamily, table: Table) -> Result<String, ExecError> {
         (**self).save(family, table)

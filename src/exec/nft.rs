@@ -13,7 +13,7 @@
 mod fake;
 mod list;
 #[cfg(target_os = "linux")]
-mod netlink;
+pub(crate) mod netlink;
 
 use std::fmt;
 use std::path::PathBuf;

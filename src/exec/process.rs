@@ -28,6 +28,11 @@ impl Prefixed {
         }
     }
 
+    /// Whether there is no prefix: commands run in this process's namespace.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.prefix.is_empty()
+    }
+
     /// `binary` behind the prefix, without arguments yet.
     pub(crate) fn command(&self, binary: &str) -> Command {
         match self.prefix.split_first() {

@@ -231,22 +231,22 @@ pub(crate) fn encode_dump(what: DumpOf, family: Family, table: &Name, seq: u32) 
 
 // Netlink and nf_tables numbers (linux/netlink.h, linux/netfilter/nfnetlink.h,
 // linux/netfilter/nf_tables.h).
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_CREATE: u16 = 0x400;
-const NLM_F_APPEND: u16 = 0x800;
+pub(crate) const NLM_F_REQUEST: u16 = 0x1;
+pub(crate) const NLM_F_CREATE: u16 = 0x400;
+pub(crate) const NLM_F_APPEND: u16 = 0x800;
 const NLA_F_NESTED: u16 = 0x8000;
-const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
-const NFNL_MSG_BATCH_END: u16 = 0x11;
+pub(crate) const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
+pub(crate) const NFNL_MSG_BATCH_END: u16 = 0x11;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFPROTO_IPV4: u8 = 2;
 const NFPROTO_IPV6: u8 = 10;
 
 const NFT_MSG_NEWTABLE: u16 = 0;
 const NFT_MSG_DELTABLE: u16 = 2;
-const NFT_MSG_NEWCHAIN: u16 = 3;
+pub(crate) const NFT_MSG_NEWCHAIN: u16 = 3;
 const NFT_MSG_DELCHAIN: u16 = 5;
-const NFT_MSG_NEWRULE: u16 = 6;
-const NFT_MSG_DELRULE: u16 = 8;
+pub(crate) const NFT_MSG_NEWRULE: u16 = 6;
+pub(crate) const NFT_MSG_DELRULE: u16 = 8;
 const NFT_MSG_NEWSET: u16 = 9;
 const NFT_MSG_DELSET: u16 = 11;
 const NFT_MSG_NEWSETELEM: u16 = 12;
@@ -260,14 +260,14 @@ const NFT_SET_TIMEOUT: u32 = 0x10;
 const NFT_SET_EVAL: u32 = 0x20;
 const NFT_DATA_VERDICT: u32 = 0xffff_ff00;
 
-const NFT_JUMP: i32 = -3;
-const NFT_GOTO: i32 = -4;
-const NFT_RETURN: i32 = -5;
-const NF_DROP: i32 = 0;
-const NF_ACCEPT: i32 = 1;
+pub(crate) const NFT_JUMP: i32 = -3;
+pub(crate) const NFT_GOTO: i32 = -4;
+pub(crate) const NFT_RETURN: i32 = -5;
+pub(crate) const NF_DROP: i32 = 0;
+pub(crate) const NF_ACCEPT: i32 = 1;
 
 const REG_VERDICT: u32 = 0;
-const REG_1: u32 = 1;
+pub(crate) const REG_1: u32 = 1;
 const REG_2: u32 = 2;
 
 // nft's datatype numbers, folded six bits a field for a concatenation.
@@ -304,14 +304,14 @@ enum Bound {
 
 /// The bytes of a message being written, and which operation each message
 /// belongs to.
-struct Writer {
-    buf: Vec<u8>,
-    seq: u32,
+pub(crate) struct Writer {
+    pub(crate) buf: Vec<u8>,
+    pub(crate) seq: u32,
     family: u8,
-    operations: Vec<usize>,
-    index: usize,
+    pub(crate) operations: Vec<usize>,
+    pub(crate) index: usize,
     /// Set when an attribute came out longer than its 16-bit length.
-    overflow: bool,
+    pub(crate) overflow: bool,
 }
 
 /// The longest list of elements one message carries before the rest go in
@@ -319,7 +319,7 @@ struct Writer {
 const ELEMENTS_PER_MESSAGE_BYTES: usize = 60_000;
 
 impl Writer {
-    fn new(family: Family, seq: u32, capacity: usize) -> Writer {
+    pub(crate) fn new(family: Family, seq: u32, capacity: usize) -> Writer {
         Writer {
             buf: Vec::with_capacity(capacity),
             seq,
@@ -333,7 +333,7 @@ impl Writer {
         }
     }
 
-    fn batch_marker(&mut self, kind: u16) {
+    pub(crate) fn batch_marker(&mut self, kind: u16) {
         let start = self.header(kind, NLM_F_REQUEST, 0);
         self.buf
             .extend_from_slice(&NFNL_SUBSYS_NFTABLES.to_be_bytes());
@@ -342,7 +342,7 @@ impl Writer {
 
     /// A message header and nfgenmsg's family and version; the caller ends it
     /// with [`Self::finish`] (after `res_id` for the batch markers).
-    fn header(&mut self, kind: u16, flags: u16, family: u8) -> usize {
+    pub(crate) fn header(&mut self, kind: u16, flags: u16, family: u8) -> usize {
         let start = self.buf.len();
         self.buf.extend_from_slice(&0u32.to_ne_bytes());
         self.buf.extend_from_slice(&kind.to_ne_bytes());
@@ -355,27 +355,27 @@ impl Writer {
         start
     }
 
-    fn message(&mut self, msg: u16, flags: u16) -> usize {
+    pub(crate) fn message(&mut self, msg: u16, flags: u16) -> usize {
         let start = self.header(NFNL_SUBSYS_NFTABLES << 8 | msg, flags, self.family);
         self.buf.extend_from_slice(&0u16.to_be_bytes());
         self.operations.push(self.index);
         start
     }
 
-    fn finish(&mut self, start: usize) {
+    pub(crate) fn finish(&mut self, start: usize) {
         let len = (self.buf.len() - start) as u32;
         self.buf[start..start + 4].copy_from_slice(&len.to_ne_bytes());
     }
 
     /// A 16-bit attribute length, or 0 with `overflow` set.
-    fn len16(&mut self, len: usize) -> u16 {
+    pub(crate) fn len16(&mut self, len: usize) -> u16 {
         u16::try_from(len).unwrap_or_else(|_| {
             self.overflow = true;
             0
         })
     }
 
-    fn attr(&mut self, kind: u16, value: &[u8]) {
+    pub(crate) fn attr(&mut self, kind: u16, value: &[u8]) {
         let len = self.len16(4 + value.len());
         self.buf.extend_from_slice(&len.to_ne_bytes());
         self.buf.extend_from_slice(&kind.to_ne_bytes());
@@ -383,17 +383,17 @@ impl Writer {
         self.pad();
     }
 
-    fn pad(&mut self) {
+    pub(crate) fn pad(&mut self) {
         while !self.buf.len().is_multiple_of(4) {
             self.buf.push(0);
         }
     }
 
-    fn u32(&mut self, kind: u16, value: u32) {
+    pub(crate) fn u32(&mut self, kind: u16, value: u32) {
         self.attr(kind, &value.to_be_bytes());
     }
 
-    fn str(&mut self, kind: u16, value: &str) {
+    pub(crate) fn str(&mut self, kind: u16, value: &str) {
         let len = self.len16(5 + value.len());
         self.buf.extend_from_slice(&len.to_ne_bytes());
         self.buf.extend_from_slice(&kind.to_ne_bytes());
@@ -402,7 +402,7 @@ impl Writer {
         self.pad();
     }
 
-    fn nest(&mut self, kind: u16) -> usize {
+    pub(crate) fn nest(&mut self, kind: u16) -> usize {
         let start = self.buf.len();
         self.buf.extend_from_slice(&0u16.to_ne_bytes());
         self.buf
@@ -410,20 +410,20 @@ impl Writer {
         start
     }
 
-    fn end(&mut self, start: usize) {
+    pub(crate) fn end(&mut self, start: usize) {
         let len = self.len16(self.buf.len() - start);
         self.buf[start..start + 2].copy_from_slice(&len.to_ne_bytes());
     }
 
     /// `NFTA_DATA_VALUE` in a nest of `kind`.
-    fn data(&mut self, kind: u16, value: &[u8]) {
+    pub(crate) fn data(&mut self, kind: u16, value: &[u8]) {
         let n = self.nest(kind);
         self.attr(1, value);
         self.end(n);
     }
 
     /// `NFTA_DATA_VERDICT` in a nest of `kind`.
-    fn verdict(&mut self, kind: u16, code: i32, chain: Option<&str>) {
+    pub(crate) fn verdict(&mut self, kind: u16, code: i32, chain: Option<&str>) {
         let n = self.nest(kind);
         let v = self.nest(2);
         self.attr(1, &code.to_be_bytes());
@@ -435,7 +435,7 @@ impl Writer {
     }
 
     /// One expression of a rule: `NFTA_LIST_ELEM { NAME, DATA { ... } }`.
-    fn expr(&mut self, name: &str, body: impl FnOnce(&mut Writer)) {
+    pub(crate) fn expr(&mut self, name: &str, body: impl FnOnce(&mut Writer)) {
         let e = self.nest(1);
         self.str(1, name);
         let d = self.nest(2);
@@ -444,7 +444,7 @@ impl Writer {
         self.end(e);
     }
 
-    fn payload(&mut self, reg: u32, base: u32, offset: u32, len: u32) {
+    pub(crate) fn payload(&mut self, reg: u32, base: u32, offset: u32, len: u32) {
         self.expr("payload", |w| {
             w.u32(1, reg);
             w.u32(2, base);
@@ -453,14 +453,14 @@ impl Writer {
         });
     }
 
-    fn meta_load(&mut self, key: u32, reg: u32) {
+    pub(crate) fn meta_load(&mut self, key: u32, reg: u32) {
         self.expr("meta", |w| {
             w.u32(2, key);
             w.u32(1, reg);
         });
     }
 
-    fn cmp(&mut self, op: Op, value: &[u8]) {
+    pub(crate) fn cmp(&mut self, op: Op, value: &[u8]) {
         self.expr("cmp", |w| {
             w.u32(1, REG_1);
             w.u32(2, if op == Op::Eq { 0 } else { 1 });
@@ -470,7 +470,7 @@ impl Writer {
 
     /// `bitwise` on register 1; `bool_op` adds nft's `NFTA_BITWISE_OP` (its
     /// mark statements carry it, its prefix and flag matches do not).
-    fn bitwise(&mut self, len: u32, mask: &[u8], xor: &[u8], bool_op: bool) {
+    pub(crate) fn bitwise(&mut self, len: u32, mask: &[u8], xor: &[u8], bool_op: bool) {
         self.expr("bitwise", |w| {
             w.u32(1, REG_1);
             w.u32(2, REG_1);
@@ -483,7 +483,7 @@ impl Writer {
         });
     }
 
-    fn immediate_verdict(&mut self, code: i32, chain: Option<&str>) {
+    pub(crate) fn immediate_verdict(&mut self, code: i32, chain: Option<&str>) {
         self.expr("immediate", |w| {
             w.u32(1, REG_VERDICT);
             w.verdict(2, code, chain);
@@ -491,11 +491,11 @@ impl Writer {
     }
 }
 
-const META_MARK: u32 = 3;
-const META_IIFNAME: u32 = 6;
-const META_L4PROTO: u32 = 16;
-const BASE_NETWORK: u32 = 1;
-const BASE_TRANSPORT: u32 = 2;
+pub(crate) const META_MARK: u32 = 3;
+pub(crate) const META_IIFNAME: u32 = 6;
+pub(crate) const META_L4PROTO: u32 = 16;
+pub(crate) const BASE_NETWORK: u32 = 1;
+pub(crate) const BASE_TRANSPORT: u32 = 2;
 
 /// What the encoder knows of the batch so far.
 struct Ctx<'a> {

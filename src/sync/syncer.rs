@@ -14,7 +14,7 @@ use crate::compile::incremental::{
 };
 use crate::compile::{CANARY_CHAIN, canaries, jump_rules};
 use crate::error::CompileError;
-use crate::exec::{ExecError, Executor, RestoreOptions, pieces_over};
+use crate::exec::{ExecError, Executor, RestoreFailed, RestoreOptions, pieces_over};
 use crate::model::{
     ClusterState, EndpointSlice, IpFamily, ProxyConfig, Service, ServiceKey, SliceKey,
 };
@@ -1034,13 +1034,23 @@ fn apply<E: Executor>(
         None => vec![Cow::Borrowed(payload.text())],
     };
     let mut kept = Vec::new();
-    for mut step in steps {
-        while let Err(e) = exec.restore(family, &step, options) {
+    let mut next = 0;
+    while next < steps.len() {
+        // Handed over together: the executor may commit several at once.
+        let rest: Vec<&str> = steps[next..].iter().map(|s| s.as_ref()).collect();
+        let RestoreFailed { applied, error } = match exec.restore_all(family, &rest, options) {
+            Ok(()) => break,
+            Err(failed) => failed,
+        };
+        let index = next + applied;
+        let mut step = steps[index].clone();
+        let mut error = error;
+        loop {
             // Each pass takes out at least one line: it ends.
-            let Some((removed, rest)) = without_deletes_at(&step, &e.failed_lines()) else {
-                return Err(e);
+            let Some((removed, rest)) = without_deletes_at(&step, &error.failed_lines()) else {
+                return Err(error);
             };
-            let reason = e.to_string().replace('\n', " ");
+            let reason = error.to_string().replace('\n', " ");
             kept.extend(removed.into_iter().map(|(table, chain)| KeptChain {
                 table,
                 chain,
@@ -1054,7 +1064,12 @@ fn apply<E: Executor>(
                 break;
             }
             step = Cow::Owned(rest);
+            match exec.restore(family, &step, options) {
+                Ok(()) => break,
+                Err(e) => error = e,
+            }
         }
+        next = index + 1;
     }
     Ok(kept)
 }

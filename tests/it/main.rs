@@ -20,6 +20,7 @@ mod kernel_nft;
 mod kernel_nft_netlink;
 mod kernel_nft_sync;
 mod kernel_resilience;
+mod kernel_xt;
 #[cfg(feature = "k8s")]
 mod kube_proxy;
 mod modes_agree;

@@ -444,7 +444,7 @@ fn dump_name(body: &[u8], what: Dump, table: &str) -> Option<Option<String>> {
 }
 
 /// The device and inode of the namespace file at `path`.
-fn identity(path: &std::path::Path) -> Result<(u64, u64), Errno> {
+pub(crate) fn identity(path: &std::path::Path) -> Result<(u64, u64), Errno> {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(path).map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(0)))?;
     Ok((m.dev(), m.ino()))
@@ -479,7 +479,7 @@ impl WithContext for NftExecError {
 /// A netfilter netlink socket, bound, in the namespace at `netns` (a thread
 /// of its own enters the namespace, opens the socket and ends; the socket
 /// stays in the namespace it was opened in).
-fn open(netns: Option<PathBuf>) -> Result<OwnedFd, Errno> {
+pub(crate) fn open(netns: Option<PathBuf>) -> Result<OwnedFd, Errno> {
     let own = netns.is_none();
     let opener = move || -> Result<OwnedFd, Errno> {
         if let Some(path) = &netns {
@@ -557,7 +557,7 @@ fn code(body: &[u8]) -> Option<i32> {
 /// The errors among the kernel's answers: each `NLMSG_ERROR` with a non-zero
 /// code, as the sequence number of the message it answers and the errno;
 /// `None` if the bytes are not whole messages.
-fn errors(b: &[u8]) -> Option<Vec<(u32, i32)>> {
+pub(crate) fn errors(b: &[u8]) -> Option<Vec<(u32, i32)>> {
     let mut out = Vec::new();
     for r in replies(b)? {
         if r.kind != NLMSG_ERROR {
