@@ -120,26 +120,31 @@ impl FromStr for Backend {
 ///
 /// # Netlink
 ///
-/// On the nft backend, a `--noflush` piece that only declares chains and
-/// appends rules of the forms svcnat writes (addresses, protocols, ports,
-/// interfaces, comments, `statistic`, `addrtype`, `mark`, jumps, verdicts,
-/// `DNAT`) is not given to `iptables-nft-restore`: it goes to the kernel as
-/// the netlink messages iptables-nft 1.8.9 would send for it (the tests
-/// compare them byte for byte with a recorded batch), so the kernel holds the
-/// same rules and `iptables-save`, `-C` and `-D` see them as iptables' own.
-/// A run of such pieces goes as one batch of up to 64 MiB, one commit:
-/// `iptables-nft-restore` costs the square of the chains one restore names
-/// and the kernel walks every chain of the table at each commit, so a first
-/// sync in restores grew as the 1.5th power of the cluster, and in batches
-/// it grows with the cluster (10,000 services: 12 s to 7 s on the machine
-/// of PERFORMANCE.md). Anything else (`MARK`, `MASQUERADE`, `REJECT`,
-/// `-m recent`, `-m conntrack`, deletions, insertions) goes as text, as does
-/// a batch the kernel refuses (it applied nothing: the error is then
-/// iptables' own). The socket is opened once, in the namespace the prefix's
-/// commands run in, found by its inode under `/run/netns` or in
-/// `/proc/PID/ns/net`; where there is none (or no `CAP_NET_ADMIN`),
+/// On the nft backend, with iptables-nft 1.8.9 behind the prefix, a
+/// `--noflush` piece that only declares user chains and appends rules of the
+/// forms svcnat writes (addresses, protocols, ports, interfaces, comments,
+/// `statistic`, `addrtype`, `recent`, `mark`, jumps, verdicts, `DNAT`) is not
+/// given to `iptables-nft-restore`: it goes to the kernel as the netlink
+/// messages iptables-nft 1.8.9 sends for it (the tests compare them byte for
+/// byte with recorded batches), so the kernel holds the same rules and
+/// `iptables-save`, `-C` and `-D` see them as iptables' own. A run of such
+/// pieces goes as one batch of up to 64 MiB, one commit: `iptables-nft-restore`
+/// costs the square of the chains one restore names and the kernel walks every
+/// chain of the table at each commit, so a first sync in restores grew as the
+/// 1.5th power of the cluster; in batches it grows with it (PERFORMANCE.md,
+/// "iptables-nft rules over netlink"). Anything else (`MARK`, `MASQUERADE`,
+/// `REJECT`, `-m conntrack`, built-in chains, deletions, insertions, rule
+/// counters) goes as text, and so does a batch the kernel refuses (it applied
+/// nothing: the error is then iptables' own).
+///
+/// The socket is opened in the namespace the prefix enters, which must be one
+/// this process can name: no prefix (this thread's), `ip netns exec NAME`, or
+/// `nsenter` with `-n` and `-t PID` (or `--net=PATH`); it is opened again
+/// when the namespace at that name is another one. With any other prefix
+/// (`ssh`, `kubectl exec`), another iptables version, or without
+/// `CAP_NET_ADMIN` (the first batch is refused, and no other is tried),
 /// everything goes as text. [`IptablesRestore::with_netlink_rules`] turns it
-/// off.
+/// off; [`IptablesRestore::restore_counts`] says which way restores went.
 ///
 /// # Exclusion
 ///
@@ -191,6 +196,9 @@ pub struct IptablesRestore {
     xt: Option<XtSocket>,
     /// Netlink batches applied, `iptables-restore` runs.
     counts: (u64, u64),
+    /// Whether the iptables behind the prefix is the version whose batches
+    /// the encoder writes (asked once).
+    xt_version: Option<bool>,
 }
 
 /// Where [`IptablesRestore`] keeps its sync lock files unless
@@ -224,6 +232,21 @@ pub const NFT_CHAINS_PER_RESTORE: usize = 1000;
 /// pay. Measured on a 30,000-service first sync (330,000 chains, 2026-12-07,
 /// PERFORMANCE.md): 60.5 s in pieces of 1,000, 53.7 s in pieces of 2,000, 49.5
 /// s in pieces of 3,000; at 10,000 services 1,000 stays the best.
+/// What `iptables --version` prints for the iptables-nft whose netlink
+/// messages [`super::xt`] writes.
+const XT_VERSION: &str = "v1.8.9 (nf_tables)";
+
+/// Whether a piece holds nothing the parser reads more loosely than
+/// iptables does, so that its parse says all the piece says: no rule
+/// counters (`[p:b]`, `-c`), no `recent` options svcnat does not write
+/// (`--mask`, `--rsource`, `--rdest`).
+fn plain(part: &str) -> bool {
+    !part.starts_with('[')
+        && !["\n[", " -c ", "--mask", "--rsource", "--rdest"]
+            .iter()
+            .any(|s| part.contains(s))
+}
+
 /// The largest netlink batch [`IptablesRestore`] sends at once: a commit
 /// costs the kernel a walk over every chain of the table, so few large ones;
 /// the batch is built in memory and copied into the kernel whole.
@@ -247,6 +270,7 @@ impl IptablesRestore {
             lock_wait: DEFAULT_LOCK_WAIT,
             xt: Some(XtSocket::default()),
             counts: (0, 0),
+            xt_version: None,
         }
     }
 
@@ -325,6 +349,11 @@ impl IptablesRestore {
         self.prefix = Prefixed::new(prefix.into_iter().map(Into::into).collect());
         // Another namespace, perhaps: its counters are not known.
         self.nfacct_known.clear();
+        // Nor its iptables, and the socket is the old namespace's.
+        self.xt_version = None;
+        if self.xt.is_some() {
+            self.xt = Some(XtSocket::default());
+        }
         self
     }
 
@@ -461,13 +490,16 @@ impl IptablesRestore {
     /// holds (0: the first is not written, nothing was sent), and whether the
     /// kernel applied it.
     fn netlink_run(&mut self, family: IpFamily, parts: &[&str]) -> (usize, bool) {
+        let Some(netns) = self.netlink_target(family) else {
+            return (0, false);
+        };
         let Some(xt) = &self.xt else {
             return (0, false);
         };
         let first_seq = xt.next_seq();
         let mut batch = XtBatch::new(family, first_seq);
         for part in parts {
-            if batch.len() >= XT_BATCH_BYTES {
+            if batch.len() >= XT_BATCH_BYTES || !plain(part) {
                 break;
             }
             let Ok(parsed) = crate::parse::parse_restore_as(part, family) else {
@@ -482,16 +514,38 @@ impl IptablesRestore {
             return (0, false);
         }
         let batch = batch.finish(first_seq);
-        let prefix = &mut self.prefix;
-        let netns = || match prefix.is_empty() {
-            true => Some(None),
-            false => prefix.netns().ok().and_then(netns_file).map(Some),
-        };
         let sent = match &mut self.xt {
-            Some(xt) => xt.send(&batch, netns),
-            None => Sent::Broken(String::new()),
+            Some(xt) => xt.send(&batch, netns.as_deref()),
+            None => return (0, false),
         };
         (n, sent == Sent::Applied)
+    }
+
+    /// The namespace file batches go to (`Some(None)`: this thread's), or
+    /// `None` when they cannot go: the iptables behind the prefix is not
+    /// iptables-nft 1.8.9 (whose messages the encoder writes), or the
+    /// prefix's namespace cannot be named here (see [`netns_file`]), or is
+    /// not the one its commands run in.
+    fn netlink_target(&mut self, family: IpFamily) -> Option<Option<PathBuf>> {
+        if self.xt_version.is_none() {
+            let binary = self.binary(family, "");
+            let version = self.run(&binary, &["--version".to_owned()], None);
+            let known = matches!(&version, Ok((Some(0), out, _)) if out.contains(XT_VERSION));
+            self.xt_version = Some(known);
+        }
+        if self.xt_version != Some(true) {
+            return None;
+        }
+        if self.prefix.is_empty() {
+            return Some(None);
+        }
+        let file = netns_file(self.prefix.words())?;
+        let inode = self.prefix.netns().ok()?;
+        let same = std::fs::metadata(&file).is_ok_and(|m| {
+            use std::os::unix::fs::MetadataExt;
+            m.ino() == inode
+        });
+        same.then_some(Some(file))
     }
 
     /// One `iptables-restore` of `payload` with `args`.

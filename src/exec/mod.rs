@@ -205,7 +205,7 @@ impl RestoreOptions {
 #[derive(Debug)]
 pub struct RestoreFailed {
     /// How many of the payloads were applied: the one that failed is
-    /// `payloads[applied]`, and none after it was sent.
+    /// `payloads[applied]`, and none after it was applied.
     pub applied: usize,
     /// Why it failed.
     pub error: ExecError,
@@ -256,7 +256,9 @@ pub trait Executor {
     ///
     /// # Errors
     /// The first payload that failed and why ([`RestoreFailed`]): the ones
-    /// before it are applied, it and the ones after it are not.
+    /// before it are applied, the ones after it are not, and it is not or in
+    /// part, as [`Self::restore`] leaves a payload that fails (a payload of
+    /// several tables commits each on its own).
     fn restore_all(
         &mut self,
         family: IpFamily,

@@ -28,6 +28,11 @@ impl Prefixed {
         }
     }
 
+    /// The prefix's words.
+    pub(crate) fn words(&self) -> &[String] {
+        &self.prefix
+    }
+
     /// Whether there is no prefix: commands run in this process's namespace.
     pub(crate) fn is_empty(&self) -> bool {
         self.prefix.is_empty()

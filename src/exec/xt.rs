@@ -132,7 +132,7 @@ impl XtBatch {
                     Op::Declare {
                         chain,
                         policy: None,
-                    } => {
+                    } if !table.table.builtin_chains().contains(&chain.as_str()) => {
                         let m = self
                             .w
                             .message(NFT_MSG_NEWCHAIN, NLM_F_REQUEST | NLM_F_CREATE);
@@ -154,7 +154,8 @@ impl XtBatch {
                         rule_body(&mut self.w, rule, v6)?;
                         self.w.finish(m);
                     }
-                    Op::Declare { .. } => return Err(Unsupported("a built-in chain's policy")),
+                    // iptables updates a built-in chain named here, never flushes it.
+                    Op::Declare { .. } => return Err(Unsupported("a built-in chain")),
                     _ => return Err(Unsupported("an operation other than :CHAIN and -A")),
                 }
             }
@@ -268,6 +269,15 @@ fn rule_body(w: &mut Writer, rule: &Rule, v6: bool) -> Result<(), Unsupported> {
             _ => return Err(Unsupported("a match this encoder does not write")),
         }
     }
+    let addrtypes = exts
+        .iter()
+        .filter(|e| matches!(e, Ext::AddrType { .. }))
+        .count();
+    if addrtypes > 1 {
+        // One `-m addrtype` with both options reads as two matches; iptables
+        // writes one.
+        return Err(Unsupported("more than one addrtype option"));
+    }
     let list = w.nest(4);
     if let Some(i) = head.iniface {
         interface(w, META_IIFNAME, i);
@@ -360,6 +370,12 @@ fn rule_body(w: &mut Writer, rule: &Rule, v6: bool) -> Result<(), Unsupported> {
         Some(Target::Accept) => w.immediate_verdict(NF_ACCEPT, None),
         Some(Target::Drop) => w.immediate_verdict(NF_DROP, None),
         Some(Target::Return) => w.immediate_verdict(NFT_RETURN, None),
+        // iptables wants the protocol of a DNAT to a port.
+        Some(Target::Dnat(to))
+            if to.port.is_some() && !matches!(head.proto, Some((6 | 17 | 132, false))) =>
+        {
+            return Err(Unsupported("a DNAT port without its protocol"));
+        }
         Some(Target::Dnat(to)) => dnat(w, to, v6)?,
         Some(Target::Other(raw)) => match raw.as_str().strip_prefix("-j ") {
             // A chain the payload does not declare reads as an unknown
@@ -642,6 +658,9 @@ mod tests {
             "*nat\n-X KUBE-SEP-A\nCOMMIT\n",
             "*nat\n:KUBE-SEP-B - [0:0]\n-A KUBE-SEP-B -m conntrack --ctstate NEW -j RETURN\nCOMMIT\n",
             "*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n",
+            "*nat\n:PREROUTING - [0:0]\nCOMMIT\n",
+            "*nat\n:KUBE-SEP-B - [0:0]\n-A KUBE-SEP-B -j DNAT --to-destination 10.0.0.1:80\nCOMMIT\n",
+            "*nat\n:KUBE-SEP-B - [0:0]\n-A KUBE-SEP-B -m addrtype --src-type LOCAL --dst-type LOCAL -j RETURN\nCOMMIT\n",
         ] {
             let restore = parse_restore_as(text, IpFamily::Ipv4).unwrap();
             assert!(batch.push(&restore).is_err(), "{text}");

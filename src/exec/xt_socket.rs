@@ -3,17 +3,19 @@
 //! commands run in.
 
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::sys::socket::{MsgFlags, NetlinkAddr, recv, sendto, setsockopt, sockopt};
 
-use super::nft::netlink::{errors, open};
+use super::nft::netlink::{errors, identity, open};
 use crate::nft::wire::Batch;
 
 /// How many bytes of the kernel's answers are read at a time.
 const RECEIVE_BUFFER: usize = 1 << 20;
+
+/// The namespace file of the calling thread.
+const OWN_NETNS: &str = "/proc/thread-self/ns/net";
 
 /// What became of a batch.
 #[derive(Debug, PartialEq, Eq)]
@@ -23,23 +25,38 @@ pub(crate) enum Sent {
     /// The kernel refused a message of it (the errno's text): nothing of it
     /// was applied.
     Refused(String),
-    /// It could not be sent whole, or the answer could not be read (why):
-    /// nothing should be sent this way again.
+    /// It could not be sent, or not whole, or the answer could not be read, or
+    /// the kernel refused it for want of permission (why): nothing should be
+    /// sent this way again.
     Broken(String),
 }
 
-/// A socket opened on first use, in the namespace found then.
+/// A socket opened on first use, in the namespace asked, and opened again
+/// when that namespace is another one than it was opened in.
 #[derive(Debug, Default)]
 pub(crate) struct XtSocket {
-    /// `None`: not opened yet; `Some(None)`: none can be had.
-    socket: Option<Option<OwnedFd>>,
+    /// The socket and the device and inode of its namespace.
+    socket: Option<(OwnedFd, (u64, u64))>,
+    /// Set when no batch should go this way any more.
+    broken: bool,
     seq: u32,
 }
 
+impl Clone for XtSocket {
+    /// A copy opens a socket of its own.
+    fn clone(&self) -> Self {
+        XtSocket {
+            socket: None,
+            broken: self.broken,
+            seq: self.seq,
+        }
+    }
+}
+
 impl XtSocket {
-    /// Whether batches may be sent: no socket was found impossible or broken.
+    /// Whether batches may be sent: none was found impossible.
     pub(crate) fn usable(&self) -> bool {
-        !matches!(self.socket, Some(None))
+        !self.broken
     }
 
     /// The sequence number the next batch starts at.
@@ -47,26 +64,34 @@ impl XtSocket {
         self.seq
     }
 
-    /// Sends `batch` on the socket, opening it first in the namespace `netns`
-    /// gives (`Some(None)`: this thread's; `None`: it cannot be found, and no
-    /// batch goes this way).
-    pub(crate) fn send(
-        &mut self,
-        batch: &Batch,
-        netns: impl FnOnce() -> Option<Option<PathBuf>>,
-    ) -> Sent {
+    /// Sends `batch` into the namespace at `netns` (`None`: the calling
+    /// thread's), on a socket opened there unless the one held is there.
+    pub(crate) fn send(&mut self, batch: &Batch, netns: Option<&Path>) -> Sent {
         self.seq = batch
             .first_seq
             .wrapping_add(batch.operations.len() as u32 + 2);
-        if self.socket.is_none() {
-            self.socket = Some(netns().and_then(|path| open(path).ok()));
+        let Ok(id) = identity(netns.unwrap_or(Path::new(OWN_NETNS))) else {
+            return Sent::Broken("the namespace file cannot be read".into());
+        };
+        if self.socket.as_ref().is_some_and(|(_, held)| *held != id) {
+            self.socket = None;
         }
-        let Some(Some(fd)) = &self.socket else {
-            return Sent::Broken("no netlink socket in the namespace".into());
+        if self.socket.is_none() {
+            match open(netns.map(Path::to_path_buf)) {
+                Ok(fd) => self.socket = Some((fd, id)),
+                Err(e) => {
+                    self.broken = true;
+                    return Sent::Broken(format!("opening the socket: {}", e.desc()));
+                }
+            }
+        }
+        let Some((fd, _)) = &self.socket else {
+            return Sent::Broken("no socket".into());
         };
         let sent = send_on(fd, batch);
         if matches!(sent, Sent::Broken(_)) {
-            self.socket = Some(None);
+            self.socket = None;
+            self.broken = true;
         }
         sent
     }
@@ -89,6 +114,7 @@ fn send_on(fd: &OwnedFd, batch: &Batch) -> Sent {
         Err(e) => return Sent::Broken(format!("sendto: {}", e.desc())),
     }
     // The kernel handled the batch inside `sendto`: its answers are queued.
+    // None is asked for success, so any answer is a refusal.
     let mut buf = vec![0u8; RECEIVE_BUFFER];
     let mut refused = None;
     loop {
@@ -109,46 +135,95 @@ fn send_on(fd: &OwnedFd, batch: &Batch) -> Sent {
         };
         for (seq, errno) in answers {
             if batch.holds(seq) && refused.is_none() {
-                refused = Some(Errno::from_raw(errno).desc().to_owned());
+                refused = Some(Errno::from_raw(errno));
             }
         }
     }
     match refused {
-        Some(why) => Sent::Refused(why),
+        // Without CAP_NET_ADMIN every batch would be refused.
+        Some(Errno::EPERM) => Sent::Broken("the kernel refused: no permission".into()),
+        Some(e) => Sent::Refused(e.desc().to_owned()),
         None => Sent::Applied,
     }
 }
 
-/// A file that is the network namespace with inode `inode`: a name under
-/// `/run/netns` (what `ip netns exec` enters), else a process's
-/// `/proc/PID/ns/net`.
-pub(crate) fn netns_file(inode: u64) -> Option<PathBuf> {
-    let is = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.ino() == inode);
-    let named = std::fs::read_dir("/run/netns")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path());
-    let processes = std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .bytes()
-                .all(|b| b.is_ascii_digit())
-        })
-        .map(|e| e.path().join("ns/net"));
-    named.chain(processes).find(|p| is(p))
+/// The namespace file a command prefix enters, for the prefixes whose
+/// namespace can be named here: `ip netns exec NAME` (`/run/netns/NAME`) and
+/// `nsenter` with `--net=PATH`, or with `-n`/`--net` and `-t`/`--target PID`
+/// (`/proc/PID/ns/net`). `None` for any other prefix (`ssh`, `kubectl exec`,
+/// ...): its namespace may not even be on this host.
+pub(crate) fn netns_file(prefix: &[String]) -> Option<PathBuf> {
+    let (program, args) = prefix.split_first()?;
+    let name = Path::new(program).file_name()?.to_str()?;
+    match name {
+        "ip" => match args {
+            [netns, exec, ns, ..] if netns == "netns" && exec == "exec" => {
+                let ok = !ns.is_empty() && !ns.starts_with('-') && !ns.contains('/');
+                ok.then(|| Path::new("/run/netns").join(ns))
+            }
+            _ => None,
+        },
+        "nsenter" => {
+            let mut net = false;
+            let mut target = None;
+            let mut args = args.iter();
+            while let Some(a) = args.next() {
+                match a.as_str() {
+                    "-n" | "--net" => net = true,
+                    "-t" | "--target" => target = args.next().cloned(),
+                    _ => {
+                        if let Some(path) = a.strip_prefix("--net=") {
+                            return Some(PathBuf::from(path));
+                        }
+                        if let Some(pid) = a.strip_prefix("--target=") {
+                            target = Some(pid.to_owned());
+                        }
+                    }
+                }
+            }
+            let pid = target.filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))?;
+            net.then(|| PathBuf::from(format!("/proc/{pid}/ns/net")))
+        }
+        _ => None,
+    }
 }
 
-impl Clone for XtSocket {
-    /// A copy opens a socket of its own.
-    fn clone(&self) -> Self {
-        XtSocket {
-            socket: None,
-            seq: self.seq,
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(prefix: &str) -> Option<PathBuf> {
+        let words: Vec<String> = prefix.split_whitespace().map(str::to_owned).collect();
+        netns_file(&words)
+    }
+
+    #[test]
+    fn the_namespace_file_is_named_only_for_known_prefixes() {
+        assert_eq!(file("ip netns exec node"), Some("/run/netns/node".into()));
+        assert_eq!(
+            file("/usr/sbin/ip netns exec node"),
+            Some("/run/netns/node".into())
+        );
+        assert_eq!(file("nsenter -n -t 42"), Some("/proc/42/ns/net".into()));
+        assert_eq!(
+            file("nsenter --target=42 --net"),
+            Some("/proc/42/ns/net".into())
+        );
+        assert_eq!(
+            file("nsenter --net=/run/netns/x"),
+            Some("/run/netns/x".into())
+        );
+        for other in [
+            "",
+            "ip netns exec ../x",
+            "nsenter -t 42",
+            "nsenter -n",
+            "nsenter -m -t 42",
+            "ssh node",
+            "kubectl exec pod --",
+            "sudo",
+        ] {
+            assert_eq!(file(other), None, "{other}");
         }
     }
 }
