@@ -11,7 +11,9 @@ use super::lock::{lock_file, lock_path};
 use super::process::{Prefixed, failed};
 use super::xt::XtBatch;
 use super::xt_socket::{Sent, XtSocket, netns_file};
-use super::{ExecError, Executor, RestoreFailed, RestoreOptions, SyncLock, rule_args};
+use super::{
+    ExecError, Executor, RestoreFailed, RestoreOptions, SyncLock, restore_each, rule_args,
+};
 use crate::error::ParseValueError;
 use crate::flows::{FlowDestination, StaleFlow};
 use crate::model::{IpFamily, Protocol};
@@ -760,11 +762,7 @@ impl Executor for IptablesRestore {
     ) -> Result<(), RestoreFailed> {
         if options.cut || self.backend() == Backend::Legacy {
             // Cut here, or declarations sorted: one at a time.
-            for (applied, payload) in payloads.iter().enumerate() {
-                self.restore(family, payload, options)
-                    .map_err(|error| RestoreFailed { applied, error })?;
-            }
-            return Ok(());
+            return restore_each(self, family, payloads, options);
         }
         let args = self.restore_args(options);
         self.apply_parts(family, payloads, options, &args)

@@ -265,11 +265,7 @@ pub trait Executor {
         payloads: &[&str],
         options: RestoreOptions,
     ) -> Result<(), RestoreFailed> {
-        for (applied, payload) in payloads.iter().enumerate() {
-            self.restore(family, payload, options)
-                .map_err(|error| RestoreFailed { applied, error })?;
-        }
-        Ok(())
+        restore_each(self, family, payloads, options)
     }
 
     /// Reads one table back, as `iptables-save -t TABLE` prints it.
@@ -485,6 +481,20 @@ pub(crate) fn same_rule(
 
 /// [`Executor::ensure_jump`] for each rule, in order: what
 /// [`Executor::ensure_jumps`] does unless an executor does better.
+/// [`Executor::restore`] of each payload in order, up to the first that fails.
+pub(crate) fn restore_each<E: Executor + ?Sized>(
+    exec: &mut E,
+    family: IpFamily,
+    payloads: &[&str],
+    options: RestoreOptions,
+) -> Result<(), RestoreFailed> {
+    for (applied, payload) in payloads.iter().enumerate() {
+        exec.restore(family, payload, options)
+            .map_err(|error| RestoreFailed { applied, error })?;
+    }
+    Ok(())
+}
+
 pub(crate) fn ensure_each<E: Executor + ?Sized>(
     exec: &mut E,
     family: IpFamily,
