@@ -870,8 +870,10 @@ mod traffic {
         );
     }
 
-    /// IPv6: ip6tables rules with bracketed DNAT targets carry real traffic.
-    fn ipv6_traffic(backend: Backend, tag: &str) {
+    /// IPv6: ip6tables rules with bracketed DNAT targets carry real traffic;
+    /// with `pieces`, the sync is cut into pieces of that many chains (on nft,
+    /// the service and endpoint chains then go as netlink batches).
+    fn ipv6_traffic(backend: Backend, tag: &str, pieces: Option<usize>) {
         let lab = Lab::new(tag, IpFamily::Ipv6);
         let pod6 =
             |i: u8, node: &str| Endpoint::ready(addr(&format!("fd00:244:{i}::2"))).on_node(node);
@@ -898,9 +900,16 @@ mod traffic {
             "exec",
             lab.node.name.as_str(),
         ]);
+        let exec = match pieces {
+            Some(n) => exec.with_restore_pieces(Some(n)),
+            None => exec,
+        };
         let mut syncer = Syncer::new(exec, config).unwrap();
         syncer.replace_state(state);
         assert!(syncer.sync().unwrap().full);
+        if pieces.is_some() && backend == Backend::Nft {
+            assert!(syncer.executor().restore_counts().0 > 0, "no netlink batch");
+        }
 
         // From the node: every endpoint, masqueraded to the node's address on the pod link.
         let tcp = lab.connect(&lab.node, "tcp", "fd00:96::10", 80, 30);
@@ -924,14 +933,21 @@ mod traffic {
     #[test]
     fn ipv6_traffic_nft() {
         if kernel_available("ipv6_traffic_nft") {
-            ipv6_traffic(Backend::Nft, "v6nft");
+            ipv6_traffic(Backend::Nft, "v6nft", None);
+        }
+    }
+
+    #[test]
+    fn ipv6_traffic_nft_netlink() {
+        if kernel_available("ipv6_traffic_nft_netlink") {
+            ipv6_traffic(Backend::Nft, "v6nl", Some(1));
         }
     }
 
     #[test]
     fn ipv6_traffic_legacy() {
         if kernel_available("ipv6_traffic_legacy") {
-            ipv6_traffic(Backend::Legacy, "v6leg");
+            ipv6_traffic(Backend::Legacy, "v6leg", None);
         }
     }
 
