@@ -123,21 +123,22 @@ impl FromStr for Backend {
 /// # Netlink
 ///
 /// On the nft backend, with iptables-nft 1.8.9 behind the prefix, a
-/// `--noflush` piece that only declares user chains and appends rules of the
+/// `--noflush` piece that only declares user chains, appends rules of the
 /// forms svcnat writes (addresses, protocols, ports, interfaces, comments,
-/// `statistic`, `addrtype`, `recent`, `mark`, jumps, verdicts, `DNAT`) is not
-/// given to `iptables-nft-restore`: it goes to the kernel as the netlink
-/// messages iptables-nft 1.8.9 sends for it (the tests compare them byte for
-/// byte with recorded batches), so the kernel holds the same rules and
-/// `iptables-save`, `-C` and `-D` see them as iptables' own. A run of such
-/// pieces goes as one batch of up to 64 MiB, one commit: `iptables-nft-restore`
-/// costs the square of the chains one restore names and the kernel walks every
-/// chain of the table at each commit, so a first sync in restores grew as the
-/// 1.5th power of the cluster; in batches it grows with it (PERFORMANCE.md,
+/// `statistic`, `addrtype`, `recent`, `mark`, jumps, verdicts, `DNAT`),
+/// flushes and deletes chains is not given to `iptables-nft-restore`: it goes
+/// to the kernel as the netlink messages iptables-nft 1.8.9 sends for it (the
+/// tests compare them byte for byte with recorded batches), so the kernel holds
+/// the same rules and `iptables-save`, `-C` and `-D` see them as iptables' own.
+/// A run of such pieces goes as one batch of up to 64 MiB, one commit (a piece
+/// that deletes chains in a batch of its own): `iptables-nft-restore` costs the
+/// square of the chains one restore names and the kernel walks every chain of
+/// the table at each commit, so a first sync in restores grew as the 1.5th
+/// power of the cluster; in batches it grows with it (PERFORMANCE.md,
 /// "iptables-nft rules over netlink"). Anything else (`MARK`, `MASQUERADE`,
-/// `REJECT`, `-m conntrack`, built-in chains, deletions, insertions, rule
-/// counters) goes as text, and so does a batch the kernel refuses (it applied
-/// nothing: the error is then iptables' own).
+/// `REJECT`, `-m conntrack`, built-in chains, `-I`, `-D`, rule counters) goes as
+/// text, and so does a batch the kernel refuses (it applied nothing: the error
+/// is then iptables' own).
 ///
 /// The socket is opened in the namespace the prefix enters, which must be one
 /// this process can name: no prefix (this thread's), `ip netns exec NAME`, or
@@ -501,13 +502,17 @@ impl IptablesRestore {
         let first_seq = xt.next_seq();
         let mut batch = XtBatch::new(family, first_seq);
         for part in parts {
-            if batch.len() >= XT_BATCH_BYTES || !plain(part) {
+            // A piece that deletes chains goes in a batch of its own: a chain
+            // something else still jumps to gets it refused, and then only it
+            // goes again as text, where the Syncer learns which chain it was.
+            let deletes = part.contains("\n-X ");
+            if batch.len() >= XT_BATCH_BYTES || !plain(part) || deletes && batch.payloads() > 0 {
                 break;
             }
             let Ok(parsed) = crate::parse::parse_restore_as(part, family) else {
                 break;
             };
-            if batch.push(&parsed).is_err() {
+            if batch.push(&parsed).is_err() || deletes {
                 break;
             }
         }

@@ -1,6 +1,6 @@
 //! iptables-nft's rules as netlink messages: the batch `iptables-nft-restore`
-//! 1.8.9 sends for a `--noflush` payload of declarations and appended rules,
-//! written without it. Pure: parsed restore text in, bytes out.
+//! 1.8.9 sends for a `--noflush` payload of declarations, appended rules,
+//! flushes and chain deletions, written without it. Pure: parsed restore text in, bytes out.
 //!
 //! `iptables-nft-restore` keeps the names of the chains a payload mentions in a
 //! sorted list that it walks for every line, so a payload costs the square of
@@ -23,8 +23,13 @@
 //!   extension's struct: `comment`, `statistic`, `addrtype`, `recent`), a
 //!   `counter`, and the verdict or the `target` (`DNAT`).
 //!
-//! Anything else (another match or target, `-I`, `-D`, `-X`, `-F`, a policy)
-//! is [`Unsupported`]: the caller sends that payload as text.
+//! - `-F CHAIN` is the same flush; `-X CHAIN` a `DELCHAIN` the kernel refuses
+//!   while anything jumps to the chain (`NLM_F_NONREC`), as iptables sends it
+//!   (without the use count iptables copies from its cache, which the kernel
+//!   does not read).
+//!
+//! Anything else (another match or target, `-I`, `-D`, a built-in chain, a
+//! policy) is [`Unsupported`]: the caller sends that payload as text.
 
 use std::net::IpAddr;
 
@@ -32,9 +37,9 @@ use crate::model::Protocol;
 use crate::nft::Family;
 use crate::nft::wire::{
     BASE_NETWORK, BASE_TRANSPORT, Batch, META_L4PROTO, META_MARK, NF_ACCEPT, NF_DROP,
-    NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END, NFT_GOTO, NFT_JUMP, NFT_MSG_DELRULE,
-    NFT_MSG_NEWCHAIN, NFT_MSG_NEWRULE, NFT_RETURN, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST,
-    REG_1, Writer,
+    NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END, NFT_GOTO, NFT_JUMP, NFT_MSG_DELCHAIN,
+    NFT_MSG_DELRULE, NFT_MSG_NEWCHAIN, NFT_MSG_NEWRULE, NFT_RETURN, NLM_F_APPEND, NLM_F_CREATE,
+    NLM_F_REQUEST, REG_1, Writer,
 };
 use crate::parse::{Op, Restore};
 use crate::ruleset::{
@@ -57,6 +62,8 @@ const CMP_GT: u32 = 4;
 /// `nft_range_ops`.
 const RANGE_EQ: u32 = 0;
 const RANGE_NEQ: u32 = 1;
+/// `NLM_F_NONREC`: delete the object only, refused if anything refers to it.
+const NLM_F_NONREC: u16 = 0x100;
 /// `NFT_RULE_COMPAT_F_INV`.
 const COMPAT_INV: u32 = 1 << 1;
 /// `NF_NAT_RANGE_MAP_IPS`, `NF_NAT_RANGE_PROTO_SPECIFIED`.
@@ -126,13 +133,15 @@ impl XtBatch {
         let v6 = restore.family == crate::model::IpFamily::Ipv6;
         for table in &restore.tables {
             let name = table.table.as_str();
+            let builtin =
+                |chain: &ChainName| table.table.builtin_chains().contains(&chain.as_str());
             for op in &table.ops {
                 self.w.index = op.line;
                 match &op.op {
                     Op::Declare {
                         chain,
                         policy: None,
-                    } if !table.table.builtin_chains().contains(&chain.as_str()) => {
+                    } if !builtin(chain) => {
                         let m = self
                             .w
                             .message(NFT_MSG_NEWCHAIN, NLM_F_REQUEST | NLM_F_CREATE);
@@ -156,7 +165,24 @@ impl XtBatch {
                     }
                     // iptables updates a built-in chain named here, never flushes it.
                     Op::Declare { .. } => return Err(Unsupported("a built-in chain")),
-                    _ => return Err(Unsupported("an operation other than :CHAIN and -A")),
+                    Op::Flush(Some(chain)) if !builtin(chain) => {
+                        let m = self.w.message(NFT_MSG_DELRULE, NLM_F_REQUEST);
+                        self.w.str(1, name);
+                        self.w.str(2, chain.as_str());
+                        self.w.finish(m);
+                    }
+                    // Refused while anything jumps to the chain (NLM_F_NONREC),
+                    // as `iptables -X` is. iptables also sends the use count its
+                    // cache read, which the kernel does not look at.
+                    Op::DeleteChain(Some(chain)) if !builtin(chain) => {
+                        let m = self
+                            .w
+                            .message(NFT_MSG_DELCHAIN, NLM_F_REQUEST | NLM_F_NONREC);
+                        self.w.str(1, name);
+                        self.w.str(3, chain.as_str());
+                        self.w.finish(m);
+                    }
+                    _ => return Err(Unsupported("an operation other than :CHAIN, -A, -F and -X")),
                 }
             }
         }
@@ -627,6 +653,43 @@ mod tests {
         }
     }
 
+    /// The flushes and chain deletions of `delete-v4.txt` (over the chains of
+    /// `rules-v4.txt`), as iptables sent them, less the use count iptables
+    /// copies from its cache into each `DELCHAIN` (its last attribute).
+    #[test]
+    fn flushes_and_deletions_are_the_messages_iptables_nft_sends() {
+        let ours = encoded("delete-v4.txt", IpFamily::Ipv4);
+        let theirs = recorded("delete-v4.batch.hex");
+        let deletions = |b: &[u8]| messages(b, NFT_MSG_DELCHAIN);
+        let theirs_del: Vec<Vec<u8>> = deletions(&theirs)
+            .into_iter()
+            .map(|mut m| {
+                let at = m.len() - 8;
+                // NFTA_CHAIN_USE, 8 bytes.
+                assert_eq!(&m[at..at + 4], &[8, 0, 6, 0]);
+                m.truncate(at);
+                m[..4].copy_from_slice(&(at as u32).to_ne_bytes());
+                m
+            })
+            .collect();
+        assert_eq!(theirs_del.len(), 2);
+        let ours_del = deletions(&ours.bytes);
+        assert_eq!(
+            ours_del.iter().map(|m| hex(m)).collect::<Vec<_>>(),
+            theirs_del.iter().map(|m| hex(m)).collect::<Vec<_>>()
+        );
+        // The flushes: iptables' `:KUBE-SEP-A` of an existing chain and
+        // `-F KUBE-SVC-B`, ours the same two (after the NEWCHAIN of the
+        // declaration).
+        let flushes = |b: &[u8]| -> Vec<String> {
+            messages(b, NFT_MSG_DELRULE)
+                .iter()
+                .map(|m| hex(m))
+                .collect()
+        };
+        assert_eq!(flushes(&ours.bytes), flushes(&theirs));
+    }
+
     fn hex(b: &[u8]) -> String {
         b.iter().map(|x| format!("{x:02x}")).collect()
     }
@@ -732,7 +795,8 @@ mod tests {
         let before = batch.len();
         for text in [
             "*nat\n:KUBE-SEP-B - [0:0]\n-A KUBE-SEP-B -j MARK --or-mark 0x4000\nCOMMIT\n",
-            "*nat\n-X KUBE-SEP-A\nCOMMIT\n",
+            "*nat\n-X PREROUTING\nCOMMIT\n",
+            "*nat\n-D KUBE-SEP-A -j RETURN\nCOMMIT\n",
             "*nat\n:KUBE-SEP-B - [0:0]\n-A KUBE-SEP-B -m conntrack --ctstate NEW -j RETURN\nCOMMIT\n",
             "*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n",
             "*nat\n:PREROUTING - [0:0]\nCOMMIT\n",
