@@ -225,16 +225,6 @@ pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(60);
 /// were within 7% of each other (2.1 s and 2.2 s, 27 s whole).
 pub const NFT_CHAINS_PER_RESTORE: usize = 1000;
 
-/// The chains per restore on nft for a payload of `chains` chains, unless
-/// [`IptablesRestore::with_restore_pieces`] says otherwise: about 110 pieces,
-/// of at least [`NFT_CHAINS_PER_RESTORE`] and at most 4,000 chains. Every
-/// iptables-nft commit walks every chain of the namespace in the kernel (about
-/// 0.5 µs each: at 300,000 chains a piece costs 0.15 s more than in an empty
-/// namespace), while a piece costs iptables-nft-restore the square of its
-/// chains in user space; so the larger the table, the larger the pieces that
-/// pay. Measured on a 30,000-service first sync (330,000 chains, 2026-12-07,
-/// PERFORMANCE.md): 60.5 s in pieces of 1,000, 53.7 s in pieces of 2,000, 49.5
-/// s in pieces of 3,000; at 10,000 services 1,000 stays the best.
 /// What `iptables --version` prints for the iptables-nft whose netlink
 /// messages [`super::xt`] writes.
 const XT_VERSION: &str = "v1.8.9 (nf_tables)";
@@ -255,6 +245,18 @@ fn plain(part: &str) -> bool {
 /// the batch is built in memory and copied into the kernel whole.
 const XT_BATCH_BYTES: usize = 64 << 20;
 
+/// The chains per restore on nft for a payload of `chains` chains, unless
+/// [`IptablesRestore::with_restore_pieces`] says otherwise: about 110 pieces,
+/// of at least [`NFT_CHAINS_PER_RESTORE`] and at most 4,000 chains. Every
+/// iptables-nft commit walks every chain of the namespace in the kernel (about
+/// 0.5 µs each: at 300,000 chains a piece costs 0.15 s more than in an empty
+/// namespace), while a piece costs iptables-nft-restore the square of its
+/// chains in user space; so the larger the table, the larger the pieces that
+/// pay. Measured on a 30,000-service first sync (330,000 chains, 2026-12-07,
+/// PERFORMANCE.md): 60.5 s in pieces of 1,000, 53.7 s in pieces of 2,000, 49.5
+/// s in pieces of 3,000; at 10,000 services 1,000 stays the best. Pieces
+/// that go as netlink batches (see [Netlink](IptablesRestore#netlink)) are
+/// merged into large commits whatever their size; it still sizes the rest.
 fn nft_chains_per_restore(chains: usize) -> usize {
     (chains / 110).clamp(NFT_CHAINS_PER_RESTORE, 4000)
 }
