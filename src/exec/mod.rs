@@ -479,8 +479,6 @@ pub(crate) fn same_rule(
     canonical_rule(a, family) == canonical_rule(b, family) && module_order(a) == module_order(b)
 }
 
-/// [`Executor::ensure_jump`] for each rule, in order: what
-/// [`Executor::ensure_jumps`] does unless an executor does better.
 /// [`Executor::restore`] of each payload in order, up to the first that fails.
 pub(crate) fn restore_each<E: Executor + ?Sized>(
     exec: &mut E,
@@ -495,6 +493,8 @@ pub(crate) fn restore_each<E: Executor + ?Sized>(
     Ok(())
 }
 
+/// [`Executor::ensure_jump`] for each rule, in order: what
+/// [`Executor::ensure_jumps`] does unless an executor does better.
 pub(crate) fn ensure_each<E: Executor + ?Sized>(
     exec: &mut E,
     family: IpFamily,

@@ -124,10 +124,20 @@ fn send_on(fd: &OwnedFd, batch: &Batch) -> Sent {
             MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_TRUNC,
         ) {
             Ok(0) | Err(Errno::EAGAIN) => break,
-            Ok(n) if n > buf.len() => return Sent::Broken(format!("an answer of {n} bytes")),
+            // An answer cut short, or answers lost (the queue overflowed):
+            // there were answers, so the batch was refused. Read on, so that
+            // none is left for the next batch (whose reading skips any
+            // answer to another batch anyway).
+            Ok(n) if n > buf.len() => {
+                refused.get_or_insert(Errno::EMSGSIZE);
+                continue;
+            }
+            Err(Errno::ENOBUFS) => {
+                refused.get_or_insert(Errno::ENOBUFS);
+                continue;
+            }
             Ok(n) => n,
             Err(Errno::EINTR) => continue,
-            // Answers lost (the queue overflowed): the batch was refused.
             Err(e) => return Sent::Broken(format!("reading the answers: {}", e.desc())),
         };
         let Some(answers) = errors(&buf[..n]) else {

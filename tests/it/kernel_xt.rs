@@ -209,3 +209,49 @@ fn a_refused_batch_goes_as_text() {
     assert_eq!(exec.restore_counts(), (1, 3));
     assert_eq!(saved(&ns, "nat").join("\n"), nat);
 }
+
+/// A batch of 40,000 rules that all jump to a missing chain: the kernel answers
+/// each (with a copy of the message), more than the socket's queue holds. Lost
+/// answers still mean refused: the piece goes again as text and fails with
+/// iptables' message, and the next batch goes as a batch.
+#[test]
+fn a_refusal_too_long_to_read_is_a_refusal() {
+    if !kernel_available("a_refusal_too_long_to_read_is_a_refusal") {
+        return;
+    }
+    let ns = Netns::new("xt-flood");
+    let mut exec = exec(&ns);
+    exec.restore(
+        IpFamily::Ipv4,
+        "*nat\n:KUBE-SERVICES - [0:0]\nCOMMIT\n",
+        RestoreOptions::default(),
+    )
+    .unwrap();
+    let options = RestoreOptions::default().with_cut(false);
+    let mut bad = String::from("*nat\n:KUBE-SVC-CCCCCCCCCCCCCCCC - [0:0]\n");
+    for i in 0..40_000 {
+        bad.push_str(&format!(
+            "-A KUBE-SVC-CCCCCCCCCCCCCCCC -m comment --comment \"rule {i}\" \
+             -j KUBE-SEP-MISSINGMISSINGM\n"
+        ));
+    }
+    bad.push_str("COMMIT\n");
+    let failed = exec
+        .restore_all(IpFamily::Ipv4, &[bad.as_str()], options)
+        .unwrap_err();
+    assert_eq!(failed.applied, 0);
+    let message = failed.error.to_string();
+    assert!(message.contains("KUBE-SEP-MISSINGMISSINGM"), "{message}");
+    assert_eq!(exec.restore_counts(), (0, 2));
+
+    let good = "*nat\n:KUBE-SVC-AAAAAAAAAAAAAAAA - [0:0]\n\
+        -A KUBE-SVC-AAAAAAAAAAAAAAAA -d 172.30.0.1/32 -j RETURN\nCOMMIT\n";
+    exec.restore_all(IpFamily::Ipv4, &[good], options).unwrap();
+    assert_eq!(exec.restore_counts(), (1, 2));
+    let nat = saved(&ns, "nat").join("\n");
+    assert!(
+        nat.contains("-A KUBE-SVC-AAAAAAAAAAAAAAAA -d 172.30.0.1/32 -j RETURN"),
+        "{nat}"
+    );
+    assert!(!nat.contains("KUBE-SVC-CCCCCCCCCCCCCCCC"), "{nat}");
+}
