@@ -231,13 +231,20 @@ const XT_VERSION: &str = "v1.8.9 (nf_tables)";
 
 /// Whether a piece holds nothing the parser reads more loosely than
 /// iptables does, so that its parse says all the piece says: no rule
-/// counters (`[p:b]`, `-c`), no `recent` options svcnat does not write
+/// counters (`[p:b]`, `-c`, `--set-counters`), no `recent` options svcnat does not write
 /// (`--mask`, `--rsource`, `--rdest`).
 fn plain(part: &str) -> bool {
     !part.starts_with('[')
-        && !["\n[", " -c ", "--mask", "--rsource", "--rdest"]
-            .iter()
-            .any(|s| part.contains(s))
+        && ![
+            "\n[",
+            " -c ",
+            "--set-counters",
+            "--mask",
+            "--rsource",
+            "--rdest",
+        ]
+        .iter()
+        .any(|s| part.contains(s))
 }
 
 /// The largest netlink batch [`IptablesRestore`] sends at once: a commit
@@ -459,12 +466,13 @@ impl IptablesRestore {
         options: RestoreOptions,
         args: &[String],
     ) -> Result<(), RestoreFailed> {
-        let netlink = options.noflush
-            && self.xt.as_ref().is_some_and(XtSocket::usable)
-            && self.backend() == Backend::Nft;
+        let netlink = options.noflush && self.backend() == Backend::Nft;
         let mut next = 0;
         while next < parts.len() {
-            let run = if netlink {
+            // Asked each time: a batch refused for want of permission turns
+            // the socket off.
+            let usable = self.xt.as_ref().is_some_and(XtSocket::usable);
+            let run = if netlink && usable {
                 self.netlink_run(family, &parts[next..])
             } else {
                 (0, false)
@@ -507,7 +515,7 @@ impl IptablesRestore {
             // A piece that deletes chains goes in a batch of its own: a chain
             // something else still jumps to gets it refused, and then only it
             // goes again as text, where the Syncer learns which chain it was.
-            let deletes = part.contains("\n-X ");
+            let deletes = part.contains("\n-X ") || part.contains("\n--delete-chain ");
             if batch.len() >= XT_BATCH_BYTES || !plain(part) || deletes && batch.payloads() > 0 {
                 break;
             }

@@ -247,18 +247,19 @@ fn rule_body(w: &mut Writer, rule: &Rule, v6: bool) -> Result<(), Unsupported> {
         match m {
             Match::Comment(c) => exts.push(Ext::Comment(c.as_str())),
             Match::Protocol(ProtocolMatch::WithModule(p)) => {
-                head.proto = Some((proto_number(*p), false));
+                once(&mut head.proto, (proto_number(*p), false))?;
                 exts.push(module(*p)?);
             }
             Match::Protocol(ProtocolMatch::ModuleOnly(p)) => exts.push(module(*p)?),
             Match::Protocol(ProtocolMatch::Plain(Not { negated, value })) => match value {
-                ProtocolName::Known(p) => head.proto = Some((proto_number(*p), *negated)),
+                ProtocolName::Known(p) => once(&mut head.proto, (proto_number(*p), *negated))?,
                 ProtocolName::Other(_) => return Err(Unsupported("a protocol by another name")),
             },
-            Match::Source(a) => head.src = Some(a),
-            Match::Destination(a) => head.dst = Some(a),
-            Match::InInterface(i) => head.iniface = Some(i),
-            Match::OutInterface(i) => head.outiface = Some(i),
+            // iptables refuses any of these given twice; the parser does not.
+            Match::Source(a) => once(&mut head.src, a)?,
+            Match::Destination(a) => once(&mut head.dst, a)?,
+            Match::InInterface(i) => once(&mut head.iniface, i)?,
+            Match::OutInterface(i) => once(&mut head.outiface, i)?,
             Match::DestinationPort(p) | Match::SourcePort(p) => {
                 // An option of the last `-m tcp`/`-m udp` before it.
                 let Some(Ext::Ports { sport, dport, .. }) = exts
@@ -421,6 +422,14 @@ fn rule_body(w: &mut Writer, rule: &Rule, v6: bool) -> Result<(), Unsupported> {
     w.u32(2, if negated { COMPAT_INV } else { 0 });
     w.end(compat);
     Ok(())
+}
+
+/// Sets `slot`, unless it is set already.
+fn once<T>(slot: &mut Option<T>, value: T) -> Result<(), Unsupported> {
+    match slot.replace(value) {
+        None => Ok(()),
+        Some(_) => Err(Unsupported("an option given twice")),
+    }
 }
 
 fn module(p: Protocol) -> Result<Ext<'static>, Unsupported> {
@@ -800,6 +809,7 @@ mod tests {
             "*nat\n:KUBE-SEP-B - [0:0]\n-A KUBE-SEP-B -m conntrack --ctstate NEW -j RETURN\nCOMMIT\n",
             "*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n",
             "*nat\n:PREROUTING - [0:0]\nCOMMIT\n",
+            "*nat\n:KUBE-SEP-B - [0:0]\n-A KUBE-SEP-B -s 10.0.0.1 -s 10.0.0.2 -j RETURN\nCOMMIT\n",
             "*nat\n:KUBE-SEP-B - [0:0]\n-A KUBE-SEP-B -j DNAT --to-destination 10.0.0.1:80\nCOMMIT\n",
             "*nat\n:KUBE-SEP-B - [0:0]\n-A KUBE-SEP-B -m addrtype --src-type LOCAL --dst-type LOCAL -j RETURN\nCOMMIT\n",
         ] {

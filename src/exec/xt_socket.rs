@@ -165,36 +165,66 @@ fn send_on(fd: &OwnedFd, batch: &Batch) -> Sent {
 pub(crate) fn netns_file(prefix: &[String]) -> Option<PathBuf> {
     let (program, args) = prefix.split_first()?;
     let name = Path::new(program).file_name()?.to_str()?;
-    match name {
-        "ip" => match args {
-            [netns, exec, ns, ..] if netns == "netns" && exec == "exec" => {
-                let ok = !ns.is_empty() && !ns.starts_with('-') && !ns.contains('/');
-                ok.then(|| Path::new("/run/netns").join(ns))
-            }
-            _ => None,
-        },
-        "nsenter" => {
-            let mut net = false;
-            let mut target = None;
-            let mut args = args.iter();
-            while let Some(a) = args.next() {
-                match a.as_str() {
-                    "-n" | "--net" => net = true,
-                    "-t" | "--target" => target = args.next().cloned(),
-                    _ => {
-                        if let Some(path) = a.strip_prefix("--net=") {
-                            return Some(PathBuf::from(path));
-                        }
-                        if let Some(pid) = a.strip_prefix("--target=") {
-                            target = Some(pid.to_owned());
-                        }
-                    }
+    match (name, args) {
+        // Exactly that: more words would be a command run inside it, which
+        // may enter yet another namespace.
+        ("ip", [netns, exec, ns]) if netns == "netns" && exec == "exec" => {
+            let ok = !ns.is_empty() && !ns.starts_with('-') && !ns.contains('/');
+            ok.then(|| Path::new("/run/netns").join(ns))
+        }
+        ("nsenter", _) => nsenter_file(args),
+        _ => None,
+    }
+}
+
+/// The namespace file of `nsenter ARGS`: every word an option it knows
+/// (nothing after them, which would be a command of its own).
+fn nsenter_file(args: &[String]) -> Option<PathBuf> {
+    const FLAGS: [&str; 17] = [
+        "-m",
+        "--mount",
+        "-u",
+        "--uts",
+        "-i",
+        "--ipc",
+        "-p",
+        "--pid",
+        "-U",
+        "--user",
+        "-C",
+        "--cgroup",
+        "-T",
+        "--time",
+        "-F",
+        "--no-fork",
+        "--preserve-credentials",
+    ];
+    let mut net = None;
+    let mut target = None;
+    let mut args = args.iter();
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "-n" | "--net" => net = net.or(Some(None)),
+            "-t" | "--target" => target = Some(args.next()?.clone()),
+            "-a" | "--all" => return None,
+            flag if FLAGS.contains(&flag) => {}
+            other => {
+                if let Some(path) = other.strip_prefix("--net=") {
+                    net = Some(Some(PathBuf::from(path)));
+                } else if let Some(pid) = other.strip_prefix("--target=") {
+                    target = Some(pid.to_owned());
+                } else {
+                    return None;
                 }
             }
-            let pid = target.filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))?;
-            net.then(|| PathBuf::from(format!("/proc/{pid}/ns/net")))
         }
-        _ => None,
+    }
+    match net? {
+        Some(path) => Some(path),
+        None => {
+            let pid = target.filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))?;
+            Some(PathBuf::from(format!("/proc/{pid}/ns/net")))
+        }
     }
 }
 
@@ -232,6 +262,10 @@ mod tests {
             "ssh node",
             "kubectl exec pod --",
             "sudo",
+            "ip netns exec a nsenter -n -t 42",
+            "nsenter -n -t 42 ip netns exec b",
+            "nsenter -a -t 42",
+            "nsenter -n -t",
         ] {
             assert_eq!(file(other), None, "{other}");
         }
