@@ -2,19 +2,26 @@
 //! iptables-nft's rules on ([`super::xt`]), in the network namespace its
 //! commands run in.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+#[cfg(target_os = "linux")]
+use std::os::fd::AsRawFd;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
+#[cfg(target_os = "linux")]
 use nix::errno::Errno;
+#[cfg(target_os = "linux")]
 use nix::sys::socket::{MsgFlags, NetlinkAddr, recv, sendto, setsockopt, sockopt};
 
+#[cfg(target_os = "linux")]
 use super::nft::netlink::{errors, identity, open};
 use crate::nft::wire::Batch;
 
 /// How many bytes of the kernel's answers are read at a time.
+#[cfg(target_os = "linux")]
 const RECEIVE_BUFFER: usize = 1 << 20;
 
 /// The namespace file of the calling thread.
+#[cfg(target_os = "linux")]
 const OWN_NETNS: &str = "/proc/thread-self/ns/net";
 
 /// What became of a batch.
@@ -24,6 +31,7 @@ pub(crate) enum Sent {
     Applied,
     /// The kernel refused a message of it (the errno's text): nothing of it
     /// was applied.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     Refused(String),
     /// It could not be sent, or not whole, or the answer could not be read, or
     /// the kernel refused it for want of permission (why): nothing should be
@@ -70,6 +78,19 @@ impl XtSocket {
         self.seq = batch
             .first_seq
             .wrapping_add(batch.operations.len() as u32 + 2);
+        self.send_batch(batch, netns)
+    }
+
+    /// Netfilter's netlink is Linux's: elsewhere every payload goes as text.
+    #[cfg(not(target_os = "linux"))]
+    fn send_batch(&mut self, _: &Batch, _: Option<&Path>) -> Sent {
+        self.broken = true;
+        self.socket = None;
+        Sent::Broken("netfilter netlink needs Linux".into())
+    }
+
+    #[cfg(target_os = "linux")]
+    fn send_batch(&mut self, batch: &Batch, netns: Option<&Path>) -> Sent {
         let Ok(id) = identity(netns.unwrap_or(Path::new(OWN_NETNS))) else {
             return Sent::Broken("the namespace file cannot be read".into());
         };
@@ -97,6 +118,7 @@ impl XtSocket {
     }
 }
 
+#[cfg(target_os = "linux")]
 fn send_on(fd: &OwnedFd, batch: &Batch) -> Sent {
     // The batch must fit the send buffer whole.
     let size = batch.bytes.len() + 4096;

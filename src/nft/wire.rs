@@ -203,6 +203,8 @@ fn encode_batch(
 
 /// What a dump request ([`encode_dump`]) asks the kernel for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+// Only the netlink transport, which is Linux's, dumps.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 pub(crate) enum DumpOf {
     /// Every chain of the family (`NFT_MSG_GETCHAIN`).
     Chains,
@@ -213,6 +215,7 @@ pub(crate) enum DumpOf {
 /// A request for a dump (`NLM_F_DUMP`) of `family`'s chains or sets, naming
 /// `table` (the kernel may or may not filter by it: read the table of each
 /// answer).
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 pub(crate) fn encode_dump(what: DumpOf, family: Family, table: &Name, seq: u32) -> Vec<u8> {
     const NFT_MSG_GETCHAIN: u16 = 4;
     const NFT_MSG_GETSET: u16 = 10;
