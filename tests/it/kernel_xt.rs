@@ -168,6 +168,24 @@ fn netlink_rules_are_iptables_own() {
     assert_same_tables(&a, &b, "restart");
 }
 
+/// A namespace whose nat table exists (batches need it; iptables makes it),
+/// and an executor for it.
+fn with_nat(tag: &str) -> (Netns, IptablesRestore) {
+    let ns = Netns::new(tag);
+    let mut exec = exec(&ns);
+    exec.restore(
+        IpFamily::Ipv4,
+        "*nat\n:KUBE-SERVICES - [0:0]\nCOMMIT\n",
+        RestoreOptions::default(),
+    )
+    .unwrap();
+    (ns, exec)
+}
+
+/// A piece the encoder writes, which the kernel takes.
+const GOOD: &str = "*nat\n:KUBE-SVC-AAAAAAAAAAAAAAAA - [0:0]\n\
+    -A KUBE-SVC-AAAAAAAAAAAAAAAA -d 172.30.0.1/32 -j RETURN\nCOMMIT\n";
+
 /// Two pieces the encoder writes, the second jumping to a chain that does not
 /// exist: the kernel refuses their batch whole, both go again as text, the
 /// first applies, the second fails with iptables' message.
@@ -176,16 +194,8 @@ fn a_refused_batch_goes_as_text() {
     if !kernel_available("a_refused_batch_goes_as_text") {
         return;
     }
-    let ns = Netns::new("xt-refused");
-    let mut exec = exec(&ns);
-    exec.restore(
-        IpFamily::Ipv4,
-        "*nat\n:KUBE-SERVICES - [0:0]\nCOMMIT\n",
-        RestoreOptions::default(),
-    )
-    .unwrap();
-    let good = "*nat\n:KUBE-SVC-AAAAAAAAAAAAAAAA - [0:0]\n\
-        -A KUBE-SVC-AAAAAAAAAAAAAAAA -d 172.30.0.1/32 -j RETURN\nCOMMIT\n";
+    let (ns, mut exec) = with_nat("xt-refused");
+    let good = GOOD;
     let bad = "*nat\n:KUBE-SVC-BBBBBBBBBBBBBBBB - [0:0]\n\
         -A KUBE-SVC-BBBBBBBBBBBBBBBB -j KUBE-SEP-MISSINGMISSINGM\nCOMMIT\n";
     let options = RestoreOptions::default().with_cut(false);
@@ -219,14 +229,7 @@ fn a_refusal_too_long_to_read_is_a_refusal() {
     if !kernel_available("a_refusal_too_long_to_read_is_a_refusal") {
         return;
     }
-    let ns = Netns::new("xt-flood");
-    let mut exec = exec(&ns);
-    exec.restore(
-        IpFamily::Ipv4,
-        "*nat\n:KUBE-SERVICES - [0:0]\nCOMMIT\n",
-        RestoreOptions::default(),
-    )
-    .unwrap();
+    let (ns, mut exec) = with_nat("xt-flood");
     let options = RestoreOptions::default().with_cut(false);
     let mut bad = String::from("*nat\n:KUBE-SVC-CCCCCCCCCCCCCCCC - [0:0]\n");
     for i in 0..40_000 {
@@ -244,8 +247,7 @@ fn a_refusal_too_long_to_read_is_a_refusal() {
     assert!(message.contains("KUBE-SEP-MISSINGMISSINGM"), "{message}");
     assert_eq!(exec.restore_counts(), (0, 2));
 
-    let good = "*nat\n:KUBE-SVC-AAAAAAAAAAAAAAAA - [0:0]\n\
-        -A KUBE-SVC-AAAAAAAAAAAAAAAA -d 172.30.0.1/32 -j RETURN\nCOMMIT\n";
+    let good = GOOD;
     exec.restore_all(IpFamily::Ipv4, &[good], options).unwrap();
     assert_eq!(exec.restore_counts(), (1, 2));
     let nat = saved(&ns, "nat").join("\n");
